@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the system packages tandem needs to build, test and benchmark, and
+# nothing when they are already present. Run as root on Debian 12.
+set -euo pipefail
+
+packages=(
+  clang libclang-dev pkg-config   # the bundled RocksDB build (bindgen needs libclang)
+  fuse3                           # /dev/fuse helpers and the fuse kernel module config
+  fio rsync                       # benchmarks against the bare directory and rsync
+  psmisc                          # fuser/killall for diagnosing busy mounts
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo (Rust 1.85 or newer) is required; install it with rustup" >&2
+  exit 1
+fi
+if [ ! -e /dev/fuse ]; then
+  modprobe fuse 2>/dev/null || true
+fi
+if [ ! -e /dev/fuse ]; then
+  echo "error: /dev/fuse is missing: the fuse kernel module is required" >&2
+  exit 1
+fi

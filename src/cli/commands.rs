@@ -1,0 +1,153 @@
+//! Dispatch of the parsed command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::control::{self, Request, Response};
+
+use super::{Cli, Command, ConfigAction, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE};
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Mount(args) => super::mount::run(args),
+        Command::Config {
+            action:
+                ConfigAction::Check {
+                    file,
+                    skip_dir_checks,
+                },
+        } => config_check(&file, skip_dir_checks),
+        Command::Daemon => match crate::config::load(&cli.config) {
+            Ok(settings) => crate::daemon::run(settings),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Status { json } => {
+            with_daemon(&cli.config, cli.socket, &Request::Status {}, |r| {
+                print_status(r, json)
+            })
+        }
+        Command::Start { module } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::Start { module },
+            print_messages,
+        ),
+        Command::Stop { module } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::Stop { module },
+            print_messages,
+        ),
+        Command::Restart { .. } => unavailable("restart", "the cluster manager"),
+        Command::Swap { .. } => unavailable("swap", "the cluster manager"),
+        Command::Prim { .. } => unavailable("prim", "the cluster manager"),
+        Command::Second { .. } => unavailable("second", "replication"),
+        Command::Resync { .. } => unavailable("resync", "replication"),
+        Command::Verify { .. } => unavailable("verify", "replication"),
+        Command::Resolve { .. } => unavailable("resolve", "the cluster manager"),
+        Command::Log { .. } => unavailable("log", "the cluster manager"),
+        Command::Init { .. } => unavailable("init", "replication (node certificates)"),
+    }
+}
+
+/// A verb that exists in the interface but needs a part of tandem this build lacks.
+fn unavailable(verb: &str, needs: &str) -> ExitCode {
+    eprintln!("tandem {verb}: not available yet in this version (it needs {needs})");
+    ExitCode::from(EXIT_UNAVAILABLE)
+}
+
+fn config_check(file: &std::path::Path, skip_dir_checks: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match crate::config::parse_with(&text, file, !skip_dir_checks) {
+        Ok(settings) => {
+            println!("OK");
+            print!("{}", settings.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn socket_path(config: &std::path::Path, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    match crate::config::load(config) {
+        Ok(s) => Ok(s.daemon.socket.clone()),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn with_daemon(
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+    req: &Request,
+    show: impl FnOnce(&Response),
+) -> ExitCode {
+    let socket = match socket_path(config, socket) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match control::call(&socket, req) {
+        Ok(resp) if resp.ok => {
+            show(&resp);
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            eprintln!(
+                "tandem: {}",
+                resp.error.unwrap_or_else(|| "request failed".into())
+            );
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("tandem: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn print_messages(resp: &Response) {
+    for m in &resp.messages {
+        println!("{m}");
+    }
+}
+
+fn print_status(resp: &Response, json: bool) {
+    let Some(st) = &resp.status else { return };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(st).expect("status serialises")
+        );
+        return;
+    }
+    println!("cluster {} (daemon pid {})", st.cluster, st.pid);
+    for m in &st.modules {
+        println!("module {}: {}", m.name, m.state);
+        for d in &m.dirs {
+            println!(
+                "  {} {} — {} mutations, {} bytes written",
+                d.path,
+                if d.mounted { "mounted" } else { "not mounted" },
+                d.mutations,
+                d.bytes_written
+            );
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The `tandem` command line: parses arguments, then either runs a local action
+//! (`mount`, `config check`, `daemon`) or asks the daemon over its control socket.
+//!
+//! Exit codes: 0 success, 1 failure, 2 bad input (arguments, configuration,
+//! directories), 3 the verb exists but this version cannot do it yet.
+
+mod commands;
+mod mount;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/tandem/tandem.toml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Two-node high availability: synchronous replication and failover"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, short = 'c', global = true, env = "TANDEM_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Control socket of the daemon (default: `daemon.socket` from the configuration).
+    #[arg(long, global = true, env = "TANDEM_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: mount every module's directories and serve the control socket.
+    Daemon,
+    /// Show the state of every module.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a module (all modules without a name).
+    Start { module: Option<String> },
+    /// Stop a module (all modules without a name); its directories are unmounted.
+    Stop { module: Option<String> },
+    /// Restart a module.
+    Restart { module: String },
+    /// Move the application to the other node, in order and without losing a write.
+    Swap { module: String },
+    /// Make this node primary for a module.
+    Prim {
+        module: String,
+        /// Serve even though the peer cannot confirm this node's data is the newest.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make this node secondary for a module.
+    Second {
+        module: String,
+        /// Resynchronise every file by content instead of only the changed ranges.
+        #[arg(long)]
+        fullsync: bool,
+    },
+    /// Resynchronise a module's changed ranges to the peer and show progress.
+    Resync { module: String },
+    /// Compare a module's trees on both nodes.
+    Verify {
+        module: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Resolve a split brain by keeping one node's data.
+    Resolve {
+        module: String,
+        #[arg(long)]
+        keep: String,
+    },
+    /// Show a module's log.
+    Log {
+        module: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Create the cluster's certificates and keys.
+    Init {
+        #[arg(long, default_value = "/etc/tandem/tls")]
+        out: PathBuf,
+    },
+    /// Mount the intercepting file system over DIR in the foreground (Ctrl-C unmounts).
+    Mount(mount::MountArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Validate a configuration file: prints OK and a summary, or every error.
+    Check {
+        file: PathBuf,
+        /// Skip the checks that directories exist (to validate a file for another machine).
+        #[arg(long)]
+        skip_dir_checks: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    init_logging();
+    commands::run(cli)
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    // The FUSE library warns when its own unmount finds the mount already gone,
+    // which is how tandem always unmounts; keep its errors only.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

@@ -1,0 +1,100 @@
+//! `tandem mount DIR`: the intercepting file system on one directory, in the
+//! foreground, with a sink that counts (and optionally prints) every mutation.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fs::{self, CountingSink, MountConfig, Unmounted};
+
+use super::{EXIT_FAILURE, EXIT_USAGE};
+
+#[derive(clap::Args, Debug)]
+pub struct MountArgs {
+    /// The directory to cover; it keeps its path and its contents.
+    pub dir: PathBuf,
+    /// Print every mutation on standard output as it happens.
+    #[arg(long)]
+    pub print_mutations: bool,
+    /// FUSE worker threads.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+    /// Let read-only opens of files that nobody is writing bypass the daemon.
+    #[arg(long)]
+    pub read_passthrough: bool,
+}
+
+pub fn run(args: MountArgs) -> ExitCode {
+    let mut config = MountConfig::default();
+    if let Some(t) = args.threads {
+        config.threads = t as usize;
+    }
+    config.fs.read_passthrough = args.read_passthrough;
+    let sink = Arc::new(CountingSink::new(args.print_mutations));
+    let (mounted, report) = match fs::mount(&args.dir, sink.clone(), &config) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("tandem: {e}");
+            return ExitCode::from(if e.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            });
+        }
+    };
+    let dir = mounted.dir().to_path_buf();
+    if report.stale_removed > 0 {
+        eprintln!(
+            "tandem: removed {} stale mount(s) on {} left by a killed tandem",
+            report.stale_removed,
+            dir.display()
+        );
+    }
+    eprintln!(
+        "tandem: mounted {} (Ctrl-C or SIGTERM unmounts)",
+        dir.display()
+    );
+    let reason = wait_for_stop(&mounted);
+    eprintln!("tandem: {reason}; unmounting {}", dir.display());
+    let outcome = mounted.unmount();
+    eprintln!("tandem: {}", sink.summary());
+    match outcome {
+        Ok(Unmounted::Clean) => {
+            eprintln!("tandem: unmounted {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok(Unmounted::Detached) => {
+            eprintln!(
+                "tandem: unmounted {} after its last open file was closed",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tandem: unmounting {}: {e}", dir.display());
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Blocks until Ctrl-C, SIGTERM, or the mount going away from outside (`umount`).
+fn wait_for_stop(mounted: &fs::Mounted) -> &'static str {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM",
+                _ = int.recv() => return "interrupted",
+                _ = tick.tick() => if mounted.is_finished() { return "unmounted from outside" },
+            }
+        }
+    })
+}

@@ -1,0 +1,68 @@
+//! The cluster configuration: a TOML file turned into validated [`Settings`], or into
+//! every problem found, each naming its field and line.
+//!
+//! The replicated directories must exist on the node that runs them. To check a file
+//! elsewhere (a workstation, CI), [`parse_with`] / [`load_with`] can skip that check;
+//! `tandem config check --skip-dir-checks` does so.
+
+mod decode;
+mod error;
+mod net;
+mod raw;
+mod report;
+mod settings;
+mod summary;
+mod validate;
+
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use net::{Host, HostPort, HttpUrl, IpPrefix};
+pub use settings::{
+    Ack, Check, Checker, Cluster, Compression, Daemon, Failover, Heartbeat, Module, Node,
+    ProcessMatch, Quorum, Replication, Scripts, Settings,
+};
+
+/// Reads, parses and validates the file, including the replicated directories on disk.
+pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
+    load_with(path, true)
+}
+
+/// [`load`], with the checks of the replicated directories on disk made optional.
+pub fn load_with(path: &Path, fs_checks: bool) -> Result<Settings, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::whole_file(
+            path,
+            format!("cannot read {}: {}", path.display(), io_reason(&e)),
+        )
+    })?;
+    parse_with(&text, path, fs_checks)
+}
+
+/// Parses and validates `text`; `origin` only names the file in errors.
+pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigErrors> {
+    parse_with(text, origin, true)
+}
+
+/// [`parse`], with the checks of the replicated directories on disk made optional.
+pub fn parse_with(text: &str, origin: &Path, fs_checks: bool) -> Result<Settings, ConfigErrors> {
+    let mut report = report::Report::new(text);
+    let settings = decode::decode(text, &mut report)
+        .and_then(|raw| validate::validate(&raw, &mut report, fs_checks));
+    match settings {
+        Some(settings) if report.count() == 0 => Ok(settings),
+        _ => Err(ConfigErrors {
+            file: origin.to_path_buf(),
+            errors: report.into_errors(),
+        }),
+    }
+}
+
+/// `No such file or directory`, without the `(os error 2)` that means nothing to operators.
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}

@@ -1,0 +1,291 @@
+//! Network value types used in the configuration, parsed from their usual text forms.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An IP address or a DNS host name (stored in lower case).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Host {
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Host::Ip(ip) => Some(*ip),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+impl FromStr for Host {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Host::Ip(ip));
+        }
+        if is_host_name(s) {
+            return Ok(Host::Name(s.to_ascii_lowercase()));
+        }
+        Err(format!(
+            "{s:?} is neither an IP address nor a valid host name"
+        ))
+    }
+}
+
+/// RFC 1123 host name. A name whose last label is all digits is refused so that a
+/// mistyped IPv4 address such as `10.0.0.256` is not taken for a name.
+fn is_host_name(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253
+        && labels.iter().all(label_ok)
+        && !labels
+            .last()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(ip) => ip.fmt(f),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// `host:port`, with IPv6 addresses in brackets: `[fd00::3]:7402`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = split_host_port(s)?;
+        let port = port.ok_or_else(|| format!("{s:?} has no port; write host:port"))?;
+        Ok(HostPort {
+            host: host.parse()?,
+            port: parse_port(port)?,
+        })
+    }
+}
+
+/// Splits `host[:port]` / `[v6][:port]`; a bare IPv6 address is refused as ambiguous.
+fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?} has an unclosed '['"))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{host:?} in brackets is not an IPv6 address"));
+        }
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((host, Some(port))),
+                None => Err(format!("unexpected {after:?} after ']' in {s:?}")),
+            },
+        };
+    }
+    match s.split_once(':') {
+        Some((_, port)) if port.contains(':') => Err(format!(
+            "{s:?}: write IPv6 addresses in brackets, e.g. [fd00::1]:7402"
+        )),
+        Some((host, port)) => Ok((host, Some(port))),
+        None => Ok((s, None)),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("port {s:?} is not a number between 1 and 65535")),
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// An address with its prefix length, such as `192.168.1.100/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for IpPrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} needs a prefix length, e.g. 192.168.1.100/24"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        match prefix.parse::<u8>() {
+            Ok(prefix) if (1..=max).contains(&prefix) => Ok(IpPrefix { addr, prefix }),
+            _ => Err(format!(
+                "prefix length {prefix:?} must be between 1 and {max}"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An `http://` or `https://` URL; only what the checkers and etcd clients need.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpUrl {
+    pub https: bool,
+    pub host: Host,
+    /// Explicit port, or 80 / 443 from the scheme.
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl FromStr for HttpUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (https, rest) = if let Some(rest) = s.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = s.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            return Err(format!("{s:?} must start with http:// or https://"));
+        };
+        if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{s:?} contains whitespace"));
+        }
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(format!("{s:?}: credentials in the URL are not supported"));
+        }
+        let (host, port) = split_host_port(authority)?;
+        let port = match port {
+            Some(port) => parse_port(port)?,
+            None if https => 443,
+            None => 80,
+        };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        Ok(HttpUrl {
+            https,
+            host: host.parse()?,
+            port,
+            path,
+        })
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        let host = HostPort {
+            host: self.host.clone(),
+            port: self.port,
+        };
+        write!(f, "{scheme}://{host}{}", self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            "10.0.0.1".parse(),
+            Ok(Host::Ip("10.0.0.1".parse().unwrap()))
+        );
+        assert_eq!("fd00::1".parse(), Ok(Host::Ip("fd00::1".parse().unwrap())));
+        assert_eq!("Node-1.LAN".parse(), Ok(Host::Name("node-1.lan".into())));
+        for bad in ["10.0.0.256", "-a", "a..b", "", "a b", "[fd00::1]", "a_b"] {
+            assert!(bad.parse::<Host>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        let hp: HostPort = "[fd00::3]:7402".parse().unwrap();
+        assert_eq!(hp.port, 7402);
+        assert_eq!(hp.to_string(), "[fd00::3]:7402");
+        assert_eq!("witness.lan:1".parse::<HostPort>().unwrap().port, 1);
+        for bad in [
+            "10.0.0.3",
+            "10.0.0.3:0",
+            "10.0.0.3:70000",
+            "fd00::3:7402",
+            "[x]:1",
+        ] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        let p: IpPrefix = "fd00::100/64".parse().unwrap();
+        assert_eq!((p.prefix, p.to_string().as_str()), (64, "fd00::100/64"));
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1/33",
+            "10.0.0.1/0",
+            "fd00::1/129",
+            "x/24",
+        ] {
+            assert!(bad.parse::<IpPrefix>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let u: HttpUrl = "https://[fd00::5]/health?x=1".parse().unwrap();
+        assert_eq!(
+            (u.https, u.port, u.path.as_str()),
+            (true, 443, "/health?x=1")
+        );
+        let u: HttpUrl = "http://10.0.0.5:2379".parse().unwrap();
+        assert_eq!(u.to_string(), "http://10.0.0.5:2379/");
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://u:p@x/",
+            "http://x:0/",
+            "http://a b/",
+        ] {
+            assert!(bad.parse::<HttpUrl>().is_err(), "{bad}");
+        }
+    }
+}

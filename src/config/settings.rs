@@ -1,0 +1,212 @@
+//! The validated configuration. Everything here has been checked: ranges, references
+//! between sections and, unless disabled, the replicated directories on disk.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::net::{Host, HostPort, HttpUrl, IpPrefix};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub cluster: Cluster,
+    pub nodes: [Node; 2],
+    pub heartbeat: Heartbeat,
+    pub replication: Replication,
+    pub daemon: Daemon,
+    pub modules: Vec<Module>,
+}
+
+impl Settings {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn module(&self, name: &str) -> Option<&Module> {
+        self.modules.iter().find(|m| m.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub quorum: Quorum,
+    /// Node that takes the primary role back once it is up to date.
+    pub preferred_primary: Option<String>,
+}
+
+/// How a node that lost its peer decides whether it may serve.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Quorum {
+    /// Two-node behaviour: serve alone. Unsafe when the nodes are isolated from each other.
+    None,
+    /// Serve alone only while one of these addresses answers.
+    Ping(Vec<IpAddr>),
+    /// Serve alone only while holding the lease of a `tandem witness`.
+    Witness(HostPort),
+    /// Serve alone only while holding a lease in this etcd cluster.
+    Etcd(Vec<HttpUrl>),
+}
+
+impl Quorum {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Quorum::None => "none",
+            Quorum::Ping(_) => "ping",
+            Quorum::Witness(_) => "witness",
+            Quorum::Etcd(_) => "etcd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    /// Replication and control address; the port is `replication.port`.
+    pub address: Host,
+    /// Heartbeat paths, paired by position with the peer's list.
+    pub heartbeat: Vec<Host>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    pub port: u16,
+    pub interval: Duration,
+    /// The peer is lost when every path has been silent this long.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replication {
+    pub port: u16,
+    pub peer_timeout: Duration,
+    pub compression: Compression,
+    /// Unit of change tracking and resync, in bytes (a power of two).
+    pub chunk_size: u32,
+    /// How far an `async` module may fall behind, in bytes.
+    pub async_max_lag: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Compress only when it pays off (slow links, compressible data).
+    Auto,
+    Zstd,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Daemon {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub tls_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Module {
+    pub name: String,
+    pub dirs: Vec<PathBuf>,
+    pub exclude: Vec<String>,
+    pub ack: Ack,
+    pub failover: Failover,
+    pub scripts: Scripts,
+    pub checkers: Vec<Checker>,
+}
+
+/// When a write is acknowledged to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// After the peer has written it to stable storage.
+    Durable,
+    /// After the peer has received it.
+    Received,
+    /// At once; the peer may lag by up to `replication.async_max_lag`.
+    Async,
+}
+
+/// How clients are moved to the serving node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failover {
+    /// Virtual addresses moved between the nodes on one LAN.
+    Vip {
+        addresses: Vec<IpPrefix>,
+        /// Interface to add them to; `None` picks the one whose subnet matches.
+        interface: Option<String>,
+    },
+    /// Health endpoint that a load balancer probes, on this port.
+    Lb { port: u16 },
+}
+
+impl Failover {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failover::Vip { .. } => "vip",
+            Failover::Lb { .. } => "lb",
+        }
+    }
+}
+
+/// Application control scripts, named after the roles they run in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scripts {
+    pub prestart: Option<PathBuf>,
+    pub start_prim: Option<PathBuf>,
+    pub stop_prim: Option<PathBuf>,
+    pub start_both: Option<PathBuf>,
+    pub stop_both: Option<PathBuf>,
+    pub poststop: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checker {
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Local restarts allowed within `window` before failing over.
+    pub restarts: u32,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    Process(ProcessMatch),
+    Tcp(HostPort),
+    Http { url: HttpUrl, expect_status: u16 },
+    Script(PathBuf),
+    Interface(String),
+    Witness,
+}
+
+impl Check {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Process(_) => "process",
+            Check::Tcp(_) => "tcp",
+            Check::Http { .. } => "http",
+            Check::Script(_) => "script",
+            Check::Interface(_) => "interface",
+            Check::Witness => "witness",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcessMatch {
+    Pidfile(PathBuf),
+    Name(String),
+}
+
+macro_rules! display_as {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$variant => $text),* })
+            }
+        }
+    };
+}
+
+display_as!(Compression { Auto => "auto", Zstd => "zstd", Off => "off" });
+display_as!(Ack { Durable => "durable", Received => "received", Async => "async" });

@@ -1,0 +1,56 @@
+//! Raw sections → [`Settings`]. Every check runs and reports; `Settings` is built only
+//! when none failed.
+
+mod checker;
+mod cluster;
+mod daemon;
+mod dirs;
+mod failover;
+mod fields;
+mod module;
+mod network;
+mod nodes;
+
+use super::raw::RawConfig;
+use super::report::Report;
+use super::settings::Settings;
+
+pub(super) fn validate(raw: &RawConfig, r: &mut Report, fs_checks: bool) -> Option<Settings> {
+    let before = r.count();
+    let node_names = raw.nodes.as_deref().and_then(nodes::node_names);
+    let cluster = cluster::cluster(r, &raw.cluster, node_names.as_deref());
+    let nodes = raw.nodes.as_deref().and_then(|n| nodes::nodes(r, n));
+    let heartbeat = network::heartbeat(r, &raw.heartbeat);
+    let replication = network::replication(r, &raw.replication, heartbeat.as_ref().map(|h| h.port));
+    let daemon = daemon::daemon(r, &raw.daemon);
+
+    let mut ports = Vec::new();
+    if let Some(h) = &heartbeat {
+        ports.push(("heartbeat.port", h.port));
+    }
+    if let Some(rep) = &replication {
+        ports.push(("replication.port", rep.port));
+    }
+    let ctx = module::Context {
+        fs_checks,
+        quorum: cluster.as_ref().map(|c| &c.quorum),
+        nodes: nodes.as_ref(),
+        ports,
+    };
+    let modules = raw
+        .modules
+        .as_deref()
+        .and_then(|m| module::modules(r, m, &ctx));
+
+    if r.count() > before {
+        return None;
+    }
+    Some(Settings {
+        cluster: cluster?,
+        nodes: nodes?,
+        heartbeat: heartbeat?,
+        replication: replication?,
+        daemon: daemon?,
+        modules: modules?,
+    })
+}

@@ -1,0 +1,111 @@
+//! The local control protocol between the `tandem` command and its daemon: one
+//! JSON request per line on a root-only Unix socket, one JSON response per line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status {},
+    /// Start one module, or every module.
+    Start {
+        module: Option<String>,
+    },
+    /// Stop one module, or every module (unmounting its directories).
+    Stop {
+        module: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
+}
+
+impl Response {
+    pub fn error(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub cluster: String,
+    pub pid: u32,
+    pub modules: Vec<ModuleStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleStatus {
+    pub name: String,
+    /// "started" while its directories are mounted, "stopped" otherwise.
+    pub state: String,
+    pub dirs: Vec<DirStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirStatus {
+    pub path: String,
+    pub mounted: bool,
+    pub mutations: u64,
+    pub bytes_written: u64,
+    pub by_kind: Vec<(String, u64)>,
+}
+
+/// How long the command waits for the daemon (stopping may unmount many dirs).
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sends one request to the daemon listening on `socket` and returns its answer.
+pub fn call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the tandem daemon at {}: {e} (is `tandem daemon` running?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    if answer.is_empty() {
+        anyhow::bail!(
+            "the tandem daemon at {} closed the connection without answering",
+            socket.display()
+        );
+    }
+    Ok(serde_json::from_str(&answer)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_unknown_commands_are_rejected() {
+        let r = Request::Stop {
+            module: Some("app".into()),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"cmd":"stop","module":"app"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","extra":1}"#).is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! `tandem daemon`: mounts every module's directories and serves the control
+//! socket. Roles, replication and failover plug in here as they arrive; for now
+//! each directory's sink counts and logs its mutations.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+use crate::config::Settings;
+use crate::control::{DirStatus, ModuleStatus, Request, Response, Status};
+use crate::fs::{self, CountingSink, MountConfig, Mounted};
+
+struct Dir {
+    path: PathBuf,
+    sink: Arc<CountingSink>,
+    mount: Option<Mounted>,
+}
+
+struct Module {
+    name: String,
+    dirs: Vec<Dir>,
+}
+
+impl Module {
+    fn started(&self) -> bool {
+        self.dirs.iter().any(|d| d.mount.is_some())
+    }
+
+    /// Mounts every directory, or none: a failure unmounts what this call mounted.
+    fn start(&mut self) -> Result<(), String> {
+        for i in 0..self.dirs.len() {
+            if self.dirs[i].mount.is_some() {
+                continue;
+            }
+            let d = &mut self.dirs[i];
+            d.sink = Arc::new(CountingSink::new(false));
+            match fs::mount(&d.path, d.sink.clone(), &MountConfig::default()) {
+                Ok((m, report)) => {
+                    if report.stale_removed > 0 {
+                        tracing::warn!(module = %self.name, "removed a stale mount on {}", d.path.display());
+                    }
+                    tracing::info!(module = %self.name, "mounted {}", d.path.display());
+                    d.mount = Some(m);
+                }
+                Err(e) => {
+                    let msg = format!("module {}: {e}", self.name);
+                    self.stop();
+                    return Err(msg);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &mut self.dirs {
+            if let Some(m) = d.mount.take() {
+                match m.unmount() {
+                    Ok(_) => out.push(format!(
+                        "module {}: unmounted {}",
+                        self.name,
+                        d.path.display()
+                    )),
+                    Err(e) => out.push(format!(
+                        "module {}: unmounting {}: {e}",
+                        self.name,
+                        d.path.display()
+                    )),
+                }
+                tracing::info!(module = %self.name, "{}; {}", out.last().expect("just pushed"), d.sink.summary());
+            }
+        }
+        out
+    }
+
+    fn status(&self) -> ModuleStatus {
+        ModuleStatus {
+            name: self.name.clone(),
+            state: if self.started() { "started" } else { "stopped" }.into(),
+            dirs: self
+                .dirs
+                .iter()
+                .map(|d| DirStatus {
+                    path: d.path.display().to_string(),
+                    mounted: d.mount.is_some(),
+                    mutations: d.sink.total(),
+                    bytes_written: d.sink.bytes_written(),
+                    by_kind: d
+                        .sink
+                        .counts()
+                        .into_iter()
+                        .map(|(k, c)| (k.to_string(), c))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+struct State {
+    cluster: String,
+    modules: Vec<Module>,
+}
+
+impl State {
+    fn select(&mut self, name: Option<&str>) -> Result<Vec<&mut Module>, String> {
+        match name {
+            None => Ok(self.modules.iter_mut().collect()),
+            Some(n) => {
+                let known: Vec<String> = self.modules.iter().map(|m| m.name.clone()).collect();
+                match self.modules.iter_mut().find(|m| m.name == n) {
+                    Some(m) => Ok(vec![m]),
+                    None => Err(format!(
+                        "no module named {n:?} (modules: {})",
+                        known.join(", ")
+                    )),
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status {} => Response {
+                ok: true,
+                status: Some(Status {
+                    cluster: self.cluster.clone(),
+                    pid: std::process::id(),
+                    modules: self.modules.iter().map(Module::status).collect(),
+                }),
+                ..Response::default()
+            },
+            Request::Stop { module } => match self.select(module.as_deref()) {
+                Err(e) => Response::error(e),
+                Ok(mods) => {
+                    let mut messages = Vec::new();
+                    for m in mods {
+                        if m.started() {
+                            messages.extend(m.stop());
+                        } else {
+                            messages.push(format!("module {}: already stopped", m.name));
+                        }
+                    }
+                    Response {
+                        ok: true,
+                        messages,
+                        ..Response::default()
+                    }
+                }
+            },
+            Request::Start { module } => match self.select(module.as_deref()) {
+                Err(e) => Response::error(e),
+                Ok(mods) => {
+                    let mut messages = Vec::new();
+                    for m in mods {
+                        if m.started() {
+                            messages.push(format!("module {}: already started", m.name));
+                            continue;
+                        }
+                        if let Err(e) = m.start() {
+                            return Response {
+                                ok: false,
+                                error: Some(e),
+                                messages,
+                                ..Response::default()
+                            };
+                        }
+                        messages.push(format!("module {}: started", m.name));
+                    }
+                    Response {
+                        ok: true,
+                        messages,
+                        ..Response::default()
+                    }
+                }
+            },
+        }
+    }
+}
+
+pub fn run(settings: Settings) -> ExitCode {
+    let socket = settings.daemon.socket.clone();
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        eprintln!("tandem: a daemon is already serving {}", socket.display());
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut state = State {
+        cluster: settings.cluster.name.clone(),
+        modules: settings
+            .modules
+            .iter()
+            .map(|m| Module {
+                name: m.name.clone(),
+                dirs: m
+                    .dirs
+                    .iter()
+                    .map(|p| Dir {
+                        path: p.clone(),
+                        sink: Arc::new(CountingSink::new(false)),
+                        mount: None,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    for i in 0..state.modules.len() {
+        if let Err(e) = state.modules[i].start() {
+            eprintln!("tandem: {e}");
+            for m in &mut state.modules {
+                m.stop();
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let state = Arc::new(Mutex::new(state));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let served = rt.block_on(serve(&socket, state.clone()));
+    // Whatever ended the loop, leave no directory mounted behind.
+    for line in state.lock().handle(Request::Stop { module: None }).messages {
+        tracing::info!("{line}");
+    }
+    let _ = std::fs::remove_file(&socket);
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = socket.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    // Only a socket nobody answers on is removed: a live daemon was refused above.
+    if socket.exists() {
+        std::fs::remove_file(socket)?;
+    }
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn serve(socket: &Path, state: Arc<Mutex<State>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = bind(socket)?;
+    tracing::info!("control socket {}", socket.display());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping every module"); return Ok(()) }
+            _ = int.recv() => { tracing::info!("interrupted: stopping every module"); return Ok(()) }
+            conn = listener.accept() => {
+                let (stream, _) = conn?;
+                tokio::spawn(client(stream, state.clone()));
+            }
+        }
+    }
+}
+
+/// Longest request line accepted; anything longer is refused unread.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+async fn client(stream: UnixStream, state: Arc<Mutex<State>>) {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST));
+    let resp = match reader.read_line(&mut line).await {
+        Ok(_) if !line.ends_with('\n') => Response::error("bad request: not one line under 64 KiB"),
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::error(format!("bad request: {e}")),
+            Ok(req) => {
+                tracing::info!("control request: {req:?}");
+                let st = state.clone();
+                tokio::task::spawn_blocking(move || st.lock().handle(req))
+                    .await
+                    .unwrap_or_else(|e| Response::error(format!("internal error: {e}")))
+            }
+        },
+        Err(e) => Response::error(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_string(&resp).expect("responses serialise");
+    out.push('\n');
+    let _ = wr.write_all(out.as_bytes()).await;
+}

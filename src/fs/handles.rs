@@ -1,0 +1,142 @@
+//! Open files and directories of the mount, by the handle number the kernel holds.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuser::{BackingId, Errno};
+use parking_lot::Mutex;
+
+use super::inode::Inode;
+
+pub struct FileHandle {
+    pub inode: Arc<Inode>,
+    pub file: OwnedFd,
+    /// Opened for writing: counted in the inode's writers until released.
+    pub writable: bool,
+    /// Opened with O_DIRECT: transfers need aligned buffers.
+    pub direct: bool,
+    /// Set when reads and writes go straight to the real file in the kernel; the
+    /// mapping must outlive the open file, so it is dropped on release.
+    pub backing: Option<BackingId>,
+}
+
+impl FileHandle {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// A directory stream. The kernel resumes listings at the offsets we gave it,
+/// which are the real directory's own cookies, so `seekdir` is exact.
+pub struct DirHandle {
+    pub inode: Arc<Inode>,
+    stream: Mutex<DirStream>,
+}
+
+struct DirStream(*mut libc::DIR);
+
+// The stream is only touched under the handle's mutex.
+unsafe impl Send for DirStream {}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+pub struct DirEntry<'a> {
+    pub ino: u64,
+    pub offset: u64,
+    pub d_type: u8,
+    pub name: &'a OsStr,
+}
+
+impl DirHandle {
+    pub fn new(inode: Arc<Inode>, fd: OwnedFd) -> Result<Self, Errno> {
+        let raw = fd.into_raw_fd();
+        let dir = unsafe { libc::fdopendir(raw) };
+        if dir.is_null() {
+            let e = Errno::from(std::io::Error::last_os_error());
+            unsafe { libc::close(raw) };
+            return Err(e);
+        }
+        Ok(Self {
+            inode,
+            stream: Mutex::new(DirStream(dir)),
+        })
+    }
+
+    /// Calls `f` for each entry from `offset` on until it returns `false` (buffer full).
+    pub fn list(&self, offset: u64, mut f: impl FnMut(DirEntry<'_>) -> bool) -> Result<(), Errno> {
+        let s = self.stream.lock();
+        unsafe {
+            if offset == 0 {
+                libc::rewinddir(s.0);
+            } else {
+                libc::seekdir(s.0, offset as libc::c_long);
+            }
+        }
+        loop {
+            unsafe { *libc::__errno_location() = 0 };
+            let ent = unsafe { libc::readdir64(s.0) };
+            if ent.is_null() {
+                let err = std::io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(0) | None => Ok(()),
+                    Some(_) => Err(Errno::from(err)),
+                };
+            }
+            let ent = unsafe { &*ent };
+            let name = unsafe { std::ffi::CStr::from_ptr(ent.d_name.as_ptr()) };
+            let more = f(DirEntry {
+                ino: ent.d_ino,
+                offset: ent.d_off as u64,
+                d_type: ent.d_type,
+                name: OsStr::from_bytes(name.to_bytes()),
+            });
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        unsafe { libc::dirfd(self.stream.lock().0) }
+    }
+}
+
+/// Handle numbers are never reused during a mount, so a stale number from the
+/// kernel can only miss, never hit another file.
+pub struct Table<T> {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, Arc<T>>>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Self {
+            next: AtomicU64::new(1),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> Table<T> {
+    pub fn insert(&self, value: T) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map.lock().insert(fh, Arc::new(value));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Result<Arc<T>, Errno> {
+        self.map.lock().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<Arc<T>> {
+        self.map.lock().remove(&fh)
+    }
+}

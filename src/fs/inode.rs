@@ -1,0 +1,201 @@
+//! The kernel's node ids mapped to `O_PATH` descriptors of the real inodes.
+//!
+//! Holding a descriptor per looked-up inode (rather than a path) keeps every node
+//! valid across renames, and pins the inode so its number cannot be reused while
+//! the kernel still refers to it. Node ids are the real inode numbers where they
+//! are unambiguous, so `stat` through the mount shows what the bare directory shows.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::sys::fd_path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// The kernel's id for the mount's root directory.
+pub const ROOT_ID: u64 = 1;
+/// Synthetic ids (inodes on another device below the root, or real inode 1) start
+/// here, far above any inode number a file system hands out.
+const SYNTHETIC_BASE: u64 = 1 << 62;
+
+pub struct Inode {
+    pub id: u64,
+    pub fd: OwnedFd,
+    pub dev: u64,
+    pub ino: u64,
+    /// File type bits (`S_IFMT`): an inode never changes type.
+    pub kind: u32,
+    /// Descriptors of other names of a hard-linked file. The kernel may keep using
+    /// a name after the one `fd` was opened by is unlinked, and a replica must be
+    /// told a name that still exists.
+    pub aliases: Mutex<Vec<OwnedFd>>,
+    /// Open state that decides whether read-only opens may bypass the daemon.
+    pub opens: Mutex<OpenCounts>,
+}
+
+#[derive(Default, Debug)]
+pub struct OpenCounts {
+    /// Handles that can modify the file: while any exists, reads are not passed through.
+    pub writers: u32,
+    /// Handles opened in passthrough mode: while any exists, the kernel refuses
+    /// non-passthrough opens of the same inode.
+    pub passthrough: u32,
+}
+
+impl Inode {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Keeps `fd` as another name of this hard-linked file, unless a kept
+    /// descriptor already shows the same path. Names that are gone are dropped.
+    fn add_alias(&self, fd: OwnedFd) {
+        let Ok(path) = fd_path(fd.as_raw_fd()) else {
+            return;
+        };
+        let mut aliases = self.aliases.lock();
+        aliases.retain(|a| fd_path(a.as_raw_fd()).is_ok_and(|p| !is_deleted(&p)));
+        let known = std::iter::once(&self.fd).chain(aliases.iter());
+        if known
+            .map(|a| fd_path(a.as_raw_fd()))
+            .any(|p| p.as_ref() == Ok(&path))
+        {
+            return;
+        }
+        aliases.push(fd);
+    }
+
+    /// Absolute paths the kernel shows for this inode's known names, primary
+    /// first. A name that is gone shows with a " (deleted)" suffix.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = fd_path(self.fd.as_raw_fd()).into_iter().collect();
+        if out.first().is_some_and(|p| is_deleted(p)) {
+            out.extend(
+                self.aliases
+                    .lock()
+                    .iter()
+                    .filter_map(|a| fd_path(a.as_raw_fd()).ok()),
+            );
+        }
+        out
+    }
+}
+
+const DELETED: &[u8] = b" (deleted)";
+
+pub fn is_deleted(p: &Path) -> bool {
+    p.as_os_str().as_bytes().ends_with(DELETED)
+}
+
+struct Entry {
+    inode: Arc<Inode>,
+    nlookup: u64,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_id: HashMap<u64, Entry>,
+    by_key: HashMap<(u64, u64), u64>,
+    next_synthetic: u64,
+}
+
+pub struct InodeTable {
+    root_dev: u64,
+    maps: Mutex<Maps>,
+}
+
+impl InodeTable {
+    pub fn new(root_fd: OwnedFd, dev: u64, ino: u64) -> Self {
+        let root = Arc::new(Inode {
+            id: ROOT_ID,
+            fd: root_fd,
+            dev,
+            ino,
+            kind: libc::S_IFDIR,
+            aliases: Mutex::default(),
+            opens: Mutex::default(),
+        });
+        let mut maps = Maps {
+            next_synthetic: SYNTHETIC_BASE,
+            ..Maps::default()
+        };
+        maps.by_key.insert((dev, ino), ROOT_ID);
+        // The root is never forgotten: its lookup count starts at one and stays.
+        maps.by_id.insert(
+            ROOT_ID,
+            Entry {
+                inode: root,
+                nlookup: 1,
+            },
+        );
+        Self {
+            root_dev: dev,
+            maps: Mutex::new(maps),
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Inode>> {
+        self.maps.lock().by_id.get(&id).map(|e| e.inode.clone())
+    }
+
+    /// Registers one more kernel reference to the inode behind `fd` (a fresh
+    /// `O_PATH` descriptor, `st` its stat), reusing the node if the inode is known.
+    pub fn lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
+        let (dev, ino, kind) = (st.st_dev, st.st_ino, st.st_mode & libc::S_IFMT);
+        let mut m = self.maps.lock();
+        if let Some(id) = m.by_key.get(&(dev, ino)).copied() {
+            let e = m.by_id.get_mut(&id).expect("key map and id map agree");
+            e.nlookup += 1;
+            let inode = e.inode.clone();
+            drop(m);
+            if kind != libc::S_IFDIR && st.st_nlink > 1 {
+                inode.add_alias(fd);
+            }
+            return inode;
+        }
+        let id = if dev == self.root_dev && ino != ROOT_ID && ino < SYNTHETIC_BASE {
+            ino
+        } else {
+            m.next_synthetic += 1;
+            m.next_synthetic
+        };
+        let inode = Arc::new(Inode {
+            id,
+            fd,
+            dev,
+            ino,
+            kind,
+            aliases: Mutex::default(),
+            opens: Mutex::default(),
+        });
+        m.by_key.insert((dev, ino), id);
+        m.by_id.insert(
+            id,
+            Entry {
+                inode: inode.clone(),
+                nlookup: 1,
+            },
+        );
+        inode
+    }
+
+    /// Drops `n` kernel references; the descriptor closes with the last one.
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let mut m = self.maps.lock();
+        let Some(e) = m.by_id.get_mut(&id) else {
+            return;
+        };
+        e.nlookup = e.nlookup.saturating_sub(n);
+        if e.nlookup == 0 {
+            let key = (e.inode.dev, e.inode.ino);
+            m.by_id.remove(&id);
+            m.by_key.remove(&key);
+        }
+    }
+}

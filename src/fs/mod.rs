@@ -1,0 +1,249 @@
+//! The intercepting mount: a FUSE file system mounted over a replicated directory
+//! itself. The real files are reached through a descriptor of the directory opened
+//! before the mount covered it, so applications keep their paths and no data moves;
+//! every mutating call becomes a [`Mutation`] handed to a [`MutationSink`].
+
+mod attr;
+mod handles;
+mod inode;
+pub mod mounts;
+mod mutation;
+mod ops;
+mod sys;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use fuser::Errno;
+pub use mutation::{AttrChange, CountingSink, LocalApply, Mutation, MutationSink, RelPath};
+pub use ops::FsOptions;
+
+/// Why a directory could not be mounted. Each names the directory.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{0}: no such directory")]
+    Missing(PathBuf),
+    #[error("{0}: not a directory")]
+    NotDirectory(PathBuf),
+    #[error("{0}: cannot mount over the root directory")]
+    Root(PathBuf),
+    #[error("{0}: already mounted by a running tandem (stop it first)")]
+    AlreadyMounted(PathBuf),
+    #[error("{dir}: inside the tandem mount {outer}")]
+    InsideMount { dir: PathBuf, outer: PathBuf },
+    #[error("{dir}: a stale tandem mount could not be removed ({source}); run `umount -l {dir}`")]
+    StaleCleanup {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{dir}: mount failed: {source} (is /dev/fuse present and are you root?)")]
+    Fuse {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl MountError {
+    /// Bad input (exit code 2) as opposed to a failure of the system.
+    pub fn is_usage(&self) -> bool {
+        !matches!(
+            self,
+            MountError::Fuse { .. } | MountError::StaleCleanup { .. }
+        )
+    }
+}
+
+/// What `mount` did before mounting, for the operator's log.
+#[derive(Debug, Default)]
+pub struct MountReport {
+    /// Stale mounts (left by a killed process) that were detached first.
+    pub stale_removed: usize,
+}
+
+pub struct MountConfig {
+    pub fs: FsOptions,
+    /// FUSE worker threads; requests from different threads run in parallel.
+    pub threads: usize,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            fs: FsOptions::default(),
+            threads: (cpus * 2).clamp(4, 16),
+        }
+    }
+}
+
+/// A live mount. Unmount with [`Mounted::unmount`]; dropping it unmounts too.
+pub struct Mounted {
+    dir: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+}
+
+/// Checks `dir` and removes stale tandem mounts on it. Nothing is mounted.
+pub fn prepare(dir: &Path) -> Result<(PathBuf, MountReport), MountError> {
+    let io = |source| MountError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut report = MountReport::default();
+    // A stale mount answers ENOTCONN even to canonicalize, so look it up by the
+    // path as given (made absolute) before resolving anything through it.
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(io)?.join(dir)
+    };
+    while mounts::tandem_mounts_at(&mounts::mounts().map_err(io)?, &abs) > 0 {
+        if !mounts::is_stale(&abs) {
+            return Err(MountError::AlreadyMounted(abs));
+        }
+        mounts::detach(&abs).map_err(|source| MountError::StaleCleanup {
+            dir: abs.clone(),
+            source,
+        })?;
+        report.stale_removed += 1;
+    }
+    let dir = match std::fs::canonicalize(&abs) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(MountError::Missing(abs)),
+        Err(e) => return Err(io(e)),
+    };
+    if !dir.is_dir() {
+        return Err(MountError::NotDirectory(dir));
+    }
+    if dir == Path::new("/") {
+        return Err(MountError::Root(dir));
+    }
+    let all = mounts::mounts().map_err(io)?;
+    if mounts::tandem_mounts_at(&all, &dir) > 0 && !mounts::is_stale(&dir) {
+        return Err(MountError::AlreadyMounted(dir));
+    }
+    if let Some(outer) = mounts::enclosing_tandem_mount(&all, &dir) {
+        return Err(MountError::InsideMount {
+            dir: dir.clone(),
+            outer: outer.to_path_buf(),
+        });
+    }
+    Ok((dir, report))
+}
+
+/// Mounts the intercepting file system over `dir` (which must pass [`prepare`]).
+pub fn mount(
+    dir: &Path,
+    sink: Arc<dyn MutationSink>,
+    config: &MountConfig,
+) -> Result<(Mounted, MountReport), MountError> {
+    let (dir, report) = prepare(dir)?;
+    let io = |source| MountError::Io {
+        dir: dir.clone(),
+        source,
+    };
+    let root = sys::openat(
+        cwd_fd(),
+        &sys::cname(dir.as_os_str()).map_err(|e| io(errno_io(e)))?,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| io(errno_io(e)))?;
+    let prefix =
+        sys::fd_path(std::os::fd::AsRawFd::as_raw_fd(&root)).map_err(|e| io(errno_io(e)))?;
+    // The kernel hands us modes with the caller's umask already applied; ours
+    // must not mask them again.
+    sys::set_umask(0);
+    let fs =
+        ops::TandemFs::new(root, prefix, sink, config.fs.clone()).map_err(|e| io(errno_io(e)))?;
+    let mut fc = fuser::Config::default();
+    fc.mount_options = vec![
+        fuser::MountOption::FSName(mounts::SOURCE.into()),
+        fuser::MountOption::Subtype("tandem".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::Dev,
+        fuser::MountOption::Suid,
+        fuser::MountOption::RW,
+    ];
+    fc.acl = fuser::SessionACL::All;
+    fc.n_threads = Some(config.threads.max(1));
+    fc.clone_fd = true;
+    let session = fuser::Session::new(fs, &dir, &fc)
+        .and_then(|s| s.spawn())
+        .map_err(|source| MountError::Fuse {
+            dir: dir.clone(),
+            source,
+        })?;
+    Ok((
+        Mounted {
+            dir,
+            session: Some(session),
+        },
+        report,
+    ))
+}
+
+fn errno_io(e: Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.code())
+}
+
+fn cwd_fd() -> std::os::fd::BorrowedFd<'static> {
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) }
+}
+
+impl Mounted {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unmounts and waits for the serving threads. If applications still hold
+    /// files open, the mount is detached: new opens reach the bare directory
+    /// (which holds every byte already) and this returns once the last user closed.
+    pub fn unmount(mut self) -> std::io::Result<Unmounted> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> std::io::Result<Unmounted> {
+        let Some(session) = self.session.take() else {
+            return Ok(Unmounted::Clean);
+        };
+        let how = match mounts::umount(&self.dir, 0) {
+            Ok(()) => Unmounted::Clean,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                mounts::detach(&self.dir)?;
+                Unmounted::Detached
+            }
+            // Already unmounted from outside (`umount DIR`): only the threads remain.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && session.guard.is_finished() => {
+                Unmounted::Clean
+            }
+            Err(e) => return Err(e),
+        };
+        session.join()?;
+        Ok(how)
+    }
+
+    /// True once the kernel ended the session (unmounted from outside).
+    pub fn is_finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unmounted {
+    Clean,
+    /// Files were still open: the mount was detached and served them until closed.
+    Detached,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            tracing::error!("unmounting {}: {e}", self.dir.display());
+        }
+    }
+}

@@ -1,0 +1,995 @@
+//! The FUSE callbacks. Each one validates, calls one helper that returns
+//! `Result<_, Errno>` and replies exactly once. Mutating helpers describe the call
+//! as a [`Mutation`] and let the sink run the local system calls.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::attr::{file_attr, kind_of, kind_of_dirent, to_timespec};
+use super::handles::{DirHandle, FileHandle, Table};
+use super::inode::{Inode, InodeTable, is_deleted};
+use super::mutation::{AttrChange, Mutation, MutationSink, RelPath};
+use super::sys::{self, SysResult, cname};
+
+/// Tunables of one mount.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// How long the kernel may cache names and attributes. Every change goes
+    /// through this mount, so the cache cannot go stale behind the kernel's back.
+    pub ttl: Duration,
+    /// Let read-only opens of files nobody writes bypass the daemon (FUSE passthrough).
+    pub read_passthrough: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(1),
+            read_passthrough: false,
+        }
+    }
+}
+
+pub struct TandemFs {
+    inodes: InodeTable,
+    files: Table<FileHandle>,
+    dirs: Table<DirHandle>,
+    sink: Arc<dyn MutationSink>,
+    /// The real root's absolute path as the kernel prints descriptor paths.
+    root_prefix: PathBuf,
+    root_fd: RawFd,
+    opts: FsOptions,
+    /// The kernel agreed to passthrough at init.
+    passthrough: AtomicBool,
+}
+
+impl TandemFs {
+    pub fn new(
+        root_fd: std::os::fd::OwnedFd,
+        root_prefix: PathBuf,
+        sink: Arc<dyn MutationSink>,
+        opts: FsOptions,
+    ) -> SysResult<Self> {
+        let st = sys::stat_fd(root_fd.as_fd())?;
+        let raw = root_fd.as_raw_fd();
+        Ok(Self {
+            inodes: InodeTable::new(root_fd, st.st_dev, st.st_ino),
+            files: Table::default(),
+            dirs: Table::default(),
+            sink,
+            root_prefix,
+            root_fd: raw,
+            opts,
+            passthrough: AtomicBool::new(false),
+        })
+    }
+
+    fn inode(&self, id: INodeNo) -> SysResult<Arc<Inode>> {
+        self.inodes.get(id.0).ok_or(Errno::ESTALE)
+    }
+
+    /// The path of an inode relative to the module root: a name it still has,
+    /// `None` once it has none (unlinked while open).
+    fn rel(&self, inode: &Inode) -> SysResult<RelPath> {
+        for abs in inode.paths() {
+            let Ok(rel) = abs.strip_prefix(&self.root_prefix) else {
+                // Only possible if the root itself was moved from outside the mount.
+                return Err(Errno::EXDEV);
+            };
+            if !is_deleted(&abs) || self.names_inode(rel, inode) {
+                return Ok(Some(rel.to_path_buf()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `rel` (a name that merely ends in " (deleted)") really names `inode`.
+    fn names_inode(&self, rel: &Path, inode: &Inode) -> bool {
+        let Ok(c) = cname(rel.as_os_str()) else {
+            return false;
+        };
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.root_fd) };
+        sys::openat(fd, &c, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .and_then(|f| sys::stat_fd(f.as_fd()))
+            .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino)
+    }
+
+    fn child(&self, parent: &Inode, name: &OsStr) -> SysResult<PathBuf> {
+        let dir = self.rel(parent)?.ok_or(Errno::ENOENT)?;
+        Ok(dir.join(name))
+    }
+
+    /// Looks up `name` under `parent` and registers the kernel's new reference.
+    fn entry(&self, parent: &Inode, name: &CStr) -> SysResult<(Arc<Inode>, FileAttr)> {
+        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::stat_fd(fd.as_fd())?;
+        let inode = self.inodes.lookup(fd, &st);
+        let attr = file_attr(inode.id, &st);
+        Ok((inode, attr))
+    }
+
+    /// The owner a new file gets: the caller, and the directory's group when the
+    /// directory is set-group-id (as the kernel does for a bare directory).
+    fn new_owner(&self, req: &Request, parent: &Inode) -> SysResult<(u32, u32)> {
+        let st = sys::stat_fd(parent.fd())?;
+        let gid = if st.st_mode & libc::S_ISGID != 0 {
+            st.st_gid
+        } else {
+            req.gid()
+        };
+        Ok((req.uid(), gid))
+    }
+
+    /// The daemon creates as root; give the file to the caller. A chown clears
+    /// set-id bits on regular files, so they are put back as requested.
+    fn chown_new(
+        &self,
+        parent: &Inode,
+        name: &CStr,
+        owner: (u32, u32),
+        mode: u32,
+    ) -> SysResult<()> {
+        if owner == (0, 0) {
+            return Ok(());
+        }
+        sys::fchownat(parent.fd(), name, owner.0, owner.1)?;
+        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 && mode & libc::S_IFMT == libc::S_IFREG {
+            let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+        }
+        Ok(())
+    }
+
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> SysResult<FileAttr> {
+        let p = self.inode(parent)?;
+        Ok(self.entry(&p, &cname(name)?)?.1)
+    }
+
+    fn do_getattr(&self, ino: INodeNo, fh: Option<Fh>) -> SysResult<FileAttr> {
+        let inode = self.inode(ino)?;
+        let st = match fh.and_then(|f| self.files.get(f.0).ok()) {
+            Some(h) => sys::stat_fd(h.fd())?,
+            None => sys::stat_fd(inode.fd())?,
+        };
+        Ok(file_attr(inode.id, &st))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<Fh>,
+    ) -> SysResult<FileAttr> {
+        let inode = self.inode(ino)?;
+        let handle = fh.and_then(|f| self.files.get(f.0).ok());
+        // "Now" is fixed here so that the replica can be given the same instant.
+        let now = SystemTime::now();
+        let resolve = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => now,
+        };
+        let change = AttrChange {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(resolve),
+            mtime: mtime.map(resolve),
+        };
+        let m = Mutation::SetAttr {
+            path: self.rel(&inode)?,
+            change: change.clone(),
+        };
+        self.sink.apply(&m, &mut || {
+            // Size first, then owner (which clears set-id bits), then mode, then times:
+            // the order in which each later step is not undone by an earlier one.
+            if let Some(size) = change.size {
+                match &handle {
+                    Some(h) if h.writable => sys::ftruncate(h.fd(), size)?,
+                    _ => {
+                        let f = sys::reopen(inode.fd(), libc::O_WRONLY)?;
+                        sys::ftruncate(f.as_fd(), size)?;
+                    }
+                }
+            }
+            if change.uid.is_some() || change.gid.is_some() {
+                sys::fchownat_fd(inode.fd(), change.uid, change.gid)?;
+            }
+            if let Some(mode) = change.mode {
+                sys::chmod_fd(inode.fd(), mode)?;
+            }
+            if change.atime.is_some() || change.mtime.is_some() {
+                let omit = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                };
+                let times = [
+                    change.atime.map_or(omit, to_timespec),
+                    change.mtime.map_or(omit, to_timespec),
+                ];
+                sys::utimens_fd(inode.fd(), &times)?;
+            }
+            Ok(())
+        })?;
+        Ok(file_attr(inode.id, &sys::stat_fd(inode.fd())?))
+    }
+
+    fn do_mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> SysResult<FileAttr> {
+        let p = self.inode(parent)?;
+        let c = cname(name)?;
+        let owner = self.new_owner(req, &p)?;
+        let m = Mutation::Create {
+            path: self.child(&p, name)?,
+            mode,
+            rdev: rdev as u64,
+            uid: owner.0,
+            gid: owner.1,
+        };
+        self.sink.apply(&m, &mut || {
+            sys::mknodat(p.fd(), &c, mode, rdev as u64)?;
+            self.chown_new(&p, &c, owner, mode)
+        })?;
+        Ok(self.entry(&p, &c)?.1)
+    }
+
+    fn do_mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+    ) -> SysResult<FileAttr> {
+        let p = self.inode(parent)?;
+        let c = cname(name)?;
+        let owner = self.new_owner(req, &p)?;
+        let m = Mutation::Mkdir {
+            path: self.child(&p, name)?,
+            mode,
+            uid: owner.0,
+            gid: owner.1,
+        };
+        self.sink.apply(&m, &mut || {
+            sys::mkdirat(p.fd(), &c, mode)?;
+            self.chown_new(&p, &c, owner, mode | libc::S_IFDIR)
+        })?;
+        Ok(self.entry(&p, &c)?.1)
+    }
+
+    fn do_symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        target: &Path,
+    ) -> SysResult<FileAttr> {
+        let p = self.inode(parent)?;
+        let c = cname(name)?;
+        let t = cname(target.as_os_str())?;
+        let owner = self.new_owner(req, &p)?;
+        let m = Mutation::Symlink {
+            path: self.child(&p, name)?,
+            target: target.to_path_buf(),
+            uid: owner.0,
+            gid: owner.1,
+        };
+        self.sink.apply(&m, &mut || {
+            sys::symlinkat(&t, p.fd(), &c)?;
+            self.chown_new(&p, &c, owner, libc::S_IFLNK)
+        })?;
+        Ok(self.entry(&p, &c)?.1)
+    }
+
+    fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> SysResult<FileAttr> {
+        let inode = self.inode(ino)?;
+        let p = self.inode(newparent)?;
+        let c = cname(newname)?;
+        // A file without a name cannot get one back (only O_TMPFILE files can).
+        let existing = self.rel(&inode)?.ok_or(Errno::ENOENT)?;
+        let m = Mutation::Link {
+            existing,
+            path: self.child(&p, newname)?,
+        };
+        self.sink
+            .apply(&m, &mut || sys::link_fd(inode.fd(), p.fd(), &c))?;
+        Ok(self.entry(&p, &c)?.1)
+    }
+
+    fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> SysResult<()> {
+        let p = self.inode(parent)?;
+        let c = cname(name)?;
+        let path = self.child(&p, name)?;
+        let (m, flags) = if dir {
+            (Mutation::Rmdir { path }, libc::AT_REMOVEDIR)
+        } else {
+            (Mutation::Unlink { path }, 0)
+        };
+        self.sink
+            .apply(&m, &mut || sys::unlinkat(p.fd(), &c, flags))
+    }
+
+    fn do_rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
+        let p = self.inode(parent)?;
+        let np = self.inode(newparent)?;
+        let (c, nc) = (cname(name)?, cname(newname)?);
+        let m = Mutation::Rename {
+            from: self.child(&p, name)?,
+            to: self.child(&np, newname)?,
+            flags,
+        };
+        self.sink
+            .apply(&m, &mut || sys::renameat2(p.fd(), &c, np.fd(), &nc, flags))
+    }
+
+    /// Flags for the real file: the kernel already did what O_CREAT, O_EXCL and
+    /// O_TRUNC ask, and O_APPEND would make pwrite ignore the kernel's offsets.
+    fn real_flags(flags: i32) -> i32 {
+        flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_APPEND)
+    }
+
+    fn register(
+        &self,
+        inode: Arc<Inode>,
+        file: std::os::fd::OwnedFd,
+        flags: i32,
+        reply_backing: impl FnOnce(&std::os::fd::OwnedFd) -> Option<fuser::BackingId>,
+    ) -> (u64, FopenFlags, bool) {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let direct = flags & libc::O_DIRECT != 0;
+        let mut backing = None;
+        {
+            let mut opens = inode.opens.lock();
+            if writable {
+                opens.writers += 1;
+            } else if opens.writers == 0 && self.passthrough.load(Ordering::Relaxed) {
+                backing = reply_backing(&file);
+                if backing.is_some() {
+                    opens.passthrough += 1;
+                }
+            }
+        }
+        let is_pt = backing.is_some();
+        // Every write passes through this mount, so cached pages stay valid across opens.
+        let fopen = if direct {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        let fh = self.files.insert(FileHandle {
+            inode,
+            file,
+            writable,
+            direct,
+            backing,
+        });
+        (fh, fopen, is_pt)
+    }
+
+    fn do_release(&self, fh: Fh) {
+        if let Some(h) = self.files.remove(fh.0) {
+            let mut opens = h.inode.opens.lock();
+            if h.writable {
+                opens.writers -= 1;
+            }
+            if h.backing.is_some() {
+                opens.passthrough -= 1;
+            }
+        }
+    }
+
+    fn do_read(&self, fh: Fh, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+        let h = self.files.get(fh.0)?;
+        if h.direct {
+            let mut buf = sys::AlignedBuf::new(size as usize);
+            let n = sys::pread(h.fd(), buf.as_mut_slice(), offset)?;
+            return Ok(buf.as_slice()[..n].to_vec());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::pread(h.fd(), &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn do_write(&self, fh: Fh, offset: u64, data: &[u8]) -> SysResult<u32> {
+        let h = self.files.get(fh.0)?;
+        let m = Mutation::Write {
+            path: self.rel(&h.inode)?,
+            offset,
+            data,
+        };
+        self.sink.apply(&m, &mut || {
+            if h.direct && !sys::AlignedBuf::is_aligned(data) {
+                let mut buf = sys::AlignedBuf::new(data.len());
+                buf.as_mut_slice().copy_from_slice(data);
+                sys::pwrite_all(h.fd(), buf.as_slice(), offset)
+            } else {
+                sys::pwrite_all(h.fd(), data, offset)
+            }
+        })?;
+        Ok(data.len() as u32)
+    }
+
+    fn do_fsync(&self, inode: &Inode, fd: RawFd, datasync: bool) -> SysResult<()> {
+        let m = Mutation::Fsync {
+            path: self.rel(inode)?,
+            datasync,
+        };
+        self.sink.apply(&m, &mut || {
+            sys::fsync(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, datasync)
+        })
+    }
+
+    fn do_create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> SysResult<(FileAttr, u64, FopenFlags)> {
+        let p = self.inode(parent)?;
+        let c = cname(name)?;
+        let owner = self.new_owner(req, &p)?;
+        let path = self.child(&p, name)?;
+        let real = Self::real_flags(flags);
+        let m = Mutation::Create {
+            path: path.clone(),
+            mode,
+            rdev: 0,
+            uid: owner.0,
+            gid: owner.1,
+        };
+        let mut file = None;
+        let created = self.sink.apply(&m, &mut || {
+            let fd = sys::openat(
+                p.fd(),
+                &c,
+                real | libc::O_CREAT | libc::O_EXCL,
+                mode & 0o7777,
+            )?;
+            self.chown_new(&p, &c, owner, mode)?;
+            file = Some(fd);
+            Ok(())
+        });
+        let file = match (created, file) {
+            (Ok(()), Some(f)) => f,
+            // Another opener created it between the kernel's lookup and ours: open it
+            // as a bare directory would, unless the caller insisted on creating it.
+            (Err(e), _) if e.code() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
+                let f = sys::openat(p.fd(), &c, real | libc::O_NOFOLLOW, 0)?;
+                if flags & libc::O_TRUNC != 0 {
+                    let m = Mutation::SetAttr {
+                        path: Some(path),
+                        change: AttrChange {
+                            size: Some(0),
+                            ..AttrChange::default()
+                        },
+                    };
+                    self.sink.apply(&m, &mut || sys::ftruncate(f.as_fd(), 0))?;
+                }
+                f
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(()), None) => unreachable!("the sink reported success without applying the create"),
+        };
+        let (inode, attr) = self.entry(&p, &c)?;
+        let (fh, fopen, _) = self.register(inode, file, flags, |_| None);
+        Ok((attr, fh, fopen))
+    }
+}
+
+impl Filesystem for TandemFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // 1 MiB per write request: fewer round trips for large sequential writes.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.opts.read_passthrough
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent, name) {
+            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
+        match self.do_getattr(ino, fh) {
+            Ok(attr) => reply.attr(&self.opts.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<Fh>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(attr) => reply.attr(&self.opts.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inode(ino).and_then(|i| sys::readlink_fd(i.fd())) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.do_mknod(req, parent, name, mode, rdev) {
+            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.do_mkdir(req, parent, name, mode) {
+            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_remove(parent, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_remove(parent, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self.do_symlink(req, parent, link_name, target) {
+            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent, name, newparent, newname, flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.do_link(ino, newparent, newname) {
+            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = self.inode(ino).and_then(|inode| {
+            let file = sys::reopen(inode.fd(), Self::real_flags(flags.0))?;
+            Ok(self.register(inode, file, flags.0, |f| reply.open_backing(f).ok()))
+        });
+        match opened {
+            Ok((fh, fopen, true)) => match self.files.get(fh) {
+                Ok(h) => reply.opened_passthrough(
+                    Fh(fh),
+                    fopen,
+                    h.backing.as_ref().expect("passthrough handle"),
+                ),
+                Err(e) => reply.error(e),
+            },
+            Ok((fh, fopen, false)) => reply.opened(Fh(fh), fopen),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.do_read(fh, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.do_write(fh, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: Fh,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Data reaches the real file on every write; close has nothing left to push.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.do_release(fh);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        match self
+            .files
+            .get(fh.0)
+            .and_then(|h| self.do_fsync(&h.inode, h.file.as_raw_fd(), datasync))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let opened = self.inode(ino).and_then(|inode| {
+            let fd = sys::openat(inode.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            Ok(self.dirs.insert(DirHandle::new(inode, fd)?))
+        });
+        match opened {
+            Ok(fh) => reply.opened(Fh(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listed = self.dirs.get(fh.0).and_then(|d| {
+            let dfd = d.raw_fd();
+            d.list(offset, |e| {
+                let kind = kind_of_dirent(e.d_type).unwrap_or_else(|| {
+                    // Some file systems leave the type out; ask the inode.
+                    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                    let c = cname(e.name).unwrap_or_default();
+                    let rc = unsafe {
+                        libc::fstatat(dfd, c.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+                    };
+                    if rc == 0 {
+                        kind_of(unsafe { st.assume_init() }.st_mode)
+                    } else {
+                        fuser::FileType::RegularFile
+                    }
+                });
+                !reply.add(INodeNo(e.ino), e.offset, kind, e.name)
+            })
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        match self
+            .dirs
+            .get(fh.0)
+            .and_then(|d| self.do_fsync(&d.inode, d.raw_fd(), datasync))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::statfs(unsafe { std::os::fd::BorrowedFd::borrow_raw(self.root_fd) }) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.inode(ino).and_then(|inode| {
+            let c = cname(name)?;
+            no_xattr_on_symlink(&inode, Errno::EPERM)?;
+            let path = self.rel(&inode)?.ok_or(Errno::ENOENT)?;
+            let m = Mutation::SetXattr {
+                path,
+                name: name.to_os_string(),
+                value,
+                flags,
+            };
+            self.sink
+                .apply(&m, &mut || sys::setxattr(inode.fd(), &c, value, flags))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = self.inode(ino).and_then(|inode| {
+            no_xattr_on_symlink(&inode, Errno::ENODATA)?;
+            let c = cname(name)?;
+            let mut buf = vec![0u8; size as usize];
+            let n = sys::getxattr(inode.fd(), &c, &mut buf)?;
+            buf.truncate(n);
+            Ok((n, buf))
+        });
+        reply_xattr(r, size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = self.inode(ino).and_then(|inode| {
+            if is_symlink(&inode) {
+                return Ok((0, Vec::new()));
+            }
+            let mut buf = vec![0u8; size as usize];
+            let n = sys::listxattr(inode.fd(), &mut buf)?;
+            buf.truncate(n);
+            Ok((n, buf))
+        });
+        reply_xattr(r, size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.inode(ino).and_then(|inode| {
+            no_xattr_on_symlink(&inode, Errno::ENODATA)?;
+            let c = cname(name)?;
+            let path = self.rel(&inode)?.ok_or(Errno::ENOENT)?;
+            let m = Mutation::RemoveXattr {
+                path,
+                name: name.to_os_string(),
+            };
+            self.sink
+                .apply(&m, &mut || sys::removexattr(inode.fd(), &c))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions makes the kernel check access itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.do_create(req, parent, name, mode, flags) {
+            Ok((attr, fh, fopen)) => {
+                reply.created(&self.opts.ttl, &attr, Generation(0), Fh(fh), fopen)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.files.get(fh.0).and_then(|h| {
+            let m = Mutation::Fallocate {
+                path: self.rel(&h.inode)?,
+                offset,
+                length,
+                mode,
+            };
+            self.sink
+                .apply(&m, &mut || sys::fallocate(h.fd(), mode, offset, length))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self
+            .files
+            .get(fh.0)
+            .and_then(|h| sys::lseek(h.fd(), offset, whence))
+        {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn is_symlink(inode: &Inode) -> bool {
+    inode.kind == libc::S_IFLNK
+}
+
+/// Extended attributes of a symlink cannot be reached through its descriptor
+/// without following it; user attributes are not allowed on symlinks anyway.
+fn no_xattr_on_symlink(inode: &Inode, err: Errno) -> SysResult<()> {
+    if is_symlink(inode) { Err(err) } else { Ok(()) }
+}
+
+fn reply_xattr(r: SysResult<(usize, Vec<u8>)>, size: u32, reply: ReplyXattr) {
+    match r {
+        Ok((n, _)) if size == 0 => reply.size(n as u32),
+        Ok((_, buf)) => reply.data(&buf),
+        Err(e) => reply.error(e),
+    }
+}

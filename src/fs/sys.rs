@@ -1,0 +1,348 @@
+//! Thin, safe wrappers over the *at family of system calls that the mount uses to
+//! reach the real files below it. Everything goes through file descriptors opened
+//! before the mount covered the directory: a path under the mount point would
+//! loop back into the mount itself.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use fuser::Errno;
+
+pub type SysResult<T> = Result<T, Errno>;
+
+fn last() -> Errno {
+    Errno::from(io::Error::last_os_error())
+}
+
+fn check(rc: libc::c_int) -> SysResult<()> {
+    if rc < 0 { Err(last()) } else { Ok(()) }
+}
+
+fn check_len(rc: libc::ssize_t) -> SysResult<usize> {
+    if rc < 0 { Err(last()) } else { Ok(rc as usize) }
+}
+
+/// A name from the kernel as a C string. Names never hold NUL (the kernel splits
+/// on it), so a NUL means a malformed request.
+pub fn cname(name: &OsStr) -> SysResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+const EMPTY: &CStr = c"";
+
+/// `/proc/self/fd/N`: the way to reach an inode held by an `O_PATH` descriptor with
+/// calls that do not take one (open with new flags, xattrs, chmod).
+pub fn proc_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
+}
+
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
+    };
+    if fd < 0 {
+        Err(last())
+    } else {
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// Opens the inode held by an `O_PATH` descriptor again, with real access flags.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
+    let p = proc_path(fd.as_raw_fd());
+    let fd = unsafe { libc::open(p.as_ptr(), (flags & !libc::O_NOFOLLOW) | libc::O_CLOEXEC) };
+    if fd < 0 {
+        Err(last())
+    } else {
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    check(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> SysResult<()> {
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) })
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+}
+
+/// A new name for the inode behind an `O_PATH` descriptor (needs CAP_DAC_READ_SEARCH,
+/// which the daemon has as root).
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    check(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<()> {
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
+}
+
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    old: &CStr,
+    newdir: BorrowedFd<'_>,
+    new: &CStr,
+    flags: u32,
+) -> SysResult<()> {
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            old.as_ptr(),
+            newdir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    })
+}
+
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+    readlinkat(fd.as_raw_fd(), EMPTY)
+}
+
+fn readlinkat(dirfd: RawFd, name: &CStr) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        let n = check_len(unsafe {
+            libc::readlinkat(dirfd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        })?;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 4, 0);
+    }
+}
+
+/// The absolute path the kernel currently knows for a descriptor: it follows
+/// renames, and ends in " (deleted)" once the last name is gone.
+pub fn fd_path(fd: RawFd) -> SysResult<PathBuf> {
+    let link = proc_path(fd);
+    let bytes = readlinkat(libc::AT_FDCWD, &link)?;
+    Ok(PathBuf::from(OsStr::from_bytes(&bytes)))
+}
+
+pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
+    let u = uid.unwrap_or(u32::MAX);
+    let g = gid.unwrap_or(u32::MAX);
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            u,
+            g,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// chmod through /proc: the descriptor is `O_PATH`, which fchmod refuses.
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    let p = proc_path(fd.as_raw_fd());
+    check(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode, 0) })
+}
+
+pub fn utimens_fd(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    check(unsafe {
+        libc::utimensat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            times.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    check_len(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
+}
+
+/// Writes all of `data` or fails: a short write that ends in an error leaves the
+/// application told "failed", never "done" for bytes that did not land.
+pub fn pwrite_all(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> SysResult<()> {
+    while !data.is_empty() {
+        let n = check_len(unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                offset as libc::off_t,
+            )
+        })?;
+        if n == 0 {
+            return Err(Errno::ENOSPC);
+        }
+        data = &data[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> SysResult<()> {
+    check(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 { Err(last()) } else { Ok(r as i64) }
+}
+
+pub fn statfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    Ok(unsafe { st.assume_init() })
+}
+
+// Extended attributes go through /proc/self/fd/N because the kernel refuses them on
+// O_PATH descriptors; the magic link lands on the inode itself.
+
+pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let p = proc_path(fd.as_raw_fd());
+    check_len(unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    let p = proc_path(fd.as_raw_fd());
+    check_len(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+    let p = proc_path(fd.as_raw_fd());
+    check(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+}
+
+pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    let p = proc_path(fd.as_raw_fd());
+    check(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) })
+}
+
+/// A buffer aligned for O_DIRECT transfers (4 KiB covers every common device).
+pub struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+const DIRECT_ALIGN: usize = 4096;
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> Self {
+        let layout =
+            std::alloc::Layout::from_size_align(len.max(1), DIRECT_ALIGN).expect("valid layout");
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
+        Self { ptr, len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Whether a caller's buffer already meets the alignment O_DIRECT needs.
+    pub fn is_aligned(data: &[u8]) -> bool {
+        (data.as_ptr() as usize) % DIRECT_ALIGN == 0
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len.max(1), DIRECT_ALIGN)
+            .expect("valid layout");
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
+    }
+}
+
+unsafe impl Send for AlignedBuf {}
+
+pub fn set_umask(mask: u32) -> u32 {
+    unsafe { libc::umask(mask) }
+}

@@ -1,0 +1,14 @@
+//! tandem: two-node high availability for one application.
+//!
+//! Layers, each depending only on those above it in this list:
+//! - [`config`]: the TOML configuration, validated into [`config::Settings`];
+//! - [`fs`]: the FUSE layer mounted over each replicated directory, which turns
+//!   every mutating call into a [`fs::Mutation`] for a sink;
+//! - [`daemon`]: runs the modules of a configuration (mounts, control socket);
+//! - [`cli`]: the `tandem` command line.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod fs;

@@ -1,0 +1,347 @@
+//! Behaviour of the mount that a bare directory also shows: bytes survive
+//! unmount and remount, concurrent writers, mmap, O_DIRECT, O_SYNC, locks,
+//! special files and permissions for other users.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{TestMount, cpath, errno, tempdir};
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn unmount_and_remount_keep_every_byte() {
+    let t = tempdir();
+    std::fs::write(t.path().join("before"), b"there before the mount").unwrap();
+    let mut m = TestMount::new(t.path());
+    assert!(common::is_tandem_mount(&m.dir));
+    // The mount shows what was there, under the same path.
+    assert_eq!(
+        std::fs::read(m.dir.join("before")).unwrap(),
+        b"there before the mount"
+    );
+    let big = pattern(1, 3 << 20);
+    std::fs::write(m.dir.join("big"), &big).unwrap();
+    std::fs::create_dir_all(m.dir.join("a/b/c")).unwrap();
+    std::fs::write(m.dir.join("a/b/c/small"), b"x").unwrap();
+    m.unmount();
+    assert!(!common::is_tandem_mount(t.path()));
+    assert_eq!(std::fs::read(t.path().join("big")).unwrap(), big);
+    assert_eq!(std::fs::read(t.path().join("a/b/c/small")).unwrap(), b"x");
+
+    // Remount, change, unmount again: the bare directory keeps the last state.
+    let mut m = TestMount::new(t.path());
+    assert_eq!(std::fs::read(m.dir.join("big")).unwrap(), big);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.dir.join("big"))
+        .unwrap();
+    f.seek(SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(&[0xAB; 4096]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::remove_file(m.dir.join("before")).unwrap();
+    let seen = m.take_seen();
+    assert!(seen.contains(&"write big".to_string()), "{seen:?}");
+    assert!(seen.contains(&"fsync big".to_string()), "{seen:?}");
+    assert!(seen.contains(&"unlink before".to_string()), "{seen:?}");
+    m.unmount();
+    let mut expect = big.clone();
+    expect[1 << 20..(1 << 20) + 4096].fill(0xAB);
+    assert_eq!(std::fs::read(t.path().join("big")).unwrap(), expect);
+    assert!(!t.path().join("before").exists());
+}
+
+#[test]
+fn concurrent_writers_from_several_threads() {
+    let t = tempdir();
+    let m = TestMount::new(t.path());
+    let dir = Arc::new(m.dir.clone());
+    const THREADS: u64 = 8;
+    const BLOCK: usize = 64 * 1024;
+    const BLOCKS: u64 = 24;
+    std::fs::File::create(dir.join("shared")).unwrap();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                // Each thread owns a file, and interleaved blocks of a shared file.
+                let own = pattern(100 + t, BLOCK * 8);
+                std::fs::write(dir.join(format!("own-{t}")), &own).unwrap();
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("shared"))
+                    .unwrap();
+                for b in 0..BLOCKS {
+                    let off = (b * THREADS + t) * BLOCK as u64;
+                    std::os::unix::fs::FileExt::write_all_at(&f, &pattern(off, BLOCK), off)
+                        .unwrap();
+                }
+                f.sync_data().unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let writes = m
+        .take_seen()
+        .iter()
+        .filter(|s| s.starts_with("write "))
+        .count();
+    assert!(
+        writes as u64 >= THREADS * (BLOCKS + 1),
+        "sink saw {writes} writes"
+    );
+    drop(m);
+    let shared = std::fs::read(t.path().join("shared")).unwrap();
+    assert_eq!(shared.len(), (THREADS * BLOCKS) as usize * BLOCK);
+    for i in 0..THREADS * BLOCKS {
+        let off = i as usize * BLOCK;
+        assert!(
+            shared[off..off + BLOCK] == pattern(i * BLOCK as u64, BLOCK)[..],
+            "block {i} of shared differs"
+        );
+    }
+    for th in 0..THREADS {
+        assert_eq!(
+            std::fs::read(t.path().join(format!("own-{th}"))).unwrap(),
+            pattern(100 + th, BLOCK * 8)
+        );
+    }
+}
+
+#[test]
+fn mmap_o_direct_and_o_sync_behave_as_on_the_bare_directory() {
+    let t = tempdir();
+    let m = TestMount::new(t.path());
+
+    // Shared writable mapping: stores reach the file through the mount.
+    let path = m.dir.join("mapped");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(8192).unwrap();
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap: errno {}", errno());
+        std::ptr::copy_nonoverlapping(b"mapped bytes".as_ptr(), (p as *mut u8).add(4096), 12);
+        assert_eq!(libc::msync(p, 8192, libc::MS_SYNC), 0);
+        libc::munmap(p, 8192);
+    }
+    drop(f);
+    assert_eq!(&std::fs::read(&path).unwrap()[4096..4108], b"mapped bytes");
+    let seen = m.take_seen();
+    assert!(
+        seen.contains(&"write mapped".to_string()),
+        "mmap stores must reach the sink: {seen:?}"
+    );
+
+    // O_DIRECT with aligned buffers.
+    let layout = std::alloc::Layout::from_size_align(8192, 4096).unwrap();
+    let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc(layout), 8192) };
+    buf.copy_from_slice(&pattern(7, 8192));
+    let mut d = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.dir.join("direct"))
+        .unwrap();
+    d.write_all(buf).unwrap();
+    d.seek(SeekFrom::Start(0)).unwrap();
+    buf.fill(0);
+    d.read_exact(buf).unwrap();
+    assert_eq!(&buf[..], &pattern(7, 8192)[..]);
+    unsafe { std::alloc::dealloc(buf.as_mut_ptr(), layout) };
+    drop(d);
+
+    // O_SYNC writes: each one durable before it returns, seen as a write and a sync.
+    let mut s = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_SYNC)
+        .open(m.dir.join("sync"))
+        .unwrap();
+    s.write_all(b"durable").unwrap();
+    drop(s);
+    let seen = m.take_seen();
+    assert!(seen.iter().any(|l| l == "write sync"), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l == "fsync sync"),
+        "O_SYNC must make the sink see a sync: {seen:?}"
+    );
+    drop(m);
+    assert_eq!(
+        std::fs::read(t.path().join("direct")).unwrap(),
+        pattern(7, 8192)
+    );
+    assert_eq!(std::fs::read(t.path().join("sync")).unwrap(), b"durable");
+}
+
+#[test]
+fn locks_fifos_and_special_files() {
+    let t = tempdir();
+    let m = TestMount::new(t.path());
+    let path = m.dir.join("locked");
+    std::fs::write(&path, b"x").unwrap();
+
+    // flock and POSIX locks conflict between processes as on a bare file.
+    let holder = std::fs::File::open(&path).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) },
+        0
+    );
+    let out = Command::new("flock")
+        .args(["-n", "-E", "42"])
+        .arg(&path)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert_eq!(
+        out.code(),
+        Some(42),
+        "a second exclusive flock must be refused"
+    );
+    drop(holder);
+    let out = Command::new("flock")
+        .args(["-n", "-E", "42"])
+        .arg(&path)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "the lock is free once the holder closed"
+    );
+
+    // A FIFO created through the mount carries data between processes.
+    let fifo = m.dir.join("pipe");
+    assert_eq!(unsafe { libc::mkfifo(cpath(&fifo).as_ptr(), 0o600) }, 0);
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, b"through the fifo").unwrap())
+    };
+    assert_eq!(std::fs::read(&fifo).unwrap(), b"through the fifo");
+    writer.join().unwrap();
+    assert_eq!(
+        std::fs::symlink_metadata(&fifo).unwrap().mode() & libc::S_IFMT,
+        libc::S_IFIFO
+    );
+
+    // A character device node (root may create one; the mount allows devices).
+    let null = m.dir.join("null");
+    let rdev = libc::makedev(1, 3);
+    assert_eq!(
+        unsafe { libc::mknod(cpath(&null).as_ptr(), libc::S_IFCHR | 0o666, rdev) },
+        0,
+        "errno {}",
+        errno()
+    );
+    std::fs::write(&null, b"discarded").unwrap();
+    assert_eq!(std::fs::metadata(&null).unwrap().rdev(), rdev);
+    let seen = m.take_seen();
+    assert!(
+        seen.contains(&"create pipe".to_string()) && seen.contains(&"create null".to_string()),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn other_users_get_the_permissions_of_the_bare_directory() {
+    let t = tempdir();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = TestMount::new(t.path());
+    let secret = m.dir.join("secret");
+    std::fs::write(&secret, b"root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let open_dir = m.dir.join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let nobody = |cmd: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    // Reading a 0600 root file is refused, as on the bare directory.
+    let out = nobody(&format!("cat {}", secret.display()));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    // Creating in a 0755 root directory is refused.
+    let out = nobody(&format!("touch {}/x", m.dir.display()));
+    assert!(!out.status.success());
+    // Creating in a 0777 directory works and the file belongs to the creator.
+    let out = nobody(&format!(
+        "umask 027; echo hi > {}/mine; mkdir {}/sub",
+        open_dir.display(),
+        open_dir.display()
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let md = std::fs::metadata(open_dir.join("mine")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o777),
+        (65534, 65534, 0o640)
+    );
+    let md = std::fs::metadata(open_dir.join("sub")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o777),
+        (65534, 65534, 0o750)
+    );
+    drop(m);
+    // The bare directory agrees after unmount.
+    let md = std::fs::metadata(t.path().join("open/mine")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+}
+
+#[test]
+fn writes_to_a_hard_link_name_the_link_that_still_exists() {
+    let t = tempdir();
+    let m = TestMount::new(t.path());
+    std::fs::write(m.dir.join("a"), b"1").unwrap();
+    std::fs::hard_link(m.dir.join("a"), m.dir.join("b")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.dir.join("b"))
+        .unwrap();
+    std::fs::remove_file(m.dir.join("a")).unwrap();
+    m.take_seen();
+    f.write_all(b"22").unwrap();
+    drop(f);
+    assert_eq!(m.take_seen(), vec!["write b".to_string()]);
+    std::fs::remove_file(m.dir.join("b")).unwrap();
+}
