@@ -230,17 +230,18 @@ fn locks_fifos_and_special_files() {
         "a second exclusive flock must be refused"
     );
     drop(holder);
-    let out = Command::new("flock")
-        .args(["-n", "-E", "42"])
-        .arg(&path)
-        .arg("true")
-        .status()
-        .unwrap();
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "the lock is free once the holder closed"
-    );
+    // Another test's fork may briefly share the descriptor before its exec closes
+    // it, so the lock is free "soon", not necessarily at once.
+    let free = common::wait_until(5, || {
+        let out = Command::new("flock")
+            .args(["-n", "-E", "42"])
+            .arg(&path)
+            .arg("true")
+            .status()
+            .unwrap();
+        out.code() == Some(0)
+    });
+    assert!(free, "the lock is free once the holder closed");
 
     // A FIFO created through the mount carries data between processes.
     let fifo = m.dir.join("pipe");
@@ -344,4 +345,80 @@ fn writes_to_a_hard_link_name_the_link_that_still_exists() {
     drop(f);
     assert_eq!(m.take_seen(), vec!["write b".to_string()]);
     std::fs::remove_file(m.dir.join("b")).unwrap();
+}
+
+#[test]
+fn explicit_times_and_xattrs_are_set_on_the_real_file() {
+    let t = tempdir();
+    let m = TestMount::new(t.path());
+    let f = m.dir.join("timed");
+    std::fs::write(&f, b"x").unwrap();
+    let ts = [
+        libc::timespec {
+            tv_sec: 1_000_000_123,
+            tv_nsec: 456,
+        },
+        libc::timespec {
+            tv_sec: 1_000_000_789,
+            tv_nsec: 12,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&f).as_ptr(), ts.as_ptr(), 0) },
+        0
+    );
+    let check = |p: &std::path::Path| {
+        let md = std::fs::symlink_metadata(p).unwrap();
+        assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_123, 456));
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000_789, 12));
+    };
+    check(&f);
+    // A symlink's own times (utimensat with AT_SYMLINK_NOFOLLOW).
+    let l = m.dir.join("link");
+    std::os::unix::fs::symlink("timed", &l).unwrap();
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cpath(&l).as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "errno {}", errno());
+    check(&l);
+    let name = std::ffi::CString::new("user.k").unwrap();
+    let rc = unsafe {
+        libc::setxattr(
+            cpath(&f).as_ptr(),
+            name.as_ptr(),
+            b"v1".as_ptr().cast(),
+            2,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "errno {}", errno());
+    // XATTR_CREATE on an existing attribute fails as on the bare file.
+    let rc = unsafe {
+        libc::setxattr(
+            cpath(&f).as_ptr(),
+            name.as_ptr(),
+            b"v2".as_ptr().cast(),
+            2,
+            libc::XATTR_CREATE,
+        )
+    };
+    assert_eq!((rc, errno()), (-1, libc::EEXIST));
+    drop(m);
+    check(&t.path().join("timed"));
+    check(&t.path().join("link"));
+    let mut v = [0u8; 8];
+    let n = unsafe {
+        libc::getxattr(
+            cpath(&t.path().join("timed")).as_ptr(),
+            name.as_ptr(),
+            v.as_mut_ptr().cast(),
+            8,
+        )
+    };
+    assert_eq!(&v[..n as usize], b"v1");
 }
