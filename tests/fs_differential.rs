@@ -299,6 +299,8 @@ fn apply(root: &Path, op: &Op) -> (Outcome, Vec<String>) {
                 r.map(|_| Vec::new())
             }
             Op::Rename { from, to, flags } => {
+                // Resolved before the rename, which may move a symlink on the way.
+                let seen = format!("rename {} {}", n(from), n(to));
                 let ino = |s: &str| {
                     std::fs::symlink_metadata(root.join(s))
                         .map(|m| m.ino())
@@ -315,7 +317,7 @@ fn apply(root: &Path, op: &Op) -> (Outcome, Vec<String>) {
                 ) as i64);
                 // Renaming a name onto itself succeeds without reaching the file system.
                 if r.is_ok() && from != to && !same_inode {
-                    muts.push(format!("rename {} {}", n(from), n(to)));
+                    muts.push(seen);
                 }
                 r.map(|_| Vec::new())
             }

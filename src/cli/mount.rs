@@ -23,6 +23,10 @@ pub struct MountArgs {
     /// Let read-only opens of files that nobody is writing bypass the daemon.
     #[arg(long)]
     pub read_passthrough: bool,
+    /// Cache files opened for writing in the mount's page cache too (faster
+    /// re-reads through writable descriptors, slower streaming writes).
+    #[arg(long)]
+    pub cached_writes: bool,
 }
 
 pub fn run(args: MountArgs) -> ExitCode {
@@ -31,6 +35,7 @@ pub fn run(args: MountArgs) -> ExitCode {
         config.threads = t as usize;
     }
     config.fs.read_passthrough = args.read_passthrough;
+    config.fs.cached_writes = args.cached_writes;
     let sink = Arc::new(CountingSink::new(args.print_mutations));
     let (mounted, report) = match fs::mount(&args.dir, sink.clone(), &config) {
         Ok(m) => m,

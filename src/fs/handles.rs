@@ -19,6 +19,8 @@ pub struct FileHandle {
     pub writable: bool,
     /// Opened with O_DIRECT: transfers need aligned buffers.
     pub direct: bool,
+    /// Opened with O_SYNC or O_DSYNC: every write is durable when it returns.
+    pub sync: bool,
     /// Set when reads and writes go straight to the real file in the kernel; the
     /// mapping must outlive the open file, so it is dropped on release.
     pub backing: Option<BackingId>,

@@ -67,10 +67,13 @@ pub enum Mutation<'a> {
         to: PathBuf,
         flags: u32,
     },
+    /// `sync`: the file was opened O_SYNC or O_DSYNC, so the write is durable
+    /// locally before it returns and must be on the peer too.
     Write {
         path: RelPath,
         offset: u64,
         data: &'a [u8],
+        sync: bool,
     },
     Fallocate {
         path: RelPath,
@@ -187,8 +190,19 @@ impl fmt::Display for Mutation<'_> {
                 }
                 Ok(())
             }
-            Mutation::Write { path, offset, data } => {
-                write!(f, "{k} {} @{offset}+{}", ShowRel(path), data.len())
+            Mutation::Write {
+                path,
+                offset,
+                data,
+                sync,
+            } => {
+                write!(
+                    f,
+                    "{k} {} @{offset}+{}{}",
+                    ShowRel(path),
+                    data.len(),
+                    if *sync { " sync" } else { "" }
+                )
             }
             Mutation::Fallocate {
                 path,

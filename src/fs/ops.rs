@@ -30,6 +30,12 @@ pub struct FsOptions {
     pub ttl: Duration,
     /// Let read-only opens of files nobody writes bypass the daemon (FUSE passthrough).
     pub read_passthrough: bool,
+    /// Keep files opened for writing in the kernel's page cache of the mount too.
+    /// Off by default: writes then go from the application's buffer to tandem
+    /// without an extra copy into a second page cache (sequential writes run at
+    /// close to the bare speed, and written data is not cached twice); reads
+    /// through such a descriptor are served by tandem from the real file's cache.
+    pub cached_writes: bool,
 }
 
 impl Default for FsOptions {
@@ -37,6 +43,7 @@ impl Default for FsOptions {
         Self {
             ttl: Duration::from_secs(1),
             read_passthrough: false,
+            cached_writes: false,
         }
     }
 }
@@ -366,6 +373,7 @@ impl TandemFs {
     ) -> (u64, FopenFlags, bool) {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let direct = flags & libc::O_DIRECT != 0;
+        let sync = flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
         let mut backing = None;
         {
             let mut opens = inode.opens.lock();
@@ -379,15 +387,16 @@ impl TandemFs {
             }
         }
         let is_pt = backing.is_some();
-        // Every write passes through this mount, so cached pages stay valid across opens.
-        let fopen = if direct {
-            FopenFlags::empty()
+        let fopen = if direct || (writable && !self.opts.cached_writes) {
+            FopenFlags::FOPEN_DIRECT_IO
         } else {
+            // Every write passes through this mount, so cached pages stay valid across opens.
             FopenFlags::FOPEN_KEEP_CACHE
         };
         let fh = self.files.insert(FileHandle {
             inode,
             file,
+            sync,
             writable,
             direct,
             backing,
@@ -420,12 +429,41 @@ impl TandemFs {
         Ok(buf)
     }
 
-    fn do_write(&self, fh: Fh, offset: u64, data: &[u8]) -> SysResult<u32> {
+    /// Clears set-user-id (and group-executable set-group-id) bits as the kernel
+    /// does when a caller without CAP_FSETID writes or truncates a file.
+    fn kill_suidgid(&self, inode: &Inode) -> SysResult<()> {
+        let st = sys::stat_fd(inode.fd())?;
+        let mut mode = st.st_mode & 0o7777;
+        if mode & libc::S_ISUID != 0 {
+            mode &= !libc::S_ISUID;
+        }
+        if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+            mode &= !libc::S_ISGID;
+        }
+        if mode == st.st_mode & 0o7777 {
+            return Ok(());
+        }
+        let change = AttrChange {
+            mode: Some(mode),
+            ..AttrChange::default()
+        };
+        let m = Mutation::SetAttr {
+            path: self.rel(inode)?,
+            change,
+        };
+        self.sink.apply(&m, &mut || sys::chmod_fd(inode.fd(), mode))
+    }
+
+    fn do_write(&self, fh: Fh, offset: u64, data: &[u8], flags: WriteFlags) -> SysResult<u32> {
         let h = self.files.get(fh.0)?;
+        if flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            self.kill_suidgid(&h.inode)?;
+        }
         let m = Mutation::Write {
             path: self.rel(&h.inode)?,
             offset,
             data,
+            sync: h.sync,
         };
         self.sink.apply(&m, &mut || {
             if h.direct && !sys::AlignedBuf::is_aligned(data) {
@@ -513,6 +551,12 @@ impl Filesystem for TandemFs {
         // 1 MiB per write request: fewer round trips for large sequential writes.
         let _ = config.set_max_write(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // With this the kernel stops asking for security.capability before every
+        // write (a round trip each) and instead flags the writes that must clear
+        // set-id bits, which do_write honours.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // Shared mappings of files opened for (uncached) writing.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         if self.opts.read_passthrough
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -543,7 +587,7 @@ impl Filesystem for TandemFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -559,6 +603,13 @@ impl Filesystem for TandemFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // Truncation by a caller without CAP_FSETID clears set-id bits (the kernel
+        // leaves that to us once FUSE_HANDLE_KILLPRIV_V2 is agreed).
+        if size.is_some() && mode.is_none() && req.uid() != 0 {
+            if let Err(e) = self.inode(ino).and_then(|i| self.kill_suidgid(&i)) {
+                return reply.error(e);
+            }
+        }
         match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
             Ok(attr) => reply.attr(&self.opts.ttl, &attr),
             Err(e) => reply.error(e),
@@ -704,12 +755,12 @@ impl Filesystem for TandemFs {
         fh: Fh,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.do_write(fh, offset, data) {
+        match self.do_write(fh, offset, data, write_flags) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }

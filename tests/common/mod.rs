@@ -46,6 +46,9 @@ pub fn describe(m: &Mutation<'_>) -> String {
             format!("link {} {}", existing.display(), path.display())
         }
         Mutation::Rename { from, to, .. } => format!("rename {} {}", from.display(), to.display()),
+        Mutation::Write {
+            path, sync: true, ..
+        } => format!("write {} (sync)", rel(path)),
         Mutation::Write { path, .. }
         | Mutation::Fallocate { path, .. }
         | Mutation::SetAttr { path, .. }
