@@ -455,3 +455,30 @@ fn a_reader_with_cached_pages_sees_every_later_write() {
     writer.read_exact_at(&mut own, 8192).unwrap();
     assert!(own.iter().all(|b| *b == b'b'));
 }
+
+#[test]
+fn a_file_whose_name_ends_in_deleted_is_still_named() {
+    let t = tempdir();
+    let m = TestMount::new(t.path());
+    std::fs::write(m.dir.join("f (deleted)"), b"1").unwrap();
+    m.take_seen();
+    std::fs::write(m.dir.join("f (deleted)"), b"22").unwrap();
+    let seen = m.take_seen();
+    assert!(seen.contains(&"write f (deleted)".to_string()), "{seen:?}");
+}
+
+#[test]
+fn thousands_of_cached_inodes_do_not_exhaust_descriptors() {
+    let t = tempdir();
+    for i in 0..5000 {
+        std::fs::write(t.path().join(format!("f{i}")), b"x").unwrap();
+    }
+    let m = TestMount::new(t.path());
+    // Each looked-up inode holds a descriptor in the daemon (this process).
+    let open: Vec<_> = (0..5000)
+        .map(|i| std::fs::metadata(m.dir.join(format!("f{i}"))).unwrap())
+        .collect();
+    assert_eq!(open.len(), 5000);
+    std::fs::write(m.dir.join("after"), b"still works").unwrap();
+    assert_eq!(std::fs::read(m.dir.join("after")).unwrap(), b"still works");
+}

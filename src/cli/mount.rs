@@ -20,9 +20,6 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
-    /// Let read-only opens of files that nobody is writing bypass the daemon.
-    #[arg(long)]
-    pub read_passthrough: bool,
     /// Cache files opened for writing in the mount's page cache too (faster
     /// re-reads through writable descriptors, slower streaming writes).
     #[arg(long)]
@@ -34,7 +31,6 @@ pub fn run(args: MountArgs) -> ExitCode {
     if let Some(t) = args.threads {
         config.threads = t as usize;
     }
-    config.fs.read_passthrough = args.read_passthrough;
     config.fs.cached_writes = args.cached_writes;
     let sink = Arc::new(CountingSink::new(args.print_mutations));
     let (mounted, report) = match fs::mount(&args.dir, sink.clone(), &config) {

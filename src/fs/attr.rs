@@ -29,12 +29,17 @@ pub fn kind_of_dirent(d_type: u8) -> Option<FileType> {
     })
 }
 
+/// A file time as SystemTime; times outside what SystemTime holds are clamped
+/// to the epoch rather than taking a worker thread down.
 fn time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    let t = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::new(sec as u64, nsec as u32))
     } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
-    }
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(sec.unsigned_abs()))
+            .and_then(|t| t.checked_add(Duration::from_nanos(nsec as u64)))
+    };
+    t.unwrap_or(UNIX_EPOCH)
 }
 
 pub fn to_timespec(t: SystemTime) -> libc::timespec {
@@ -94,6 +99,12 @@ mod tests {
             let ts = to_timespec(t);
             assert_eq!((ts.tv_sec, ts.tv_nsec), (s, n), "for {s}.{n}");
         }
+    }
+
+    #[test]
+    fn extreme_times_do_not_panic() {
+        let _ = time(i64::MIN, 0);
+        let _ = time(i64::MAX, 999_999_999);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fuser::{BackingId, Errno};
+use fuser::Errno;
 use parking_lot::Mutex;
 
 use super::inode::Inode;
@@ -15,15 +15,12 @@ use super::inode::Inode;
 pub struct FileHandle {
     pub inode: Arc<Inode>,
     pub file: OwnedFd,
-    /// Opened for writing: counted in the inode's writers until released.
+    /// Opened for writing (a truncate through it can use it directly).
     pub writable: bool,
     /// Opened with O_DIRECT: transfers need aligned buffers.
     pub direct: bool,
     /// Opened with O_SYNC or O_DSYNC: every write is durable when it returns.
     pub sync: bool,
-    /// Set when reads and writes go straight to the real file in the kernel; the
-    /// mapping must outlive the open file, so it is dropped on release.
-    pub backing: Option<BackingId>,
 }
 
 impl FileHandle {

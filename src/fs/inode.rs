@@ -32,17 +32,6 @@ pub struct Inode {
     /// a name after the one `fd` was opened by is unlinked, and a replica must be
     /// told a name that still exists.
     pub aliases: Mutex<Vec<OwnedFd>>,
-    /// Open state that decides whether read-only opens may bypass the daemon.
-    pub opens: Mutex<OpenCounts>,
-}
-
-#[derive(Default, Debug)]
-pub struct OpenCounts {
-    /// Handles that can modify the file: while any exists, reads are not passed through.
-    pub writers: u32,
-    /// Handles opened in passthrough mode: while any exists, the kernel refuses
-    /// non-passthrough opens of the same inode.
-    pub passthrough: u32,
 }
 
 impl Inode {
@@ -69,18 +58,17 @@ impl Inode {
     }
 
     /// Absolute paths the kernel shows for this inode's known names, primary
-    /// first. A name that is gone shows with a " (deleted)" suffix.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = fd_path(self.fd.as_raw_fd()).into_iter().collect();
-        if out.first().is_some_and(|p| is_deleted(p)) {
-            out.extend(
-                self.aliases
-                    .lock()
-                    .iter()
-                    .filter_map(|a| fd_path(a.as_raw_fd()).ok()),
-            );
+    /// first. A name that is gone shows with a " (deleted)" suffix. An error
+    /// (such as a path longer than PATH_MAX) is passed on, never taken for "no name".
+    pub fn paths(&self) -> Result<Vec<PathBuf>, fuser::Errno> {
+        let primary = fd_path(self.fd.as_raw_fd())?;
+        let mut out = vec![primary];
+        if is_deleted(&out[0]) {
+            for a in self.aliases.lock().iter() {
+                out.push(fd_path(a.as_raw_fd())?);
+            }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -116,7 +104,6 @@ impl InodeTable {
             ino,
             kind: libc::S_IFDIR,
             aliases: Mutex::default(),
-            opens: Mutex::default(),
         });
         let mut maps = Maps {
             next_synthetic: SYNTHETIC_BASE,
@@ -169,7 +156,6 @@ impl InodeTable {
             ino,
             kind,
             aliases: Mutex::default(),
-            opens: Mutex::default(),
         });
         m.by_key.insert((dev, ino), id);
         m.by_id.insert(

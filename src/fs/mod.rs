@@ -158,6 +158,9 @@ pub fn mount(
     // The kernel hands us modes with the caller's umask already applied; ours
     // must not mask them again.
     sys::set_umask(0);
+    if let Err(e) = sys::raise_nofile_limit() {
+        tracing::warn!("cannot raise the open-file limit: {e}");
+    }
     let fs =
         ops::TandemFs::new(root, prefix, sink, config.fs.clone()).map_err(|e| io(errno_io(e)))?;
     let mut fc = fuser::Config::default();

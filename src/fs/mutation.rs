@@ -86,13 +86,13 @@ pub enum Mutation<'a> {
         change: AttrChange,
     },
     SetXattr {
-        path: PathBuf,
+        path: RelPath,
         name: OsString,
         value: &'a [u8],
         flags: i32,
     },
     RemoveXattr {
-        path: PathBuf,
+        path: RelPath,
         name: OsString,
     },
     /// The application asked for durability of a file (or directory) up to here.
@@ -240,13 +240,13 @@ impl fmt::Display for Mutation<'_> {
                 write!(
                     f,
                     "{k} {} {}={}B",
-                    ShowPath(path),
+                    ShowRel(path),
                     show_name(name),
                     value.len()
                 )
             }
             Mutation::RemoveXattr { path, name } => {
-                write!(f, "{k} {} {}", ShowPath(path), show_name(name))
+                write!(f, "{k} {} {}", ShowRel(path), show_name(name))
             }
             Mutation::Fsync { path, datasync } => {
                 write!(

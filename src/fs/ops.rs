@@ -16,6 +16,8 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use parking_lot::RwLock;
+
 use super::attr::{file_attr, kind_of, kind_of_dirent, to_timespec};
 use super::handles::{DirHandle, FileHandle, Table};
 use super::inode::{Inode, InodeTable, is_deleted};
@@ -28,8 +30,6 @@ pub struct FsOptions {
     /// How long the kernel may cache names and attributes. Every change goes
     /// through this mount, so the cache cannot go stale behind the kernel's back.
     pub ttl: Duration,
-    /// Let read-only opens of files nobody writes bypass the daemon (FUSE passthrough).
-    pub read_passthrough: bool,
     /// Keep files opened for writing in the kernel's page cache of the mount too.
     /// Off by default: writes then go from the application's buffer to tandem
     /// without an extra copy into a second page cache (sequential writes run at
@@ -42,7 +42,6 @@ impl Default for FsOptions {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(1),
-            read_passthrough: false,
             cached_writes: false,
         }
     }
@@ -57,8 +56,13 @@ pub struct TandemFs {
     root_prefix: PathBuf,
     root_fd: RawFd,
     opts: FsOptions,
-    /// The kernel agreed to passthrough at init.
-    passthrough: AtomicBool,
+    /// Files opened for writing bypass the mount's page cache (decided at init).
+    uncached_writes: AtomicBool,
+    /// Orders mutations against renames and removals: each mutation computes its
+    /// path and passes the sink under the shared side, renames and removals under
+    /// the exclusive side, so no mutation carries a name that a concurrent rename
+    /// already changed.
+    ns: RwLock<()>,
 }
 
 impl TandemFs {
@@ -78,7 +82,8 @@ impl TandemFs {
             root_prefix,
             root_fd: raw,
             opts,
-            passthrough: AtomicBool::new(false),
+            uncached_writes: AtomicBool::new(false),
+            ns: RwLock::new(()),
         })
     }
 
@@ -89,7 +94,7 @@ impl TandemFs {
     /// The path of an inode relative to the module root: a name it still has,
     /// `None` once it has none (unlinked while open).
     fn rel(&self, inode: &Inode) -> SysResult<RelPath> {
-        for abs in inode.paths() {
+        for abs in inode.paths()? {
             let Ok(rel) = abs.strip_prefix(&self.root_prefix) else {
                 // Only possible if the root itself was moved from outside the mount.
                 return Err(Errno::EXDEV);
@@ -102,12 +107,14 @@ impl TandemFs {
     }
 
     /// Whether `rel` (a name that merely ends in " (deleted)") really names `inode`.
+    /// The walk may not follow symlinks nor leave the root: an absolute symlink
+    /// could otherwise lead the daemon into its own mount.
     fn names_inode(&self, rel: &Path, inode: &Inode) -> bool {
         let Ok(c) = cname(rel.as_os_str()) else {
             return false;
         };
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.root_fd) };
-        sys::openat(fd, &c, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        sys::open_beneath(fd, &c)
             .and_then(|f| sys::stat_fd(f.as_fd()))
             .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino)
     }
@@ -184,6 +191,7 @@ impl TandemFs {
         mtime: Option<TimeOrNow>,
         fh: Option<Fh>,
     ) -> SysResult<FileAttr> {
+        let _ns = self.ns.read();
         let inode = self.inode(ino)?;
         let handle = fh.and_then(|f| self.files.get(f.0).ok());
         // "Now" is fixed here so that the replica can be given the same instant.
@@ -246,6 +254,7 @@ impl TandemFs {
         mode: u32,
         rdev: u32,
     ) -> SysResult<FileAttr> {
+        let _ns = self.ns.read();
         let p = self.inode(parent)?;
         let c = cname(name)?;
         let owner = self.new_owner(req, &p)?;
@@ -270,6 +279,7 @@ impl TandemFs {
         name: &OsStr,
         mode: u32,
     ) -> SysResult<FileAttr> {
+        let _ns = self.ns.read();
         let p = self.inode(parent)?;
         let c = cname(name)?;
         let owner = self.new_owner(req, &p)?;
@@ -293,6 +303,7 @@ impl TandemFs {
         name: &OsStr,
         target: &Path,
     ) -> SysResult<FileAttr> {
+        let _ns = self.ns.read();
         let p = self.inode(parent)?;
         let c = cname(name)?;
         let t = cname(target.as_os_str())?;
@@ -311,6 +322,7 @@ impl TandemFs {
     }
 
     fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> SysResult<FileAttr> {
+        let _ns = self.ns.read();
         let inode = self.inode(ino)?;
         let p = self.inode(newparent)?;
         let c = cname(newname)?;
@@ -326,6 +338,9 @@ impl TandemFs {
     }
 
     fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> SysResult<()> {
+        // Renames and removals change the names other calls report: they run
+        // alone, so every mutation reaches the sink with the name it had then.
+        let _ns = self.ns.write();
         let p = self.inode(parent)?;
         let c = cname(name)?;
         let path = self.child(&p, name)?;
@@ -346,6 +361,9 @@ impl TandemFs {
         newname: &OsStr,
         flags: u32,
     ) -> SysResult<()> {
+        // Renames and removals change the names other calls report: they run
+        // alone, so every mutation reaches the sink with the name it had then.
+        let _ns = self.ns.write();
         let p = self.inode(parent)?;
         let np = self.inode(newparent)?;
         let (c, nc) = (cname(name)?, cname(newname)?);
@@ -369,25 +387,11 @@ impl TandemFs {
         inode: Arc<Inode>,
         file: std::os::fd::OwnedFd,
         flags: i32,
-        reply_backing: impl FnOnce(&std::os::fd::OwnedFd) -> Option<fuser::BackingId>,
-    ) -> (u64, FopenFlags, bool) {
+    ) -> (u64, FopenFlags) {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let direct = flags & libc::O_DIRECT != 0;
         let sync = flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
-        let mut backing = None;
-        {
-            let mut opens = inode.opens.lock();
-            if writable {
-                opens.writers += 1;
-            } else if opens.writers == 0 && self.passthrough.load(Ordering::Relaxed) {
-                backing = reply_backing(&file);
-                if backing.is_some() {
-                    opens.passthrough += 1;
-                }
-            }
-        }
-        let is_pt = backing.is_some();
-        let fopen = if direct || (writable && !self.opts.cached_writes) {
+        let fopen = if direct || (writable && self.uncached_writes.load(Ordering::Relaxed)) {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             // Every write passes through this mount, so cached pages stay valid across opens.
@@ -396,24 +400,11 @@ impl TandemFs {
         let fh = self.files.insert(FileHandle {
             inode,
             file,
-            sync,
             writable,
+            sync,
             direct,
-            backing,
         });
-        (fh, fopen, is_pt)
-    }
-
-    fn do_release(&self, fh: Fh) {
-        if let Some(h) = self.files.remove(fh.0) {
-            let mut opens = h.inode.opens.lock();
-            if h.writable {
-                opens.writers -= 1;
-            }
-            if h.backing.is_some() {
-                opens.passthrough -= 1;
-            }
-        }
+        (fh, fopen)
     }
 
     fn do_read(&self, fh: Fh, offset: u64, size: u32) -> SysResult<Vec<u8>> {
@@ -432,6 +423,7 @@ impl TandemFs {
     /// Clears set-user-id (and group-executable set-group-id) bits as the kernel
     /// does when a caller without CAP_FSETID writes or truncates a file.
     fn kill_suidgid(&self, inode: &Inode) -> SysResult<()> {
+        let _ns = self.ns.read();
         let st = sys::stat_fd(inode.fd())?;
         let mut mode = st.st_mode & 0o7777;
         if mode & libc::S_ISUID != 0 {
@@ -459,6 +451,7 @@ impl TandemFs {
         if flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             self.kill_suidgid(&h.inode)?;
         }
+        let _ns = self.ns.read();
         let m = Mutation::Write {
             path: self.rel(&h.inode)?,
             offset,
@@ -478,6 +471,7 @@ impl TandemFs {
     }
 
     fn do_fsync(&self, inode: &Inode, fd: RawFd, datasync: bool) -> SysResult<()> {
+        let _ns = self.ns.read();
         let m = Mutation::Fsync {
             path: self.rel(inode)?,
             datasync,
@@ -495,13 +489,13 @@ impl TandemFs {
         mode: u32,
         flags: i32,
     ) -> SysResult<(FileAttr, u64, FopenFlags)> {
+        let _ns = self.ns.read();
         let p = self.inode(parent)?;
         let c = cname(name)?;
         let owner = self.new_owner(req, &p)?;
-        let path = self.child(&p, name)?;
         let real = Self::real_flags(flags);
         let m = Mutation::Create {
-            path: path.clone(),
+            path: self.child(&p, name)?,
             mode,
             rdev: 0,
             uid: owner.0,
@@ -521,27 +515,17 @@ impl TandemFs {
         });
         let file = match (created, file) {
             (Ok(()), Some(f)) => f,
-            // Another opener created it between the kernel's lookup and ours: open it
-            // as a bare directory would, unless the caller insisted on creating it.
+            // Another opener created it between the kernel's lookup and ours. ESTALE
+            // makes the kernel walk the path again and open the file it now finds,
+            // with its own permission checks, as a bare directory would.
             (Err(e), _) if e.code() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
-                let f = sys::openat(p.fd(), &c, real | libc::O_NOFOLLOW, 0)?;
-                if flags & libc::O_TRUNC != 0 {
-                    let m = Mutation::SetAttr {
-                        path: Some(path),
-                        change: AttrChange {
-                            size: Some(0),
-                            ..AttrChange::default()
-                        },
-                    };
-                    self.sink.apply(&m, &mut || sys::ftruncate(f.as_fd(), 0))?;
-                }
-                f
+                return Err(Errno::ESTALE);
             }
             (Err(e), _) => return Err(e),
             (Ok(()), None) => unreachable!("the sink reported success without applying the create"),
         };
         let (inode, attr) = self.entry(&p, &c)?;
-        let (fh, fopen, _) = self.register(inode, file, flags, |_| None);
+        let (fh, fopen) = self.register(inode, file, flags);
         Ok((attr, fh, fopen))
     }
 }
@@ -555,14 +539,14 @@ impl Filesystem for TandemFs {
         // write (a round trip each) and instead flags the writes that must clear
         // set-id bits, which do_write honours.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
-        // Shared mappings of files opened for (uncached) writing.
-        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
-        if self.opts.read_passthrough
-            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(2).is_ok()
+        // Uncached writers need the kernel to allow shared mappings of such files
+        // (Linux 6.6 and later); without it they stay cached.
+        if !self.opts.cached_writes
+            && config
+                .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+                .is_ok()
         {
-            self.passthrough.store(true, Ordering::Relaxed);
+            self.uncached_writes.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -715,18 +699,10 @@ impl Filesystem for TandemFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = self.inode(ino).and_then(|inode| {
             let file = sys::reopen(inode.fd(), Self::real_flags(flags.0))?;
-            Ok(self.register(inode, file, flags.0, |f| reply.open_backing(f).ok()))
+            Ok(self.register(inode, file, flags.0))
         });
         match opened {
-            Ok((fh, fopen, true)) => match self.files.get(fh) {
-                Ok(h) => reply.opened_passthrough(
-                    Fh(fh),
-                    fopen,
-                    h.backing.as_ref().expect("passthrough handle"),
-                ),
-                Err(e) => reply.error(e),
-            },
-            Ok((fh, fopen, false)) => reply.opened(Fh(fh), fopen),
+            Ok((fh, fopen)) => reply.opened(Fh(fh), fopen),
             Err(e) => reply.error(e),
         }
     }
@@ -788,7 +764,7 @@ impl Filesystem for TandemFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.do_release(fh);
+        self.files.remove(fh.0);
         reply.ok();
     }
 
@@ -899,7 +875,8 @@ impl Filesystem for TandemFs {
         let r = self.inode(ino).and_then(|inode| {
             let c = cname(name)?;
             no_xattr_on_symlink(&inode, Errno::EPERM)?;
-            let path = self.rel(&inode)?.ok_or(Errno::ENOENT)?;
+            let _ns = self.ns.read();
+            let path = self.rel(&inode)?;
             let m = Mutation::SetXattr {
                 path,
                 name: name.to_os_string(),
@@ -944,7 +921,8 @@ impl Filesystem for TandemFs {
         let r = self.inode(ino).and_then(|inode| {
             no_xattr_on_symlink(&inode, Errno::ENODATA)?;
             let c = cname(name)?;
-            let path = self.rel(&inode)?.ok_or(Errno::ENOENT)?;
+            let _ns = self.ns.read();
+            let path = self.rel(&inode)?;
             let m = Mutation::RemoveXattr {
                 path,
                 name: name.to_os_string(),
@@ -992,6 +970,7 @@ impl Filesystem for TandemFs {
         reply: ReplyEmpty,
     ) {
         let r = self.files.get(fh.0).and_then(|h| {
+            let _ns = self.ns.read();
             let m = Mutation::Fallocate {
                 path: self.rel(&h.inode)?,
                 offset,

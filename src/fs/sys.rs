@@ -55,6 +55,56 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysRes
     }
 }
 
+/// `O_PATH` open of a multi-component path below `dir` that follows no symlink
+/// and cannot leave `dir` (openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS).
+pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr) -> SysResult<OwnedFd> {
+    // struct open_how from linux/openat2.h (libc's is non-exhaustive).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        Err(last())
+    } else {
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: the mount holds
+/// one descriptor per inode the kernel has cached, which 1024 does not cover.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(r.rlim_cur)
+}
+
 /// Opens the inode held by an `O_PATH` descriptor again, with real access flags.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
     let p = proc_path(fd.as_raw_fd());

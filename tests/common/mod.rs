@@ -39,9 +39,7 @@ pub fn describe(m: &Mutation<'_>) -> String {
         | Mutation::Mkdir { path, .. }
         | Mutation::Symlink { path, .. }
         | Mutation::Unlink { path }
-        | Mutation::Rmdir { path }
-        | Mutation::SetXattr { path, .. }
-        | Mutation::RemoveXattr { path, .. } => format!("{} {}", m.kind(), path.display()),
+        | Mutation::Rmdir { path } => format!("{} {}", m.kind(), path.display()),
         Mutation::Link { existing, path } => {
             format!("link {} {}", existing.display(), path.display())
         }
@@ -52,6 +50,8 @@ pub fn describe(m: &Mutation<'_>) -> String {
         Mutation::Write { path, .. }
         | Mutation::Fallocate { path, .. }
         | Mutation::SetAttr { path, .. }
+        | Mutation::SetXattr { path, .. }
+        | Mutation::RemoveXattr { path, .. }
         | Mutation::Fsync { path, .. } => format!("{} {}", m.kind(), rel(path)),
     }
 }
