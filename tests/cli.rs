@@ -300,3 +300,42 @@ fn daemon_mounts_modules_reports_status_and_stops_them() {
     }
     assert!(lines.iter().any(|l| l.contains("mounted")), "{lines:?}");
 }
+
+#[test]
+fn daemon_refuses_bad_configurations_and_mounts_nothing() {
+    let t = tempdir();
+    let app = t.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    let missing = t.path().join("gone");
+    let socket = t.path().join("ctl.sock");
+    // The second module's directory does not exist.
+    let cfg = write_config(t.path(), &app, &missing, &socket);
+    let o = tandem(&["--config", cfg.to_str().unwrap(), "daemon"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("module[1].dirs[0]"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(missing.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!is_tandem_mount(&app), "nothing may be mounted");
+    assert!(!socket.exists());
+
+    // Nested directories across modules.
+    let inner = app.join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    let cfg = write_config(t.path(), &app, &inner, &socket);
+    let o = tandem(&["--config", cfg.to_str().unwrap(), "daemon"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("inside"), "{}", stderr(&o));
+    assert!(!is_tandem_mount(&app));
+
+    // A configuration file that does not exist.
+    let o = tandem(&["--config", "/nonexistent/tandem.toml", "daemon"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/nonexistent/tandem.toml"),
+        "{}",
+        stderr(&o)
+    );
+}

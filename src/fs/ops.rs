@@ -530,6 +530,15 @@ impl TandemFs {
     }
 }
 
+impl TandemFs {
+    fn reply_entry(&self, reply: ReplyEntry, r: SysResult<FileAttr>) {
+        match r {
+            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
 impl Filesystem for TandemFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // 1 MiB per write request: fewer round trips for large sequential writes.
@@ -552,10 +561,7 @@ impl Filesystem for TandemFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.do_lookup(parent, name) {
-            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(reply, self.do_lookup(parent, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -617,10 +623,7 @@ impl Filesystem for TandemFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.do_mknod(req, parent, name, mode, rdev) {
-            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(reply, self.do_mknod(req, parent, name, mode, rdev));
     }
 
     fn mkdir(
@@ -632,24 +635,15 @@ impl Filesystem for TandemFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.do_mkdir(req, parent, name, mode) {
-            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(reply, self.do_mkdir(req, parent, name, mode));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_remove(parent, name, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.do_remove(parent, name, false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_remove(parent, name, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.do_remove(parent, name, true));
     }
 
     fn symlink(
@@ -660,10 +654,7 @@ impl Filesystem for TandemFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.do_symlink(req, parent, link_name, target) {
-            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(reply, self.do_symlink(req, parent, link_name, target));
     }
 
     fn rename(
@@ -676,10 +667,10 @@ impl Filesystem for TandemFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(parent, name, newparent, newname, flags.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.do_rename(parent, name, newparent, newname, flags.bits()),
+        );
     }
 
     fn link(
@@ -690,10 +681,7 @@ impl Filesystem for TandemFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.do_link(ino, newparent, newname) {
-            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(reply, self.do_link(ino, newparent, newname));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -769,14 +757,12 @@ impl Filesystem for TandemFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        match self
-            .files
-            .get(fh.0)
-            .and_then(|h| self.do_fsync(&h.inode, h.file.as_raw_fd(), datasync))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.files
+                .get(fh.0)
+                .and_then(|h| self.do_fsync(&h.inode, h.file.as_raw_fd(), datasync)),
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -836,14 +822,12 @@ impl Filesystem for TandemFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        match self
-            .dirs
-            .get(fh.0)
-            .and_then(|d| self.do_fsync(&d.inode, d.raw_fd(), datasync))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.dirs
+                .get(fh.0)
+                .and_then(|d| self.do_fsync(&d.inode, d.raw_fd(), datasync)),
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -886,10 +870,7 @@ impl Filesystem for TandemFs {
             self.sink
                 .apply(&m, &mut || sys::setxattr(inode.fd(), &c, value, flags))
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -930,10 +911,7 @@ impl Filesystem for TandemFs {
             self.sink
                 .apply(&m, &mut || sys::removexattr(inode.fd(), &c))
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -980,10 +958,7 @@ impl Filesystem for TandemFs {
             self.sink
                 .apply(&m, &mut || sys::fallocate(h.fd(), mode, offset, length))
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn lseek(
@@ -1003,6 +978,13 @@ impl Filesystem for TandemFs {
             Ok(off) => reply.offset(off),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: SysResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 
