@@ -32,6 +32,9 @@ pub struct Inode {
     /// a name after the one `fd` was opened by is unlinked, and a replica must be
     /// told a name that still exists.
     pub aliases: Mutex<Vec<OwnedFd>>,
+    /// The last name computed for this inode and the namespace generation it was
+    /// computed in (see `TandemFs::rel`): saves a readlink on every write.
+    pub path_cache: Mutex<Option<(u64, PathBuf)>>,
 }
 
 impl Inode {
@@ -104,6 +107,7 @@ impl InodeTable {
             ino,
             kind: libc::S_IFDIR,
             aliases: Mutex::default(),
+            path_cache: Mutex::default(),
         });
         let mut maps = Maps {
             next_synthetic: SYNTHETIC_BASE,
@@ -156,6 +160,7 @@ impl InodeTable {
             ino,
             kind,
             aliases: Mutex::default(),
+            path_cache: Mutex::default(),
         });
         m.by_key.insert((dev, ino), id);
         m.by_id.insert(

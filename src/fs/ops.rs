@@ -6,7 +6,7 @@ use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -63,6 +63,9 @@ pub struct TandemFs {
     /// the exclusive side, so no mutation carries a name that a concurrent rename
     /// already changed.
     ns: RwLock<()>,
+    /// Bumped by every rename and removal (under the exclusive side of `ns`):
+    /// names cached in an earlier generation may be stale.
+    ns_gen: AtomicU64,
 }
 
 impl TandemFs {
@@ -84,6 +87,7 @@ impl TandemFs {
             opts,
             uncached_writes: AtomicBool::new(false),
             ns: RwLock::new(()),
+            ns_gen: AtomicU64::new(0),
         })
     }
 
@@ -93,7 +97,24 @@ impl TandemFs {
 
     /// The path of an inode relative to the module root: a name it still has,
     /// `None` once it has none (unlinked while open).
+    ///
+    /// Callers hold `ns` (either side), so no name changes while this runs; a name
+    /// computed in the current namespace generation is still right.
     fn rel(&self, inode: &Inode) -> SysResult<RelPath> {
+        let generation = self.ns_gen.load(Ordering::Acquire);
+        if let Some((g, p)) = &*inode.path_cache.lock() {
+            if *g == generation {
+                return Ok(Some(p.clone()));
+            }
+        }
+        let found = self.find_rel(inode)?;
+        if let Some(p) = &found {
+            *inode.path_cache.lock() = Some((generation, p.clone()));
+        }
+        Ok(found)
+    }
+
+    fn find_rel(&self, inode: &Inode) -> SysResult<RelPath> {
         for abs in inode.paths()? {
             let Ok(rel) = abs.strip_prefix(&self.root_prefix) else {
                 // Only possible if the root itself was moved from outside the mount.
@@ -349,6 +370,7 @@ impl TandemFs {
         } else {
             (Mutation::Unlink { path }, 0)
         };
+        self.ns_gen.fetch_add(1, Ordering::Release);
         self.sink
             .apply(&m, &mut || sys::unlinkat(p.fd(), &c, flags))
     }
@@ -372,6 +394,7 @@ impl TandemFs {
             to: self.child(&np, newname)?,
             flags,
         };
+        self.ns_gen.fetch_add(1, Ordering::Release);
         self.sink
             .apply(&m, &mut || sys::renameat2(p.fd(), &c, np.fd(), &nc, flags))
     }
