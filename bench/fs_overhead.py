@@ -6,7 +6,7 @@ Three workloads, each run --runs times alternating bare / mounted, medians repor
   randread   4 KiB random reads (buffered and O_DIRECT)             -> IOPS
   syncwrite  4 KiB writes each followed by fdatasync                -> p50 latency
 
-Targets (issue: intercepting mount): seqwrite >= 70% of bare, randread >= 50% of bare,
+Targets for the intercepting mount: seqwrite >= 70% of bare, randread >= 50% of bare,
 syncwrite p50 <= 1.5x bare. Usage: sudo bench/fs_overhead.py [--runs 5] [--size-mib 1024]
 """
 import argparse
