@@ -8,6 +8,7 @@ packages=(
   fuse3                           # /dev/fuse helpers and the fuse kernel module config
   fio rsync                       # benchmarks against the bare directory and rsync
   psmisc                          # fuser/killall for diagnosing busy mounts
+  acl                             # setfacl/getfacl: the tests check ACLs through the mount
 )
 
 missing=()

@@ -482,3 +482,88 @@ fn thousands_of_cached_inodes_do_not_exhaust_descriptors() {
     std::fs::write(m.dir.join("after"), b"still works").unwrap();
     assert_eq!(std::fs::read(m.dir.join("after")).unwrap(), b"still works");
 }
+
+/// Runs `cmd` in a shell as uid/gid 65534 with umask 077.
+fn as_nobody(cmd: &str) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask 077; {cmd}"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn access_control_lists_work_as_on_the_bare_directory() {
+    let bare = tempdir();
+    let covered = tempdir();
+    let m = TestMount::new(covered.path());
+    for root in [bare.path(), m.dir.as_path()] {
+        let shared = root.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // nobody gets in only through the ACL, and new files inherit a default ACL
+        // that ignores nobody's umask 077.
+        let st = Command::new("setfacl")
+            .args([
+                "-m",
+                "u:nobody:rwx",
+                "-m",
+                "d:u::rwx,d:g::rwx,d:o::r-x,d:u:nobody:rwx",
+            ])
+            .arg(&shared)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let secret = root.join("secret");
+        std::fs::write(&secret, b"s").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let st = Command::new("setfacl")
+            .args(["-m", "u:nobody:---"])
+            .arg(&secret)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    for root in [bare.path(), m.dir.as_path()] {
+        let shared = root.join("shared");
+        let out = as_nobody(&format!(
+            "echo hi > {0}/mine && mkdir {0}/sub",
+            shared.display()
+        ));
+        assert!(out.status.success(), "{}: {out:?}", root.display());
+        // The named-user entry denies what "other" would allow.
+        let out = as_nobody(&format!("cat {}", root.join("secret").display()));
+        assert!(!out.status.success(), "{}: ACL must deny", root.display());
+    }
+    let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(
+        mode(m.dir.join("shared/mine")),
+        mode(bare.path().join("shared/mine"))
+    );
+    assert_eq!(
+        mode(m.dir.join("shared/sub")),
+        mode(bare.path().join("shared/sub"))
+    );
+    assert_eq!(
+        mode(m.dir.join("shared/mine")) & 0o070,
+        0o060,
+        "default ACL, not umask 077"
+    );
+    let acl = |p: std::path::PathBuf| {
+        String::from_utf8(
+            Command::new("getfacl")
+                .args(["-c", "-n"])
+                .arg(p)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        acl(m.dir.join("shared/sub")),
+        acl(bare.path().join("shared/sub"))
+    );
+}

@@ -31,9 +31,12 @@ pub struct AttrChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mutation<'a> {
     /// A regular file, fifo, socket or device node came into existence.
+    /// `mode` as requested; the new file's mode is `mode & !umask` unless the
+    /// directory has a default ACL, which then decides (on either node alike).
     Create {
         path: PathBuf,
         mode: u32,
+        umask: u32,
         rdev: u64,
         uid: u32,
         gid: u32,
@@ -41,6 +44,7 @@ pub enum Mutation<'a> {
     Mkdir {
         path: PathBuf,
         mode: u32,
+        umask: u32,
         uid: u32,
         gid: u32,
     },
@@ -171,8 +175,9 @@ impl fmt::Display for Mutation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let k = self.kind();
         match self {
-            Mutation::Create { path, mode, .. } | Mutation::Mkdir { path, mode, .. } => {
-                write!(f, "{k} {} mode={mode:o}", ShowPath(path))
+            Mutation::Create { path, mode, umask, .. }
+            | Mutation::Mkdir { path, mode, umask, .. } => {
+                write!(f, "{k} {} mode={mode:o} umask={umask:03o}", ShowPath(path))
             }
             Mutation::Symlink { path, target, .. } => {
                 write!(f, "{k} {} -> {}", ShowPath(path), target.display())

@@ -167,21 +167,17 @@ impl TandemFs {
     }
 
     /// The daemon creates as root; give the file to the caller. A chown clears
-    /// set-id bits on regular files, so they are put back as requested.
-    fn chown_new(
-        &self,
-        parent: &Inode,
-        name: &CStr,
-        owner: (u32, u32),
-        mode: u32,
-    ) -> SysResult<()> {
+    /// set-id bits on regular files, so they are put back as they were created.
+    fn chown_new(&self, parent: &Inode, name: &CStr, owner: (u32, u32)) -> SysResult<()> {
         if owner == (0, 0) {
             return Ok(());
         }
-        sys::fchownat(parent.fd(), name, owner.0, owner.1)?;
-        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 && mode & libc::S_IFMT == libc::S_IFREG {
-            let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-            sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let created = sys::stat_fd(fd.as_fd())?.st_mode;
+        sys::fchownat_fd(fd.as_fd(), Some(owner.0), Some(owner.1))?;
+        let setid = created & (libc::S_ISUID | libc::S_ISGID);
+        if setid != 0 && created & libc::S_IFMT == libc::S_IFREG {
+            sys::chmod_fd(fd.as_fd(), created & 0o7777)?;
         }
         Ok(())
     }
@@ -273,6 +269,7 @@ impl TandemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         rdev: u32,
     ) -> SysResult<FileAttr> {
         let _ns = self.ns.read();
@@ -282,13 +279,15 @@ impl TandemFs {
         let m = Mutation::Create {
             path: self.child(&p, name)?,
             mode,
+            umask,
             rdev: rdev as u64,
             uid: owner.0,
             gid: owner.1,
         };
         self.sink.apply(&m, &mut || {
+            sys::set_thread_umask(umask)?;
             sys::mknodat(p.fd(), &c, mode, rdev as u64)?;
-            self.chown_new(&p, &c, owner, mode)
+            self.chown_new(&p, &c, owner)
         })?;
         Ok(self.entry(&p, &c)?.1)
     }
@@ -299,6 +298,7 @@ impl TandemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
+        umask: u32,
     ) -> SysResult<FileAttr> {
         let _ns = self.ns.read();
         let p = self.inode(parent)?;
@@ -307,12 +307,14 @@ impl TandemFs {
         let m = Mutation::Mkdir {
             path: self.child(&p, name)?,
             mode,
+            umask,
             uid: owner.0,
             gid: owner.1,
         };
         self.sink.apply(&m, &mut || {
+            sys::set_thread_umask(umask)?;
             sys::mkdirat(p.fd(), &c, mode)?;
-            self.chown_new(&p, &c, owner, mode | libc::S_IFDIR)
+            self.chown_new(&p, &c, owner)
         })?;
         Ok(self.entry(&p, &c)?.1)
     }
@@ -337,7 +339,7 @@ impl TandemFs {
         };
         self.sink.apply(&m, &mut || {
             sys::symlinkat(&t, p.fd(), &c)?;
-            self.chown_new(&p, &c, owner, libc::S_IFLNK)
+            self.chown_new(&p, &c, owner)
         })?;
         Ok(self.entry(&p, &c)?.1)
     }
@@ -510,6 +512,7 @@ impl TandemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         flags: i32,
     ) -> SysResult<(FileAttr, u64, FopenFlags)> {
         let _ns = self.ns.read();
@@ -520,19 +523,21 @@ impl TandemFs {
         let m = Mutation::Create {
             path: self.child(&p, name)?,
             mode,
+            umask,
             rdev: 0,
             uid: owner.0,
             gid: owner.1,
         };
         let mut file = None;
         let created = self.sink.apply(&m, &mut || {
+            sys::set_thread_umask(umask)?;
             let fd = sys::openat(
                 p.fd(),
                 &c,
                 real | libc::O_CREAT | libc::O_EXCL,
                 mode & 0o7777,
             )?;
-            self.chown_new(&p, &c, owner, mode)?;
+            self.chown_new(&p, &c, owner)?;
             file = Some(fd);
             Ok(())
         });
@@ -567,6 +572,12 @@ impl Filesystem for TandemFs {
         // 1 MiB per write request: fewer round trips for large sequential writes.
         let _ = config.set_max_write(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Access control lists are enforced by the kernel as on the bare directory;
+        // modes of new files arrive unmasked with the caller's umask, which the real
+        // file system applies only where no default ACL says otherwise.
+        if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok() {
+            let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        }
         // With this the kernel stops asking for security.capability before every
         // write (a round trip each) and instead flags the writes that must clear
         // set-id bits, which do_write honours.
@@ -642,11 +653,11 @@ impl Filesystem for TandemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(reply, self.do_mknod(req, parent, name, mode, rdev));
+        self.reply_entry(reply, self.do_mknod(req, parent, name, mode, umask, rdev));
     }
 
     fn mkdir(
@@ -655,10 +666,10 @@ impl Filesystem for TandemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(reply, self.do_mkdir(req, parent, name, mode));
+        self.reply_entry(reply, self.do_mkdir(req, parent, name, mode, umask));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -948,11 +959,11 @@ impl Filesystem for TandemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.do_create(req, parent, name, mode, flags) {
+        match self.do_create(req, parent, name, mode, umask, flags) {
             Ok((attr, fh, fopen)) => {
                 reply.created(&self.opts.ttl, &attr, Generation(0), Fh(fh), fopen)
             }

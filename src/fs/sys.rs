@@ -217,18 +217,6 @@ pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Sy
     })
 }
 
-pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> SysResult<()> {
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-}
-
 /// chmod through /proc: the descriptor is `O_PATH`, which fchmod refuses.
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     let p = proc_path(fd.as_raw_fd());
@@ -392,6 +380,21 @@ impl Drop for AlignedBuf {
 }
 
 unsafe impl Send for AlignedBuf {}
+
+/// Sets the umask of the calling thread only: the first call gives the thread
+/// its own file-system attributes (unshare CLONE_FS), so FUSE workers creating
+/// files for different callers never see each other's umask.
+pub fn set_thread_umask(mask: u32) -> SysResult<()> {
+    thread_local! {
+        static UNSHARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !UNSHARED.with(|u| u.get()) {
+        check(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        UNSHARED.with(|u| u.set(true));
+    }
+    unsafe { libc::umask(mask & 0o777) };
+    Ok(())
+}
 
 pub fn set_umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask) }
