@@ -4,6 +4,7 @@
 //! - [`config`]: the TOML configuration, validated into [`config::Settings`];
 //! - [`fs`]: the FUSE layer mounted over each replicated directory, which turns
 //!   every mutating call into a [`fs::Mutation`] for a sink;
+//! - [`replication`]: the node-to-node protocol (frames, messages);
 //! - [`daemon`]: runs the modules of a configuration (mounts, control socket);
 //! - [`cli`]: the `tandem` command line.
 
@@ -12,3 +13,4 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fs;
+pub mod replication;

@@ -1,0 +1,383 @@
+//! The messages two nodes exchange, and the owned, validated form of a mutation
+//! as it travels from the primary to the secondary.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fs::{AttrChange, Mutation};
+
+/// Every message of the node-to-node protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message on a connection, both ways.
+    Hello {
+        cluster: String,
+        node: String,
+        modules: Vec<String>,
+    },
+    /// One mutation of `module`, numbered in the order the primary applied it.
+    Mutate {
+        module: String,
+        seq: u64,
+        mutation: WireMutation,
+    },
+    /// The secondary applied everything up to `seq` (and made it durable if asked).
+    Ack { module: String, seq: u64 },
+    /// The sender is closing the connection, and why.
+    Close { reason: String },
+}
+
+/// Seconds and nanoseconds since the epoch (negative seconds for older times).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Time {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl From<SystemTime> for Time {
+    fn from(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (secs, nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if nanos == 0 {
+                    Time { secs, nanos }
+                } else {
+                    Time {
+                        secs: secs - 1,
+                        nanos: 1_000_000_000 - nanos,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<Time> for SystemTime {
+    fn from(t: Time) -> Self {
+        let base = if t.secs >= 0 {
+            UNIX_EPOCH.checked_add(Duration::from_secs(t.secs as u64))
+        } else {
+            UNIX_EPOCH.checked_sub(Duration::from_secs(t.secs.unsigned_abs()))
+        };
+        base.and_then(|b| b.checked_add(Duration::from_nanos(t.nanos as u64)))
+            .unwrap_or(UNIX_EPOCH)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireAttrs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+}
+
+/// A mutation with owned data and paths as bytes (names need not be UTF-8).
+/// `None` paths are files that were unlinked while open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireMutation {
+    Create {
+        path: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    },
+    Mkdir {
+        path: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Symlink {
+        path: Vec<u8>,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+    },
+    Link {
+        existing: Vec<u8>,
+        path: Vec<u8>,
+    },
+    Unlink {
+        path: Vec<u8>,
+    },
+    Rmdir {
+        path: Vec<u8>,
+    },
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+        flags: u32,
+    },
+    Write {
+        path: Option<Vec<u8>>,
+        offset: u64,
+        data: Vec<u8>,
+        sync: bool,
+    },
+    Fallocate {
+        path: Option<Vec<u8>>,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    },
+    SetAttr {
+        path: Option<Vec<u8>>,
+        attrs: WireAttrs,
+    },
+    SetXattr {
+        path: Option<Vec<u8>>,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: i32,
+    },
+    RemoveXattr {
+        path: Option<Vec<u8>>,
+        name: Vec<u8>,
+    },
+    Fsync {
+        path: Option<Vec<u8>>,
+        datasync: bool,
+    },
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+fn opt(p: &Option<PathBuf>) -> Option<Vec<u8>> {
+    p.as_deref().map(bytes)
+}
+
+impl From<&Mutation<'_>> for WireMutation {
+    fn from(m: &Mutation<'_>) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        match m {
+            Mutation::Create {
+                path,
+                mode,
+                umask,
+                rdev,
+                uid,
+                gid,
+            } => WireMutation::Create {
+                path: bytes(path),
+                mode: *mode,
+                umask: *umask,
+                rdev: *rdev,
+                uid: *uid,
+                gid: *gid,
+            },
+            Mutation::Mkdir {
+                path,
+                mode,
+                umask,
+                uid,
+                gid,
+            } => WireMutation::Mkdir {
+                path: bytes(path),
+                mode: *mode,
+                umask: *umask,
+                uid: *uid,
+                gid: *gid,
+            },
+            Mutation::Symlink {
+                path,
+                target,
+                uid,
+                gid,
+            } => WireMutation::Symlink {
+                path: bytes(path),
+                target: bytes(target),
+                uid: *uid,
+                gid: *gid,
+            },
+            Mutation::Link { existing, path } => WireMutation::Link {
+                existing: bytes(existing),
+                path: bytes(path),
+            },
+            Mutation::Unlink { path } => WireMutation::Unlink { path: bytes(path) },
+            Mutation::Rmdir { path } => WireMutation::Rmdir { path: bytes(path) },
+            Mutation::Rename { from, to, flags } => WireMutation::Rename {
+                from: bytes(from),
+                to: bytes(to),
+                flags: *flags,
+            },
+            Mutation::Write {
+                path,
+                offset,
+                data,
+                sync,
+            } => WireMutation::Write {
+                path: opt(path),
+                offset: *offset,
+                data: data.to_vec(),
+                sync: *sync,
+            },
+            Mutation::Fallocate {
+                path,
+                offset,
+                length,
+                mode,
+            } => WireMutation::Fallocate {
+                path: opt(path),
+                offset: *offset,
+                length: *length,
+                mode: *mode,
+            },
+            Mutation::SetAttr { path, change } => WireMutation::SetAttr {
+                path: opt(path),
+                attrs: attrs(change),
+            },
+            Mutation::SetXattr {
+                path,
+                name,
+                value,
+                flags,
+            } => WireMutation::SetXattr {
+                path: opt(path),
+                name: name.as_bytes().to_vec(),
+                value: value.to_vec(),
+                flags: *flags,
+            },
+            Mutation::RemoveXattr { path, name } => WireMutation::RemoveXattr {
+                path: opt(path),
+                name: name.as_bytes().to_vec(),
+            },
+            Mutation::Fsync { path, datasync } => WireMutation::Fsync {
+                path: opt(path),
+                datasync: *datasync,
+            },
+        }
+    }
+}
+
+fn attrs(c: &AttrChange) -> WireAttrs {
+    WireAttrs {
+        mode: c.mode,
+        uid: c.uid,
+        gid: c.gid,
+        size: c.size,
+        atime: c.atime.map(Time::from),
+        mtime: c.mtime.map(Time::from),
+    }
+}
+
+/// Why a path from the network was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("path {0:?} holds a NUL byte")]
+    Nul(String),
+    #[error("path {0:?} is absolute")]
+    Absolute(String),
+    #[error("path {0:?} leaves the module root")]
+    Escapes(String),
+}
+
+/// Checks a path received from the peer: relative, no `..`, no `.`, no empty
+/// component, no NUL. Symlinks along the path are the applier's concern (it
+/// resolves beneath the root without following them).
+pub fn checked_path(raw: &[u8]) -> Result<PathBuf, PathError> {
+    use std::os::unix::ffi::OsStrExt;
+    let shown = || String::from_utf8_lossy(raw).into_owned();
+    if raw.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if raw.contains(&0) {
+        return Err(PathError::Nul(shown()));
+    }
+    if raw[0] == b'/' {
+        return Err(PathError::Absolute(shown()));
+    }
+    if raw
+        .split(|b| *b == b'/')
+        .any(|c| c.is_empty() || c == b"." || c == b"..")
+    {
+        return Err(PathError::Escapes(shown()));
+    }
+    let p = PathBuf::from(std::ffi::OsStr::from_bytes(raw));
+    debug_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_leave_the_root_are_refused() {
+        assert_eq!(checked_path(b"a/b/c").unwrap(), PathBuf::from("a/b/c"));
+        assert_eq!(checked_path(b"").unwrap_err(), PathError::Empty);
+        assert!(matches!(
+            checked_path(b"/etc/passwd"),
+            Err(PathError::Absolute(_))
+        ));
+        for bad in [&b"../x"[..], b"a/../../x", b"a/./b", b"a//b", b"a/", b".."] {
+            assert!(
+                matches!(checked_path(bad), Err(PathError::Escapes(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(checked_path(b"a\0b"), Err(PathError::Nul(_))));
+        // Names that merely contain dots are ordinary names.
+        assert!(checked_path(b"..hidden/x..y/...").is_ok());
+    }
+
+    #[test]
+    fn times_round_trip_on_both_sides_of_the_epoch() {
+        for (s, n) in [
+            (0i64, 0u32),
+            (1_700_000_000, 5),
+            (-1, 999_999_999),
+            (-5, 250_000_000),
+            (-7, 0),
+        ] {
+            let t = Time { secs: s, nanos: n };
+            assert_eq!(Time::from(SystemTime::from(t)), t, "{s}.{n}");
+        }
+    }
+
+    #[test]
+    fn mutations_convert_with_their_data() {
+        let m = Mutation::Write {
+            path: Some("a/b".into()),
+            offset: 7,
+            data: b"xyz",
+            sync: true,
+        };
+        assert_eq!(
+            WireMutation::from(&m),
+            WireMutation::Write {
+                path: Some(b"a/b".to_vec()),
+                offset: 7,
+                data: b"xyz".to_vec(),
+                sync: true
+            }
+        );
+        let m = Mutation::Write {
+            path: None,
+            offset: 0,
+            data: b"",
+            sync: false,
+        };
+        assert!(matches!(
+            WireMutation::from(&m),
+            WireMutation::Write { path: None, .. }
+        ));
+    }
+}
