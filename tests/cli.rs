@@ -54,7 +54,10 @@ fn mount_prints_mutations_and_unmounts_on_sigterm() {
     assert!(!is_tandem_mount(t.path()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines.contains(&"create new mode=100666 umask=022"), "{lines:?}");
+    assert!(
+        lines.contains(&"create new mode=100666 umask=022"),
+        "{lines:?}"
+    );
     assert!(lines.contains(&"write new @0+5"), "{lines:?}");
     assert!(lines.contains(&"rename new -> renamed"), "{lines:?}");
     assert!(stderr(&out).contains("unmounted"), "{}", stderr(&out));
@@ -162,7 +165,6 @@ fn verbs_of_later_parts_say_so_and_fail() {
         vec!["verify", "app"],
         vec!["resolve", "app", "--keep", "node1"],
         vec!["log", "app"],
-        vec!["init"],
         vec!["restart", "app"],
     ] {
         let o = tandem(&args);

@@ -49,7 +49,90 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify { .. } => unavailable("verify", "replication"),
         Command::Resolve { .. } => unavailable("resolve", "the cluster manager"),
         Command::Log { .. } => unavailable("log", "the cluster manager"),
-        Command::Init { .. } => unavailable("init", "replication (node certificates)"),
+        Command::Init {
+            out,
+            cluster,
+            nodes,
+            force,
+        } => init(&cli.config, out, cluster, nodes, force),
+    }
+}
+
+fn init(
+    config: &std::path::Path,
+    out: Option<PathBuf>,
+    cluster: Option<String>,
+    nodes: Vec<String>,
+    force: bool,
+) -> ExitCode {
+    // Names not given come from the configuration; directories need not exist yet.
+    let settings = if out.is_none() || cluster.is_none() || nodes.is_empty() {
+        let text = match std::fs::read_to_string(config) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!(
+                    "{}: cannot read: {e} (or give --out, --cluster and --node twice)",
+                    config.display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        match crate::config::parse_with(&text, config, false) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        None
+    };
+    let out = out
+        .or_else(|| settings.as_ref().map(|s| s.daemon.tls_dir.clone()))
+        .expect("one of the two");
+    let cluster = cluster
+        .or_else(|| settings.as_ref().map(|s| s.cluster.name.clone()))
+        .expect("one of the two");
+    let nodes = if nodes.is_empty() {
+        settings
+            .as_ref()
+            .map(|s| s.nodes.iter().map(|n| n.name.clone()).collect())
+            .expect("settings were loaded")
+    } else {
+        nodes
+    };
+    if nodes.len() != 2 || nodes[0] == nodes[1] {
+        eprintln!("tandem init: --node must name two different nodes (got {nodes:?})");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Some(bad) = nodes.iter().find(|n| {
+        n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    }) {
+        eprintln!("tandem init: --node {bad:?}: use letters, digits, '_', '.' or '-'");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match crate::replication::tls::init(&out, &cluster, &nodes, force) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            println!(
+                "copy {} to both nodes (it holds private keys: keep it root-only)",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ crate::replication::tls::TlsError::Exists(_)) => {
+            eprintln!("tandem init: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("tandem init: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -94,10 +94,22 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// Create the cluster's certificates and keys.
+    /// Create the cluster's CA, a certificate per node and the heartbeat key, in a
+    /// directory to copy to both nodes (cluster and node names come from the
+    /// configuration unless given).
     Init {
-        #[arg(long, default_value = "/etc/tandem/tls")]
-        out: PathBuf,
+        /// Where to write them (default: `daemon.tls_dir` from the configuration).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Cluster name.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// A node name; give it twice.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Replace existing credentials (a node that keeps the old ones is locked out).
+        #[arg(long)]
+        force: bool,
     },
     /// Mount the intercepting file system over DIR in the foreground (Ctrl-C unmounts).
     Mount(mount::MountArgs),
