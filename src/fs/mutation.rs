@@ -175,8 +175,12 @@ impl fmt::Display for Mutation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let k = self.kind();
         match self {
-            Mutation::Create { path, mode, umask, .. }
-            | Mutation::Mkdir { path, mode, umask, .. } => {
+            Mutation::Create {
+                path, mode, umask, ..
+            }
+            | Mutation::Mkdir {
+                path, mode, umask, ..
+            } => {
                 write!(f, "{k} {} mode={mode:o} umask={umask:03o}", ShowPath(path))
             }
             Mutation::Symlink { path, target, .. } => {
