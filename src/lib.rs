@@ -8,6 +8,7 @@
 //! - [`daemon`]: runs the modules of a configuration (mounts, control socket);
 //! - [`cli`]: the `tandem` command line.
 
+pub mod changelog;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -1,0 +1,404 @@
+//! [`RocksChangeLog`]: the change log in RocksDB. Durability rules and the
+//! key layout are described in the module docs ([`super`]).
+
+use std::ffi::{OsStr, OsString};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions,
+};
+
+use super::dirty::{Chunk, DirtyIndex, check_chunk_size};
+use super::error::{ChangeLogError, Result};
+use super::keys::*;
+use super::names::{NameChanges, NameStore, Txn};
+use super::{ChangeLog, FileId, Generation, NsChange, ROOT_ID};
+
+struct DirtyState {
+    index: DirtyIndex,
+    /// The current epoch; `epoch - 1` is the last durably flushed one.
+    epoch: u64,
+}
+
+/// The change log stored in a RocksDB database directory.
+pub struct RocksChangeLog {
+    db: DB,
+    chunk_size: u64,
+    /// Guards name transactions; holds the next id to allocate.
+    /// Lock order: `names` before `dirty`.
+    names: Mutex<FileId>,
+    dirty: Mutex<DirtyState>,
+    /// Guards the namespace log; holds the next sequence number.
+    ns: Mutex<u64>,
+    generation: Mutex<Generation>,
+}
+
+struct DbNames<'a> {
+    db: &'a DB,
+}
+
+impl NameStore for DbNames<'_> {
+    fn child(&self, parent: FileId, name: &OsStr) -> Result<Option<FileId>> {
+        match self
+            .db
+            .get_cf(cf(self.db, CF_NAMES), parent_name(parent, name))?
+        {
+            Some(v) => Ok(Some(read_u64("names value", &v)?)),
+            None => Ok(None),
+        }
+    }
+    fn entry(&self, id: FileId) -> Result<Option<(FileId, OsString)>> {
+        match self.db.get_cf(cf(self.db, CF_IDS), u64_bytes(id))? {
+            Some(v) => Ok(Some(decode_parent_name(&v)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    db.cf_handle(name)
+        .expect("column families are created at open")
+}
+
+fn write_opts(sync: bool) -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(sync);
+    w
+}
+
+fn get_u64(db: &DB, key: &[u8]) -> Result<Option<u64>> {
+    match db.get_cf(cf(db, CF_META), key)? {
+        Some(v) => Ok(Some(read_u64("meta value", &v)?)),
+        None => Ok(None),
+    }
+}
+
+fn json_err(what: &'static str, e: serde_json::Error) -> ChangeLogError {
+    ChangeLogError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+impl RocksChangeLog {
+    /// Opens (or creates) the change log in `dir`. `chunk_size` must be the
+    /// one the log was created with. After a crash, chunks whose exact
+    /// ranges may have been lost are widened to whole chunks (see module docs).
+    pub fn open(dir: &Path, chunk_size: u64) -> Result<Self> {
+        check_chunk_size(chunk_size)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(DBCompressionType::Zstd);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+
+        let mut batch = WriteBatch::default();
+        let meta = cf(&db, CF_META);
+        match get_u64(&db, META_CHUNK_SIZE)? {
+            Some(stored) if stored != chunk_size => {
+                return Err(ChangeLogError::ChunkSizeMismatch {
+                    stored,
+                    requested: chunk_size,
+                });
+            }
+            Some(_) => {}
+            None => batch.put_cf(meta, META_CHUNK_SIZE, u64_bytes(chunk_size)),
+        }
+        let next_id = get_u64(&db, META_NEXT_ID)?.unwrap_or(ROOT_ID + 1);
+        let next_seq = get_u64(&db, META_NEXT_SEQ)?.unwrap_or(1);
+        let generation = match db.get_cf(meta, META_GENERATION)? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| json_err("generation", e))?,
+            None => {
+                let g = Generation::fresh()?;
+                batch.put_cf(
+                    meta,
+                    META_GENERATION,
+                    serde_json::to_vec(&g).expect("serialisable"),
+                );
+                g
+            }
+        };
+
+        // Recovery: records written in an epoch that was never flushed may
+        // miss later unsynced range updates; widen them to the whole chunk.
+        let flushed = get_u64(&db, META_FLUSHED_EPOCH)?.unwrap_or(0);
+        let epoch = flushed + 1;
+        let mut index = DirtyIndex::new(chunk_size)?;
+        let mut widened = 0usize;
+        for item in db.iterator_cf(cf(&db, CF_DIRTY), IteratorMode::Start) {
+            let (k, v) = item?;
+            let (id, chunk) = decode_chunk_key(&k)?;
+            let mut value = decode_chunk(&v, chunk_size)?;
+            if value.epoch > flushed {
+                value = Chunk {
+                    ranges: vec![(0, chunk_size as u32)],
+                    epoch,
+                };
+                batch.put_cf(cf(&db, CF_DIRTY), &k, encode_chunk(&value));
+                widened += 1;
+            }
+            index.load_chunk(id, chunk, value);
+        }
+        for item in db.iterator_cf(cf(&db, CF_SIZES), IteratorMode::Start) {
+            let (k, v) = item?;
+            index.load_size(read_u64("sizes key", &k)?, read_u64("sizes value", &v)?);
+        }
+        if widened > 0 {
+            tracing::warn!(
+                chunks = widened,
+                "change log was not flushed before it closed: dirty chunks widened to whole chunks"
+            );
+        }
+        // Everything loaded (and widened) is now exact: close epoch `epoch`.
+        batch.put_cf(meta, META_FLUSHED_EPOCH, u64_bytes(epoch));
+        db.write_opt(batch, &write_opts(true))?;
+
+        Ok(RocksChangeLog {
+            db,
+            chunk_size,
+            names: Mutex::new(next_id),
+            dirty: Mutex::new(DirtyState {
+                index,
+                epoch: epoch + 1,
+            }),
+            ns: Mutex::new(next_seq),
+            generation: Mutex::new(generation),
+        })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        cf(&self.db, name)
+    }
+
+    /// Adds the current record of each chunk (or its deletion) to `batch`.
+    fn put_chunks(&self, batch: &mut WriteBatch, index: &DirtyIndex, id: FileId, chunks: &[u64]) {
+        for &c in chunks {
+            let key = chunk_key(id, c);
+            match index.get(id, c) {
+                Some(ch) => batch.put_cf(self.cf(CF_DIRTY), key, encode_chunk(ch)),
+                None => batch.delete_cf(self.cf(CF_DIRTY), key),
+            }
+        }
+    }
+
+    fn read_names<T>(&self, f: impl FnOnce(&Txn) -> Result<T>) -> Result<T> {
+        let store = DbNames { db: &self.db };
+        f(&Txn::new(&store, 0))
+    }
+
+    /// Runs a name transaction and writes it (unsynced: see module docs).
+    fn write_names<T>(&self, f: impl FnOnce(&mut Txn) -> Result<T>) -> Result<T> {
+        let mut next_id = self.names.lock();
+        let store = DbNames { db: &self.db };
+        let mut txn = Txn::new(&store, *next_id);
+        let out = f(&mut txn)?;
+        let changes: NameChanges = txn.finish();
+
+        let mut batch = WriteBatch::default();
+        for ((parent, name), v) in &changes.children {
+            let key = parent_name(*parent, name);
+            match v {
+                Some(id) => batch.put_cf(self.cf(CF_NAMES), key, u64_bytes(*id)),
+                None => batch.delete_cf(self.cf(CF_NAMES), key),
+            }
+        }
+        for (id, v) in &changes.entries {
+            match v {
+                Some((parent, name)) => {
+                    batch.put_cf(self.cf(CF_IDS), u64_bytes(*id), parent_name(*parent, name))
+                }
+                None => batch.delete_cf(self.cf(CF_IDS), u64_bytes(*id)),
+            }
+        }
+        if let Some(n) = changes.next_id {
+            batch.put_cf(self.cf(CF_META), META_NEXT_ID, u64_bytes(n));
+        }
+        if changes.dropped.is_empty() {
+            self.db.write_opt(batch, &write_opts(false))?;
+        } else {
+            let mut dirty = self.dirty.lock();
+            for &id in &changes.dropped {
+                let (chunks, had_size) = dirty.index.remove_file(id);
+                self.put_chunks(&mut batch, &dirty.index, id, &chunks);
+                if had_size {
+                    batch.delete_cf(self.cf(CF_SIZES), u64_bytes(id));
+                }
+            }
+            self.db.write_opt(batch, &write_opts(false))?;
+        }
+        if let Some(n) = changes.next_id {
+            *next_id = n;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for RocksChangeLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "flushing the change log on close failed");
+        }
+    }
+}
+
+impl ChangeLog for RocksChangeLog {
+    fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    fn resolve(&self, path: &Path) -> Result<Option<FileId>> {
+        self.read_names(|t| t.resolve(path))
+    }
+    fn ensure(&self, path: &Path) -> Result<FileId> {
+        if let Some(id) = self.resolve(path)? {
+            return Ok(id);
+        }
+        self.write_names(|t| t.ensure(path))
+    }
+    fn path_of(&self, id: FileId) -> Result<Option<PathBuf>> {
+        self.read_names(|t| t.path_of(id))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> Result<Option<FileId>> {
+        self.write_names(|t| t.rename(from, to))
+    }
+    fn exchange(&self, a: &Path, b: &Path) -> Result<()> {
+        self.write_names(|t| t.exchange(a, b))
+    }
+    fn remove(&self, path: &Path) -> Result<Option<FileId>> {
+        self.write_names(|t| t.remove(path))
+    }
+
+    fn mark(&self, id: FileId, offset: u64, len: u64) -> Result<()> {
+        let mut dirty = self.dirty.lock();
+        let epoch = dirty.epoch;
+        let touched = dirty.index.mark(id, offset, len, epoch)?;
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let sync = touched.iter().any(|t| t.needs_sync);
+        let chunks: Vec<u64> = touched.iter().map(|t| t.chunk).collect();
+        let mut batch = WriteBatch::default();
+        self.put_chunks(&mut batch, &dirty.index, id, &chunks);
+        if let Err(e) = self.db.write_opt(batch, &write_opts(sync)) {
+            // Not durable: make the next mark of these chunks sync again.
+            for &c in &chunks {
+                if let Some(ch) = dirty.index.get_mut(id, c) {
+                    ch.epoch = 0;
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+    fn dirty(&self, id: FileId) -> Result<Vec<Range<u64>>> {
+        Ok(self.dirty.lock().index.dirty(id))
+    }
+    fn dirty_files(&self) -> Result<Vec<FileId>> {
+        Ok(self.dirty.lock().index.dirty_files())
+    }
+    fn dirty_bytes(&self) -> Result<u64> {
+        Ok(self.dirty.lock().index.dirty_bytes())
+    }
+    fn clear(&self, id: FileId, range: Range<u64>) -> Result<()> {
+        let mut dirty = self.dirty.lock();
+        let chunks = dirty.index.clear(id, range);
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        self.put_chunks(&mut batch, &dirty.index, id, &chunks);
+        self.db.write_opt(batch, &write_opts(false))?;
+        Ok(())
+    }
+    fn truncate(&self, id: FileId, new_len: u64) -> Result<()> {
+        let mut dirty = self.dirty.lock();
+        let (chunks, size) = dirty.index.truncate(id, new_len);
+        let mut batch = WriteBatch::default();
+        self.put_chunks(&mut batch, &dirty.index, id, &chunks);
+        batch.put_cf(self.cf(CF_SIZES), u64_bytes(id), u64_bytes(size));
+        self.db.write_opt(batch, &write_opts(true))?;
+        Ok(())
+    }
+    fn dirty_size(&self, id: FileId) -> Result<Option<u64>> {
+        Ok(self.dirty.lock().index.size(id))
+    }
+    fn clear_size(&self, id: FileId) -> Result<()> {
+        let mut dirty = self.dirty.lock();
+        if dirty.index.clear_size(id) {
+            self.db
+                .delete_cf_opt(self.cf(CF_SIZES), u64_bytes(id), &write_opts(false))?;
+        }
+        Ok(())
+    }
+
+    fn log_ns(&self, change: NsChange) -> Result<u64> {
+        let mut next = self.ns.lock();
+        let seq = *next;
+        let mut batch = WriteBatch::default();
+        let value = serde_json::to_vec(&change).expect("NsChange is serialisable");
+        batch.put_cf(self.cf(CF_NSLOG), u64_bytes(seq), value);
+        batch.put_cf(self.cf(CF_META), META_NEXT_SEQ, u64_bytes(seq + 1));
+        self.db.write_opt(batch, &write_opts(true))?;
+        *next = seq + 1;
+        Ok(seq)
+    }
+    fn ns_since(&self, seq: u64) -> Result<Vec<(u64, NsChange)>> {
+        let Some(start) = seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let start = u64_bytes(start);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_NSLOG), mode) {
+            let (k, v) = item?;
+            let change = serde_json::from_slice(&v).map_err(|e| json_err("nslog value", e))?;
+            out.push((read_u64("nslog key", &k)?, change));
+        }
+        Ok(out)
+    }
+    fn clear_ns_upto(&self, seq: u64) -> Result<()> {
+        let _guard = self.ns.lock();
+        let nslog = self.cf(CF_NSLOG);
+        // Losing this (unsynced) delete only makes old records reappear.
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(nslog, u64_bytes(0), u64_bytes(seq.saturating_add(1)));
+        if seq == u64::MAX {
+            batch.delete_cf(nslog, u64_bytes(u64::MAX));
+        }
+        self.db.write_opt(batch, &write_opts(false))?;
+        Ok(())
+    }
+
+    fn generation(&self) -> Result<Generation> {
+        Ok(self.generation.lock().clone())
+    }
+    fn new_generation(&self) -> Result<Generation> {
+        let mut g = self.generation.lock();
+        let next = g.next()?;
+        let value = serde_json::to_vec(&next).expect("Generation is serialisable");
+        self.db
+            .put_cf_opt(self.cf(CF_META), META_GENERATION, value, &write_opts(true))?;
+        *g = next.clone();
+        Ok(next)
+    }
+
+    fn flush(&self) -> Result<()> {
+        let mut dirty = self.dirty.lock();
+        self.db.flush_wal(true)?;
+        let epoch = dirty.epoch;
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            META_FLUSHED_EPOCH,
+            u64_bytes(epoch),
+            &write_opts(true),
+        )?;
+        dirty.epoch = epoch + 1;
+        Ok(())
+    }
+}
