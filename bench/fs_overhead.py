@@ -92,12 +92,13 @@ def main():
     ap.add_argument("--base", default="/var/tmp")
     ap.add_argument("--cached-writes", action="store_true", help="mount with --cached-writes")
     ap.add_argument("--only", help="run only the workloads whose name contains this")
+    ap.add_argument("--mount-arg", action="append", default=[], help="extra argument for tandem mount")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark mounts a file system and drops caches")
     if not shutil.which("fio"):
         raise SystemExit("fio is missing: run scripts/install-deps.sh")
-    extra = ["--cached-writes"] if args.cached_writes else []
+    extra = (["--cached-writes"] if args.cached_writes else []) + args.mount_arg
     results = {}
     for name, (fargs, metric, better) in workloads(args.size_mib, args.runtime).items():
         if args.only and args.only not in name:
