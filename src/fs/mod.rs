@@ -155,9 +155,6 @@ pub fn mount(
     .map_err(|e| io(errno_io(e)))?;
     let prefix =
         sys::fd_path(std::os::fd::AsRawFd::as_raw_fd(&root)).map_err(|e| io(errno_io(e)))?;
-    // The kernel hands us modes with the caller's umask already applied; ours
-    // must not mask them again.
-    sys::set_umask(0);
     if let Err(e) = sys::raise_nofile_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
     }

@@ -395,7 +395,3 @@ pub fn set_thread_umask(mask: u32) -> SysResult<()> {
     unsafe { libc::umask(mask & 0o777) };
     Ok(())
 }
-
-pub fn set_umask(mask: u32) -> u32 {
-    unsafe { libc::umask(mask) }
-}
