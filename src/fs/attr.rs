@@ -31,7 +31,7 @@ pub fn kind_of_dirent(d_type: u8) -> Option<FileType> {
 
 /// A file time as SystemTime; times outside what SystemTime holds are clamped
 /// to the epoch rather than taking a worker thread down.
-fn time(sec: i64, nsec: i64) -> SystemTime {
+pub fn time(sec: i64, nsec: i64) -> SystemTime {
     let t = if sec >= 0 {
         UNIX_EPOCH.checked_add(Duration::new(sec as u64, nsec as u32))
     } else {

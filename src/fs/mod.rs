@@ -14,6 +14,8 @@ mod sys;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// File times to and from (seconds, nanoseconds), before the epoch as well.
+pub use attr::{time as time_from_parts, to_timespec};
 pub use fuser::Errno;
 pub use mutation::{AttrChange, CountingSink, LocalApply, Mutation, MutationSink, RelPath};
 pub use ops::FsOptions;

@@ -91,6 +91,11 @@ impl TandemFs {
         })
     }
 
+    /// The real root directory (its descriptor lives as long as the inode table).
+    fn root(&self) -> std::os::fd::BorrowedFd<'_> {
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.root_fd) }
+    }
+
     fn inode(&self, id: INodeNo) -> SysResult<Arc<Inode>> {
         self.inodes.get(id.0).ok_or(Errno::ESTALE)
     }
@@ -134,8 +139,7 @@ impl TandemFs {
         let Ok(c) = cname(rel.as_os_str()) else {
             return false;
         };
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.root_fd) };
-        sys::open_beneath(fd, &c)
+        sys::open_beneath(self.root(), &c)
             .and_then(|f| sys::stat_fd(f.as_fd()))
             .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino)
     }
@@ -821,18 +825,12 @@ impl Filesystem for TandemFs {
         let listed = self.dirs.get(fh.0).and_then(|d| {
             let dfd = d.raw_fd();
             d.list(offset, |e| {
+                // Some file systems leave the type out; ask the inode.
                 let kind = kind_of_dirent(e.d_type).unwrap_or_else(|| {
-                    // Some file systems leave the type out; ask the inode.
-                    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-                    let c = cname(e.name).unwrap_or_default();
-                    let rc = unsafe {
-                        libc::fstatat(dfd, c.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW)
-                    };
-                    if rc == 0 {
-                        kind_of(unsafe { st.assume_init() }.st_mode)
-                    } else {
-                        fuser::FileType::RegularFile
-                    }
+                    let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dfd) };
+                    cname(e.name)
+                        .and_then(|c| sys::stat_at(dir, &c))
+                        .map_or(fuser::FileType::RegularFile, |st| kind_of(st.st_mode))
                 });
                 !reply.add(INodeNo(e.ino), e.offset, kind, e.name)
             })
@@ -865,7 +863,7 @@ impl Filesystem for TandemFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match sys::statfs(unsafe { std::os::fd::BorrowedFd::borrow_raw(self.root_fd) }) {
+        match sys::statfs(self.root()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,

@@ -2,7 +2,7 @@
 //! as it travels from the primary to the secondary.
 
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,36 +38,17 @@ pub struct Time {
 
 impl From<SystemTime> for Time {
     fn from(t: SystemTime) -> Self {
-        match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Time {
-                secs: d.as_secs() as i64,
-                nanos: d.subsec_nanos(),
-            },
-            Err(e) => {
-                let d = e.duration();
-                let (secs, nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
-                if nanos == 0 {
-                    Time { secs, nanos }
-                } else {
-                    Time {
-                        secs: secs - 1,
-                        nanos: 1_000_000_000 - nanos,
-                    }
-                }
-            }
+        let ts = crate::fs::to_timespec(t);
+        Time {
+            secs: ts.tv_sec,
+            nanos: ts.tv_nsec as u32,
         }
     }
 }
 
 impl From<Time> for SystemTime {
     fn from(t: Time) -> Self {
-        let base = if t.secs >= 0 {
-            UNIX_EPOCH.checked_add(Duration::from_secs(t.secs as u64))
-        } else {
-            UNIX_EPOCH.checked_sub(Duration::from_secs(t.secs.unsigned_abs()))
-        };
-        base.and_then(|b| b.checked_add(Duration::from_nanos(t.nanos as u64)))
-            .unwrap_or(UNIX_EPOCH)
+        crate::fs::time_from_parts(t.secs, t.nanos as i64)
     }
 }
 
