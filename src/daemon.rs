@@ -14,6 +14,7 @@ use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::Settings;
 use crate::control::{DirStatus, ModuleStatus, Request, Response, Status};
 use crate::fs::{self, CountingSink, MountConfig, Mounted};
+use crate::signals::StopSignals;
 
 struct Dir {
     path: PathBuf,
@@ -190,6 +191,25 @@ pub fn run(settings: Settings) -> ExitCode {
         eprintln!("tandem: a daemon is already serving {}", socket.display());
         return ExitCode::from(EXIT_USAGE);
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    // Handlers before any mount: a SIGTERM during start-up must unmount.
+    let signals = match rt.block_on(async { StopSignals::install() }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tandem: cannot handle signals: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let mut state = State {
         cluster: settings.cluster.name.clone(),
         modules: settings
@@ -219,18 +239,7 @@ pub fn run(settings: Settings) -> ExitCode {
         }
     }
     let state = Arc::new(Mutex::new(state));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
-    let rt = match rt {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let served = rt.block_on(serve(&socket, state.clone()));
+    let served = rt.block_on(serve(&socket, signals, state.clone()));
     // Whatever ended the loop, leave no directory mounted behind.
     for line in state.lock().handle(Request::Stop { module: None }).messages {
         tracing::info!("{line}");
@@ -263,16 +272,16 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve(socket: &Path, state: Arc<Mutex<State>>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
+async fn serve(
+    socket: &Path,
+    mut signals: StopSignals,
+    state: Arc<Mutex<State>>,
+) -> anyhow::Result<()> {
     let listener = bind(socket)?;
     tracing::info!("control socket {}", socket.display());
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping every module"); return Ok(()) }
-            _ = int.recv() => { tracing::info!("interrupted: stopping every module"); return Ok(()) }
+            why = signals.recv() => { tracing::info!("{why}: stopping every module"); return Ok(()) }
             conn = listener.accept() => {
                 let (stream, _) = conn?;
                 tokio::spawn(client(stream, state.clone()));

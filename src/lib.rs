@@ -15,3 +15,4 @@ pub mod control;
 pub mod daemon;
 pub mod fs;
 pub mod replication;
+pub mod signals;

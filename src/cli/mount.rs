@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fs::{self, CountingSink, MountConfig, Unmounted};
+use crate::signals::StopSignals;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 
@@ -32,6 +33,19 @@ pub fn run(args: MountArgs) -> ExitCode {
         config.threads = t as usize;
     }
     config.fs.cached_writes = args.cached_writes;
+    // Signal handlers first: a SIGTERM that arrives just after the mount
+    // appears must unmount, not kill the process and leave a dead mount.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let signals = match rt.block_on(async { StopSignals::install() }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tandem: cannot handle signals: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let sink = Arc::new(CountingSink::new(args.print_mutations));
     let (mounted, report) = match fs::mount(&args.dir, sink.clone(), &config) {
         Ok(m) => m,
@@ -56,7 +70,7 @@ pub fn run(args: MountArgs) -> ExitCode {
         "tandem: mounted {} (Ctrl-C or SIGTERM unmounts)",
         dir.display()
     );
-    let reason = wait_for_stop(&mounted);
+    let reason = rt.block_on(wait_for_stop(signals, &mounted));
     eprintln!("tandem: {reason}; unmounting {}", dir.display());
     let outcome = mounted.unmount();
     eprintln!("tandem: {}", sink.summary());
@@ -79,23 +93,13 @@ pub fn run(args: MountArgs) -> ExitCode {
     }
 }
 
-/// Blocks until Ctrl-C, SIGTERM, or the mount going away from outside (`umount`).
-fn wait_for_stop(mounted: &fs::Mounted) -> &'static str {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                _ = term.recv() => return "SIGTERM",
-                _ = int.recv() => return "interrupted",
-                _ = tick.tick() => if mounted.is_finished() { return "unmounted from outside" },
-            }
+/// Waits for Ctrl-C, SIGTERM, or the mount going away from outside (`umount`).
+async fn wait_for_stop(mut s: StopSignals, mounted: &fs::Mounted) -> &'static str {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            why = s.recv() => return why,
+            _ = tick.tick() => if mounted.is_finished() { return "unmounted from outside" },
         }
-    })
+    }
 }

@@ -225,8 +225,14 @@ impl Mounted {
             }
             Err(e) => return Err(e),
         };
-        session.join()?;
-        Ok(how)
+        match session.join() {
+            // A worker that dequeued a request while the kernel tore the
+            // connection down at the end of the session reads ECONNABORTED
+            // instead of ENODEV: the session ended all the same.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(how),
+            Err(e) => Err(e),
+            Ok(()) => Ok(how),
+        }
     }
 
     /// True once the kernel ended the session (unmounted from outside).
