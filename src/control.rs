@@ -53,8 +53,11 @@ pub struct Status {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleStatus {
     pub name: String,
-    /// "started" while its directories are mounted, "stopped" otherwise.
+    /// "started" while its directories are mounted, "stopped" otherwise,
+    /// "secondary" where the peer's changes are applied.
     pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::replication::primary::ReplicationStatus>,
     pub dirs: Vec<DirStatus>,
 }
 

@@ -123,6 +123,8 @@ async fn connect(addr: std::net::SocketAddr, creds: &Credentials) -> Result<(), 
         cluster: "c1".into(),
         node: creds.node.clone(),
         modules: vec!["app".into()],
+        dirs: 1,
+        generation: 1,
     };
     frame::encode(&hello, Compression::Off, &mut out).unwrap();
     tls.write_all(&out).await.map_err(|e| e.to_string())?;

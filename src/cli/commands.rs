@@ -17,8 +17,8 @@ pub fn run(cli: Cli) -> ExitCode {
                     skip_dir_checks,
                 },
         } => config_check(&file, skip_dir_checks),
-        Command::Daemon => match crate::config::load(&cli.config) {
-            Ok(settings) => crate::daemon::run(settings),
+        Command::Daemon { node, role } => match crate::config::load(&cli.config) {
+            Ok(settings) => crate::daemon::run(settings, crate::daemon::Options { node, role }),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(EXIT_USAGE)
@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Swap { .. } => unavailable("swap", "the cluster manager"),
         Command::Prim { .. } => unavailable("prim", "the cluster manager"),
         Command::Second { .. } => unavailable("second", "replication"),
-        Command::Resync { .. } => unavailable("resync", "replication"),
+        Command::Resync { module } => super::resync::run(&cli.config, cli.socket, &module),
         Command::Verify { .. } => unavailable("verify", "replication"),
         Command::Resolve { .. } => unavailable("resolve", "the cluster manager"),
         Command::Log { .. } => unavailable("log", "the cluster manager"),
@@ -163,7 +163,10 @@ fn config_check(file: &std::path::Path, skip_dir_checks: bool) -> ExitCode {
     }
 }
 
-fn socket_path(config: &std::path::Path, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+pub(super) fn socket_path(
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+) -> Result<PathBuf, ExitCode> {
     if let Some(s) = socket {
         return Ok(s);
     }
@@ -223,6 +226,28 @@ fn print_status(resp: &Response, json: bool) {
     println!("cluster {} (daemon pid {})", st.cluster, st.pid);
     for m in &st.modules {
         println!("module {}: {}", m.name, m.state);
+        if let Some(r) = &m.replication {
+            println!(
+                "  {} — peer {}{}; applied {}, durable {}; {} dirty bytes in {} files",
+                r.role,
+                r.peer,
+                if r.ack.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ack {}", r.ack)
+                },
+                r.applied,
+                r.durable,
+                r.dirty_bytes,
+                r.dirty_files
+            );
+            if r.resync.running {
+                println!("  resync: {}", super::progress::line(&r.resync));
+            }
+            if let Some(e) = &r.last_error {
+                println!("  last problem: {e}");
+            }
+        }
         for d in &m.dirs {
             println!(
                 "  {} {} — {} mutations, {} bytes written",

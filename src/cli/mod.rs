@@ -6,6 +6,8 @@
 
 mod commands;
 mod mount;
+mod progress;
+mod resync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,8 +40,18 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the daemon: mount every module's directories and serve the control socket.
-    Daemon,
+    /// Run the daemon: replicate every module in this node's role and serve
+    /// the control socket.
+    Daemon {
+        /// This node's name in the configuration (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+        /// This node's role for every module, until the cluster manager decides:
+        /// `prim` mounts and replicates to the peer, `second` applies its changes.
+        /// Without it the directories are mounted and changes only counted.
+        #[arg(long, value_enum)]
+        role: Option<crate::daemon::Role>,
+    },
     /// Show the state of every module.
     Status {
         #[arg(long)]

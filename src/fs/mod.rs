@@ -9,7 +9,7 @@ mod inode;
 pub mod mounts;
 mod mutation;
 mod ops;
-mod sys;
+pub mod sys;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

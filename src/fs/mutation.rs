@@ -293,6 +293,8 @@ pub struct CountingSink {
     bytes_written: AtomicU64,
     failed: AtomicU64,
     echo: bool,
+    /// The sink that applies (the replication pipeline); `None`: apply locally.
+    next: Option<std::sync::Arc<dyn MutationSink>>,
 }
 
 impl CountingSink {
@@ -300,6 +302,14 @@ impl CountingSink {
     pub fn new(echo: bool) -> Self {
         Self {
             echo,
+            ..Self::default()
+        }
+    }
+
+    /// Counts what `next` applies.
+    pub fn wrapping(next: std::sync::Arc<dyn MutationSink>) -> Self {
+        Self {
+            next: Some(next),
             ..Self::default()
         }
     }
@@ -349,7 +359,10 @@ impl CountingSink {
 
 impl MutationSink for CountingSink {
     fn apply(&self, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
-        let result = local();
+        let result = match &self.next {
+            Some(next) => next.apply(m, local),
+            None => local(),
+        };
         if result.is_err() {
             self.failed.fetch_add(1, Ordering::Relaxed);
             return result;

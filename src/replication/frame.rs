@@ -126,7 +126,7 @@ fn check_header(buf: &[u8]) -> Result<Header, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::wire::{WireAttrs, WireMutation};
+    use crate::replication::wire::{Time, WireAttrs, WireMutation};
 
     fn samples() -> Vec<Message> {
         vec![
@@ -134,10 +134,14 @@ mod tests {
                 cluster: "c".into(),
                 node: "node1".into(),
                 modules: vec!["app".into()],
+                dirs: 2,
+                generation: 7,
             },
             Message::Mutate {
-                module: "app".into(),
                 seq: 42,
+                dir: 1,
+                resync: false,
+                times: vec![(b"d/f".to_vec(), Time { secs: 5, nanos: 6 })],
                 mutation: WireMutation::Write {
                     path: Some(b"d/f".to_vec()),
                     offset: 4096,
@@ -146,8 +150,10 @@ mod tests {
                 },
             },
             Message::Mutate {
-                module: "app".into(),
                 seq: 43,
+                dir: 0,
+                resync: true,
+                times: Vec::new(),
                 mutation: WireMutation::SetAttr {
                     path: None,
                     attrs: WireAttrs {
@@ -157,8 +163,19 @@ mod tests {
                 },
             },
             Message::Ack {
-                module: "app".into(),
+                received: 43,
+                applied: 42,
+                durable: 40,
+            },
+            Message::Diverged {
+                dir: 0,
+                files: vec![(b"a".to_vec(), vec![(0, 4096)])],
+                paths: vec![b"b/c".to_vec()],
+                last: true,
+            },
+            Message::ResyncDone {
                 seq: 43,
+                generation: 9,
             },
             Message::Close {
                 reason: "bye".into(),

@@ -2,7 +2,19 @@
 //! data: [`frame`] turns bytes into checked messages and back, [`wire`] holds
 //! the messages themselves, including the owned form of every mutation, and
 //! [`tls`] the cluster credentials and mutually authenticated connections.
+//! [`link`] carries frames over a connection; [`primary`] is the mount's sink
+//! on the serving node and [`session`] its connection to the peer;
+//! [`secondary`] accepts that connection and [`applier`] applies the stream;
+//! [`resync`] ships what changed while the peer was away, as
+//! [`entry`] states and byte ranges.
 
+pub mod applier;
+pub mod entry;
 pub mod frame;
+pub mod link;
+pub mod primary;
+pub mod resync;
+pub mod secondary;
+pub mod session;
 pub mod tls;
 pub mod wire;

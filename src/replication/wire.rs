@@ -8,23 +8,51 @@ use serde::{Deserialize, Serialize};
 
 use crate::fs::{AttrChange, Mutation};
 
-/// Every message of the node-to-node protocol.
+/// Every message of the node-to-node protocol. One connection carries one
+/// module; the primary of the module connects to the secondary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// First message on a connection, both ways.
+    /// First message on a connection, both ways. `dirs` is how many
+    /// directories the module replicates (both sides must agree);
+    /// `generation` the sender's current data generation.
     Hello {
         cluster: String,
         node: String,
         modules: Vec<String>,
+        dirs: u32,
+        generation: u64,
     },
-    /// One mutation of `module`, numbered in the order the primary applied it.
+    /// Target to source, after Hello: names and ranges that may differ because
+    /// the target changed them itself (it served alone before). Sent in parts;
+    /// `last` ends the list.
+    Diverged {
+        dir: u32,
+        files: Vec<(Vec<u8>, Vec<(u64, u64)>)>,
+        paths: Vec<Vec<u8>>,
+        last: bool,
+    },
+    /// One change for directory `dir` of the module, numbered in the order the
+    /// primary applied it. `resync`: part of a resynchronisation, where a name
+    /// that is already gone or already there is expected, not an error.
+    /// `times`: modification times to set once it is applied (the file
+    /// written, the directories whose entries changed), so both trees agree.
     Mutate {
-        module: String,
         seq: u64,
+        dir: u32,
+        resync: bool,
         mutation: WireMutation,
+        times: Vec<(Vec<u8>, Time)>,
     },
-    /// The secondary applied everything up to `seq` (and made it durable if asked).
-    Ack { module: String, seq: u64 },
+    /// The source shipped everything that differed up to `seq`; once that is
+    /// durable the target is up to date and adopts `generation`.
+    ResyncDone { seq: u64, generation: u64 },
+    /// From the secondary: it has read every mutation up to `received`,
+    /// applied up to `applied`, and made durable up to `durable`.
+    Ack {
+        received: u64,
+        applied: u64,
+        durable: u64,
+    },
     /// The sender is closing the connection, and why.
     Close { reason: String },
 }
@@ -132,6 +160,39 @@ pub enum WireMutation {
         path: Option<Vec<u8>>,
         datasync: bool,
     },
+    /// Make everything applied so far durable (syncfs on the directory).
+    Sync,
+    /// Resync: make `path` what it is on the source (`None`: absent), apart
+    /// from file contents, which travel as writes.
+    Reconcile {
+        path: Vec<u8>,
+        entry: Option<Entry>,
+    },
+}
+
+/// The state of one name on the source, as resync ships it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: EntryKind,
+    /// Permission bits, set-id and sticky bits (no file type).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+    Fifo,
+    Socket,
+    Char(u64),
+    Block(u64),
 }
 
 fn bytes(p: &Path) -> Vec<u8> {

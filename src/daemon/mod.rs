@@ -1,6 +1,10 @@
-//! `tandem daemon`: mounts every module's directories and serves the control
-//! socket. Roles, replication and failover plug in here as they arrive; for now
-//! each directory's sink counts and logs its mutations.
+//! `tandem daemon`: sets up each module's replication for this node's role,
+//! mounts the primary's directories and serves the control socket. Without a
+//! role the directories are mounted and their mutations only counted.
+
+mod replicas;
+
+pub use replicas::Role;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +29,14 @@ struct Dir {
 struct Module {
     name: String,
     dirs: Vec<Dir>,
+    replica: Option<replicas::Replica>,
+}
+
+/// What the command line fixes for this run of the daemon.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub node: Option<String>,
+    pub role: Option<Role>,
 }
 
 impl Module {
@@ -32,14 +44,26 @@ impl Module {
         self.dirs.iter().any(|d| d.mount.is_some())
     }
 
+    /// The secondary's directories belong to the applier: never mounted.
+    fn mountable(&self) -> bool {
+        !matches!(self.replica, Some(replicas::Replica::Secondary(_)))
+    }
+
     /// Mounts every directory, or none: a failure unmounts what this call mounted.
     fn start(&mut self) -> Result<(), String> {
+        if !self.mountable() {
+            return Ok(());
+        }
         for i in 0..self.dirs.len() {
             if self.dirs[i].mount.is_some() {
                 continue;
             }
+            let sink = match self.replica.as_ref().and_then(|r| r.primary()) {
+                Some(rep) => CountingSink::wrapping(rep.sink(i as u32)),
+                None => CountingSink::new(false),
+            };
             let d = &mut self.dirs[i];
-            d.sink = Arc::new(CountingSink::new(false));
+            d.sink = Arc::new(sink);
             match fs::mount(&d.path, d.sink.clone(), &MountConfig::default()) {
                 Ok((m, report)) => {
                     if report.stale_removed > 0 {
@@ -83,7 +107,15 @@ impl Module {
     fn status(&self) -> ModuleStatus {
         ModuleStatus {
             name: self.name.clone(),
-            state: if self.started() { "started" } else { "stopped" }.into(),
+            state: if !self.mountable() {
+                "secondary"
+            } else if self.started() {
+                "started"
+            } else {
+                "stopped"
+            }
+            .into(),
+            replication: self.replica.as_ref().map(|r| r.status()),
             dirs: self
                 .dirs
                 .iter()
@@ -142,7 +174,12 @@ impl State {
                 Ok(mods) => {
                     let mut messages = Vec::new();
                     for m in mods {
-                        if m.started() {
+                        if !m.mountable() {
+                            messages.push(format!(
+                                "module {}: secondary here, nothing mounted",
+                                m.name
+                            ));
+                        } else if m.started() {
                             messages.extend(m.stop());
                         } else {
                             messages.push(format!("module {}: already stopped", m.name));
@@ -160,6 +197,13 @@ impl State {
                 Ok(mods) => {
                     let mut messages = Vec::new();
                     for m in mods {
+                        if !m.mountable() {
+                            messages.push(format!(
+                                "module {}: secondary here, nothing to mount",
+                                m.name
+                            ));
+                            continue;
+                        }
                         if m.started() {
                             messages.push(format!("module {}: already started", m.name));
                             continue;
@@ -185,7 +229,7 @@ impl State {
     }
 }
 
-pub fn run(settings: Settings) -> ExitCode {
+pub fn run(settings: Settings, opts: Options) -> ExitCode {
     let socket = settings.daemon.socket.clone();
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         eprintln!("tandem: a daemon is already serving {}", socket.display());
@@ -226,9 +270,27 @@ pub fn run(settings: Settings) -> ExitCode {
                         mount: None,
                     })
                     .collect(),
+                replica: None,
             })
             .collect(),
     };
+    if let Some(role) = opts.role {
+        let setup = replicas::identity(&settings, opts.node.as_deref()).and_then(|(me, peer)| {
+            tracing::info!("node {} ({role:?}), peer {}", me.name, peer.name);
+            replicas::start(&settings, role, me, peer, &rt)
+        });
+        match setup {
+            Ok(mut reps) => {
+                for m in &mut state.modules {
+                    m.replica = reps.remove(&m.name);
+                }
+            }
+            Err(e) => {
+                eprintln!("tandem: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     for i in 0..state.modules.len() {
         if let Err(e) = state.modules[i].start() {
             eprintln!("tandem: {e}");

@@ -1,0 +1,386 @@
+//! The secondary's half of replication: applies the primary's changes, in
+//! order, to the real directories. Every path is checked (relative, no `..`)
+//! and resolved beneath the module root without following symlinks, so no
+//! frame can reach outside the module.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::fs::Errno;
+use crate::fs::sys;
+
+use super::entry;
+use super::wire::{PathError, Time, WireAttrs, WireMutation, checked_path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("directory index {0} does not exist in this module")]
+    Dir(u32),
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("{op} {path}: {}", std::io::Error::from_raw_os_error(errno.code()))]
+    Sys {
+        op: &'static str,
+        path: String,
+        errno: Errno,
+    },
+}
+
+/// Descriptors of files written recently: one path walk per file, not per write.
+const OPEN_FILES: usize = 256;
+
+pub struct Applier {
+    roots: Vec<OwnedFd>,
+    open: HashMap<(u32, PathBuf), OwnedFd>,
+}
+
+/// A path from the wire: `""` (the root) only where `root_ok`.
+fn path_of(raw: &[u8], root_ok: bool) -> Result<PathBuf, PathError> {
+    if raw.is_empty() && root_ok {
+        return Ok(PathBuf::new());
+    }
+    checked_path(raw)
+}
+
+fn tolerated(e: Errno, tolerant: bool) -> bool {
+    tolerant && matches!(e.code(), libc::ENOENT | libc::EEXIST | libc::ENOTDIR)
+}
+
+impl Applier {
+    /// `roots`: `O_PATH` descriptors of the module's directories, in config order.
+    pub fn new(roots: Vec<OwnedFd>) -> Self {
+        Self {
+            roots,
+            open: HashMap::new(),
+        }
+    }
+
+    pub fn dirs(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub fn root(&self, dir: u32) -> Result<BorrowedFd<'_>, ApplyError> {
+        self.roots
+            .get(dir as usize)
+            .map(|r| r.as_fd())
+            .ok_or(ApplyError::Dir(dir))
+    }
+
+    /// Applies one change. `tolerant` (resync): a name already gone or
+    /// already present is not an error.
+    pub fn apply(&mut self, dir: u32, m: &WireMutation, tolerant: bool) -> Result<(), ApplyError> {
+        let shown = |p: &Path| {
+            if p.as_os_str().is_empty() {
+                ".".to_string()
+            } else {
+                p.display().to_string()
+            }
+        };
+        let fail = |op: &'static str, p: &Path| {
+            let path = shown(p);
+            move |errno: Errno| ApplyError::Sys { op, path, errno }
+        };
+        let wrap = |op: &'static str, p: &Path, r: Result<(), Errno>| match r {
+            Err(e) if tolerated(e, tolerant) => Ok(()),
+            other => other.map_err(fail(op, p)),
+        };
+        match m {
+            WireMutation::Create {
+                path,
+                mode,
+                umask,
+                rdev,
+                uid,
+                gid,
+            } => {
+                let p = checked_path(path)?;
+                let r = self.in_parent(dir, &p, |d, n| {
+                    sys::set_thread_umask(*umask)?;
+                    sys::mknodat(d, n, *mode, *rdev)?;
+                    chown_at(d, n, *uid, *gid)
+                });
+                wrap("create", &p, r)
+            }
+            WireMutation::Mkdir {
+                path,
+                mode,
+                umask,
+                uid,
+                gid,
+            } => {
+                let p = checked_path(path)?;
+                let r = self.in_parent(dir, &p, |d, n| {
+                    sys::set_thread_umask(*umask)?;
+                    sys::mkdirat(d, n, *mode)?;
+                    chown_at(d, n, *uid, *gid)
+                });
+                wrap("mkdir", &p, r)
+            }
+            WireMutation::Symlink {
+                path,
+                target,
+                uid,
+                gid,
+            } => {
+                let p = checked_path(path)?;
+                let t = CString::new(target.clone())
+                    .map_err(|_| PathError::Nul(String::from_utf8_lossy(target).into_owned()))?;
+                let r = self.in_parent(dir, &p, |d, n| {
+                    sys::symlinkat(&t, d, n)?;
+                    chown_at(d, n, *uid, *gid)
+                });
+                wrap("symlink", &p, r)
+            }
+            WireMutation::Link { existing, path } => {
+                let e = checked_path(existing)?;
+                let p = checked_path(path)?;
+                let root = self.root(dir)?;
+                let r = entry::open_node(root, &e).and_then(|src| {
+                    self.in_parent(dir, &p, |d, n| sys::link_fd(src.as_fd(), d, n))
+                });
+                wrap("link", &p, r)
+            }
+            WireMutation::Unlink { path } => {
+                let p = checked_path(path)?;
+                self.forget(dir, Some(&p));
+                let r = self.in_parent(dir, &p, |d, n| sys::unlinkat(d, n, 0));
+                wrap("unlink", &p, r)
+            }
+            WireMutation::Rmdir { path } => {
+                let p = checked_path(path)?;
+                self.forget(dir, None);
+                let r = self.in_parent(dir, &p, |d, n| sys::unlinkat(d, n, libc::AT_REMOVEDIR));
+                wrap("rmdir", &p, r)
+            }
+            WireMutation::Rename { from, to, flags } => {
+                let f = checked_path(from)?;
+                let t = checked_path(to)?;
+                self.forget(dir, None);
+                let r = self.parent_fd(dir, &f).and_then(|(fd1, n1)| {
+                    let (fd2, n2) = self.parent_fd(dir, &t)?;
+                    sys::renameat2(fd1.as_fd(), &n1, fd2.as_fd(), &n2, *flags)
+                });
+                wrap("rename", &f, r)
+            }
+            WireMutation::Write {
+                path: Some(path),
+                offset,
+                data,
+                sync,
+            } => {
+                let p = checked_path(path)?;
+                let r = self.file(dir, &p).and_then(|fd| {
+                    sys::pwrite_all(fd, data, *offset)?;
+                    if *sync { sys::fsync(fd, true) } else { Ok(()) }
+                });
+                wrap("write", &p, r)
+            }
+            WireMutation::Fallocate {
+                path: Some(path),
+                offset,
+                length,
+                mode,
+            } => {
+                let p = checked_path(path)?;
+                let r = self
+                    .file(dir, &p)
+                    .and_then(|fd| sys::fallocate(fd, *mode, *offset, *length));
+                wrap("fallocate", &p, r)
+            }
+            WireMutation::SetAttr {
+                path: Some(path),
+                attrs,
+            } => {
+                let p = path_of(path, true)?;
+                let r = self.set_attrs(dir, &p, attrs);
+                wrap("setattr", &p, r)
+            }
+            WireMutation::SetXattr {
+                path: Some(path),
+                name,
+                value,
+                flags,
+            } => {
+                let p = path_of(path, true)?;
+                let c = CString::new(name.clone())
+                    .map_err(|_| PathError::Nul(String::from_utf8_lossy(name).into_owned()))?;
+                let r = self
+                    .node(dir, &p)
+                    .and_then(|fd| sys::setxattr(fd.as_fd(), &c, value, *flags));
+                wrap("setxattr", &p, r)
+            }
+            WireMutation::RemoveXattr {
+                path: Some(path),
+                name,
+            } => {
+                let p = path_of(path, true)?;
+                let c = CString::new(name.clone())
+                    .map_err(|_| PathError::Nul(String::from_utf8_lossy(name).into_owned()))?;
+                let r = self
+                    .node(dir, &p)
+                    .and_then(|fd| sys::removexattr(fd.as_fd(), &c));
+                wrap("removexattr", &p, r)
+            }
+            WireMutation::Fsync {
+                path: Some(path),
+                datasync,
+            } => {
+                let p = path_of(path, true)?;
+                let r = self.node(dir, &p).and_then(|fd| {
+                    let f = sys::reopen(fd.as_fd(), libc::O_RDONLY)?;
+                    sys::fsync(f.as_fd(), *datasync)
+                });
+                wrap("fsync", &p, r)
+            }
+            WireMutation::Sync => {
+                let root = self.root(dir)?;
+                let r = sys::reopen(root, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|f| {
+                    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } < 0 {
+                        Err(Errno::from(std::io::Error::last_os_error()))
+                    } else {
+                        Ok(())
+                    }
+                });
+                wrap("sync", Path::new(""), r)
+            }
+            WireMutation::Reconcile { path, entry: e } => {
+                let p = path_of(path, true)?;
+                if !p.as_os_str().is_empty() {
+                    self.forget(dir, None);
+                }
+                let root = self.root(dir)?;
+                let r = entry::impose(root, &p, e.as_ref());
+                wrap("resync", &p, r)
+            }
+            // A file without a name any more: its bytes can never be seen again.
+            WireMutation::Write { path: None, .. }
+            | WireMutation::Fallocate { path: None, .. }
+            | WireMutation::SetAttr { path: None, .. }
+            | WireMutation::SetXattr { path: None, .. }
+            | WireMutation::RemoveXattr { path: None, .. }
+            | WireMutation::Fsync { path: None, .. } => Ok(()),
+        }
+    }
+
+    /// Sets the modification times the primary ended up with. A name that is
+    /// gone by now (a later change removed it) is skipped.
+    pub fn set_times(&self, dir: u32, times: &[(Vec<u8>, Time)]) -> Result<(), ApplyError> {
+        for (raw, t) in times {
+            let p = path_of(raw, true)?;
+            let fd = match self.node(dir, &p) {
+                Ok(fd) => fd,
+                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => continue,
+                Err(errno) => {
+                    return Err(ApplyError::Sys {
+                        op: "utimens",
+                        path: p.display().to_string(),
+                        errno,
+                    });
+                }
+            };
+            let omit = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            };
+            let m = libc::timespec {
+                tv_sec: t.secs,
+                tv_nsec: t.nanos as i64,
+            };
+            sys::utimens_fd(fd.as_fd(), &[omit, m]).map_err(|errno| ApplyError::Sys {
+                op: "utimens",
+                path: p.display().to_string(),
+                errno,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Drops cached descriptors: of one path, or all of them (after a
+    /// rename or removal of a directory, any cached path may be stale).
+    fn forget(&mut self, dir: u32, path: Option<&Path>) {
+        match path {
+            Some(p) => {
+                self.open.remove(&(dir, p.to_path_buf()));
+            }
+            None => self.open.clear(),
+        }
+    }
+
+    /// The directory holding `path` and the last component's name.
+    fn parent_fd(&self, dir: u32, path: &Path) -> Result<(OwnedFd, CString), Errno> {
+        let root = self.root(dir).map_err(|_| Errno::EINVAL)?;
+        let parent = entry::open_node(root, path.parent().unwrap_or(Path::new("")))?;
+        let name = path.file_name().ok_or(Errno::EINVAL)?;
+        let c = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        Ok((parent, c))
+    }
+
+    fn in_parent(
+        &self,
+        dir: u32,
+        path: &Path,
+        f: impl FnOnce(BorrowedFd<'_>, &std::ffi::CStr) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let (fd, name) = self.parent_fd(dir, path)?;
+        f(fd.as_fd(), &name)
+    }
+
+    fn node(&self, dir: u32, path: &Path) -> Result<OwnedFd, Errno> {
+        let root = self.root(dir).map_err(|_| Errno::EINVAL)?;
+        entry::open_node(root, path)
+    }
+
+    /// A writable descriptor of the regular file `path` (cached).
+    fn file(&mut self, dir: u32, path: &Path) -> Result<BorrowedFd<'_>, Errno> {
+        let key = (dir, path.to_path_buf());
+        if !self.open.contains_key(&key) {
+            let node = self.node(dir, path)?;
+            let st = sys::stat_fd(node.as_fd())?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(Errno::EINVAL);
+            }
+            let fd = sys::reopen(node.as_fd(), libc::O_RDWR)?;
+            if self.open.len() >= OPEN_FILES {
+                self.open.clear();
+            }
+            self.open.insert(key.clone(), fd);
+        }
+        Ok(self.open[&key].as_fd())
+    }
+
+    fn set_attrs(&mut self, dir: u32, path: &Path, a: &WireAttrs) -> Result<(), Errno> {
+        if let Some(size) = a.size {
+            let fd = self.file(dir, path)?;
+            sys::ftruncate(fd, size)?;
+        }
+        let fd = self.node(dir, path)?;
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fchownat_fd(fd.as_fd(), a.uid, a.gid)?;
+        }
+        if let Some(mode) = a.mode {
+            sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            let ts = |t: Option<Time>| match t {
+                Some(t) => libc::timespec {
+                    tv_sec: t.secs,
+                    tv_nsec: t.nanos as i64,
+                },
+                None => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+            };
+            sys::utimens_fd(fd.as_fd(), &[ts(a.atime), ts(a.mtime)])?;
+        }
+        Ok(())
+    }
+}
+
+fn chown_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr, uid: u32, gid: u32) -> Result<(), Errno> {
+    let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    sys::fchownat_fd(fd.as_fd(), Some(uid), Some(gid))
+}

@@ -1,0 +1,174 @@
+//! Framed messages over a TLS stream, and the checks every new connection
+//! passes before any change is accepted from it.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::frame::{self, Compression};
+use super::wire::Message;
+
+/// How long a peer may take to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct FrameReader<R> {
+    rd: R,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(rd: R) -> Self {
+        Self {
+            rd,
+            buf: Vec::with_capacity(1 << 20),
+            start: 0,
+        }
+    }
+
+    /// A whole frame is already buffered (no read needed to get it).
+    pub fn has_frame(&self) -> bool {
+        matches!(frame::decode(&self.buf[self.start..]), Ok(Some(_)))
+    }
+
+    /// The next message; errors name why the stream cannot be trusted.
+    pub async fn next(&mut self) -> Result<Message, String> {
+        loop {
+            match frame::decode(&self.buf[self.start..]) {
+                Ok(Some((m, used))) => {
+                    self.start += used;
+                    if self.start == self.buf.len() {
+                        self.buf.clear();
+                        self.start = 0;
+                    }
+                    return Ok(m);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = self.rd.read(&mut chunk).await.map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "connection lost".to_string(),
+                _ => format!("read: {e}"),
+            })?;
+            if n == 0 {
+                return Err("connection closed by the peer".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+pub struct FrameWriter<W> {
+    wr: W,
+    buf: Vec<u8>,
+    compression: Compression,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(wr: W, compression: Compression) -> Self {
+        Self {
+            wr,
+            buf: Vec::with_capacity(1 << 20),
+            compression,
+        }
+    }
+
+    pub fn push(&mut self, m: &Message) -> Result<(), String> {
+        frame::encode(m, self.compression, &mut self.buf).map_err(|e| e.to_string())
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub async fn flush(&mut self) -> Result<(), String> {
+        self.wr
+            .write_all(&self.buf)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        self.buf.clear();
+        self.wr.flush().await.map_err(|e| format!("write: {e}"))
+    }
+
+    pub async fn send(&mut self, m: &Message) -> Result<(), String> {
+        self.push(m)?;
+        self.flush().await
+    }
+
+    /// Writes queued messages until the queue closes: batches whatever is
+    /// ready into one write.
+    pub async fn pump(
+        mut self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Message>,
+    ) -> Result<(), String> {
+        while let Some(m) = rx.recv().await {
+            self.push(&m)?;
+            while self.buffered() < (1 << 20) {
+                match rx.try_recv() {
+                    Ok(m) => self.push(&m)?,
+                    Err(_) => break,
+                }
+            }
+            self.flush().await?;
+        }
+        let _ = self.wr.shutdown().await;
+        Ok(())
+    }
+}
+
+/// What a Hello must say to be accepted.
+pub struct Expect<'a> {
+    pub cluster: &'a str,
+    pub peer: &'a str,
+    /// `None`: any module this node knows (checked by the caller).
+    pub module: Option<&'a str>,
+    pub dirs: Option<u32>,
+}
+
+/// Checks a peer's Hello; returns its module and generation.
+pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<(String, u32, u64), String> {
+    let Message::Hello {
+        cluster,
+        node,
+        modules,
+        dirs,
+        generation,
+    } = m
+    else {
+        return Err("expected Hello as the first message".into());
+    };
+    if cluster != want.cluster {
+        return Err(format!(
+            "peer belongs to cluster {cluster:?}, this node to {:?}",
+            want.cluster
+        ));
+    }
+    if node != want.peer {
+        return Err(format!(
+            "peer says it is {node:?}, expected {:?}",
+            want.peer
+        ));
+    }
+    let [module] = <[String; 1]>::try_from(modules)
+        .map_err(|m| format!("expected one module per connection, got {}", m.len()))?;
+    if let Some(w) = want.module
+        && module != w
+    {
+        return Err(format!(
+            "peer answered for module {module:?}, expected {w:?}"
+        ));
+    }
+    if let Some(d) = want.dirs
+        && d != dirs
+    {
+        return Err(format!(
+            "module {module}: peer replicates {dirs} directories, this node {d}"
+        ));
+    }
+    Ok((module, dirs, generation))
+}

@@ -1,0 +1,777 @@
+//! The primary's half of replication: every mutation the mount sees is
+//! recorded in the change log, applied locally, sent to the secondary on one
+//! ordered stream, and answered when the module's ack mode holds.
+//!
+//! One lock (the *order lock*) is held from marking to enqueueing, so the order
+//! on the wire is the order of the local applies, and resync reads of the
+//! local tree are consistent with the stream. Waiting for the peer happens
+//! outside it, so many application threads have mutations in flight at once.
+//!
+//! The local apply runs before the send: a call that fails locally is never
+//! replicated, so the two trees cannot diverge on an error only one side saw.
+//!
+//! Dirty marks are cleared only once the secondary reports them durable; see
+//! [`Bucket`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+
+use crate::changelog::{ChangeLog, FileId, NsChange};
+use crate::config::Ack;
+use crate::fs::{Errno, LocalApply, Mutation, MutationSink};
+
+use super::entry;
+use super::wire::{Message, Time, WireMutation};
+
+/// One replicated directory of the module.
+pub struct Dir {
+    /// `O_PATH` descriptor of the real directory, opened before the mount.
+    pub root: OwnedFd,
+    pub log: Arc<dyn ChangeLog>,
+}
+
+/// What may be forgotten from the change log once the peer made it durable.
+enum Clear {
+    Range(u32, FileId, Range<u64>),
+    Size(u32, FileId),
+    NsUpto(u32, u64),
+}
+
+/// The clears of the mutations sent in one stretch of the stream. A bucket is
+/// sealed at the last sequence number sent; once the peer is durable past it,
+/// its clears are applied, minus whatever the open bucket marked again since.
+#[derive(Default)]
+struct Bucket {
+    items: Vec<Clear>,
+    ranges: HashMap<(u32, FileId), Vec<Range<u64>>>,
+    sizes: HashSet<(u32, FileId)>,
+}
+
+impl Bucket {
+    fn add(&mut self, c: Clear) {
+        match &c {
+            Clear::Range(d, id, r) => self.ranges.entry((*d, *id)).or_default().push(r.clone()),
+            Clear::Size(d, id) => {
+                self.sizes.insert((*d, *id));
+            }
+            Clear::NsUpto(..) => {}
+        }
+        self.items.push(c);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// `r` minus every range in `minus`.
+fn subtract(r: Range<u64>, minus: Option<&Vec<Range<u64>>>) -> Vec<Range<u64>> {
+    let mut out = vec![r];
+    for m in minus.into_iter().flatten() {
+        out = out
+            .into_iter()
+            .flat_map(|o| {
+                let mut v = Vec::new();
+                if m.start > o.start {
+                    v.push(o.start..m.start.min(o.end));
+                }
+                if m.end < o.end {
+                    v.push(m.end.max(o.start)..o.end);
+                }
+                v.into_iter().filter(|x| x.start < x.end)
+            })
+            .collect();
+    }
+    out
+}
+
+pub type Outbound = tokio::sync::mpsc::UnboundedSender<Message>;
+
+struct Order {
+    next_seq: u64,
+    /// The stream to the peer; `None` while alone.
+    link: Option<(u64, Outbound)>,
+    /// Whether the change log held nothing unshipped when the link came up
+    /// (after a resync finished). Until then, namespace records are cleared
+    /// only by the resync itself.
+    synced: bool,
+    open: Bucket,
+    sealed: Option<(u64, Bucket)>,
+}
+
+/// Bytes sent but not yet applied by the peer, for the lag bounds of `async`
+/// and of resync: (seq, cumulative bytes up to it) for every unapplied seq.
+#[derive(Default)]
+struct Lag {
+    unapplied: VecDeque<(u64, u64)>,
+    sent_total: u64,
+    applied_total: u64,
+}
+
+impl Lag {
+    fn bytes(&self) -> u64 {
+        self.sent_total - self.applied_total
+    }
+
+    fn applied(&mut self, upto: u64) {
+        while let Some(&(seq, total)) = self.unapplied.front() {
+            if seq > upto {
+                break;
+            }
+            self.applied_total = total;
+            self.unapplied.pop_front();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Acks {
+    conn: u64,
+    connected: bool,
+    received: u64,
+    applied: u64,
+    durable: u64,
+}
+
+/// Live state of a resync, for status and `tandem resync`.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ResyncProgress {
+    pub running: bool,
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// Namespace records shipped.
+    pub names: u64,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    pub role: String,
+    /// connected | resyncing | alone
+    pub peer: String,
+    pub ack: String,
+    pub sent: u64,
+    pub applied: u64,
+    pub durable: u64,
+    pub dirty_bytes: u64,
+    pub dirty_files: u64,
+    pub bytes_replicated: u64,
+    pub resync: ResyncProgress,
+    pub last_error: Option<String>,
+}
+
+pub struct Replicator {
+    pub module: String,
+    pub ack: Ack,
+    pub peer_timeout: Duration,
+    pub async_max_lag: u64,
+    pub dirs: Vec<Dir>,
+    order: Mutex<Order>,
+    lag: Mutex<Lag>,
+    acks: Mutex<Acks>,
+    acked: Condvar,
+    next_conn: AtomicU64,
+    bytes_replicated: AtomicU64,
+    resync: Mutex<ResyncProgress>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// How long a resync lets its shipped-but-unapplied bytes grow.
+pub const RESYNC_WINDOW: u64 = 16 << 20;
+
+impl Replicator {
+    pub fn new(
+        module: &str,
+        ack: Ack,
+        peer_timeout: Duration,
+        async_max_lag: u64,
+        dirs: Vec<Dir>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            module: module.to_string(),
+            ack,
+            peer_timeout,
+            async_max_lag,
+            dirs,
+            order: Mutex::new(Order {
+                next_seq: 1,
+                link: None,
+                synced: false,
+                open: Bucket::default(),
+                sealed: None,
+            }),
+            lag: Mutex::new(Lag::default()),
+            acks: Mutex::new(Acks::default()),
+            acked: Condvar::new(),
+            next_conn: AtomicU64::new(1),
+            bytes_replicated: AtomicU64::new(0),
+            resync: Mutex::new(ResyncProgress::default()),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The sink for directory `dir` of the module.
+    pub fn sink(self: &Arc<Self>, dir: u32) -> Arc<ReplicatingSink> {
+        Arc::new(ReplicatingSink {
+            rep: self.clone(),
+            dir,
+        })
+    }
+
+    fn note_error(&self, what: String) {
+        tracing::error!("{}: {what}", self.module);
+        *self.last_error.lock() = Some(what);
+    }
+
+    // ---- the link ----
+
+    /// A connection is up: mutations from now on travel on `tx`. Returns the
+    /// connection's id.
+    pub fn attach(&self, tx: Outbound) -> u64 {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut o = self.order.lock();
+        o.link = Some((conn, tx));
+        o.synced = false;
+        o.open = Bucket::default();
+        o.sealed = None;
+        let first = o.next_seq;
+        drop(o);
+        *self.lag.lock() = Lag::default();
+        let mut a = self.acks.lock();
+        *a = Acks {
+            conn,
+            connected: true,
+            received: first - 1,
+            applied: first - 1,
+            durable: first - 1,
+        };
+        conn
+    }
+
+    /// The connection `conn` is gone (or must go): from now on the primary
+    /// is alone, and whatever was not durable on the peer stays marked.
+    pub fn detach(&self, conn: u64, why: &str) {
+        let mut o = self.order.lock();
+        if o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
+            o.link = None;
+            o.synced = false;
+            o.open = Bucket::default();
+            o.sealed = None;
+            tracing::warn!(
+                "{}: peer out of date from seq {}: {why}",
+                self.module,
+                o.next_seq
+            );
+            *self.last_error.lock() = Some(why.to_string());
+        }
+        drop(o);
+        let mut a = self.acks.lock();
+        if a.conn == conn {
+            a.connected = false;
+        }
+        self.acked.notify_all();
+        let mut r = self.resync.lock();
+        r.running = false;
+    }
+
+    pub fn is_attached(&self, conn: u64) -> bool {
+        self.order
+            .lock()
+            .link
+            .as_ref()
+            .is_some_and(|(c, _)| *c == conn)
+    }
+
+    /// An acknowledgement from the peer on connection `conn`.
+    pub fn on_ack(&self, conn: u64, received: u64, applied: u64, durable: u64) {
+        {
+            let mut a = self.acks.lock();
+            if a.conn != conn {
+                return;
+            }
+            a.received = a.received.max(received);
+            a.applied = a.applied.max(applied);
+            a.durable = a.durable.max(durable);
+            self.lag.lock().applied(a.applied);
+            self.acked.notify_all();
+        }
+        self.clear_durable(conn, durable);
+    }
+
+    /// Applies the sealed bucket's clears once the peer is durable past it,
+    /// then seals the open bucket.
+    fn clear_durable(&self, conn: u64, durable: u64) {
+        let mut o = self.order.lock();
+        if !o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
+            return;
+        }
+        if let Some((upto, _)) = &o.sealed
+            && *upto <= durable
+        {
+            let (_, bucket) = o.sealed.take().expect("checked");
+            for c in bucket.items {
+                let r = match c {
+                    Clear::Range(d, id, r) => {
+                        let log = &self.dirs[d as usize].log;
+                        subtract(r, o.open.ranges.get(&(d, id)))
+                            .into_iter()
+                            .try_for_each(|r| log.clear(id, r))
+                    }
+                    Clear::Size(d, id) if !o.open.sizes.contains(&(d, id)) => {
+                        self.dirs[d as usize].log.clear_size(id)
+                    }
+                    Clear::Size(..) => Ok(()),
+                    Clear::NsUpto(d, seq) => self.dirs[d as usize].log.clear_ns_upto(seq),
+                };
+                if let Err(e) = r {
+                    self.note_error(format!("change log: {e}"));
+                }
+            }
+        }
+        if o.sealed.is_none() && !o.open.is_empty() {
+            let upto = o.next_seq - 1;
+            let open = std::mem::take(&mut o.open);
+            o.sealed = Some((upto, open));
+        }
+    }
+
+    /// Sends one message under the order lock; `None` when alone.
+    fn send_locked(
+        &self,
+        o: &mut Order,
+        dir: u32,
+        resync: bool,
+        m: WireMutation,
+        times: Vec<(Vec<u8>, Time)>,
+    ) -> Option<(u64, u64)> {
+        let (conn, tx) = o.link.as_ref()?;
+        let conn = *conn;
+        let seq = o.next_seq;
+        let bytes = match &m {
+            WireMutation::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        } + 64;
+        let msg = Message::Mutate {
+            seq,
+            dir,
+            resync,
+            mutation: m,
+            times,
+        };
+        if tx.send(msg).is_err() {
+            o.link = None;
+            return None;
+        }
+        o.next_seq += 1;
+        let mut lag = self.lag.lock();
+        lag.sent_total += bytes;
+        let total = lag.sent_total;
+        lag.unapplied.push_back((seq, total));
+        drop(lag);
+        self.bytes_replicated
+            .fetch_add(bytes - 64, Ordering::Relaxed);
+        Some((conn, seq))
+    }
+
+    /// Waits until `seq` satisfies `need` on connection `conn`, at most
+    /// `peer_timeout`; on timeout the peer is dropped and marked out of date.
+    fn wait(&self, conn: u64, seq: u64, need: Need) {
+        let deadline = Instant::now() + self.peer_timeout;
+        let mut a = self.acks.lock();
+        loop {
+            if a.conn != conn || !a.connected {
+                return;
+            }
+            let done = match need {
+                Need::Applied => a.applied >= seq,
+                Need::Received => a.received >= seq,
+                Need::Lag(limit) => self.lag.lock().bytes() <= limit,
+            };
+            if done {
+                return;
+            }
+            if self.acked.wait_until(&mut a, deadline).timed_out() {
+                drop(a);
+                self.detach(
+                    conn,
+                    &format!(
+                        "peer did not acknowledge seq {seq} within {} ms",
+                        self.peer_timeout.as_millis()
+                    ),
+                );
+                return;
+            }
+        }
+    }
+
+    // ---- recording ----
+
+    /// Records what `m` may change on the peer, before it is applied.
+    fn mark(&self, dir: u32, m: &Mutation<'_>, o: &mut Order) -> crate::changelog::Result<()> {
+        let log = &self.dirs[dir as usize].log;
+        let sent = o.link.is_some();
+        let range = |o: &mut Order, p: &Path, off: u64, len: u64| -> crate::changelog::Result<()> {
+            let id = log.ensure(p)?;
+            if len > 0 {
+                log.mark(id, off, len)?;
+                if sent {
+                    o.open.add(Clear::Range(dir, id, off..off + len));
+                }
+            }
+            Ok(())
+        };
+        let ns = |o: &mut Order, c: NsChange| -> crate::changelog::Result<()> {
+            let seq = log.log_ns(c)?;
+            if sent && o.synced {
+                o.open.add(Clear::NsUpto(dir, seq));
+            }
+            Ok(())
+        };
+        match m {
+            Mutation::Write {
+                path: Some(p),
+                offset,
+                data,
+                ..
+            } => range(o, p, *offset, data.len() as u64),
+            Mutation::Fallocate {
+                path: Some(p),
+                offset,
+                length,
+                ..
+            } => range(o, p, *offset, *length),
+            Mutation::SetAttr {
+                path: Some(p),
+                change,
+            } => {
+                if let Some(size) = change.size {
+                    let id = log.ensure(p)?;
+                    log.truncate(id, size)?;
+                    if sent {
+                        o.open.add(Clear::Size(dir, id));
+                    }
+                }
+                ns(o, NsChange::SetAttr { path: p.clone() })
+            }
+            Mutation::SetXattr {
+                path: Some(p),
+                name,
+                ..
+            } => ns(
+                o,
+                NsChange::SetXattr {
+                    path: p.clone(),
+                    name: bytes(name.as_ref()),
+                },
+            ),
+            Mutation::RemoveXattr {
+                path: Some(p),
+                name,
+            } => ns(
+                o,
+                NsChange::RemoveXattr {
+                    path: p.clone(),
+                    name: bytes(name.as_ref()),
+                },
+            ),
+            Mutation::Create { path, .. } => ns(o, NsChange::Create { path: path.clone() }),
+            Mutation::Mkdir { path, .. } => ns(o, NsChange::Mkdir { path: path.clone() }),
+            Mutation::Symlink { path, target, .. } => ns(
+                o,
+                NsChange::Symlink {
+                    path: path.clone(),
+                    target: target.clone(),
+                },
+            ),
+            Mutation::Unlink { path } => ns(o, NsChange::Unlink { path: path.clone() }),
+            Mutation::Rmdir { path } => ns(o, NsChange::Rmdir { path: path.clone() }),
+            // Recorded after they succeed: a rename or link replayed by a
+            // resync must be one that happened.
+            Mutation::Rename { .. } | Mutation::Link { .. } => Ok(()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Updates the name map after `m` succeeded locally.
+    fn after(&self, dir: u32, m: &Mutation<'_>, o: &mut Order) -> crate::changelog::Result<()> {
+        let log = &self.dirs[dir as usize].log;
+        let sent = o.link.is_some();
+        let mut ns = |c: NsChange| -> crate::changelog::Result<()> {
+            let seq = log.log_ns(c)?;
+            if sent && o.synced {
+                o.open.add(Clear::NsUpto(dir, seq));
+            }
+            Ok(())
+        };
+        match m {
+            Mutation::Unlink { path } | Mutation::Rmdir { path } => {
+                log.remove(path)?;
+            }
+            Mutation::Rename { from, to, flags } => {
+                let exchange = flags & libc::RENAME_EXCHANGE != 0;
+                if exchange {
+                    log.exchange(from, to)?;
+                } else {
+                    log.rename(from, to)?;
+                }
+                ns(NsChange::Rename {
+                    from: from.clone(),
+                    to: to.clone(),
+                    exchange,
+                })?;
+            }
+            Mutation::Link { existing, path } => ns(NsChange::Link {
+                existing: existing.clone(),
+                path: path.clone(),
+            })?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The modification times the peer should end up with after `m`: the
+    /// file written, and the directories whose entries changed.
+    fn stamps(&self, dir: u32, m: &Mutation<'_>) -> Vec<(Vec<u8>, Time)> {
+        let root = self.dirs[dir as usize].root.as_fd();
+        let mut paths: Vec<&Path> = Vec::new();
+        let parent = |p: &'_ Path| -> PathBuf { p.parent().unwrap_or(Path::new("")).to_path_buf() };
+        let mut owned: Vec<PathBuf> = Vec::new();
+        match m {
+            Mutation::Write { path: Some(p), .. } | Mutation::Fallocate { path: Some(p), .. } => {
+                paths.push(p)
+            }
+            Mutation::SetAttr {
+                path: Some(p),
+                change,
+            } if change.size.is_some() || change.mtime.is_none() => paths.push(p),
+            Mutation::SetXattr { path: Some(p), .. }
+            | Mutation::RemoveXattr { path: Some(p), .. } => paths.push(p),
+            Mutation::Create { path, .. }
+            | Mutation::Mkdir { path, .. }
+            | Mutation::Symlink { path, .. } => {
+                paths.push(path);
+                owned.push(parent(path));
+            }
+            Mutation::Link { path, .. } => owned.push(parent(path)),
+            Mutation::Unlink { path } | Mutation::Rmdir { path } => owned.push(parent(path)),
+            Mutation::Rename { from, to, .. } => {
+                owned.push(parent(from));
+                owned.push(parent(to));
+            }
+            _ => {}
+        }
+        owned.dedup();
+        paths
+            .into_iter()
+            .map(Path::to_path_buf)
+            .chain(owned)
+            .filter_map(|p| {
+                let fd = entry::open_node(root, &p).ok()?;
+                let st = crate::fs::sys::stat_fd(fd.as_fd()).ok()?;
+                Some((
+                    bytes(p.as_os_str()),
+                    Time {
+                        secs: st.st_mtime,
+                        nanos: st.st_mtime_nsec as u32,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn submit(&self, dir: u32, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
+        let mut o = self.order.lock();
+        if let Err(e) = self.mark(dir, m, &mut o) {
+            // Without the record a later resync could miss this change: refuse it.
+            drop(o);
+            self.note_error(format!("change log: {e}"));
+            return Err(Errno::EIO);
+        }
+        local()?;
+        if let Err(e) = self.after(dir, m, &mut o) {
+            self.note_error(format!("change log: {e}"));
+        }
+        let unnamed = matches!(
+            m,
+            Mutation::Write { path: None, .. }
+                | Mutation::Fallocate { path: None, .. }
+                | Mutation::SetAttr { path: None, .. }
+                | Mutation::SetXattr { path: None, .. }
+                | Mutation::RemoveXattr { path: None, .. }
+                | Mutation::Fsync { path: None, .. }
+        );
+        if o.link.is_none() || unnamed {
+            return Ok(());
+        }
+        let times = self.stamps(dir, m);
+        let durable_now = matches!(
+            m,
+            Mutation::Fsync { .. } | Mutation::Write { sync: true, .. }
+        );
+        let sent = self.send_locked(&mut o, dir, false, WireMutation::from(m), times);
+        drop(o);
+        let Some((conn, seq)) = sent else {
+            return Ok(());
+        };
+        let need = match self.ack {
+            Ack::Durable => Need::Applied,
+            Ack::Received if durable_now => Need::Applied,
+            Ack::Received => Need::Received,
+            Ack::Async => Need::Lag(self.async_max_lag),
+        };
+        self.wait(conn, seq, need);
+        Ok(())
+    }
+
+    // ---- resync support ----
+
+    /// Ships one resync item built under the order lock (so it reads the
+    /// local tree consistently with the stream). `build` returns the
+    /// mutation and the clears it earns. Returns false once the link is gone.
+    pub fn ship<F>(&self, conn: u64, dir: u32, build: F) -> bool
+    where
+        F: FnOnce(&Dir) -> Option<(WireMutation, Vec<(Vec<u8>, Time)>, Vec<ResyncClear>)>,
+    {
+        let seq = {
+            let mut o = self.order.lock();
+            if !o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
+                return false;
+            }
+            let Some((m, times, clears)) = build(&self.dirs[dir as usize]) else {
+                return true;
+            };
+            let Some((_, seq)) = self.send_locked(&mut o, dir, true, m, times) else {
+                return false;
+            };
+            for c in clears {
+                o.open.add(match c {
+                    ResyncClear::Range(id, r) => Clear::Range(dir, id, r),
+                    ResyncClear::Size(id) => Clear::Size(dir, id),
+                });
+            }
+            seq
+        };
+        // Keep the window bounded so live writes never queue behind a whole resync.
+        self.wait(conn, seq, Need::Lag(RESYNC_WINDOW));
+        self.is_attached(conn)
+    }
+
+    /// The resync has shipped everything: namespace records up to `ns_upto`
+    /// (per dir) may go once durable, and from now on live records clear too.
+    pub fn finish_resync(&self, conn: u64, ns_upto: &[u64], generation: u64) -> bool {
+        let mut o = self.order.lock();
+        if !o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
+            return false;
+        }
+        for d in 0..self.dirs.len() {
+            if self
+                .send_locked(&mut o, d as u32, true, WireMutation::Sync, Vec::new())
+                .is_none()
+            {
+                return false;
+            }
+        }
+        for (d, upto) in ns_upto.iter().enumerate() {
+            if *upto > 0 {
+                o.open.add(Clear::NsUpto(d as u32, *upto));
+            }
+        }
+        o.synced = true;
+        let seq = o.next_seq - 1;
+        let Some((_, tx)) = &o.link else { return false };
+        tx.send(Message::ResyncDone { seq, generation }).is_ok()
+    }
+
+    pub fn progress(&self) -> parking_lot::MutexGuard<'_, ResyncProgress> {
+        self.resync.lock()
+    }
+
+    pub fn status(&self) -> ReplicationStatus {
+        let (peer, sent) = {
+            let o = self.order.lock();
+            let peer = match (&o.link, o.synced) {
+                (None, _) => "alone",
+                (Some(_), false) => "resyncing",
+                (Some(_), true) => "connected",
+            };
+            (peer, o.next_seq - 1)
+        };
+        let a = self.acks.lock();
+        let (applied, durable) = (a.applied, a.durable);
+        drop(a);
+        let (mut dirty_bytes, mut dirty_files) = (0, 0);
+        for d in &self.dirs {
+            dirty_bytes += d.log.dirty_bytes().unwrap_or(0);
+            dirty_files += d.log.dirty_files().map(|v| v.len() as u64).unwrap_or(0);
+        }
+        ReplicationStatus {
+            role: "primary".into(),
+            peer: peer.into(),
+            ack: self.ack.to_string(),
+            sent,
+            applied,
+            durable,
+            dirty_bytes,
+            dirty_files,
+            bytes_replicated: self.bytes_replicated.load(Ordering::Relaxed),
+            resync: self.resync.lock().clone(),
+            last_error: self.last_error.lock().clone(),
+        }
+    }
+}
+
+/// What a resync item lets the change log forget once durable on the peer.
+pub enum ResyncClear {
+    Range(FileId, Range<u64>),
+    Size(FileId),
+}
+
+#[derive(Clone, Copy)]
+enum Need {
+    Applied,
+    Received,
+    /// Bytes sent but not applied at most this many.
+    Lag(u64),
+}
+
+fn bytes(s: &std::ffi::OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    s.as_bytes().to_vec()
+}
+
+/// The mount's sink for one directory of a replicated module.
+pub struct ReplicatingSink {
+    rep: Arc<Replicator>,
+    dir: u32,
+}
+
+impl MutationSink for ReplicatingSink {
+    fn apply(&self, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
+        self.rep.submit(self.dir, m, local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subtract;
+
+    #[test]
+    fn subtracting_ranges_keeps_only_what_was_not_marked_again() {
+        assert_eq!(subtract(0..100, None), vec![0..100]);
+        assert_eq!(subtract(0..100, Some(&vec![10..20])), vec![0..10, 20..100]);
+        assert_eq!(subtract(0..100, Some(&vec![0..100])), vec![]);
+        assert_eq!(subtract(0..100, Some(&vec![50..200, 0..10])), vec![10..50]);
+        assert_eq!(subtract(10..20, Some(&vec![0..5, 30..40])), vec![10..20]);
+    }
+}

@@ -1,0 +1,285 @@
+//! Delta resync: what the source ships when the peer comes back.
+//!
+//! The union of the source's change log and the target's own diverged set
+//! (folded into the source's log first, so an interrupted resync still knows
+//! it) is shipped through the live, ordered stream: namespace records first
+//! (renames and links replayed, every other touched name made equal to the
+//! source's current state), then the dirty byte ranges of every file, then
+//! each file's size and metadata. Items are read from the local tree under the
+//! order lock, so the application keeps writing meanwhile and the stream stays
+//! consistent. Marks are cleared only when the target reports them durable; a
+//! resync cut short leaves them in place and the next one resumes from there.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::changelog::{ChangeLog, NsChange};
+use crate::fs::sys;
+
+use super::entry;
+use super::primary::{Replicator, ResyncClear};
+use super::wire::WireMutation;
+
+/// Largest data piece per message.
+const PIECE: u64 = 1 << 20;
+
+/// What the target may have changed on its own, per directory.
+#[derive(Clone, Debug, Default)]
+pub struct Diverged {
+    pub files: Vec<(PathBuf, Vec<Range<u64>>)>,
+    pub paths: Vec<PathBuf>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn raw(p: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+/// The target's side: what its own change log says may differ.
+pub fn diverged_of(log: &dyn ChangeLog) -> crate::changelog::Result<Diverged> {
+    let mut d = Diverged::default();
+    for id in log.dirty_files()? {
+        let Some(path) = log.path_of(id)? else {
+            continue;
+        };
+        if log.dirty_size(id)?.is_some() {
+            d.paths.push(path.clone());
+        }
+        d.files.push((path, log.dirty(id)?));
+    }
+    for (_, c) in log.ns_since(0)? {
+        d.paths.extend(touched(&c).into_iter().cloned());
+    }
+    Ok(d)
+}
+
+/// Forgets everything in `log` (the target, once the source's resync is durable).
+pub fn clear_all(log: &dyn ChangeLog) -> crate::changelog::Result<()> {
+    for id in log.dirty_files()? {
+        for r in log.dirty(id)? {
+            log.clear(id, r)?;
+        }
+        log.clear_size(id)?;
+    }
+    if let Some((last, _)) = log.ns_since(0)?.last() {
+        log.clear_ns_upto(*last)?;
+    }
+    log.flush()
+}
+
+fn touched(c: &NsChange) -> Vec<&PathBuf> {
+    match c {
+        NsChange::Create { path }
+        | NsChange::Mkdir { path }
+        | NsChange::Symlink { path, .. }
+        | NsChange::Unlink { path }
+        | NsChange::Rmdir { path }
+        | NsChange::SetAttr { path }
+        | NsChange::SetXattr { path, .. }
+        | NsChange::RemoveXattr { path, .. } => vec![path],
+        NsChange::Link { existing, path } => vec![existing, path],
+        NsChange::Rename { from, to, .. } => vec![from, to],
+    }
+}
+
+/// Runs one resync on connection `conn`. Returns why it stopped early.
+pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), String> {
+    let err = |e: crate::changelog::ChangeLogError| format!("change log: {e}");
+    // 1. The target's own changes become ours to ship (durably, first).
+    for (d, dv) in diverged.iter().enumerate() {
+        let log = &rep.dirs[d].log;
+        for (p, ranges) in &dv.files {
+            let id = log.ensure(p).map_err(err)?;
+            for r in ranges {
+                log.mark(id, r.start, r.end - r.start).map_err(err)?;
+            }
+        }
+        for p in &dv.paths {
+            log.log_ns(NsChange::SetAttr { path: p.clone() })
+                .map_err(err)?;
+        }
+    }
+    // 2. The plan.
+    let mut plan = Vec::new();
+    let (mut files_total, mut bytes_total, mut names_total) = (0, 0, 0);
+    for d in &rep.dirs {
+        let ns = d.log.ns_since(0).map_err(err)?;
+        let files = d.log.dirty_files().map_err(err)?;
+        files_total += files.len() as u64;
+        bytes_total += d.log.dirty_bytes().map_err(err)?;
+        names_total += ns.len() as u64;
+        plan.push((ns, files));
+    }
+    *rep.progress() = super::primary::ResyncProgress {
+        running: true,
+        files_total,
+        bytes_total,
+        names: 0,
+        started_unix_ms: now_ms(),
+        ..Default::default()
+    };
+    tracing::info!(
+        "{}: resync starts: {names_total} name records, {files_total} files, {bytes_total} bytes",
+        rep.module
+    );
+    let stopped = || format!("{}: resync interrupted (link lost)", rep.module);
+    let mut ns_upto = vec![0u64; rep.dirs.len()];
+    // 3. Names, in order.
+    for (d, (ns, _)) in plan.iter().enumerate() {
+        let dir = d as u32;
+        let mut done: HashSet<PathBuf> = HashSet::new();
+        for (seq, change) in ns {
+            ns_upto[d] = *seq;
+            let literal = match change {
+                NsChange::Rename { from, to, exchange } => Some(WireMutation::Rename {
+                    from: raw(from),
+                    to: raw(to),
+                    flags: if *exchange { libc::RENAME_EXCHANGE } else { 0 },
+                }),
+                NsChange::Link { existing, path } => Some(WireMutation::Link {
+                    existing: raw(existing),
+                    path: raw(path),
+                }),
+                _ => None,
+            };
+            if let Some(m) = literal {
+                // A replayed rename changes what names mean: reconcile again.
+                done.clear();
+                if !rep.ship(conn, dir, |_| Some((m, Vec::new(), Vec::new()))) {
+                    return Err(stopped());
+                }
+            }
+            for p in touched(change) {
+                if done.insert(p.clone()) && !reconcile(rep, conn, dir, p, Vec::new()) {
+                    return Err(stopped());
+                }
+            }
+            rep.progress().names += 1;
+        }
+    }
+    // 4. Contents, then each file's final size and metadata.
+    for (d, (_, files)) in plan.iter().enumerate() {
+        let dir = d as u32;
+        let log = &rep.dirs[d].log;
+        for &id in files {
+            let ranges = log.dirty(id).map_err(err)?;
+            // Pieces past the end of the file travel as its size, below.
+            let past_end = std::cell::RefCell::new(Vec::new());
+            for r in &ranges {
+                let mut off = r.start;
+                while off < r.end {
+                    let piece = off..(off + PIECE).min(r.end);
+                    off = piece.end;
+                    let ok = rep.ship(conn, dir, |dir_state| {
+                        let path = dir_state.log.path_of(id).ok()??;
+                        match read_range(dir_state, &path, piece.clone()) {
+                            Some(data) if !data.is_empty() => Some((
+                                WireMutation::Write {
+                                    path: Some(raw(&path)),
+                                    offset: piece.start,
+                                    data,
+                                    sync: false,
+                                },
+                                Vec::new(),
+                                vec![ResyncClear::Range(id, piece.clone())],
+                            )),
+                            _ => {
+                                past_end.borrow_mut().push(piece.clone());
+                                None
+                            }
+                        }
+                    });
+                    if !ok {
+                        return Err(stopped());
+                    }
+                    rep.progress().bytes_done += piece.end - piece.start;
+                }
+            }
+            let Some(path) = log.path_of(id).map_err(err)? else {
+                // Unreachable now: its name's removal was shipped above.
+                for r in ranges {
+                    log.clear(id, r).map_err(err)?;
+                }
+                log.clear_size(id).map_err(err)?;
+                rep.progress().files_done += 1;
+                continue;
+            };
+            let mut clears = vec![ResyncClear::Size(id)];
+            clears.extend(
+                past_end
+                    .into_inner()
+                    .into_iter()
+                    .map(|r| ResyncClear::Range(id, r)),
+            );
+            if !reconcile(rep, conn, dir, &path, clears) {
+                return Err(stopped());
+            }
+            rep.progress().files_done += 1;
+        }
+    }
+    let generation = rep.dirs[0].log.generation().map(|g| g.current).unwrap_or(0);
+    if !rep.finish_resync(conn, &ns_upto, generation) {
+        return Err(stopped());
+    }
+    let mut p = rep.progress();
+    p.running = false;
+    p.finished_unix_ms = now_ms();
+    tracing::info!(
+        "{}: resync shipped {} bytes of {} files in {} ms",
+        rep.module,
+        p.bytes_done,
+        p.files_done,
+        p.finished_unix_ms.saturating_sub(p.started_unix_ms)
+    );
+    Ok(())
+}
+
+/// Ships the current state of `path` (read under the order lock).
+fn reconcile(rep: &Replicator, conn: u64, dir: u32, path: &Path, clears: Vec<ResyncClear>) -> bool {
+    rep.ship(conn, dir, |d| {
+        let entry = entry::read(d.root.as_fd(), path).ok()?;
+        Some((
+            WireMutation::Reconcile {
+                path: raw(path),
+                entry,
+            },
+            Vec::new(),
+            clears,
+        ))
+    })
+}
+
+/// Reads `range` of the regular file `path`, clipped to its current size.
+fn read_range(d: &super::primary::Dir, path: &Path, range: Range<u64>) -> Option<Vec<u8>> {
+    let node = entry::open_node(d.root.as_fd(), path).ok()?;
+    let st = sys::stat_fd(node.as_fd()).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let end = range.end.min(st.st_size as u64);
+    if end <= range.start {
+        return Some(Vec::new());
+    }
+    let fd = sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?;
+    let mut buf = vec![0u8; (end - range.start) as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::pread(fd.as_fd(), &mut buf[got..], range.start + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(got);
+    Some(buf)
+}

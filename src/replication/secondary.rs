@@ -1,0 +1,421 @@
+//! The secondary's server: accepts the primary's authenticated connection for
+//! each module it is secondary of, tells it what it changed on its own, then
+//! applies the stream in order on a thread of its own and acknowledges.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::changelog::ChangeLog;
+
+use super::applier::Applier;
+use super::frame::Compression;
+use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::primary::{ReplicationStatus, ResyncProgress};
+use super::resync;
+use super::session::{KEEPALIVE, kind};
+use super::tls::Credentials;
+use super::wire::{Message, WireMutation};
+
+/// How long applied changes may stay in the page cache only.
+const SYNC_EVERY: Duration = Duration::from_millis(500);
+/// Entries per Diverged message.
+const DIVERGED_PART: usize = 4096;
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    applied: AtomicU64,
+    durable: AtomicU64,
+}
+
+pub struct SecondaryModule {
+    pub name: String,
+    applier: Mutex<Applier>,
+    logs: Vec<Arc<dyn ChangeLog>>,
+    session: AtomicU64,
+    state: Mutex<SecondaryState>,
+}
+
+#[derive(Default)]
+struct SecondaryState {
+    connected: bool,
+    uptodate: bool,
+    applied: u64,
+    durable: u64,
+    bytes: u64,
+    last_error: Option<String>,
+}
+
+impl SecondaryModule {
+    pub fn new(name: &str, applier: Applier, logs: Vec<Arc<dyn ChangeLog>>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_string(),
+            applier: Mutex::new(applier),
+            logs,
+            session: AtomicU64::new(0),
+            state: Mutex::new(SecondaryState::default()),
+        })
+    }
+
+    pub fn status(&self) -> ReplicationStatus {
+        let s = self.state.lock();
+        let (mut dirty_bytes, mut dirty_files) = (0, 0);
+        for l in &self.logs {
+            dirty_bytes += l.dirty_bytes().unwrap_or(0);
+            dirty_files += l.dirty_files().map(|v| v.len() as u64).unwrap_or(0);
+        }
+        ReplicationStatus {
+            role: "secondary".into(),
+            peer: match (s.connected, s.uptodate) {
+                (false, _) => "disconnected",
+                (true, false) => "syncing",
+                (true, true) => "uptodate",
+            }
+            .into(),
+            ack: String::new(),
+            sent: 0,
+            applied: s.applied,
+            durable: s.durable,
+            dirty_bytes,
+            dirty_files,
+            bytes_replicated: s.bytes,
+            resync: ResyncProgress::default(),
+            last_error: s.last_error.clone(),
+        }
+    }
+}
+
+pub struct SecondaryServer {
+    pub creds: Arc<Credentials>,
+    pub cluster: String,
+    pub modules: HashMap<String, Arc<SecondaryModule>>,
+    pub compression: Compression,
+}
+
+impl SecondaryServer {
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, addr)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.connection(tcp, addr).await {
+                            tracing::warn!("replication connection from {addr}: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::error!("accepting replication connections: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(&self, tcp: TcpStream, addr: SocketAddr) -> Result<(), String> {
+        tcp.set_nodelay(true).ok();
+        let config = self.creds.server_config().map_err(|e| e.to_string())?;
+        let tls = tokio::time::timeout(HELLO_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("refused at the TLS handshake: {e}"))?;
+        if !self.creds.is_peer(tls.get_ref().1.peer_certificates()) {
+            return Err(format!(
+                "refused: the client did not present {}'s certificate",
+                self.creds.peer
+            ));
+        }
+        let (rd, wr) = tokio::io::split(tls);
+        let mut reader = FrameReader::new(rd);
+        let mut writer = FrameWriter::new(wr, self.compression);
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
+            .await
+            .map_err(|_| "no Hello".to_string())??;
+        let checked = check_hello(
+            hello,
+            &Expect {
+                cluster: &self.cluster,
+                peer: &self.creds.peer,
+                module: None,
+                dirs: None,
+            },
+        )
+        .and_then(|(module, dirs, _)| {
+            let m = self.modules.get(&module).ok_or_else(|| {
+                format!("module {module:?} is not replicated to this node as secondary")
+            })?;
+            let have = m.logs.len();
+            if have != dirs as usize {
+                return Err(format!(
+                    "module {module}: peer replicates {dirs} directories, this node {have}"
+                ));
+            }
+            Ok(m.clone())
+        });
+        let module = match checked {
+            Ok(m) => m,
+            Err(reason) => {
+                let _ = writer
+                    .send(&Message::Close {
+                        reason: reason.clone(),
+                    })
+                    .await;
+                return Err(reason);
+            }
+        };
+        let generation = module.logs[0].generation().map(|g| g.current).unwrap_or(0);
+        writer
+            .send(&Message::Hello {
+                cluster: self.cluster.clone(),
+                node: self.creds.node.clone(),
+                modules: vec![module.name.clone()],
+                dirs: module.logs.len() as u32,
+                generation,
+            })
+            .await?;
+        send_diverged(&module, &mut writer).await?;
+        tracing::info!(
+            "{}: primary {} connected from {addr}",
+            module.name,
+            self.creds.peer
+        );
+        let r = session(module.clone(), reader, writer).await;
+        module.state.lock().connected = false;
+        r
+    }
+}
+
+async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
+    module: &SecondaryModule,
+    writer: &mut FrameWriter<W>,
+) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let n = module.logs.len();
+    for (d, log) in module.logs.iter().enumerate() {
+        let dv = resync::diverged_of(log.as_ref()).map_err(|e| format!("change log: {e}"))?;
+        let mut files: Vec<_> = dv
+            .files
+            .into_iter()
+            .map(|(p, r)| {
+                (
+                    p.as_os_str().as_bytes().to_vec(),
+                    r.into_iter().map(|r| (r.start, r.end)).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let mut paths: Vec<_> = dv
+            .paths
+            .into_iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect();
+        loop {
+            let f: Vec<_> = files.drain(..files.len().min(DIVERGED_PART)).collect();
+            let p: Vec<_> = paths.drain(..paths.len().min(DIVERGED_PART)).collect();
+            let last = d + 1 == n && files.is_empty() && paths.is_empty();
+            writer.push(&Message::Diverged {
+                dir: d as u32,
+                files: f,
+                paths: p,
+                last,
+            })?;
+            if files.is_empty() && paths.is_empty() {
+                break;
+            }
+        }
+    }
+    writer.flush().await
+}
+
+async fn session<R, W>(
+    module: Arc<SecondaryModule>,
+    mut reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+) -> Result<(), String>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let id = module.session.fetch_add(1, Ordering::SeqCst) + 1;
+    let counters = Arc::new(Counters::default());
+    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (apply_tx, apply_rx) = mpsc::channel::<Message>();
+    let mut pump = tokio::spawn(writer.pump(out_rx));
+    let thread_module = module.clone();
+    let thread_counters = counters.clone();
+    let thread_out = out_tx.clone();
+    let applier = std::thread::Builder::new()
+        .name(format!("apply-{}", module.name))
+        .spawn(move || apply_loop(&thread_module, id, apply_rx, &thread_counters, &thread_out))
+        .map_err(|e| format!("cannot start the applier: {e}"))?;
+    let mut last_seq = None::<u64>;
+    let why = loop {
+        tokio::select! {
+            m = reader.next() => match m {
+                Err(e) => break e,
+                Ok(Message::Close { reason }) => break format!("primary closed the link: {reason}"),
+                Ok(m @ Message::Mutate { .. }) => {
+                    let Message::Mutate { seq, .. } = &m else { unreachable!() };
+                    if let Some(prev) = last_seq && *seq != prev + 1 {
+                        break format!("out of order: seq {seq} after {prev}");
+                    }
+                    last_seq = Some(*seq);
+                    counters.received.store(*seq, Ordering::Release);
+                    if apply_tx.send(m).is_err() {
+                        break "applier stopped".into();
+                    }
+                    if !reader.has_frame() {
+                        let _ = out_tx.send(ack(&counters));
+                    }
+                }
+                Ok(m @ Message::ResyncDone { .. }) => {
+                    if apply_tx.send(m).is_err() {
+                        break "applier stopped".into();
+                    }
+                }
+                Ok(other) => break format!("unexpected message from the primary: {}", kind(&other)),
+            },
+            r = &mut pump => break match r {
+                Ok(Ok(())) => "link dropped".into(),
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            },
+        }
+    };
+    drop(apply_tx);
+    // The applier finishes what it has, makes it durable and stops.
+    let _ = tokio::task::spawn_blocking(move || applier.join()).await;
+    pump.abort();
+    Err(why)
+}
+
+fn ack(c: &Counters) -> Message {
+    Message::Ack {
+        received: c.received.load(Ordering::Acquire),
+        applied: c.applied.load(Ordering::Acquire),
+        durable: c.durable.load(Ordering::Acquire),
+    }
+}
+
+fn sync_all(applier: &mut Applier) -> Result<(), String> {
+    for d in 0..applier.dirs() {
+        applier
+            .apply(d as u32, &WireMutation::Sync, false)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn apply_loop(
+    module: &SecondaryModule,
+    id: u64,
+    rx: mpsc::Receiver<Message>,
+    c: &Counters,
+    out: &tokio::sync::mpsc::UnboundedSender<Message>,
+) {
+    // Waits for the previous session's applier, if any, to let go.
+    let mut applier = module.applier.lock();
+    if module.session.load(Ordering::SeqCst) != id {
+        return;
+    }
+    {
+        let mut s = module.state.lock();
+        s.connected = true;
+        s.uptodate = false;
+        s.last_error = None;
+    }
+    let mut applied = 0u64;
+    let mut durable = 0u64;
+    let mut last_sync = Instant::now();
+    let mut last_ack = Instant::now();
+    let mut done_at: Option<u64> = None;
+    let fail = |why: String| {
+        tracing::error!("{}: {why}", module.name);
+        module.state.lock().last_error = Some(why.clone());
+        let _ = out.send(Message::Close { reason: why });
+    };
+    'session: loop {
+        let first = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let idle = first.is_none();
+        let mut next = first;
+        // Apply everything queued, then acknowledge once.
+        while let Some(msg) = next.take() {
+            match msg {
+                Message::Mutate {
+                    seq,
+                    dir,
+                    resync,
+                    mutation,
+                    times,
+                } => {
+                    let n = match &mutation {
+                        WireMutation::Write { data, .. } => data.len() as u64,
+                        _ => 0,
+                    };
+                    let r = applier
+                        .apply(dir, &mutation, resync)
+                        .and_then(|()| applier.set_times(dir, &times));
+                    if let Err(e) = r {
+                        fail(format!("cannot apply seq {seq}: {e}"));
+                        break 'session;
+                    }
+                    if matches!(mutation, WireMutation::Sync) {
+                        durable = seq;
+                    }
+                    applied = seq;
+                    c.applied.store(seq, Ordering::Release);
+                    let mut s = module.state.lock();
+                    s.applied = seq;
+                    s.bytes += n;
+                }
+                Message::ResyncDone { seq, .. } => done_at = Some(seq),
+                _ => {}
+            }
+            if last_sync.elapsed() >= SYNC_EVERY {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if applied > durable && (idle || last_sync.elapsed() >= SYNC_EVERY) {
+            if let Err(e) = sync_all(&mut applier) {
+                fail(format!("cannot make applied changes durable: {e}"));
+                break;
+            }
+            durable = applied;
+            last_sync = Instant::now();
+        }
+        c.durable.store(durable, Ordering::Release);
+        if let Some(seq) = done_at
+            && durable >= seq
+        {
+            done_at = None;
+            for log in &module.logs {
+                if let Err(e) = resync::clear_all(log.as_ref()) {
+                    fail(format!("change log: {e}"));
+                }
+            }
+            module.state.lock().uptodate = true;
+            tracing::info!("{}: up to date with the primary", module.name);
+        }
+        module.state.lock().durable = durable;
+        if !idle || last_ack.elapsed() >= KEEPALIVE / 2 {
+            let _ = out.send(ack(c));
+            last_ack = Instant::now();
+        }
+    }
+    if applied > durable && sync_all(&mut applier).is_ok() {
+        c.durable.store(applied, Ordering::Release);
+        let _ = out.send(ack(c));
+    }
+}

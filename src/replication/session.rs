@@ -1,0 +1,214 @@
+//! The primary's connection to its secondary: connect, authenticate, learn
+//! what the target changed on its own, resync, then stream mutations and read
+//! acknowledgements until the link breaks; then retry.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::frame::Compression;
+use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::primary::Replicator;
+use super::resync::{self, Diverged};
+use super::tls::Credentials;
+use super::wire::{Message, checked_path};
+
+/// How long to wait between connection attempts.
+pub const RETRY: Duration = Duration::from_millis(500);
+/// The secondary acknowledges at least this often, even when idle.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+
+pub struct PrimaryLink {
+    pub rep: Arc<Replicator>,
+    pub creds: Arc<Credentials>,
+    pub cluster: String,
+    pub peer_addr: SocketAddr,
+    pub compression: Compression,
+}
+
+impl PrimaryLink {
+    /// Runs until the task is aborted.
+    pub async fn run(self) {
+        let mut last_err = String::new();
+        loop {
+            match self.session().await {
+                Ok(()) => {}
+                Err(e) => {
+                    if e != last_err {
+                        tracing::warn!(
+                            "{}: link to {} ({}): {e}",
+                            self.rep.module,
+                            self.creds.peer,
+                            self.peer_addr
+                        );
+                        last_err = e;
+                    }
+                }
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    async fn session(&self) -> Result<(), String> {
+        let rep = &self.rep;
+        let connect_timeout = rep.peer_timeout.max(Duration::from_secs(1));
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(self.peer_addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true).ok();
+        let config = self.creds.client_config().map_err(|e| e.to_string())?;
+        let tls = tokio::time::timeout(
+            HELLO_TIMEOUT,
+            TlsConnector::from(config).connect(Credentials::server_name(), tcp),
+        )
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+        if !self.creds.is_peer(tls.get_ref().1.peer_certificates()) {
+            return Err(format!(
+                "the server did not present {}'s certificate",
+                self.creds.peer
+            ));
+        }
+        let (rd, wr) = tokio::io::split(tls);
+        let mut reader = FrameReader::new(rd);
+        let mut writer = FrameWriter::new(wr, self.compression);
+        let generation = rep.dirs[0].log.generation().map(|g| g.current).unwrap_or(0);
+        writer
+            .send(&Message::Hello {
+                cluster: self.cluster.clone(),
+                node: self.creds.node.clone(),
+                modules: vec![rep.module.clone()],
+                dirs: rep.dirs.len() as u32,
+                generation,
+            })
+            .await?;
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
+            .await
+            .map_err(|_| "no Hello from the peer".to_string())??;
+        if let Message::Close { reason } = &hello {
+            return Err(format!("refused by the peer: {reason}"));
+        }
+        check_hello(
+            hello,
+            &Expect {
+                cluster: &self.cluster,
+                peer: &self.creds.peer,
+                module: Some(&rep.module),
+                dirs: Some(rep.dirs.len() as u32),
+            },
+        )?;
+        let diverged = read_diverged(&mut reader, rep.dirs.len()).await?;
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = rep.attach(tx);
+        tracing::info!("{}: connected to {}", rep.module, self.creds.peer);
+        let mut pump = tokio::spawn(writer.pump(rx));
+        let resync_rep = rep.clone();
+        let resync = tokio::task::spawn_blocking(move || resync::run(&resync_rep, conn, diverged));
+        let idle = rep.peer_timeout.max(KEEPALIVE * 3);
+        let why = loop {
+            tokio::select! {
+                m = tokio::time::timeout(idle, reader.next()) => match m {
+                    Err(_) => break format!("peer silent for {} ms", idle.as_millis()),
+                    Ok(Err(e)) => break e,
+                    Ok(Ok(Message::Ack { received, applied, durable })) => {
+                        rep.on_ack(conn, received, applied, durable)
+                    }
+                    Ok(Ok(Message::Close { reason })) => break format!("peer closed the link: {reason}"),
+                    Ok(Ok(other)) => break format!("unexpected message from the peer: {}", kind(&other)),
+                },
+                r = &mut pump => break match r {
+                    Ok(Ok(())) => "link dropped".to_string(),
+                    Ok(Err(e)) => e,
+                    Err(e) => e.to_string(),
+                },
+            }
+        };
+        rep.detach(conn, &why);
+        pump.abort();
+        match resync.await {
+            Ok(Err(e)) => tracing::info!("{e}"),
+            Err(e) => tracing::error!("{}: resync task: {e}", rep.module),
+            Ok(Ok(())) => {}
+        }
+        Err(why)
+    }
+}
+
+pub fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Hello { .. } => "Hello",
+        Message::Diverged { .. } => "Diverged",
+        Message::Mutate { .. } => "Mutate",
+        Message::ResyncDone { .. } => "ResyncDone",
+        Message::Ack { .. } => "Ack",
+        Message::Close { .. } => "Close",
+    }
+}
+
+async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    dirs: usize,
+) -> Result<Vec<Diverged>, String> {
+    let mut out = vec![Diverged::default(); dirs];
+    loop {
+        let m = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
+            .await
+            .map_err(|_| "peer did not send its diverged set".to_string())??;
+        let Message::Diverged {
+            dir,
+            files,
+            paths,
+            last,
+        } = m
+        else {
+            return Err(format!("expected Diverged, got {}", kind(&m)));
+        };
+        let d = out
+            .get_mut(dir as usize)
+            .ok_or_else(|| format!("diverged set for directory {dir}, which does not exist"))?;
+        for (p, ranges) in files {
+            let p = checked_path(&p).map_err(|e| e.to_string())?;
+            let ranges = ranges
+                .into_iter()
+                .map(|(s, e)| {
+                    if s < e {
+                        Ok(s..e)
+                    } else {
+                        Err(format!("bad range {s}..{e} for {}", p.display()))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            d.files.push((p, ranges));
+        }
+        for p in paths {
+            d.paths.push(checked_path(&p).map_err(|e| e.to_string())?);
+        }
+        if last {
+            return Ok(out);
+        }
+    }
+}
+
+/// Where a node listens for its peer: its configured address.
+pub async fn resolve(host: &crate::config::Host, port: u16) -> Result<SocketAddr, String> {
+    if let Some(ip) = host.ip() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let name = host.to_string();
+    tokio::net::lookup_host((name.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {name}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{name} has no address"))
+}
+
+pub fn state_dir(base: &std::path::Path, module: &str, dir: usize) -> PathBuf {
+    base.join("modules").join(module).join(format!("dir{dir}"))
+}
