@@ -103,6 +103,10 @@ struct Order {
     /// (after a resync finished). Until then, namespace records are cleared
     /// only by the resync itself.
     synced: bool,
+    /// Whether the peer's names match ours (the resync's first pass is
+    /// done), so live mutations can be sent: before that one could name a
+    /// file the peer does not have yet.
+    ready: bool,
     open: Bucket,
     sealed: Option<(u64, Bucket)>,
 }
@@ -208,6 +212,7 @@ impl Replicator {
                 next_seq: 1,
                 link: None,
                 synced: false,
+                ready: false,
                 open: Bucket::default(),
                 sealed: None,
             }),
@@ -243,6 +248,7 @@ impl Replicator {
         let mut o = self.order.lock();
         o.link = Some((conn, tx));
         o.synced = false;
+        o.ready = false;
         o.open = Bucket::default();
         o.sealed = None;
         let first = o.next_seq;
@@ -266,6 +272,7 @@ impl Replicator {
         if o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
             o.link = None;
             o.synced = false;
+            o.ready = false;
             o.open = Bucket::default();
             o.sealed = None;
             tracing::warn!(
@@ -316,9 +323,16 @@ impl Replicator {
         if !o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
             return;
         }
-        if let Some((upto, _)) = &o.sealed
-            && *upto <= durable
-        {
+        loop {
+            if o.sealed.is_none() && !o.open.is_empty() {
+                let upto = o.next_seq - 1;
+                let open = std::mem::take(&mut o.open);
+                o.sealed = Some((upto, open));
+            }
+            match &o.sealed {
+                Some((upto, _)) if *upto <= durable => {}
+                _ => return,
+            }
             let (_, bucket) = o.sealed.take().expect("checked");
             for c in bucket.items {
                 let r = match c {
@@ -338,11 +352,6 @@ impl Replicator {
                     self.note_error(format!("change log: {e}"));
                 }
             }
-        }
-        if o.sealed.is_none() && !o.open.is_empty() {
-            let upto = o.next_seq - 1;
-            let open = std::mem::take(&mut o.open);
-            o.sealed = Some((upto, open));
         }
     }
 
@@ -420,7 +429,7 @@ impl Replicator {
     /// Records what `m` may change on the peer, before it is applied.
     fn mark(&self, dir: u32, m: &Mutation<'_>, o: &mut Order) -> crate::changelog::Result<()> {
         let log = &self.dirs[dir as usize].log;
-        let sent = o.link.is_some();
+        let sent = o.link.is_some() && o.ready;
         let range = |o: &mut Order, p: &Path, off: u64, len: u64| -> crate::changelog::Result<()> {
             let id = log.ensure(p)?;
             if len > 0 {
@@ -506,7 +515,7 @@ impl Replicator {
     /// Updates the name map after `m` succeeded locally.
     fn after(&self, dir: u32, m: &Mutation<'_>, o: &mut Order) -> crate::changelog::Result<()> {
         let log = &self.dirs[dir as usize].log;
-        let sent = o.link.is_some();
+        let sent = o.link.is_some() && o.ready;
         let mut ns = |c: NsChange| -> crate::changelog::Result<()> {
             let seq = log.log_ns(c)?;
             if sent && o.synced {
@@ -611,7 +620,7 @@ impl Replicator {
                 | Mutation::RemoveXattr { path: None, .. }
                 | Mutation::Fsync { path: None, .. }
         );
-        if o.link.is_none() || unnamed {
+        if o.link.is_none() || !o.ready || unnamed {
             return Ok(());
         }
         let times = self.stamps(dir, m);
@@ -665,6 +674,20 @@ impl Replicator {
         // Keep the window bounded so live writes never queue behind a whole resync.
         self.wait(conn, seq, Need::Lag(RESYNC_WINDOW));
         self.is_attached(conn)
+    }
+
+    /// Runs `f` with the stream to itself: no live mutation is applied or sent
+    /// meanwhile. The resync ships the namespace this way, then marks the
+    /// link ready for live mutations. `None` if `conn` is gone.
+    pub fn exclusive<R>(&self, conn: u64, f: impl FnOnce(&mut Exclusive<'_>) -> R) -> Option<R> {
+        let o = self.order.lock();
+        if !o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
+            return None;
+        }
+        let mut x = Exclusive { rep: self, o };
+        let r = f(&mut x);
+        x.o.ready = true;
+        Some(r)
     }
 
     /// The resync has shipped everything: namespace records up to `ns_upto`
@@ -728,6 +751,25 @@ impl Replicator {
             resync: self.resync.lock().clone(),
             last_error: self.last_error.lock().clone(),
         }
+    }
+}
+
+/// The stream held by a resync; see [`Replicator::exclusive`].
+pub struct Exclusive<'r> {
+    rep: &'r Replicator,
+    o: parking_lot::MutexGuard<'r, Order>,
+}
+
+impl Exclusive<'_> {
+    pub fn dir(&self, dir: u32) -> &Dir {
+        &self.rep.dirs[dir as usize]
+    }
+
+    /// Sends one item; false once the link is gone.
+    pub fn ship(&mut self, dir: u32, m: WireMutation) -> bool {
+        self.rep
+            .send_locked(&mut self.o, dir, true, m, Vec::new())
+            .is_some()
     }
 }
 

@@ -16,11 +16,11 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::changelog::{ChangeLog, NsChange};
+use crate::changelog::{ChangeLog, FileId, NsChange};
 use crate::fs::sys;
 
 use super::entry;
-use super::primary::{Replicator, ResyncClear};
+use super::primary::{Exclusive, Replicator, ResyncClear};
 use super::wire::WireMutation;
 
 /// Largest data piece per message.
@@ -109,66 +109,19 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
                 .map_err(err)?;
         }
     }
-    // 2. The plan.
-    let mut plan = Vec::new();
-    let (mut files_total, mut bytes_total, mut names_total) = (0, 0, 0);
-    for d in &rep.dirs {
-        let ns = d.log.ns_since(0).map_err(err)?;
-        let files = d.log.dirty_files().map_err(err)?;
-        files_total += files.len() as u64;
-        bytes_total += d.log.dirty_bytes().map_err(err)?;
-        names_total += ns.len() as u64;
-        plan.push((ns, files));
-    }
-    *rep.progress() = super::primary::ResyncProgress {
-        running: true,
-        files_total,
-        bytes_total,
-        names: 0,
-        started_unix_ms: now_ms(),
-        ..Default::default()
-    };
-    tracing::info!(
-        "{}: resync starts: {names_total} name records, {files_total} files, {bytes_total} bytes",
-        rep.module
-    );
+    // 2. Names, with the stream held: afterwards the peer has every name we
+    //    have, so live mutations can flow while contents follow.
     let stopped = || format!("{}: resync interrupted (link lost)", rep.module);
-    let mut ns_upto = vec![0u64; rep.dirs.len()];
-    // 3. Names, in order.
-    for (d, (ns, _)) in plan.iter().enumerate() {
-        let dir = d as u32;
-        let mut done: HashSet<PathBuf> = HashSet::new();
-        for (seq, change) in ns {
-            ns_upto[d] = *seq;
-            let literal = match change {
-                NsChange::Rename { from, to, exchange } => Some(WireMutation::Rename {
-                    from: raw(from),
-                    to: raw(to),
-                    flags: if *exchange { libc::RENAME_EXCHANGE } else { 0 },
-                }),
-                NsChange::Link { existing, path } => Some(WireMutation::Link {
-                    existing: raw(existing),
-                    path: raw(path),
-                }),
-                _ => None,
-            };
-            if let Some(m) = literal {
-                // A replayed rename changes what names mean: reconcile again.
-                done.clear();
-                if !rep.ship(conn, dir, |_| Some((m, Vec::new(), Vec::new()))) {
-                    return Err(stopped());
-                }
-            }
-            for p in touched(change) {
-                if done.insert(p.clone()) && !reconcile(rep, conn, dir, p, Vec::new()) {
-                    return Err(stopped());
-                }
-            }
-            rep.progress().names += 1;
-        }
-    }
+    let planned = rep
+        .exclusive(conn, |x| ship_names(x, rep))
+        .ok_or_else(stopped)?;
+    let (plan, ns_upto) = planned.map_err(|e| match e {
+        NamesError::Log(e) => err(e),
+        NamesError::Read(e) => format!("{}: resync: {e}", rep.module),
+        NamesError::Link => stopped(),
+    })?;
     // 4. Contents, then each file's final size and metadata.
-    for (d, (_, files)) in plan.iter().enumerate() {
+    for (d, files) in plan.iter().enumerate() {
         let dir = d as u32;
         let log = &rep.dirs[d].log;
         for &id in files {
@@ -242,6 +195,130 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
         p.finished_unix_ms.saturating_sub(p.started_unix_ms)
     );
     Ok(())
+}
+
+enum NamesError {
+    Log(crate::changelog::ChangeLogError),
+    Read(String),
+    Link,
+}
+
+impl From<crate::changelog::ChangeLogError> for NamesError {
+    fn from(e: crate::changelog::ChangeLogError) -> Self {
+        NamesError::Log(e)
+    }
+}
+
+/// Ships every recorded namespace change (renames and links replayed, every
+/// other touched name made equal to ours) and returns, per directory, the
+/// files whose contents follow and the last namespace record shipped.
+#[allow(clippy::type_complexity)]
+fn ship_names(
+    x: &mut Exclusive<'_>,
+    rep: &Replicator,
+) -> Result<(Vec<Vec<FileId>>, Vec<u64>), NamesError> {
+    let mut plan = Vec::new();
+    let mut ns_upto = vec![0u64; rep.dirs.len()];
+    let (mut files_total, mut bytes_total, mut names_total) = (0, 0, 0);
+    let mut records = Vec::new();
+    for d in &rep.dirs {
+        let ns = d.log.ns_since(0)?;
+        let files = d.log.dirty_files()?;
+        files_total += files.len() as u64;
+        bytes_total += d.log.dirty_bytes()?;
+        names_total += ns.len() as u64;
+        records.push(ns);
+        plan.push(files);
+    }
+    *rep.progress() = super::primary::ResyncProgress {
+        running: true,
+        files_total,
+        bytes_total,
+        started_unix_ms: now_ms(),
+        ..Default::default()
+    };
+    tracing::info!(
+        "{}: resync starts: {names_total} name records, {files_total} files, {bytes_total} bytes",
+        rep.module
+    );
+    for (d, ns) in records.iter().enumerate() {
+        let dir = d as u32;
+        let mut done: HashSet<PathBuf> = HashSet::new();
+        for (seq, change) in ns {
+            ns_upto[d] = *seq;
+            let literal = match change {
+                NsChange::Rename { from, to, exchange } => Some(WireMutation::Rename {
+                    from: raw(from),
+                    to: raw(to),
+                    flags: if *exchange { libc::RENAME_EXCHANGE } else { 0 },
+                }),
+                NsChange::Link { existing, path } => Some(WireMutation::Link {
+                    existing: raw(existing),
+                    path: raw(path),
+                }),
+                _ => None,
+            };
+            if let Some(m) = literal {
+                // A replayed rename changes what names mean: reconcile again.
+                done.clear();
+                if !x.ship(dir, m) {
+                    return Err(NamesError::Link);
+                }
+            }
+            for p in touched(change) {
+                if done.insert(p.clone()) {
+                    let entry = entry::read(x.dir(dir).root.as_fd(), p).map_err(|e| {
+                        NamesError::Read(format!(
+                            "reading {}: {}",
+                            p.display(),
+                            std::io::Error::from_raw_os_error(e.code())
+                        ))
+                    })?;
+                    if !x.ship(
+                        dir,
+                        WireMutation::Reconcile {
+                            path: raw(p),
+                            entry,
+                        },
+                    ) {
+                        return Err(NamesError::Link);
+                    }
+                }
+            }
+            rep.progress().names += 1;
+        }
+        // Entries changed below these directories, which changed their
+        // times on the peer too: make those equal to ours again.
+        let mut parents: Vec<PathBuf> = ns
+            .iter()
+            .flat_map(|(_, c)| touched(c))
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        parents.sort();
+        for p in parents {
+            let entry = entry::read(x.dir(dir).root.as_fd(), &p).map_err(|e| {
+                NamesError::Read(format!(
+                    "reading {}: {}",
+                    p.display(),
+                    std::io::Error::from_raw_os_error(e.code())
+                ))
+            })?;
+            if entry.is_some()
+                && !x.ship(
+                    dir,
+                    WireMutation::Reconcile {
+                        path: raw(&p),
+                        entry,
+                    },
+                )
+            {
+                return Err(NamesError::Link);
+            }
+        }
+    }
+    Ok((plan, ns_upto))
 }
 
 /// Ships the current state of `path` (read under the order lock).

@@ -1,6 +1,8 @@
 //! Shared helpers for the tests that mount real FUSE file systems.
 #![allow(dead_code)]
 
+pub mod pair;
+
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

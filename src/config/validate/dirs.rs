@@ -19,6 +19,13 @@ pub(super) fn dir(r: &mut Report, value: &Str, field: &str, fs_checks: bool) -> 
             Ok(meta) if meta.is_dir() => None,
             Ok(_) => Some("is not a directory".to_string()),
             Err(e) if e.kind() == ErrorKind::NotFound => Some("does not exist".to_string()),
+            // A tandem mount left by a killed daemon: the next one removes it.
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOTCONN)
+                    && crate::fs::mounts::is_stale(&path) =>
+            {
+                None
+            }
             Err(e) => Some(format!("cannot be checked: {e}")),
         }
     };

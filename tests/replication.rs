@@ -1,0 +1,354 @@
+//! Two real daemons on loopback: what the primary's applications do through
+//! the mount is on the secondary, and a secondary that was away gets exactly
+//! what changed.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use common::cpath;
+use common::pair::{Pair, assert_same_tree};
+use rand::{Rng, SeedableRng};
+
+fn setxattr(p: &Path, name: &str, value: &[u8]) {
+    let n = std::ffi::CString::new(name).unwrap();
+    let c = cpath(p);
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {}", p.display());
+}
+
+fn removexattr(p: &Path, name: &str) {
+    let n = std::ffi::CString::new(name).unwrap();
+    let c = cpath(p);
+    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) }, 0);
+}
+
+fn rename2(a: &Path, b: &Path, flags: u32) -> i32 {
+    let (ca, cb) = (cpath(a), cpath(b));
+    unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            flags,
+        )
+    }
+}
+
+#[test]
+fn every_mutation_kind_replicates_and_the_trees_are_identical() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+
+    std::fs::create_dir_all(d.join("a/b")).unwrap();
+    std::fs::write(d.join("a/b/file"), b"hello").unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("a/b/file"))
+        .unwrap();
+    f.write_all_at(b"WORLD", 3).unwrap();
+    f.write_all_at(&vec![7u8; 300_000], 10_000).unwrap();
+    f.sync_all().unwrap();
+    f.set_len(200_000).unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    // fallocate (keep size) and a hole punch.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("a/b/file"))
+        .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 400_000) }, 0);
+    assert_eq!(
+        unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                12_288,
+                8192,
+            )
+        },
+        0
+    );
+    drop(f);
+    std::fs::set_permissions(d.join("a/b/file"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::lchown(d.join("a/b/file"), Some(1234), Some(5678)).unwrap();
+    setxattr(&d.join("a/b/file"), "user.color", b"blue");
+    setxattr(&d.join("a/b/file"), "user.gone", b"x");
+    removexattr(&d.join("a/b/file"), "user.gone");
+    std::os::unix::fs::symlink("b/file", d.join("a/link")).unwrap();
+    std::fs::hard_link(d.join("a/b/file"), d.join("a/hard")).unwrap();
+    let c = cpath(&d.join("fifo"));
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::fs::create_dir(d.join("empty")).unwrap();
+    std::fs::remove_dir(d.join("empty")).unwrap();
+    std::fs::write(d.join("x"), b"x").unwrap();
+    std::fs::write(d.join("y"), b"yy").unwrap();
+    assert_eq!(
+        rename2(&d.join("x"), &d.join("y"), libc::RENAME_EXCHANGE),
+        0
+    );
+    assert_eq!(
+        rename2(&d.join("x"), &d.join("y"), libc::RENAME_NOREPLACE),
+        -1
+    );
+    std::fs::rename(d.join("a/b"), d.join("a/c")).unwrap();
+    std::fs::remove_file(d.join("a/hard")).unwrap();
+    std::fs::write(d.join("times"), b"t").unwrap();
+    let t = std::fs::File::options()
+        .write(true)
+        .open(d.join("times"))
+        .unwrap();
+    t.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+        .unwrap();
+    drop(t);
+    std::fs::create_dir(d.join("sticky")).unwrap();
+    std::fs::set_permissions(d.join("sticky"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Unlinked while open: written, never visible anywhere.
+    let mut ghost = std::fs::File::create(d.join("ghost")).unwrap();
+    std::fs::remove_file(d.join("ghost")).unwrap();
+    ghost.write_all(b"boo").unwrap();
+    drop(ghost);
+
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    let st = pair.status(1).unwrap();
+    assert_eq!(st["dirty_bytes"], 0, "{st}");
+    assert!(st["bytes_replicated"].as_u64().unwrap() >= 300_010, "{st}");
+    // The secondary's bytes are the primary's, read without the mount.
+    assert_eq!(std::fs::read(pair.dir(2).join("y")).unwrap(), b"x");
+}
+
+/// Each thread works in its own subdirectory, with renames across them.
+fn random_worker(root: &Path, id: usize, ops: usize, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mine = root.join(format!("t{id}"));
+    std::fs::create_dir_all(&mine).unwrap();
+    for i in 0..ops {
+        let name = mine.join(format!("f{}", rng.random_range(0..20)));
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&name)
+                    .unwrap();
+                let off = rng.random_range(0..300_000u64);
+                let len = rng.random_range(1..70_000usize);
+                let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                f.seek(SeekFrom::Start(off)).unwrap();
+                f.write_all(&data).unwrap();
+                if i % 7 == 0 {
+                    f.sync_data().unwrap();
+                }
+            }
+            4 => {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&name) {
+                    f.set_len(rng.random_range(0..200_000)).unwrap();
+                }
+            }
+            5 => {
+                let to = mine.join(format!("f{}", rng.random_range(0..20)));
+                let _ = std::fs::rename(&name, &to);
+            }
+            6 => {
+                let _ = std::fs::remove_file(&name);
+            }
+            7 => {
+                let sub = mine.join(format!("d{}", rng.random_range(0..3)));
+                let _ = std::fs::create_dir(&sub);
+                let _ = std::fs::write(sub.join(format!("g{i}")), format!("{i}"));
+            }
+            8 => {
+                if name.exists() {
+                    let mode = 0o600 | rng.random_range(0..0o100u32);
+                    std::fs::set_permissions(&name, std::fs::Permissions::from_mode(mode)).unwrap();
+                }
+            }
+            _ => {
+                if name.exists() {
+                    setxattr(&name, "user.n", format!("{i}").as_bytes());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_random_multithreaded_workload_leaves_identical_trees() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let root = pair.dir(1);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let root = root.clone();
+            s.spawn(move || random_worker(&root, t, 400, 1000 + t as u64));
+        }
+    });
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
+fn a_killed_secondary_gets_only_the_changed_bytes_back() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    // A dataset: one 16 MiB file and 300 small ones.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let big: Vec<u8> = (0..16 << 20).map(|_| rng.random()).collect();
+    std::fs::write(d.join("big"), &big).unwrap();
+    std::fs::create_dir(d.join("small")).unwrap();
+    for i in 0..300 {
+        std::fs::write(
+            d.join(format!("small/{i}")),
+            format!("file {i}\n").repeat(50),
+        )
+        .unwrap();
+    }
+    pair.wait_caught_up();
+    let before = pair.status(1).unwrap()["bytes_replicated"]
+        .as_u64()
+        .unwrap();
+
+    pair.kill(2);
+    // Keep writing: random 4 KiB blocks, name changes; nothing may block.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("big"))
+        .unwrap();
+    let mut written = 0u64;
+    let start = std::time::Instant::now();
+    let mut blocks = std::collections::BTreeSet::new();
+    while blocks.len() < 200 {
+        blocks.insert(rng.random_range(0..(16u64 << 20) / 4096));
+    }
+    for b in blocks {
+        let off = b * 4096;
+        let block: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
+        f.write_all_at(&block, off).unwrap();
+        written += 4096;
+    }
+    drop(f);
+    for i in 0..20 {
+        std::fs::write(d.join(format!("small/{i}")), b"changed").unwrap();
+        written += 7;
+    }
+    for i in 20..30 {
+        std::fs::remove_file(d.join(format!("small/{i}"))).unwrap();
+    }
+    for i in 30..40 {
+        std::fs::rename(
+            d.join(format!("small/{i}")),
+            d.join(format!("small/renamed-{i}")),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir(d.join("new")).unwrap();
+    std::fs::write(d.join("new/file"), b"created while alone").unwrap();
+    written += 19;
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "writes blocked without the peer: {:?}",
+        start.elapsed()
+    );
+    let alone = pair.status(1).unwrap();
+    assert_eq!(alone["peer"], "alone", "{alone}");
+    let dirty = alone["dirty_bytes"].as_u64().unwrap();
+    assert!(
+        dirty >= 200 * 4096 && dirty <= written,
+        "dirty {dirty}, written {written}"
+    );
+
+    pair.start(2);
+    pair.wait_connected();
+    pair.wait_caught_up();
+    let after = pair.status(1).unwrap();
+    let shipped = after["resync"]["bytes_done"].as_u64().unwrap();
+    assert!(
+        shipped <= written + written / 10,
+        "resync shipped {shipped} bytes for {written} written"
+    );
+    let total = after["bytes_replicated"].as_u64().unwrap() - before;
+    assert!(
+        total <= written + written / 10,
+        "{total} bytes crossed the link for {written} written"
+    );
+    assert_eq!(after["dirty_bytes"], 0, "{after}");
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
+fn fsynced_writes_survive_a_killed_primary() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let name = format!("rec{i}");
+        let body = format!("record {i} ").repeat(100 + i);
+        let mut f = std::fs::File::create(d.join(&name)).unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        expected.push((name, body));
+    }
+    // O_SYNC writes are durable when they return, too.
+    let mut s = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .custom_flags(libc::O_SYNC)
+        .open(d.join("osync"))
+        .unwrap();
+    s.write_all(b"synchronous").unwrap();
+    pair.kill(1);
+    drop(s);
+    for (name, body) in &expected {
+        let got = std::fs::read(pair.dir(2).join(name)).unwrap();
+        assert_eq!(got, body.as_bytes(), "{name}");
+    }
+    assert_eq!(
+        std::fs::read(pair.dir(2).join("osync")).unwrap(),
+        b"synchronous"
+    );
+    // The killed primary's mount is stale; the restarted daemon cleans it up.
+    pair.start(1);
+    pair.wait_connected();
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
+fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    std::fs::write(d.join("before"), b"1").unwrap();
+    pair.wait_caught_up();
+    // Freeze the secondary: its socket stays open but nothing is acknowledged.
+    let pid = pair.pid(2);
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let t = std::time::Instant::now();
+    std::fs::write(d.join("during"), b"2").unwrap();
+    let took = t.elapsed();
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert!(
+        took < std::time::Duration::from_millis(2000 + 1500),
+        "a write waited {took:?} for a frozen peer (peer_timeout 2000 ms)"
+    );
+    pair.wait_connected();
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
