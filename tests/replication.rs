@@ -352,3 +352,38 @@ fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
     pair.wait_caught_up();
     assert_same_tree(&pair.dir(1), &pair.dir(2));
 }
+
+#[test]
+fn a_secondary_killed_and_restarted_mid_workload_ends_identical() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let root = pair.dir(1);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..3)
+            .map(|t| {
+                let root = root.clone();
+                s.spawn(move || random_worker(&root, t, 3000, 77 + t as u64))
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        pair.kill(2);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Back while the workload still runs: resync and live writes overlap.
+        pair.start(2);
+        assert!(
+            workers.iter().any(|w| !w.is_finished()),
+            "the workload ended before the secondary came back"
+        );
+        for w in workers {
+            w.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(done.load(std::sync::atomic::Ordering::Relaxed));
+    pair.wait_connected();
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    let st = pair.status(1).unwrap();
+    assert_eq!(st["dirty_bytes"], 0, "{st}");
+}

@@ -26,6 +26,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The stream and any bytes read past the last message.
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        (self.rd, self.buf[self.start..].to_vec())
+    }
+
     /// A whole frame is already buffered (no read needed to get it).
     pub fn has_frame(&self) -> bool {
         matches!(frame::decode(&self.buf[self.start..]), Ok(Some(_)))

@@ -251,11 +251,18 @@ where
     let thread_module = module.clone();
     let thread_counters = counters.clone();
     let thread_out = out_tx.clone();
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let thread_stopped = stopped.clone();
     let applier = std::thread::Builder::new()
         .name(format!("apply-{}", module.name))
-        .spawn(move || apply_loop(&thread_module, id, apply_rx, &thread_counters, &thread_out))
+        .spawn(move || {
+            apply_loop(&thread_module, id, apply_rx, &thread_counters, &thread_out);
+            drop(thread_out);
+            thread_stopped.notify_one();
+        })
         .map_err(|e| format!("cannot start the applier: {e}"))?;
     let mut last_seq = None::<u64>;
+    let mut pump_done = false;
     let why = loop {
         tokio::select! {
             m = reader.next() => match m {
@@ -282,17 +289,34 @@ where
                 }
                 Ok(other) => break format!("unexpected message from the primary: {}", kind(&other)),
             },
-            r = &mut pump => break match r {
-                Ok(Ok(())) => "link dropped".into(),
-                Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
-            },
+            r = &mut pump => {
+                pump_done = true;
+                break match r {
+                    Ok(Ok(())) => "link dropped".into(),
+                    Ok(Err(e)) => e,
+                    Err(e) => e.to_string(),
+                }
+            }
+            _ = stopped.notified() => break module
+                .state
+                .lock()
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "applier stopped".into()),
         }
     };
     drop(apply_tx);
-    // The applier finishes what it has, makes it durable and stops.
+    // The applier finishes what it has, makes it durable and stops; its
+    // last words (an ack, or why it stopped) still go out.
     let _ = tokio::task::spawn_blocking(move || applier.join()).await;
-    pump.abort();
+    drop(out_tx);
+    if !pump_done
+        && tokio::time::timeout(Duration::from_secs(2), &mut pump)
+            .await
+            .is_err()
+    {
+        pump.abort();
+    }
     Err(why)
 }
 
