@@ -20,6 +20,17 @@ pub enum Request {
     Stop {
         module: Option<String>,
     },
+    /// Start comparing a module's trees on both nodes (the report shows in
+    /// the status); `repair` ships what differs.
+    Verify {
+        module: String,
+        #[serde(default)]
+        repair: bool,
+    },
+    /// On the secondary: resynchronise by content from the primary.
+    FullSync {
+        module: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

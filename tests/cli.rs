@@ -161,7 +161,6 @@ fn verbs_of_later_parts_say_so_and_fail() {
         vec!["swap", "app"],
         vec!["prim", "app"],
         vec!["second", "app"],
-        vec!["verify", "app"],
         vec!["resolve", "app", "--keep", "node1"],
         vec!["log", "app"],
         vec!["restart", "app"],

@@ -387,3 +387,118 @@ fn a_secondary_killed_and_restarted_mid_workload_ends_identical() {
     let st = pair.status(1).unwrap();
     assert_eq!(st["dirty_bytes"], 0, "{st}");
 }
+
+fn tandem_on(pair: &Pair, n: usize, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::tandem_bin())
+        .arg("-c")
+        .arg(pair.config(n))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn verify_finds_differences_repair_and_full_sync_remove_them() {
+    let mut pair = Pair::new();
+    // The secondary starts with stale and foreign data of its own.
+    std::fs::write(pair.dir(2).join("stale"), b"old contents here").unwrap();
+    std::fs::write(pair.dir(2).join("foreign"), b"only on node2").unwrap();
+    pair.start_both();
+    let d = pair.dir(1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let big: Vec<u8> = (0..3 << 20).map(|_| rng.random()).collect();
+    std::fs::write(d.join("big"), &big).unwrap();
+    std::fs::write(d.join("stale"), b"new contents here").unwrap();
+    pair.wait_caught_up();
+
+    // Verify sees what replication alone cannot know about.
+    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let diffs = report["differences"].as_array().unwrap();
+    let paths: Vec<&str> = diffs.iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"foreign"), "{report}");
+    assert!(!paths.contains(&"big"), "{report}");
+
+    // A change made behind tandem's back on the secondary: found to the range.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(pair.dir(2).join("big"))
+        .unwrap();
+    f.write_all_at(b"corrupted!", 2_000_000).unwrap();
+    drop(f);
+    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let big_diff = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == "big")
+        .unwrap_or_else(|| panic!("big not reported: {report}"))
+        .clone();
+    let ranges = big_diff["ranges"].as_array().unwrap();
+    assert!(!ranges.is_empty());
+    for r in ranges {
+        let (s, e) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+        assert!(s <= 2_000_000 && e >= 2_000_010 && e - s <= 600_000, "{r}");
+    }
+
+    // --repair ships the differences and verifies again.
+    let o = tandem_on(&pair, 1, &["verify", "app", "--repair"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("repaired"));
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    assert!(!pair.dir(2).join("foreign").exists());
+
+    // Full sync on request of the secondary, after more damage there.
+    std::fs::write(pair.dir(2).join("stale"), b"damaged again").unwrap();
+    std::fs::remove_file(pair.dir(2).join("big")).unwrap();
+    let before = pair.status(1).unwrap()["bytes_replicated"]
+        .as_u64()
+        .unwrap();
+    let o = tandem_on(&pair, 2, &["second", "app", "--fullsync"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(common::wait_until(30, || {
+        pair.status(2).is_some_and(|s| s["peer"] == "uptodate")
+            && std::fs::read(pair.dir(2).join("stale")).ok().as_deref()
+                == Some(&b"new contents here"[..])
+    }));
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    let shipped = pair.status(1).unwrap()["bytes_replicated"]
+        .as_u64()
+        .unwrap()
+        - before;
+    assert!(
+        shipped <= (3 << 20) + 4096,
+        "full sync shipped {shipped} bytes"
+    );
+
+    // And an identical pair verifies clean, from the cache the second time.
+    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["bytes_hashed"], 0, "{report}");
+    // Verify is the primary's: the secondary says so.
+    let o = tandem_on(&pair, 2, &["verify", "app"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("primary"));
+}

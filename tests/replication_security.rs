@@ -37,6 +37,7 @@ fn hello(module: &str, dirs: u32) -> Message {
         modules: vec![module.into()],
         dirs,
         generation: 1,
+        verify: false,
     }
 }
 

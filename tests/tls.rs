@@ -125,6 +125,7 @@ async fn connect(addr: std::net::SocketAddr, creds: &Credentials) -> Result<(), 
         modules: vec!["app".into()],
         dirs: 1,
         generation: 1,
+        verify: false,
     };
     frame::encode(&hello, Compression::Off, &mut out).unwrap();
     tls.write_all(&out).await.map_err(|e| e.to_string())?;

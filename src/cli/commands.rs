@@ -44,9 +44,22 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Restart { .. } => unavailable("restart", "the cluster manager"),
         Command::Swap { .. } => unavailable("swap", "the cluster manager"),
         Command::Prim { .. } => unavailable("prim", "the cluster manager"),
-        Command::Second { .. } => unavailable("second", "replication"),
+        Command::Second {
+            module,
+            fullsync: true,
+        } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::FullSync { module },
+            print_messages,
+        ),
+        Command::Second { .. } => unavailable("second", "the cluster manager"),
         Command::Resync { module } => super::resync::run(&cli.config, cli.socket, &module),
-        Command::Verify { .. } => unavailable("verify", "replication"),
+        Command::Verify {
+            module,
+            json,
+            repair,
+        } => super::verify::run(&cli.config, cli.socket, &module, json, repair),
         Command::Resolve { .. } => unavailable("resolve", "the cluster manager"),
         Command::Log { .. } => unavailable("log", "the cluster manager"),
         Command::Init {

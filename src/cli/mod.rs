@@ -8,6 +8,7 @@ mod commands;
 mod mount;
 mod progress;
 mod resync;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -158,6 +158,30 @@ impl State {
         }
     }
 
+    fn with_replica(
+        &mut self,
+        module: &str,
+        f: impl FnOnce(&replicas::Replica) -> Result<String, String>,
+    ) -> Response {
+        let m = match self.select(Some(module)) {
+            Ok(mut m) => m.remove(0),
+            Err(e) => return Response::error(e),
+        };
+        let Some(r) = &m.replica else {
+            return Response::error(format!(
+                "module {module} is not replicated by this daemon (started without --role)"
+            ));
+        };
+        match f(r) {
+            Ok(msg) => Response {
+                ok: true,
+                messages: vec![msg],
+                ..Response::default()
+            },
+            Err(e) => Response::error(e),
+        }
+    }
+
     fn handle(&mut self, req: Request) -> Response {
         match req {
             Request::Status {} => Response {
@@ -192,6 +216,10 @@ impl State {
                     }
                 }
             },
+            Request::Verify { module, repair } => {
+                self.with_replica(&module, |r| r.start_verify(repair))
+            }
+            Request::FullSync { module } => self.with_replica(&module, |r| r.request_full_sync()),
             Request::Start { module } => match self.select(module.as_deref()) {
                 Err(e) => Response::error(e),
                 Ok(mods) => {
@@ -364,7 +392,11 @@ async fn client(stream: UnixStream, state: Arc<Mutex<State>>) {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("bad request: {e}")),
             Ok(req) => {
-                tracing::info!("control request: {req:?}");
+                if req == (Request::Status {}) {
+                    tracing::debug!("control request: {req:?}");
+                } else {
+                    tracing::info!("control request: {req:?}");
+                }
                 let st = state.clone();
                 tokio::task::spawn_blocking(move || st.lock().handle(req))
                     .await

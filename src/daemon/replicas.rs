@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use crate::changelog::{ChangeLog, RocksChangeLog};
 use crate::config::{Compression, Module, Node, Settings};
-use crate::replication::applier::Applier;
 use crate::replication::frame;
 use crate::replication::primary::{Dir, ReplicationStatus, Replicator};
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
@@ -25,24 +24,114 @@ pub enum Role {
 }
 
 pub enum Replica {
-    Primary(Arc<Replicator>),
+    Primary(Arc<Replicator>, Arc<PrimaryLink>),
     Secondary(Arc<SecondaryModule>),
 }
 
 impl Replica {
     pub fn status(&self) -> ReplicationStatus {
         match self {
-            Replica::Primary(r) => r.status(),
+            Replica::Primary(r, _) => r.status(),
             Replica::Secondary(s) => s.status(),
         }
     }
 
     pub fn primary(&self) -> Option<&Arc<Replicator>> {
         match self {
-            Replica::Primary(r) => Some(r),
+            Replica::Primary(r, _) => Some(r),
             Replica::Secondary(_) => None,
         }
     }
+}
+
+impl Replica {
+    /// Starts `tandem verify` in the background; its progress and report
+    /// show in the status.
+    pub fn start_verify(&self, repair: bool) -> Result<String, String> {
+        let Replica::Primary(rep, link) = self else {
+            return Err(
+                "this node is the secondary of the module; run verify on the primary".into(),
+            );
+        };
+        {
+            let mut v = rep.verify.lock();
+            if v.running {
+                return Err("a verify of this module is already running".into());
+            }
+            *v = crate::replication::verify::VerifyState {
+                running: true,
+                phase: "connecting".into(),
+                ..Default::default()
+            };
+        }
+        let (rep, link) = (rep.clone(), link.clone());
+        tokio::runtime::Handle::current().spawn(async move {
+            let outcome = verify_and_repair(&rep, &link, repair).await;
+            let mut v = rep.verify.lock();
+            v.running = false;
+            v.phase = "done".into();
+            match outcome {
+                Ok(report) => v.report = Some(report),
+                Err(e) => v.error = Some(e),
+            }
+        });
+        Ok(format!("module {}: verify started", self.name()))
+    }
+
+    /// Asks the primary for a full sync by content (on the secondary).
+    pub fn request_full_sync(&self) -> Result<String, String> {
+        match self {
+            Replica::Secondary(s) => {
+                s.request_full_sync();
+                Ok(format!(
+                    "module {}: full sync requested; it starts when the primary (re)connects",
+                    s.name
+                ))
+            }
+            Replica::Primary(..) => Err(
+                "this node is the primary of the module; changing roles needs the cluster manager"
+                    .into(),
+            ),
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Replica::Primary(r, _) => &r.module,
+            Replica::Secondary(s) => &s.name,
+        }
+    }
+}
+
+async fn verify_and_repair(
+    rep: &Replicator,
+    link: &PrimaryLink,
+    repair: bool,
+) -> Result<crate::replication::verify::VerifyReport, String> {
+    use crate::replication::verify;
+    let first = verify::run(link, &rep.verify).await?;
+    if !repair || first.differences.is_empty() {
+        return Ok(first);
+    }
+    rep.verify.lock().phase = format!("repairing {} differences", first.differences.len());
+    verify::mark(rep, &first.differences)?;
+    rep.force_resync("verify --repair: resynchronising the differences");
+    // Wait for the resync to ship them, then look again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    loop {
+        let st = rep.status();
+        if st.peer == "connected" && st.durable >= st.sent {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("the repair did not finish within an hour".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut second = verify::run(link, &rep.verify).await?;
+    second.repaired = first.differences.len() as u64;
+    Ok(second)
 }
 
 /// This node and its peer: `--node`, or the node named like this host.
@@ -109,7 +198,12 @@ fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>, String> {
                 )
             })?,
         );
-        out.push(Dir { root, log });
+        let cache = crate::replication::manifest::Cache::load(&at.join("manifest.cache"));
+        out.push(Dir {
+            root,
+            log,
+            cache: parking_lot::Mutex::new(cache),
+        });
     }
     Ok(out)
 }
@@ -145,24 +239,23 @@ pub fn start(
                     settings.replication.async_max_lag,
                     open_dirs(settings, m)?,
                 );
-                let link = PrimaryLink {
+                let link = Arc::new(PrimaryLink {
                     rep: rep.clone(),
                     creds: creds.clone(),
                     cluster: settings.cluster.name.clone(),
                     peer_addr,
                     compression: comp,
-                };
-                rt.spawn(link.run());
-                out.insert(m.name.clone(), Replica::Primary(rep));
+                });
+                rt.spawn(link.clone().run());
+                out.insert(m.name.clone(), Replica::Primary(rep, link));
             }
         }
         Role::Second => {
             let mut modules = HashMap::new();
             for m in &settings.modules {
                 let dirs = open_dirs(settings, m)?;
-                let logs = dirs.iter().map(|d| d.log.clone()).collect();
-                let roots = dirs.into_iter().map(|d| d.root).collect();
-                let sm = SecondaryModule::new(&m.name, Applier::new(roots), logs);
+                let sm = SecondaryModule::new(&m.name, dirs)
+                    .map_err(|e| format!("module {}: {e}", m.name))?;
                 modules.insert(m.name.clone(), sm.clone());
                 out.insert(m.name.clone(), Replica::Secondary(sm));
             }

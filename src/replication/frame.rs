@@ -136,6 +136,7 @@ mod tests {
                 modules: vec!["app".into()],
                 dirs: 2,
                 generation: 7,
+                verify: false,
             },
             Message::Mutate {
                 seq: 42,
@@ -172,6 +173,7 @@ mod tests {
                 files: vec![(b"a".to_vec(), vec![(0, 4096)])],
                 paths: vec![b"b/c".to_vec()],
                 last: true,
+                full: false,
             },
             Message::ResyncDone {
                 seq: 43,

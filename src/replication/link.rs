@@ -135,14 +135,23 @@ pub struct Expect<'a> {
     pub dirs: Option<u32>,
 }
 
-/// Checks a peer's Hello; returns its module and generation.
-pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<(String, u32, u64), String> {
+/// What an accepted Hello said.
+pub struct Hello {
+    pub module: String,
+    pub dirs: u32,
+    pub generation: u64,
+    pub verify: bool,
+}
+
+/// Checks a peer's Hello.
+pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, String> {
     let Message::Hello {
         cluster,
         node,
         modules,
         dirs,
         generation,
+        verify,
     } = m
     else {
         return Err("expected Hello as the first message".into());
@@ -175,5 +184,10 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<(String, u32, u64), 
             "module {module}: peer replicates {dirs} directories, this node {d}"
         ));
     }
-    Ok((module, dirs, generation))
+    Ok(Hello {
+        module,
+        dirs,
+        generation,
+        verify,
+    })
 }

@@ -6,15 +6,18 @@
 //! on the serving node and [`session`] its connection to the peer;
 //! [`secondary`] accepts that connection and [`applier`] applies the stream;
 //! [`resync`] ships what changed while the peer was away, as
-//! [`entry`] states and byte ranges.
+//! [`entry`] states and byte ranges. [`verify`] compares both trees by
+//! [`manifest`]s of content-defined chunks.
 
 pub mod applier;
 pub mod entry;
 pub mod frame;
 pub mod link;
+pub mod manifest;
 pub mod primary;
 pub mod resync;
 pub mod secondary;
 pub mod session;
 pub mod tls;
+pub mod verify;
 pub mod wire;

@@ -36,6 +36,8 @@ pub struct Dir {
     /// `O_PATH` descriptor of the real directory, opened before the mount.
     pub root: OwnedFd,
     pub log: Arc<dyn ChangeLog>,
+    /// Chunk lists of the files, for verify and full sync.
+    pub cache: Mutex<super::manifest::Cache>,
 }
 
 /// What may be forgotten from the change log once the peer made it durable.
@@ -173,6 +175,8 @@ pub struct ReplicationStatus {
     pub bytes_replicated: u64,
     pub resync: ResyncProgress,
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub verify: super::verify::VerifyState,
 }
 
 pub struct Replicator {
@@ -189,6 +193,7 @@ pub struct Replicator {
     bytes_replicated: AtomicU64,
     resync: Mutex<ResyncProgress>,
     last_error: Mutex<Option<String>>,
+    pub verify: Mutex<super::verify::VerifyState>,
 }
 
 /// How long a resync lets its shipped-but-unapplied bytes grow.
@@ -223,6 +228,7 @@ impl Replicator {
             bytes_replicated: AtomicU64::new(0),
             resync: Mutex::new(ResyncProgress::default()),
             last_error: Mutex::new(None),
+            verify: Mutex::new(Default::default()),
         })
     }
 
@@ -290,6 +296,15 @@ impl Replicator {
         self.acked.notify_all();
         let mut r = self.resync.lock();
         r.running = false;
+    }
+
+    /// Drops the current link so the next one resynchronises what the
+    /// change log holds now.
+    pub fn force_resync(&self, why: &str) {
+        let conn = self.order.lock().link.as_ref().map(|(c, _)| *c);
+        if let Some(conn) = conn {
+            self.detach(conn, why);
+        }
     }
 
     pub fn is_attached(&self, conn: u64) -> bool {
@@ -750,6 +765,7 @@ impl Replicator {
             bytes_replicated: self.bytes_replicated.load(Ordering::Relaxed),
             resync: self.resync.lock().clone(),
             last_error: self.last_error.lock().clone(),
+            verify: self.verify.lock().clone(),
         }
     }
 }

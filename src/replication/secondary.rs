@@ -18,6 +18,7 @@ use crate::changelog::ChangeLog;
 use super::applier::Applier;
 use super::frame::Compression;
 use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::primary::Dir;
 use super::primary::{ReplicationStatus, ResyncProgress};
 use super::resync;
 use super::session::{KEEPALIVE, kind};
@@ -40,8 +41,11 @@ pub struct SecondaryModule {
     pub name: String,
     applier: Mutex<Applier>,
     logs: Vec<Arc<dyn ChangeLog>>,
+    dirs: Arc<Vec<Dir>>,
     session: AtomicU64,
     state: Mutex<SecondaryState>,
+    /// Ask the primary for a full sync (by content) at the next connection.
+    full_sync: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -55,14 +59,30 @@ struct SecondaryState {
 }
 
 impl SecondaryModule {
-    pub fn new(name: &str, applier: Applier, logs: Vec<Arc<dyn ChangeLog>>) -> Arc<Self> {
-        Arc::new(Self {
+    /// `dirs`: the module's directories; the applier writes through
+    /// duplicates of their root descriptors.
+    pub fn new(name: &str, dirs: Vec<Dir>) -> std::io::Result<Arc<Self>> {
+        let roots = dirs
+            .iter()
+            .map(|d| d.root.try_clone())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Self {
             name: name.to_string(),
-            applier: Mutex::new(applier),
-            logs,
+            applier: Mutex::new(Applier::new(roots)),
+            logs: dirs.iter().map(|d| d.log.clone()).collect(),
+            dirs: Arc::new(dirs),
             session: AtomicU64::new(0),
             state: Mutex::new(SecondaryState::default()),
-        })
+            full_sync: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// The next connection from the primary resynchronises by content, and
+    /// the current one (if any) is ended to make that happen now.
+    pub fn request_full_sync(&self) {
+        self.full_sync.store(true, Ordering::SeqCst);
+        self.session.fetch_add(1, Ordering::SeqCst);
+        self.state.lock().uptodate = false;
     }
 
     pub fn status(&self) -> ReplicationStatus {
@@ -89,6 +109,7 @@ impl SecondaryModule {
             bytes_replicated: s.bytes,
             resync: ResyncProgress::default(),
             last_error: s.last_error.clone(),
+            verify: Default::default(),
         }
     }
 }
@@ -148,7 +169,8 @@ impl SecondaryServer {
                 dirs: None,
             },
         )
-        .and_then(|(module, dirs, _)| {
+        .and_then(|h| {
+            let (module, dirs) = (h.module, h.dirs);
             let m = self.modules.get(&module).ok_or_else(|| {
                 format!("module {module:?} is not replicated to this node as secondary")
             })?;
@@ -158,9 +180,9 @@ impl SecondaryServer {
                     "module {module}: peer replicates {dirs} directories, this node {have}"
                 ));
             }
-            Ok(m.clone())
+            Ok((m.clone(), h.verify))
         });
-        let module = match checked {
+        let (module, verify) = match checked {
             Ok(m) => m,
             Err(reason) => {
                 let _ = writer
@@ -179,9 +201,14 @@ impl SecondaryServer {
                 modules: vec![module.name.clone()],
                 dirs: module.logs.len() as u32,
                 generation,
+                verify,
             })
             .await?;
-        send_diverged(&module, &mut writer).await?;
+        if verify {
+            return super::verify::serve(module.dirs.clone(), reader, writer).await;
+        }
+        let full = module.full_sync.swap(false, Ordering::SeqCst);
+        send_diverged(&module, &mut writer, full).await?;
         tracing::info!(
             "{}: primary {} connected from {addr}",
             module.name,
@@ -196,6 +223,7 @@ impl SecondaryServer {
 async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
     module: &SecondaryModule,
     writer: &mut FrameWriter<W>,
+    full: bool,
 ) -> Result<(), String> {
     use std::os::unix::ffi::OsStrExt;
     let n = module.logs.len();
@@ -225,6 +253,7 @@ async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
                 files: f,
                 paths: p,
                 last,
+                full: full && last,
             })?;
             if files.is_empty() && paths.is_empty() {
                 break;
@@ -366,6 +395,10 @@ fn apply_loop(
         let _ = out.send(Message::Close { reason: why });
     };
     'session: loop {
+        if module.session.load(Ordering::SeqCst) != id {
+            fail("session replaced (full sync requested, or a newer connection)".into());
+            break;
+        }
         let first = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(m) => Some(m),
             Err(mpsc::RecvTimeoutError::Timeout) => None,

@@ -32,7 +32,7 @@ pub struct PrimaryLink {
 
 impl PrimaryLink {
     /// Runs until the task is aborted.
-    pub async fn run(self) {
+    pub async fn run(self: Arc<Self>) {
         let mut last_err = String::new();
         loop {
             match self.session().await {
@@ -86,6 +86,7 @@ impl PrimaryLink {
                 modules: vec![rep.module.clone()],
                 dirs: rep.dirs.len() as u32,
                 generation,
+                verify: false,
             })
             .await?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
@@ -103,7 +104,21 @@ impl PrimaryLink {
                 dirs: Some(rep.dirs.len() as u32),
             },
         )?;
-        let diverged = read_diverged(&mut reader, rep.dirs.len()).await?;
+        let (diverged, full) = read_diverged(&mut reader, rep.dirs.len()).await?;
+        if full {
+            // The peer asked for a full sync: compare by content, record
+            // every difference, and let the resync below ship them.
+            tracing::info!("{}: full sync requested by {}", rep.module, self.creds.peer);
+            let report = super::verify::run(self, &rep.verify).await?;
+            tracing::info!(
+                "{}: full sync: {} differences in {} files ({} bytes hashed)",
+                rep.module,
+                report.differences.len(),
+                report.files,
+                report.bytes_hashed
+            );
+            super::verify::mark(rep, &report.differences)?;
+        }
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let conn = rep.attach(tx);
@@ -149,13 +164,15 @@ pub fn kind(m: &Message) -> &'static str {
         Message::ResyncDone { .. } => "ResyncDone",
         Message::Ack { .. } => "Ack",
         Message::Close { .. } => "Close",
+        Message::ManifestRequest { .. } => "ManifestRequest",
+        Message::Manifest { .. } => "Manifest",
     }
 }
 
 async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     dirs: usize,
-) -> Result<Vec<Diverged>, String> {
+) -> Result<(Vec<Diverged>, bool), String> {
     let mut out = vec![Diverged::default(); dirs];
     loop {
         let m = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
@@ -166,6 +183,7 @@ async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
             files,
             paths,
             last,
+            full,
         } = m
         else {
             return Err(format!("expected Diverged, got {}", kind(&m)));
@@ -191,7 +209,7 @@ async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
             d.paths.push(checked_path(&p).map_err(|e| e.to_string())?);
         }
         if last {
-            return Ok(out);
+            return Ok((out, full));
         }
     }
 }

@@ -15,21 +15,25 @@ pub enum Message {
     /// First message on a connection, both ways. `dirs` is how many
     /// directories the module replicates (both sides must agree);
     /// `generation` the sender's current data generation.
+    /// `verify`: the connection compares trees instead of replicating.
     Hello {
         cluster: String,
         node: String,
         modules: Vec<String>,
         dirs: u32,
         generation: u64,
+        verify: bool,
     },
     /// Target to source, after Hello: names and ranges that may differ because
     /// the target changed them itself (it served alone before). Sent in parts;
     /// `last` ends the list.
+    /// `full` (with `last`): the target asks for a full sync, by content.
     Diverged {
         dir: u32,
         files: Vec<(Vec<u8>, Vec<(u64, u64)>)>,
         paths: Vec<Vec<u8>>,
         last: bool,
+        full: bool,
     },
     /// One change for directory `dir` of the module, numbered in the order the
     /// primary applied it. `resync`: part of a resynchronisation, where a name
@@ -52,6 +56,19 @@ pub enum Message {
         received: u64,
         applied: u64,
         durable: u64,
+    },
+    /// Verify: the manifest of directory `dir`, or of just `paths`; regular
+    /// files hashed when `hash` (all of them, or those in `hash_only`).
+    ManifestRequest {
+        dir: u32,
+        paths: Option<Vec<Vec<u8>>>,
+        hash: bool,
+    },
+    /// Part of a manifest, in order; `last` ends it.
+    Manifest {
+        dir: u32,
+        items: Vec<ManifestItem>,
+        last: bool,
     },
     /// The sender is closing the connection, and why.
     Close { reason: String },
@@ -168,6 +185,22 @@ pub enum WireMutation {
         path: Vec<u8>,
         entry: Option<Entry>,
     },
+}
+
+/// A content-defined chunk of a file and its BLAKE3 hash.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkSum {
+    pub offset: u64,
+    pub len: u32,
+    pub hash: [u8; 32],
+}
+
+/// One element of a manifest: a name's state (`None`: it does not exist), or
+/// more chunks of the file named just before (long lists travel in parts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManifestItem {
+    Entry { path: Vec<u8>, entry: Option<Entry> },
+    Chunks(Vec<ChunkSum>),
 }
 
 /// The state of one name on the source, as resync ships it.

@@ -1,0 +1,577 @@
+//! Verify: compares the two nodes' trees by names, metadata and content
+//! chunks, on a connection of its own. The peer computes its manifest while
+//! this node computes its own; differences are checked again before they are
+//! reported, so files written during the check are not reported unless they
+//! still differ. `--repair` and full sync turn differences into change-log
+//! records, and the ordinary resync ships them.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::changelog::NsChange;
+
+use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::manifest::{self, Item, ScanProgress};
+use super::primary::{Dir, Replicator};
+use super::session::{PrimaryLink, kind};
+use super::tls::Credentials;
+use super::wire::{ChunkSum, Entry, EntryKind, ManifestItem, Message, checked_path};
+
+/// Items per Manifest message, and chunks per item part.
+const PART_ITEMS: usize = 2048;
+const PART_CHUNKS: usize = 16384;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Difference {
+    /// Index of the module directory.
+    pub dir: u32,
+    pub path: String,
+    /// What differs: "only here", "only on the peer", "type", "mode",
+    /// "owner", "size", "mtime", "xattrs", "content".
+    pub what: Vec<String>,
+    /// Byte ranges of this node's file whose chunks the peer lacks.
+    pub ranges: Vec<(u64, u64)>,
+    #[serde(skip)]
+    raw: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_hashed: u64,
+    pub differences: Vec<Difference>,
+    pub elapsed_ms: u64,
+    /// Differences found by a first pass and shipped before this report.
+    pub repaired: u64,
+}
+
+/// Live state of a verify, for status and `tandem verify`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyState {
+    pub running: bool,
+    pub phase: String,
+    pub files: u64,
+    pub bytes_hashed: u64,
+    pub bytes_cached: u64,
+    pub report: Option<VerifyReport>,
+    pub error: Option<String>,
+}
+
+fn raw(p: &Path) -> Vec<u8> {
+    p.as_os_str().as_bytes().to_vec()
+}
+
+// ---- the peer's side ----
+
+/// Answers manifest requests on a verify connection until it closes.
+pub async fn serve<R, W>(
+    dirs: Arc<Vec<Dir>>,
+    mut reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+) -> Result<(), String>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        let m = match reader.next().await {
+            Ok(m) => m,
+            Err(e) if e == "connection lost" || e.starts_with("connection closed") => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Message::ManifestRequest { dir, paths, hash } = m else {
+            return Err(format!(
+                "unexpected message on a verify connection: {}",
+                kind(&m)
+            ));
+        };
+        if dir as usize >= dirs.len() {
+            return Err(format!("manifest of directory {dir}, which does not exist"));
+        }
+        let paths = match paths {
+            None => None,
+            Some(ps) => Some(
+                ps.iter()
+                    .map(|p| {
+                        if p.is_empty() {
+                            Ok(PathBuf::new())
+                        } else {
+                            checked_path(p).map_err(|e| e.to_string())
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ManifestItem>>(4);
+        let scan_dirs = dirs.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            produce(
+                &scan_dirs[dir as usize],
+                paths,
+                hash,
+                &ScanProgress::default(),
+                &tx,
+            )
+        });
+        let send = async {
+            while let Some(items) = rx.recv().await {
+                writer.push(&Message::Manifest {
+                    dir,
+                    items,
+                    last: false,
+                })?;
+                writer.flush().await?;
+            }
+            Ok::<(), String>(())
+        };
+        let (r, s) = tokio::join!(work, send);
+        s?;
+        r.map_err(|e| e.to_string())??;
+        writer
+            .send(&Message::Manifest {
+                dir,
+                items: Vec::new(),
+                last: true,
+            })
+            .await?;
+    }
+}
+
+/// Scans (or looks up `paths`) and hands items over in parts.
+fn produce(
+    d: &Dir,
+    paths: Option<Vec<PathBuf>>,
+    hash: bool,
+    progress: &ScanProgress,
+    tx: &tokio::sync::mpsc::Sender<Vec<ManifestItem>>,
+) -> Result<(), String> {
+    let mut part = Vec::new();
+    let emit = |part: &mut Vec<ManifestItem>, force: bool| -> std::io::Result<()> {
+        if part.len() >= PART_ITEMS || (force && !part.is_empty()) {
+            tx.blocking_send(std::mem::take(part))
+                .map_err(|_| std::io::Error::other("verify connection closed"))?;
+        }
+        Ok(())
+    };
+    let push =
+        |part: &mut Vec<ManifestItem>, path: &Path, it: Option<Item>| -> std::io::Result<()> {
+            let (entry, chunks) = match it {
+                Some(it) => (Some(it.entry), it.chunks),
+                None => (None, Vec::new()),
+            };
+            part.push(ManifestItem::Entry {
+                path: raw(path),
+                entry,
+            });
+            for c in chunks.chunks(PART_CHUNKS) {
+                part.push(ManifestItem::Chunks(c.to_vec()));
+            }
+            emit(part, false)
+        };
+    let root = d.root.as_fd();
+    let mut cache = d.cache.lock();
+    let r = match paths {
+        None => {
+            let r = manifest::scan(root, hash, &mut cache, progress, &mut |it| {
+                let path = it.path.clone();
+                push(&mut part, &path, Some(it))
+            });
+            if r.is_ok()
+                && let Err(e) = cache.save(true)
+            {
+                tracing::warn!("saving the manifest cache: {e}");
+            }
+            r
+        }
+        Some(paths) => paths.iter().try_for_each(|p| {
+            let it = manifest::item(root, p, hash, &mut cache, progress)?;
+            push(&mut part, p, it)
+        }),
+    };
+    drop(cache);
+    r.and_then(|()| emit(&mut part, true))
+        .map_err(|e| format!("manifest: {e}"))
+}
+
+// ---- this node's side ----
+
+/// A verify connection to the peer.
+pub struct Remote<R, W> {
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+}
+
+pub async fn connect(
+    link: &PrimaryLink,
+) -> Result<Remote<impl tokio::io::AsyncRead + Unpin, impl tokio::io::AsyncWrite + Unpin>, String> {
+    let rep = &link.rep;
+    let tcp = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(link.peer_addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect to {}: {e}", link.peer_addr))?;
+    tcp.set_nodelay(true).ok();
+    let config = link.creds.client_config().map_err(|e| e.to_string())?;
+    let tls = TlsConnector::from(config)
+        .connect(Credentials::server_name(), tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    if !link.creds.is_peer(tls.get_ref().1.peer_certificates()) {
+        return Err(format!(
+            "the server did not present {}'s certificate",
+            link.creds.peer
+        ));
+    }
+    let (rd, wr) = tokio::io::split(tls);
+    let mut reader = FrameReader::new(rd);
+    let mut writer = FrameWriter::new(wr, link.compression);
+    writer
+        .send(&Message::Hello {
+            cluster: link.cluster.clone(),
+            node: link.creds.node.clone(),
+            modules: vec![rep.module.clone()],
+            dirs: rep.dirs.len() as u32,
+            generation: 0,
+            verify: true,
+        })
+        .await?;
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
+        .await
+        .map_err(|_| "no Hello from the peer".to_string())??;
+    if let Message::Close { reason } = &hello {
+        return Err(format!("refused by the peer: {reason}"));
+    }
+    check_hello(
+        hello,
+        &Expect {
+            cluster: &link.cluster,
+            peer: &link.creds.peer,
+            module: Some(&rep.module),
+            dirs: Some(rep.dirs.len() as u32),
+        },
+    )?;
+    Ok(Remote { reader, writer })
+}
+
+impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R, W> {
+    async fn manifest(
+        &mut self,
+        dir: u32,
+        paths: Option<&[PathBuf]>,
+        hash: bool,
+    ) -> Result<BTreeMap<PathBuf, Item>, String> {
+        self.writer
+            .send(&Message::ManifestRequest {
+                dir,
+                paths: paths.map(|ps| ps.iter().map(|p| raw(p)).collect()),
+                hash,
+            })
+            .await?;
+        let mut out = BTreeMap::new();
+        let mut current: Option<Item> = None;
+        loop {
+            let m = self.reader.next().await?;
+            let Message::Manifest {
+                dir: d,
+                items,
+                last,
+            } = m
+            else {
+                return Err(format!("expected Manifest, got {}", kind(&m)));
+            };
+            if d != dir {
+                return Err(format!("manifest of directory {d}, asked for {dir}"));
+            }
+            for it in items {
+                match it {
+                    ManifestItem::Entry { path, entry } => {
+                        if let Some(c) = current.take() {
+                            out.insert(c.path.clone(), c);
+                        }
+                        let p = if path.is_empty() {
+                            PathBuf::new()
+                        } else {
+                            checked_path(&path).map_err(|e| e.to_string())?
+                        };
+                        if let Some(entry) = entry {
+                            current = Some(Item {
+                                path: p,
+                                entry,
+                                chunks: Vec::new(),
+                            });
+                        }
+                    }
+                    ManifestItem::Chunks(c) => match &mut current {
+                        Some(it) => it.chunks.extend(c),
+                        None => return Err("chunks without a file in a manifest".into()),
+                    },
+                }
+            }
+            if last {
+                if let Some(c) = current.take() {
+                    out.insert(c.path.clone(), c);
+                }
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn local_manifest(
+    d: &Dir,
+    paths: Option<&[PathBuf]>,
+    hash: bool,
+    progress: &ScanProgress,
+) -> Result<BTreeMap<PathBuf, Item>, String> {
+    let mut out = BTreeMap::new();
+    let root = d.root.as_fd();
+    let mut cache = d.cache.lock();
+    let r = match paths {
+        None => manifest::scan(root, hash, &mut cache, progress, &mut |it| {
+            out.insert(it.path.clone(), it);
+            Ok(())
+        })
+        .and_then(|()| cache.save(true)),
+        Some(ps) => ps.iter().try_for_each(|p| {
+            if let Some(it) = manifest::item(root, p, hash, &mut cache, progress)? {
+                out.insert(it.path.clone(), it);
+            }
+            Ok(())
+        }),
+    };
+    r.map_err(|e| format!("manifest: {e}"))?;
+    Ok(out)
+}
+
+fn same_meta(a: &Entry, b: &Entry, what: &mut Vec<String>) {
+    let kind = |e: &Entry| std::mem::discriminant(&e.kind);
+    if kind(a) != kind(b) {
+        what.push("type".into());
+        return;
+    }
+    if let (EntryKind::Symlink(x), EntryKind::Symlink(y)) = (&a.kind, &b.kind)
+        && x != y
+    {
+        what.push("symlink target".into());
+    }
+    if let (EntryKind::Char(x), EntryKind::Char(y)) | (EntryKind::Block(x), EntryKind::Block(y)) =
+        (&a.kind, &b.kind)
+        && x != y
+    {
+        what.push("device".into());
+    }
+    if a.mode != b.mode {
+        what.push("mode".into());
+    }
+    if (a.uid, a.gid) != (b.uid, b.gid) {
+        what.push("owner".into());
+    }
+    if a.kind == EntryKind::File && a.size != b.size {
+        what.push("size".into());
+    }
+    if a.mtime != b.mtime {
+        what.push("mtime".into());
+    }
+    if a.xattrs != b.xattrs {
+        what.push("xattrs".into());
+    }
+}
+
+/// Ranges of `ours` whose chunks `theirs` does not hold at the same place.
+fn content_ranges(ours: &[ChunkSum], theirs: &[ChunkSum]) -> Vec<(u64, u64)> {
+    let have: std::collections::HashSet<&ChunkSum> = theirs.iter().collect();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for c in ours.iter().filter(|c| !have.contains(c)) {
+        let (s, e) = (c.offset, c.offset + c.len as u64);
+        match out.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+fn compare(
+    dir: u32,
+    ours: &BTreeMap<PathBuf, Item>,
+    theirs: &BTreeMap<PathBuf, Item>,
+    hashed: bool,
+) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let diff = |p: &Path, what: Vec<String>, ranges: Vec<(u64, u64)>| Difference {
+        dir,
+        path: manifest::display(p),
+        what,
+        ranges,
+        raw: raw(p),
+    };
+    for (p, a) in ours {
+        match theirs.get(p) {
+            None => out.push(diff(
+                p,
+                vec!["only here".into()],
+                if a.entry.kind == EntryKind::File && a.entry.size > 0 {
+                    vec![(0, a.entry.size)]
+                } else {
+                    Vec::new()
+                },
+            )),
+            Some(b) => {
+                let mut what = Vec::new();
+                same_meta(&a.entry, &b.entry, &mut what);
+                let mut ranges = Vec::new();
+                if hashed
+                    && a.entry.kind == EntryKind::File
+                    && b.entry.kind == EntryKind::File
+                    && a.chunks != b.chunks
+                {
+                    what.push("content".into());
+                    ranges = content_ranges(&a.chunks, &b.chunks);
+                }
+                if what.iter().any(|w| w == "type") && a.entry.kind == EntryKind::File {
+                    ranges = vec![(0, a.entry.size)];
+                }
+                if !what.is_empty() {
+                    out.push(diff(p, what, ranges));
+                }
+            }
+        }
+    }
+    for p in theirs.keys() {
+        if !ours.contains_key(p) {
+            out.push(diff(p, vec!["only on the peer".into()], Vec::new()));
+        }
+    }
+    out.sort_by(|a, b| a.raw.cmp(&b.raw));
+    out
+}
+
+/// Compares every directory of the module with the peer. `on_progress` sees
+/// the local scan's counters as it goes.
+pub async fn run(
+    link: &PrimaryLink,
+    state: &parking_lot::Mutex<VerifyState>,
+) -> Result<VerifyReport, String> {
+    let started = Instant::now();
+    let rep = link.rep.clone();
+    let mut remote = connect(link).await?;
+    let mut report = VerifyReport::default();
+    for d in 0..rep.dirs.len() {
+        let dir = d as u32;
+        state.lock().phase = format!("scanning directory {}", d + 1);
+        let progress = Arc::new(ScanProgress::default());
+        let (scan_rep, scan_progress) = (rep.clone(), progress.clone());
+        let local = tokio::task::spawn_blocking(move || {
+            local_manifest(&scan_rep.dirs[d], None, true, &scan_progress)
+        });
+        let ticker = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let mut s = state.lock();
+                s.files = progress.files.load(Ordering::Relaxed);
+                s.bytes_hashed = progress.bytes_hashed.load(Ordering::Relaxed);
+                s.bytes_cached = progress.bytes_cached.load(Ordering::Relaxed);
+            }
+        };
+        let theirs = tokio::select! {
+            r = remote.manifest(dir, None, true) => r?,
+            _ = ticker => unreachable!(),
+        };
+        let ours = local.await.map_err(|e| e.to_string())??;
+        report.files += ours.len() as u64;
+        report.bytes += ours.values().map(|i| i.entry.size).sum::<u64>();
+        report.bytes_hashed += progress.bytes_hashed.load(Ordering::Relaxed);
+        let first = compare(dir, &ours, &theirs, true);
+        if first.is_empty() {
+            continue;
+        }
+        // Check again what differed: a file written meanwhile may agree now.
+        state.lock().phase = format!("re-checking {} names", first.len());
+        let paths: Vec<PathBuf> = first
+            .iter()
+            .map(|d| PathBuf::from(std::ffi::OsStr::from_bytes(&d.raw)))
+            .collect();
+        let mut again_theirs = BTreeMap::new();
+        for batch in paths.chunks(PART_ITEMS) {
+            again_theirs.extend(remote.manifest(dir, Some(batch), true).await?);
+        }
+        let (again_rep, again_paths, again_progress) = (
+            rep.clone(),
+            paths.clone(),
+            Arc::new(ScanProgress::default()),
+        );
+        let again_ours = tokio::task::spawn_blocking(move || {
+            local_manifest(
+                &again_rep.dirs[d],
+                Some(&again_paths),
+                true,
+                &again_progress,
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        report
+            .differences
+            .extend(compare(dir, &again_ours, &again_theirs, true));
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Records every difference in the change log so the next resync ships it:
+/// names present here are reconciled (their contents marked where they
+/// differ), names only on the peer are removed there.
+pub fn mark(rep: &Replicator, diffs: &[Difference]) -> Result<(), String> {
+    let err = |e: crate::changelog::ChangeLogError| format!("change log: {e}");
+    for d in diffs {
+        let log = &rep.dirs[d.dir as usize].log;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&d.raw));
+        if d.what.iter().any(|w| w == "only on the peer") {
+            log.log_ns(NsChange::Unlink { path }).map_err(err)?;
+            continue;
+        }
+        if !d.ranges.is_empty() {
+            let id = log.ensure(&path).map_err(err)?;
+            for (s, e) in &d.ranges {
+                log.mark(id, *s, e - s).map_err(err)?;
+            }
+        }
+        log.log_ns(NsChange::SetAttr { path }).map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(offset: u64, len: u32, h: u8) -> ChunkSum {
+        ChunkSum {
+            offset,
+            len,
+            hash: [h; 32],
+        }
+    }
+
+    #[test]
+    fn content_ranges_merge_adjacent_missing_chunks() {
+        let ours = [c(0, 10, 1), c(10, 10, 2), c(20, 10, 3), c(30, 10, 4)];
+        let theirs = [c(0, 10, 1), c(10, 10, 9), c(20, 10, 8), c(30, 10, 4)];
+        assert_eq!(content_ranges(&ours, &theirs), vec![(10, 30)]);
+        assert_eq!(content_ranges(&ours, &ours), vec![]);
+        // A chunk at another offset is not the same chunk.
+        assert_eq!(
+            content_ranges(&[c(0, 10, 1)], &[c(5, 10, 1)]),
+            vec![(0, 10)]
+        );
+    }
+}
