@@ -341,8 +341,13 @@ fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
     let pid = pair.pid(2);
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     let t = std::time::Instant::now();
-    std::fs::write(d.join("during"), b"2").unwrap();
+    // fsync waits for the peer: at most peer_timeout, then the primary goes on alone.
+    let mut f = std::fs::File::create(d.join("during")).unwrap();
+    f.write_all(b"2").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
     let took = t.elapsed();
+    assert_eq!(pair.peer_state(), "alone");
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     assert!(
         took < std::time::Duration::from_millis(2000 + 1500),

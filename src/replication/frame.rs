@@ -54,7 +54,9 @@ pub fn encode(
 ) -> Result<(), FrameError> {
     let plain = postcard::to_stdvec(msg).map_err(|e| FrameError::Payload(e.to_string()))?;
     let (flags, payload) = match compression {
-        Compression::Zstd { level } if plain.len() >= COMPRESS_MIN => {
+        Compression::Zstd { level }
+            if plain.len() >= COMPRESS_MIN && worth_trying(&plain, level) =>
+        {
             match zstd::bulk::compress(&plain, level) {
                 Ok(z) if z.len() < plain.len() - plain.len() / 8 => (FLAG_ZSTD, z),
                 _ => (0, plain),
@@ -71,6 +73,19 @@ pub fn encode(
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&payload);
     Ok(())
+}
+
+/// Large payloads are compressed only if a sample from their middle
+/// compresses: incompressible data (media, encrypted or already compressed
+/// files) then costs one small attempt instead of a full pass.
+fn worth_trying(plain: &[u8], level: i32) -> bool {
+    const SAMPLE: usize = 16 * 1024;
+    if plain.len() < 4 * SAMPLE {
+        return true;
+    }
+    let mid = plain.len() / 2;
+    let sample = &plain[mid - SAMPLE / 2..mid + SAMPLE / 2];
+    zstd::bulk::compress(sample, level).is_ok_and(|z| z.len() < SAMPLE - SAMPLE / 8)
 }
 
 /// Decodes the first frame in `buf`: the message and how many bytes it used,

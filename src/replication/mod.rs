@@ -9,6 +9,7 @@
 //! [`entry`] states and byte ranges. [`verify`] compares both trees by
 //! [`manifest`]s of content-defined chunks.
 
+pub mod activity;
 pub mod applier;
 pub mod entry;
 pub mod frame;

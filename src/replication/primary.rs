@@ -28,6 +28,7 @@ use crate::changelog::{ChangeLog, FileId, NsChange};
 use crate::config::Ack;
 use crate::fs::{Errno, LocalApply, Mutation, MutationSink};
 
+use super::activity::{Activity, EXTENT};
 use super::entry;
 use super::wire::{Message, Time, WireMutation};
 
@@ -111,6 +112,15 @@ struct Order {
     ready: bool,
     open: Bucket,
     sealed: Option<(u64, Bucket)>,
+    /// Hot extents of files written while the peer is connected.
+    activity: Activity,
+    /// The last seq of the resync that made the peer current; the activity
+    /// log may clear extents only once the peer is durable past it.
+    resync_done: Option<u64>,
+    last_cool: Instant,
+    /// File ids by path, to spare the change log a lookup per write;
+    /// emptied whenever names move.
+    ids: HashMap<(u32, PathBuf), FileId>,
 }
 
 /// Bytes sent but not yet applied by the peer, for the lag bounds of `async`
@@ -177,6 +187,9 @@ pub struct ReplicationStatus {
     pub last_error: Option<String>,
     #[serde(default)]
     pub verify: super::verify::VerifyState,
+    /// Extents of the activity log marked whole while the peer is current.
+    #[serde(default)]
+    pub hot_extents: u64,
 }
 
 pub struct Replicator {
@@ -195,6 +208,10 @@ pub struct Replicator {
     last_error: Mutex<Option<String>>,
     pub verify: Mutex<super::verify::VerifyState>,
 }
+
+/// How far plain writes may run ahead of the peer in the `durable` and
+/// `received` modes before they wait.
+pub const WINDOW: u64 = 32 << 20;
 
 /// How long a resync lets its shipped-but-unapplied bytes grow.
 pub const RESYNC_WINDOW: u64 = 16 << 20;
@@ -220,6 +237,10 @@ impl Replicator {
                 ready: false,
                 open: Bucket::default(),
                 sealed: None,
+                activity: Activity::default(),
+                resync_done: None,
+                last_cool: Instant::now(),
+                ids: HashMap::new(),
             }),
             lag: Mutex::new(Lag::default()),
             acks: Mutex::new(Acks::default()),
@@ -257,6 +278,7 @@ impl Replicator {
         o.ready = false;
         o.open = Bucket::default();
         o.sealed = None;
+        o.resync_done = None;
         let first = o.next_seq;
         drop(o);
         *self.lag.lock() = Lag::default();
@@ -274,8 +296,22 @@ impl Replicator {
     /// The connection `conn` is gone (or must go): from now on the primary
     /// is alone, and whatever was not durable on the peer stays marked.
     pub fn detach(&self, conn: u64, why: &str) {
+        let durable = self.acks.lock().durable;
         let mut o = self.order.lock();
         if o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
+            // Hot extents become exact again: only what the peer may lack
+            // stays marked. Before the peer was current (a resync still
+            // running), whole extents stay: they may hold older marks.
+            if o.synced && o.resync_done.is_some_and(|d| durable >= d) {
+                for (d, id, clears) in o.activity.narrow(durable) {
+                    let log = &self.dirs[d as usize].log;
+                    if let Err(e) = clears.into_iter().try_for_each(|r| log.clear(id, r)) {
+                        self.note_error(format!("change log: {e}"));
+                    }
+                }
+            } else {
+                o.activity.forget();
+            }
             o.link = None;
             o.synced = false;
             o.ready = false;
@@ -338,6 +374,18 @@ impl Replicator {
         if !o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
             return;
         }
+        let now = Instant::now();
+        if o.synced
+            && o.resync_done.is_some_and(|d| durable >= d)
+            && now.duration_since(o.last_cool) >= Duration::from_millis(250)
+        {
+            o.last_cool = now;
+            for (d, id, r) in o.activity.cool(durable, now) {
+                if let Err(e) = self.dirs[d as usize].log.clear(id, r) {
+                    self.note_error(format!("change log: {e}"));
+                }
+            }
+        }
         loop {
             if o.sealed.is_none() && !o.open.is_empty() {
                 let upto = o.next_seq - 1;
@@ -353,8 +401,10 @@ impl Replicator {
                 let r = match c {
                     Clear::Range(d, id, r) => {
                         let log = &self.dirs[d as usize].log;
+                        let hot = o.activity.hot_ranges(d, id, &r);
                         subtract(r, o.open.ranges.get(&(d, id)))
                             .into_iter()
+                            .flat_map(|r| subtract(r, Some(&hot)))
                             .try_for_each(|r| log.clear(id, r))
                     }
                     Clear::Size(d, id) if !o.open.sizes.contains(&(d, id)) => {
@@ -446,12 +496,19 @@ impl Replicator {
         let log = &self.dirs[dir as usize].log;
         let sent = o.link.is_some() && o.ready;
         let range = |o: &mut Order, p: &Path, off: u64, len: u64| -> crate::changelog::Result<()> {
-            let id = log.ensure(p)?;
-            if len > 0 {
-                log.mark(id, off, len)?;
-                if sent {
-                    o.open.add(Clear::Range(dir, id, off..off + len));
+            let id = self.file_id(o, dir, p)?;
+            if len == 0 {
+                return Ok(());
+            }
+            if sent {
+                // Connected: the activity log's whole-extent marks cover it.
+                let now = Instant::now();
+                for ext in o.activity.cold(dir, id, off, len) {
+                    log.mark(id, ext * EXTENT, EXTENT)?;
+                    o.activity.heat(dir, id, ext, now);
                 }
+            } else {
+                log.mark(id, off, len)?;
             }
             Ok(())
         };
@@ -480,7 +537,7 @@ impl Replicator {
                 change,
             } => {
                 if let Some(size) = change.size {
-                    let id = log.ensure(p)?;
+                    let id = self.file_id(o, dir, p)?;
                     log.truncate(id, size)?;
                     if sent {
                         o.open.add(Clear::Size(dir, id));
@@ -527,10 +584,28 @@ impl Replicator {
         }
     }
 
+    fn file_id(&self, o: &mut Order, dir: u32, p: &Path) -> crate::changelog::Result<FileId> {
+        if let Some(id) = o.ids.get(&(dir, p.to_path_buf())) {
+            return Ok(*id);
+        }
+        let id = self.dirs[dir as usize].log.ensure(p)?;
+        if o.ids.len() > 65536 {
+            o.ids.clear();
+        }
+        o.ids.insert((dir, p.to_path_buf()), id);
+        Ok(id)
+    }
+
     /// Updates the name map after `m` succeeded locally.
     fn after(&self, dir: u32, m: &Mutation<'_>, o: &mut Order) -> crate::changelog::Result<()> {
         let log = &self.dirs[dir as usize].log;
         let sent = o.link.is_some() && o.ready;
+        if matches!(
+            m,
+            Mutation::Unlink { .. } | Mutation::Rmdir { .. } | Mutation::Rename { .. }
+        ) {
+            o.ids.clear();
+        }
         let mut ns = |c: NsChange| -> crate::changelog::Result<()> {
             let seq = log.log_ns(c)?;
             if sent && o.synced {
@@ -615,7 +690,30 @@ impl Replicator {
     }
 
     fn submit(&self, dir: u32, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
+        let unnamed = matches!(
+            m,
+            Mutation::Write { path: None, .. }
+                | Mutation::Fallocate { path: None, .. }
+                | Mutation::SetAttr { path: None, .. }
+                | Mutation::SetXattr { path: None, .. }
+                | Mutation::RemoveXattr { path: None, .. }
+                | Mutation::Fsync { path: None, .. }
+        );
         let mut o = self.order.lock();
+        if let Mutation::Fsync { .. } = m {
+            // Changes nothing: the peer can start its fsync while ours runs.
+            let sent = if o.link.is_some() && o.ready && !unnamed {
+                self.send_locked(&mut o, dir, false, WireMutation::from(m), Vec::new())
+            } else {
+                None
+            };
+            drop(o);
+            local()?;
+            if let Some((conn, seq)) = sent {
+                self.wait(conn, seq, self.need(true));
+            }
+            return Ok(());
+        }
         if let Err(e) = self.mark(dir, m, &mut o) {
             // Without the record a later resync could miss this change: refuse it.
             drop(o);
@@ -626,36 +724,50 @@ impl Replicator {
         if let Err(e) = self.after(dir, m, &mut o) {
             self.note_error(format!("change log: {e}"));
         }
-        let unnamed = matches!(
-            m,
-            Mutation::Write { path: None, .. }
-                | Mutation::Fallocate { path: None, .. }
-                | Mutation::SetAttr { path: None, .. }
-                | Mutation::SetXattr { path: None, .. }
-                | Mutation::RemoveXattr { path: None, .. }
-                | Mutation::Fsync { path: None, .. }
-        );
         if o.link.is_none() || !o.ready || unnamed {
             return Ok(());
         }
         let times = self.stamps(dir, m);
-        let durable_now = matches!(
-            m,
-            Mutation::Fsync { .. } | Mutation::Write { sync: true, .. }
-        );
         let sent = self.send_locked(&mut o, dir, false, WireMutation::from(m), times);
-        drop(o);
         let Some((conn, seq)) = sent else {
             return Ok(());
         };
-        let need = match self.ack {
-            Ack::Durable => Need::Applied,
-            Ack::Received if durable_now => Need::Applied,
-            Ack::Received => Need::Received,
-            Ack::Async => Need::Lag(self.async_max_lag),
+        let data = match m {
+            Mutation::Write {
+                path: Some(p),
+                offset,
+                data,
+                ..
+            } => Some((p, *offset, data.len() as u64)),
+            Mutation::Fallocate {
+                path: Some(p),
+                offset,
+                length,
+                ..
+            } => Some((p, *offset, *length)),
+            _ => None,
         };
-        self.wait(conn, seq, need);
+        if let Some((p, off, len)) = data
+            && let Some(id) = o.ids.get(&(dir, p.clone())).copied()
+        {
+            o.activity.sent(dir, id, off, len, seq, Instant::now());
+        }
+        drop(o);
+        let sync = matches!(m, Mutation::Write { sync: true, .. });
+        self.wait(conn, seq, self.need(sync));
         Ok(())
+    }
+
+    /// What a mutation waits for: a call that promises durability (fsync,
+    /// O_SYNC) waits per the ack mode; anything else only for room in the
+    /// stream, like a write that lands in the page cache.
+    fn need(&self, durable_call: bool) -> Need {
+        match (self.ack, durable_call) {
+            (Ack::Durable, true) => Need::Applied,
+            (Ack::Received, true) => Need::Received,
+            (Ack::Async, _) => Need::Lag(self.async_max_lag),
+            (_, false) => Need::Lag(WINDOW),
+        }
     }
 
     // ---- resync support ----
@@ -727,6 +839,7 @@ impl Replicator {
         }
         o.synced = true;
         let seq = o.next_seq - 1;
+        o.resync_done = Some(seq);
         let Some((_, tx)) = &o.link else { return false };
         tx.send(Message::ResyncDone { seq, generation }).is_ok()
     }
@@ -736,22 +849,47 @@ impl Replicator {
     }
 
     pub fn status(&self) -> ReplicationStatus {
-        let (peer, sent) = {
+        let a = self.acks.lock();
+        let (applied, durable) = (a.applied, a.durable);
+        drop(a);
+        let (peer, sent, hot) = {
             let o = self.order.lock();
             let peer = match (&o.link, o.synced) {
                 (None, _) => "alone",
                 (Some(_), false) => "resyncing",
                 (Some(_), true) => "connected",
             };
-            (peer, o.next_seq - 1)
+            // Once the peer is current, hot extents of the activity log are
+            // crash insurance, not differences: leave them out.
+            let current = o.synced && o.resync_done.is_some_and(|d| durable >= d);
+            let hot = if current {
+                o.activity.snapshot()
+            } else {
+                Default::default()
+            };
+            (peer, o.next_seq - 1, hot)
         };
-        let a = self.acks.lock();
-        let (applied, durable) = (a.applied, a.durable);
-        drop(a);
         let (mut dirty_bytes, mut dirty_files) = (0, 0);
-        for d in &self.dirs {
-            dirty_bytes += d.log.dirty_bytes().unwrap_or(0);
-            dirty_files += d.log.dirty_files().map(|v| v.len() as u64).unwrap_or(0);
+        for (d, dir) in self.dirs.iter().enumerate() {
+            for id in dir.log.dirty_files().unwrap_or_default() {
+                let ranges = dir.log.dirty(id).unwrap_or_default();
+                let size_changed = dir.log.dirty_size(id).ok().flatten().is_some();
+                let bytes: u64 = ranges
+                    .into_iter()
+                    .flat_map(|r| {
+                        let hot_here: Vec<Range<u64>> = (r.start / EXTENT..r.end.div_ceil(EXTENT))
+                            .filter(|e| hot.contains(&(d as u32, id, *e)))
+                            .map(|e| e * EXTENT..(e + 1) * EXTENT)
+                            .collect();
+                        subtract(r, Some(&hot_here))
+                    })
+                    .map(|r| r.end - r.start)
+                    .sum();
+                if bytes > 0 || size_changed {
+                    dirty_files += 1;
+                }
+                dirty_bytes += bytes;
+            }
         }
         ReplicationStatus {
             role: "primary".into(),
@@ -766,6 +904,7 @@ impl Replicator {
             resync: self.resync.lock().clone(),
             last_error: self.last_error.lock().clone(),
             verify: self.verify.lock().clone(),
+            hot_extents: hot.len() as u64,
         }
     }
 }

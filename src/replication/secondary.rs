@@ -110,6 +110,7 @@ impl SecondaryModule {
             resync: ResyncProgress::default(),
             last_error: s.last_error.clone(),
             verify: Default::default(),
+            hot_extents: 0,
         }
     }
 }

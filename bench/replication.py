@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Replication benchmarks: two tandem daemons on loopback (node1 127.0.0.1 primary,
+node2 127.0.0.2 secondary), each figure printed next to its anchor from the same run.
+
+  sync      fio through the replicated mount vs the bare directory:
+            1 MiB sequential writes (MiB/s), 4 KiB write+fdatasync (p50 us)
+            targets: >= 50% of bare; <= 2.5x bare
+  resync    a dataset (a big file + many small files), the secondary killed, 1% of it
+            changed (random 4 KiB writes, small files changed/created/deleted/renamed),
+            the secondary restarted: resync time vs
+            rsync -a --delete --inplace --no-whole-file of the same change. target >= 10x
+  manyfiles N files (default 1,000,000), 10 changed while the secondary was away:
+            resync time. target <= 2 s, independent of N
+  fullsync  the dataset to an empty secondary: `tandem second --fullsync` vs rsync -a
+            target: not slower
+  verify    identical trees, caches dropped before each run: tandem verify vs
+            rsync -a -c -n; first verify >= 1.5x faster, repeat >= 10x faster
+
+Usage: sudo bench/replication.py [--only sync,resync,...] [--runs 3] [--big-mib 1024]
+       [--small-files 20000] [--many-files 1000000]
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+
+TANDEM = os.environ.get("TANDEM_BIN", "/var/tmp/tandem-target/release/tandem")
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def free_port():
+    import socket
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        port = s.getsockname()[1]
+        s.close()
+        t = socket.socket()
+        try:
+            t.bind(("127.0.0.1", port))
+            t.close()
+            return port
+        except OSError:
+            t.close()
+
+
+class Pair:
+    def __init__(self, base, ack="durable"):
+        self.tmp = tempfile.mkdtemp(prefix="tandem-bench-pair-", dir=base)
+        self.port = free_port()
+        self.procs = {}
+        for n in (1, 2):
+            os.makedirs(self.dir(n))
+            with open(self.config(n), "w") as f:
+                f.write(f"""
+[cluster]
+name = "bench"
+[[node]]
+name = "node1"
+address = "127.0.0.1"
+[[node]]
+name = "node2"
+address = "127.0.0.2"
+[replication]
+port = {self.port}
+[daemon]
+socket = "{self.tmp}/n{n}.sock"
+state_dir = "{self.tmp}/state{n}"
+tls_dir = "{self.tmp}/tls"
+[[module]]
+name = "app"
+dirs = ["{self.dir(n)}"]
+ack = "{ack}"
+failover = "lb"
+""")
+        subprocess.run([TANDEM, "init", "--out", f"{self.tmp}/tls", "--cluster", "bench",
+                        "--node", "node1", "--node", "node2"], check=True, capture_output=True)
+
+    def dir(self, n):
+        return f"{self.tmp}/node{n}/app"
+
+    def config(self, n):
+        return f"{self.tmp}/n{n}.toml"
+
+    def tandem(self, n, *args, check=True):
+        return subprocess.run([TANDEM, "-c", self.config(n), *args], check=check,
+                              capture_output=True, text=True)
+
+    def status(self, n):
+        r = self.tandem(n, "status", "--json", check=False)
+        if r.returncode != 0:
+            return None
+        return json.loads(r.stdout)["modules"][0]["replication"]
+
+    def start(self, n):
+        role = "prim" if n == 1 else "second"
+        log = open(f"{self.tmp}/daemon{n}.log", "a")
+        self.procs[n] = subprocess.Popen(
+            [TANDEM, "-c", self.config(n), "daemon", "--node", f"node{n}", "--role", role],
+            stdout=subprocess.DEVNULL, stderr=log)
+        wait(lambda: self.status(n) is not None, f"daemon {n} up")
+
+    def kill(self, n):
+        p = self.procs.pop(n, None)
+        if p:
+            p.kill()
+            p.wait()
+
+    def stop(self, n):
+        p = self.procs.pop(n, None)
+        if p:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=120)
+
+    def caught_up(self):
+        s = self.status(1)
+        return s and s["peer"] == "connected" and s["durable"] >= s["sent"]
+
+    def close(self):
+        self.stop(1)
+        self.kill(2)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait(cond, what, timeout=3600, step=0.02):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(step)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def fio(d, name, args):
+    out = subprocess.run(
+        ["fio", "--output-format=json", f"--name={name}", f"--directory={d}", "--ioengine=psync", *args],
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out[out.index("{"):])["jobs"][0]
+
+
+def report(name, anchor_name, anchor, ours, unit, target, better):
+    ratio = (anchor / ours) if better == "lower-time" else (ours / anchor)
+    print(f"{name:34} {anchor_name} {statistics.median(anchor_vals(anchor)):10.3f}  tandem "
+          f"{statistics.median(anchor_vals(ours)):10.3f} {unit}  ratio {ratio:6.2f}  (target {target})", flush=True)
+    return ratio
+
+
+def anchor_vals(v):
+    return v if isinstance(v, list) else [v]
+
+
+def bench_sync(args):
+    rows = []
+    work = {
+        "seqwrite MiB/s": (["--rw=write", "--bs=1M", f"--size={args.seq_mib}M", "--end_fsync=1"],
+                           lambda j: j["write"]["bw_bytes"] / 2**20, ">= 0.50 of bare"),
+        "write+fdatasync p50 us": (["--rw=randwrite", "--bs=4k", "--size=64M", "--fdatasync=1",
+                                    f"--runtime={args.runtime}", "--time_based"],
+                                   lambda j: (j["write"]["clat_ns"]["percentile"]["50.000000"]
+                                              + j["sync"]["lat_ns"]["percentile"]["50.000000"]) / 1000,
+                                   "<= 2.5x bare"),
+    }
+    for name, (fargs, metric, target) in work.items():
+        bare, rep = [], []
+        for _ in range(args.runs):
+            d = tempfile.mkdtemp(prefix="tandem-bench-bare-", dir=args.base)
+            drop_caches()
+            bare.append(metric(fio(d, "bare", fargs)))
+            shutil.rmtree(d)
+            pair = Pair(args.base)
+            try:
+                pair.start(2)
+                pair.start(1)
+                wait(pair.caught_up, "connected")
+                drop_caches()
+                rep.append(metric(fio(pair.dir(1), "tandem", fargs)))
+                wait(pair.caught_up, "caught up")
+            finally:
+                pair.close()
+        b, t = statistics.median(bare), statistics.median(rep)
+        print(f"sync {name:28} bare {b:10.1f}  replicated {t:10.1f}  ratio {t / b:5.2f}  (target {target})",
+              flush=True)
+        rows.append((f"sync: {name}", f"bare {b:.1f}", f"{t:.1f}", f"{t / b:.2f}", target))
+    return rows
+
+
+def make_dataset(root, big_mib, small_files, seed=1):
+    rnd = random.Random(seed)
+    with open(f"{root}/big", "wb") as f:
+        for _ in range(big_mib):
+            f.write(os.urandom(1 << 20))
+    for i in range(small_files):
+        d = f"{root}/s{i % 100:02d}"
+        os.makedirs(d, exist_ok=True)
+        with open(f"{d}/f{i}", "wb") as f:
+            f.write(os.urandom(rnd.randint(20_000, 80_000)))
+
+
+def change_one_percent(root, big_mib, small_files, seed=2):
+    """Random 4 KiB writes into the big file plus small-file changes: ~1% of the data."""
+    rnd = random.Random(seed)
+    total = big_mib << 20
+    small_total = small_files * 50_000
+    budget = (total + small_total) // 100
+    written = 0
+    with open(f"{root}/big", "r+b") as f:
+        blocks = rnd.sample(range(total // 4096), int(budget * 0.8) // 4096)
+        for b in blocks:
+            f.seek(b * 4096)
+            f.write(os.urandom(4096))
+            written += 4096
+    n = max(small_files // 100, 4)
+    for i in rnd.sample(range(small_files), n):
+        p = f"{root}/s{i % 100:02d}/f{i}"
+        with open(p, "r+b") as f:
+            f.write(os.urandom(4096))
+            written += 4096
+    for i in range(n // 2):
+        with open(f"{root}/s{i % 100:02d}/new{i}", "wb") as f:
+            f.write(os.urandom(30_000))
+            written += 30_000
+    victims = rnd.sample(range(small_files), n)
+    for i in victims[: n // 2]:
+        try:
+            os.unlink(f"{root}/s{i % 100:02d}/f{i}")
+        except FileNotFoundError:
+            pass
+    for i in victims[n // 2:]:
+        try:
+            os.rename(f"{root}/s{i % 100:02d}/f{i}", f"{root}/s{i % 100:02d}/renamed{i}")
+        except FileNotFoundError:
+            pass
+    return written
+
+
+def timed(cmd):
+    t = time.time()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.time() - t
+
+
+def resync_time(pair):
+    """From the secondary's restart to the primary caught up with nothing dirty."""
+    t = time.time()
+    pair.start(2)
+    wait(lambda: (s := pair.status(1)) and s["peer"] == "connected" and s["durable"] >= s["sent"]
+         and s["dirty_bytes"] == 0, "resync")
+    return time.time() - t, pair.status(1)
+
+
+def bench_resync(args):
+    tandem_t, rsync_t, shipped = [], [], []
+    for run in range(args.runs):
+        pair = Pair(args.base)
+        try:
+            # The same starting data on both nodes, made before the daemons start.
+            make_dataset(pair.dir(1), args.big_mib, args.small_files)
+            subprocess.run(["cp", "-a", pair.dir(1) + "/.", pair.dir(2)], check=True)
+            old = f"{pair.tmp}/rsync-target"
+            subprocess.run(["cp", "-a", pair.dir(2), old], check=True)
+            pair.start(2)
+            pair.start(1)
+            wait(pair.caught_up, "connected")
+            pair.kill(2)
+            written = change_one_percent(pair.dir(1), args.big_mib, args.small_files, seed=run + 2)
+            drop_caches()
+            t, st = resync_time(pair)
+            tandem_t.append(t)
+            shipped.append((st["resync"]["bytes_done"], written))
+            # The anchor: the same change by rsync, from the new tree to the old one.
+            pair.stop(1)
+            drop_caches()
+            rsync_t.append(timed(["rsync", "-a", "--delete", "--inplace", "--no-whole-file",
+                                  pair.dir(1) + "/", old + "/"]))
+        finally:
+            pair.close()
+    t, r = statistics.median(tandem_t), statistics.median(rsync_t)
+    print(f"resync 1% of {args.big_mib} MiB + {args.small_files} files: rsync {r:.2f} s  tandem {t:.2f} s  "
+          f"speedup {r / t:.1f}x (target >= 10x); shipped/written {shipped}", flush=True)
+    return [("resync after 1% change", f"rsync {r:.2f} s", f"{t:.2f} s", f"{r / t:.1f}x faster", ">= 10x")]
+
+
+def bench_manyfiles(args):
+    pair = Pair(args.base)
+    try:
+        n = args.many_files
+        t0 = time.time()
+        for node in (1, 2):
+            root = pair.dir(node)
+            for i in range(n):
+                if i % 1000 == 0:
+                    os.makedirs(f"{root}/d{i // 1000}", exist_ok=True)
+                fd = os.open(f"{root}/d{i // 1000}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644)
+                os.write(fd, b"x")
+                os.close(fd)
+        # Same times on both sides.
+        subprocess.run(["rsync", "-a", "--delete", pair.dir(1) + "/", pair.dir(2) + "/"], check=True)
+        print(f"manyfiles: {n} files made on both nodes in {time.time() - t0:.0f} s", flush=True)
+        pair.start(2)
+        pair.start(1)
+        wait(pair.caught_up, "connected")
+        pair.kill(2)
+        for i in random.Random(5).sample(range(n), 10):
+            with open(f"{pair.dir(1)}/d{i // 1000}/f{i}", "ab") as f:
+                f.write(b"changed")
+        drop_caches()
+        t, st = resync_time(pair)
+        print(f"manyfiles: resync of 10 changed files among {n}: {t:.2f} s (target <= 2 s); "
+              f"shipped {st['resync']['bytes_done']} bytes", flush=True)
+        return [(f"resync 10 of {n} files", "-", f"{t:.2f} s", "-", "<= 2 s")]
+    finally:
+        pair.close()
+
+
+def bench_fullsync_verify(args, do_full, do_verify):
+    rows = []
+    full_t, rsync_t, v1, v2, c1, c2 = [], [], [], [], [], []
+    for _ in range(args.runs):
+        pair = Pair(args.base)
+        try:
+            make_dataset(pair.dir(1), args.big_mib, args.small_files)
+            empty = f"{pair.tmp}/rsync-empty"
+            os.makedirs(empty)
+            if do_full:
+                drop_caches()
+                rsync_t.append(timed(["rsync", "-a", pair.dir(1) + "/", empty + "/"]))
+                shutil.rmtree(empty)
+            pair.start(2)
+            pair.start(1)
+            wait(pair.caught_up, "connected")
+            if do_full:
+                drop_caches()
+                t = time.time()
+                pair.tandem(2, "second", "app", "--fullsync")
+                time.sleep(0.05)
+                wait(lambda: (s := pair.status(2)) and s["peer"] == "uptodate", "full sync")
+                wait(pair.caught_up, "full sync durable")
+                full_t.append(time.time() - t)
+            else:
+                pair.stop(1)
+                pair.kill(2)
+                subprocess.run(["cp", "-a", pair.dir(1) + "/.", pair.dir(2)], check=True)
+                pair.start(2)
+                pair.start(1)
+                wait(pair.caught_up, "connected")
+            if do_verify:
+                for dest in (v1, v2):
+                    drop_caches()
+                    t = time.time()
+                    r = pair.tandem(1, "verify", "app", check=False)
+                    if r.returncode != 0:
+                        raise SystemExit(f"verify of identical trees said: {r.stdout}{r.stderr}")
+                    dest.append(time.time() - t)
+                for dest in (c1, c2):
+                    drop_caches()
+                    dest.append(timed(["rsync", "-a", "-c", "-n", pair.dir(1) + "/", pair.dir(2) + "/"]))
+        finally:
+            pair.close()
+    if do_full:
+        t, r = statistics.median(full_t), statistics.median(rsync_t)
+        print(f"fullsync to an empty peer: rsync -a {r:.2f} s  tandem {t:.2f} s  ratio {r / t:.2f} "
+              f"(target >= 1.0)", flush=True)
+        rows.append(("full sync to an empty peer", f"rsync -a {r:.2f} s", f"{t:.2f} s", f"{r / t:.2f}", ">= 1.0"))
+    if do_verify:
+        a1, a2 = statistics.median(c1), statistics.median(c2)
+        t1, t2 = statistics.median(v1), statistics.median(v2)
+        print(f"verify first: rsync -c -n {a1:.2f} s  tandem {t1:.2f} s  speedup {a1 / t1:.1f}x (>= 1.5x)")
+        print(f"verify again: rsync -c -n {a2:.2f} s  tandem {t2:.2f} s  speedup {a2 / t2:.1f}x (>= 10x)",
+              flush=True)
+        rows.append(("verify, first", f"rsync -c -n {a1:.2f} s", f"{t1:.2f} s", f"{a1 / t1:.1f}x faster", ">= 1.5x"))
+        rows.append(("verify, repeated", f"rsync -c -n {a2:.2f} s", f"{t2:.2f} s", f"{a2 / t2:.1f}x faster",
+                     ">= 10x"))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="sync,resync,manyfiles,fullsync,verify")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--base", default="/var/tmp")
+    ap.add_argument("--runtime", type=int, default=8)
+    ap.add_argument("--seq-mib", type=int, default=1024)
+    ap.add_argument("--big-mib", type=int, default=1024)
+    ap.add_argument("--small-files", type=int, default=20000)
+    ap.add_argument("--many-files", type=int, default=1_000_000)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark mounts file systems and drops caches")
+    for tool in ("fio", "rsync"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: run scripts/install-deps.sh")
+    only = set(args.only.split(","))
+    rows = []
+    if "sync" in only:
+        rows += bench_sync(args)
+    if "resync" in only:
+        rows += bench_resync(args)
+    if "manyfiles" in only:
+        rows += bench_manyfiles(args)
+    if "fullsync" in only or "verify" in only:
+        rows += bench_fullsync_verify(args, "fullsync" in only, "verify" in only)
+    print("\n| benchmark | anchor (median) | tandem (median) | ratio | target |\n|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print(f"\n{args.runs} runs; big file {args.big_mib} MiB, {args.small_files} small files")
+
+
+if __name__ == "__main__":
+    main()
