@@ -58,6 +58,17 @@ impl Applier {
         }
     }
 
+    /// Readable descriptors of the roots, for syncfs on another thread.
+    pub fn sync_handles(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.roots
+            .iter()
+            .map(|r| {
+                sys::reopen(r.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                    .map_err(|e| std::io::Error::from_raw_os_error(e.code()))
+            })
+            .collect()
+    }
+
     pub fn dirs(&self) -> usize {
         self.roots.len()
     }

@@ -46,32 +46,40 @@ pub enum Compression {
     },
 }
 
-/// Appends the frame of `msg` to `out`.
+/// Appends the frame of `msg` to `out` (serialised in place: no copy of
+/// the payload on the way).
 pub fn encode(
     msg: &Message,
     compression: Compression,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    let plain = postcard::to_stdvec(msg).map_err(|e| FrameError::Payload(e.to_string()))?;
-    let (flags, payload) = match compression {
-        Compression::Zstd { level }
-            if plain.len() >= COMPRESS_MIN && worth_trying(&plain, level) =>
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let body = start + HEADER_LEN;
+    let buf = std::mem::take(out);
+    *out = postcard::to_extend(msg, buf).map_err(|e| FrameError::Payload(e.to_string()))?;
+    let mut flags = 0;
+    if let Compression::Zstd { level } = compression {
+        let plain = &out[body..];
+        if plain.len() >= COMPRESS_MIN
+            && worth_trying(plain, level)
+            && let Ok(z) = zstd::bulk::compress(plain, level)
+            && z.len() < plain.len() - plain.len() / 8
         {
-            match zstd::bulk::compress(&plain, level) {
-                Ok(z) if z.len() < plain.len() - plain.len() / 8 => (FLAG_ZSTD, z),
-                _ => (0, plain),
-            }
+            out.truncate(body);
+            out.extend_from_slice(&z);
+            flags = FLAG_ZSTD;
         }
-        _ => (0, plain),
-    };
-    if payload.len() > MAX_PAYLOAD {
-        return Err(FrameError::TooLarge { len: payload.len() });
     }
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(flags);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&payload);
+    let len = out.len() - body;
+    if len > MAX_PAYLOAD {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len });
+    }
+    out[start..start + 2].copy_from_slice(&MAGIC);
+    out[start + 2] = VERSION;
+    out[start + 3] = flags;
+    out[start + 4..body].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
 }
 

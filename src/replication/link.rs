@@ -51,19 +51,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Ok(None) => {}
                 Err(e) => return Err(e.to_string()),
             }
-            if self.start > 0 {
+            // Compact only when the consumed part dominates: frames are
+            // large, and moving a partial one on every read costs a copy.
+            if self.start > 0 && self.start >= self.buf.len() - self.start {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let mut chunk = [0u8; 64 * 1024];
-            let n = self.rd.read(&mut chunk).await.map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => "connection lost".to_string(),
-                _ => format!("read: {e}"),
-            })?;
+            self.buf.reserve(256 * 1024);
+            // Into the spare capacity: nothing is zeroed or copied twice.
+            let n = self
+                .rd
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => "connection lost".to_string(),
+                    _ => format!("read: {e}"),
+                })?;
             if n == 0 {
                 return Err("connection closed by the peer".into());
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }

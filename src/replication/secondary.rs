@@ -387,7 +387,83 @@ fn apply_loop(
     }
     let mut applied = 0u64;
     let mut durable = 0u64;
+    let mut requested = 0u64;
     let mut last_sync = Instant::now();
+    // syncfs runs on a thread of its own so applying never waits for the disk.
+    let (sync_tx, sync_rx) = mpsc::channel::<u64>();
+    let sync_fds = match applier.sync_handles() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(
+                "{}: cannot open the directories to sync them: {e}",
+                module.name
+            );
+            return;
+        }
+    };
+    let syncer = std::thread::scope(|scope| {
+        let handle = scope.spawn(|| syncer(sync_rx, sync_fds, c, out));
+        let r = apply_session(
+            module,
+            id,
+            &rx,
+            c,
+            out,
+            &mut applier,
+            &sync_tx,
+            &mut applied,
+            &mut durable,
+            &mut requested,
+            &mut last_sync,
+        );
+        drop(sync_tx);
+        let _ = handle.join();
+        r
+    });
+    let _ = syncer;
+    if applied > c.durable.load(Ordering::Acquire) && sync_all(&mut applier).is_ok() {
+        c.durable.store(applied, Ordering::Release);
+        let _ = out.send(ack(c));
+    }
+}
+
+/// Makes everything up to the latest requested seq durable, then says so.
+fn syncer(
+    rx: mpsc::Receiver<u64>,
+    fds: Vec<std::os::fd::OwnedFd>,
+    c: &Counters,
+    out: &tokio::sync::mpsc::UnboundedSender<Message>,
+) {
+    while let Ok(mut seq) = rx.recv() {
+        while let Ok(s) = rx.try_recv() {
+            seq = s;
+        }
+        let ok = fds
+            .iter()
+            .all(|f| unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(f)) } == 0);
+        if !ok {
+            tracing::error!("syncfs: {}", std::io::Error::last_os_error());
+            return;
+        }
+        c.durable.fetch_max(seq, Ordering::AcqRel);
+        let _ = out.send(ack(c));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_session(
+    module: &SecondaryModule,
+    id: u64,
+    rx: &mpsc::Receiver<Message>,
+    c: &Counters,
+    out: &tokio::sync::mpsc::UnboundedSender<Message>,
+    applier: &mut Applier,
+    sync_tx: &mpsc::Sender<u64>,
+    applied: &mut u64,
+    durable: &mut u64,
+    requested: &mut u64,
+    last_sync: &mut Instant,
+) {
     let mut last_ack = Instant::now();
     let mut done_at: Option<u64> = None;
     let fail = |why: String| {
@@ -429,9 +505,9 @@ fn apply_loop(
                         break 'session;
                     }
                     if matches!(mutation, WireMutation::Sync) {
-                        durable = seq;
+                        c.durable.fetch_max(seq, Ordering::AcqRel);
                     }
-                    applied = seq;
+                    *applied = seq;
                     c.applied.store(seq, Ordering::Release);
                     let mut s = module.state.lock();
                     s.applied = seq;
@@ -445,17 +521,17 @@ fn apply_loop(
             }
             next = rx.try_recv().ok();
         }
-        if applied > durable && (idle || last_sync.elapsed() >= SYNC_EVERY) {
-            if let Err(e) = sync_all(&mut applier) {
-                fail(format!("cannot make applied changes durable: {e}"));
+        if *applied > *requested && (idle || last_sync.elapsed() >= SYNC_EVERY) {
+            if sync_tx.send(*applied).is_err() {
+                fail("cannot make applied changes durable (syncfs failed)".into());
                 break;
             }
-            durable = applied;
-            last_sync = Instant::now();
+            *requested = *applied;
+            *last_sync = Instant::now();
         }
-        c.durable.store(durable, Ordering::Release);
+        *durable = c.durable.load(Ordering::Acquire);
         if let Some(seq) = done_at
-            && durable >= seq
+            && *durable >= seq
         {
             done_at = None;
             for log in &module.logs {
@@ -466,14 +542,10 @@ fn apply_loop(
             module.state.lock().uptodate = true;
             tracing::info!("{}: up to date with the primary", module.name);
         }
-        module.state.lock().durable = durable;
+        module.state.lock().durable = *durable;
         if !idle || last_ack.elapsed() >= KEEPALIVE / 2 {
             let _ = out.send(ack(c));
             last_ack = Instant::now();
         }
-    }
-    if applied > durable && sync_all(&mut applier).is_ok() {
-        c.durable.store(applied, Ordering::Release);
-        let _ = out.send(ack(c));
     }
 }

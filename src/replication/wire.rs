@@ -150,6 +150,7 @@ pub enum WireMutation {
     Write {
         path: Option<Vec<u8>>,
         offset: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         sync: bool,
     },
@@ -166,6 +167,7 @@ pub enum WireMutation {
     SetXattr {
         path: Option<Vec<u8>>,
         name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         flags: i32,
     },
