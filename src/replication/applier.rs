@@ -240,10 +240,14 @@ impl Applier {
                 datasync,
             } => {
                 let p = path_of(path, true)?;
-                let r = self.node(dir, &p).and_then(|fd| {
-                    let f = sys::reopen(fd.as_fd(), libc::O_RDONLY)?;
-                    sys::fsync(f.as_fd(), *datasync)
-                });
+                let r = match self.open.get(&(dir, p.clone())) {
+                    // The file just written: no path walk.
+                    Some(fd) => sys::fsync(fd.as_fd(), *datasync),
+                    None => self.node(dir, &p).and_then(|fd| {
+                        let f = sys::reopen(fd.as_fd(), libc::O_RDONLY)?;
+                        sys::fsync(f.as_fd(), *datasync)
+                    }),
+                };
                 wrap("fsync", &p, r)
             }
             WireMutation::Sync => {
@@ -281,6 +285,24 @@ impl Applier {
     pub fn set_times(&self, dir: u32, times: &[(Vec<u8>, Time)]) -> Result<(), ApplyError> {
         for (raw, t) in times {
             let p = path_of(raw, true)?;
+            if let Some(fd) = self.open.get(&(dir, p.clone())) {
+                let ts = [
+                    libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: libc::UTIME_OMIT,
+                    },
+                    libc::timespec {
+                        tv_sec: t.secs,
+                        tv_nsec: t.nanos as i64,
+                    },
+                ];
+                sys::utimens_fd(fd.as_fd(), &ts).map_err(|errno| ApplyError::Sys {
+                    op: "utimens",
+                    path: p.display().to_string(),
+                    errno,
+                })?;
+                continue;
+            }
             let fd = match self.node(dir, &p) {
                 Ok(fd) => fd,
                 Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => continue,
