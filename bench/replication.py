@@ -251,12 +251,15 @@ def timed(cmd):
 
 
 def resync_time(pair):
-    """From the secondary's restart to the primary caught up with nothing dirty."""
-    t = time.time()
+    """From the moment the returning secondary is connected (the resync starts) to
+    the primary caught up with nothing dirty; the daemon's own start-up is left out,
+    as rsync's anchor has none."""
     pair.start(2)
     wait(lambda: (s := pair.status(1)) and s["peer"] == "connected" and s["durable"] >= s["sent"]
-         and s["dirty_bytes"] == 0, "resync")
-    return time.time() - t, pair.status(1)
+         and s["dirty_bytes"] == 0, "resync", step=0.005)
+    done = time.time()
+    st = pair.status(1)
+    return done - st["resync"]["started_unix_ms"] / 1000, st
 
 
 def bench_resync(args):
@@ -278,6 +281,10 @@ def bench_resync(args):
             t, st = resync_time(pair)
             tandem_t.append(t)
             shipped.append((st["resync"]["bytes_done"], written))
+            with open(f"{pair.tmp}/daemon1.log") as f:
+                lines = [l.strip() for l in f if "resync shipped" in l]
+            if args.verbose and lines:
+                print("  " + lines[-1].split("resync: ")[-1] if "resync: " in lines[-1] else lines[-1])
             # The anchor: the same change by rsync, from the new tree to the old one.
             pair.stop(1)
             drop_caches()
@@ -394,6 +401,7 @@ def main():
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--small-files", type=int, default=20000)
     ap.add_argument("--many-files", type=int, default=1_000_000)
+    ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark mounts file systems and drops caches")

@@ -128,6 +128,24 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
             let ranges = log.dirty(id).map_err(err)?;
             // Pieces past the end of the file travel as its size, below.
             let past_end = std::cell::RefCell::new(Vec::new());
+            let open = std::cell::RefCell::new(None);
+            // Ask for every range at once: the disk serves them in parallel
+            // and in its own order, while the pieces go out one by one.
+            if let Ok(Some(path)) = log.path_of(id)
+                && let Ok(node) = entry::open_node(rep.dirs[d].root.as_fd(), &path)
+                && let Ok(fd) = sys::reopen(node.as_fd(), libc::O_RDONLY)
+            {
+                for r in &ranges {
+                    unsafe {
+                        libc::posix_fadvise(
+                            std::os::fd::AsRawFd::as_raw_fd(&fd),
+                            r.start as i64,
+                            (r.end - r.start) as i64,
+                            libc::POSIX_FADV_WILLNEED,
+                        )
+                    };
+                }
+            }
             for r in &ranges {
                 let mut off = r.start;
                 while off < r.end {
@@ -135,7 +153,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
                     off = piece.end;
                     let ok = rep.ship(conn, dir, |dir_state| {
                         let path = dir_state.log.path_of(id).ok()??;
-                        match read_range(dir_state, &path, piece.clone()) {
+                        match read_range(dir_state, &path, piece.clone(), &mut open.borrow_mut()) {
                             Some(data) if !data.is_empty() => Some((
                                 WireMutation::Write {
                                     path: Some(raw(&path)),
@@ -337,21 +355,31 @@ fn reconcile(rep: &Replicator, conn: u64, dir: u32, path: &Path, clears: Vec<Res
 }
 
 /// Reads `range` of the regular file `path`, clipped to its current size.
-fn read_range(d: &super::primary::Dir, path: &Path, range: Range<u64>) -> Option<Vec<u8>> {
-    let node = entry::open_node(d.root.as_fd(), path).ok()?;
-    let st = sys::stat_fd(node.as_fd()).ok()?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return None;
+/// `open` keeps the file open from one piece to the next.
+fn read_range(
+    d: &super::primary::Dir,
+    path: &Path,
+    range: Range<u64>,
+    open: &mut Option<std::os::fd::OwnedFd>,
+) -> Option<Vec<u8>> {
+    if open.is_none() {
+        let node = entry::open_node(d.root.as_fd(), path).ok()?;
+        let st = sys::stat_fd(node.as_fd()).ok()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        *open = Some(sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?);
     }
+    let fd = open.as_ref()?.as_fd();
+    let st = sys::stat_fd(fd).ok()?;
     let end = range.end.min(st.st_size as u64);
     if end <= range.start {
         return Some(Vec::new());
     }
-    let fd = sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?;
     let mut buf = vec![0u8; (end - range.start) as usize];
     let mut got = 0;
     while got < buf.len() {
-        match sys::pread(fd.as_fd(), &mut buf[got..], range.start + got as u64) {
+        match sys::pread(fd, &mut buf[got..], range.start + got as u64) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(_) => return None,

@@ -18,7 +18,7 @@ use super::tls::Credentials;
 use super::wire::{Message, checked_path};
 
 /// How long to wait between connection attempts.
-pub const RETRY: Duration = Duration::from_millis(500);
+pub const RETRY: Duration = Duration::from_millis(200);
 /// The secondary acknowledges at least this often, even when idle.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
