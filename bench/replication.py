@@ -263,7 +263,7 @@ def resync_time(pair):
 
 
 def bench_resync(args):
-    tandem_t, rsync_t, shipped = [], [], []
+    tandem_t, rsync_t, rsync_only, shipped = [], [], [], []
     for run in range(args.runs):
         pair = Pair(args.base)
         try:
@@ -288,14 +288,23 @@ def bench_resync(args):
             # The anchor: the same change by rsync, from the new tree to the old one.
             pair.stop(1)
             drop_caches()
-            rsync_t.append(timed(["rsync", "-a", "--delete", "--inplace", "--no-whole-file",
-                                  pair.dir(1) + "/", old + "/"]))
+            # tandem's resync ends when the change is durable on the peer: the anchor
+            # is rsync followed by sync of the target's file system.
+            t0 = time.time()
+            subprocess.run(["rsync", "-a", "--delete", "--inplace", "--no-whole-file",
+                            pair.dir(1) + "/", old + "/"], check=True, capture_output=True)
+            rsync_only.append(time.time() - t0)
+            subprocess.run(["sync", "-f", old], check=True)
+            rsync_t.append(time.time() - t0)
         finally:
             pair.close()
     t, r = statistics.median(tandem_t), statistics.median(rsync_t)
-    print(f"resync 1% of {args.big_mib} MiB + {args.small_files} files: rsync {r:.2f} s  tandem {t:.2f} s  "
-          f"speedup {r / t:.1f}x (target >= 10x); shipped/written {shipped}", flush=True)
-    return [("resync after 1% change", f"rsync {r:.2f} s", f"{t:.2f} s", f"{r / t:.1f}x faster", ">= 10x")]
+    ro = statistics.median(rsync_only)
+    print(f"resync 1% of {args.big_mib} MiB + {args.small_files} files: rsync+sync {r:.2f} s "
+          f"(rsync alone {ro:.2f} s)  tandem {t:.2f} s  speedup {r / t:.1f}x (target >= 10x); "
+          f"shipped/written {shipped}", flush=True)
+    return [("resync after 1% change (durable)", f"rsync+sync {r:.2f} s (rsync alone {ro:.2f} s)",
+             f"{t:.2f} s", f"{r / t:.1f}x faster ({ro / t:.1f}x vs rsync alone)", ">= 10x")]
 
 
 def bench_manyfiles(args):

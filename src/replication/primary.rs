@@ -121,6 +121,9 @@ struct Order {
     /// File ids by path, to spare the change log a lookup per write;
     /// emptied whenever names move.
     ids: HashMap<(u32, PathBuf), FileId>,
+    /// Changes whenever names move or go, so a cached path can be trusted
+    /// while it stays the same.
+    names_gen: u64,
 }
 
 /// Bytes sent but not yet applied by the peer, for the lag bounds of `async`
@@ -241,6 +244,7 @@ impl Replicator {
                 resync_done: None,
                 last_cool: Instant::now(),
                 ids: HashMap::new(),
+                names_gen: 0,
             }),
             lag: Mutex::new(Lag::default()),
             acks: Mutex::new(Acks::default()),
@@ -605,6 +609,7 @@ impl Replicator {
             Mutation::Unlink { .. } | Mutation::Rmdir { .. } | Mutation::Rename { .. }
         ) {
             o.ids.clear();
+            o.names_gen += 1;
         }
         let mut ns = |c: NsChange| -> crate::changelog::Result<()> {
             let seq = log.log_ns(c)?;
@@ -773,18 +778,18 @@ impl Replicator {
     // ---- resync support ----
 
     /// Ships one resync item built under the order lock (so it reads the
-    /// local tree consistently with the stream). `build` returns the
-    /// mutation and the clears it earns. Returns false once the link is gone.
+    /// local tree consistently with the stream). `build` gets the names
+    /// generation and returns the mutation and the clears it earns. Returns false once the link is gone.
     pub fn ship<F>(&self, conn: u64, dir: u32, build: F) -> bool
     where
-        F: FnOnce(&Dir) -> Option<(WireMutation, Vec<(Vec<u8>, Time)>, Vec<ResyncClear>)>,
+        F: FnOnce(&Dir, u64) -> Option<(WireMutation, Vec<(Vec<u8>, Time)>, Vec<ResyncClear>)>,
     {
         let seq = {
             let mut o = self.order.lock();
             if !o.link.as_ref().is_some_and(|(c, _)| *c == conn) {
                 return false;
             }
-            let Some((m, times, clears)) = build(&self.dirs[dir as usize]) else {
+            let Some((m, times, clears)) = build(&self.dirs[dir as usize], o.names_gen) else {
                 return true;
             };
             let Some((_, seq)) = self.send_locked(&mut o, dir, true, m, times) else {

@@ -129,6 +129,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
             // Pieces past the end of the file travel as its size, below.
             let past_end = std::cell::RefCell::new(Vec::new());
             let open = std::cell::RefCell::new(None);
+            let named: std::cell::RefCell<Option<(u64, PathBuf)>> = std::cell::RefCell::new(None);
             // Ask for every range at once: the disk serves them in parallel
             // and in its own order, while the pieces go out one by one.
             if let Ok(Some(path)) = log.path_of(id)
@@ -151,8 +152,17 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
                 while off < r.end {
                     let piece = off..(off + PIECE).min(r.end);
                     off = piece.end;
-                    let ok = rep.ship(conn, dir, |dir_state| {
-                        let path = dir_state.log.path_of(id).ok()??;
+                    let ok = rep.ship(conn, dir, |dir_state, names_gen| {
+                        // The path only changes when names do.
+                        let mut named = named.borrow_mut();
+                        let path = match &*named {
+                            Some((g, p)) if *g == names_gen => p.clone(),
+                            _ => {
+                                let p = dir_state.log.path_of(id).ok()??;
+                                *named = Some((names_gen, p.clone()));
+                                p
+                            }
+                        };
                         match read_range(dir_state, &path, piece.clone(), &mut open.borrow_mut()) {
                             Some(data) if !data.is_empty() => Some((
                                 WireMutation::Write {
@@ -341,7 +351,7 @@ fn ship_names(
 
 /// Ships the current state of `path` (read under the order lock).
 fn reconcile(rep: &Replicator, conn: u64, dir: u32, path: &Path, clears: Vec<ResyncClear>) -> bool {
-    rep.ship(conn, dir, |d| {
+    rep.ship(conn, dir, |d, _| {
         let entry = entry::read(d.root.as_fd(), path).ok()?;
         Some((
             WireMutation::Reconcile {
