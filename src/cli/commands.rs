@@ -54,7 +54,12 @@ pub fn run(cli: Cli) -> ExitCode {
             print_messages,
         ),
         Command::Second { .. } => unavailable("second", "the cluster manager"),
-        Command::Resync { module } => super::resync::run(&cli.config, cli.socket, &module),
+        Command::Resync { module, wait } => super::resync::run(
+            &cli.config,
+            cli.socket,
+            &module,
+            std::time::Duration::from_secs(wait),
+        ),
         Command::Verify {
             module,
             json,

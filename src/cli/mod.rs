@@ -80,8 +80,13 @@ pub enum Command {
         #[arg(long)]
         fullsync: bool,
     },
-    /// Resynchronise a module's changed ranges to the peer and show progress.
-    Resync { module: String },
+    /// Show the resync of a module's changed ranges to the peer until it is current.
+    Resync {
+        module: String,
+        /// Seconds to wait for a peer that is not connected yet.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
     /// Compare a module's trees on both nodes.
     Verify {
         module: String,

@@ -11,13 +11,15 @@ use crate::control::{self, Request};
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 
-pub fn run(config: &Path, socket: Option<PathBuf>, module: &str) -> ExitCode {
+/// `wait`: how long to wait for a peer that is not connected yet.
+pub fn run(config: &Path, socket: Option<PathBuf>, module: &str, wait: Duration) -> ExitCode {
     let socket = match super::commands::socket_path(config, socket) {
         Ok(s) => s,
         Err(code) => return code,
     };
     let tty = std::io::stdout().is_terminal();
     let mut shown = false;
+    let mut waited = Duration::ZERO;
     loop {
         let resp = match control::call(&socket, &Request::Status {}) {
             Ok(r) => r,
@@ -47,6 +49,13 @@ pub fn run(config: &Path, socket: Option<PathBuf>, module: &str) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
         match r.peer.as_str() {
+            "alone" if waited < wait => {
+                if !shown {
+                    eprintln!("tandem: module {module}: waiting for the peer to connect");
+                    shown = true;
+                }
+                waited += Duration::from_millis(if tty { 250 } else { 1000 });
+            }
             "alone" => {
                 if shown && tty {
                     println!();
@@ -58,7 +67,7 @@ pub fn run(config: &Path, socket: Option<PathBuf>, module: &str) -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
             "connected" => {
-                if shown {
+                if shown && r.resync.started_unix_ms > 0 {
                     let line = super::progress::line(&r.resync);
                     if tty {
                         println!("\r\x1b[Kresync: {line}");
