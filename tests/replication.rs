@@ -507,3 +507,60 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("primary"));
 }
+
+#[test]
+fn a_full_disk_on_the_secondary_leaves_the_primary_serving_alone() {
+    let mut pair = Pair::new();
+    // The secondary's directory is a tiny file system of its own.
+    let small = pair.dir(2);
+    let c = cpath(&small);
+    let opts = std::ffi::CString::new("size=2m").unwrap();
+    let r = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    assert_eq!(r, 0, "mounting a tmpfs on {}", small.display());
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _guard = Unmount(c.clone());
+    pair.start_both();
+    let d = pair.dir(1);
+    let data: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut f = std::fs::File::create(d.join("big")).unwrap();
+    f.write_all(&data).unwrap();
+    // The fsync returns: the data is durable here, and the peer could not take it.
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(
+        common::wait_until(10, || pair.peer_state() != "connected"),
+        "{:?}",
+        pair.status(1)
+    );
+    assert_eq!(std::fs::read(d.join("big")).unwrap(), data);
+    let st = pair.status(1).unwrap();
+    assert!(st["dirty_bytes"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        pair.log_text(2).contains("No space left on device"),
+        "{}",
+        pair.log_text(2)
+    );
+    // The primary keeps serving: more writes, with fsync, do not block.
+    let t = std::time::Instant::now();
+    let mut g = std::fs::File::create(d.join("after")).unwrap();
+    g.write_all(b"still serving").unwrap();
+    g.sync_all().unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        t.elapsed()
+    );
+}

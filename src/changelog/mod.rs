@@ -163,4 +163,22 @@ pub trait ChangeLog: Send + Sync {
 
     /// Makes everything recorded so far durable and exact.
     fn flush(&self) -> Result<()>;
+
+    // ---- batches (one durable write for many records) ----
+
+    /// Marks many ranges at once; durable when it returns, like [`mark`](Self::mark).
+    fn mark_many(&self, marks: &[(FileId, u64, u64)]) -> Result<()> {
+        marks
+            .iter()
+            .try_for_each(|(id, off, len)| self.mark(*id, *off, *len))
+    }
+    /// Appends many namespace changes with one durable write; returns the
+    /// sequence number of the last (`None` for none).
+    fn log_ns_many(&self, changes: Vec<NsChange>) -> Result<Option<u64>> {
+        let mut last = None;
+        for c in changes {
+            last = Some(self.log_ns(c)?);
+        }
+        Ok(last)
+    }
 }

@@ -348,6 +348,46 @@ impl ChangeLog for RocksChangeLog {
         *next = seq + 1;
         Ok(seq)
     }
+    fn log_ns_many(&self, changes: Vec<NsChange>) -> Result<Option<u64>> {
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let mut next = self.ns.lock();
+        let mut seq = *next;
+        let mut batch = WriteBatch::default();
+        for change in &changes {
+            let value = serde_json::to_vec(change).expect("NsChange is serialisable");
+            batch.put_cf(self.cf(CF_NSLOG), u64_bytes(seq), value);
+            seq += 1;
+        }
+        batch.put_cf(self.cf(CF_META), META_NEXT_SEQ, u64_bytes(seq));
+        self.db.write_opt(batch, &write_opts(true))?;
+        *next = seq;
+        Ok(Some(seq - 1))
+    }
+    fn mark_many(&self, marks: &[(FileId, u64, u64)]) -> Result<()> {
+        let mut dirty = self.dirty.lock();
+        let epoch = dirty.epoch;
+        let mut batch = WriteBatch::default();
+        let mut sync = false;
+        let mut written: Vec<(FileId, u64)> = Vec::new();
+        for &(id, offset, len) in marks {
+            let touched = dirty.index.mark(id, offset, len, epoch)?;
+            sync |= touched.iter().any(|t| t.needs_sync);
+            let chunks: Vec<u64> = touched.iter().map(|t| t.chunk).collect();
+            self.put_chunks(&mut batch, &dirty.index, id, &chunks);
+            written.extend(chunks.into_iter().map(|c| (id, c)));
+        }
+        if let Err(e) = self.db.write_opt(batch, &write_opts(sync)) {
+            for (id, c) in written {
+                if let Some(ch) = dirty.index.get_mut(id, c) {
+                    ch.epoch = 0;
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
     fn ns_since(&self, seq: u64) -> Result<Vec<(u64, NsChange)>> {
         let Some(start) = seq.checked_add(1) else {
             return Ok(Vec::new());

@@ -109,7 +109,7 @@ async fn verify_and_repair(
     repair: bool,
 ) -> Result<crate::replication::verify::VerifyReport, String> {
     use crate::replication::verify;
-    let first = verify::run(link, &rep.verify).await?;
+    let first = verify::run(link, &rep.verify, false).await?;
     if !repair || first.differences.is_empty() {
         return Ok(first);
     }
@@ -129,7 +129,7 @@ async fn verify_and_repair(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let mut second = verify::run(link, &rep.verify).await?;
+    let mut second = verify::run(link, &rep.verify, false).await?;
     second.repaired = first.differences.len() as u64;
     Ok(second)
 }

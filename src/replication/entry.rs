@@ -51,13 +51,18 @@ pub fn read(root: BorrowedFd<'_>, path: &Path) -> SysResult<Option<Entry>> {
         Err(e) => return Err(e),
     };
     let st = sys::stat_fd(fd.as_fd())?;
-    let kind = kind_of(&st, fd.as_fd())?;
+    of_node(fd.as_fd(), &st).map(Some)
+}
+
+/// The state of the node open as `fd` (`O_PATH`), whose stat is `st`.
+pub fn of_node(fd: BorrowedFd<'_>, st: &libc::stat) -> SysResult<Entry> {
+    let kind = kind_of(st, fd)?;
     let xattrs = if matches!(kind, EntryKind::Symlink(_)) {
         Vec::new()
     } else {
-        read_xattrs(fd.as_fd())?
+        read_xattrs(fd)?
     };
-    Ok(Some(Entry {
+    Ok(Entry {
         kind,
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
@@ -66,7 +71,7 @@ pub fn read(root: BorrowedFd<'_>, path: &Path) -> SysResult<Option<Entry>> {
         atime: time(st.st_atime, st.st_atime_nsec),
         mtime: time(st.st_mtime, st.st_mtime_nsec),
         xattrs,
-    }))
+    })
 }
 
 fn xattr_names(fd: BorrowedFd<'_>) -> SysResult<Vec<Vec<u8>>> {

@@ -313,4 +313,48 @@ mod tests {
             let _ = decode(&b);
         }
     }
+
+    #[test]
+    fn corrupted_frames_are_refused_or_decoded_never_trusted_blindly() {
+        // Flip, cut and extend valid frames at random: decoding must return an
+        // error, "not complete", or a message — never panic or read past the end.
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for m in samples() {
+            for c in [Compression::Off, Compression::Zstd { level: 1 }] {
+                let mut good = Vec::new();
+                encode(&m, c, &mut good).unwrap();
+                for _ in 0..300 {
+                    let mut bad = good.clone();
+                    match rnd() % 3 {
+                        0 => {
+                            for _ in 0..1 + rnd() % 8 {
+                                let i = (rnd() as usize) % bad.len();
+                                bad[i] ^= 1 << (rnd() % 8);
+                            }
+                        }
+                        1 => bad.truncate((rnd() as usize) % bad.len()),
+                        _ => bad.extend((0..rnd() % 64).map(|_| rnd() as u8)),
+                    }
+                    let _ = decode(&bad);
+                }
+            }
+        }
+        // Pure noise with a valid header.
+        for _ in 0..500 {
+            let len = (rnd() % 4096) as usize;
+            let mut f = vec![b'T', b'D', VERSION, (rnd() % 2) as u8];
+            f.extend_from_slice(&(len as u32).to_be_bytes());
+            f.extend((0..len).map(|_| rnd() as u8));
+            assert!(
+                !matches!(decode(&f), Ok(None)),
+                "a whole frame is never 'incomplete'"
+            );
+        }
+    }
 }

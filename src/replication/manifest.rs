@@ -95,14 +95,17 @@ fn errno(e: crate::fs::Errno) -> std::io::Error {
 
 /// The chunks of the open regular file `fd`.
 pub fn chunk_file(fd: BorrowedFd<'_>, progress: &ScanProgress) -> std::io::Result<Vec<ChunkSum>> {
-    const BUF: usize = 4 << 20;
-    let mut buf = vec![0u8; BUF];
+    const MAX_BUF: usize = 4 << 20;
+    // A small file gets a buffer its size (plus one byte to see the end).
+    let size = sys::stat_fd(fd).map_err(errno)?.st_size as usize;
+    let cap = if size < MAX_BUF { size + 1 } else { MAX_BUF };
+    let mut buf = vec![0u8; cap];
     let mut have = 0usize;
     let mut base = 0u64; // file offset of buf[0]
     let mut eof = false;
     let mut out = Vec::new();
     loop {
-        while !eof && have < BUF {
+        while !eof && have < buf.len() {
             let n = sys::pread(fd, &mut buf[have..], base + have as u64).map_err(errno)?;
             if n == 0 {
                 eof = true;
@@ -132,6 +135,11 @@ pub fn chunk_file(fd: BorrowedFd<'_>, progress: &ScanProgress) -> std::io::Resul
         if eof && used == have {
             break;
         }
+        if used == 0 && buf.len() < MAX_BUF {
+            // The file grew past the small buffer: give it room for whole chunks.
+            buf.resize(MAX_BUF, 0);
+            continue;
+        }
         buf.copy_within(used..have, 0);
         have -= used;
         base += used as u64;
@@ -146,23 +154,38 @@ fn stat_times(st: &libc::stat) -> ((i64, i64), (i64, i64)) {
     )
 }
 
+/// Which regular files a scan hashes.
+pub type HashIf<'a> = &'a dyn Fn(&Path) -> bool;
+
+/// Hash every regular file.
+pub fn all(_: &Path) -> bool {
+    true
+}
+
+/// Hash none.
+pub fn none(_: &Path) -> bool {
+    false
+}
+
 /// The item for `path` below `root`; `None` if it does not exist. Regular
-/// files are hashed when `hash` (through the cache).
+/// files are hashed when `hash` says so (through the cache).
 pub fn item(
     root: BorrowedFd<'_>,
     path: &Path,
-    hash: bool,
+    hash: HashIf<'_>,
     cache: &mut Cache,
     progress: &ScanProgress,
 ) -> std::io::Result<Option<Item>> {
-    let Some(entry) = entry::read(root, path).map_err(errno)? else {
-        return Ok(None);
+    let node = match entry::open_node(root, path) {
+        Ok(n) => n,
+        Err(e) if e.code() == libc::ENOENT || e.code() == libc::ENOTDIR => return Ok(None),
+        Err(e) => return Err(errno(e)),
     };
+    let st = sys::stat_fd(node.as_fd()).map_err(errno)?;
+    let entry = entry::of_node(node.as_fd(), &st).map_err(errno)?;
     progress.files.fetch_add(1, Ordering::Relaxed);
     let mut chunks = Vec::new();
-    if hash && entry.kind == EntryKind::File {
-        let node = entry::open_node(root, path).map_err(errno)?;
-        let st = sys::stat_fd(node.as_fd()).map_err(errno)?;
+    if entry.kind == EntryKind::File && hash(path) {
         let (mtime, ctime) = stat_times(&st);
         cache.seen.insert(st.st_ino, ());
         match cache.by_inode.get(&st.st_ino) {
@@ -200,7 +223,7 @@ pub fn item(
 /// children, in sorted order.
 pub fn scan(
     root: BorrowedFd<'_>,
-    hash: bool,
+    hash: HashIf<'_>,
     cache: &mut Cache,
     progress: &ScanProgress,
     out: &mut dyn FnMut(Item) -> std::io::Result<()>,

@@ -98,16 +98,18 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
     // 1. The target's own changes become ours to ship (durably, first).
     for (d, dv) in diverged.iter().enumerate() {
         let log = &rep.dirs[d].log;
+        let mut marks = Vec::new();
         for (p, ranges) in &dv.files {
             let id = log.ensure(p).map_err(err)?;
-            for r in ranges {
-                log.mark(id, r.start, r.end - r.start).map_err(err)?;
-            }
+            marks.extend(ranges.iter().map(|r| (id, r.start, r.end - r.start)));
         }
-        for p in &dv.paths {
-            log.log_ns(NsChange::SetAttr { path: p.clone() })
-                .map_err(err)?;
-        }
+        log.mark_many(&marks).map_err(err)?;
+        let names = dv
+            .paths
+            .iter()
+            .map(|p| NsChange::SetAttr { path: p.clone() })
+            .collect();
+        log.log_ns_many(names).map_err(err)?;
     }
     // 2. Names, with the stream held: afterwards the peer has every name we
     //    have, so live mutations can flow while contents follow.

@@ -18,7 +18,8 @@ use super::tls::Credentials;
 use super::wire::{Message, checked_path};
 
 /// How long to wait between connection attempts.
-pub const RETRY: Duration = Duration::from_millis(200);
+pub const RETRY: Duration = Duration::from_millis(100);
+pub const MAX_RETRY: Duration = Duration::from_secs(5);
 /// The secondary acknowledges at least this often, even when idle.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
@@ -34,7 +35,9 @@ impl PrimaryLink {
     /// Runs until the task is aborted.
     pub async fn run(self: Arc<Self>) {
         let mut last_err = String::new();
+        let mut delay = RETRY;
         loop {
+            let started = std::time::Instant::now();
             match self.session().await {
                 Ok(()) => {}
                 Err(e) => {
@@ -49,7 +52,14 @@ impl PrimaryLink {
                     }
                 }
             }
-            tokio::time::sleep(RETRY).await;
+            // A link that fails again and again (a peer whose disk is full,
+            // say) is retried less and less often, up to every few seconds.
+            delay = if started.elapsed() > Duration::from_secs(10) {
+                RETRY
+            } else {
+                (delay * 2).min(MAX_RETRY)
+            };
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -109,7 +119,7 @@ impl PrimaryLink {
             // The peer asked for a full sync: compare by content, record
             // every difference, and let the resync below ship them.
             tracing::info!("{}: full sync requested by {}", rep.module, self.creds.peer);
-            let report = super::verify::run(self, &rep.verify).await?;
+            let report = super::verify::run(self, &rep.verify, true).await?;
             tracing::info!(
                 "{}: full sync: {} differences in {} files ({} bytes hashed)",
                 rep.module,

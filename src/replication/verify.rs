@@ -180,9 +180,14 @@ fn produce(
         };
     let root = d.root.as_fd();
     let mut cache = d.cache.lock();
+    let hash_if: manifest::HashIf<'_> = if hash {
+        &manifest::all
+    } else {
+        &manifest::none
+    };
     let r = match paths {
         None => {
-            let r = manifest::scan(root, hash, &mut cache, progress, &mut |it| {
+            let r = manifest::scan(root, hash_if, &mut cache, progress, &mut |it| {
                 let path = it.path.clone();
                 push(&mut part, &path, Some(it))
             });
@@ -194,7 +199,7 @@ fn produce(
             r
         }
         Some(paths) => paths.iter().try_for_each(|p| {
-            let it = manifest::item(root, p, hash, &mut cache, progress)?;
+            let it = manifest::item(root, p, hash_if, &mut cache, progress)?;
             push(&mut part, p, it)
         }),
     };
@@ -329,7 +334,7 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
 fn local_manifest(
     d: &Dir,
     paths: Option<&[PathBuf]>,
-    hash: bool,
+    hash: manifest::HashIf<'_>,
     progress: &ScanProgress,
 ) -> Result<BTreeMap<PathBuf, Item>, String> {
     let mut out = BTreeMap::new();
@@ -457,9 +462,12 @@ fn compare(
 
 /// Compares every directory of the module with the peer. `on_progress` sees
 /// the local scan's counters as it goes.
+/// `full` (a full sync): only files the peer has are hashed here — one the
+/// peer lacks is shipped whole anyway — so the peer's manifest comes first.
 pub async fn run(
     link: &PrimaryLink,
     state: &parking_lot::Mutex<VerifyState>,
+    full: bool,
 ) -> Result<VerifyReport, String> {
     let started = Instant::now();
     let rep = link.rep.clone();
@@ -470,8 +478,19 @@ pub async fn run(
         state.lock().phase = format!("scanning directory {}", d + 1);
         let progress = Arc::new(ScanProgress::default());
         let (scan_rep, scan_progress) = (rep.clone(), progress.clone());
+        let peer_first = if full {
+            Some(Arc::new(remote.manifest(dir, None, true).await?))
+        } else {
+            None
+        };
+        let hash_set = peer_first.clone();
         let local = tokio::task::spawn_blocking(move || {
-            local_manifest(&scan_rep.dirs[d], None, true, &scan_progress)
+            let hash_if = |p: &Path| {
+                hash_set
+                    .as_ref()
+                    .is_none_or(|m| m.get(p).is_some_and(|i| i.entry.kind == EntryKind::File))
+            };
+            local_manifest(&scan_rep.dirs[d], None, &hash_if, &scan_progress)
         });
         let ticker = async {
             loop {
@@ -482,9 +501,12 @@ pub async fn run(
                 s.bytes_cached = progress.bytes_cached.load(Ordering::Relaxed);
             }
         };
-        let theirs = tokio::select! {
-            r = remote.manifest(dir, None, true) => r?,
-            _ = ticker => unreachable!(),
+        let theirs = match peer_first {
+            Some(m) => Arc::try_unwrap(m).unwrap_or_else(|m| (*m).clone()),
+            None => tokio::select! {
+                r = remote.manifest(dir, None, true) => r?,
+                _ = ticker => unreachable!(),
+            },
         };
         let ours = local.await.map_err(|e| e.to_string())??;
         report.files += ours.len() as u64;
@@ -513,7 +535,7 @@ pub async fn run(
             local_manifest(
                 &again_rep.dirs[d],
                 Some(&again_paths),
-                true,
+                &manifest::all,
                 &again_progress,
             )
         })
@@ -532,20 +554,25 @@ pub async fn run(
 /// differ), names only on the peer are removed there.
 pub fn mark(rep: &Replicator, diffs: &[Difference]) -> Result<(), String> {
     let err = |e: crate::changelog::ChangeLogError| format!("change log: {e}");
-    for d in diffs {
-        let log = &rep.dirs[d.dir as usize].log;
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&d.raw));
-        if d.what.iter().any(|w| w == "only on the peer") {
-            log.log_ns(NsChange::Unlink { path }).map_err(err)?;
-            continue;
-        }
-        if !d.ranges.is_empty() {
-            let id = log.ensure(&path).map_err(err)?;
-            for (s, e) in &d.ranges {
-                log.mark(id, *s, e - s).map_err(err)?;
+    for (d, dir) in rep.dirs.iter().enumerate() {
+        let log = &dir.log;
+        let mut marks = Vec::new();
+        let mut names = Vec::new();
+        for diff in diffs.iter().filter(|x| x.dir as usize == d) {
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&diff.raw));
+            if diff.what.iter().any(|w| w == "only on the peer") {
+                names.push(NsChange::Unlink { path });
+                continue;
             }
+            if !diff.ranges.is_empty() {
+                let id = log.ensure(&path).map_err(err)?;
+                marks.extend(diff.ranges.iter().map(|(s, e)| (id, *s, e - s)));
+            }
+            names.push(NsChange::SetAttr { path });
         }
-        log.log_ns(NsChange::SetAttr { path }).map_err(err)?;
+        // One durable write each, however many differences.
+        log.mark_many(&marks).map_err(err)?;
+        log.log_ns_many(names).map_err(err)?;
     }
     Ok(())
 }
