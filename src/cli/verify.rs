@@ -46,7 +46,7 @@ pub fn run(
     }
     let tty = std::io::stderr().is_terminal() && !json;
     loop {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(if tty { 100 } else { 25 }));
         let st = match control::call(&socket, &Request::Status {}) {
             Ok(r) => r.status,
             Err(e) => {

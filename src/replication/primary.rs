@@ -217,7 +217,7 @@ pub struct Replicator {
 pub const WINDOW: u64 = 32 << 20;
 
 /// How long a resync lets its shipped-but-unapplied bytes grow.
-pub const RESYNC_WINDOW: u64 = 16 << 20;
+pub const RESYNC_WINDOW: u64 = 64 << 20;
 
 impl Replicator {
     pub fn new(
