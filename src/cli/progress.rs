@@ -30,11 +30,7 @@ pub fn line(p: &ResyncProgress) -> String {
     let secs = (end.saturating_sub(p.started_unix_ms) as f64 / 1000.0).max(0.001);
     let rate = p.bytes_done as f64 / secs;
     let total = p.bytes_total.max(p.bytes_done);
-    let pct = if total == 0 {
-        100
-    } else {
-        p.bytes_done * 100 / total
-    };
+    let pct = (p.bytes_done * 100).checked_div(total).unwrap_or(100);
     let eta = if rate > 0.0 && p.running {
         format!(", ETA {:.0} s", (total - p.bytes_done) as f64 / rate)
     } else {

@@ -401,9 +401,9 @@ fn apply_loop(
             return;
         }
     };
-    let syncer = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handle = scope.spawn(|| syncer(sync_rx, sync_fds, c, out));
-        let r = apply_session(
+        apply_session(
             module,
             id,
             &rx,
@@ -416,11 +416,11 @@ fn apply_loop(
             &mut requested,
             &mut last_sync,
         );
+        // Closing the channel ends the syncer once its last syncfs is done.
         drop(sync_tx);
         let _ = handle.join();
-        r
     });
-    let _ = syncer;
+    // Whatever was applied since the last sync is made durable before leaving.
     if applied > c.durable.load(Ordering::Acquire) && sync_all(&mut applier).is_ok() {
         c.durable.store(applied, Ordering::Release);
         let _ = out.send(ack(c));

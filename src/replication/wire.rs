@@ -30,7 +30,7 @@ pub enum Message {
     /// `full` (with `last`): the target asks for a full sync, by content.
     Diverged {
         dir: u32,
-        files: Vec<(Vec<u8>, Vec<(u64, u64)>)>,
+        files: Vec<DivergedFile>,
         paths: Vec<Vec<u8>>,
         last: bool,
         full: bool,
@@ -73,6 +73,9 @@ pub enum Message {
     /// The sender is closing the connection, and why.
     Close { reason: String },
 }
+
+/// A file's path and the byte ranges (start, end) that may differ.
+pub type DivergedFile = (Vec<u8>, Vec<(u64, u64)>);
 
 /// Seconds and nanoseconds since the epoch (negative seconds for older times).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
