@@ -63,7 +63,7 @@ pub fn encode(
         let plain = &out[body..];
         if plain.len() >= COMPRESS_MIN
             && worth_trying(plain, level)
-            && let Ok(z) = zstd::bulk::compress(plain, level)
+            && let Some(z) = compress(plain, level)
             && z.len() < plain.len() - plain.len() / 8
         {
             out.truncate(body);
@@ -83,17 +83,32 @@ pub fn encode(
     Ok(())
 }
 
-/// Large payloads are compressed only if a sample from their middle
-/// compresses: incompressible data (media, encrypted or already compressed
-/// files) then costs one small attempt instead of a full pass.
+/// Payloads are compressed only if a sample from their middle compresses:
+/// incompressible data (media, encrypted or already compressed files) then
+/// costs one small attempt instead of a full pass. The attempt reuses the
+/// thread's compressor.
 fn worth_trying(plain: &[u8], level: i32) -> bool {
-    const SAMPLE: usize = 16 * 1024;
-    if plain.len() < 4 * SAMPLE {
+    const SAMPLE: usize = 4 * 1024;
+    if plain.len() < 2 * SAMPLE {
         return true;
     }
     let mid = plain.len() / 2;
     let sample = &plain[mid - SAMPLE / 2..mid + SAMPLE / 2];
-    zstd::bulk::compress(sample, level).is_ok_and(|z| z.len() < SAMPLE - SAMPLE / 8)
+    compress(sample, level).is_some_and(|z| z.len() < SAMPLE - SAMPLE / 8)
+}
+
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        c.as_mut()?.1.compress(data).ok()
+    })
 }
 
 /// Decodes the first frame in `buf`: the message and how many bytes it used,

@@ -126,29 +126,24 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
     for (d, files) in plan.iter().enumerate() {
         let dir = d as u32;
         let log = &rep.dirs[d].log;
-        for &id in files {
+        // Files are opened and their dirty ranges requested from the disk a
+        // few dozen ahead, so small files are not read one disk wait at a time.
+        let mut ahead: std::collections::VecDeque<(FileId, Option<std::os::fd::OwnedFd>)> =
+            std::collections::VecDeque::new();
+        let mut upcoming = files.iter().copied();
+        loop {
+            while ahead.len() < LOOKAHEAD {
+                let Some(next) = upcoming.next() else { break };
+                ahead.push_back((next, prefetch(&rep.dirs[d], next)));
+            }
+            let Some((id, fd)) = ahead.pop_front() else {
+                break;
+            };
             let ranges = log.dirty(id).map_err(err)?;
             // Pieces past the end of the file travel as its size, below.
             let past_end = std::cell::RefCell::new(Vec::new());
-            let open = std::cell::RefCell::new(None);
+            let open = std::cell::RefCell::new(fd);
             let named: std::cell::RefCell<Option<(u64, PathBuf)>> = std::cell::RefCell::new(None);
-            // Ask for every range at once: the disk serves them in parallel
-            // and in its own order, while the pieces go out one by one.
-            if let Ok(Some(path)) = log.path_of(id)
-                && let Ok(node) = entry::open_node(rep.dirs[d].root.as_fd(), &path)
-                && let Ok(fd) = sys::reopen(node.as_fd(), libc::O_RDONLY)
-            {
-                for r in &ranges {
-                    unsafe {
-                        libc::posix_fadvise(
-                            std::os::fd::AsRawFd::as_raw_fd(&fd),
-                            r.start as i64,
-                            (r.end - r.start) as i64,
-                            libc::POSIX_FADV_WILLNEED,
-                        )
-                    };
-                }
-            }
             for r in &ranges {
                 let mut off = r.start;
                 while off < r.end {
@@ -364,6 +359,32 @@ fn reconcile(rep: &Replicator, conn: u64, dir: u32, path: &Path, clears: Vec<Res
             clears,
         ))
     })
+}
+
+/// How many files the data pass opens and reads ahead.
+const LOOKAHEAD: usize = 32;
+
+/// Opens the regular file `id` and asks the kernel to read its dirty ranges.
+fn prefetch(d: &super::primary::Dir, id: FileId) -> Option<std::os::fd::OwnedFd> {
+    let path = d.log.path_of(id).ok()??;
+    let node = entry::open_node(d.root.as_fd(), &path).ok()?;
+    let st = sys::stat_fd(node.as_fd()).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let fd = sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?;
+    for r in d.log.dirty(id).ok()? {
+        // Readahead is advisory: a failure only costs speed.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                r.start as i64,
+                (r.end - r.start).min(i64::MAX as u64) as i64,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+    }
+    Some(fd)
 }
 
 /// Reads `range` of the regular file `path`, clipped to its current size.

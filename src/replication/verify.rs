@@ -516,6 +516,12 @@ pub async fn run(
         if first.is_empty() {
             continue;
         }
+        if full {
+            // A full sync ships every difference; one that went away
+            // meanwhile costs a few bytes, a re-check would cost a read.
+            report.differences.extend(first);
+            continue;
+        }
         // Check again what differed: a file written meanwhile may agree now.
         state.lock().phase = format!("re-checking {} names", first.len());
         let paths: Vec<PathBuf> = first
