@@ -9,11 +9,8 @@ use std::time::Duration;
 use crate::control::{self, Request};
 use crate::replication::verify::VerifyReport;
 
+use super::progress::human;
 use super::{EXIT_FAILURE, EXIT_USAGE};
-
-fn human(b: u64) -> String {
-    super::progress::human(b)
-}
 
 pub fn run(
     config: &Path,

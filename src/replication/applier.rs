@@ -285,44 +285,17 @@ impl Applier {
     pub fn set_times(&self, dir: u32, times: &[(Vec<u8>, Time)]) -> Result<(), ApplyError> {
         for (raw, t) in times {
             let p = path_of(raw, true)?;
-            if let Some(fd) = self.open.get(&(dir, p.clone())) {
-                let ts = [
-                    libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: libc::UTIME_OMIT,
-                    },
-                    libc::timespec {
-                        tv_sec: t.secs,
-                        tv_nsec: t.nanos as i64,
-                    },
-                ];
-                sys::utimens_fd(fd.as_fd(), &ts).map_err(|errno| ApplyError::Sys {
-                    op: "utimens",
-                    path: p.display().to_string(),
-                    errno,
-                })?;
-                continue;
-            }
-            let fd = match self.node(dir, &p) {
-                Ok(fd) => fd,
-                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => continue,
-                Err(errno) => {
-                    return Err(ApplyError::Sys {
-                        op: "utimens",
-                        path: p.display().to_string(),
-                        errno,
-                    });
-                }
+            let ts = [Time::timespec(None), Time::timespec(Some(*t))];
+            // The file just written needs no path walk.
+            let r = match self.open.get(&(dir, p.clone())) {
+                Some(fd) => sys::utimens_fd(fd.as_fd(), &ts),
+                None => match self.node(dir, &p) {
+                    Ok(fd) => sys::utimens_fd(fd.as_fd(), &ts),
+                    Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => continue,
+                    Err(e) => Err(e),
+                },
             };
-            let omit = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            };
-            let m = libc::timespec {
-                tv_sec: t.secs,
-                tv_nsec: t.nanos as i64,
-            };
-            sys::utimens_fd(fd.as_fd(), &[omit, m]).map_err(|errno| ApplyError::Sys {
+            r.map_err(|errno| ApplyError::Sys {
                 op: "utimens",
                 path: p.display().to_string(),
                 errno,
@@ -397,17 +370,10 @@ impl Applier {
             sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
-            let ts = |t: Option<Time>| match t {
-                Some(t) => libc::timespec {
-                    tv_sec: t.secs,
-                    tv_nsec: t.nanos as i64,
-                },
-                None => libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: libc::UTIME_OMIT,
-                },
-            };
-            sys::utimens_fd(fd.as_fd(), &[ts(a.atime), ts(a.mtime)])?;
+            sys::utimens_fd(
+                fd.as_fd(),
+                &[Time::timespec(a.atime), Time::timespec(a.mtime)],
+            )?;
         }
         Ok(())
     }

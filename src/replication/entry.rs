@@ -11,13 +11,6 @@ use crate::fs::sys::{self, SysResult};
 
 use super::wire::{Entry, EntryKind, Time};
 
-fn time(secs: i64, nanos: i64) -> Time {
-    Time {
-        secs,
-        nanos: nanos as u32,
-    }
-}
-
 pub fn kind_of(st: &libc::stat, fd: BorrowedFd<'_>) -> SysResult<EntryKind> {
     Ok(match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => EntryKind::File,
@@ -68,8 +61,8 @@ pub fn of_node(fd: BorrowedFd<'_>, st: &libc::stat) -> SysResult<Entry> {
         uid: st.st_uid,
         gid: st.st_gid,
         size: st.st_size as u64,
-        atime: time(st.st_atime, st.st_atime_nsec),
-        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        atime: Time::atime_of(st),
+        mtime: Time::mtime_of(st),
         xattrs,
     })
 }
@@ -229,9 +222,11 @@ pub fn impose(root: BorrowedFd<'_>, path: &Path, entry: Option<&Entry>) -> SysRe
         // After the ACL xattrs, which also set group bits.
         sys::chmod_fd(fd.as_fd(), entry.mode)?;
     }
-    let ts = |t: Time| libc::timespec {
-        tv_sec: t.secs,
-        tv_nsec: t.nanos as i64,
-    };
-    sys::utimens_fd(fd.as_fd(), &[ts(entry.atime), ts(entry.mtime)])
+    sys::utimens_fd(
+        fd.as_fd(),
+        &[
+            Time::timespec(Some(entry.atime)),
+            Time::timespec(Some(entry.mtime)),
+        ],
+    )
 }

@@ -102,10 +102,6 @@ struct Order {
     next_seq: u64,
     /// The stream to the peer; `None` while alone.
     link: Option<(u64, Outbound)>,
-    /// Whether the change log held nothing unshipped when the link came up
-    /// (after a resync finished). Until then, namespace records are cleared
-    /// only by the resync itself.
-    synced: bool,
     /// Whether the peer's names match ours (the resync's first pass is
     /// done), so live mutations can be sent: before that one could name a
     /// file the peer does not have yet.
@@ -114,13 +110,14 @@ struct Order {
     sealed: Option<(u64, Bucket)>,
     /// Hot extents of files written while the peer is connected.
     activity: Activity,
-    /// The last seq of the resync that made the peer current; the activity
-    /// log may clear extents only once the peer is durable past it.
+    /// The last seq of the resync on this link, once it shipped everything
+    /// the change log held. Until then namespace records are cleared only by
+    /// the resync itself, and the activity log clears nothing.
     resync_done: Option<u64>,
     last_cool: Instant,
-    /// File ids by path, to spare the change log a lookup per write;
-    /// emptied whenever names move.
-    ids: HashMap<(u32, PathBuf), FileId>,
+    /// File ids by path, per directory, to spare the change log a lookup
+    /// per write; emptied whenever names move.
+    ids: Vec<HashMap<PathBuf, FileId>>,
     /// Changes whenever names move or go, so a cached path can be trusted
     /// while it stays the same.
     names_gen: u64,
@@ -130,6 +127,17 @@ impl Order {
     /// Whether the stream is connection `conn`'s.
     fn linked(&self, conn: u64) -> bool {
         self.link.as_ref().is_some_and(|(c, _)| *c == conn)
+    }
+
+    /// Whether live mutations go to the peer now.
+    fn streaming(&self) -> bool {
+        self.link.is_some() && self.ready
+    }
+
+    /// Whether the peer holds, durably, everything up to the end of the
+    /// resync: then nothing older than the live stream is owed to it.
+    fn current(&self, durable: u64) -> bool {
+        self.resync_done.is_some_and(|d| durable >= d)
     }
 }
 
@@ -234,6 +242,7 @@ impl Replicator {
         async_max_lag: u64,
         dirs: Vec<Dir>,
     ) -> Arc<Self> {
+        let n = dirs.len();
         Arc::new(Self {
             module: module.to_string(),
             ack,
@@ -243,14 +252,13 @@ impl Replicator {
             order: Mutex::new(Order {
                 next_seq: 1,
                 link: None,
-                synced: false,
                 ready: false,
                 open: Bucket::default(),
                 sealed: None,
                 activity: Activity::default(),
                 resync_done: None,
                 last_cool: Instant::now(),
-                ids: HashMap::new(),
+                ids: vec![HashMap::new(); n],
                 names_gen: 0,
             }),
             lag: Mutex::new(Lag::default()),
@@ -285,7 +293,6 @@ impl Replicator {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut o = self.order.lock();
         o.link = Some((conn, tx));
-        o.synced = false;
         o.ready = false;
         o.open = Bucket::default();
         o.sealed = None;
@@ -313,7 +320,7 @@ impl Replicator {
             // Hot extents become exact again: only what the peer may lack
             // stays marked. Before the peer was current (a resync still
             // running), whole extents stay: they may hold older marks.
-            if o.synced && o.resync_done.is_some_and(|d| durable >= d) {
+            if o.current(durable) {
                 for (d, id, clears) in o.activity.narrow(durable) {
                     let log = &self.dirs[d as usize].log;
                     if let Err(e) = clears.into_iter().try_for_each(|r| log.clear(id, r)) {
@@ -324,7 +331,7 @@ impl Replicator {
                 o.activity.forget();
             }
             o.link = None;
-            o.synced = false;
+            o.resync_done = None;
             o.ready = false;
             o.open = Bucket::default();
             o.sealed = None;
@@ -382,10 +389,7 @@ impl Replicator {
             return;
         }
         let now = Instant::now();
-        if o.synced
-            && o.resync_done.is_some_and(|d| durable >= d)
-            && now.duration_since(o.last_cool) >= Duration::from_millis(250)
-        {
+        if o.current(durable) && now.duration_since(o.last_cool) >= Duration::from_millis(250) {
             o.last_cool = now;
             for (d, id, r) in o.activity.cool(durable, now) {
                 if let Err(e) = self.dirs[d as usize].log.clear(id, r) {
@@ -439,10 +443,12 @@ impl Replicator {
         let (conn, tx) = o.link.as_ref()?;
         let conn = *conn;
         let seq = o.next_seq;
-        let bytes = match &m {
+        let payload = match &m {
             WireMutation::Write { data, .. } => data.len() as u64,
             _ => 0,
-        } + 64;
+        };
+        // What the lag bound counts: the data and a rough per-message overhead.
+        let bytes = payload + 64;
         let msg = Message::Mutate {
             seq,
             dir,
@@ -460,8 +466,7 @@ impl Replicator {
         let total = lag.sent_total;
         lag.unapplied.push_back((seq, total));
         drop(lag);
-        self.bytes_replicated
-            .fetch_add(bytes - 64, Ordering::Relaxed);
+        self.bytes_replicated.fetch_add(payload, Ordering::Relaxed);
         Some((conn, seq))
     }
 
@@ -498,150 +503,154 @@ impl Replicator {
 
     // ---- recording ----
 
+    /// Appends a namespace record; once the peer is current, a record sent
+    /// live may be cleared when the peer makes it durable.
+    fn record_ns(&self, o: &mut Order, dir: u32, c: NsChange) -> crate::changelog::Result<()> {
+        let seq = self.dirs[dir as usize].log.log_ns(c)?;
+        if o.streaming() && o.resync_done.is_some() {
+            o.open.add(Clear::NsUpto(dir, seq));
+        }
+        Ok(())
+    }
+
     /// Records what `m` may change on the peer, before it is applied.
-    fn mark(&self, dir: u32, m: &Mutation<'_>, o: &mut Order) -> crate::changelog::Result<()> {
+    /// Returns the file id of the bytes a write or fallocate changes.
+    fn mark(
+        &self,
+        dir: u32,
+        m: &Mutation<'_>,
+        o: &mut Order,
+    ) -> crate::changelog::Result<Option<FileId>> {
         let log = &self.dirs[dir as usize].log;
-        let sent = o.link.is_some() && o.ready;
-        let range = |o: &mut Order, p: &Path, off: u64, len: u64| -> crate::changelog::Result<()> {
-            let id = self.file_id(o, dir, p)?;
-            if len == 0 {
-                return Ok(());
-            }
-            if sent {
-                // Connected: the activity log's whole-extent marks cover it.
-                let now = Instant::now();
-                for ext in o.activity.cold(dir, id, off, len) {
-                    log.mark(id, ext * EXTENT, EXTENT)?;
-                    o.activity.heat(dir, id, ext, now);
-                }
-            } else {
-                log.mark(id, off, len)?;
-            }
-            Ok(())
-        };
-        let ns = |o: &mut Order, c: NsChange| -> crate::changelog::Result<()> {
-            let seq = log.log_ns(c)?;
-            if sent && o.synced {
-                o.open.add(Clear::NsUpto(dir, seq));
-            }
-            Ok(())
-        };
-        match m {
+        let (p, off, len) = match m {
             Mutation::Write {
                 path: Some(p),
                 offset,
                 data,
                 ..
-            } => range(o, p, *offset, data.len() as u64),
+            } => (p, *offset, data.len() as u64),
             Mutation::Fallocate {
                 path: Some(p),
                 offset,
                 length,
                 ..
-            } => range(o, p, *offset, *length),
+            } => (p, *offset, *length),
+            _ => {
+                self.mark_names(dir, m, o)?;
+                return Ok(None);
+            }
+        };
+        let id = self.file_id(o, dir, p)?;
+        if o.streaming() {
+            // Connected: the activity log's whole-extent marks cover it.
+            let now = Instant::now();
+            for ext in o.activity.cold(dir, id, off, len) {
+                log.mark(id, ext * EXTENT, EXTENT)?;
+                o.activity.heat(dir, id, ext, now);
+            }
+        } else if len > 0 {
+            log.mark(id, off, len)?;
+        }
+        Ok(Some(id))
+    }
+
+    /// The records of a change to names or metadata, before it is applied.
+    fn mark_names(
+        &self,
+        dir: u32,
+        m: &Mutation<'_>,
+        o: &mut Order,
+    ) -> crate::changelog::Result<()> {
+        let change = match m {
             Mutation::SetAttr {
                 path: Some(p),
                 change,
             } => {
                 if let Some(size) = change.size {
                     let id = self.file_id(o, dir, p)?;
-                    log.truncate(id, size)?;
-                    if sent {
+                    self.dirs[dir as usize].log.truncate(id, size)?;
+                    if o.streaming() {
                         o.open.add(Clear::Size(dir, id));
                     }
                 }
-                ns(o, NsChange::SetAttr { path: p.clone() })
+                NsChange::SetAttr { path: p.clone() }
             }
             Mutation::SetXattr {
                 path: Some(p),
                 name,
                 ..
-            } => ns(
-                o,
-                NsChange::SetXattr {
-                    path: p.clone(),
-                    name: bytes(name.as_ref()),
-                },
-            ),
+            } => NsChange::SetXattr {
+                path: p.clone(),
+                name: bytes(name.as_ref()),
+            },
             Mutation::RemoveXattr {
                 path: Some(p),
                 name,
-            } => ns(
-                o,
-                NsChange::RemoveXattr {
-                    path: p.clone(),
-                    name: bytes(name.as_ref()),
-                },
-            ),
-            Mutation::Create { path, .. } => ns(o, NsChange::Create { path: path.clone() }),
-            Mutation::Mkdir { path, .. } => ns(o, NsChange::Mkdir { path: path.clone() }),
-            Mutation::Symlink { path, target, .. } => ns(
-                o,
-                NsChange::Symlink {
-                    path: path.clone(),
-                    target: target.clone(),
-                },
-            ),
-            Mutation::Unlink { path } => ns(o, NsChange::Unlink { path: path.clone() }),
-            Mutation::Rmdir { path } => ns(o, NsChange::Rmdir { path: path.clone() }),
-            // Recorded after they succeed: a rename or link replayed by a
-            // resync must be one that happened.
-            Mutation::Rename { .. } | Mutation::Link { .. } => Ok(()),
-            _ => Ok(()),
-        }
+            } => NsChange::RemoveXattr {
+                path: p.clone(),
+                name: bytes(name.as_ref()),
+            },
+            Mutation::Create { path, .. } => NsChange::Create { path: path.clone() },
+            Mutation::Mkdir { path, .. } => NsChange::Mkdir { path: path.clone() },
+            Mutation::Symlink { path, target, .. } => NsChange::Symlink {
+                path: path.clone(),
+                target: target.clone(),
+            },
+            Mutation::Unlink { path } => NsChange::Unlink { path: path.clone() },
+            Mutation::Rmdir { path } => NsChange::Rmdir { path: path.clone() },
+            // Renames and links are recorded after they succeed (a rename or
+            // link replayed by a resync must be one that happened); nothing
+            // else changes names.
+            _ => return Ok(()),
+        };
+        self.record_ns(o, dir, change)
     }
 
     fn file_id(&self, o: &mut Order, dir: u32, p: &Path) -> crate::changelog::Result<FileId> {
-        if let Some(id) = o.ids.get(&(dir, p.to_path_buf())) {
+        let ids = &mut o.ids[dir as usize];
+        if let Some(id) = ids.get(p) {
             return Ok(*id);
         }
         let id = self.dirs[dir as usize].log.ensure(p)?;
-        if o.ids.len() > 65536 {
-            o.ids.clear();
+        if ids.len() > 65536 {
+            ids.clear();
         }
-        o.ids.insert((dir, p.to_path_buf()), id);
+        ids.insert(p.to_path_buf(), id);
         Ok(id)
     }
 
     /// Updates the name map after `m` succeeded locally.
     fn after(&self, dir: u32, m: &Mutation<'_>, o: &mut Order) -> crate::changelog::Result<()> {
         let log = &self.dirs[dir as usize].log;
-        let sent = o.link.is_some() && o.ready;
-        if matches!(
-            m,
-            Mutation::Unlink { .. } | Mutation::Rmdir { .. } | Mutation::Rename { .. }
-        ) {
-            o.ids.clear();
-            o.names_gen += 1;
-        }
-        let mut ns = |c: NsChange| -> crate::changelog::Result<()> {
-            let seq = log.log_ns(c)?;
-            if sent && o.synced {
-                o.open.add(Clear::NsUpto(dir, seq));
-            }
-            Ok(())
-        };
         match m {
             Mutation::Unlink { path } | Mutation::Rmdir { path } => {
+                o.ids[dir as usize].clear();
+                o.names_gen += 1;
                 log.remove(path)?;
             }
             Mutation::Rename { from, to, flags } => {
+                o.ids[dir as usize].clear();
+                o.names_gen += 1;
                 let exchange = flags & libc::RENAME_EXCHANGE != 0;
                 if exchange {
                     log.exchange(from, to)?;
                 } else {
                     log.rename(from, to)?;
                 }
-                ns(NsChange::Rename {
+                let c = NsChange::Rename {
                     from: from.clone(),
                     to: to.clone(),
                     exchange,
-                })?;
+                };
+                self.record_ns(o, dir, c)?;
             }
-            Mutation::Link { existing, path } => ns(NsChange::Link {
-                existing: existing.clone(),
-                path: path.clone(),
-            })?,
+            Mutation::Link { existing, path } => {
+                let c = NsChange::Link {
+                    existing: existing.clone(),
+                    path: path.clone(),
+                };
+                self.record_ns(o, dir, c)?;
+            }
             _ => {}
         }
         Ok(())
@@ -651,48 +660,32 @@ impl Replicator {
     /// file written, and the directories whose entries changed.
     fn stamps(&self, dir: u32, m: &Mutation<'_>) -> Vec<(Vec<u8>, Time)> {
         let root = self.dirs[dir as usize].root.as_fd();
-        let mut paths: Vec<&Path> = Vec::new();
-        let parent = |p: &'_ Path| -> PathBuf { p.parent().unwrap_or(Path::new("")).to_path_buf() };
-        let mut owned: Vec<PathBuf> = Vec::new();
-        match m {
-            Mutation::Write { path: Some(p), .. } | Mutation::Fallocate { path: Some(p), .. } => {
-                paths.push(p)
-            }
+        let parent = |p: &Path| p.parent().unwrap_or(Path::new("")).to_path_buf();
+        let mut paths: Vec<PathBuf> = match m {
+            Mutation::Write { path: Some(p), .. }
+            | Mutation::Fallocate { path: Some(p), .. }
+            | Mutation::SetXattr { path: Some(p), .. }
+            | Mutation::RemoveXattr { path: Some(p), .. } => vec![p.clone()],
             Mutation::SetAttr {
                 path: Some(p),
                 change,
-            } if change.size.is_some() || change.mtime.is_none() => paths.push(p),
-            Mutation::SetXattr { path: Some(p), .. }
-            | Mutation::RemoveXattr { path: Some(p), .. } => paths.push(p),
+            } if change.size.is_some() || change.mtime.is_none() => vec![p.clone()],
             Mutation::Create { path, .. }
             | Mutation::Mkdir { path, .. }
-            | Mutation::Symlink { path, .. } => {
-                paths.push(path);
-                owned.push(parent(path));
+            | Mutation::Symlink { path, .. } => vec![path.clone(), parent(path)],
+            Mutation::Link { path, .. } | Mutation::Unlink { path } | Mutation::Rmdir { path } => {
+                vec![parent(path)]
             }
-            Mutation::Link { path, .. } => owned.push(parent(path)),
-            Mutation::Unlink { path } | Mutation::Rmdir { path } => owned.push(parent(path)),
-            Mutation::Rename { from, to, .. } => {
-                owned.push(parent(from));
-                owned.push(parent(to));
-            }
-            _ => {}
-        }
-        owned.dedup();
+            Mutation::Rename { from, to, .. } => vec![parent(from), parent(to)],
+            _ => Vec::new(),
+        };
+        paths.dedup();
         paths
             .into_iter()
-            .map(Path::to_path_buf)
-            .chain(owned)
             .filter_map(|p| {
                 let fd = entry::open_node(root, &p).ok()?;
                 let st = crate::fs::sys::stat_fd(fd.as_fd()).ok()?;
-                Some((
-                    bytes(p.as_os_str()),
-                    Time {
-                        secs: st.st_mtime,
-                        nanos: st.st_mtime_nsec as u32,
-                    },
-                ))
+                Some((bytes(p.as_os_str()), Time::mtime_of(&st)))
             })
             .collect()
     }
@@ -710,7 +703,7 @@ impl Replicator {
         let mut o = self.order.lock();
         if let Mutation::Fsync { .. } = m {
             // Changes nothing: the peer can start its fsync while ours runs.
-            let sent = if o.link.is_some() && o.ready && !unnamed {
+            let sent = if o.streaming() && !unnamed {
                 self.send_locked(&mut o, dir, false, WireMutation::from(m), Vec::new())
             } else {
                 None
@@ -722,17 +715,20 @@ impl Replicator {
             }
             return Ok(());
         }
-        if let Err(e) = self.mark(dir, m, &mut o) {
-            // Without the record a later resync could miss this change: refuse it.
-            drop(o);
-            self.note_error(format!("change log: {e}"));
-            return Err(Errno::EIO);
-        }
+        let written = match self.mark(dir, m, &mut o) {
+            Ok(id) => id,
+            Err(e) => {
+                // Without the record a later resync could miss this change: refuse it.
+                drop(o);
+                self.note_error(format!("change log: {e}"));
+                return Err(Errno::EIO);
+            }
+        };
         local()?;
         if let Err(e) = self.after(dir, m, &mut o) {
             self.note_error(format!("change log: {e}"));
         }
-        if o.link.is_none() || !o.ready || unnamed {
+        if !o.streaming() || unnamed {
             return Ok(());
         }
         let times = self.stamps(dir, m);
@@ -740,24 +736,12 @@ impl Replicator {
         let Some((conn, seq)) = sent else {
             return Ok(());
         };
-        let data = match m {
-            Mutation::Write {
-                path: Some(p),
-                offset,
-                data,
-                ..
-            } => Some((p, *offset, data.len() as u64)),
-            Mutation::Fallocate {
-                path: Some(p),
-                offset,
-                length,
-                ..
-            } => Some((p, *offset, *length)),
-            _ => None,
-        };
-        if let Some((p, off, len)) = data
-            && let Some(id) = o.ids.get(&(dir, p.clone())).copied()
-        {
+        if let Some(id) = written {
+            let (off, len) = match m {
+                Mutation::Write { offset, data, .. } => (*offset, data.len() as u64),
+                Mutation::Fallocate { offset, length, .. } => (*offset, *length),
+                _ => unreachable!("only writes and fallocates carry a file id"),
+            };
             o.activity.sent(dir, id, off, len, seq, Instant::now());
         }
         drop(o);
@@ -845,7 +829,6 @@ impl Replicator {
                 o.open.add(Clear::NsUpto(d as u32, *upto));
             }
         }
-        o.synced = true;
         let seq = o.next_seq - 1;
         o.resync_done = Some(seq);
         let Some((_, tx)) = &o.link else { return false };
@@ -862,15 +845,14 @@ impl Replicator {
         drop(a);
         let (peer, sent, hot) = {
             let o = self.order.lock();
-            let peer = match (&o.link, o.synced) {
+            let peer = match (&o.link, o.resync_done) {
                 (None, _) => "alone",
-                (Some(_), false) => "resyncing",
-                (Some(_), true) => "connected",
+                (Some(_), None) => "resyncing",
+                (Some(_), Some(_)) => "connected",
             };
             // Once the peer is current, hot extents of the activity log are
             // crash insurance, not differences: leave them out.
-            let current = o.synced && o.resync_done.is_some_and(|d| durable >= d);
-            let hot = if current {
+            let hot = if o.current(durable) {
                 o.activity.snapshot()
             } else {
                 Default::default()

@@ -292,22 +292,7 @@ fn ship_names(
             }
             for p in touched(change) {
                 if done.insert(p.clone()) {
-                    let entry = entry::read(x.dir(dir).root.as_fd(), p).map_err(|e| {
-                        NamesError::Read(format!(
-                            "reading {}: {}",
-                            p.display(),
-                            std::io::Error::from_raw_os_error(e.code())
-                        ))
-                    })?;
-                    if !x.ship(
-                        dir,
-                        WireMutation::Reconcile {
-                            path: raw(p),
-                            entry,
-                        },
-                    ) {
-                        return Err(NamesError::Link);
-                    }
+                    ship_state(x, dir, p, true)?;
                 }
             }
             rep.progress().names += 1;
@@ -323,27 +308,41 @@ fn ship_names(
             .collect();
         parents.sort();
         for p in parents {
-            let entry = entry::read(x.dir(dir).root.as_fd(), &p).map_err(|e| {
-                NamesError::Read(format!(
-                    "reading {}: {}",
-                    p.display(),
-                    std::io::Error::from_raw_os_error(e.code())
-                ))
-            })?;
-            if entry.is_some()
-                && !x.ship(
-                    dir,
-                    WireMutation::Reconcile {
-                        path: raw(&p),
-                        entry,
-                    },
-                )
-            {
-                return Err(NamesError::Link);
-            }
+            ship_state(x, dir, &p, false)?;
         }
     }
     Ok((plan, ns_upto))
+}
+
+/// Ships the current state of `p`; a name that is gone is shipped as
+/// absent only if `absent_too`.
+fn ship_state(
+    x: &mut Exclusive<'_>,
+    dir: u32,
+    p: &Path,
+    absent_too: bool,
+) -> Result<(), NamesError> {
+    let entry = entry::read(x.dir(dir).root.as_fd(), p).map_err(|e| {
+        NamesError::Read(format!(
+            "reading {}: {}",
+            p.display(),
+            std::io::Error::from_raw_os_error(e.code())
+        ))
+    })?;
+    if entry.is_none() && !absent_too {
+        return Ok(());
+    }
+    if x.ship(
+        dir,
+        WireMutation::Reconcile {
+            path: raw(p),
+            entry,
+        },
+    ) {
+        Ok(())
+    } else {
+        Err(NamesError::Link)
+    }
 }
 
 /// Ships the current state of `path` (read under the order lock).

@@ -84,6 +84,37 @@ pub struct Time {
     pub nanos: u32,
 }
 
+impl Time {
+    /// A file's modification time from its stat.
+    pub fn mtime_of(st: &libc::stat) -> Self {
+        Time {
+            secs: st.st_mtime,
+            nanos: st.st_mtime_nsec as u32,
+        }
+    }
+
+    pub fn atime_of(st: &libc::stat) -> Self {
+        Time {
+            secs: st.st_atime,
+            nanos: st.st_atime_nsec as u32,
+        }
+    }
+
+    /// For utimensat; `None` leaves that time as it is.
+    pub fn timespec(t: Option<Time>) -> libc::timespec {
+        match t {
+            Some(t) => libc::timespec {
+                tv_sec: t.secs,
+                tv_nsec: t.nanos as i64,
+            },
+            None => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+        }
+    }
+}
+
 impl From<SystemTime> for Time {
     fn from(t: SystemTime) -> Self {
         let ts = crate::fs::to_timespec(t);
