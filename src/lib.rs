@@ -5,11 +5,13 @@
 //! - [`fs`]: the FUSE layer mounted over each replicated directory, which turns
 //!   every mutating call into a [`fs::Mutation`] for a sink;
 //! - [`replication`]: the node-to-node protocol (frames, messages);
+//! - [`cluster`]: heartbeats and the per-module state machine (who serves);
 //! - [`daemon`]: runs the modules of a configuration (mounts, control socket);
 //! - [`cli`]: the `tandem` command line.
 
 pub mod changelog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

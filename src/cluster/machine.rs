@@ -1,0 +1,716 @@
+//! The per-module state machine: who serves, decided from what this node
+//! knows (its peer's heartbeats, quorum, its replication state, commands).
+//!
+//! [`Machine::step`] is pure: it takes an event at a logical time (ms) and
+//! returns the actions the daemon must carry out, in order. The daemon runs
+//! them, reports a failure back as [`Event::Failed`], and only then announces
+//! the new state to the peer, so a peer never acts on a state this node has
+//! not reached yet (the twin never starts before the old primary stopped).
+
+use serde::{Deserialize, Serialize};
+
+/// The vendor's module states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    /// Module stopped on this node.
+    Stop,
+    /// Running, not allowed to serve.
+    Wait,
+    /// Receiving replication.
+    Second,
+    /// Serving, the peer is an up-to-date SECOND.
+    Prim,
+    /// Serving, the peer absent or not in sync.
+    Alone,
+}
+
+impl State {
+    pub fn serving(self) -> bool {
+        matches!(self, State::Prim | State::Alone)
+    }
+}
+
+/// A data generation as the machine compares it (see `changelog::Generation`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gen {
+    pub current: u64,
+    pub history: Vec<u64>,
+    /// Never served nor synchronised: its data counts for nothing.
+    pub fresh: bool,
+}
+
+/// What the peer's heartbeats say about this module.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub state: Option<State>,
+    /// As SECOND: its copy is current.
+    pub uptodate: bool,
+    pub generation: Gen,
+    /// It stepped down for this node: take over.
+    pub handover: bool,
+    /// As SECOND: it asks the primary to hand over (`swap` run there).
+    pub wants_primary: bool,
+    /// It was told to keep its data over this node's (split brain resolved).
+    pub keeps: bool,
+    /// Its last run ended serving the module.
+    pub served_last: bool,
+}
+
+/// How two generations relate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Same,
+    /// The other side has everything this side has, and more.
+    Behind,
+    Ahead,
+    /// Both changed on their own since they last agreed.
+    Split,
+}
+
+pub fn compare(mine: &Gen, theirs: &Gen) -> Order {
+    match (mine.fresh, theirs.fresh) {
+        (true, true) => return Order::Same,
+        (true, false) => return Order::Behind,
+        (false, true) => return Order::Ahead,
+        _ => {}
+    }
+    if mine.current == theirs.current {
+        Order::Same
+    } else if theirs.history.contains(&mine.current) {
+        Order::Behind
+    } else if mine.history.contains(&theirs.current) {
+        Order::Ahead
+    } else {
+        Order::Split
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Receive the peer's replication; `full`: by content, not by change log.
+    BecomeSecondary {
+        full: bool,
+    },
+    /// Stop receiving replication.
+    LeaveSecondary,
+    /// Open the primary side (mount, link to the peer); `new_generation`
+    /// when serving without an up-to-date peer.
+    Promote {
+        new_generation: bool,
+    },
+    StartApp,
+    StopApp,
+    /// Close the primary side; `flush`: wait until the peer has everything.
+    Demote {
+        flush: bool,
+    },
+    /// Remember the role across restarts.
+    SaveRole(State),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Start,
+    Stop,
+    Swap,
+    Prim {
+        force: bool,
+    },
+    /// Split brain: keep this node's data (`true`) or the peer's.
+    Resolve {
+        keep_mine: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    StartApp,
+    Promote,
+    Demote,
+    Secondary,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Time passed.
+    Tick,
+    /// A heartbeat from the peer carrying this module's view.
+    Peer(PeerView),
+    /// No heartbeat on any path for the heartbeat timeout.
+    PeerLost,
+    Quorum(bool),
+    /// Replication: as SECOND, this node's copy is (no longer) current.
+    Synced(bool),
+    /// This node's generation (it changes when the node serves alone or
+    /// adopts the primary's after a resync).
+    Generation(Gen),
+    Command(Command),
+    Failed(Failure, String),
+}
+
+/// Fixed settings of one module's machine.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `Some(true)`: this node is `preferred_primary`; `Some(false)`: the peer is.
+    pub preferred: Option<bool>,
+    /// Tie-break when nothing else decides: the node listed first serves.
+    pub listed_first: bool,
+    /// After start, how long to wait for the peer before deciding alone.
+    pub boot_wait_ms: u64,
+    /// Failed application starts retried here before handing over.
+    pub start_retries: u32,
+    /// How long a `swap` asked of the peer stays asked.
+    pub request_ms: u64,
+}
+
+/// The answer to a command.
+pub type Reply = Result<String, String>;
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub actions: Vec<Action>,
+    pub reply: Option<Reply>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Machine {
+    cfg: Config,
+    pub state: State,
+    /// Why the last transition happened.
+    pub why: String,
+    pub since: u64,
+    now: u64,
+    peer: Option<PeerView>,
+    quorum: bool,
+    synced: bool,
+    generation: Gen,
+    /// The role of the last run (serving or not), as persisted.
+    last_serving: bool,
+    boot_until: Option<u64>,
+    pub split_brain: bool,
+    /// This node stepped down for the peer: announced until the peer serves.
+    pub handover: bool,
+    /// `swap` asked of the peer until this time.
+    pub wants_primary_until: Option<u64>,
+    keeps: bool,
+    /// Made primary with `--force`: serves without quorum until the peer is seen.
+    forced: bool,
+    /// Not allowed to serve until an operator starts the module again.
+    pub blocked: Option<String>,
+    start_failures: u32,
+}
+
+impl Machine {
+    /// A machine at `now` for a node whose last run ended `last` (None: never
+    /// ran) with data generation `generation`.
+    pub fn new(cfg: Config, now: u64, last: Option<State>, generation: Gen, quorum: bool) -> Self {
+        let stopped = last == Some(State::Stop);
+        Machine {
+            boot_until: Some(now + cfg.boot_wait_ms),
+            cfg,
+            state: if stopped { State::Stop } else { State::Wait },
+            why: if stopped {
+                "stopped before the daemon restarted".into()
+            } else {
+                "starting: waiting for the peer".into()
+            },
+            since: now,
+            now,
+            peer: None,
+            quorum,
+            synced: false,
+            generation,
+            last_serving: last.is_some_and(State::serving),
+            split_brain: false,
+            handover: false,
+            wants_primary_until: None,
+            keeps: false,
+            forced: false,
+            blocked: None,
+            start_failures: 0,
+        }
+    }
+
+    /// What this node announces to its peer.
+    pub fn view(&self) -> PeerView {
+        PeerView {
+            state: Some(self.state),
+            uptodate: self.state == State::Second && self.synced_now(),
+            generation: self.generation.clone(),
+            handover: self.handover,
+            wants_primary: self.wants_primary_until.is_some_and(|t| self.now < t),
+            keeps: self.keeps,
+            served_last: self.last_serving || self.state.serving(),
+        }
+    }
+
+    pub fn peer(&self) -> Option<&PeerView> {
+        self.peer.as_ref()
+    }
+
+    pub fn step(&mut self, now: u64, ev: Event) -> Outcome {
+        self.now = now.max(self.now);
+        let mut out = Outcome::default();
+        match ev {
+            Event::Tick => {}
+            Event::Peer(v) => {
+                if v.state.is_some_and(State::serving) {
+                    self.handover = false;
+                }
+                if self.state == State::Second
+                    && compare(&self.generation, &v.generation) != Order::Same
+                {
+                    // The primary went on without this copy: no longer current
+                    // until the replication says so again.
+                    self.synced = false;
+                }
+                self.forced = false;
+                self.peer = Some(v);
+            }
+            Event::PeerLost => self.peer = None,
+            Event::Quorum(q) => self.quorum = q,
+            Event::Synced(s) => self.synced = s,
+            Event::Generation(g) => self.generation = g,
+            Event::Command(c) => {
+                let reply = self.command(c, &mut out.actions);
+                out.reply = Some(reply);
+            }
+            Event::Failed(f, msg) => self.failed(f, msg, &mut out.actions),
+        }
+        if self
+            .boot_until
+            .is_some_and(|t| self.peer.is_some() || self.now >= t)
+        {
+            self.boot_until = None;
+        }
+        if self.wants_primary_until.is_some_and(|t| self.now >= t) {
+            self.wants_primary_until = None;
+        }
+        self.decide(&mut out.actions);
+        out
+    }
+
+    fn to(&mut self, s: State, why: impl Into<String>, actions: &mut Vec<Action>) {
+        self.why = why.into();
+        if s.serving() {
+            self.last_serving = true;
+        } else if s == State::Second {
+            self.last_serving = false;
+        }
+        if s != self.state {
+            self.state = s;
+            self.since = self.now;
+            actions.push(Action::SaveRole(s));
+        }
+    }
+
+    /// As SECOND: current (reset whenever the primary's generation moved on).
+    fn synced_now(&self) -> bool {
+        self.synced
+    }
+
+    fn serve(&mut self, new_generation: bool, why: &str, actions: &mut Vec<Action>) {
+        if let Some(b) = &self.blocked {
+            self.why = format!("would serve ({why}), but {b}");
+            return;
+        }
+        if self.split_brain {
+            self.why = "split brain: waiting for `tandem resolve`".into();
+            return;
+        }
+        if self.state == State::Second {
+            actions.push(Action::LeaveSecondary);
+        }
+        actions.push(Action::Promote { new_generation });
+        actions.push(Action::StartApp);
+        self.handover = false;
+        self.wants_primary_until = None;
+        self.start_failures = 0;
+        self.synced = false;
+        let s = if self.peer_is_current_second() {
+            State::Prim
+        } else {
+            State::Alone
+        };
+        self.to(s, why, actions);
+    }
+
+    /// Stops serving; `then` is the state to go to.
+    fn step_down(&mut self, flush: bool, then: State, why: &str, actions: &mut Vec<Action>) {
+        actions.push(Action::StopApp);
+        actions.push(Action::Demote { flush });
+        if then == State::Second {
+            actions.push(Action::BecomeSecondary { full: false });
+            // The peer had everything: this copy is the same data.
+            self.synced = flush;
+        }
+        self.to(then, why, actions);
+    }
+
+    fn peer_is_current_second(&self) -> bool {
+        self.peer.as_ref().is_some_and(|p| {
+            p.state == Some(State::Second)
+                && p.uptodate
+                && compare(&self.generation, &p.generation) == Order::Same
+        })
+    }
+
+    fn decide(&mut self, actions: &mut Vec<Action>) {
+        match self.state {
+            State::Stop => {}
+            State::Wait => self.decide_waiting(actions),
+            State::Second => self.decide_second(actions),
+            State::Prim | State::Alone => self.decide_serving(actions),
+        }
+    }
+
+    fn decide_waiting(&mut self, actions: &mut Vec<Action>) {
+        if self.boot_until.is_some() {
+            return;
+        }
+        let Some(peer) = self.peer.clone() else {
+            // Alone: serve only with data known to be the newest (it served
+            // last, or it was a current SECOND when the peer vanished).
+            if self.quorum && (self.last_serving || self.synced) {
+                self.serve(true, "peer absent: serving alone", actions);
+            } else if !self.quorum && (self.last_serving || self.synced) {
+                self.why = "peer absent and no quorum: not serving".into();
+            } else {
+                self.why = "peer absent and this copy may be stale: waiting for the peer".into();
+            }
+            return;
+        };
+        let order = compare(&self.generation, &peer.generation);
+        match peer.state {
+            Some(State::Prim | State::Alone) => match order {
+                Order::Same | Order::Behind if !self.split_brain => {
+                    actions.push(Action::BecomeSecondary {
+                        full: self.generation.fresh,
+                    });
+                    self.synced = false;
+                    self.to(State::Second, "peer serves: following it", actions);
+                }
+                _ if peer.keeps => {
+                    // The operator chose the peer's data (resolve run there).
+                    self.split_brain = false;
+                    actions.push(Action::BecomeSecondary { full: true });
+                    self.synced = false;
+                    self.to(
+                        State::Second,
+                        "split brain resolved for the peer's data: full sync from it",
+                        actions,
+                    );
+                }
+                _ => {
+                    self.split_brain = true;
+                    self.why = "split brain: the peer serves data that is not this node's; \
+                                waiting for `tandem resolve`"
+                        .into();
+                }
+            },
+            Some(State::Stop) if matches!(order, Order::Same | Order::Ahead) => {
+                self.serve(true, "peer stopped: serving alone", actions)
+            }
+            Some(State::Wait | State::Second) => self.decide_between_idle(order, &peer, actions),
+            _ => {}
+        }
+    }
+
+    /// Neither node serves: the newer data serves, then the last primary,
+    /// the preferred node, the node listed first.
+    fn decide_between_idle(&mut self, order: Order, peer: &PeerView, actions: &mut Vec<Action>) {
+        if self.handover {
+            self.why = "handed over: waiting for the peer to serve".into();
+            return;
+        }
+        let mine = match order {
+            Order::Ahead => true,
+            Order::Behind => false,
+            Order::Split if self.keeps || peer.keeps => {
+                self.split_brain = false;
+                self.keeps
+            }
+            Order::Split => {
+                self.split_brain = true;
+                self.why = "split brain: both nodes changed the data on their own; \
+                            waiting for `tandem resolve`"
+                    .into();
+                return;
+            }
+            Order::Same => {
+                if peer.handover {
+                    true
+                } else if self.last_serving != peer.served_last {
+                    self.last_serving
+                } else if let Some(p) = self.cfg.preferred {
+                    p
+                } else {
+                    self.cfg.listed_first
+                }
+            }
+        };
+        if mine {
+            self.serve(
+                order != Order::Same || !peer.uptodate,
+                "both idle, this node has the data to serve",
+                actions,
+            );
+        } else if !mine && self.state == State::Wait {
+            self.why = "the peer has the data to serve: waiting for it".into();
+        }
+    }
+
+    fn decide_second(&mut self, actions: &mut Vec<Action>) {
+        let current = self.synced_now();
+        let Some(peer) = self.peer.clone() else {
+            if !current {
+                self.why = "peer lost while this copy was not current: waiting".into();
+                actions.push(Action::LeaveSecondary);
+                self.to(
+                    State::Wait,
+                    "peer lost while syncing: this copy is inconsistent",
+                    actions,
+                );
+            } else if self.quorum {
+                self.serve(true, "peer lost: taking over", actions);
+            } else {
+                actions.push(Action::LeaveSecondary);
+                self.to(
+                    State::Wait,
+                    "peer lost and no quorum: not taking over",
+                    actions,
+                );
+            }
+            return;
+        };
+        match peer.state {
+            Some(State::Second | State::Stop | State::Wait) if peer.handover && current => {
+                let alone = peer.state != Some(State::Second);
+                self.serve(alone, "the peer handed over", actions)
+            }
+            Some(State::Wait | State::Second) => self.decide_between_idle(
+                compare(&self.generation, &peer.generation),
+                &peer,
+                actions,
+            ),
+            Some(State::Stop) if current && self.quorum => {
+                self.serve(true, "peer stopped: serving alone", actions)
+            }
+            _ => {}
+        }
+    }
+
+    fn decide_serving(&mut self, actions: &mut Vec<Action>) {
+        let Some(peer) = self.peer.clone() else {
+            if !self.quorum && !self.forced {
+                self.step_down(
+                    false,
+                    State::Wait,
+                    "lost the peer and quorum: stopped serving (self-fencing)",
+                    actions,
+                );
+            } else if self.state == State::Prim {
+                self.to(State::Alone, "peer lost: serving alone", actions);
+            }
+            return;
+        };
+        if peer.state.is_some_and(State::serving) {
+            // Both serve: exactly one yields, the same one on both sides.
+            self.split_brain = true;
+            let keep = match self.cfg.preferred {
+                Some(p) => p,
+                None => self.cfg.listed_first,
+            };
+            if !keep {
+                self.step_down(
+                    false,
+                    State::Wait,
+                    "split brain: both nodes served; the other node keeps serving",
+                    actions,
+                );
+            }
+            return;
+        }
+        if compare(&self.generation, &peer.generation) == Order::Split && !peer.keeps && !self.keeps
+        {
+            self.split_brain = true;
+        }
+        let current = self.peer_is_current_second();
+        if current {
+            self.keeps = false;
+        }
+        let label = if current { State::Prim } else { State::Alone };
+        if label != self.state {
+            let why = if current {
+                "peer is an up-to-date SECOND"
+            } else {
+                "peer not in sync: serving alone"
+            };
+            self.to(label, why, actions);
+        }
+        if current && (peer.wants_primary || self.cfg.preferred == Some(false)) {
+            let why = if peer.wants_primary {
+                "swap asked on the peer: handing over"
+            } else {
+                "the preferred primary is up to date: handing back"
+            };
+            self.handover = true;
+            self.step_down(true, State::Second, why, actions);
+        }
+    }
+
+    fn command(&mut self, c: Command, actions: &mut Vec<Action>) -> Reply {
+        match c {
+            Command::Start => {
+                if self.state != State::Stop && self.blocked.is_none() {
+                    return Ok(format!("already started ({:?})", self.state));
+                }
+                self.blocked = None;
+                self.start_failures = 0;
+                if self.state == State::Stop {
+                    self.to(State::Wait, "started by the operator", actions);
+                }
+                Ok("started".into())
+            }
+            Command::Stop => {
+                match self.state {
+                    State::Stop => return Ok("already stopped".into()),
+                    State::Prim | State::Alone => {
+                        let current = self.peer_is_current_second();
+                        self.handover = current;
+                        self.step_down(current, State::Stop, "stopped by the operator", actions);
+                        return Ok(if current {
+                            "stopped; the peer takes over".into()
+                        } else {
+                            "stopped; nobody serves the module now".into()
+                        });
+                    }
+                    State::Second => actions.push(Action::LeaveSecondary),
+                    State::Wait => {}
+                }
+                self.to(State::Stop, "stopped by the operator", actions);
+                Ok("stopped".into())
+            }
+            Command::Swap => match self.state {
+                State::Prim if self.peer_is_current_second() => {
+                    self.handover = true;
+                    self.step_down(true, State::Second, "swap: handing over", actions);
+                    Ok("swapped: the peer serves now".into())
+                }
+                State::Prim | State::Alone => {
+                    Err("the peer is not an up-to-date SECOND; swap refused".into())
+                }
+                State::Second => {
+                    let peer_prim = self
+                        .peer
+                        .as_ref()
+                        .is_some_and(|p| p.state == Some(State::Prim));
+                    if !self.synced_now() {
+                        Err("this node is still syncing; swap when it is up to date".into())
+                    } else if !peer_prim {
+                        Err("the peer is not PRIM; nothing to swap".into())
+                    } else {
+                        self.wants_primary_until = Some(self.now + self.cfg.request_ms);
+                        Ok("swap asked of the peer; it hands over".into())
+                    }
+                }
+                State::Wait | State::Stop => Err(format!(
+                    "this node is {:?}; swap needs one PRIM and one up-to-date SECOND",
+                    self.state
+                )),
+            },
+            Command::Prim { force } => {
+                let peer_serving = self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.state.is_some_and(State::serving));
+                if self.state.serving() {
+                    return Ok("already serving".into());
+                }
+                if peer_serving {
+                    return Err("the peer serves the module; use `tandem swap`".into());
+                }
+                if self.state == State::Stop {
+                    return Err("the module is stopped here; `tandem start` it first".into());
+                }
+                if !(force || self.state == State::Second && self.synced_now()) {
+                    return Err("this copy is not known to be current; \
+                                `tandem prim --force` serves it anyway"
+                        .into());
+                }
+                self.blocked = None;
+                self.split_brain = false;
+                self.forced = force;
+                self.serve(true, "made primary by the operator", actions);
+                Ok("serving".into())
+            }
+            Command::Resolve { keep_mine } => {
+                if !self.split_brain {
+                    return Err("no split brain to resolve".into());
+                }
+                self.split_brain = false;
+                if keep_mine {
+                    self.keeps = true;
+                    Ok("keeping this node's data; the peer resynchronises from it".into())
+                } else {
+                    self.keeps = false;
+                    if self.state.serving() {
+                        actions.push(Action::StopApp);
+                        actions.push(Action::Demote { flush: false });
+                    } else if self.state == State::Second {
+                        actions.push(Action::LeaveSecondary);
+                    }
+                    actions.push(Action::BecomeSecondary { full: true });
+                    self.synced = false;
+                    self.to(
+                        State::Second,
+                        "split brain resolved: taking the peer's data",
+                        actions,
+                    );
+                    Ok("discarding this node's changes: full sync from the peer".into())
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, f: Failure, msg: String, actions: &mut Vec<Action>) {
+        match f {
+            Failure::StartApp if self.state.serving() => {
+                self.start_failures += 1;
+                if self.start_failures <= self.cfg.start_retries {
+                    self.why = format!("application start failed ({msg}): retrying");
+                    actions.push(Action::StopApp);
+                    actions.push(Action::StartApp);
+                } else {
+                    self.blocked = Some(format!("application does not start here: {msg}"));
+                    let current = self.peer_is_current_second();
+                    self.handover = current;
+                    self.step_down(
+                        current,
+                        State::Wait,
+                        &format!("application failed to start ({msg}): handing over"),
+                        actions,
+                    );
+                }
+            }
+            Failure::Promote => {
+                self.blocked = Some(format!("cannot serve here: {msg}"));
+                actions.push(Action::StopApp);
+                actions.push(Action::Demote { flush: false });
+                self.to(State::Wait, format!("promotion failed: {msg}"), actions);
+            }
+            Failure::Secondary => {
+                self.blocked = Some(format!("cannot receive replication: {msg}"));
+                self.to(State::Wait, format!("cannot become SECOND: {msg}"), actions);
+            }
+            Failure::StartApp | Failure::Demote => {
+                self.why = format!("{f:?} failed: {msg}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

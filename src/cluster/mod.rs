@@ -1,0 +1,4 @@
+//! The cluster manager: heartbeats between the nodes and the per-module state
+//! machine that decides which node serves.
+
+pub mod machine;
