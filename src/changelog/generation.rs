@@ -44,6 +44,24 @@ impl Generation {
     }
 }
 
+impl Generation {
+    /// `theirs`, with this generation's ids after its own history, so a
+    /// later comparison still finds either line.
+    pub fn adopted(&self, theirs: &Generation) -> Generation {
+        let mut history = theirs.history.clone();
+        for id in std::iter::once(self.current).chain(self.history.iter().copied()) {
+            if id != theirs.current && !history.contains(&id) {
+                history.push(id);
+            }
+        }
+        history.truncate(GENERATION_HISTORY);
+        Generation {
+            current: theirs.current,
+            history,
+        }
+    }
+}
+
 /// A non-zero random u64 from /dev/urandom.
 pub fn random_id() -> Result<u64> {
     let mut f = std::fs::File::open("/dev/urandom").map_err(ChangeLogError::Random)?;

@@ -177,6 +177,12 @@ impl ChangeLog for MemChangeLog {
         Ok(st.generation.clone())
     }
 
+    fn adopt_generation(&self, g: &Generation) -> Result<()> {
+        let mut st = self.state.lock();
+        st.generation = st.generation.adopted(g);
+        Ok(())
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }

@@ -85,7 +85,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use error::{ChangeLogError, Result};
-pub use generation::{GENERATION_HISTORY, Generation};
+pub use generation::{GENERATION_HISTORY, Generation, random_id};
 pub use mem::MemChangeLog;
 pub use ns::NsChange;
 pub use rocks::RocksChangeLog;
@@ -160,6 +160,9 @@ pub trait ChangeLog: Send + Sync {
     fn generation(&self) -> Result<Generation>;
     /// Starts a new generation (persisted); returns it.
     fn new_generation(&self) -> Result<Generation>;
+    /// Takes the peer's generation after a completed resync (persisted):
+    /// the data is now the peer's, so is its history.
+    fn adopt_generation(&self, g: &Generation) -> Result<()>;
 
     /// Makes everything recorded so far durable and exact.
     fn flush(&self) -> Result<()>;

@@ -428,6 +428,16 @@ impl ChangeLog for RocksChangeLog {
         Ok(next)
     }
 
+    fn adopt_generation(&self, theirs: &Generation) -> Result<()> {
+        let mut g = self.generation.lock();
+        let next = g.adopted(theirs);
+        let value = serde_json::to_vec(&next).expect("Generation is serialisable");
+        self.db
+            .put_cf_opt(self.cf(CF_META), META_GENERATION, value, &write_opts(true))?;
+        *g = next;
+        Ok(())
+    }
+
     fn flush(&self) -> Result<()> {
         let mut dirty = self.dirty.lock();
         self.db.flush_wal(true)?;

@@ -336,6 +336,21 @@ fn suite_generation(log: &dyn ChangeLog) {
     let mut want: Vec<u64> = seen[..seen.len() - 1].iter().rev().copied().collect();
     want.truncate(GENERATION_HISTORY);
     assert_eq!(g.history, want);
+    // Adopting the peer's generation: its id and history first, ours after.
+    let mine = log.generation().unwrap();
+    let theirs = Generation {
+        current: 77,
+        history: vec![55, mine.history[0]],
+    };
+    log.adopt_generation(&theirs).unwrap();
+    let g = log.generation().unwrap();
+    assert_eq!(g.current, 77);
+    assert_eq!(&g.history[..3], &[55, mine.history[0], mine.current]);
+    assert_eq!(g.history.len(), GENERATION_HISTORY);
+    assert_eq!(
+        g.history.iter().filter(|&&x| x == mine.history[0]).count(),
+        1
+    );
 }
 
 fn run_suite(log: &dyn ChangeLog) {

@@ -1,4 +1,5 @@
 //! The cluster manager: heartbeats between the nodes and the per-module state
 //! machine that decides which node serves.
 
+pub mod heartbeat;
 pub mod machine;

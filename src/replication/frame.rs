@@ -216,6 +216,7 @@ mod tests {
             Message::ResyncDone {
                 seq: 43,
                 generation: 9,
+                history: vec![8, 7],
             },
             Message::Close {
                 reason: "bye".into(),

@@ -314,9 +314,32 @@ impl Replicator {
     /// The connection `conn` is gone (or must go): from now on the primary
     /// is alone, and whatever was not durable on the peer stays marked.
     pub fn detach(&self, conn: u64, why: &str) {
+        self.unlink(conn, why, true);
+    }
+
+    /// Closes the link on purpose (this node stops serving after the peer
+    /// got everything): the peer's copy stays as current as this one.
+    pub fn close_link(&self, why: &str) {
+        let conn = self.order.lock().link.as_ref().map(|(c, _)| *c);
+        if let Some(conn) = conn {
+            self.unlink(conn, why, false);
+        }
+    }
+
+    fn unlink(&self, conn: u64, why: &str, failed: bool) {
         let durable = self.acks.lock().durable;
         let mut o = self.order.lock();
         if o.linked(conn) {
+            if failed && o.current(durable) {
+                // The peer was current and is no longer: a new generation
+                // (before anything is acknowledged without it) tells the peer
+                // and the cluster manager that its copy fell behind.
+                for d in &self.dirs {
+                    if let Err(e) = d.log.new_generation() {
+                        self.note_error(format!("change log: {e}"));
+                    }
+                }
+            }
             // Hot extents become exact again: only what the peer may lack
             // stays marked. Before the peer was current (a resync still
             // running), whole extents stay: they may hold older marks.
@@ -811,7 +834,12 @@ impl Replicator {
 
     /// The resync has shipped everything: namespace records up to `ns_upto`
     /// (per dir) may go once durable, and from now on live records clear too.
-    pub fn finish_resync(&self, conn: u64, ns_upto: &[u64], generation: u64) -> bool {
+    pub fn finish_resync(
+        &self,
+        conn: u64,
+        ns_upto: &[u64],
+        generation: crate::changelog::Generation,
+    ) -> bool {
         let mut o = self.order.lock();
         if !o.linked(conn) {
             return false;
@@ -832,7 +860,12 @@ impl Replicator {
         let seq = o.next_seq - 1;
         o.resync_done = Some(seq);
         let Some((_, tx)) = &o.link else { return false };
-        tx.send(Message::ResyncDone { seq, generation }).is_ok()
+        tx.send(Message::ResyncDone {
+            seq,
+            generation: generation.current,
+            history: generation.history,
+        })
+        .is_ok()
     }
 
     pub fn progress(&self) -> parking_lot::MutexGuard<'_, ResyncProgress> {

@@ -205,7 +205,10 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
             rep.progress().files_done += 1;
         }
     }
-    let generation = rep.dirs[0].log.generation().map(|g| g.current).unwrap_or(0);
+    let generation = rep.dirs[0]
+        .log
+        .generation()
+        .map_err(|e| format!("change log: {e}"))?;
     if !rep.finish_resync(conn, &ns_upto, generation) {
         return Err(stopped());
     }

@@ -466,6 +466,7 @@ fn apply_session(
 ) {
     let mut last_ack = Instant::now();
     let mut done_at: Option<u64> = None;
+    let mut adopt: Option<crate::changelog::Generation> = None;
     let fail = |why: String| {
         tracing::error!("{}: {why}", module.name);
         module.state.lock().last_error = Some(why.clone());
@@ -513,7 +514,17 @@ fn apply_session(
                     s.applied = seq;
                     s.bytes += n;
                 }
-                Message::ResyncDone { seq, .. } => done_at = Some(seq),
+                Message::ResyncDone {
+                    seq,
+                    generation,
+                    history,
+                } => {
+                    done_at = Some(seq);
+                    adopt = Some(crate::changelog::Generation {
+                        current: generation,
+                        history,
+                    });
+                }
                 _ => {}
             }
             if last_sync.elapsed() >= SYNC_EVERY {
@@ -536,6 +547,12 @@ fn apply_session(
             done_at = None;
             for log in &module.logs {
                 if let Err(e) = resync::clear_all(log.as_ref()) {
+                    fail(format!("change log: {e}"));
+                }
+                // Same data as the primary now: same generation.
+                if let Some(g) = &adopt
+                    && let Err(e) = log.adopt_generation(g)
+                {
                     fail(format!("change log: {e}"));
                 }
             }

@@ -48,8 +48,13 @@ pub enum Message {
         times: Vec<(Vec<u8>, Time)>,
     },
     /// The source shipped everything that differed up to `seq`; once that is
-    /// durable the target is up to date and adopts `generation`.
-    ResyncDone { seq: u64, generation: u64 },
+    /// durable the target is up to date and adopts the source's generation
+    /// (`generation` and its `history`).
+    ResyncDone {
+        seq: u64,
+        generation: u64,
+        history: Vec<u64>,
+    },
     /// From the secondary: it has read every mutation up to `received`,
     /// applied up to `applied`, and made durable up to `durable`.
     Ack {

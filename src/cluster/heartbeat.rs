@@ -1,0 +1,434 @@
+//! Heartbeats: one UDP datagram per network path every interval, carrying
+//! each module's state on this node. Datagrams are authenticated with
+//! HMAC-SHA256 under the cluster's heartbeat key and numbered: a forged,
+//! altered or replayed datagram is dropped and counted, never believed.
+//!
+//! Layout: `"TB"`, version, postcard-encoded [`Beat`], 32-byte tag over all
+//! of the above.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+
+use super::machine::PeerView;
+
+const MAGIC: [u8; 2] = *b"TB";
+const VERSION: u8 = 1;
+const TAG_LEN: usize = 32;
+/// Larger datagrams are not heartbeats.
+pub const MAX_DATAGRAM: usize = 16 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    pub cluster: String,
+    pub node: String,
+    /// Random per daemon start: numbering restarts with it.
+    pub boot: u64,
+    pub seq: u64,
+    /// Sender's wall clock (ms): a new boot must be later than the last one seen.
+    pub sent_ms: u64,
+    pub modules: Vec<(String, PeerView)>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Dropped {
+    #[error("not a heartbeat")]
+    Malformed,
+    #[error("heartbeat version {0}, this node speaks {VERSION}")]
+    Version(u8),
+    #[error("bad HMAC: not from this cluster, or altered")]
+    BadMac,
+    #[error("replayed or out of order")]
+    Replayed,
+    #[error("from {node:?} of cluster {cluster:?}, not the peer")]
+    Foreign { cluster: String, node: String },
+}
+
+pub struct Key(hmac::Key);
+
+impl Key {
+    pub fn new(secret: &[u8]) -> Key {
+        Key(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// The key written by `tandem init` (hex).
+    pub fn load(path: &Path) -> Result<Key, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("heartbeat key {}: {e}", path.display()))?;
+        let hex = text.trim();
+        if hex.len() < 32 || hex.len() % 2 != 0 {
+            return Err(format!(
+                "heartbeat key {}: expected at least 16 bytes in hex",
+                path.display()
+            ));
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| format!("heartbeat key {}: not hexadecimal", path.display()))?;
+        Ok(Key::new(&bytes))
+    }
+}
+
+pub fn seal(key: &Key, beat: &Beat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    let mut out = postcard::to_extend(beat, out).expect("a heartbeat serialises");
+    let tag = hmac::sign(&key.0, &out);
+    out.extend_from_slice(tag.as_ref());
+    out
+}
+
+pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
+    if datagram.len() < 3 + TAG_LEN || datagram[..2] != MAGIC {
+        return Err(Dropped::Malformed);
+    }
+    if datagram[2] != VERSION {
+        return Err(Dropped::Version(datagram[2]));
+    }
+    let (body, tag) = datagram.split_at(datagram.len() - TAG_LEN);
+    // Authenticate before parsing anything an attacker wrote.
+    hmac::verify(&key.0, body, tag).map_err(|_| Dropped::BadMac)?;
+    postcard::from_bytes(&body[3..]).map_err(|_| Dropped::Malformed)
+}
+
+/// Accepts each heartbeat of the peer at most once, in order.
+#[derive(Default)]
+pub struct Replay {
+    last: Option<(u64, u64, u64)>,
+}
+
+impl Replay {
+    pub fn accept(&mut self, b: &Beat) -> bool {
+        let ok = match self.last {
+            None => true,
+            Some((boot, seq, _)) if boot == b.boot => b.seq > seq,
+            Some((_, _, sent)) => b.sent_ms > sent,
+        };
+        if ok {
+            self.last = Some((b.boot, b.seq, b.sent_ms));
+        }
+        ok
+    }
+}
+
+/// Dropped datagrams, by reason (shown in the status).
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub bad_mac: AtomicU64,
+    pub replayed: AtomicU64,
+    pub malformed: AtomicU64,
+    pub foreign: AtomicU64,
+}
+
+/// One network path: this node's address and the peer's, on the heartbeat port.
+#[derive(Clone, Copy, Debug)]
+pub struct NetPath {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+pub struct Heartbeats {
+    pub key: Key,
+    pub cluster: String,
+    pub me: String,
+    pub peer: String,
+    pub paths: Vec<NetPath>,
+    pub interval: Duration,
+    pub counters: Counters,
+    /// What to announce: each module's view, kept current by the manager.
+    pub views: Mutex<Vec<(String, PeerView)>>,
+    /// Send at once (a state changed) instead of at the next interval.
+    pub now: tokio::sync::Notify,
+    boot: u64,
+    seq: AtomicU64,
+    replay: Mutex<Replay>,
+}
+
+/// A heartbeat accepted from the peer on path `path`.
+pub struct Heard {
+    pub path: usize,
+    pub beat: Beat,
+}
+
+impl Heartbeats {
+    pub fn new(
+        key: Key,
+        cluster: &str,
+        me: &str,
+        peer: &str,
+        paths: Vec<NetPath>,
+        interval: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Heartbeats {
+            key,
+            cluster: cluster.into(),
+            me: me.into(),
+            peer: peer.into(),
+            paths,
+            interval,
+            counters: Counters::default(),
+            views: Mutex::new(Vec::new()),
+            now: tokio::sync::Notify::new(),
+            boot: crate::changelog::random_id().unwrap_or(1),
+            seq: AtomicU64::new(0),
+            replay: Mutex::new(Replay::default()),
+        })
+    }
+
+    /// Binds every path; then sends and receives until the runtime ends.
+    pub async fn start(
+        self: &Arc<Self>,
+        heard: tokio::sync::mpsc::UnboundedSender<Heard>,
+    ) -> Result<(), String> {
+        let mut socks = Vec::new();
+        for p in &self.paths {
+            let s = UdpSocket::bind(p.local)
+                .await
+                .map_err(|e| format!("heartbeat: cannot bind {}: {e}", p.local))?;
+            socks.push(Arc::new(s));
+        }
+        for (i, s) in socks.iter().enumerate() {
+            let (me, s, tx) = (self.clone(), s.clone(), heard.clone());
+            tokio::spawn(async move { me.receive(i, s, tx).await });
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.send_loop(socks).await });
+        Ok(())
+    }
+
+    fn beat(&self) -> Beat {
+        Beat {
+            cluster: self.cluster.clone(),
+            node: self.me.clone(),
+            boot: self.boot,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            sent_ms: now_ms(),
+            modules: self.views.lock().clone(),
+        }
+    }
+
+    async fn send_loop(self: Arc<Self>, socks: Vec<Arc<UdpSocket>>) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = vec![false; socks.len()];
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.now.notified() => {}
+            }
+            let datagram = seal(&self.key, &self.beat());
+            for (i, (s, p)) in socks.iter().zip(&self.paths).enumerate() {
+                match s.send_to(&datagram, p.remote).await {
+                    Ok(_) => {
+                        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                        warned[i] = false;
+                    }
+                    Err(e) if !warned[i] => {
+                        tracing::warn!("heartbeat to {}: {e}", p.remote);
+                        warned[i] = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    async fn receive(
+        self: Arc<Self>,
+        path: usize,
+        sock: Arc<UdpSocket>,
+        tx: tokio::sync::mpsc::UnboundedSender<Heard>,
+    ) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, from) = match sock.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("heartbeat receive on {}: {e}", self.paths[path].local);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.check(&buf[..n]) {
+                Ok(beat) => {
+                    self.counters.received.fetch_add(1, Ordering::Relaxed);
+                    if tx.send(Heard { path, beat }).is_err() {
+                        return;
+                    }
+                }
+                Err(d) => {
+                    let c = match d {
+                        Dropped::BadMac => &self.counters.bad_mac,
+                        Dropped::Replayed => &self.counters.replayed,
+                        Dropped::Foreign { .. } => &self.counters.foreign,
+                        Dropped::Malformed | Dropped::Version(_) => &self.counters.malformed,
+                    };
+                    // Logged once per kind and then every 100th, not per datagram.
+                    let n = c.fetch_add(1, Ordering::Relaxed);
+                    if n % 100 == 0 {
+                        tracing::warn!("heartbeat from {from} dropped: {d} ({} so far)", n + 1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check(&self, datagram: &[u8]) -> Result<Beat, Dropped> {
+        let beat = open(&self.key, datagram)?;
+        if beat.cluster != self.cluster || beat.node != self.peer {
+            return Err(Dropped::Foreign {
+                cluster: beat.cluster,
+                node: beat.node,
+            });
+        }
+        if !self.replay.lock().accept(&beat) {
+            return Err(Dropped::Replayed);
+        }
+        Ok(beat)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(seq: u64) -> Beat {
+        Beat {
+            cluster: "c".into(),
+            node: "node2".into(),
+            boot: 7,
+            seq,
+            sent_ms: 1000 + seq,
+            modules: vec![("app".into(), PeerView::default())],
+        }
+    }
+
+    #[test]
+    fn sealed_heartbeats_open_only_with_the_key_and_unaltered() {
+        let k = Key::new(b"0123456789abcdef0123456789abcdef");
+        let d = seal(&k, &beat(1));
+        assert_eq!(open(&k, &d).unwrap(), beat(1));
+        let other = Key::new(b"another key of the same length!!");
+        assert_eq!(open(&other, &d), Err(Dropped::BadMac));
+        for i in 3..d.len() {
+            let mut bad = d.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(open(&k, &bad), Err(Dropped::BadMac), "byte {i}");
+        }
+        assert_eq!(open(&k, &d[..10]), Err(Dropped::Malformed));
+        let mut v = d.clone();
+        v[2] = 9;
+        assert_eq!(open(&k, &v), Err(Dropped::Version(9)));
+    }
+
+    #[test]
+    fn replayed_and_old_heartbeats_are_refused() {
+        let mut r = Replay::default();
+        assert!(r.accept(&beat(5)));
+        assert!(!r.accept(&beat(5)), "the same datagram twice");
+        assert!(!r.accept(&beat(3)), "an older one");
+        assert!(r.accept(&beat(6)));
+        // A restarted sender: new boot id, later clock.
+        let mut b = beat(1);
+        b.boot = 8;
+        b.sent_ms = 5000;
+        assert!(r.accept(&b));
+        // A datagram of the old boot replayed after the restart.
+        assert!(!r.accept(&beat(7)));
+    }
+
+    #[test]
+    fn keys_load_from_hex_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("heartbeat.key");
+        std::fs::write(
+            &p,
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+        )
+        .unwrap();
+        assert!(Key::load(&p).is_ok());
+        std::fs::write(&p, "zz112233445566778899aabbccddeeff").unwrap();
+        assert!(Key::load(&p).err().unwrap().contains("not hexadecimal"));
+        let e = Key::load(&dir.path().join("missing")).err().unwrap();
+        assert!(e.contains("missing"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn heartbeats_travel_between_two_nodes_and_strangers_are_counted() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let a_addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // Fixed ports are needed for the pairing: pick two free ones.
+        let pa = std::net::UdpSocket::bind(a_addr)
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let pb = std::net::UdpSocket::bind(a_addr)
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let a = Heartbeats::new(
+            Key::new(secret),
+            "c",
+            "node1",
+            "node2",
+            vec![NetPath {
+                local: pa,
+                remote: pb,
+            }],
+            Duration::from_millis(20),
+        );
+        let b = Heartbeats::new(
+            Key::new(secret),
+            "c",
+            "node2",
+            "node1",
+            vec![NetPath {
+                local: pb,
+                remote: pa,
+            }],
+            Duration::from_millis(20),
+        );
+        *a.views.lock() = vec![("app".into(), PeerView::default())];
+        let (ta, _ra) = tokio::sync::mpsc::unbounded_channel();
+        let (tb, mut rb) = tokio::sync::mpsc::unbounded_channel();
+        a.start(ta).await.unwrap();
+        b.start(tb).await.unwrap();
+        let h = tokio::time::timeout(Duration::from_secs(2), rb.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.beat.node, "node1");
+        assert_eq!(h.beat.modules[0].0, "app");
+        // A stranger with another key, and a replay of a real datagram.
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(
+            &seal(&Key::new(b"not the cluster key, not at all!"), &h.beat),
+            pb,
+        )
+        .unwrap();
+        s.send_to(&seal(&Key::new(secret), &h.beat), pb).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(b.counters.bad_mac.load(Ordering::Relaxed), 1);
+        assert!(b.counters.replayed.load(Ordering::Relaxed) >= 1);
+        assert!(b.counters.received.load(Ordering::Relaxed) >= 3);
+    }
+}
