@@ -1,0 +1,4 @@
+//! Moving the application and its clients: the application's scripts (and,
+//! later, the virtual address and the load balancer's health state).
+
+pub mod scripts;

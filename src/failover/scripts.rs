@@ -1,0 +1,237 @@
+//! Runs a module's application scripts (`start_prim`, `stop_prim`, …) with a
+//! timeout, the module's context in the environment, and the output kept
+//! for the module's log. A script that hangs is killed with its children.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a script is run with.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub module: String,
+    /// `prim` or `second`.
+    pub role: &'static str,
+    pub node: String,
+    pub peer: String,
+    /// The module's directories, separated by ':'.
+    pub dirs: String,
+}
+
+#[derive(Debug)]
+pub struct Ran {
+    pub output: String,
+    pub took: Duration,
+}
+
+/// Runs `script` (named `what` in messages) and waits up to `timeout`.
+/// Ok only for exit status 0.
+pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Result<Ran, String> {
+    let started = Instant::now();
+    let mut cmd = Command::new(script);
+    cmd.env("TANDEM_MODULE", &ctx.module)
+        .env("TANDEM_ROLE", ctx.role)
+        .env("TANDEM_NODE", &ctx.node)
+        .env("TANDEM_PEER", &ctx.peer)
+        .env("TANDEM_DIRS", &ctx.dirs)
+        .env("TANDEM_SCRIPT", what)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills whatever it started too.
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{what} {}: cannot run: {e}", script.display()))?;
+    // Both pipes are drained on threads: a chatty script never blocks on a
+    // full pipe, and an application it leaves running in the background
+    // (holding the pipes) does not hold up the answer.
+    let buf = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        let (buf, eof) = (buf.clone(), eof_tx.clone());
+        std::thread::spawn(move || {
+            if let Some(mut r) = r {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = r.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.lock().extend_from_slice(&chunk[..n]);
+                }
+            }
+            let _ = eof.send(());
+        });
+    };
+    drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    drop(eof_tx);
+    let pid = child.id() as i32;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Ok(s),
+            Ok(None) if started.elapsed() >= timeout => {
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                let _ = child.wait();
+                break Err(format!(
+                    "{what} {}: killed after its timeout of {} s",
+                    script.display(),
+                    timeout.as_secs_f64()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => break Err(format!("{what} {}: {e}", script.display())),
+        }
+    };
+    let grace = Instant::now() + Duration::from_millis(200);
+    for _ in 0..2 {
+        let left = grace.saturating_duration_since(Instant::now());
+        if eof_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let output = String::from_utf8_lossy(&buf.lock()).into_owned();
+    let took = started.elapsed();
+    match status? {
+        s if s.success() => Ok(Ran { output, took }),
+        s => Err(format!(
+            "{what} {} failed ({s}){}",
+            script.display(),
+            if output.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", last_line(&output))
+            }
+        )),
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.trim().lines().last().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn ctx() -> Context {
+        Context {
+            module: "app".into(),
+            role: "prim",
+            node: "node1".into(),
+            peer: "node2".into(),
+            dirs: "/srv/a:/srv/b".into(),
+        }
+    }
+
+    #[test]
+    fn scripts_see_their_context_and_their_output_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let s = script(
+            d.path(),
+            "start",
+            "echo \"$TANDEM_MODULE $TANDEM_ROLE $TANDEM_NODE $TANDEM_PEER $TANDEM_DIRS $TANDEM_SCRIPT\"; echo oops >&2",
+        );
+        let r = run("start_prim", &s, &ctx(), Duration::from_secs(5)).unwrap();
+        assert!(
+            r.output
+                .contains("app prim node1 node2 /srv/a:/srv/b start_prim"),
+            "{}",
+            r.output
+        );
+        assert!(r.output.contains("oops"));
+    }
+
+    #[test]
+    fn a_failing_script_reports_its_status_and_last_words() {
+        let d = tempfile::tempdir().unwrap();
+        let s = script(d.path(), "bad", "echo 'port 80 in use'; exit 3");
+        let e = run("start_prim", &s, &ctx(), Duration::from_secs(5)).unwrap_err();
+        assert!(
+            e.contains("exit status: 3") && e.contains("port 80 in use"),
+            "{e}"
+        );
+        let e = run(
+            "stop_prim",
+            &d.path().join("missing"),
+            &ctx(),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(e.contains("missing") && e.contains("cannot run"), "{e}");
+    }
+
+    #[test]
+    fn a_script_that_leaves_the_application_running_returns_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("app.pid");
+        let s = script(
+            d.path(),
+            "start",
+            &format!("echo starting; sleep 30 & echo $! > {}", pidfile.display()),
+        );
+        let t = Instant::now();
+        let r = run("start_prim", &s, &ctx(), Duration::from_secs(10)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert!(r.output.contains("starting"));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            unsafe { libc::kill(pid, 0) },
+            0,
+            "the application keeps running"
+        );
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    #[test]
+    fn a_hanging_script_is_killed_at_its_timeout_with_its_children() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("child.pid");
+        let s = script(
+            d.path(),
+            "hang",
+            &format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
+        );
+        let t = Instant::now();
+        let e = run("start_prim", &s, &ctx(), Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("timeout"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // Gone, or a zombie waiting for whoever adopted it to reap it.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+        assert!(!alive, "the script's child must be gone: {state}");
+    }
+}
