@@ -31,6 +31,21 @@ pub enum Request {
     FullSync {
         module: String,
     },
+    /// Hand the module over to the other node, in order.
+    Swap {
+        module: String,
+    },
+    /// Serve the module on this node.
+    Prim {
+        module: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Split brain: keep the data of node `keep`.
+    Resolve {
+        module: String,
+        keep: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +74,57 @@ pub struct Status {
     pub cluster: String,
     pub pid: u32,
     pub modules: Vec<ModuleStatus>,
+    /// With the cluster manager: this node, its peer and the heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodesStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesStatus {
+    pub node: String,
+    pub peer: String,
+    /// Heartbeats heard from the peer within the timeout on some path.
+    pub peer_alive: bool,
+    /// Per path: milliseconds since the peer was last heard there (None: never).
+    pub paths: Vec<PathStatus>,
+    pub heartbeats_sent: u64,
+    pub heartbeats_received: u64,
+    /// Dropped heartbeats: bad HMAC, replayed, malformed, from a stranger.
+    pub dropped_bad_mac: u64,
+    pub dropped_replayed: u64,
+    pub dropped_malformed: u64,
+    pub dropped_foreign: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathStatus {
+    pub local: String,
+    pub remote: String,
+    pub last_heard_ms: Option<u64>,
+}
+
+/// A module as the cluster manager sees it on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterModuleStatus {
+    /// STOP, WAIT, SECOND, PRIM or ALONE.
+    pub state: String,
+    /// Why the last transition happened.
+    pub why: String,
+    pub since_ms: u64,
+    /// The peer's state for this module, if it is heard.
+    pub peer_state: Option<String>,
+    pub peer_uptodate: bool,
+    /// As SECOND: this node's copy is current.
+    pub uptodate: bool,
+    /// This node's data generation (hex).
+    pub generation: String,
+    pub peer_generation: Option<String>,
+    pub split_brain: bool,
+    /// Why this node may not serve until `tandem start`, if so.
+    pub blocked: Option<String>,
+    pub app_running: bool,
+    /// The last lines of the module's log (transitions and script output).
+    pub log: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +135,8 @@ pub struct ModuleStatus {
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replication::primary::ReplicationStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterModuleStatus>,
     pub dirs: Vec<DirStatus>,
 }
 

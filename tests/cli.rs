@@ -241,7 +241,7 @@ fn daemon_mounts_modules_reports_status_and_stops_them() {
 
     common::require_fuse();
     let mut daemon = Command::new(tandem_bin())
-        .args(["--config", cfg_s, "daemon"])
+        .args(["--config", cfg_s, "daemon", "--role", "local"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -267,7 +267,7 @@ fn daemon_mounts_modules_reports_status_and_stops_them() {
     assert_eq!(modules[0]["dirs"][0]["bytes_written"], 10_000);
 
     // A second daemon on the same socket is refused.
-    let o = tandem(&["--config", cfg_s, "daemon"]);
+    let o = tandem(&["--config", cfg_s, "daemon", "--role", "local"]);
     assert_eq!(o.status.code(), Some(2));
 
     // Unknown module: clear error, nothing changes.

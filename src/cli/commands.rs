@@ -42,8 +42,18 @@ pub fn run(cli: Cli) -> ExitCode {
             print_messages,
         ),
         Command::Restart { .. } => unavailable("restart", "the cluster manager"),
-        Command::Swap { .. } => unavailable("swap", "the cluster manager"),
-        Command::Prim { .. } => unavailable("prim", "the cluster manager"),
+        Command::Swap { module } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::Swap { module },
+            print_messages,
+        ),
+        Command::Prim { module, force } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::Prim { module, force },
+            print_messages,
+        ),
         Command::Second {
             module,
             fullsync: true,
@@ -65,7 +75,12 @@ pub fn run(cli: Cli) -> ExitCode {
             json,
             repair,
         } => super::verify::run(&cli.config, cli.socket, &module, json, repair),
-        Command::Resolve { .. } => unavailable("resolve", "the cluster manager"),
+        Command::Resolve { module, keep } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::Resolve { module, keep },
+            print_messages,
+        ),
         Command::Log { .. } => unavailable("log", "the cluster manager"),
         Command::Init {
             out,
@@ -242,8 +257,52 @@ fn print_status(resp: &Response, json: bool) {
         return;
     }
     println!("cluster {} (daemon pid {})", st.cluster, st.pid);
+    if let Some(n) = &st.nodes {
+        println!(
+            "node {}, peer {}: {}; heartbeats sent {}, received {}, dropped {} (bad HMAC {}, replayed {})",
+            n.node,
+            n.peer,
+            if n.peer_alive { "alive" } else { "not heard" },
+            n.heartbeats_sent,
+            n.heartbeats_received,
+            n.dropped_bad_mac + n.dropped_replayed + n.dropped_malformed + n.dropped_foreign,
+            n.dropped_bad_mac,
+            n.dropped_replayed
+        );
+    }
     for m in &st.modules {
         println!("module {}: {}", m.name, m.state);
+        if let Some(c) = &m.cluster {
+            println!(
+                "  {} for {:.1} s: {}",
+                c.state,
+                c.since_ms as f64 / 1000.0,
+                c.why
+            );
+            println!(
+                "  peer {}{}; generation {}{}; application {}",
+                c.peer_state.as_deref().unwrap_or("not heard"),
+                if c.peer_uptodate { " (up to date)" } else { "" },
+                c.generation,
+                c.peer_generation
+                    .as_ref()
+                    .map(|g| format!(" (peer {g})"))
+                    .unwrap_or_default(),
+                if c.app_running { "running" } else { "stopped" }
+            );
+            if c.split_brain {
+                println!(
+                    "  SPLIT BRAIN: resolve with `tandem resolve {} --keep NODE`",
+                    m.name
+                );
+            }
+            if let Some(b) = &c.blocked {
+                println!(
+                    "  not allowed to serve here: {b} (`tandem start {}` clears it)",
+                    m.name
+                );
+            }
+        }
         if let Some(r) = &m.replication {
             println!(
                 "  {} — peer {}{}; applied {}, durable {}; {} dirty bytes in {} files",

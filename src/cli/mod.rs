@@ -47,9 +47,9 @@ pub enum Command {
         /// This node's name in the configuration (default: the host name).
         #[arg(long)]
         node: Option<String>,
-        /// This node's role for every module, until the cluster manager decides:
-        /// `prim` mounts and replicates to the peer, `second` applies its changes.
-        /// Without it the directories are mounted and changes only counted.
+        /// A fixed role for every module instead of the cluster manager's
+        /// decisions: `prim` mounts and replicates to the peer, `second`
+        /// applies its changes, `local` mounts and only counts changes.
         #[arg(long, value_enum)]
         role: Option<crate::daemon::Role>,
     },

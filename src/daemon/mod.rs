@@ -1,7 +1,9 @@
-//! `tandem daemon`: sets up each module's replication for this node's role,
-//! mounts the primary's directories and serves the control socket. Without a
-//! role the directories are mounted and their mutations only counted.
+//! `tandem daemon`: without a role, a cluster member whose cluster manager
+//! decides which node serves each module ([`cluster`]). With `--role
+//! prim|second` every module has that fixed role; with `--role local` the
+//! directories are mounted and their mutations only counted.
 
+mod cluster;
 mod replicas;
 
 pub use replicas::Role;
@@ -116,6 +118,7 @@ impl Module {
             }
             .into(),
             replication: self.replica.as_ref().map(|r| r.status()),
+            cluster: None,
             dirs: self
                 .dirs
                 .iter()
@@ -190,6 +193,7 @@ impl State {
                     cluster: self.cluster.clone(),
                     pid: std::process::id(),
                     modules: self.modules.iter().map(Module::status).collect(),
+                    nodes: None,
                 }),
                 ..Response::default()
             },
@@ -220,6 +224,12 @@ impl State {
                 self.with_replica(&module, |r| r.start_verify(repair))
             }
             Request::FullSync { module } => self.with_replica(&module, |r| r.request_full_sync()),
+            Request::Swap { .. } | Request::Prim { .. } | Request::Resolve { .. } => {
+                Response::error(
+                    "this daemon runs with a fixed --role: roles are changed by the cluster \
+                     manager (run `tandem daemon` without --role)",
+                )
+            }
             Request::Start { module } => match self.select(module.as_deref()) {
                 Err(e) => Response::error(e),
                 Ok(mods) => {
@@ -282,6 +292,15 @@ pub fn run(settings: Settings, opts: Options) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    let Some(role) = opts.role else {
+        return match cluster::run(settings, &opts, &rt, signals) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, e)) => {
+                eprintln!("tandem: {e}");
+                ExitCode::from(code)
+            }
+        };
+    };
     let mut state = State {
         cluster: settings.cluster.name.clone(),
         modules: settings
@@ -302,7 +321,7 @@ pub fn run(settings: Settings, opts: Options) -> ExitCode {
             })
             .collect(),
     };
-    if let Some(role) = opts.role {
+    if role != Role::Local {
         let setup = replicas::identity(&settings, opts.node.as_deref()).and_then(|(me, peer)| {
             tracing::info!("node {} ({role:?}), peer {}", me.name, peer.name);
             replicas::start(&settings, role, me, peer, &rt)
@@ -362,10 +381,21 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve(
+/// Answers control requests.
+trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> Response;
+}
+
+impl Handler for Mutex<State> {
+    fn handle(&self, req: Request) -> Response {
+        self.lock().handle(req)
+    }
+}
+
+async fn serve<H: Handler>(
     socket: &Path,
     mut signals: StopSignals,
-    state: Arc<Mutex<State>>,
+    state: Arc<H>,
 ) -> anyhow::Result<()> {
     let listener = bind(socket)?;
     tracing::info!("control socket {}", socket.display());
@@ -383,7 +413,7 @@ async fn serve(
 /// Longest request line accepted; anything longer is refused unread.
 const MAX_REQUEST: u64 = 64 * 1024;
 
-async fn client(stream: UnixStream, state: Arc<Mutex<State>>) {
+async fn client<H: Handler>(stream: UnixStream, state: Arc<H>) {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST));
@@ -398,7 +428,7 @@ async fn client(stream: UnixStream, state: Arc<Mutex<State>>) {
                     tracing::info!("control request: {req:?}");
                 }
                 let st = state.clone();
-                tokio::task::spawn_blocking(move || st.lock().handle(req))
+                tokio::task::spawn_blocking(move || st.handle(req))
                     .await
                     .unwrap_or_else(|e| Response::error(format!("internal error: {e}")))
             }

@@ -21,8 +21,11 @@ pub enum Role {
     Prim,
     /// Receive the peer's changes.
     Second,
+    /// No peer: mount the directories and count their mutations.
+    Local,
 }
 
+#[derive(Clone)]
 pub enum Replica {
     Primary(Arc<Replicator>, Arc<PrimaryLink>),
     Secondary(Arc<SecondaryModule>),
@@ -162,7 +165,7 @@ fn hostname() -> Option<String> {
     Some(h.trim().to_string())
 }
 
-fn compression(c: Compression) -> frame::Compression {
+pub(super) fn compression(c: Compression) -> frame::Compression {
     match c {
         Compression::Off => frame::Compression::Off,
         Compression::Auto => frame::Compression::Zstd { level: 1 },
@@ -172,7 +175,7 @@ fn compression(c: Compression) -> frame::Compression {
 
 /// The root descriptor (opened before anything is mounted over it) and the
 /// change log of each directory of `module`.
-fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>, String> {
+pub(super) fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>, String> {
     let mut out = Vec::new();
     for (i, path) in module.dirs.iter().enumerate() {
         let (path, report) =
@@ -250,6 +253,7 @@ pub fn start(
                 out.insert(m.name.clone(), Replica::Primary(rep, link));
             }
         }
+        Role::Local => {}
         Role::Second => {
             let mut modules = HashMap::new();
             for m in &settings.modules {
@@ -267,7 +271,7 @@ pub fn start(
             let server = Arc::new(SecondaryServer {
                 creds,
                 cluster: settings.cluster.name.clone(),
-                modules,
+                modules: parking_lot::Mutex::new(modules),
                 compression: comp,
             });
             rt.spawn(server.run(listener));

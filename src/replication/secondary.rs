@@ -77,6 +77,20 @@ impl SecondaryModule {
         }))
     }
 
+    /// This copy is current: the last resync finished and nothing since
+    /// told otherwise (a disconnect alone does not make it stale).
+    pub fn uptodate(&self) -> bool {
+        self.state.lock().uptodate
+    }
+
+    /// Ends any session from the primary and waits until its applier has
+    /// let go of the directories.
+    pub fn close(&self) {
+        self.session.fetch_add(1, Ordering::SeqCst);
+        drop(self.applier.lock());
+        self.state.lock().connected = false;
+    }
+
     /// The next connection from the primary resynchronises by content, and
     /// the current one (if any) is ended to make that happen now.
     pub fn request_full_sync(&self) {
@@ -118,7 +132,9 @@ impl SecondaryModule {
 pub struct SecondaryServer {
     pub creds: Arc<Credentials>,
     pub cluster: String,
-    pub modules: HashMap<String, Arc<SecondaryModule>>,
+    /// The modules this node is SECOND for now (the cluster manager adds
+    /// and removes them as roles change).
+    pub modules: parking_lot::Mutex<HashMap<String, Arc<SecondaryModule>>>,
     pub compression: Compression,
 }
 
@@ -172,7 +188,7 @@ impl SecondaryServer {
         )
         .and_then(|h| {
             let (module, dirs) = (h.module, h.dirs);
-            let m = self.modules.get(&module).ok_or_else(|| {
+            let m = self.modules.lock().get(&module).cloned().ok_or_else(|| {
                 format!("module {module:?} is not replicated to this node as secondary")
             })?;
             let have = m.logs.len();
@@ -181,7 +197,7 @@ impl SecondaryServer {
                     "module {module}: peer replicates {dirs} directories, this node {have}"
                 ));
             }
-            Ok((m.clone(), h.verify))
+            Ok((m, h.verify))
         });
         let (module, verify) = match checked {
             Ok(m) => m,

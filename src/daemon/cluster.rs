@@ -1,0 +1,899 @@
+//! `tandem daemon` as a cluster member: heartbeats with the peer, one state
+//! machine per module, and the execution of what the machines decide —
+//! receiving replication, mounting and replicating, running the
+//! application's scripts.
+//!
+//! One thread owns every module and runs actions in order; a machine's new
+//! state is announced to the peer only after its actions are done.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::replicas::{self, Replica};
+use crate::cluster::heartbeat::{Heard, Heartbeats, Key, NetPath};
+use crate::cluster::machine::{
+    self, Action, Command, Event, Failure, Gen, Machine, PeerView, State,
+};
+use crate::config::{Module as ModuleConfig, Node, Quorum, Settings};
+use crate::control::{
+    ClusterModuleStatus, DirStatus, ModuleStatus, NodesStatus, PathStatus, Request, Response,
+    Status,
+};
+use crate::failover::scripts;
+use crate::fs::{self, CountingSink, MountConfig, Mounted, Unmounted};
+use crate::replication::primary::{Dir, Replicator};
+use crate::replication::secondary::{SecondaryModule, SecondaryServer};
+use crate::replication::session::{PrimaryLink, resolve, state_dir};
+use crate::replication::tls::{Credentials, heartbeat_key_path};
+
+/// Lines of each module's log kept for `status` and `tandem log`.
+const LOG_LINES: usize = 200;
+
+/// Everything a module needs from the node, shared by all modules.
+struct Node2 {
+    settings: Settings,
+    me: Node,
+    peer: Node,
+    creds: Arc<Credentials>,
+    peer_addr: SocketAddr,
+    server: Arc<SecondaryServer>,
+    rt: tokio::runtime::Handle,
+    started: Instant,
+}
+
+impl Node2 {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RoleFile {
+    state: State,
+    /// Never served nor completed a sync: its data counts for nothing.
+    fresh: bool,
+}
+
+struct Managed {
+    cfg: ModuleConfig,
+    /// Root descriptors (opened before any mount) and change logs, for the
+    /// node's whole run whatever its role.
+    base: Vec<Dir>,
+    caches: Vec<PathBuf>,
+    machine: Machine,
+    replica: Option<Replica>,
+    link_task: Option<tokio::task::JoinHandle<()>>,
+    mounts: Vec<Mounted>,
+    sinks: Vec<Arc<CountingSink>>,
+    role_file: PathBuf,
+    fresh: bool,
+    app_running: bool,
+    synced: Option<bool>,
+    generation: Option<Gen>,
+    log: VecDeque<String>,
+}
+
+impl Managed {
+    fn note(&mut self, line: String) {
+        tracing::info!(module = %self.cfg.name, "{line}");
+        if self.log.len() == LOG_LINES {
+            self.log.pop_front();
+        }
+        let ts = crate::cluster::heartbeat::now_ms();
+        self.log.push_back(format!("{ts} {line}"));
+    }
+
+    fn context(&self, node: &Node2, role: &'static str) -> scripts::Context {
+        scripts::Context {
+            module: self.cfg.name.clone(),
+            role,
+            node: node.me.name.clone(),
+            peer: node.peer.name.clone(),
+            dirs: self
+                .cfg
+                .dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        }
+    }
+
+    fn script(&mut self, node: &Node2, what: &str, role: &'static str) -> Result<(), String> {
+        let s = &self.cfg.scripts;
+        let path = match what {
+            "prestart" => &s.prestart,
+            "start_prim" => &s.start_prim,
+            "stop_prim" => &s.stop_prim,
+            "start_both" => &s.start_both,
+            "stop_both" => &s.stop_both,
+            "poststop" => &s.poststop,
+            _ => unreachable!("known script names only"),
+        };
+        let Some(path) = path.clone() else {
+            return Ok(());
+        };
+        let r = scripts::run(what, &path, &self.context(node, role), s.timeout);
+        match r {
+            Ok(ran) => {
+                self.note(format!("{what} done in {} ms", ran.took.as_millis()));
+                for l in ran.output.lines().filter(|l| !l.trim().is_empty()) {
+                    self.note(format!("{what}: {l}"));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.note(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Fresh descriptors and caches over the same change logs, for a role.
+    fn dirs(&self) -> Result<Vec<Dir>, String> {
+        self.base
+            .iter()
+            .zip(&self.caches)
+            .map(|(d, c)| {
+                Ok(Dir {
+                    root: d.root.try_clone().map_err(|e| e.to_string())?,
+                    log: d.log.clone(),
+                    cache: Mutex::new(crate::replication::manifest::Cache::load(c)),
+                })
+            })
+            .collect()
+    }
+
+    fn read_generation(&self) -> Option<Gen> {
+        let g = self.base[0].log.generation().ok()?;
+        Some(Gen {
+            current: g.current,
+            history: g.history,
+            fresh: self.fresh,
+        })
+    }
+
+    fn save_role(&mut self, state: State) {
+        let text = serde_json::to_string(&RoleFile {
+            state,
+            fresh: self.fresh,
+        })
+        .expect("serialisable");
+        let tmp = self.role_file.with_extension("tmp");
+        let r = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &self.role_file));
+        if let Err(e) = r {
+            self.note(format!(
+                "cannot record the role in {}: {e}",
+                self.role_file.display()
+            ));
+        }
+    }
+
+    /// Feeds one event and carries out what the machine decides.
+    fn feed(&mut self, node: &Node2, ev: Event) -> Option<machine::Reply> {
+        let before = (self.machine.state, self.machine.why.clone());
+        let out = self.machine.step(node.now(), ev);
+        if (self.machine.state, &self.machine.why) != (before.0, &before.1) {
+            let line = format!(
+                "{:?} -> {:?}: {}",
+                before.0, self.machine.state, self.machine.why
+            );
+            self.note(line);
+        }
+        for a in out.actions {
+            if let Err((f, e)) = self.act(node, &a) {
+                self.note(format!("{a:?} failed: {e}"));
+                self.feed(node, Event::Failed(f, e));
+                break;
+            }
+        }
+        out.reply
+    }
+
+    fn act(&mut self, node: &Node2, a: &Action) -> Result<(), (Failure, String)> {
+        match a {
+            Action::BecomeSecondary { full } => {
+                let sm = SecondaryModule::new(
+                    &self.cfg.name,
+                    self.dirs().map_err(|e| (Failure::Secondary, e))?,
+                )
+                .map_err(|e| (Failure::Secondary, e.to_string()))?;
+                if *full {
+                    sm.request_full_sync();
+                    self.note("receiving a full sync from the peer".into());
+                }
+                node.server
+                    .modules
+                    .lock()
+                    .insert(self.cfg.name.clone(), sm.clone());
+                self.replica = Some(Replica::Secondary(sm));
+                self.synced = None;
+            }
+            Action::LeaveSecondary => {
+                node.server.modules.lock().remove(&self.cfg.name);
+                if let Some(Replica::Secondary(sm)) = self.replica.take() {
+                    sm.close();
+                }
+            }
+            Action::Promote { new_generation } => self
+                .promote(node, *new_generation)
+                .map_err(|e| (Failure::Promote, e))?,
+            Action::StartApp => {
+                self.script(node, "start_prim", "prim")
+                    .map_err(|e| (Failure::StartApp, e))?;
+                self.app_running = true;
+            }
+            Action::StopApp => {
+                if self.app_running || self.machine.state != State::Wait {
+                    // A failing stop is logged; demoting goes on (the
+                    // unmount below tells whether files are still in use).
+                    let _ = self.script(node, "stop_prim", "prim");
+                }
+                self.app_running = false;
+            }
+            Action::Demote { flush } => self.demote(*flush),
+            Action::SaveRole(s) => self.save_role(*s),
+        }
+        Ok(())
+    }
+
+    fn promote(&mut self, node: &Node2, new_generation: bool) -> Result<(), String> {
+        if new_generation {
+            for d in &self.base {
+                d.log
+                    .new_generation()
+                    .map_err(|e| format!("change log: {e}"))?;
+            }
+        }
+        if self.fresh {
+            self.fresh = false;
+            self.save_role(self.machine.state);
+        }
+        self.script(node, "prestart", "prim")?;
+        let s = &node.settings;
+        let rep = Replicator::new(
+            &self.cfg.name,
+            self.cfg.ack,
+            s.replication.peer_timeout,
+            s.replication.async_max_lag,
+            self.dirs()?,
+        );
+        let link = Arc::new(PrimaryLink {
+            rep: rep.clone(),
+            creds: node.creds.clone(),
+            cluster: s.cluster.name.clone(),
+            peer_addr: node.peer_addr,
+            compression: replicas::compression(s.replication.compression),
+        });
+        self.link_task = Some(node.rt.spawn(link.clone().run()));
+        self.replica = Some(Replica::Primary(rep.clone(), link));
+        for (i, path) in self.cfg.dirs.clone().iter().enumerate() {
+            let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
+            match fs::mount(path, sink.clone(), &MountConfig::default()) {
+                Ok((m, _)) => {
+                    self.mounts.push(m);
+                    self.sinks.push(sink);
+                }
+                Err(e) => {
+                    self.demote(false);
+                    return Err(format!("mounting {}: {e}", path.display()));
+                }
+            }
+        }
+        self.note(format!(
+            "serving: {} directories mounted",
+            self.mounts.len()
+        ));
+        Ok(())
+    }
+
+    fn demote(&mut self, flush: bool) {
+        // Unmount first: whatever the kernel still held goes through the
+        // sink and is replicated before the link closes.
+        for m in self.mounts.drain(..) {
+            match m.unmount() {
+                Ok(Unmounted::Clean) => {}
+                Ok(Unmounted::Detached) => tracing::error!(
+                    module = %self.cfg.name,
+                    "files were still open after stop_prim: the application did not stop"
+                ),
+                Err(e) => tracing::error!(module = %self.cfg.name, "unmount: {e}"),
+            }
+        }
+        self.sinks.clear();
+        if let Some(Replica::Primary(rep, _)) = self.replica.take() {
+            if flush {
+                let deadline = Instant::now() + rep.peer_timeout.max(Duration::from_secs(2));
+                loop {
+                    let st = rep.status();
+                    if st.peer == "connected" && st.durable >= st.sent {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        self.note(
+                            "the peer did not confirm every change before the handover".into(),
+                        );
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            rep.close_link("this node stopped serving the module");
+            for d in &rep.dirs {
+                let _ = d.log.flush();
+            }
+        }
+        if let Some(t) = self.link_task.take() {
+            t.abort();
+        }
+    }
+
+    /// Replication facts the machine decides on, fed when they change.
+    fn observe(&mut self, node: &Node2) -> bool {
+        let mut changed = false;
+        if let Some(g) = self.read_generation()
+            && self.generation.as_ref() != Some(&g)
+        {
+            self.generation = Some(g.clone());
+            self.feed(node, Event::Generation(g));
+            changed = true;
+        }
+        if let Some(Replica::Secondary(sm)) = &self.replica {
+            let up = sm.uptodate();
+            if self.synced != Some(up) {
+                self.synced = Some(up);
+                if up && self.fresh {
+                    self.fresh = false;
+                    self.save_role(self.machine.state);
+                    self.generation = None;
+                }
+                self.feed(node, Event::Synced(up));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn status(&self, node: &Node2) -> ModuleStatus {
+        let m = &self.machine;
+        let peer = m.peer();
+        ModuleStatus {
+            name: self.cfg.name.clone(),
+            state: format!("{:?}", m.state).to_uppercase(),
+            replication: self.replica.as_ref().map(|r| r.status()),
+            cluster: Some(ClusterModuleStatus {
+                state: format!("{:?}", m.state).to_uppercase(),
+                why: m.why.clone(),
+                since_ms: node.now().saturating_sub(m.since),
+                peer_state: peer
+                    .and_then(|p| p.state)
+                    .map(|s| format!("{s:?}").to_uppercase()),
+                peer_uptodate: peer.is_some_and(|p| p.uptodate),
+                uptodate: m.view().uptodate,
+                generation: format!("{:016x}", m.view().generation.current),
+                peer_generation: peer.map(|p| format!("{:016x}", p.generation.current)),
+                split_brain: m.split_brain,
+                blocked: m.blocked.clone(),
+                app_running: self.app_running,
+                log: self.log.iter().rev().take(20).rev().cloned().collect(),
+            }),
+            dirs: self
+                .cfg
+                .dirs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let sink = self.sinks.get(i);
+                    DirStatus {
+                        path: p.display().to_string(),
+                        mounted: sink.is_some(),
+                        mutations: sink.map_or(0, |s| s.total()),
+                        bytes_written: sink.map_or(0, |s| s.bytes_written()),
+                        by_kind: Vec::new(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+enum Input {
+    Heard(Heard),
+    Command {
+        module: Option<String>,
+        cmd: Command,
+        reply: mpsc::Sender<Response>,
+    },
+    Shutdown(mpsc::Sender<()>),
+}
+
+/// What the control socket reads without waiting for the manager.
+struct Shared {
+    status: Mutex<Status>,
+    replicas: Mutex<Vec<(String, Option<Replica>)>>,
+    input: Mutex<mpsc::Sender<Input>>,
+}
+
+impl super::Handler for Shared {
+    fn handle(&self, req: Request) -> Response {
+        let command = |module: Option<String>, cmd: Command| {
+            let (tx, rx) = mpsc::channel();
+            if self
+                .input
+                .lock()
+                .send(Input::Command {
+                    module,
+                    cmd,
+                    reply: tx,
+                })
+                .is_err()
+            {
+                return Response::error("the cluster manager has stopped");
+            }
+            rx.recv()
+                .unwrap_or_else(|_| Response::error("the cluster manager has stopped"))
+        };
+        match req {
+            Request::Status {} => Response {
+                ok: true,
+                status: Some(self.status.lock().clone()),
+                ..Response::default()
+            },
+            Request::Start { module } => command(module, Command::Start),
+            Request::Stop { module } => command(module, Command::Stop),
+            Request::Swap { module } => command(Some(module), Command::Swap),
+            Request::Prim { module, force } => command(Some(module), Command::Prim { force }),
+            Request::Resolve { module, keep } => {
+                let st = self.status.lock();
+                let nodes = st.nodes.as_ref().expect("cluster status names the nodes");
+                let keep_mine = if keep == nodes.node {
+                    true
+                } else if keep == nodes.peer {
+                    false
+                } else {
+                    return Response::error(format!(
+                        "--keep {keep:?}: not a node of this cluster ({} or {})",
+                        nodes.node, nodes.peer
+                    ));
+                };
+                drop(st);
+                command(Some(module), Command::Resolve { keep_mine })
+            }
+            Request::Verify { module, repair } => {
+                self.with_replica(&module, |r| r.start_verify(repair))
+            }
+            Request::FullSync { module } => self.with_replica(&module, |r| r.request_full_sync()),
+        }
+    }
+}
+
+impl Shared {
+    fn with_replica(
+        &self,
+        module: &str,
+        f: impl FnOnce(&Replica) -> Result<String, String>,
+    ) -> Response {
+        let reps = self.replicas.lock();
+        let Some((_, r)) = reps.iter().find(|(n, _)| n == module) else {
+            return Response::error(format!("no module named {module:?}"));
+        };
+        let Some(r) = r.clone() else {
+            return Response::error(format!(
+                "module {module} neither serves nor receives replication on this node now"
+            ));
+        };
+        drop(reps);
+        match f(&r) {
+            Ok(m) => Response {
+                ok: true,
+                messages: vec![m],
+                ..Response::default()
+            },
+            Err(e) => Response::error(e),
+        }
+    }
+}
+
+/// The heartbeat paths: the configured networks, or the node addresses.
+fn paths(s: &Settings, me: &Node, peer: &Node) -> Result<Vec<NetPath>, String> {
+    let port = s.heartbeat.port;
+    let ip = |h: &crate::config::Host, who: &str| {
+        h.ip()
+            .ok_or_else(|| format!("node {who}: heartbeats need IP addresses (set node.heartbeat)"))
+    };
+    let (mine, theirs) = if me.heartbeat.is_empty() {
+        (vec![me.address.clone()], vec![peer.address.clone()])
+    } else {
+        (me.heartbeat.clone(), peer.heartbeat.clone())
+    };
+    mine.iter()
+        .zip(&theirs)
+        .map(|(a, b)| {
+            Ok(NetPath {
+                local: SocketAddr::new(ip(a, &me.name)?, port),
+                remote: SocketAddr::new(ip(b, &peer.name)?, port),
+            })
+        })
+        .collect()
+}
+
+pub fn run(
+    settings: Settings,
+    opts: &super::Options,
+    rt: &tokio::runtime::Runtime,
+    signals: crate::signals::StopSignals,
+) -> Result<(), (u8, String)> {
+    use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+    let usage = |e: String| (EXIT_USAGE, e);
+    let (me, peer) = replicas::identity(&settings, opts.node.as_deref()).map_err(usage)?;
+    let (me, peer) = (me.clone(), peer.clone());
+    if settings.cluster.quorum != Quorum::None {
+        return Err(usage(format!(
+            "cluster.quorum = {:?} is not available yet in this version: use \"none\" \
+             (or fixed roles with --role)",
+            settings.cluster.quorum.kind()
+        )));
+    }
+    let creds = Arc::new(
+        Credentials::load(&settings.daemon.tls_dir, &me.name, &peer.name).map_err(|e| {
+            usage(format!(
+                "TLS credentials in {}: {e} (create them with `tandem init`)",
+                settings.daemon.tls_dir.display()
+            ))
+        })?,
+    );
+    let key = Key::load(&heartbeat_key_path(&settings.daemon.tls_dir)).map_err(usage)?;
+    let port = settings.replication.port;
+    let peer_addr = rt.block_on(resolve(&peer.address, port)).map_err(usage)?;
+    let my_addr = rt.block_on(resolve(&me.address, port)).map_err(usage)?;
+    let paths = paths(&settings, &me, &peer).map_err(usage)?;
+
+    let mut modules = Vec::new();
+    for m in &settings.modules {
+        let base = replicas::open_dirs(&settings, m).map_err(usage)?;
+        let at = settings.daemon.state_dir.join("modules").join(&m.name);
+        let role_file = at.join("role.json");
+        let saved: Option<RoleFile> = std::fs::read(&role_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let fresh = saved.as_ref().is_none_or(|r| r.fresh);
+        let last = saved.as_ref().map(|r| r.state);
+        let caches = (0..m.dirs.len())
+            .map(|i| state_dir(&settings.daemon.state_dir, &m.name, i).join("manifest.cache"))
+            .collect();
+        let g = base[0]
+            .log
+            .generation()
+            .map_err(|e| usage(format!("module {}: change log: {e}", m.name)))?;
+        let g = Gen {
+            current: g.current,
+            history: g.history,
+            fresh,
+        };
+        let mut managed = Managed {
+            cfg: m.clone(),
+            base,
+            caches,
+            machine: Machine::new(machine_cfg(&settings, &me), 0, last, g, true),
+            replica: None,
+            link_task: None,
+            mounts: Vec::new(),
+            sinks: Vec::new(),
+            role_file,
+            fresh,
+            app_running: false,
+            synced: None,
+            generation: None,
+            log: VecDeque::new(),
+        };
+        managed.note(format!(
+            "starting as {:?} (last run: {})",
+            managed.machine.state,
+            last.map_or("none".into(), |s| format!("{s:?}"))
+        ));
+        modules.push(managed);
+    }
+
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(my_addr))
+        .map_err(|e| usage(format!("cannot listen for the peer on {my_addr}: {e}")))?;
+    let server = Arc::new(SecondaryServer {
+        creds: creds.clone(),
+        cluster: settings.cluster.name.clone(),
+        modules: Mutex::new(Default::default()),
+        compression: replicas::compression(settings.replication.compression),
+    });
+    rt.spawn(server.clone().run(listener));
+
+    let hb = Heartbeats::new(
+        key,
+        &settings.cluster.name,
+        &me.name,
+        &peer.name,
+        paths,
+        settings.heartbeat.interval,
+    );
+    let (input_tx, input_rx) = mpsc::channel::<Input>();
+    let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel();
+    rt.block_on(hb.start(heard_tx)).map_err(usage)?;
+    let fwd = input_tx.clone();
+    rt.spawn(async move {
+        while let Some(h) = heard_rx.recv().await {
+            if fwd.send(Input::Heard(h)).is_err() {
+                return;
+            }
+        }
+    });
+    tracing::info!(
+        "node {} in cluster {}, peer {} ({peer_addr})",
+        me.name,
+        settings.cluster.name,
+        peer.name
+    );
+    let shared = Arc::new(Shared {
+        status: Mutex::new(Status::default()),
+        replicas: Mutex::new(Vec::new()),
+        input: Mutex::new(input_tx),
+    });
+    let node = Node2 {
+        me,
+        peer,
+        creds,
+        peer_addr,
+        server,
+        rt: rt.handle().clone(),
+        started: Instant::now(),
+        settings,
+    };
+    let socket = node.settings.daemon.socket.clone();
+    let mgr_shared = shared.clone();
+    let hb2 = hb.clone();
+    let manager = std::thread::Builder::new()
+        .name("cluster".into())
+        .spawn(move || manage(node, modules, hb2, input_rx, &mgr_shared))
+        .map_err(|e| {
+            (
+                EXIT_FAILURE,
+                format!("cannot start the cluster manager: {e}"),
+            )
+        })?;
+
+    let served = rt.block_on(super::serve(&socket, signals, shared.clone()));
+    let (tx, rx) = mpsc::channel();
+    if shared.input.lock().send(Input::Shutdown(tx)).is_ok() {
+        let _ = rx.recv();
+    }
+    let _ = manager.join();
+    let _ = std::fs::remove_file(&socket);
+    served.map_err(|e| (EXIT_FAILURE, format!("{e:#}")))
+}
+
+fn machine_cfg(s: &Settings, me: &Node) -> machine::Config {
+    machine::Config {
+        preferred: s.cluster.preferred_primary.as_ref().map(|p| *p == me.name),
+        listed_first: s.nodes[0].name == me.name,
+        // Long enough to hear a peer that is up; a peer that is down is not
+        // waited for longer than its failure would be.
+        boot_wait_ms: s.heartbeat.timeout.as_millis() as u64,
+        start_retries: 1,
+        request_ms: 10_000,
+    }
+}
+
+fn manage(
+    node: Node2,
+    mut modules: Vec<Managed>,
+    hb: Arc<Heartbeats>,
+    input: mpsc::Receiver<Input>,
+    shared: &Shared,
+) {
+    let tick = (node.settings.heartbeat.interval / 2).max(Duration::from_millis(20));
+    let timeout = node.settings.heartbeat.timeout;
+    let mut heard: Vec<Option<Instant>> = vec![None; hb.paths.len()];
+    let mut alive = false;
+    for m in modules.iter_mut() {
+        if m.machine.state != State::Stop {
+            let _ = m.script(&node, "start_both", "second");
+        }
+    }
+    let publish = |modules: &[Managed], heard: &[Option<Instant>], alive: bool| {
+        *hb.views.lock() = modules
+            .iter()
+            .map(|m| (m.cfg.name.clone(), m.machine.view()))
+            .collect();
+        *shared.replicas.lock() = modules
+            .iter()
+            .map(|m| (m.cfg.name.clone(), m.replica.clone()))
+            .collect();
+        let c = &hb.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        *shared.status.lock() = Status {
+            cluster: node.settings.cluster.name.clone(),
+            pid: std::process::id(),
+            modules: modules.iter().map(|m| m.status(&node)).collect(),
+            nodes: Some(NodesStatus {
+                node: node.me.name.clone(),
+                peer: node.peer.name.clone(),
+                peer_alive: alive,
+                paths: hb
+                    .paths
+                    .iter()
+                    .zip(heard)
+                    .map(|(p, h)| PathStatus {
+                        local: p.local.to_string(),
+                        remote: p.remote.to_string(),
+                        last_heard_ms: h.map(|t| t.elapsed().as_millis() as u64),
+                    })
+                    .collect(),
+                heartbeats_sent: load(&c.sent),
+                heartbeats_received: load(&c.received),
+                dropped_bad_mac: load(&c.bad_mac),
+                dropped_replayed: load(&c.replayed),
+                dropped_malformed: load(&c.malformed),
+                dropped_foreign: load(&c.foreign),
+            }),
+        };
+    };
+    publish(&modules, &heard, alive);
+    let mut next_tick = Instant::now();
+    loop {
+        let views_before: Vec<PeerView> = modules.iter().map(|m| m.machine.view()).collect();
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match input.recv_timeout(wait) {
+            Ok(Input::Heard(h)) => {
+                heard[h.path] = Some(Instant::now());
+                alive = true;
+                for m in modules.iter_mut() {
+                    let view = h
+                        .beat
+                        .modules
+                        .iter()
+                        .find(|(n, _)| *n == m.cfg.name)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    m.feed(&node, Event::Peer(view));
+                }
+            }
+            Ok(Input::Command { module, cmd, reply }) => {
+                let _ = reply.send(command(&node, &mut modules, module, cmd));
+            }
+            Ok(Input::Shutdown(done)) => {
+                shutdown(&node, &mut modules, &hb);
+                publish(&modules, &heard, false);
+                let _ = done.send(());
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + tick;
+            let silent = heard
+                .iter()
+                .all(|h| h.is_none_or(|t| t.elapsed() >= timeout));
+            if alive && silent {
+                alive = false;
+                for m in modules.iter_mut() {
+                    m.note(format!(
+                        "peer {} lost: no heartbeat on any path for {} ms",
+                        node.peer.name,
+                        timeout.as_millis()
+                    ));
+                    m.feed(&node, Event::PeerLost);
+                }
+            }
+            for m in modules.iter_mut() {
+                m.observe(&node);
+                m.feed(&node, Event::Quorum(true));
+                m.feed(&node, Event::Tick);
+            }
+        }
+        let changed = modules
+            .iter()
+            .zip(&views_before)
+            .any(|(m, v)| m.machine.view() != *v);
+        publish(&modules, &heard, alive);
+        if changed {
+            // The peer learns of a new state at once, not at the next interval.
+            hb.now.notify_one();
+        }
+    }
+}
+
+fn command(
+    node: &Node2,
+    modules: &mut [Managed],
+    module: Option<String>,
+    cmd: Command,
+) -> Response {
+    let names: Vec<String> = modules.iter().map(|m| m.cfg.name.clone()).collect();
+    let selected: Vec<usize> = match &module {
+        None => (0..modules.len()).collect(),
+        Some(n) => match names.iter().position(|x| x == n) {
+            Some(i) => vec![i],
+            None => {
+                return Response::error(format!(
+                    "no module named {n:?} (modules: {})",
+                    names.join(", ")
+                ));
+            }
+        },
+    };
+    let mut messages = Vec::new();
+    for i in selected {
+        let m = &mut modules[i];
+        let was = m.machine.state;
+        match m.feed(node, Event::Command(cmd)) {
+            Some(Ok(msg)) => {
+                if was == State::Stop && m.machine.state != State::Stop {
+                    let _ = m.script(node, "start_both", "second");
+                }
+                if was != State::Stop && m.machine.state == State::Stop {
+                    let _ = m.script(node, "stop_both", "second");
+                    let _ = m.script(node, "poststop", "second");
+                }
+                messages.push(format!("module {}: {msg}", m.cfg.name));
+            }
+            Some(Err(e)) => {
+                return Response {
+                    ok: false,
+                    error: Some(format!("module {}: {e}", m.cfg.name)),
+                    messages,
+                    ..Response::default()
+                };
+            }
+            None => {}
+        }
+    }
+    Response {
+        ok: true,
+        messages,
+        ..Response::default()
+    }
+}
+
+/// The daemon stops: a serving module hands over to an up-to-date peer at
+/// once; the role recorded is the one to come back in.
+fn shutdown(node: &Node2, modules: &mut [Managed], hb: &Heartbeats) {
+    for m in modules.iter_mut() {
+        let was = m.machine.state;
+        if was == State::Stop {
+            continue;
+        }
+        m.feed(node, Event::Command(Command::Stop));
+        let _ = m.script(node, "stop_both", "second");
+        let _ = m.script(node, "poststop", "second");
+        // Not an operator's stop: the next run starts the module again,
+        // as SECOND if the peer took over, else in the role it had.
+        let back = if m.machine.handover || !was.serving() {
+            State::Second
+        } else {
+            was
+        };
+        m.save_role(back);
+        if let Some(Replica::Secondary(sm)) = m.replica.take() {
+            node.server.modules.lock().remove(&m.cfg.name);
+            sm.close();
+        }
+        for d in &m.base {
+            let _ = d.log.flush();
+        }
+    }
+    *hb.views.lock() = modules
+        .iter()
+        .map(|m| (m.cfg.name.clone(), m.machine.view()))
+        .collect();
+    // Say it a few times: heartbeats are datagrams.
+    for _ in 0..3 {
+        hb.now.notify_one();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
