@@ -151,6 +151,10 @@ pub struct Heartbeats {
     pub views: Mutex<Vec<(String, PeerView)>>,
     /// Send at once (a state changed) instead of at the next interval.
     pub now: tokio::sync::Notify,
+    /// When the peer was last heard on each path, kept by the receivers
+    /// themselves so a busy cluster manager never mistakes itself for a
+    /// silent peer.
+    pub heard: Mutex<Vec<Option<std::time::Instant>>>,
     boot: u64,
     seq: AtomicU64,
     replay: Mutex<Replay>,
@@ -171,7 +175,9 @@ impl Heartbeats {
         paths: Vec<NetPath>,
         interval: Duration,
     ) -> Arc<Self> {
+        let heard = Mutex::new(vec![None; paths.len()]);
         Arc::new(Heartbeats {
+            heard,
             key,
             cluster: cluster.into(),
             me: me.into(),
@@ -264,6 +270,7 @@ impl Heartbeats {
             match self.check(&buf[..n]) {
                 Ok(beat) => {
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
+                    self.heard.lock()[path] = Some(std::time::Instant::now());
                     if tx.send(Heard { path, beat }).is_err() {
                         return;
                     }

@@ -195,6 +195,8 @@ pub struct Machine {
     /// `swap` asked of the peer until this time.
     pub wants_primary_until: Option<u64>,
     keeps: bool,
+    /// The generation the peer announced last (kept when it is lost).
+    peer_generation: Option<Gen>,
     /// Made primary with `--force`: serves without quorum until the peer is seen.
     forced: bool,
     /// Not allowed to serve until an operator starts the module again.
@@ -228,6 +230,7 @@ impl Machine {
             wants_primary_until: None,
             keeps: false,
             forced: false,
+            peer_generation: None,
             blocked: None,
             start_failures: 0,
         }
@@ -259,13 +262,7 @@ impl Machine {
                 if v.state.is_some_and(State::serving) {
                     self.handover = false;
                 }
-                if self.state == State::Second
-                    && compare(&self.generation, &v.generation) != Order::Same
-                {
-                    // The primary went on without this copy: no longer current
-                    // until the replication says so again.
-                    self.synced = false;
-                }
+                self.peer_generation = Some(v.generation.clone());
                 self.forced = false;
                 self.peer = Some(v);
             }
@@ -306,9 +303,14 @@ impl Machine {
         }
     }
 
-    /// As SECOND: current (reset whenever the primary's generation moved on).
+    /// As SECOND: current, and not overtaken by a primary that went on
+    /// alone (a new generation) since — even if that peer is gone now.
     fn synced_now(&self) -> bool {
         self.synced
+            && self
+                .peer_generation
+                .as_ref()
+                .is_none_or(|g| compare(&self.generation, g) == Order::Same)
     }
 
     fn serve(&mut self, new_generation: bool, why: &str, actions: &mut Vec<Action>) {

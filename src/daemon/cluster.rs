@@ -296,6 +296,7 @@ impl Managed {
     }
 
     fn demote(&mut self, flush: bool) {
+        let t0 = Instant::now();
         // Unmount first: whatever the kernel still held goes through the
         // sink and is replicated before the link closes.
         for m in self.mounts.drain(..) {
@@ -318,15 +319,26 @@ impl Managed {
                         break;
                     }
                     if Instant::now() > deadline {
-                        self.note(
-                            "the peer did not confirm every change before the handover".into(),
-                        );
+                        self.note(format!(
+                            "the peer did not confirm every change before the handover \
+                             (peer {}, durable {} of {})",
+                            st.peer, st.durable, st.sent
+                        ));
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
             rep.close_link("this node stopped serving the module");
+            self.note(format!(
+                "stopped serving in {} ms{}",
+                t0.elapsed().as_millis(),
+                if flush {
+                    ", changes flushed to the peer"
+                } else {
+                    ""
+                }
+            ));
             for d in &rep.dirs {
                 let _ = d.log.flush();
             }
@@ -339,6 +351,15 @@ impl Managed {
     /// Replication facts the machine decides on, fed when they change.
     fn observe(&mut self, node: &Node2) -> bool {
         let mut changed = false;
+        let up = match &self.replica {
+            Some(Replica::Secondary(sm)) => Some(sm.uptodate()),
+            _ => None,
+        };
+        if up == Some(true) && self.fresh {
+            // The first completed sync: this copy now counts.
+            self.fresh = false;
+            self.save_role(self.machine.state);
+        }
         if let Some(g) = self.read_generation()
             && self.generation.as_ref() != Some(&g)
         {
@@ -346,18 +367,12 @@ impl Managed {
             self.feed(node, Event::Generation(g));
             changed = true;
         }
-        if let Some(Replica::Secondary(sm)) = &self.replica {
-            let up = sm.uptodate();
-            if self.synced != Some(up) {
-                self.synced = Some(up);
-                if up && self.fresh {
-                    self.fresh = false;
-                    self.save_role(self.machine.state);
-                    self.generation = None;
-                }
-                self.feed(node, Event::Synced(up));
-                changed = true;
-            }
+        if let Some(up) = up
+            && self.synced != Some(up)
+        {
+            self.synced = Some(up);
+            self.feed(node, Event::Synced(up));
+            changed = true;
         }
         changed
     }
@@ -697,7 +712,6 @@ fn manage(
 ) {
     let tick = (node.settings.heartbeat.interval / 2).max(Duration::from_millis(20));
     let timeout = node.settings.heartbeat.timeout;
-    let mut heard: Vec<Option<Instant>> = vec![None; hb.paths.len()];
     let mut alive = false;
     for m in modules.iter_mut() {
         if m.machine.state != State::Stop {
@@ -742,14 +756,13 @@ fn manage(
             }),
         };
     };
-    publish(&modules, &heard, alive);
+    publish(&modules, &hb.heard.lock().clone(), alive);
     let mut next_tick = Instant::now();
     loop {
         let views_before: Vec<PeerView> = modules.iter().map(|m| m.machine.view()).collect();
         let wait = next_tick.saturating_duration_since(Instant::now());
         match input.recv_timeout(wait) {
             Ok(Input::Heard(h)) => {
-                heard[h.path] = Some(Instant::now());
                 alive = true;
                 for m in modules.iter_mut() {
                     let view = h
@@ -767,7 +780,7 @@ fn manage(
             }
             Ok(Input::Shutdown(done)) => {
                 shutdown(&node, &mut modules, &hb);
-                publish(&modules, &heard, false);
+                publish(&modules, &hb.heard.lock().clone(), false);
                 let _ = done.send(());
                 return;
             }
@@ -776,7 +789,9 @@ fn manage(
         }
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;
-            let silent = heard
+            let silent = hb
+                .heard
+                .lock()
                 .iter()
                 .all(|h| h.is_none_or(|t| t.elapsed() >= timeout));
             if alive && silent {
@@ -800,7 +815,7 @@ fn manage(
             .iter()
             .zip(&views_before)
             .any(|(m, v)| m.machine.view() != *v);
-        publish(&modules, &heard, alive);
+        publish(&modules, &hb.heard.lock().clone(), alive);
         if changed {
             // The peer learns of a new state at once, not at the next interval.
             hb.now.notify_one();

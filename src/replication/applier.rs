@@ -13,7 +13,7 @@ use crate::fs::Errno;
 use crate::fs::sys;
 
 use super::entry;
-use super::wire::{PathError, Time, WireAttrs, WireMutation, checked_path};
+use super::wire::{PathError, Time, WireAttrs, WireMutation, checked_path, checked_path_or_root};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -39,10 +39,11 @@ pub struct Applier {
 
 /// A path from the wire: `""` (the root) only where `root_ok`.
 fn path_of(raw: &[u8], root_ok: bool) -> Result<PathBuf, PathError> {
-    if raw.is_empty() && root_ok {
-        return Ok(PathBuf::new());
+    if root_ok {
+        checked_path_or_root(raw)
+    } else {
+        checked_path(raw)
     }
-    checked_path(raw)
 }
 
 fn tolerated(e: Errno, tolerant: bool) -> bool {

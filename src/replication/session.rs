@@ -15,7 +15,7 @@ use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
 use super::primary::Replicator;
 use super::resync::{self, Diverged};
 use super::tls::Credentials;
-use super::wire::{Message, checked_path};
+use super::wire::{Message, checked_path, checked_path_or_root};
 
 /// How long to wait between connection attempts.
 pub const RETRY: Duration = Duration::from_millis(100);
@@ -216,7 +216,9 @@ async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
             d.files.push((p, ranges));
         }
         for p in paths {
-            d.paths.push(checked_path(&p).map_err(|e| e.to_string())?);
+            // A name to reconcile may be the root itself (its metadata).
+            d.paths
+                .push(checked_path_or_root(&p).map_err(|e| e.to_string())?);
         }
         if last {
             return Ok((out, full));

@@ -408,6 +408,14 @@ pub enum PathError {
 /// Checks a path received from the peer: relative, no `..`, no `.`, no empty
 /// component, no NUL. Symlinks along the path are the applier's concern (it
 /// resolves beneath the root without following them).
+/// Like [`checked_path`], but the empty path names the module's root.
+pub fn checked_path_or_root(raw: &[u8]) -> Result<PathBuf, PathError> {
+    if raw.is_empty() {
+        return Ok(PathBuf::new());
+    }
+    checked_path(raw)
+}
+
 pub fn checked_path(raw: &[u8]) -> Result<PathBuf, PathError> {
     use std::os::unix::ffi::OsStrExt;
     let shown = || String::from_utf8_lossy(raw).into_owned();

@@ -1,0 +1,427 @@
+//! Two cluster daemons on loopback deciding by themselves who serves: a
+//! small application (fsync'd numbered records in the replicated directory)
+//! is started, failed over when its primary is killed, failed back, swapped,
+//! and handed over on a clean stop — and never loses an acknowledged record.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{tandem_bin, tempdir, wait_until};
+
+struct Cluster {
+    tmp: tempfile::TempDir,
+    daemons: [Option<Child>; 2],
+}
+
+/// Free UDP and TCP ports on both loopback addresses.
+fn free_ports() -> (u16, u16) {
+    let free = |udp: bool| loop {
+        let port = std::net::TcpListener::bind("127.0.0.2:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ok = if udp {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.2", port)).is_ok()
+        } else {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        };
+        if ok {
+            return port;
+        }
+    };
+    (free(true), free(false))
+}
+
+const APP: &str = r#"#!/bin/sh
+# The test application: numbered records, each appended and fsync'd, and the
+# last acknowledged number written outside the replicated directory.
+f="$TANDEM_DIRS/records"
+n=$(wc -l < "$f" 2>/dev/null || echo 0)
+while :; do
+  n=$((n+1))
+  echo "$n" | dd of="$f" oflag=append conv=notrunc,fsync status=none || exit 1
+  echo "$n" > "$APP_SIDE/acked.tmp" && mv "$APP_SIDE/acked.tmp" "$APP_SIDE/acked"
+done
+"#;
+
+const START: &str = r#"#!/bin/sh
+echo "start $TANDEM_NODE" >> "$APP_SIDE/../events"
+setsid "$APP_BIN" > /dev/null 2>&1 < /dev/null &
+echo $! > "$APP_SIDE/app.pid"
+"#;
+
+const STOP: &str = r#"#!/bin/sh
+echo "stop $TANDEM_NODE" >> "$APP_SIDE/../events"
+pid=$(cat "$APP_SIDE/app.pid" 2>/dev/null) || exit 0
+kill -TERM "-$pid" 2>/dev/null
+# Until every process of its session is gone (zombies excepted).
+while ps -o stat= -s "$pid" 2>/dev/null | grep -qv '^Z'; do sleep 0.01; done
+rm -f "$APP_SIDE/app.pid"
+"#;
+
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        common::require_fuse();
+        let tmp = tempdir();
+        let t = tmp.path();
+        let (hb, rep) = free_ports();
+        script(&t.join("app.sh"), APP);
+        script(&t.join("start.sh"), START);
+        script(&t.join("stop.sh"), STOP);
+        for n in 1..=2 {
+            std::fs::create_dir_all(t.join(format!("node{n}/app"))).unwrap();
+            std::fs::create_dir_all(t.join(format!("side{n}"))).unwrap();
+            std::fs::write(
+                t.join(format!("n{n}.toml")),
+                format!(
+                    r#"
+[cluster]
+name = "ct"
+quorum = "none"
+[[node]]
+name = "node1"
+address = "127.0.0.1"
+[[node]]
+name = "node2"
+address = "127.0.0.2"
+[heartbeat]
+port = {hb}
+interval_ms = 100
+timeout_ms = 500
+[replication]
+port = {rep}
+peer_timeout_ms = 2000
+[daemon]
+socket = "{t}/n{n}.sock"
+state_dir = "{t}/state{n}"
+tls_dir = "{t}/tls"
+[[module]]
+name = "app"
+dirs = ["{t}/node{n}/app"]
+failover = "lb"
+[module.scripts]
+start_prim = "{t}/start.sh"
+stop_prim = "{t}/stop.sh"
+timeout_s = 20
+"#,
+                    t = t.display()
+                ),
+            )
+            .unwrap();
+        }
+        let o = Command::new(tandem_bin())
+            .arg("-c")
+            .arg(t.join("n1.toml"))
+            .arg("init")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Cluster {
+            tmp,
+            daemons: [None, None],
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    fn config(&self, n: usize) -> PathBuf {
+        self.path(&format!("n{n}.toml"))
+    }
+
+    fn log_text(&self, n: usize) -> String {
+        std::fs::read_to_string(self.path(&format!("daemon{n}.log"))).unwrap_or_default()
+    }
+
+    fn start(&mut self, n: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("daemon{n}.log")))
+            .unwrap();
+        let child = Command::new(tandem_bin())
+            .arg("-c")
+            .arg(self.config(n))
+            .args(["daemon", "--node", &format!("node{n}")])
+            .env("APP_SIDE", self.path(&format!("side{n}")))
+            .env("APP_BIN", self.path("app.sh"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons[n - 1] = Some(child);
+        assert!(
+            wait_until(20, || self.status(n).is_some()),
+            "daemon {n} did not come up:\n{}",
+            self.log_text(n)
+        );
+    }
+
+    fn signal(&mut self, n: usize, sig: i32) {
+        if let Some(mut c) = self.daemons[n - 1].take() {
+            unsafe { libc::kill(c.id() as i32, sig) };
+            c.wait().unwrap();
+        }
+    }
+
+    fn tandem(&self, n: usize, args: &[&str]) -> std::process::Output {
+        Command::new(tandem_bin())
+            .arg("-c")
+            .arg(self.config(n))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self, n: usize) -> Option<serde_json::Value> {
+        let o = self.tandem(n, &["status", "--json"]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
+    }
+
+    /// The module's state on node `n` ("" while its daemon does not answer).
+    fn state(&self, n: usize) -> String {
+        self.status(n)
+            .and_then(|s| s["modules"][0]["state"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    fn uptodate(&self, n: usize) -> bool {
+        self.status(n)
+            .is_some_and(|s| s["modules"][0]["cluster"]["uptodate"] == true)
+    }
+
+    fn wait_states(&self, a: &str, b: &str, secs: u64) {
+        let ok = wait_until(secs, || {
+            self.state(1) == a
+                && self.state(2) == b
+                && (b != "SECOND" || self.uptodate(2))
+                && (a != "SECOND" || self.uptodate(1))
+        });
+        assert!(
+            ok,
+            "expected {a}/{b}, got {}/{}\n--- node1\n{}\n--- node2\n{}",
+            self.state(1),
+            self.state(2),
+            self.log_text(1),
+            self.log_text(2)
+        );
+    }
+
+    fn acked(&self, n: usize) -> u64 {
+        std::fs::read_to_string(self.path(&format!("side{n}/acked")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The application runs on node `n`: its acknowledged count grows.
+    fn wait_app_writes(&self, n: usize) {
+        let start = self.acked(n);
+        assert!(
+            wait_until(20, || self.acked(n) > start + 5),
+            "the application does not write on node {n} (acked {start})\n{}",
+            self.log_text(n)
+        );
+    }
+
+    /// The records in node `n`'s directory: 1, 2, 3, … without a gap.
+    fn records(&self, n: usize) -> u64 {
+        let text = std::fs::read_to_string(self.path(&format!("node{n}/app/records"))).unwrap();
+        let mut count = 0;
+        for (i, line) in text.lines().enumerate() {
+            assert_eq!(line, (i + 1).to_string(), "record {} on node {n}", i + 1);
+            count += 1;
+        }
+        count
+    }
+
+    /// What the guard process will do when a daemon dies: stop the
+    /// application it left behind and take the dead mount away.
+    fn clean_after_killed(&self, n: usize) {
+        if let Ok(pid) = std::fs::read_to_string(self.path(&format!("side{n}/app.pid"))) {
+            let pid: i32 = pid.trim().parse().unwrap();
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // Dead from here on (a zombie writes nothing).
+            use std::io::Write;
+            let mut ev = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(self.path("events"))
+                .unwrap();
+            writeln!(ev, "stop node{n}").unwrap();
+            let _ = std::fs::remove_file(self.path(&format!("side{n}/app.pid")));
+        }
+        let dir =
+            std::ffi::CString::new(format!("{}/node{n}/app", self.tmp.path().display())).unwrap();
+        unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+    }
+
+    fn events(&self) -> String {
+        std::fs::read_to_string(self.path("events")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.signal(1, libc::SIGTERM);
+        self.signal(2, libc::SIGTERM);
+        for n in 1..=2 {
+            self.clean_after_killed(n);
+        }
+    }
+}
+
+#[test]
+fn failover_failback_swap_and_handover_keep_every_acknowledged_record() {
+    let mut c = Cluster::new();
+    c.start(1);
+    c.start(2);
+    // Fresh nodes: the node listed first serves, the other follows by full sync.
+    c.wait_states("PRIM", "SECOND", 30);
+    c.wait_app_writes(1);
+
+    // kill -9 of the primary's daemon: the twin takes over.
+    c.signal(1, libc::SIGKILL);
+    let killed = Instant::now();
+    c.clean_after_killed(1);
+    let acked = c.acked(1);
+    assert!(
+        wait_until(20, || c.state(2) == "ALONE"),
+        "node2 did not take over: {}\n{}",
+        c.state(2),
+        c.log_text(2)
+    );
+    let took = killed.elapsed();
+    c.wait_app_writes(2);
+    assert!(
+        c.records(2) >= acked,
+        "node2 has {} records, {acked} were acknowledged on node1",
+        c.records(2)
+    );
+    eprintln!(
+        "takeover {} ms after kill -9 (heartbeat timeout 500 ms)",
+        took.as_millis()
+    );
+
+    // The old primary returns as SECOND and catches up while the app writes.
+    c.start(1);
+    c.wait_states("SECOND", "PRIM", 30);
+    let during = c.acked(2);
+    c.wait_app_writes(2);
+    assert!(c.acked(2) > during);
+
+    // swap, asked on the secondary: ordered, nothing lost.
+    let o = c.tandem(1, &["swap", "app"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.wait_states("PRIM", "SECOND", 30);
+    let before = c.acked(2);
+    c.wait_app_writes(1);
+    assert!(
+        c.records(1) >= before,
+        "node1 has {} records after the swap, node2 acknowledged {before}\n--- node1\n{}\n--- node2\n{}",
+        c.records(1),
+        c.log_text(1),
+        c.log_text(2)
+    );
+    let ev = c.events();
+    let tail: Vec<&str> = ev.lines().rev().take(2).collect();
+    assert_eq!(tail, vec!["start node1", "stop node2"], "{ev}");
+
+    // prim --force while the peer serves is refused and changes nothing.
+    let o = c.tandem(2, &["prim", "app", "--force"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("peer serves"));
+    assert_eq!(c.state(2), "SECOND");
+
+    // A clean stop of the primary hands over at once, without a timeout.
+    let acked1 = {
+        let stopped = Instant::now();
+        c.signal(1, libc::SIGTERM);
+        assert!(
+            wait_until(10, || c.state(2) == "ALONE"),
+            "node2 is {}\n--- node1\n{}\n--- node2\n{}",
+            c.state(2),
+            c.log_text(1),
+            c.log_text(2)
+        );
+        eprintln!(
+            "handover {} ms after SIGTERM",
+            stopped.elapsed().as_millis()
+        );
+        c.acked(1)
+    };
+    c.wait_app_writes(2);
+    assert!(c.records(2) >= acked1);
+    assert!(!common::is_tandem_mount(&c.path("node1/app")));
+
+    // The application never ran on both nodes at once.
+    let mut running: Option<&str> = None;
+    for l in c.events().lines() {
+        match l.split_once(' ') {
+            Some(("start", n)) => {
+                assert!(
+                    running.is_none(),
+                    "started on {n} while running on {running:?}:\n{}\n--- node1\n{}\n--- node2\n{}",
+                    c.events(),
+                    c.log_text(1),
+                    c.log_text(2)
+                );
+                running = Some(n);
+            }
+            Some(("stop", n)) => {
+                if running == Some(n) {
+                    running = None;
+                }
+            }
+            _ => panic!("bad event {l}"),
+        }
+    }
+}
+
+#[test]
+fn forged_and_garbage_heartbeats_are_dropped_counted_and_change_nothing() {
+    let mut c = Cluster::new();
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    let st = c.status(2).unwrap();
+    let port = st["nodes"]["paths"][0]["local"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..20 {
+        // Garbage, and a well-formed datagram under another key claiming
+        // that node1 handed over.
+        s.send_to(b"not a heartbeat at all", ("127.0.0.2", port))
+            .unwrap();
+        let mut forged = b"TB\x01".to_vec();
+        forged.extend_from_slice(&[0u8; 64]);
+        s.send_to(&forged, ("127.0.0.2", port)).unwrap();
+    }
+    assert!(wait_until(5, || {
+        let n = &c.status(2).unwrap()["nodes"];
+        n["dropped_malformed"].as_u64() >= Some(20) && n["dropped_bad_mac"].as_u64() >= Some(20)
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((c.state(1), c.state(2)), ("PRIM".into(), "SECOND".into()));
+}
