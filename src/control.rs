@@ -46,6 +46,18 @@ pub enum Request {
         module: String,
         keep: String,
     },
+    /// Stop this node serving the module in favour of the peer.
+    Second {
+        module: String,
+    },
+    /// Restart the application where it runs (stop_prim, start_prim).
+    Restart {
+        module: String,
+    },
+    /// The module's log: transitions, script output.
+    Log {
+        module: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -156,7 +156,9 @@ fn unmount_while_a_file_is_open_waits_for_it_and_keeps_the_data() {
 }
 
 #[test]
-fn verbs_of_later_parts_say_so_and_fail() {
+fn cluster_verbs_without_a_daemon_say_so_and_fail() {
+    let t = tempdir();
+    let socket = t.path().join("none.sock");
     for args in [
         vec!["swap", "app"],
         vec!["prim", "app"],
@@ -165,10 +167,12 @@ fn verbs_of_later_parts_say_so_and_fail() {
         vec!["log", "app"],
         vec!["restart", "app"],
     ] {
-        let o = tandem(&args);
-        assert_eq!(o.status.code(), Some(3), "{args:?}");
+        let mut full = vec!["--socket", socket.to_str().unwrap()];
+        full.extend(&args);
+        let o = tandem(&full);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
         assert!(
-            stderr(&o).contains("not available yet"),
+            stderr(&o).contains("is `tandem daemon` running"),
             "{args:?}: {}",
             stderr(&o)
         );
@@ -265,6 +269,11 @@ fn daemon_mounts_modules_reports_status_and_stops_them() {
     assert_eq!(modules[0]["name"], "app");
     assert_eq!(modules[0]["state"], "started");
     assert_eq!(modules[0]["dirs"][0]["bytes_written"], 10_000);
+
+    // Role changes belong to the cluster manager, not to a fixed-role daemon.
+    let o = tandem(&["--config", cfg_s, "swap", "app"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("fixed --role"), "{}", stderr(&o));
 
     // A second daemon on the same socket is refused.
     let o = tandem(&["--config", cfg_s, "daemon", "--role", "local"]);

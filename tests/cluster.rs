@@ -425,3 +425,38 @@ fn forged_and_garbage_heartbeats_are_dropped_counted_and_change_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!((c.state(1), c.state(2)), ("PRIM".into(), "SECOND".into()));
 }
+
+#[test]
+fn restart_log_and_second_from_the_command_line() {
+    let mut c = Cluster::new();
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    c.wait_app_writes(1);
+    // restart: the application only, where it runs; the roles stay.
+    let o = c.tandem(1, &["restart", "app"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = c.events();
+    let tail: Vec<&str> = ev.lines().rev().take(2).collect();
+    assert_eq!(tail, vec!["start node1", "stop node1"], "{ev}");
+    c.wait_app_writes(1);
+    let o = c.tandem(2, &["restart", "app"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not serve on this node"));
+    // log: the transitions and the scripts' runs, oldest first.
+    let o = c.tandem(1, &["log", "app"]);
+    assert!(o.status.success());
+    let log = String::from_utf8_lossy(&o.stdout);
+    let serving = log.find("Wait -> Alone").expect("the promotion is logged");
+    let restart = log
+        .find("restart asked by the operator")
+        .expect("the restart is logged");
+    assert!(serving < restart, "{log}");
+    assert!(log.contains("start_prim done"), "{log}");
+    // second: the serving node steps down for the peer.
+    let o = c.tandem(1, &["second", "app"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.wait_states("SECOND", "PRIM", 30);
+    c.wait_app_writes(2);
+    assert!(c.records(2) >= c.acked(1));
+}

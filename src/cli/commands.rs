@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use crate::control::{self, Request, Response};
 
-use super::{Cli, Command, ConfigAction, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE};
+use super::{Cli, Command, ConfigAction, EXIT_FAILURE, EXIT_USAGE};
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -41,7 +41,12 @@ pub fn run(cli: Cli) -> ExitCode {
             &Request::Stop { module },
             print_messages,
         ),
-        Command::Restart { .. } => unavailable("restart", "the cluster manager"),
+        Command::Restart { module } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::Restart { module },
+            print_messages,
+        ),
         Command::Swap { module } => with_daemon(
             &cli.config,
             cli.socket,
@@ -63,7 +68,12 @@ pub fn run(cli: Cli) -> ExitCode {
             &Request::FullSync { module },
             print_messages,
         ),
-        Command::Second { .. } => unavailable("second", "the cluster manager"),
+        Command::Second { module, .. } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::Second { module },
+            print_messages,
+        ),
         Command::Resync { module, wait } => super::resync::run(
             &cli.config,
             cli.socket,
@@ -81,7 +91,7 @@ pub fn run(cli: Cli) -> ExitCode {
             &Request::Resolve { module, keep },
             print_messages,
         ),
-        Command::Log { .. } => unavailable("log", "the cluster manager"),
+        Command::Log { module, follow } => log(&cli.config, cli.socket, &module, follow),
         Command::Init {
             out,
             cluster,
@@ -169,10 +179,48 @@ fn init(
     }
 }
 
-/// A verb that exists in the interface but needs a part of tandem this build lacks.
-fn unavailable(verb: &str, needs: &str) -> ExitCode {
-    eprintln!("tandem {verb}: not available yet in this version (it needs {needs})");
-    ExitCode::from(EXIT_UNAVAILABLE)
+/// Prints the module's log; with `follow`, keeps printing new lines.
+fn log(config: &std::path::Path, socket: Option<PathBuf>, module: &str, follow: bool) -> ExitCode {
+    let socket = match socket_path(config, socket) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let req = Request::Log {
+        module: module.to_string(),
+    };
+    let mut last: Option<String> = None;
+    loop {
+        match control::call(&socket, &req) {
+            Ok(resp) if resp.ok => {
+                // Lines after the last one printed (the daemon keeps a window).
+                let from = last
+                    .as_ref()
+                    .and_then(|l| resp.messages.iter().rposition(|m| m == l))
+                    .map_or(0, |i| i + 1);
+                for m in &resp.messages[from..] {
+                    println!("{m}");
+                }
+                if let Some(l) = resp.messages.last() {
+                    last = Some(l.clone());
+                }
+            }
+            Ok(resp) => {
+                eprintln!(
+                    "tandem: {}",
+                    resp.error.unwrap_or_else(|| "request failed".into())
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            Err(e) => {
+                eprintln!("tandem: {e:#}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+        if !follow {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 fn config_check(file: &std::path::Path, skip_dir_checks: bool) -> ExitCode {

@@ -17,7 +17,6 @@ use clap::{Parser, Subcommand};
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_UNAVAILABLE: u8 = 3;
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/tandem/tandem.toml";

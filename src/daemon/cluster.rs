@@ -427,12 +427,18 @@ enum Input {
         cmd: Command,
         reply: mpsc::Sender<Response>,
     },
+    Restart {
+        module: String,
+        reply: mpsc::Sender<Response>,
+    },
     Shutdown(mpsc::Sender<()>),
 }
 
 /// What the control socket reads without waiting for the manager.
 struct Shared {
     status: Mutex<Status>,
+    /// Each module's whole log (the status carries only its end).
+    logs: Mutex<Vec<(String, Vec<String>)>>,
     replicas: Mutex<Vec<(String, Option<Replica>)>>,
     input: Mutex<mpsc::Sender<Input>>,
 }
@@ -465,6 +471,44 @@ impl super::Handler for Shared {
             Request::Start { module } => command(module, Command::Start),
             Request::Stop { module } => command(module, Command::Stop),
             Request::Swap { module } => command(Some(module), Command::Swap),
+            Request::Second { module } => {
+                let st = self.status.lock();
+                let serving = st
+                    .modules
+                    .iter()
+                    .find(|m| m.name == module)
+                    .map(|m| m.state == "PRIM" || m.state == "ALONE");
+                drop(st);
+                match serving {
+                    None => Response::error(format!("no module named {module:?}")),
+                    Some(true) => command(Some(module), Command::Swap),
+                    Some(false) => Response::error(format!(
+                        "module {module} does not serve on this node; `tandem second` hands \
+                         a serving module over to the peer"
+                    )),
+                }
+            }
+            Request::Restart { module } => {
+                let (tx, rx) = mpsc::channel();
+                if self
+                    .input
+                    .lock()
+                    .send(Input::Restart { module, reply: tx })
+                    .is_err()
+                {
+                    return Response::error("the cluster manager has stopped");
+                }
+                rx.recv()
+                    .unwrap_or_else(|_| Response::error("the cluster manager has stopped"))
+            }
+            Request::Log { module } => match self.logs.lock().iter().find(|(n, _)| *n == module) {
+                None => Response::error(format!("no module named {module:?}")),
+                Some((_, lines)) => Response {
+                    ok: true,
+                    messages: lines.clone(),
+                    ..Response::default()
+                },
+            },
             Request::Prim { module, force } => command(Some(module), Command::Prim { force }),
             Request::Resolve { module, keep } => {
                 let st = self.status.lock();
@@ -655,6 +699,7 @@ pub fn run(
     );
     let shared = Arc::new(Shared {
         status: Mutex::new(Status::default()),
+        logs: Mutex::new(Vec::new()),
         replicas: Mutex::new(Vec::new()),
         input: Mutex::new(input_tx),
     });
@@ -723,6 +768,10 @@ fn manage(
             .iter()
             .map(|m| (m.cfg.name.clone(), m.machine.view()))
             .collect();
+        *shared.logs.lock() = modules
+            .iter()
+            .map(|m| (m.cfg.name.clone(), m.log.iter().cloned().collect()))
+            .collect();
         *shared.replicas.lock() = modules
             .iter()
             .map(|m| (m.cfg.name.clone(), m.replica.clone()))
@@ -777,6 +826,35 @@ fn manage(
             }
             Ok(Input::Command { module, cmd, reply }) => {
                 let _ = reply.send(command(&node, &mut modules, module, cmd));
+            }
+            Ok(Input::Restart { module, reply }) => {
+                let r = match modules.iter_mut().find(|m| m.cfg.name == module) {
+                    None => Response::error(format!("no module named {module:?}")),
+                    Some(m) if !m.machine.state.serving() => Response::error(format!(
+                        "module {module} does not serve on this node ({:?}): nothing to restart",
+                        m.machine.state
+                    )),
+                    Some(m) => {
+                        m.note("restart asked by the operator".into());
+                        let _ = m.script(&node, "stop_prim", "prim");
+                        m.app_running = false;
+                        match m.script(&node, "start_prim", "prim") {
+                            Ok(()) => {
+                                m.app_running = true;
+                                Response {
+                                    ok: true,
+                                    messages: vec![format!("module {module}: restarted")],
+                                    ..Response::default()
+                                }
+                            }
+                            Err(e) => {
+                                m.feed(&node, Event::Failed(Failure::StartApp, e.clone()));
+                                Response::error(format!("module {module}: {e}"))
+                            }
+                        }
+                    }
+                };
+                let _ = reply.send(r);
             }
             Ok(Input::Shutdown(done)) => {
                 shutdown(&node, &mut modules, &hb);

@@ -224,12 +224,15 @@ impl State {
                 self.with_replica(&module, |r| r.start_verify(repair))
             }
             Request::FullSync { module } => self.with_replica(&module, |r| r.request_full_sync()),
-            Request::Swap { .. } | Request::Prim { .. } | Request::Resolve { .. } => {
-                Response::error(
-                    "this daemon runs with a fixed --role: roles are changed by the cluster \
+            Request::Swap { .. }
+            | Request::Prim { .. }
+            | Request::Resolve { .. }
+            | Request::Second { .. }
+            | Request::Restart { .. }
+            | Request::Log { .. } => Response::error(
+                "this daemon runs with a fixed --role: roles are changed by the cluster \
                      manager (run `tandem daemon` without --role)",
-                )
-            }
+            ),
             Request::Start { module } => match self.select(module.as_deref()) {
                 Err(e) => Response::error(e),
                 Ok(mods) => {
