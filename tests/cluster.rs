@@ -250,8 +250,7 @@ timeout_s = 20
         count
     }
 
-    /// What the guard process will do when a daemon dies: stop the
-    /// application it left behind and take the dead mount away.
+    /// Whatever a failed test left running.
     fn clean_after_killed(&self, n: usize) {
         if let Ok(pid) = std::fs::read_to_string(self.path(&format!("side{n}/app.pid"))) {
             let pid: i32 = pid.trim().parse().unwrap();
@@ -295,10 +294,16 @@ fn failover_failback_swap_and_handover_keep_every_acknowledged_record() {
     c.wait_states("PRIM", "SECOND", 30);
     c.wait_app_writes(1);
 
-    // kill -9 of the primary's daemon: the twin takes over.
+    // kill -9 of the primary's daemon: its guard stops the application and
+    // takes the dead mount away; the twin takes over.
     c.signal(1, libc::SIGKILL);
     let killed = Instant::now();
-    c.clean_after_killed(1);
+    assert!(
+        wait_until(10, || !c.path("side1/app.pid").exists()
+            && !common::is_tandem_mount(&c.path("node1/app"))),
+        "the guard did not clean up after the dead daemon:\n{}",
+        c.log_text(1)
+    );
     let acked = c.acked(1);
     assert!(
         wait_until(20, || c.state(2) == "ALONE"),

@@ -10,6 +10,7 @@ use super::{Cli, Command, ConfigAction, EXIT_FAILURE, EXIT_USAGE};
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Mount(args) => super::mount::run(args),
+        Command::Guard => crate::failover::guard::run(),
         Command::Config {
             action:
                 ConfigAction::Check {

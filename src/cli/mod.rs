@@ -130,6 +130,9 @@ pub enum Command {
     },
     /// Mount the intercepting file system over DIR in the foreground (Ctrl-C unmounts).
     Mount(mount::MountArgs),
+    /// Started by the daemon: cleans up after it if it dies.
+    #[command(hide = true)]
+    Guard,
 }
 
 #[derive(Subcommand, Debug)]

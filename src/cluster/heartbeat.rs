@@ -234,6 +234,11 @@ impl Heartbeats {
                 _ = tick.tick() => {}
                 _ = self.now.notified() => {}
             }
+            // Nothing to say before the manager has published its modules:
+            // an empty heartbeat would read as "not running them".
+            if self.views.lock().is_empty() {
+                continue;
+            }
             let datagram = seal(&self.key, &self.beat());
             for (i, (s, p)) in socks.iter().zip(&self.paths).enumerate() {
                 match s.send_to(&datagram, p.remote).await {

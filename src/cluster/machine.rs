@@ -25,6 +25,16 @@ pub enum State {
     Alone,
 }
 
+impl std::fmt::Display for Gen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.current)?;
+        if self.fresh {
+            write!(f, " (fresh)")?;
+        }
+        Ok(())
+    }
+}
+
 impl State {
     pub fn serving(self) -> bool {
         matches!(self, State::Prim | State::Alone)
@@ -262,7 +272,10 @@ impl Machine {
                 if v.state.is_some_and(State::serving) {
                     self.handover = false;
                 }
-                self.peer_generation = Some(v.generation.clone());
+                // A peer that does not run this module says nothing of its data.
+                if v.state.is_some() {
+                    self.peer_generation = Some(v.generation.clone());
+                }
                 self.forced = false;
                 self.peer = Some(v);
             }
@@ -407,9 +420,11 @@ impl Machine {
                 }
                 _ => {
                     self.split_brain = true;
-                    self.why = "split brain: the peer serves data that is not this node's; \
-                                waiting for `tandem resolve`"
-                        .into();
+                    self.why = format!(
+                        "split brain: the peer serves data {} that is not this node's {}; \
+                         waiting for `tandem resolve`",
+                        peer.generation, self.generation
+                    );
                 }
             },
             Some(State::Stop) if matches!(order, Order::Same | Order::Ahead) => {
@@ -436,9 +451,11 @@ impl Machine {
             }
             Order::Split => {
                 self.split_brain = true;
-                self.why = "split brain: both nodes changed the data on their own; \
-                            waiting for `tandem resolve`"
-                    .into();
+                self.why = format!(
+                    "split brain: this node's data {} and the peer's {} both changed on \
+                     their own; waiting for `tandem resolve`",
+                    self.generation, peer.generation
+                );
                 return;
             }
             Order::Same => {
@@ -521,6 +538,10 @@ impl Machine {
         if peer.state.is_some_and(State::serving) {
             // Both serve: exactly one yields, the same one on both sides.
             self.split_brain = true;
+            self.why = format!(
+                "split brain: both nodes serve (data {} here, {} there)",
+                self.generation, peer.generation
+            );
             let keep = match self.cfg.preferred {
                 Some(p) => p,
                 None => self.cfg.listed_first,
@@ -535,9 +556,16 @@ impl Machine {
             }
             return;
         }
-        if compare(&self.generation, &peer.generation) == Order::Split && !peer.keeps && !self.keeps
+        if peer.state.is_some()
+            && compare(&self.generation, &peer.generation) == Order::Split
+            && !peer.keeps
+            && !self.keeps
         {
             self.split_brain = true;
+            self.why = format!(
+                "split brain: this node's data {} and the peer's {} both changed on their own",
+                self.generation, peer.generation
+            );
         }
         let current = self.peer_is_current_second();
         if current {

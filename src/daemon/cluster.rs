@@ -348,6 +348,21 @@ impl Managed {
         }
     }
 
+    /// What the guard must undo if this daemon dies now.
+    fn duty(&self, node: &Node2) -> Option<crate::failover::guard::Duty> {
+        if !self.app_running && self.mounts.is_empty() {
+            return None;
+        }
+        Some(crate::failover::guard::Duty {
+            module: self.cfg.name.clone(),
+            stop_prim: self.cfg.scripts.stop_prim.clone(),
+            node: node.me.name.clone(),
+            peer: node.peer.name.clone(),
+            dirs: self.cfg.dirs.clone(),
+            timeout_ms: self.cfg.scripts.timeout.as_millis() as u64,
+        })
+    }
+
     /// Replication facts the machine decides on, fed when they change.
     fn observe(&mut self, node: &Node2) -> bool {
         let mut changed = false;
@@ -713,12 +728,18 @@ pub fn run(
         started: Instant::now(),
         settings,
     };
+    let guard = crate::failover::guard::Guard::spawn().map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!("cannot start the guard process (it cleans up if this daemon dies): {e}"),
+        )
+    })?;
     let socket = node.settings.daemon.socket.clone();
     let mgr_shared = shared.clone();
     let hb2 = hb.clone();
     let manager = std::thread::Builder::new()
         .name("cluster".into())
-        .spawn(move || manage(node, modules, hb2, input_rx, &mgr_shared))
+        .spawn(move || manage(node, modules, hb2, input_rx, &mgr_shared, guard))
         .map_err(|e| {
             (
                 EXIT_FAILURE,
@@ -754,6 +775,7 @@ fn manage(
     hb: Arc<Heartbeats>,
     input: mpsc::Receiver<Input>,
     shared: &Shared,
+    mut guard: crate::failover::guard::Guard,
 ) {
     let tick = (node.settings.heartbeat.interval / 2).max(Duration::from_millis(20));
     let timeout = node.settings.heartbeat.timeout;
@@ -859,6 +881,7 @@ fn manage(
             Ok(Input::Shutdown(done)) => {
                 shutdown(&node, &mut modules, &hb);
                 publish(&modules, &hb.heard.lock().clone(), false);
+                guard.bye();
                 let _ = done.send(());
                 return;
             }
@@ -894,6 +917,7 @@ fn manage(
             .zip(&views_before)
             .any(|(m, v)| m.machine.view() != *v);
         publish(&modules, &hb.heard.lock().clone(), alive);
+        guard.update(modules.iter().filter_map(|m| m.duty(&node)).collect());
         if changed {
             // The peer learns of a new state at once, not at the next interval.
             hb.now.notify_one();

@@ -1,4 +1,5 @@
 //! Moving the application and its clients: the application's scripts (and,
 //! later, the virtual address and the load balancer's health state).
 
+pub mod guard;
 pub mod scripts;

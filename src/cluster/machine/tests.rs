@@ -436,6 +436,19 @@ fn a_failing_application_start_is_retried_then_handed_over() {
 }
 
 #[test]
+fn a_peer_without_this_module_is_no_split_brain() {
+    let mut a = prim(true, cfg());
+    let out = a.step(100, Event::Peer(PeerView::default()));
+    assert!(!a.split_brain);
+    assert_eq!(
+        a.state,
+        State::Alone,
+        "the peer does not follow this module"
+    );
+    assert!(!has(&out, &Action::StopApp));
+}
+
+#[test]
 fn a_fresh_node_joins_by_full_sync() {
     let fresh = Gen {
         fresh: true,

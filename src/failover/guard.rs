@@ -1,0 +1,166 @@
+//! The guard: a small process the daemon starts and keeps told, over a pipe,
+//! what this node serves. When the daemon dies without saying goodbye (kill
+//! -9, a crash, the OOM killer), the kernel closes the pipe; the guard wakes
+//! at once, runs `stop_prim` for every module that was served here and takes
+//! the dead mounts away — so a dead daemon never leaves a serving node next to
+//! the twin that takes over.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use std::os::unix::process::CommandExt;
+
+use serde::{Deserialize, Serialize};
+
+use super::scripts::{self, Context};
+
+/// What to undo for one served module.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Duty {
+    pub module: String,
+    pub stop_prim: Option<PathBuf>,
+    pub node: String,
+    pub peer: String,
+    pub dirs: Vec<PathBuf>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Note {
+    Duties(Vec<Duty>),
+    /// The daemon ends cleanly: nothing to do.
+    Bye,
+}
+
+pub struct Guard {
+    pipe: std::io::PipeWriter,
+    child: Child,
+    last: Option<Vec<Duty>>,
+}
+
+impl Guard {
+    /// Starts `tandem guard` in a process group of its own (a signal meant
+    /// for the daemon's group does not reach it).
+    pub fn spawn() -> std::io::Result<Guard> {
+        // Close-on-exec: no script or application the daemon starts holds the
+        // write end, so the daemon's death alone closes it.
+        let (rd, wr) = std::io::pipe()?;
+        let exe = std::env::current_exe()?;
+        let child = Command::new(exe)
+            .arg("guard")
+            .stdin(Stdio::from(rd))
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        Ok(Guard {
+            pipe: wr,
+            child,
+            last: None,
+        })
+    }
+
+    /// Tells the guard what this node serves now (only when it changed).
+    pub fn update(&mut self, duties: Vec<Duty>) {
+        if self.last.as_ref() == Some(&duties) {
+            return;
+        }
+        if let Err(e) = send(&mut self.pipe, &Note::Duties(duties.clone())) {
+            tracing::error!("guard: {e}; a crash of this daemon would not be cleaned up");
+        }
+        self.last = Some(duties);
+    }
+
+    /// The daemon ends cleanly.
+    pub fn bye(mut self) {
+        let _ = send(&mut self.pipe, &Note::Bye);
+        drop(self.pipe);
+        let _ = self.child.wait();
+    }
+}
+
+fn send(w: &mut impl Write, n: &Note) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(n).expect("serialisable");
+    line.push(b'\n');
+    w.write_all(&line)
+}
+
+/// `tandem guard`: waits for the daemon's notes on stdin until it closes.
+pub fn run() -> ExitCode {
+    let mut duties: Vec<Duty> = Vec::new();
+    let mut bye = false;
+    let stdin = std::io::stdin();
+    for line in BufReader::new(stdin.lock()).lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<Note>(&line) {
+            Ok(Note::Duties(d)) => duties = d,
+            Ok(Note::Bye) => bye = true,
+            Err(e) => eprintln!("tandem guard: ignoring a bad note: {e}"),
+        }
+    }
+    if bye || duties.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "tandem guard: the daemon died while serving {}: stopping them here",
+        duties
+            .iter()
+            .map(|d| d.module.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for d in &duties {
+        clean(d);
+    }
+    ExitCode::SUCCESS
+}
+
+fn clean(d: &Duty) {
+    if let Some(script) = &d.stop_prim {
+        let ctx = Context {
+            module: d.module.clone(),
+            role: "prim",
+            node: d.node.clone(),
+            peer: d.peer.clone(),
+            dirs: d
+                .dirs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        };
+        match scripts::run(
+            "stop_prim",
+            script,
+            &ctx,
+            Duration::from_millis(d.timeout_ms),
+        ) {
+            Ok(r) => eprintln!(
+                "tandem guard: {}: stop_prim done in {} ms",
+                d.module,
+                r.took.as_millis()
+            ),
+            Err(e) => eprintln!("tandem guard: {}: {e}", d.module),
+        }
+    }
+    for dir in &d.dirs {
+        // The daemon served these mounts; they are dead now. Stacked ones too.
+        let stacked = || {
+            crate::fs::mounts::mounts()
+                .map(|all| crate::fs::mounts::tandem_mounts_at(&all, dir))
+                .unwrap_or(0)
+        };
+        while stacked() > 0 {
+            if let Err(e) = crate::fs::mounts::detach(dir) {
+                eprintln!(
+                    "tandem guard: {}: unmounting {}: {e}",
+                    d.module,
+                    dir.display()
+                );
+                break;
+            }
+        }
+    }
+}
