@@ -8,6 +8,7 @@ packages=(
   fuse3                           # /dev/fuse helpers and the fuse kernel module config
   fio rsync                       # benchmarks against the bare directory and rsync
   psmisc                          # fuser/killall for diagnosing busy mounts
+  procps                          # ps: the cluster tests' application scripts
   acl                             # setfacl/getfacl: the tests check ACLs through the mount
 )
 
@@ -23,7 +24,7 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "error: cargo (Rust 1.85 or newer) is required; install it with rustup" >&2
+  echo "error: cargo (Rust 1.87 or newer) is required; install it with rustup" >&2
   exit 1
 fi
 if [ ! -e /dev/fuse ]; then
