@@ -85,7 +85,7 @@ pub fn encode_chunk(c: &Chunk) -> Vec<u8> {
 }
 
 pub fn decode_chunk(b: &[u8], chunk_size: u64) -> Result<Chunk> {
-    if b.len() < 8 || (b.len() - 8) % 8 != 0 {
+    if b.len() < 8 || !(b.len() - 8).is_multiple_of(8) {
         return Err(corrupt("dirty value", b));
     }
     let epoch = read_u64("dirty value", b)?;

@@ -381,7 +381,7 @@ impl AlignedBuf {
 
     /// Whether a caller's buffer already meets the alignment O_DIRECT needs.
     pub fn is_aligned(data: &[u8]) -> bool {
-        (data.as_ptr() as usize) % DIRECT_ALIGN == 0
+        (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
     }
 }
 
