@@ -269,8 +269,9 @@ impl Machine {
         match ev {
             Event::Tick => {}
             Event::Peer(v) => {
-                if v.state.is_some_and(State::serving) {
+                if v.state.is_some_and(State::serving) && self.handover {
                     self.handover = false;
+                    self.why = "handed over: the peer serves, this node follows it".into();
                 }
                 // A peer that does not run this module says nothing of its data.
                 if v.state.is_some() {

@@ -183,6 +183,9 @@ pub struct ResyncProgress {
     pub files_done: u64,
     pub bytes_total: u64,
     pub bytes_done: u64,
+    /// File contents actually sent (marked ranges past a file's end are not).
+    #[serde(default)]
+    pub bytes_sent: u64,
     /// Namespace records shipped.
     pub names: u64,
     pub started_unix_ms: u64,

@@ -162,11 +162,14 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
                         };
                         match read_range(dir_state, &path, piece.clone(), &mut open.borrow_mut()) {
                             Some(data) if !data.is_empty() => Some((
-                                WireMutation::Write {
-                                    path: Some(raw(&path)),
-                                    offset: piece.start,
-                                    data,
-                                    sync: false,
+                                {
+                                    rep.progress().bytes_sent += data.len() as u64;
+                                    WireMutation::Write {
+                                        path: Some(raw(&path)),
+                                        offset: piece.start,
+                                        data,
+                                        sync: false,
+                                    }
                                 },
                                 Vec::new(),
                                 vec![ResyncClear::Range(id, piece.clone())],
@@ -216,8 +219,9 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
     p.running = false;
     p.finished_unix_ms = now_ms();
     tracing::info!(
-        "{}: resync shipped {} bytes of {} files in {} ms",
+        "{}: resync shipped {} bytes ({} marked) of {} files in {} ms",
         rep.module,
+        p.bytes_sent,
         p.bytes_done,
         p.files_done,
         p.finished_unix_ms.saturating_sub(p.started_unix_ms)
