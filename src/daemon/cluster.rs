@@ -621,16 +621,6 @@ fn paths(s: &Settings, me: &Node, peer: &Node) -> Result<Vec<NetPath>, String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn log_times_are_utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::utc(1_795_654_315_250), "2026-11-26T00:51:55.250Z");
-        assert_eq!(super::utc(951_782_400_001), "2000-02-29T00:00:00.001Z");
-    }
-}
-
 pub fn run(
     settings: Settings,
     opts: &super::Options,
@@ -1044,5 +1034,15 @@ fn shutdown(node: &Node2, modules: &mut [Managed], hb: &Heartbeats) {
     for _ in 0..3 {
         hb.now.notify_one();
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_times_are_utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(1_795_654_315_250), "2026-11-26T00:51:55.250Z");
+        assert_eq!(super::utc(951_782_400_001), "2000-02-29T00:00:00.001Z");
     }
 }
