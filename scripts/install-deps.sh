@@ -9,6 +9,7 @@ packages=(
   fio rsync                       # benchmarks against the bare directory and rsync
   psmisc                          # fuser/killall for diagnosing busy mounts
   procps                          # ps: the cluster tests' application scripts
+  iproute2                        # ip netns: the partition tests build their own networks
   acl                             # setfacl/getfacl: the tests check ACLs through the mount
 )
 

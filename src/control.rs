@@ -135,6 +135,9 @@ pub struct ClusterModuleStatus {
     /// Why this node may not serve until `tandem start`, if so.
     pub blocked: Option<String>,
     pub app_running: bool,
+    /// How this node may serve without its peer: "none", or the witness lease.
+    #[serde(default)]
+    pub quorum: String,
     /// The last lines of the module's log (transitions and script output).
     pub log: Vec<String>,
 }

@@ -15,6 +15,77 @@ use common::{tandem_bin, tempdir, wait_until};
 struct Cluster {
     tmp: tempfile::TempDir,
     daemons: [Option<Child>; 2],
+    /// With a witness in network namespaces: the namespace of each node.
+    netns: Option<[String; 2]>,
+    witness: Option<Child>,
+}
+
+/// Three network namespaces made for one test (and removed after it): node1
+/// and node2 joined by one link (10.77.0.1, .2), each joined to the witness
+/// by a link of its own (10.78.1.1–.3, 10.78.2.2–.3), so the link between the
+/// nodes can be cut while both still reach the witness, or a node isolated.
+struct Net {
+    names: [String; 3],
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2) is installed");
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Net {
+    fn new() -> Net {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = std::process::id();
+        let names = ["n1", "n2", "w"].map(|n| format!("tdm{id}x{k}{n}"));
+        let net = Net { names };
+        for n in &net.names {
+            ip(&["netns", "add", n]);
+            ip(&["-n", n, "link", "set", "lo", "up"]);
+        }
+        let [a, b, w] = &net.names;
+        let link = |x: &str, xi: &str, xa: &str, y: &str, yi: &str, ya: &str| {
+            ip(&[
+                "-n", x, "link", "add", xi, "type", "veth", "peer", "name", yi, "netns", y,
+            ]);
+            ip(&["-n", x, "addr", "add", xa, "dev", xi]);
+            ip(&["-n", y, "addr", "add", ya, "dev", yi]);
+            ip(&["-n", x, "link", "set", xi, "up"]);
+            ip(&["-n", y, "link", "set", yi, "up"]);
+        };
+        link(a, "peer", "10.77.0.1/24", b, "peer", "10.77.0.2/24");
+        link(a, "wit", "10.78.1.1/24", w, "n1", "10.78.1.3/24");
+        link(b, "wit", "10.78.2.2/24", w, "n2", "10.78.2.3/24");
+        net
+    }
+
+    /// Takes a link of node `n` ("peer" or "wit") down or up.
+    fn set(&self, n: usize, link: &str, up: bool) {
+        ip(&[
+            "-n",
+            &self.names[n - 1],
+            "link",
+            "set",
+            link,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
 }
 
 /// Free UDP and TCP ports on both loopback addresses.
@@ -72,10 +143,27 @@ fn script(path: &Path, body: &str) {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::build(None)
+    }
+
+    fn build(net: Option<&Net>) -> Cluster {
         common::require_fuse();
         let tmp = tempdir();
         let t = tmp.path();
         let (hb, rep) = free_ports();
+        let (addr, quorum) = match net {
+            None => (
+                ["127.0.0.1", "127.0.0.2"],
+                [
+                    String::from("quorum = \"none\""),
+                    "quorum = \"none\"".into(),
+                ],
+            ),
+            Some(_) => (
+                ["10.77.0.1", "10.77.0.2"],
+                [1, 2].map(|n| format!("quorum = \"witness\"\nwitness = \"10.78.{n}.3:17900\"")),
+            ),
+        };
         script(&t.join("app.sh"), APP);
         script(&t.join("start.sh"), START);
         script(&t.join("stop.sh"), STOP);
@@ -88,13 +176,13 @@ impl Cluster {
                     r#"
 [cluster]
 name = "ct"
-quorum = "none"
+{quorum}
 [[node]]
 name = "node1"
-address = "127.0.0.1"
+address = "{a1}"
 [[node]]
 name = "node2"
-address = "127.0.0.2"
+address = "{a2}"
 [heartbeat]
 port = {hb}
 interval_ms = 100
@@ -115,7 +203,10 @@ start_prim = "{t}/start.sh"
 stop_prim = "{t}/stop.sh"
 timeout_s = 20
 "#,
-                    t = t.display()
+                    t = t.display(),
+                    quorum = quorum[n - 1],
+                    a1 = addr[0],
+                    a2 = addr[1],
                 ),
             )
             .unwrap();
@@ -127,10 +218,29 @@ timeout_s = 20
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        Cluster {
+        let mut c = Cluster {
             tmp,
             daemons: [None, None],
+            netns: net.map(|n| [n.names[0].clone(), n.names[1].clone()]),
+            witness: None,
+        };
+        if let Some(net) = net {
+            let log = std::fs::File::create(c.path("witness.log")).unwrap();
+            c.witness = Some(
+                Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", net.names[2]))
+                    .arg("--")
+                    .arg(tandem_bin())
+                    .arg("-c")
+                    .arg(c.config(1))
+                    .args(["witness", "--listen", "0.0.0.0:17900"])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            );
         }
+        c
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -151,7 +261,18 @@ timeout_s = 20
             .append(true)
             .open(self.path(&format!("daemon{n}.log")))
             .unwrap();
-        let child = Command::new(tandem_bin())
+        // In a node's network namespace only: mounts and sockets stay shared.
+        let mut cmd = match &self.netns {
+            None => Command::new(tandem_bin()),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{}", ns[n - 1]))
+                    .arg("--")
+                    .arg(tandem_bin());
+                c
+            }
+        };
+        let child = cmd
             .arg("-c")
             .arg(self.config(n))
             .args(["daemon", "--node", &format!("node{n}")])
@@ -273,12 +394,57 @@ timeout_s = 20
     fn events(&self) -> String {
         std::fs::read_to_string(self.path("events")).unwrap_or_default()
     }
+
+    /// The application never ran on both nodes at once: the scripts log each
+    /// start and stop, in order, to one file.
+    fn assert_never_both(&self) {
+        let mut running: Option<&str> = None;
+        let events = self.events();
+        for l in events.lines() {
+            match l.split_once(' ') {
+                Some(("start", n)) => {
+                    assert!(
+                        running.is_none(),
+                        "started on {n} while running on {running:?}:\n{events}\n--- node1\n{}\n--- node2\n{}",
+                        self.log_text(1),
+                        self.log_text(2)
+                    );
+                    running = Some(n);
+                }
+                Some(("stop", n)) => {
+                    if running == Some(n) {
+                        running = None;
+                    }
+                }
+                _ => panic!("bad event {l}"),
+            }
+        }
+    }
+
+    /// Polls both nodes' states until `stop`, and returns any moment both
+    /// said they serve.
+    fn watch(&self, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
+        let mut seen = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (a, b) = (self.state(1), self.state(2));
+            let serving = |s: &str| s == "PRIM" || s == "ALONE";
+            if serving(&a) && serving(&b) {
+                seen.push(format!("{a}/{b}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.signal(1, libc::SIGTERM);
         self.signal(2, libc::SIGTERM);
+        if let Some(mut w) = self.witness.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
         for n in 1..=2 {
             self.clean_after_killed(n);
         }
@@ -374,28 +540,7 @@ fn failover_failback_swap_and_handover_keep_every_acknowledged_record() {
     assert!(c.records(2) >= acked1);
     assert!(!common::is_tandem_mount(&c.path("node1/app")));
 
-    // The application never ran on both nodes at once.
-    let mut running: Option<&str> = None;
-    for l in c.events().lines() {
-        match l.split_once(' ') {
-            Some(("start", n)) => {
-                assert!(
-                    running.is_none(),
-                    "started on {n} while running on {running:?}:\n{}\n--- node1\n{}\n--- node2\n{}",
-                    c.events(),
-                    c.log_text(1),
-                    c.log_text(2)
-                );
-                running = Some(n);
-            }
-            Some(("stop", n)) => {
-                if running == Some(n) {
-                    running = None;
-                }
-            }
-            _ => panic!("bad event {l}"),
-        }
-    }
+    c.assert_never_both();
 }
 
 #[test]
@@ -464,4 +609,66 @@ fn restart_log_and_second_from_the_command_line() {
     c.wait_states("SECOND", "PRIM", 30);
     c.wait_app_writes(2);
     assert!(c.records(2) >= c.acked(1));
+}
+
+#[test]
+fn with_a_witness_a_cut_or_an_isolated_primary_never_yields_two_serving_nodes() {
+    let net = Net::new();
+    let mut c = Cluster::build(Some(&net));
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    c.wait_app_writes(1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Stops the watcher however the scope ends (a failed assertion too).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| c.watch(&stop));
+        let stopper = Stop(&stop);
+
+        // The link between the nodes is cut; both still reach the witness:
+        // the primary keeps its lease and serves, the other cannot get it.
+        net.set(1, "peer", false);
+        assert!(
+            wait_until(20, || c.state(1) == "ALONE" && c.state(2) == "WAIT"),
+            "expected ALONE/WAIT, got {}/{}\n{}",
+            c.state(1),
+            c.state(2),
+            c.log_text(2)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!((c.state(1), c.state(2)), ("ALONE".into(), "WAIT".into()));
+        c.wait_app_writes(1);
+        net.set(1, "peer", true);
+        c.wait_states("PRIM", "SECOND", 30);
+
+        // node1 isolated from everything: it cannot renew its lease and stops
+        // serving; node2 gets the lease once it ran out and takes over.
+        let acked = c.acked(1);
+        net.set(1, "peer", false);
+        net.set(1, "wit", false);
+        assert!(
+            wait_until(20, || c.state(1) == "WAIT" && c.state(2) == "ALONE"),
+            "expected WAIT/ALONE, got {}/{}\n--- node1\n{}\n--- node2\n{}",
+            c.state(1),
+            c.state(2),
+            c.log_text(1),
+            c.log_text(2)
+        );
+        c.wait_app_writes(2);
+        assert!(c.records(2) >= acked);
+        net.set(1, "peer", true);
+        net.set(1, "wit", true);
+        c.wait_states("SECOND", "PRIM", 30);
+
+        drop(stopper);
+        let both = watcher.join().unwrap();
+        assert!(both.is_empty(), "both nodes said they serve: {both:?}");
+    });
+    c.assert_never_both();
 }

@@ -11,6 +11,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Mount(args) => super::mount::run(args),
         Command::Guard => crate::failover::guard::run(),
+        Command::Witness { listen } => witness(&cli.config, listen),
         Command::Config {
             action:
                 ConfigAction::Check {
@@ -180,6 +181,83 @@ fn init(
     }
 }
 
+/// `tandem witness`: leases for the nodes of the configured cluster.
+fn witness(config: &std::path::Path, listen: Option<String>) -> ExitCode {
+    let settings = match crate::config::parse_with(
+        &match std::fs::read_to_string(config) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", config.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        config,
+        false,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let addr = match (listen, &settings.cluster.quorum) {
+        (Some(l), _) => l,
+        (None, crate::config::Quorum::Witness(hp)) => hp.to_string(),
+        (None, _) => {
+            eprintln!("tandem witness: cluster.quorum is not \"witness\": give --listen ADDR:PORT");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let addr: std::net::SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!("tandem witness: --listen {addr:?}: expected IP:PORT");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let key = match crate::cluster::heartbeat::Key::load(
+        &crate::replication::tls::heartbeat_key_path(&settings.daemon.tls_dir),
+    ) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("tandem witness: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem witness: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let served = rt.block_on(async {
+        let mut signals = crate::signals::StopSignals::install().map_err(|e| e.to_string())?;
+        tokio::select! {
+            // A node is lost after the heartbeat timeout; its lease outlives
+            // that by two intervals, the time its holder takes to notice
+            // that it is cut off and stop serving.
+            r = crate::cluster::witness::serve(
+                addr,
+                key,
+                settings.cluster.name.clone(),
+                settings.heartbeat.timeout + 2 * settings.heartbeat.interval,
+            ) => r,
+            why = signals.recv() => { tracing::info!("{why}: witness stops"); Ok(()) }
+        }
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
 /// Prints the module's log; with `follow`, keeps printing new lines.
 fn log(config: &std::path::Path, socket: Option<PathBuf>, module: &str, follow: bool) -> ExitCode {
     let socket = match socket_path(config, socket) {
@@ -339,6 +417,9 @@ fn print_status(resp: &Response, json: bool) {
                     .unwrap_or_default(),
                 if c.app_running { "running" } else { "stopped" }
             );
+            if c.quorum != "none" {
+                println!("  quorum {}", c.quorum);
+            }
             if c.split_brain {
                 println!(
                     "  SPLIT BRAIN: resolve with `tandem resolve {} --keep NODE`",

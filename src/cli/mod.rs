@@ -130,6 +130,13 @@ pub enum Command {
     },
     /// Mount the intercepting file system over DIR in the foreground (Ctrl-C unmounts).
     Mount(mount::MountArgs),
+    /// Serve module leases to the two nodes (`cluster.quorum = "witness"`),
+    /// on a third machine with a copy of the configuration and credentials.
+    Witness {
+        /// Address to listen on (default: `cluster.witness`).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Started by the daemon: cleans up after it if it dies.
     #[command(hide = true)]
     Guard,

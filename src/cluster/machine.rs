@@ -169,6 +169,10 @@ pub struct Config {
     pub listed_first: bool,
     /// After start, how long to wait for the peer before deciding alone.
     pub boot_wait_ms: u64,
+    /// How long the peer must have been seen not serving before this node
+    /// serves because of it: heartbeats held up while a link was down
+    /// arrive in a burst when it comes back, and describe the past.
+    pub settle_ms: u64,
     /// Failed application starts retried here before handing over.
     pub start_retries: u32,
     /// How long a `swap` asked of the peer stays asked.
@@ -205,6 +209,8 @@ pub struct Machine {
     /// `swap` asked of the peer until this time.
     pub wants_primary_until: Option<u64>,
     keeps: bool,
+    /// Since when (logical ms) the peer has been seen not serving.
+    peer_idle_since: Option<u64>,
     /// The generation the peer announced last (kept when it is lost).
     peer_generation: Option<Gen>,
     /// Made primary with `--force`: serves without quorum until the peer is seen.
@@ -240,6 +246,7 @@ impl Machine {
             wants_primary_until: None,
             keeps: false,
             forced: false,
+            peer_idle_since: None,
             peer_generation: None,
             blocked: None,
             start_failures: 0,
@@ -278,9 +285,17 @@ impl Machine {
                     self.peer_generation = Some(v.generation.clone());
                 }
                 self.forced = false;
+                if v.state.is_some_and(State::serving) {
+                    self.peer_idle_since = None;
+                } else if self.peer_idle_since.is_none() {
+                    self.peer_idle_since = Some(self.now);
+                }
                 self.peer = Some(v);
             }
-            Event::PeerLost => self.peer = None,
+            Event::PeerLost => {
+                self.peer = None;
+                self.peer_idle_since = None;
+            }
             Event::Quorum(q) => self.quorum = q,
             Event::Synced(s) => self.synced = s,
             Event::Generation(g) => self.generation = g,
@@ -315,6 +330,12 @@ impl Machine {
             self.since = self.now;
             actions.push(Action::SaveRole(s));
         }
+    }
+
+    /// The peer has been seen not serving for `settle_ms`.
+    fn peer_settled(&self) -> bool {
+        self.peer_idle_since
+            .is_some_and(|t| self.now.saturating_sub(t) >= self.cfg.settle_ms)
     }
 
     /// As SECOND: current, and not overtaken by a primary that went on
@@ -428,7 +449,9 @@ impl Machine {
                     );
                 }
             },
-            Some(State::Stop) if matches!(order, Order::Same | Order::Ahead) => {
+            Some(State::Stop)
+                if matches!(order, Order::Same | Order::Ahead) && self.peer_settled() =>
+            {
                 self.serve(true, "peer stopped: serving alone", actions)
             }
             Some(State::Wait | State::Second) => self.decide_between_idle(order, &peer, actions),
@@ -471,7 +494,9 @@ impl Machine {
                 }
             }
         };
-        if mine {
+        if mine && !self.peer_settled() {
+            self.why = "the peer does not serve: making sure it is not a past state".into();
+        } else if mine {
             self.serve(
                 order != Order::Same || !peer.uptodate,
                 "both idle, this node has the data to serve",

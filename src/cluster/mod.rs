@@ -3,3 +3,4 @@
 
 pub mod heartbeat;
 pub mod machine;
+pub mod witness;

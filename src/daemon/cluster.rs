@@ -38,6 +38,8 @@ const LOG_LINES: usize = 200;
 /// Everything a module needs from the node, shared by all modules.
 struct Node2 {
     settings: Settings,
+    /// With `quorum = "witness"`: the leases this node holds.
+    quorum: Option<Arc<crate::cluster::witness::Client>>,
     me: Node,
     peer: Node,
     creds: Arc<Credentials>,
@@ -232,6 +234,15 @@ impl Managed {
                 self.app_running = true;
             }
             Action::StopApp => {
+                if self.machine.peer().is_none()
+                    && self.machine.state == State::Wait
+                    && let Some(Replica::Primary(rep, _)) = &self.replica
+                {
+                    // Serving stops without the peer: nothing may be
+                    // acknowledged alone from now on, and calls blocked on
+                    // the peer fail at once so the application can stop.
+                    rep.fence("this node lost its peer and stops serving");
+                }
                 if self.app_running || self.machine.state != State::Wait {
                     // A failing stop is logged; demoting goes on (the
                     // unmount below tells whether files are still in use).
@@ -413,6 +424,19 @@ impl Managed {
                 split_brain: m.split_brain,
                 blocked: m.blocked.clone(),
                 app_running: self.app_running,
+                quorum: match &node.quorum {
+                    None => "none".into(),
+                    Some(w) => format!(
+                        "witness: {}{}",
+                        w.holder(&self.cfg.name)
+                            .map_or("lease free".to_string(), |h| format!("lease held by {h}")),
+                        if w.holds(&self.cfg.name) {
+                            " (this node)"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
                 log: self.log.iter().rev().take(20).rev().cloned().collect(),
             }),
             dirs: self
@@ -631,13 +655,20 @@ pub fn run(
     let usage = |e: String| (EXIT_USAGE, e);
     let (me, peer) = replicas::identity(&settings, opts.node.as_deref()).map_err(usage)?;
     let (me, peer) = (me.clone(), peer.clone());
-    if settings.cluster.quorum != Quorum::None {
-        return Err(usage(format!(
-            "cluster.quorum = {:?} is not available yet in this version: use \"none\" \
-             (or fixed roles with --role)",
-            settings.cluster.quorum.kind()
-        )));
-    }
+    let witness = match &settings.cluster.quorum {
+        Quorum::None => None,
+        Quorum::Witness(hp) => Some(
+            rt.block_on(resolve(&hp.host, hp.port))
+                .map_err(|e| usage(format!("cluster.witness: {e}")))?,
+        ),
+        other => {
+            return Err(usage(format!(
+                "cluster.quorum = {:?} is not available yet in this version: use \"none\" \
+                 or \"witness\" (or fixed roles with --role)",
+                other.kind()
+            )));
+        }
+    };
     let creds = Arc::new(
         Credentials::load(&settings.daemon.tls_dir, &me.name, &peer.name).map_err(|e| {
             usage(format!(
@@ -647,6 +678,19 @@ pub fn run(
         })?,
     );
     let key = Key::load(&heartbeat_key_path(&settings.daemon.tls_dir)).map_err(usage)?;
+    let quorum = witness.map(|addr| {
+        // Relied on for two heartbeat intervals after each ask: renewed
+        // every interval, so one lost answer does not drop it.
+        let c = crate::cluster::witness::Client::new(
+            key.clone(),
+            &settings.cluster.name,
+            &me.name,
+            addr,
+            2 * settings.heartbeat.interval,
+        );
+        rt.spawn(c.clone().run(settings.heartbeat.interval));
+        c
+    });
     let port = settings.replication.port;
     let peer_addr = rt.block_on(resolve(&peer.address, port)).map_err(usage)?;
     let my_addr = rt.block_on(resolve(&me.address, port)).map_err(usage)?;
@@ -678,7 +722,7 @@ pub fn run(
             cfg: m.clone(),
             base,
             caches,
-            machine: Machine::new(machine_cfg(&settings, &me), 0, last, g, true),
+            machine: Machine::new(machine_cfg(&settings, &me), 0, last, g, quorum.is_none()),
             replica: None,
             link_task: None,
             mounts: Vec::new(),
@@ -741,6 +785,7 @@ pub fn run(
         input: Mutex::new(input_tx),
     });
     let node = Node2 {
+        quorum,
         me,
         peer,
         creds,
@@ -786,6 +831,7 @@ fn machine_cfg(s: &Settings, me: &Node) -> machine::Config {
         // Long enough to hear a peer that is up; a peer that is down is not
         // waited for longer than its failure would be.
         boot_wait_ms: s.heartbeat.timeout.as_millis() as u64,
+        settle_ms: 2 * s.heartbeat.interval.as_millis() as u64,
         start_retries: 1,
         request_ms: 10_000,
     }
@@ -928,9 +974,44 @@ fn manage(
                     m.feed(&node, Event::PeerLost);
                 }
             }
+            // With a witness, a serving node that can renew neither its lease
+            // nor hear its peer is most likely cut off: it stops serving now,
+            // not a whole heartbeat timeout later, so it is down long before
+            // the witness could give the lease to the other node.
+            let quiet = hb
+                .heard
+                .lock()
+                .iter()
+                .all(|h| h.is_none_or(|t| t.elapsed() >= 2 * node.settings.heartbeat.interval));
+            for m in modules.iter_mut() {
+                if let Some(w) = &node.quorum
+                    && quiet
+                    && m.machine.state.serving()
+                    && m.machine.peer().is_some()
+                    && !w.holds(&m.cfg.name)
+                {
+                    m.note("neither the peer nor the witness answers".into());
+                    m.feed(&node, Event::Quorum(false));
+                    m.feed(&node, Event::PeerLost);
+                }
+            }
             for m in modules.iter_mut() {
                 m.observe(&node);
-                m.feed(&node, Event::Quorum(true));
+                let q = match &node.quorum {
+                    None => true,
+                    Some(w) => {
+                        // The serving node keeps its lease; when the peer is
+                        // gone, whoever may serve asks for it.
+                        let view = m.machine.view();
+                        w.want(
+                            &m.cfg.name,
+                            m.machine.state.serving() || !alive,
+                            view.generation.current,
+                        );
+                        w.holds(&m.cfg.name)
+                    }
+                };
+                m.feed(&node, Event::Quorum(q));
                 m.feed(&node, Event::Tick);
             }
         }

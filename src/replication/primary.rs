@@ -224,6 +224,9 @@ pub struct Replicator {
     acks: Mutex<Acks>,
     acked: Condvar,
     next_conn: AtomicU64,
+    /// This node lost its peer and its quorum and stops serving: calls that
+    /// would wait for the peer fail instead of being acknowledged alone.
+    fenced: std::sync::atomic::AtomicBool,
     bytes_replicated: AtomicU64,
     resync: Mutex<ResyncProgress>,
     last_error: Mutex<Option<String>>,
@@ -268,6 +271,7 @@ impl Replicator {
             acks: Mutex::new(Acks::default()),
             acked: Condvar::new(),
             next_conn: AtomicU64::new(1),
+            fenced: std::sync::atomic::AtomicBool::new(false),
             bytes_replicated: AtomicU64::new(0),
             resync: Mutex::new(ResyncProgress::default()),
             last_error: Mutex::new(None),
@@ -498,12 +502,31 @@ impl Replicator {
 
     /// Waits until `seq` satisfies `need` on connection `conn`, at most
     /// `peer_timeout`; on timeout the peer is dropped and marked out of date.
-    fn wait(&self, conn: u64, seq: u64, need: Need) {
+    /// Fences the primary: whatever waits for the peer now fails with EIO,
+    /// and so does every later change. Nothing is acknowledged without the
+    /// peer from here on; the link closes without a new generation (this node
+    /// acknowledged nothing alone).
+    pub fn fence(&self, why: &str) {
+        self.fenced.store(true, Ordering::SeqCst);
+        let conn = self.order.lock().link.as_ref().map(|(c, _)| *c);
+        if let Some(conn) = conn {
+            self.unlink(conn, why, false);
+        }
+        let _a = self.acks.lock();
+        self.acked.notify_all();
+    }
+
+    /// Ok once `seq` satisfies `need` (or the link is gone); Err(EIO) if the
+    /// node was fenced meanwhile.
+    fn wait(&self, conn: u64, seq: u64, need: Need) -> Result<(), Errno> {
         let deadline = Instant::now() + self.peer_timeout;
         let mut a = self.acks.lock();
         loop {
+            if self.fenced.load(Ordering::SeqCst) {
+                return Err(Errno::EIO);
+            }
             if a.conn != conn || !a.connected {
-                return;
+                return Ok(());
             }
             let done = match need {
                 Need::Applied => a.applied >= seq,
@@ -511,10 +534,13 @@ impl Replicator {
                 Need::Lag(limit) => self.lag.lock().bytes() <= limit,
             };
             if done {
-                return;
+                return Ok(());
             }
             if self.acked.wait_until(&mut a, deadline).timed_out() {
                 drop(a);
+                if self.fenced.load(Ordering::SeqCst) {
+                    return Err(Errno::EIO);
+                }
                 self.detach(
                     conn,
                     &format!(
@@ -522,7 +548,7 @@ impl Replicator {
                         self.peer_timeout.as_millis()
                     ),
                 );
-                return;
+                return Ok(());
             }
         }
     }
@@ -726,6 +752,9 @@ impl Replicator {
                 | Mutation::RemoveXattr { path: None, .. }
                 | Mutation::Fsync { path: None, .. }
         );
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(Errno::EIO);
+        }
         let mut o = self.order.lock();
         if let Mutation::Fsync { .. } = m {
             // Changes nothing: the peer can start its fsync while ours runs.
@@ -737,7 +766,7 @@ impl Replicator {
             drop(o);
             local()?;
             if let Some((conn, seq)) = sent {
-                self.wait(conn, seq, self.need(true));
+                self.wait(conn, seq, self.need(true))?;
             }
             return Ok(());
         }
@@ -772,7 +801,7 @@ impl Replicator {
         }
         drop(o);
         let sync = matches!(m, Mutation::Write { sync: true, .. });
-        self.wait(conn, seq, self.need(sync));
+        self.wait(conn, seq, self.need(sync))?;
         Ok(())
     }
 
@@ -817,8 +846,7 @@ impl Replicator {
             seq
         };
         // Keep the window bounded so live writes never queue behind a whole resync.
-        self.wait(conn, seq, Need::Lag(RESYNC_WINDOW));
-        self.is_attached(conn)
+        self.wait(conn, seq, Need::Lag(RESYNC_WINDOW)).is_ok() && self.is_attached(conn)
     }
 
     /// Runs `f` with the stream to itself: no live mutation is applied or sent

@@ -17,6 +17,7 @@ fn cfg() -> Config {
         preferred: None,
         listed_first: true,
         boot_wait_ms: 1000,
+        settle_ms: 0,
         start_retries: 1,
         request_ms: 5000,
     }
@@ -433,6 +434,37 @@ fn a_failing_application_start_is_retried_then_handed_over() {
     a.step(400, Event::Command(Command::Start));
     a.step(401, Event::Tick);
     assert_eq!(a.state, State::Alone);
+}
+
+#[test]
+fn heartbeats_held_up_by_a_dead_link_do_not_make_a_node_serve() {
+    // node1 fenced itself while cut off; node2 took over. When the link comes
+    // back, node2's heartbeats from while it still waited arrive first, in a
+    // burst, then the current one.
+    let c = Config {
+        settle_ms: 200,
+        ..cfg()
+    };
+    let mut a = Machine::new(c.clone(), 0, Some(State::Prim), gn(G1, &[]), false);
+    a.step(5_000, Event::Tick);
+    assert_eq!(a.state, State::Wait);
+    for t in 0..5 {
+        let out = a.step(
+            6_000 + t,
+            Event::Peer(peer(State::Wait, false, gn(G1, &[]))),
+        );
+        assert!(!has(&out, &Action::StartApp), "acted on a past state");
+    }
+    let out = a.step(6_050, Event::Peer(peer(State::Alone, false, gn(G2, &[G1]))));
+    assert!(has(&out, &Action::BecomeSecondary { full: false }));
+    assert_eq!(a.state, State::Second);
+    assert!(!a.split_brain);
+    // A peer that really does not serve is believed once it stayed so.
+    let mut b = Machine::new(c, 0, Some(State::Prim), gn(G1, &[]), false);
+    b.step(10, Event::Peer(peer(State::Wait, false, gn(G1, &[]))));
+    assert_eq!(b.state, State::Wait);
+    b.step(300, Event::Peer(peer(State::Wait, false, gn(G1, &[]))));
+    assert!(b.state.serving());
 }
 
 #[test]

@@ -33,6 +33,7 @@ fn cfg(i: usize) -> Config {
         preferred: None,
         listed_first: i == 0,
         boot_wait_ms: 500,
+        settle_ms: 100,
         start_retries: 1,
         request_ms: 2_000,
     }

@@ -1,0 +1,420 @@
+//! The witness: a third party that grants, per module, one renewable lease at
+//! a time. With `quorum = "witness"` a node that cannot see its peer serves
+//! only while it holds the module's lease, so two nodes cut off from each
+//! other never both serve. The serving node renews its lease all the time, so
+//! after a cut it keeps it and the other cannot get it; an isolated primary
+//! cannot renew and stops serving well before the witness would let the other
+//! node have the lease.
+//!
+//! Requests and answers are UDP datagrams signed like heartbeats (HMAC-SHA256
+//! under the cluster's heartbeat key), each answer tied to its request by a
+//! nonce, so neither can be forged or replayed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+
+use super::heartbeat::{Key, open_with, seal_with};
+
+const ASK: [u8; 2] = *b"TQ";
+const ANSWER: [u8; 2] = *b"TA";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ask {
+    pub cluster: String,
+    pub node: String,
+    pub module: String,
+    /// Take or keep the lease (`false`: give it back).
+    pub want: bool,
+    /// The asker's data generation, remembered while it holds the lease.
+    pub generation: u64,
+    pub nonce: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub module: String,
+    pub nonce: u64,
+    pub granted: bool,
+    pub holder: Option<String>,
+    /// How long the lease lasts from the moment the witness received the ask.
+    pub lease_ms: u64,
+    /// The generation of the last holder (0: none yet).
+    pub newest: u64,
+}
+
+struct Lease {
+    holder: String,
+    until: Instant,
+}
+
+/// The witness's leases: pure, so the rules are tested without a network.
+pub struct Leases {
+    term: Duration,
+    held: HashMap<(String, String), Lease>,
+    newest: HashMap<(String, String), u64>,
+}
+
+impl Leases {
+    pub fn new(term: Duration) -> Self {
+        Leases {
+            term,
+            held: HashMap::new(),
+            newest: HashMap::new(),
+        }
+    }
+
+    pub fn ask(&mut self, a: &Ask, now: Instant) -> Answer {
+        let key = (a.cluster.clone(), a.module.clone());
+        let current = self.held.get(&key).filter(|l| l.until > now);
+        let granted = match current {
+            Some(l) if l.holder != a.node => false,
+            Some(_) | None if a.want => {
+                self.held.insert(
+                    key.clone(),
+                    Lease {
+                        holder: a.node.clone(),
+                        until: now + self.term,
+                    },
+                );
+                self.newest.insert(key.clone(), a.generation);
+                true
+            }
+            Some(_) => {
+                // Given back by its holder: free at once.
+                self.held.remove(&key);
+                false
+            }
+            None => false,
+        };
+        Answer {
+            module: a.module.clone(),
+            nonce: a.nonce,
+            granted,
+            holder: self
+                .held
+                .get(&key)
+                .filter(|l| l.until > now)
+                .map(|l| l.holder.clone()),
+            lease_ms: self.term.as_millis() as u64,
+            newest: self.newest.get(&key).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// `tandem witness`: answers asks on `listen` until the process ends.
+pub async fn serve(
+    listen: SocketAddr,
+    key: Key,
+    cluster: String,
+    term: Duration,
+) -> Result<(), String> {
+    let sock = UdpSocket::bind(listen)
+        .await
+        .map_err(|e| format!("witness: cannot bind {listen}: {e}"))?;
+    tracing::info!(
+        "witness for cluster {cluster} on {listen}, leases of {} ms",
+        term.as_millis()
+    );
+    let mut leases = Leases::new(term);
+    let mut buf = vec![0u8; 4096];
+    let mut dropped = 0u64;
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("witness: receive: {e}");
+                continue;
+            }
+        };
+        let ask: Ask = match open_with(&key, ASK, &buf[..n]) {
+            Ok(a) => a,
+            Err(e) => {
+                dropped += 1;
+                if dropped % 100 == 1 {
+                    tracing::warn!(
+                        "witness: dropped a request from {from}: {e} ({dropped} so far)"
+                    );
+                }
+                continue;
+            }
+        };
+        if ask.cluster != cluster {
+            continue;
+        }
+        let before = leases
+            .held
+            .get(&(ask.cluster.clone(), ask.module.clone()))
+            .filter(|l| l.until > Instant::now())
+            .map(|l| l.holder.clone());
+        let answer = leases.ask(&ask, Instant::now());
+        if answer.holder != before {
+            tracing::info!(
+                "module {}: lease {}",
+                ask.module,
+                answer
+                    .holder
+                    .as_ref()
+                    .map_or("free".to_string(), |h| format!("held by {h}"))
+            );
+        }
+        let _ = sock.send_to(&seal_with(&key, ANSWER, &answer), from).await;
+    }
+}
+
+/// A node's side: asks for the leases it wants and knows which it holds.
+pub struct Client {
+    key: Key,
+    cluster: String,
+    node: String,
+    witness: SocketAddr,
+    /// How long after an ask a granted lease is relied on: well short of the
+    /// witness's term, so this node stops relying on it first.
+    validity: Duration,
+    state: Mutex<HashMap<String, Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    want: bool,
+    generation: u64,
+    /// Valid until (local clock): `validity` after the ask was sent (and
+    /// never past half the witness's term).
+    until: Option<Instant>,
+    pending: HashMap<u64, Instant>,
+    holder: Option<String>,
+}
+
+impl Client {
+    pub fn new(
+        key: Key,
+        cluster: &str,
+        node: &str,
+        witness: SocketAddr,
+        validity: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Client {
+            key,
+            cluster: cluster.into(),
+            node: node.into(),
+            witness,
+            validity,
+            state: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether this node wants the module's lease (serving, or ready to serve).
+    pub fn want(&self, module: &str, want: bool, generation: u64) {
+        let mut s = self.state.lock();
+        let h = s.entry(module.to_string()).or_default();
+        h.want = want;
+        h.generation = generation;
+        if !want {
+            h.until = None;
+        }
+    }
+
+    /// Holds the lease now.
+    pub fn holds(&self, module: &str) -> bool {
+        self.state
+            .lock()
+            .get(module)
+            .and_then(|h| h.until)
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    /// Who holds the module's lease, as last heard from the witness.
+    pub fn holder(&self, module: &str) -> Option<String> {
+        self.state.lock().get(module).and_then(|h| h.holder.clone())
+    }
+
+    /// Asks every `interval` for the wanted leases, gives back the others.
+    pub async fn run(self: Arc<Self>, interval: Duration) -> Result<(), String> {
+        let bind: SocketAddr = if self.witness.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        let sock = Arc::new(
+            UdpSocket::bind(bind)
+                .await
+                .map_err(|e| format!("witness client: {e}"))?,
+        );
+        let me = self.clone();
+        let rx = sock.clone();
+        tokio::spawn(async move { me.receive(rx).await });
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut nonce = crate::changelog::random_id().unwrap_or(1);
+        let mut warned = false;
+        loop {
+            tick.tick().await;
+            let asks: Vec<Ask> = {
+                let mut s = self.state.lock();
+                let now = Instant::now();
+                s.iter_mut()
+                    .map(|(m, h)| {
+                        nonce = nonce.wrapping_add(1);
+                        h.pending
+                            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
+                        h.pending.insert(nonce, now);
+                        Ask {
+                            cluster: self.cluster.clone(),
+                            node: self.node.clone(),
+                            module: m.clone(),
+                            want: h.want,
+                            generation: h.generation,
+                            nonce,
+                        }
+                    })
+                    .collect()
+            };
+            for a in asks {
+                match sock
+                    .send_to(&seal_with(&self.key, ASK, &a), self.witness)
+                    .await
+                {
+                    Ok(_) => warned = false,
+                    Err(e) if !warned => {
+                        tracing::warn!("witness {}: {e}", self.witness);
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    async fn receive(self: Arc<Self>, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            if from != self.witness {
+                continue;
+            }
+            let Ok(a) = open_with::<Answer>(&self.key, ANSWER, &buf[..n]) else {
+                continue;
+            };
+            let mut s = self.state.lock();
+            let Some(h) = s.get_mut(&a.module) else {
+                continue;
+            };
+            // Only an answer to an ask still outstanding counts (no replays).
+            let Some(sent) = h.pending.remove(&a.nonce) else {
+                continue;
+            };
+            h.holder = a.holder.clone();
+            if a.granted && h.want {
+                let until = sent + self.validity.min(Duration::from_millis(a.lease_ms / 2));
+                h.until = Some(h.until.map_or(until, |u| u.max(until)));
+            } else if !a.granted {
+                h.until = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(node: &str, want: bool) -> Ask {
+        Ask {
+            cluster: "c".into(),
+            node: node.into(),
+            module: "app".into(),
+            want,
+            generation: 7,
+            nonce: 1,
+        }
+    }
+
+    #[test]
+    fn one_holder_at_a_time_until_its_lease_runs_out() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut l = Leases::new(Duration::from_millis(500));
+        assert!(l.ask(&ask("node1", true), ms(0)).granted);
+        let a = l.ask(&ask("node2", true), ms(100));
+        assert!(!a.granted);
+        assert_eq!(a.holder.as_deref(), Some("node1"));
+        // Renewed: still node1's.
+        assert!(l.ask(&ask("node1", true), ms(400)).granted);
+        assert!(!l.ask(&ask("node2", true), ms(800)).granted);
+        // node1 went silent: free after its last renewal plus the lease.
+        assert!(!l.ask(&ask("node2", true), ms(899)).granted);
+        let a = l.ask(&ask("node2", true), ms(901));
+        assert!(a.granted);
+        assert_eq!(a.newest, 7);
+        assert!(!l.ask(&ask("node1", true), ms(950)).granted);
+    }
+
+    #[test]
+    fn a_lease_given_back_is_free_at_once_and_asking_without_wanting_takes_nothing() {
+        let t0 = Instant::now();
+        let mut l = Leases::new(Duration::from_millis(500));
+        assert!(!l.ask(&ask("node2", false), t0).granted);
+        assert_eq!(l.ask(&ask("node2", false), t0).holder, None);
+        assert!(l.ask(&ask("node1", true), t0).granted);
+        assert!(
+            !l.ask(&ask("node2", false), t0).granted,
+            "not node2's to give"
+        );
+        assert!(!l.ask(&ask("node1", false), t0).granted);
+        assert!(l.ask(&ask("node2", true), t0).granted);
+    }
+
+    #[tokio::test]
+    async fn the_client_holds_a_lease_only_while_the_witness_grants_it() {
+        let key = || Key::new(b"0123456789abcdef0123456789abcdef");
+        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        tokio::spawn(serve(addr, key(), "c".into(), Duration::from_millis(400)));
+        let a = Client::new(key(), "c", "node1", addr, Duration::from_millis(100));
+        let b = Client::new(key(), "c", "node2", addr, Duration::from_millis(100));
+        tokio::spawn(a.clone().run(Duration::from_millis(20)));
+        tokio::spawn(b.clone().run(Duration::from_millis(20)));
+        a.want("app", true, 1);
+        let until = Instant::now() + Duration::from_secs(3);
+        while !a.holds("app") && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(a.holds("app"));
+        b.want("app", true, 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!b.holds("app"));
+        assert_eq!(b.holder("app").as_deref(), Some("node1"));
+        // node1 gives it back: node2 gets it, node1 no longer holds it.
+        a.want("app", false, 1);
+        let until = Instant::now() + Duration::from_secs(3);
+        while !b.holds("app") && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(b.holds("app") && !a.holds("app"));
+        // A forged answer changes nothing.
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let forged = seal_with(
+            &Key::new(b"not the cluster key at all......"),
+            ANSWER,
+            &Answer {
+                module: "app".into(),
+                nonce: 0,
+                granted: true,
+                holder: Some("node1".into()),
+                lease_ms: 100_000,
+                newest: 0,
+            },
+        );
+        s.send_to(&forged, addr).unwrap();
+        assert!(!a.holds("app"));
+    }
+}
