@@ -58,6 +58,11 @@ pub enum Request {
     Log {
         module: String,
     },
+    /// Suspend (`on: false`) or resume the module's health checks.
+    Checker {
+        module: String,
+        on: bool,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +140,9 @@ pub struct ClusterModuleStatus {
     /// Why this node may not serve until `tandem start`, if so.
     pub blocked: Option<String>,
     pub app_running: bool,
+    /// Health checks: "on", "off" (suspended by the operator) or "none".
+    #[serde(default)]
+    pub checks: String,
     /// How this node may serve without its peer: "none", or the witness lease.
     #[serde(default)]
     pub quorum: String,

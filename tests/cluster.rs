@@ -147,6 +147,12 @@ impl Cluster {
     }
 
     fn build(net: Option<&Net>) -> Cluster {
+        Cluster::build_with(net, false)
+    }
+
+    /// `checker`: a process check of the application's pid file, one local
+    /// restart allowed per minute.
+    fn build_with(net: Option<&Net>, checker: bool) -> Cluster {
         common::require_fuse();
         let tmp = tempdir();
         let t = tmp.path();
@@ -202,9 +208,18 @@ failover = "lb"
 start_prim = "{t}/start.sh"
 stop_prim = "{t}/stop.sh"
 timeout_s = 20
-"#,
+{check}"#,
                     t = t.display(),
                     quorum = quorum[n - 1],
+                    check = if checker {
+                        format!(
+                            "[[module.checker]]\nkind = \"process\"\npidfile = \"{}/side{n}/app.pid\"\n\
+                             interval_ms = 100\ntimeout_ms = 100\nrestarts = 1\nwindow_s = 60\n",
+                            t.display()
+                        )
+                    } else {
+                        String::new()
+                    },
                     a1 = addr[0],
                     a2 = addr[1],
                 ),
@@ -670,5 +685,57 @@ fn with_a_witness_a_cut_or_an_isolated_primary_never_yields_two_serving_nodes() 
         let both = watcher.join().unwrap();
         assert!(both.is_empty(), "both nodes said they serve: {both:?}");
     });
+    c.assert_never_both();
+}
+
+#[test]
+fn a_failing_check_restarts_the_application_then_hands_the_module_over() {
+    let mut c = Cluster::build_with(None, true);
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    c.wait_app_writes(1);
+    let kill_app = |c: &Cluster| {
+        let pid: i32 = std::fs::read_to_string(c.path("side1/app.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    };
+    // Suspended for maintenance: a dead application is left alone.
+    let o = c.tandem(1, &["checker", "app", "off"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    kill_app(&c);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(c.state(1), "PRIM");
+    let starts = c.events().matches("start node1").count();
+    assert_eq!(starts, 1, "{}", c.events());
+    // Resumed: the dead application is restarted where it was (one restart
+    // allowed), and on the next failure the module goes to node2.
+    let o = c.tandem(1, &["checker", "app", "on"]);
+    assert!(o.status.success());
+    assert!(
+        wait_until(10, || c.events().matches("start node1").count() == 2),
+        "not restarted: {}\n{}",
+        c.events(),
+        c.log_text(1)
+    );
+    c.wait_app_writes(1);
+    assert_eq!(c.state(1), "PRIM");
+    kill_app(&c);
+    assert!(
+        wait_until(20, || c.state(2) == "PRIM" || c.state(2) == "ALONE"),
+        "no failover after the second failure: {}\n{}",
+        c.state(2),
+        c.log_text(1)
+    );
+    c.wait_app_writes(2);
+    assert_eq!(c.state(1), "SECOND");
+    let log = String::from_utf8_lossy(&c.tandem(1, &["log", "app"]).stdout).into_owned();
+    assert!(log.contains("process check"), "{log}");
+    // Not taken back until the operator starts it again.
+    let st = c.status(1).unwrap();
+    assert!(st["modules"][0]["cluster"]["blocked"].is_string(), "{st}");
     c.assert_never_both();
 }

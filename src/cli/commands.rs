@@ -93,6 +93,15 @@ pub fn run(cli: Cli) -> ExitCode {
             &Request::Resolve { module, keep },
             print_messages,
         ),
+        Command::Checker { module, state } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &Request::Checker {
+                module,
+                on: state == "on",
+            },
+            print_messages,
+        ),
         Command::Log { module, follow } => log(&cli.config, cli.socket, &module, follow),
         Command::Init {
             out,
@@ -417,6 +426,9 @@ fn print_status(resp: &Response, json: bool) {
                     .unwrap_or_default(),
                 if c.app_running { "running" } else { "stopped" }
             );
+            if c.checks != "none" {
+                println!("  health checks {}", c.checks);
+            }
             if c.quorum != "none" {
                 println!("  quorum {}", c.quorum);
             }

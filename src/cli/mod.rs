@@ -100,6 +100,12 @@ pub enum Command {
         #[arg(long)]
         keep: String,
     },
+    /// Suspend (`off`) or resume (`on`) a module's health checks, for maintenance.
+    Checker {
+        module: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Show a module's log.
     Log {
         module: String,

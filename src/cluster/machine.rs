@@ -137,6 +137,8 @@ pub enum Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     StartApp,
+    /// A health check failed more often than its restarts allow.
+    Check,
     Promote,
     Demote,
     Secondary,
@@ -751,6 +753,17 @@ impl Machine {
                     );
                 }
             }
+            Failure::Check if self.state.serving() => {
+                self.blocked = Some(format!("the application fails its checks here: {msg}"));
+                let current = self.peer_is_current_second();
+                self.handover = current;
+                self.step_down(
+                    current,
+                    State::Wait,
+                    &format!("{msg}: handing over"),
+                    actions,
+                );
+            }
             Failure::Promote => {
                 self.blocked = Some(format!("cannot serve here: {msg}"));
                 actions.push(Action::StopApp);
@@ -761,7 +774,7 @@ impl Machine {
                 self.blocked = Some(format!("cannot receive replication: {msg}"));
                 self.to(State::Wait, format!("cannot become SECOND: {msg}"), actions);
             }
-            Failure::StartApp | Failure::Demote => {
+            Failure::StartApp | Failure::Check | Failure::Demote => {
                 self.why = format!("{f:?} failed: {msg}");
             }
         }

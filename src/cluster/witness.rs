@@ -177,6 +177,7 @@ pub struct Client {
     /// witness's term, so this node stops relying on it first.
     validity: Duration,
     state: Mutex<HashMap<String, Held>>,
+    last_answer: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -205,6 +206,7 @@ impl Client {
             witness,
             validity,
             state: Mutex::new(HashMap::new()),
+            last_answer: Mutex::new(None),
         })
     }
 
@@ -226,6 +228,13 @@ impl Client {
             .get(module)
             .and_then(|h| h.until)
             .is_some_and(|t| t > Instant::now())
+    }
+
+    /// The witness answered lately (within three asks).
+    pub fn answering(&self, interval: Duration) -> bool {
+        self.last_answer
+            .lock()
+            .is_some_and(|t| t.elapsed() < 3 * interval)
     }
 
     /// Who holds the module's lease, as last heard from the witness.
@@ -310,6 +319,7 @@ impl Client {
             let Some(sent) = h.pending.remove(&a.nonce) else {
                 continue;
             };
+            *self.last_answer.lock() = Some(Instant::now());
             h.holder = a.holder.clone();
             if a.granted && h.want {
                 let until = sent + self.validity.min(Duration::from_millis(a.lease_ms / 2));

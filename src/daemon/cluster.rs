@@ -79,6 +79,15 @@ struct Managed {
     synced: Option<bool>,
     generation: Option<Gen>,
     log: VecDeque<String>,
+    /// Health checks not suspended by `tandem checker MODULE off`.
+    checks_on: bool,
+    /// Read by the checker threads: check now (served here, application up).
+    checks_active: Arc<std::sync::atomic::AtomicBool>,
+    /// Recent check failures, for the restart budget.
+    check_failures: VecDeque<Instant>,
+    /// The application (re)started then: earlier failures are about the
+    /// process that was replaced.
+    checks_from: Instant,
 }
 
 impl Managed {
@@ -232,6 +241,7 @@ impl Managed {
                 self.script(node, "start_prim", "prim")
                     .map_err(|e| (Failure::StartApp, e))?;
                 self.app_running = true;
+                self.checks_from = Instant::now();
             }
             Action::StopApp => {
                 if self.machine.peer().is_none()
@@ -424,6 +434,13 @@ impl Managed {
                 split_brain: m.split_brain,
                 blocked: m.blocked.clone(),
                 app_running: self.app_running,
+                checks: if self.cfg.checkers.is_empty() {
+                    "none".into()
+                } else if self.checks_on {
+                    "on".into()
+                } else {
+                    "off".into()
+                },
                 quorum: match &node.quorum {
                     None => "none".into(),
                     Some(w) => format!(
@@ -468,6 +485,18 @@ enum Input {
     },
     Restart {
         module: String,
+        reply: mpsc::Sender<Response>,
+    },
+    CheckFailed {
+        module: String,
+        why: String,
+        restarts: u32,
+        window: Duration,
+        at: Instant,
+    },
+    Checker {
+        module: String,
+        on: bool,
         reply: mpsc::Sender<Response>,
     },
     Shutdown(mpsc::Sender<()>),
@@ -533,6 +562,23 @@ impl super::Handler for Shared {
                     .input
                     .lock()
                     .send(Input::Restart { module, reply: tx })
+                    .is_err()
+                {
+                    return Response::error("the cluster manager has stopped");
+                }
+                rx.recv()
+                    .unwrap_or_else(|_| Response::error("the cluster manager has stopped"))
+            }
+            Request::Checker { module, on } => {
+                let (tx, rx) = mpsc::channel();
+                if self
+                    .input
+                    .lock()
+                    .send(Input::Checker {
+                        module,
+                        on,
+                        reply: tx,
+                    })
                     .is_err()
                 {
                     return Response::error("the cluster manager has stopped");
@@ -733,6 +779,10 @@ pub fn run(
             synced: None,
             generation: None,
             log: VecDeque::new(),
+            checks_on: true,
+            checks_active: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            check_failures: VecDeque::new(),
+            checks_from: Instant::now(),
         };
         managed.note(format!(
             "starting as {:?} (last run: {})",
@@ -764,6 +814,48 @@ pub fn run(
     let (input_tx, input_rx) = mpsc::channel::<Input>();
     let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel();
     rt.block_on(hb.start(heard_tx)).map_err(usage)?;
+    for m in &modules {
+        for c in &m.cfg.checkers {
+            let (tx, module) = (input_tx.clone(), m.cfg.name.clone());
+            let (restarts, window) = (c.restarts, c.window);
+            let witness_ok: Arc<dyn Fn() -> bool + Send + Sync> = match &quorum {
+                Some(w) => {
+                    let (w, i) = (w.clone(), settings.heartbeat.interval);
+                    Arc::new(move || w.answering(i))
+                }
+                None => Arc::new(|| false),
+            };
+            crate::failover::checkers::spawn(
+                module.clone(),
+                c.clone(),
+                scripts::Context {
+                    module: module.clone(),
+                    role: "prim",
+                    node: me.name.clone(),
+                    peer: peer.name.clone(),
+                    dirs: m
+                        .cfg
+                        .dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                },
+                m.checks_active.clone(),
+                witness_ok,
+                move |why| {
+                    let _ = tx.send(Input::CheckFailed {
+                        module: module.clone(),
+                        why,
+                        restarts,
+                        window,
+                        at: Instant::now(),
+                    });
+                },
+            )
+            .map_err(|e| (EXIT_FAILURE, format!("cannot start a checker: {e}")))?;
+        }
+    }
     let fwd = input_tx.clone();
     rt.spawn(async move {
         while let Some(h) = heard_rx.recv().await {
@@ -854,6 +946,12 @@ fn manage(
         }
     }
     let publish = |modules: &[Managed], heard: &[Option<Instant>], alive: bool| {
+        for m in modules {
+            m.checks_active.store(
+                m.checks_on && m.app_running && m.machine.state.serving(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         *hb.views.lock() = modules
             .iter()
             .map(|m| (m.cfg.name.clone(), m.machine.view()))
@@ -926,11 +1024,14 @@ fn manage(
                     )),
                     Some(m) => {
                         m.note("restart asked by the operator".into());
+                        m.checks_active
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
                         let _ = m.script(&node, "stop_prim", "prim");
                         m.app_running = false;
                         match m.script(&node, "start_prim", "prim") {
                             Ok(()) => {
                                 m.app_running = true;
+                                m.checks_from = Instant::now();
                                 Response {
                                     ok: true,
                                     messages: vec![format!("module {module}: restarted")],
@@ -941,6 +1042,70 @@ fn manage(
                                 m.feed(&node, Event::Failed(Failure::StartApp, e.clone()));
                                 Response::error(format!("module {module}: {e}"))
                             }
+                        }
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Ok(Input::CheckFailed {
+                module,
+                why,
+                restarts,
+                window,
+                at,
+            }) => {
+                if let Some(m) = modules.iter_mut().find(|m| m.cfg.name == module)
+                    && m.machine.state.serving()
+                    && m.app_running
+                    && m.checks_on
+                    && at > m.checks_from
+                {
+                    let now = Instant::now();
+                    m.check_failures.retain(|t| now.duration_since(*t) < window);
+                    m.check_failures.push_back(now);
+                    let n = m.check_failures.len() as u32;
+                    if n <= restarts {
+                        m.note(format!(
+                            "{why}: restarting the application ({n} of {restarts})"
+                        ));
+                        m.checks_active
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        let _ = m.script(&node, "stop_prim", "prim");
+                        m.app_running = false;
+                        match m.script(&node, "start_prim", "prim") {
+                            Ok(()) => {
+                                m.app_running = true;
+                                m.checks_from = Instant::now();
+                            }
+                            Err(e) => {
+                                m.feed(&node, Event::Failed(Failure::StartApp, e));
+                            }
+                        }
+                    } else {
+                        m.note(format!(
+                            "{why}: {n} failures within {} s, more than {restarts} restarts",
+                            window.as_secs()
+                        ));
+                        m.check_failures.clear();
+                        m.feed(&node, Event::Failed(Failure::Check, why));
+                    }
+                }
+            }
+            Ok(Input::Checker { module, on, reply }) => {
+                let r = match modules.iter_mut().find(|m| m.cfg.name == module) {
+                    None => Response::error(format!("no module named {module:?}")),
+                    Some(m) if m.cfg.checkers.is_empty() => {
+                        Response::error(format!("module {module} has no checkers"))
+                    }
+                    Some(m) => {
+                        m.checks_on = on;
+                        m.check_failures.clear();
+                        let what = if on { "resumed" } else { "suspended" };
+                        m.note(format!("health checks {what} by the operator"));
+                        Response {
+                            ok: true,
+                            messages: vec![format!("module {module}: health checks {what}")],
+                            ..Response::default()
                         }
                     }
                 };

@@ -229,7 +229,8 @@ impl State {
             | Request::Resolve { .. }
             | Request::Second { .. }
             | Request::Restart { .. }
-            | Request::Log { .. } => Response::error(
+            | Request::Log { .. }
+            | Request::Checker { .. } => Response::error(
                 "this daemon runs with a fixed --role: roles are changed by the cluster \
                      manager (run `tandem daemon` without --role)",
             ),

@@ -228,10 +228,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         // Gone, or a zombie waiting for whoever adopted it to reap it.
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let alive = state
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+        let alive = !state.is_empty()
+            && state
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'));
         assert!(!alive, "the script's child must be gone: {state}");
     }
 }
