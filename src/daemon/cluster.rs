@@ -715,6 +715,19 @@ pub fn run(
             )));
         }
     };
+    for m in &settings.modules {
+        for c in &m.checkers {
+            if let crate::config::Check::Http { url, .. } = &c.check
+                && url.https
+            {
+                return Err(usage(format!(
+                    "module {}: http checker of an https:// URL: not available in this \
+                     version (check the plain http port, or use a script checker)",
+                    m.name
+                )));
+            }
+        }
+    }
     let creds = Arc::new(
         Credentials::load(&settings.daemon.tls_dir, &me.name, &peer.name).map_err(|e| {
             usage(format!(
