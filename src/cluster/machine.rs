@@ -153,6 +153,8 @@ pub enum Event {
     /// No heartbeat on any path for the heartbeat timeout.
     PeerLost,
     Quorum(bool),
+    /// The witness's newest generation for the module (0: it knows none).
+    WitnessNewest(u64),
     /// Replication: as SECOND, this node's copy is (no longer) current.
     Synced(bool),
     /// This node's generation (it changes when the node serves alone or
@@ -211,6 +213,8 @@ pub struct Machine {
     /// `swap` asked of the peer until this time.
     pub wants_primary_until: Option<u64>,
     keeps: bool,
+    /// The witness's newest generation (0: unknown).
+    witness_newest: u64,
     /// Since when (logical ms) the peer has been seen not serving.
     peer_idle_since: Option<u64>,
     /// The generation the peer announced last (kept when it is lost).
@@ -249,6 +253,7 @@ impl Machine {
             keeps: false,
             forced: false,
             peer_idle_since: None,
+            witness_newest: 0,
             peer_generation: None,
             blocked: None,
             start_failures: 0,
@@ -299,6 +304,7 @@ impl Machine {
                 self.peer_idle_since = None;
             }
             Event::Quorum(q) => self.quorum = q,
+            Event::WitnessNewest(g) => self.witness_newest = g,
             Event::Synced(s) => self.synced = s,
             Event::Generation(g) => self.generation = g,
             Event::Command(c) => {
@@ -410,12 +416,23 @@ impl Machine {
             return;
         }
         let Some(peer) = self.peer.clone() else {
-            // Alone: serve only with data known to be the newest (it served
-            // last, or it was a current SECOND when the peer vanished).
-            if self.quorum && (self.last_serving || self.synced) {
+            // Alone: serve only with data known to be the newest — the
+            // witness says so, or else it served last, or it was a current
+            // SECOND when the peer vanished.
+            let newest = match self.witness_newest {
+                0 => self.last_serving || self.synced,
+                n => n == self.generation.current,
+            };
+            if self.quorum && newest {
                 self.serve(true, "peer absent: serving alone", actions);
-            } else if !self.quorum && (self.last_serving || self.synced) {
+            } else if !self.quorum && newest {
                 self.why = "peer absent and no quorum: not serving".into();
+            } else if self.witness_newest != 0 {
+                self.why = format!(
+                    "peer absent and the witness knows newer data ({:016x}) than this \
+                     node's: waiting for the peer",
+                    self.witness_newest
+                );
             } else {
                 self.why = "peer absent and this copy may be stale: waiting for the peer".into();
             }
@@ -518,6 +535,13 @@ impl Machine {
                 self.to(
                     State::Wait,
                     "peer lost while syncing: this copy is inconsistent",
+                    actions,
+                );
+            } else if self.witness_newest != 0 && self.witness_newest != self.generation.current {
+                actions.push(Action::LeaveSecondary);
+                self.to(
+                    State::Wait,
+                    "peer lost, and the witness knows newer data than this copy: waiting",
                     actions,
                 );
             } else if self.quorum {

@@ -31,8 +31,10 @@ pub struct Ask {
     pub module: String,
     /// Take or keep the lease (`false`: give it back).
     pub want: bool,
-    /// The asker's data generation, remembered while it holds the lease.
+    /// The asker's data generation, remembered as the newest while it holds
+    /// the lease and serves.
     pub generation: u64,
+    pub serving: bool,
     pub nonce: u64,
 }
 
@@ -44,7 +46,8 @@ pub struct Answer {
     pub holder: Option<String>,
     /// How long the lease lasts from the moment the witness received the ask.
     pub lease_ms: u64,
-    /// The generation of the last holder (0: none yet).
+    /// The generation of the last node that served with the lease (0: none
+    /// yet): a node that finds its own data older must not serve alone.
     pub newest: u64,
 }
 
@@ -82,7 +85,9 @@ impl Leases {
                         until: now + self.term,
                     },
                 );
-                self.newest.insert(key.clone(), a.generation);
+                if a.serving {
+                    self.newest.insert(key.clone(), a.generation);
+                }
                 true
             }
             Some(_) => {
@@ -189,6 +194,8 @@ struct Held {
     until: Option<Instant>,
     pending: HashMap<u64, Instant>,
     holder: Option<String>,
+    serving: bool,
+    newest: u64,
 }
 
 impl Client {
@@ -211,11 +218,12 @@ impl Client {
     }
 
     /// Whether this node wants the module's lease (serving, or ready to serve).
-    pub fn want(&self, module: &str, want: bool, generation: u64) {
+    pub fn want(&self, module: &str, want: bool, generation: u64, serving: bool) {
         let mut s = self.state.lock();
         let h = s.entry(module.to_string()).or_default();
         h.want = want;
         h.generation = generation;
+        h.serving = serving;
         if !want {
             h.until = None;
         }
@@ -235,6 +243,11 @@ impl Client {
         self.last_answer
             .lock()
             .is_some_and(|t| t.elapsed() < 3 * interval)
+    }
+
+    /// The newest generation the witness knows of for the module (0: none).
+    pub fn newest(&self, module: &str) -> u64 {
+        self.state.lock().get(module).map_or(0, |h| h.newest)
     }
 
     /// Who holds the module's lease, as last heard from the witness.
@@ -278,6 +291,7 @@ impl Client {
                             module: m.clone(),
                             want: h.want,
                             generation: h.generation,
+                            serving: h.serving,
                             nonce,
                         }
                     })
@@ -321,6 +335,7 @@ impl Client {
             };
             *self.last_answer.lock() = Some(Instant::now());
             h.holder = a.holder.clone();
+            h.newest = a.newest;
             if a.granted && h.want {
                 let until = sent + self.validity.min(Duration::from_millis(a.lease_ms / 2));
                 h.until = Some(h.until.map_or(until, |u| u.max(until)));
@@ -342,6 +357,7 @@ mod tests {
             module: "app".into(),
             want,
             generation: 7,
+            serving: true,
             nonce: 1,
         }
     }
@@ -364,6 +380,25 @@ mod tests {
         assert!(a.granted);
         assert_eq!(a.newest, 7);
         assert!(!l.ask(&ask("node1", true), ms(950)).granted);
+    }
+
+    #[test]
+    fn the_newest_generation_is_the_last_served_one() {
+        let t0 = Instant::now();
+        let mut l = Leases::new(Duration::from_millis(500));
+        // node2 served generation 7, then vanished.
+        assert_eq!(l.ask(&ask("node2", true), t0).newest, 7);
+        // node1 boots alone with older data: it gets the lease (nobody holds
+        // it) but learns that the newest data is not its own.
+        let mut old = ask("node1", true);
+        old.generation = 3;
+        old.serving = false;
+        let a = l.ask(&old, t0 + Duration::from_secs(1));
+        assert!(a.granted);
+        assert_eq!(
+            a.newest, 7,
+            "a node that does not serve does not overwrite it"
+        );
     }
 
     #[test]
@@ -393,18 +428,18 @@ mod tests {
         let b = Client::new(key(), "c", "node2", addr, Duration::from_millis(100));
         tokio::spawn(a.clone().run(Duration::from_millis(20)));
         tokio::spawn(b.clone().run(Duration::from_millis(20)));
-        a.want("app", true, 1);
+        a.want("app", true, 1, true);
         let until = Instant::now() + Duration::from_secs(3);
         while !a.holds("app") && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(a.holds("app"));
-        b.want("app", true, 1);
+        b.want("app", true, 1, false);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!b.holds("app"));
         assert_eq!(b.holder("app").as_deref(), Some("node1"));
         // node1 gives it back: node2 gets it, node1 no longer holds it.
-        a.want("app", false, 1);
+        a.want("app", false, 1, false);
         let until = Instant::now() + Duration::from_secs(3);
         while !b.holds("app") && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;

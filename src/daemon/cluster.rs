@@ -88,6 +88,8 @@ struct Managed {
     /// The application (re)started then: earlier failures are about the
     /// process that was replaced.
     checks_from: Instant,
+    /// The newest generation the witness told of (0: none).
+    witness_newest: u64,
 }
 
 impl Managed {
@@ -796,6 +798,7 @@ pub fn run(
             checks_active: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             check_failures: VecDeque::new(),
             checks_from: Instant::now(),
+            witness_newest: 0,
         };
         managed.note(format!(
             "starting as {:?} (last run: {})",
@@ -1185,7 +1188,13 @@ fn manage(
                             &m.cfg.name,
                             m.machine.state.serving() || !alive,
                             view.generation.current,
+                            m.machine.state.serving(),
                         );
+                        let newest = w.newest(&m.cfg.name);
+                        if m.witness_newest != newest {
+                            m.witness_newest = newest;
+                            m.feed(&node, Event::WitnessNewest(newest));
+                        }
                         w.holds(&m.cfg.name)
                     }
                 };

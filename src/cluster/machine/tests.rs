@@ -468,6 +468,33 @@ fn heartbeats_held_up_by_a_dead_link_do_not_make_a_node_serve() {
 }
 
 #[test]
+fn the_witness_tells_a_node_alone_whether_its_data_is_the_newest() {
+    // The old primary boots alone: it served last, but the witness knows
+    // that the other node served newer data since.
+    let mut a = Machine::new(cfg(), 0, Some(State::Prim), gn(G1, &[]), true);
+    a.step(10, Event::WitnessNewest(G2));
+    let out = a.step(5_000, Event::Tick);
+    assert_eq!(a.state, State::Wait);
+    assert!(!has(&out, &Action::StartApp));
+    assert!(a.why.contains("newer data"), "{}", a.why);
+    // A former SECOND whose data is the newest the witness knows may serve.
+    let mut b = Machine::new(cfg(), 0, Some(State::Second), gn(G2, &[G1]), true);
+    b.step(10, Event::WitnessNewest(G2));
+    assert!(
+        b.step(5_000, Event::Tick)
+            .actions
+            .contains(&Action::StartApp)
+    );
+    // An up-to-date SECOND does not take over when the primary served newer
+    // data the SECOND never saw.
+    let mut c = current_second(true);
+    c.step(30, Event::WitnessNewest(G2));
+    let out = c.step(100, Event::PeerLost);
+    assert_eq!(c.state, State::Wait);
+    assert!(!has(&out, &Action::StartApp));
+}
+
+#[test]
 fn a_peer_without_this_module_is_no_split_brain() {
     let mut a = prim(true, cfg());
     let out = a.step(100, Event::Peer(PeerView::default()));
