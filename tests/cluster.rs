@@ -589,6 +589,17 @@ fn forged_and_garbage_heartbeats_are_dropped_counted_and_change_nothing() {
     }));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!((c.state(1), c.state(2)), ("PRIM".into(), "SECOND".into()));
+    // verify runs on the serving node of a cluster and reports (the
+    // application still writes, so identical or not is not asserted here).
+    let o = c.tandem(1, &["verify", "app", "--json"]);
+    assert!(
+        matches!(o.status.code(), Some(0 | 1)),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["files"].as_u64().unwrap() >= 1, "{report}");
 }
 
 #[test]

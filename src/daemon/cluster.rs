@@ -533,11 +533,22 @@ impl super::Handler for Shared {
                 .unwrap_or_else(|_| Response::error("the cluster manager has stopped"))
         };
         match req {
-            Request::Status {} => Response {
-                ok: true,
-                status: Some(self.status.lock().clone()),
-                ..Response::default()
-            },
+            Request::Status {} => {
+                let mut st = self.status.lock().clone();
+                // Replication moves faster than the manager publishes (a
+                // verify just started, say): read it live.
+                let reps = self.replicas.lock().clone();
+                for m in &mut st.modules {
+                    if let Some((_, Some(r))) = reps.iter().find(|(n, _)| *n == m.name) {
+                        m.replication = Some(r.status());
+                    }
+                }
+                Response {
+                    ok: true,
+                    status: Some(st),
+                    ..Response::default()
+                }
+            }
             Request::Start { module } => command(module, Command::Start),
             Request::Stop { module } => command(module, Command::Stop),
             Request::Swap { module } => command(Some(module), Command::Swap),
