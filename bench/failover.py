@@ -10,7 +10,11 @@ restarted (it returns as SECOND) and the next round kills the new primary.
   targets               heartbeat 100 ms / timeout 500 ms: median <= 1 s;
                         defaults (200 ms / 3000 ms): median <= 3.5 s
 
-Usage: sudo bench/failover.py [--runs 10] [--only fast,default]
+  --witness             the same with quorum = "witness" (tandem witness on
+                        127.0.0.3): the twin also waits for the dead node's lease
+                        to run out (heartbeat timeout + 2 intervals)
+
+Usage: sudo bench/failover.py [--runs 10] [--only fast,default] [--witness]
 """
 import argparse
 import json
@@ -55,9 +59,10 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, interval, timeout):
+    def __init__(self, interval, timeout, witness):
         self.tmp = tempfile.mkdtemp(prefix="tandem-bench-failover-", dir="/var/tmp")
-        hb, rep = free_port(), free_port()
+        hb, rep, wp = free_port(), free_port(), free_port()
+        quorum = f'quorum = "witness"\nwitness = "127.0.0.3:{wp}"' if witness else 'quorum = "none"'
         for name, body in (("start.sh", START), ("stop.sh", STOP)):
             with open(f"{self.tmp}/{name}", "w") as f:
                 f.write(body)
@@ -69,7 +74,7 @@ class Cluster:
                 f.write(f"""
 [cluster]
 name = "bench"
-quorum = "none"
+{quorum}
 [[node]]
 name = "node1"
 address = "127.0.0.1"
@@ -96,6 +101,10 @@ stop_prim = "{self.tmp}/stop.sh"
 """)
         subprocess.run([TANDEM, "-c", self.config(1), "init"], check=True, capture_output=True)
         self.procs = {}
+        if witness:
+            self.procs["w"] = subprocess.Popen([TANDEM, "-c", self.config(1), "witness"],
+                                               stdout=subprocess.DEVNULL,
+                                               stderr=open(f"{self.tmp}/witness.log", "a"))
 
     def config(self, n):
         return f"{self.tmp}/n{n}.toml"
@@ -139,8 +148,8 @@ def read_time(path):
         return float(f.read().strip())
 
 
-def bench(interval, timeout, runs):
-    c = Cluster(interval, timeout)
+def bench(interval, timeout, runs, witness):
+    c = Cluster(interval, timeout, witness)
     detect, app = [], []
     try:
         c.start(1)
@@ -168,14 +177,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--only", default="fast,default")
+    ap.add_argument("--witness", action="store_true")
     args = ap.parse_args()
     rows = []
     for name, (interval, timeout, target) in {"fast": (100, 500, 1.0), "default": (200, 3000, 3.5)}.items():
         if name not in args.only.split(","):
             continue
-        detect, app = bench(interval, timeout, args.runs)
+        detect, app = bench(interval, timeout, args.runs, args.witness)
         med = statistics.median(detect)
-        print(f"kill -9 of the primary, heartbeat {interval} ms / timeout {timeout} ms: "
+        q = "witness" if args.witness else "none"
+        print(f"kill -9 of the primary, quorum {q}, heartbeat {interval} ms / timeout {timeout} ms: "
               f"detection-to-serving median {med:.3f} s (min {min(detect):.3f}, max {max(detect):.3f}, "
               f"{len(detect)} runs; target <= {target} s; the timeout itself is {timeout / 1000:.1f} s); "
               f"application start {statistics.median(app):.3f} s, reported apart", flush=True)
