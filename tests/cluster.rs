@@ -150,9 +150,14 @@ impl Cluster {
         Cluster::build_with(net, false)
     }
 
-    /// `checker`: a process check of the application's pid file, one local
-    /// restart allowed per minute.
     fn build_with(net: Option<&Net>, checker: bool) -> Cluster {
+        Cluster::build_full(net, "witness", checker)
+    }
+
+    /// In `net`, the quorum is `witness` or `ping` (each node pings the
+    /// witness namespace's address on its own link). `checker`: a process
+    /// check of the application's pid file, one local restart per minute.
+    fn build_full(net: Option<&Net>, kind: &str, checker: bool) -> Cluster {
         common::require_fuse();
         let tmp = tempdir();
         let t = tmp.path();
@@ -167,7 +172,10 @@ impl Cluster {
             ),
             Some(_) => (
                 ["10.77.0.1", "10.77.0.2"],
-                [1, 2].map(|n| format!("quorum = \"witness\"\nwitness = \"10.78.{n}.3:17900\"")),
+                [1, 2].map(|n| match kind {
+                    "ping" => format!("quorum = \"ping\"\nping = [\"10.78.{n}.3\"]"),
+                    _ => format!("quorum = \"witness\"\nwitness = \"10.78.{n}.3:17900\""),
+                }),
             ),
         };
         script(&t.join("app.sh"), APP);
@@ -239,7 +247,7 @@ timeout_s = 20
             netns: net.map(|n| [n.names[0].clone(), n.names[1].clone()]),
             witness: None,
         };
-        if let Some(net) = net {
+        if let Some(net) = net.filter(|_| kind == "witness") {
             let log = std::fs::File::create(c.path("witness.log")).unwrap();
             c.witness = Some(
                 Command::new("nsenter")
@@ -748,5 +756,39 @@ fn a_failing_check_restarts_the_application_then_hands_the_module_over() {
     // Not taken back until the operator starts it again.
     let st = c.status(1).unwrap();
     assert!(st["modules"][0]["cluster"]["blocked"].is_string(), "{st}");
+    c.assert_never_both();
+}
+
+#[test]
+fn with_ping_quorum_an_isolated_primary_stops_and_the_twin_takes_over() {
+    let net = Net::new();
+    let mut c = Cluster::build_full(Some(&net), "ping", false);
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    c.wait_app_writes(1);
+    let acked = c.acked(1);
+    // node1 loses every link: no peer, and its ping address is gone too.
+    net.set(1, "peer", false);
+    net.set(1, "wit", false);
+    assert!(
+        wait_until(20, || c.state(1) == "WAIT" && c.state(2) == "ALONE"),
+        "expected WAIT/ALONE, got {}/{}\n--- node1\n{}\n--- node2\n{}",
+        c.state(1),
+        c.state(2),
+        c.log_text(1),
+        c.log_text(2)
+    );
+    c.wait_app_writes(2);
+    assert!(c.records(2) >= acked);
+    let st = c.status(1).unwrap();
+    let q = st["modules"][0]["cluster"]["quorum"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(q.contains("no address answers"), "{q}");
+    net.set(1, "peer", true);
+    net.set(1, "wit", true);
+    c.wait_states("SECOND", "PRIM", 30);
     c.assert_never_both();
 }

@@ -582,6 +582,10 @@ impl Machine {
                     "lost the peer and quorum: stopped serving (self-fencing)",
                     actions,
                 );
+                // The peer may take over meanwhile: quorum coming back is not
+                // enough to serve again — the peer, or the witness's word
+                // that this data is still the newest, is.
+                self.last_serving = false;
             } else if self.state == State::Prim {
                 self.to(State::Alone, "peer lost: serving alone", actions);
             }

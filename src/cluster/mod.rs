@@ -3,4 +3,5 @@
 
 pub mod heartbeat;
 pub mod machine;
+pub mod ping;
 pub mod witness;

@@ -40,6 +40,8 @@ struct Node2 {
     settings: Settings,
     /// With `quorum = "witness"`: the leases this node holds.
     quorum: Option<Arc<crate::cluster::witness::Client>>,
+    /// With `quorum = "ping"`: whether an address answers.
+    ping: Option<Arc<crate::cluster::ping::Pinger>>,
     me: Node,
     peer: Node,
     creds: Arc<Credentials>,
@@ -444,7 +446,17 @@ impl Managed {
                     "off".into()
                 },
                 quorum: match &node.quorum {
-                    None => "none".into(),
+                    None => match &node.ping {
+                        None => "none".into(),
+                        Some(p) => format!(
+                            "ping: {}",
+                            if p.ok() {
+                                "an address answers"
+                            } else {
+                                "no address answers"
+                            }
+                        ),
+                    },
                     Some(w) => format!(
                         "witness: {}{}",
                         w.holder(&self.cfg.name)
@@ -714,16 +726,30 @@ pub fn run(
     let usage = |e: String| (EXIT_USAGE, e);
     let (me, peer) = replicas::identity(&settings, opts.node.as_deref()).map_err(usage)?;
     let (me, peer) = (me.clone(), peer.clone());
-    let witness = match &settings.cluster.quorum {
-        Quorum::None => None,
-        Quorum::Witness(hp) => Some(
-            rt.block_on(resolve(&hp.host, hp.port))
-                .map_err(|e| usage(format!("cluster.witness: {e}")))?,
+    let (witness, ping) = match &settings.cluster.quorum {
+        Quorum::None => (None, None),
+        Quorum::Witness(hp) => (
+            Some(
+                rt.block_on(resolve(&hp.host, hp.port))
+                    .map_err(|e| usage(format!("cluster.witness: {e}")))?,
+            ),
+            None,
+        ),
+        Quorum::Ping(addrs) => (
+            None,
+            Some(
+                crate::cluster::ping::Pinger::spawn(
+                    addrs.clone(),
+                    settings.heartbeat.interval,
+                    settings.heartbeat.timeout,
+                )
+                .map_err(|e| (EXIT_FAILURE, format!("cannot start pinging: {e}")))?,
+            ),
         ),
         other => {
             return Err(usage(format!(
-                "cluster.quorum = {:?} is not available yet in this version: use \"none\" \
-                 or \"witness\" (or fixed roles with --role)",
+                "cluster.quorum = {:?} is not available yet in this version: use \"none\", \
+                 \"ping\" or \"witness\" (or fixed roles with --role)",
                 other.kind()
             )));
         }
@@ -794,7 +820,13 @@ pub fn run(
             cfg: m.clone(),
             base,
             caches,
-            machine: Machine::new(machine_cfg(&settings, &me), 0, last, g, quorum.is_none()),
+            machine: Machine::new(
+                machine_cfg(&settings, &me),
+                0,
+                last,
+                g,
+                quorum.is_none() && ping.is_none(),
+            ),
             replica: None,
             link_task: None,
             mounts: Vec::new(),
@@ -905,6 +937,7 @@ pub fn run(
     });
     let node = Node2 {
         quorum,
+        ping,
         me,
         peer,
         creds,
@@ -1190,7 +1223,7 @@ fn manage(
             for m in modules.iter_mut() {
                 m.observe(&node);
                 let q = match &node.quorum {
-                    None => true,
+                    None => node.ping.as_ref().is_none_or(|p| p.ok()),
                     Some(w) => {
                         // The serving node keeps its lease; when the peer is
                         // gone, whoever may serve asks for it.

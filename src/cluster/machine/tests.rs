@@ -145,9 +145,12 @@ fn a_primary_that_loses_its_peer_keeps_serving_with_quorum_and_fences_itself_wit
             Action::SaveRole(State::Wait)
         ]
     );
-    // Quorum alone does not make it serve again without knowing it is newest...
-    // it served last, so with quorum back it may.
+    // Quorum coming back is not enough: the peer may have taken over.
     let out = m.step(200, Event::Quorum(true));
+    assert_eq!(m.state, State::Wait);
+    assert!(out.actions.is_empty());
+    // The witness's word that its data is still the newest is.
+    let out = m.step(300, Event::WitnessNewest(G1));
     assert_eq!(m.state, State::Alone);
     assert!(has(&out, &Action::StartApp));
 }
