@@ -738,10 +738,12 @@ pub fn run(
         Quorum::Ping(addrs) => (
             None,
             Some(
+                // An answer counts for two intervals: one lost echo is not
+                // a lost network, and a cut-off node notices within two.
                 crate::cluster::ping::Pinger::spawn(
                     addrs.clone(),
                     settings.heartbeat.interval,
-                    settings.heartbeat.timeout,
+                    2 * settings.heartbeat.interval,
                 )
                 .map_err(|e| (EXIT_FAILURE, format!("cannot start pinging: {e}")))?,
             ),
@@ -1199,23 +1201,23 @@ fn manage(
                     m.feed(&node, Event::PeerLost);
                 }
             }
-            // With a witness, a serving node that can renew neither its lease
-            // nor hear its peer is most likely cut off: it stops serving now,
-            // not a whole heartbeat timeout later, so it is down long before
-            // the witness could give the lease to the other node.
+            // A serving node that has neither quorum (its lease, an address
+            // answering) nor news of its peer is most likely cut off: it stops
+            // serving now, not a whole heartbeat timeout later, so it is down
+            // before the other node may take over.
             let quiet = hb
                 .heard
                 .lock()
                 .iter()
                 .all(|h| h.is_none_or(|t| t.elapsed() >= 2 * node.settings.heartbeat.interval));
             for m in modules.iter_mut() {
-                if let Some(w) = &node.quorum
-                    && quiet
-                    && m.machine.state.serving()
-                    && m.machine.peer().is_some()
-                    && !w.holds(&m.cfg.name)
-                {
-                    m.note("neither the peer nor the witness answers".into());
+                let lost_quorum = match (&node.quorum, &node.ping) {
+                    (Some(w), _) => !w.holds(&m.cfg.name),
+                    (None, Some(p)) => !p.ok(),
+                    (None, None) => false,
+                };
+                if lost_quorum && quiet && m.machine.state.serving() && m.machine.peer().is_some() {
+                    m.note("neither the peer nor the quorum answers".into());
                     m.feed(&node, Event::Quorum(false));
                     m.feed(&node, Event::PeerLost);
                 }
