@@ -219,6 +219,8 @@ pub struct Machine {
     peer_idle_since: Option<u64>,
     /// The generation the peer announced last (kept when it is lost).
     peer_generation: Option<Gen>,
+    /// Becoming SECOND failed here: not retried until `tandem start`.
+    cannot_follow: bool,
     /// Made primary with `--force`: serves without quorum until the peer is seen.
     forced: bool,
     /// Not allowed to serve until an operator starts the module again.
@@ -252,6 +254,7 @@ impl Machine {
             wants_primary_until: None,
             keeps: false,
             forced: false,
+            cannot_follow: false,
             peer_idle_since: None,
             witness_newest: 0,
             peer_generation: None,
@@ -356,7 +359,12 @@ impl Machine {
                 .is_none_or(|g| compare(&self.generation, g) == Order::Same)
     }
 
-    fn serve(&mut self, new_generation: bool, why: &str, actions: &mut Vec<Action>) {
+    /// Starts serving. Always under a new generation (`_fresh_line` kept for
+    /// the callers' intent): until the peer is streaming again, what this
+    /// node acknowledges exists here only, and a peer that still carries the
+    /// old generation must never pass for as new as this node.
+    fn serve(&mut self, _fresh_line: bool, why: &str, actions: &mut Vec<Action>) {
+        let new_generation = true;
         if let Some(b) = &self.blocked {
             self.why = format!("would serve ({why}), but {b}");
             return;
@@ -421,7 +429,8 @@ impl Machine {
             // SECOND when the peer vanished.
             let newest = match self.witness_newest {
                 0 => self.last_serving || self.synced,
-                n => n == self.generation.current,
+                // Its own data, or data that descends from it.
+                n => n == self.generation.current || self.generation.history.contains(&n),
             };
             if self.quorum && newest {
                 self.serve(true, "peer absent: serving alone", actions);
@@ -440,6 +449,7 @@ impl Machine {
         };
         let order = compare(&self.generation, &peer.generation);
         match peer.state {
+            Some(State::Prim | State::Alone) if self.cannot_follow => {}
             Some(State::Prim | State::Alone) => match order {
                 Order::Same | Order::Behind if !self.split_brain => {
                     actions.push(Action::BecomeSecondary {
@@ -654,6 +664,7 @@ impl Machine {
                     return Ok(format!("already started ({:?})", self.state));
                 }
                 self.blocked = None;
+                self.cannot_follow = false;
                 self.start_failures = 0;
                 if self.state == State::Stop {
                     self.to(State::Wait, "started by the operator", actions);
@@ -800,6 +811,7 @@ impl Machine {
             }
             Failure::Secondary => {
                 self.blocked = Some(format!("cannot receive replication: {msg}"));
+                self.cannot_follow = true;
                 self.to(State::Wait, format!("cannot become SECOND: {msg}"), actions);
             }
             Failure::StartApp | Failure::Check | Failure::Demote => {

@@ -42,6 +42,8 @@ struct Node2 {
     quorum: Option<Arc<crate::cluster::witness::Client>>,
     /// With `quorum = "ping"`: whether an address answers.
     ping: Option<Arc<crate::cluster::ping::Pinger>>,
+    /// Cleans up if this daemon dies (taken at a clean end).
+    guard: Mutex<Option<crate::failover::guard::Guard>>,
     me: Node,
     peer: Node,
     creds: Arc<Credentials>,
@@ -92,6 +94,8 @@ struct Managed {
     checks_from: Instant,
     /// The newest generation the witness told of (0: none).
     witness_newest: u64,
+    /// Depth of failure handling under way (bounded).
+    failing: u32,
 }
 
 impl Managed {
@@ -206,7 +210,15 @@ impl Managed {
         for a in out.actions {
             if let Err((f, e)) = self.act(node, &a) {
                 self.note(format!("{a:?} failed: {e}"));
-                self.feed(node, Event::Failed(f, e));
+                // A failure may lead to another attempt that fails again:
+                // the chain is bounded, whatever the machine decides.
+                if self.failing < 4 {
+                    self.failing += 1;
+                    self.feed(node, Event::Failed(f, e));
+                    self.failing -= 1;
+                } else {
+                    self.note("too many failures in a row: waiting for the operator".into());
+                }
                 break;
             }
         }
@@ -271,6 +283,17 @@ impl Managed {
     }
 
     fn promote(&mut self, node: &Node2, new_generation: bool) -> Result<(), String> {
+        // The guard knows before anything is mounted or started here.
+        if let Some(g) = node.guard.lock().as_mut() {
+            g.include(crate::failover::guard::Duty {
+                module: self.cfg.name.clone(),
+                stop_prim: self.cfg.scripts.stop_prim.clone(),
+                node: node.me.name.clone(),
+                peer: node.peer.name.clone(),
+                dirs: self.cfg.dirs.clone(),
+                timeout_ms: self.cfg.scripts.timeout.as_millis() as u64,
+            });
+        }
         if new_generation {
             for d in &self.base {
                 d.log
@@ -844,6 +867,7 @@ pub fn run(
             check_failures: VecDeque::new(),
             checks_from: Instant::now(),
             witness_newest: 0,
+            failing: 0,
         };
         managed.note(format!(
             "starting as {:?} (last run: {})",
@@ -937,8 +961,15 @@ pub fn run(
         replicas: Mutex::new(Vec::new()),
         input: Mutex::new(input_tx),
     });
+    let guard = crate::failover::guard::Guard::spawn().map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!("cannot start the guard process (it cleans up if this daemon dies): {e}"),
+        )
+    })?;
     let node = Node2 {
         quorum,
+        guard: Mutex::new(Some(guard)),
         ping,
         me,
         peer,
@@ -949,18 +980,12 @@ pub fn run(
         started: Instant::now(),
         settings,
     };
-    let guard = crate::failover::guard::Guard::spawn().map_err(|e| {
-        (
-            EXIT_FAILURE,
-            format!("cannot start the guard process (it cleans up if this daemon dies): {e}"),
-        )
-    })?;
     let socket = node.settings.daemon.socket.clone();
     let mgr_shared = shared.clone();
     let hb2 = hb.clone();
     let manager = std::thread::Builder::new()
         .name("cluster".into())
-        .spawn(move || manage(node, modules, hb2, input_rx, &mgr_shared, guard))
+        .spawn(move || manage(node, modules, hb2, input_rx, &mgr_shared))
         .map_err(|e| {
             (
                 EXIT_FAILURE,
@@ -997,7 +1022,6 @@ fn manage(
     hb: Arc<Heartbeats>,
     input: mpsc::Receiver<Input>,
     shared: &Shared,
-    mut guard: crate::failover::guard::Guard,
 ) {
     let tick = (node.settings.heartbeat.interval / 2).max(Duration::from_millis(20));
     let timeout = node.settings.heartbeat.timeout;
@@ -1176,7 +1200,9 @@ fn manage(
             Ok(Input::Shutdown(done)) => {
                 shutdown(&node, &mut modules, &hb);
                 publish(&modules, &hb.heard.lock().clone(), false);
-                guard.bye();
+                if let Some(g) = node.guard.lock().take() {
+                    g.bye();
+                }
                 let _ = done.send(());
                 return;
             }
@@ -1216,7 +1242,12 @@ fn manage(
                     (None, Some(p)) => !p.ok(),
                     (None, None) => false,
                 };
-                if lost_quorum && quiet && m.machine.state.serving() && m.machine.peer().is_some() {
+                // A peer that stopped cleanly (it handed over) is not a cut.
+                let cut = m
+                    .machine
+                    .peer()
+                    .is_some_and(|p| p.state != Some(State::Stop));
+                if lost_quorum && quiet && m.machine.state.serving() && cut {
                     m.note("neither the peer nor the quorum answers".into());
                     m.feed(&node, Event::Quorum(false));
                     m.feed(&node, Event::PeerLost);
@@ -1253,7 +1284,9 @@ fn manage(
             .zip(&views_before)
             .any(|(m, v)| m.machine.view() != *v);
         publish(&modules, &hb.heard.lock().clone(), alive);
-        guard.update(modules.iter().filter_map(|m| m.duty(&node)).collect());
+        if let Some(g) = node.guard.lock().as_mut() {
+            g.update(modules.iter().filter_map(|m| m.duty(&node)).collect());
+        }
         if changed {
             // The peer learns of a new state at once, not at the next interval.
             hb.now.notify_one();
@@ -1340,6 +1373,18 @@ fn shutdown(node: &Node2, modules: &mut [Managed], hb: &Heartbeats) {
             let _ = d.log.flush();
         }
     }
+    if let Some(w) = &node.quorum {
+        // Leases go back at once, so the node taking over gets one now
+        // instead of when they would have run out.
+        for m in modules.iter() {
+            w.want(
+                &m.cfg.name,
+                false,
+                m.machine.view().generation.current,
+                false,
+            );
+        }
+    }
     *hb.views.lock() = modules
         .iter()
         .map(|m| (m.cfg.name.clone(), m.machine.view()))
@@ -1348,6 +1393,10 @@ fn shutdown(node: &Node2, modules: &mut [Managed], hb: &Heartbeats) {
     for _ in 0..3 {
         hb.now.notify_one();
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if node.quorum.is_some() {
+        // The give-back goes out with the next asks.
+        std::thread::sleep(2 * node.settings.heartbeat.interval);
     }
 }
 

@@ -73,6 +73,15 @@ impl Guard {
         self.last = Some(duties);
     }
 
+    /// Adds (or replaces) one module's duty at once: told before the module
+    /// is mounted and its application started, not after.
+    pub fn include(&mut self, duty: Duty) {
+        let mut all = self.last.clone().unwrap_or_default();
+        all.retain(|d| d.module != duty.module);
+        all.push(duty);
+        self.update(all);
+    }
+
     /// The daemon ends cleanly.
     pub fn bye(mut self) {
         let _ = send(&mut self.pipe, &Note::Bye);

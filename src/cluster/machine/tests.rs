@@ -201,7 +201,7 @@ fn swap_is_ordered_and_the_twin_starts_only_after_the_handover() {
         vec![
             Action::LeaveSecondary,
             Action::Promote {
-                new_generation: false
+                new_generation: true
             },
             Action::StartApp,
             Action::SaveRole(State::Prim),
