@@ -343,6 +343,27 @@ impl Machine {
         }
     }
 
+    /// Whether this node's data may be served without the peer: the witness
+    /// says it is the newest (or descends from it), or, without a word from
+    /// the witness, it served last or was a current SECOND.
+    pub fn newest_alone(&self) -> bool {
+        match self.witness_newest {
+            0 => self.last_serving || self.synced_now(),
+            n => n == self.generation.current || self.generation.history.contains(&n),
+        }
+    }
+
+    /// Worth asking the witness for the lease: serving, or able to serve
+    /// without the peer. A node with stale data never holds it, so it can
+    /// never keep the node with the newest data from serving.
+    pub fn wants_lease(&self) -> bool {
+        self.state.serving()
+            || (self.state != State::Stop
+                && self.blocked.is_none()
+                && !self.split_brain
+                && self.newest_alone())
+    }
+
     /// The peer has been seen not serving for `settle_ms`.
     fn peer_settled(&self) -> bool {
         self.peer_idle_since
@@ -427,11 +448,7 @@ impl Machine {
             // Alone: serve only with data known to be the newest — the
             // witness says so, or else it served last, or it was a current
             // SECOND when the peer vanished.
-            let newest = match self.witness_newest {
-                0 => self.last_serving || self.synced,
-                // Its own data, or data that descends from it.
-                n => n == self.generation.current || self.generation.history.contains(&n),
-            };
+            let newest = self.newest_alone();
             if self.quorum && newest {
                 self.serve(true, "peer absent: serving alone", actions);
             } else if !self.quorum && newest {

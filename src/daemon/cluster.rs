@@ -1261,9 +1261,11 @@ fn manage(
                         // The serving node keeps its lease; when the peer is
                         // gone, whoever may serve asks for it.
                         let view = m.machine.view();
+                        // Asks without wanting still bring the witness's
+                        // newest generation.
                         w.want(
                             &m.cfg.name,
-                            m.machine.state.serving() || !alive,
+                            m.machine.state.serving() || (!alive && m.machine.wants_lease()),
                             view.generation.current,
                             m.machine.state.serving(),
                         );

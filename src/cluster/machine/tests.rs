@@ -498,6 +498,23 @@ fn the_witness_tells_a_node_alone_whether_its_data_is_the_newest() {
 }
 
 #[test]
+fn only_a_node_that_could_serve_asks_for_the_lease() {
+    // Stale: a syncing SECOND, and a node the witness knows older data of.
+    let mut s = current_second(true);
+    s.step(30, Event::Synced(false));
+    s.step(100, Event::PeerLost);
+    assert!(!s.wants_lease());
+    let mut old = Machine::new(cfg(), 0, Some(State::Prim), gn(G1, &[]), false);
+    old.step(10, Event::WitnessNewest(G2));
+    assert!(!old.wants_lease());
+    // Current: an up-to-date SECOND, and data that descends from the newest.
+    assert!(current_second(false).wants_lease());
+    let mut new = Machine::new(cfg(), 0, Some(State::Second), gn(G3, &[G2]), false);
+    new.step(10, Event::WitnessNewest(G2));
+    assert!(new.wants_lease());
+}
+
+#[test]
 fn a_peer_without_this_module_is_no_split_brain() {
     let mut a = prim(true, cfg());
     let out = a.step(100, Event::Peer(PeerView::default()));
