@@ -380,12 +380,11 @@ impl Machine {
                 .is_none_or(|g| compare(&self.generation, g) == Order::Same)
     }
 
-    /// Starts serving. Always under a new generation (`_fresh_line` kept for
-    /// the callers' intent): until the peer is streaming again, what this
-    /// node acknowledges exists here only, and a peer that still carries the
-    /// old generation must never pass for as new as this node.
-    fn serve(&mut self, _fresh_line: bool, why: &str, actions: &mut Vec<Action>) {
-        let new_generation = true;
+    /// Starts serving, always under a new generation: until the peer is
+    /// streaming again, what this node acknowledges exists here only, and a
+    /// peer that still carries the old generation must never pass for as new
+    /// as this node.
+    fn serve(&mut self, why: &str, actions: &mut Vec<Action>) {
         if let Some(b) = &self.blocked {
             self.why = format!("would serve ({why}), but {b}");
             return;
@@ -397,7 +396,9 @@ impl Machine {
         if self.state == State::Second {
             actions.push(Action::LeaveSecondary);
         }
-        actions.push(Action::Promote { new_generation });
+        actions.push(Action::Promote {
+            new_generation: true,
+        });
         actions.push(Action::StartApp);
         self.handover = false;
         self.wants_primary_until = None;
@@ -450,7 +451,7 @@ impl Machine {
             // SECOND when the peer vanished.
             let newest = self.newest_alone();
             if self.quorum && newest {
-                self.serve(true, "peer absent: serving alone", actions);
+                self.serve("peer absent: serving alone", actions);
             } else if !self.quorum && newest {
                 self.why = "peer absent and no quorum: not serving".into();
             } else if self.witness_newest != 0 {
@@ -498,7 +499,7 @@ impl Machine {
             Some(State::Stop)
                 if matches!(order, Order::Same | Order::Ahead) && self.peer_settled() =>
             {
-                self.serve(true, "peer stopped: serving alone", actions)
+                self.serve("peer stopped: serving alone", actions)
             }
             Some(State::Wait | State::Second) => self.decide_between_idle(order, &peer, actions),
             _ => {}
@@ -543,11 +544,7 @@ impl Machine {
         if mine && !self.peer_settled() {
             self.why = "the peer does not serve: making sure it is not a past state".into();
         } else if mine {
-            self.serve(
-                order != Order::Same || !peer.uptodate,
-                "both idle, this node has the data to serve",
-                actions,
-            );
+            self.serve("both idle, this node has the data to serve", actions);
         } else if !mine && self.state == State::Wait {
             self.why = "the peer has the data to serve: waiting for it".into();
         }
@@ -572,7 +569,7 @@ impl Machine {
                     actions,
                 );
             } else if self.quorum {
-                self.serve(true, "peer lost: taking over", actions);
+                self.serve("peer lost: taking over", actions);
             } else {
                 actions.push(Action::LeaveSecondary);
                 self.to(
@@ -585,8 +582,7 @@ impl Machine {
         };
         match peer.state {
             Some(State::Second | State::Stop | State::Wait) if peer.handover && current => {
-                let alone = peer.state != Some(State::Second);
-                self.serve(alone, "the peer handed over", actions)
+                self.serve("the peer handed over", actions)
             }
             Some(State::Wait | State::Second) => self.decide_between_idle(
                 compare(&self.generation, &peer.generation),
@@ -594,7 +590,7 @@ impl Machine {
                 actions,
             ),
             Some(State::Stop) if current && self.quorum => {
-                self.serve(true, "peer stopped: serving alone", actions)
+                self.serve("peer stopped: serving alone", actions)
             }
             _ => {}
         }
@@ -757,7 +753,7 @@ impl Machine {
                 self.blocked = None;
                 self.split_brain = false;
                 self.forced = force;
-                self.serve(true, "made primary by the operator", actions);
+                self.serve("made primary by the operator", actions);
                 Ok("serving".into())
             }
             Command::Resolve { keep_mine } => {

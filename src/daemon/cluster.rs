@@ -109,19 +109,13 @@ impl Managed {
     }
 
     fn context(&self, node: &Node2, role: &'static str) -> scripts::Context {
-        scripts::Context {
-            module: self.cfg.name.clone(),
+        scripts::Context::new(
+            &self.cfg.name,
             role,
-            node: node.me.name.clone(),
-            peer: node.peer.name.clone(),
-            dirs: self
-                .cfg
-                .dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":"),
-        }
+            &node.me.name,
+            &node.peer.name,
+            &self.cfg.dirs,
+        )
     }
 
     fn script(&mut self, node: &Node2, what: &str, role: &'static str) -> Result<(), String> {
@@ -285,14 +279,7 @@ impl Managed {
     fn promote(&mut self, node: &Node2, new_generation: bool) -> Result<(), String> {
         // The guard knows before anything is mounted or started here.
         if let Some(g) = node.guard.lock().as_mut() {
-            g.include(crate::failover::guard::Duty {
-                module: self.cfg.name.clone(),
-                stop_prim: self.cfg.scripts.stop_prim.clone(),
-                node: node.me.name.clone(),
-                peer: node.peer.name.clone(),
-                dirs: self.cfg.dirs.clone(),
-                timeout_ms: self.cfg.scripts.timeout.as_millis() as u64,
-            });
+            g.include(self.guard_duty(node));
         }
         if new_generation {
             for d in &self.base {
@@ -398,17 +385,39 @@ impl Managed {
 
     /// What the guard must undo if this daemon dies now.
     fn duty(&self, node: &Node2) -> Option<crate::failover::guard::Duty> {
-        if !self.app_running && self.mounts.is_empty() {
-            return None;
-        }
-        Some(crate::failover::guard::Duty {
+        (self.app_running || !self.mounts.is_empty()).then(|| self.guard_duty(node))
+    }
+
+    fn guard_duty(&self, node: &Node2) -> crate::failover::guard::Duty {
+        crate::failover::guard::Duty {
             module: self.cfg.name.clone(),
             stop_prim: self.cfg.scripts.stop_prim.clone(),
             node: node.me.name.clone(),
             peer: node.peer.name.clone(),
             dirs: self.cfg.dirs.clone(),
             timeout_ms: self.cfg.scripts.timeout.as_millis() as u64,
-        })
+        }
+    }
+
+    /// Restarts the application where it runs (stop_prim, start_prim);
+    /// checks resume for the new process only. A failed start is the
+    /// machine's to handle.
+    fn restart_app(&mut self, node: &Node2) -> Result<(), String> {
+        self.checks_active
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.script(node, "stop_prim", "prim");
+        self.app_running = false;
+        match self.script(node, "start_prim", "prim") {
+            Ok(()) => {
+                self.app_running = true;
+                self.checks_from = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                self.feed(node, Event::Failed(Failure::StartApp, e.clone()));
+                Err(e)
+            }
+        }
     }
 
     /// Replication facts the machine decides on, fed when they change.
@@ -551,21 +560,7 @@ struct Shared {
 impl super::Handler for Shared {
     fn handle(&self, req: Request) -> Response {
         let command = |module: Option<String>, cmd: Command| {
-            let (tx, rx) = mpsc::channel();
-            if self
-                .input
-                .lock()
-                .send(Input::Command {
-                    module,
-                    cmd,
-                    reply: tx,
-                })
-                .is_err()
-            {
-                return Response::error("the cluster manager has stopped");
-            }
-            rx.recv()
-                .unwrap_or_else(|_| Response::error("the cluster manager has stopped"))
+            self.ask(|reply| Input::Command { module, cmd, reply })
         };
         match req {
             Request::Status {} => {
@@ -604,35 +599,9 @@ impl super::Handler for Shared {
                     )),
                 }
             }
-            Request::Restart { module } => {
-                let (tx, rx) = mpsc::channel();
-                if self
-                    .input
-                    .lock()
-                    .send(Input::Restart { module, reply: tx })
-                    .is_err()
-                {
-                    return Response::error("the cluster manager has stopped");
-                }
-                rx.recv()
-                    .unwrap_or_else(|_| Response::error("the cluster manager has stopped"))
-            }
+            Request::Restart { module } => self.ask(|reply| Input::Restart { module, reply }),
             Request::Checker { module, on } => {
-                let (tx, rx) = mpsc::channel();
-                if self
-                    .input
-                    .lock()
-                    .send(Input::Checker {
-                        module,
-                        on,
-                        reply: tx,
-                    })
-                    .is_err()
-                {
-                    return Response::error("the cluster manager has stopped");
-                }
-                rx.recv()
-                    .unwrap_or_else(|_| Response::error("the cluster manager has stopped"))
+                self.ask(|reply| Input::Checker { module, on, reply })
             }
             Request::Log { module } => match self.logs.lock().iter().find(|(n, _)| *n == module) {
                 None => Response::error(format!("no module named {module:?}")),
@@ -668,6 +637,16 @@ impl super::Handler for Shared {
 }
 
 impl Shared {
+    /// Hands a request to the manager thread and waits for its answer.
+    fn ask(&self, input: impl FnOnce(mpsc::Sender<Response>) -> Input) -> Response {
+        let (tx, rx) = mpsc::channel();
+        if self.input.lock().send(input(tx)).is_err() {
+            return Response::error("the cluster manager has stopped");
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Response::error("the cluster manager has stopped"))
+    }
+
     fn with_replica(
         &self,
         module: &str,
@@ -913,19 +892,7 @@ pub fn run(
             crate::failover::checkers::spawn(
                 module.clone(),
                 c.clone(),
-                scripts::Context {
-                    module: module.clone(),
-                    role: "prim",
-                    node: me.name.clone(),
-                    peer: peer.name.clone(),
-                    dirs: m
-                        .cfg
-                        .dirs
-                        .iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(":"),
-                },
+                scripts::Context::new(&module, "prim", &me.name, &peer.name, &m.cfg.dirs),
                 m.checks_active.clone(),
                 witness_ok,
                 move |why| {
@@ -1110,24 +1077,13 @@ fn manage(
                     )),
                     Some(m) => {
                         m.note("restart asked by the operator".into());
-                        m.checks_active
-                            .store(false, std::sync::atomic::Ordering::Relaxed);
-                        let _ = m.script(&node, "stop_prim", "prim");
-                        m.app_running = false;
-                        match m.script(&node, "start_prim", "prim") {
-                            Ok(()) => {
-                                m.app_running = true;
-                                m.checks_from = Instant::now();
-                                Response {
-                                    ok: true,
-                                    messages: vec![format!("module {module}: restarted")],
-                                    ..Response::default()
-                                }
-                            }
-                            Err(e) => {
-                                m.feed(&node, Event::Failed(Failure::StartApp, e.clone()));
-                                Response::error(format!("module {module}: {e}"))
-                            }
+                        match m.restart_app(&node) {
+                            Ok(()) => Response {
+                                ok: true,
+                                messages: vec![format!("module {module}: restarted")],
+                                ..Response::default()
+                            },
+                            Err(e) => Response::error(format!("module {module}: {e}")),
                         }
                     }
                 };
@@ -1154,19 +1110,7 @@ fn manage(
                         m.note(format!(
                             "{why}: restarting the application ({n} of {restarts})"
                         ));
-                        m.checks_active
-                            .store(false, std::sync::atomic::Ordering::Relaxed);
-                        let _ = m.script(&node, "stop_prim", "prim");
-                        m.app_running = false;
-                        match m.script(&node, "start_prim", "prim") {
-                            Ok(()) => {
-                                m.app_running = true;
-                                m.checks_from = Instant::now();
-                            }
-                            Err(e) => {
-                                m.feed(&node, Event::Failed(Failure::StartApp, e));
-                            }
-                        }
+                        let _ = m.restart_app(&node);
                     } else {
                         m.note(format!(
                             "{why}: {n} failures within {} s, more than {restarts} restarts",

@@ -128,18 +128,7 @@ pub fn run() -> ExitCode {
 
 fn clean(d: &Duty) {
     if let Some(script) = &d.stop_prim {
-        let ctx = Context {
-            module: d.module.clone(),
-            role: "prim",
-            node: d.node.clone(),
-            peer: d.peer.clone(),
-            dirs: d
-                .dirs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":"),
-        };
+        let ctx = Context::new(&d.module, "prim", &d.node, &d.peer, &d.dirs);
         match scripts::run(
             "stop_prim",
             script,

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,22 @@ pub struct Context {
     pub peer: String,
     /// The module's directories, separated by ':'.
     pub dirs: String,
+}
+
+impl Context {
+    pub fn new(module: &str, role: &'static str, node: &str, peer: &str, dirs: &[PathBuf]) -> Self {
+        Context {
+            module: module.into(),
+            role,
+            node: node.into(),
+            peer: peer.into(),
+            dirs: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        }
+    }
 }
 
 #[derive(Debug)]
