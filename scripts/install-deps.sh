@@ -11,6 +11,8 @@ packages=(
   procps                          # ps: the cluster tests' application scripts
   iproute2                        # ip netns: the partition tests build their own networks
   acl                             # setfacl/getfacl: the tests check ACLs through the mount
+  etcd-server                     # quorum = "etcd": the tests start a real etcd
+  haproxy keepalived              # LB mode and the VIP failover comparison
 )
 
 missing=()

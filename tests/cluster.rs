@@ -154,8 +154,9 @@ impl Cluster {
         Cluster::build_full(net, "witness", checker)
     }
 
-    /// In `net`, the quorum is `witness` or `ping` (each node pings the
-    /// witness namespace's address on its own link). `checker`: a process
+    /// In `net`, the quorum is `witness`, `etcd` (a real etcd in the witness
+    /// namespace) or `ping` (each node pings the witness namespace's address
+    /// on its own link). `checker`: a process
     /// check of the application's pid file, one local restart per minute.
     fn build_full(net: Option<&Net>, kind: &str, checker: bool) -> Cluster {
         common::require_fuse();
@@ -174,6 +175,7 @@ impl Cluster {
                 ["10.77.0.1", "10.77.0.2"],
                 [1, 2].map(|n| match kind {
                     "ping" => format!("quorum = \"ping\"\nping = [\"10.78.{n}.3\"]"),
+                    "etcd" => format!("quorum = \"etcd\"\netcd = [\"http://10.78.{n}.3:2379\"]"),
                     _ => format!("quorum = \"witness\"\nwitness = \"10.78.{n}.3:17900\""),
                 }),
             ),
@@ -247,6 +249,25 @@ timeout_s = 20
             netns: net.map(|n| [n.names[0].clone(), n.names[1].clone()]),
             witness: None,
         };
+        if let Some(net) = net.filter(|_| kind == "etcd") {
+            let log = std::fs::File::create(c.path("etcd.log")).unwrap();
+            let local = "http://127.0.0.1:2380";
+            c.witness = Some(
+                Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", net.names[2]))
+                    .args(["--", "etcd", "--name", "w", "--data-dir"])
+                    .arg(c.path("etcd"))
+                    .args(["--listen-client-urls", "http://0.0.0.0:2379"])
+                    .args(["--advertise-client-urls", "http://10.78.1.3:2379"])
+                    .args(["--listen-peer-urls", local])
+                    .args(["--initial-advertise-peer-urls", local])
+                    .args(["--initial-cluster", &format!("w={local}")])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("etcd (Debian's etcd-server) is installed"),
+            );
+        }
         if let Some(net) = net.filter(|_| kind == "witness") {
             let log = std::fs::File::create(c.path("witness.log")).unwrap();
             c.witness = Some(
@@ -647,8 +668,19 @@ fn restart_log_and_second_from_the_command_line() {
 
 #[test]
 fn with_a_witness_a_cut_or_an_isolated_primary_never_yields_two_serving_nodes() {
+    partition_never_yields_two_serving_nodes("witness");
+}
+
+#[test]
+fn with_an_etcd_lease_a_cut_or_an_isolated_primary_never_yields_two_serving_nodes() {
+    partition_never_yields_two_serving_nodes("etcd");
+}
+
+/// The link between the nodes is cut, then the primary isolated, with the
+/// quorum (`kind`) in a namespace of its own.
+fn partition_never_yields_two_serving_nodes(kind: &str) {
     let net = Net::new();
-    let mut c = Cluster::build(Some(&net));
+    let mut c = Cluster::build_full(Some(&net), kind, false);
     c.start(1);
     c.start(2);
     c.wait_states("PRIM", "SECOND", 30);

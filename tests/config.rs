@@ -545,6 +545,12 @@ fn quorum_etcd_needs_urls() {
         Some("10.0.0.6"),
         "http://",
     );
+    rejects(
+        &cluster("quorum = \"etcd\"\netcd = [\"https://10.0.0.5:2379\"]"),
+        "cluster.etcd[0]",
+        Some("https://10.0.0.5"),
+        "https is not supported",
+    );
 }
 
 #[test]

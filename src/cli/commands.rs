@@ -11,7 +11,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Mount(args) => super::mount::run(args),
         Command::Guard => crate::failover::guard::run(),
-        Command::Witness { listen } => witness(&cli.config, listen),
+        Command::Witness { listen, state } => witness(&cli.config, listen, state),
         Command::Config {
             action:
                 ConfigAction::Check {
@@ -191,7 +191,11 @@ fn init(
 }
 
 /// `tandem witness`: leases for the nodes of the configured cluster.
-fn witness(config: &std::path::Path, listen: Option<String>) -> ExitCode {
+fn witness(
+    config: &std::path::Path,
+    listen: Option<String>,
+    state: Option<std::path::PathBuf>,
+) -> ExitCode {
     let settings = match crate::config::parse_with(
         &match std::fs::read_to_string(config) {
             Ok(t) => t,
@@ -233,6 +237,17 @@ fn witness(config: &std::path::Path, listen: Option<String>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let state = match state {
+        Some(s) => s,
+        None => {
+            let dir = &settings.daemon.state_dir;
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("tandem witness: daemon.state_dir {}: {e}", dir.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+            dir.join("witness.json")
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -254,6 +269,7 @@ fn witness(config: &std::path::Path, listen: Option<String>) -> ExitCode {
                 key,
                 settings.cluster.name.clone(),
                 settings.heartbeat.timeout + 2 * settings.heartbeat.interval,
+                &state,
             ) => r,
             why = signals.recv() => { tracing::info!("{why}: witness stops"); Ok(()) }
         }

@@ -142,6 +142,10 @@ pub enum Command {
         /// Address to listen on (default: `cluster.witness`).
         #[arg(long)]
         listen: Option<String>,
+        /// Where the newest generation of each module is kept (default:
+        /// `witness.json` in `daemon.state_dir`).
+        #[arg(long)]
+        state: Option<std::path::PathBuf>,
     },
     /// Started by the daemon: cleans up after it if it dies.
     #[command(hide = true)]

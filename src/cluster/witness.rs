@@ -113,20 +113,29 @@ impl Leases {
 }
 
 /// `tandem witness`: answers asks on `listen` until the process ends.
+///
+/// The newest generation of each module is kept in `state` (a JSON file), so
+/// a witness that restarts still tells a node booting alone with old data
+/// that it must not serve.
 pub async fn serve(
     listen: SocketAddr,
     key: Key,
     cluster: String,
     term: Duration,
+    state: &std::path::Path,
 ) -> Result<(), String> {
+    let mut leases = Leases::new(term);
+    for (module, g) in load_newest(state)? {
+        leases.newest.insert((cluster.clone(), module), g);
+    }
     let sock = UdpSocket::bind(listen)
         .await
         .map_err(|e| format!("witness: cannot bind {listen}: {e}"))?;
     tracing::info!(
-        "witness for cluster {cluster} on {listen}, leases of {} ms",
-        term.as_millis()
+        "witness for cluster {cluster} on {listen}, leases of {} ms, state in {}",
+        term.as_millis(),
+        state.display()
     );
-    let mut leases = Leases::new(term);
     let mut buf = vec![0u8; 4096];
     let mut dropped = 0u64;
     loop {
@@ -157,7 +166,20 @@ pub async fn serve(
             .get(&(ask.cluster.clone(), ask.module.clone()))
             .filter(|l| l.until > Instant::now())
             .map(|l| l.holder.clone());
+        let newest_before = leases.newest.get(&(ask.cluster.clone(), ask.module.clone())).copied();
         let answer = leases.ask(&ask, Instant::now());
+        if newest_before != Some(answer.newest) {
+            // Kept before the holder is told, so what it relies on survives
+            // a restart of the witness.
+            let all = leases
+                .newest
+                .iter()
+                .map(|((_, m), g)| (m.clone(), *g))
+                .collect();
+            if let Err(e) = save_newest(state, &all) {
+                tracing::error!("witness: {e}");
+            }
+        }
         if answer.holder != before {
             tracing::info!(
                 "module {}: lease {}",
@@ -172,6 +194,32 @@ pub async fn serve(
     }
 }
 
+fn load_newest(path: &std::path::Path) -> Result<HashMap<String, u64>, String> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| format!("witness state {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) => Err(format!("witness state {}: {e}", path.display())),
+    }
+}
+
+/// Written to a temporary file, synced, then renamed over the old one: a
+/// crash leaves the old state or the new one, never half of one.
+fn save_newest(path: &std::path::Path, newest: &HashMap<String, u64>) -> Result<(), String> {
+    use std::io::Write;
+    let err = |e: std::io::Error| format!("cannot save the state to {}: {e}", path.display());
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&serde_json::to_vec(newest).expect("a map of numbers"))
+        .map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
+}
+
 /// A node's side: asks for the leases it wants and knows which it holds.
 pub struct Client {
     key: Key,
@@ -181,6 +229,8 @@ pub struct Client {
     /// How long after an ask a granted lease is relied on: well short of the
     /// witness's term, so this node stops relying on it first.
     validity: Duration,
+    /// Between asks.
+    interval: Duration,
     state: Mutex<HashMap<String, Held>>,
     last_answer: Mutex<Option<Instant>>,
 }
@@ -205,6 +255,7 @@ impl Client {
         node: &str,
         witness: SocketAddr,
         validity: Duration,
+        interval: Duration,
     ) -> Arc<Self> {
         Arc::new(Client {
             key,
@@ -212,51 +263,15 @@ impl Client {
             node: node.into(),
             witness,
             validity,
+            interval,
             state: Mutex::new(HashMap::new()),
             last_answer: Mutex::new(None),
         })
     }
 
-    /// Whether this node wants the module's lease (serving, or ready to serve).
-    pub fn want(&self, module: &str, want: bool, generation: u64, serving: bool) {
-        let mut s = self.state.lock();
-        let h = s.entry(module.to_string()).or_default();
-        h.want = want;
-        h.generation = generation;
-        h.serving = serving;
-        if !want {
-            h.until = None;
-        }
-    }
-
-    /// Holds the lease now.
-    pub fn holds(&self, module: &str) -> bool {
-        self.state
-            .lock()
-            .get(module)
-            .and_then(|h| h.until)
-            .is_some_and(|t| t > Instant::now())
-    }
-
-    /// The witness answered lately (within three asks).
-    pub fn answering(&self, interval: Duration) -> bool {
-        self.last_answer
-            .lock()
-            .is_some_and(|t| t.elapsed() < 3 * interval)
-    }
-
-    /// The newest generation the witness knows of for the module (0: none).
-    pub fn newest(&self, module: &str) -> u64 {
-        self.state.lock().get(module).map_or(0, |h| h.newest)
-    }
-
-    /// Who holds the module's lease, as last heard from the witness.
-    pub fn holder(&self, module: &str) -> Option<String> {
-        self.state.lock().get(module).and_then(|h| h.holder.clone())
-    }
-
     /// Asks every `interval` for the wanted leases, gives back the others.
-    pub async fn run(self: Arc<Self>, interval: Duration) -> Result<(), String> {
+    pub async fn run(self: Arc<Self>) -> Result<(), String> {
+        let interval = self.interval;
         let bind: SocketAddr = if self.witness.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
         } else {
@@ -346,8 +361,48 @@ impl Client {
     }
 }
 
+impl super::LeaseQuorum for Client {
+    fn want(&self, module: &str, want: bool, generation: u64, serving: bool) {
+        let mut s = self.state.lock();
+        let h = s.entry(module.to_string()).or_default();
+        h.want = want;
+        h.generation = generation;
+        h.serving = serving;
+        if !want {
+            h.until = None;
+        }
+    }
+
+    fn holds(&self, module: &str) -> bool {
+        self.state
+            .lock()
+            .get(module)
+            .and_then(|h| h.until)
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    fn answering(&self) -> bool {
+        self.last_answer
+            .lock()
+            .is_some_and(|t| t.elapsed() < 3 * self.interval)
+    }
+
+    fn newest(&self, module: &str) -> u64 {
+        self.state.lock().get(module).map_or(0, |h| h.newest)
+    }
+
+    fn holder(&self, module: &str) -> Option<String> {
+        self.state.lock().get(module).and_then(|h| h.holder.clone())
+    }
+
+    fn kind(&self) -> &'static str {
+        "witness"
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::LeaseQuorum;
     use super::*;
 
     fn ask(node: &str, want: bool) -> Ask {
@@ -423,11 +478,16 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        tokio::spawn(serve(addr, key(), "c".into(), Duration::from_millis(400)));
-        let a = Client::new(key(), "c", "node1", addr, Duration::from_millis(100));
-        let b = Client::new(key(), "c", "node2", addr, Duration::from_millis(100));
-        tokio::spawn(a.clone().run(Duration::from_millis(20)));
-        tokio::spawn(b.clone().run(Duration::from_millis(20)));
+        let state = tempfile::tempdir().unwrap();
+        let file = state.path().join("witness.json");
+        tokio::spawn(async move {
+            serve(addr, key(), "c".into(), Duration::from_millis(400), &file).await
+        });
+        let ms = Duration::from_millis;
+        let a = Client::new(key(), "c", "node1", addr, ms(100), ms(20));
+        let b = Client::new(key(), "c", "node2", addr, ms(100), ms(20));
+        tokio::spawn(a.clone().run());
+        tokio::spawn(b.clone().run());
         a.want("app", true, 1, true);
         let until = Instant::now() + Duration::from_secs(3);
         while !a.holds("app") && Instant::now() < until {
@@ -461,5 +521,23 @@ mod tests {
         );
         s.send_to(&forged, addr).unwrap();
         assert!(!a.holds("app"));
+        // The newest generation served (node2's 1) outlives the witness.
+        assert_eq!(
+            load_newest(&state.path().join("witness.json")).unwrap(),
+            HashMap::from([("app".to_string(), 1)])
+        );
+    }
+
+    #[test]
+    fn the_saved_state_is_read_back_and_a_corrupt_one_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("w.json");
+        assert!(load_newest(&p).unwrap().is_empty());
+        let m = HashMap::from([("app".to_string(), 42), ("db".to_string(), 7)]);
+        save_newest(&p, &m).unwrap();
+        assert_eq!(load_newest(&p).unwrap(), m);
+        std::fs::write(&p, b"{not json").unwrap();
+        let e = load_newest(&p).unwrap_err();
+        assert!(e.contains("w.json"), "{e}");
     }
 }

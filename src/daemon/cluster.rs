@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use super::replicas::{self, Replica};
 use crate::cluster::heartbeat::{Heard, Heartbeats, Key, NetPath};
+use crate::cluster::LeaseQuorum;
 use crate::cluster::machine::{
     self, Action, Command, Event, Failure, Gen, Machine, PeerView, State,
 };
@@ -38,8 +39,8 @@ const LOG_LINES: usize = 200;
 /// Everything a module needs from the node, shared by all modules.
 struct Node2 {
     settings: Settings,
-    /// With `quorum = "witness"`: the leases this node holds.
-    quorum: Option<Arc<crate::cluster::witness::Client>>,
+    /// With `quorum = "witness"` or `"etcd"`: the leases this node holds.
+    quorum: Option<Arc<dyn LeaseQuorum>>,
     /// With `quorum = "ping"`: whether an address answers.
     ping: Option<Arc<crate::cluster::ping::Pinger>>,
     /// Cleans up if this daemon dies (taken at a clean end).
@@ -490,7 +491,8 @@ impl Managed {
                         ),
                     },
                     Some(w) => format!(
-                        "witness: {}{}",
+                        "{}: {}{}",
+                        w.kind(),
                         w.holder(&self.cfg.name)
                             .map_or("lease free".to_string(), |h| format!("lease held by {h}")),
                         if w.holds(&self.cfg.name) {
@@ -728,18 +730,19 @@ pub fn run(
     let usage = |e: String| (EXIT_USAGE, e);
     let (me, peer) = replicas::identity(&settings, opts.node.as_deref()).map_err(usage)?;
     let (me, peer) = (me.clone(), peer.clone());
-    let (witness, ping) = match &settings.cluster.quorum {
-        Quorum::None => (None, None),
-        Quorum::Witness(hp) => (
-            Some(
+    let mut witness = None;
+    let mut ping = None;
+    let mut etcd = None;
+    match &settings.cluster.quorum {
+        Quorum::None => {}
+        Quorum::Witness(hp) => {
+            witness = Some(
                 rt.block_on(resolve(&hp.host, hp.port))
                     .map_err(|e| usage(format!("cluster.witness: {e}")))?,
-            ),
-            None,
-        ),
-        Quorum::Ping(addrs) => (
-            None,
-            Some(
+            )
+        }
+        Quorum::Ping(addrs) => {
+            ping = Some(
                 // An answer counts for two intervals: one lost echo is not
                 // a lost network, and a cut-off node notices within two.
                 crate::cluster::ping::Pinger::spawn(
@@ -748,16 +751,27 @@ pub fn run(
                     2 * settings.heartbeat.interval,
                 )
                 .map_err(|e| (EXIT_FAILURE, format!("cannot start pinging: {e}")))?,
-            ),
-        ),
-        other => {
-            return Err(usage(format!(
-                "cluster.quorum = {:?} is not available yet in this version: use \"none\", \
-                 \"ping\" or \"witness\" (or fixed roles with --role)",
-                other.kind()
-            )));
+            )
         }
-    };
+        Quorum::Etcd(urls) => {
+            // Like the witness's: the lease outlives its last renewal by the
+            // heartbeat timeout plus two intervals; relied on for two.
+            let hb = &settings.heartbeat;
+            let c = crate::cluster::etcd::Client::new(
+                urls.clone(),
+                &settings.cluster.name,
+                &me.name,
+                hb.timeout + 2 * hb.interval,
+                2 * hb.interval,
+                hb.interval,
+            )
+            .map_err(usage)?;
+            c.clone()
+                .spawn()
+                .map_err(|e| (EXIT_FAILURE, format!("cannot start the etcd client: {e}")))?;
+            etcd = Some(c);
+        }
+    }
     for m in &settings.modules {
         for c in &m.checkers {
             if let crate::config::Check::Http { url, .. } = &c.check
@@ -780,19 +794,24 @@ pub fn run(
         })?,
     );
     let key = Key::load(&heartbeat_key_path(&settings.daemon.tls_dir)).map_err(usage)?;
-    let quorum = witness.map(|addr| {
-        // Relied on for two heartbeat intervals after each ask: renewed
-        // every interval, so one lost answer does not drop it.
-        let c = crate::cluster::witness::Client::new(
-            key.clone(),
-            &settings.cluster.name,
-            &me.name,
-            addr,
-            2 * settings.heartbeat.interval,
-        );
-        rt.spawn(c.clone().run(settings.heartbeat.interval));
-        c
-    });
+    let quorum: Option<Arc<dyn LeaseQuorum>> = match (witness, etcd) {
+        (Some(addr), _) => {
+            // Relied on for two heartbeat intervals after each ask: renewed
+            // every interval, so one lost answer does not drop it.
+            let c = crate::cluster::witness::Client::new(
+                key.clone(),
+                &settings.cluster.name,
+                &me.name,
+                addr,
+                2 * settings.heartbeat.interval,
+                settings.heartbeat.interval,
+            );
+            rt.spawn(c.clone().run());
+            Some(c)
+        }
+        (None, Some(e)) => Some(e),
+        (None, None) => None,
+    };
     let port = settings.replication.port;
     let peer_addr = rt.block_on(resolve(&peer.address, port)).map_err(usage)?;
     let my_addr = rt.block_on(resolve(&me.address, port)).map_err(usage)?;
@@ -884,8 +903,8 @@ pub fn run(
             let (restarts, window) = (c.restarts, c.window);
             let witness_ok: Arc<dyn Fn() -> bool + Send + Sync> = match &quorum {
                 Some(w) => {
-                    let (w, i) = (w.clone(), settings.heartbeat.interval);
-                    Arc::new(move || w.answering(i))
+                    let w = w.clone();
+                    Arc::new(move || w.answering())
                 }
                 None => Arc::new(|| false),
             };

@@ -197,13 +197,14 @@ fn check(
             fields::interface(r, &interface, &field("interface")).map(Check::Interface)
         }
         Kind::Witness => match quorum {
-            Some(Quorum::Witness(_)) | None => Some(Check::Witness),
+            // The third party that grants leases: a witness or etcd.
+            Some(Quorum::Witness(_) | Quorum::Etcd(_)) | None => Some(Check::Witness),
             Some(other) => {
                 r.error(
                     field("kind"),
                     Some(kind_value.span()),
                     format!(
-                        "\"witness\" needs cluster.quorum = \"witness\" (it is {:?})",
+                        "\"witness\" needs cluster.quorum = \"witness\" or \"etcd\" (it is {:?})",
                         other.kind()
                     ),
                 );

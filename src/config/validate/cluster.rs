@@ -109,7 +109,21 @@ fn quorum(r: &mut Report, raw: &RawCluster) -> Option<Quorum> {
             if !fields::non_empty(r, list, "cluster.etcd", "when cluster.quorum = \"etcd\"") {
                 return None;
             }
-            let urls = fields::each(r, list, "cluster.etcd", fields::parsed::<HttpUrl>)?;
+            let urls = fields::each(r, list, "cluster.etcd", |r, item, field| {
+                let url = fields::parsed::<HttpUrl>(r, item, field)?;
+                if url.https {
+                    r.error(
+                        field,
+                        Some(item.span()),
+                        format!(
+                            "{url}: https is not supported for etcd in this version: give a \
+                             plain http:// client URL on a trusted network"
+                        ),
+                    );
+                    return None;
+                }
+                Some(url)
+            })?;
             fields::unique(r, list, "cluster.etcd", &urls);
             Some(Quorum::Etcd(urls))
         }
