@@ -176,6 +176,7 @@ impl Cluster {
                 [1, 2].map(|n| match kind {
                     "ping" => format!("quorum = \"ping\"\nping = [\"10.78.{n}.3\"]"),
                     "etcd" => format!("quorum = \"etcd\"\netcd = [\"http://10.78.{n}.3:2379\"]"),
+                    "none" => "quorum = \"none\"".into(),
                     _ => format!("quorum = \"witness\"\nwitness = \"10.78.{n}.3:17900\""),
                 }),
             ),
@@ -823,4 +824,65 @@ fn with_ping_quorum_an_isolated_primary_stops_and_the_twin_takes_over() {
     net.set(1, "wit", true);
     c.wait_states("SECOND", "PRIM", 30);
     c.assert_never_both();
+}
+
+#[test]
+fn a_split_brain_is_resolved_by_the_operator_and_the_losing_side_is_kept_aside() {
+    let net = Net::new();
+    let mut c = Cluster::build_full(Some(&net), "none", false);
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    c.wait_app_writes(1);
+    // Without quorum a cut makes two writers: node1 goes on alone, node2
+    // takes over.
+    net.set(1, "peer", false);
+    c.wait_states("ALONE", "ALONE", 20);
+    c.wait_app_writes(1);
+    c.wait_app_writes(2);
+    // The link returns: the split is seen, one side stops, nothing is merged
+    // or overwritten on its own.
+    net.set(1, "peer", true);
+    let split = |n: usize| {
+        c.status(n).is_some_and(|s| s["modules"][0]["cluster"]["split_brain"] == true)
+    };
+    assert!(
+        wait_until(20, || split(1) && split(2)),
+        "split brain not reported\n--- node1\n{}\n--- node2\n{}",
+        c.log_text(1),
+        c.log_text(2)
+    );
+    let serving = |n: usize| matches!(c.state(n).as_str(), "ALONE" | "PRIM");
+    assert!(wait_until(10, || serving(1) != serving(2)), "{} {}", c.state(1), c.state(2));
+    let (keep, lose) = if serving(1) { (1, 2) } else { (2, 1) };
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(split(1) && split(2) && !serving(lose), "resolved on its own");
+    let lost = c.records(lose);
+    let winner = c.records(keep);
+    let o = c.tandem(keep, &["resolve", "app", "--keep", &format!("node{keep}")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The losing node keeps its own records aside, then follows by full sync.
+    assert!(
+        wait_until(30, || c.uptodate(lose)),
+        "node{lose} did not catch up\n{}",
+        c.log_text(lose)
+    );
+    let aside = c.path(&format!("state{lose}/modules/app/split-brain"));
+    let runs: Vec<_> = std::fs::read_dir(&aside)
+        .unwrap_or_else(|e| panic!("{}: {e}", aside.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let kept = std::fs::read_to_string(runs[0].join("0/records")).unwrap();
+    assert_eq!(kept.lines().count() as u64, lost, "the losing side's records, all of them");
+    assert_eq!(kept.lines().last(), Some(lost.to_string().as_str()));
+    let manifest = std::fs::read_to_string(runs[0].join("MANIFEST")).unwrap();
+    assert!(manifest.contains("file 0 records"), "{manifest}");
+    assert!(c.log_text(lose).contains("kept aside"));
+    // The kept side's data is now on both.
+    c.wait_app_writes(keep);
+    assert!(c.records(lose) >= winner, "{} < {winner}", c.records(lose));
+    let st = c.status(keep).unwrap();
+    assert_eq!(st["modules"][0]["cluster"]["split_brain"], false, "{st}");
 }

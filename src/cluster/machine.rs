@@ -104,6 +104,9 @@ pub enum Action {
     },
     /// Stop receiving replication.
     LeaveSecondary,
+    /// Copy what this node changed on its own aside before the peer's data
+    /// replaces it (a split brain resolved for the peer).
+    KeepAside,
     /// Open the primary side (mount, link to the peer); `new_generation`
     /// when serving without an up-to-date peer.
     Promote {
@@ -479,6 +482,7 @@ impl Machine {
                 _ if peer.keeps => {
                     // The operator chose the peer's data (resolve run there).
                     self.split_brain = false;
+                    actions.push(Action::KeepAside);
                     actions.push(Action::BecomeSecondary { full: true });
                     self.synced = false;
                     self.to(
@@ -772,6 +776,7 @@ impl Machine {
                     } else if self.state == State::Second {
                         actions.push(Action::LeaveSecondary);
                     }
+                    actions.push(Action::KeepAside);
                     actions.push(Action::BecomeSecondary { full: true });
                     self.synced = false;
                     self.to(

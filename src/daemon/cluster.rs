@@ -239,6 +239,21 @@ impl Managed {
                 self.replica = Some(Replica::Secondary(sm));
                 self.synced = None;
             }
+            Action::KeepAside => {
+                // Nothing is overwritten unless the copy is complete.
+                let at = self
+                    .role_file
+                    .with_file_name("split-brain")
+                    .join(utc(crate::cluster::heartbeat::now_ms()).replace(':', ""));
+                let done = crate::replication::aside::keep_aside(&self.base, &at)
+                    .map_err(|e| (Failure::Secondary, format!("keeping changes aside: {e}")))?;
+                self.note(format!(
+                    "this node's own changes ({} files, {} bytes) kept aside in {}",
+                    done.files,
+                    done.bytes,
+                    at.display()
+                ));
+            }
             Action::LeaveSecondary => {
                 node.server.modules.lock().remove(&self.cfg.name);
                 if let Some(Replica::Secondary(sm)) = self.replica.take() {

@@ -11,6 +11,7 @@
 
 pub mod activity;
 pub mod applier;
+pub mod aside;
 pub mod entry;
 pub mod frame;
 pub mod link;

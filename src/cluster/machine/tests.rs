@@ -405,7 +405,11 @@ fn split_brain_is_detected_and_never_resolved_silently() {
     let out = a.step(20_000, Event::Command(Command::Resolve { keep_mine: true }));
     assert!(out.reply.unwrap().is_ok());
     let out = b.step(20_001, Event::Peer(a.view()));
-    assert_eq!(out.actions[0], Action::BecomeSecondary { full: true });
+    assert_eq!(
+        out.actions[..2],
+        [Action::KeepAside, Action::BecomeSecondary { full: true }],
+        "the losing node's own changes are kept aside before the full sync"
+    );
     assert_eq!(b.state, State::Second);
     assert!(!b.split_brain);
 }
@@ -417,7 +421,10 @@ fn a_node_that_boots_into_a_split_waits() {
     assert!(out.actions.is_empty());
     assert!(b.split_brain && b.state == State::Wait);
     let out = b.step(20, Event::Command(Command::Resolve { keep_mine: false }));
-    assert!(has(&out, &Action::BecomeSecondary { full: true }));
+    assert_eq!(
+        out.actions[..2],
+        [Action::KeepAside, Action::BecomeSecondary { full: true }]
+    );
 }
 
 #[test]

@@ -105,7 +105,7 @@ impl Net {
                 Action::Demote { .. } => n.mounted = false,
                 Action::BecomeSecondary { .. } => n.syncing = Some(0),
                 Action::LeaveSecondary => n.syncing = None,
-                Action::SaveRole(_) => {}
+                Action::SaveRole(_) | Action::KeepAside => {}
             }
         }
         self.check();

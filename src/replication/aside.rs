@@ -1,0 +1,125 @@
+//! After a split brain the operator picks the data of one node; the other is
+//! then overwritten by a full sync. Before that, what the losing node changed
+//! on its own is copied aside, so nothing it was told is done disappears
+//! without a trace: every file its change log holds as dirty (whole, as it is
+//! now) and a `MANIFEST` listing those files, their changed ranges and the
+//! namespace changes (creations, removals, renames) not yet on the peer.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use super::primary::Dir;
+use crate::fs::sys;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Aside {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Copies the diverged files of every module dir into `into/DIR_INDEX/PATH`.
+/// A file that vanished meanwhile is only listed.
+pub fn keep_aside(dirs: &[Dir], into: &Path) -> Result<Aside, String> {
+    let err = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(into).map_err(|e| err(into, &e))?;
+    let manifest_path = into.join("MANIFEST");
+    let mut manifest = std::fs::File::create(&manifest_path).map_err(|e| err(&manifest_path, &e))?;
+    let mut done = Aside::default();
+    for (i, d) in dirs.iter().enumerate() {
+        let log = &d.log;
+        let base = into.join(i.to_string());
+        let mut lines = Vec::new();
+        for id in log.dirty_files().map_err(|e| err(into, &e))? {
+            let Some(path) = log.path_of(id).map_err(|e| err(into, &e))? else {
+                continue;
+            };
+            let ranges = log.dirty(id).map_err(|e| err(&path, &e))?;
+            let ranges: Vec<String> = ranges
+                .iter()
+                .map(|r| format!("{}-{}", r.start, r.end))
+                .collect();
+            match copy_out(d, &path, &base.join(&path)) {
+                Ok(Some(n)) => {
+                    done.files += 1;
+                    done.bytes += n;
+                    lines.push(format!("file {i} {} {}", path.display(), ranges.join(",")));
+                }
+                Ok(None) => {}
+                Err(e) => lines.push(format!("gone {i} {} ({e})", path.display())),
+            }
+        }
+        for (seq, change) in log.ns_since(0).map_err(|e| err(into, &e))? {
+            lines.push(format!("namespace {i} #{seq} {change:?}"));
+        }
+        for l in lines {
+            writeln!(manifest, "{l}").map_err(|e| err(&manifest_path, &e))?;
+        }
+    }
+    manifest
+        .sync_all()
+        .map_err(|e| err(&manifest_path, &e))?;
+    Ok(done)
+}
+
+/// Copies a regular file below the module root to `to`; `None` for anything
+/// else (a directory's or a link's change is in the namespace list).
+fn copy_out(d: &Dir, path: &Path, to: &PathBuf) -> Result<Option<u64>, String> {
+    let os = |e: fuser::Errno| std::io::Error::from_raw_os_error(e.code()).to_string();
+    let c = sys::cname(path.as_os_str()).map_err(os)?;
+    let at = sys::open_beneath(d.root.as_fd(), &c).map_err(os)?;
+    let st = sys::stat_fd(at.as_fd()).map_err(os)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(None);
+    }
+    let fd = sys::reopen(at.as_fd(), libc::O_RDONLY).map_err(os)?;
+    let mut from = std::fs::File::from(fd);
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    let mut out = std::fs::File::create(to).map_err(|e| e.to_string())?;
+    let n = std::io::copy(&mut from, &mut out).map_err(|e| e.to_string())?;
+    out.sync_all().map_err(|e| e.to_string())?;
+    Ok(Some(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changelog::{ChangeLog, MemChangeLog, NsChange};
+    use std::sync::Arc;
+
+    #[test]
+    fn dirty_files_are_copied_whole_and_listed_with_their_ranges() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("sub")).unwrap();
+        std::fs::write(root.path().join("sub/a"), b"hello world").unwrap();
+        std::fs::write(root.path().join("clean"), b"untouched").unwrap();
+        let log = Arc::new(MemChangeLog::new(65536).unwrap());
+        let a = log.ensure(Path::new("sub/a")).unwrap();
+        log.mark(a, 6, 5).unwrap();
+        let gone = log.ensure(Path::new("gone")).unwrap();
+        log.mark(gone, 0, 1).unwrap();
+        log.log_ns(NsChange::Unlink {
+            path: "old".into(),
+        })
+        .unwrap();
+        let dir = Dir {
+            root: std::fs::File::open(root.path()).unwrap().into(),
+            log,
+            cache: parking_lot::Mutex::new(Default::default()),
+        };
+        let out = tempfile::tempdir().unwrap();
+        let done = keep_aside(std::slice::from_ref(&dir), out.path()).unwrap();
+        assert_eq!(done, Aside { files: 1, bytes: 11 });
+        assert_eq!(
+            std::fs::read(out.path().join("0/sub/a")).unwrap(),
+            b"hello world"
+        );
+        assert!(!out.path().join("0/clean").exists());
+        let m = std::fs::read_to_string(out.path().join("MANIFEST")).unwrap();
+        assert!(m.contains("file 0 sub/a 6-11"), "{m}");
+        assert!(m.contains("gone 0 gone"), "{m}");
+        assert!(m.contains("Unlink"), "{m}");
+    }
+}
