@@ -63,6 +63,12 @@ pub enum Request {
         module: String,
         on: bool,
     },
+    /// `request`, carried out on `node` (relayed to the peer when it is not
+    /// this node).
+    On {
+        node: String,
+        request: Box<Request>,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -154,11 +154,23 @@ impl Cluster {
         Cluster::build_full(net, "witness", checker)
     }
 
+    fn build_full(net: Option<&Net>, kind: &str, checker: bool) -> Cluster {
+        Cluster::build_extra(net, kind, checker, "", "")
+    }
+
     /// In `net`, the quorum is `witness`, `etcd` (a real etcd in the witness
     /// namespace) or `ping` (each node pings the witness namespace's address
     /// on its own link). `checker`: a process
     /// check of the application's pid file, one local restart per minute.
-    fn build_full(net: Option<&Net>, kind: &str, checker: bool) -> Cluster {
+    /// `app_extra`: more settings of the `app` module; `tail`: more modules
+    /// (`{t}` and `{n}` stand for the test's directory and the node number).
+    fn build_extra(
+        net: Option<&Net>,
+        kind: &str,
+        checker: bool,
+        app_extra: &str,
+        tail: &str,
+    ) -> Cluster {
         common::require_fuse();
         let tmp = tempdir();
         let t = tmp.path();
@@ -186,6 +198,7 @@ impl Cluster {
         script(&t.join("stop.sh"), STOP);
         for n in 1..=2 {
             std::fs::create_dir_all(t.join(format!("node{n}/app"))).unwrap();
+            std::fs::create_dir_all(t.join(format!("node{n}/db"))).unwrap();
             std::fs::create_dir_all(t.join(format!("side{n}"))).unwrap();
             std::fs::write(
                 t.join(format!("n{n}.toml")),
@@ -215,12 +228,17 @@ tls_dir = "{t}/tls"
 name = "app"
 dirs = ["{t}/node{n}/app"]
 failover = "lb"
+{app_extra}
 [module.scripts]
 start_prim = "{t}/start.sh"
 stop_prim = "{t}/stop.sh"
 timeout_s = 20
-{check}"#,
+{check}
+{tail}"#,
                     t = t.display(),
+                    tail = tail
+                        .replace("{t}", &t.display().to_string())
+                        .replace("{n}", &n.to_string()),
                     quorum = quorum[n - 1],
                     check = if checker {
                         format!(
@@ -363,6 +381,13 @@ timeout_s = 20
     fn state(&self, n: usize) -> String {
         self.status(n)
             .and_then(|s| s["modules"][0]["state"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// The state of module `m` (by position) on node `n`.
+    fn state_of(&self, n: usize, m: usize) -> String {
+        self.status(n)
+            .and_then(|s| s["modules"][m]["state"].as_str().map(str::to_string))
             .unwrap_or_default()
     }
 
@@ -659,8 +684,40 @@ fn restart_log_and_second_from_the_command_line() {
         .expect("the restart is logged");
     assert!(serving < restart, "{log}");
     assert!(log.contains("start_prim done"), "{log}");
-    // second: the serving node steps down for the peer.
-    let o = c.tandem(1, &["second", "app"]);
+
+    // Commands about the other node, given on this one, travel over the
+    // nodes' authenticated link.
+    let o = c.tandem(2, &["--on", "node1", "log", "app"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        log,
+        "node1's log, read on node2"
+    );
+    let o = c.tandem(2, &["--on", "node1", "status", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["nodes"]["node"], "node1", "{st}");
+    assert_eq!(st["modules"][0]["state"], "PRIM", "{st}");
+    let o = c.tandem(2, &["restart", "app", "--on", "node1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = c.events();
+    let tail: Vec<&str> = ev.lines().rev().take(2).collect();
+    assert_eq!(tail, vec!["start node1", "stop node1"], "{ev}");
+    // A refusal on the other node comes back as it is.
+    let o = c.tandem(1, &["restart", "app", "--on", "node2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not serve on this node"));
+    let o = c.tandem(1, &["--on", "node9", "stop", "app"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a node of this cluster"));
+    let o = c.tandem(1, &["--on", "node2", "verify", "app"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--on is for commands to a daemon"));
+    assert_eq!(c.state(1), "PRIM");
+
+    // second, asked on node2 about node1: the serving node steps down.
+    let o = c.tandem(2, &["second", "app", "--on", "node1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     c.wait_states("SECOND", "PRIM", 30);
     c.wait_app_writes(2);
@@ -844,7 +901,8 @@ fn a_split_brain_is_resolved_by_the_operator_and_the_losing_side_is_kept_aside()
     // or overwritten on its own.
     net.set(1, "peer", true);
     let split = |n: usize| {
-        c.status(n).is_some_and(|s| s["modules"][0]["cluster"]["split_brain"] == true)
+        c.status(n)
+            .is_some_and(|s| s["modules"][0]["cluster"]["split_brain"] == true)
     };
     assert!(
         wait_until(20, || split(1) && split(2)),
@@ -853,10 +911,18 @@ fn a_split_brain_is_resolved_by_the_operator_and_the_losing_side_is_kept_aside()
         c.log_text(2)
     );
     let serving = |n: usize| matches!(c.state(n).as_str(), "ALONE" | "PRIM");
-    assert!(wait_until(10, || serving(1) != serving(2)), "{} {}", c.state(1), c.state(2));
+    assert!(
+        wait_until(10, || serving(1) != serving(2)),
+        "{} {}",
+        c.state(1),
+        c.state(2)
+    );
     let (keep, lose) = if serving(1) { (1, 2) } else { (2, 1) };
     std::thread::sleep(Duration::from_secs(1));
-    assert!(split(1) && split(2) && !serving(lose), "resolved on its own");
+    assert!(
+        split(1) && split(2) && !serving(lose),
+        "resolved on its own"
+    );
     let lost = c.records(lose);
     let winner = c.records(keep);
     let o = c.tandem(keep, &["resolve", "app", "--keep", &format!("node{keep}")]);
@@ -875,7 +941,11 @@ fn a_split_brain_is_resolved_by_the_operator_and_the_losing_side_is_kept_aside()
         .collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let kept = std::fs::read_to_string(runs[0].join("0/records")).unwrap();
-    assert_eq!(kept.lines().count() as u64, lost, "the losing side's records, all of them");
+    assert_eq!(
+        kept.lines().count() as u64,
+        lost,
+        "the losing side's records, all of them"
+    );
     assert_eq!(kept.lines().last(), Some(lost.to_string().as_str()));
     let manifest = std::fs::read_to_string(runs[0].join("MANIFEST")).unwrap();
     assert!(manifest.contains("file 0 records"), "{manifest}");
@@ -885,4 +955,108 @@ fn a_split_brain_is_resolved_by_the_operator_and_the_losing_side_is_kept_aside()
     assert!(c.records(lose) >= winner, "{} < {winner}", c.records(lose));
     let st = c.status(keep).unwrap();
     assert_eq!(st["modules"][0]["cluster"]["split_brain"], false, "{st}");
+}
+
+#[test]
+fn modules_serve_on_either_node_swap_back_to_their_preferred_node_and_survive_a_total_power_loss() {
+    let mut c = Cluster::build_extra(
+        None,
+        "none",
+        false,
+        "preferred_primary = \"node1\"",
+        "[[module]]\nname = \"db\"\ndirs = [\"{t}/node{n}/db\"]\nfailover = \"lb\"\n\
+         preferred_primary = \"node2\"\n",
+    );
+    c.start(1);
+    c.start(2);
+    fn states(c: &Cluster, m: usize) -> (String, String) {
+        (c.state_of(1, m), c.state_of(2, m))
+    }
+    fn both_settled(c: &Cluster, app: (&str, &str), db: (&str, &str)) -> bool {
+        let pair = |(a, b): (&str, &str)| (a.to_string(), b.to_string());
+        wait_until(30, || states(c, 0) == pair(app) && states(c, 1) == pair(db))
+    }
+    // Active/active: each module serves on its preferred node.
+    assert!(
+        both_settled(&c, ("PRIM", "SECOND"), ("SECOND", "PRIM")),
+        "app {:?}, db {:?}\n--- node1\n{}\n--- node2\n{}",
+        states(&c, 0),
+        states(&c, 1),
+        c.log_text(1),
+        c.log_text(2)
+    );
+    c.wait_app_writes(1);
+    std::fs::write(c.path("node2/db/table"), b"row 1\n").unwrap();
+    assert!(
+        wait_until(10, || std::fs::read(c.path("node1/db/table"))
+            .ok()
+            .as_deref()
+            == Some(b"row 1\n".as_slice())),
+        "db written on node2 did not reach node1"
+    );
+
+    // node1 dies: app fails over to node2, db goes on there.
+    c.signal(1, libc::SIGKILL);
+    assert!(wait_until(20, || states(&c, 0).1 == "ALONE"
+        && states(&c, 1).1 == "ALONE"));
+    c.wait_app_writes(2);
+    std::fs::write(c.path("node2/db/table"), b"row 1\nrow 2\n").unwrap();
+
+    // node1 returns: it catches up as SECOND, then takes app back by itself
+    // (its preferred node) while db stays on node2.
+    c.start(1);
+    assert!(
+        both_settled(&c, ("PRIM", "SECOND"), ("SECOND", "PRIM")),
+        "app {:?}, db {:?}\n--- node1\n{}\n--- node2\n{}",
+        states(&c, 0),
+        states(&c, 1),
+        c.log_text(1),
+        c.log_text(2)
+    );
+    assert!(
+        c.log_text(1)
+            .contains("the preferred primary is up to date")
+            || c.log_text(2)
+                .contains("the preferred primary is up to date"),
+        "app did not swap back by itself"
+    );
+    c.wait_app_writes(1);
+    assert_eq!(
+        std::fs::read(c.path("node1/db/table")).unwrap(),
+        b"row 1\nrow 2\n"
+    );
+    let acked = c.acked(1);
+
+    // Both nodes lose power at once (no handover, no clean stop). They come
+    // back in their former roles, from their change logs, without a full sync.
+    c.signal(1, libc::SIGKILL);
+    c.signal(2, libc::SIGKILL);
+    for n in 1..=2 {
+        assert!(wait_until(10, || !common::is_tandem_mount(
+            &c.path(&format!("node{n}/app"))
+        ) && !common::is_tandem_mount(
+            &c.path(&format!("node{n}/db"))
+        )));
+    }
+    let logged = [c.log_text(1).len(), c.log_text(2).len()];
+    c.start(2);
+    c.start(1);
+    assert!(
+        both_settled(&c, ("PRIM", "SECOND"), ("SECOND", "PRIM")),
+        "app {:?}, db {:?}\n--- node1\n{}\n--- node2\n{}",
+        states(&c, 0),
+        states(&c, 1),
+        c.log_text(1),
+        c.log_text(2)
+    );
+    c.wait_app_writes(1);
+    assert!(c.records(1) >= acked);
+    for n in 1..=2 {
+        let after = &c.log_text(n)[logged[n - 1]..];
+        assert!(
+            !after.contains("full sync"),
+            "node{n} needed a full sync:\n{after}"
+        );
+    }
+    c.assert_never_both();
 }

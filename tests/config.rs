@@ -532,6 +532,16 @@ fn quorum_ping_needs_addresses() {
 }
 
 #[test]
+fn a_module_prefers_one_of_the_nodes() {
+    rejects(
+        &append("preferred_primary = \"node9\""),
+        "module[0].preferred_primary",
+        Some("node9"),
+        "is not a node",
+    );
+}
+
+#[test]
 fn quorum_etcd_needs_urls() {
     rejects(
         &cluster("quorum = \"etcd\""),

@@ -41,7 +41,12 @@ fn etcd() -> Etcd {
     let child = Command::new("etcd")
         .args(["--name", "t", "--data-dir"])
         .arg(dir.path().join("data"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
         .args(["--listen-peer-urls", &peer_url])
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("t={peer_url}")])
@@ -55,7 +60,8 @@ fn etcd() -> Etcd {
         url,
     };
     assert!(
-        wait(10, || std::net::TcpStream::connect(("127.0.0.1", client)).is_ok()),
+        wait(10, || std::net::TcpStream::connect(("127.0.0.1", client))
+            .is_ok()),
         "etcd did not start"
     );
     e

@@ -8,6 +8,28 @@ use crate::control::{self, Request, Response};
 use super::{Cli, Command, ConfigAction, EXIT_FAILURE, EXIT_USAGE};
 
 pub fn run(cli: Cli) -> ExitCode {
+    let on = cli.on.clone();
+    if on.is_some()
+        && !matches!(
+            cli.command,
+            Command::Status { .. }
+                | Command::Start { .. }
+                | Command::Stop { .. }
+                | Command::Restart { .. }
+                | Command::Swap { .. }
+                | Command::Prim { .. }
+                | Command::Second { .. }
+                | Command::Resolve { .. }
+                | Command::Checker { .. }
+                | Command::Log { .. }
+        )
+    {
+        eprintln!(
+            "tandem: --on is for commands to a daemon (status, start, stop, restart, swap, \
+             prim, second, resolve, checker, log); run this one on the node itself"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     match cli.command {
         Command::Mount(args) => super::mount::run(args),
         Command::Guard => crate::failover::guard::run(),
@@ -26,39 +48,40 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
-        Command::Status { json } => {
-            with_daemon(&cli.config, cli.socket, &Request::Status {}, |r| {
-                print_status(r, json)
-            })
-        }
+        Command::Status { json } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &relayed(&on, Request::Status {}),
+            |r| print_status(r, json),
+        ),
         Command::Start { module } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::Start { module },
+            &relayed(&on, Request::Start { module }),
             print_messages,
         ),
         Command::Stop { module } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::Stop { module },
+            &relayed(&on, Request::Stop { module }),
             print_messages,
         ),
         Command::Restart { module } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::Restart { module },
+            &relayed(&on, Request::Restart { module }),
             print_messages,
         ),
         Command::Swap { module } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::Swap { module },
+            &relayed(&on, Request::Swap { module }),
             print_messages,
         ),
         Command::Prim { module, force } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::Prim { module, force },
+            &relayed(&on, Request::Prim { module, force }),
             print_messages,
         ),
         Command::Second {
@@ -67,13 +90,13 @@ pub fn run(cli: Cli) -> ExitCode {
         } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::FullSync { module },
+            &relayed(&on, Request::FullSync { module }),
             print_messages,
         ),
         Command::Second { module, .. } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::Second { module },
+            &relayed(&on, Request::Second { module }),
             print_messages,
         ),
         Command::Resync { module, wait } => super::resync::run(
@@ -90,19 +113,22 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Resolve { module, keep } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::Resolve { module, keep },
+            &relayed(&on, Request::Resolve { module, keep }),
             print_messages,
         ),
         Command::Checker { module, state } => with_daemon(
             &cli.config,
             cli.socket,
-            &Request::Checker {
-                module,
-                on: state == "on",
-            },
+            &relayed(
+                &on,
+                Request::Checker {
+                    module,
+                    on: state == "on",
+                },
+            ),
             print_messages,
         ),
-        Command::Log { module, follow } => log(&cli.config, cli.socket, &module, follow),
+        Command::Log { module, follow } => log(&cli.config, cli.socket, &on, &module, follow),
         Command::Init {
             out,
             cluster,
@@ -284,14 +310,23 @@ fn witness(
 }
 
 /// Prints the module's log; with `follow`, keeps printing new lines.
-fn log(config: &std::path::Path, socket: Option<PathBuf>, module: &str, follow: bool) -> ExitCode {
+fn log(
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+    on: &Option<String>,
+    module: &str,
+    follow: bool,
+) -> ExitCode {
     let socket = match socket_path(config, socket) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let req = Request::Log {
-        module: module.to_string(),
-    };
+    let req = relayed(
+        on,
+        Request::Log {
+            module: module.to_string(),
+        },
+    );
     let mut last: Option<String> = None;
     loop {
         match control::call(&socket, &req) {
@@ -361,6 +396,17 @@ pub(super) fn socket_path(
             eprintln!("{e}");
             Err(ExitCode::from(EXIT_USAGE))
         }
+    }
+}
+
+/// `req`, or `req` to be carried out on node `on`.
+fn relayed(on: &Option<String>, req: Request) -> Request {
+    match on {
+        None => req,
+        Some(node) => Request::On {
+            node: node.clone(),
+            request: Box::new(req),
+        },
     }
 }
 

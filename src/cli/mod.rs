@@ -34,6 +34,11 @@ pub struct Cli {
     /// Control socket of the daemon (default: `daemon.socket` from the configuration).
     #[arg(long, global = true, env = "TANDEM_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Carry the command out on this node: the local daemon relays it to the
+    /// other node over their authenticated link (status, start, stop,
+    /// restart, swap, prim, second, resolve, checker, log).
+    #[arg(long, global = true, value_name = "NODE")]
+    pub on: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

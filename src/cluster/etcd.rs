@@ -166,7 +166,12 @@ impl Client {
 
     /// Creates the holder key if absent, or takes back one this node left
     /// under an older lease (a restart); returns the holder and the newest.
-    fn take(&self, api: &mut Api, module: &str, lease: i64) -> Result<(Option<String>, u64), String> {
+    fn take(
+        &self,
+        api: &mut Api,
+        module: &str,
+        lease: i64,
+    ) -> Result<(Option<String>, u64), String> {
         let (holder, newest) = (self.key(module, "holder"), self.key(module, "newest"));
         let put = json!({"request_put": {"key": b64(&holder), "value": b64(&self.node), "lease": lease.to_string()}});
         let r = api.txn(
@@ -352,8 +357,10 @@ fn post(ep: &HttpUrl, path: &str, body: &Value, timeout: Duration) -> Result<Val
         .next()
         .ok_or("the name resolves to no address")?;
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let body = body.to_string();
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/json\r\n\
@@ -435,7 +442,10 @@ mod tests {
         assert_eq!(parse_response(plain).unwrap(), (200, b"{\"a\":1}".to_vec()));
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
                         4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), (200, b"{\"a\":1}".to_vec()));
+        assert_eq!(
+            parse_response(chunked).unwrap(),
+            (200, b"{\"a\":1}".to_vec())
+        );
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
         assert!(parse_response(b"garbage\r\n\r\n").is_err());
     }

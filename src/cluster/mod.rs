@@ -1,11 +1,11 @@
 //! The cluster manager: heartbeats between the nodes and the per-module state
 //! machine that decides which node serves.
 
+pub mod etcd;
 pub mod heartbeat;
 pub mod machine;
 pub mod ping;
 pub mod witness;
-pub mod etcd;
 
 /// A lease per module from a third party (`tandem witness` or etcd): a node
 /// cut off from its peer serves only while it holds the module's lease.

@@ -166,7 +166,10 @@ pub async fn serve(
             .get(&(ask.cluster.clone(), ask.module.clone()))
             .filter(|l| l.until > Instant::now())
             .map(|l| l.holder.clone());
-        let newest_before = leases.newest.get(&(ask.cluster.clone(), ask.module.clone())).copied();
+        let newest_before = leases
+            .newest
+            .get(&(ask.cluster.clone(), ask.module.clone()))
+            .copied();
         let answer = leases.ask(&ask, Instant::now());
         if newest_before != Some(answer.newest) {
             // Kept before the holder is told, so what it relies on survives
@@ -196,8 +199,9 @@ pub async fn serve(
 
 fn load_newest(path: &std::path::Path) -> Result<HashMap<String, u64>, String> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| format!("witness state {}: {e}", path.display())),
+        Ok(b) => {
+            serde_json::from_slice(&b).map_err(|e| format!("witness state {}: {e}", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
         Err(e) => Err(format!("witness state {}: {e}", path.display())),
     }
@@ -215,7 +219,9 @@ fn save_newest(path: &std::path::Path, newest: &HashMap<String, u64>) -> Result<
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
     }
     Ok(())
 }

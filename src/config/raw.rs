@@ -95,6 +95,7 @@ pub(super) struct RawModule {
     pub vip: Option<List>,
     pub vip_interface: Option<Str>,
     pub lb_port: Option<Int>,
+    pub preferred_primary: Option<Str>,
     pub scripts: Option<RawScripts>,
     pub checker: Option<Vec<Spanned<RawChecker>>>,
 }

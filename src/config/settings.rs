@@ -112,6 +112,9 @@ pub struct Module {
     pub failover: Failover,
     pub scripts: Scripts,
     pub checkers: Vec<Checker>,
+    /// This module's preferred primary, over `cluster.preferred_primary`:
+    /// modules preferring different nodes serve on both (active/active).
+    pub preferred_primary: Option<String>,
 }
 
 /// When a write is acknowledged to the application.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::replicas::{self, Replica};
-use crate::cluster::heartbeat::{Heard, Heartbeats, Key, NetPath};
 use crate::cluster::LeaseQuorum;
+use crate::cluster::heartbeat::{Heard, Heartbeats, Key, NetPath};
 use crate::cluster::machine::{
     self, Action, Command, Event, Failure, Gen, Machine, PeerView, State,
 };
@@ -572,6 +572,63 @@ struct Shared {
     logs: Mutex<Vec<(String, Vec<String>)>>,
     replicas: Mutex<Vec<(String, Option<Replica>)>>,
     input: Mutex<mpsc::Sender<Input>>,
+    relay: Relay,
+}
+
+/// How commands about the other node reach it.
+struct Relay {
+    me: String,
+    peer: String,
+    rt: tokio::runtime::Handle,
+    creds: Arc<Credentials>,
+    peer_addr: SocketAddr,
+    compression: crate::replication::frame::Compression,
+    timeout: Duration,
+}
+
+impl Shared {
+    /// A command for `node`: carried out here, or sent to the peer.
+    fn on(&self, node: String, req: Request) -> Response {
+        if matches!(req, Request::On { .. }) {
+            return Response::error("a command relayed to a node cannot be relayed again");
+        }
+        let (me, peer) = (&self.relay.me, &self.relay.peer);
+        if node == *me {
+            return super::Handler::handle(self, req);
+        }
+        if node != *peer {
+            return Response::error(format!(
+                "--on {node:?}: not a node of this cluster ({me} or {peer})"
+            ));
+        }
+        let r = &self.relay;
+        let json = serde_json::to_string(&req).expect("requests serialise");
+        let answer = r.rt.block_on(crate::replication::relay::ask(
+            &r.creds,
+            r.peer_addr,
+            r.compression,
+            json,
+            r.timeout,
+        ));
+        match answer {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                Response::error(format!("{peer} answered something unreadable: {e}"))
+            }),
+            Err(e) => Response::error(format!("cannot relay the command to {peer}: {e}")),
+        }
+    }
+
+    /// A command relayed by the peer, in its JSON form.
+    fn relayed(&self, json: String) -> String {
+        let resp = match serde_json::from_str::<Request>(&json) {
+            Ok(Request::On { .. }) => {
+                Response::error("a command relayed to a node cannot be relayed again")
+            }
+            Ok(req) => super::Handler::handle(self, req),
+            Err(e) => Response::error(format!("malformed relayed command: {e}")),
+        };
+        serde_json::to_string(&resp).expect("responses serialise")
+    }
 }
 
 impl super::Handler for Shared {
@@ -649,6 +706,7 @@ impl super::Handler for Shared {
                 self.with_replica(&module, |r| r.start_verify(repair))
             }
             Request::FullSync { module } => self.with_replica(&module, |r| r.request_full_sync()),
+            Request::On { node, request } => self.on(node, *request),
         }
     }
 }
@@ -859,7 +917,7 @@ pub fn run(
             base,
             caches,
             machine: Machine::new(
-                machine_cfg(&settings, &me),
+                machine_cfg(&settings, m, &me),
                 0,
                 last,
                 g,
@@ -898,6 +956,7 @@ pub fn run(
         cluster: settings.cluster.name.clone(),
         modules: Mutex::new(Default::default()),
         compression: replicas::compression(settings.replication.compression),
+        control: Default::default(),
     });
     rt.spawn(server.clone().run(listener));
 
@@ -961,7 +1020,20 @@ pub fn run(
         logs: Mutex::new(Vec::new()),
         replicas: Mutex::new(Vec::new()),
         input: Mutex::new(input_tx),
+        relay: Relay {
+            me: me.name.clone(),
+            peer: peer.name.clone(),
+            rt: rt.handle().clone(),
+            creds: creds.clone(),
+            peer_addr,
+            compression: replicas::compression(settings.replication.compression),
+            timeout: Duration::from_secs(30),
+        },
     });
+    {
+        let s = shared.clone();
+        let _ = server.control.set(Arc::new(move |json| s.relayed(json)));
+    }
     let guard = crate::failover::guard::Guard::spawn().map_err(|e| {
         (
             EXIT_FAILURE,
@@ -1004,9 +1076,13 @@ pub fn run(
     served.map_err(|e| (EXIT_FAILURE, format!("{e:#}")))
 }
 
-fn machine_cfg(s: &Settings, me: &Node) -> machine::Config {
+fn machine_cfg(s: &Settings, module: &ModuleConfig, me: &Node) -> machine::Config {
+    let preferred = module
+        .preferred_primary
+        .as_ref()
+        .or(s.cluster.preferred_primary.as_ref());
     machine::Config {
-        preferred: s.cluster.preferred_primary.as_ref().map(|p| *p == me.name),
+        preferred: preferred.map(|p| *p == me.name),
         listed_first: s.nodes[0].name == me.name,
         // Long enough to hear a peer that is up; a peer that is down is not
         // waited for longer than its failure would be.

@@ -230,7 +230,8 @@ impl State {
             | Request::Second { .. }
             | Request::Restart { .. }
             | Request::Log { .. }
-            | Request::Checker { .. } => Response::error(
+            | Request::Checker { .. }
+            | Request::On { .. } => Response::error(
                 "this daemon runs with a fixed --role: roles are changed by the cluster \
                      manager (run `tandem daemon` without --role)",
             ),

@@ -273,6 +273,7 @@ pub fn start(
                 cluster: settings.cluster.name.clone(),
                 modules: parking_lot::Mutex::new(modules),
                 compression: comp,
+                control: Default::default(),
             });
             rt.spawn(server.run(listener));
         }

@@ -24,7 +24,8 @@ pub fn keep_aside(dirs: &[Dir], into: &Path) -> Result<Aside, String> {
     let err = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
     std::fs::create_dir_all(into).map_err(|e| err(into, &e))?;
     let manifest_path = into.join("MANIFEST");
-    let mut manifest = std::fs::File::create(&manifest_path).map_err(|e| err(&manifest_path, &e))?;
+    let mut manifest =
+        std::fs::File::create(&manifest_path).map_err(|e| err(&manifest_path, &e))?;
     let mut done = Aside::default();
     for (i, d) in dirs.iter().enumerate() {
         let log = &d.log;
@@ -56,9 +57,7 @@ pub fn keep_aside(dirs: &[Dir], into: &Path) -> Result<Aside, String> {
             writeln!(manifest, "{l}").map_err(|e| err(&manifest_path, &e))?;
         }
     }
-    manifest
-        .sync_all()
-        .map_err(|e| err(&manifest_path, &e))?;
+    manifest.sync_all().map_err(|e| err(&manifest_path, &e))?;
     Ok(done)
 }
 
@@ -100,10 +99,7 @@ mod tests {
         log.mark(a, 6, 5).unwrap();
         let gone = log.ensure(Path::new("gone")).unwrap();
         log.mark(gone, 0, 1).unwrap();
-        log.log_ns(NsChange::Unlink {
-            path: "old".into(),
-        })
-        .unwrap();
+        log.log_ns(NsChange::Unlink { path: "old".into() }).unwrap();
         let dir = Dir {
             root: std::fs::File::open(root.path()).unwrap().into(),
             log,
@@ -111,7 +107,13 @@ mod tests {
         };
         let out = tempfile::tempdir().unwrap();
         let done = keep_aside(std::slice::from_ref(&dir), out.path()).unwrap();
-        assert_eq!(done, Aside { files: 1, bytes: 11 });
+        assert_eq!(
+            done,
+            Aside {
+                files: 1,
+                bytes: 11
+            }
+        );
         assert_eq!(
             std::fs::read(out.path().join("0/sub/a")).unwrap(),
             b"hello world"

@@ -17,6 +17,7 @@ pub mod frame;
 pub mod link;
 pub mod manifest;
 pub mod primary;
+pub mod relay;
 pub mod resync;
 pub mod secondary;
 pub mod session;

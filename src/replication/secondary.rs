@@ -136,6 +136,8 @@ pub struct SecondaryServer {
     /// and removes them as roles change).
     pub modules: parking_lot::Mutex<HashMap<String, Arc<SecondaryModule>>>,
     pub compression: Compression,
+    /// Answers commands relayed by the peer (none with fixed roles).
+    pub control: std::sync::OnceLock<super::relay::Handler>,
 }
 
 impl SecondaryServer {
@@ -177,6 +179,9 @@ impl SecondaryServer {
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
             .await
             .map_err(|_| "no Hello".to_string())??;
+        if let Message::Control { request } = hello {
+            return super::relay::answer(self.control.get().cloned(), request, &mut writer).await;
+        }
         let checked = check_hello(
             hello,
             &Expect {

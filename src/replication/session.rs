@@ -174,6 +174,8 @@ pub fn kind(m: &Message) -> &'static str {
         Message::ResyncDone { .. } => "ResyncDone",
         Message::Ack { .. } => "Ack",
         Message::Close { .. } => "Close",
+        Message::Control { .. } => "Control",
+        Message::ControlReply { .. } => "ControlReply",
         Message::ManifestRequest { .. } => "ManifestRequest",
         Message::Manifest { .. } => "Manifest",
     }

@@ -77,6 +77,12 @@ pub enum Message {
     },
     /// The sender is closing the connection, and why.
     Close { reason: String },
+    /// First and only message of a command relayed to the other node: a
+    /// control request in its JSON form (the operator's command was given
+    /// on one node and is about the other).
+    Control { request: String },
+    /// The answer to [`Message::Control`], in its JSON form.
+    ControlReply { response: String },
 }
 
 /// A file's path and the byte ranges (start, end) that may differ.

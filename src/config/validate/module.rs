@@ -107,6 +107,20 @@ fn module(
         .collect::<Vec<_>>()
         .into_iter()
         .collect();
+    if let (Some(p), Some(nodes)) = (&raw.preferred_primary, ctx.nodes)
+        && !nodes.iter().any(|n| n.name == *p.get_ref())
+    {
+        r.error(
+            field("preferred_primary"),
+            Some(p.span()),
+            format!(
+                "{:?} is not a node; the nodes are {} and {}",
+                p.get_ref(),
+                nodes[0].name,
+                nodes[1].name
+            ),
+        );
+    }
     (r.count() == before).then(|| Module {
         name: name.expect("validated"),
         dirs: dirs.expect("validated"),
@@ -115,6 +129,7 @@ fn module(
         failover: failover.expect("validated"),
         scripts: scripts.expect("validated"),
         checkers: checkers.expect("validated"),
+        preferred_primary: raw.preferred_primary.as_ref().map(|p| p.get_ref().clone()),
     })
 }
 
