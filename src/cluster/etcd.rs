@@ -147,10 +147,12 @@ impl Client {
                 self.give_back(api, &module)?
             };
             let mine = holder.as_deref() == Some(self.node.as_str());
-            let newest = if mine && serving && generation != newest {
-                self.set_newest(api, &module, generation)?
-                    .then_some(generation)
-                    .unwrap_or(newest)
+            let newest = if mine
+                && serving
+                && generation != newest
+                && self.set_newest(api, &module, generation)?
+            {
+                generation
             } else {
                 newest
             };
