@@ -317,6 +317,20 @@ impl Managed {
             s.replication.async_max_lag,
             self.dirs()?,
         );
+        // With a quorum, a peer that stops acknowledging is left behind only
+        // while this node may serve alone.
+        let module = self.cfg.name.clone();
+        match (&node.quorum, &node.ping) {
+            (Some(q), _) => {
+                let q = q.clone();
+                rep.set_alone_check(Arc::new(move || q.holds(&module)));
+            }
+            (None, Some(p)) => {
+                let p = p.clone();
+                rep.set_alone_check(Arc::new(move || p.ok()));
+            }
+            (None, None) => {}
+        }
         let link = Arc::new(PrimaryLink {
             rep: rep.clone(),
             creds: node.creds.clone(),

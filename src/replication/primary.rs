@@ -227,11 +227,18 @@ pub struct Replicator {
     /// This node lost its peer and its quorum and stops serving: calls that
     /// would wait for the peer fail instead of being acknowledged alone.
     fenced: std::sync::atomic::AtomicBool,
+    /// With a quorum: whether this node may go on without its peer (it holds
+    /// the lease, an address answers). While it may not, a call whose peer
+    /// stopped acknowledging waits — for the peer or for the fence — instead
+    /// of being acknowledged alone: the peer may be about to take over.
+    alone_ok: Mutex<Option<AloneCheck>>,
     bytes_replicated: AtomicU64,
     resync: Mutex<ResyncProgress>,
     last_error: Mutex<Option<String>>,
     pub verify: Mutex<super::verify::VerifyState>,
 }
+
+pub type AloneCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// How far plain writes may run ahead of the peer in the `durable` and
 /// `received` modes before they wait.
@@ -272,6 +279,7 @@ impl Replicator {
             acked: Condvar::new(),
             next_conn: AtomicU64::new(1),
             fenced: std::sync::atomic::AtomicBool::new(false),
+            alone_ok: Mutex::new(None),
             bytes_replicated: AtomicU64::new(0),
             resync: Mutex::new(ResyncProgress::default()),
             last_error: Mutex::new(None),
@@ -516,10 +524,15 @@ impl Replicator {
         self.acked.notify_all();
     }
 
+    /// Sets the quorum check that lets this node go on alone.
+    pub fn set_alone_check(&self, check: AloneCheck) {
+        *self.alone_ok.lock() = Some(check);
+    }
+
     /// Ok once `seq` satisfies `need` (or the link is gone); Err(EIO) if the
     /// node was fenced meanwhile.
     fn wait(&self, conn: u64, seq: u64, need: Need) -> Result<(), Errno> {
-        let deadline = Instant::now() + self.peer_timeout;
+        let mut deadline = Instant::now() + self.peer_timeout;
         let mut a = self.acks.lock();
         loop {
             if self.fenced.load(Ordering::SeqCst) {
@@ -537,10 +550,16 @@ impl Replicator {
                 return Ok(());
             }
             if self.acked.wait_until(&mut a, deadline).timed_out() {
-                drop(a);
                 if self.fenced.load(Ordering::SeqCst) {
                     return Err(Errno::EIO);
                 }
+                let alone_ok = self.alone_ok.lock().clone();
+                if alone_ok.is_some_and(|ok| !ok()) {
+                    // Without quorum: looked at again shortly.
+                    deadline = Instant::now() + Duration::from_millis(20);
+                    continue;
+                }
+                drop(a);
                 self.detach(
                     conn,
                     &format!(
@@ -1015,8 +1034,60 @@ impl MutationSink for ReplicatingSink {
 
 #[cfg(test)]
 mod tests {
-    use super::subtract;
+    use super::*;
+    use crate::changelog::MemChangeLog;
     use std::ops::Range;
+    use std::sync::atomic::AtomicBool;
+
+    fn replicator(peer_timeout_ms: u64) -> (Arc<Replicator>, tempfile::TempDir) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = Dir {
+            root: std::fs::File::open(root.path()).unwrap().into(),
+            log: Arc::new(MemChangeLog::new(65536).unwrap()),
+            cache: Mutex::new(Default::default()),
+        };
+        let rep = Replicator::new(
+            "m",
+            Ack::Durable,
+            Duration::from_millis(peer_timeout_ms),
+            0,
+            vec![dir],
+        );
+        (rep, root)
+    }
+
+    #[test]
+    fn without_quorum_a_silent_peer_is_not_left_behind_and_a_fence_fails_the_call() {
+        let (rep, _root) = replicator(100);
+        let quorum = Arc::new(AtomicBool::new(false));
+        let q = quorum.clone();
+        rep.set_alone_check(Arc::new(move || q.load(Ordering::SeqCst)));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = rep.attach(tx);
+        // The peer never acknowledges seq 1; without quorum the call keeps
+        // waiting past peer_timeout rather than being acknowledged alone.
+        let waiter = {
+            let rep = rep.clone();
+            std::thread::spawn(move || rep.wait(conn, 1, Need::Applied))
+        };
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!waiter.is_finished(), "acknowledged alone without quorum");
+        rep.fence("peer and quorum lost");
+        assert_eq!(waiter.join().unwrap(), Err(Errno::EIO));
+
+        // With quorum, the same silence leaves the peer behind after the
+        // timeout and the call goes on.
+        let (rep, _root) = replicator(100);
+        let q = quorum.clone();
+        rep.set_alone_check(Arc::new(move || q.load(Ordering::SeqCst)));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = rep.attach(tx);
+        quorum.store(true, Ordering::SeqCst);
+        let t = Instant::now();
+        assert_eq!(rep.wait(conn, 1, Need::Applied), Ok(()));
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert!(!rep.acks.lock().connected || rep.order.lock().link.is_none());
+    }
 
     #[test]
     fn subtracting_ranges_keeps_only_what_was_not_marked_again() {
