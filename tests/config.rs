@@ -127,11 +127,14 @@ fn reference_file_passes_without_dir_checks() {
     let podman = s.module("podman").unwrap();
     assert_eq!(podman.checkers.len(), 6);
     assert!(
-        matches!(&podman.failover, Failover::Vip { addresses, interface: Some(i) } if addresses.len() == 2 && i == "eth0")
+        matches!(&podman.failover, Failover::Vip { addresses, interface: Some(i), .. } if addresses.len() == 2 && i == "eth0")
     );
     assert_eq!(
         s.module("reports").unwrap().failover,
-        Failover::Lb { port: 9453 }
+        Failover::Lb {
+            port: 9453,
+            tls: false
+        }
     );
 }
 
@@ -228,7 +231,13 @@ name = "conmon""#,
 fn lb_port_defaults_to_9453() {
     let text = edit("vip = [\"192.168.1.100/24\"]", "failover = \"lb\"");
     let s = parse(&text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(s.modules[0].failover, Failover::Lb { port: 9453 });
+    assert_eq!(
+        s.modules[0].failover,
+        Failover::Lb {
+            port: 9453,
+            tls: false
+        }
+    );
 }
 
 #[test]
@@ -1103,12 +1112,60 @@ fn vip_addresses_need_a_prefix() {
     let Failover::Vip {
         addresses,
         interface,
+        announce,
     } = &ok.modules[0].failover
     else {
         panic!("not vip")
     };
     assert_eq!(addresses[1].addr, "fd00::100".parse::<IpAddr>().unwrap());
     assert_eq!((addresses[1].prefix, interface), (64, &None));
+    assert_eq!(
+        (announce.count, announce.interval, announce.refresh),
+        (5, Duration::from_millis(200), Some(Duration::from_secs(10))),
+        "defaults: a burst of 5 at 200 ms, then every 10 s"
+    );
+}
+
+#[test]
+fn vip_announcements_are_bounded() {
+    let ok = parse(&append(
+        "vip_announce = 3\nvip_announce_interval_ms = 50\nvip_refresh_s = 0",
+    ))
+    .unwrap();
+    let Failover::Vip { announce, .. } = &ok.modules[0].failover else {
+        panic!("not vip")
+    };
+    assert_eq!(
+        (announce.count, announce.interval, announce.refresh),
+        (3, Duration::from_millis(50), None)
+    );
+    rejects(
+        &append("vip_announce = 0"),
+        "module[0].vip_announce",
+        Some("vip_announce"),
+        "between 1 and 100",
+    );
+    rejects(
+        &append("vip_announce_interval_ms = 5"),
+        "module[0].vip_announce_interval_ms",
+        Some("vip_announce_interval_ms"),
+        "between 10 and 10000",
+    );
+    rejects(
+        &append("vip_refresh_s = 4000"),
+        "module[0].vip_refresh_s",
+        Some("vip_refresh_s"),
+        "between 0 and 3600",
+    );
+    let two = edit("vip = [\"192.168.1.100/24\"]", "failover = \"lb\"")
+        + "\n[[module]]\nname = \"n\"\ndirs = [\"/srv/n\"]\nfailover = \"lb\"\nlb_tls = true";
+    rejects(&two, "module[1].lb_tls", Some("lb_tls"), "must agree");
+    rejects(
+        &append("lb_tls = true"),
+        "module[0].lb_tls",
+        Some("lb_tls"),
+        "only used with failover = \"lb\"",
+    );
 }
 
 #[test]
@@ -1209,8 +1266,14 @@ fn lb_port_rules() {
         Some(header),
         "9453 is also replication.port",
     );
-    let ok = parse(&lb("lb_port = 8080")).unwrap();
-    assert_eq!(ok.modules[0].failover, Failover::Lb { port: 8080 });
+    let ok = parse(&lb("lb_port = 8080\nlb_tls = true")).unwrap();
+    assert_eq!(
+        ok.modules[0].failover,
+        Failover::Lb {
+            port: 8080,
+            tls: true
+        }
+    );
 }
 
 #[test]

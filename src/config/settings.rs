@@ -136,9 +136,25 @@ pub enum Failover {
         addresses: Vec<IpPrefix>,
         /// Interface to add them to; `None` picks the one whose subnet matches.
         interface: Option<String>,
+        announce: Announce,
     },
     /// Health endpoint that a load balancer probes, on this port.
-    Lb { port: u16 },
+    Lb {
+        port: u16,
+        /// HTTPS with the node's cluster certificate instead of plain HTTP.
+        tls: bool,
+    },
+}
+
+/// How a node that takes the virtual addresses tells the LAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    /// Gratuitous ARPs / neighbour advertisements sent at once…
+    pub count: u32,
+    /// …this far apart…
+    pub interval: Duration,
+    /// …then one every `refresh` while the addresses are held (`None`: never).
+    pub refresh: Option<Duration>,
 }
 
 impl Failover {

@@ -53,6 +53,7 @@ impl Settings {
                 Failover::Vip {
                     addresses,
                     interface,
+                    ..
                 } => {
                     let on = interface
                         .as_ref()
@@ -60,7 +61,10 @@ impl Settings {
                         .unwrap_or_default();
                     format!("vip {}{on}", join(addresses))
                 }
-                Failover::Lb { port } => format!("load balancer health on port {port}"),
+                Failover::Lb { port, tls } => format!(
+                    "load balancer health on port {port}{}",
+                    if *tls { " (https)" } else { "" }
+                ),
             };
             let _ = writeln!(out, "  module {}: {}", m.name, dirs.join(", "));
             let checks: Vec<&str> = m.checkers.iter().map(|c| c.check.kind()).collect();

@@ -4,11 +4,11 @@
 use super::super::net::IpPrefix;
 use super::super::raw::{Int, RawModule, Section};
 use super::super::report::{Report, Span};
-use super::super::settings::{Failover, Module};
+use super::super::settings::{Announce, Failover, Module};
 use super::fields::{self, index, join};
 use super::module::Context;
 
-const LB_PORT: u16 = 9453;
+const LB_PORT: u16 = lb_health::DEFAULT_PORT;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -49,6 +49,17 @@ pub(super) fn failover(
     match mode {
         Mode::Vip => {
             unused(r, "lb_port", raw.lb_port.as_ref().map(|v| v.span()), "lb");
+            unused(r, "lb_tls", raw.lb_tls.as_ref().map(|v| v.span()), "lb");
+            let count = fields::int(r, &raw.vip_announce, &field("vip_announce"), 5, 1, 100);
+            let interval = fields::int(
+                r,
+                &raw.vip_announce_interval_ms,
+                &field("vip_announce_interval_ms"),
+                200,
+                10,
+                10_000,
+            );
+            let refresh = fields::int(r, &raw.vip_refresh_s, &field("vip_refresh_s"), 10, 0, 3600);
             let interface = raw
                 .vip_interface
                 .as_ref()
@@ -93,16 +104,29 @@ pub(super) fn failover(
                     Some(i) => Some(i?),
                     None => None,
                 },
+                announce: Announce {
+                    count: count? as u32,
+                    interval: std::time::Duration::from_millis(interval? as u64),
+                    refresh: match refresh? {
+                        0 => None,
+                        s => Some(std::time::Duration::from_secs(s as u64)),
+                    },
+                },
             })
         }
         Mode::Lb => {
             unused(r, "vip", raw.vip.as_ref().map(|v| v.span()), "vip");
-            unused(
-                r,
-                "vip_interface",
-                raw.vip_interface.as_ref().map(|v| v.span()),
-                "vip",
-            );
+            for (key, span) in [
+                ("vip_interface", raw.vip_interface.as_ref().map(|v| v.span())),
+                ("vip_announce", raw.vip_announce.as_ref().map(|v| v.span())),
+                (
+                    "vip_announce_interval_ms",
+                    raw.vip_announce_interval_ms.as_ref().map(|v| v.span()),
+                ),
+                ("vip_refresh_s", raw.vip_refresh_s.as_ref().map(|v| v.span())),
+            ] {
+                unused(r, key, span, "vip");
+            }
             let port = fields::port(r, &raw.lb_port, &field("lb_port"), LB_PORT)?;
             let span = raw.lb_port.as_ref().map(Int::span).or(section.span.clone());
             for (other, taken) in &ctx.ports {
@@ -114,7 +138,10 @@ pub(super) fn failover(
                     );
                 }
             }
-            Some(Failover::Lb { port })
+            Some(Failover::Lb {
+                port,
+                tls: raw.lb_tls.as_ref().is_some_and(|t| *t.get_ref()),
+            })
         }
     }
 }
@@ -151,5 +178,43 @@ pub(super) fn unique_vips(
             mine.push((field, addr.addr));
         }
         seen.extend(mine);
+    }
+}
+
+/// Modules may share a health port (one server answers for all of them) but
+/// then not disagree on whether it speaks TLS.
+pub(super) fn shared_lb_ports(
+    r: &mut Report,
+    sections: &[Section<RawModule>],
+    modules: &[Option<Module>],
+) {
+    let mut seen: Vec<(usize, u16, bool)> = Vec::new();
+    for (m, module) in modules.iter().enumerate() {
+        let Some(Module {
+            failover: Failover::Lb { port, tls },
+            ..
+        }) = module
+        else {
+            continue;
+        };
+        if let Some((other, _, _)) = seen.iter().find(|(_, p, t)| p == port && t != tls) {
+            let raw = sections[m].value.as_ref().expect("a valid module has a section");
+            let span = raw
+                .lb_tls
+                .as_ref()
+                .map(|t| t.span())
+                .or(raw.lb_port.as_ref().map(Int::span))
+                .or(sections[m].span.clone());
+            r.error(
+                join(&index("module", m), "lb_tls"),
+                span,
+                format!(
+                    "port {port} is shared with module[{other}], which {} TLS: modules on one \
+                     health port must agree",
+                    if *tls { "does not use" } else { "uses" }
+                ),
+            );
+        }
+        seen.push((m, *port, *tls));
     }
 }

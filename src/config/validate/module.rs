@@ -48,6 +48,7 @@ pub(super) fn modules(
         .collect();
     unique_names(r, sections);
     failover::unique_vips(r, sections, &modules);
+    failover::shared_lb_ports(r, sections, &modules);
     dirs::overlaps(r, sections);
     if r.count() > before {
         return None;
