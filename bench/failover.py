@@ -62,6 +62,7 @@ class Cluster:
     def __init__(self, interval, timeout, witness):
         self.tmp = tempfile.mkdtemp(prefix="tandem-bench-failover-", dir="/var/tmp")
         hb, rep, wp = free_port(), free_port(), free_port()
+        lbp = {1: free_port(), 2: free_port()}
         quorum = f'quorum = "witness"\nwitness = "127.0.0.3:{wp}"' if witness else 'quorum = "none"'
         for name, body in (("start.sh", START), ("stop.sh", STOP)):
             with open(f"{self.tmp}/{name}", "w") as f:
@@ -95,6 +96,7 @@ tls_dir = "{self.tmp}/tls"
 name = "app"
 dirs = ["{self.tmp}/node{n}/app"]
 failover = "lb"
+lb_port = {lbp[n]}
 [module.scripts]
 start_prim = "{self.tmp}/start.sh"
 stop_prim = "{self.tmp}/stop.sh"

@@ -80,6 +80,7 @@ tls_dir = "$base/tls"
 name = "app"
 dirs = ["$base/node$n/app"]
 failover = "lb"
+lb_port = $((port + 1 + n))
 [module.scripts]
 start_prim = "$base/start.sh"
 stop_prim = "$base/stop.sh"

@@ -152,6 +152,10 @@ pub struct ClusterModuleStatus {
     /// How this node may serve without its peer: "none", or the witness lease.
     #[serde(default)]
     pub quorum: String,
+    /// How clients reach the module here: the virtual addresses held, or
+    /// what the load balancer's probe answers.
+    #[serde(default)]
+    pub clients: String,
     /// The last lines of the module's log (transitions and script output).
     pub log: Vec<String>,
 }

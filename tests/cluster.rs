@@ -175,6 +175,8 @@ impl Cluster {
         let tmp = tempdir();
         let t = tmp.path();
         let (hb, rep) = free_ports();
+        // The health endpoints listen on every address: one port per node.
+        let lb = [free_ports().1, free_ports().1];
         let (addr, quorum) = match net {
             None => (
                 ["127.0.0.1", "127.0.0.2"],
@@ -228,6 +230,7 @@ tls_dir = "{t}/tls"
 name = "app"
 dirs = ["{t}/node{n}/app"]
 failover = "lb"
+lb_port = {lbp}
 {app_extra}
 [module.scripts]
 start_prim = "{t}/start.sh"
@@ -236,9 +239,11 @@ timeout_s = 20
 {check}
 {tail}"#,
                     t = t.display(),
+                    lbp = lb[n - 1],
                     tail = tail
                         .replace("{t}", &t.display().to_string())
-                        .replace("{n}", &n.to_string()),
+                        .replace("{n}", &n.to_string())
+                        .replace("{lb}", &lb[n - 1].to_string()),
                     quorum = quorum[n - 1],
                     check = if checker {
                         format!(
@@ -743,6 +748,17 @@ fn partition_never_yields_two_serving_nodes(kind: &str) {
     c.start(2);
     c.wait_states("PRIM", "SECOND", 30);
     c.wait_app_writes(1);
+    let holds = |n: usize| {
+        c.status(n).is_some_and(|s| {
+            s["modules"][0]["cluster"]["quorum"]
+                .as_str()
+                .is_some_and(|q| q.contains(&format!("held by node{n} (this node)")))
+        })
+    };
+    assert!(
+        wait_until(20, || holds(1)),
+        "node1 serves without the lease"
+    );
     let stop = std::sync::atomic::AtomicBool::new(false);
     // Stops the watcher however the scope ends (a failed assertion too).
     struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
@@ -964,7 +980,7 @@ fn modules_serve_on_either_node_swap_back_to_their_preferred_node_and_survive_a_
         "none",
         false,
         "preferred_primary = \"node1\"",
-        "[[module]]\nname = \"db\"\ndirs = [\"{t}/node{n}/db\"]\nfailover = \"lb\"\n\
+        "[[module]]\nname = \"db\"\ndirs = [\"{t}/node{n}/db\"]\nfailover = \"lb\"\nlb_port = {lb}\n\
          preferred_primary = \"node2\"\n",
     );
     c.start(1);

@@ -47,6 +47,9 @@ pub struct Health {
 
 struct Inner {
     beat: Instant,
+    /// The main loop runs something with a deadline of its own (a script
+    /// killed at its timeout) until then: not hung.
+    busy_until: Option<Instant>,
     modules: BTreeMap<String, ModuleHealth>,
 }
 
@@ -65,6 +68,7 @@ impl Health {
             liveness,
             inner: Mutex::new(Inner {
                 beat: Instant::now(),
+                busy_until: None,
                 modules: BTreeMap::new(),
             }),
         })
@@ -72,7 +76,15 @@ impl Health {
 
     /// The main loop is alive.
     pub fn beat(&self) {
-        self.lock().beat = Instant::now();
+        let mut i = self.lock();
+        i.beat = Instant::now();
+        i.busy_until = None;
+    }
+
+    /// The main loop starts something that ends within `at_most` (a script
+    /// with a timeout): it counts as alive until then.
+    pub fn busy(&self, at_most: Duration) {
+        self.lock().busy_until = Some(Instant::now() + at_most);
     }
 
     pub fn set(&self, module: &str, h: ModuleHealth) {
@@ -103,7 +115,8 @@ impl Health {
         }
         let path = path.split(['?', '#']).next().unwrap_or("");
         let inner = self.lock();
-        let alive = inner.beat.elapsed() < self.liveness;
+        let alive = inner.beat.elapsed() < self.liveness
+            || inner.busy_until.is_some_and(|t| Instant::now() < t);
         let module_json = |name: &str, m: &ModuleHealth| {
             format!(
                 r#"{{"module":"{}","node":"{}","state":"{}","generation":"{:016x}","serving":{},"uptodate":{},"alive":{alive}}}"#,
@@ -115,10 +128,7 @@ impl Health {
                 m.uptodate && alive,
             )
         };
-        let alive_body = format!(
-            r#"{{"node":"{}","alive":{alive}}}"#,
-            escape(&self.node)
-        );
+        let alive_body = format!(r#"{{"node":"{}","alive":{alive}}}"#, escape(&self.node));
         let ok = |yes: bool| if yes { 200 } else { 503 };
         let segments: Vec<&str> = path.split('/').collect();
         match segments.as_slice() {
@@ -248,7 +258,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         .zip(path)
         .filter(|_| version.is_some_and(|v| v.starts_with("HTTP/1.")))
     else {
-        return respond(&mut s, false, &reply(400, r#"{"error":"bad request"}"#.into())).await;
+        return respond(
+            &mut s,
+            false,
+            &reply(400, r#"{"error":"bad request"}"#.into()),
+        )
+        .await;
     };
     let r = health.answer(method, path);
     respond(&mut s, method == "HEAD", &r).await
@@ -323,7 +338,10 @@ mod tests {
         let body = h.answer("GET", "/primary/app").body;
         assert!(body.contains(r#""state":"PRIM""#), "{body}");
         assert!(body.contains(r#""node":"node1""#), "{body}");
-        assert!(body.contains(r#""generation":"0000000000000abc""#), "{body}");
+        assert!(
+            body.contains(r#""generation":"0000000000000abc""#),
+            "{body}"
+        );
         assert_eq!(h.answer("POST", "/primary/app").status, 405);
         assert_eq!(h.answer("GET", "/elsewhere").status, 404);
         assert_eq!(h.answer("GET", "/readiness").status, 200);
@@ -341,12 +359,24 @@ mod tests {
         assert_eq!(h.answer("GET", "/health").status, 200);
         assert_eq!(h.answer("GET", "/liveness").status, 200);
         std::thread::sleep(Duration::from_millis(250));
-        for p in ["/health", "/liveness", "/readiness", "/primary/app", "/secondary/db"] {
+        for p in [
+            "/health",
+            "/liveness",
+            "/readiness",
+            "/primary/app",
+            "/secondary/db",
+        ] {
             assert_eq!(h.answer("GET", p).status, 503, "{p}");
         }
         assert_eq!(h.answer("GET", "/var/modules/app/ready.txt").status, 404);
         h.beat();
         assert_eq!(h.answer("GET", "/primary/app").status, 200);
+        // A script with a timeout runs: alive until that timeout, not after.
+        h.busy(Duration::from_millis(400));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(h.answer("GET", "/liveness").status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(h.answer("GET", "/liveness").status, 503);
     }
 
     #[test]

@@ -84,7 +84,10 @@ impl Client {
                 let mut api = Api {
                     endpoints: self.endpoints.clone(),
                     current: 0,
-                    timeout: self.interval.max(Duration::from_millis(200)),
+                    // A slow answer is still safe (what is relied on counts
+                    // from before the request); a lost one is not waited for
+                    // past the time it could still help.
+                    timeout: self.validity.max(Duration::from_millis(200)),
                 };
                 let mut lease = None;
                 let mut failing = false;
@@ -168,6 +171,7 @@ impl Client {
 
     /// Creates the holder key if absent, or takes back one this node left
     /// under an older lease (a restart); returns the holder and the newest.
+    /// A key already held under this lease costs a read, not a write.
     fn take(
         &self,
         api: &mut Api,
@@ -175,32 +179,35 @@ impl Client {
         lease: i64,
     ) -> Result<(Option<String>, u64), String> {
         let (holder, newest) = (self.key(module, "holder"), self.key(module, "newest"));
-        let put = json!({"request_put": {"key": b64(&holder), "value": b64(&self.node), "lease": lease.to_string()}});
-        let r = api.txn(
-            json!([{"key": b64(&holder), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}]),
-            json!([put, {"request_range": {"key": b64(&newest)}}]),
-            json!([{"request_range": {"key": b64(&holder)}}, {"request_range": {"key": b64(&newest)}}]),
-        )?;
+        let read = json!([{"request_range": {"key": b64(&holder)}}, {"request_range": {"key": b64(&newest)}}]);
+        let r = api.txn(json!([]), read.clone(), json!([]))?;
         let kvs = ranges(&r);
-        if succeeded(&r) {
-            return Ok((Some(self.node.clone()), generation(kvs.first())));
-        }
+        let newest_g = generation(kvs.get(1));
         let (owner, owner_lease) = match kvs.first() {
             Some(Some((v, l))) => (Some(v.clone()), *l),
             _ => (None, 0),
         };
-        let newest_g = generation(kvs.get(1));
-        if owner.as_deref() == Some(self.node.as_str()) && owner_lease != lease {
-            let r = api.txn(
-                json!([{"key": b64(&holder), "result": "EQUAL", "target": "VALUE", "value": b64(&self.node)}]),
-                json!([put]),
-                json!([]),
-            )?;
-            if !succeeded(&r) {
-                return Ok((None, newest_g));
-            }
+        let mine = owner.as_deref() == Some(self.node.as_str());
+        if mine && owner_lease == lease || owner.is_some() && !mine {
+            return Ok((owner, newest_g));
         }
-        Ok((owner, newest_g))
+        let put = json!({"request_put": {"key": b64(&holder), "value": b64(&self.node), "lease": lease.to_string()}});
+        // Absent: created only if still absent. Ours under an older lease:
+        // moved to this one only if still ours.
+        let compare = if owner.is_none() {
+            json!([{"key": b64(&holder), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}])
+        } else {
+            json!([{"key": b64(&holder), "result": "EQUAL", "target": "VALUE", "value": b64(&self.node)}])
+        };
+        let r = api.txn(compare, json!([put]), read)?;
+        if succeeded(&r) {
+            return Ok((Some(self.node.clone()), newest_g));
+        }
+        let kvs = ranges(&r);
+        Ok((
+            kvs.first().cloned().flatten().map(|(v, _)| v),
+            generation(kvs.get(1)),
+        ))
     }
 
     fn give_back(&self, api: &mut Api, module: &str) -> Result<(Option<String>, u64), String> {

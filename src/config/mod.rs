@@ -19,7 +19,7 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use net::{Host, HostPort, HttpUrl, IpPrefix};
 pub use settings::{
-    Ack, Check, Checker, Cluster, Compression, Daemon, Failover, Heartbeat, Module, Node,
+    Ack, Announce, Check, Checker, Cluster, Compression, Daemon, Failover, Heartbeat, Module, Node,
     ProcessMatch, Quorum, Replication, Scripts, Settings,
 };
 

@@ -52,6 +52,8 @@ struct Node2 {
     server: Arc<SecondaryServer>,
     rt: tokio::runtime::Handle,
     started: Instant,
+    /// What the load balancers' probes are told.
+    health: Arc<lb_health::Health>,
 }
 
 impl Node2 {
@@ -97,6 +99,8 @@ struct Managed {
     witness_newest: u64,
     /// Depth of failure handling under way (bounded).
     failing: u32,
+    /// `failover = "vip"`: the virtual addresses.
+    vips: Option<crate::failover::vip::Vips>,
 }
 
 impl Managed {
@@ -133,6 +137,8 @@ impl Managed {
         let Some(path) = path.clone() else {
             return Ok(());
         };
+        // The main loop waits for the script, at most its timeout: not hung.
+        node.health.busy(s.timeout + Duration::from_secs(1));
         let r = scripts::run(what, &path, &self.context(node, role), s.timeout);
         match r {
             Ok(ran) => {
@@ -264,10 +270,16 @@ impl Managed {
                 .promote(node, *new_generation)
                 .map_err(|e| (Failure::Promote, e))?,
             Action::StartApp => {
-                self.script(node, "start_prim", "prim")
+                self.take_clients(node)
                     .map_err(|e| (Failure::StartApp, e))?;
+                if let Err(e) = self.script(node, "start_prim", "prim") {
+                    self.release_clients(node);
+                    return Err((Failure::StartApp, e));
+                }
                 self.app_running = true;
                 self.checks_from = Instant::now();
+                // Only now does the load balancer's probe say 200.
+                node.health.set_serving(&self.cfg.name, true);
             }
             Action::StopApp => {
                 if self.machine.peer().is_none()
@@ -279,6 +291,7 @@ impl Managed {
                     // the peer fail at once so the application can stop.
                     rep.fence("this node lost its peer and stops serving");
                 }
+                self.release_clients(node);
                 if self.app_running || self.machine.state != State::Wait {
                     // A failing stop is logged; demoting goes on (the
                     // unmount below tells whether files are still in use).
@@ -426,6 +439,83 @@ impl Managed {
             peer: node.peer.name.clone(),
             dirs: self.cfg.dirs.clone(),
             timeout_ms: self.cfg.scripts.timeout.as_millis() as u64,
+            vips: self
+                .vips
+                .as_ref()
+                .map(|v| v.taken().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// What the load balancer's probes are told about this module.
+    fn health(&self) -> lb_health::ModuleHealth {
+        let view = self.machine.view();
+        lb_health::ModuleHealth {
+            state: format!("{:?}", self.machine.state).to_uppercase(),
+            generation: view.generation.current,
+            serving: self.machine.state.serving() && self.app_running,
+            uptodate: self.machine.state == State::Second && view.uptodate,
+        }
+    }
+
+    /// How clients reach the module here, for the status.
+    fn clients(&self, node: &Node2) -> String {
+        match (&self.vips, &self.cfg.failover) {
+            (Some(v), _) if v.taken().is_empty() => "virtual addresses not held here".into(),
+            (Some(v), _) => format!(
+                "holding {}",
+                v.taken()
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (None, crate::config::Failover::Lb { port, tls }) => format!(
+                "{}://*:{port}/primary/{} answers {}",
+                if *tls { "https" } else { "http" },
+                self.cfg.name,
+                if node.health.serving(&self.cfg.name) {
+                    200
+                } else {
+                    503
+                }
+            ),
+            (None, _) => String::new(),
+        }
+    }
+
+    /// Clients reach this node from now on: the virtual addresses are taken
+    /// (the guard told first, so a crash right after gives them back).
+    fn take_clients(&mut self, node: &Node2) -> Result<(), String> {
+        let Some(v) = &self.vips else {
+            return Ok(());
+        };
+        let plan = v.plan()?;
+        if let Some(g) = node.guard.lock().as_mut() {
+            let mut duty = self.guard_duty(node);
+            duty.vips = plan.clone();
+            g.include(duty);
+        }
+        let v = self.vips.as_mut().expect("checked above");
+        v.take(plan)?;
+        let held: Vec<String> = v.taken().iter().map(|t| t.to_string()).collect();
+        self.note(format!("virtual addresses taken: {}", held.join(", ")));
+        Ok(())
+    }
+
+    /// Clients stop reaching this node: the probe says 503 and the virtual
+    /// addresses go, before the application is stopped.
+    fn release_clients(&mut self, node: &Node2) {
+        node.health.set_serving(&self.cfg.name, false);
+        if let Some(v) = self.vips.as_mut()
+            && !v.taken().is_empty()
+        {
+            let errors = v.release();
+            self.note(if errors.is_empty() {
+                "virtual addresses released".into()
+            } else {
+                format!("releasing virtual addresses: {}", errors.join("; "))
+            });
         }
     }
 
@@ -435,11 +525,14 @@ impl Managed {
     fn restart_app(&mut self, node: &Node2) -> Result<(), String> {
         self.checks_active
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        node.health.set_serving(&self.cfg.name, false);
         let _ = self.script(node, "stop_prim", "prim");
         self.app_running = false;
         match self.script(node, "start_prim", "prim") {
             Ok(()) => {
                 self.app_running = true;
+                node.health
+                    .set_serving(&self.cfg.name, self.machine.state.serving());
                 self.checks_from = Instant::now();
                 Ok(())
             }
@@ -531,6 +624,7 @@ impl Managed {
                         }
                     ),
                 },
+                clients: self.clients(node),
                 log: self.log.iter().rev().take(20).rev().cloned().collect(),
             }),
             dirs: self
@@ -784,6 +878,14 @@ fn utc(ms: u64) -> String {
     )
 }
 
+/// A listener on every address, IPv6 and IPv4 (or IPv4 alone where IPv6 is off).
+async fn listen_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(("::", port)).await {
+        Ok(l) => Ok(l),
+        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port)).await,
+    }
+}
+
 /// The heartbeat paths: the configured networks, or the node addresses.
 fn paths(s: &Settings, me: &Node, peer: &Node) -> Result<Vec<NetPath>, String> {
     let port = s.heartbeat.port;
@@ -952,6 +1054,19 @@ pub fn run(
             check_failures: VecDeque::new(),
             checks_from: Instant::now(),
             witness_newest: 0,
+            vips: match &m.failover {
+                crate::config::Failover::Vip {
+                    addresses,
+                    interface,
+                    announce,
+                } => Some(crate::failover::vip::Vips::new(
+                    &m.name,
+                    addresses.clone(),
+                    interface.clone(),
+                    *announce,
+                )),
+                crate::config::Failover::Lb { .. } => None,
+            },
             failing: 0,
         };
         managed.note(format!(
@@ -959,6 +1074,18 @@ pub fn run(
             managed.machine.state,
             last.map_or("none".into(), |s| format!("{s:?}"))
         ));
+        // Reported, not silently taken over (nor given back at the end).
+        for p in managed
+            .vips
+            .as_ref()
+            .map(|v| v.present())
+            .unwrap_or_default()
+        {
+            tracing::error!(module = %m.name, "{p} before this daemon took it");
+            managed.note(format!(
+                "{p} before this daemon took it: check who else holds it"
+            ));
+        }
         modules.push(managed);
     }
 
@@ -1048,6 +1175,43 @@ pub fn run(
         let s = shared.clone();
         let _ = server.control.set(Arc::new(move |json| s.relayed(json)));
     }
+    // The load balancers' probes, answered from the manager's last word; a
+    // manager that stops beating for a heartbeat timeout is a hung daemon.
+    let health = lb_health::Health::new(&me.name, settings.heartbeat.timeout);
+    for m in &modules {
+        health.set(&m.cfg.name, m.health());
+    }
+    let mut lb_ports: Vec<(u16, bool)> = settings
+        .modules
+        .iter()
+        .filter_map(|m| match m.failover {
+            crate::config::Failover::Lb { port, tls } => Some((port, tls)),
+            crate::config::Failover::Vip { .. } => None,
+        })
+        .collect();
+    lb_ports.sort();
+    lb_ports.dedup();
+    for (port, tls) in lb_ports {
+        let listener = rt
+            .block_on(listen_any(port))
+            .map_err(|e| usage(format!("lb_port {port}: cannot listen: {e}")))?;
+        if tls {
+            let config = creds
+                .server_config_anonymous()
+                .map_err(|e| usage(format!("lb_tls: {e}")))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            rt.spawn(lb_health::serve(listener, health.clone(), move |tcp| {
+                let a = acceptor.clone();
+                async move { a.accept(tcp).await }
+            }));
+        } else {
+            rt.spawn(lb_health::serve(listener, health.clone(), lb_health::plain));
+        }
+        tracing::info!(
+            "health endpoints on {}://*:{port}",
+            if tls { "https" } else { "http" }
+        );
+    }
     let guard = crate::failover::guard::Guard::spawn().map_err(|e| {
         (
             EXIT_FAILURE,
@@ -1065,6 +1229,7 @@ pub fn run(
         server,
         rt: rt.handle().clone(),
         started: Instant::now(),
+        health,
         settings,
     };
     let socket = node.settings.daemon.socket.clone();
@@ -1123,6 +1288,10 @@ fn manage(
         }
     }
     let publish = |modules: &[Managed], heard: &[Option<Instant>], alive: bool| {
+        node.health.beat();
+        for m in modules {
+            node.health.set(&m.cfg.name, m.health());
+        }
         for m in modules {
             m.checks_active.store(
                 m.checks_on && m.app_running && m.machine.state.serving(),

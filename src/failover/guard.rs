@@ -25,6 +25,9 @@ pub struct Duty {
     pub peer: String,
     pub dirs: Vec<PathBuf>,
     pub timeout_ms: u64,
+    /// Virtual addresses this node holds (or is about to) for the module.
+    #[serde(default)]
+    pub vips: Vec<super::vip::Taken>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -120,6 +123,13 @@ pub fn run() -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Clients first: the addresses go before anything else, so no client
+    // reaches this node while the twin takes over.
+    for d in &duties {
+        for e in super::vip::remove_all(&d.vips) {
+            eprintln!("tandem guard: {}: {e}", d.module);
+        }
+    }
     for d in &duties {
         clean(d);
     }

@@ -220,6 +220,19 @@ impl Credentials {
         Ok(Arc::new(c))
     }
 
+    /// This node's certificate without asking clients for one: for the
+    /// load balancers' health probes, which read only a status.
+    pub fn server_config_anonymous(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let cfg = |e: rustls::Error| TlsError::Config(e.to_string());
+        let c = ServerConfig::builder_with_provider(Self::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(cfg)?
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(cfg)?;
+        Ok(Arc::new(c))
+    }
+
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let cfg = |e: rustls::Error| TlsError::Config(e.to_string());
         let c = ClientConfig::builder_with_provider(Self::provider())

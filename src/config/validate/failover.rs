@@ -117,13 +117,19 @@ pub(super) fn failover(
         Mode::Lb => {
             unused(r, "vip", raw.vip.as_ref().map(|v| v.span()), "vip");
             for (key, span) in [
-                ("vip_interface", raw.vip_interface.as_ref().map(|v| v.span())),
+                (
+                    "vip_interface",
+                    raw.vip_interface.as_ref().map(|v| v.span()),
+                ),
                 ("vip_announce", raw.vip_announce.as_ref().map(|v| v.span())),
                 (
                     "vip_announce_interval_ms",
                     raw.vip_announce_interval_ms.as_ref().map(|v| v.span()),
                 ),
-                ("vip_refresh_s", raw.vip_refresh_s.as_ref().map(|v| v.span())),
+                (
+                    "vip_refresh_s",
+                    raw.vip_refresh_s.as_ref().map(|v| v.span()),
+                ),
             ] {
                 unused(r, key, span, "vip");
             }
@@ -198,7 +204,10 @@ pub(super) fn shared_lb_ports(
             continue;
         };
         if let Some((other, _, _)) = seen.iter().find(|(_, p, t)| p == port && t != tls) {
-            let raw = sections[m].value.as_ref().expect("a valid module has a section");
+            let raw = sections[m]
+                .value
+                .as_ref()
+                .expect("a valid module has a section");
             let span = raw
                 .lb_tls
                 .as_ref()

@@ -77,12 +77,20 @@ pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
     match (a, b) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
             let bits = u32::from(prefix.min(32));
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             u32::from(a) & mask == u32::from(b) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
             let bits = u32::from(prefix.min(128));
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
             u128::from(a) & mask == u128::from(b) & mask
         }
         _ => false,
@@ -91,7 +99,12 @@ pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 
 /// The interface for `vip/prefix`: `named` if given, else the one holding
 /// an address (other than the VIP itself) in the VIP's subnet.
-pub fn pick(ifaces: &[Iface], vip: IpAddr, prefix: u8, named: Option<&str>) -> Result<Iface, String> {
+pub fn pick(
+    ifaces: &[Iface],
+    vip: IpAddr,
+    prefix: u8,
+    named: Option<&str>,
+) -> Result<Iface, String> {
     if let Some(n) = named {
         return ifaces
             .iter()
@@ -114,7 +127,10 @@ pub fn pick(ifaces: &[Iface], vip: IpAddr, prefix: u8, named: Option<&str>) -> R
         )),
         many => Err(format!(
             "several interfaces hold {vip}/{prefix} ({}): set vip_interface",
-            many.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -150,7 +166,10 @@ mod tests {
         assert_eq!(pick(&ifs, ip("fd00::100"), 64, None).unwrap().name, "eth0");
         let e = pick(&ifs, ip("192.168.0.1"), 24, None).unwrap_err();
         assert!(e.contains("vip_interface"), "{e}");
-        assert_eq!(pick(&ifs, ip("192.168.0.1"), 24, Some("lo")).unwrap().index, 1);
+        assert_eq!(
+            pick(&ifs, ip("192.168.0.1"), 24, Some("lo")).unwrap().index,
+            1
+        );
         assert!(pick(&ifs, ip("192.168.0.1"), 24, Some("nope0")).is_err());
         // The real host has at least a loopback.
         let real = list().unwrap();

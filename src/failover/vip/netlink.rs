@@ -21,7 +21,13 @@ const IFA_F_NODAD: u32 = 0x02;
 
 /// Adds `addr/prefix` to interface `index`. `Ok(false)`: it was there already.
 pub fn add(index: u32, addr: IpAddr, prefix: u8) -> io::Result<bool> {
-    match request(&message(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, index, addr, prefix)) {
+    match request(&message(
+        RTM_NEWADDR,
+        NLM_F_CREATE | NLM_F_EXCL,
+        index,
+        addr,
+        prefix,
+    )) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
         Err(e) => Err(e),
@@ -137,8 +143,17 @@ mod tests {
 
     #[test]
     fn messages_carry_the_address_prefix_and_interface() {
-        let m = message(RTM_NEWADDR, NLM_F_CREATE, 7, "10.1.2.3".parse().unwrap(), 24);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
+        let m = message(
+            RTM_NEWADDR,
+            NLM_F_CREATE,
+            7,
+            "10.1.2.3".parse().unwrap(),
+            24,
+        );
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(m.len(), 16 + 8 + 8 + 8);
         assert_eq!(&m[16..20], &[libc::AF_INET as u8, 24, 0, 0]);
         assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 7);

@@ -1,0 +1,185 @@
+//! VIP mode: the module's virtual addresses follow the serving node. Taken
+//! through rtnetlink on the configured interface (or the one holding the
+//! subnet), then announced — gratuitous ARP for IPv4, unsolicited neighbour
+//! advertisement for IPv6 — in a burst, then periodically while held.
+//! Released before the application stops.
+
+pub mod announce;
+pub mod ifaces;
+pub mod netlink;
+
+use std::net::IpAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Announce, IpPrefix};
+
+/// One address taken on one interface (what the guard must give back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    pub index: u32,
+    pub interface: String,
+    pub addr: IpAddr,
+    pub prefix: u8,
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+}
+
+impl std::fmt::Display for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} on {}", self.addr, self.prefix, self.interface)
+    }
+}
+
+pub struct Vips {
+    module: String,
+    addresses: Vec<IpPrefix>,
+    interface: Option<String>,
+    announce: Announce,
+    taken: Vec<Taken>,
+    /// Dropped to stop the announcer.
+    announcer: Option<mpsc::Sender<()>>,
+}
+
+impl Vips {
+    pub fn new(
+        module: &str,
+        addresses: Vec<IpPrefix>,
+        interface: Option<String>,
+        announce: Announce,
+    ) -> Self {
+        Vips {
+            module: module.into(),
+            addresses,
+            interface,
+            announce,
+            taken: Vec::new(),
+            announcer: None,
+        }
+    }
+
+    /// Where each address would go; an error names the address.
+    pub fn plan(&self) -> Result<Vec<Taken>, String> {
+        let all = ifaces::list().map_err(|e| format!("listing interfaces: {e}"))?;
+        self.addresses
+            .iter()
+            .map(|a| {
+                let i = ifaces::pick(&all, a.addr, a.prefix, self.interface.as_deref())
+                    .map_err(|e| format!("vip {a}: {e}"))?;
+                Ok(Taken {
+                    index: i.index,
+                    interface: i.name,
+                    addr: a.addr,
+                    prefix: a.prefix,
+                    mac: i.mac,
+                })
+            })
+            .collect()
+    }
+
+    /// The module's addresses already on an interface of this host, which
+    /// this daemon did not put there (checked at start: reported, not taken
+    /// over silently).
+    pub fn present(&self) -> Vec<String> {
+        let Ok(all) = ifaces::list() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for a in &self.addresses {
+            for i in &all {
+                if i.addrs.iter().any(|(ip, _)| *ip == a.addr) {
+                    out.push(format!("{} is already on {}", a.addr, i.name));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn taken(&self) -> &[Taken] {
+        &self.taken
+    }
+
+    /// Adds every address of `plan` and starts announcing them. All or
+    /// nothing: on an error the addresses added are removed again.
+    pub fn take(&mut self, plan: Vec<Taken>) -> Result<(), String> {
+        if !self.taken.is_empty() {
+            return Ok(());
+        }
+        for t in plan {
+            if let Err(e) = netlink::add(t.index, t.addr, t.prefix) {
+                let err = format!("adding {t}: {e}");
+                self.release();
+                return Err(err);
+            }
+            self.taken.push(t);
+        }
+        let (tx, rx) = mpsc::channel();
+        let (list, a, module) = (self.taken.clone(), self.announce, self.module.clone());
+        std::thread::Builder::new()
+            .name("vip-announce".into())
+            .spawn(move || announcer(&module, &list, a, &rx))
+            .map_err(|e| format!("starting the announcer: {e}"))?;
+        self.announcer = Some(tx);
+        Ok(())
+    }
+
+    /// Stops announcing and removes the addresses; returns what failed.
+    pub fn release(&mut self) -> Vec<String> {
+        self.announcer = None;
+        remove_all(&std::mem::take(&mut self.taken))
+    }
+}
+
+/// Removes `taken` (the guard calls this for a dead daemon too).
+pub fn remove_all(taken: &[Taken]) -> Vec<String> {
+    taken
+        .iter()
+        .filter_map(|t| {
+            netlink::remove(t.index, t.addr, t.prefix)
+                .err()
+                .map(|e| format!("removing {t}: {e}"))
+        })
+        .collect()
+}
+
+/// Sends one announcement for each address.
+pub fn announce_once(module: &str, taken: &[Taken]) {
+    for t in taken {
+        let Some(mac) = t.mac else {
+            continue;
+        };
+        let r = match t.addr {
+            IpAddr::V4(ip) => announce::send_garp(t.index, mac, ip),
+            IpAddr::V6(ip) => announce::send_na(t.index, mac, ip),
+        };
+        if let Err(e) = r {
+            tracing::warn!(module, "announcing {t}: {e}");
+        }
+    }
+}
+
+/// The burst, then a refresh every `a.refresh`, until `stop` is dropped.
+fn announcer(module: &str, taken: &[Taken], a: Announce, stop: &mpsc::Receiver<()>) {
+    for i in 0..a.count {
+        if i > 0 && stopped(stop, a.interval) {
+            return;
+        }
+        announce_once(module, taken);
+    }
+    let Some(every) = a.refresh else {
+        let _ = stop.recv();
+        return;
+    };
+    while !stopped(stop, every) {
+        announce_once(module, taken);
+    }
+}
+
+fn stopped(stop: &mpsc::Receiver<()>, wait: Duration) -> bool {
+    !matches!(
+        stop.recv_timeout(wait),
+        Err(mpsc::RecvTimeoutError::Timeout)
+    )
+}
