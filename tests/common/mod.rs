@@ -1,6 +1,7 @@
 //! Shared helpers for the tests that mount real FUSE file systems.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pair;
 
 use std::ffi::CString;
