@@ -13,6 +13,7 @@ packages=(
   acl                             # setfacl/getfacl: the tests check ACLs through the mount
   etcd-server                     # quorum = "etcd": the tests start a real etcd
   haproxy keepalived              # LB mode and the VIP failover comparison
+  python3                         # the test application's network service, the benchmarks
 )
 
 missing=()

@@ -1,0 +1,320 @@
+//! Moving the clients, in network namespaces built by the tests: the virtual
+//! address on a LAN (a client probes it continuously and its ARP entry must
+//! follow the serving node), and a real HAProxy in front of two nodes in two
+//! subnets probing `/primary/{module}`.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Net, Options, ip};
+use common::wait_until;
+use parking_lot::Mutex;
+
+const VIP: &str = "10.80.0.100";
+const SERVICE_PORT: u16 = 8080;
+
+/// Runs `f` on a thread of its own inside namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns {path}"
+        );
+        f()
+    })
+}
+
+/// One connection to the service: the node that answered, if any.
+fn ask(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let name = out.trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// A client asking `addr` every 10 ms from namespace `ns`: (when the probe
+/// started, who answered).
+struct Prober {
+    seen: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(ns: &str, addr: SocketAddr) -> Prober {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let thread = in_netns(ns, move || {
+            while !st.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let who = ask(addr);
+                s.lock().push((t, who));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Prober {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn answered_by(&self, node: &str, after: Instant) -> bool {
+        self.seen
+            .lock()
+            .iter()
+            .any(|(t, w)| *t >= after && w.as_deref() == Some(node))
+    }
+
+    fn wait_for(&self, node: &str, after: Instant, secs: u64) -> bool {
+        wait_until(secs, || self.answered_by(node, after))
+    }
+
+    /// Probes started after `after` that `node` answered.
+    fn count(&self, node: &str, after: Instant) -> usize {
+        self.seen
+            .lock()
+            .iter()
+            .filter(|(t, w)| *t >= after && w.as_deref() == Some(node))
+            .count()
+    }
+
+    /// From the last answer of `from` to the first of `to`, after `after`.
+    fn outage(&self, from: &str, to: &str, after: Instant) -> Duration {
+        let seen = self.seen.lock();
+        let last = seen
+            .iter()
+            .filter(|(t, w)| *t < after && w.as_deref() == Some(from))
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(after);
+        let first = seen
+            .iter()
+            .find(|(t, w)| *t >= after && w.as_deref() == Some(to))
+            .map(|(t, _)| *t)
+            .expect("the new node answered");
+        first.duration_since(last)
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ip_out(args: &[&str]) -> String {
+    let o = std::process::Command::new("ip").args(args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn holds(ns: &str, addr: &str) -> bool {
+    ip_out(&["-n", ns, "-o", "addr", "show"]).contains(&format!(" {addr}/"))
+}
+
+fn mac(ns: &str, dev: &str) -> String {
+    let out = ip_out(&["-n", ns, "-o", "link", "show", dev]);
+    let after = out.split("link/ether ").nth(1).expect("an Ethernet device");
+    after.split_whitespace().next().unwrap().to_string()
+}
+
+fn neighbour(ns: &str, addr: &str) -> Option<String> {
+    let out = ip_out(&["-n", ns, "neigh", "show", addr]);
+    out.split("lladdr ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// Watches which nodes hold the VIP until stopped; returns the moments both did.
+fn watch_vip(net: &Net, stop: &AtomicBool) -> Vec<Instant> {
+    let mut both = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if holds(&net.nodes[0], VIP) && holds(&net.nodes[1], VIP) {
+            both.push(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    both
+}
+
+fn vip_cluster(net: &Net) -> Cluster {
+    Cluster::build_opts(
+        Some(net),
+        &Options {
+            quorum: "witness",
+            failover: Some(format!(
+                "vip = [\"{VIP}/24\"]\nvip_announce = 3\nvip_announce_interval_ms = 100"
+            )),
+            service: Some(SERVICE_PORT),
+            ..Options::default()
+        },
+    )
+}
+
+/// The pid of the guard the daemon `daemon` started.
+fn guard_of(daemon: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        (ppid == daemon && cmd.split(|b| *b == 0).any(|a| a == b"guard")).then_some(pid)
+    })
+}
+
+#[test]
+fn the_vip_follows_the_serving_node_when_its_daemon_is_killed_and_back() {
+    let net = Net::lan();
+    let mut c = vip_cluster(&net);
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    assert!(wait_until(10, || holds(&net.nodes[0], VIP)), "{}", c.log_text(1));
+    assert!(!holds(&net.nodes[1], VIP));
+    let client = net.client.clone().unwrap();
+    let addr: SocketAddr = format!("{VIP}:{SERVICE_PORT}").parse().unwrap();
+    let probe = Prober::start(&client, addr);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| watch_vip(&net, &stop));
+        let t0 = Instant::now();
+        assert!(probe.wait_for("node1", t0, 10), "the client never reached node1");
+        assert_eq!(neighbour(&client, VIP), Some(mac(&net.nodes[0], "eth0")));
+
+        // kill -9 of the daemon alone: its guard drops the VIP at once (node1
+        // stops answering for it) and stops the application; node2 takes over
+        // and announces the address.
+        c.signal(1, libc::SIGKILL);
+        let killed = Instant::now();
+        assert!(
+            wait_until(5, || !holds(&net.nodes[0], VIP)),
+            "the guard left the VIP on node1"
+        );
+        assert!(probe.wait_for("node2", killed, 20), "{}", c.log_text(2));
+        let outage = probe.outage("node1", "node2", killed);
+        eprintln!("VIP outage after kill -9 of the daemon: {} ms", outage.as_millis());
+        assert_eq!(
+            probe.count("node1", killed + Duration::from_millis(100)),
+            0,
+            "node1 answered through the VIP after its daemon was killed"
+        );
+        assert_eq!(
+            neighbour(&client, VIP),
+            Some(mac(&net.nodes[1], "eth0")),
+            "the client's ARP entry does not point at node2"
+        );
+
+        // Failback as SECOND, then swap: the VIP and the client come back.
+        c.clean_after_killed(1);
+        c.start(1);
+        c.wait_states("SECOND", "PRIM", 30);
+        let o = c.tandem(1, &["swap", "app"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let swapped = Instant::now();
+        c.wait_states("PRIM", "SECOND", 30);
+        assert!(probe.wait_for("node1", swapped, 20));
+        assert!(holds(&net.nodes[0], VIP) && !holds(&net.nodes[1], VIP));
+        assert_eq!(neighbour(&client, VIP), Some(mac(&net.nodes[0], "eth0")));
+        let settled = Instant::now() + Duration::from_millis(200);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(probe.count("node2", settled), 0, "node2 answers after the swap");
+
+        stop.store(true, Ordering::Relaxed);
+        let both = watcher.join().unwrap();
+        assert!(both.is_empty(), "both nodes held the VIP {} times", both.len());
+    });
+    let st = c.status(1).unwrap();
+    let clients = st["modules"][0]["cluster"]["clients"].as_str().unwrap();
+    assert!(clients.contains(&format!("holding {VIP}/24 on eth0")), "{clients}");
+    c.assert_never_both();
+}
+
+#[test]
+fn the_vip_moves_when_the_whole_primary_is_lost() {
+    let net = Net::lan();
+    let mut c = vip_cluster(&net);
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    assert!(wait_until(10, || holds(&net.nodes[0], VIP)));
+    let client = net.client.clone().unwrap();
+    let addr: SocketAddr = format!("{VIP}:{SERVICE_PORT}").parse().unwrap();
+    let probe = Prober::start(&client, addr);
+    assert!(probe.wait_for("node1", Instant::now(), 10));
+    // The whole node is lost: its link goes, then every process on it (the
+    // guard too, so nothing cleans up there).
+    let daemon = c.daemons[0].as_ref().unwrap().id();
+    let guard = guard_of(daemon).expect("the daemon's guard runs");
+    net.set(1, "eth0", false);
+    let lost = Instant::now();
+    unsafe { libc::kill(guard, libc::SIGKILL) };
+    c.signal(1, libc::SIGKILL);
+    c.clean_after_killed(1);
+    assert!(probe.wait_for("node2", lost, 20), "{}", c.log_text(2));
+    let outage = probe.outage("node1", "node2", lost);
+    eprintln!("VIP outage after losing the whole node: {} ms", outage.as_millis());
+    assert_eq!(neighbour(&client, VIP), Some(mac(&net.nodes[1], "eth0")));
+    // node1 "reboots": its address list is fresh, then the link returns.
+    ip(&["-n", &net.nodes[0], "addr", "del", &format!("{VIP}/24"), "dev", "eth0"]);
+    net.set(1, "eth0", true);
+    c.start(1);
+    c.wait_states("SECOND", "PRIM", 30);
+    assert!(!holds(&net.nodes[0], VIP) && holds(&net.nodes[1], VIP));
+    let back = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(probe.count("node1", back), 0);
+    assert!(probe.answered_by("node2", back));
+}
+
+#[test]
+fn an_isolated_primary_drops_the_vip_before_its_twin_takes_it() {
+    let net = Net::lan();
+    let mut c = vip_cluster(&net);
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    assert!(wait_until(10, || holds(&net.nodes[0], VIP)));
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| watch_vip(&net, &stop));
+        // node1 loses the LAN: no peer, no witness. It stops serving and
+        // gives the VIP back; node2 gets the lease once it ran out.
+        net.set(1, "eth0", false);
+        assert!(
+            wait_until(20, || c.state(1) == "WAIT" && c.state(2) == "ALONE"),
+            "{}/{}\n--- node1\n{}\n--- node2\n{}",
+            c.state(1),
+            c.state(2),
+            c.log_text(1),
+            c.log_text(2)
+        );
+        assert!(wait_until(5, || holds(&net.nodes[1], VIP)));
+        assert!(!holds(&net.nodes[0], VIP));
+        net.set(1, "eth0", true);
+        c.wait_states("SECOND", "PRIM", 30);
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let both = watcher.join().unwrap();
+        assert!(both.is_empty(), "both nodes held the VIP {} times", both.len());
+    });
+    c.assert_never_both();
+}
