@@ -46,10 +46,12 @@ fn ask(addr: SocketAddr) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// A client asking `addr` every 10 ms from namespace `ns`: (when the probe
-/// started, who answered).
+/// When a probe started, and who answered it.
+type Answers = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
+/// A client asking `addr` every 10 ms from namespace `ns`.
 struct Prober {
-    seen: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+    seen: Answers,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
