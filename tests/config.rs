@@ -228,13 +228,13 @@ name = "conmon""#,
 }
 
 #[test]
-fn lb_port_defaults_to_9453() {
+fn lb_port_defaults_to_the_health_crates_port() {
     let text = edit("vip = [\"192.168.1.100/24\"]", "failover = \"lb\"");
     let s = parse(&text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         s.modules[0].failover,
         Failover::Lb {
-            port: 9453,
+            port: lb_health::DEFAULT_PORT,
             tls: false
         }
     );
