@@ -16,6 +16,7 @@ use common::wait_until;
 use parking_lot::Mutex;
 
 const VIP: &str = "10.80.0.100";
+const VIP6: &str = "fd80::100";
 const SERVICE_PORT: u16 = 8080;
 
 /// Runs `f` on a thread of its own inside namespace `ns`.
@@ -167,7 +168,8 @@ fn vip_cluster(net: &Net) -> Cluster {
         &Options {
             quorum: "witness",
             failover: Some(format!(
-                "vip = [\"{VIP}/24\"]\nvip_announce = 3\nvip_announce_interval_ms = 100"
+                "vip = [\"{VIP}/24\", \"{VIP6}/64\"]\nvip_announce = 3\n\
+                 vip_announce_interval_ms = 100"
             )),
             service: Some(SERVICE_PORT),
             ..Options::default()
@@ -205,9 +207,11 @@ fn the_vip_follows_the_serving_node_when_its_daemon_is_killed_and_back() {
         c.log_text(1)
     );
     assert!(!holds(&net.nodes[1], VIP));
+    assert!(holds(&net.nodes[0], VIP6) && !holds(&net.nodes[1], VIP6));
     let client = net.client.clone().unwrap();
     let addr: SocketAddr = format!("{VIP}:{SERVICE_PORT}").parse().unwrap();
     let probe = Prober::start(&client, addr);
+    let probe6 = Prober::start(&client, format!("[{VIP6}]:{SERVICE_PORT}").parse().unwrap());
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let watcher = s.spawn(|| watch_vip(&net, &stop));
@@ -216,7 +220,9 @@ fn the_vip_follows_the_serving_node_when_its_daemon_is_killed_and_back() {
             probe.wait_for("node1", t0, 10),
             "the client never reached node1"
         );
+        assert!(probe6.wait_for("node1", t0, 10), "nor over IPv6");
         assert_eq!(neighbour(&client, VIP), Some(mac(&net.nodes[0], "eth0")));
+        assert_eq!(neighbour(&client, VIP6), Some(mac(&net.nodes[0], "eth0")));
 
         // kill -9 of the daemon alone: its guard drops the VIP at once (node1
         // stops answering for it) and stops the application; node2 takes over
@@ -242,6 +248,20 @@ fn the_vip_follows_the_serving_node_when_its_daemon_is_killed_and_back() {
             neighbour(&client, VIP),
             Some(mac(&net.nodes[1], "eth0")),
             "the client's ARP entry does not point at node2"
+        );
+        // IPv6: the unsolicited neighbour advertisement moved the entry too.
+        assert!(
+            probe6.wait_for("node2", killed, 10),
+            "IPv6 clients did not follow"
+        );
+        assert_eq!(
+            neighbour(&client, VIP6),
+            Some(mac(&net.nodes[1], "eth0")),
+            "the client's neighbour entry for {VIP6} does not point at node2"
+        );
+        assert_eq!(
+            probe6.count("node1", killed + Duration::from_millis(100)),
+            0
         );
 
         // Failback as SECOND, then swap: the VIP and the client come back.

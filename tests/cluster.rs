@@ -560,3 +560,77 @@ fn modules_serve_on_either_node_swap_back_to_their_preferred_node_and_survive_a_
     }
     c.assert_never_both();
 }
+
+/// The status line of `GET path` on the node's health port over TLS (any
+/// certificate accepted, as load balancers' checks do).
+fn https_status(port: u16, path: &str) -> String {
+    let script = format!(
+        "import ssl, socket\n\
+         c = ssl.create_default_context()\n\
+         c.check_hostname = False\n\
+         c.verify_mode = ssl.CERT_NONE\n\
+         s = c.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=5))\n\
+         s.sendall(b'GET {path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         print(s.recv(200).decode().split('\\r\\n')[0])\n"
+    );
+    let o = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 is installed");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn health_endpoints_speak_https_with_lb_tls() {
+    let (p1, p2) = (
+        common::cluster::free_ports().1,
+        common::cluster::free_ports().1,
+    );
+    let mut c = Cluster::build_opts(
+        None,
+        &common::cluster::Options {
+            quorum: "none",
+            failover: Some("failover = \"lb\"\nlb_tls = true\nlb_port = {port}".into()),
+            ports: Some([p1, p2]),
+            ..Default::default()
+        },
+    );
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    assert!(
+        wait_until(5, || https_status(p1, "/primary/app") == "HTTP/1.1 200 OK"),
+        "{}",
+        https_status(p1, "/primary/app")
+    );
+    assert_eq!(
+        https_status(p2, "/primary/app"),
+        "HTTP/1.1 503 Service Unavailable"
+    );
+    assert_eq!(https_status(p2, "/secondary/app"), "HTTP/1.1 200 OK");
+    assert_eq!(
+        https_status(p1, "/var/modules/app/ready.txt"),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(
+        https_status(p2, "/var/modules/app/ready.txt"),
+        "HTTP/1.1 404 Not Found"
+    );
+    // Plain HTTP on the TLS port gets no answer.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", p1)).unwrap();
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /primary/app HTTP/1.1\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+    // A swap flips both.
+    let o = c.tandem(1, &["swap", "app"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.wait_states("SECOND", "PRIM", 30);
+    assert_eq!(
+        https_status(p1, "/primary/app"),
+        "HTTP/1.1 503 Service Unavailable"
+    );
+    assert_eq!(https_status(p2, "/primary/app"), "HTTP/1.1 200 OK");
+}

@@ -26,6 +26,8 @@ pub struct Options<'a> {
     pub heartbeat: (u64, u64),
     /// The application's service port (`APP_PORT`).
     pub service: Option<u16>,
+    /// A port per node, for `{port}` in `failover`.
+    pub ports: Option<[u16; 2]>,
 }
 
 impl Default for Options<'_> {
@@ -38,6 +40,7 @@ impl Default for Options<'_> {
             tail: "",
             heartbeat: (100, 500),
             service: None,
+            ports: None,
         }
     }
 }
@@ -128,9 +131,9 @@ impl Net {
         }
     }
 
-    /// One LAN: node1 (10.80.0.1), node2 (.2), the witness (.3) and a client
-    /// (.9) on a bridge that lives in a namespace of its own; each has an
-    /// "eth0". A node's "eth0" down is that node lost to the network.
+    /// One LAN: node1 (10.80.0.1, fd80::1), node2 (.2), the witness (.3) and
+    /// a client (.9) on a bridge that lives in a namespace of its own; each has
+    /// an "eth0". A node's "eth0" down is that node lost to the network.
     pub fn lan() -> Net {
         let names = Net::make(&["n1", "n2", "w", "cl", "sw"]);
         let sw = &names[4];
@@ -147,6 +150,8 @@ impl Net {
                 "",
             );
             ip(&["-n", sw, "link", "set", &port, "master", "br0"]);
+            let v6 = format!("fd80::{last}/64");
+            ip(&["-n", &names[i], "addr", "add", &v6, "dev", "eth0", "nodad"]);
         }
         Net {
             nodes: [names[0].clone(), names[1].clone()],
@@ -421,7 +426,12 @@ timeout_s = 20
 {check}
 {tail}"#,
                     t = t.display(),
-                    failover = opts.failover.as_ref().map(|f| f.replace("{n}", &n.to_string())).unwrap_or_else(|| format!(
+                    failover = opts.failover.as_ref().map(|f| {
+                        f.replace("{n}", &n.to_string()).replace(
+                            "{port}",
+                            &opts.ports.map_or(String::new(), |p| p[n - 1].to_string()),
+                        )
+                    }).unwrap_or_else(|| format!(
                         "failover = \"lb\"\nlb_port = {}",
                         lb[n - 1]
                     )),
