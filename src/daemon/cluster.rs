@@ -1086,6 +1086,11 @@ pub fn run(
                 "{p} before this daemon took it: check who else holds it"
             ));
         }
+        // An address with no interface to go to is said now, not at failover.
+        if let Some(Err(e)) = managed.vips.as_ref().map(|v| v.plan()) {
+            tracing::error!(module = %m.name, "{e}");
+            managed.note(format!("{e}: this node cannot serve the module"));
+        }
         modules.push(managed);
     }
 
