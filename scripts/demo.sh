@@ -139,6 +139,14 @@ sleep 1
 tail -3 "$base/node1/app/records"
 show
 
+echo "== what a load balancer's health check sees (GET /primary/app on each node's lb_port)"
+for n in 1 2; do
+    exec 3<>"/dev/tcp/127.0.0.1/$((port + 1 + n))"
+    printf 'GET /primary/app HTTP/1.0\r\n\r\n' >&3
+    echo "node$n: $(head -1 <&3 | tr -d '\r')"
+    exec 3<&-
+done
+
 echo "== tandem verify: both trees compared by content-defined chunks"
 "$T" -c "$base/node1.toml" verify app
 echo "== the module's log on node1"

@@ -491,6 +491,9 @@ fn print_status(resp: &Response, json: bool) {
             if c.checks != "none" {
                 println!("  health checks {}", c.checks);
             }
+            if !c.clients.is_empty() {
+                println!("  clients: {}", c.clients);
+            }
             if c.quorum != "none" {
                 println!("  quorum {}", c.quorum);
             }
