@@ -26,6 +26,10 @@ use tokio::net::TcpListener;
 pub const DEFAULT_PORT: u16 = 9453;
 /// The path a load balancer probes to find the serving node.
 pub const PRIMARY_PATH: &str = "/primary/{module}";
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// A probe's whole exchange (TLS handshake included).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the endpoints say about one module on this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -209,19 +213,27 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let wrap = Arc::new(wrap);
+    // Probes are few and short: a flood of connections is turned away rather
+    // than allowed to take the daemon's descriptors.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
         let (h, wrap) = (health.clone(), wrap.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), async move {
+            let _ = tokio::time::timeout(PROBE_TIMEOUT, async move {
                 tcp.set_nodelay(true).ok();
                 let stream = wrap(tcp).await?;
                 connection(stream, &h).await
             })
             .await;
+            drop(slot);
         });
     }
 }

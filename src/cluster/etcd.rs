@@ -383,17 +383,23 @@ fn post(ep: &HttpUrl, path: &str, body: &Value, timeout: Duration) -> Result<Val
         .read_to_end(&mut raw)
         .map_err(|e| e.to_string())?;
     let (status, body) = parse_response(&raw)?;
-    let v: Value = serde_json::Deserializer::from_slice(&body)
+    let v: Option<Value> = serde_json::Deserializer::from_slice(&body)
         .into_iter()
         .next()
-        .ok_or("an empty answer")?
-        .map_err(|e| format!("not JSON: {e}"))?;
+        .and_then(Result::ok);
     if status != 200 {
-        return Err(format!(
-            "HTTP {status}: {}",
-            v["error"].as_str().or(v["message"].as_str()).unwrap_or("")
-        ));
+        let why = v
+            .as_ref()
+            .and_then(|v| {
+                v["error"]
+                    .as_str()
+                    .or(v["message"].as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        return Err(format!("{path}: HTTP {status}: {why}"));
     }
+    let v = v.ok_or_else(|| format!("{path}: the answer is not JSON"))?;
     if let Some(e) = v.get("error") {
         return Err(format!("{path}: {e}"));
     }

@@ -61,6 +61,9 @@ pub struct Leases {
     term: Duration,
     held: HashMap<(String, String), Lease>,
     newest: HashMap<(String, String), u64>,
+    /// No lease is granted before then: a witness that just (re)started
+    /// does not know who held one, and the holder still relies on it.
+    quiet_until: Option<Instant>,
 }
 
 impl Leases {
@@ -69,13 +72,21 @@ impl Leases {
             term,
             held: HashMap::new(),
             newest: HashMap::new(),
+            quiet_until: None,
         }
+    }
+
+    /// Grants nothing until `until` (a whole term after a start).
+    pub fn quiet_until(&mut self, until: Instant) {
+        self.quiet_until = Some(until);
     }
 
     pub fn ask(&mut self, a: &Ask, now: Instant) -> Answer {
         let key = (a.cluster.clone(), a.module.clone());
         let current = self.held.get(&key).filter(|l| l.until > now);
+        let quiet = self.quiet_until.is_some_and(|q| now < q);
         let granted = match current {
+            _ if quiet && a.want => false,
             Some(l) if l.holder != a.node => false,
             Some(_) | None if a.want => {
                 self.held.insert(
@@ -125,6 +136,7 @@ pub async fn serve(
     state: &std::path::Path,
 ) -> Result<(), String> {
     let mut leases = Leases::new(term);
+    leases.quiet_until(Instant::now() + term);
     for (module, g) in load_newest(state)? {
         leases.newest.insert((cluster.clone(), module), g);
     }
@@ -171,16 +183,17 @@ pub async fn serve(
             .get(&(ask.cluster.clone(), ask.module.clone()))
             .copied();
         let answer = leases.ask(&ask, Instant::now());
-        if newest_before != Some(answer.newest) {
+        if newest_before.unwrap_or(0) != answer.newest {
             // Kept before the holder is told, so what it relies on survives
-            // a restart of the witness.
+            // a restart of the witness; unsaved, it is not told at all.
             let all = leases
                 .newest
                 .iter()
                 .map(|((_, m), g)| (m.clone(), *g))
                 .collect();
             if let Err(e) = save_newest(state, &all) {
-                tracing::error!("witness: {e}");
+                tracing::error!("witness: {e}; not answering");
+                continue;
             }
         }
         if answer.holder != before {
@@ -441,6 +454,19 @@ mod tests {
         assert!(a.granted);
         assert_eq!(a.newest, 7);
         assert!(!l.ask(&ask("node1", true), ms(950)).granted);
+    }
+
+    #[test]
+    fn a_witness_that_just_started_grants_nothing_for_a_term() {
+        let t0 = Instant::now();
+        let mut l = Leases::new(Duration::from_millis(500));
+        l.quiet_until(t0 + Duration::from_millis(500));
+        let a = l.ask(&ask("node2", true), t0 + Duration::from_millis(100));
+        assert!(!a.granted && a.holder.is_none());
+        assert!(
+            l.ask(&ask("node2", true), t0 + Duration::from_millis(501))
+                .granted
+        );
     }
 
     #[test]

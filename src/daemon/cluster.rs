@@ -251,8 +251,10 @@ impl Managed {
                     .role_file
                     .with_file_name("split-brain")
                     .join(utc(crate::cluster::heartbeat::now_ms()).replace(':', ""));
-                let done = crate::replication::aside::keep_aside(&self.base, &at)
-                    .map_err(|e| (Failure::Secondary, format!("keeping changes aside: {e}")))?;
+                // Copying is the main loop's work, not a hang.
+                let done =
+                    crate::replication::aside::keep_aside(&self.base, &at, &|| node.health.beat())
+                        .map_err(|e| (Failure::Secondary, format!("keeping changes aside: {e}")))?;
                 self.note(format!(
                     "this node's own changes ({} files, {} bytes) kept aside in {}",
                     done.files,
@@ -270,6 +272,7 @@ impl Managed {
                 .promote(node, *new_generation)
                 .map_err(|e| (Failure::Promote, e))?,
             Action::StartApp => {
+                // The addresses first (an application may bind to them)…
                 self.take_clients(node)
                     .map_err(|e| (Failure::StartApp, e))?;
                 if let Err(e) = self.script(node, "start_prim", "prim") {
@@ -278,7 +281,13 @@ impl Managed {
                 }
                 self.app_running = true;
                 self.checks_from = Instant::now();
-                // Only now does the load balancer's probe say 200.
+                // …but clients are sent here only once it runs: the
+                // announcements go out and the probe says 200 now.
+                if let Some(v) = self.vips.as_mut()
+                    && let Err(e) = v.announce()
+                {
+                    self.note(format!("announcing the virtual addresses: {e}"));
+                }
                 node.health.set_serving(&self.cfg.name, true);
             }
             Action::StopApp => {
@@ -878,10 +887,59 @@ fn utc(ms: u64) -> String {
     )
 }
 
-/// A listener on every address, IPv6 and IPv4 (or IPv4 alone where IPv6 is off).
+/// A listener on every address, IPv6 and IPv4 whatever `bindv6only` says
+/// (or IPv4 alone where IPv6 is off).
 async fn listen_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind(("::", port)).await {
-        Ok(l) => Ok(l),
+    let dual = || -> std::io::Result<std::net::TcpListener> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET6,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let set = |level, opt, v: libc::c_int| {
+            let r = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    level,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sa.sin6_port = port.to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        if unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in6).cast(),
+                len,
+            )
+        } < 0
+            || unsafe { libc::listen(sock.as_raw_fd(), 128) } < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::net::TcpListener::from(sock))
+    };
+    match dual() {
+        Ok(l) => tokio::net::TcpListener::from_std(l),
         Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port)).await,
     }
 }
@@ -1074,7 +1132,7 @@ pub fn run(
             managed.machine.state,
             last.map_or("none".into(), |s| format!("{s:?}"))
         ));
-        // Reported, not silently taken over (nor given back at the end).
+        // Reported now; a node that serves later manages (and removes) it.
         for p in managed
             .vips
             .as_ref()

@@ -19,8 +19,9 @@ pub struct Aside {
 }
 
 /// Copies the diverged files of every module dir into `into/DIR_INDEX/PATH`.
-/// A file that vanished meanwhile is only listed.
-pub fn keep_aside(dirs: &[Dir], into: &Path) -> Result<Aside, String> {
+/// A file that vanished meanwhile is only listed. `progress` is called after
+/// each file.
+pub fn keep_aside(dirs: &[Dir], into: &Path, progress: &dyn Fn()) -> Result<Aside, String> {
     let err = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
     std::fs::create_dir_all(into).map_err(|e| err(into, &e))?;
     let manifest_path = into.join("MANIFEST");
@@ -49,6 +50,7 @@ pub fn keep_aside(dirs: &[Dir], into: &Path) -> Result<Aside, String> {
                 Ok(None) => {}
                 Err(e) => lines.push(format!("gone {i} {} ({e})", path.display())),
             }
+            progress();
         }
         for (seq, change) in log.ns_since(0).map_err(|e| err(into, &e))? {
             lines.push(format!("namespace {i} #{seq} {change:?}"));
@@ -106,7 +108,12 @@ mod tests {
             cache: parking_lot::Mutex::new(Default::default()),
         };
         let out = tempfile::tempdir().unwrap();
-        let done = keep_aside(std::slice::from_ref(&dir), out.path()).unwrap();
+        let calls = std::cell::Cell::new(0);
+        let done = keep_aside(std::slice::from_ref(&dir), out.path(), &|| {
+            calls.set(calls.get() + 1)
+        })
+        .unwrap();
+        assert_eq!(calls.get(), 2, "once per dirty file");
         assert_eq!(
             done,
             Aside {

@@ -529,6 +529,23 @@ impl Replicator {
         *self.alone_ok.lock() = Some(check);
     }
 
+    /// A call that promises durability finds no peer to make it durable: it
+    /// returns once this node may serve alone (it holds quorum), or once a
+    /// link is back (the peer then resynchronises and is behind until it is
+    /// done, so it cannot take over meanwhile), or with EIO once fenced.
+    fn alone(&self) -> Result<(), Errno> {
+        loop {
+            if self.fenced.load(Ordering::SeqCst) {
+                return Err(Errno::EIO);
+            }
+            let check = self.alone_ok.lock().clone();
+            if check.is_none_or(|ok| ok()) || self.order.lock().link.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Ok once `seq` satisfies `need` (or the link is gone); Err(EIO) if the
     /// node was fenced meanwhile.
     fn wait(&self, conn: u64, seq: u64, need: Need) -> Result<(), Errno> {
@@ -539,7 +556,12 @@ impl Replicator {
                 return Err(Errno::EIO);
             }
             if a.conn != conn || !a.connected {
-                return Ok(());
+                drop(a);
+                // The peer went away before it made this durable.
+                return match need {
+                    Need::Lag(_) => Ok(()),
+                    Need::Applied | Need::Received => self.alone(),
+                };
             }
             let done = match need {
                 Need::Applied => a.applied >= seq,
@@ -782,10 +804,13 @@ impl Replicator {
             } else {
                 None
             };
+            let linked = o.link.is_some();
             drop(o);
             local()?;
-            if let Some((conn, seq)) = sent {
-                self.wait(conn, seq, self.need(true))?;
+            match sent {
+                Some((conn, seq)) => self.wait(conn, seq, self.need(true))?,
+                None if !linked && !unnamed && self.ack != Ack::Async => self.alone()?,
+                None => {}
             }
             return Ok(());
         }
@@ -803,6 +828,14 @@ impl Replicator {
             self.note_error(format!("change log: {e}"));
         }
         if !o.streaming() || unnamed {
+            let alone = o.link.is_none()
+                && !unnamed
+                && self.ack != Ack::Async
+                && matches!(m, Mutation::Write { sync: true, .. });
+            drop(o);
+            if alone {
+                self.alone()?;
+            }
             return Ok(());
         }
         let times = self.stamps(dir, m);
@@ -1087,6 +1120,25 @@ mod tests {
         assert_eq!(rep.wait(conn, 1, Need::Applied), Ok(()));
         assert!(t.elapsed() >= Duration::from_millis(100));
         assert!(!rep.acks.lock().connected || rep.order.lock().link.is_none());
+
+        // A link that went away before the call was made durable: the call
+        // waits for quorum (or the fence) too; plain writes do not.
+        let (rep, _root) = replicator(10_000);
+        let q = quorum.clone();
+        rep.set_alone_check(Arc::new(move || q.load(Ordering::SeqCst)));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = rep.attach(tx);
+        quorum.store(false, Ordering::SeqCst);
+        rep.detach(conn, "the session ended");
+        assert_eq!(rep.wait(conn, 1, Need::Lag(WINDOW)), Ok(()));
+        let waiter = {
+            let rep = rep.clone();
+            std::thread::spawn(move || rep.wait(conn, 1, Need::Applied))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "made durable alone without quorum");
+        quorum.store(true, Ordering::SeqCst);
+        assert_eq!(waiter.join().unwrap(), Ok(()));
     }
 
     #[test]

@@ -39,8 +39,8 @@ pub struct Vips {
     interface: Option<String>,
     announce: Announce,
     taken: Vec<Taken>,
-    /// Dropped to stop the announcer.
-    announcer: Option<mpsc::Sender<()>>,
+    /// The announcer: dropping the sender stops it.
+    announcer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl Vips {
@@ -101,8 +101,10 @@ impl Vips {
         &self.taken
     }
 
-    /// Adds every address of `plan` and starts announcing them. All or
-    /// nothing: on an error the addresses added are removed again.
+    /// Adds every address of `plan` (one already there is managed from now
+    /// on, and removed at release: it must not stay behind on a node that no
+    /// longer serves). All or nothing: on an error the addresses added are
+    /// removed again.
     pub fn take(&mut self, plan: Vec<Taken>) -> Result<(), String> {
         if !self.taken.is_empty() {
             return Ok(());
@@ -115,20 +117,42 @@ impl Vips {
             }
             self.taken.push(t);
         }
-        let (tx, rx) = mpsc::channel();
-        let (list, a, module) = (self.taken.clone(), self.announce, self.module.clone());
-        std::thread::Builder::new()
-            .name("vip-announce".into())
-            .spawn(move || announcer(&module, &list, a, &rx))
-            .map_err(|e| format!("starting the announcer: {e}"))?;
-        self.announcer = Some(tx);
         Ok(())
     }
 
-    /// Stops announcing and removes the addresses; returns what failed.
+    /// Tells the LAN, once the application listens: a burst, then a refresh.
+    pub fn announce(&mut self) -> Result<(), String> {
+        if self.announcer.is_some() || self.taken.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel();
+        let (list, a, module) = (self.taken.clone(), self.announce, self.module.clone());
+        let h = std::thread::Builder::new()
+            .name("vip-announce".into())
+            .spawn(move || announcer(&module, &list, a, &rx))
+            .map_err(|e| format!("starting the announcer: {e}"))?;
+        self.announcer = Some((tx, h));
+        Ok(())
+    }
+
+    /// Stops announcing, then removes the addresses; returns what failed.
+    /// An address that could not be removed stays listed (and with the
+    /// guard), so it is tried again rather than forgotten.
     pub fn release(&mut self) -> Vec<String> {
-        self.announcer = None;
-        remove_all(&std::mem::take(&mut self.taken))
+        if let Some((stop, h)) = self.announcer.take() {
+            drop(stop);
+            let _ = h.join();
+        }
+        let mut errors = Vec::new();
+        self.taken
+            .retain(|t| match netlink::remove(t.index, t.addr, t.prefix) {
+                Ok(_) => false,
+                Err(e) => {
+                    errors.push(format!("removing {t}: {e}"));
+                    true
+                }
+            });
+        errors
     }
 }
 
