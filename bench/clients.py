@@ -270,7 +270,10 @@ stop_prim = "{tmp}/stop.sh"
         if r.returncode != 0:
             return None
         import json
-        m = json.loads(r.stdout)["modules"][0]
+        modules = json.loads(r.stdout)["modules"]
+        if not modules:
+            return None
+        m = modules[0]
         return m["state"], m["cluster"]["uptodate"]
 
     def settled(self, prim):

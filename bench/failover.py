@@ -121,7 +121,11 @@ stop_prim = "{self.tmp}/stop.sh"
         r = subprocess.run([TANDEM, "-c", self.config(n), "status", "--json"], capture_output=True, text=True)
         if r.returncode != 0:
             return None, False
-        m = json.loads(r.stdout)["modules"][0]
+        modules = json.loads(r.stdout)["modules"]
+        if not modules:
+            # The daemon answers before its first state is published.
+            return None, False
+        m = modules[0]
         return m["state"], m["cluster"]["uptodate"]
 
     def kill(self, n):
