@@ -2,7 +2,7 @@
 //! (`mount`, `config check`, `daemon`) or asks the daemon over its control socket.
 //!
 //! Exit codes: 0 success, 1 failure, 2 bad input (arguments, configuration,
-//! directories), 3 the verb exists but this version cannot do it yet.
+//! directories) or a request the daemon refuses.
 
 mod commands;
 mod mount;
