@@ -342,8 +342,18 @@ impl Replicator {
     }
 
     fn unlink(&self, conn: u64, why: &str, failed: bool) {
-        let durable = self.acks.lock().durable;
         let mut o = self.order.lock();
+        self.unlink_locked(&mut o, conn, why, failed);
+        drop(o);
+        let mut r = self.resync.lock();
+        r.running = false;
+    }
+
+    /// [`unlink`](Self::unlink) under the order lock (the acknowledgement
+    /// lock is never held while the order lock is taken, so taking it here is
+    /// safe): however the link is found gone, the same bookkeeping follows.
+    fn unlink_locked(&self, o: &mut Order, conn: u64, why: &str, failed: bool) {
+        let durable = self.acks.lock().durable;
         if o.linked(conn) {
             if failed && o.current(durable) {
                 // The peer was current and is no longer: a new generation
@@ -380,14 +390,11 @@ impl Replicator {
             );
             *self.last_error.lock() = Some(why.to_string());
         }
-        drop(o);
         let mut a = self.acks.lock();
         if a.conn == conn {
             a.connected = false;
         }
         self.acked.notify_all();
-        let mut r = self.resync.lock();
-        r.running = false;
     }
 
     /// Drops the current link so the next one resynchronises what the
@@ -495,7 +502,10 @@ impl Replicator {
             times,
         };
         if tx.send(msg).is_err() {
-            o.link = None;
+            // The link's writer has stopped: the link is gone, with the
+            // same consequences as any other loss (new generation, exact
+            // marks), not silently.
+            self.unlink_locked(o, conn, "the link's writer stopped", true);
             return None;
         }
         o.next_seq += 1;
@@ -1087,6 +1097,36 @@ mod tests {
             vec![dir],
         );
         (rep, root)
+    }
+
+    #[test]
+    fn a_link_whose_writer_stopped_is_unlinked_with_its_bookkeeping() {
+        let (rep, _root) = replicator(1000);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = rep.attach(tx);
+        let generation = rep.dirs[0].log.generation().unwrap().current;
+        {
+            let mut o = rep.order.lock();
+            o.ready = true;
+            // The peer is current (resync done, everything durable).
+            o.resync_done = Some(0);
+        }
+        drop(rx);
+        let mut o = rep.order.lock();
+        assert!(
+            rep.send_locked(&mut o, 0, false, WireMutation::Sync, Vec::new())
+                .is_none()
+        );
+        assert!(o.link.is_none() && o.resync_done.is_none() && !o.ready);
+        drop(o);
+        assert!(!rep.acks.lock().connected);
+        assert_ne!(
+            rep.dirs[0].log.generation().unwrap().current,
+            generation,
+            "the peer that was current is behind now: a new generation says so"
+        );
+        assert_eq!(rep.status().peer, "alone");
+        let _ = conn;
     }
 
     #[test]
