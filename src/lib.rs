@@ -19,3 +19,4 @@ pub mod failover;
 pub mod fs;
 pub mod replication;
 pub mod signals;
+pub mod sock;

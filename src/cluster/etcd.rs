@@ -10,7 +10,6 @@
 //! with the lease is kept in `/tandem/CLUSTER/MODULE/newest`, written only by
 //! the holder, and outlives every node.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -18,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use super::{Book, LeaseQuorum};
 use crate::config::HttpUrl;
 
 pub struct Client {
@@ -29,20 +28,8 @@ pub struct Client {
     node: String,
     ttl_s: u64,
     validity: Duration,
-    interval: Duration,
-    state: Mutex<HashMap<String, Held>>,
-    last_answer: Mutex<Option<Instant>>,
+    book: Book,
     stopped: std::sync::atomic::AtomicBool,
-}
-
-#[derive(Default)]
-struct Held {
-    want: bool,
-    generation: u64,
-    serving: bool,
-    until: Option<Instant>,
-    holder: Option<String>,
-    newest: u64,
 }
 
 impl Client {
@@ -69,9 +56,7 @@ impl Client {
             node: node.into(),
             ttl_s: term.as_millis().div_ceil(1000).max(2) as u64,
             validity,
-            interval,
-            state: Mutex::new(HashMap::new()),
-            last_answer: Mutex::new(None),
+            book: Book::new(interval),
             stopped: Default::default(),
         }))
     }
@@ -95,7 +80,7 @@ impl Client {
                     let t0 = Instant::now();
                     match self.round(&mut api, &mut lease, t0) {
                         Ok(()) => {
-                            *self.last_answer.lock() = Some(t0);
+                            *self.book.last_answer.lock() = Some(t0);
                             if failing {
                                 tracing::info!("etcd answers again");
                                 failing = false;
@@ -108,7 +93,7 @@ impl Client {
                             }
                         }
                     }
-                    std::thread::sleep(self.interval.saturating_sub(t0.elapsed()));
+                    std::thread::sleep(self.book.interval.saturating_sub(t0.elapsed()));
                 }
             })
     }
@@ -117,7 +102,7 @@ impl Client {
     pub fn stop(&self) {
         self.stopped
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        for h in self.state.lock().values_mut() {
+        for h in self.book.state.lock().values_mut() {
             h.until = None;
         }
     }
@@ -138,6 +123,7 @@ impl Client {
         }
         let id = lease.expect("granted above");
         let wanted: Vec<(String, bool, u64, bool)> = self
+            .book
             .state
             .lock()
             .iter()
@@ -159,7 +145,7 @@ impl Client {
             } else {
                 newest
             };
-            let mut s = self.state.lock();
+            let mut s = self.book.state.lock();
             let h = s.entry(module).or_default();
             h.holder = holder;
             h.newest = newest;
@@ -239,38 +225,9 @@ impl Client {
     }
 }
 
-impl super::LeaseQuorum for Client {
-    fn want(&self, module: &str, want: bool, generation: u64, serving: bool) {
-        let mut s = self.state.lock();
-        let h = s.entry(module.to_string()).or_default();
-        h.want = want;
-        h.generation = generation;
-        h.serving = serving;
-        if !want {
-            h.until = None;
-        }
-    }
-
-    fn holds(&self, module: &str) -> bool {
-        self.state
-            .lock()
-            .get(module)
-            .and_then(|h| h.until)
-            .is_some_and(|t| t > Instant::now())
-    }
-
-    fn newest(&self, module: &str) -> u64 {
-        self.state.lock().get(module).map_or(0, |h| h.newest)
-    }
-
-    fn holder(&self, module: &str) -> Option<String> {
-        self.state.lock().get(module).and_then(|h| h.holder.clone())
-    }
-
-    fn answering(&self) -> bool {
-        self.last_answer
-            .lock()
-            .is_some_and(|t| t.elapsed() < 3 * self.interval)
+impl LeaseQuorum for Client {
+    fn book(&self) -> &Book {
+        &self.book
     }
 
     fn kind(&self) -> &'static str {

@@ -4,7 +4,7 @@
 //! nodes cut off only from each other both still reach the gateway.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,7 @@ pub fn echo(addr: IpAddr, id: u16, seq: u16, timeout: Duration) -> std::io::Resu
         IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8),
         IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8),
     };
-    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = crate::sock::socket(domain, libc::SOCK_RAW, proto)?;
     let mut pkt = [0u8; 16];
     pkt[0] = kind;
     pkt[4..6].copy_from_slice(&id.to_be_bytes());

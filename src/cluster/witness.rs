@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
 use super::heartbeat::{Key, open_with, seal_with};
+use super::{Book, LeaseQuorum};
 
 const ASK: [u8; 2] = *b"TQ";
 const ANSWER: [u8; 2] = *b"TA";
@@ -248,23 +249,10 @@ pub struct Client {
     /// How long after an ask a granted lease is relied on: well short of the
     /// witness's term, so this node stops relying on it first.
     validity: Duration,
-    /// Between asks.
-    interval: Duration,
-    state: Mutex<HashMap<String, Held>>,
-    last_answer: Mutex<Option<Instant>>,
-}
-
-#[derive(Default)]
-struct Held {
-    want: bool,
-    generation: u64,
-    /// Valid until (local clock): `validity` after the ask was sent (and
-    /// never past half the witness's term).
-    until: Option<Instant>,
-    pending: HashMap<u64, Instant>,
-    holder: Option<String>,
-    serving: bool,
-    newest: u64,
+    book: Book,
+    /// Asks not answered yet, by module and nonce: only an answer to one of
+    /// them counts (no replays).
+    pending: Mutex<HashMap<(String, u64), Instant>>,
 }
 
 impl Client {
@@ -282,15 +270,14 @@ impl Client {
             node: node.into(),
             witness,
             validity,
-            interval,
-            state: Mutex::new(HashMap::new()),
-            last_answer: Mutex::new(None),
+            book: Book::new(interval),
+            pending: Mutex::new(HashMap::new()),
         })
     }
 
     /// Asks every `interval` for the wanted leases, gives back the others.
     pub async fn run(self: Arc<Self>) -> Result<(), String> {
-        let interval = self.interval;
+        let interval = self.book.interval;
         let bind: SocketAddr = if self.witness.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
         } else {
@@ -311,14 +298,14 @@ impl Client {
         loop {
             tick.tick().await;
             let asks: Vec<Ask> = {
-                let mut s = self.state.lock();
+                let s = self.book.state.lock();
+                let mut pending = self.pending.lock();
                 let now = Instant::now();
-                s.iter_mut()
+                pending.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
+                s.iter()
                     .map(|(m, h)| {
                         nonce = nonce.wrapping_add(1);
-                        h.pending
-                            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
-                        h.pending.insert(nonce, now);
+                        pending.insert((m.clone(), nonce), now);
                         Ask {
                             cluster: self.cluster.clone(),
                             node: self.node.clone(),
@@ -359,15 +346,15 @@ impl Client {
             let Ok(a) = open_with::<Answer>(&self.key, ANSWER, &buf[..n]) else {
                 continue;
             };
-            let mut s = self.state.lock();
+            // Only an answer to an ask still outstanding counts (no replays).
+            let Some(sent) = self.pending.lock().remove(&(a.module.clone(), a.nonce)) else {
+                continue;
+            };
+            let mut s = self.book.state.lock();
             let Some(h) = s.get_mut(&a.module) else {
                 continue;
             };
-            // Only an answer to an ask still outstanding counts (no replays).
-            let Some(sent) = h.pending.remove(&a.nonce) else {
-                continue;
-            };
-            *self.last_answer.lock() = Some(Instant::now());
+            *self.book.last_answer.lock() = Some(Instant::now());
             h.holder = a.holder.clone();
             h.newest = a.newest;
             if a.granted && h.want {
@@ -380,38 +367,9 @@ impl Client {
     }
 }
 
-impl super::LeaseQuorum for Client {
-    fn want(&self, module: &str, want: bool, generation: u64, serving: bool) {
-        let mut s = self.state.lock();
-        let h = s.entry(module.to_string()).or_default();
-        h.want = want;
-        h.generation = generation;
-        h.serving = serving;
-        if !want {
-            h.until = None;
-        }
-    }
-
-    fn holds(&self, module: &str) -> bool {
-        self.state
-            .lock()
-            .get(module)
-            .and_then(|h| h.until)
-            .is_some_and(|t| t > Instant::now())
-    }
-
-    fn answering(&self) -> bool {
-        self.last_answer
-            .lock()
-            .is_some_and(|t| t.elapsed() < 3 * self.interval)
-    }
-
-    fn newest(&self, module: &str) -> u64 {
-        self.state.lock().get(module).map_or(0, |h| h.newest)
-    }
-
-    fn holder(&self, module: &str) -> Option<String> {
-        self.state.lock().get(module).and_then(|h| h.holder.clone())
+impl LeaseQuorum for Client {
+    fn book(&self) -> &Book {
+        &self.book
     }
 
     fn kind(&self) -> &'static str {
@@ -421,7 +379,6 @@ impl super::LeaseQuorum for Client {
 
 #[cfg(test)]
 mod tests {
-    use super::super::LeaseQuorum;
     use super::*;
 
     fn ask(node: &str, want: bool) -> Ask {

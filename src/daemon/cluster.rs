@@ -891,34 +891,10 @@ fn utc(ms: u64) -> String {
 /// (or IPv4 alone where IPv6 is off).
 async fn listen_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
     let dual = || -> std::io::Result<std::net::TcpListener> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET6,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let set = |level, opt, v: libc::c_int| {
-            let r = unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    level,
-                    opt,
-                    (&v as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        };
+        use crate::sock;
+        use std::os::fd::AsRawFd;
+        let sock = sock::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
+        let set = |level, opt, v: libc::c_int| sock::set(&sock, level, opt, &v);
         set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
         set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };

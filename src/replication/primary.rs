@@ -539,6 +539,21 @@ impl Replicator {
         *self.alone_ok.lock() = Some(check);
     }
 
+    /// A call made while there is no link: one that promises durability (in
+    /// an ack mode that waits for the peer) goes through [`alone`](Self::alone).
+    fn durable_unlinked(
+        &self,
+        linked: bool,
+        unnamed: bool,
+        durable_call: bool,
+    ) -> Result<(), Errno> {
+        let waits_for_peer = !matches!(self.need(durable_call), Need::Lag(_));
+        if linked || unnamed || !waits_for_peer {
+            return Ok(());
+        }
+        self.alone()
+    }
+
     /// A call that promises durability finds no peer to make it durable: it
     /// returns once this node may serve alone (it holds quorum), or once a
     /// link is back (the peer then resynchronises and is behind until it is
@@ -819,8 +834,7 @@ impl Replicator {
             local()?;
             match sent {
                 Some((conn, seq)) => self.wait(conn, seq, self.need(true))?,
-                None if !linked && !unnamed && self.ack != Ack::Async => self.alone()?,
-                None => {}
+                None => self.durable_unlinked(linked, unnamed, true)?,
             }
             return Ok(());
         }
@@ -838,15 +852,10 @@ impl Replicator {
             self.note_error(format!("change log: {e}"));
         }
         if !o.streaming() || unnamed {
-            let alone = o.link.is_none()
-                && !unnamed
-                && self.ack != Ack::Async
-                && matches!(m, Mutation::Write { sync: true, .. });
+            let linked = o.link.is_some();
             drop(o);
-            if alone {
-                self.alone()?;
-            }
-            return Ok(());
+            let sync = matches!(m, Mutation::Write { sync: true, .. });
+            return self.durable_unlinked(linked, unnamed, sync);
         }
         let times = self.stamps(dir, m);
         let sent = self.send_locked(&mut o, dir, false, WireMutation::from(m), times);

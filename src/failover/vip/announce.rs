@@ -5,7 +5,9 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use crate::sock;
 
 const ETH_P_ARP: u16 = 0x0806;
 
@@ -38,14 +40,6 @@ pub fn na_message(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
     m
 }
 
-fn socket(domain: i32, kind: i32, proto: i32) -> io::Result<OwnedFd> {
-    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, proto) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn check(r: isize) -> io::Result<()> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -55,7 +49,7 @@ fn check(r: isize) -> io::Result<()> {
 }
 
 pub fn send_garp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
-    let fd = socket(
+    let fd = sock::socket(
         libc::AF_PACKET,
         libc::SOCK_RAW,
         i32::from(ETH_P_ARP.to_be()),
@@ -80,18 +74,8 @@ pub fn send_garp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
 }
 
 pub fn send_na(index: u32, mac: [u8; 6], ip: Ipv6Addr) -> io::Result<()> {
-    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
-    let set = |opt: i32, v: i32| {
-        check(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                opt,
-                (&v as *const i32).cast(),
-                4,
-            )
-        } as isize)
-    };
+    let fd = sock::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
+    let set = |opt: i32, v: i32| sock::set(&fd, libc::IPPROTO_IPV6, opt, &v);
     // Neighbour discovery messages are only accepted with hop limit 255.
     set(libc::IPV6_MULTICAST_HOPS, 255)?;
     set(libc::IPV6_MULTICAST_IF, index as i32)?;

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 const NLMSG_ERROR: u16 = 2;
 const RTM_NEWADDR: u16 = 20;
@@ -76,17 +76,7 @@ fn message(kind: u16, flags: u16, index: u32, addr: IpAddr, prefix: u8) -> Vec<u
 
 /// Sends one request and reads the kernel's acknowledgement.
 fn request(msg: &[u8]) -> io::Result<()> {
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = crate::sock::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as u16;
     let sent = unsafe {
@@ -106,15 +96,7 @@ fn request(msg: &[u8]) -> io::Result<()> {
         tv_sec: 2,
         tv_usec: 0,
     };
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
+    crate::sock::set(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
     let mut buf = [0u8; 4096];
     loop {
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
