@@ -8,12 +8,15 @@
 //! whose key did not change is not read again, and a repeated verify of
 //! unchanged data is a metadata scan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +99,7 @@ fn errno(e: crate::fs::Errno) -> std::io::Error {
 /// The chunks of the open regular file `fd`.
 pub fn chunk_file(fd: BorrowedFd<'_>, progress: &ScanProgress) -> std::io::Result<Vec<ChunkSum>> {
     const MAX_BUF: usize = 4 << 20;
+    const AHEAD: usize = 16 << 20;
     // A small file gets a buffer its size (plus one byte to see the end).
     let size = sys::stat_fd(fd).map_err(errno)?.st_size as usize;
     let cap = if size < MAX_BUF { size + 1 } else { MAX_BUF };
@@ -114,6 +118,18 @@ pub fn chunk_file(fd: BorrowedFd<'_>, progress: &ScanProgress) -> std::io::Resul
         }
         if have == 0 {
             break;
+        }
+        if size > MAX_BUF {
+            // The next reads are asked for before this buffer is hashed, so
+            // the disk works while the CPU does (advisory: errors ignored).
+            unsafe {
+                libc::posix_fadvise(
+                    fd.as_raw_fd(),
+                    (base + have as u64) as i64,
+                    AHEAD as i64,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
         }
         let mut used = 0usize;
         for c in fastcdc::v2020::FastCDC::new(&buf[..have], MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
@@ -176,6 +192,18 @@ pub fn item(
     cache: &mut Cache,
     progress: &ScanProgress,
 ) -> std::io::Result<Option<Item>> {
+    item_shared(root, path, hash(path), &Mutex::new(cache), progress)
+}
+
+/// [`item`] with the cache shared between readers: it is locked only to look
+/// up and to record, never while a file is read.
+fn item_shared(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    want_hash: bool,
+    cache: &Mutex<&mut Cache>,
+    progress: &ScanProgress,
+) -> std::io::Result<Option<Item>> {
     let node = match entry::open_node(root, path) {
         Ok(n) => n,
         Err(e) if e.code() == libc::ENOENT || e.code() == libc::ENOTDIR => return Ok(None),
@@ -185,21 +213,32 @@ pub fn item(
     let entry = entry::of_node(node.as_fd(), &st).map_err(errno)?;
     progress.files.fetch_add(1, Ordering::Relaxed);
     let mut chunks = Vec::new();
-    if entry.kind == EntryKind::File && hash(path) {
+    if entry.kind == EntryKind::File && want_hash {
         let (mtime, ctime) = stat_times(&st);
-        cache.seen.insert(st.st_ino, ());
-        match cache.by_inode.get(&st.st_ino) {
-            Some(c) if c.size == st.st_size as u64 && c.mtime == mtime && c.ctime == ctime => {
-                progress.bytes_cached.fetch_add(c.size, Ordering::Relaxed);
-                chunks = c.chunks.clone();
+        let cached = {
+            let mut c = cache.lock();
+            c.seen.insert(st.st_ino, ());
+            match c.by_inode.get(&st.st_ino) {
+                Some(c) if c.size == st.st_size as u64 && c.mtime == mtime && c.ctime == ctime => {
+                    Some(c.chunks.clone())
+                }
+                _ => None,
             }
-            _ => {
+        };
+        match cached {
+            Some(c) => {
+                progress
+                    .bytes_cached
+                    .fetch_add(st.st_size as u64, Ordering::Relaxed);
+                chunks = c;
+            }
+            None => {
                 let fd = sys::reopen(node.as_fd(), libc::O_RDONLY).map_err(errno)?;
                 chunks = chunk_file(fd.as_fd(), progress)?;
                 // Only if nothing changed while reading.
                 let after = sys::stat_fd(fd.as_fd()).map_err(errno)?;
                 if stat_times(&after) == (mtime, ctime) && after.st_size == st.st_size {
-                    cache.by_inode.insert(
+                    cache.lock().by_inode.insert(
                         st.st_ino,
                         Cached {
                             size: st.st_size as u64,
@@ -219,8 +258,25 @@ pub fn item(
     }))
 }
 
+/// How many names are looked up (and files read and hashed) at once: a cold
+/// tree is read at the disk's latency one file at a time, while several
+/// reads in flight let it serve them together, and hashing overlaps reading.
+const READERS: usize = 4;
+/// How far the walk may run ahead of the items already handed out.
+const WINDOW: usize = 256;
+
+type Found = std::io::Result<Option<Item>>;
+
+/// An item of the walk, in walk order: looked up already, or by a reader.
+enum Slot {
+    Done(Found),
+    Running(mpsc::Receiver<Found>),
+}
+
 /// Every name below `root` (the root itself as `""`), parents before
-/// children, in sorted order.
+/// children, in sorted order. Directories are listed by the walk itself;
+/// every other name is looked up by one of [`READERS`] threads, and the
+/// items are handed to `out` in walk order.
 pub fn scan(
     root: BorrowedFd<'_>,
     hash: HashIf<'_>,
@@ -228,26 +284,107 @@ pub fn scan(
     progress: &ScanProgress,
     out: &mut dyn FnMut(Item) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let mut stack = vec![PathBuf::new()];
-    while let Some(path) = stack.pop() {
-        let Some(it) = item(root, &path, hash, cache, progress)? else {
-            continue; // removed while scanning
+    let cache = Mutex::new(cache);
+    let (jobs, queue) = mpsc::sync_channel::<(PathBuf, bool, mpsc::Sender<Found>)>(WINDOW);
+    let queue = Mutex::new(queue);
+    std::thread::scope(|s| {
+        for _ in 0..READERS {
+            s.spawn(|| {
+                loop {
+                    let job = queue.lock().recv();
+                    let Ok((path, want, reply)) = job else { break };
+                    // The walk may have stopped on an error: nobody listens then.
+                    let _ = reply.send(item_shared(root, &path, want, &cache, progress));
+                }
+            });
+        }
+        let r = walk(root, hash, &cache, progress, &jobs, out);
+        drop(jobs); // the readers end once the queue is empty
+        r
+    })
+}
+
+fn walk(
+    root: BorrowedFd<'_>,
+    hash: HashIf<'_>,
+    cache: &Mutex<&mut Cache>,
+    progress: &ScanProgress,
+    jobs: &mpsc::SyncSender<(PathBuf, bool, mpsc::Sender<Found>)>,
+    out: &mut dyn FnMut(Item) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let gone = || std::io::Error::other("a scan reader ended");
+    let mut pending = VecDeque::new();
+    // (path, is a directory as far as its parent's listing says)
+    let mut stack = vec![(PathBuf::new(), true)];
+    while let Some((path, dir)) = stack.pop() {
+        let found = if dir {
+            Some(item_shared(root, &path, false, cache, progress))
+        } else {
+            None
         };
-        let is_dir = it.entry.kind == EntryKind::Dir;
-        out(it)?;
-        if is_dir {
-            let mut names = list_dir(root, &path)?;
-            names.sort();
-            // Reversed onto the stack so they come off in order.
-            for n in names.into_iter().rev() {
-                stack.push(path.join(OsStr::from_bytes(&n)));
+        match found {
+            // Not a directory after all (replaced since it was listed, or
+            // its type unknown): looked up again, as any other name.
+            Some(Ok(Some(it))) if it.entry.kind != EntryKind::Dir => {
+                stack.push((path, false));
+                continue;
             }
+            Some(found) => {
+                if let Ok(Some(_)) = &found {
+                    let mut names = list_dir(root, &path)?;
+                    names.sort();
+                    // Reversed onto the stack so they come off in order.
+                    for (n, is_dir) in names.into_iter().rev() {
+                        stack.push((path.join(OsStr::from_bytes(&n)), is_dir));
+                    }
+                }
+                pending.push_back(Slot::Done(found));
+            }
+            None => {
+                let (tx, rx) = mpsc::channel();
+                let want = hash(&path);
+                jobs.send((path, want, tx)).map_err(|_| gone())?;
+                pending.push_back(Slot::Running(rx));
+            }
+        }
+        hand_out(&mut pending, WINDOW, out)?;
+    }
+    hand_out(&mut pending, 0, out)
+}
+
+/// Hands out the items at the front that are ready, waiting for the front
+/// one while more than `keep` are pending.
+fn hand_out(
+    pending: &mut VecDeque<Slot>,
+    keep: usize,
+    out: &mut dyn FnMut(Item) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    while let Some(slot) = pending.pop_front() {
+        let found = match slot {
+            Slot::Done(f) => f,
+            Slot::Running(rx) if pending.len() >= keep => rx
+                .recv()
+                .map_err(|_| std::io::Error::other("a scan reader ended"))?,
+            Slot::Running(rx) => match rx.try_recv() {
+                Ok(f) => f,
+                Err(mpsc::TryRecvError::Empty) => {
+                    pending.push_front(Slot::Running(rx));
+                    return Ok(());
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(std::io::Error::other("a scan reader ended"));
+                }
+            },
+        };
+        if let Some(it) = found? {
+            out(it)?;
         }
     }
     Ok(())
 }
 
-fn list_dir(root: BorrowedFd<'_>, path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+/// The names in the directory `path`, each with whether it is a directory.
+fn list_dir(root: BorrowedFd<'_>, path: &Path) -> std::io::Result<Vec<(Vec<u8>, bool)>> {
     let node = match entry::open_node(root, path) {
         Ok(n) => n,
         Err(e) if e.code() == libc::ENOENT => return Ok(Vec::new()),
@@ -257,7 +394,11 @@ fn list_dir(root: BorrowedFd<'_>, path: &Path) -> std::io::Result<Vec<Vec<u8>>> 
     let p = sys::proc_path(dir.as_raw_fd());
     let mut names = Vec::new();
     for e in std::fs::read_dir(Path::new(OsStr::from_bytes(p.as_bytes())))? {
-        names.push(e?.file_name().as_bytes().to_vec());
+        let e = e?;
+        // The type from the listing itself; one that cannot be told is
+        // looked up as a directory, and the item says what it is.
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(true);
+        names.push((e.file_name().as_bytes().to_vec(), is_dir));
     }
     Ok(names)
 }
@@ -339,5 +480,114 @@ mod tests {
         let hashes: std::collections::HashSet<_> = a.iter().map(|c| c.hash).collect();
         let new = b.iter().filter(|c| !hashes.contains(&c.hash)).count();
         assert!(new <= 2, "{new} of {} chunks changed", b.len());
+    }
+
+    /// Every name, parents first, in sorted order: what one thread walking
+    /// the tree and reading each file in turn would hand out.
+    fn serial_walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+        out.push(rel.to_path_buf());
+        let full = dir.join(rel);
+        if std::fs::symlink_metadata(&full).unwrap().is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&full)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            for n in names {
+                serial_walk(dir, &rel.join(n), out);
+            }
+        }
+    }
+
+    #[test]
+    fn a_parallel_scan_hands_out_every_name_in_walk_order_and_hashes_through_the_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        // Files and directories mixed in one directory, a deep path, a
+        // symlink, an empty file and one larger than a read buffer.
+        for i in 0..40 {
+            let sub = d.join(format!("d{:02}", i % 7)).join(format!("e{}", i % 3));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::write(sub.join(format!("f{i}")), noise(1000 + i * 997, i as u64)).unwrap();
+            std::fs::write(d.join(format!("top{i}")), noise(i * 50, i as u64)).unwrap();
+        }
+        std::fs::write(d.join("d03/big"), noise(9 << 20, 7)).unwrap();
+        std::os::unix::fs::symlink("top1", d.join("link")).unwrap();
+        let mut want = Vec::new();
+        serial_walk(d, Path::new(""), &mut want);
+
+        let root = std::fs::File::open(d).unwrap();
+        let mut cache = Cache::default();
+        let progress = ScanProgress::default();
+        let mut got = Vec::new();
+        let hash_if = |p: &Path| !p.starts_with("d05");
+        scan(root.as_fd(), &hash_if, &mut cache, &progress, &mut |it| {
+            got.push(it);
+            Ok(())
+        })
+        .unwrap();
+        let paths: Vec<_> = got.iter().map(|it| it.path.clone()).collect();
+        assert!(paths == want, "walk order: {paths:?}\nwanted {want:?}");
+        for it in &got {
+            let full = d.join(&it.path);
+            let meta = std::fs::symlink_metadata(&full).unwrap();
+            if meta.is_file() && !it.path.starts_with("d05") {
+                assert_eq!(
+                    it.chunks,
+                    chunks_of(&std::fs::read(&full).unwrap()),
+                    "{:?}",
+                    it.path
+                );
+            } else {
+                assert!(it.chunks.is_empty(), "{:?} hashed", it.path);
+            }
+        }
+        let hashed = progress.bytes_hashed.load(Ordering::Relaxed);
+        assert!(hashed > 9 << 20);
+        assert_eq!(progress.bytes_cached.load(Ordering::Relaxed), 0);
+
+        // Again: nothing read, the same chunks from the cache.
+        let again = ScanProgress::default();
+        let mut second = Vec::new();
+        scan(root.as_fd(), &hash_if, &mut cache, &again, &mut |it| {
+            second.push(it);
+            Ok(())
+        })
+        .unwrap();
+        // (Reading the files moved their access times: paths and chunks only.)
+        let sums = |v: &[Item]| {
+            v.iter()
+                .map(|it| (it.path.clone(), it.chunks.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert!(sums(&second) == sums(&got), "the second scan differs");
+        assert_eq!(again.bytes_hashed.load(Ordering::Relaxed), 0);
+        assert_eq!(again.bytes_cached.load(Ordering::Relaxed), hashed);
+    }
+
+    #[test]
+    fn a_scan_stops_at_the_first_error_its_consumer_returns() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..600 {
+            std::fs::write(t.path().join(format!("f{i:04}")), b"x").unwrap();
+        }
+        let root = std::fs::File::open(t.path()).unwrap();
+        let mut seen = 0;
+        let r = scan(
+            root.as_fd(),
+            &all,
+            &mut Cache::default(),
+            &ScanProgress::default(),
+            &mut |_| {
+                seen += 1;
+                if seen == 10 {
+                    Err(std::io::Error::other("enough"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert_eq!(r.unwrap_err().to_string(), "enough");
+        assert_eq!(seen, 10);
     }
 }
