@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use parking_lot::Mutex;
@@ -98,6 +98,15 @@ fn errno(e: crate::fs::Errno) -> std::io::Error {
 
 /// The chunks of the open regular file `fd`.
 pub fn chunk_file(fd: BorrowedFd<'_>, progress: &ScanProgress) -> std::io::Result<Vec<ChunkSum>> {
+    chunk_file_until(fd, progress, &AtomicBool::new(false))
+}
+
+/// [`chunk_file`], given up (`Interrupted`) once `stop` is set.
+fn chunk_file_until(
+    fd: BorrowedFd<'_>,
+    progress: &ScanProgress,
+    stop: &AtomicBool,
+) -> std::io::Result<Vec<ChunkSum>> {
     const MAX_BUF: usize = 4 << 20;
     const AHEAD: usize = 16 << 20;
     // A small file gets a buffer its size (plus one byte to see the end).
@@ -118,6 +127,9 @@ pub fn chunk_file(fd: BorrowedFd<'_>, progress: &ScanProgress) -> std::io::Resul
         }
         if have == 0 {
             break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(std::io::ErrorKind::Interrupted.into());
         }
         if size > MAX_BUF {
             // The next reads are asked for before this buffer is hashed, so
@@ -192,7 +204,8 @@ pub fn item(
     cache: &mut Cache,
     progress: &ScanProgress,
 ) -> std::io::Result<Option<Item>> {
-    item_shared(root, path, hash(path), &Mutex::new(cache), progress)
+    let never = AtomicBool::new(false);
+    item_shared(root, path, hash(path), &Mutex::new(cache), progress, &never)
 }
 
 /// [`item`] with the cache shared between readers: it is locked only to look
@@ -203,6 +216,7 @@ fn item_shared(
     want_hash: bool,
     cache: &Mutex<&mut Cache>,
     progress: &ScanProgress,
+    stop: &AtomicBool,
 ) -> std::io::Result<Option<Item>> {
     let node = match entry::open_node(root, path) {
         Ok(n) => n,
@@ -234,7 +248,7 @@ fn item_shared(
             }
             None => {
                 let fd = sys::reopen(node.as_fd(), libc::O_RDONLY).map_err(errno)?;
-                chunks = chunk_file(fd.as_fd(), progress)?;
+                chunks = chunk_file_until(fd.as_fd(), progress, stop)?;
                 // Only if nothing changed while reading.
                 let after = sys::stat_fd(fd.as_fd()).map_err(errno)?;
                 if stat_times(&after) == (mtime, ctime) && after.st_size == st.st_size {
@@ -285,6 +299,9 @@ pub fn scan(
     out: &mut dyn FnMut(Item) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let cache = Mutex::new(cache);
+    // Set when the walk ends early: what is still queued is not looked up,
+    // and a file being hashed is given up.
+    let stop = AtomicBool::new(false);
     let (jobs, queue) = mpsc::sync_channel::<(PathBuf, bool, mpsc::Sender<Found>)>(WINDOW);
     let queue = Mutex::new(queue);
     std::thread::scope(|s| {
@@ -293,12 +310,36 @@ pub fn scan(
                 loop {
                     let job = queue.lock().recv();
                     let Ok((path, want, reply)) = job else { break };
-                    // The walk may have stopped on an error: nobody listens then.
-                    let _ = reply.send(item_shared(root, &path, want, &cache, progress));
+                    if stop.load(Ordering::Relaxed) {
+                        continue; // nobody listens any more
+                    }
+                    let found =
+                        item_shared(root, &path, want, &cache, progress, &stop).and_then(|it| {
+                            match it {
+                                // Its children would have to come next, and the
+                                // walk is past them: the tree changed under the scan.
+                                Some(it) if it.entry.kind == EntryKind::Dir => {
+                                    Err(std::io::Error::other(format!(
+                                        "{} became a directory during the scan",
+                                        display(&path)
+                                    )))
+                                }
+                                other => Ok(other),
+                            }
+                        });
+                    let _ = reply.send(found);
                 }
             });
         }
-        let r = walk(root, hash, &cache, progress, &jobs, out);
+        // Set however the walk ends (an error, or a panic unwinding).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        let r = walk(root, hash, &cache, progress, &stop, &jobs, out);
         drop(jobs); // the readers end once the queue is empty
         r
     })
@@ -309,6 +350,7 @@ fn walk(
     hash: HashIf<'_>,
     cache: &Mutex<&mut Cache>,
     progress: &ScanProgress,
+    stop: &AtomicBool,
     jobs: &mpsc::SyncSender<(PathBuf, bool, mpsc::Sender<Found>)>,
     out: &mut dyn FnMut(Item) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
@@ -318,7 +360,7 @@ fn walk(
     let mut stack = vec![(PathBuf::new(), true)];
     while let Some((path, dir)) = stack.pop() {
         let found = if dir {
-            Some(item_shared(root, &path, false, cache, progress))
+            Some(item_shared(root, &path, false, cache, progress, stop))
         } else {
             None
         };
@@ -326,19 +368,31 @@ fn walk(
             // Not a directory after all (replaced since it was listed, or
             // its type unknown): looked up again, as any other name.
             Some(Ok(Some(it))) if it.entry.kind != EntryKind::Dir => {
+                progress.files.fetch_sub(1, Ordering::Relaxed);
                 stack.push((path, false));
                 continue;
             }
             Some(found) => {
-                if let Ok(Some(_)) = &found {
-                    let mut names = list_dir(root, &path)?;
-                    names.sort();
-                    // Reversed onto the stack so they come off in order.
-                    for (n, is_dir) in names.into_iter().rev() {
-                        stack.push((path.join(OsStr::from_bytes(&n)), is_dir));
+                let listed = match &found {
+                    Ok(Some(_)) => list_dir(root, &path).map(Some),
+                    _ => Ok(None),
+                };
+                pending.push_back(Slot::Done(found));
+                match listed {
+                    Ok(Some(mut names)) => {
+                        names.sort();
+                        // Reversed onto the stack so they come off in order.
+                        for (n, is_dir) in names.into_iter().rev() {
+                            stack.push((path.join(OsStr::from_bytes(&n)), is_dir));
+                        }
+                    }
+                    Ok(None) => {}
+                    // After what came before it, like any other failure.
+                    Err(e) => {
+                        pending.push_back(Slot::Done(Err(e)));
+                        stack.clear();
                     }
                 }
-                pending.push_back(Slot::Done(found));
             }
             None => {
                 let (tx, rx) = mpsc::channel();
@@ -566,21 +620,24 @@ mod tests {
     }
 
     #[test]
-    fn a_scan_stops_at_the_first_error_its_consumer_returns() {
+    fn a_scan_stops_at_the_first_error_its_consumer_returns_without_reading_on() {
         let t = tempfile::tempdir().unwrap();
-        for i in 0..600 {
-            std::fs::write(t.path().join(format!("f{i:04}")), b"x").unwrap();
+        const FILES: usize = 300;
+        const SIZE: usize = 256 * 1024;
+        for i in 0..FILES {
+            std::fs::write(t.path().join(format!("f{i:04}")), noise(SIZE, i as u64)).unwrap();
         }
         let root = std::fs::File::open(t.path()).unwrap();
+        let progress = ScanProgress::default();
         let mut seen = 0;
         let r = scan(
             root.as_fd(),
             &all,
             &mut Cache::default(),
-            &ScanProgress::default(),
+            &progress,
             &mut |_| {
                 seen += 1;
-                if seen == 10 {
+                if seen == 2 {
                     Err(std::io::Error::other("enough"))
                 } else {
                     Ok(())
@@ -588,6 +645,13 @@ mod tests {
             },
         );
         assert_eq!(r.unwrap_err().to_string(), "enough");
-        assert_eq!(seen, 10);
+        assert_eq!(seen, 2);
+        // The names already queued were dropped, not read and hashed.
+        let hashed = progress.bytes_hashed.load(Ordering::Relaxed) as usize;
+        assert!(
+            hashed < 64 * SIZE,
+            "{} files hashed after the error",
+            hashed / SIZE
+        );
     }
 }
