@@ -143,17 +143,14 @@ def wait(cond, what, timeout=3600, step=0.02):
 
 
 def fio(d, name, args):
-    out = subprocess.run(
-        ["fio", "--output-format=json", f"--name={name}", f"--directory={d}", "--ioengine=psync", *args],
-        check=True, capture_output=True, text=True).stdout
-    return json.loads(out[out.index("{"):])["jobs"][0]
+    return fio_jobs([d], name, args)[0]
 
 
-def fio_jobs(dirs, args):
+def fio_jobs(dirs, name, args):
     """One fio job per directory, all running at once; their results."""
     cmd = ["fio", "--output-format=json", "--ioengine=psync", *args]
     for i, d in enumerate(dirs):
-        cmd += [f"--name=w{i}", f"--directory={d}"]
+        cmd += [f"--name={name}{i}", f"--directory={d}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out[out.index("{"):])["jobs"]
 
@@ -193,7 +190,7 @@ def bench_sync(args):
             d1 = tempfile.mkdtemp(prefix="tandem-bench-bare-", dir=args.base)
             d2 = tempfile.mkdtemp(prefix="tandem-bench-bare-", dir=args.base)
             drop_caches()
-            jobs = fio_jobs([d1, d2], fargs)
+            jobs = fio_jobs([d1, d2], "bare", fargs)
             pair_floor.append(statistics.mean(metric(j) for j in jobs))
             shutil.rmtree(d1)
             shutil.rmtree(d2)

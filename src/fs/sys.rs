@@ -252,6 +252,19 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })
 }
 
+/// Asks the kernel to start reading `len` bytes at `offset` into the page
+/// cache. Advisory: a failure only costs speed, so it is not reported.
+pub fn will_need(fd: BorrowedFd<'_>, offset: u64, len: u64) {
+    unsafe {
+        libc::posix_fadvise(
+            fd.as_raw_fd(),
+            offset.min(i64::MAX as u64) as i64,
+            len.min(i64::MAX as u64) as i64,
+            libc::POSIX_FADV_WILLNEED,
+        )
+    };
+}
+
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
     check_len(unsafe {
         libc::pread(

@@ -133,15 +133,8 @@ fn chunk_file_until(
         }
         if size > MAX_BUF {
             // The next reads are asked for before this buffer is hashed, so
-            // the disk works while the CPU does (advisory: errors ignored).
-            unsafe {
-                libc::posix_fadvise(
-                    fd.as_raw_fd(),
-                    (base + have as u64) as i64,
-                    AHEAD as i64,
-                    libc::POSIX_FADV_WILLNEED,
-                )
-            };
+            // the disk works while the CPU does.
+            sys::will_need(fd, base + have as u64, AHEAD as u64);
         }
         let mut used = 0usize;
         for c in fastcdc::v2020::FastCDC::new(&buf[..have], MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
@@ -354,51 +347,42 @@ fn walk(
     jobs: &mpsc::SyncSender<(PathBuf, bool, mpsc::Sender<Found>)>,
     out: &mut dyn FnMut(Item) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let gone = || std::io::Error::other("a scan reader ended");
     let mut pending = VecDeque::new();
     // (path, is a directory as far as its parent's listing says)
     let mut stack = vec![(PathBuf::new(), true)];
     while let Some((path, dir)) = stack.pop() {
-        let found = if dir {
-            Some(item_shared(root, &path, false, cache, progress, stop))
+        if !dir {
+            let (tx, rx) = mpsc::channel();
+            let want = hash(&path);
+            jobs.send((path, want, tx)).map_err(|_| reader_gone())?;
+            pending.push_back(Slot::Running(rx));
         } else {
-            None
-        };
-        match found {
-            // Not a directory after all (replaced since it was listed, or
-            // its type unknown): looked up again, as any other name.
-            Some(Ok(Some(it))) if it.entry.kind != EntryKind::Dir => {
-                progress.files.fetch_sub(1, Ordering::Relaxed);
-                stack.push((path, false));
-                continue;
-            }
-            Some(found) => {
-                let listed = match &found {
-                    Ok(Some(_)) => list_dir(root, &path).map(Some),
-                    _ => Ok(None),
-                };
-                pending.push_back(Slot::Done(found));
-                match listed {
-                    Ok(Some(mut names)) => {
-                        names.sort();
-                        // Reversed onto the stack so they come off in order.
-                        for (n, is_dir) in names.into_iter().rev() {
-                            stack.push((path.join(OsStr::from_bytes(&n)), is_dir));
-                        }
-                    }
-                    Ok(None) => {}
-                    // After what came before it, like any other failure.
-                    Err(e) => {
-                        pending.push_back(Slot::Done(Err(e)));
-                        stack.clear();
+            let found = item_shared(root, &path, false, cache, progress, stop);
+            let listed = match &found {
+                // Not a directory after all (replaced since it was listed, or
+                // its type unknown): looked up again, as any other name.
+                Ok(Some(it)) if it.entry.kind != EntryKind::Dir => {
+                    progress.files.fetch_sub(1, Ordering::Relaxed);
+                    stack.push((path, false));
+                    continue;
+                }
+                Ok(Some(_)) => list_dir(root, &path),
+                _ => Ok(Vec::new()),
+            };
+            pending.push_back(Slot::Done(found));
+            match listed {
+                Ok(mut names) => {
+                    names.sort();
+                    // Reversed onto the stack so they come off in order.
+                    for (n, is_dir) in names.into_iter().rev() {
+                        stack.push((path.join(OsStr::from_bytes(&n)), is_dir));
                     }
                 }
-            }
-            None => {
-                let (tx, rx) = mpsc::channel();
-                let want = hash(&path);
-                jobs.send((path, want, tx)).map_err(|_| gone())?;
-                pending.push_back(Slot::Running(rx));
+                // After what came before it, like any other failure.
+                Err(e) => {
+                    pending.push_back(Slot::Done(Err(e)));
+                    stack.clear();
+                }
             }
         }
         hand_out(&mut pending, WINDOW, out)?;
@@ -416,18 +400,14 @@ fn hand_out(
     while let Some(slot) = pending.pop_front() {
         let found = match slot {
             Slot::Done(f) => f,
-            Slot::Running(rx) if pending.len() >= keep => rx
-                .recv()
-                .map_err(|_| std::io::Error::other("a scan reader ended"))?,
+            Slot::Running(rx) if pending.len() >= keep => rx.recv().map_err(|_| reader_gone())?,
             Slot::Running(rx) => match rx.try_recv() {
                 Ok(f) => f,
                 Err(mpsc::TryRecvError::Empty) => {
                     pending.push_front(Slot::Running(rx));
                     return Ok(());
                 }
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return Err(std::io::Error::other("a scan reader ended"));
-                }
+                Err(mpsc::TryRecvError::Disconnected) => return Err(reader_gone()),
             },
         };
         if let Some(it) = found? {
@@ -435,6 +415,10 @@ fn hand_out(
         }
     }
     Ok(())
+}
+
+fn reader_gone() -> std::io::Error {
+    std::io::Error::other("a scan reader ended")
 }
 
 /// The names in the directory `path`, each with whether it is a directory.

@@ -380,15 +380,7 @@ fn prefetch(d: &super::primary::Dir, id: FileId) -> Option<std::os::fd::OwnedFd>
     }
     let fd = sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?;
     for r in d.log.dirty(id).ok()? {
-        // Readahead is advisory: a failure only costs speed.
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                r.start as i64,
-                (r.end - r.start).min(i64::MAX as u64) as i64,
-                libc::POSIX_FADV_WILLNEED,
-            )
-        };
+        sys::will_need(fd.as_fd(), r.start, r.end - r.start);
     }
     Some(fd)
 }
