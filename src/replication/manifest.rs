@@ -614,6 +614,7 @@ mod tests {
         let root = std::fs::File::open(t.path()).unwrap();
         let progress = ScanProgress::default();
         let mut seen = 0;
+        let mut at_error = 0;
         let r = scan(
             root.as_fd(),
             &all,
@@ -622,6 +623,7 @@ mod tests {
             &mut |_| {
                 seen += 1;
                 if seen == 2 {
+                    at_error = progress.bytes_hashed.load(Ordering::Relaxed) as usize;
                     Err(std::io::Error::other("enough"))
                 } else {
                     Ok(())
@@ -630,12 +632,14 @@ mod tests {
         );
         assert_eq!(r.unwrap_err().to_string(), "enough");
         assert_eq!(seen, 2);
-        // The names already queued were dropped, not read and hashed.
-        let hashed = progress.bytes_hashed.load(Ordering::Relaxed) as usize;
+        // The names already queued were dropped, not read and hashed: after
+        // the error only files already being read may still have been counted
+        // (a margin for a walk thread descheduled on a busy machine).
+        let after = progress.bytes_hashed.load(Ordering::Relaxed) as usize - at_error;
         assert!(
-            hashed < 64 * SIZE,
+            after <= 8 * READERS * SIZE,
             "{} files hashed after the error",
-            hashed / SIZE
+            after / SIZE
         );
     }
 }
