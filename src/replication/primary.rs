@@ -858,18 +858,21 @@ impl Replicator {
             return self.durable_unlinked(linked, unnamed, sync);
         }
         let times = self.stamps(dir, m);
-        let sent = self.send_locked(&mut o, dir, false, WireMutation::from(m), times);
-        let Some((conn, seq)) = sent else {
-            return Ok(());
-        };
         if let Some(id) = written {
             let (off, len) = match m {
                 Mutation::Write { offset, data, .. } => (*offset, data.len() as u64),
                 Mutation::Fallocate { offset, length, .. } => (*offset, *length),
                 _ => unreachable!("only writes and fallocates carry a file id"),
             };
+            // Pending before the send: if the send finds the link gone, the
+            // narrowing of the hot extents must keep this write marked.
+            let seq = o.next_seq;
             o.activity.sent(dir, id, off, len, seq, Instant::now());
         }
+        let sent = self.send_locked(&mut o, dir, false, WireMutation::from(m), times);
+        let Some((conn, seq)) = sent else {
+            return Ok(());
+        };
         drop(o);
         let sync = matches!(m, Mutation::Write { sync: true, .. });
         self.wait(conn, seq, self.need(sync))?;
@@ -1136,6 +1139,40 @@ mod tests {
         );
         assert_eq!(rep.status().peer, "alone");
         let _ = conn;
+    }
+
+    #[test]
+    fn a_write_whose_send_finds_the_writer_gone_stays_marked() {
+        let (rep, _root) = replicator(1000);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = rep.attach(tx);
+        {
+            let mut o = rep.order.lock();
+            o.ready = true;
+            o.resync_done = Some(0);
+        }
+        let sink = rep.sink(0);
+        let path = Some(PathBuf::from("f"));
+        let write = |offset: u64, data: &[u8]| {
+            let m = Mutation::Write {
+                path: path.clone(),
+                offset,
+                data,
+                sync: false,
+            };
+            sink.apply(&m, &mut || Ok(())).unwrap();
+        };
+        // Seq 1 reaches the channel and the peer makes it durable, so the
+        // extent is hot with nothing pending.
+        write(0, b"first");
+        rep.on_ack(conn, 1, 1, 1);
+        drop(rx);
+        // The writer is gone: this write never leaves, and its bytes must
+        // stay marked for the resync (the rest of the extent may go).
+        write(8192, b"second");
+        assert_eq!(rep.status().peer, "alone");
+        let id = rep.dirs[0].log.ensure(Path::new("f")).unwrap();
+        assert_eq!(rep.dirs[0].log.dirty(id).unwrap(), vec![8192..8198]);
     }
 
     #[test]
