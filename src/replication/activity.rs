@@ -75,6 +75,16 @@ impl Activity {
         }
     }
 
+    /// The hot extents of `id` that reach `from` or past it.
+    pub fn hot_from(&self, dir: u32, id: FileId, from: u64) -> Vec<u64> {
+        let first = from / EXTENT;
+        self.hot
+            .keys()
+            .filter(|(d, i, e)| *d == dir && *i == id && *e >= first)
+            .map(|(_, _, e)| *e)
+            .collect()
+    }
+
     /// Whether `[start, end)` of `id` lies in a hot extent (the activity log,
     /// not the exact dirty index, owns it until the extent cools).
     pub fn hot_ranges(&self, dir: u32, id: FileId, r: &Range<u64>) -> Vec<Range<u64>> {

@@ -70,10 +70,6 @@ impl Applier {
             .collect()
     }
 
-    pub fn dirs(&self) -> usize {
-        self.roots.len()
-    }
-
     pub fn root(&self, dir: u32) -> Result<BorrowedFd<'_>, ApplyError> {
         self.roots
             .get(dir as usize)
@@ -252,8 +248,12 @@ impl Applier {
                 wrap("fsync", &p, r)
             }
             WireMutation::Sync => {
-                let root = self.root(dir)?;
-                let r = sys::reopen(root, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|f| {
+                // Every directory, not only `dir`'s: the seq of a sync is
+                // acknowledged durable for the whole module, and the
+                // directories may sit on different file systems.
+                self.root(dir)?;
+                let r = self.roots.iter().try_for_each(|root| {
+                    let f = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
                     if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } < 0 {
                         Err(Errno::from(std::io::Error::last_os_error()))
                     } else {

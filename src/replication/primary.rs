@@ -686,7 +686,14 @@ impl Replicator {
             } => {
                 if let Some(size) = change.size {
                     let id = self.file_id(o, dir, p)?;
-                    self.dirs[dir as usize].log.truncate(id, size)?;
+                    let log = &self.dirs[dir as usize].log;
+                    log.truncate(id, size)?;
+                    // The truncate dropped the marks past `size`, but a hot
+                    // extent must stay marked whole: later writes to it are
+                    // not marked one by one.
+                    for ext in o.activity.hot_from(dir, id, size) {
+                        log.mark(id, ext * EXTENT, EXTENT)?;
+                    }
                     if o.streaming() {
                         o.open.add(Clear::Size(dir, id));
                     }
@@ -949,13 +956,12 @@ impl Replicator {
         if !o.linked(conn) {
             return false;
         }
-        for d in 0..self.dirs.len() {
-            if self
-                .send_locked(&mut o, d as u32, true, WireMutation::Sync, Vec::new())
-                .is_none()
-            {
-                return false;
-            }
+        // One sync makes every directory durable on the peer.
+        if self
+            .send_locked(&mut o, 0, true, WireMutation::Sync, Vec::new())
+            .is_none()
+        {
+            return false;
         }
         for (d, upto) in ns_upto.iter().enumerate() {
             if *upto > 0 {
@@ -1173,6 +1179,47 @@ mod tests {
         assert_eq!(rep.status().peer, "alone");
         let id = rep.dirs[0].log.ensure(Path::new("f")).unwrap();
         assert_eq!(rep.dirs[0].log.dirty(id).unwrap(), vec![8192..8198]);
+    }
+
+    #[test]
+    fn a_truncate_keeps_hot_extents_marked_whole() {
+        let (rep, _root) = replicator(1000);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = rep.attach(tx);
+        {
+            let mut o = rep.order.lock();
+            o.ready = true;
+            o.resync_done = Some(0);
+        }
+        let sink = rep.sink(0);
+        let path = Some(PathBuf::from("f"));
+        let apply = |m: Mutation<'_>| sink.apply(&m, &mut || Ok(())).unwrap();
+        let write = |offset: u64, data: &[u8]| {
+            apply(Mutation::Write {
+                path: path.clone(),
+                offset,
+                data,
+                sync: false,
+            })
+        };
+        write(0, b"first");
+        rep.on_ack(conn, 1, 1, 1);
+        // An O_TRUNC open: the file is emptied, the extent stays hot.
+        apply(Mutation::SetAttr {
+            path: path.clone(),
+            change: crate::fs::AttrChange {
+                size: Some(0),
+                ..Default::default()
+            },
+        });
+        rep.on_ack(conn, 2, 2, 1);
+        write(0, b"second");
+        rep.on_ack(conn, 2, 2, 2);
+        // The link drops before the second write is durable: it must stay
+        // marked for the resync.
+        rep.detach(conn, "gone");
+        let id = rep.dirs[0].log.ensure(Path::new("f")).unwrap();
+        assert_eq!(rep.dirs[0].log.dirty(id).unwrap(), vec![0..6]);
     }
 
     #[test]

@@ -224,7 +224,8 @@ pub enum WireMutation {
         path: Option<Vec<u8>>,
         datasync: bool,
     },
-    /// Make everything applied so far durable (syncfs on the directory).
+    /// Make everything applied so far durable (syncfs on every directory of
+    /// the module).
     Sync,
     /// Resync: make `path` what it is on the source (`None`: absent), apart
     /// from file contents, which travel as writes.
