@@ -128,7 +128,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
         let log = &rep.dirs[d].log;
         // Files are opened and their dirty ranges requested from the disk a
         // few dozen ahead, so small files are not read one disk wait at a time.
-        let mut ahead: std::collections::VecDeque<(FileId, Option<std::os::fd::OwnedFd>)> =
+        let mut ahead: std::collections::VecDeque<(FileId, Option<Opened>)> =
             std::collections::VecDeque::new();
         let mut upcoming = files.iter().copied();
         loop {
@@ -160,7 +160,8 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
                                 p
                             }
                         };
-                        match read_range(dir_state, &path, piece.clone(), &mut open.borrow_mut()) {
+                        let mut open = open.borrow_mut();
+                        match read_range(dir_state, &path, piece.clone(), names_gen, &mut open) {
                             Some(data) if !data.is_empty() => Some((
                                 {
                                     rep.progress().bytes_sent += data.len() as u64;
@@ -370,8 +371,16 @@ fn reconcile(rep: &Replicator, conn: u64, dir: u32, path: &Path, clears: Vec<Res
 /// How many files the data pass opens and reads ahead.
 const LOOKAHEAD: usize = 32;
 
+/// A file opened for the data pass, and the names generation in which it was
+/// last seen to be its path's file (`None`: opened ahead, outside the order
+/// lock, so names may have moved in between).
+struct Opened {
+    names_gen: Option<u64>,
+    fd: std::os::fd::OwnedFd,
+}
+
 /// Opens the regular file `id` and asks the kernel to read its dirty ranges.
-fn prefetch(d: &super::primary::Dir, id: FileId) -> Option<std::os::fd::OwnedFd> {
+fn prefetch(d: &super::primary::Dir, id: FileId) -> Option<Opened> {
     let path = d.log.path_of(id).ok()??;
     let node = entry::open_node(d.root.as_fd(), &path).ok()?;
     let st = sys::stat_fd(node.as_fd()).ok()?;
@@ -382,26 +391,45 @@ fn prefetch(d: &super::primary::Dir, id: FileId) -> Option<std::os::fd::OwnedFd>
     for r in d.log.dirty(id).ok()? {
         sys::will_need(fd.as_fd(), r.start, r.end - r.start);
     }
-    Some(fd)
+    Some(Opened {
+        names_gen: None,
+        fd,
+    })
 }
 
 /// Reads `range` of the regular file `path`, clipped to its current size.
-/// `open` keeps the file open from one piece to the next.
+/// Runs under the order lock in names generation `names_gen`. `open` keeps
+/// the file open from one piece to the next.
 fn read_range(
     d: &super::primary::Dir,
     path: &Path,
     range: Range<u64>,
-    open: &mut Option<std::os::fd::OwnedFd>,
+    names_gen: u64,
+    open: &mut Option<Opened>,
 ) -> Option<Vec<u8>> {
-    if open.is_none() {
+    if open.as_ref().is_none_or(|o| o.names_gen != Some(names_gen)) {
+        // Names moved since the file was opened (or it was opened ahead):
+        // read only if it is still the file at `path`, never another one
+        // that took its name.
         let node = entry::open_node(d.root.as_fd(), path).ok()?;
         let st = sys::stat_fd(node.as_fd()).ok()?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            *open = None;
             return None;
         }
-        *open = Some(sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?);
+        let same = open.as_ref().is_some_and(|o| {
+            sys::stat_fd(o.fd.as_fd())
+                .is_ok_and(|was| (was.st_dev, was.st_ino) == (st.st_dev, st.st_ino))
+        });
+        if !same {
+            *open = Some(Opened {
+                names_gen: None,
+                fd: sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?,
+            });
+        }
+        open.as_mut()?.names_gen = Some(names_gen);
     }
-    let fd = open.as_ref()?.as_fd();
+    let fd = open.as_ref()?.fd.as_fd();
     let st = sys::stat_fd(fd).ok()?;
     let end = range.end.min(st.st_size as u64);
     if end <= range.start {
