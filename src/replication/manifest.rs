@@ -422,7 +422,7 @@ fn reader_gone() -> std::io::Error {
 }
 
 /// The names in the directory `path`, each with whether it is a directory.
-fn list_dir(root: BorrowedFd<'_>, path: &Path) -> std::io::Result<Vec<(Vec<u8>, bool)>> {
+pub(super) fn list_dir(root: BorrowedFd<'_>, path: &Path) -> std::io::Result<Vec<(Vec<u8>, bool)>> {
     let node = match entry::open_node(root, path) {
         Ok(n) => n,
         Err(e) if e.code() == libc::ENOENT => return Ok(Vec::new()),

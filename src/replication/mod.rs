@@ -6,7 +6,8 @@
 //! on the serving node and [`session`] its connection to the peer;
 //! [`secondary`] accepts that connection and [`applier`] applies the stream;
 //! [`resync`] ships what changed while the peer was away, as
-//! [`entry`] states and byte ranges. [`verify`] compares both trees by
+//! [`entry`] states and byte ranges ([`replay`] says which moved files
+//! travel whole). [`verify`] compares both trees by
 //! [`manifest`]s of content-defined chunks.
 
 pub mod activity;
@@ -18,6 +19,7 @@ pub mod link;
 pub mod manifest;
 pub mod primary;
 pub mod relay;
+pub mod replay;
 pub mod resync;
 pub mod secondary;
 pub mod session;

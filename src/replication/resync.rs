@@ -256,6 +256,9 @@ fn ship_names(
     let mut records = Vec::new();
     for d in &rep.dirs {
         let ns = d.log.ns_since(0)?;
+        for p in super::replay::uncertain_moves(&ns) {
+            mark_whole(d, &p, &rep.module)?;
+        }
         let files = d.log.dirty_files()?;
         files_total += files.len() as u64;
         bytes_total += d.log.dirty_bytes()?;
@@ -320,6 +323,42 @@ fn ship_names(
         }
     }
     Ok((plan, ns_upto))
+}
+
+/// Marks every byte of the file at `p` (of every file below it, for a
+/// directory) dirty: a replayed rename may have put another file there on the
+/// peer (see [`super::replay`]).
+fn mark_whole(d: &super::primary::Dir, p: &Path, module: &str) -> Result<(), NamesError> {
+    let root = d.root.as_fd();
+    let Ok(node) = entry::open_node(root, p) else {
+        return Ok(());
+    };
+    let st = sys::stat_fd(node.as_fd()).map_err(|e| {
+        let e = std::io::Error::from_raw_os_error(e.code());
+        NamesError::Read(format!("reading {}: {e}", p.display()))
+    })?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG if st.st_size > 0 => {
+            let id = d.log.ensure(p)?;
+            d.log.mark(id, 0, st.st_size as u64)?;
+        }
+        libc::S_IFDIR => {
+            tracing::warn!(
+                "{module}: resync: the directory {} may hold other entries on the peer \
+                 (a rename replayed after its source name was reused); its files travel \
+                 whole; `tandem verify --repair` removes what only the peer has",
+                p.display()
+            );
+            let names = super::manifest::list_dir(root, p)
+                .map_err(|e| NamesError::Read(format!("listing {}: {e}", p.display())))?;
+            for (name, _) in names {
+                use std::os::unix::ffi::OsStrExt;
+                mark_whole(d, &p.join(std::ffi::OsStr::from_bytes(&name)), module)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Ships the current state of `p`; a name that is gone is shipped as
