@@ -1120,15 +1120,8 @@ mod tests {
     #[test]
     fn a_link_whose_writer_stopped_is_unlinked_with_its_bookkeeping() {
         let (rep, _root) = replicator(1000);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = rep.attach(tx);
         let generation = rep.dirs[0].log.generation().unwrap().current;
-        {
-            let mut o = rep.order.lock();
-            o.ready = true;
-            // The peer is current (resync done, everything durable).
-            o.resync_done = Some(0);
-        }
+        let (_, rx) = current_link(&rep);
         drop(rx);
         let mut o = rep.order.lock();
         assert!(
@@ -1144,38 +1137,41 @@ mod tests {
             "the peer that was current is behind now: a new generation says so"
         );
         assert_eq!(rep.status().peer, "alone");
-        let _ = conn;
+    }
+
+    /// Attaches a link whose peer is current (resync done, all durable).
+    fn current_link(rep: &Replicator) -> (u64, tokio::sync::mpsc::UnboundedReceiver<Message>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = rep.attach(tx);
+        let mut o = rep.order.lock();
+        o.ready = true;
+        o.resync_done = Some(0);
+        (conn, rx)
+    }
+
+    fn write(sink: &ReplicatingSink, offset: u64, data: &[u8]) {
+        let m = Mutation::Write {
+            path: Some(PathBuf::from("f")),
+            offset,
+            data,
+            sync: false,
+        };
+        sink.apply(&m, &mut || Ok(())).unwrap();
     }
 
     #[test]
     fn a_write_whose_send_finds_the_writer_gone_stays_marked() {
         let (rep, _root) = replicator(1000);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = rep.attach(tx);
-        {
-            let mut o = rep.order.lock();
-            o.ready = true;
-            o.resync_done = Some(0);
-        }
+        let (conn, rx) = current_link(&rep);
         let sink = rep.sink(0);
-        let path = Some(PathBuf::from("f"));
-        let write = |offset: u64, data: &[u8]| {
-            let m = Mutation::Write {
-                path: path.clone(),
-                offset,
-                data,
-                sync: false,
-            };
-            sink.apply(&m, &mut || Ok(())).unwrap();
-        };
         // Seq 1 reaches the channel and the peer makes it durable, so the
         // extent is hot with nothing pending.
-        write(0, b"first");
+        write(&sink, 0, b"first");
         rep.on_ack(conn, 1, 1, 1);
         drop(rx);
         // The writer is gone: this write never leaves, and its bytes must
         // stay marked for the resync (the rest of the extent may go).
-        write(8192, b"second");
+        write(&sink, 8192, b"second");
         assert_eq!(rep.status().peer, "alone");
         let id = rep.dirs[0].log.ensure(Path::new("f")).unwrap();
         assert_eq!(rep.dirs[0].log.dirty(id).unwrap(), vec![8192..8198]);
@@ -1184,36 +1180,21 @@ mod tests {
     #[test]
     fn a_truncate_keeps_hot_extents_marked_whole() {
         let (rep, _root) = replicator(1000);
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = rep.attach(tx);
-        {
-            let mut o = rep.order.lock();
-            o.ready = true;
-            o.resync_done = Some(0);
-        }
+        let (conn, _rx) = current_link(&rep);
         let sink = rep.sink(0);
-        let path = Some(PathBuf::from("f"));
-        let apply = |m: Mutation<'_>| sink.apply(&m, &mut || Ok(())).unwrap();
-        let write = |offset: u64, data: &[u8]| {
-            apply(Mutation::Write {
-                path: path.clone(),
-                offset,
-                data,
-                sync: false,
-            })
-        };
-        write(0, b"first");
+        write(&sink, 0, b"first");
         rep.on_ack(conn, 1, 1, 1);
         // An O_TRUNC open: the file is emptied, the extent stays hot.
-        apply(Mutation::SetAttr {
-            path: path.clone(),
+        let truncate = Mutation::SetAttr {
+            path: Some(PathBuf::from("f")),
             change: crate::fs::AttrChange {
                 size: Some(0),
                 ..Default::default()
             },
-        });
+        };
+        sink.apply(&truncate, &mut || Ok(())).unwrap();
         rep.on_ack(conn, 2, 2, 1);
-        write(0, b"second");
+        write(&sink, 0, b"second");
         rep.on_ack(conn, 2, 2, 2);
         // The link drops before the second write is durable: it must stay
         // marked for the resync.

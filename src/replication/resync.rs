@@ -256,9 +256,11 @@ fn ship_names(
     let mut records = Vec::new();
     for d in &rep.dirs {
         let ns = d.log.ns_since(0)?;
+        let mut marks = Vec::new();
         for p in super::replay::uncertain_moves(&ns) {
-            mark_whole(d, &p, &rep.module)?;
+            mark_whole(d, &p, &rep.module, &mut marks)?;
         }
+        d.log.mark_many(&marks)?;
         let files = d.log.dirty_files()?;
         files_total += files.len() as u64;
         bytes_total += d.log.dirty_bytes()?;
@@ -325,10 +327,15 @@ fn ship_names(
     Ok((plan, ns_upto))
 }
 
-/// Marks every byte of the file at `p` (of every file below it, for a
-/// directory) dirty: a replayed rename may have put another file there on the
-/// peer (see [`super::replay`]).
-fn mark_whole(d: &super::primary::Dir, p: &Path, module: &str) -> Result<(), NamesError> {
+/// Every byte of the file at `p` (of every file below it, for a directory),
+/// to be marked dirty: a replayed rename may have put another file there on
+/// the peer (see [`super::replay`]).
+fn mark_whole(
+    d: &super::primary::Dir,
+    p: &Path,
+    module: &str,
+    marks: &mut Vec<(FileId, u64, u64)>,
+) -> Result<(), NamesError> {
     let root = d.root.as_fd();
     let Ok(node) = entry::open_node(root, p) else {
         return Ok(());
@@ -339,8 +346,7 @@ fn mark_whole(d: &super::primary::Dir, p: &Path, module: &str) -> Result<(), Nam
     })?;
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG if st.st_size > 0 => {
-            let id = d.log.ensure(p)?;
-            d.log.mark(id, 0, st.st_size as u64)?;
+            marks.push((d.log.ensure(p)?, 0, st.st_size as u64));
         }
         libc::S_IFDIR => {
             tracing::warn!(
@@ -353,7 +359,12 @@ fn mark_whole(d: &super::primary::Dir, p: &Path, module: &str) -> Result<(), Nam
                 .map_err(|e| NamesError::Read(format!("listing {}: {e}", p.display())))?;
             for (name, _) in names {
                 use std::os::unix::ffi::OsStrExt;
-                mark_whole(d, &p.join(std::ffi::OsStr::from_bytes(&name)), module)?;
+                mark_whole(
+                    d,
+                    &p.join(std::ffi::OsStr::from_bytes(&name)),
+                    module,
+                    marks,
+                )?;
             }
         }
         _ => {}
