@@ -634,10 +634,11 @@ mod tests {
         assert_eq!(seen, 2);
         // The names already queued were dropped, not read and hashed: after
         // the error only files already being read may still have been counted
-        // (a margin for a walk thread descheduled on a busy machine).
+        // (a margin for the walk thread descheduled while four readers keep
+        // both CPUs busy: up to 48 seen; without the stop flag, 162-256).
         let after = progress.bytes_hashed.load(Ordering::Relaxed) as usize - at_error;
         assert!(
-            after <= 8 * READERS * SIZE,
+            after <= 24 * READERS * SIZE,
             "{} files hashed after the error",
             after / SIZE
         );
