@@ -292,6 +292,56 @@ fn a_killed_secondary_gets_only_the_changed_bytes_back() {
 }
 
 #[test]
+fn hard_linked_files_changed_while_the_peer_was_away_come_back_under_their_remaining_names() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    std::fs::write(d.join("old"), b"linked before the outage").unwrap();
+    std::fs::hard_link(d.join("old"), d.join("old.link")).unwrap();
+    std::fs::write(d.join("cur/target"), b"to be replaced").unwrap();
+    std::fs::hard_link(d.join("cur/target"), d.join("cur/target.link")).unwrap();
+    pair.wait_caught_up();
+
+    pair.kill(2);
+    // Mail delivery: written under tmp/, linked into new/, the first name removed.
+    for i in 0..5 {
+        let tmp = d.join(format!("tmp/m{i}"));
+        std::fs::write(&tmp, format!("message {i}\n").repeat(200)).unwrap();
+        std::fs::hard_link(&tmp, d.join(format!("new/m{i}"))).unwrap();
+        std::fs::remove_file(&tmp).unwrap();
+    }
+    // Written through one name of an older link, then that name removed.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("old"))
+        .unwrap();
+    f.write_all_at(b"CHANGED", 0).unwrap();
+    drop(f);
+    std::fs::remove_file(d.join("old")).unwrap();
+    // Written through one name, then another file renamed over that name.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("cur/target"))
+        .unwrap();
+    f.write_all_at(b"REWRITTEN", 3).unwrap();
+    drop(f);
+    std::fs::write(d.join("cur/other"), b"other").unwrap();
+    std::fs::rename(d.join("cur/other"), d.join("cur/target")).unwrap();
+
+    pair.start(2);
+    pair.wait_connected();
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    assert_eq!(
+        std::fs::read(pair.dir(2).join("old.link")).unwrap(),
+        b"CHANGEDbefore the outage"
+    );
+}
+
+#[test]
 fn fsynced_writes_survive_a_killed_primary() {
     let mut pair = Pair::new();
     pair.start_both();

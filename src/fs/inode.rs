@@ -73,6 +73,17 @@ impl Inode {
         }
         Ok(out)
     }
+
+    /// Absolute paths of every known name that still exists (as far as the
+    /// kernel's dentries tell).
+    pub fn names(&self) -> Vec<PathBuf> {
+        let aliases = self.aliases.lock();
+        std::iter::once(&self.fd)
+            .chain(aliases.iter())
+            .filter_map(|a| fd_path(a.as_raw_fd()).ok())
+            .filter(|p| !is_deleted(p))
+            .collect()
+    }
 }
 
 const DELETED: &[u8] = b" (deleted)";
@@ -130,6 +141,13 @@ impl InodeTable {
 
     pub fn get(&self, id: u64) -> Option<Arc<Inode>> {
         self.maps.lock().by_id.get(&id).map(|e| e.inode.clone())
+    }
+
+    /// The node of the inode `(dev, ino)`, if the kernel knows it.
+    pub fn by_key(&self, dev: u64, ino: u64) -> Option<Arc<Inode>> {
+        let m = self.maps.lock();
+        let id = m.by_key.get(&(dev, ino))?;
+        m.by_id.get(id).map(|e| e.inode.clone())
     }
 
     /// Registers one more kernel reference to the inode behind `fd` (a fresh

@@ -59,17 +59,22 @@ pub enum Mutation<'a> {
         existing: PathBuf,
         path: PathBuf,
     },
+    /// `survivor`: another name of the same file that stays (a hard link),
+    /// if one is known, so what is recorded about the file can move to it.
     Unlink {
         path: PathBuf,
+        survivor: Option<PathBuf>,
     },
     Rmdir {
         path: PathBuf,
     },
     /// `flags` are renameat2's (RENAME_NOREPLACE, RENAME_EXCHANGE).
+    /// `survivor`: another name of the file `to` named before, if it stays.
     Rename {
         from: PathBuf,
         to: PathBuf,
         flags: u32,
+        survivor: Option<PathBuf>,
     },
     /// `sync`: the file was opened O_SYNC or O_DSYNC, so the write is durable
     /// locally before it returns and must be on the peer too.
@@ -189,10 +194,12 @@ impl fmt::Display for Mutation<'_> {
             Mutation::Link { existing, path } => {
                 write!(f, "{k} {} => {}", ShowPath(existing), ShowPath(path))
             }
-            Mutation::Unlink { path } | Mutation::Rmdir { path } => {
+            Mutation::Unlink { path, .. } | Mutation::Rmdir { path } => {
                 write!(f, "{k} {}", ShowPath(path))
             }
-            Mutation::Rename { from, to, flags } => {
+            Mutation::Rename {
+                from, to, flags, ..
+            } => {
                 write!(f, "{k} {} -> {}", ShowPath(from), ShowPath(to))?;
                 if *flags != 0 {
                     write!(f, " flags={flags:#x}")?;

@@ -144,6 +144,21 @@ impl TandemFs {
             .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino)
     }
 
+    /// Another known name of the regular file `name` in `parent` (`path`)
+    /// that stays when `path` goes: a hard link the kernel looked up.
+    fn survivor(&self, parent: &Inode, name: &CStr, path: &Path) -> Option<PathBuf> {
+        let st = sys::stat_at(parent.fd(), name).ok()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
+            return None;
+        }
+        let inode = self.inodes.by_key(st.st_dev, st.st_ino)?;
+        inode
+            .names()
+            .into_iter()
+            .filter_map(|abs| Some(abs.strip_prefix(&self.root_prefix).ok()?.to_path_buf()))
+            .find(|rel| rel != path && self.names_inode(rel, &inode))
+    }
+
     fn child(&self, parent: &Inode, name: &OsStr) -> SysResult<PathBuf> {
         let dir = self.rel(parent)?.ok_or(Errno::ENOENT)?;
         Ok(dir.join(name))
@@ -374,7 +389,8 @@ impl TandemFs {
         let (m, flags) = if dir {
             (Mutation::Rmdir { path }, libc::AT_REMOVEDIR)
         } else {
-            (Mutation::Unlink { path }, 0)
+            let survivor = self.survivor(&p, &c, &path);
+            (Mutation::Unlink { path, survivor }, 0)
         };
         self.ns_gen.fetch_add(1, Ordering::Release);
         self.sink
@@ -395,10 +411,17 @@ impl TandemFs {
         let p = self.inode(parent)?;
         let np = self.inode(newparent)?;
         let (c, nc) = (cname(name)?, cname(newname)?);
+        let to = self.child(&np, newname)?;
+        let survivor = if flags & libc::RENAME_EXCHANGE == 0 {
+            self.survivor(&np, &nc, &to)
+        } else {
+            None
+        };
         let m = Mutation::Rename {
             from: self.child(&p, name)?,
-            to: self.child(&np, newname)?,
+            to,
             flags,
+            survivor,
         };
         self.ns_gen.fetch_add(1, Ordering::Release);
         self.sink

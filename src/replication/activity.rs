@@ -85,6 +85,30 @@ impl Activity {
             .collect()
     }
 
+    /// The hot extents of `from` become `to`'s (another name of the same
+    /// file took over its records).
+    pub fn rekey(&mut self, dir: u32, from: FileId, to: FileId) {
+        let keys: Vec<Key> = self
+            .hot
+            .keys()
+            .filter(|(d, i, _)| *d == dir && *i == from)
+            .copied()
+            .collect();
+        for k in keys {
+            let x = self.hot.remove(&k).expect("listed");
+            match self.hot.get_mut(&(dir, to, k.2)) {
+                Some(y) => {
+                    y.pending.extend(x.pending);
+                    y.last_seq = y.last_seq.max(x.last_seq);
+                    y.last_used = y.last_used.max(x.last_used);
+                }
+                None => {
+                    self.hot.insert((dir, to, k.2), x);
+                }
+            }
+        }
+    }
+
     /// Whether `[start, end)` of `id` lies in a hot extent (the activity log,
     /// not the exact dirty index, owns it until the extent cools).
     pub fn hot_ranges(&self, dir: u32, id: FileId, r: &Range<u64>) -> Vec<Range<u64>> {

@@ -64,6 +64,7 @@ pub fn of_node(fd: BorrowedFd<'_>, st: &libc::stat) -> SysResult<Entry> {
         atime: Time::atime_of(st),
         mtime: Time::mtime_of(st),
         xattrs,
+        links: st.st_nlink as u64,
     })
 }
 
@@ -126,6 +127,25 @@ fn create(parent: BorrowedFd<'_>, name: &std::ffi::CStr, kind: &EntryKind) -> Sy
     }
 }
 
+/// Gives `name` in `parent` (the regular file `fd`) an inode of its own with
+/// the same contents, leaving its other hard links as they are.
+fn unshare(parent: BorrowedFd<'_>, name: &std::ffi::CStr, fd: BorrowedFd<'_>) -> SysResult<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = CString::new(format!(".tandem-unshare-{}-{n}", std::process::id()))
+        .map_err(|_| Errno::EINVAL)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+    let mut to = std::fs::File::from(sys::openat(parent, &tmp, flags, 0o600)?);
+    let mut from = std::fs::File::from(sys::reopen(fd, libc::O_RDONLY)?);
+    let r = std::io::copy(&mut from, &mut to)
+        .map_err(Errno::from)
+        .and_then(|_| sys::renameat2(parent, &tmp, parent, name, 0));
+    if r.is_err() {
+        let _ = sys::unlinkat(parent, &tmp, 0);
+    }
+    r
+}
+
 /// Removes `name` in `parent`, a whole tree if it is a directory.
 pub fn remove_tree(parent: BorrowedFd<'_>, name: &std::ffi::CStr) -> SysResult<()> {
     let st = match sys::stat_at(parent, name) {
@@ -182,6 +202,10 @@ pub fn impose(root: BorrowedFd<'_>, path: &Path, entry: Option<&Entry>) -> SysRe
                 if !same_kind(&st, fd.as_fd(), &entry.kind)? {
                     remove_tree(parent.as_fd(), &name)?;
                     create(parent.as_fd(), &name, &entry.kind)?;
+                } else if entry.kind == EntryKind::File && entry.links == 1 && st.st_nlink > 1 {
+                    // Linked here but not on the source: what is imposed on
+                    // this name (and written to it) must not reach the others.
+                    unshare(parent.as_fd(), &name, fd.as_fd())?;
                 }
             }
             Err(e) if e.code() == libc::ENOENT => create(parent.as_fd(), &name, &entry.kind)?,

@@ -721,7 +721,7 @@ impl Replicator {
                 path: path.clone(),
                 target: target.clone(),
             },
-            Mutation::Unlink { path } => NsChange::Unlink { path: path.clone() },
+            Mutation::Unlink { path, .. } => NsChange::Unlink { path: path.clone() },
             Mutation::Rmdir { path } => NsChange::Rmdir { path: path.clone() },
             // Renames and links are recorded after they succeed (a rename or
             // link replayed by a resync must be one that happened); nothing
@@ -748,14 +748,30 @@ impl Replicator {
     fn after(&self, dir: u32, m: &Mutation<'_>, o: &mut Order) -> crate::changelog::Result<()> {
         let log = &self.dirs[dir as usize].log;
         match m {
-            Mutation::Unlink { path } | Mutation::Rmdir { path } => {
+            Mutation::Unlink { path, survivor } => {
+                o.ids[dir as usize].clear();
+                o.names_gen += 1;
+                if let Some(s) = survivor {
+                    self.hand_over(o, dir, path, s)?;
+                }
+                log.remove(path)?;
+            }
+            Mutation::Rmdir { path } => {
                 o.ids[dir as usize].clear();
                 o.names_gen += 1;
                 log.remove(path)?;
             }
-            Mutation::Rename { from, to, flags } => {
+            Mutation::Rename {
+                from,
+                to,
+                flags,
+                survivor,
+            } => {
                 o.ids[dir as usize].clear();
                 o.names_gen += 1;
+                if let Some(s) = survivor {
+                    self.hand_over(o, dir, to, s)?;
+                }
                 let exchange = flags & libc::RENAME_EXCHANGE != 0;
                 if exchange {
                     log.exchange(from, to)?;
@@ -781,6 +797,48 @@ impl Replicator {
         Ok(())
     }
 
+    /// The name `gone` of a hard-linked file goes while the file lives on as
+    /// `survivor`: what is recorded about the file (dirty ranges, a size
+    /// change, hot extents) moves there, or the peer's other names of it
+    /// would never get those changes.
+    fn hand_over(
+        &self,
+        o: &mut Order,
+        dir: u32,
+        gone: &Path,
+        survivor: &Path,
+    ) -> crate::changelog::Result<()> {
+        let log = &self.dirs[dir as usize].log;
+        let Some(id) = log.resolve(gone)? else {
+            return Ok(());
+        };
+        let mut ranges = log.dirty(id)?;
+        let size = log.dirty_size(id)?;
+        let hot = !o.activity.hot_from(dir, id, 0).is_empty();
+        if ranges.is_empty() && size.is_none() && !hot {
+            return Ok(());
+        }
+        let to = log.ensure(survivor)?;
+        o.activity.rekey(dir, id, to);
+        if let Some(size) = size {
+            // The size change drops marks past `size`: the survivor's own
+            // marks and whole hot extents are marked again below.
+            ranges.extend(log.dirty(to)?);
+            log.truncate(to, size)?;
+            ranges.extend(
+                o.activity
+                    .hot_from(dir, to, size)
+                    .into_iter()
+                    .map(|e| e * EXTENT..(e + 1) * EXTENT),
+            );
+        }
+        let marks: Vec<_> = ranges
+            .into_iter()
+            .map(|r| (to, r.start, r.end - r.start))
+            .collect();
+        log.mark_many(&marks)
+    }
+
     /// The modification times the peer should end up with after `m`: the
     /// file written, and the directories whose entries changed.
     fn stamps(&self, dir: u32, m: &Mutation<'_>) -> Vec<(Vec<u8>, Time)> {
@@ -798,7 +856,9 @@ impl Replicator {
             Mutation::Create { path, .. }
             | Mutation::Mkdir { path, .. }
             | Mutation::Symlink { path, .. } => vec![path.clone(), parent(path)],
-            Mutation::Link { path, .. } | Mutation::Unlink { path } | Mutation::Rmdir { path } => {
+            Mutation::Link { path, .. }
+            | Mutation::Unlink { path, .. }
+            | Mutation::Rmdir { path } => {
                 vec![parent(path)]
             }
             Mutation::Rename { from, to, .. } => vec![parent(from), parent(to)],
@@ -1201,6 +1261,28 @@ mod tests {
         rep.detach(conn, "gone");
         let id = rep.dirs[0].log.ensure(Path::new("f")).unwrap();
         assert_eq!(rep.dirs[0].log.dirty(id).unwrap(), vec![0..6]);
+    }
+
+    #[test]
+    fn a_removed_name_of_a_hard_linked_file_hands_its_records_to_the_survivor() {
+        let (rep, _root) = replicator(1000);
+        let (conn, _rx) = current_link(&rep);
+        let sink = rep.sink(0);
+        // Written under the name "f" (hot, not yet durable on the peer).
+        write(&sink, 4096, b"data");
+        let unlink = Mutation::Unlink {
+            path: PathBuf::from("f"),
+            survivor: Some(PathBuf::from("g")),
+        };
+        sink.apply(&unlink, &mut || Ok(())).unwrap();
+        rep.detach(conn, "gone");
+        let log = &rep.dirs[0].log;
+        let g = log
+            .resolve(Path::new("g"))
+            .unwrap()
+            .expect("g has the records");
+        assert_eq!(log.dirty(g).unwrap(), vec![4096..4100]);
+        assert_eq!(log.resolve(Path::new("f")).unwrap(), None);
     }
 
     #[test]

@@ -263,6 +263,9 @@ pub struct Entry {
     pub atime: Time,
     pub mtime: Time,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Hard link count (0: not known).
+    #[serde(default)]
+    pub links: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,9 +335,11 @@ impl From<&Mutation<'_>> for WireMutation {
                 existing: bytes(existing),
                 path: bytes(path),
             },
-            Mutation::Unlink { path } => WireMutation::Unlink { path: bytes(path) },
+            Mutation::Unlink { path, .. } => WireMutation::Unlink { path: bytes(path) },
             Mutation::Rmdir { path } => WireMutation::Rmdir { path: bytes(path) },
-            Mutation::Rename { from, to, flags } => WireMutation::Rename {
+            Mutation::Rename {
+                from, to, flags, ..
+            } => WireMutation::Rename {
                 from: bytes(from),
                 to: bytes(to),
                 flags: *flags,

@@ -41,7 +41,7 @@ pub fn describe(m: &Mutation<'_>) -> String {
         Mutation::Create { path, .. }
         | Mutation::Mkdir { path, .. }
         | Mutation::Symlink { path, .. }
-        | Mutation::Unlink { path }
+        | Mutation::Unlink { path, .. }
         | Mutation::Rmdir { path } => format!("{} {}", m.kind(), path.display()),
         Mutation::Link { existing, path } => {
             format!("link {} {}", existing.display(), path.display())
