@@ -64,7 +64,7 @@ pub fn of_node(fd: BorrowedFd<'_>, st: &libc::stat) -> SysResult<Entry> {
         atime: Time::atime_of(st),
         mtime: Time::mtime_of(st),
         xattrs,
-        links: st.st_nlink as u64,
+        links: st.st_nlink,
     })
 }
 
