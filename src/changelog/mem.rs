@@ -33,6 +33,7 @@ struct State {
     dirty: DirtyIndex,
     ns: BTreeMap<u64, NsChange>,
     next_seq: u64,
+    ns_sent_upto: u64,
     generation: Generation,
 }
 
@@ -53,6 +54,7 @@ impl MemChangeLog {
                 dirty: DirtyIndex::new(chunk_size)?,
                 ns: BTreeMap::new(),
                 next_seq: 1,
+                ns_sent_upto: u64::MAX,
                 generation: Generation::fresh()?,
             }),
         })
@@ -165,6 +167,18 @@ impl ChangeLog for MemChangeLog {
     fn clear_ns_upto(&self, seq: u64) -> Result<()> {
         let mut st = self.state.lock();
         st.ns = st.ns.split_off(&seq.saturating_add(1));
+        Ok(())
+    }
+    fn ns_sent_upto(&self) -> Result<u64> {
+        Ok(self.state.lock().ns_sent_upto)
+    }
+    fn ns_sending(&self, sending: bool) -> Result<()> {
+        let mut st = self.state.lock();
+        st.ns_sent_upto = if sending {
+            u64::MAX
+        } else {
+            st.ns_sent_upto.min(st.next_seq - 1)
+        };
         Ok(())
     }
 

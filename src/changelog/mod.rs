@@ -68,6 +68,7 @@
 //! | `nslog` | seq u64 | serde_json [`NsChange`] |
 //! | `meta` | `chunk_size`, `next_id`, `next_seq`, `flushed_epoch` | u64 |
 //! | `meta` | `generation` | serde_json [`Generation`] |
+//! | `meta` | `ns_sent_upto` | u64 |
 
 mod dirty;
 mod error;
@@ -153,6 +154,14 @@ pub trait ChangeLog: Send + Sync {
     fn ns_since(&self, seq: u64) -> Result<Vec<(u64, NsChange)>>;
     /// Forgets the changes with a sequence number up to `seq` inclusive.
     fn clear_ns_upto(&self, seq: u64) -> Result<()>;
+    /// The changes up to this sequence number may have reached the peer
+    /// (`u64::MAX`: every change, also those still to come — the state of a
+    /// new log, and of one whose link was up when the node stopped).
+    fn ns_sent_upto(&self) -> Result<u64>;
+    /// Records (durably) whether changes logged from now on may reach the
+    /// peer: `true` while a link carries them, `false` once it is gone (the
+    /// changes logged so far stay counted as sent).
+    fn ns_sending(&self, sending: bool) -> Result<()>;
 
     // ---- generations ----
 

@@ -415,6 +415,25 @@ impl ChangeLog for RocksChangeLog {
         Ok(())
     }
 
+    fn ns_sent_upto(&self) -> Result<u64> {
+        Ok(get_u64(&self.db, META_NS_SENT_UPTO)?.unwrap_or(u64::MAX))
+    }
+    fn ns_sending(&self, sending: bool) -> Result<()> {
+        let next = self.ns.lock();
+        let upto = if sending {
+            u64::MAX
+        } else {
+            self.ns_sent_upto()?.min(*next - 1)
+        };
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            META_NS_SENT_UPTO,
+            u64_bytes(upto),
+            &write_opts(true),
+        )?;
+        Ok(())
+    }
+
     fn generation(&self) -> Result<Generation> {
         Ok(self.generation.lock().clone())
     }

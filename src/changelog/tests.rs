@@ -318,6 +318,24 @@ fn suite_ns_log(log: &dyn ChangeLog) {
     log.clear_ns_upto(next).unwrap();
 }
 
+fn suite_ns_sent(log: &dyn ChangeLog) {
+    // A new log (or one whose link was up when it stopped) counts every
+    // change as possibly sent.
+    assert_eq!(log.ns_sent_upto().unwrap(), u64::MAX);
+    let a = log.log_ns(NsChange::Mkdir { path: "x".into() }).unwrap();
+    log.ns_sending(false).unwrap();
+    assert_eq!(log.ns_sent_upto().unwrap(), a);
+    // Logged while alone: not sent; closing again changes nothing.
+    let b = log.log_ns(NsChange::Rmdir { path: "x".into() }).unwrap();
+    log.ns_sending(false).unwrap();
+    assert_eq!(log.ns_sent_upto().unwrap(), a);
+    log.ns_sending(true).unwrap();
+    assert_eq!(log.ns_sent_upto().unwrap(), u64::MAX);
+    log.ns_sending(false).unwrap();
+    assert_eq!(log.ns_sent_upto().unwrap(), b);
+    log.clear_ns_upto(b).unwrap();
+}
+
 fn suite_generation(log: &dyn ChangeLog) {
     let g0 = log.generation().unwrap();
     assert_ne!(g0.current, 0);
@@ -360,6 +378,7 @@ fn run_suite(log: &dyn ChangeLog) {
     suite_random_vs_model(log, 1);
     suite_random_vs_model(log, 2);
     suite_truncate(log);
+    suite_ns_sent(log);
     suite_ns_log(log);
     suite_generation(log);
     log.flush().unwrap();
@@ -420,6 +439,7 @@ fn rocks_reopen_keeps_everything_exact() {
         log.clear(d, 3..7).unwrap();
         log.truncate(d, 77).unwrap();
         seq = log.log_ns(NsChange::Mkdir { path: "z".into() }).unwrap();
+        log.ns_sending(false).unwrap();
         gen_ = log.new_generation().unwrap();
     } // drop = clean close (flush)
     let log = RocksChangeLog::open(dir.path(), 4096).unwrap();
@@ -430,6 +450,7 @@ fn rocks_reopen_keeps_everything_exact() {
     assert_eq!(log.dirty_size(d).unwrap(), Some(77));
     assert_eq!(log.dirty_files().unwrap(), vec![c, d]);
     assert_eq!(log.generation().unwrap(), gen_);
+    assert_eq!(log.ns_sent_upto().unwrap(), seq);
     assert_eq!(
         log.ns_since(0).unwrap(),
         vec![(seq, NsChange::Mkdir { path: "z".into() })]

@@ -378,6 +378,12 @@ impl Replicator {
             } else {
                 o.activity.forget();
             }
+            for d in &self.dirs {
+                // Changes logged from now on do not reach the peer.
+                if let Err(e) = d.log.ns_sending(false) {
+                    self.note_error(format!("change log: {e}"));
+                }
+            }
             o.link = None;
             o.resync_done = None;
             o.ready = false;

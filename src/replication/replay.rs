@@ -7,7 +7,9 @@
 //! unless its source name was taken again afterwards: after `mv a b; echo x >
 //! a` a second `mv a b` on the peer puts the new `a` over `b`. An exchange
 //! applied twice swaps back. For those moves the file (wherever it is named at
-//! the end of the log) must be shipped whole; everything else stays a delta.
+//! the end of the log) must be shipped whole; everything else stays a delta,
+//! including every rename logged while the peer was away (the change log
+//! knows which records may have been sent: `ns_sent_upto`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,9 +17,11 @@ use std::path::{Path, PathBuf};
 use crate::changelog::NsChange;
 
 /// The names, as of the end of `ns`, of the files moved by renames whose
-/// replay may act on another file than the one the record moved. A file
-/// removed or replaced later is left out (nothing of it is shipped).
-pub fn uncertain_moves(ns: &[(u64, NsChange)]) -> Vec<PathBuf> {
+/// replay may act on another file than the one the record moved. Only
+/// records up to `sent_upto` may have reached the peer; the peer never saw
+/// the others, so their replay is exact. A file removed or replaced later is
+/// left out (nothing of it is shipped).
+pub fn uncertain_moves(ns: &[(u64, NsChange)], sent_upto: u64) -> Vec<PathBuf> {
     // The last record that gives each name to something.
     let mut named: HashMap<&Path, usize> = HashMap::new();
     for (i, (_, c)) in ns.iter().enumerate() {
@@ -28,10 +32,13 @@ pub fn uncertain_moves(ns: &[(u64, NsChange)]) -> Vec<PathBuf> {
     let taken_after =
         |p: &Path, i: usize| p.ancestors().any(|a| named.get(a).is_some_and(|j| *j > i));
     let mut out = Vec::new();
-    for (i, (_, c)) in ns.iter().enumerate() {
+    for (i, (seq, c)) in ns.iter().enumerate() {
         let NsChange::Rename { from, to, exchange } = c else {
             continue;
         };
+        if *seq > sent_upto {
+            continue;
+        }
         let moved: Vec<&PathBuf> = if *exchange {
             vec![from, to]
         } else if taken_after(from, i) {
@@ -119,36 +126,54 @@ mod tests {
         let create = |p: &str| NsChange::Create { path: p.into() };
         // Log rotation: the rotated file must travel whole.
         let ns = log(vec![rename("log", "log.1"), create("log")]);
-        assert_eq!(uncertain_moves(&ns), paths(&["log.1"]));
+        assert_eq!(uncertain_moves(&ns, u64::MAX), paths(&["log.1"]));
         // The same, followed to the file's last name.
         let ns = log(vec![
             rename("log", "log.1"),
             create("log"),
             rename("log.1", "old/log.1"),
         ]);
-        assert_eq!(uncertain_moves(&ns), paths(&["old/log.1"]));
+        assert_eq!(uncertain_moves(&ns, u64::MAX), paths(&["old/log.1"]));
         // The source's parent directory named again.
         let ns = log(vec![rename("d/x", "y"), rename("e", "d")]);
-        assert_eq!(uncertain_moves(&ns), paths(&["y"]));
+        assert_eq!(uncertain_moves(&ns, u64::MAX), paths(&["y"]));
     }
 
     #[test]
     fn plain_renames_stay_deltas_and_removed_files_are_left_out() {
         let ns = log(vec![rename("a", "b"), rename("c", "d")]);
-        assert!(uncertain_moves(&ns).is_empty());
+        assert!(uncertain_moves(&ns, u64::MAX).is_empty());
         // Uncertain, but the moved file is gone by the end of the log.
         let ns = log(vec![
             rename("a", "b"),
             NsChange::Create { path: "a".into() },
             NsChange::Unlink { path: "b".into() },
         ]);
-        assert!(uncertain_moves(&ns).is_empty());
+        assert!(uncertain_moves(&ns, u64::MAX).is_empty());
         let ns = log(vec![
             rename("a", "b"),
             NsChange::Mkdir { path: "a".into() },
             rename("c", "b"),
         ]);
-        assert!(uncertain_moves(&ns).is_empty(), "b was replaced by c");
+        assert!(
+            uncertain_moves(&ns, u64::MAX).is_empty(),
+            "b was replaced by c"
+        );
+    }
+
+    #[test]
+    fn renames_the_peer_never_saw_are_replayed_exactly() {
+        let create = |p: &str| NsChange::Create { path: p.into() };
+        // Rotated twice: the first while linked (seq 1-2), the second alone.
+        let ns = log(vec![
+            rename("log", "log.1"),
+            create("log"),
+            rename("log", "log.2"),
+            create("log"),
+        ]);
+        assert_eq!(uncertain_moves(&ns, 2), paths(&["log.1"]));
+        assert!(uncertain_moves(&ns, 0).is_empty());
+        assert_eq!(uncertain_moves(&ns, 4), paths(&["log.1", "log.2"]));
     }
 
     #[test]
@@ -161,6 +186,6 @@ mod tests {
             },
             rename("a", "dir/a"),
         ]);
-        assert_eq!(uncertain_moves(&ns), paths(&["b", "dir/a"]));
+        assert_eq!(uncertain_moves(&ns, u64::MAX), paths(&["b", "dir/a"]));
     }
 }

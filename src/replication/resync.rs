@@ -111,11 +111,18 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
             .collect();
         log.log_ns_many(names).map_err(err)?;
     }
+    // Which records may have reached the peer before this resync (read
+    // first: from here on, all of them may).
+    let mut sent_upto = Vec::new();
+    for d in &rep.dirs {
+        sent_upto.push(d.log.ns_sent_upto().map_err(err)?);
+        d.log.ns_sending(true).map_err(err)?;
+    }
     // 2. Names, with the stream held: afterwards the peer has every name we
     //    have, so live mutations can flow while contents follow.
     let stopped = || format!("{}: resync interrupted (link lost)", rep.module);
     let planned = rep
-        .exclusive(conn, |x| ship_names(x, rep))
+        .exclusive(conn, |x| ship_names(x, rep, &sent_upto))
         .ok_or_else(stopped)?;
     let (plan, ns_upto) = planned.map_err(|e| match e {
         NamesError::Log(e) => err(e),
@@ -249,15 +256,16 @@ impl From<crate::changelog::ChangeLogError> for NamesError {
 fn ship_names(
     x: &mut Exclusive<'_>,
     rep: &Replicator,
+    sent_upto: &[u64],
 ) -> Result<(Vec<Vec<FileId>>, Vec<u64>), NamesError> {
     let mut plan = Vec::new();
     let mut ns_upto = vec![0u64; rep.dirs.len()];
     let (mut files_total, mut bytes_total, mut names_total) = (0, 0, 0);
     let mut records = Vec::new();
-    for d in &rep.dirs {
+    for (d, sent) in rep.dirs.iter().zip(sent_upto) {
         let ns = d.log.ns_since(0)?;
         let mut marks = Vec::new();
-        for p in super::replay::uncertain_moves(&ns) {
+        for p in super::replay::uncertain_moves(&ns, *sent) {
             mark_whole(d, &p, &rep.module, &mut marks)?;
         }
         d.log.mark_many(&marks)?;
