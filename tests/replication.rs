@@ -138,7 +138,7 @@ fn random_worker(root: &Path, id: usize, ops: usize, seed: u64) {
     std::fs::create_dir_all(&mine).unwrap();
     for i in 0..ops {
         let name = mine.join(format!("f{}", rng.random_range(0..20)));
-        match rng.random_range(0..10) {
+        match rng.random_range(0..11) {
             0..=3 => {
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
@@ -178,10 +178,16 @@ fn random_worker(root: &Path, id: usize, ops: usize, seed: u64) {
                     std::fs::set_permissions(&name, std::fs::Permissions::from_mode(mode)).unwrap();
                 }
             }
-            _ => {
+            9 => {
                 if name.exists() {
                     setxattr(&name, "user.n", format!("{i}").as_bytes());
                 }
+            }
+            _ => {
+                // A second name: later writes, renames and removals reach
+                // one file through either.
+                let to = mine.join(format!("f{}", rng.random_range(0..20)));
+                let _ = std::fs::hard_link(&name, &to);
             }
         }
     }
