@@ -88,22 +88,16 @@ impl Activity {
     /// The hot extents of `from` become `to`'s (another name of the same
     /// file took over its records).
     pub fn rekey(&mut self, dir: u32, from: FileId, to: FileId) {
-        let keys: Vec<Key> = self
-            .hot
-            .keys()
-            .filter(|(d, i, _)| *d == dir && *i == from)
-            .copied()
-            .collect();
-        for k in keys {
-            let x = self.hot.remove(&k).expect("listed");
-            match self.hot.get_mut(&(dir, to, k.2)) {
+        for e in self.hot_from(dir, from, 0) {
+            let x = self.hot.remove(&(dir, from, e)).expect("listed");
+            match self.hot.get_mut(&(dir, to, e)) {
                 Some(y) => {
                     y.pending.extend(x.pending);
                     y.last_seq = y.last_seq.max(x.last_seq);
                     y.last_used = y.last_used.max(x.last_used);
                 }
                 None => {
-                    self.hot.insert((dir, to, k.2), x);
+                    self.hot.insert((dir, to, e), x);
                 }
             }
         }

@@ -692,14 +692,7 @@ impl Replicator {
             } => {
                 if let Some(size) = change.size {
                     let id = self.file_id(o, dir, p)?;
-                    let log = &self.dirs[dir as usize].log;
-                    log.truncate(id, size)?;
-                    // The truncate dropped the marks past `size`, but a hot
-                    // extent must stay marked whole: later writes to it are
-                    // not marked one by one.
-                    for ext in o.activity.hot_from(dir, id, size) {
-                        log.mark(id, ext * EXTENT, EXTENT)?;
-                    }
+                    self.truncate(o, dir, id, size)?;
                     if o.streaming() {
                         o.open.add(Clear::Size(dir, id));
                     }
@@ -803,6 +796,18 @@ impl Replicator {
         Ok(())
     }
 
+    /// Records that `id` was truncated to `size`. The change log drops the
+    /// marks past it, but a hot extent must stay marked whole: later writes
+    /// to it are not marked one by one.
+    fn truncate(&self, o: &Order, dir: u32, id: FileId, size: u64) -> crate::changelog::Result<()> {
+        let log = &self.dirs[dir as usize].log;
+        log.truncate(id, size)?;
+        for ext in o.activity.hot_from(dir, id, size) {
+            log.mark(id, ext * EXTENT, EXTENT)?;
+        }
+        Ok(())
+    }
+
     /// The name `gone` of a hard-linked file goes while the file lives on as
     /// `survivor`: what is recorded about the file (dirty ranges, a size
     /// change, hot extents) moves there, or the peer's other names of it
@@ -827,16 +832,10 @@ impl Replicator {
         let to = log.ensure(survivor)?;
         o.activity.rekey(dir, id, to);
         if let Some(size) = size {
-            // The size change drops marks past `size`: the survivor's own
-            // marks and whole hot extents are marked again below.
+            // The size change drops the survivor's own marks past `size`:
+            // they are marked again below.
             ranges.extend(log.dirty(to)?);
-            log.truncate(to, size)?;
-            ranges.extend(
-                o.activity
-                    .hot_from(dir, to, size)
-                    .into_iter()
-                    .map(|e| e * EXTENT..(e + 1) * EXTENT),
-            );
+            self.truncate(o, dir, to, size)?;
         }
         let marks: Vec<_> = ranges
             .into_iter()
