@@ -567,3 +567,97 @@ fn access_control_lists_work_as_on_the_bare_directory() {
         acl(bare.path().join("shared/sub"))
     );
 }
+
+/// Holds every fsync of a file named `held` until released.
+#[derive(Default)]
+struct HoldingSink {
+    released: parking_lot::Mutex<bool>,
+    cv: parking_lot::Condvar,
+    holding: std::sync::atomic::AtomicUsize,
+}
+
+impl tandem::fs::MutationSink for HoldingSink {
+    fn apply(
+        &self,
+        m: &tandem::fs::Mutation<'_>,
+        local: tandem::fs::LocalApply<'_>,
+    ) -> Result<(), tandem::fs::Errno> {
+        if let tandem::fs::Mutation::Fsync { path: Some(p), .. } = m
+            && p.ends_with("held")
+        {
+            self.holding
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut r = self.released.lock();
+            while !*r {
+                self.cv.wait(&mut r);
+            }
+        }
+        local()
+    }
+}
+
+#[test]
+fn requests_go_on_while_an_fsync_waits_and_the_mount_ends_cleanly() {
+    common::require_fuse();
+    let t = tempdir();
+    let sink = Arc::new(HoldingSink::default());
+    let (m, _) = tandem::fs::mount(t.path(), sink.clone(), &Default::default()).unwrap();
+    let dir = m.dir().to_path_buf();
+    std::fs::write(dir.join("held"), b"x").unwrap();
+    let held = {
+        let f = std::fs::File::open(dir.join("held")).unwrap();
+        std::thread::spawn(move || f.sync_all())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sink.holding.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fsync never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Another caller's requests, fsyncs included, are served meanwhile.
+    for i in 0..200 {
+        let p = dir.join(format!("f{i}"));
+        std::fs::write(&p, pattern(i, 5000)).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), pattern(i, 5000));
+        if i % 20 == 0 {
+            std::fs::File::open(&p).unwrap().sync_all().unwrap();
+        }
+    }
+    assert!(!held.is_finished(), "the held fsync returned early");
+    *sink.released.lock() = true;
+    sink.cv.notify_all();
+    held.join().unwrap().unwrap();
+    // Unmounting with workers idle returns promptly.
+    let started = std::time::Instant::now();
+    assert_eq!(m.unmount().unwrap(), tandem::fs::Unmounted::Clean);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        std::fs::read(t.path().join("f199")).unwrap(),
+        pattern(199, 5000)
+    );
+}
+
+#[test]
+fn a_mount_unmounted_from_outside_ends_its_session() {
+    common::require_fuse();
+    let t = tempdir();
+    let sink = Arc::new(common::RecordingSink::default());
+    let (m, _) = tandem::fs::mount(t.path(), sink, &Default::default()).unwrap();
+    // Make every worker serve a request so that some wait as followers.
+    for i in 0..50 {
+        std::fs::write(m.dir().join(format!("f{i}")), b"x").unwrap();
+    }
+    let st = Command::new("umount").arg(m.dir()).status().unwrap();
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !m.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(m.unmount().unwrap(), tandem::fs::Unmounted::Clean);
+}

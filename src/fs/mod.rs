@@ -4,6 +4,7 @@
 //! every mutating call becomes a [`Mutation`] handed to a [`MutationSink`].
 
 mod attr;
+mod gate;
 mod handles;
 mod inode;
 pub mod mounts;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 /// File times to and from (seconds, nanoseconds), before the epoch as well.
 pub use attr::{time as time_from_parts, to_timespec};
 pub use fuser::Errno;
+pub use gate::blocking;
 pub use mutation::{AttrChange, CountingSink, LocalApply, Mutation, MutationSink, RelPath};
 pub use ops::FsOptions;
 
@@ -87,6 +89,7 @@ impl Default for MountConfig {
 pub struct Mounted {
     dir: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    gate: Arc<gate::Gate>,
 }
 
 /// Checks `dir` and removes stale tandem mounts on it. Nothing is mounted.
@@ -160,8 +163,10 @@ pub fn mount(
     if let Err(e) = sys::raise_nofile_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
     }
-    let fs =
-        ops::TandemFs::new(root, prefix, sink, config.fs.clone()).map_err(|e| io(errno_io(e)))?;
+    let threads = config.threads.max(1);
+    let gate = gate::Gate::new(threads);
+    let fs = ops::TandemFs::new(root, prefix, sink, config.fs.clone(), gate.clone())
+        .map_err(|e| io(errno_io(e)))?;
     let mut fc = fuser::Config::default();
     fc.mount_options = vec![
         fuser::MountOption::FSName(mounts::SOURCE.into()),
@@ -172,7 +177,7 @@ pub fn mount(
         fuser::MountOption::RW,
     ];
     fc.acl = fuser::SessionACL::All;
-    fc.n_threads = Some(config.threads.max(1));
+    fc.n_threads = Some(threads);
     fc.clone_fd = true;
     let session = fuser::Session::new(fs, &dir, &fc)
         .and_then(|s| s.spawn())
@@ -184,6 +189,7 @@ pub fn mount(
         Mounted {
             dir,
             session: Some(session),
+            gate,
         },
         report,
     ))
@@ -220,11 +226,18 @@ impl Mounted {
                 Unmounted::Detached
             }
             // Already unmounted from outside (`umount DIR`): only the threads remain.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && session.guard.is_finished() => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && (session.guard.is_finished()
+                        || mounts::mounts()
+                            .is_ok_and(|m| mounts::tandem_mounts_at(&m, &self.dir) == 0)) =>
+            {
                 Unmounted::Clean
             }
             Err(e) => return Err(e),
         };
+        // Followers go back to reading and see the end (or serve a detached mount).
+        self.gate.close();
         match session.join() {
             // A worker that dequeued a request while the kernel tore the
             // connection down at the end of the session reads ECONNABORTED

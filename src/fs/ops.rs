@@ -19,6 +19,7 @@ use fuser::{
 use parking_lot::RwLock;
 
 use super::attr::{file_attr, kind_of, kind_of_dirent, to_timespec};
+use super::gate::{Gate, blocking};
 use super::handles::{DirHandle, FileHandle, Table};
 use super::inode::{Inode, InodeTable, is_deleted};
 use super::mutation::{AttrChange, Mutation, MutationSink, RelPath};
@@ -66,6 +67,8 @@ pub struct TandemFs {
     /// Bumped by every rename and removal (under the exclusive side of `ns`):
     /// names cached in an earlier generation may be stale.
     ns_gen: AtomicU64,
+    /// Which worker reads the next request.
+    gate: Arc<Gate>,
 }
 
 impl TandemFs {
@@ -74,6 +77,7 @@ impl TandemFs {
         root_prefix: PathBuf,
         sink: Arc<dyn MutationSink>,
         opts: FsOptions,
+        gate: Arc<Gate>,
     ) -> SysResult<Self> {
         let st = sys::stat_fd(root_fd.as_fd())?;
         let raw = root_fd.as_raw_fd();
@@ -88,6 +92,7 @@ impl TandemFs {
             uncached_writes: AtomicBool::new(false),
             ns: RwLock::new(()),
             ns_gen: AtomicU64::new(0),
+            gate,
         })
     }
 
@@ -462,12 +467,13 @@ impl TandemFs {
     fn do_read(&self, fh: Fh, offset: u64, size: u32) -> SysResult<Vec<u8>> {
         let h = self.files.get(fh.0)?;
         if h.direct {
+            blocking();
             let mut buf = sys::AlignedBuf::new(size as usize);
             let n = sys::pread(h.fd(), buf.as_mut_slice(), offset)?;
             return Ok(buf.as_slice()[..n].to_vec());
         }
         let mut buf = vec![0u8; size as usize];
-        let n = sys::pread(h.fd(), &mut buf, offset)?;
+        let n = read_announced(h.fd(), &mut buf, offset)?;
         buf.truncate(n);
         Ok(buf)
     }
@@ -510,6 +516,9 @@ impl TandemFs {
             data,
             sync: h.sync,
         };
+        if h.direct || h.sync {
+            blocking();
+        }
         self.sink.apply(&m, &mut || {
             if h.direct && !sys::AlignedBuf::is_aligned(data) {
                 let mut buf = sys::AlignedBuf::new(data.len());
@@ -523,6 +532,7 @@ impl TandemFs {
     }
 
     fn do_fsync(&self, inode: &Inode, fd: RawFd, datasync: bool) -> SysResult<()> {
+        blocking();
         let _ns = self.ns.read();
         let m = Mutation::Fsync {
             path: self.rel(inode)?,
@@ -594,6 +604,35 @@ impl TandemFs {
     }
 }
 
+/// Reads like one pread (all of `buf` unless the file ends first), but
+/// announces a wait for the disk before making one, so that another worker
+/// serves requests meanwhile; data in the page cache is read without it.
+fn read_announced(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    offset: u64,
+) -> SysResult<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + done as u64;
+        match sys::pread_cached(fd, &mut buf[done..], at) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EAGAIN | Errno::EOPNOTSUPP) => {
+                blocking();
+                return match sys::pread(fd, &mut buf[done..], at) {
+                    Ok(n) => Ok(done + n),
+                    Err(_) if done > 0 => Ok(done),
+                    Err(e) => Err(e),
+                };
+            }
+            Err(_) if done > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 impl Filesystem for TandemFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // 1 MiB per write request: fewer round trips for large sequential writes.
@@ -622,14 +661,17 @@ impl Filesystem for TandemFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _turn = self.gate.enter();
         self.reply_entry(reply, self.do_lookup(parent, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _turn = self.gate.enter();
         self.inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
+        let _turn = self.gate.enter();
         match self.do_getattr(ino, fh) {
             Ok(attr) => reply.attr(&self.opts.ttl, &attr),
             Err(e) => reply.error(e),
@@ -654,6 +696,7 @@ impl Filesystem for TandemFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _turn = self.gate.enter();
         // Truncation by a caller without CAP_FSETID clears set-id bits (the kernel
         // leaves that to us once FUSE_HANDLE_KILLPRIV_V2 is agreed).
         if size.is_some() && mode.is_none() && req.uid() != 0 {
@@ -668,6 +711,7 @@ impl Filesystem for TandemFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _turn = self.gate.enter();
         match self.inode(ino).and_then(|i| sys::readlink_fd(i.fd())) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
@@ -684,6 +728,7 @@ impl Filesystem for TandemFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _turn = self.gate.enter();
         self.reply_entry(reply, self.do_mknod(req, parent, name, mode, umask, rdev));
     }
 
@@ -696,14 +741,17 @@ impl Filesystem for TandemFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _turn = self.gate.enter();
         self.reply_entry(reply, self.do_mkdir(req, parent, name, mode, umask));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.gate.enter();
         reply_empty(reply, self.do_remove(parent, name, false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.gate.enter();
         reply_empty(reply, self.do_remove(parent, name, true));
     }
 
@@ -715,6 +763,7 @@ impl Filesystem for TandemFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _turn = self.gate.enter();
         self.reply_entry(reply, self.do_symlink(req, parent, link_name, target));
     }
 
@@ -728,6 +777,7 @@ impl Filesystem for TandemFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.enter();
         reply_empty(
             reply,
             self.do_rename(parent, name, newparent, newname, flags.bits()),
@@ -742,10 +792,12 @@ impl Filesystem for TandemFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _turn = self.gate.enter();
         self.reply_entry(reply, self.do_link(ino, newparent, newname));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.gate.enter();
         let opened = self.inode(ino).and_then(|inode| {
             let file = sys::reopen(inode.fd(), Self::real_flags(flags.0))?;
             Ok(self.register(inode, file, flags.0))
@@ -767,6 +819,7 @@ impl Filesystem for TandemFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _turn = self.gate.enter();
         match self.do_read(fh, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
@@ -785,6 +838,7 @@ impl Filesystem for TandemFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _turn = self.gate.enter();
         match self.do_write(fh, offset, data, write_flags) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -799,6 +853,7 @@ impl Filesystem for TandemFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.enter();
         // Data reaches the real file on every write; close has nothing left to push.
         reply.ok();
     }
@@ -813,11 +868,13 @@ impl Filesystem for TandemFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.enter();
         self.files.remove(fh.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        let _turn = self.gate.enter();
         reply_empty(
             reply,
             self.files
@@ -827,6 +884,7 @@ impl Filesystem for TandemFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.gate.enter();
         let opened = self.inode(ino).and_then(|inode| {
             let fd = sys::openat(inode.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             Ok(self.dirs.insert(DirHandle::new(inode, fd)?))
@@ -845,6 +903,7 @@ impl Filesystem for TandemFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _turn = self.gate.enter();
         let listed = self.dirs.get(fh.0).and_then(|d| {
             let dfd = d.raw_fd();
             d.list(offset, |e| {
@@ -872,11 +931,13 @@ impl Filesystem for TandemFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.enter();
         self.dirs.remove(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        let _turn = self.gate.enter();
         reply_empty(
             reply,
             self.dirs
@@ -886,6 +947,7 @@ impl Filesystem for TandemFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _turn = self.gate.enter();
         match sys::statfs(self.root()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -911,6 +973,7 @@ impl Filesystem for TandemFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.enter();
         let r = self.inode(ino).and_then(|inode| {
             let c = cname(name)?;
             no_xattr_on_symlink(&inode, Errno::EPERM)?;
@@ -929,6 +992,7 @@ impl Filesystem for TandemFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _turn = self.gate.enter();
         let r = self.inode(ino).and_then(|inode| {
             no_xattr_on_symlink(&inode, Errno::ENODATA)?;
             let c = cname(name)?;
@@ -941,6 +1005,7 @@ impl Filesystem for TandemFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _turn = self.gate.enter();
         let r = self.inode(ino).and_then(|inode| {
             if is_symlink(&inode) {
                 return Ok((0, Vec::new()));
@@ -954,6 +1019,7 @@ impl Filesystem for TandemFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.gate.enter();
         let r = self.inode(ino).and_then(|inode| {
             no_xattr_on_symlink(&inode, Errno::ENODATA)?;
             let c = cname(name)?;
@@ -970,6 +1036,7 @@ impl Filesystem for TandemFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _turn = self.gate.enter();
         // default_permissions makes the kernel check access itself.
         reply.ok();
     }
@@ -984,6 +1051,7 @@ impl Filesystem for TandemFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _turn = self.gate.enter();
         match self.do_create(req, parent, name, mode, umask, flags) {
             Ok((attr, fh, fopen)) => {
                 reply.created(&self.opts.ttl, &attr, Generation(0), Fh(fh), fopen)
@@ -1002,6 +1070,7 @@ impl Filesystem for TandemFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.enter();
         let r = self.files.get(fh.0).and_then(|h| {
             let _ns = self.ns.read();
             let m = Mutation::Fallocate {
@@ -1025,6 +1094,7 @@ impl Filesystem for TandemFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _turn = self.gate.enter();
         match self
             .files
             .get(fh.0)

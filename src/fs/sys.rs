@@ -276,6 +276,24 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize
     })
 }
 
+/// Like [`pread`] but reads only what the page cache holds: EAGAIN where it
+/// would wait for the disk (EOPNOTSUPP on file systems that cannot tell).
+pub fn pread_cached(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    check_len(unsafe {
+        libc::preadv2(
+            fd.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    })
+}
+
 /// Writes all of `data` or fails: a short write that ends in an error leaves the
 /// application told "failed", never "done" for bytes that did not land.
 pub fn pwrite_all(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> SysResult<()> {

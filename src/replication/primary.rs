@@ -573,6 +573,7 @@ impl Replicator {
             if check.is_none_or(|ok| ok()) || self.order.lock().link.is_some() {
                 return Ok(());
             }
+            crate::fs::blocking();
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -602,6 +603,7 @@ impl Replicator {
             if done {
                 return Ok(());
             }
+            crate::fs::blocking();
             if self.acked.wait_until(&mut a, deadline).timed_out() {
                 if self.fenced.load(Ordering::SeqCst) {
                     return Err(Errno::EIO);
