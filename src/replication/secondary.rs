@@ -382,7 +382,7 @@ fn ack(c: &Counters) -> Message {
 fn sync_all(applier: &mut Applier) -> Result<(), String> {
     // A sync covers every directory of the module.
     applier
-        .apply(0, &WireMutation::Sync, false)
+        .apply(0, &WireMutation::Sync, false, &[])
         .map_err(|e| e.to_string())
 }
 
@@ -517,9 +517,7 @@ fn apply_session(
                         WireMutation::Write { data, .. } => data.len() as u64,
                         _ => 0,
                     };
-                    let r = applier
-                        .apply(dir, &mutation, resync)
-                        .and_then(|()| applier.set_times(dir, &times));
+                    let r = applier.apply(dir, &mutation, resync, &times);
                     if let Err(e) = r {
                         fail(format!("cannot apply seq {seq}: {e}"));
                         break 'session;
@@ -552,6 +550,11 @@ fn apply_session(
             next = rx.try_recv().ok();
         }
         if *applied > *requested && (idle || last_sync.elapsed() >= SYNC_EVERY) {
+            // The syncfs makes everything applied durable, times included.
+            if let Err(e) = applier.settle_times() {
+                fail(format!("cannot apply seq {applied}: {e}"));
+                break;
+            }
             if sync_tx.send(*applied).is_err() {
                 fail("cannot make applied changes durable (syncfs failed)".into());
                 break;
