@@ -348,6 +348,45 @@ fn hard_linked_files_changed_while_the_peer_was_away_come_back_under_their_remai
 }
 
 #[test]
+fn a_hard_linked_file_changed_under_a_name_since_removed_comes_back_under_names_never_seen() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    std::fs::create_dir(d.join("backup")).unwrap();
+    std::fs::write(d.join("data"), b"linked long ago").unwrap();
+    std::fs::hard_link(d.join("data"), d.join("backup/data")).unwrap();
+    pair.wait_caught_up();
+    // A restarted primary knows no names until they are looked up.
+    pair.stop(1);
+    pair.start(1);
+    pair.wait_connected();
+    pair.wait_caught_up();
+
+    pair.kill(2);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("data"))
+        .unwrap();
+    f.write_all_at(b"CHANGED", 0).unwrap();
+    drop(f);
+    std::fs::remove_file(d.join("data")).unwrap();
+
+    pair.start(2);
+    pair.wait_connected();
+    pair.wait_caught_up();
+    assert_eq!(
+        std::fs::read(pair.dir(2).join("backup/data")).unwrap(),
+        b"CHANGEDlong ago"
+    );
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    assert!(
+        pair.log_text(1).contains("comparing with node2 by content"),
+        "{}",
+        pair.log_text(1)
+    );
+}
+
+#[test]
 fn fsynced_writes_survive_a_killed_primary() {
     let mut pair = Pair::new();
     pair.start_both();
@@ -386,6 +425,32 @@ fn fsynced_writes_survive_a_killed_primary() {
     assert_same_tree(&pair.dir(1), &pair.dir(2));
 }
 
+/// Stops a process and returns once every thread of it has stopped: a stop
+/// signal reaches one thread first, and the others keep running (acknowledging,
+/// say) until that thread is scheduled and passes the stop on.
+fn freeze(pid: u32) {
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .all(|t| {
+                let stat =
+                    std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+                // The state follows the command name in parentheses.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stopped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
     let mut pair = Pair::new();
@@ -395,7 +460,7 @@ fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
     pair.wait_caught_up();
     // Freeze the secondary: its socket stays open but nothing is acknowledged.
     let pid = pair.pid(2);
-    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    freeze(pid);
     let t = std::time::Instant::now();
     // fsync waits for the peer: at most peer_timeout, then the primary goes on alone.
     let mut f = std::fs::File::create(d.join("during")).unwrap();

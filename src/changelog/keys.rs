@@ -22,6 +22,7 @@ pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_FLUSHED_EPOCH: &[u8] = b"flushed_epoch";
 pub const META_GENERATION: &[u8] = b"generation";
 pub const META_NS_SENT_UPTO: &[u8] = b"ns_sent_upto";
+pub const META_COMPARE_NEEDED: &[u8] = b"compare_needed";
 
 fn corrupt(what: &'static str, bytes: &[u8]) -> ChangeLogError {
     ChangeLogError::Corrupt {

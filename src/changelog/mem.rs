@@ -34,6 +34,7 @@ struct State {
     ns: BTreeMap<u64, NsChange>,
     next_seq: u64,
     ns_sent_upto: u64,
+    compare_needed: bool,
     generation: Generation,
 }
 
@@ -55,6 +56,7 @@ impl MemChangeLog {
                 ns: BTreeMap::new(),
                 next_seq: 1,
                 ns_sent_upto: u64::MAX,
+                compare_needed: false,
                 generation: Generation::fresh()?,
             }),
         })
@@ -179,6 +181,14 @@ impl ChangeLog for MemChangeLog {
         } else {
             st.ns_sent_upto.min(st.next_seq - 1)
         };
+        Ok(())
+    }
+
+    fn compare_needed(&self) -> Result<bool> {
+        Ok(self.state.lock().compare_needed)
+    }
+    fn set_compare_needed(&self, needed: bool) -> Result<()> {
+        self.state.lock().compare_needed = needed;
         Ok(())
     }
 

@@ -69,6 +69,7 @@
 //! | `meta` | `chunk_size`, `next_id`, `next_seq`, `flushed_epoch` | u64 |
 //! | `meta` | `generation` | serde_json [`Generation`] |
 //! | `meta` | `ns_sent_upto` | u64 |
+//! | `meta` | `compare_needed` | u64 (1 when set) |
 
 mod dirty;
 mod error;
@@ -162,6 +163,13 @@ pub trait ChangeLog: Send + Sync {
     /// peer: `true` while a link carries them, `false` once it is gone (the
     /// changes logged so far stay counted as sent).
     fn ns_sending(&self, sending: bool) -> Result<()>;
+
+    /// Whether the next resync must compare the trees by content: records
+    /// were lost that no name could keep (a hard-linked file changed under a
+    /// name that went, its other names unknown).
+    fn compare_needed(&self) -> Result<bool>;
+    /// Sets or clears (durably) [`compare_needed`](Self::compare_needed).
+    fn set_compare_needed(&self, needed: bool) -> Result<()>;
 
     // ---- generations ----
 

@@ -415,6 +415,19 @@ impl ChangeLog for RocksChangeLog {
         Ok(())
     }
 
+    fn compare_needed(&self) -> Result<bool> {
+        Ok(get_u64(&self.db, META_COMPARE_NEEDED)?.is_some_and(|v| v != 0))
+    }
+    fn set_compare_needed(&self, needed: bool) -> Result<()> {
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            META_COMPARE_NEEDED,
+            u64_bytes(u64::from(needed)),
+            &write_opts(true),
+        )?;
+        Ok(())
+    }
+
     fn ns_sent_upto(&self) -> Result<u64> {
         Ok(get_u64(&self.db, META_NS_SENT_UPTO)?.unwrap_or(u64::MAX))
     }

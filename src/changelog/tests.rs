@@ -371,6 +371,17 @@ fn suite_generation(log: &dyn ChangeLog) {
     );
 }
 
+fn suite_compare_needed(log: &dyn ChangeLog) {
+    assert!(
+        !log.compare_needed().unwrap(),
+        "a new log needs no comparison"
+    );
+    log.set_compare_needed(true).unwrap();
+    assert!(log.compare_needed().unwrap());
+    log.set_compare_needed(false).unwrap();
+    assert!(!log.compare_needed().unwrap());
+}
+
 fn run_suite(log: &dyn ChangeLog) {
     suite_ids(log);
     suite_rename_over_target(log);
@@ -379,6 +390,7 @@ fn run_suite(log: &dyn ChangeLog) {
     suite_random_vs_model(log, 2);
     suite_truncate(log);
     suite_ns_sent(log);
+    suite_compare_needed(log);
     suite_ns_log(log);
     suite_generation(log);
     log.flush().unwrap();
@@ -440,6 +452,7 @@ fn rocks_reopen_keeps_everything_exact() {
         log.truncate(d, 77).unwrap();
         seq = log.log_ns(NsChange::Mkdir { path: "z".into() }).unwrap();
         log.ns_sending(false).unwrap();
+        log.set_compare_needed(true).unwrap();
         gen_ = log.new_generation().unwrap();
     } // drop = clean close (flush)
     let log = RocksChangeLog::open(dir.path(), 4096).unwrap();
@@ -451,6 +464,7 @@ fn rocks_reopen_keeps_everything_exact() {
     assert_eq!(log.dirty_files().unwrap(), vec![c, d]);
     assert_eq!(log.generation().unwrap(), gen_);
     assert_eq!(log.ns_sent_upto().unwrap(), seq);
+    assert!(log.compare_needed().unwrap());
     assert_eq!(
         log.ns_since(0).unwrap(),
         vec![(seq, NsChange::Mkdir { path: "z".into() })]

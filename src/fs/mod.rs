@@ -19,7 +19,9 @@ use std::sync::Arc;
 pub use attr::{time as time_from_parts, to_timespec};
 pub use fuser::Errno;
 pub use gate::blocking;
-pub use mutation::{AttrChange, CountingSink, LocalApply, Mutation, MutationSink, RelPath};
+pub use mutation::{
+    AttrChange, CountingSink, LocalApply, Mutation, MutationSink, RelPath, Remains,
+};
 pub use ops::FsOptions;
 
 /// Why a directory could not be mounted. Each names the directory.

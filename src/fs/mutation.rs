@@ -28,6 +28,18 @@ pub struct AttrChange {
 }
 
 /// One mutating file-system call, borrowed from the request that carried it.
+/// What stays of a regular file when one of its names goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Remains {
+    /// Nothing under another name: the name was the file's last one.
+    #[default]
+    Nothing,
+    /// Another name of the file, one the mount knows.
+    Name(PathBuf),
+    /// Other names, none of which the mount has looked up.
+    Unseen,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mutation<'a> {
     /// A regular file, fifo, socket or device node came into existence.
@@ -59,22 +71,22 @@ pub enum Mutation<'a> {
         existing: PathBuf,
         path: PathBuf,
     },
-    /// `survivor`: another name of the same file that stays (a hard link),
-    /// if one is known, so what is recorded about the file can move to it.
+    /// `survivor`: what stays of the file (another name, if it is a hard
+    /// link), so that what is recorded about the file can move to it.
     Unlink {
         path: PathBuf,
-        survivor: Option<PathBuf>,
+        survivor: Remains,
     },
     Rmdir {
         path: PathBuf,
     },
     /// `flags` are renameat2's (RENAME_NOREPLACE, RENAME_EXCHANGE).
-    /// `survivor`: another name of the file `to` named before, if it stays.
+    /// `survivor`: what stays of the file `to` named before.
     Rename {
         from: PathBuf,
         to: PathBuf,
         flags: u32,
-        survivor: Option<PathBuf>,
+        survivor: Remains,
     },
     /// `sync`: the file was opened O_SYNC or O_DSYNC, so the write is durable
     /// locally before it returns and must be on the peer too.

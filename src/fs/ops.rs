@@ -22,7 +22,7 @@ use super::attr::{file_attr, kind_of, kind_of_dirent, to_timespec};
 use super::gate::{Gate, blocking};
 use super::handles::{DirHandle, FileHandle, Table};
 use super::inode::{Inode, InodeTable, is_deleted};
-use super::mutation::{AttrChange, Mutation, MutationSink, RelPath};
+use super::mutation::{AttrChange, Mutation, MutationSink, RelPath, Remains};
 use super::sys::{self, SysResult, cname};
 
 /// Tunables of one mount.
@@ -149,19 +149,25 @@ impl TandemFs {
             .is_ok_and(|st| st.st_dev == inode.dev && st.st_ino == inode.ino)
     }
 
-    /// Another known name of the regular file `name` in `parent` (`path`)
-    /// that stays when `path` goes: a hard link the kernel looked up.
-    fn survivor(&self, parent: &Inode, name: &CStr, path: &Path) -> Option<PathBuf> {
-        let st = sys::stat_at(parent.fd(), name).ok()?;
+    /// What stays of the regular file `name` in `parent` (`path`) when
+    /// `path` goes: preferably another name the kernel looked up.
+    fn survivor(&self, parent: &Inode, name: &CStr, path: &Path) -> Remains {
+        let Ok(st) = sys::stat_at(parent.fd(), name) else {
+            return Remains::Nothing;
+        };
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
-            return None;
+            return Remains::Nothing;
         }
-        let inode = self.inodes.by_key(st.st_dev, st.st_ino)?;
-        inode
-            .names()
-            .into_iter()
-            .filter_map(|abs| Some(abs.strip_prefix(&self.root_prefix).ok()?.to_path_buf()))
-            .find(|rel| rel != path && self.names_inode(rel, &inode))
+        self.inodes
+            .by_key(st.st_dev, st.st_ino)
+            .and_then(|inode| {
+                inode
+                    .names()
+                    .into_iter()
+                    .filter_map(|abs| Some(abs.strip_prefix(&self.root_prefix).ok()?.to_path_buf()))
+                    .find(|rel| rel != path && self.names_inode(rel, &inode))
+            })
+            .map_or(Remains::Unseen, Remains::Name)
     }
 
     fn child(&self, parent: &Inode, name: &OsStr) -> SysResult<PathBuf> {
@@ -420,7 +426,7 @@ impl TandemFs {
         let survivor = if flags & libc::RENAME_EXCHANGE == 0 {
             self.survivor(&np, &nc, &to)
         } else {
-            None
+            Remains::Nothing
         };
         let m = Mutation::Rename {
             from: self.child(&p, name)?,

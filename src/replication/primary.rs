@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::changelog::{ChangeLog, FileId, NsChange};
 use crate::config::Ack;
-use crate::fs::{Errno, LocalApply, Mutation, MutationSink};
+use crate::fs::{Errno, LocalApply, Mutation, MutationSink, Remains};
 
 use super::activity::{Activity, EXTENT};
 use super::entry;
@@ -752,9 +752,7 @@ impl Replicator {
             Mutation::Unlink { path, survivor } => {
                 o.ids[dir as usize].clear();
                 o.names_gen += 1;
-                if let Some(s) = survivor {
-                    self.hand_over(o, dir, path, s)?;
-                }
+                self.hand_over(o, dir, path, survivor)?;
                 log.remove(path)?;
             }
             Mutation::Rmdir { path } => {
@@ -770,9 +768,7 @@ impl Replicator {
             } => {
                 o.ids[dir as usize].clear();
                 o.names_gen += 1;
-                if let Some(s) = survivor {
-                    self.hand_over(o, dir, to, s)?;
-                }
+                self.hand_over(o, dir, to, survivor)?;
                 let exchange = flags & libc::RENAME_EXCHANGE != 0;
                 if exchange {
                     log.exchange(from, to)?;
@@ -810,17 +806,21 @@ impl Replicator {
         Ok(())
     }
 
-    /// The name `gone` of a hard-linked file goes while the file lives on as
-    /// `survivor`: what is recorded about the file (dirty ranges, a size
-    /// change, hot extents) moves there, or the peer's other names of it
-    /// would never get those changes.
+    /// The name `gone` of a hard-linked file goes while the file lives on:
+    /// what is recorded about the file (dirty ranges, a size change, hot
+    /// extents) moves to the surviving name, or the peer's other names of it
+    /// would never get those changes. Without a known name, the next resync
+    /// compares the trees by content instead.
     fn hand_over(
         &self,
         o: &mut Order,
         dir: u32,
         gone: &Path,
-        survivor: &Path,
+        survivor: &Remains,
     ) -> crate::changelog::Result<()> {
+        if *survivor == Remains::Nothing {
+            return Ok(());
+        }
         let log = &self.dirs[dir as usize].log;
         let Some(id) = log.resolve(gone)? else {
             return Ok(());
@@ -831,6 +831,18 @@ impl Replicator {
         if ranges.is_empty() && size.is_none() && !hot {
             return Ok(());
         }
+        let Remains::Name(survivor) = survivor else {
+            if !log.compare_needed()? {
+                tracing::warn!(
+                    "{}: {} was changed and removed while the file lives on under \
+                     names not seen here: the next resync compares the trees by content",
+                    self.module,
+                    gone.display()
+                );
+                log.set_compare_needed(true)?;
+            }
+            return Ok(());
+        };
         let to = log.ensure(survivor)?;
         o.activity.rekey(dir, id, to);
         if let Some(size) = size {
@@ -1279,7 +1291,7 @@ mod tests {
         write(&sink, 4096, b"data");
         let unlink = Mutation::Unlink {
             path: PathBuf::from("f"),
-            survivor: Some(PathBuf::from("g")),
+            survivor: Remains::Name(PathBuf::from("g")),
         };
         sink.apply(&unlink, &mut || Ok(())).unwrap();
         rep.detach(conn, "gone");
@@ -1289,6 +1301,28 @@ mod tests {
             .unwrap()
             .expect("g has the records");
         assert_eq!(log.dirty(g).unwrap(), vec![4096..4100]);
+        assert_eq!(log.resolve(Path::new("f")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_removed_name_of_a_file_linked_under_unseen_names_asks_for_a_comparison() {
+        let (rep, _root) = replicator(1000);
+        let (_conn, _rx) = current_link(&rep);
+        let sink = rep.sink(0);
+        let log = &rep.dirs[0].log;
+        // A name without records goes: nothing is owed.
+        let unlink = |path: &str| Mutation::Unlink {
+            path: PathBuf::from(path),
+            survivor: Remains::Unseen,
+        };
+        sink.apply(&unlink("clean"), &mut || Ok(())).unwrap();
+        assert!(!log.compare_needed().unwrap());
+        write(&sink, 4096, b"data");
+        sink.apply(&unlink("f"), &mut || Ok(())).unwrap();
+        assert!(
+            log.compare_needed().unwrap(),
+            "the records had nowhere to go"
+        );
         assert_eq!(log.resolve(Path::new("f")).unwrap(), None);
     }
 

@@ -115,11 +115,26 @@ impl PrimaryLink {
             },
         )?;
         let (diverged, full) = read_diverged(&mut reader, rep.dirs.len()).await?;
-        if full {
-            // The peer asked for a full sync: compare by content, record
-            // every difference, and let the resync below ship them.
-            tracing::info!("{}: full sync requested by {}", rep.module, self.creds.peer);
-            let report = super::verify::run(self, &rep.verify, true).await?;
+        let compare = take_compare_needed(rep)?;
+        if full || compare {
+            // Compare by content, record every difference, and let the
+            // resync below ship them.
+            if full {
+                tracing::info!("{}: full sync requested by {}", rep.module, self.creds.peer);
+            } else {
+                tracing::info!(
+                    "{}: changes were recorded under names since removed: comparing with {} by content",
+                    rep.module,
+                    self.creds.peer
+                );
+            }
+            let report = match super::verify::run(self, &rep.verify, true).await {
+                Ok(r) => r,
+                Err(e) => {
+                    restore_compare_needed(rep, compare);
+                    return Err(e);
+                }
+            };
             tracing::info!(
                 "{}: full sync: {} differences in {} files ({} bytes hashed)",
                 rep.module,
@@ -127,7 +142,10 @@ impl PrimaryLink {
                 report.files,
                 report.bytes_hashed
             );
-            super::verify::mark(rep, &report.differences)?;
+            if let Err(e) = super::verify::mark(rep, &report.differences) {
+                restore_compare_needed(rep, compare);
+                return Err(e);
+            }
         }
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -163,6 +181,36 @@ impl PrimaryLink {
             Ok(Ok(())) => {}
         }
         Err(why)
+    }
+}
+
+/// Whether a comparison by content is owed, clearing the record of it: a
+/// change that owes one during the comparison records it again.
+fn take_compare_needed(rep: &Replicator) -> Result<bool, String> {
+    let mut needed = false;
+    for d in &rep.dirs {
+        if d.log
+            .compare_needed()
+            .map_err(|e| format!("change log: {e}"))?
+        {
+            needed = true;
+            d.log
+                .set_compare_needed(false)
+                .map_err(|e| format!("change log: {e}"))?;
+        }
+    }
+    Ok(needed)
+}
+
+/// The comparison failed: it is still owed.
+fn restore_compare_needed(rep: &Replicator, needed: bool) {
+    if !needed {
+        return;
+    }
+    for d in &rep.dirs {
+        if let Err(e) = d.log.set_compare_needed(true) {
+            tracing::error!("{}: change log: {e}", rep.module);
+        }
     }
 }
 
