@@ -453,6 +453,7 @@ pub fn display(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn chunks_of(data: &[u8]) -> Vec<ChunkSum> {
         let t = tempfile_in_tmp(data);
@@ -607,9 +608,14 @@ mod tests {
     fn a_scan_stops_at_the_first_error_its_consumer_returns_without_reading_on() {
         let t = tempfile::tempdir().unwrap();
         const FILES: usize = 300;
-        const SIZE: usize = 256 * 1024;
+        // Large files (sparse, so cheap to make) keep the readers slow next to
+        // the walk thread: however long that thread is descheduled between
+        // the error and setting the stop flag, they hash few files meanwhile.
+        const SIZE: usize = 4 << 20;
         for i in 0..FILES {
-            std::fs::write(t.path().join(format!("f{i:04}")), noise(SIZE, i as u64)).unwrap();
+            let f = std::fs::File::create(t.path().join(format!("f{i:04}"))).unwrap();
+            f.write_all_at(&noise(4096, i as u64), 0).unwrap();
+            f.set_len(SIZE as u64).unwrap();
         }
         let root = std::fs::File::open(t.path()).unwrap();
         let progress = ScanProgress::default();
@@ -635,7 +641,8 @@ mod tests {
         // The names already queued were dropped, not read and hashed: after
         // the error only files already being read may still have been counted
         // (a margin for the walk thread descheduled while four readers keep
-        // both CPUs busy: up to 48 seen; without the stop flag, 162-256).
+        // both CPUs busy; without the stop flag the queue of up to 256 names
+        // is read to its end).
         let after = progress.bytes_hashed.load(Ordering::Relaxed) as usize - at_error;
         assert!(
             after <= 24 * READERS * SIZE,
