@@ -155,7 +155,11 @@ impl Gate {
             };
             if done {
                 if watching {
+                    // Another follower takes over the watch.
                     s.watching = false;
+                    if s.idle > 0 {
+                        self.wake.notify_one();
+                    }
                 }
                 return;
             }
