@@ -226,11 +226,17 @@ fn a_killed_secondary_gets_only_the_changed_bytes_back() {
         .unwrap();
     }
     pair.wait_caught_up();
+
+    pair.kill(2);
+    // Counted once the primary knows the peer is gone: what it sent before
+    // that went to a dead link and is not a resync's doing.
+    assert!(
+        common::wait_until(10, || pair.peer_state() != "connected"),
+        "the primary did not notice the killed peer"
+    );
     let before = pair.status(1).unwrap()["bytes_replicated"]
         .as_u64()
         .unwrap();
-
-    pair.kill(2);
     // Keep writing: random 4 KiB blocks, name changes; nothing may block.
     let f = std::fs::OpenOptions::new()
         .write(true)
