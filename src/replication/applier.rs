@@ -116,19 +116,9 @@ impl Applier {
 
     /// Sets the modification times still pending.
     pub fn settle_times(&mut self) -> Result<(), ApplyError> {
-        if self.pending_times.is_empty() {
-            return Ok(());
-        }
-        let mut by_dir: HashMap<u32, Vec<(Vec<u8>, Time)>> = HashMap::new();
-        for ((dir, p), t) in self.pending_times.drain() {
-            by_dir
-                .entry(dir)
-                .or_default()
-                .push((p.as_os_str().as_bytes().to_vec(), t));
-        }
-        by_dir
+        std::mem::take(&mut self.pending_times)
             .into_iter()
-            .try_for_each(|(dir, times)| self.set_times(dir, &times))
+            .try_for_each(|((dir, p), t)| self.set_time(dir, &p, t))
     }
 
     fn apply_change(
@@ -341,25 +331,27 @@ impl Applier {
     /// Sets the modification times the primary ended up with. A name that is
     /// gone by now (a later change removed it) is skipped.
     fn set_times(&self, dir: u32, times: &[(Vec<u8>, Time)]) -> Result<(), ApplyError> {
-        for (raw, t) in times {
-            let p = path_of(raw, true)?;
-            let ts = [Time::timespec(None), Time::timespec(Some(*t))];
-            // The file just written needs no path walk.
-            let r = match self.open.get(&(dir, p.clone())) {
-                Some(fd) => sys::utimens_fd(fd.as_fd(), &ts),
-                None => match self.node(dir, &p) {
-                    Ok(fd) => sys::utimens_fd(fd.as_fd(), &ts),
-                    Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => continue,
-                    Err(e) => Err(e),
-                },
-            };
-            r.map_err(|errno| ApplyError::Sys {
-                op: "utimens",
-                path: p.display().to_string(),
-                errno,
-            })?;
-        }
-        Ok(())
+        times
+            .iter()
+            .try_for_each(|(raw, t)| self.set_time(dir, &path_of(raw, true)?, *t))
+    }
+
+    fn set_time(&self, dir: u32, p: &Path, t: Time) -> Result<(), ApplyError> {
+        let ts = [Time::timespec(None), Time::timespec(Some(t))];
+        // The file just written needs no path walk.
+        let r = match self.open.get(&(dir, p.to_path_buf())) {
+            Some(fd) => sys::utimens_fd(fd.as_fd(), &ts),
+            None => match self.node(dir, p) {
+                Ok(fd) => sys::utimens_fd(fd.as_fd(), &ts),
+                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => return Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        r.map_err(|errno| ApplyError::Sys {
+            op: "utimens",
+            path: p.display().to_string(),
+            errno,
+        })
     }
 
     /// Drops cached descriptors: of one path, or all of them (after a
