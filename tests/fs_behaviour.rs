@@ -661,3 +661,116 @@ fn a_mount_unmounted_from_outside_ends_its_session() {
     }
     assert_eq!(m.unmount().unwrap(), tandem::fs::Unmounted::Clean);
 }
+
+/// Large writes may be answered before they reach the real file: every request
+/// that follows must still find them there (reads through another descriptor,
+/// the sink's record), also when the caller's buffer is not page-aligned and
+/// the kernel splits each write into a large request and a small one.
+#[test]
+fn writes_answered_early_are_seen_by_every_later_request() {
+    use std::os::unix::fs::FileExt;
+    let t = tempdir();
+    let m = TestMount::new(t.path());
+    let path = m.dir.join("stream");
+    let writer = std::fs::File::create(&path).unwrap();
+    let reader = std::fs::File::open(&path).unwrap();
+    let len = (1 << 20) + 100;
+    let mut unaligned = vec![0u8; len + 16];
+    let mut back = vec![0u8; len];
+    for i in 0..48u64 {
+        let block = pattern(i, len);
+        unaligned[16..].copy_from_slice(&block);
+        let at = i * len as u64;
+        writer.write_all_at(&unaligned[16..], at).unwrap();
+        reader.read_exact_at(&mut back, at).unwrap();
+        assert!(back == block, "block {i} read back stale");
+        assert_eq!(reader.metadata().unwrap().len(), at + len as u64);
+    }
+    let writes = m
+        .take_seen()
+        .iter()
+        .filter(|s| *s == "write stream")
+        .count();
+    assert!(writes >= 48, "the sink saw {writes} writes");
+    drop((writer, reader));
+    drop(m);
+    let real = std::fs::read(t.path().join("stream")).unwrap();
+    for i in 0..48u64 {
+        let at = (i as usize) * len;
+        assert!(real[at..at + len] == pattern(i, len), "block {i} lost");
+    }
+}
+
+/// Fails every write to a file named `doomed` from 4 MiB on, without applying it.
+struct FailingSink;
+
+impl tandem::fs::MutationSink for FailingSink {
+    fn apply(
+        &self,
+        m: &tandem::fs::Mutation<'_>,
+        local: tandem::fs::LocalApply<'_>,
+    ) -> Result<(), tandem::fs::Errno> {
+        if let tandem::fs::Mutation::Write {
+            path: Some(p),
+            offset,
+            ..
+        } = m
+            && p.ends_with("doomed")
+            && *offset >= 4 << 20
+        {
+            return Err(tandem::fs::Errno::EIO);
+        }
+        local()
+    }
+}
+
+/// A write answered before it was applied and then failed is never lost: the
+/// next write, fsync or close through the same descriptor reports it.
+#[test]
+fn a_failed_write_that_was_answered_early_is_reported() {
+    use std::os::unix::fs::FileExt;
+    common::require_fuse();
+    let t = tempdir();
+    let (m, _) = tandem::fs::mount(t.path(), Arc::new(FailingSink), &Default::default()).unwrap();
+    let block = vec![7u8; 1 << 20];
+    let eio = |r: &std::io::Result<()>| {
+        r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EIO)
+    };
+
+    // Reported by a later write, or by close.
+    let f = std::fs::File::create(m.dir().join("doomed")).unwrap();
+    let results: Vec<_> = (0..8u64).map(|i| f.write_all_at(&block, i << 20)).collect();
+    for (i, r) in results[..4].iter().enumerate() {
+        assert!(r.is_ok(), "write {i}: {r:?}");
+    }
+    let first = results.iter().position(|r| r.is_err());
+    let closed = unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(f)) };
+    let close_eio = closed == -1 && errno() == libc::EIO;
+    match first {
+        Some(i) => {
+            assert!(
+                i <= 6,
+                "the failure of write 4 was reported only at write {i}"
+            );
+            assert!(eio(&results[i]), "write {i}: {:?}", results[i]);
+        }
+        None => assert!(close_eio, "no write and not close reported the failure"),
+    }
+
+    // Reported by fsync.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.dir().join("doomed"))
+        .unwrap();
+    let written = f.write_all_at(&block, 5 << 20);
+    assert!(
+        eio(&written) || eio(&f.sync_all()),
+        "neither the write nor fsync reported the failure"
+    );
+    drop(f);
+    assert_eq!(
+        std::fs::read(t.path().join("doomed")).unwrap()[..4 << 20],
+        vec![7u8; 4 << 20][..]
+    );
+    m.unmount().unwrap();
+}

@@ -17,12 +17,18 @@
 //!
 //! Every method of the file system holds a [`Turn`] while it runs; the turn's end
 //! decides whether the thread reads again or waits as a follower.
+//!
+//! A large write may be answered before it is applied (see `ops`), so that the
+//! caller prepares its next write while this one is copied into the real file.
+//! Writes therefore take a [`Place`] in the order they arrive and are applied in
+//! that order; every other request waits until the writes answered early are
+//! applied, so whatever starts after such an answer sees the data.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 /// A follower whose leader has been busy this long without handing over
 /// starts reading anyway. One follower at a time watches for this.
@@ -36,6 +42,8 @@ const IDLE_LIMIT: Duration = Duration::from_secs(1);
 pub struct Gate {
     state: Mutex<State>,
     wake: Condvar,
+    /// Signalled as each write is applied.
+    applied: Condvar,
 }
 
 #[derive(Debug)]
@@ -57,6 +65,11 @@ struct State {
     watching: bool,
     /// False once the mount goes away: everyone reads (and sees the end).
     open: bool,
+    /// The place the next write gets, and the place whose turn it is to apply.
+    next_place: u64,
+    applying: u64,
+    /// Writes answered and not yet applied.
+    early: usize,
 }
 
 thread_local! {
@@ -79,19 +92,62 @@ impl Gate {
                 overlap_at: None,
                 watching: false,
                 open: true,
+                next_place: 0,
+                applying: 0,
+                early: 0,
             }),
             wake: Condvar::new(),
+            applied: Condvar::new(),
         })
     }
 
-    /// Called as a request starts (the thread just left reading).
+    /// Called as a request starts (the thread just left reading). Returns once
+    /// every write answered before it is applied.
     pub fn enter(self: &Arc<Self>) -> Turn {
+        let (turn, mut s) = self.start();
+        if s.early > 0 {
+            self.grant(&mut s);
+            OWES_READER.set(false);
+            while s.early > 0 {
+                self.applied.wait(&mut s);
+            }
+        }
+        turn
+    }
+
+    /// Called as a write starts: it takes its place among the writes instead
+    /// of waiting for those answered early.
+    pub fn enter_write(self: &Arc<Self>) -> (Turn, Place<'_>) {
+        let (turn, mut s) = self.start();
+        let n = s.next_place;
+        s.next_place += 1;
+        let place = Place {
+            gate: self,
+            n,
+            early: false,
+        };
+        (turn, place)
+    }
+
+    /// Lets an idle follower read now.
+    fn grant(&self, s: &mut State) {
+        if s.readers == 0 && s.idle > 0 {
+            s.idle -= 1;
+            s.granted += 1;
+            s.readers += 1;
+            s.unread_since = None;
+            self.wake.notify_one();
+        }
+    }
+
+    fn start(self: &Arc<Self>) -> (Turn, MutexGuard<'_, State>) {
         CURRENT.with(|c| {
             let mut c = c.borrow_mut();
             if !c.as_ref().is_some_and(|g| Arc::ptr_eq(g, self)) {
                 *c = Some(self.clone());
             }
         });
+        OWES_READER.set(true);
         let mut s = self.state.lock();
         s.readers = s.readers.saturating_sub(1);
         if s.readers == 0 || s.active > 0 {
@@ -104,21 +160,14 @@ impl Gate {
             }
         }
         s.active += 1;
-        drop(s);
-        OWES_READER.set(true);
-        Turn { _private: () }
+        (Turn { _private: () }, s)
     }
 
     /// Lets an idle follower read while the caller waits, if requests overlap.
     fn hand_over(&self) {
         let mut s = self.state.lock();
-        let overlapping = s.overlap_at.is_some_and(|t| t.elapsed() < OVERLAP_MEMORY);
-        if overlapping && s.readers == 0 && s.idle > 0 {
-            s.idle -= 1;
-            s.granted += 1;
-            s.readers += 1;
-            s.unread_since = None;
-            self.wake.notify_one();
+        if s.overlap_at.is_some_and(|t| t.elapsed() < OVERLAP_MEMORY) {
+            self.grant(&mut s);
         }
     }
 
@@ -185,6 +234,59 @@ pub struct Turn {
     _private: (),
 }
 
+/// A write's place in the order writes are applied; dropping it lets the next
+/// write apply (after waiting for this place's turn, if that did not happen).
+pub struct Place<'a> {
+    gate: &'a Gate,
+    n: u64,
+    early: bool,
+}
+
+impl Place<'_> {
+    /// The write is about to be answered before it is applied: requests that
+    /// start from now on wait for it. The caller's next request will come
+    /// before this one is applied, so a follower reads meanwhile.
+    pub fn answer_early(&mut self) {
+        let mut s = self.gate.state.lock();
+        self.gate.grant(&mut s);
+        s.early += 1;
+        self.early = true;
+        OWES_READER.set(false);
+    }
+
+    /// Whether a write answered early has yet to be applied: this one would
+    /// wait for it.
+    pub fn follows_early(&self) -> bool {
+        self.gate.state.lock().early > 0
+    }
+
+    /// Waits until the writes that arrived before this one are applied.
+    pub fn wait(&self) {
+        let mut s = self.gate.state.lock();
+        if s.applying != self.n {
+            // Waiting on other writes is waiting: let someone else read.
+            if OWES_READER.replace(false) {
+                self.gate.grant(&mut s);
+            }
+            while s.applying != self.n {
+                self.gate.applied.wait(&mut s);
+            }
+        }
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.wait();
+        let mut s = self.gate.state.lock();
+        s.applying += 1;
+        if self.early {
+            s.early -= 1;
+        }
+        self.gate.applied.notify_all();
+    }
+}
+
 impl Drop for Turn {
     fn drop(&mut self) {
         OWES_READER.set(false);
@@ -213,7 +315,8 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    type Job = Box<dyn FnOnce() + Send>;
+    /// A request: runs on a worker, which has just left reading.
+    type Job = Box<dyn FnOnce(&Arc<Gate>) + Send>;
 
     /// `n` workers that, like the kernel's readers, take a request only while
     /// they are not following, and run each in a turn.
@@ -234,8 +337,7 @@ mod tests {
                     std::thread::spawn(move || {
                         loop {
                             let Ok(job) = rx.lock().recv() else { return };
-                            let _turn = gate.enter();
-                            job();
+                            job(&gate);
                         }
                     })
                 })
@@ -256,8 +358,28 @@ mod tests {
                 .expect("no worker took the request")
         }
 
+        /// Runs `f` as a request other than a write.
         fn submit(&self, f: impl FnOnce() + Send + 'static) {
-            self.tx.as_ref().unwrap().send(Box::new(f)).unwrap();
+            self.tx
+                .as_ref()
+                .unwrap()
+                .send(Box::new(move |gate: &Arc<Gate>| {
+                    let _turn = gate.enter();
+                    f()
+                }))
+                .unwrap();
+        }
+
+        /// Runs `f` as a write, with its place.
+        fn submit_write(&self, f: impl FnOnce(&mut Place) + Send + 'static) {
+            self.tx
+                .as_ref()
+                .unwrap()
+                .send(Box::new(move |gate: &Arc<Gate>| {
+                    let (_turn, mut place) = gate.enter_write();
+                    f(&mut place)
+                }))
+                .unwrap();
         }
 
         fn settle(&self, want: (usize, usize)) {
@@ -347,6 +469,77 @@ mod tests {
             started.elapsed()
         );
         release_tx.send(()).unwrap();
+        pool.stop();
+    }
+
+    #[test]
+    fn writes_answered_early_apply_in_order_and_later_requests_see_them() {
+        let pool = Pool::new(4);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (answered_tx, answered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        // A large write, answered at once and applied when released.
+        let l = log.clone();
+        pool.submit_write(move |place| {
+            place.answer_early();
+            answered_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            place.wait();
+            l.lock().push("first write");
+        });
+        answered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The caller goes on: a write answered normally, then a read.
+        let l = log.clone();
+        let (second_tx, second_rx) = mpsc::channel();
+        pool.submit_write(move |place| {
+            place.wait();
+            l.lock().push("second write");
+            second_tx.send(()).unwrap();
+        });
+        let l = log.clone();
+        let (read_tx, read_rx) = mpsc::channel();
+        pool.submit(move || {
+            l.lock().push("read");
+            read_tx.send(()).unwrap();
+        });
+        assert!(
+            read_rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a request ran before the write answered early was applied"
+        );
+        assert!(log.lock().is_empty());
+        release_tx.send(()).unwrap();
+        second_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        read_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(*log.lock(), ["first write", "second write", "read"]);
+        pool.settle((1, 3));
+        pool.stop();
+    }
+
+    #[test]
+    fn a_write_answered_early_leaves_someone_reading() {
+        let pool = Pool::new(2);
+        pool.call(|| ());
+        pool.settle((1, 1));
+        let gate = pool.gate.clone();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (counts_tx, counts_rx) = mpsc::channel();
+        pool.submit_write(move |place| {
+            place.answer_early();
+            counts_tx.send(gate.counts()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        assert_eq!(
+            counts_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            (1, 0)
+        );
+        // The next write is read at once and waits only for its turn.
+        let (seen_tx, seen_rx) = mpsc::channel();
+        pool.submit_write(move |place| {
+            seen_tx.send(place.follows_early()).unwrap();
+        });
+        assert!(seen_rx.recv_timeout(Duration::from_secs(5)).unwrap());
+        release_tx.send(()).unwrap();
+        pool.settle((1, 1));
         pool.stop();
     }
 

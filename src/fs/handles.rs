@@ -21,11 +21,24 @@ pub struct FileHandle {
     pub direct: bool,
     /// Opened with O_SYNC or O_DSYNC: every write is durable when it returns.
     pub sync: bool,
+    /// The error of a write that was answered before it was applied, for the
+    /// next write, flush (close) or fsync through this handle to report, as a
+    /// file system reports a failed write-back.
+    pub deferred: Mutex<Option<Errno>>,
 }
 
 impl FileHandle {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+
+    /// Keeps the first failure until it is reported.
+    pub fn defer(&self, e: Errno) {
+        self.deferred.lock().get_or_insert(e);
+    }
+
+    pub fn take_deferred(&self) -> Result<(), Errno> {
+        self.deferred.lock().take().map_or(Ok(()), Err)
     }
 }
 

@@ -197,7 +197,7 @@ pub fn mount(
     ))
 }
 
-fn errno_io(e: Errno) -> std::io::Error {
+pub(crate) fn errno_io(e: Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e.code())
 }
 

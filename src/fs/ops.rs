@@ -19,11 +19,20 @@ use fuser::{
 use parking_lot::RwLock;
 
 use super::attr::{file_attr, kind_of, kind_of_dirent, to_timespec};
-use super::gate::{Gate, blocking};
+use super::gate::{Gate, Place, blocking};
 use super::handles::{DirHandle, FileHandle, Table};
 use super::inode::{Inode, InodeTable, is_deleted};
 use super::mutation::{AttrChange, Mutation, MutationSink, RelPath, Remains};
 use super::sys::{self, SysResult, cname};
+
+/// Writes at least this large may be answered before they are applied.
+const EARLY_MIN: usize = 128 << 10;
+/// ... if the file system keeps at least this much room for them,
+const EARLY_ROOM: u64 = 256 << 20;
+/// ... and they end below this offset (the smallest limit of ext4 with 4 KiB
+/// blocks, XFS, Btrfs and tmpfs is 16 TiB; only ext2/3 with small blocks
+/// refuse less).
+const EARLY_MAX_END: u64 = 1 << 40;
 
 /// Tunables of one mount.
 #[derive(Clone, Debug)]
@@ -466,6 +475,7 @@ impl TandemFs {
             writable,
             sync,
             direct,
+            deferred: Default::default(),
         });
         (fh, fopen)
     }
@@ -510,8 +520,40 @@ impl TandemFs {
         self.sink.apply(&m, &mut || sys::chmod_fd(inode.fd(), mode))
     }
 
-    fn do_write(&self, fh: Fh, offset: u64, data: &[u8], flags: WriteFlags) -> SysResult<u32> {
-        let h = self.files.get(fh.0)?;
+    /// Whether a write may be answered before it is applied. Large ones gain
+    /// (the caller copies its next block while this one is copied into the real
+    /// file), and so does any write that would otherwise wait for one answered
+    /// early: the kernel splits a large write from an unaligned buffer into a
+    /// large request and a small one. Only writes that cannot fail for a reason
+    /// the caller would expect at once qualify: none promising durability, none
+    /// clearing set-id bits, none while free space is short, none far beyond
+    /// any file size a common file system refuses (EFBIG), none after a failure
+    /// not yet reported.
+    fn answers_early(
+        &self,
+        h: &FileHandle,
+        place: &Place,
+        offset: u64,
+        len: usize,
+        flags: WriteFlags,
+    ) -> bool {
+        (len >= EARLY_MIN || place.follows_early())
+            && !h.sync
+            && !h.direct
+            && !flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && offset.saturating_add(len as u64) <= EARLY_MAX_END
+            && h.deferred.lock().is_none()
+            && sys::statfs(h.fd())
+                .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) >= EARLY_ROOM)
+    }
+
+    fn do_write(
+        &self,
+        h: &FileHandle,
+        offset: u64,
+        data: &[u8],
+        flags: WriteFlags,
+    ) -> SysResult<u32> {
         if flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             self.kill_suidgid(&h.inode)?;
         }
@@ -844,8 +886,32 @@ impl Filesystem for TandemFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _turn = self.gate.enter();
-        match self.do_write(fh, offset, data, write_flags) {
+        let (_turn, mut place) = self.gate.enter_write();
+        let h = match self.files.get(fh.0) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        if self.answers_early(&h, &place, offset, data.len(), write_flags) {
+            place.answer_early();
+            reply.written(data.len() as u32);
+            place.wait();
+            if let Err(e) = self.do_write(&h, offset, data, write_flags) {
+                tracing::warn!(
+                    "a write of {} bytes at {offset} to {:?}, already answered, failed: {}; the next write, close or fsync of that file reports it",
+                    data.len(),
+                    self.rel(&h.inode).ok().flatten(),
+                    super::errno_io(e)
+                );
+                h.defer(e);
+            }
+            return;
+        }
+        place.wait();
+        let written = h
+            .take_deferred()
+            .and_then(|()| self.do_write(&h, offset, data, write_flags));
+        drop(place);
+        match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
@@ -855,13 +921,14 @@ impl Filesystem for TandemFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: Fh,
+        fh: Fh,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.enter();
-        // Data reaches the real file on every write; close has nothing left to push.
-        reply.ok();
+        // Data reaches the real file before any request that follows a write,
+        // so close has nothing left to push, only a failure to report.
+        reply_empty(reply, self.files.get(fh.0).and_then(|h| h.take_deferred()));
     }
 
     fn release(
@@ -883,9 +950,10 @@ impl Filesystem for TandemFs {
         let _turn = self.gate.enter();
         reply_empty(
             reply,
-            self.files
-                .get(fh.0)
-                .and_then(|h| self.do_fsync(&h.inode, h.file.as_raw_fd(), datasync)),
+            self.files.get(fh.0).and_then(|h| {
+                let synced = self.do_fsync(&h.inode, h.file.as_raw_fd(), datasync);
+                h.take_deferred().and(synced)
+            }),
         );
     }
 
