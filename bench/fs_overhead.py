@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import fresh_caches
+
 TANDEM = os.environ.get("TANDEM_BIN", "/var/tmp/tandem-target/release/tandem")
 
 
@@ -49,12 +51,6 @@ def fio(d, name, args):
         check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(out[out.index("{"):])["jobs"][0]
-
-
-def drop_caches():
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 def workloads(size_mib, runtime):
@@ -109,7 +105,7 @@ def main():
                 d = tempfile.mkdtemp(prefix=f"tandem-bench-{kind}-", dir=args.base)
                 p = mount(d, extra) if kind == "tandem" else None
                 try:
-                    drop_caches()
+                    fresh_caches(args.size_mib + 64)
                     job = fio(d, name.split()[0], fargs)
                     (bare_v if kind == "bare" else tandem_v).append(metric(job))
                 finally:
