@@ -21,8 +21,9 @@
 //! A large write may be answered before it is applied (see `ops`), so that the
 //! caller prepares its next write while this one is copied into the real file.
 //! Writes therefore take a [`Place`] in the order they arrive and are applied in
-//! that order; every other request waits until the writes answered early are
-//! applied, so whatever starts after such an answer sees the data.
+//! that order; every other request waits until the writes answered early
+//! before it arrived are applied, so whatever starts after such an answer sees
+//! the data.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -102,13 +103,15 @@ impl Gate {
     }
 
     /// Called as a request starts (the thread just left reading). Returns once
-    /// every write answered before it is applied.
+    /// every write answered before it is applied (writes answered later do not
+    /// hold it up, so a stream of them cannot starve other callers).
     pub fn enter(self: &Arc<Self>) -> Turn {
         let (turn, mut s) = self.start();
         if s.early > 0 {
             self.grant(&mut s);
             OWES_READER.set(false);
-            while s.early > 0 {
+            let arrived = s.next_place;
+            while s.applying < arrived {
                 self.applied.wait(&mut s);
             }
         }
@@ -511,6 +514,40 @@ mod tests {
         second_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         read_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(*log.lock(), ["first write", "second write", "read"]);
+        pool.settle((1, 3));
+        pool.stop();
+    }
+
+    #[test]
+    fn a_request_waits_only_for_writes_answered_before_it_arrived() {
+        let pool = Pool::new(4);
+        let early_write = |pool: &Pool| {
+            let (answered_tx, answered_rx) = mpsc::channel();
+            let (release_tx, release_rx) = mpsc::channel::<()>();
+            pool.submit_write(move |place| {
+                place.answer_early();
+                answered_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            });
+            answered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            release_tx
+        };
+        let first = early_write(&pool);
+        let (read_tx, read_rx) = mpsc::channel();
+        pool.submit(move || read_tx.send(()).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        // Another caller's write, answered after the read arrived, is still
+        // being applied when the first one is done.
+        let second = early_write(&pool);
+        assert!(
+            read_rx.try_recv().is_err(),
+            "the read passed an unapplied write"
+        );
+        first.send(()).unwrap();
+        read_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the read waited for a write answered after it arrived");
+        second.send(()).unwrap();
         pool.settle((1, 3));
         pool.stop();
     }
