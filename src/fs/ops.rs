@@ -896,10 +896,11 @@ impl Filesystem for TandemFs {
             reply.written(data.len() as u32);
             place.wait();
             if let Err(e) = self.do_write(&h, offset, data, write_flags) {
+                let name = self.rel(&h.inode).ok().flatten();
                 tracing::warn!(
-                    "a write of {} bytes at {offset} to {:?}, already answered, failed: {}; the next write, close or fsync of that file reports it",
+                    "a write of {} bytes at {offset} to {}, already answered, failed: {}; the next write, close or fsync of that file reports it",
                     data.len(),
-                    self.rel(&h.inode).ok().flatten(),
+                    name.map_or("an unlinked file".into(), |p| p.display().to_string()),
                     super::errno_io(e)
                 );
                 h.defer(e);
