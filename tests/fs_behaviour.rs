@@ -649,8 +649,17 @@ fn a_mount_unmounted_from_outside_ends_its_session() {
     for i in 0..50 {
         std::fs::write(m.dir().join(format!("f{i}")), b"x").unwrap();
     }
-    let st = Command::new("umount").arg(m.dir()).status().unwrap();
-    assert!(st.success());
+    // A child that another test forks may hold a copy of a descriptor into
+    // the mount until it execs: the mount is busy for that moment.
+    assert!(
+        common::wait_until(10, || Command::new("umount")
+            .arg(m.dir())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()),
+        "umount kept failing"
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !m.is_finished() {
         assert!(
@@ -725,21 +734,25 @@ impl tandem::fs::MutationSink for FailingSink {
 }
 
 /// A write answered before it was applied and then failed is never lost: the
-/// next write, fsync or close through the same descriptor reports it.
+/// next write, fsync or close through the same descriptor reports it, and a
+/// close by another process sharing the descriptor does not swallow it.
 #[test]
 fn a_failed_write_that_was_answered_early_is_reported() {
     use std::os::unix::fs::FileExt;
     common::require_fuse();
     let t = tempdir();
     let (m, _) = tandem::fs::mount(t.path(), Arc::new(FailingSink), &Default::default()).unwrap();
-    let block = vec![7u8; 1 << 20];
+    // Page-aligned, so that the kernel sends each write as one request.
+    let backing = vec![7u8; (1 << 20) + 4096];
+    let start = backing.as_ptr().align_offset(4096);
+    let block = &backing[start..start + (1 << 20)];
     let eio = |r: &std::io::Result<()>| {
         r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EIO)
     };
 
     // Reported by a later write, or by close.
     let f = std::fs::File::create(m.dir().join("doomed")).unwrap();
-    let results: Vec<_> = (0..8u64).map(|i| f.write_all_at(&block, i << 20)).collect();
+    let results: Vec<_> = (0..8u64).map(|i| f.write_all_at(block, i << 20)).collect();
     for (i, r) in results[..4].iter().enumerate() {
         assert!(r.is_ok(), "write {i}: {r:?}");
     }
@@ -762,7 +775,9 @@ fn a_failed_write_that_was_answered_early_is_reported() {
         .write(true)
         .open(m.dir().join("doomed"))
         .unwrap();
-    let written = f.write_all_at(&block, 5 << 20);
+    let written = f.write_all_at(block, 5 << 20);
+    // A child inherits the descriptor and closes its copy at exec.
+    assert!(Command::new("true").status().unwrap().success());
     assert!(
         eio(&written) || eio(&f.sync_all()),
         "neither the write nor fsync reported the failure"

@@ -22,8 +22,8 @@ pub struct FileHandle {
     /// Opened with O_SYNC or O_DSYNC: every write is durable when it returns.
     pub sync: bool,
     /// The error of a write that was answered before it was applied, for the
-    /// next write, flush (close) or fsync through this handle to report, as a
-    /// file system reports a failed write-back.
+    /// next write or fsync through this handle to report (and every close until
+    /// then), as a file system reports a failed write-back.
     pub deferred: Mutex<Option<Errno>>,
 }
 
@@ -39,6 +39,13 @@ impl FileHandle {
 
     pub fn take_deferred(&self) -> Result<(), Errno> {
         self.deferred.lock().take().map_or(Ok(()), Err)
+    }
+
+    /// Reports the failure without clearing it: every process that shares the
+    /// descriptor flushes it as it closes its copy (a forked child at exec, for
+    /// one), and such a close must not swallow what the writer's fsync reports.
+    pub fn deferred(&self) -> Result<(), Errno> {
+        self.deferred.lock().map_or(Ok(()), Err)
     }
 }
 
