@@ -127,6 +127,7 @@ impl Gate {
         let place = Place {
             gate: self,
             n,
+            follows_early: s.early > 0,
             early: false,
         };
         (turn, place)
@@ -242,6 +243,8 @@ pub struct Turn {
 pub struct Place<'a> {
     gate: &'a Gate,
     n: u64,
+    /// A write answered early had yet to be applied when this one arrived.
+    follows_early: bool,
     early: bool,
 }
 
@@ -257,22 +260,25 @@ impl Place<'_> {
         OWES_READER.set(false);
     }
 
-    /// Whether a write answered early has yet to be applied: this one would
-    /// wait for it.
+    /// Whether a write answered early had yet to be applied when this one
+    /// arrived: this one would wait for it.
     pub fn follows_early(&self) -> bool {
-        self.gate.state.lock().early > 0
+        self.follows_early
     }
 
     /// Waits until the writes that arrived before this one are applied.
     pub fn wait(&self) {
-        let mut s = self.gate.state.lock();
+        self.wait_locked(&mut self.gate.state.lock());
+    }
+
+    fn wait_locked(&self, s: &mut MutexGuard<'_, State>) {
         if s.applying != self.n {
             // Waiting on other writes is waiting: let someone else read.
             if OWES_READER.replace(false) {
-                self.gate.grant(&mut s);
+                self.gate.grant(s);
             }
             while s.applying != self.n {
-                self.gate.applied.wait(&mut s);
+                self.gate.applied.wait(s);
             }
         }
     }
@@ -280,8 +286,8 @@ impl Place<'_> {
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        self.wait();
         let mut s = self.gate.state.lock();
+        self.wait_locked(&mut s);
         s.applying += 1;
         if self.early {
             s.early -= 1;

@@ -542,7 +542,7 @@ impl TandemFs {
             && !h.direct
             && !flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             && offset.saturating_add(len as u64) <= EARLY_MAX_END
-            && h.deferred.lock().is_none()
+            && h.deferred().is_ok()
             && sys::statfs(h.fd())
                 .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) >= EARLY_ROOM)
     }
