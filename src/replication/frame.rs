@@ -111,6 +111,18 @@ fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     })
 }
 
+/// Whether `buf` starts with a whole frame, or with one that cannot be
+/// trusted (which decoding reports): only the header is looked at.
+pub fn is_whole(buf: &[u8]) -> bool {
+    if buf.len() < HEADER_LEN {
+        return buf.len() >= 2 && buf[..2] != MAGIC;
+    }
+    match check_header(buf) {
+        Ok(h) => buf.len() >= HEADER_LEN + h.len,
+        Err(_) => true,
+    }
+}
+
 /// Decodes the first frame in `buf`: the message and how many bytes it used,
 /// `None` if `buf` does not hold a whole frame yet.
 pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
@@ -265,7 +277,12 @@ mod tests {
         encode(&samples()[1], Compression::Off, &mut buf).unwrap();
         for cut in [0, 1, 5, HEADER_LEN, buf.len() - 1] {
             assert_eq!(decode(&buf[..cut]).unwrap(), None, "cut at {cut}");
+            assert!(!is_whole(&buf[..cut]), "cut at {cut}");
         }
+        assert!(is_whole(&buf));
+        // What cannot be trusted counts as whole: decoding it reports why.
+        buf[0] = b'X';
+        assert!(is_whole(&buf[..2]) && is_whole(&buf));
     }
 
     #[test]

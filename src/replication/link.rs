@@ -33,7 +33,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// A whole frame is already buffered (no read needed to get it).
     pub fn has_frame(&self) -> bool {
-        matches!(frame::decode(&self.buf[self.start..]), Ok(Some(_)))
+        frame::is_whole(&self.buf[self.start..])
     }
 
     /// The next message; errors name why the stream cannot be trusted.
