@@ -162,8 +162,18 @@ def anchor_vals(v):
     return v if isinstance(v, list) else [v]
 
 
+def cpu_seconds(pid):
+    """User plus system time of a process, its threads included (ended ones too)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_sync(args):
     rows = []
+    # CPU time both daemons spend per GiB of sequential writes: with both
+    # nodes on one machine they share its CPUs, which caps the throughput.
+    cpu_per_gib = []
     work = {
         "seqwrite MiB/s": (["--rw=write", "--bs=1M", f"--size={args.seq_mib}M", "--end_fsync=1"],
                            lambda j: j["write"]["bw_bytes"] / 2**20, ">= 0.50 of bare"),
@@ -200,8 +210,13 @@ def bench_sync(args):
                 pair.start(1)
                 wait(pair.caught_up, "connected")
                 fresh_caches(warm)
+                pids = [p.pid for p in pair.procs.values()]
+                before = sum(cpu_seconds(p) for p in pids)
                 rep.append(metric(fio(pair.dir(1), "tandem", fargs)))
                 wait(pair.caught_up, "caught up")
+                if name.startswith("seqwrite"):
+                    used = sum(cpu_seconds(p) for p in pids) - before
+                    cpu_per_gib.append(used / (args.seq_mib / 1024))
             finally:
                 pair.close()
         b, t = statistics.median(bare), statistics.median(rep)
@@ -210,6 +225,14 @@ def bench_sync(args):
               f"replicated {t:10.1f}  ratio {t / b:5.2f}  (target {target})", flush=True)
         rows.append((f"sync: {name}", f"bare {b:.1f}; two bare writers at once {f:.1f} ({f / b:.2f})",
                      f"{t:.1f}", f"{t / b:.2f}", target))
+        if cpu_per_gib:
+            c = statistics.median(cpu_per_gib)
+            cap = os.cpu_count() / c * 1024
+            print(f"sync {'daemons CPU-s per GiB':28} {c:.2f} (both nodes): {os.cpu_count()} CPUs allow "
+                  f"at most {cap:.0f} MiB/s, {cap / b:.2f} of bare", flush=True)
+            rows.append(("sync: daemons' CPU per GiB written", f"{os.cpu_count()} CPUs: at most {cap:.0f} MiB/s "
+                         f"({cap / b:.2f} of bare)", f"{c:.2f} CPU-s", "—", "—"))
+            cpu_per_gib.clear()
     return rows
 
 

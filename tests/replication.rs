@@ -131,6 +131,48 @@ fn every_mutation_kind_replicates_and_the_trees_are_identical() {
     assert_eq!(std::fs::read(pair.dir(2).join("y")).unwrap(), b"x");
 }
 
+/// Writes do not carry the file's modification time (reading it after every
+/// write would make each fdatasync write the inode too): it follows on close,
+/// and for a file left open, within a second.
+#[test]
+fn the_times_of_written_files_reach_the_peer_when_closed_or_left_open() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let (d1, d2) = (pair.dir(1), pair.dir(2));
+    let mtime = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec())
+    };
+    // Written, fdatasync'd and kept open: the data is there at once.
+    let open = std::fs::File::create(d1.join("open")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    open.write_all_at(b"still open", 0).unwrap();
+    open.sync_data().unwrap();
+    assert_eq!(std::fs::read(d2.join("open")).unwrap(), b"still open");
+    let want = mtime(&d1.join("open"));
+    assert!(
+        common::wait_until(5, || mtime(&d2.join("open")) == want),
+        "the peer's time of a file left open stays {:?}, not {want:?}",
+        mtime(&d2.join("open"))
+    );
+    // Written and closed: the time goes with the close.
+    for i in 0..20 {
+        let name = format!("closed{i}");
+        let mut f = std::fs::File::create(d1.join(&name)).unwrap();
+        f.write_all(&vec![i as u8; 10_000]).unwrap();
+        f.write_all(b"end").unwrap();
+    }
+    pair.wait_caught_up();
+    for i in 0..20 {
+        let name = format!("closed{i}");
+        assert_eq!(mtime(&d2.join(&name)), mtime(&d1.join(&name)), "{name}");
+    }
+    drop(open);
+    pair.wait_caught_up();
+    assert_same_tree(&d1, &d2);
+}
+
 /// Each thread works in its own subdirectory, with renames across them.
 fn random_worker(root: &Path, id: usize, ops: usize, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -153,7 +153,7 @@ async fn strangers_and_malformed_frames_are_refused_and_change_nothing() {
         .contains("protocol version 99")));
 
     // 4. A length over the limit.
-    let mut raw = b"TD\x01\x00".to_vec();
+    let mut raw = vec![b'T', b'D', frame::VERSION, 0];
     raw.extend_from_slice(&u32::MAX.to_be_bytes());
     let mut tls = connect(&pair, &pair.tmp.path().join("tls")).await.unwrap();
     send_and_wait_close(&mut tls, &raw).await;

@@ -302,6 +302,10 @@ pub type LocalApply<'f> = &'f mut dyn FnMut() -> Result<(), Errno>;
 /// `local` failed: a failed call changed nothing and is never replicated.
 pub trait MutationSink: Send + Sync + 'static {
     fn apply(&self, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno>;
+
+    /// A descriptor open for writing was closed: metadata held back while
+    /// the file was being written can go now. Changes nothing locally.
+    fn closed(&self) {}
 }
 
 /// Counts mutations by kind and bytes written, and logs each one at debug level
@@ -401,5 +405,11 @@ impl MutationSink for CountingSink {
             tracing::debug!(target: "tandem::mutation", "{m}");
         }
         result
+    }
+
+    fn closed(&self) {
+        if let Some(next) = &self.next {
+            next.closed();
+        }
     }
 }

@@ -929,7 +929,11 @@ impl Filesystem for TandemFs {
         let _turn = self.gate.enter();
         // Data reaches the real file before any request that follows a write,
         // so close has nothing left to push, only a failure to report.
-        reply_empty(reply, self.files.get(fh.0).and_then(|h| h.deferred()));
+        let handle = self.files.get(fh.0);
+        if handle.as_ref().is_ok_and(|h| h.writable) {
+            self.sink.closed();
+        }
+        reply_empty(reply, handle.and_then(|h| h.deferred()));
     }
 
     fn release(

@@ -96,7 +96,7 @@ impl Applier {
         times: &[(Vec<u8>, Time)],
     ) -> Result<(), ApplyError> {
         let deferred = match m {
-            WireMutation::Write { .. } => true,
+            WireMutation::Write { .. } | WireMutation::Times => true,
             WireMutation::Fsync { datasync, .. } => *datasync,
             _ => false,
         };
@@ -293,6 +293,10 @@ impl Applier {
                     }),
                 };
                 wrap("fsync", &p, r)
+            }
+            WireMutation::Times => {
+                self.root(dir)?;
+                Ok(())
             }
             WireMutation::Sync => {
                 // Every directory, not only `dir`'s: the seq of a sync is
@@ -498,5 +502,22 @@ mod tests {
         assert_ne!(mtime(&t.path().join("c")), (3_000_000, 0));
         a.settle_times().unwrap();
         assert_eq!(mtime(&t.path().join("c")), (3_000_000, 0));
+        // Times that travel on their own wait the same way; a full fsync
+        // sets them before it makes the file durable.
+        let later = vec![(
+            b"b".to_vec(),
+            Time {
+                secs: 4_000_000,
+                nanos: 1,
+            },
+        )];
+        a.apply(0, &WireMutation::Times, false, &later).unwrap();
+        assert_ne!(mtime(&t.path().join("b")), (4_000_000, 1));
+        let full = WireMutation::Fsync {
+            path: Some(b"b".to_vec()),
+            datasync: false,
+        };
+        a.apply(0, &full, false, &[]).unwrap();
+        assert_eq!(mtime(&t.path().join("b")), (4_000_000, 1));
     }
 }

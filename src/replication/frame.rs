@@ -13,7 +13,7 @@
 use super::wire::Message;
 
 pub const MAGIC: [u8; 2] = *b"TD";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8;
 /// Largest payload accepted (a 1 MiB write plus room for its header fields).
 pub const MAX_PAYLOAD: usize = 4 << 20;

@@ -121,6 +121,10 @@ struct Order {
     /// Changes whenever names move or go, so a cached path can be trusted
     /// while it stays the same.
     names_gen: u64,
+    /// Per directory: files written since their modification times last
+    /// went to the peer, with the record that keeps them owed across a
+    /// lost link or a crash (see [`WireMutation::Times`]).
+    owed: Vec<HashMap<PathBuf, u64>>,
 }
 
 impl Order {
@@ -273,6 +277,7 @@ impl Replicator {
                 last_cool: Instant::now(),
                 ids: vec![HashMap::new(); n],
                 names_gen: 0,
+                owed: vec![HashMap::new(); n],
             }),
             lag: Mutex::new(Lag::default()),
             acks: Mutex::new(Acks::default()),
@@ -387,6 +392,8 @@ impl Replicator {
             o.link = None;
             o.resync_done = None;
             o.ready = false;
+            // Their records stay: the resync ships those files' times.
+            o.owed.iter_mut().for_each(HashMap::clear);
             o.open = Bucket::default();
             o.sealed = None;
             tracing::warn!(
@@ -864,8 +871,12 @@ impl Replicator {
         let root = self.dirs[dir as usize].root.as_fd();
         let parent = |p: &Path| p.parent().unwrap_or(Path::new("")).to_path_buf();
         let mut paths: Vec<PathBuf> = match m {
-            Mutation::Write { path: Some(p), .. }
-            | Mutation::Fallocate { path: Some(p), .. }
+            // Other writes and fallocates owe theirs (`owe`).
+            Mutation::Write {
+                path: Some(p),
+                sync: true,
+                ..
+            }
             | Mutation::SetXattr { path: Some(p), .. }
             | Mutation::RemoveXattr { path: Some(p), .. } => vec![p.clone()],
             Mutation::SetAttr {
@@ -908,6 +919,21 @@ impl Replicator {
             return Err(Errno::EIO);
         }
         let mut o = self.order.lock();
+        let owes = match m {
+            Mutation::Write {
+                path: Some(p),
+                sync: false,
+                ..
+            }
+            | Mutation::Fallocate { path: Some(p), .. } => Some(p),
+            _ => None,
+        };
+        // Owed times go first wherever the peer sets times at once: before
+        // any other kind of change, which may move or remove the file, and
+        // before a full fsync, which makes them durable.
+        if owes.is_none() && !matches!(m, Mutation::Fsync { datasync: true, .. }) {
+            self.settle_owed_locked(&mut o);
+        }
         if let Mutation::Fsync { .. } = m {
             // Changes nothing: the peer can start its fsync while ours runs.
             let sent = if o.streaming() && !unnamed {
@@ -924,7 +950,13 @@ impl Replicator {
             }
             return Ok(());
         }
-        let written = match self.mark(dir, m, &mut o) {
+        let marked = self.mark(dir, m, &mut o).and_then(|id| {
+            if let Some(p) = owes {
+                self.owe(&mut o, dir, p)?;
+            }
+            Ok(id)
+        });
+        let written = match marked {
             Ok(id) => id,
             Err(e) => {
                 // Without the record a later resync could miss this change: refuse it.
@@ -963,6 +995,79 @@ impl Replicator {
         let sync = matches!(m, Mutation::Write { sync: true, .. });
         self.wait(conn, seq, self.need(sync))?;
         Ok(())
+    }
+
+    /// Records, once per stretch, that `p`'s modification time is owed to
+    /// the peer: the record lets a resync ship it if the link or this node
+    /// goes before it is sent.
+    fn owe(&self, o: &mut Order, dir: u32, p: &Path) -> crate::changelog::Result<()> {
+        if !o.streaming() || o.owed[dir as usize].contains_key(p) {
+            return Ok(());
+        }
+        let seq = self.dirs[dir as usize].log.log_ns(NsChange::SetAttr {
+            path: p.to_path_buf(),
+        })?;
+        o.owed[dir as usize].insert(p.to_path_buf(), seq);
+        Ok(())
+    }
+
+    /// Sends the owed modification times (files gone meanwhile are skipped:
+    /// their removal travels on its own).
+    fn settle_owed_locked(&self, o: &mut Order) {
+        for dir in 0..self.dirs.len() {
+            if o.owed[dir].is_empty() {
+                continue;
+            }
+            let owed = std::mem::take(&mut o.owed[dir]);
+            let root = self.dirs[dir].root.as_fd();
+            let times = owed
+                .keys()
+                .filter_map(|p| {
+                    let fd = entry::open_node(root, p).ok()?;
+                    let st = crate::fs::sys::stat_fd(fd.as_fd()).ok()?;
+                    Some((bytes(p.as_os_str()), Time::mtime_of(&st)))
+                })
+                .collect();
+            let upto = owed.values().copied().max().unwrap_or(0);
+            if self
+                .send_locked(o, dir as u32, false, WireMutation::Times, times)
+                .is_some()
+                && o.resync_done.is_some()
+            {
+                // Forgotten once the peer has them durably.
+                o.open.add(Clear::NsUpto(dir as u32, upto));
+            }
+        }
+    }
+
+    /// Sends the owed modification times: a written file was closed, or
+    /// time passed (see `keep_times`).
+    pub fn settle_owed(&self) {
+        let mut o = self.order.lock();
+        if o.streaming() {
+            self.settle_owed_locked(&mut o);
+        }
+    }
+
+    /// While connection `conn` lasts, sends owed times every `every`, for
+    /// files written and then left open.
+    pub fn keep_times(self: &Arc<Self>, conn: u64, every: Duration) {
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("times-{}", self.module))
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(rep) = weak.upgrade() else { return };
+                    if !rep.order.lock().linked(conn) {
+                        return;
+                    }
+                    rep.settle_owed();
+                }
+            });
+        if let Err(e) = spawned {
+            self.note_error(format!("cannot start the thread that sends times: {e}"));
+        }
     }
 
     /// What a mutation waits for: a call that promises durability (fsync,
@@ -1170,6 +1275,10 @@ impl MutationSink for ReplicatingSink {
     fn apply(&self, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
         self.rep.submit(self.dir, m, local)
     }
+
+    fn closed(&self) {
+        self.rep.settle_owed();
+    }
 }
 
 #[cfg(test)]
@@ -1254,6 +1363,99 @@ mod tests {
         assert_eq!(rep.status().peer, "alone");
         let id = rep.dirs[0].log.ensure(Path::new("f")).unwrap();
         assert_eq!(rep.dirs[0].log.dirty(id).unwrap(), vec![8192..8198]);
+    }
+
+    type Stamps = Vec<(Vec<u8>, Time)>;
+
+    /// The mutations sent so far: what each is, and the times it carries.
+    fn sent(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Message>) -> Vec<(String, Stamps)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|m| match m {
+                Message::Mutate {
+                    mutation, times, ..
+                } => {
+                    let kind = format!("{mutation:?}");
+                    Some((
+                        kind[..kind.find([' ', '{']).unwrap_or(kind.len())].to_string(),
+                        times,
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_owe_their_times_until_a_close_or_another_change() {
+        let (rep, root) = replicator(1000);
+        std::fs::write(root.path().join("f"), b"abc").unwrap();
+        let mtime = || {
+            let st = crate::fs::sys::stat_fd(
+                std::fs::File::open(root.path().join("f")).unwrap().as_fd(),
+            )
+            .unwrap();
+            vec![(b"f".to_vec(), Time::mtime_of(&st))]
+        };
+        let (_conn, mut rx) = current_link(&rep);
+        let sink = rep.sink(0);
+        write(&sink, 0, b"a");
+        write(&sink, 1, b"b");
+        let got = sent(&mut rx);
+        assert_eq!(got.len(), 2);
+        assert!(
+            got.iter().all(|(k, t)| k == "Write" && t.is_empty()),
+            "{got:?}"
+        );
+        // Closed: the time goes, once.
+        sink.closed();
+        assert_eq!(sent(&mut rx), vec![("Times".to_string(), mtime())]);
+        sink.closed();
+        assert_eq!(sent(&mut rx), vec![]);
+        // Owed again, and sent before a change of another kind.
+        write(&sink, 2, b"c");
+        let mkdir = Mutation::Mkdir {
+            path: PathBuf::from("d"),
+            mode: 0o755,
+            umask: 0,
+            uid: 0,
+            gid: 0,
+        };
+        sink.apply(&mkdir, &mut || Ok(())).unwrap();
+        let kinds: Vec<String> = sent(&mut rx).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, ["Write", "Times", "Mkdir"]);
+    }
+
+    #[test]
+    fn an_owed_time_is_recorded_until_the_peer_has_it_durably() {
+        let (rep, root) = replicator(1000);
+        std::fs::write(root.path().join("f"), b"abc").unwrap();
+        let log = &rep.dirs[0].log;
+        let set_attr = |log: &Arc<dyn ChangeLog>| {
+            log.ns_since(0)
+                .unwrap()
+                .into_iter()
+                .filter(|(_, c)| {
+                    *c == NsChange::SetAttr {
+                        path: PathBuf::from("f"),
+                    }
+                })
+                .count()
+        };
+        // Sent and made durable: forgotten.
+        let (conn, _rx) = current_link(&rep);
+        let sink = rep.sink(0);
+        write(&sink, 0, b"a");
+        assert_eq!(set_attr(log), 1);
+        write(&sink, 1, b"b");
+        assert_eq!(set_attr(log), 1, "one record per stretch, not per write");
+        sink.closed();
+        rep.on_ack(conn, 3, 3, 3);
+        assert_eq!(set_attr(log), 0);
+        // The link goes before the time is sent: the record stays for the
+        // resync, which ships the file's times.
+        write(&sink, 2, b"c");
+        rep.detach(conn, "gone");
+        assert_eq!(set_attr(log), 1);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub const RETRY: Duration = Duration::from_millis(100);
 pub const MAX_RETRY: Duration = Duration::from_secs(5);
 /// The secondary acknowledges at least this often, even when idle.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How often the times of files written and left open go to the peer.
+pub const TIMES_EVERY: Duration = Duration::from_millis(500);
 
 pub struct PrimaryLink {
     pub rep: Arc<Replicator>,
@@ -150,6 +152,7 @@ impl PrimaryLink {
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let conn = rep.attach(tx);
+        rep.keep_times(conn, TIMES_EVERY);
         tracing::info!("{}: connected to {}", rep.module, self.creds.peer);
         let mut pump = tokio::spawn(writer.pump(rx));
         let resync_rep = rep.clone();

@@ -233,6 +233,12 @@ pub enum WireMutation {
         path: Vec<u8>,
         entry: Option<Entry>,
     },
+    /// Changes nothing but carries, in its message's `times`, the
+    /// modification times of files written since their times last went out:
+    /// writes do not carry them, since reading a file's times after every
+    /// write makes the kernel give each later write a fresh fine-grained
+    /// time, and every fdatasync on both nodes then writes the inode too.
+    Times,
 }
 
 /// A content-defined chunk of a file and its BLAKE3 hash.
