@@ -1044,7 +1044,7 @@ impl Replicator {
     /// time passed (see `keep_times`).
     pub fn settle_owed(&self) {
         let mut o = self.order.lock();
-        if o.streaming() {
+        if o.streaming() && !self.fenced.load(Ordering::SeqCst) {
             self.settle_owed_locked(&mut o);
         }
     }
