@@ -4,7 +4,9 @@ node2 127.0.0.2 secondary), each figure printed next to its anchor from the same
 
   sync      fio through the replicated mount vs the bare directory:
             1 MiB sequential writes (MiB/s), 4 KiB write+fdatasync (p50 us)
-            targets: >= 50% of bare; <= 2.5x bare
+            targets: >= 50% of bare; <= 2.5x bare. Also prints the CPU time both
+            daemons spent per GiB written, and the throughput this machine's CPUs
+            allow at that cost (both nodes share them here)
   resync    a dataset (a big file + many small files), the secondary killed, 1% of it
             changed (random 4 KiB writes, small files changed/created/deleted/renamed),
             the secondary restarted: resync time vs
