@@ -895,14 +895,7 @@ impl Replicator {
             _ => Vec::new(),
         };
         paths.dedup();
-        paths
-            .into_iter()
-            .filter_map(|p| {
-                let fd = entry::open_node(root, &p).ok()?;
-                let st = crate::fs::sys::stat_fd(fd.as_fd()).ok()?;
-                Some((bytes(p.as_os_str()), Time::mtime_of(&st)))
-            })
-            .collect()
+        paths.iter().filter_map(|p| stamp(root, p)).collect()
     }
 
     fn submit(&self, dir: u32, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
@@ -1020,14 +1013,7 @@ impl Replicator {
             }
             let owed = std::mem::take(&mut o.owed[dir]);
             let root = self.dirs[dir].root.as_fd();
-            let times = owed
-                .keys()
-                .filter_map(|p| {
-                    let fd = entry::open_node(root, p).ok()?;
-                    let st = crate::fs::sys::stat_fd(fd.as_fd()).ok()?;
-                    Some((bytes(p.as_os_str()), Time::mtime_of(&st)))
-                })
-                .collect();
+            let times = owed.keys().filter_map(|p| stamp(root, p)).collect();
             let upto = owed.values().copied().max().unwrap_or(0);
             if self
                 .send_locked(o, dir as u32, false, WireMutation::Times, times)
@@ -1258,6 +1244,13 @@ enum Need {
     Received,
     /// Bytes sent but not applied at most this many.
     Lag(u64),
+}
+
+/// `p`'s modification time as the peer is to set it; `None` once `p` is gone.
+fn stamp(root: std::os::fd::BorrowedFd<'_>, p: &Path) -> Option<(Vec<u8>, Time)> {
+    let fd = entry::open_node(root, p).ok()?;
+    let st = crate::fs::sys::stat_fd(fd.as_fd()).ok()?;
+    Some((bytes(p.as_os_str()), Time::mtime_of(&st)))
 }
 
 fn bytes(s: &std::ffi::OsStr) -> Vec<u8> {
