@@ -223,6 +223,87 @@ fn with_an_etcd_lease_a_cut_or_an_isolated_primary_never_yields_two_serving_node
     partition_never_yields_two_serving_nodes("etcd");
 }
 
+/// The serving daemon is frozen (SIGSTOP) for less than, about and more
+/// than the heartbeat timeout (500 ms; the witness's lease lasts 700 ms):
+/// the cluster is back to PRIM and an up-to-date SECOND by itself every
+/// time, with no split brain, every acknowledged record on the serving node
+/// and never two nodes acknowledging at once.
+#[test]
+fn a_paused_primary_never_stops_the_service_nor_makes_a_split_brain() {
+    let net = Net::pair();
+    let mut c = Cluster::build_full(Some(&net), "witness", false);
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    c.wait_app_writes(1);
+    let serving = |c: &Cluster| {
+        (1..=2).find(|&n| {
+            let other = 3 - n;
+            c.state(n) == "PRIM" && c.state(other) == "SECOND" && c.uptodate(other)
+        })
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let mut took_over = 0;
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| c.sample_acks(&stop));
+        let stopper = Stop(&stop);
+        for pause in [250, 500, 2_000, 3_000] {
+            let p = serving(&c).expect("one PRIM and an up-to-date SECOND");
+            c.pause(p, Duration::from_millis(pause));
+            let mut now = None;
+            assert!(
+                wait_until(40, || {
+                    now = serving(&c);
+                    now.is_some()
+                }),
+                "after a pause of {pause} ms of node{p}: {}/{}\n--- node1\n{}\n--- node2\n{}",
+                c.state(1),
+                c.state(2),
+                c.log_text(1),
+                c.log_text(2)
+            );
+            let now = now.unwrap();
+            took_over += (now != p) as u32;
+            let acked = c.acked(1).max(c.acked(2));
+            let start = c.acked(now);
+            assert!(
+                wait_until(20, || c.acked(now) > start + 5),
+                "the application does not write on node{now} after a pause of {pause} ms of \
+                 node{p}: {}/{}\n--- node1\n{}\n--- node2\n{}",
+                c.state(1),
+                c.state(2),
+                c.log_text(1),
+                c.log_text(2)
+            );
+            assert!(
+                c.records(now) >= acked,
+                "node{now} has {} records, {acked} were acknowledged",
+                c.records(now)
+            );
+            eprintln!("paused node{p} {pause} ms: node{now} serves");
+        }
+        drop(stopper);
+        let both = sampler.join().unwrap();
+        assert!(both.is_empty(), "two nodes acknowledged at once: {both:?}");
+    });
+    assert!(took_over >= 2, "the long pauses made the twin take over");
+    for n in 1..=2 {
+        let log = c.log_text(n);
+        assert!(!log.contains("split brain"), "node{n}:\n{log}");
+    }
+    let aside = c.path("state1/modules/app/set-aside");
+    assert!(
+        aside.exists() || c.path("state2/modules/app/set-aside").exists(),
+        "a node that stopped serving without handing over set its changes aside"
+    );
+}
+
 /// The link between the nodes is cut, then the primary isolated, with the
 /// quorum (`kind`) in a namespace of its own.
 fn partition_never_yields_two_serving_nodes(kind: &str) {

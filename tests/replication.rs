@@ -733,3 +733,137 @@ fn a_full_disk_on_the_secondary_leaves_the_primary_serving_alone() {
         t.elapsed()
     );
 }
+
+/// `exclude`: what matches stays on its node — live, across renames in
+/// both directions, in a resync, a verify and a full sync — and what the
+/// peer keeps under excluded names is never removed.
+#[test]
+fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
+    let mut pair = Pair::with_module("durable", r#"exclude = ["*.tmp", "cache/"]"#);
+    let (d1, d2) = (pair.dir(1), pair.dir(2));
+    // node2's own excluded files, there before it ever follows node1.
+    std::fs::write(d2.join("mine.tmp"), b"node2's scratch").unwrap();
+    std::fs::create_dir(d2.join("cache")).unwrap();
+    std::fs::write(d2.join("cache/own"), b"node2's cache").unwrap();
+    pair.start_both();
+
+    std::fs::write(d1.join("keep.txt"), b"replicated").unwrap();
+    std::fs::write(d1.join("scratch.tmp"), b"local only").unwrap();
+    std::fs::create_dir_all(d1.join("sub")).unwrap();
+    std::fs::write(d1.join("sub/deep.tmp"), b"local only").unwrap();
+    std::fs::create_dir(d1.join("cache")).unwrap();
+    std::fs::write(d1.join("cache/blob"), vec![7u8; 200_000]).unwrap();
+    std::fs::create_dir(d1.join("cache/tree")).unwrap();
+    std::fs::write(d1.join("cache/tree/leaf"), b"leaf").unwrap();
+    // A file called like an excluded directory is replicated.
+    std::fs::create_dir(d1.join("sub/cachedir")).unwrap();
+    std::fs::write(d1.join("sub/cache"), b"a file, not a directory").unwrap();
+    // Saved the usual way: written under a temporary name, renamed into place.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(d1.join("doc.txt.tmp"), &body).unwrap();
+    std::fs::rename(d1.join("doc.txt.tmp"), d1.join("doc.txt")).unwrap();
+    // A directory leaves the cache for a replicated name, one file the other way.
+    std::fs::rename(d1.join("cache/tree"), d1.join("tree")).unwrap();
+    std::fs::write(d1.join("gone.txt"), b"soon excluded").unwrap();
+    pair.wait_caught_up();
+    assert!(d2.join("gone.txt").exists());
+    std::fs::rename(d1.join("gone.txt"), d1.join("gone.tmp")).unwrap();
+    pair.wait_caught_up();
+
+    assert_eq!(std::fs::read(d2.join("keep.txt")).unwrap(), b"replicated");
+    assert_eq!(std::fs::read(d2.join("doc.txt")).unwrap(), body);
+    assert_eq!(std::fs::read(d2.join("tree/leaf")).unwrap(), b"leaf");
+    assert_eq!(
+        std::fs::read(d2.join("sub/cache")).unwrap(),
+        b"a file, not a directory"
+    );
+    for p in [
+        "scratch.tmp",
+        "sub/deep.tmp",
+        "cache/blob",
+        "doc.txt.tmp",
+        "gone.txt",
+        "gone.tmp",
+    ] {
+        assert!(!d2.join(p).exists(), "{p} reached the peer");
+    }
+    let own = |pair: &Pair| {
+        assert_eq!(
+            std::fs::read(pair.dir(2).join("mine.tmp")).unwrap(),
+            b"node2's scratch"
+        );
+        assert_eq!(
+            std::fs::read(pair.dir(2).join("cache/own")).unwrap(),
+            b"node2's cache"
+        );
+    };
+    own(&pair);
+
+    // verify compares what is replicated only; a repair removes nothing
+    // of node2's own.
+    let o = tandem_on(&pair, 1, &["verify", "app", "--repair"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    own(&pair);
+
+    // A resync after node2 was away: excluded changes stay here.
+    pair.kill(2);
+    std::fs::write(d1.join("later.tmp"), b"local only").unwrap();
+    std::fs::write(d1.join("later.txt"), b"replicated later").unwrap();
+    std::fs::write(d1.join("cache/more"), b"local only").unwrap();
+    std::fs::write(d1.join("saved.tmp"), b"saved while away").unwrap();
+    std::fs::rename(d1.join("saved.tmp"), d1.join("saved.txt")).unwrap();
+    std::fs::rename(d1.join("keep.txt"), d1.join("keep.tmp")).unwrap();
+    pair.start(2);
+    pair.wait_connected();
+    pair.wait_caught_up();
+    assert!(common::wait_until(30, || pair
+        .status(2)
+        .is_some_and(|s| s["peer"] == "uptodate")));
+    assert_eq!(
+        std::fs::read(d2.join("later.txt")).unwrap(),
+        b"replicated later"
+    );
+    assert_eq!(
+        std::fs::read(d2.join("saved.txt")).unwrap(),
+        b"saved while away"
+    );
+    for p in [
+        "later.tmp",
+        "cache/more",
+        "saved.tmp",
+        "keep.txt",
+        "keep.tmp",
+    ] {
+        assert!(!d2.join(p).exists(), "{p} reached the peer in the resync");
+    }
+    own(&pair);
+
+    // A full sync neither ships nor removes excluded files.
+    let o = tandem_on(&pair, 2, &["second", "app", "--fullsync"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(common::wait_until(30, || pair
+        .status(2)
+        .is_some_and(|s| s["peer"] == "uptodate")));
+    pair.wait_caught_up();
+    own(&pair);
+    assert!(!d2.join("scratch.tmp").exists() && !d2.join("cache/blob").exists());
+    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -27,9 +27,22 @@ pub const DEFAULT_PORT: u16 = 9453;
 /// The path a load balancer probes to find the serving node.
 pub const PRIMARY_PATH: &str = "/primary/{module}";
 /// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 64;
-/// A probe's whole exchange (TLS handshake included).
+const MAX_CONNECTIONS: usize = 256;
+/// Connections served at once from one address: a client holding idle
+/// connections, or sending huge requests, cannot take the others' places.
+/// Load balancers probe with one connection at a time per prober.
+const PER_ADDRESS: usize = 8;
+/// From accepting a connection to holding its request line (a TLS handshake
+/// included): probes send theirs at once, idle connections are cut off.
+const REQUEST_LINE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A probe's whole exchange.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest request line read; the rest of a request is never needed.
+const MAX_LINE: usize = 8192;
+/// After answering, what is left of a request is read and dropped (at most
+/// this much, this long) so that closing does not reset the connection
+/// before the client read the answer.
+const DRAIN: (usize, Duration) = (64 << 10, Duration::from_millis(200));
 
 /// What the endpoints say about one module on this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -214,14 +227,14 @@ where
 {
     let wrap = Arc::new(wrap);
     // Probes are few and short: a flood of connections is turned away rather
-    // than allowed to take the daemon's descriptors.
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // than allowed to take the daemon's descriptors or the probers' places.
+    let slots = Arc::new(Slots::default());
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, from)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = slots.take(from.ip()) else {
             drop(tcp);
             continue;
         };
@@ -229,12 +242,66 @@ where
         tokio::spawn(async move {
             let _ = tokio::time::timeout(PROBE_TIMEOUT, async move {
                 tcp.set_nodelay(true).ok();
-                let stream = wrap(tcp).await?;
-                connection(stream, &h).await
+                let line = tokio::time::timeout(REQUEST_LINE_TIMEOUT, async {
+                    let mut stream = wrap(tcp).await?;
+                    let line = request_line(&mut stream).await?;
+                    Ok::<_, std::io::Error>((stream, line))
+                })
+                .await;
+                let Ok(Ok((mut stream, line))) = line else {
+                    return Ok(());
+                };
+                answer(&mut stream, &h, line).await
             })
             .await;
             drop(slot);
         });
+    }
+}
+
+/// Connections held, in all and per client address.
+#[derive(Default)]
+struct Slots {
+    held: Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// A connection's place, given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    ip: std::net::IpAddr,
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        // An IPv4 client of a dual-stack socket is the same client.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = held.1.get(&ip).copied().unwrap_or(0);
+        if held.0 >= MAX_CONNECTIONS || mine >= PER_ADDRESS {
+            return None;
+        }
+        held.0 += 1;
+        held.1.insert(ip, mine + 1);
+        Some(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 -= 1;
+        if let Some(n) = held.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.1.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -243,42 +310,81 @@ pub async fn plain(tcp: tokio::net::TcpStream) -> std::io::Result<tokio::net::Tc
     Ok(tcp)
 }
 
-/// One request per connection (load balancers open one per probe).
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    health: &Health,
-) -> std::io::Result<()> {
+/// What the first line of a request said.
+enum Line {
+    Request(String),
+    TooLong,
+    /// The client closed before a whole line.
+    Closed,
+}
+
+/// Reads up to the end of the request line and no further than needed:
+/// headers are never needed to answer a probe.
+async fn request_line<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Line> {
     let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(i);
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(Line::Request(String::from_utf8_lossy(&buf).into_owned()));
         }
-        if buf.len() > 8192 {
-            return respond(&mut s, false, &reply(431, String::new())).await;
+        if buf.len() > MAX_LINE {
+            return Ok(Line::TooLong);
         }
         let n = s.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(Line::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One request per connection (load balancers open one per probe).
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    health: &Health,
+    line: Line,
+) -> std::io::Result<()> {
+    let line = match line {
+        Line::Closed => return Ok(()),
+        Line::TooLong => {
+            respond(
+                s,
+                false,
+                &reply(414, r#"{"error":"request line too long"}"#.into()),
+            )
+            .await?;
+            return drain(s).await;
+        }
+        Line::Request(l) => l,
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let mut parts = line.split_whitespace();
     let (method, path, version) = (parts.next(), parts.next(), parts.next());
-    let Some((method, path)) = method
-        .zip(path)
-        .filter(|_| version.is_some_and(|v| v.starts_with("HTTP/1.")))
-    else {
-        return respond(
-            &mut s,
-            false,
-            &reply(400, r#"{"error":"bad request"}"#.into()),
-        )
-        .await;
-    };
-    let r = health.answer(method, path);
-    respond(&mut s, method == "HEAD", &r).await
+    let valid = version.is_some_and(|v| v.starts_with("HTTP/1.")) && parts.next().is_none();
+    match method.zip(path).filter(|_| valid) {
+        Some((method, path)) => respond(s, method == "HEAD", &health.answer(method, path)).await?,
+        None => respond(s, false, &reply(400, r#"{"error":"bad request"}"#.into())).await?,
+    }
+    drain(s).await
+}
+
+/// Reads and drops what is left of the request, briefly: see [`DRAIN`].
+async fn drain<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<()> {
+    let mut left = DRAIN.0;
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(DRAIN.1, async {
+        while left > 0 {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 async fn respond<S: AsyncWrite + Unpin>(s: &mut S, head: bool, r: &Reply) -> std::io::Result<()> {
@@ -287,6 +393,7 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, head: bool, r: &Reply) -> std
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };
@@ -426,6 +533,92 @@ mod tests {
         s.write_all(&huge).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        assert!(out.starts_with("HTTP/1.1 414 "), "{out}");
+    }
+
+    /// One address holds many idle connections and sends requests with
+    /// 1 MiB of headers; a prober at another address must keep being
+    /// answered within a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn probes_are_answered_while_a_client_holds_idle_connections_and_sends_huge_headers() {
+        let h = health();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, h.clone(), plain));
+        let beating = h.clone();
+        tokio::spawn(async move {
+            loop {
+                beating.beat();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let from = move |ip: &str| {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            async move {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind((ip, 0).into()).unwrap();
+                s.connect(addr).await
+            }
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut attack = Vec::new();
+        // 120 idle connections, reopened as they are cut off.
+        for _ in 0..120 {
+            let stop = stop.clone();
+            attack.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(mut s) = from("127.0.0.66").await {
+                        let mut b = [0u8; 64];
+                        let _ = tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }));
+        }
+        // 50 senders of requests with 1 MiB of headers, over and over.
+        for _ in 0..50 {
+            let stop = stop.clone();
+            attack.push(tokio::spawn(async move {
+                let mut head = b"GET /primary/app HTTP/1.1\r\nX-Big: ".to_vec();
+                head.extend(std::iter::repeat_n(b'a', 1 << 20));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(mut s) = from("127.0.0.66").await {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(3), s.write_all(&head)).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut slow = Vec::new();
+        for _ in 0..32 {
+            let t0 = Instant::now();
+            let probe = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut s = from("127.0.0.1").await?;
+                s.write_all(b"GET /primary/app HTTP/1.1\r\nHost: lb\r\n\r\n")
+                    .await?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).await?;
+                Ok::<_, std::io::Error>(out)
+            })
+            .await;
+            match probe {
+                Ok(Ok(out)) if out.starts_with("HTTP/1.1 200 ") => {}
+                other => slow.push(format!("{:?} after {:?}", other, t0.elapsed())),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for a in attack {
+            a.abort();
+        }
+        assert!(
+            slow.is_empty(),
+            "{} of 32 probes failed: {slow:?}",
+            slow.len()
+        );
     }
 }

@@ -107,6 +107,10 @@ pub enum Action {
     /// Copy what this node changed on its own aside before the peer's data
     /// replaces it (a split brain resolved for the peer).
     KeepAside,
+    /// Copy aside what this node changed that the peer may lack before it
+    /// follows the peer: it stopped serving without handing over, so some of
+    /// those changes may never have been acknowledged (not a split brain).
+    SetAside,
     /// Open the primary side (mount, link to the peer); `new_generation`
     /// when serving without an up-to-date peer.
     Promote {
@@ -184,6 +188,9 @@ pub struct Config {
     pub start_retries: u32,
     /// How long a `swap` asked of the peer stays asked.
     pub request_ms: u64,
+    /// Quorum is a lease that one node holds at a time (witness, etcd): of
+    /// two nodes that both claim to serve, the one without it is the past.
+    pub lease: bool,
 }
 
 /// The answer to a command.
@@ -229,6 +236,9 @@ pub struct Machine {
     /// Not allowed to serve until an operator starts the module again.
     pub blocked: Option<String>,
     start_failures: u32,
+    /// Stopped serving without handing over (fenced, yielded, crashed): its
+    /// changes the peer may lack are set aside before it follows the peer.
+    unhanded: bool,
 }
 
 impl Machine {
@@ -263,6 +273,7 @@ impl Machine {
             peer_generation: None,
             blocked: None,
             start_failures: 0,
+            unhanded: last.is_some_and(State::serving),
         }
     }
 
@@ -407,6 +418,8 @@ impl Machine {
         self.wants_primary_until = None;
         self.start_failures = 0;
         self.synced = false;
+        // Its data is the one served now, local changes included.
+        self.unhanded = false;
         let s = if self.peer_is_current_second() {
             State::Prim
         } else {
@@ -419,6 +432,7 @@ impl Machine {
     fn step_down(&mut self, flush: bool, then: State, why: &str, actions: &mut Vec<Action>) {
         actions.push(Action::StopApp);
         actions.push(Action::Demote { flush });
+        self.unhanded = !flush;
         if then == State::Second {
             actions.push(Action::BecomeSecondary { full: false });
             // The peer had everything: this copy is the same data.
@@ -473,6 +487,9 @@ impl Machine {
             Some(State::Prim | State::Alone) if self.cannot_follow => {}
             Some(State::Prim | State::Alone) => match order {
                 Order::Same | Order::Behind if !self.split_brain => {
+                    if std::mem::take(&mut self.unhanded) {
+                        actions.push(Action::SetAside);
+                    }
                     actions.push(Action::BecomeSecondary {
                         full: self.generation.fresh,
                     });
@@ -517,12 +534,12 @@ impl Machine {
             self.why = "handed over: waiting for the peer to serve".into();
             return;
         }
-        let mine = match order {
-            Order::Ahead => true,
-            Order::Behind => false,
+        let (mine, because) = match order {
+            Order::Ahead => (true, "newer data here"),
+            Order::Behind => (false, "newer data there"),
             Order::Split if self.keeps || peer.keeps => {
                 self.split_brain = false;
-                self.keeps
+                (self.keeps, "the operator chose")
             }
             Order::Split => {
                 self.split_brain = true;
@@ -535,20 +552,21 @@ impl Machine {
             }
             Order::Same => {
                 if peer.handover {
-                    true
+                    (true, "the peer handed over")
                 } else if self.last_serving != peer.served_last {
-                    self.last_serving
+                    (self.last_serving, "the last to serve")
                 } else if let Some(p) = self.cfg.preferred {
-                    p
+                    (p, "the preferred primary")
                 } else {
-                    self.cfg.listed_first
+                    (self.cfg.listed_first, "the node listed first")
                 }
             }
         };
         if mine && !self.peer_settled() {
             self.why = "the peer does not serve: making sure it is not a past state".into();
         } else if mine {
-            self.serve("both idle, this node has the data to serve", actions);
+            let why = format!("both idle, this node has the data to serve ({because})");
+            self.serve(&why, actions);
         } else if !mine && self.state == State::Wait {
             self.why = "the peer has the data to serve: waiting for it".into();
         }
@@ -619,24 +637,7 @@ impl Machine {
             return;
         };
         if peer.state.is_some_and(State::serving) {
-            // Both serve: exactly one yields, the same one on both sides.
-            self.split_brain = true;
-            self.why = format!(
-                "split brain: both nodes serve (data {} here, {} there)",
-                self.generation, peer.generation
-            );
-            let keep = match self.cfg.preferred {
-                Some(p) => p,
-                None => self.cfg.listed_first,
-            };
-            if !keep {
-                self.step_down(
-                    false,
-                    State::Wait,
-                    "split brain: both nodes served; the other node keeps serving",
-                    actions,
-                );
-            }
+            self.both_serve(&peer, actions);
             return;
         }
         if peer.state.is_some()
@@ -671,6 +672,71 @@ impl Machine {
             };
             self.handover = true;
             self.step_down(true, State::Second, why, actions);
+        }
+    }
+
+    /// Both nodes say they serve: exactly one yields, the same one on both
+    /// sides. A node that went on alone after the other (its generation
+    /// descends from the other's) serves the newest data; a node that froze
+    /// or was cut off and comes back still claiming to serve is a past
+    /// state, not a split brain: it acknowledged nothing on its own (it
+    /// would have started a generation of its own). Only when both went on
+    /// alone is it a split brain: the lease holder, else the preferred or
+    /// first-listed node, keeps serving.
+    fn both_serve(&mut self, peer: &PeerView, actions: &mut Vec<Action>) {
+        let order = compare(&self.generation, &peer.generation);
+        let keep = match order {
+            Order::Ahead => true,
+            Order::Behind => false,
+            // The lease decides; both still seeing it held is a moment's
+            // stale view, settled once the quorum is looked at again.
+            _ if self.cfg.lease && self.quorum => true,
+            _ if self.cfg.lease => false,
+            _ => self.cfg.preferred.unwrap_or(self.cfg.listed_first),
+        };
+        if order == Order::Split {
+            self.split_brain = true;
+            self.why = format!(
+                "split brain: both nodes serve (data {} here, {} there)",
+                self.generation, peer.generation
+            );
+            if !keep {
+                self.step_down(
+                    false,
+                    State::Wait,
+                    "split brain: both nodes served; the other node keeps serving",
+                    actions,
+                );
+            }
+        } else if keep && order == Order::Ahead {
+            self.why = format!(
+                "the peer still claims to serve data {}, older than this node's {}: \
+                 it is a past state; serving on",
+                peer.generation, self.generation
+            );
+        } else if keep {
+            self.why = "the peer also claims to serve the same data; this node keeps serving \
+                        (it holds the lease, or is the one to keep it)"
+                .into();
+        } else {
+            let why = if order == Order::Behind {
+                format!(
+                    "the peer serves newer data ({}) than this node's ({}): stopped serving \
+                     to follow it",
+                    peer.generation, self.generation
+                )
+            } else if self.cfg.lease {
+                "the peer serves with the lease, this node without it: stopped serving \
+                 to follow it"
+                    .into()
+            } else {
+                "both nodes serve the same data; the other node keeps serving: stopped \
+                 serving to follow it"
+                    .into()
+            };
+            self.step_down(false, State::Wait, &why, actions);
+            // Coming back as its SECOND, not as the last primary.
+            self.last_serving = false;
         }
     }
 

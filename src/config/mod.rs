@@ -7,6 +7,7 @@
 
 mod decode;
 mod error;
+pub mod exclude;
 mod net;
 mod raw;
 mod report;
@@ -17,6 +18,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use exclude::Exclude;
 pub use net::{Host, HostPort, HttpUrl, IpPrefix};
 pub use settings::{
     Ack, Announce, Check, Checker, Cluster, Compression, Daemon, Failover, Heartbeat, Module, Node,

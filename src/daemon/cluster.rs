@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,9 @@ struct Managed {
     failing: u32,
     /// `failover = "vip"`: the virtual addresses.
     vips: Option<crate::failover::vip::Vips>,
+    /// What the fencer stops if this node is cut off while the manager is
+    /// busy.
+    fence: Arc<super::fence::Fence>,
 }
 
 impl Managed {
@@ -245,23 +249,8 @@ impl Managed {
                 self.replica = Some(Replica::Secondary(sm));
                 self.synced = None;
             }
-            Action::KeepAside => {
-                // Nothing is overwritten unless the copy is complete.
-                let at = self
-                    .role_file
-                    .with_file_name("split-brain")
-                    .join(utc(crate::cluster::heartbeat::now_ms()).replace(':', ""));
-                // Copying is the main loop's work, not a hang.
-                let done =
-                    crate::replication::aside::keep_aside(&self.base, &at, &|| node.health.beat())
-                        .map_err(|e| (Failure::Secondary, format!("keeping changes aside: {e}")))?;
-                self.note(format!(
-                    "this node's own changes ({} files, {} bytes) kept aside in {}",
-                    done.files,
-                    done.bytes,
-                    at.display()
-                ));
-            }
+            Action::KeepAside => self.keep_aside(node, "split-brain")?,
+            Action::SetAside => self.keep_aside(node, "set-aside")?,
             Action::LeaveSecondary => {
                 node.server.modules.lock().remove(&self.cfg.name);
                 if let Some(Replica::Secondary(sm)) = self.replica.take() {
@@ -291,14 +280,15 @@ impl Managed {
                 node.health.set_serving(&self.cfg.name, true);
             }
             Action::StopApp => {
-                if self.machine.peer().is_none()
-                    && self.machine.state == State::Wait
+                if self.machine.state == State::Wait
+                    && !self.machine.handover
                     && let Some(Replica::Primary(rep, _)) = &self.replica
                 {
-                    // Serving stops without the peer: nothing may be
-                    // acknowledged alone from now on, and calls blocked on
-                    // the peer fail at once so the application can stop.
-                    rep.fence("this node lost its peer and stops serving");
+                    // Serving stops without handing over (cut off, or the
+                    // peer serves newer data): nothing may be acknowledged
+                    // alone from now on, and calls blocked on the peer fail
+                    // at once so the application can stop.
+                    rep.fence("this node stops serving without handing over");
                 }
                 self.release_clients(node);
                 if self.app_running || self.machine.state != State::Wait {
@@ -311,6 +301,26 @@ impl Managed {
             Action::Demote { flush } => self.demote(*flush),
             Action::SaveRole(s) => self.save_role(*s),
         }
+        Ok(())
+    }
+
+    /// Copies this node's changes that the peer may lack into
+    /// `state_dir/modules/MODULE/{under}/TIME/` before the peer's data
+    /// replaces them. Nothing is overwritten unless the copy is complete.
+    fn keep_aside(&mut self, node: &Node2, under: &str) -> Result<(), (Failure, String)> {
+        let at = self
+            .role_file
+            .with_file_name(under)
+            .join(utc(crate::cluster::heartbeat::now_ms()).replace(':', ""));
+        // Copying is the main loop's work, not a hang.
+        let done = crate::replication::aside::keep_aside(&self.base, &at, &|| node.health.beat())
+            .map_err(|e| (Failure::Secondary, format!("keeping changes aside: {e}")))?;
+        self.note(format!(
+            "this node's own changes ({} files, {} bytes) kept aside in {}",
+            done.files,
+            done.bytes,
+            at.display()
+        ));
         Ok(())
     }
 
@@ -339,6 +349,7 @@ impl Managed {
             s.replication.async_max_lag,
             self.dirs()?,
         );
+        rep.set_exclude(replicas::exclude_of(&self.cfg)?);
         // With a quorum, a peer that stops acknowledging is left behind only
         // while this node may serve alone.
         let module = self.cfg.name.clone();
@@ -362,6 +373,9 @@ impl Managed {
         });
         self.link_task = Some(node.rt.spawn(link.clone().run()));
         self.replica = Some(Replica::Primary(rep.clone(), link));
+        *self.fence.rep.lock() = Some(rep.clone());
+        self.fence.fenced.store(false, Ordering::SeqCst);
+        self.fence.armed.store(true, Ordering::SeqCst);
         for (i, path) in self.cfg.dirs.clone().iter().enumerate() {
             let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
             match fs::mount(path, sink.clone(), &MountConfig::default()) {
@@ -384,6 +398,8 @@ impl Managed {
 
     fn demote(&mut self, flush: bool) {
         let t0 = Instant::now();
+        self.fence.armed.store(false, Ordering::SeqCst);
+        *self.fence.rep.lock() = None;
         // Unmount first: whatever the kernel still held goes through the
         // sink and is replicated before the link closes.
         for m in self.mounts.drain(..) {
@@ -462,7 +478,9 @@ impl Managed {
         lb_health::ModuleHealth {
             state: format!("{:?}", self.machine.state).to_uppercase(),
             generation: view.generation.current,
-            serving: self.machine.state.serving() && self.app_running,
+            serving: self.machine.state.serving()
+                && self.app_running
+                && !self.fence.fenced.load(Ordering::SeqCst),
             uptodate: self.machine.state == State::Second && view.uptodate,
         }
     }
@@ -1102,7 +1120,9 @@ pub fn run(
                 crate::config::Failover::Lb { .. } => None,
             },
             failing: 0,
+            fence: super::fence::Fence::new(&m.name),
         };
+        *managed.fence.vips.lock() = managed.vips.as_ref().map(|v| v.fence());
         managed.note(format!(
             "starting as {:?} (last run: {})",
             managed.machine.state,
@@ -1257,6 +1277,43 @@ pub fn run(
             format!("cannot start the guard process (it cleans up if this daemon dies): {e}"),
         )
     })?;
+    // Fences a cut-off node even while the manager waits for a script.
+    let fencer_stop = Arc::new(AtomicBool::new(false));
+    let quorum_ok: Option<super::fence::QuorumOk> = match (&quorum, &ping) {
+        (Some(q), _) => {
+            let q = q.clone();
+            Some(Arc::new(move |m: &str| q.holds(m)))
+        }
+        (None, Some(p)) => {
+            let p = p.clone();
+            Some(Arc::new(move |_: &str| p.ok()))
+        }
+        (None, None) => None,
+    };
+    let fencer = match quorum_ok {
+        None => None,
+        Some(ok) => {
+            let (heard, two) = (hb.clone(), 2 * settings.heartbeat.interval);
+            let quiet = Arc::new(move || {
+                heard
+                    .heard
+                    .lock()
+                    .iter()
+                    .all(|h| h.is_none_or(|t| t.elapsed() >= two))
+            });
+            Some(
+                super::fence::spawn(
+                    modules.iter().map(|m| m.fence.clone()).collect(),
+                    ok,
+                    quiet,
+                    health.clone(),
+                    settings.heartbeat.interval,
+                    fencer_stop.clone(),
+                )
+                .map_err(|e| (EXIT_FAILURE, format!("cannot start the fencer: {e}")))?,
+            )
+        }
+    };
     let node = Node2 {
         quorum,
         guard: Mutex::new(Some(guard)),
@@ -1290,6 +1347,10 @@ pub fn run(
         let _ = rx.recv();
     }
     let _ = manager.join();
+    fencer_stop.store(true, Ordering::SeqCst);
+    if let Some(f) = fencer {
+        let _ = f.join();
+    }
     let _ = std::fs::remove_file(&socket);
     served.map_err(|e| (EXIT_FAILURE, format!("{e:#}")))
 }
@@ -1308,6 +1369,7 @@ fn machine_cfg(s: &Settings, module: &ModuleConfig, me: &Node) -> machine::Confi
         settle_ms: 2 * s.heartbeat.interval.as_millis() as u64,
         start_retries: 1,
         request_ms: 10_000,
+        lease: matches!(s.cluster.quorum, Quorum::Witness(_) | Quorum::Etcd(_)),
     }
 }
 
@@ -1336,6 +1398,14 @@ fn manage(
                 m.checks_on && m.app_running && m.machine.state.serving(),
                 std::sync::atomic::Ordering::Relaxed,
             );
+            // A peer that stepped down for this node cannot take over.
+            let handed = m
+                .machine
+                .peer()
+                .is_some_and(|p| p.state == Some(State::Stop));
+            m.fence
+                .armed
+                .store(m.machine.state.serving() && !handed, Ordering::SeqCst);
         }
         *hb.views.lock() = modules
             .iter()
@@ -1387,6 +1457,12 @@ fn manage(
             Ok(Input::Heard(h)) => {
                 alive = true;
                 for m in modules.iter_mut() {
+                    // A node that froze meets its peer's news with its lease
+                    // as it is now, not as it was before the freeze.
+                    if let Some(w) = &node.quorum {
+                        let q = w.holds(&m.cfg.name);
+                        m.feed(&node, Event::Quorum(q));
+                    }
                     let view = h
                         .beat
                         .modules
@@ -1500,6 +1576,15 @@ fn manage(
                         node.peer.name,
                         timeout.as_millis()
                     ));
+                    m.feed(&node, Event::PeerLost);
+                }
+            }
+            // Fenced by the fencer while this loop was busy: it steps down as
+            // it would have, and serves again only as the machine decides.
+            for m in modules.iter_mut() {
+                if m.machine.state.serving() && m.fence.fenced.load(Ordering::SeqCst) {
+                    m.note("fenced while the manager was busy: stepping down".into());
+                    m.feed(&node, Event::Quorum(false));
                     m.feed(&node, Event::PeerLost);
                 }
             }

@@ -4,6 +4,7 @@
 //! directories are mounted and their mutations only counted.
 
 mod cluster;
+mod fence;
 mod replicas;
 
 pub use replicas::Role;

@@ -242,6 +242,7 @@ pub fn start(
                     settings.replication.async_max_lag,
                     open_dirs(settings, m)?,
                 );
+                rep.set_exclude(exclude_of(m)?);
                 let link = Arc::new(PrimaryLink {
                     rep: rep.clone(),
                     creds: creds.clone(),
@@ -279,4 +280,9 @@ pub fn start(
         }
     }
     Ok(out)
+}
+
+/// The module's compiled `exclude` patterns (validated with the config).
+pub fn exclude_of(m: &crate::config::Module) -> Result<crate::config::Exclude, String> {
+    crate::config::Exclude::new(&m.exclude).map_err(|e| format!("module {}: exclude {e}", m.name))
 }

@@ -28,6 +28,8 @@ use crate::changelog::{ChangeLog, FileId, NsChange};
 use crate::config::Ack;
 use crate::fs::{Errno, LocalApply, Mutation, MutationSink, Remains};
 
+mod exclude;
+
 use super::activity::{Activity, EXTENT};
 use super::entry;
 use super::wire::{Message, Time, WireMutation};
@@ -236,6 +238,15 @@ pub struct Replicator {
     /// stopped acknowledging waits — for the peer or for the fence — instead
     /// of being acknowledged alone: the peer may be about to take over.
     alone_ok: Mutex<Option<AloneCheck>>,
+    /// The peer was current and the link is gone, but nothing that promised
+    /// durability has been acknowledged without it yet: the new generation
+    /// that says the peer fell behind is started just before the first such
+    /// acknowledgement. A node that froze, was cut off or lost its lease and
+    /// acknowledged nothing alone thus keeps the generation its peer has, and
+    /// comes back as that peer's SECOND instead of as a split brain.
+    owe_generation: Mutex<bool>,
+    /// The module's `exclude` patterns (see [`exclude`]).
+    exclude: std::sync::OnceLock<crate::config::Exclude>,
     bytes_replicated: AtomicU64,
     resync: Mutex<ResyncProgress>,
     last_error: Mutex<Option<String>>,
@@ -285,6 +296,8 @@ impl Replicator {
             next_conn: AtomicU64::new(1),
             fenced: std::sync::atomic::AtomicBool::new(false),
             alone_ok: Mutex::new(None),
+            owe_generation: Mutex::new(false),
+            exclude: std::sync::OnceLock::new(),
             bytes_replicated: AtomicU64::new(0),
             resync: Mutex::new(ResyncProgress::default()),
             last_error: Mutex::new(None),
@@ -319,6 +332,9 @@ impl Replicator {
         o.resync_done = None;
         let first = o.next_seq;
         drop(o);
+        // The peer resynchronises from the change log and then shares this
+        // node's generation: nothing was acknowledged alone.
+        *self.owe_generation.lock() = false;
         *self.lag.lock() = Lag::default();
         let mut a = self.acks.lock();
         *a = Acks {
@@ -363,11 +379,13 @@ impl Replicator {
             if failed && o.current(durable) {
                 // The peer was current and is no longer: a new generation
                 // (before anything is acknowledged without it) tells the peer
-                // and the cluster manager that its copy fell behind.
-                for d in &self.dirs {
-                    if let Err(e) = d.log.new_generation() {
-                        self.note_error(format!("change log: {e}"));
-                    }
+                // and the cluster manager that its copy fell behind. Where
+                // every promise of durability waits for the peer, it is
+                // started with the first one kept without it.
+                if self.ack == Ack::Async {
+                    self.new_generation();
+                } else {
+                    *self.owe_generation.lock() = true;
                 }
             }
             // Hot extents become exact again: only what the peer may lack
@@ -547,6 +565,15 @@ impl Replicator {
         self.acked.notify_all();
     }
 
+    /// Starts a new generation in every directory's change log.
+    fn new_generation(&self) {
+        for d in &self.dirs {
+            if let Err(e) = d.log.new_generation() {
+                self.note_error(format!("change log: {e}"));
+            }
+        }
+    }
+
     /// Sets the quorum check that lets this node go on alone.
     pub fn set_alone_check(&self, check: AloneCheck) {
         *self.alone_ok.lock() = Some(check);
@@ -576,8 +603,15 @@ impl Replicator {
             if self.fenced.load(Ordering::SeqCst) {
                 return Err(Errno::EIO);
             }
+            if self.order.lock().link.is_some() {
+                return Ok(());
+            }
             let check = self.alone_ok.lock().clone();
-            if check.is_none_or(|ok| ok()) || self.order.lock().link.is_some() {
+            if check.is_none_or(|ok| ok()) {
+                let mut owe = self.owe_generation.lock();
+                if std::mem::take(&mut *owe) {
+                    self.new_generation();
+                }
                 return Ok(());
             }
             crate::fs::blocking();
@@ -910,6 +944,10 @@ impl Replicator {
         );
         if self.fenced.load(Ordering::SeqCst) {
             return Err(Errno::EIO);
+        }
+        match self.scope(dir, m) {
+            exclude::Scope::Replicated => {}
+            scope => return self.submit_scoped(dir, m, scope, local),
         }
         let mut o = self.order.lock();
         let owes = match m {
@@ -1312,12 +1350,59 @@ mod tests {
         assert!(o.link.is_none() && o.resync_done.is_none() && !o.ready);
         drop(o);
         assert!(!rep.acks.lock().connected);
-        assert_ne!(
+        assert_eq!(
             rep.dirs[0].log.generation().unwrap().current,
             generation,
-            "the peer that was current is behind now: a new generation says so"
+            "nothing was acknowledged without the peer yet: same data, same generation"
         );
         assert_eq!(rep.status().peer, "alone");
+        rep.alone().unwrap();
+        let alone = rep.dirs[0].log.generation().unwrap().current;
+        assert_ne!(
+            alone, generation,
+            "the peer that was current is behind once a durable call is kept without it"
+        );
+        rep.alone().unwrap();
+        assert_eq!(rep.dirs[0].log.generation().unwrap().current, alone, "once");
+    }
+
+    #[test]
+    fn a_node_that_may_not_go_on_alone_keeps_its_generation_until_fenced() {
+        let (rep, _root) = replicator(1000);
+        let generation = rep.dirs[0].log.generation().unwrap().current;
+        let allowed = Arc::new(AtomicBool::new(false));
+        let a = allowed.clone();
+        rep.set_alone_check(Arc::new(move || a.load(Ordering::SeqCst)));
+        let (conn, _rx) = current_link(&rep);
+        rep.detach(conn, "the peer went away");
+        let waiting = {
+            let rep = rep.clone();
+            std::thread::spawn(move || rep.alone())
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !waiting.is_finished(),
+            "acknowledged without the peer or quorum"
+        );
+        rep.fence("lost the lease");
+        assert_eq!(waiting.join().unwrap(), Err(Errno::EIO));
+        assert_eq!(
+            rep.dirs[0].log.generation().unwrap().current,
+            generation,
+            "a fenced node that kept nothing alone has the peer's generation"
+        );
+    }
+
+    #[test]
+    fn a_link_back_before_anything_was_kept_alone_owes_no_generation() {
+        let (rep, _root) = replicator(1000);
+        let generation = rep.dirs[0].log.generation().unwrap().current;
+        let (conn, _rx) = current_link(&rep);
+        rep.detach(conn, "the peer went away");
+        let (_, _rx2) = current_link(&rep);
+        rep.close_link("done");
+        rep.alone().unwrap();
+        assert_eq!(rep.dirs[0].log.generation().unwrap().current, generation);
     }
 
     /// Attaches a link whose peer is current (resync done, all durable).

@@ -99,7 +99,9 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
     for (d, dv) in diverged.iter().enumerate() {
         let log = &rep.dirs[d].log;
         let mut marks = Vec::new();
-        for (p, ranges) in &dv.files {
+        // What the target holds under excluded names is its own.
+        let dir = d as u32;
+        for (p, ranges) in dv.files.iter().filter(|(p, _)| !rep.is_excluded(dir, p)) {
             let id = log.ensure(p).map_err(err)?;
             marks.extend(ranges.iter().map(|r| (id, r.start, r.end - r.start)));
         }
@@ -107,6 +109,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
         let names = dv
             .paths
             .iter()
+            .filter(|p| !rep.is_excluded(dir, p))
             .map(|p| NsChange::SetAttr { path: p.clone() })
             .collect();
         log.log_ns_many(names).map_err(err)?;
@@ -312,6 +315,9 @@ fn ship_names(
                 }
             }
             for p in touched(change) {
+                if rep.is_excluded(dir, p) {
+                    continue;
+                }
                 if done.insert(p.clone()) {
                     ship_state(x, dir, p, true)?;
                 }

@@ -508,7 +508,10 @@ pub async fn run(
                 _ = ticker => unreachable!(),
             },
         };
-        let ours = local.await.map_err(|e| e.to_string())??;
+        let mut ours = local.await.map_err(|e| e.to_string())??;
+        let mut theirs = theirs;
+        replicated_only(&rep, &mut ours);
+        replicated_only(&rep, &mut theirs);
         report.files += ours.len() as u64;
         report.bytes += ours.values().map(|i| i.entry.size).sum::<u64>();
         report.bytes_hashed += progress.bytes_hashed.load(Ordering::Relaxed);
@@ -547,12 +550,23 @@ pub async fn run(
         })
         .await
         .map_err(|e| e.to_string())??;
+        let mut again_ours = again_ours;
+        replicated_only(&rep, &mut again_ours);
+        replicated_only(&rep, &mut again_theirs);
         report
             .differences
             .extend(compare(dir, &again_ours, &again_theirs, true));
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Leaves out what the module's `exclude` patterns keep from replication,
+/// on either side: neither compared, nor shipped, nor removed.
+fn replicated_only(rep: &super::primary::Replicator, items: &mut BTreeMap<PathBuf, Item>) {
+    if let Some(ex) = rep.exclusions() {
+        items.retain(|p, it| !ex.excluded(p, it.entry.kind == EntryKind::Dir));
+    }
 }
 
 /// Records every difference in the change log so the next resync ships it:

@@ -571,6 +571,40 @@ timeout_s = 20
         }
     }
 
+    /// Freezes node `n`'s daemon for `d` (SIGSTOP, as a VM stall or a swap
+    /// storm does), then lets it run on. Its application is not frozen.
+    pub fn pause(&self, n: usize, d: Duration) {
+        let pid = self.daemons[n - 1].as_ref().expect("daemon running").id() as i32;
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(d);
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+
+    /// Samples both nodes' acknowledged counts until `stop` and returns
+    /// the moments both grew between two samples: two writers acknowledged
+    /// at once.
+    pub fn sample_acks(&self, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
+        let mut both = Vec::new();
+        let mut last = (self.acked(1), self.acked(2));
+        let t0 = std::time::Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+            let now = (self.acked(1), self.acked(2));
+            if now.0 > last.0 && now.1 > last.1 {
+                both.push(format!(
+                    "at {} ms: node1 {} -> {}, node2 {} -> {}",
+                    t0.elapsed().as_millis(),
+                    last.0,
+                    now.0,
+                    last.1,
+                    now.1
+                ));
+            }
+            last = now;
+        }
+        both
+    }
+
     pub fn tandem(&self, n: usize, args: &[&str]) -> std::process::Output {
         Command::new(tandem_bin())
             .arg("-c")

@@ -15,6 +15,8 @@ pub struct Pair {
     pub tmp: tempfile::TempDir,
     pub port: u16,
     pub ack: &'static str,
+    /// More settings of the module.
+    pub extra: String,
     daemons: [Option<Child>; 2],
 }
 
@@ -36,6 +38,11 @@ impl Pair {
     }
 
     pub fn with_ack(ack: &'static str) -> Self {
+        Self::with_module(ack, "")
+    }
+
+    /// With `extra` lines in the module's section.
+    pub fn with_module(ack: &'static str, extra: &str) -> Self {
         super::require_fuse();
         let tmp = tempdir();
         let port = free_port();
@@ -43,6 +50,7 @@ impl Pair {
             tmp,
             port,
             ack,
+            extra: extra.to_string(),
             daemons: [None, None],
         };
         for n in 1..=2 {
@@ -88,6 +96,7 @@ name = "app"
 dirs = ["{dir}"]
 ack = "{ack}"
 failover = "lb"
+{extra}
 "#,
             port = self.port,
             sock = t.join(format!("n{n}.sock")).display(),
@@ -95,6 +104,7 @@ failover = "lb"
             tls = t.join("tls").display(),
             dir = self.dir(n).display(),
             ack = self.ack,
+            extra = self.extra,
         )
     }
 

@@ -20,6 +20,7 @@ fn cfg() -> Config {
         settle_ms: 0,
         start_retries: 1,
         request_ms: 5000,
+        lease: true,
     }
 }
 
@@ -372,7 +373,116 @@ fn after_both_nodes_lost_power_they_return_to_their_former_roles() {
 }
 
 #[test]
+fn a_primary_that_froze_yields_to_the_twin_that_went_on_alone_and_follows_it() {
+    // node1 froze as PRIM of G1; node2 took over with the lease (G2 after G1).
+    let mut a = prim(true, cfg());
+    let twin = peer(State::Alone, false, gn(G2, &[G1]));
+    // Its quorum not looked at yet since it woke: the generations decide.
+    let out = a.step(5_000, Event::Peer(twin.clone()));
+    assert_eq!(
+        out.actions[..2],
+        [Action::StopApp, Action::Demote { flush: false }]
+    );
+    assert_eq!(a.state, State::Wait);
+    assert!(!a.split_brain, "{}", a.why);
+    let out = a.step(5_050, Event::Peer(twin));
+    assert_eq!(
+        out.actions[..2],
+        [Action::SetAside, Action::BecomeSecondary { full: false }],
+        "what it changed that the twin may lack is set aside, then it follows"
+    );
+    assert_eq!(a.state, State::Second);
+    assert!(!a.view().served_last);
+
+    // The twin, for its part, serves on: a PRIM of an older generation is
+    // a past state, not a split brain.
+    let mut b = Machine::new(
+        Config {
+            listed_first: false,
+            ..cfg()
+        },
+        0,
+        Some(State::Alone),
+        gn(G2, &[G1]),
+        true,
+    );
+    b.step(2_000, Event::Tick);
+    assert_eq!(b.state, State::Alone);
+    let out = b.step(2_010, Event::Peer(peer(State::Prim, false, gn(G1, &[]))));
+    assert!(out.actions.is_empty(), "{out:?}");
+    assert_eq!(b.state, State::Alone);
+    assert!(!b.split_brain, "{}", b.why);
+}
+
+#[test]
+fn of_two_nodes_serving_the_same_data_the_lease_holder_keeps_serving() {
+    let second = Config {
+        listed_first: false,
+        ..cfg()
+    };
+    let mut b = Machine::new(second.clone(), 0, Some(State::Alone), gn(G1, &[]), true);
+    b.step(2_000, Event::Tick);
+    let out = b.step(2_010, Event::Peer(peer(State::Prim, false, gn(G1, &[]))));
+    assert!(
+        out.actions.is_empty() && b.state == State::Alone,
+        "{}",
+        b.why
+    );
+    let mut a = prim(true, cfg());
+    a.step(3_000, Event::Quorum(false));
+    let out = a.step(3_010, Event::Peer(b.view()));
+    assert!(
+        has(&out, &Action::StopApp),
+        "the node without the lease yields"
+    );
+    assert!(!a.split_brain);
+    // Without a lease the node listed first keeps serving.
+    let mut b = Machine::new(
+        Config {
+            lease: false,
+            ..second
+        },
+        0,
+        Some(State::Alone),
+        gn(G1, &[]),
+        true,
+    );
+    b.step(2_000, Event::Tick);
+    let out = b.step(2_010, Event::Peer(peer(State::Prim, false, gn(G1, &[]))));
+    assert!(has(&out, &Action::StopApp) && b.state == State::Wait);
+    assert!(!b.split_brain);
+}
+
+#[test]
+fn in_a_split_brain_the_lease_holder_keeps_serving_whichever_node_it_is() {
+    let second = Config {
+        listed_first: false,
+        ..cfg()
+    };
+    let mut b = Machine::new(second, 0, Some(State::Alone), gn(G3, &[G1]), true);
+    b.step(2_000, Event::Tick);
+    let out = b.step(2_010, Event::Peer(peer(State::Alone, false, gn(G2, &[G1]))));
+    assert!(out.actions.is_empty(), "the lease holder serves on");
+    assert!(b.split_brain && b.state == State::Alone);
+    let mut a = Machine::new(cfg(), 0, Some(State::Alone), gn(G2, &[G1]), true);
+    a.step(2_000, Event::Tick);
+    assert_eq!(a.state, State::Alone);
+    // Its lease looked stale-held a moment; once it knows, it yields.
+    let out = a.step(2_010, Event::Peer(b.view()));
+    assert!(out.actions.is_empty());
+    let out = a.step(2_020, Event::Quorum(false));
+    assert!(has(&out, &Action::StopApp));
+    assert!(a.split_brain && a.state == State::Wait);
+    let out = a.step(2_100, Event::Peer(b.view()));
+    assert!(out.actions.is_empty(), "no silent resync");
+}
+
+#[test]
 fn split_brain_is_detected_and_never_resolved_silently() {
+    let cfg = || Config {
+        lease: false,
+        ..cfg()
+    };
     let mut a = Machine::new(cfg(), 0, Some(State::Alone), gn(G2, &[G1]), true);
     a.step(2_000, Event::Tick);
     assert_eq!(a.state, State::Alone);

@@ -144,7 +144,17 @@ fn exclude_pattern(r: &mut Report, value: &Str, field: &str) -> Option<String> {
     } else if s.starts_with('/') {
         "must be relative to the module's directories, not absolute"
     } else {
-        return Some(s.clone());
+        match crate::config::exclude::check(s) {
+            Ok(()) => return Some(s.clone()),
+            Err(e) => {
+                r.error(
+                    field,
+                    Some(value.span()),
+                    format!("{s:?} is not a pattern: {e}"),
+                );
+                return None;
+            }
+        }
     };
     r.error(field, Some(value.span()), format!("{s:?} {problem}"));
     None

@@ -41,6 +41,36 @@ pub struct Vips {
     taken: Vec<Taken>,
     /// The announcer: dropping the sender stops it.
     announcer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    fence: VipFence,
+}
+
+/// Drops the addresses from another thread than the one that owns the
+/// [`Vips`] (the fencer, when the owner is busy): the announcer falls
+/// silent and the addresses go. The owner's later release finds them gone.
+#[derive(Clone, Default)]
+pub struct VipFence {
+    inner: std::sync::Arc<FenceInner>,
+}
+
+#[derive(Default)]
+struct FenceInner {
+    muted: std::sync::atomic::AtomicBool,
+    taken: parking_lot::Mutex<Vec<Taken>>,
+}
+
+impl VipFence {
+    /// Silences the announcer and removes the addresses; returns what failed.
+    pub fn drop_all(&self) -> Vec<String> {
+        self.inner
+            .muted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let taken = std::mem::take(&mut *self.inner.taken.lock());
+        remove_all(&taken)
+    }
+
+    fn muted(&self) -> bool {
+        self.inner.muted.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Vips {
@@ -57,7 +87,13 @@ impl Vips {
             announce,
             taken: Vec::new(),
             announcer: None,
+            fence: VipFence::default(),
         }
+    }
+
+    /// The handle that drops these addresses from another thread.
+    pub fn fence(&self) -> VipFence {
+        self.fence.clone()
     }
 
     /// Where each address would go; an error names the address.
@@ -109,12 +145,17 @@ impl Vips {
         if !self.taken.is_empty() {
             return Ok(());
         }
+        self.fence
+            .inner
+            .muted
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         for t in plan {
             if let Err(e) = netlink::add(t.index, t.addr, t.prefix) {
                 let err = format!("adding {t}: {e}");
                 self.release();
                 return Err(err);
             }
+            self.fence.inner.taken.lock().push(t.clone());
             self.taken.push(t);
         }
         Ok(())
@@ -127,9 +168,10 @@ impl Vips {
         }
         let (tx, rx) = mpsc::channel();
         let (list, a, module) = (self.taken.clone(), self.announce, self.module.clone());
+        let fence = self.fence.clone();
         let h = std::thread::Builder::new()
             .name("vip-announce".into())
-            .spawn(move || announcer(&module, &list, a, &rx))
+            .spawn(move || announcer(&module, &list, a, &rx, &fence))
             .map_err(|e| format!("starting the announcer: {e}"))?;
         self.announcer = Some((tx, h));
         Ok(())
@@ -152,6 +194,7 @@ impl Vips {
                     true
                 }
             });
+        *self.fence.inner.taken.lock() = self.taken.clone();
         errors
     }
 }
@@ -185,19 +228,31 @@ pub fn announce_once(module: &str, taken: &[Taken]) {
 }
 
 /// The burst, then a refresh every `a.refresh`, until `stop` is dropped.
-fn announcer(module: &str, taken: &[Taken], a: Announce, stop: &mpsc::Receiver<()>) {
+fn announcer(
+    module: &str,
+    taken: &[Taken],
+    a: Announce,
+    stop: &mpsc::Receiver<()>,
+    fence: &VipFence,
+) {
+    // A fenced node claims the addresses no more.
+    let announce = || {
+        if !fence.muted() {
+            announce_once(module, taken);
+        }
+    };
     for i in 0..a.count {
         if i > 0 && stopped(stop, a.interval) {
             return;
         }
-        announce_once(module, taken);
+        announce();
     }
     let Some(every) = a.refresh else {
         let _ = stop.recv();
         return;
     };
     while !stopped(stop, every) {
-        announce_once(module, taken);
+        announce();
     }
 }
 

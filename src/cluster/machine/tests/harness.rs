@@ -18,6 +18,12 @@ struct Node {
     heard: u64,
     peer_known: bool,
     next_gen: u64,
+    /// Paused (SIGSTOP, a VM stall): neither steps nor sends.
+    frozen: bool,
+    /// Woke from a pause and has not finished its first tick.
+    thawing: bool,
+    /// Changes this node's copies aside before following its peer.
+    set_aside: u32,
 }
 
 struct Net {
@@ -36,6 +42,7 @@ fn cfg(i: usize) -> Config {
         settle_ms: 100,
         start_retries: 1,
         request_ms: 2_000,
+        lease: true,
     }
 }
 
@@ -55,6 +62,9 @@ impl Net {
             heard: 0,
             peer_known: false,
             next_gen: 100 * (i as u64 + 1),
+            frozen: false,
+            thawing: false,
+            set_aside: 0,
         };
         let mut n = Net {
             nodes: [node(0, State::Prim), node(1, State::Second)],
@@ -105,6 +115,7 @@ impl Net {
                 Action::Demote { .. } => n.mounted = false,
                 Action::BecomeSecondary { .. } => n.syncing = Some(0),
                 Action::LeaveSecondary => n.syncing = None,
+                Action::SetAside => n.set_aside += 1,
                 Action::SaveRole(_) | Action::KeepAside => {}
             }
         }
@@ -112,6 +123,11 @@ impl Net {
     }
 
     fn check(&self) {
+        // A paused daemon's application still runs but can be acknowledged
+        // nothing; it must be stopped within the tick its daemon wakes in.
+        if self.nodes.iter().any(|n| n.frozen || n.thawing) {
+            return;
+        }
         assert!(
             !(self.nodes[0].app && self.nodes[1].app),
             "two nodes run the application at {} ms: {:?}",
@@ -145,10 +161,16 @@ impl Net {
         let views: Vec<Option<PeerView>> = self
             .nodes
             .iter()
-            .map(|n| n.m.as_ref().map(|m| m.view()))
+            .map(|n| n.m.as_ref().filter(|_| !n.frozen).map(|m| m.view()))
             .collect();
         for i in 0..2 {
+            if self.nodes[i].frozen {
+                continue;
+            }
             let j = 1 - i;
+            // Like the daemon: a heartbeat is met with the lease as it is now.
+            let q = self.quorum(i);
+            self.feed(i, Event::Quorum(q));
             if self.link
                 && let Some(v) = views[j].clone()
             {
@@ -174,6 +196,8 @@ impl Net {
             let q = self.quorum(i);
             self.feed(i, Event::Quorum(q));
             self.feed(i, Event::Tick);
+            self.nodes[i].thawing = false;
+            self.check();
         }
     }
 
@@ -203,6 +227,31 @@ impl Net {
             false,
         ));
         n.peer_known = false;
+    }
+}
+
+#[test]
+fn a_primary_paused_past_the_timeout_comes_back_as_second_by_itself() {
+    for pause in [HB_TIMEOUT / 2, HB_TIMEOUT, LEASE + 300, 3 * LEASE] {
+        let mut n = Net::new();
+        n.nodes[0].frozen = true;
+        n.run(pause);
+        n.nodes[0].frozen = false;
+        n.nodes[0].thawing = true;
+        n.run(3_000);
+        // Past the lease the twin took over; the old primary follows it.
+        let took_over = pause > LEASE;
+        let expected = if took_over {
+            [Some(State::Second), Some(State::Prim)]
+        } else {
+            [Some(State::Prim), Some(State::Second)]
+        };
+        assert_eq!(n.states(), expected, "paused {pause} ms");
+        for node in &n.nodes {
+            let m = node.m.as_ref().unwrap();
+            assert!(!m.split_brain, "paused {pause} ms: {}", m.why);
+        }
+        assert_eq!(n.nodes[0].set_aside, took_over as u32, "paused {pause} ms");
     }
 }
 
