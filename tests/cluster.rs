@@ -304,6 +304,75 @@ fn a_paused_primary_never_stops_the_service_nor_makes_a_split_brain() {
     );
 }
 
+/// node1's cluster manager waits for a slow script of another module when
+/// node1 is cut off from its peer and the witness: the fencer, not the
+/// manager, takes it out of service — its health endpoint says 503 and its
+/// application is acknowledged nothing — before node2 takes over.
+#[test]
+fn a_cut_off_node_is_fenced_while_its_manager_waits_for_a_slow_script() {
+    let net = Net::pair();
+    let mut c = Cluster::build_extra(
+        Some(&net),
+        "witness",
+        false,
+        "",
+        "[[module]]\nname = \"db\"\ndirs = [\"{t}/node{n}/db\"]\nfailover = \"lb\"\n\
+         lb_port = {lb}\n[module.scripts]\nstart_prim = \"{t}/slow.sh\"\ntimeout_s = 30\n",
+    );
+    common::cluster::script(
+        &c.path("slow.sh"),
+        "#!/bin/sh\n[ \"$TANDEM_NODE\" = node1 ] && [ -f \"$APP_SIDE/../slow\" ] && sleep 8\nexit 0\n",
+    );
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    assert!(wait_until(30, || c.state_of(1, 1) == "PRIM"));
+    c.wait_app_writes(1);
+    let (ns1, port1) = (net.nodes[0].clone(), c.lb_port(1));
+    let probe =
+        || common::cluster::in_netns(&ns1, || common::cluster::http_status(port1, "/primary/app"));
+    assert_eq!(probe(), Some(200));
+    std::fs::write(c.path("slow"), b"").unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let restart = s.spawn(|| c.tandem(1, &["restart", "db"]));
+        let sampler = s.spawn(|| c.sample_acks(&stop));
+        // The manager is in the slow start now.
+        std::thread::sleep(Duration::from_millis(800));
+        net.set(1, "peer", false);
+        net.set(1, "wit", false);
+        let cut = Instant::now();
+        let mut first_503 = None;
+        let took_over = wait_until(20, || {
+            if first_503.is_none() && probe() != Some(200) {
+                first_503 = Some(cut.elapsed());
+            }
+            c.state(2) == "ALONE"
+        });
+        let took_over_after = cut.elapsed();
+        assert!(took_over, "node2 did not take over:\n{}", c.log_text(2));
+        assert_ne!(probe(), Some(200), "node1 still says it serves");
+        let fenced = first_503.expect("node1's endpoint never stopped saying 200");
+        assert!(
+            fenced < took_over_after,
+            "node1 said 200 until {fenced:?}, node2 served from {took_over_after:?}"
+        );
+        c.wait_app_writes(2);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let both = sampler.join().unwrap();
+        assert!(both.is_empty(), "two nodes acknowledged at once: {both:?}");
+        eprintln!(
+            "cut at 0: node1 out of service after {fenced:?}, node2 served after {took_over_after:?}"
+        );
+        std::fs::remove_file(c.path("slow")).unwrap();
+        let _ = restart.join();
+        assert!(c.log_text(1).contains("fenced"), "{}", c.log_text(1));
+    });
+    net.set(1, "peer", true);
+    net.set(1, "wit", true);
+    c.wait_states("SECOND", "PRIM", 30);
+}
+
 /// The link between the nodes is cut, then the primary isolated, with the
 /// quorum (`kind`) in a namespace of its own.
 fn partition_never_yields_two_serving_nodes(kind: &str) {

@@ -234,6 +234,36 @@ impl Drop for Net {
     }
 }
 
+/// Runs `f` on a thread inside network namespace `ns`.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            assert_eq!(
+                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns {ns}"
+            );
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// The status of `GET path` on 127.0.0.1:`port` (None: no answer within 500 ms).
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Free UDP and TCP ports on both loopback addresses.
 pub fn free_ports() -> (u16, u16) {
     let free = |udp: bool| loop {
@@ -518,6 +548,15 @@ timeout_s = 20
 
     pub fn config(&self, n: usize) -> PathBuf {
         self.path(&format!("n{n}.toml"))
+    }
+
+    /// Node `n`'s health endpoint port (its first `lb_port`).
+    pub fn lb_port(&self, n: usize) -> u16 {
+        let text = std::fs::read_to_string(self.config(n)).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("lb_port = "))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("an lb_port")
     }
 
     pub fn log_text(&self, n: usize) -> String {
