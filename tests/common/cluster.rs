@@ -234,6 +234,35 @@ impl Drop for Net {
     }
 }
 
+/// [`Cluster::sample_acks`] for the cluster made in `dir`.
+pub fn sample_acks(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
+    let acked = |n: usize| {
+        std::fs::read_to_string(dir.join(format!("side{n}/acked")))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut both = Vec::new();
+    let mut last = (acked(1), acked(2));
+    let t0 = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = (acked(1), acked(2));
+        if now.0 > last.0 && now.1 > last.1 {
+            both.push(format!(
+                "at {} ms: node1 {} -> {}, node2 {} -> {}",
+                t0.elapsed().as_millis(),
+                last.0,
+                now.0,
+                last.1,
+                now.1
+            ));
+        }
+        last = now;
+    }
+    both
+}
+
 /// Runs `f` on a thread inside network namespace `ns`.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
@@ -291,6 +320,8 @@ pub const APP: &str = r#"#!/bin/sh
 f="$TANDEM_DIRS/records"
 n=$(wc -l < "$f" 2>/dev/null || echo 0)
 while :; do
+  # Held by the test (to compare the trees at rest).
+  while [ -f "$APP_SIDE/../hold" ]; do sleep 0.05; done
   n=$((n+1))
   echo "$n" | dd of="$f" oflag=append conv=notrunc,fsync status=none || exit 1
   echo "$n" > "$APP_SIDE/acked.tmp" && mv "$APP_SIDE/acked.tmp" "$APP_SIDE/acked"
@@ -623,25 +654,7 @@ timeout_s = 20
     /// the moments both grew between two samples: two writers acknowledged
     /// at once.
     pub fn sample_acks(&self, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
-        let mut both = Vec::new();
-        let mut last = (self.acked(1), self.acked(2));
-        let t0 = std::time::Instant::now();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-            let now = (self.acked(1), self.acked(2));
-            if now.0 > last.0 && now.1 > last.1 {
-                both.push(format!(
-                    "at {} ms: node1 {} -> {}, node2 {} -> {}",
-                    t0.elapsed().as_millis(),
-                    last.0,
-                    now.0,
-                    last.1,
-                    now.1
-                ));
-            }
-            last = now;
-        }
-        both
+        sample_acks(self.tmp.path(), stop)
     }
 
     pub fn tandem(&self, n: usize, args: &[&str]) -> std::process::Output {
