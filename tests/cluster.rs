@@ -226,8 +226,8 @@ fn with_an_etcd_lease_a_cut_or_an_isolated_primary_never_yields_two_serving_node
 /// The serving daemon is frozen (SIGSTOP) for less than, about and more
 /// than the heartbeat timeout (500 ms; the witness's lease lasts 700 ms):
 /// the cluster is back to PRIM and an up-to-date SECOND by itself every
-/// time, with no split brain, every acknowledged record on the serving node
-/// and never two nodes acknowledging at once.
+/// time, with no split brain and every record acknowledged on either node
+/// on the serving node, written by the node that acknowledged it.
 #[test]
 fn a_paused_primary_never_stops_the_service_nor_makes_a_split_brain() {
     let net = Net::pair();
@@ -242,17 +242,8 @@ fn a_paused_primary_never_stops_the_service_nor_makes_a_split_brain() {
             c.state(n) == "PRIM" && c.state(other) == "SECOND" && c.uptodate(other)
         })
     };
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
     let mut took_over = 0;
-    std::thread::scope(|s| {
-        let sampler = s.spawn(|| c.sample_acks(&stop));
-        let stopper = Stop(&stop);
+    {
         for pause in [250, 500, 2_000, 3_000] {
             let p = serving(&c).expect("one PRIM and an up-to-date SECOND");
             c.pause(p, Duration::from_millis(pause));
@@ -286,12 +277,10 @@ fn a_paused_primary_never_stops_the_service_nor_makes_a_split_brain() {
                 "node{now} has {} records, {acked} were acknowledged",
                 c.records(now)
             );
+            c.assert_acks_kept(now);
             eprintln!("paused node{p} {pause} ms: node{now} serves");
         }
-        drop(stopper);
-        let both = sampler.join().unwrap();
-        assert!(both.is_empty(), "two nodes acknowledged at once: {both:?}");
-    });
+    }
     assert!(took_over >= 2, "the long pauses made the twin take over");
     for n in 1..=2 {
         let log = c.log_text(n);
@@ -307,7 +296,7 @@ fn a_paused_primary_never_stops_the_service_nor_makes_a_split_brain() {
 /// node1's cluster manager waits for a slow script of another module when
 /// node1 is cut off from its peer and the witness: the fencer, not the
 /// manager, takes it out of service — its health endpoint says 503 and its
-/// application is acknowledged nothing — before node2 takes over.
+/// application is acknowledged nothing more — before node2 takes over.
 #[test]
 fn a_cut_off_node_is_fenced_while_its_manager_waits_for_a_slow_script() {
     let net = Net::pair();
@@ -333,10 +322,8 @@ fn a_cut_off_node_is_fenced_while_its_manager_waits_for_a_slow_script() {
         || common::cluster::in_netns(&ns1, || common::cluster::http_status(port1, "/primary/app"));
     assert_eq!(probe(), Some(200));
     std::fs::write(c.path("slow"), b"").unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let restart = s.spawn(|| c.tandem(1, &["restart", "db"]));
-        let sampler = s.spawn(|| c.sample_acks(&stop));
         // The manager is in the slow start now.
         std::thread::sleep(Duration::from_millis(800));
         net.set(1, "peer", false);
@@ -358,9 +345,7 @@ fn a_cut_off_node_is_fenced_while_its_manager_waits_for_a_slow_script() {
             "node1 said 200 until {fenced:?}, node2 served from {took_over_after:?}"
         );
         c.wait_app_writes(2);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let both = sampler.join().unwrap();
-        assert!(both.is_empty(), "two nodes acknowledged at once: {both:?}");
+        c.assert_acks_kept(2);
         eprintln!(
             "cut at 0: node1 out of service after {fenced:?}, node2 served after {took_over_after:?}"
         );

@@ -3,11 +3,12 @@
 //! longer than the heartbeat timeout) and cut off (from its peer, from
 //! everything, or one way only) at random moments while the application
 //! appends fsync'd records, with `quorum = "witness"`, `"etcd"` and
-//! `"none"` (kills and pauses only: cuts make two primaries there, as
-//! documented). After every round the cluster must be back to a PRIM and an
-//! up-to-date SECOND by itself, with every acknowledged record on the
-//! serving node; a sampler checks all along that the two nodes never
-//! acknowledge at once; at the end both trees compare identical.
+//! `"none"` (kills and short pauses only: without a quorum a cut or a long
+//! pause makes two primaries, as documented). After every round the cluster must be back to a PRIM and an
+//! up-to-date SECOND by itself, and every record acknowledged on either
+//! node must be on the serving node, written by the node that acknowledged
+//! it (two writers acknowledging the same record would leave one of them
+//! out); at the end both trees compare identical.
 //!
 //! CI runs a few rounds of each; `TANDEM_FAULT_ROUNDS=50 cargo test --release
 //! --test faults -- --nocapture` is the long form.
@@ -15,7 +16,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Net, ip};
@@ -106,74 +106,72 @@ fn suite(kind: &str, faults: &[Fault], rounds: usize, seed: u64) {
     c.wait_states("PRIM", "SECOND", 60);
     c.wait_app_writes(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let stop = AtomicBool::new(false);
     let mut done: BTreeMap<String, u32> = BTreeMap::new();
     let t0 = Instant::now();
-    let dir = c.tmp.path().to_path_buf();
-    let both = std::thread::scope(|s| {
-        let sampler = s.spawn(|| common::cluster::sample_acks(&dir, &stop));
-        struct Stop<'a>(&'a AtomicBool);
-        impl Drop for Stop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
-        let stopper = Stop(&stop);
-        let c = &mut c;
-        for round in 0..rounds {
-            let p = settled_within(c, 60).unwrap_or_else(|| {
-                panic!(
-                    "[{kind} round {round}] not back to PRIM and an up-to-date SECOND \
-                     without an operator: {}/{}\n--- node1\n{}\n--- node2\n{}",
-                    c.state(1),
-                    c.state(2),
-                    c.log_text(1),
-                    c.log_text(2)
-                )
-            });
-            let f = faults[rng.random_range(0..faults.len())];
-            std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
-            inject(c, &net, p, f);
-            let now = settled_within(c, 60).unwrap_or_else(|| {
-                panic!(
-                    "[{kind} round {round}] after {} of node{p}: not back to PRIM and an \
-                     up-to-date SECOND without an operator: {}/{}\n--- node1\n{}\n--- node2\n{}",
-                    f.name(),
-                    c.state(1),
-                    c.state(2),
-                    c.log_text(1),
-                    c.log_text(2)
-                )
-            });
-            let acked = c.acked(1).max(c.acked(2));
-            let start = c.acked(now);
-            assert!(
-                wait_until(30, || c.acked(now) > start + 3),
-                "[{kind} round {round}] the application does not write on node{now} after {}",
-                f.name()
-            );
-            let have = c.records(now);
-            assert!(
-                have >= acked,
-                "[{kind} round {round}] after {} of node{p}: node{now} has {have} records, \
-                 {acked} were acknowledged",
-                f.name()
-            );
-            *done.entry(f.name()).or_default() += 1;
-        }
-        drop(stopper);
-        sampler.join().unwrap()
-    });
-    assert!(both.is_empty(), "[{kind}] two nodes acknowledged at once: {both:?}");
+    for round in 0..rounds {
+        let p = settled_within(&c, 60).unwrap_or_else(|| {
+            panic!(
+                "[{kind} round {round}] not back to PRIM and an up-to-date SECOND without an \
+                 operator: {}/{}\n--- node1\n{}\n--- node2\n{}",
+                c.state(1),
+                c.state(2),
+                c.log_text(1),
+                c.log_text(2)
+            )
+        });
+        // Every kind once, then at random.
+        let f = if round < faults.len() {
+            faults[round]
+        } else {
+            faults[rng.random_range(0..faults.len())]
+        };
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        inject(&mut c, &net, p, f);
+        let now = settled_within(&c, 60).unwrap_or_else(|| {
+            panic!(
+                "[{kind} round {round}] after {} of node{p}: not back to PRIM and an up-to-date \
+                 SECOND without an operator: {}/{}\n--- node1\n{}\n--- node2\n{}",
+                f.name(),
+                c.state(1),
+                c.state(2),
+                c.log_text(1),
+                c.log_text(2)
+            )
+        });
+        let start = c.acked(now);
+        assert!(
+            wait_until(30, || c.acked(now) > start + 3),
+            "[{kind} round {round}] the application does not write on node{now} after {}",
+            f.name()
+        );
+        c.assert_acks_kept(now);
+        *done.entry(f.name()).or_default() += 1;
+        eprintln!(
+            "[{kind} round {round}] {} of node{p}: node{now} serves",
+            f.name()
+        );
+    }
     // At rest, the trees compare identical.
     std::fs::write(c.path("hold"), b"").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let p = settled_within(&c, 30).expect("settled");
-    let identical = wait_until(20, || c.tandem(p, &["verify", "app"]).status.code() == Some(0));
+    let identical = wait_until(20, || {
+        c.tandem(p, &["verify", "app"]).status.code() == Some(0)
+    });
     let records = c.records(p);
+    c.assert_acks_kept(p);
+    let acks: usize = (1..=2)
+        .map(|n| {
+            std::fs::read_to_string(c.path(&format!("side{n}/acks")))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
+        .sum();
     eprintln!(
-        "fault suite [{kind}]: {rounds} rounds in {} s {done:?}; {records} records acknowledged, \
-         0 lost, 0 instants with two writers, 0 rounds needing an operator, verify {}",
+        "fault suite [{kind}]: {rounds} rounds in {} s {done:?}; {records} records, {acks} \
+         acknowledged: 0 lost, 0 acknowledged by two writers, 0 rounds needing an operator, \
+         verify {}",
         t0.elapsed().as_secs(),
         if identical { "identical" } else { "DIFFERENT" }
     );
@@ -208,20 +206,23 @@ fn faults_with_a_witness() {
 
 #[test]
 fn faults_with_an_etcd_lease() {
-    suite("etcd", &ALL, rounds(4), 2);
+    suite("etcd", &ALL, rounds(8), 2);
 }
 
 #[test]
 fn kills_and_pauses_without_quorum() {
+    // A pause past the heartbeat timeout is an isolation here: the twin
+    // takes over, the paused node acknowledges alone when it wakes, and
+    // the operator resolves the split brain (documented for "none").
     suite(
         "none",
         &[
             Fault::KillDaemon,
             Fault::KillDaemonAndApp,
+            Fault::Pause(100),
             Fault::Pause(250),
-            Fault::Pause(2_000),
         ],
-        rounds(3),
+        rounds(4),
         3,
     );
 }

@@ -663,7 +663,11 @@ impl Replicator {
                         self.peer_timeout.as_millis()
                     ),
                 );
-                return Ok(());
+                // Kept without the peer: under a new generation.
+                return match need {
+                    Need::Lag(_) => Ok(()),
+                    Need::Applied | Need::Received => self.alone(),
+                };
             }
         }
     }

@@ -234,35 +234,6 @@ impl Drop for Net {
     }
 }
 
-/// [`Cluster::sample_acks`] for the cluster made in `dir`.
-pub fn sample_acks(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
-    let acked = |n: usize| {
-        std::fs::read_to_string(dir.join(format!("side{n}/acked")))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let mut both = Vec::new();
-    let mut last = (acked(1), acked(2));
-    let t0 = std::time::Instant::now();
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(5));
-        let now = (acked(1), acked(2));
-        if now.0 > last.0 && now.1 > last.1 {
-            both.push(format!(
-                "at {} ms: node1 {} -> {}, node2 {} -> {}",
-                t0.elapsed().as_millis(),
-                last.0,
-                now.0,
-                last.1,
-                now.1
-            ));
-        }
-        last = now;
-    }
-    both
-}
-
 /// Runs `f` on a thread inside network namespace `ns`.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
@@ -315,15 +286,17 @@ pub fn free_ports() -> (u16, u16) {
 }
 
 pub const APP: &str = r#"#!/bin/sh
-# The test application: numbered records, each appended and fsync'd, and the
-# last acknowledged number written outside the replicated directory.
+# The test application: numbered records tagged with the node that wrote
+# them, each appended and fsync'd; outside the replicated directory, the
+# last acknowledged number and every acknowledgement.
 f="$TANDEM_DIRS/records"
 n=$(wc -l < "$f" 2>/dev/null || echo 0)
 while :; do
   # Held by the test (to compare the trees at rest).
   while [ -f "$APP_SIDE/../hold" ]; do sleep 0.05; done
   n=$((n+1))
-  echo "$n" | dd of="$f" oflag=append conv=notrunc,fsync status=none || exit 1
+  echo "$n $TANDEM_NODE" | dd of="$f" oflag=append conv=notrunc,fsync status=none || exit 1
+  echo "$n" >> "$APP_SIDE/acks"
   echo "$n" > "$APP_SIDE/acked.tmp" && mv "$APP_SIDE/acked.tmp" "$APP_SIDE/acked"
 done
 "#;
@@ -650,13 +623,6 @@ timeout_s = 20
         unsafe { libc::kill(pid, libc::SIGCONT) };
     }
 
-    /// Samples both nodes' acknowledged counts until `stop` and returns
-    /// the moments both grew between two samples: two writers acknowledged
-    /// at once.
-    pub fn sample_acks(&self, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
-        sample_acks(self.tmp.path(), stop)
-    }
-
     pub fn tandem(&self, n: usize, args: &[&str]) -> std::process::Output {
         Command::new(tandem_bin())
             .arg("-c")
@@ -729,13 +695,45 @@ timeout_s = 20
 
     /// The records in node `n`'s directory: 1, 2, 3, … without a gap.
     pub fn records(&self, n: usize) -> u64 {
+        self.writers(n).len() as u64
+    }
+
+    /// Who wrote each record in node `n`'s directory, in order (1, 2, 3, …
+    /// without a gap).
+    pub fn writers(&self, n: usize) -> Vec<String> {
         let text = std::fs::read_to_string(self.path(&format!("node{n}/app/records"))).unwrap();
-        let mut count = 0;
-        for (i, line) in text.lines().enumerate() {
-            assert_eq!(line, (i + 1).to_string(), "record {} on node {n}", i + 1);
-            count += 1;
+        text.lines()
+            .enumerate()
+            .map(|(i, line)| {
+                let (num, who) = line.split_once(' ').unwrap_or((line, ""));
+                assert_eq!(num, (i + 1).to_string(), "record {} on node {n}", i + 1);
+                who.to_string()
+            })
+            .collect()
+    }
+
+    /// Every record acknowledged to the application on either node is in
+    /// node `n`'s directory, written by the node that acknowledged it: no
+    /// acknowledged write was lost, and no two writers acknowledged the
+    /// same record (one of them would be missing).
+    pub fn assert_acks_kept(&self, n: usize) {
+        let writers = self.writers(n);
+        for by in 1..=2 {
+            let acks =
+                std::fs::read_to_string(self.path(&format!("side{by}/acks"))).unwrap_or_default();
+            for a in acks.lines() {
+                let k: usize = a.trim().parse().unwrap();
+                let who = writers.get(k - 1).map_or("(missing)", String::as_str);
+                assert_eq!(
+                    who,
+                    format!("node{by}"),
+                    "record {k} was acknowledged on node{by}; node{n} has it from {who}\n\
+                     --- node1\n{}\n--- node2\n{}",
+                    self.log_text(1),
+                    self.log_text(2)
+                );
+            }
         }
-        count
     }
 
     /// Whatever a failed test left running.
