@@ -19,7 +19,11 @@ use tandem::replication::wire::{Message, Time, WireMutation, checked_path};
 fn mutate(rng: &mut StdRng, input: &[u8]) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..rng.random_range(1..4) {
-        let at = if v.is_empty() { 0 } else { rng.random_range(0..v.len()) };
+        let at = if v.is_empty() {
+            0
+        } else {
+            rng.random_range(0..v.len())
+        };
         match rng.random_range(0..7) {
             0 if !v.is_empty() => v[at] ^= 1 << rng.random_range(0..8),
             1 if !v.is_empty() => v[at] = rng.random(),
@@ -56,7 +60,7 @@ fn messages() -> Vec<Message> {
                 data: vec![0x5a; 300],
                 sync: true,
             },
-            times: vec![(b"a/b".to_vec(), Time::default())],
+            times: vec![(b"a/b".to_vec(), Time { secs: 1, nanos: 2 })],
         },
         Message::Mutate {
             seq: 10,
@@ -188,7 +192,10 @@ fn mutated_heartbeats_and_witness_messages_are_dropped() {
     for _ in 0..50_000 {
         let input = mutate(&mut rng, &sealed);
         if input != sealed {
-            assert!(heartbeat::open(&key, &input).is_err(), "a changed heartbeat was taken");
+            assert!(
+                heartbeat::open(&key, &input).is_err(),
+                "a changed heartbeat was taken"
+            );
         }
     }
     // Authenticated garbage (a node that holds the key but is broken): the
@@ -231,10 +238,9 @@ fn reseal(_key: &Key, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn mutated_configurations_are_refused_with_a_field_or_a_line() {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tandem.toml"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tandem.toml"))
+            .unwrap();
     tandem::config::parse_with(&text, Path::new("tandem.toml"), false).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let mut rng = StdRng::seed_from_u64(19);

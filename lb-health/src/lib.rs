@@ -536,6 +536,60 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 414 "), "{out}");
     }
 
+    /// Random and mutated requests: every one gets one well-formed answer
+    /// (or, closed early, none), never a panic.
+    #[tokio::test]
+    async fn mutated_requests_get_a_well_formed_answer() {
+        let h = health();
+        let base: &[&[u8]] = &[
+            b"GET /primary/app HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD /var/modules/app/ready.txt HTTP/1.0\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..3000 {
+            let mut req = base[i % base.len()].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % (req.len() + 1);
+                match next() % 4 {
+                    0 if at < req.len() => req[at] = next() as u8,
+                    1 => req.insert(at, next() as u8),
+                    2 => req.truncate(at),
+                    _ => {
+                        let long = std::iter::repeat_n(b'/', (next() % 9000) as usize);
+                        req.splice(at..at, long);
+                    }
+                }
+            }
+            let (mut client, mut server) = tokio::io::duplex(1 << 20);
+            client.write_all(&req).await.unwrap();
+            client.shutdown().await.unwrap();
+            let line = request_line(&mut server).await.unwrap();
+            let closed = matches!(line, Line::Closed);
+            answer(&mut server, &h, line).await.unwrap();
+            drop(server);
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).await.unwrap();
+            let out = String::from_utf8_lossy(&out);
+            if closed {
+                assert!(out.is_empty(), "{out}");
+                continue;
+            }
+            let status: u16 = out
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|r| r.get(..3))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("{:?} got {out:?}", String::from_utf8_lossy(&req)));
+            assert!([200, 400, 404, 405, 414, 503].contains(&status), "{out}");
+        }
+    }
+
     /// One address holds many idle connections and sends requests with
     /// 1 MiB of headers; a prober at another address must keep being
     /// answered within a second.
