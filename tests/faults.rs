@@ -1,7 +1,9 @@
 //! The fault suite: the serving node is killed (its daemon, or its daemon
-//! and application together), paused (SIGSTOP shorter than, about and
-//! longer than the heartbeat timeout) and cut off (from its peer, from
-//! everything, or one way only) at random moments while the application
+//! and application together, or again while it resynchronises), paused
+//! (SIGSTOP shorter than, about and longer than the heartbeat timeout), cut
+//! off (from its peer, from everything, one way only, or on and off every
+//! second), restarted cleanly, or given a peer that keeps stalling, at
+//! random moments while the application
 //! appends fsync'd records, with `quorum = "witness"`, `"etcd"` and
 //! `"none"` (kills and short pauses only: without a quorum a cut or a long
 //! pause makes two primaries, as documented). After every round the cluster must be back to a PRIM and an
@@ -32,6 +34,16 @@ enum Fault {
     /// The serving node's packets to its peer are dropped; the peer's still
     /// arrive.
     OneWay,
+    /// The link to the peer goes down and up every half second for 5 s.
+    Flap,
+    /// The SECOND's daemon stalls 150 ms of every 300 for 4 s: a slow peer.
+    SlowSecond,
+    /// The serving node is killed, comes back, and is killed again while it
+    /// resynchronises.
+    KillDuringResync,
+    /// The serving daemon is stopped cleanly (it hands over) and started
+    /// again under load.
+    Restart,
 }
 
 impl Fault {
@@ -94,6 +106,39 @@ fn inject(c: &mut Cluster, net: &Net, p: usize, f: Fault) {
             ip(&["-n", &net.nodes[p - 1], "route", "add", "blackhole", &to]);
             std::thread::sleep(Duration::from_millis(2_500));
             ip(&["-n", &net.nodes[p - 1], "route", "del", "blackhole", &to]);
+        }
+        Fault::Flap => {
+            for _ in 0..5 {
+                net.set(p, "peer", false);
+                std::thread::sleep(Duration::from_millis(500));
+                net.set(p, "peer", true);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Fault::SlowSecond => {
+            for _ in 0..13 {
+                c.pause(other, Duration::from_millis(150));
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        }
+        Fault::KillDuringResync => {
+            c.signal(p, libc::SIGKILL);
+            assert!(
+                wait_until(30, || c.state(other) == "ALONE"),
+                "node{other} did not take over:\n{}",
+                c.log_text(other)
+            );
+            // The application writes on meanwhile: there is something to resync.
+            std::thread::sleep(Duration::from_millis(1_000));
+            c.start(p);
+            assert!(wait_until(30, || c.state(p) == "SECOND"));
+            c.signal(p, libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(500));
+            c.start(p);
+        }
+        Fault::Restart => {
+            c.signal(p, libc::SIGTERM);
+            c.start(p);
         }
     }
 }
@@ -188,7 +233,7 @@ fn settled_within(c: &Cluster, secs: u64) -> Option<usize> {
     found
 }
 
-const ALL: [Fault; 8] = [
+const ALL: [Fault; 12] = [
     Fault::KillDaemon,
     Fault::KillDaemonAndApp,
     Fault::Pause(250),
@@ -197,16 +242,20 @@ const ALL: [Fault; 8] = [
     Fault::CutPeer,
     Fault::Isolate,
     Fault::OneWay,
+    Fault::Flap,
+    Fault::SlowSecond,
+    Fault::KillDuringResync,
+    Fault::Restart,
 ];
 
 #[test]
 fn faults_with_a_witness() {
-    suite("witness", &ALL, rounds(8), 1);
+    suite("witness", &ALL, rounds(12), 1);
 }
 
 #[test]
 fn faults_with_an_etcd_lease() {
-    suite("etcd", &ALL, rounds(8), 2);
+    suite("etcd", &ALL, rounds(12), 2);
 }
 
 #[test]
@@ -221,8 +270,10 @@ fn kills_and_pauses_without_quorum() {
             Fault::KillDaemonAndApp,
             Fault::Pause(100),
             Fault::Pause(250),
+            Fault::KillDuringResync,
+            Fault::Restart,
         ],
-        rounds(4),
+        rounds(6),
         3,
     );
 }

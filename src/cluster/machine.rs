@@ -606,11 +606,18 @@ impl Machine {
             Some(State::Second | State::Stop | State::Wait) if peer.handover && current => {
                 self.serve("the peer handed over", actions)
             }
-            Some(State::Wait | State::Second) => self.decide_between_idle(
-                compare(&self.generation, &peer.generation),
-                &peer,
-                actions,
-            ),
+            Some(State::Wait | State::Second) => {
+                let mut order = compare(&self.generation, &peer.generation);
+                // A SECOND's data is never newer than its peer's: a newer
+                // generation is one it adopted from the peer's stream, which
+                // runs ahead of the peer's heartbeat (a state is announced only
+                // once its actions are done). Taken for newer, both nodes
+                // would serve at once.
+                if order == Order::Ahead && !peer.generation.fresh {
+                    order = Order::Same;
+                }
+                self.decide_between_idle(order, &peer, actions)
+            }
             Some(State::Stop) if current && self.quorum => {
                 self.serve("peer stopped: serving alone", actions)
             }

@@ -717,11 +717,16 @@ timeout_s = 20
     /// acknowledged write was lost, and no two writers acknowledged the
     /// same record (one of them would be missing).
     pub fn assert_acks_kept(&self, n: usize) {
+        // The acknowledgements first: each was in the file before it was
+        // logged, and the file read after them holds them all.
+        let acks: Vec<String> = (1..=2)
+            .map(|by| {
+                std::fs::read_to_string(self.path(&format!("side{by}/acks"))).unwrap_or_default()
+            })
+            .collect();
         let writers = self.writers(n);
         for by in 1..=2 {
-            let acks =
-                std::fs::read_to_string(self.path(&format!("side{by}/acks"))).unwrap_or_default();
-            for a in acks.lines() {
+            for a in acks[by - 1].lines() {
                 let k: usize = a.trim().parse().unwrap();
                 let who = writers.get(k - 1).map_or("(missing)", String::as_str);
                 assert_eq!(

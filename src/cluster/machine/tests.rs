@@ -680,3 +680,27 @@ fn a_fresh_node_joins_by_full_sync() {
 }
 
 mod harness;
+
+#[test]
+fn a_second_that_adopted_its_peers_new_generation_does_not_take_it_for_newer_data() {
+    // node1 (listed first) was promoting: its stream brought G2 to node2,
+    // its heartbeat still says WAIT with G1.
+    let mut b = Machine::new(
+        Config {
+            listed_first: false,
+            ..cfg()
+        },
+        0,
+        Some(State::Second),
+        gn(G1, &[]),
+        false,
+    );
+    b.step(10, Event::Peer(peer(State::Prim, false, gn(G1, &[]))));
+    b.step(20, Event::Synced(true));
+    b.step(30, Event::Generation(gn(G2, &[G1])));
+    for t in [100, 200, 2_000] {
+        let out = b.step(t, Event::Peer(peer(State::Wait, false, gn(G1, &[]))));
+        assert!(out.actions.is_empty(), "{}", b.why);
+        assert_eq!(b.state, State::Second, "{}", b.why);
+    }
+}
