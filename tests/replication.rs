@@ -746,6 +746,19 @@ fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
     std::fs::create_dir(d2.join("cache")).unwrap();
     std::fs::write(d2.join("cache/own"), b"node2's cache").unwrap();
     pair.start_both();
+    let holds = |p: &str, want: &[u8]| {
+        assert_eq!(std::fs::read(d2.join(p)).unwrap(), want, "{p} on the peer");
+    };
+    let lacks = |paths: &[&str]| {
+        for p in paths {
+            assert!(!d2.join(p).exists(), "{p} reached the peer");
+        }
+    };
+    let uptodate = |pair: &Pair| {
+        assert!(common::wait_until(30, || pair
+            .status(2)
+            .is_some_and(|s| s["peer"] == "uptodate")));
+    };
 
     std::fs::write(d1.join("keep.txt"), b"replicated").unwrap();
     std::fs::write(d1.join("scratch.tmp"), b"local only").unwrap();
@@ -770,23 +783,18 @@ fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
     std::fs::rename(d1.join("gone.txt"), d1.join("gone.tmp")).unwrap();
     pair.wait_caught_up();
 
-    assert_eq!(std::fs::read(d2.join("keep.txt")).unwrap(), b"replicated");
-    assert_eq!(std::fs::read(d2.join("doc.txt")).unwrap(), body);
-    assert_eq!(std::fs::read(d2.join("tree/leaf")).unwrap(), b"leaf");
-    assert_eq!(
-        std::fs::read(d2.join("sub/cache")).unwrap(),
-        b"a file, not a directory"
-    );
-    for p in [
+    holds("keep.txt", b"replicated");
+    holds("doc.txt", &body);
+    holds("tree/leaf", b"leaf");
+    holds("sub/cache", b"a file, not a directory");
+    lacks(&[
         "scratch.tmp",
         "sub/deep.tmp",
         "cache/blob",
         "doc.txt.tmp",
         "gone.txt",
         "gone.tmp",
-    ] {
-        assert!(!d2.join(p).exists(), "{p} reached the peer");
-    }
+    ]);
     let own = |pair: &Pair| {
         assert_eq!(
             std::fs::read(pair.dir(2).join("mine.tmp")).unwrap(),
@@ -828,37 +836,25 @@ fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
     pair.start(2);
     pair.wait_connected();
     pair.wait_caught_up();
-    assert!(common::wait_until(30, || pair
-        .status(2)
-        .is_some_and(|s| s["peer"] == "uptodate")));
-    assert_eq!(
-        std::fs::read(d2.join("later.txt")).unwrap(),
-        b"replicated later"
-    );
-    assert_eq!(
-        std::fs::read(d2.join("saved.txt")).unwrap(),
-        b"saved while away"
-    );
-    for p in [
+    uptodate(&pair);
+    holds("later.txt", b"replicated later");
+    holds("saved.txt", b"saved while away");
+    lacks(&[
         "later.tmp",
         "cache/more",
         "saved.tmp",
         "keep.txt",
         "keep.tmp",
-    ] {
-        assert!(!d2.join(p).exists(), "{p} reached the peer in the resync");
-    }
+    ]);
     own(&pair);
 
     // A full sync neither ships nor removes excluded files.
     let o = tandem_on(&pair, 2, &["second", "app", "--fullsync"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(common::wait_until(30, || pair
-        .status(2)
-        .is_some_and(|s| s["peer"] == "uptodate")));
+    uptodate(&pair);
     pair.wait_caught_up();
     own(&pair);
-    assert!(!d2.join("scratch.tmp").exists() && !d2.join("cache/blob").exists());
+    lacks(&["scratch.tmp", "cache/blob"]);
     let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
     assert_eq!(
         o.status.code(),
