@@ -29,6 +29,7 @@ use crate::control::{
 };
 use crate::failover::scripts;
 use crate::fs::{self, CountingSink, MountConfig, Mounted, Unmounted};
+use crate::replication::aside::Keep;
 use crate::replication::primary::{Dir, Replicator};
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
 use crate::replication::session::{PrimaryLink, resolve, state_dir};
@@ -249,8 +250,8 @@ impl Managed {
                 self.replica = Some(Replica::Secondary(sm));
                 self.synced = None;
             }
-            Action::KeepAside => self.keep_aside(node, "split-brain")?,
-            Action::SetAside => self.keep_aside(node, "set-aside")?,
+            Action::KeepAside => self.keep_aside(node, "split-brain", Keep::Whole)?,
+            Action::SetAside => self.keep_aside(node, "set-aside", Keep::Ranges)?,
             Action::LeaveSecondary => {
                 node.server.modules.lock().remove(&self.cfg.name);
                 if let Some(Replica::Secondary(sm)) = self.replica.take() {
@@ -307,14 +308,20 @@ impl Managed {
     /// Copies this node's changes that the peer may lack into
     /// `state_dir/modules/MODULE/{under}/TIME/` before the peer's data
     /// replaces them. Nothing is overwritten unless the copy is complete.
-    fn keep_aside(&mut self, node: &Node2, under: &str) -> Result<(), (Failure, String)> {
+    fn keep_aside(
+        &mut self,
+        node: &Node2,
+        under: &str,
+        keep: Keep,
+    ) -> Result<(), (Failure, String)> {
         let at = self
             .role_file
             .with_file_name(under)
             .join(utc(crate::cluster::heartbeat::now_ms()).replace(':', ""));
         // Copying is the main loop's work, not a hang.
-        let done = crate::replication::aside::keep_aside(&self.base, &at, &|| node.health.beat())
-            .map_err(|e| (Failure::Secondary, format!("keeping changes aside: {e}")))?;
+        let done =
+            crate::replication::aside::keep_aside(&self.base, &at, keep, &|| node.health.beat())
+                .map_err(|e| (Failure::Secondary, format!("keeping changes aside: {e}")))?;
         self.note(format!(
             "this node's own changes ({} files, {} bytes) kept aside in {}",
             done.files,

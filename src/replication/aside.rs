@@ -18,10 +18,26 @@ pub struct Aside {
     pub bytes: u64,
 }
 
+/// How much of a diverged file is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// The whole file (a split brain: the node's own history is thrown away).
+    Whole,
+    /// Only its dirty ranges, at their offsets in a sparse file of the same
+    /// size: what a node that stopped serving without handing over may have
+    /// changed on its own, bounded by its change log rather than by its files.
+    Ranges,
+}
+
 /// Copies the diverged files of every module dir into `into/DIR_INDEX/PATH`.
 /// A file that vanished meanwhile is only listed. `progress` is called after
 /// each file.
-pub fn keep_aside(dirs: &[Dir], into: &Path, progress: &dyn Fn()) -> Result<Aside, String> {
+pub fn keep_aside(
+    dirs: &[Dir],
+    into: &Path,
+    keep: Keep,
+    progress: &dyn Fn(),
+) -> Result<Aside, String> {
     let err = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
     std::fs::create_dir_all(into).map_err(|e| err(into, &e))?;
     let manifest_path = into.join("MANIFEST");
@@ -36,12 +52,13 @@ pub fn keep_aside(dirs: &[Dir], into: &Path, progress: &dyn Fn()) -> Result<Asid
             let Some(path) = log.path_of(id).map_err(|e| err(into, &e))? else {
                 continue;
             };
-            let ranges = log.dirty(id).map_err(|e| err(&path, &e))?;
-            let ranges: Vec<String> = ranges
+            let ranges_raw = log.dirty(id).map_err(|e| err(&path, &e))?;
+            let ranges: Vec<String> = ranges_raw
                 .iter()
                 .map(|r| format!("{}-{}", r.start, r.end))
                 .collect();
-            match copy_out(d, &path, &base.join(&path)) {
+            let only = (keep == Keep::Ranges).then_some(&ranges_raw[..]);
+            match copy_out(d, &path, &base.join(&path), only) {
                 Ok(Some(n)) => {
                     done.files += 1;
                     done.bytes += n;
@@ -63,9 +80,15 @@ pub fn keep_aside(dirs: &[Dir], into: &Path, progress: &dyn Fn()) -> Result<Asid
     Ok(done)
 }
 
-/// Copies a regular file below the module root to `to`; `None` for anything
-/// else (a directory's or a link's change is in the namespace list).
-fn copy_out(d: &Dir, path: &Path, to: &PathBuf) -> Result<Option<u64>, String> {
+/// Copies a regular file below the module root to `to` (with `only`, just
+/// those ranges, at their offsets); `None` for anything else (a directory's
+/// or a link's change is in the namespace list). Returns the bytes copied.
+fn copy_out(
+    d: &Dir,
+    path: &Path,
+    to: &PathBuf,
+    only: Option<&[std::ops::Range<u64>]>,
+) -> Result<Option<u64>, String> {
     let os = |e: fuser::Errno| std::io::Error::from_raw_os_error(e.code()).to_string();
     let c = sys::cname(path.as_os_str()).map_err(os)?;
     let at = sys::open_beneath(d.root.as_fd(), &c).map_err(os)?;
@@ -79,7 +102,33 @@ fn copy_out(d: &Dir, path: &Path, to: &PathBuf) -> Result<Option<u64>, String> {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
     let mut out = std::fs::File::create(to).map_err(|e| e.to_string())?;
-    let n = std::io::copy(&mut from, &mut out).map_err(|e| e.to_string())?;
+    let n = match only {
+        None => std::io::copy(&mut from, &mut out).map_err(|e| e.to_string())?,
+        Some(ranges) => {
+            use std::os::unix::fs::FileExt;
+            let size = st.st_size as u64;
+            out.set_len(size).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0;
+            for r in ranges {
+                let mut at = r.start;
+                while at < r.end.min(size) {
+                    let want = ((r.end.min(size) - at) as usize).min(buf.len());
+                    let got = from
+                        .read_at(&mut buf[..want], at)
+                        .map_err(|e| e.to_string())?;
+                    if got == 0 {
+                        break;
+                    }
+                    out.write_all_at(&buf[..got], at)
+                        .map_err(|e| e.to_string())?;
+                    at += got as u64;
+                    n += got as u64;
+                }
+            }
+            n
+        }
+    };
     out.sync_all().map_err(|e| e.to_string())?;
     Ok(Some(n))
 }
@@ -109,7 +158,7 @@ mod tests {
         };
         let out = tempfile::tempdir().unwrap();
         let calls = std::cell::Cell::new(0);
-        let done = keep_aside(std::slice::from_ref(&dir), out.path(), &|| {
+        let done = keep_aside(std::slice::from_ref(&dir), out.path(), Keep::Whole, &|| {
             calls.set(calls.get() + 1)
         })
         .unwrap();
@@ -130,5 +179,42 @@ mod tests {
         assert!(m.contains("file 0 sub/a 6-11"), "{m}");
         assert!(m.contains("gone 0 gone"), "{m}");
         assert!(m.contains("Unlink"), "{m}");
+    }
+
+    #[test]
+    fn set_aside_copies_only_the_dirty_ranges_at_their_offsets() {
+        let root = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.path().join("big"), &body).unwrap();
+        let log = Arc::new(MemChangeLog::new(65536).unwrap());
+        let id = log.ensure(Path::new("big")).unwrap();
+        log.mark(id, 100_000, 10).unwrap();
+        log.mark(id, 299_990, 100).unwrap();
+        let dir = Dir {
+            root: std::fs::File::open(root.path()).unwrap().into(),
+            log,
+            cache: parking_lot::Mutex::new(Default::default()),
+        };
+        let out = tempfile::tempdir().unwrap();
+        let done =
+            keep_aside(std::slice::from_ref(&dir), out.path(), Keep::Ranges, &|| {}).unwrap();
+        assert_eq!(
+            done,
+            Aside {
+                files: 1,
+                bytes: 20
+            },
+            "clipped to the file's end"
+        );
+        let kept = std::fs::read(out.path().join("0/big")).unwrap();
+        assert_eq!(kept.len(), body.len());
+        assert_eq!(kept[100_000..100_010], body[100_000..100_010]);
+        assert_eq!(kept[299_990..], body[299_990..]);
+        assert!(
+            kept[..100_000].iter().all(|&b| b == 0),
+            "only the dirty ranges"
+        );
+        let m = std::fs::read_to_string(out.path().join("MANIFEST")).unwrap();
+        assert!(m.contains("file 0 big 100000-100010"), "{m}");
     }
 }
