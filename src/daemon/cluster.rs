@@ -362,8 +362,16 @@ impl Managed {
         let module = self.cfg.name.clone();
         match (&node.quorum, &node.ping) {
             (Some(q), _) => {
-                let q = q.clone();
-                rep.set_alone_check(Arc::new(move || q.holds(&module)));
+                // The lease, and the third party's word that this node's
+                // generation is the newest served: acknowledged alone, a
+                // change is then never older than what the twin may serve.
+                let (q, log) = (q.clone(), self.base[0].log.clone());
+                rep.set_alone_check(Arc::new(move || {
+                    q.holds(&module)
+                        && log
+                            .generation()
+                            .is_ok_and(|g| q.newest(&module) == g.current)
+                }));
             }
             (None, Some(p)) => {
                 let p = p.clone();

@@ -611,6 +611,11 @@ impl Replicator {
                 let mut owe = self.owe_generation.lock();
                 if std::mem::take(&mut *owe) {
                     self.new_generation();
+                    // Looked at again: a quorum that keeps the newest
+                    // generation (witness, etcd) learns of this one before
+                    // anything is acknowledged under it, so the twin can
+                    // never take over with older data after this node dies.
+                    continue;
                 }
                 return Ok(());
             }
@@ -1395,6 +1400,32 @@ mod tests {
             generation,
             "a fenced node that kept nothing alone has the peer's generation"
         );
+    }
+
+    #[test]
+    fn the_first_call_kept_alone_waits_until_the_quorum_knows_its_generation() {
+        let (rep, _root) = replicator(1000);
+        let log = rep.dirs[0].log.clone();
+        let known = Arc::new(AtomicU64::new(log.generation().unwrap().current));
+        let k = known.clone();
+        rep.set_alone_check(Arc::new(move || {
+            log.generation().unwrap().current == k.load(Ordering::SeqCst)
+        }));
+        let (conn, _rx) = current_link(&rep);
+        rep.detach(conn, "the peer went away");
+        let waiting = {
+            let rep = rep.clone();
+            std::thread::spawn(move || rep.alone())
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !waiting.is_finished(),
+            "acknowledged before the quorum knew the new generation"
+        );
+        let new = rep.dirs[0].log.generation().unwrap().current;
+        assert_ne!(new, known.load(Ordering::SeqCst));
+        known.store(new, Ordering::SeqCst);
+        assert_eq!(waiting.join().unwrap(), Ok(()));
     }
 
     #[test]
