@@ -236,23 +236,14 @@ fn a_paused_primary_never_stops_the_service_nor_makes_a_split_brain() {
     c.start(2);
     c.wait_states("PRIM", "SECOND", 30);
     c.wait_app_writes(1);
-    let serving = |c: &Cluster| {
-        (1..=2).find(|&n| {
-            let other = 3 - n;
-            c.state(n) == "PRIM" && c.state(other) == "SECOND" && c.uptodate(other)
-        })
-    };
     let mut took_over = 0;
     {
         for pause in [250, 500, 2_000, 3_000] {
-            let p = serving(&c).expect("one PRIM and an up-to-date SECOND");
+            let p = c.settled(30).expect("one PRIM and an up-to-date SECOND");
             c.pause(p, Duration::from_millis(pause));
-            let mut now = None;
+            let now = c.settled(40);
             assert!(
-                wait_until(40, || {
-                    now = serving(&c);
-                    now.is_some()
-                }),
+                now.is_some(),
                 "after a pause of {pause} ms of node{p}: {}/{}\n--- node1\n{}\n--- node2\n{}",
                 c.state(1),
                 c.state(2),

@@ -62,16 +62,6 @@ fn rounds(default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The node serving with an up-to-date twin, seen twice 300 ms apart.
-fn settled(c: &Cluster) -> Option<usize> {
-    let once = || {
-        (1..=2).find(|&n| c.state(n) == "PRIM" && c.state(3 - n) == "SECOND" && c.uptodate(3 - n))
-    };
-    let a = once()?;
-    std::thread::sleep(Duration::from_millis(300));
-    (once() == Some(a)).then_some(a)
-}
-
 fn inject(c: &mut Cluster, net: &Net, p: usize, f: Fault) {
     let other = 3 - p;
     match f {
@@ -154,7 +144,7 @@ fn suite(kind: &str, faults: &[Fault], rounds: usize, seed: u64) {
     let mut done: BTreeMap<String, u32> = BTreeMap::new();
     let t0 = Instant::now();
     for round in 0..rounds {
-        let p = settled_within(&c, 60).unwrap_or_else(|| {
+        let p = c.settled(60).unwrap_or_else(|| {
             panic!(
                 "[{kind} round {round}] not back to PRIM and an up-to-date SECOND without an \
                  operator: {}/{}\n--- node1\n{}\n--- node2\n{}",
@@ -172,7 +162,7 @@ fn suite(kind: &str, faults: &[Fault], rounds: usize, seed: u64) {
         };
         std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
         inject(&mut c, &net, p, f);
-        let now = settled_within(&c, 60).unwrap_or_else(|| {
+        let now = c.settled(60).unwrap_or_else(|| {
             panic!(
                 "[{kind} round {round}] after {} of node{p}: not back to PRIM and an up-to-date \
                  SECOND without an operator: {}/{}\n--- node1\n{}\n--- node2\n{}",
@@ -199,7 +189,7 @@ fn suite(kind: &str, faults: &[Fault], rounds: usize, seed: u64) {
     // At rest, the trees compare identical.
     std::fs::write(c.path("hold"), b"").unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let p = settled_within(&c, 30).expect("settled");
+    let p = c.settled(30).expect("settled");
     let identical = wait_until(20, || {
         c.tandem(p, &["verify", "app"]).status.code() == Some(0)
     });
@@ -222,15 +212,6 @@ fn suite(kind: &str, faults: &[Fault], rounds: usize, seed: u64) {
     );
     assert!(identical, "[{kind}] the trees differ at rest");
     std::fs::remove_file(c.path("hold")).unwrap();
-}
-
-fn settled_within(c: &Cluster, secs: u64) -> Option<usize> {
-    let mut found = None;
-    wait_until(secs, || {
-        found = settled(c);
-        found.is_some()
-    });
-    found
 }
 
 const ALL: [Fault; 12] = [

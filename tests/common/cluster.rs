@@ -676,6 +676,25 @@ timeout_s = 20
         );
     }
 
+    /// The node serving with an up-to-date twin, the same when looked at
+    /// again 300 ms later (not a moment of a change of roles), within `secs`.
+    pub fn settled(&self, secs: u64) -> Option<usize> {
+        let once = || {
+            (1..=2).find(|&n| {
+                self.state(n) == "PRIM" && self.state(3 - n) == "SECOND" && self.uptodate(3 - n)
+            })
+        };
+        let mut found = None;
+        wait_until(secs, || {
+            found = once().filter(|&a| {
+                std::thread::sleep(Duration::from_millis(300));
+                once() == Some(a)
+            });
+            found.is_some()
+        });
+        found
+    }
+
     pub fn acked(&self, n: usize) -> u64 {
         std::fs::read_to_string(self.path(&format!("side{n}/acked")))
             .ok()
