@@ -1375,24 +1375,26 @@ mod tests {
         assert_eq!(rep.dirs[0].log.generation().unwrap().current, alone, "once");
     }
 
-    #[test]
-    fn a_node_that_may_not_go_on_alone_keeps_its_generation_until_fenced() {
-        let (rep, _root) = replicator(1000);
-        let generation = rep.dirs[0].log.generation().unwrap().current;
-        let allowed = Arc::new(AtomicBool::new(false));
-        let a = allowed.clone();
-        rep.set_alone_check(Arc::new(move || a.load(Ordering::SeqCst)));
-        let (conn, _rx) = current_link(&rep);
+    /// A durable call made once the current peer's link is gone; asserts
+    /// that it is still waiting a moment later (`why` if not).
+    fn kept_alone(rep: &Arc<Replicator>, why: &str) -> std::thread::JoinHandle<Result<(), Errno>> {
+        let (conn, _rx) = current_link(rep);
         rep.detach(conn, "the peer went away");
         let waiting = {
             let rep = rep.clone();
             std::thread::spawn(move || rep.alone())
         };
         std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            !waiting.is_finished(),
-            "acknowledged without the peer or quorum"
-        );
+        assert!(!waiting.is_finished(), "{why}");
+        waiting
+    }
+
+    #[test]
+    fn a_node_that_may_not_go_on_alone_keeps_its_generation_until_fenced() {
+        let (rep, _root) = replicator(1000);
+        let generation = rep.dirs[0].log.generation().unwrap().current;
+        rep.set_alone_check(Arc::new(|| false));
+        let waiting = kept_alone(&rep, "acknowledged without the peer or quorum");
         rep.fence("lost the lease");
         assert_eq!(waiting.join().unwrap(), Err(Errno::EIO));
         assert_eq!(
@@ -1411,16 +1413,9 @@ mod tests {
         rep.set_alone_check(Arc::new(move || {
             log.generation().unwrap().current == k.load(Ordering::SeqCst)
         }));
-        let (conn, _rx) = current_link(&rep);
-        rep.detach(conn, "the peer went away");
-        let waiting = {
-            let rep = rep.clone();
-            std::thread::spawn(move || rep.alone())
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            !waiting.is_finished(),
-            "acknowledged before the quorum knew the new generation"
+        let waiting = kept_alone(
+            &rep,
+            "acknowledged before the quorum knew the new generation",
         );
         let new = rep.dirs[0].log.generation().unwrap().current;
         assert_ne!(new, known.load(Ordering::SeqCst));

@@ -676,6 +676,22 @@ timeout_s = 20
         );
     }
 
+    /// Node `n` holds the module's lease (witness or etcd), within 20 s.
+    pub fn wait_lease(&self, n: usize) {
+        let holds = || {
+            self.status(n).is_some_and(|s| {
+                s["modules"][0]["cluster"]["quorum"]
+                    .as_str()
+                    .is_some_and(|q| q.contains(&format!("held by node{n} (this node)")))
+            })
+        };
+        assert!(
+            wait_until(20, holds),
+            "node{n} serves without the lease\n{}",
+            self.log_text(n)
+        );
+    }
+
     /// The node serving with an up-to-date twin, the same when looked at
     /// again 300 ms later (not a moment of a change of roles), within `secs`.
     pub fn settled(&self, secs: u64) -> Option<usize> {
