@@ -45,6 +45,9 @@ struct Node2 {
     quorum: Option<Arc<dyn LeaseQuorum>>,
     /// With `quorum = "ping"`: whether an address answers.
     ping: Option<Arc<crate::cluster::ping::Pinger>>,
+    /// Whether this node may serve a module without its peer now (holds its
+    /// lease, an address answers); `None` without a quorum.
+    quorum_ok: Option<super::fence::QuorumOk>,
     /// Cleans up if this daemon dies (taken at a clean end).
     guard: Mutex<Option<crate::failover::guard::Guard>>,
     me: Node,
@@ -359,25 +362,22 @@ impl Managed {
         rep.set_exclude(replicas::exclude_of(&self.cfg)?);
         // With a quorum, a peer that stops acknowledging is left behind only
         // while this node may serve alone.
-        let module = self.cfg.name.clone();
-        match (&node.quorum, &node.ping) {
-            (Some(q), _) => {
-                // The lease, and the third party's word that this node's
-                // generation is the newest served: acknowledged alone, a
-                // change is then never older than what the twin may serve.
-                let (q, log) = (q.clone(), self.base[0].log.clone());
-                rep.set_alone_check(Arc::new(move || {
-                    q.holds(&module)
-                        && log
-                            .generation()
+        // With a lease, also the third party's word that this node's
+        // generation is the newest served: acknowledged alone, a change is
+        // then never older than what the twin may serve.
+        if let Some(ok) = node.quorum_ok.clone() {
+            let (module, lease, log) = (
+                self.cfg.name.clone(),
+                node.quorum.clone(),
+                self.base[0].log.clone(),
+            );
+            rep.set_alone_check(Arc::new(move || {
+                ok(&module)
+                    && lease.as_ref().is_none_or(|q| {
+                        log.generation()
                             .is_ok_and(|g| q.newest(&module) == g.current)
-                }));
-            }
-            (None, Some(p)) => {
-                let p = p.clone();
-                rep.set_alone_check(Arc::new(move || p.ok()));
-            }
-            (None, None) => {}
+                    })
+            }));
         }
         let link = Arc::new(PrimaryLink {
             rep: rep.clone(),
@@ -479,11 +479,7 @@ impl Managed {
             peer: node.peer.name.clone(),
             dirs: self.cfg.dirs.clone(),
             timeout_ms: self.cfg.scripts.timeout.as_millis() as u64,
-            vips: self
-                .vips
-                .as_ref()
-                .map(|v| v.taken().to_vec())
-                .unwrap_or_default(),
+            vips: self.vips.as_ref().map(|v| v.taken()).unwrap_or_default(),
         }
     }
 
@@ -1305,7 +1301,7 @@ pub fn run(
         }
         (None, None) => None,
     };
-    let fencer = match quorum_ok {
+    let fencer = match quorum_ok.clone() {
         None => None,
         Some(ok) => {
             let (heard, two) = (hb.clone(), 2 * settings.heartbeat.interval);
@@ -1331,6 +1327,7 @@ pub fn run(
     };
     let node = Node2 {
         quorum,
+        quorum_ok,
         guard: Mutex::new(Some(guard)),
         ping,
         me,
@@ -1594,37 +1591,14 @@ fn manage(
                     m.feed(&node, Event::PeerLost);
                 }
             }
-            // Fenced by the fencer while this loop was busy: it steps down as
-            // it would have, and serves again only as the machine decides.
+            // A serving node that has neither quorum (its lease, an address
+            // answering) nor news of its peer is most likely cut off: the
+            // fencer took it out of service at once, not a whole heartbeat
+            // timeout later (see `fence`); here it steps down as it would
+            // have, and serves again only as the machine decides.
             for m in modules.iter_mut() {
                 if m.machine.state.serving() && m.fence.fenced.load(Ordering::SeqCst) {
-                    m.note("fenced while the manager was busy: stepping down".into());
-                    m.feed(&node, Event::Quorum(false));
-                    m.feed(&node, Event::PeerLost);
-                }
-            }
-            // A serving node that has neither quorum (its lease, an address
-            // answering) nor news of its peer is most likely cut off: it stops
-            // serving now, not a whole heartbeat timeout later, so it is down
-            // before the other node may take over.
-            let quiet = hb
-                .heard
-                .lock()
-                .iter()
-                .all(|h| h.is_none_or(|t| t.elapsed() >= 2 * node.settings.heartbeat.interval));
-            for m in modules.iter_mut() {
-                let lost_quorum = match (&node.quorum, &node.ping) {
-                    (Some(w), _) => !w.holds(&m.cfg.name),
-                    (None, Some(p)) => !p.ok(),
-                    (None, None) => false,
-                };
-                // A peer that stopped cleanly (it handed over) is not a cut.
-                let cut = m
-                    .machine
-                    .peer()
-                    .is_some_and(|p| p.state != Some(State::Stop));
-                if lost_quorum && quiet && m.machine.state.serving() && cut {
-                    m.note("neither the peer nor the quorum answers".into());
+                    m.note("neither the peer nor the quorum answers: fenced".into());
                     m.feed(&node, Event::Quorum(false));
                     m.feed(&node, Event::PeerLost);
                 }

@@ -636,10 +636,7 @@ impl Replicator {
             if a.conn != conn || !a.connected {
                 drop(a);
                 // The peer went away before it made this durable.
-                return match need {
-                    Need::Lag(_) => Ok(()),
-                    Need::Applied | Need::Received => self.alone(),
-                };
+                return self.without_peer(need);
             }
             let done = match need {
                 Need::Applied => a.applied >= seq,
@@ -668,12 +665,17 @@ impl Replicator {
                         self.peer_timeout.as_millis()
                     ),
                 );
-                // Kept without the peer: under a new generation.
-                return match need {
-                    Need::Lag(_) => Ok(()),
-                    Need::Applied | Need::Received => self.alone(),
-                };
+                return self.without_peer(need);
             }
+        }
+    }
+
+    /// A call whose peer is gone: one that promises durability is kept alone
+    /// only as [`alone`](Self::alone) allows (under a new generation).
+    fn without_peer(&self, need: Need) -> Result<(), Errno> {
+        match need {
+            Need::Lag(_) => Ok(()),
+            Need::Applied | Need::Received => self.alone(),
         }
     }
 

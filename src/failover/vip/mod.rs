@@ -38,9 +38,9 @@ pub struct Vips {
     addresses: Vec<IpPrefix>,
     interface: Option<String>,
     announce: Announce,
-    taken: Vec<Taken>,
     /// The announcer: dropping the sender stops it.
     announcer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// The addresses held, shared with the fencer, which may drop them.
     fence: VipFence,
 }
 
@@ -85,7 +85,6 @@ impl Vips {
             addresses,
             interface,
             announce,
-            taken: Vec::new(),
             announcer: None,
             fence: VipFence::default(),
         }
@@ -133,8 +132,8 @@ impl Vips {
         out
     }
 
-    pub fn taken(&self) -> &[Taken] {
-        &self.taken
+    pub fn taken(&self) -> Vec<Taken> {
+        self.fence.inner.taken.lock().clone()
     }
 
     /// Adds every address of `plan` (one already there is managed from now
@@ -142,7 +141,7 @@ impl Vips {
     /// longer serves). All or nothing: on an error the addresses added are
     /// removed again.
     pub fn take(&mut self, plan: Vec<Taken>) -> Result<(), String> {
-        if !self.taken.is_empty() {
+        if !self.taken().is_empty() {
             return Ok(());
         }
         self.fence
@@ -155,19 +154,19 @@ impl Vips {
                 self.release();
                 return Err(err);
             }
-            self.fence.inner.taken.lock().push(t.clone());
-            self.taken.push(t);
+            self.fence.inner.taken.lock().push(t);
         }
         Ok(())
     }
 
     /// Tells the LAN, once the application listens: a burst, then a refresh.
     pub fn announce(&mut self) -> Result<(), String> {
-        if self.announcer.is_some() || self.taken.is_empty() {
+        let list = self.taken();
+        if self.announcer.is_some() || list.is_empty() {
             return Ok(());
         }
         let (tx, rx) = mpsc::channel();
-        let (list, a, module) = (self.taken.clone(), self.announce, self.module.clone());
+        let (a, module) = (self.announce, self.module.clone());
         let fence = self.fence.clone();
         let h = std::thread::Builder::new()
             .name("vip-announce".into())
@@ -186,15 +185,15 @@ impl Vips {
             let _ = h.join();
         }
         let mut errors = Vec::new();
-        self.taken
-            .retain(|t| match netlink::remove(t.index, t.addr, t.prefix) {
+        self.fence.inner.taken.lock().retain(|t| {
+            match netlink::remove(t.index, t.addr, t.prefix) {
                 Ok(_) => false,
                 Err(e) => {
                     errors.push(format!("removing {t}: {e}"));
                     true
                 }
-            });
-        *self.fence.inner.taken.lock() = self.taken.clone();
+            }
+        });
         errors
     }
 }

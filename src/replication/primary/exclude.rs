@@ -132,19 +132,20 @@ impl Replicator {
         scope: Scope,
         local: LocalApply<'_>,
     ) -> Result<(), Errno> {
-        let mut o = self.order.lock();
-        // What the peer is owed goes before any change of names.
-        if !matches!(
-            m,
-            Mutation::Write { .. } | Mutation::Fallocate { .. } | Mutation::Fsync { .. }
-        ) {
-            self.settle_owed_locked(&mut o);
+        let parents = parents_of(m);
+        if matches!(scope, Scope::Local) && parents.is_empty() {
+            // An excluded file's contents or metadata: nothing to record,
+            // send or order with the stream.
+            return local();
         }
-        let gone = match &scope {
-            Scope::Leaves(p) | Scope::Enters(p) => Some(p.clone()),
-            _ => None,
+        let mut o = self.order.lock();
+        let crossing = match &scope {
+            Scope::Leaves(p) | Scope::Enters(p) => Some(p),
+            Scope::Local | Scope::Replicated => None,
         };
-        if let Some(p) = &gone {
+        if let Some(p) = crossing {
+            // What the peer is owed goes before the name moves.
+            self.settle_owed_locked(&mut o);
             // Recorded before it is applied: a resync makes the peer's name
             // what ours is, whatever happens next.
             if let Err(e) = self.record_ns(&mut o, dir, NsChange::SetAttr { path: p.clone() }) {
@@ -154,34 +155,27 @@ impl Replicator {
             }
         }
         local()?;
-        if gone.is_some() {
+        let mut last = None;
+        if let Some(p) = crossing {
             o.ids[dir as usize].clear();
             o.names_gen += 1;
-        }
-        let mut last = None;
-        let r = match &scope {
-            Scope::Leaves(p) => self.dirs[dir as usize].log.remove(p).map(|_| {
-                last = self.send_locked(
-                    &mut o,
-                    dir,
-                    false,
-                    WireMutation::Reconcile {
+            let log = &self.dirs[dir as usize].log;
+            let r = log.remove(p).and_then(|_| match scope {
+                Scope::Enters(_) => self.ship_whole(&mut o, dir, p, &mut last),
+                _ => {
+                    let gone = WireMutation::Reconcile {
                         path: bytes(p.as_os_str()),
                         entry: None,
-                    },
-                    Vec::new(),
-                );
-            }),
-            Scope::Enters(p) => self.dirs[dir as usize]
-                .log
-                .remove(p)
-                .and_then(|_| self.ship_whole(&mut o, dir, p, &mut last)),
-            _ => Ok(()),
-        };
-        if let Err(e) = r {
-            self.note_error(format!("change log: {e}"));
+                    };
+                    last = self.send_locked(&mut o, dir, false, gone, Vec::new());
+                    Ok(())
+                }
+            });
+            if let Err(e) = r {
+                self.note_error(format!("change log: {e}"));
+            }
         }
-        if let Some(seq) = self.touch_parents(&mut o, dir, m) {
+        if let Some(seq) = self.touch_parents(&mut o, dir, parents) {
             last = Some(seq);
         }
         drop(o);
@@ -191,20 +185,13 @@ impl Replicator {
         }
     }
 
-    /// The included directories whose entries `m` changed get our times.
-    fn touch_parents(&self, o: &mut Order, dir: u32, m: &Mutation<'_>) -> Option<(u64, u64)> {
-        let parent = |p: &Path| p.parent().unwrap_or(Path::new("")).to_path_buf();
-        let mut parents = match m {
-            Mutation::Create { path, .. }
-            | Mutation::Mkdir { path, .. }
-            | Mutation::Symlink { path, .. }
-            | Mutation::Link { path, .. }
-            | Mutation::Unlink { path, .. }
-            | Mutation::Rmdir { path } => vec![parent(path)],
-            Mutation::Rename { from, to, .. } => vec![parent(from), parent(to)],
-            _ => return None,
-        };
-        parents.dedup();
+    /// The included directories among `parents` get our times.
+    fn touch_parents(
+        &self,
+        o: &mut Order,
+        dir: u32,
+        mut parents: Vec<PathBuf>,
+    ) -> Option<(u64, u64)> {
         parents.retain(|p| !self.excluded(dir, p, Some(true)));
         if parents.is_empty() {
             return None;
@@ -321,4 +308,21 @@ impl Replicator {
         }
         Ok(())
     }
+}
+
+/// The directories whose entries `m` changes.
+fn parents_of(m: &Mutation<'_>) -> Vec<PathBuf> {
+    let parent = |p: &Path| p.parent().unwrap_or(Path::new("")).to_path_buf();
+    let mut parents = match m {
+        Mutation::Create { path, .. }
+        | Mutation::Mkdir { path, .. }
+        | Mutation::Symlink { path, .. }
+        | Mutation::Link { path, .. }
+        | Mutation::Unlink { path, .. }
+        | Mutation::Rmdir { path } => vec![parent(path)],
+        Mutation::Rename { from, to, .. } => vec![parent(from), parent(to)],
+        _ => Vec::new(),
+    };
+    parents.dedup();
+    parents
 }
