@@ -266,23 +266,7 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
 
 /// Free UDP and TCP ports on both loopback addresses.
 pub fn free_ports() -> (u16, u16) {
-    let free = |udp: bool| loop {
-        let port = std::net::TcpListener::bind("127.0.0.2:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let ok = if udp {
-            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-                && std::net::UdpSocket::bind(("127.0.0.2", port)).is_ok()
-        } else {
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-        };
-        if ok {
-            return port;
-        }
-    };
-    (free(true), free(false))
+    (super::free_port(true), super::free_port(false))
 }
 
 pub const APP: &str = r#"#!/bin/sh

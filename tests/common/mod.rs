@@ -142,3 +142,36 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A port free for the tests' servers on both loopback addresses and on
+/// every address (TCP, and UDP with `udp`). Taken below the kernel's
+/// ephemeral range (32768 and up by default), so that the outgoing
+/// connections of tests running alongside cannot take it meanwhile; each
+/// pick in a test binary is a new port.
+pub fn free_port(udp: bool) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 6_000) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= 32_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            continue;
+        }
+        let tcp = ["0.0.0.0", "127.0.0.1", "127.0.0.2"]
+            .iter()
+            .all(|a| std::net::TcpListener::bind((*a, port)).is_ok());
+        let udp_ok = !udp
+            || ["127.0.0.1", "127.0.0.2"]
+                .iter()
+                .all(|a| std::net::UdpSocket::bind((*a, port)).is_ok());
+        if tcp && udp_ok {
+            return port;
+        }
+    }
+}

@@ -22,14 +22,7 @@ pub struct Pair {
 
 /// A replication port free on both loopback addresses.
 fn free_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    super::free_port(false)
 }
 
 impl Pair {
