@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(
-  clang libclang-dev pkg-config   # the bundled RocksDB build (bindgen needs libclang)
+  librocksdb-dev                  # the change log's store, linked rather than compiled
+  clang libclang-dev pkg-config   # bindings to RocksDB's C API (bindgen needs libclang)
   fuse3                           # /dev/fuse helpers and the fuse kernel module config
   fio rsync                       # benchmarks against the bare directory and rsync
   psmisc                          # fuser/killall for diagnosing busy mounts
