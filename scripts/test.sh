@@ -12,8 +12,14 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --release --workspace -- --test-threads=4 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# A short fuzzing run of every decoder of outside input (scripts/fuzz.sh).
+scripts/fuzz.sh "${TANDEM_FUZZ_SECONDS:-20}" 2>&1 | tee -a "$log"
+fuzz_status=${PIPESTATUS[0]}
 set -e
-# One closing line for the whole run (cargo prints one per test binary).
+# One closing line for the whole run (cargo prints one per test binary; each fuzz
+# target counts as one test).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^fuzz: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+((status == 0)) || exit "$status"
+exit "$fuzz_status"

@@ -13,7 +13,9 @@ use tandem::cluster::heartbeat::{self, Beat, Key};
 use tandem::cluster::machine::PeerView;
 use tandem::cluster::witness::{Answer, Ask};
 use tandem::replication::frame::{self, Compression};
-use tandem::replication::wire::{Message, Time, WireMutation, checked_path};
+use tandem::replication::wire::{
+    Entry, EntryKind, Message, Time, WireAttrs, WireMutation, checked_path,
+};
 
 /// One random change to `input`.
 fn mutate(rng: &mut StdRng, input: &[u8]) -> Vec<u8> {
@@ -276,4 +278,211 @@ fn mutated_configurations_are_refused_with_a_field_or_a_line() {
     }
     eprintln!("configurations: {ok} accepted, {refused} refused of 3000 mutated");
     assert!(refused > 0);
+}
+
+/// Mutations aimed at the ways out of the fuzzed module directory (`up` and
+/// `abs` are symlinks to outside it, `file` and `sub/secret` to files there).
+fn hostile_mutations() -> Vec<WireMutation> {
+    let p = |s: &str| s.as_bytes().to_vec();
+    let time = Time { secs: 1, nanos: 0 };
+    let mut out = Vec::new();
+    for target in [
+        "up/secret",
+        "abs/secret",
+        "file",
+        "sub/secret",
+        "up/dir/file",
+        "new",
+    ] {
+        out.push(WireMutation::Write {
+            path: Some(p(target)),
+            offset: 0,
+            data: b"changed".to_vec(),
+            sync: true,
+        });
+        out.push(WireMutation::SetAttr {
+            path: Some(p(target)),
+            attrs: WireAttrs {
+                mode: Some(0o777),
+                uid: Some(1),
+                gid: Some(1),
+                size: Some(0),
+                atime: Some(time),
+                mtime: Some(time),
+            },
+        });
+        out.push(WireMutation::SetXattr {
+            path: Some(p(target)),
+            name: p("user.x"),
+            value: p("y"),
+            flags: 0,
+        });
+        out.push(WireMutation::Unlink { path: p(target) });
+        out.push(WireMutation::Link {
+            existing: p(target),
+            path: p("hard"),
+        });
+        out.push(WireMutation::Rename {
+            from: p(target),
+            to: p("moved"),
+            flags: 0,
+        });
+        out.push(WireMutation::Rename {
+            from: p("sub"),
+            to: p(target),
+            flags: 0,
+        });
+        out.push(WireMutation::Reconcile {
+            path: p(target),
+            entry: Some(Entry {
+                kind: EntryKind::File,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                size: 1,
+                atime: time,
+                mtime: time,
+                xattrs: Vec::new(),
+                links: 1,
+            }),
+        });
+        out.push(WireMutation::Reconcile {
+            path: p(target),
+            entry: None,
+        });
+    }
+    out.push(WireMutation::Create {
+        path: p("up/made"),
+        mode: libc::S_IFREG | 0o644,
+        umask: 0o022,
+        rdev: 0,
+        uid: 0,
+        gid: 0,
+    });
+    out.push(WireMutation::Mkdir {
+        path: p("abs/made"),
+        mode: 0o755,
+        umask: 0,
+        uid: 0,
+        gid: 0,
+    });
+    out.push(WireMutation::Symlink {
+        path: p("sub/link"),
+        target: p("/"),
+        uid: 0,
+        gid: 0,
+    });
+    out.push(WireMutation::Rmdir { path: p("up/dir") });
+    out.push(WireMutation::Fallocate {
+        path: Some(p("file")),
+        offset: 0,
+        length: 4096,
+        mode: 0,
+    });
+    out
+}
+
+/// The fuzz targets' starting inputs (see `scripts/fuzz.sh`), made from the
+/// current protocol so they never go stale; written out when
+/// `TANDEM_FUZZ_SEEDS` names a directory.
+#[test]
+fn fuzz_seeds_are_valid_inputs() {
+    let mut seeds: Vec<(&str, String, Vec<u8>)> = Vec::new();
+    let mut all = Vec::new();
+    for (i, m) in messages().iter().enumerate() {
+        for (c, compression) in [Compression::Off, Compression::Zstd { level: 1 }]
+            .into_iter()
+            .enumerate()
+        {
+            let mut out = Vec::new();
+            frame::encode(m, compression, &mut out).unwrap();
+            all.extend_from_slice(&out);
+            seeds.push(("frame", format!("message-{i}-{c}"), out));
+        }
+    }
+    seeds.push(("frame", "all".into(), all));
+    for (i, mutation) in hostile_mutations().into_iter().enumerate() {
+        let m = Message::Mutate {
+            seq: i as u64,
+            dir: 0,
+            resync: i % 2 == 0,
+            mutation,
+            times: vec![(b"up".to_vec(), Time { secs: 2, nanos: 3 })],
+        };
+        let mut out = Vec::new();
+        frame::encode(&m, Compression::Off, &mut out).unwrap();
+        let (back, _) = frame::decode(&out).unwrap().unwrap();
+        assert_eq!(back, m);
+        seeds.push(("apply", format!("mutation-{i}"), out));
+    }
+    let beat = Beat {
+        cluster: "c".into(),
+        node: "node1".into(),
+        boot: 1,
+        seq: 2,
+        sent_ms: 3,
+        modules: vec![("app".into(), PeerView::default())],
+    };
+    seeds.push((
+        "heartbeat",
+        "beat".into(),
+        postcard::to_allocvec(&beat).unwrap(),
+    ));
+    // Two nodes asking for one lease, with time between the asks.
+    let mut asks = Vec::new();
+    for (step, node, want, serving) in [
+        (0u8, "node1", true, true),
+        (50, "node2", true, false),
+        (60, "node1", false, true),
+        (1, "node2", true, true),
+        (200, "node1", true, false),
+    ] {
+        let ask = Ask {
+            cluster: "c".into(),
+            node: node.into(),
+            module: "app".into(),
+            want,
+            generation: step as u64,
+            serving,
+            nonce: 1,
+        };
+        let body = postcard::to_allocvec(&ask).unwrap();
+        asks.push(step);
+        asks.push(u8::try_from(body.len()).unwrap());
+        asks.extend_from_slice(&body);
+    }
+    seeds.push(("witness", "two-nodes".into(), asks));
+    for (i, probe) in [
+        "GET /primary/app HTTP/1.1\r\nHost: lb\r\n\r\n",
+        "HEAD /secondary/app HTTP/1.0\r\n\r\n",
+        "OPTIONS /health HTTP/1.1\r\n\r\n",
+        "GET /app HTTP/1.1\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        seeds.push((
+            "lb_request",
+            format!("probe-{i}"),
+            probe.as_bytes().to_vec(),
+        ));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in [
+        "config/tandem.toml",
+        "config/podman/podman.toml",
+        "config/podman/podman-lb.toml",
+    ] {
+        if let Ok(text) = std::fs::read(root.join(name)) {
+            seeds.push(("config", name.replace('/', "-"), text));
+        }
+    }
+    assert!(seeds.iter().any(|(t, ..)| *t == "config"));
+    if let Some(dir) = std::env::var_os("TANDEM_FUZZ_SEEDS") {
+        for (target, name, bytes) in &seeds {
+            let d = Path::new(&dir).join(target);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(name), bytes).unwrap();
+        }
+    }
 }

@@ -242,16 +242,12 @@ where
         tokio::spawn(async move {
             let _ = tokio::time::timeout(PROBE_TIMEOUT, async move {
                 tcp.set_nodelay(true).ok();
-                let line = tokio::time::timeout(REQUEST_LINE_TIMEOUT, async {
-                    let mut stream = wrap(tcp).await?;
-                    let line = request_line(&mut stream).await?;
-                    Ok::<_, std::io::Error>((stream, line))
-                })
-                .await;
-                let Ok(Ok((mut stream, line))) = line else {
+                // The handshake (with TLS) and the request line share one deadline.
+                let deadline = tokio::time::Instant::now() + REQUEST_LINE_TIMEOUT;
+                let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, wrap(tcp)).await else {
                     return Ok(());
                 };
-                answer(&mut stream, &h, line).await
+                handle(&mut stream, &h, deadline).await
             })
             .await;
             drop(slot);
@@ -316,6 +312,19 @@ enum Line {
     TooLong,
     /// The client closed before a whole line.
     Closed,
+}
+
+/// Answers the one request a probe's connection carries: the request line
+/// must have arrived by `deadline`, or the connection is closed unanswered.
+pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    health: &Health,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<()> {
+    match tokio::time::timeout_at(deadline, request_line(stream)).await {
+        Ok(line) => answer(stream, health, line?).await,
+        Err(_) => Ok(()),
+    }
 }
 
 /// Reads up to the end of the request line and no further than needed:

@@ -312,7 +312,8 @@ impl Heartbeats {
         }
     }
 
-    fn check(&self, datagram: &[u8]) -> Result<Beat, Dropped> {
+    /// What a received datagram is worth: the peer's heartbeat, or why it is dropped.
+    pub fn check(&self, datagram: &[u8]) -> Result<Beat, Dropped> {
         let beat = open(&self.key, datagram)?;
         if beat.cluster != self.cluster || beat.node != self.peer {
             return Err(Dropped::Foreign {

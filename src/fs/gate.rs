@@ -524,7 +524,10 @@ mod tests {
         let log = log.lock().clone();
         assert_eq!(log[0], "first write", "{log:?}");
         assert_eq!(log.len(), 3, "{log:?}");
-        assert!(log.contains(&"second write") && log.contains(&"read"), "{log:?}");
+        assert!(
+            log.contains(&"second write") && log.contains(&"read"),
+            "{log:?}"
+        );
         pool.settle((1, 3));
         pool.stop();
     }
