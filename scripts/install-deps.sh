@@ -15,6 +15,8 @@ packages=(
   etcd-server                     # quorum = "etcd": the tests start a real etcd
   haproxy keepalived              # LB mode and the VIP failover comparison
   python3                         # the test application's network service, the benchmarks
+  podman busybox-static           # the demo's container (an image built from busybox)
+  systemd                         # systemd-analyze verify of the unit
 )
 
 missing=()

@@ -278,6 +278,12 @@ impl Machine {
     }
 
     /// What this node announces to its peer.
+    /// Still in the wait after a start during which it decides nothing
+    /// without news of its peer.
+    pub fn booting(&self) -> bool {
+        self.boot_until.is_some()
+    }
+
     pub fn view(&self) -> PeerView {
         PeerView {
             state: Some(self.state),

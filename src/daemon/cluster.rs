@@ -252,6 +252,11 @@ impl Managed {
                     .insert(self.cfg.name.clone(), sm.clone());
                 self.replica = Some(Replica::Secondary(sm));
                 self.synced = None;
+                // The peer serves: an address a dead daemon left here would
+                // answer ARP for it and draw its clients away.
+                for line in self.vips.as_ref().map(|v| v.remove_strays()).unwrap_or_default() {
+                    self.note(format!("virtual address left by an earlier run: {line}"));
+                }
             }
             Action::KeepAside => self.keep_aside(node, "split-brain", Keep::Whole)?,
             Action::SetAside => self.keep_aside(node, "set-aside", Keep::Ranges)?,
@@ -1395,6 +1400,26 @@ fn manage(
     let tick = (node.settings.heartbeat.interval / 2).max(Duration::from_millis(20));
     let timeout = node.settings.heartbeat.timeout;
     let mut alive = false;
+    let mut notifier = super::notify::Notifier::from_env(timeout);
+    if let Some(w) = notifier.watchdog() {
+        // Scripts run on this loop: one slower than the watchdog gets the
+        // daemon restarted.
+        for m in modules.iter_mut().filter(|m| m.cfg.scripts.timeout >= w) {
+            tracing::error!(module = %m.cfg.name, "watchdog shorter than the scripts' timeout");
+            m.note(format!(
+                "the service manager's watchdog ({} s) is not longer than the scripts' timeout_s ({} s): \
+                 a slow script would get the daemon restarted; raise WatchdogSec",
+                w.as_secs(),
+                m.cfg.scripts.timeout.as_secs()
+            ));
+        }
+    }
+    let states = |modules: &[Managed]| -> Vec<(String, State, bool)> {
+        modules
+            .iter()
+            .map(|m| (m.cfg.name.clone(), m.machine.state, m.machine.booting()))
+            .collect()
+    };
     for m in modules.iter_mut() {
         if m.machine.state != State::Stop {
             let _ = m.script(&node, "start_both", "second");
@@ -1461,6 +1486,7 @@ fn manage(
         };
     };
     publish(&modules, &hb.heard.lock().clone(), alive);
+    notifier.turn(&states(&modules));
     let mut next_tick = Instant::now();
     loop {
         let views_before: Vec<PeerView> = modules.iter().map(|m| m.machine.view()).collect();
@@ -1562,6 +1588,7 @@ fn manage(
                 let _ = reply.send(r);
             }
             Ok(Input::Shutdown(done)) => {
+                notifier.stopping();
                 shutdown(&node, &mut modules, &hb);
                 publish(&modules, &hb.heard.lock().clone(), false);
                 if let Some(g) = node.guard.lock().take() {
@@ -1636,6 +1663,7 @@ fn manage(
             .zip(&views_before)
             .any(|(m, v)| m.machine.view() != *v);
         publish(&modules, &hb.heard.lock().clone(), alive);
+        notifier.turn(&states(&modules));
         if let Some(g) = node.guard.lock().as_mut() {
             g.update(modules.iter().filter_map(|m| m.duty(&node)).collect());
         }

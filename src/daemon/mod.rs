@@ -5,6 +5,7 @@
 
 mod cluster;
 mod fence;
+mod notify;
 mod replicas;
 
 pub use replicas::Role;

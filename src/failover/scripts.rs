@@ -53,6 +53,11 @@ pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Resul
         .env("TANDEM_PEER", &ctx.peer)
         .env("TANDEM_DIRS", &ctx.dirs)
         .env("TANDEM_SCRIPT", what)
+        // The service manager's socket and watchdog are the daemon's: an
+        // application (podman, say) must not report to them in its name.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -28,6 +28,8 @@ pub struct Options<'a> {
     pub service: Option<u16>,
     /// A port per node, for `{port}` in `failover`.
     pub ports: Option<[u16; 2]>,
+    /// The scripts' `timeout_s`.
+    pub script_timeout_s: u64,
 }
 
 impl Default for Options<'_> {
@@ -41,6 +43,7 @@ impl Default for Options<'_> {
             heartbeat: (100, 500),
             service: None,
             ports: None,
+            script_timeout_s: 20,
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct Cluster {
     pub witness: Option<Child>,
     /// The port of the application's service (`APP_PORT`), if it runs one.
     pub service: Option<u16>,
+    /// More environment for each node's daemon.
+    pub env: [Vec<(String, String)>; 2],
 }
 
 /// Network namespaces made for one test and removed after it, even when it
@@ -287,7 +292,11 @@ done
 
 /// Starts the application and, with `APP_PORT`, its service, in one
 /// session (stopped together).
+/// A `hang` file beside the node's files makes it hang (a start that never
+/// returns); a `slow_start` file above them holds seconds to take first.
 pub const START: &str = r#"#!/bin/sh
+[ -f "$APP_SIDE/hang" ] && sleep 3600
+[ -f "$APP_SIDE/../slow_start" ] && sleep "$(cat "$APP_SIDE/../slow_start")"
 echo "start $TANDEM_NODE" >> "$APP_SIDE/../events"
 setsid sh -c '"$APP_BIN" & if [ -n "$APP_PORT" ]; then python3 "$APP_SERVICE" & fi; wait' \
   > /dev/null 2>&1 < /dev/null &
@@ -440,7 +449,7 @@ dirs = ["{t}/node{n}/app"]
 [module.scripts]
 start_prim = "{t}/start.sh"
 stop_prim = "{t}/stop.sh"
-timeout_s = 20
+timeout_s = {script_timeout}
 {check}
 {tail}"#,
                     t = t.display(),
@@ -469,6 +478,7 @@ timeout_s = 20
                     },
                     a1 = addr[0],
                     a2 = addr[1],
+                    script_timeout = opts.script_timeout_s,
                     interval = opts.heartbeat.0,
                     timeout = opts.heartbeat.1,
                 ),
@@ -488,6 +498,7 @@ timeout_s = 20
             netns: net.map(|n| n.nodes.clone()),
             witness: None,
             service: opts.service,
+            env: Default::default(),
         };
         if let Some(net) = net.filter(|_| kind == "etcd") {
             let log = std::fs::File::create(c.path("etcd.log")).unwrap();
@@ -579,6 +590,7 @@ timeout_s = 20
                 "APP_PORT",
                 self.service.map(|p| p.to_string()).unwrap_or_default(),
             )
+            .envs(self.env[n - 1].iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

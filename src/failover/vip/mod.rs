@@ -132,6 +132,34 @@ impl Vips {
         out
     }
 
+    /// Removes the module's addresses found on this host that this daemon
+    /// did not take: left by a daemon that died together with its guard. Once
+    /// the peer serves the module they can only draw its clients here.
+    /// Returns a line for each address removed or that could not be.
+    pub fn remove_strays(&self) -> Vec<String> {
+        let Ok(all) = ifaces::list() else {
+            return Vec::new();
+        };
+        let taken = self.taken();
+        let mut out = Vec::new();
+        for a in &self.addresses {
+            if taken.iter().any(|t| t.addr == a.addr) {
+                continue;
+            }
+            for i in &all {
+                for (ip, prefix) in &i.addrs {
+                    if *ip == a.addr {
+                        out.push(match netlink::remove(i.index, *ip, *prefix) {
+                            Ok(_) => format!("{ip}/{prefix} removed from {}", i.name),
+                            Err(e) => format!("{ip}/{prefix} on {}: cannot remove: {e}", i.name),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn taken(&self) -> Vec<Taken> {
         self.fence.inner.taken.lock().clone()
     }
