@@ -163,7 +163,11 @@ fn a_daemon_without_its_peer_is_ready_once_it_has_decided_to_wait() {
     assert!(ready.at.duration_since(started) >= Duration::from_millis(900));
     assert!(!ready.mounted);
     assert_eq!(c.state(1), "WAIT");
-    assert!(lines(&said, "STATUS=").iter().any(|s| s.line == "STATUS=app WAIT"));
+    assert!(
+        lines(&said, "STATUS=")
+            .iter()
+            .any(|s| s.line == "STATUS=app WAIT")
+    );
     // The peer comes: node1 serves, and says so.
     c.start(2);
     c.wait_states("PRIM", "SECOND", 30);
@@ -192,7 +196,11 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         assert!(unit.contains(key), "the unit lacks {key}");
     }
     let path = t.path().join("tandem.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/tandem", common::tandem_bin())).unwrap();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/tandem", common::tandem_bin()),
+    )
+    .unwrap();
     let o = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)

@@ -254,7 +254,12 @@ impl Managed {
                 self.synced = None;
                 // The peer serves: an address a dead daemon left here would
                 // answer ARP for it and draw its clients away.
-                for line in self.vips.as_ref().map(|v| v.remove_strays()).unwrap_or_default() {
+                for line in self
+                    .vips
+                    .as_ref()
+                    .map(|v| v.remove_strays())
+                    .unwrap_or_default()
+                {
                     self.note(format!("virtual address left by an earlier run: {line}"));
                 }
             }
