@@ -8,7 +8,9 @@
 #   3. server 1 comes back: it is resynchronised with only what changed while
 #      the container keeps serving on server 2;
 #   4. `tandem swap` returns the container to server 1 in order, and
-#      `tandem verify` finds both trees identical.
+#      `tandem verify` finds both trees identical;
+# and then a container that exits at once on server 1: restarted there twice,
+# then moved to server 2.
 # The servers, a witness and a client are network namespaces on one bridge
 # (10.0.0.1, .2, .3 and .9; the virtual IP 10.0.0.100); they run tandem with
 # config/podman/ as an administrator would, and a locally built image (no
@@ -121,6 +123,11 @@ cat > "$base/image/bin/serve" <<'EOF'
 #!/bin/sh
 # The service: busybox httpd on port 8080 serving /www and its CGI scripts;
 # stops cleanly on SIGTERM (as PID 1 it would otherwise ignore it).
+# A configuration that names this node makes it exit at once (a broken
+# container, for the demo's last step).
+if [ -e "/www/crash-on-$TANDEM_NODE" ]; then
+    echo "crash-on-$TANDEM_NODE: exiting at once" >&2; exit 1
+fi
 httpd -f -p 8080 -h /www & pid=$!
 trap 'kill $pid; wait $pid; exit 0' TERM INT
 wait $pid
@@ -359,8 +366,23 @@ sleep 0.5
 check 1
 "$T" -c "$base/node1.toml" status
 "$T" -c "$base/node1.toml" log web | tail -12
+say "the four steps succeeded ($(wc -l < "$base/acked") writes acknowledged, none lost)"
 
-say "all four steps succeeded ($(wc -l < "$base/acked") writes acknowledged, none lost)"
+say "and a container that keeps crashing: restarted in place twice, then moved to server 2"
+# Its configuration now makes it exit at once on server 1; it crashes.
+touch "$base/node1/srv/web/config/crash-on-node1"
+t0=$(now_ms)
+"$base/node1/podman" kill web >/dev/null
+wait_for 2 "ALONE PRIM"
+check 2
+restarts=$("$T" -c "$base/node1.toml" log web | grep -c "restarting the application" || true)
+echo "moved to server 2 $(( $(now_ms) - t0 )) ms after the crash, after $restarts restarts on server 1"
+[ "$restarts" = 2 ] || fail "expected 2 restarts on server 1 before the move, saw $restarts"
+"$T" -c "$base/node1.toml" log web | grep -E "check|restart|Prim|Second" | tail -6
+wait_for 1 SECOND uptodate
+"$T" -c "$base/node2.toml" verify web || fail "tandem verify found differences"
+
+say "all steps succeeded"
 if [ "$keep" = 1 ]; then
     echo "the cluster keeps running; try:"
     echo "  $T -c $base/node1.toml status"
