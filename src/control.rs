@@ -167,7 +167,7 @@ pub struct ModuleStatus {
     /// "secondary" where the peer's changes are applied.
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication: Option<crate::replication::primary::ReplicationStatus>,
+    pub replication: Option<crate::replication::status::ReplicationStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterModuleStatus>,
     pub dirs: Vec<DirStatus>,

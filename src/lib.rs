@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod exit;
 pub mod failover;
 pub mod fs;
 pub mod replication;

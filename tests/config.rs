@@ -35,7 +35,7 @@ fn reference_path() -> PathBuf {
 
 /// Parses without the checks on disk, which most rules do not involve.
 fn parse(text: &str) -> Result<Settings, ConfigErrors> {
-    config::parse_with(text, Path::new(ORIGIN), false)
+    config::parse(text, Path::new(ORIGIN), config::DirChecks::Off)
 }
 
 fn errors(text: &str) -> Vec<ConfigError> {
@@ -118,7 +118,8 @@ fn edit(from: &str, to: &str) -> String {
 
 #[test]
 fn reference_file_passes_without_dir_checks() {
-    let s = config::load_with(&reference_path(), false).unwrap_or_else(|e| panic!("{e}"));
+    let s =
+        config::load(&reference_path(), config::DirChecks::Off).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.cluster.name, "podman-ha");
     assert!(matches!(&s.cluster.quorum, Quorum::Witness(w) if w.to_string() == "10.0.0.3:7402"));
     assert_eq!(s.cluster.preferred_primary.as_deref(), Some("node1"));
@@ -140,7 +141,7 @@ fn reference_file_passes_without_dir_checks() {
 
 #[test]
 fn reference_file_on_a_node_checks_its_directories() {
-    match config::load(&reference_path()) {
+    match config::load(&reference_path(), tandem::cli::on_disk()) {
         Ok(_) => {} // only if this machine happens to have every directory
         Err(e) => {
             assert!(!e.errors.is_empty());
@@ -170,7 +171,7 @@ fn reference_file_with_existing_directories_passes_dir_checks() {
     }
     let file = root.path().join("tandem.toml");
     std::fs::write(&file, &rewritten).unwrap();
-    let s = config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let s = config::load(&file, tandem::cli::on_disk()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         s.modules[0].dirs[0],
         root.path().join("var/lib/containers/storage/volumes/app")
@@ -242,7 +243,7 @@ fn lb_port_defaults_to_the_health_crates_port() {
 
 #[test]
 fn summary_names_what_matters() {
-    let s = config::load_with(&reference_path(), false).unwrap();
+    let s = config::load(&reference_path(), config::DirChecks::Off).unwrap();
     let summary = s.summary();
     for expected in [
         "podman-ha",
@@ -272,7 +273,7 @@ fn summary_names_what_matters() {
 #[test]
 fn missing_file_names_the_file() {
     let path = Path::new("/nonexistent/tandem/x.toml");
-    let e = config::load(path).unwrap_err();
+    let e = config::load(path, tandem::cli::on_disk()).unwrap_err();
     assert_eq!(e.file, path);
     assert_eq!(e.errors.len(), 1);
     assert_eq!(e.errors[0].field, "");
@@ -291,7 +292,7 @@ fn missing_file_names_the_file() {
 #[test]
 fn unreadable_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let e = config::load(dir.path()).unwrap_err(); // a directory, not a file
+    let e = config::load(dir.path(), tandem::cli::on_disk()).unwrap_err(); // a directory, not a file
     assert_eq!(e.errors.len(), 1);
     assert!(
         e.errors[0]
@@ -1517,7 +1518,7 @@ fn existing_dirs_pass_the_disk_checks() {
     std::fs::create_dir(&b).unwrap();
     let file = root.path().join("tandem.toml");
     std::fs::write(&file, with_dirs(&[&a, &b])).unwrap();
-    let s = config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let s = config::load(&file, tandem::cli::on_disk()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.modules[0].dirs, [a, b]);
 }
 
@@ -1532,7 +1533,7 @@ fn missing_dirs_fail_the_disk_checks_only() {
     std::fs::create_dir(&a).unwrap();
     std::fs::write(&file, b"").unwrap();
     let text = with_dirs(&[&a, &missing, &file]);
-    let e = config::parse(&text, Path::new(ORIGIN)).unwrap_err();
+    let e = config::parse(&text, Path::new(ORIGIN), tandem::cli::on_disk()).unwrap_err();
     let got: Vec<(&str, Option<usize>)> = e
         .errors
         .iter()
@@ -1550,5 +1551,5 @@ fn missing_dirs_fail_the_disk_checks_only() {
     );
     assert!(e.errors[0].message.ends_with("does not exist"), "{e}");
     assert!(e.errors[1].message.ends_with("is not a directory"), "{e}");
-    assert!(config::parse_with(&text, Path::new(ORIGIN), false).is_ok());
+    assert!(config::parse(&text, Path::new(ORIGIN), config::DirChecks::Off).is_ok());
 }

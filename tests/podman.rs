@@ -107,7 +107,9 @@ fn the_demo_keeps_a_real_container_available_through_the_four_steps() {
     assert!(text.contains("all steps succeeded"), "{text}");
     // A container that exits at once: two restarts in place, then server 2.
     assert!(
-        lines.iter().any(|l| l.starts_with("moved to server 2") && l.contains("after 2 restarts")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("moved to server 2") && l.contains("after 2 restarts")),
         "{text}"
     );
     for step in ["step 1:", "step 2:", "step 3:", "step 4:"] {

@@ -243,7 +243,12 @@ fn mutated_configurations_are_refused_with_a_field_or_a_line() {
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tandem.toml"))
             .unwrap();
-    tandem::config::parse_with(&text, Path::new("tandem.toml"), false).unwrap();
+    tandem::config::parse(
+        &text,
+        Path::new("tandem.toml"),
+        tandem::config::DirChecks::Off,
+    )
+    .unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let mut rng = StdRng::seed_from_u64(19);
     let (mut ok, mut refused) = (0, 0);
@@ -267,7 +272,11 @@ fn mutated_configurations_are_refused_with_a_field_or_a_line() {
                 _ => l[at] = l[at].replace(|c: char| c.is_ascii_digit(), "9"),
             }
         }
-        match tandem::config::parse_with(&l.join("\n"), Path::new("tandem.toml"), false) {
+        match tandem::config::parse(
+            &l.join("\n"),
+            Path::new("tandem.toml"),
+            tandem::config::DirChecks::Off,
+        ) {
             Ok(_) => ok += 1,
             Err(e) => {
                 let shown = e.to_string();

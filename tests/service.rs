@@ -109,15 +109,16 @@ fn the_service_manager_hears_ready_once_mounted_status_watchdog_pings_and_stoppi
     // The pings keep coming while the manager runs its loop…
     std::thread::sleep(Duration::from_millis(1500));
     let pings = lines(&said, "WATCHDOG=1");
-    assert!(pings.len() >= 6, "{} pings", pings.len());
+    assert!(pings.len() >= 4, "{} pings", pings.len());
+    // (Generous: other tests load the machine.)
     assert!(
-        longest_gap(&pings) < Duration::from_millis(400),
+        longest_gap(&pings) < Duration::from_millis(1000),
         "{:?}",
         longest_gap(&pings)
     );
     // …and stop while it is blocked: a restart whose start script takes
-    // 1.5 s holds the manager (scripts run on its loop).
-    std::fs::write(c.path("slow_start"), "1.5").unwrap();
+    // 3 s holds the manager (scripts run on its loop).
+    std::fs::write(c.path("slow_start"), "3").unwrap();
     let before = Instant::now();
     let o = c.tandem(1, &["restart", "app"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -125,17 +126,17 @@ fn the_service_manager_hears_ready_once_mounted_status_watchdog_pings_and_stoppi
     std::thread::sleep(Duration::from_millis(600));
     let during: Vec<Said> = lines(&said, "WATCHDOG=1")
         .into_iter()
-        .filter(|s| s.at >= before - Duration::from_millis(400))
+        .filter(|s| s.at >= before - Duration::from_millis(1500))
         .collect();
     assert!(
-        longest_gap(&during) >= Duration::from_millis(1300),
+        longest_gap(&during) >= Duration::from_millis(2800),
         "pings went on while the manager was blocked: longest gap {:?}",
         longest_gap(&during)
     );
     assert!(
         during
             .last()
-            .is_some_and(|s| s.at > before + Duration::from_millis(1500)),
+            .is_some_and(|s| s.at > before + Duration::from_millis(3000)),
         "pings did not resume"
     );
     assert_eq!(lines(&said, "READY=1").len(), 1, "READY=1 said twice");

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(e) = tandem::config::parse_with(text, Path::new("tandem.toml"), false) {
+    if let Err(e) = tandem::config::parse(text, Path::new("tandem.toml"), tandem::config::DirChecks::Off) {
         assert!(!e.errors.is_empty(), "refused without a reason");
         let shown = e.to_string();
         assert!(shown.contains("tandem.toml"), "{shown}");

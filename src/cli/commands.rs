@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::config::DirChecks;
 use crate::control::{self, Request, Response};
 
 use super::{Cli, Command, ConfigAction, EXIT_FAILURE, EXIT_USAGE};
@@ -41,13 +42,21 @@ pub fn run(cli: Cli) -> ExitCode {
                     skip_dir_checks,
                 },
         } => config_check(&file, skip_dir_checks),
-        Command::Daemon { node, role } => match crate::config::load(&cli.config) {
-            Ok(settings) => crate::daemon::run(settings, crate::daemon::Options { node, role }),
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_USAGE)
+        Command::Daemon { node, role } => {
+            match crate::config::load(&cli.config, super::on_disk()) {
+                Ok(settings) => crate::daemon::run(
+                    settings,
+                    crate::daemon::Options {
+                        node,
+                        role: role.map(Into::into),
+                    },
+                ),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
             }
-        },
+        }
         Command::Status { json } => with_daemon(
             &cli.config,
             cli.socket,
@@ -157,7 +166,7 @@ fn init(
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        match crate::config::parse_with(&text, config, false) {
+        match crate::config::parse(&text, config, DirChecks::Off) {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("{e}");
@@ -222,7 +231,7 @@ fn witness(
     listen: Option<String>,
     state: Option<std::path::PathBuf>,
 ) -> ExitCode {
-    let settings = match crate::config::parse_with(
+    let settings = match crate::config::parse(
         &match std::fs::read_to_string(config) {
             Ok(t) => t,
             Err(e) => {
@@ -231,7 +240,7 @@ fn witness(
             }
         },
         config,
-        false,
+        DirChecks::Off,
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -370,7 +379,15 @@ fn config_check(file: &std::path::Path, skip_dir_checks: bool) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match crate::config::parse_with(&text, file, !skip_dir_checks) {
+    match crate::config::parse(
+        &text,
+        file,
+        if skip_dir_checks {
+            DirChecks::Off
+        } else {
+            super::on_disk()
+        },
+    ) {
         Ok(settings) => {
             println!("OK");
             print!("{}", settings.summary());
@@ -390,7 +407,7 @@ pub(super) fn socket_path(
     if let Some(s) = socket {
         return Ok(s);
     }
-    match crate::config::load(config) {
+    match crate::config::load(config, super::on_disk()) {
         Ok(s) => Ok(s.daemon.socket.clone()),
         Err(e) => {
             eprintln!("{e}");

@@ -15,8 +15,36 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
+pub use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
+
+/// `tandem daemon --role`: the command line's name for [`crate::daemon::Role`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Serve the modules and replicate to the peer.
+    Prim,
+    /// Receive the peer's changes.
+    Second,
+    /// No peer: mount the directories and count their mutations.
+    Local,
+}
+
+impl From<RoleArg> for crate::daemon::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Prim => crate::daemon::Role::Prim,
+            RoleArg::Second => crate::daemon::Role::Second,
+            RoleArg::Local => crate::daemon::Role::Local,
+        }
+    }
+}
+
+/// Checks of the replicated directories on a node: they must exist, and the
+/// mount layer tells a mount a killed daemon left from a broken directory.
+pub fn on_disk() -> crate::config::DirChecks {
+    crate::config::DirChecks::On {
+        is_stale_mount: crate::fs::mounts::is_stale,
+    }
+}
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/tandem/tandem.toml";
@@ -55,7 +83,7 @@ pub enum Command {
         /// decisions: `prim` mounts and replicates to the peer, `second`
         /// applies its changes, `local` mounts and only counts changes.
         #[arg(long, value_enum)]
-        role: Option<crate::daemon::Role>,
+        role: Option<RoleArg>,
     },
     /// Show the state of every module.
     Status {

@@ -1,6 +1,6 @@
 //! How a resync's progress reads on a terminal.
 
-use crate::replication::primary::ResyncProgress;
+use crate::replication::status::ResyncProgress;
 
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

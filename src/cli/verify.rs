@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::control::{self, Request};
-use crate::replication::verify::VerifyReport;
+use crate::replication::status::VerifyReport;
 
 use super::progress::human;
 use super::{EXIT_FAILURE, EXIT_USAGE};

@@ -25,32 +25,33 @@ pub use settings::{
     ProcessMatch, Quorum, Replication, Scripts, Settings,
 };
 
-/// Reads, parses and validates the file, including the replicated directories on disk.
-pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
-    load_with(path, true)
+/// Whether the replicated directories are checked on disk.
+#[derive(Clone, Copy)]
+pub enum DirChecks {
+    /// Not at all: a machine that is not a node (a workstation, CI).
+    Off,
+    /// Each must exist and be a directory. `is_stale_mount` tells a mount a
+    /// killed daemon left behind (which the next daemon removes) from a
+    /// directory that cannot be read; the mount layer knows how.
+    On { is_stale_mount: fn(&Path) -> bool },
 }
 
-/// [`load`], with the checks of the replicated directories on disk made optional.
-pub fn load_with(path: &Path, fs_checks: bool) -> Result<Settings, ConfigErrors> {
+/// Reads, parses and validates the file.
+pub fn load(path: &Path, checks: DirChecks) -> Result<Settings, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::whole_file(
             path,
             format!("cannot read {}: {}", path.display(), io_reason(&e)),
         )
     })?;
-    parse_with(&text, path, fs_checks)
+    parse(&text, path, checks)
 }
 
 /// Parses and validates `text`; `origin` only names the file in errors.
-pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigErrors> {
-    parse_with(text, origin, true)
-}
-
-/// [`parse`], with the checks of the replicated directories on disk made optional.
-pub fn parse_with(text: &str, origin: &Path, fs_checks: bool) -> Result<Settings, ConfigErrors> {
+pub fn parse(text: &str, origin: &Path, checks: DirChecks) -> Result<Settings, ConfigErrors> {
     let mut report = report::Report::new(text);
     let settings = decode::decode(text, &mut report)
-        .and_then(|raw| validate::validate(&raw, &mut report, fs_checks));
+        .and_then(|raw| validate::validate(&raw, &mut report, checks));
     match settings {
         Some(settings) if report.count() == 0 => Ok(settings),
         _ => Err(ConfigErrors {

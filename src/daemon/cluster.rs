@@ -30,7 +30,8 @@ use crate::control::{
 use crate::failover::scripts;
 use crate::fs::{self, CountingSink, MountConfig, Mounted, Unmounted};
 use crate::replication::aside::Keep;
-use crate::replication::primary::{Dir, Replicator};
+use crate::replication::dir::Dir;
+use crate::replication::primary::Replicator;
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
 use crate::replication::session::{PrimaryLink, resolve, state_dir};
 use crate::replication::tls::{Credentials, heartbeat_key_path};
@@ -988,7 +989,7 @@ pub fn run(
     rt: &tokio::runtime::Runtime,
     signals: crate::signals::StopSignals,
 ) -> Result<(), (u8, String)> {
-    use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+    use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
     let usage = |e: String| (EXIT_USAGE, e);
     let (me, peer) = replicas::identity(&settings, opts.node.as_deref()).map_err(usage)?;
     let (me, peer) = (me.clone(), peer.clone());

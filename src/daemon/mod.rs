@@ -18,9 +18,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::Settings;
 use crate::control::{DirStatus, ModuleStatus, Request, Response, Status};
+use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
 use crate::fs::{self, CountingSink, MountConfig, Mounted};
 use crate::signals::StopSignals;
 

@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use crate::changelog::{ChangeLog, RocksChangeLog};
 use crate::config::{Compression, Module, Node, Settings};
+use crate::replication::dir::Dir;
 use crate::replication::frame;
-use crate::replication::primary::{Dir, ReplicationStatus, Replicator};
+use crate::replication::primary::Replicator;
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
 use crate::replication::session::{PrimaryLink, resolve, state_dir};
+use crate::replication::status::ReplicationStatus;
 use crate::replication::tls::Credentials;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// Serve the modules and replicate to the peer.
     Prim,
@@ -61,7 +63,7 @@ impl Replica {
             if v.running {
                 return Err("a verify of this module is already running".into());
             }
-            *v = crate::replication::verify::VerifyState {
+            *v = crate::replication::status::VerifyState {
                 running: true,
                 phase: "connecting".into(),
                 ..Default::default()
@@ -110,9 +112,9 @@ async fn verify_and_repair(
     rep: &Replicator,
     link: &PrimaryLink,
     repair: bool,
-) -> Result<crate::replication::verify::VerifyReport, String> {
+) -> Result<crate::replication::status::VerifyReport, String> {
     use crate::replication::verify;
-    let first = verify::run(link, &rep.verify, false).await?;
+    let first = verify::run(&link.connector(), &link.rep, &rep.verify, false).await?;
     if !repair || first.differences.is_empty() {
         return Ok(first);
     }
@@ -132,7 +134,7 @@ async fn verify_and_repair(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let mut second = verify::run(link, &rep.verify, false).await?;
+    let mut second = verify::run(&link.connector(), &link.rep, &rep.verify, false).await?;
     second.repaired = first.differences.len() as u64;
     Ok(second)
 }

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use super::primary::Dir;
+use super::dir::Dir;
 use crate::fs::sys;
 
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -1,11 +1,14 @@
 //! Framed messages over a TLS stream, and the checks every new connection
 //! passes before any change is accepted from it.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Compression};
+use super::tls::Credentials;
 use super::wire::Message;
 
 /// How long a peer may take to say hello.
@@ -133,6 +136,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 }
 
 /// What a Hello must say to be accepted.
+/// What it takes to open a connection to the peer: its address, this node's
+/// credentials, the cluster's name and the frames' compression.
+#[derive(Clone)]
+pub struct Connector {
+    pub creds: Arc<Credentials>,
+    pub cluster: String,
+    pub peer_addr: SocketAddr,
+    pub compression: Compression,
+}
+
 pub struct Expect<'a> {
     pub cluster: &'a str,
     pub peer: &'a str,

@@ -13,6 +13,7 @@
 pub mod activity;
 pub mod applier;
 pub mod aside;
+pub mod dir;
 pub mod entry;
 pub mod frame;
 pub mod link;
@@ -23,6 +24,7 @@ pub mod replay;
 pub mod resync;
 pub mod secondary;
 pub mod session;
+pub mod status;
 pub mod tls;
 pub mod verify;
 pub mod wire;

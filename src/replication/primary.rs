@@ -15,33 +15,25 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use serde::Serialize;
 
-use crate::changelog::{ChangeLog, FileId, NsChange};
+use crate::changelog::{FileId, NsChange};
 use crate::config::Ack;
 use crate::fs::{Errno, LocalApply, Mutation, MutationSink, Remains};
 
 mod exclude;
 
 use super::activity::{Activity, EXTENT};
+use super::dir::Dir;
 use super::entry;
+use super::status::{ReplicationStatus, ResyncProgress, VerifyState};
 use super::wire::{Message, Time, WireMutation};
-
-/// One replicated directory of the module.
-pub struct Dir {
-    /// `O_PATH` descriptor of the real directory, opened before the mount.
-    pub root: OwnedFd,
-    pub log: Arc<dyn ChangeLog>,
-    /// Chunk lists of the files, for verify and full sync.
-    pub cache: Mutex<super::manifest::Cache>,
-}
 
 /// What may be forgotten from the change log once the peer made it durable.
 enum Clear {
@@ -181,44 +173,6 @@ struct Acks {
     durable: u64,
 }
 
-/// Live state of a resync, for status and `tandem resync`.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct ResyncProgress {
-    pub running: bool,
-    pub files_total: u64,
-    pub files_done: u64,
-    pub bytes_total: u64,
-    pub bytes_done: u64,
-    /// File contents actually sent (marked ranges past a file's end are not).
-    #[serde(default)]
-    pub bytes_sent: u64,
-    /// Namespace records shipped.
-    pub names: u64,
-    pub started_unix_ms: u64,
-    pub finished_unix_ms: u64,
-}
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct ReplicationStatus {
-    pub role: String,
-    /// connected | resyncing | alone
-    pub peer: String,
-    pub ack: String,
-    pub sent: u64,
-    pub applied: u64,
-    pub durable: u64,
-    pub dirty_bytes: u64,
-    pub dirty_files: u64,
-    pub bytes_replicated: u64,
-    pub resync: ResyncProgress,
-    pub last_error: Option<String>,
-    #[serde(default)]
-    pub verify: super::verify::VerifyState,
-    /// Extents of the activity log marked whole while the peer is current.
-    #[serde(default)]
-    pub hot_extents: u64,
-}
-
 pub struct Replicator {
     pub module: String,
     pub ack: Ack,
@@ -250,7 +204,7 @@ pub struct Replicator {
     bytes_replicated: AtomicU64,
     resync: Mutex<ResyncProgress>,
     last_error: Mutex<Option<String>>,
-    pub verify: Mutex<super::verify::VerifyState>,
+    pub verify: Mutex<VerifyState>,
 }
 
 pub type AloneCheck = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -1326,7 +1280,7 @@ impl MutationSink for ReplicatingSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::changelog::MemChangeLog;
+    use crate::changelog::{ChangeLog, MemChangeLog};
     use std::ops::Range;
     use std::sync::atomic::AtomicBool;
 

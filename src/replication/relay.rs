@@ -14,7 +14,6 @@ use tokio_rustls::TlsConnector;
 
 use super::frame::Compression;
 use super::link::{FrameReader, FrameWriter};
-use super::session::kind;
 use super::tls::Credentials;
 use super::wire::Message;
 
@@ -71,7 +70,7 @@ pub async fn ask(
         match reader.next().await? {
             Message::ControlReply { response } => Ok(response),
             Message::Close { reason } => Err(format!("refused: {reason}")),
-            other => Err(format!("expected ControlReply, got {}", kind(&other))),
+            other => Err(format!("expected ControlReply, got {}", other.kind())),
         }
     };
     tokio::time::timeout(timeout, exchange)

@@ -279,7 +279,7 @@ fn ship_names(
         records.push(ns);
         plan.push(files);
     }
-    *rep.progress() = super::primary::ResyncProgress {
+    *rep.progress() = super::status::ResyncProgress {
         running: true,
         files_total,
         bytes_total,
@@ -345,7 +345,7 @@ fn ship_names(
 /// to be marked dirty: a replayed rename may have put another file there on
 /// the peer (see [`super::replay`]).
 fn mark_whole(
-    d: &super::primary::Dir,
+    d: &super::dir::Dir,
     p: &Path,
     module: &str,
     marks: &mut Vec<(FileId, u64, u64)>,
@@ -444,7 +444,7 @@ struct Opened {
 }
 
 /// Opens the regular file `id` and asks the kernel to read its dirty ranges.
-fn prefetch(d: &super::primary::Dir, id: FileId) -> Option<Opened> {
+fn prefetch(d: &super::dir::Dir, id: FileId) -> Option<Opened> {
     let path = d.log.path_of(id).ok()??;
     let node = entry::open_node(d.root.as_fd(), &path).ok()?;
     let st = sys::stat_fd(node.as_fd()).ok()?;
@@ -465,7 +465,7 @@ fn prefetch(d: &super::primary::Dir, id: FileId) -> Option<Opened> {
 /// Runs under the order lock in names generation `names_gen`. `open` keeps
 /// the file open from one piece to the next.
 fn read_range(
-    d: &super::primary::Dir,
+    d: &super::dir::Dir,
     path: &Path,
     range: Range<u64>,
     names_gen: u64,

@@ -16,12 +16,12 @@ use tokio_rustls::TlsAcceptor;
 use crate::changelog::ChangeLog;
 
 use super::applier::Applier;
+use super::dir::Dir;
 use super::frame::Compression;
 use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
-use super::primary::Dir;
-use super::primary::{ReplicationStatus, ResyncProgress};
 use super::resync;
-use super::session::{KEEPALIVE, kind};
+use super::session::KEEPALIVE;
+use super::status::{ReplicationStatus, ResyncProgress};
 use super::tls::Credentials;
 use super::wire::{Message, WireMutation};
 
@@ -338,7 +338,7 @@ where
                         break "applier stopped".into();
                     }
                 }
-                Ok(other) => break format!("unexpected message from the primary: {}", kind(&other)),
+                Ok(other) => break format!("unexpected message from the primary: {}", other.kind()),
             },
             r = &mut pump => {
                 pump_done = true;

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::frame::Compression;
-use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::link::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
 use super::primary::Replicator;
 use super::resync::{self, Diverged};
 use super::tls::Credentials;
@@ -34,6 +34,16 @@ pub struct PrimaryLink {
 }
 
 impl PrimaryLink {
+    /// What another connection to the peer (a verify's) needs.
+    pub fn connector(&self) -> Connector {
+        Connector {
+            creds: self.creds.clone(),
+            cluster: self.cluster.clone(),
+            peer_addr: self.peer_addr,
+            compression: self.compression,
+        }
+    }
+
     /// Runs until the task is aborted.
     pub async fn run(self: Arc<Self>) {
         let mut last_err = String::new();
@@ -130,7 +140,7 @@ impl PrimaryLink {
                     self.creds.peer
                 );
             }
-            let report = match super::verify::run(self, &rep.verify, true).await {
+            let report = match super::verify::run(&self.connector(), rep, &rep.verify, true).await {
                 Ok(r) => r,
                 Err(e) => {
                     restore_compare_needed(rep, compare);
@@ -167,7 +177,7 @@ impl PrimaryLink {
                         rep.on_ack(conn, received, applied, durable)
                     }
                     Ok(Ok(Message::Close { reason })) => break format!("peer closed the link: {reason}"),
-                    Ok(Ok(other)) => break format!("unexpected message from the peer: {}", kind(&other)),
+                    Ok(Ok(other)) => break format!("unexpected message from the peer: {}", other.kind()),
                 },
                 r = &mut pump => break match r {
                     Ok(Ok(())) => "link dropped".to_string(),
@@ -217,21 +227,6 @@ fn restore_compare_needed(rep: &Replicator, needed: bool) {
     }
 }
 
-pub fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Hello { .. } => "Hello",
-        Message::Diverged { .. } => "Diverged",
-        Message::Mutate { .. } => "Mutate",
-        Message::ResyncDone { .. } => "ResyncDone",
-        Message::Ack { .. } => "Ack",
-        Message::Close { .. } => "Close",
-        Message::Control { .. } => "Control",
-        Message::ControlReply { .. } => "ControlReply",
-        Message::ManifestRequest { .. } => "ManifestRequest",
-        Message::Manifest { .. } => "Manifest",
-    }
-}
-
 async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     dirs: usize,
@@ -249,7 +244,7 @@ async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
             full,
         } = m
         else {
-            return Err(format!("expected Diverged, got {}", kind(&m)));
+            return Err(format!("expected Diverged, got {}", m.kind()));
         };
         let d = out
             .get_mut(dir as usize)

@@ -13,59 +13,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::changelog::NsChange;
 
-use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::dir::Dir;
+use super::link::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
 use super::manifest::{self, Item, ScanProgress};
-use super::primary::{Dir, Replicator};
-use super::session::{PrimaryLink, kind};
+use super::primary::Replicator;
+use super::status::{Difference, VerifyReport, VerifyState};
 use super::tls::Credentials;
 use super::wire::{ChunkSum, Entry, EntryKind, ManifestItem, Message, checked_path};
 
 /// Items per Manifest message, and chunks per item part.
 const PART_ITEMS: usize = 2048;
 const PART_CHUNKS: usize = 16384;
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Difference {
-    /// Index of the module directory.
-    pub dir: u32,
-    pub path: String,
-    /// What differs: "only here", "only on the peer", "type", "mode",
-    /// "owner", "size", "mtime", "xattrs", "content".
-    pub what: Vec<String>,
-    /// Byte ranges of this node's file whose chunks the peer lacks.
-    pub ranges: Vec<(u64, u64)>,
-    #[serde(skip)]
-    raw: Vec<u8>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub files: u64,
-    pub bytes: u64,
-    pub bytes_hashed: u64,
-    pub differences: Vec<Difference>,
-    pub elapsed_ms: u64,
-    /// Differences found by a first pass and shipped before this report.
-    pub repaired: u64,
-}
-
-/// Live state of a verify, for status and `tandem verify`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VerifyState {
-    pub running: bool,
-    pub phase: String,
-    pub files: u64,
-    pub bytes_hashed: u64,
-    pub bytes_cached: u64,
-    pub report: Option<VerifyReport>,
-    pub error: Option<String>,
-}
 
 fn raw(p: &Path) -> Vec<u8> {
     p.as_os_str().as_bytes().to_vec()
@@ -92,7 +55,7 @@ where
         let Message::ManifestRequest { dir, paths, hash } = m else {
             return Err(format!(
                 "unexpected message on a verify connection: {}",
-                kind(&m)
+                m.kind()
             ));
         };
         if dir as usize >= dirs.len() {
@@ -217,9 +180,9 @@ pub struct Remote<R, W> {
 }
 
 pub async fn connect(
-    link: &PrimaryLink,
+    link: &Connector,
+    rep: &Replicator,
 ) -> Result<Remote<impl tokio::io::AsyncRead + Unpin, impl tokio::io::AsyncWrite + Unpin>, String> {
-    let rep = &link.rep;
     let tcp = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(link.peer_addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
@@ -291,7 +254,7 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
                 last,
             } = m
             else {
-                return Err(format!("expected Manifest, got {}", kind(&m)));
+                return Err(format!("expected Manifest, got {}", m.kind()));
             };
             if d != dir {
                 return Err(format!("manifest of directory {d}, asked for {dir}"));
@@ -465,13 +428,14 @@ fn compare(
 /// `full` (a full sync): only files the peer has are hashed here — one the
 /// peer lacks is shipped whole anyway — so the peer's manifest comes first.
 pub async fn run(
-    link: &PrimaryLink,
+    link: &Connector,
+    rep: &Arc<Replicator>,
     state: &parking_lot::Mutex<VerifyState>,
     full: bool,
 ) -> Result<VerifyReport, String> {
     let started = Instant::now();
-    let rep = link.rep.clone();
-    let mut remote = connect(link).await?;
+    let rep = rep.clone();
+    let mut remote = connect(link, &rep).await?;
     let mut report = VerifyReport::default();
     for d in 0..rep.dirs.len() {
         let dir = d as u32;

@@ -85,6 +85,24 @@ pub enum Message {
     ControlReply { response: String },
 }
 
+impl Message {
+    /// The message's name, for errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Diverged { .. } => "Diverged",
+            Message::Mutate { .. } => "Mutate",
+            Message::ResyncDone { .. } => "ResyncDone",
+            Message::Ack { .. } => "Ack",
+            Message::Close { .. } => "Close",
+            Message::Control { .. } => "Control",
+            Message::ControlReply { .. } => "ControlReply",
+            Message::ManifestRequest { .. } => "ManifestRequest",
+            Message::Manifest { .. } => "Manifest",
+        }
+    }
+}
+
 /// A file's path and the byte ranges (start, end) that may differ.
 pub type DivergedFile = (Vec<u8>, Vec<(u64, u64)>);
 

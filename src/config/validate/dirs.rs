@@ -4,30 +4,26 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use super::super::DirChecks;
 use super::super::raw::{RawModule, Section, Str};
 use super::super::report::{Report, Span};
 use super::fields::{self, index, join};
 
-pub(super) fn dir(r: &mut Report, value: &Str, field: &str, fs_checks: bool) -> Option<PathBuf> {
+pub(super) fn dir(r: &mut Report, value: &Str, field: &str, checks: DirChecks) -> Option<PathBuf> {
     let path = fields::abs_path(r, value, field)?;
     let problem = if path == Path::new("/") {
         Some("must not be the root directory".to_string())
-    } else if !fs_checks {
-        None
-    } else {
+    } else if let DirChecks::On { is_stale_mount } = checks {
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => None,
             Ok(_) => Some("is not a directory".to_string()),
             Err(e) if e.kind() == ErrorKind::NotFound => Some("does not exist".to_string()),
             // A tandem mount left by a killed daemon: the next one removes it.
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENOTCONN)
-                    && crate::fs::mounts::is_stale(&path) =>
-            {
-                None
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && is_stale_mount(&path) => None,
             Err(e) => Some(format!("cannot be checked: {e}")),
         }
+    } else {
+        None
     };
     match problem {
         Some(problem) => {

@@ -15,7 +15,11 @@ use super::raw::RawConfig;
 use super::report::Report;
 use super::settings::Settings;
 
-pub(super) fn validate(raw: &RawConfig, r: &mut Report, fs_checks: bool) -> Option<Settings> {
+pub(super) fn validate(
+    raw: &RawConfig,
+    r: &mut Report,
+    checks: super::DirChecks,
+) -> Option<Settings> {
     let before = r.count();
     let node_names = raw.nodes.as_deref().and_then(nodes::node_names);
     let cluster = cluster::cluster(r, &raw.cluster, node_names.as_deref());
@@ -32,7 +36,7 @@ pub(super) fn validate(raw: &RawConfig, r: &mut Report, fs_checks: bool) -> Opti
         ports.push(("replication.port", rep.port));
     }
     let ctx = module::Context {
-        fs_checks,
+        checks,
         quorum: cluster.as_ref().map(|c| &c.quorum),
         nodes: nodes.as_ref(),
         ports,

@@ -15,7 +15,7 @@ const SCRIPT_TIMEOUT_S: i64 = 60;
 /// What the modules are checked against; `None` where that section is itself invalid,
 /// so that one mistake does not cause a cascade of follow-up errors.
 pub(super) struct Context<'a> {
-    pub fs_checks: bool,
+    pub checks: super::super::DirChecks,
     pub quorum: Option<&'a Quorum>,
     pub nodes: Option<&'a [Node; 2]>,
     /// Ports already taken, with the field that takes them.
@@ -76,7 +76,7 @@ fn module(
         )
         .then(|| {
             fields::each(r, list, &field("dirs"), |r, v, f| {
-                dirs::dir(r, v, f, ctx.fs_checks)
+                dirs::dir(r, v, f, ctx.checks)
             })
         })
         .flatten()

@@ -1,0 +1,80 @@
+//! What the primary's replication reports: its state, a resync's progress
+//! and a verify's, as the control socket and the CLI show them.
+
+use serde::{Deserialize, Serialize};
+
+/// Live state of a resync, for status and `tandem resync`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResyncProgress {
+    pub running: bool,
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// File contents actually sent (marked ranges past a file's end are not).
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Namespace records shipped.
+    pub names: u64,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    pub role: String,
+    /// connected | resyncing | alone
+    pub peer: String,
+    pub ack: String,
+    pub sent: u64,
+    pub applied: u64,
+    pub durable: u64,
+    pub dirty_bytes: u64,
+    pub dirty_files: u64,
+    pub bytes_replicated: u64,
+    pub resync: ResyncProgress,
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub verify: VerifyState,
+    /// Extents of the activity log marked whole while the peer is current.
+    #[serde(default)]
+    pub hot_extents: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Difference {
+    /// Index of the module directory.
+    pub dir: u32,
+    pub path: String,
+    /// What differs: "only here", "only on the peer", "type", "mode",
+    /// "owner", "size", "mtime", "xattrs", "content".
+    pub what: Vec<String>,
+    /// Byte ranges of this node's file whose chunks the peer lacks.
+    pub ranges: Vec<(u64, u64)>,
+    /// The path as the wire carries it.
+    #[serde(skip)]
+    pub(super) raw: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_hashed: u64,
+    pub differences: Vec<Difference>,
+    pub elapsed_ms: u64,
+    /// Differences found by a first pass and shipped before this report.
+    pub repaired: u64,
+}
+
+/// Live state of a verify, for status and `tandem verify`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyState {
+    pub running: bool,
+    pub phase: String,
+    pub files: u64,
+    pub bytes_hashed: u64,
+    pub bytes_cached: u64,
+    pub report: Option<VerifyReport>,
+    pub error: Option<String>,
+}
