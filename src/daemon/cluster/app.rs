@@ -1,0 +1,174 @@
+//! The application: its scripts, restarting it where it runs, the budget of
+//! restarts its checkers allow, and the replication facts the machine
+//! decides on.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Managed {
+    /// Restarts the application where it runs (stop_prim, start_prim);
+    /// checks resume for the new process only. A failed start is the
+    /// machine's to handle.
+    pub(super) fn restart_app(&mut self, node: &Node2) -> Result<(), String> {
+        self.checks_active
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        node.health.set_serving(&self.cfg.name, false);
+        let _ = self.script(node, Script::StopPrim, "prim");
+        self.app_running = false;
+        match self.script(node, Script::StartPrim, "prim") {
+            Ok(()) => {
+                self.app_running = true;
+                node.health
+                    .set_serving(&self.cfg.name, self.machine.state.serving());
+                self.checks_from = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                self.feed(node, Event::Failed(Failure::StartApp, e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Replication facts the machine decides on, fed when they change.
+    pub(super) fn observe(&mut self, node: &Node2) -> bool {
+        let mut changed = false;
+        let up = match &self.replica {
+            Some(Replica::Secondary(sm)) => Some(sm.uptodate()),
+            _ => None,
+        };
+        if up == Some(true) && self.fresh {
+            // The first completed sync: this copy now counts.
+            self.fresh = false;
+            self.save_role(self.machine.state);
+        }
+        if let Some(g) = self.read_generation()
+            && self.generation.as_ref() != Some(&g)
+        {
+            self.generation = Some(g.clone());
+            self.feed(node, Event::Generation(g));
+            changed = true;
+        }
+        if let Some(up) = up
+            && self.synced != Some(up)
+        {
+            self.synced = Some(up);
+            self.feed(node, Event::Synced(up));
+            changed = true;
+        }
+        changed
+    }
+}
+
+/// The application's scripts, as `[module.scripts]` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Script {
+    Prestart,
+    StartPrim,
+    StopPrim,
+    StartBoth,
+    StopBoth,
+    Poststop,
+}
+
+impl Script {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Script::Prestart => "prestart",
+            Script::StartPrim => "start_prim",
+            Script::StopPrim => "stop_prim",
+            Script::StartBoth => "start_both",
+            Script::StopBoth => "stop_both",
+            Script::Poststop => "poststop",
+        }
+    }
+
+    pub(super) fn path(self, s: &crate::config::Scripts) -> &Option<PathBuf> {
+        match self {
+            Script::Prestart => &s.prestart,
+            Script::StartPrim => &s.start_prim,
+            Script::StopPrim => &s.stop_prim,
+            Script::StartBoth => &s.start_both,
+            Script::StopBoth => &s.stop_both,
+            Script::Poststop => &s.poststop,
+        }
+    }
+}
+
+/// What one more check failure leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Budget {
+    /// Restart in place: the `n`th restart within the window.
+    Restart(u32),
+    /// `n` failures within the window, more than the restarts allowed: the
+    /// module goes to the other node (and the count starts again).
+    FailOver(u32),
+}
+
+/// Counts a check failure at `now` among the `failures` still within
+/// `window`, and says whether a restart is left.
+pub(super) fn budget(
+    failures: &mut VecDeque<Instant>,
+    now: Instant,
+    restarts: u32,
+    window: Duration,
+) -> Budget {
+    failures.retain(|t| now.duration_since(*t) < window);
+    failures.push_back(now);
+    let n = failures.len() as u32;
+    if n <= restarts {
+        Budget::Restart(n)
+    } else {
+        failures.clear();
+        Budget::FailOver(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_restart_in_place_until_the_budget_is_spent_then_fail_over() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(300);
+        let mut f = VecDeque::new();
+        assert_eq!(budget(&mut f, t0, 2, w), Budget::Restart(1));
+        assert_eq!(
+            budget(&mut f, t0 + Duration::from_secs(1), 2, w),
+            Budget::Restart(2)
+        );
+        assert_eq!(
+            budget(&mut f, t0 + Duration::from_secs(2), 2, w),
+            Budget::FailOver(3)
+        );
+        // Counted afresh after a failover.
+        assert_eq!(
+            budget(&mut f, t0 + Duration::from_secs(3), 2, w),
+            Budget::Restart(1)
+        );
+    }
+
+    #[test]
+    fn failures_older_than_the_window_are_forgotten() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(10);
+        let mut f = VecDeque::new();
+        assert_eq!(budget(&mut f, t0, 1, w), Budget::Restart(1));
+        assert_eq!(
+            budget(&mut f, t0 + Duration::from_secs(11), 1, w),
+            Budget::Restart(1)
+        );
+        assert_eq!(
+            budget(&mut f, t0 + Duration::from_secs(12), 1, w),
+            Budget::FailOver(2)
+        );
+    }
+
+    #[test]
+    fn no_restarts_allowed_fails_over_at_once() {
+        let mut f = VecDeque::new();
+        let w = Duration::from_secs(1);
+        assert_eq!(budget(&mut f, Instant::now(), 0, w), Budget::FailOver(1));
+    }
+}

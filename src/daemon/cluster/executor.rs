@@ -1,0 +1,267 @@
+//! Carries out what the machine decides, in order: becoming SECOND,
+//! promoting (guard told, mounts, replication), starting and stopping the
+//! application, demoting.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Managed {
+    pub(super) fn act(&mut self, node: &Node2, a: &Action) -> Result<(), (Failure, String)> {
+        match a {
+            Action::BecomeSecondary { full } => {
+                let sm = SecondaryModule::new(
+                    &self.cfg.name,
+                    self.dirs().map_err(|e| (Failure::Secondary, e))?,
+                )
+                .map_err(|e| (Failure::Secondary, e.to_string()))?;
+                if *full {
+                    sm.request_full_sync();
+                    self.note("receiving a full sync from the peer".into());
+                }
+                node.server
+                    .modules
+                    .lock()
+                    .insert(self.cfg.name.clone(), sm.clone());
+                self.replica = Some(Replica::Secondary(sm));
+                self.synced = None;
+                // The peer serves: an address a dead daemon left here would
+                // answer ARP for it and draw its clients away.
+                for line in self
+                    .vips
+                    .as_ref()
+                    .map(|v| v.remove_strays())
+                    .unwrap_or_default()
+                {
+                    self.note(format!("virtual address left by an earlier run: {line}"));
+                }
+            }
+            Action::KeepAside => self.keep_aside(node, "split-brain", Keep::Whole)?,
+            Action::SetAside => self.keep_aside(node, "set-aside", Keep::Ranges)?,
+            Action::LeaveSecondary => {
+                node.server.modules.lock().remove(&self.cfg.name);
+                if let Some(Replica::Secondary(sm)) = self.replica.take() {
+                    sm.close();
+                }
+            }
+            Action::Promote { new_generation } => self
+                .promote(node, *new_generation)
+                .map_err(|e| (Failure::Promote, e))?,
+            Action::StartApp => {
+                // The addresses first (an application may bind to them)…
+                self.take_clients(node)
+                    .map_err(|e| (Failure::StartApp, e))?;
+                if let Err(e) = self.script(node, Script::StartPrim, "prim") {
+                    self.release_clients(node);
+                    return Err((Failure::StartApp, e));
+                }
+                self.app_running = true;
+                self.checks_from = Instant::now();
+                // …but clients are sent here only once it runs: the
+                // announcements go out and the probe says 200 now.
+                if let Some(v) = self.vips.as_mut()
+                    && let Err(e) = v.announce()
+                {
+                    self.note(format!("announcing the virtual addresses: {e}"));
+                }
+                node.health.set_serving(&self.cfg.name, true);
+            }
+            Action::StopApp => {
+                if self.machine.state == State::Wait
+                    && !self.machine.handover
+                    && let Some(Replica::Primary(rep, _)) = &self.replica
+                {
+                    // Serving stops without handing over (cut off, or the
+                    // peer serves newer data): nothing may be acknowledged
+                    // alone from now on, and calls blocked on the peer fail
+                    // at once so the application can stop.
+                    rep.fence("this node stops serving without handing over");
+                }
+                self.release_clients(node);
+                if self.app_running || self.machine.state != State::Wait {
+                    // A failing stop is logged; demoting goes on (the
+                    // unmount below tells whether files are still in use).
+                    let _ = self.script(node, Script::StopPrim, "prim");
+                }
+                self.app_running = false;
+            }
+            Action::Demote { flush } => self.demote(*flush),
+            Action::SaveRole(s) => self.save_role(*s),
+        }
+        Ok(())
+    }
+
+    /// Copies this node's changes that the peer may lack into
+    /// `state_dir/modules/MODULE/{under}/TIME/` before the peer's data
+    /// replaces them. Nothing is overwritten unless the copy is complete.
+    pub(super) fn keep_aside(
+        &mut self,
+        node: &Node2,
+        under: &str,
+        keep: Keep,
+    ) -> Result<(), (Failure, String)> {
+        let at = self
+            .role_file
+            .with_file_name(under)
+            .join(utc(crate::cluster::heartbeat::now_ms()).replace(':', ""));
+        // Copying is the main loop's work, not a hang.
+        let done =
+            crate::replication::aside::keep_aside(&self.base, &at, keep, &|| node.health.beat())
+                .map_err(|e| (Failure::Secondary, format!("keeping changes aside: {e}")))?;
+        self.note(format!(
+            "this node's own changes ({} files, {} bytes) kept aside in {}",
+            done.files,
+            done.bytes,
+            at.display()
+        ));
+        Ok(())
+    }
+
+    pub(super) fn promote(&mut self, node: &Node2, new_generation: bool) -> Result<(), String> {
+        // The guard knows before anything is mounted or started here.
+        if let Some(g) = node.guard.lock().as_mut() {
+            g.include(self.guard_duty(node));
+        }
+        if new_generation {
+            for d in &self.base {
+                d.log
+                    .new_generation()
+                    .map_err(|e| format!("change log: {e}"))?;
+            }
+        }
+        if self.fresh {
+            self.fresh = false;
+            self.save_role(self.machine.state);
+        }
+        self.script(node, Script::Prestart, "prim")?;
+        let s = &node.settings;
+        let rep = Replicator::new(
+            &self.cfg.name,
+            self.cfg.ack,
+            s.replication.peer_timeout,
+            s.replication.async_max_lag,
+            self.dirs()?,
+        );
+        rep.set_exclude(replicas::exclude_of(&self.cfg)?);
+        // With a quorum, a peer that stops acknowledging is left behind only
+        // while this node may serve alone.
+        // With a lease, also the third party's word that this node's
+        // generation is the newest served: acknowledged alone, a change is
+        // then never older than what the twin may serve.
+        if let Some(ok) = node.quorum_ok.clone() {
+            let (module, lease, log) = (
+                self.cfg.name.clone(),
+                node.quorum.clone(),
+                self.base[0].log.clone(),
+            );
+            rep.set_alone_check(Arc::new(move || {
+                ok(&module)
+                    && lease.as_ref().is_none_or(|q| {
+                        log.generation()
+                            .is_ok_and(|g| q.newest(&module) == g.current)
+                    })
+            }));
+        }
+        let link = Arc::new(PrimaryLink {
+            rep: rep.clone(),
+            creds: node.creds.clone(),
+            cluster: s.cluster.name.clone(),
+            peer_addr: node.peer_addr,
+            compression: replicas::compression(s.replication.compression),
+        });
+        self.link_task = Some(node.rt.spawn(link.clone().run()));
+        self.replica = Some(Replica::Primary(rep.clone(), link));
+        *self.fence.rep.lock() = Some(rep.clone());
+        self.fence.fenced.store(false, Ordering::SeqCst);
+        self.fence.armed.store(true, Ordering::SeqCst);
+        for (i, path) in self.cfg.dirs.clone().iter().enumerate() {
+            let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
+            match fs::mount(path, sink.clone(), &MountConfig::default()) {
+                Ok((m, _)) => {
+                    self.mounts.push(m);
+                    self.sinks.push(sink);
+                }
+                Err(e) => {
+                    self.demote(false);
+                    return Err(format!("mounting {}: {e}", path.display()));
+                }
+            }
+        }
+        self.note(format!(
+            "serving: {} directories mounted",
+            self.mounts.len()
+        ));
+        Ok(())
+    }
+
+    pub(super) fn demote(&mut self, flush: bool) {
+        let t0 = Instant::now();
+        self.fence.armed.store(false, Ordering::SeqCst);
+        *self.fence.rep.lock() = None;
+        // Unmount first: whatever the kernel still held goes through the
+        // sink and is replicated before the link closes.
+        for m in self.mounts.drain(..) {
+            match m.unmount() {
+                Ok(Unmounted::Clean) => {}
+                Ok(Unmounted::Detached) => tracing::error!(
+                    module = %self.cfg.name,
+                    "files were still open after stop_prim: the application did not stop"
+                ),
+                Err(e) => tracing::error!(module = %self.cfg.name, "unmount: {e}"),
+            }
+        }
+        self.sinks.clear();
+        if let Some(Replica::Primary(rep, _)) = self.replica.take() {
+            if flush {
+                let deadline = Instant::now() + rep.peer_timeout.max(Duration::from_secs(2));
+                loop {
+                    let st = rep.status();
+                    if st.peer == "connected" && st.durable >= st.sent {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        self.note(format!(
+                            "the peer did not confirm every change before the handover \
+                             (peer {}, durable {} of {})",
+                            st.peer, st.durable, st.sent
+                        ));
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            rep.close_link("this node stopped serving the module");
+            self.note(format!(
+                "stopped serving in {} ms{}",
+                t0.elapsed().as_millis(),
+                if flush {
+                    ", changes flushed to the peer"
+                } else {
+                    ""
+                }
+            ));
+            for d in &rep.dirs {
+                let _ = d.log.flush();
+            }
+        }
+        if let Some(t) = self.link_task.take() {
+            t.abort();
+        }
+    }
+
+    /// What the guard must undo if this daemon dies now.
+    pub(super) fn duty(&self, node: &Node2) -> Option<crate::failover::guard::Duty> {
+        (self.app_running || !self.mounts.is_empty()).then(|| self.guard_duty(node))
+    }
+
+    pub(super) fn guard_duty(&self, node: &Node2) -> crate::failover::guard::Duty {
+        crate::failover::guard::Duty {
+            module: self.cfg.name.clone(),
+            stop_prim: self.cfg.scripts.stop_prim.clone(),
+            node: node.me.name.clone(),
+            peer: node.peer.name.clone(),
+            dirs: self.cfg.dirs.clone(),
+            timeout_ms: self.cfg.scripts.timeout.as_millis() as u64,
+            vips: self.vips.as_ref().map(|v| v.taken()).unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `tandem daemon` as a cluster member: heartbeats with the peer, one state
+//! machine per module, and the execution of what the machines decide —
+//! receiving replication, mounting and replicating, running the
+//! application's scripts.
+//!
+//! One thread owns every module and runs actions in order; a machine's new
+//! state is announced to the peer only after its actions are done.
+//!
+//! The files, one concern each: [`boot`] starts the node (quorum,
+//! credentials, modules, services); [`manager`] is the loop (input, machine,
+//! executor); [`module`] is a module around its machine (its log, scripts and
+//! role file); [`executor`] carries out the machine's actions (promote,
+//! demote); [`clients`] moves the clients (virtual addresses, the health
+//! endpoint); [`app`] runs and watches the application; [`liveness`] tells a
+//! silent peer; [`publish`] is what the node reports; [`control`] answers the
+//! control socket and relays commands to the peer.
+
+mod app;
+mod boot;
+mod clients;
+mod control;
+mod executor;
+mod liveness;
+mod manager;
+mod module;
+mod publish;
+
+use app::Script;
+pub use boot::run;
+use control::{Relay, Shared};
+use manager::manage;
+use module::utc;
+use publish::publish;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::replicas::{self, Replica};
+use crate::cluster::LeaseQuorum;
+use crate::cluster::heartbeat::{Heard, Heartbeats, Key, NetPath};
+use crate::cluster::machine::{
+    self, Action, Command, Event, Failure, Gen, Machine, PeerView, State,
+};
+use crate::config::{Module as ModuleConfig, Node, Quorum, Settings};
+use crate::control::{
+    ClusterModuleStatus, DirStatus, ModuleStatus, NodesStatus, PathStatus, Request, Response,
+    Status,
+};
+use crate::failover::scripts;
+use crate::fs::{self, CountingSink, MountConfig, Mounted, Unmounted};
+use crate::replication::aside::Keep;
+use crate::replication::dir::Dir;
+use crate::replication::primary::Replicator;
+use crate::replication::secondary::{SecondaryModule, SecondaryServer};
+use crate::replication::session::{PrimaryLink, resolve, state_dir};
+use crate::replication::tls::{Credentials, heartbeat_key_path};
+
+/// Lines of each module's log kept for `status` and `tandem log`.
+const LOG_LINES: usize = 200;
+
+/// Everything a module needs from the node, shared by all modules.
+struct Node2 {
+    settings: Settings,
+    /// With `quorum = "witness"` or `"etcd"`: the leases this node holds.
+    quorum: Option<Arc<dyn LeaseQuorum>>,
+    /// With `quorum = "ping"`: whether an address answers.
+    ping: Option<Arc<crate::cluster::ping::Pinger>>,
+    /// Whether this node may serve a module without its peer now (holds its
+    /// lease, an address answers); `None` without a quorum.
+    quorum_ok: Option<super::fence::QuorumOk>,
+    /// Cleans up if this daemon dies (taken at a clean end).
+    guard: Mutex<Option<crate::failover::guard::Guard>>,
+    me: Node,
+    peer: Node,
+    creds: Arc<Credentials>,
+    peer_addr: SocketAddr,
+    server: Arc<SecondaryServer>,
+    rt: tokio::runtime::Handle,
+    started: Instant,
+    /// What the load balancers' probes are told.
+    health: Arc<lb_health::Health>,
+}
+
+impl Node2 {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RoleFile {
+    state: State,
+    /// Never served nor completed a sync: its data counts for nothing.
+    fresh: bool,
+}
+
+struct Managed {
+    cfg: ModuleConfig,
+    /// Root descriptors (opened before any mount) and change logs, for the
+    /// node's whole run whatever its role.
+    base: Vec<Dir>,
+    caches: Vec<PathBuf>,
+    machine: Machine,
+    replica: Option<Replica>,
+    link_task: Option<tokio::task::JoinHandle<()>>,
+    mounts: Vec<Mounted>,
+    sinks: Vec<Arc<CountingSink>>,
+    role_file: PathBuf,
+    fresh: bool,
+    app_running: bool,
+    synced: Option<bool>,
+    generation: Option<Gen>,
+    log: VecDeque<String>,
+    /// Health checks not suspended by `tandem checker MODULE off`.
+    checks_on: bool,
+    /// Read by the checker threads: check now (served here, application up).
+    checks_active: Arc<std::sync::atomic::AtomicBool>,
+    /// Recent check failures, for the restart budget.
+    check_failures: VecDeque<Instant>,
+    /// The application (re)started then: earlier failures are about the
+    /// process that was replaced.
+    checks_from: Instant,
+    /// The newest generation the witness told of (0: none).
+    witness_newest: u64,
+    /// Depth of failure handling under way (bounded).
+    failing: u32,
+    /// `failover = "vip"`: the virtual addresses.
+    vips: Option<crate::failover::vip::Vips>,
+    /// What the fencer stops if this node is cut off while the manager is
+    /// busy.
+    fence: Arc<super::fence::Fence>,
+}
+
+enum Input {
+    Heard(Heard),
+    Command {
+        module: Option<String>,
+        cmd: Command,
+        reply: mpsc::Sender<Response>,
+    },
+    Restart {
+        module: String,
+        reply: mpsc::Sender<Response>,
+    },
+    CheckFailed {
+        module: String,
+        why: String,
+        restarts: u32,
+        window: Duration,
+        at: Instant,
+    },
+    Checker {
+        module: String,
+        on: bool,
+        reply: mpsc::Sender<Response>,
+    },
+    Shutdown(mpsc::Sender<()>),
+}

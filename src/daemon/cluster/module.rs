@@ -1,0 +1,158 @@
+//! A module around its state machine: its log, scripts, role file and
+//! change logs, and feeding the machine.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Managed {
+    pub(super) fn note(&mut self, line: String) {
+        tracing::info!(module = %self.cfg.name, "{line}");
+        if self.log.len() == LOG_LINES {
+            self.log.pop_front();
+        }
+        let ts = utc(crate::cluster::heartbeat::now_ms());
+        self.log.push_back(format!("{ts} {line}"));
+    }
+
+    pub(super) fn context(&self, node: &Node2, role: &'static str) -> scripts::Context {
+        scripts::Context::new(
+            &self.cfg.name,
+            role,
+            &node.me.name,
+            &node.peer.name,
+            &self.cfg.dirs,
+        )
+    }
+
+    pub(super) fn script(
+        &mut self,
+        node: &Node2,
+        script: Script,
+        role: &'static str,
+    ) -> Result<(), String> {
+        let s = &self.cfg.scripts;
+        let what = script.name();
+        let Some(path) = script.path(s).clone() else {
+            return Ok(());
+        };
+        // The main loop waits for the script, at most its timeout: not hung.
+        node.health.busy(s.timeout + Duration::from_secs(1));
+        let r = scripts::run(what, &path, &self.context(node, role), s.timeout);
+        match r {
+            Ok(ran) => {
+                self.note(format!("{what} done in {} ms", ran.took.as_millis()));
+                for l in ran.output.lines().filter(|l| !l.trim().is_empty()) {
+                    self.note(format!("{what}: {l}"));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.note(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Fresh descriptors and caches over the same change logs, for a role.
+    pub(super) fn dirs(&self) -> Result<Vec<Dir>, String> {
+        self.base
+            .iter()
+            .zip(&self.caches)
+            .map(|(d, c)| {
+                Ok(Dir {
+                    root: d.root.try_clone().map_err(|e| e.to_string())?,
+                    log: d.log.clone(),
+                    cache: Mutex::new(crate::replication::manifest::Cache::load(c)),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn read_generation(&self) -> Option<Gen> {
+        let g = self.base[0].log.generation().ok()?;
+        Some(Gen {
+            current: g.current,
+            history: g.history,
+            fresh: self.fresh,
+        })
+    }
+
+    pub(super) fn save_role(&mut self, state: State) {
+        let text = serde_json::to_string(&RoleFile {
+            state,
+            fresh: self.fresh,
+        })
+        .expect("serialisable");
+        let tmp = self.role_file.with_extension("tmp");
+        let r = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &self.role_file));
+        if let Err(e) = r {
+            self.note(format!(
+                "cannot record the role in {}: {e}",
+                self.role_file.display()
+            ));
+        }
+    }
+
+    /// Feeds one event and carries out what the machine decides.
+    pub(super) fn feed(&mut self, node: &Node2, ev: Event) -> Option<machine::Reply> {
+        let before = (self.machine.state, self.machine.why.clone());
+        let out = self.machine.step(node.now(), ev);
+        if (self.machine.state, &self.machine.why) != (before.0, &before.1) {
+            let line = format!(
+                "{:?} -> {:?}: {}",
+                before.0, self.machine.state, self.machine.why
+            );
+            self.note(line);
+        }
+        for a in out.actions {
+            if let Err((f, e)) = self.act(node, &a) {
+                self.note(format!("{a:?} failed: {e}"));
+                // A failure may lead to another attempt that fails again:
+                // the chain is bounded, whatever the machine decides.
+                if self.failing < 4 {
+                    self.failing += 1;
+                    self.feed(node, Event::Failed(f, e));
+                    self.failing -= 1;
+                } else {
+                    self.note("too many failures in a row: waiting for the operator".into());
+                }
+                break;
+            }
+        }
+        out.reply
+    }
+}
+
+/// `2026-11-25T23:49:47.123Z` for milliseconds since the epoch.
+pub(super) fn utc(ms: u64) -> String {
+    let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // Days to a civil date (proleptic Gregorian), after Howard Hinnant.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_times_are_utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(1_795_654_315_250), "2026-11-26T00:51:55.250Z");
+        assert_eq!(super::utc(951_782_400_001), "2000-02-29T00:00:00.001Z");
+    }
+}

@@ -1,0 +1,152 @@
+//! What this node reports: each module's status, and everything the manager
+//! publishes after each turn of its loop.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Managed {
+    pub(super) fn status(&self, node: &Node2) -> ModuleStatus {
+        let m = &self.machine;
+        let peer = m.peer();
+        ModuleStatus {
+            name: self.cfg.name.clone(),
+            state: format!("{:?}", m.state).to_uppercase(),
+            replication: self.replica.as_ref().map(|r| r.status()),
+            cluster: Some(ClusterModuleStatus {
+                state: format!("{:?}", m.state).to_uppercase(),
+                why: m.why.clone(),
+                since_ms: node.now().saturating_sub(m.since),
+                peer_state: peer
+                    .and_then(|p| p.state)
+                    .map(|s| format!("{s:?}").to_uppercase()),
+                peer_uptodate: peer.is_some_and(|p| p.uptodate),
+                uptodate: m.view().uptodate,
+                generation: format!("{:016x}", m.view().generation.current),
+                peer_generation: peer.map(|p| format!("{:016x}", p.generation.current)),
+                split_brain: m.split_brain,
+                blocked: m.blocked.clone(),
+                app_running: self.app_running,
+                checks: if self.cfg.checkers.is_empty() {
+                    "none".into()
+                } else if self.checks_on {
+                    "on".into()
+                } else {
+                    "off".into()
+                },
+                quorum: match &node.quorum {
+                    None => match &node.ping {
+                        None => "none".into(),
+                        Some(p) => format!(
+                            "ping: {}",
+                            if p.ok() {
+                                "an address answers"
+                            } else {
+                                "no address answers"
+                            }
+                        ),
+                    },
+                    Some(w) => format!(
+                        "{}: {}{}",
+                        w.kind(),
+                        w.holder(&self.cfg.name)
+                            .map_or("lease free".to_string(), |h| format!("lease held by {h}")),
+                        if w.holds(&self.cfg.name) {
+                            " (this node)"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
+                clients: self.clients(node),
+                log: self.log.iter().rev().take(20).rev().cloned().collect(),
+            }),
+            dirs: self
+                .cfg
+                .dirs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let sink = self.sinks.get(i);
+                    DirStatus {
+                        path: p.display().to_string(),
+                        mounted: sink.is_some(),
+                        mutations: sink.map_or(0, |s| s.total()),
+                        bytes_written: sink.map_or(0, |s| s.bytes_written()),
+                        by_kind: Vec::new(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Tells everyone who reads this node's state what the manager just decided:
+/// the health endpoint, the checkers, the fencer, the heartbeats, and the
+/// control socket's status and logs.
+pub(super) fn publish(
+    node: &Node2,
+    modules: &[Managed],
+    hb: &Heartbeats,
+    shared: &Shared,
+    heard: &[Option<Instant>],
+    alive: bool,
+) {
+    node.health.beat();
+    for m in modules {
+        node.health.set(&m.cfg.name, m.health());
+    }
+    for m in modules {
+        m.checks_active.store(
+            m.checks_on && m.app_running && m.machine.state.serving(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        // A peer that stepped down for this node cannot take over.
+        let handed = m
+            .machine
+            .peer()
+            .is_some_and(|p| p.state == Some(State::Stop));
+        m.fence
+            .armed
+            .store(m.machine.state.serving() && !handed, Ordering::SeqCst);
+    }
+    *hb.views.lock() = modules
+        .iter()
+        .map(|m| (m.cfg.name.clone(), m.machine.view()))
+        .collect();
+    *shared.logs.lock() = modules
+        .iter()
+        .map(|m| (m.cfg.name.clone(), m.log.iter().cloned().collect()))
+        .collect();
+    *shared.replicas.lock() = modules
+        .iter()
+        .map(|m| (m.cfg.name.clone(), m.replica.clone()))
+        .collect();
+    let c = &hb.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    *shared.status.lock() = Status {
+        cluster: node.settings.cluster.name.clone(),
+        pid: std::process::id(),
+        modules: modules.iter().map(|m| m.status(&node)).collect(),
+        nodes: Some(NodesStatus {
+            node: node.me.name.clone(),
+            peer: node.peer.name.clone(),
+            peer_alive: alive,
+            paths: hb
+                .paths
+                .iter()
+                .zip(heard)
+                .map(|(p, h)| PathStatus {
+                    local: p.local.to_string(),
+                    remote: p.remote.to_string(),
+                    last_heard_ms: h.map(|t| t.elapsed().as_millis() as u64),
+                })
+                .collect(),
+            heartbeats_sent: load(&c.sent),
+            heartbeats_received: load(&c.received),
+            dropped_bad_mac: load(&c.bad_mac),
+            dropped_replayed: load(&c.replayed),
+            dropped_malformed: load(&c.malformed),
+            dropped_foreign: load(&c.foreign),
+        }),
+    };
+}
