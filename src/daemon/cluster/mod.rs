@@ -6,14 +6,18 @@
 //! One thread owns every module and runs actions in order; a machine's new
 //! state is announced to the peer only after its actions are done.
 //!
-//! The files, one concern each: [`boot`] starts the node (quorum,
-//! credentials, modules, services); [`manager`] is the loop (input, machine,
-//! executor); [`module`] is a module around its machine (its log, scripts and
-//! role file); [`executor`] carries out the machine's actions (promote,
-//! demote); [`clients`] moves the clients (virtual addresses, the health
-//! endpoint); [`app`] runs and watches the application; [`liveness`] tells a
-//! silent peer; [`publish`] is what the node reports; [`control`] answers the
-//! control socket and relays commands to the peer.
+//! The files, one concern each:
+//! - [`boot`]: starts the node, step by step;
+//! - [`services`]: what it starts once (the quorum's client, the server the
+//!   peer replicates to, checkers, health endpoints, the fencer);
+//! - [`manager`]: the loop (input, machine, executor);
+//! - [`module`]: a module around its machine (log, scripts, role file);
+//! - [`executor`]: carries out the machine's actions (promote, demote);
+//! - [`clients`]: moves the clients (virtual addresses, health endpoint);
+//! - [`app`]: the application's scripts and the checkers' restart budget;
+//! - [`liveness`]: when the peer counts as gone;
+//! - [`publish`]: what the node reports;
+//! - [`control`]: the control socket, and commands relayed to the peer.
 
 mod app;
 mod boot;
@@ -24,6 +28,7 @@ mod liveness;
 mod manager;
 mod module;
 mod publish;
+mod services;
 
 use app::Script;
 pub use boot::run;
@@ -31,6 +36,10 @@ use control::{Relay, Shared};
 use manager::manage;
 use module::utc;
 use publish::publish;
+use services::{
+    refuse_https_checkers, start_checkers, start_fencer, start_health_endpoints, start_quorum,
+    start_secondary_server,
+};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -125,6 +125,117 @@ impl Managed {
     }
 }
 
+pub(super) fn machine_cfg(s: &Settings, module: &ModuleConfig, me: &Node) -> machine::Config {
+    let preferred = module
+        .preferred_primary
+        .as_ref()
+        .or(s.cluster.preferred_primary.as_ref());
+    machine::Config {
+        preferred: preferred.map(|p| *p == me.name),
+        listed_first: s.nodes[0].name == me.name,
+        // Long enough to hear a peer that is up; a peer that is down is not
+        // waited for longer than its failure would be.
+        boot_wait_ms: s.heartbeat.timeout.as_millis() as u64,
+        settle_ms: 2 * s.heartbeat.interval.as_millis() as u64,
+        start_retries: 1,
+        request_ms: 10_000,
+        lease: matches!(s.cluster.quorum, Quorum::Witness(_) | Quorum::Etcd(_)),
+    }
+}
+
+impl Managed {
+    /// Opens module `m` as this daemon starts: its change logs and the role
+    /// its last run ended in; serving or following is the machine's to decide.
+    pub(super) fn open(
+        settings: &Settings,
+        m: &ModuleConfig,
+        me: &Node,
+        no_quorum: bool,
+    ) -> Result<Managed, (u8, String)> {
+        let usage = |e: String| (crate::exit::EXIT_USAGE, e);
+        let base = replicas::open_dirs(settings, m).map_err(usage)?;
+        let at = settings.daemon.state_dir.join("modules").join(&m.name);
+        let role_file = at.join("role.json");
+        let saved: Option<RoleFile> = std::fs::read(&role_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let fresh = saved.as_ref().is_none_or(|r| r.fresh);
+        let last = saved.as_ref().map(|r| r.state);
+        let caches = (0..m.dirs.len())
+            .map(|i| state_dir(&settings.daemon.state_dir, &m.name, i).join("manifest.cache"))
+            .collect();
+        let g = base[0]
+            .log
+            .generation()
+            .map_err(|e| usage(format!("module {}: change log: {e}", m.name)))?;
+        let g = Gen {
+            current: g.current,
+            history: g.history,
+            fresh,
+        };
+        let mut managed = Managed {
+            cfg: m.clone(),
+            base,
+            caches,
+            machine: Machine::new(machine_cfg(settings, m, me), 0, last, g, no_quorum),
+            replica: None,
+            link_task: None,
+            mounts: Vec::new(),
+            sinks: Vec::new(),
+            role_file,
+            fresh,
+            app_running: false,
+            synced: None,
+            generation: None,
+            log: VecDeque::new(),
+            checks_on: true,
+            checks_active: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            check_failures: VecDeque::new(),
+            checks_from: Instant::now(),
+            witness_newest: 0,
+            vips: match &m.failover {
+                crate::config::Failover::Vip {
+                    addresses,
+                    interface,
+                    announce,
+                } => Some(crate::failover::vip::Vips::new(
+                    &m.name,
+                    addresses.clone(),
+                    interface.clone(),
+                    *announce,
+                )),
+                crate::config::Failover::Lb { .. } => None,
+            },
+            failing: 0,
+            fence: crate::daemon::fence::Fence::new(&m.name),
+        };
+        *managed.fence.vips.lock() = managed.vips.as_ref().map(|v| v.fence());
+        managed.note(format!(
+            "starting as {:?} (last run: {})",
+            managed.machine.state,
+            last.map_or("none".into(), |s| format!("{s:?}"))
+        ));
+        // Reported now; a node that serves later manages (and removes) it.
+        for p in managed
+            .vips
+            .as_ref()
+            .map(|v| v.present())
+            .unwrap_or_default()
+        {
+            tracing::error!(module = %m.name, "{p} before this daemon took it");
+            managed.note(format!(
+                "{p} before this daemon took it: check who else holds it"
+            ));
+        }
+        // An address with no interface to go to is said now, not at failover.
+        if let Some(Err(e)) = managed.vips.as_ref().map(|v| v.plan()) {
+            tracing::error!(module = %m.name, "{e}");
+            managed.note(format!("{e}: this node cannot serve the module"));
+        }
+        Ok(managed)
+    }
+}
+
 /// `2026-11-25T23:49:47.123Z` for milliseconds since the epoch.
 pub(super) fn utc(ms: u64) -> String {
     let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);

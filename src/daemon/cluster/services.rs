@@ -1,0 +1,276 @@
+//! The node's services, started once: the quorum's client, the server its
+//! peer replicates to, the application's checkers, the load balancers'
+//! health endpoints and the fencer.
+
+#[allow(unused_imports)]
+use super::*;
+
+use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
+
+fn usage(e: String) -> (u8, String) {
+    (EXIT_USAGE, e)
+}
+
+type Started<T> = Result<T, (u8, String)>;
+
+/// Resolves the witness, or starts pinging, or starts the etcd client.
+#[allow(clippy::type_complexity)]
+pub(super) fn start_quorum(
+    settings: &Settings,
+    me: &Node,
+    rt: &tokio::runtime::Runtime,
+) -> Started<(
+    Option<SocketAddr>,
+    Option<Arc<crate::cluster::ping::Pinger>>,
+    Option<Arc<crate::cluster::etcd::Client>>,
+)> {
+    let mut witness = None;
+    let mut ping = None;
+    let mut etcd = None;
+    match &settings.cluster.quorum {
+        Quorum::None => {}
+        Quorum::Witness(hp) => {
+            witness = Some(
+                rt.block_on(resolve(&hp.host, hp.port))
+                    .map_err(|e| usage(format!("cluster.witness: {e}")))?,
+            )
+        }
+        Quorum::Ping(addrs) => {
+            ping = Some(
+                // An answer counts for two intervals: one lost echo is not
+                // a lost network, and a cut-off node notices within two.
+                crate::cluster::ping::Pinger::spawn(
+                    addrs.clone(),
+                    settings.heartbeat.interval,
+                    2 * settings.heartbeat.interval,
+                )
+                .map_err(|e| (EXIT_FAILURE, format!("cannot start pinging: {e}")))?,
+            )
+        }
+        Quorum::Etcd(urls) => {
+            // Like the witness's: the lease outlives its last renewal by the
+            // heartbeat timeout plus two intervals; relied on for two.
+            let hb = &settings.heartbeat;
+            let c = crate::cluster::etcd::Client::new(
+                urls.clone(),
+                &settings.cluster.name,
+                &me.name,
+                hb.timeout + 2 * hb.interval,
+                2 * hb.interval,
+                hb.interval,
+            )
+            .map_err(usage)?;
+            c.clone()
+                .spawn()
+                .map_err(|e| (EXIT_FAILURE, format!("cannot start the etcd client: {e}")))?;
+            etcd = Some(c);
+        }
+    }
+    Ok((witness, ping, etcd))
+}
+
+/// The http checker speaks plain HTTP only in this version.
+pub(super) fn refuse_https_checkers(settings: &Settings) -> Started<()> {
+    for m in &settings.modules {
+        for c in &m.checkers {
+            if let crate::config::Check::Http { url, .. } = &c.check
+                && url.https
+            {
+                return Err(usage(format!(
+                    "module {}: http checker of an https:// URL: not available in this \
+                     version (check the plain http port, or use a script checker)",
+                    m.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn start_secondary_server(
+    rt: &tokio::runtime::Runtime,
+    settings: &Settings,
+    creds: &Arc<Credentials>,
+    my_addr: SocketAddr,
+) -> Started<Arc<SecondaryServer>> {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(my_addr))
+        .map_err(|e| usage(format!("cannot listen for the peer on {my_addr}: {e}")))?;
+    let server = Arc::new(SecondaryServer {
+        creds: creds.clone(),
+        cluster: settings.cluster.name.clone(),
+        modules: Mutex::new(Default::default()),
+        compression: replicas::compression(settings.replication.compression),
+        control: Default::default(),
+    });
+    rt.spawn(server.clone().run(listener));
+    Ok(server)
+}
+
+pub(super) fn start_checkers(
+    modules: &[Managed],
+    quorum: &Option<Arc<dyn LeaseQuorum>>,
+    me: &Node,
+    peer: &Node,
+    input_tx: &mpsc::Sender<Input>,
+) -> Started<()> {
+    for m in modules {
+        for c in &m.cfg.checkers {
+            let (tx, module) = (input_tx.clone(), m.cfg.name.clone());
+            let (restarts, window) = (c.restarts, c.window);
+            let witness_ok: Arc<dyn Fn() -> bool + Send + Sync> = match &quorum {
+                Some(w) => {
+                    let w = w.clone();
+                    Arc::new(move || w.answering())
+                }
+                None => Arc::new(|| false),
+            };
+            crate::failover::checkers::spawn(
+                module.clone(),
+                c.clone(),
+                scripts::Context::new(&module, "prim", &me.name, &peer.name, &m.cfg.dirs),
+                m.checks_active.clone(),
+                witness_ok,
+                move |why| {
+                    let _ = tx.send(Input::CheckFailed {
+                        module: module.clone(),
+                        why,
+                        restarts,
+                        window,
+                        at: Instant::now(),
+                    });
+                },
+            )
+            .map_err(|e| (EXIT_FAILURE, format!("cannot start a checker: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn start_health_endpoints(
+    rt: &tokio::runtime::Runtime,
+    settings: &Settings,
+    modules: &[Managed],
+    creds: &Arc<Credentials>,
+    me: &Node,
+) -> Started<Arc<lb_health::Health>> {
+    // The load balancers' probes, answered from the manager's last word; a
+    // manager that stops beating for a heartbeat timeout is a hung daemon.
+    let health = lb_health::Health::new(&me.name, settings.heartbeat.timeout);
+    for m in modules {
+        health.set(&m.cfg.name, m.health());
+    }
+    let mut lb_ports: Vec<(u16, bool)> = settings
+        .modules
+        .iter()
+        .filter_map(|m| match m.failover {
+            crate::config::Failover::Lb { port, tls } => Some((port, tls)),
+            crate::config::Failover::Vip { .. } => None,
+        })
+        .collect();
+    lb_ports.sort();
+    lb_ports.dedup();
+    for (port, tls) in lb_ports {
+        let listener = rt
+            .block_on(listen_any(port))
+            .map_err(|e| usage(format!("lb_port {port}: cannot listen: {e}")))?;
+        if tls {
+            let config = creds
+                .server_config_anonymous()
+                .map_err(|e| usage(format!("lb_tls: {e}")))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            rt.spawn(lb_health::serve(listener, health.clone(), move |tcp| {
+                let a = acceptor.clone();
+                async move { a.accept(tcp).await }
+            }));
+        } else {
+            rt.spawn(lb_health::serve(listener, health.clone(), lb_health::plain));
+        }
+        tracing::info!(
+            "health endpoints on {}://*:{port}",
+            if tls { "https" } else { "http" }
+        );
+    }
+    Ok(health)
+}
+
+/// Whether this node may serve without its peer now, and the fencer that
+/// acts on it while the manager is busy (with a quorum only).
+#[allow(clippy::type_complexity)]
+pub(super) fn start_fencer(
+    modules: &[Managed],
+    quorum: &Option<Arc<dyn LeaseQuorum>>,
+    ping: &Option<Arc<crate::cluster::ping::Pinger>>,
+    hb: &Arc<Heartbeats>,
+    health: &Arc<lb_health::Health>,
+    settings: &Settings,
+    fencer_stop: &Arc<AtomicBool>,
+) -> Started<(
+    Option<crate::daemon::fence::QuorumOk>,
+    Option<std::thread::JoinHandle<()>>,
+)> {
+    let quorum_ok: Option<crate::daemon::fence::QuorumOk> = match (quorum, ping) {
+        (Some(q), _) => {
+            let q = q.clone();
+            Some(Arc::new(move |m: &str| q.holds(m)))
+        }
+        (None, Some(p)) => {
+            let p = p.clone();
+            Some(Arc::new(move |_: &str| p.ok()))
+        }
+        (None, None) => None,
+    };
+    let fencer = match quorum_ok.clone() {
+        None => None,
+        Some(ok) => {
+            let (heard, two) = (hb.clone(), 2 * settings.heartbeat.interval);
+            let quiet =
+                Arc::new(move || super::liveness::silent(&heard.heard.lock(), two, Instant::now()));
+            Some(
+                crate::daemon::fence::spawn(
+                    modules.iter().map(|m| m.fence.clone()).collect(),
+                    ok,
+                    quiet,
+                    health.clone(),
+                    settings.heartbeat.interval,
+                    fencer_stop.clone(),
+                )
+                .map_err(|e| (EXIT_FAILURE, format!("cannot start the fencer: {e}")))?,
+            )
+        }
+    };
+    Ok((quorum_ok, fencer))
+}
+
+/// A listener on every address, IPv6 and IPv4 whatever `bindv6only` says
+/// (or IPv4 alone where IPv6 is off).
+async fn listen_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let dual = || -> std::io::Result<std::net::TcpListener> {
+        use crate::sock;
+        use std::os::fd::AsRawFd;
+        let sock = sock::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
+        let set = |level, opt, v: libc::c_int| sock::set(&sock, level, opt, &v);
+        set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sa.sin6_port = port.to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        if unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in6).cast(),
+                len,
+            )
+        } < 0
+            || unsafe { libc::listen(sock.as_raw_fd(), 128) } < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::net::TcpListener::from(sock))
+    };
+    match dual() {
+        Ok(l) => tokio::net::TcpListener::from_std(l),
+        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port)).await,
+    }
+}
