@@ -177,18 +177,23 @@ fn crafted_paths_never_leave_the_module_root() {
     }
 }
 
-#[test]
-fn mutated_heartbeats_and_witness_messages_are_dropped() {
-    let key = Key::new(&[7u8; 32]);
-    let mut rng = StdRng::seed_from_u64(18);
-    let beat = Beat {
+/// A heartbeat of node1 about one module.
+fn sample_beat() -> Beat {
+    Beat {
         cluster: "c".into(),
         node: "node1".into(),
         boot: 1,
         seq: 2,
         sent_ms: 3,
         modules: vec![("app".into(), PeerView::default())],
-    };
+    }
+}
+
+#[test]
+fn mutated_heartbeats_and_witness_messages_are_dropped() {
+    let key = Key::new(&[7u8; 32]);
+    let mut rng = StdRng::seed_from_u64(18);
+    let beat = sample_beat();
     let sealed = heartbeat::seal(&key, &beat);
     assert_eq!(heartbeat::open(&key, &sealed).unwrap(), beat);
     for _ in 0..50_000 {
@@ -424,14 +429,7 @@ fn fuzz_seeds_are_valid_inputs() {
         assert_eq!(back, m);
         seeds.push(("apply", format!("mutation-{i}"), out));
     }
-    let beat = Beat {
-        cluster: "c".into(),
-        node: "node1".into(),
-        boot: 1,
-        seq: 2,
-        sent_ms: 3,
-        modules: vec![("app".into(), PeerView::default())],
-    };
+    let beat = sample_beat();
     seeds.push((
         "heartbeat",
         "beat".into(),
