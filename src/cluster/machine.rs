@@ -39,6 +39,34 @@ impl State {
     pub fn serving(self) -> bool {
         matches!(self, State::Prim | State::Alone)
     }
+
+    /// The state as the status, the logs and the service manager show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Stop => "STOP",
+            State::Wait => "WAIT",
+            State::Second => "SECOND",
+            State::Prim => "PRIM",
+            State::Alone => "ALONE",
+        }
+    }
+}
+
+impl std::str::FromStr for State {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<State, String> {
+        [
+            State::Stop,
+            State::Wait,
+            State::Second,
+            State::Prim,
+            State::Alone,
+        ]
+        .into_iter()
+        .find(|st| st.name() == s)
+        .ok_or_else(|| format!("{s:?} is not a module state"))
+    }
 }
 
 /// A data generation as the machine compares it (see `changelog::Generation`).

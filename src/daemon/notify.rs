@@ -26,7 +26,7 @@ pub fn settled(state: State, booting: bool, waited: Duration, decide_within: Dur
 pub fn status_line(modules: &[(String, State)]) -> String {
     modules
         .iter()
-        .map(|(name, state)| format!("{name} {}", format!("{state:?}").to_uppercase()))
+        .map(|(name, state)| format!("{name} {}", state.name()))
         .collect::<Vec<_>>()
         .join(", ")
 }

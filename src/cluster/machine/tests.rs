@@ -704,3 +704,19 @@ fn a_second_that_adopted_its_peers_new_generation_does_not_take_it_for_newer_dat
         assert_eq!(b.state, State::Second, "{}", b.why);
     }
 }
+
+#[test]
+fn state_names_are_what_status_shows_and_read_back() {
+    for s in [
+        State::Stop,
+        State::Wait,
+        State::Second,
+        State::Prim,
+        State::Alone,
+    ] {
+        assert_eq!(s.name(), format!("{s:?}").to_uppercase());
+        assert_eq!(s.name().parse::<State>(), Ok(s));
+    }
+    assert!("prim".parse::<State>().is_err());
+    assert!("".parse::<State>().is_err());
+}

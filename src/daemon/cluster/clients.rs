@@ -9,7 +9,7 @@ impl Managed {
     pub(super) fn health(&self) -> lb_health::ModuleHealth {
         let view = self.machine.view();
         lb_health::ModuleHealth {
-            state: format!("{:?}", self.machine.state).to_uppercase(),
+            state: self.machine.state.name().to_string(),
             generation: view.generation.current,
             serving: self.machine.state.serving()
                 && self.app_running

@@ -101,7 +101,7 @@ impl crate::daemon::Handler for Shared {
                     .modules
                     .iter()
                     .find(|m| m.name == module)
-                    .map(|m| m.state == "PRIM" || m.state == "ALONE");
+                    .map(|m| m.state.parse::<State>().is_ok_and(State::serving));
                 drop(st);
                 match serving {
                     None => Response::error(format!("no module named {module:?}")),

@@ -10,15 +10,13 @@ impl Managed {
         let peer = m.peer();
         ModuleStatus {
             name: self.cfg.name.clone(),
-            state: format!("{:?}", m.state).to_uppercase(),
+            state: m.state.name().to_string(),
             replication: self.replica.as_ref().map(|r| r.status()),
             cluster: Some(ClusterModuleStatus {
-                state: format!("{:?}", m.state).to_uppercase(),
+                state: m.state.name().to_string(),
                 why: m.why.clone(),
                 since_ms: node.now().saturating_sub(m.since),
-                peer_state: peer
-                    .and_then(|p| p.state)
-                    .map(|s| format!("{s:?}").to_uppercase()),
+                peer_state: peer.and_then(|p| p.state).map(|s| s.name().to_string()),
                 peer_uptodate: peer.is_some_and(|p| p.uptodate),
                 uptodate: m.view().uptodate,
                 generation: format!("{:016x}", m.view().generation.current),
