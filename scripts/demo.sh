@@ -250,6 +250,10 @@ import sys, urllib.request
 print(urllib.request.urlopen(f"http://{sys.argv[1]}:8080/cgi-bin/record?probe", timeout=2).read().decode().split()[-1])
 EOF
 }
+missing_on() { # node: how many acknowledged writes its copy lacks
+    awk 'NR == FNR { have[$1] = 1; next } !($1 in have)' \
+        "$base/node$1/srv/web/data/records" "$base/acked" | wc -l
+}
 # After each step: the container on server $1 only, the virtual IP there only
 # and answering from it, and every acknowledged write in its volume.
 check() { # serving-node
@@ -262,8 +266,7 @@ $(ip -n "$s1" -o addr show; ip -n "$s2" -o addr show)"
     answer=$(ask_vip) || fail "the virtual IP does not answer"
     [ "$answer" = "node$n" ] || fail "the virtual IP answered from $answer, expected node$n"
     sleep 0.3
-    missing=$(awk 'NR == FNR { have[$1] = 1; next } !($1 in have)' \
-        "$base/node$n/srv/web/data/records" "$base/acked" | wc -l)
+    missing=$(missing_on "$n")
     [ "$missing" = 0 ] || fail "$missing acknowledged writes are missing on server $n"
     echo "checked: container on server $n only, virtual IP answers from it," \
         "$(wc -l < "$base/acked") acknowledged writes all there"
@@ -317,8 +320,7 @@ for _ in $(seq 100); do [ -s "$base/acked" ] && break; sleep 0.1; done
 sleep 2
 check 1
 "$T" -c "$base/node2.toml" status --json | grep '"uptodate": *true' >/dev/null || fail "server 2 is not up to date"
-missing=$(awk 'NR == FNR { have[$1] = 1; next } !($1 in have)' \
-    "$base/node2/srv/web/data/records" "$base/acked" | wc -l)
+missing=$(missing_on 2)
 echo "on server 2 already: $(wc -l < "$base/node2/srv/web/data/records") records," \
     "every acknowledged one but $missing (the last ones may still be in flight)"
 tail -2 "$base/node2/srv/web/data/records"

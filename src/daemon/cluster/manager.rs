@@ -30,26 +30,12 @@ pub(super) fn manage(
             ));
         }
     }
-    let states = |modules: &[Managed]| -> Vec<(String, State, bool)> {
-        modules
-            .iter()
-            .map(|m| (m.cfg.name.clone(), m.machine.state, m.machine.booting()))
-            .collect()
-    };
     for m in modules.iter_mut() {
         if m.machine.state != State::Stop {
             let _ = m.script(&node, Script::StartBoth, "second");
         }
     }
-    publish(
-        &node,
-        &modules,
-        &hb,
-        shared,
-        &hb.heard.lock().clone(),
-        alive,
-    );
-    notifier.turn(&states(&modules));
+    publish(&node, &modules, &hb, shared, alive, Some(&mut notifier));
     let mut next_tick = Instant::now();
     loop {
         let views_before: Vec<PeerView> = modules.iter().map(|m| m.machine.view()).collect();
@@ -156,14 +142,7 @@ pub(super) fn manage(
             Ok(Input::Shutdown(done)) => {
                 notifier.stopping();
                 shutdown(&node, &mut modules, &hb);
-                publish(
-                    &node,
-                    &modules,
-                    &hb,
-                    shared,
-                    &hb.heard.lock().clone(),
-                    false,
-                );
+                publish(&node, &modules, &hb, shared, false, None);
                 if let Some(g) = node.guard.lock().take() {
                     g.bye();
                 }
@@ -231,15 +210,7 @@ pub(super) fn manage(
             .iter()
             .zip(&views_before)
             .any(|(m, v)| m.machine.view() != *v);
-        publish(
-            &node,
-            &modules,
-            &hb,
-            shared,
-            &hb.heard.lock().clone(),
-            alive,
-        );
-        notifier.turn(&states(&modules));
+        publish(&node, &modules, &hb, shared, alive, Some(&mut notifier));
         if let Some(g) = node.guard.lock().as_mut() {
             g.update(modules.iter().filter_map(|m| m.duty(&node)).collect());
         }

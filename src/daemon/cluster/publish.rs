@@ -79,16 +79,17 @@ impl Managed {
 }
 
 /// Tells everyone who reads this node's state what the manager just decided:
-/// the health endpoint, the checkers, the fencer, the heartbeats, and the
-/// control socket's status and logs.
+/// the health endpoint, the checkers, the fencer, the heartbeats, the control
+/// socket's status and logs, and the service manager (when given).
 pub(super) fn publish(
     node: &Node2,
     modules: &[Managed],
     hb: &Heartbeats,
     shared: &Shared,
-    heard: &[Option<Instant>],
     alive: bool,
+    notifier: Option<&mut crate::daemon::notify::Notifier>,
 ) {
+    let heard = hb.heard.lock().clone();
     node.health.beat();
     for m in modules {
         node.health.set(&m.cfg.name, m.health());
@@ -132,7 +133,7 @@ pub(super) fn publish(
             paths: hb
                 .paths
                 .iter()
-                .zip(heard)
+                .zip(&heard)
                 .map(|(p, h)| PathStatus {
                     local: p.local.to_string(),
                     remote: p.remote.to_string(),
@@ -147,4 +148,12 @@ pub(super) fn publish(
             dropped_foreign: load(&c.foreign),
         }),
     };
+    if let Some(n) = notifier {
+        n.turn(
+            &modules
+                .iter()
+                .map(|m| (m.cfg.name.clone(), m.machine.state, m.machine.booting()))
+                .collect::<Vec<_>>(),
+        );
+    }
 }

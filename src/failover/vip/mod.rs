@@ -114,29 +114,9 @@ impl Vips {
             .collect()
     }
 
-    /// The module's addresses already on an interface of this host, which
-    /// this daemon did not put there (checked at start: reported, not taken
-    /// over silently).
-    pub fn present(&self) -> Vec<String> {
-        let Ok(all) = ifaces::list() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for a in &self.addresses {
-            for i in &all {
-                if i.addrs.iter().any(|(ip, _)| *ip == a.addr) {
-                    out.push(format!("{} is already on {}", a.addr, i.name));
-                }
-            }
-        }
-        out
-    }
-
-    /// Removes the module's addresses found on this host that this daemon
-    /// did not take: left by a daemon that died together with its guard. Once
-    /// the peer serves the module they can only draw its clients here.
-    /// Returns a line for each address removed or that could not be.
-    pub fn remove_strays(&self) -> Vec<String> {
+    /// The module's addresses on an interface of this host that this daemon
+    /// did not take.
+    fn strays(&self) -> Vec<Taken> {
         let Ok(all) = ifaces::list() else {
             return Vec::new();
         };
@@ -147,17 +127,45 @@ impl Vips {
                 continue;
             }
             for i in &all {
-                for (ip, prefix) in &i.addrs {
-                    if *ip == a.addr {
-                        out.push(match netlink::remove(i.index, *ip, *prefix) {
-                            Ok(_) => format!("{ip}/{prefix} removed from {}", i.name),
-                            Err(e) => format!("{ip}/{prefix} on {}: cannot remove: {e}", i.name),
-                        });
-                    }
+                for (ip, prefix) in i.addrs.iter().filter(|(ip, _)| *ip == a.addr) {
+                    out.push(Taken {
+                        index: i.index,
+                        interface: i.name.clone(),
+                        addr: *ip,
+                        prefix: *prefix,
+                        mac: i.mac,
+                    });
                 }
             }
         }
         out
+    }
+
+    /// The module's addresses already on an interface of this host, which
+    /// this daemon did not put there (checked at start: reported, not taken
+    /// over silently).
+    pub fn present(&self) -> Vec<String> {
+        self.strays()
+            .iter()
+            .map(|s| format!("{} is already on {}", s.addr, s.interface))
+            .collect()
+    }
+
+    /// Removes the module's addresses found on this host that this daemon
+    /// did not take: left by a daemon that died together with its guard. Once
+    /// the peer serves the module they can only draw its clients here.
+    /// Returns a line for each address removed or that could not be.
+    pub fn remove_strays(&self) -> Vec<String> {
+        self.strays()
+            .into_iter()
+            .map(|s| match netlink::remove(s.index, s.addr, s.prefix) {
+                Ok(_) => format!("{}/{} removed from {}", s.addr, s.prefix, s.interface),
+                Err(e) => format!(
+                    "{}/{} on {}: cannot remove: {e}",
+                    s.addr, s.prefix, s.interface
+                ),
+            })
+            .collect()
     }
 
     pub fn taken(&self) -> Vec<Taken> {
