@@ -8,6 +8,9 @@
 //! - [`cluster`]: heartbeats and the per-module state machine (who serves);
 //! - [`daemon`]: runs the modules of a configuration (mounts, control socket);
 //! - [`cli`]: the `tandem` command line.
+//!
+//! Beside them, [`stop`]: the one stop every thread and task of the daemon
+//! is started with, waits on, and is joined by at shutdown.
 
 pub mod changelog;
 pub mod cli;
@@ -21,3 +24,4 @@ pub mod fs;
 pub mod replication;
 pub mod signals;
 pub mod sock;
+pub mod stop;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tandem::cluster::LeaseQuorum;
 use tandem::cluster::etcd::Client;
+use tandem::stop::Stop;
 
 struct Etcd {
     child: Child,
@@ -79,6 +80,11 @@ fn wait(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn client(e: &Etcd, node: &str) -> Arc<Client> {
+    stoppable(e, node).0
+}
+
+/// A client and what stops its renewals.
+fn stoppable(e: &Etcd, node: &str) -> (Arc<Client>, Stop) {
     let ms = Duration::from_millis;
     let c = Client::new(
         vec![e.url.parse().unwrap()],
@@ -89,15 +95,16 @@ fn client(e: &Etcd, node: &str) -> Arc<Client> {
         ms(100),
     )
     .unwrap();
-    c.clone().spawn().unwrap();
-    c
+    let stop = Stop::new();
+    c.clone().spawn(&stop).unwrap();
+    (c, stop)
 }
 
 #[test]
 fn one_holder_at_a_time_and_the_newest_generation_outlives_the_nodes() {
     let e = etcd();
     let a = client(&e, "node1");
-    let b = client(&e, "node2");
+    let (b, b_renewals) = stoppable(&e, "node2");
     a.want("app", true, 5, true);
     assert!(wait(10, || a.holds("app")), "node1 never got the lease");
     assert!(wait(5, || a.newest("app") == 5));
@@ -123,7 +130,7 @@ fn one_holder_at_a_time_and_the_newest_generation_outlives_the_nodes() {
     // at once, and node1 gets it only when etcd let it run out (two seconds,
     // etcd's shortest lease).
     a.want("app", true, 9, false);
-    b.stop();
+    assert!(b_renewals.join(Duration::from_secs(5)).late.is_empty());
     let stopped = Instant::now();
     assert!(!b.holds("app"));
     assert!(wait(10, || a.holds("app")));
@@ -155,10 +162,10 @@ fn when_etcd_goes_away_nobody_holds_a_lease() {
 #[test]
 fn a_restarted_node_takes_back_the_key_it_left_under_its_old_lease() {
     let e = etcd();
-    let old = client(&e, "node1");
+    let (old, old_renewals) = stoppable(&e, "node1");
     old.want("app", true, 2, true);
     assert!(wait(10, || old.holds("app")));
-    old.stop();
+    assert!(old_renewals.join(Duration::from_secs(5)).late.is_empty());
     // The same node, restarted before its old lease ran out.
     let new = client(&e, "node1");
     new.want("app", true, 2, true);

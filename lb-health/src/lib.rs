@@ -219,8 +219,14 @@ fn escape(s: &str) -> String {
 
 /// Accepts probes until the task is dropped. With `tls`, each connection is
 /// wrapped by it first (a TLS acceptor, say).
-pub async fn serve<S, F, Fut>(listener: TcpListener, health: Arc<Health>, wrap: F)
-where
+/// Answers probes on `listener` until `stop` resolves, then lets the probes
+/// under way finish (each within `PROBE_TIMEOUT`).
+pub async fn serve<S, F, Fut>(
+    listener: TcpListener,
+    health: Arc<Health>,
+    wrap: F,
+    stop: impl std::future::Future<Output = ()>,
+) where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -229,8 +235,15 @@ where
     // Probes are few and short: a flood of connections is turned away rather
     // than allowed to take the daemon's descriptors or the probers' places.
     let slots = Arc::new(Slots::default());
+    let mut probes = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
     loop {
-        let Ok((tcp, from)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut stop => break,
+            Some(_) = probes.join_next(), if !probes.is_empty() => continue,
+        };
+        let Ok((tcp, from)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -239,7 +252,7 @@ where
             continue;
         };
         let (h, wrap) = (health.clone(), wrap.clone());
-        tokio::spawn(async move {
+        probes.spawn(async move {
             let _ = tokio::time::timeout(PROBE_TIMEOUT, async move {
                 tcp.set_nodelay(true).ok();
                 // The handshake (with TLS) and the request line share one deadline.
@@ -253,6 +266,8 @@ where
             drop(slot);
         });
     }
+    drop(listener);
+    while probes.join_next().await.is_some() {}
 }
 
 /// Connections held, in all and per client address.
@@ -516,11 +531,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stopped_server_answers_the_probes_under_way_and_takes_no_more() {
+        let h = health();
+        h.busy(Duration::from_secs(10));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, h.clone(), plain, async move {
+            let _ = stop_rx.await;
+        }));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /primary/app HT").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop_tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!server.is_finished(), "a probe under way is waited for");
+        s.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("the server ends with its last probe")
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
     async fn the_server_answers_get_and_head_and_refuses_garbage() {
         let h = health();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(serve(l, h.clone(), plain));
+        tokio::spawn(serve(l, h.clone(), plain, std::future::pending()));
         let ask = |req: &'static [u8]| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(req).await.unwrap();
@@ -607,7 +649,7 @@ mod tests {
         let h = health();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(serve(l, h.clone(), plain));
+        tokio::spawn(serve(l, h.clone(), plain, std::future::pending()));
         let beating = h.clone();
         tokio::spawn(async move {
             loop {

@@ -29,7 +29,6 @@ pub struct Client {
     ttl_s: u64,
     validity: Duration,
     book: Book,
-    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -57,54 +56,49 @@ impl Client {
             ttl_s: term.as_millis().div_ceil(1000).max(2) as u64,
             validity,
             book: Book::new(interval),
-            stopped: Default::default(),
         }))
     }
 
-    /// Renews the lease and the wanted keys every interval, on its own thread.
-    pub fn spawn(self: Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("etcd-quorum".into())
-            .spawn(move || {
-                let mut api = Api {
-                    endpoints: self.endpoints.clone(),
-                    current: 0,
-                    // A slow answer is still safe (what is relied on counts
-                    // from before the request); a lost one is not waited for
-                    // past the time it could still help.
-                    timeout: self.validity.max(Duration::from_millis(200)),
-                };
-                let mut lease = None;
-                let mut failing = false;
-                while !self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    match self.round(&mut api, &mut lease, t0) {
-                        Ok(()) => {
-                            *self.book.last_answer.lock() = Some(t0);
-                            if failing {
-                                tracing::info!("etcd answers again");
-                                failing = false;
-                            }
-                        }
-                        Err(e) => {
-                            if !failing {
-                                tracing::warn!("etcd: {e}");
-                                failing = true;
-                            }
+    /// Renews the lease and the wanted keys every interval, on its own
+    /// thread, until `stop`; then relies on no lease.
+    pub fn spawn(self: Arc<Self>, stop: &crate::stop::Stop) -> std::io::Result<()> {
+        let stop2 = stop.clone();
+        stop.thread("etcd-quorum", move || {
+            let mut api = Api {
+                endpoints: self.endpoints.clone(),
+                current: 0,
+                // A slow answer is still safe (what is relied on counts
+                // from before the request); a lost one is not waited for
+                // past the time it could still help.
+                timeout: self.validity.max(Duration::from_millis(200)),
+            };
+            let mut lease = None;
+            let mut failing = false;
+            while !stop2.is_stopped() {
+                let t0 = Instant::now();
+                match self.round(&mut api, &mut lease, t0) {
+                    Ok(()) => {
+                        *self.book.last_answer.lock() = Some(t0);
+                        if failing {
+                            tracing::info!("etcd answers again");
+                            failing = false;
                         }
                     }
-                    std::thread::sleep(self.book.interval.saturating_sub(t0.elapsed()));
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!("etcd: {e}");
+                            failing = true;
+                        }
+                    }
                 }
-            })
-    }
-
-    /// Ends the renewals (after the current one): the leases run out.
-    pub fn stop(&self) {
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        for h in self.book.state.lock().values_mut() {
-            h.until = None;
-        }
+                stop2.sleep(self.book.interval.saturating_sub(t0.elapsed()));
+            }
+            // No more renewals: nothing is relied on any longer, and the
+            // leases run out in etcd.
+            for h in self.book.state.lock().values_mut() {
+                h.until = None;
+            }
+        })
     }
 
     fn key(&self, module: &str, what: &str) -> String {

@@ -208,10 +208,11 @@ impl Heartbeats {
         })
     }
 
-    /// Binds every path; then sends and receives until the runtime ends.
+    /// Binds every path; then sends and receives until `stop`.
     pub async fn start(
         self: &Arc<Self>,
         heard: tokio::sync::mpsc::UnboundedSender<Heard>,
+        stop: &crate::stop::Stop,
     ) -> Result<(), String> {
         let mut socks = Vec::new();
         for p in &self.paths {
@@ -222,10 +223,12 @@ impl Heartbeats {
         }
         for (i, s) in socks.iter().enumerate() {
             let (me, s, tx) = (self.clone(), s.clone(), heard.clone());
-            tokio::spawn(async move { me.receive(i, s, tx).await });
+            stop.spawn(format!("heartbeat-receive-{i}"), async move {
+                me.receive(i, s, tx).await
+            });
         }
         let me = self.clone();
-        tokio::spawn(async move { me.send_loop(socks).await });
+        stop.spawn("heartbeat-send", async move { me.send_loop(socks).await });
         Ok(())
     }
 
@@ -438,8 +441,9 @@ mod tests {
         *a.views.lock() = vec![("app".into(), PeerView::default())];
         let (ta, _ra) = tokio::sync::mpsc::unbounded_channel();
         let (tb, mut rb) = tokio::sync::mpsc::unbounded_channel();
-        a.start(ta).await.unwrap();
-        b.start(tb).await.unwrap();
+        let stop = crate::stop::Stop::new();
+        a.start(ta, &stop).await.unwrap();
+        b.start(tb, &stop).await.unwrap();
         let h = tokio::time::timeout(Duration::from_secs(2), rb.recv())
             .await
             .unwrap()

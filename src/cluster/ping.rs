@@ -142,8 +142,8 @@ fn socket2_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
-/// Pings the addresses every `interval` on a thread of its own; quorum holds
-/// while one of them answered within `within`.
+/// Pings the addresses every `interval` on a thread of its own until
+/// `stop`; quorum holds while one of them answered within `within`.
 pub struct Pinger {
     last_ok: Mutex<Option<Instant>>,
     within: Duration,
@@ -154,6 +154,7 @@ impl Pinger {
         addrs: Vec<IpAddr>,
         interval: Duration,
         within: Duration,
+        stop: &crate::stop::Stop,
     ) -> std::io::Result<Arc<Pinger>> {
         let p = Arc::new(Pinger {
             last_ok: Mutex::new(None),
@@ -161,30 +162,29 @@ impl Pinger {
         });
         let me = p.clone();
         let id = (std::process::id() & 0xffff) as u16;
-        std::thread::Builder::new()
-            .name("ping".into())
-            .spawn(move || {
-                let mut seq = 0u16;
-                let mut warned = false;
-                loop {
-                    let started = Instant::now();
-                    seq = seq.wrapping_add(1);
-                    let ok = addrs.iter().any(|a| match echo(*a, id, seq, interval) {
-                        Ok(ok) => ok,
-                        Err(e) => {
-                            if !warned {
-                                tracing::warn!("ping {a}: {e}");
-                                warned = true;
-                            }
-                            false
+        let stop2 = stop.clone();
+        stop.thread("ping", move || {
+            let mut seq = 0u16;
+            let mut warned = false;
+            while !stop2.is_stopped() {
+                let started = Instant::now();
+                seq = seq.wrapping_add(1);
+                let ok = addrs.iter().any(|a| match echo(*a, id, seq, interval) {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!("ping {a}: {e}");
+                            warned = true;
                         }
-                    });
-                    if ok {
-                        *me.last_ok.lock() = Some(Instant::now());
+                        false
                     }
-                    std::thread::sleep(interval.saturating_sub(started.elapsed()));
+                });
+                if ok {
+                    *me.last_ok.lock() = Some(Instant::now());
                 }
-            })?;
+                stop2.sleep(interval.saturating_sub(started.elapsed()));
+            }
+        })?;
         Ok(p)
     }
 
@@ -216,6 +216,7 @@ mod tests {
             vec!["127.0.0.1".parse().unwrap()],
             Duration::from_millis(50),
             Duration::from_millis(300),
+            &crate::stop::Stop::new(),
         )
         .unwrap();
         let end = Instant::now() + Duration::from_secs(3);

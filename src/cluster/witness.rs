@@ -275,8 +275,9 @@ impl Client {
         })
     }
 
-    /// Asks every `interval` for the wanted leases, gives back the others.
-    pub async fn run(self: Arc<Self>) -> Result<(), String> {
+    /// Asks every `interval` for the wanted leases, gives back the others,
+    /// until `stop`.
+    pub async fn run(self: Arc<Self>, stop: crate::stop::Stop) -> Result<(), String> {
         let interval = self.book.interval;
         let bind: SocketAddr = if self.witness.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
@@ -290,7 +291,7 @@ impl Client {
         );
         let me = self.clone();
         let rx = sock.clone();
-        tokio::spawn(async move { me.receive(rx).await });
+        stop.spawn("witness-answers", async move { me.receive(rx).await });
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut nonce = crate::changelog::random_id().unwrap_or(1);
@@ -475,8 +476,9 @@ mod tests {
         let ms = Duration::from_millis;
         let a = Client::new(key(), "c", "node1", addr, ms(100), ms(20));
         let b = Client::new(key(), "c", "node2", addr, ms(100), ms(20));
-        tokio::spawn(a.clone().run());
-        tokio::spawn(b.clone().run());
+        let stop = crate::stop::Stop::new();
+        tokio::spawn(a.clone().run(stop.clone()));
+        tokio::spawn(b.clone().run(stop.clone()));
         a.want("app", true, 1, true);
         let until = Instant::now() + Duration::from_secs(3);
         while !a.holds("app") && Instant::now() < until {

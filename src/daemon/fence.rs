@@ -70,27 +70,28 @@ pub fn spawn(
     quiet: Arc<dyn Fn() -> bool + Send + Sync>,
     health: Arc<lb_health::Health>,
     interval: Duration,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+    stop: &crate::stop::Stop,
+) -> std::io::Result<()> {
     let every = (interval / 4).clamp(Duration::from_millis(5), Duration::from_millis(50));
-    std::thread::Builder::new()
-        .name("fencer".into())
-        .spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let t0 = Instant::now();
-                for f in &fences {
-                    if f.armed.load(Ordering::SeqCst)
-                        && !f.fenced.load(Ordering::SeqCst)
-                        && !quorum_ok(&f.module)
-                        && quiet()
-                    {
-                        f.fence(
-                            &health,
-                            "neither the peer nor the quorum answers: stopped serving",
-                        );
-                    }
+    let stop2 = stop.clone();
+    stop.thread("fencer", move || {
+        loop {
+            let t0 = Instant::now();
+            for f in &fences {
+                if f.armed.load(Ordering::SeqCst)
+                    && !f.fenced.load(Ordering::SeqCst)
+                    && !quorum_ok(&f.module)
+                    && quiet()
+                {
+                    f.fence(
+                        &health,
+                        "neither the peer nor the quorum answers: stopped serving",
+                    );
                 }
-                std::thread::sleep(every.saturating_sub(t0.elapsed()));
             }
-        })
+            if stop2.sleep(every.saturating_sub(t0.elapsed())) {
+                return;
+            }
+        }
+    })
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod fence;
 mod notify;
 mod replicas;
+pub(crate) mod threads;
 
 pub use replicas::Role;
 
@@ -23,6 +24,8 @@ use crate::control::{DirStatus, ModuleStatus, Request, Response, Status};
 use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
 use crate::fs::{self, CountingSink, MountConfig, Mounted};
 use crate::signals::StopSignals;
+use crate::stop::Stop;
+use std::time::Duration;
 
 struct Dir {
     path: PathBuf,
@@ -282,6 +285,7 @@ pub fn run(settings: Settings, opts: Options) -> ExitCode {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(threads::RUNTIME)
         .enable_all()
         .build();
     let rt = match rt {
@@ -308,6 +312,7 @@ pub fn run(settings: Settings, opts: Options) -> ExitCode {
             }
         };
     };
+    let stop = Stop::new();
     let mut state = State {
         cluster: settings.cluster.name.clone(),
         modules: settings
@@ -331,7 +336,7 @@ pub fn run(settings: Settings, opts: Options) -> ExitCode {
     if role != Role::Local {
         let setup = replicas::identity(&settings, opts.node.as_deref()).and_then(|(me, peer)| {
             tracing::info!("node {} ({role:?}), peer {}", me.name, peer.name);
-            replicas::start(&settings, role, me, peer, &rt)
+            replicas::start(&settings, role, me, peer, &rt, &stop)
         });
         match setup {
             Ok(mut reps) => {
@@ -355,10 +360,14 @@ pub fn run(settings: Settings, opts: Options) -> ExitCode {
         }
     }
     let state = Arc::new(Mutex::new(state));
-    let served = rt.block_on(serve(&socket, signals, state.clone()));
+    let served = rt.block_on(serve(&socket, signals, state.clone(), &stop));
     // Whatever ended the loop, leave no directory mounted behind.
     for line in state.lock().handle(Request::Stop { module: None }).messages {
         tracing::info!("{line}");
+    }
+    let late = stop.join(Duration::from_secs(5)).late;
+    if !late.is_empty() {
+        tracing::error!("still running 5 s after the stop: {}", late.join(", "));
     }
     let _ = std::fs::remove_file(&socket);
     match served {
@@ -403,6 +412,7 @@ async fn serve<H: Handler>(
     socket: &Path,
     mut signals: StopSignals,
     state: Arc<H>,
+    stop: &Stop,
 ) -> anyhow::Result<()> {
     let listener = bind(socket)?;
     tracing::info!("control socket {}", socket.display());
@@ -411,7 +421,7 @@ async fn serve<H: Handler>(
             why = signals.recv() => { tracing::info!("{why}: stopping every module"); return Ok(()) }
             conn = listener.accept() => {
                 let (stream, _) = conn?;
-                tokio::spawn(client(stream, state.clone()));
+                stop.spawn("control-client", client(stream, state.clone()));
             }
         }
     }

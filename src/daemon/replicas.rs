@@ -69,8 +69,9 @@ impl Replica {
                 ..Default::default()
             };
         }
-        let (rep, link) = (rep.clone(), link.clone());
-        tokio::runtime::Handle::current().spawn(async move {
+        let (rep, link2) = (rep.clone(), link.clone());
+        link.stop.spawn("verify", async move {
+            let link = link2;
             let outcome = verify_and_repair(&rep, &link, repair).await;
             let mut v = rep.verify.lock();
             v.running = false;
@@ -221,6 +222,7 @@ pub fn start(
     me: &Node,
     peer: &Node,
     rt: &tokio::runtime::Runtime,
+    stop: &crate::stop::Stop,
 ) -> Result<HashMap<String, Replica>, String> {
     let creds = Arc::new(
         Credentials::load(&settings.daemon.tls_dir, &me.name, &peer.name).map_err(|e| {
@@ -251,8 +253,9 @@ pub fn start(
                     cluster: settings.cluster.name.clone(),
                     peer_addr,
                     compression: comp,
+                    stop: stop.child(),
                 });
-                rt.spawn(link.clone().run());
+                link.start(rt.handle());
                 out.insert(m.name.clone(), Replica::Primary(rep, link));
             }
         }
@@ -278,7 +281,11 @@ pub fn start(
                 compression: comp,
                 control: Default::default(),
             });
-            rt.spawn(server.run(listener));
+            stop.task(
+                rt.handle(),
+                "replication-server",
+                server.run(listener, stop.clone()),
+            );
         }
     }
     Ok(out)

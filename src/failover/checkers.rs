@@ -141,7 +141,8 @@ fn http_status(host: &str, port: u16, path: &str, timeout: Duration) -> std::io:
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {line:?}")))
 }
 
-/// One checker's thread: probes while `active`, reports failures by `fail`.
+/// One checker's thread: probes while `active`, reports failures by `fail`,
+/// until `stop`.
 pub fn spawn(
     module: String,
     c: Checker,
@@ -149,23 +150,22 @@ pub fn spawn(
     active: Arc<AtomicBool>,
     witness_ok: Arc<dyn Fn() -> bool + Send + Sync>,
     fail: impl Fn(String) + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("check-{module}"))
-        .spawn(move || {
-            loop {
-                std::thread::sleep(c.interval);
-                if !active.load(Ordering::Relaxed) {
-                    continue;
-                }
-                if let Err(why) = probe(&c.check, c.timeout, &ctx, &*witness_ok) {
-                    // Checked again in case serving ended meanwhile.
-                    if active.load(Ordering::Relaxed) {
-                        fail(format!("{} check: {why}", c.check.kind()));
-                    }
+    stop: &crate::stop::Stop,
+) -> std::io::Result<()> {
+    let stop2 = stop.clone();
+    stop.thread(format!("check-{module}"), move || {
+        while !stop2.sleep(c.interval) {
+            if !active.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Err(why) = probe(&c.check, c.timeout, &ctx, &*witness_ok) {
+                // Checked again in case serving ended meanwhile.
+                if active.load(Ordering::Relaxed) {
+                    fail(format!("{} check: {why}", c.check.kind()));
                 }
             }
-        })
+        }
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! timeout, the module's context in the environment, and the output kept
 //! for the module's log. A script that hangs is killed with its children.
 
-use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -66,64 +66,53 @@ pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Resul
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("{what} {}: cannot run: {e}", script.display()))?;
-    // Both pipes are drained on threads: a chatty script never blocks on a
-    // full pipe, and an application it leaves running in the background
-    // (holding the pipes) does not hold up the answer.
-    let buf = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        let (buf, eof) = (buf.clone(), eof_tx.clone());
-        std::thread::spawn(move || {
-            if let Some(mut r) = r {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = r.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.lock().extend_from_slice(&chunk[..n]);
-                }
-            }
-            let _ = eof.send(());
-        });
-    };
-    drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    drop(eof_tx);
-    let pid = child.id() as i32;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Ok(s),
-            Ok(None) if started.elapsed() >= timeout => {
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-                let _ = child.wait();
-                break Err(format!(
-                    "{what} {}: killed after its timeout of {} s",
-                    script.display(),
-                    timeout.as_secs_f64()
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => break Err(format!("{what} {}: {e}", script.display())),
-        }
-    };
-    let grace = Instant::now() + Duration::from_millis(200);
-    for _ in 0..2 {
-        let left = grace.saturating_duration_since(Instant::now());
-        if eof_rx.recv_timeout(left).is_err() {
-            break;
+    // Both pipes are read here while the script runs, so a chatty script
+    // never blocks on a full pipe; an application it leaves running in the
+    // background (holding the pipes) holds up the answer by 200 ms at most.
+    let mut pipes: Vec<OwnedFd> = [
+        child.stdout.take().map(OwnedFd::from),
+        child.stderr.take().map(OwnedFd::from),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for p in &pipes {
+        unsafe {
+            let fl = libc::fcntl(p.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(p.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
     }
-    let output = String::from_utf8_lossy(&buf.lock()).into_owned();
+    let mut buf = Vec::new();
+    let pid = child.id() as i32;
+    let mut status = None;
+    let mut grace = None;
+    loop {
+        read_ready(&mut pipes, &mut buf, Duration::from_millis(10));
+        if status.is_none() {
+            status = match child.try_wait() {
+                Ok(Some(s)) => Some(Ok(s)),
+                Ok(None) if started.elapsed() >= timeout => {
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    let _ = child.wait();
+                    Some(Err(format!(
+                        "{what} {}: killed after its timeout of {} s",
+                        script.display(),
+                        timeout.as_secs_f64()
+                    )))
+                }
+                Ok(None) => None,
+                Err(e) => Some(Err(format!("{what} {}: {e}", script.display()))),
+            };
+        }
+        if status.is_some() {
+            let until = *grace.get_or_insert_with(|| Instant::now() + Duration::from_millis(200));
+            if pipes.is_empty() || Instant::now() >= until {
+                break;
+            }
+        }
+    }
+    let status = status.expect("the loop ends with a status");
+    let output = String::from_utf8_lossy(&buf).into_owned();
     let took = started.elapsed();
     match status? {
         s if s.success() => Ok(Ran { output, took }),
@@ -136,6 +125,61 @@ pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Resul
                 format!(": {}", last_line(&output))
             }
         )),
+    }
+}
+
+/// Output kept of one run (the log shows its last line).
+const MAX_OUTPUT: usize = 1 << 20;
+
+/// Waits up to `wait` for output, reads what is there, and drops the pipes
+/// that reached their end.
+fn read_ready(pipes: &mut Vec<OwnedFd>, buf: &mut Vec<u8>, wait: Duration) {
+    let mut fds: Vec<libc::pollfd> = pipes
+        .iter()
+        .map(|p| libc::pollfd {
+            fd: p.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let n = unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            wait.as_millis() as i32,
+        )
+    };
+    if n <= 0 {
+        return;
+    }
+    let mut ended = Vec::new();
+    for (i, f) in fds.iter().enumerate() {
+        if f.revents == 0 {
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        // A bounded read per call: a script that writes without end is
+        // still killed at its timeout.
+        for _ in 0..16 {
+            let r = unsafe { libc::read(f.fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+            if r > 0 {
+                if buf.len() < MAX_OUTPUT {
+                    buf.extend_from_slice(&chunk[..r as usize]);
+                }
+                continue;
+            }
+            let e = std::io::Error::last_os_error().kind();
+            if r < 0 && e == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            if r == 0 || e != std::io::ErrorKind::WouldBlock {
+                ended.push(i);
+            }
+            break;
+        }
+    }
+    for i in ended.into_iter().rev() {
+        pipes.remove(i);
     }
 }
 
@@ -255,5 +299,24 @@ mod tests {
                 .next()
                 .is_some_and(|rest| !rest.trim_start().starts_with('Z'));
         assert!(!alive, "the script's child must be gone: {state}");
+    }
+
+    #[test]
+    fn a_script_that_writes_without_end_is_killed_and_what_it_said_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let s = script(d.path(), "chatty", "yes tandem");
+        let t = Instant::now();
+        let e = run("start_prim", &s, &ctx(), Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("timeout"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Much more than a pipe holds goes through whole, both streams.
+        let s = script(
+            d.path(),
+            "long",
+            "head -c 300000 /dev/zero | tr '\\0' a; echo; echo end >&2",
+        );
+        let r = run("start_prim", &s, &ctx(), Duration::from_secs(10)).unwrap();
+        assert_eq!(r.output.matches('a').count(), 300_000);
+        assert!(r.output.contains("end"));
     }
 }

@@ -1038,22 +1038,20 @@ impl Replicator {
         }
     }
 
-    /// While connection `conn` lasts, sends owed times every `every`, for
-    /// files written and then left open.
-    pub fn keep_times(self: &Arc<Self>, conn: u64, every: Duration) {
+    /// While connection `conn` lasts (and until `stop`), sends owed times
+    /// every `every`, for files written and then left open.
+    pub fn keep_times(self: &Arc<Self>, conn: u64, every: Duration, stop: &crate::stop::Stop) {
         let weak = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name(format!("times-{}", self.module))
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(every);
-                    let Some(rep) = weak.upgrade() else { return };
-                    if !rep.order.lock().linked(conn) {
-                        return;
-                    }
-                    rep.settle_owed();
+        let stop2 = stop.clone();
+        let spawned = stop.thread(format!("times-{}", self.module), move || {
+            while !stop2.sleep(every) {
+                let Some(rep) = weak.upgrade() else { return };
+                if !rep.order.lock().linked(conn) {
+                    return;
                 }
-            });
+                rep.settle_owed();
+            }
+        });
         if let Err(e) = spawned {
             self.note_error(format!("cannot start the thread that sends times: {e}"));
         }

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::changelog::ChangeLog;
+use crate::stop::Stop;
 
 use super::applier::Applier;
 use super::dir::Dir;
@@ -141,16 +142,25 @@ pub struct SecondaryServer {
 }
 
 impl SecondaryServer {
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts the peer's connections until `stop`; each ends with it too.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: Stop) {
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = stop.stopped() => return,
+            };
+            match accepted {
                 Ok((tcp, addr)) => {
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = me.connection(tcp, addr).await {
-                            tracing::warn!("replication connection from {addr}: {e}");
-                        }
-                    });
+                    let (me, s) = (self.clone(), stop.clone());
+                    stop.watched_task(
+                        &tokio::runtime::Handle::current(),
+                        "replication-connection",
+                        async move {
+                            if let Err(e) = me.connection(tcp, addr, &s).await {
+                                tracing::warn!("replication connection from {addr}: {e}");
+                            }
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::error!("accepting replication connections: {e}");
@@ -160,7 +170,30 @@ impl SecondaryServer {
         }
     }
 
-    async fn connection(&self, tcp: TcpStream, addr: SocketAddr) -> Result<(), String> {
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        stop: &Stop,
+    ) -> Result<(), String> {
+        // Until a session starts nothing runs beside this future: a stop
+        // ends it at its next step.
+        let opened = tokio::select! {
+            r = self.open(tcp, addr) => r?,
+            () = stop.stopped() => return Err("this node stops".into()),
+        };
+        let Some((module, reader, writer)) = opened else {
+            return Ok(());
+        };
+        let r = session(module.clone(), reader, writer, stop).await;
+        module.state.lock().connected = false;
+        r
+    }
+
+    /// Introduces both sides, answers a relayed command or a verify, or
+    /// tells the primary where the copies diverged: what a session starts
+    /// from (none when the connection's work is done).
+    async fn open(&self, tcp: TcpStream, addr: SocketAddr) -> Result<Option<Opened>, String> {
         tcp.set_nodelay(true).ok();
         let config = self.creds.server_config().map_err(|e| e.to_string())?;
         let tls = tokio::time::timeout(HELLO_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
@@ -180,7 +213,8 @@ impl SecondaryServer {
             .await
             .map_err(|_| "no Hello".to_string())??;
         if let Message::Control { request } = hello {
-            return super::relay::answer(self.control.get().cloned(), request, &mut writer).await;
+            super::relay::answer(self.control.get().cloned(), request, &mut writer).await?;
+            return Ok(None);
         }
         let checked = check_hello(
             hello,
@@ -227,7 +261,8 @@ impl SecondaryServer {
             })
             .await?;
         if verify {
-            return super::verify::serve(module.dirs.clone(), reader, writer).await;
+            super::verify::serve(module.dirs.clone(), reader, writer).await?;
+            return Ok(None);
         }
         let full = module.full_sync.swap(false, Ordering::SeqCst);
         send_diverged(&module, &mut writer, full).await?;
@@ -236,11 +271,16 @@ impl SecondaryServer {
             module.name,
             self.creds.peer
         );
-        let r = session(module.clone(), reader, writer).await;
-        module.state.lock().connected = false;
-        r
+        Ok(Some((module, reader, writer)))
     }
 }
+
+type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+type Opened = (
+    Arc<SecondaryModule>,
+    FrameReader<tokio::io::ReadHalf<Tls>>,
+    FrameWriter<tokio::io::WriteHalf<Tls>>,
+);
 
 async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
     module: &SecondaryModule,
@@ -289,6 +329,7 @@ async fn session<R, W>(
     module: Arc<SecondaryModule>,
     mut reader: FrameReader<R>,
     writer: FrameWriter<W>,
+    stop: &Stop,
 ) -> Result<(), String>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -314,6 +355,9 @@ where
         .map_err(|e| format!("cannot start the applier: {e}"))?;
     let mut last_seq = None::<u64>;
     let mut pump_done = false;
+    // Watched once for the whole loop: not a new watch per frame.
+    let stopping = stop.stopped();
+    tokio::pin!(stopping);
     let why = loop {
         tokio::select! {
             m = reader.next() => match m {
@@ -354,6 +398,7 @@ where
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "applier stopped".into()),
+            () = &mut stopping => break "this node stops".into(),
         }
     };
     drop(apply_tx);

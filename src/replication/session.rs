@@ -16,6 +16,11 @@ use super::primary::Replicator;
 use super::resync::{self, Diverged};
 use super::tls::Credentials;
 use super::wire::{Message, checked_path, checked_path_or_root};
+use crate::stop::Stop;
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+type Rd = tokio::io::ReadHalf<Tls>;
+type Wr = tokio::io::WriteHalf<Tls>;
 
 /// How long to wait between connection attempts.
 pub const RETRY: Duration = Duration::from_millis(100);
@@ -24,6 +29,8 @@ pub const MAX_RETRY: Duration = Duration::from_secs(5);
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 /// How often the times of files written and left open go to the peer.
 pub const TIMES_EVERY: Duration = Duration::from_millis(500);
+/// How long a closed link's writer may take to send what was queued.
+const PUMP_GRACE: Duration = Duration::from_secs(1);
 
 pub struct PrimaryLink {
     pub rep: Arc<Replicator>,
@@ -31,9 +38,17 @@ pub struct PrimaryLink {
     pub cluster: String,
     pub peer_addr: SocketAddr,
     pub compression: Compression,
+    /// Ends the link and what runs for it (a verify).
+    pub stop: Stop,
 }
 
 impl PrimaryLink {
+    /// Runs the link on `rt` until its stop.
+    pub fn start(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        let name = format!("link-{}", self.rep.module);
+        self.stop.watched_task(rt, name, self.clone().run());
+    }
+
     /// What another connection to the peer (a verify's) needs.
     pub fn connector(&self) -> Connector {
         Connector {
@@ -44,14 +59,18 @@ impl PrimaryLink {
         }
     }
 
-    /// Runs until the task is aborted.
-    pub async fn run(self: Arc<Self>) {
+    /// Connects, streams and reconnects until its stop.
+    async fn run(self: Arc<Self>) {
+        let stop = self.stop.clone();
         let mut last_err = String::new();
         let mut delay = RETRY;
-        loop {
+        while !stop.is_stopped() {
             let started = std::time::Instant::now();
-            match self.session().await {
+            match self.session(&stop).await {
                 Ok(()) => {}
+                Err(e) if stop.is_stopped() => {
+                    tracing::debug!("{}: link stopped: {e}", self.rep.module)
+                }
                 Err(e) => {
                     if e != last_err {
                         tracing::warn!(
@@ -71,11 +90,26 @@ impl PrimaryLink {
             } else {
                 (delay * 2).min(MAX_RETRY)
             };
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.stopped() => {}
+            }
         }
     }
 
-    async fn session(&self) -> Result<(), String> {
+    async fn session(&self, stop: &Stop) -> Result<(), String> {
+        // Until streaming starts nothing runs beside this future: a stop
+        // ends it at its next step (nothing is attached to the replicator).
+        let (mut reader, writer, diverged) = tokio::select! {
+            r = self.open() => r?,
+            () = stop.stopped() => return Err("stopped before streaming".into()),
+        };
+        self.stream(stop, &mut reader, writer, diverged).await
+    }
+
+    /// Connects, introduces both sides and compares if asked: what streaming
+    /// starts from.
+    async fn open(&self) -> Result<(FrameReader<Rd>, FrameWriter<Wr>, Vec<Diverged>), String> {
         let rep = &self.rep;
         let connect_timeout = rep.peer_timeout.max(Duration::from_secs(1));
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(self.peer_addr))
@@ -160,14 +194,30 @@ impl PrimaryLink {
             }
         }
 
+        Ok((reader, writer, diverged))
+    }
+
+    /// Streams the changes and takes the acknowledgements until the link
+    /// fails, is closed, or `stop`.
+    async fn stream(
+        &self,
+        stop: &Stop,
+        reader: &mut FrameReader<Rd>,
+        writer: FrameWriter<Wr>,
+        diverged: Vec<Diverged>,
+    ) -> Result<(), String> {
+        let rep = &self.rep;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let conn = rep.attach(tx);
-        rep.keep_times(conn, TIMES_EVERY);
+        rep.keep_times(conn, TIMES_EVERY, stop);
         tracing::info!("{}: connected to {}", rep.module, self.creds.peer);
         let mut pump = tokio::spawn(writer.pump(rx));
         let resync_rep = rep.clone();
         let resync = tokio::task::spawn_blocking(move || resync::run(&resync_rep, conn, diverged));
         let idle = rep.peer_timeout.max(KEEPALIVE * 3);
+        // Watched once for the whole loop: not a new watch per frame.
+        let stopping = stop.stopped();
+        tokio::pin!(stopping);
         let why = loop {
             tokio::select! {
                 m = tokio::time::timeout(idle, reader.next()) => match m {
@@ -184,10 +234,16 @@ impl PrimaryLink {
                     Ok(Err(e)) => e,
                     Err(e) => e.to_string(),
                 },
+                () = &mut stopping => break "the link was stopped".to_string(),
             }
         };
         rep.detach(conn, &why);
-        pump.abort();
+        // Detached, the replicator sends nothing more: the writer ends once
+        // what was queued is out. One stuck on a peer that stopped reading
+        // is given up with the connection.
+        if !pump.is_finished() && tokio::time::timeout(PUMP_GRACE, &mut pump).await.is_err() {
+            pump.abort();
+        }
         match resync.await {
             Ok(Err(e)) => tracing::info!("{e}"),
             Err(e) => tracing::error!("{}: resync task: {e}", rep.module),

@@ -5,12 +5,37 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// The application's health checks, as the manager keeps them.
+pub(super) struct Checks {
+    /// Not suspended by `tandem checker MODULE off`.
+    pub on: bool,
+    /// Read by the checker threads: check now (served here, application up).
+    pub active: Arc<std::sync::atomic::AtomicBool>,
+    /// Recent failures, for the restart budget.
+    pub failures: VecDeque<Instant>,
+    /// The application (re)started then: earlier failures are about the
+    /// process that was replaced.
+    pub from: Instant,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks {
+            on: true,
+            active: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            failures: VecDeque::new(),
+            from: Instant::now(),
+        }
+    }
+}
+
 impl Managed {
     /// Restarts the application where it runs (stop_prim, start_prim);
     /// checks resume for the new process only. A failed start is the
     /// machine's to handle.
     pub(super) fn restart_app(&mut self, node: &Node2) -> Result<(), String> {
-        self.checks_active
+        self.checks
+            .active
             .store(false, std::sync::atomic::Ordering::Relaxed);
         node.health.set_serving(&self.cfg.name, false);
         let _ = self.script(node, Script::StopPrim, "prim");
@@ -20,7 +45,7 @@ impl Managed {
                 self.app_running = true;
                 node.health
                     .set_serving(&self.cfg.name, self.machine.state.serving());
-                self.checks_from = Instant::now();
+                self.checks.from = Instant::now();
                 Ok(())
             }
             Err(e) => {

@@ -28,17 +28,63 @@ pub(super) fn paths(s: &Settings, me: &Node, peer: &Node) -> Result<Vec<NetPath>
         .collect()
 }
 
+/// Runs the node until a stop signal, then joins everything it started.
 pub fn run(
     settings: Settings,
     opts: &crate::daemon::Options,
     rt: &tokio::runtime::Runtime,
     signals: crate::signals::StopSignals,
 ) -> Result<(), (u8, String)> {
+    let stop = Stop::new();
+    let within = join_within(&settings);
+    let served = start_and_serve(settings, opts, rt, signals, &stop);
+    let t0 = Instant::now();
+    let joined = stop.join(within);
+    if joined.late.is_empty() {
+        tracing::info!(
+            "stopped: {} threads and tasks ended in {} ms",
+            joined.ended,
+            t0.elapsed().as_millis()
+        );
+    } else {
+        tracing::error!(
+            "still running {} s after the stop: {}",
+            within.as_secs(),
+            joined.late.join(", ")
+        );
+    }
+    let others = crate::daemon::threads::others();
+    if !others.is_empty() {
+        tracing::error!("threads left running: {}", others.join(", "));
+    }
+    served
+}
+
+/// The longest a thread may need to see the stop: a checker's probe under
+/// way ends first.
+fn join_within(settings: &Settings) -> Duration {
+    let probe = settings
+        .modules
+        .iter()
+        .flat_map(|m| &m.checkers)
+        .map(|c| c.timeout)
+        .max()
+        .unwrap_or_default();
+    (probe + Duration::from_secs(1)).max(Duration::from_secs(5))
+}
+
+fn start_and_serve(
+    settings: Settings,
+    opts: &crate::daemon::Options,
+    rt: &tokio::runtime::Runtime,
+    signals: crate::signals::StopSignals,
+    stop: &Stop,
+) -> Result<(), (u8, String)> {
     use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
     let usage = |e: String| (EXIT_USAGE, e);
     let (me, peer) = replicas::identity(&settings, opts.node.as_deref()).map_err(usage)?;
     let (me, peer) = (me.clone(), peer.clone());
-    let (witness, ping, etcd) = start_quorum(&settings, &me, rt)?;
+    let (witness, ping, etcd) = start_quorum(&settings, &me, rt, stop)?;
     refuse_https_checkers(&settings)?;
     let creds = Arc::new(
         Credentials::load(&settings.daemon.tls_dir, &me.name, &peer.name).map_err(|e| {
@@ -61,7 +107,12 @@ pub fn run(
                 2 * settings.heartbeat.interval,
                 settings.heartbeat.interval,
             );
-            rt.spawn(c.clone().run());
+            let (c2, s) = (c.clone(), stop.clone());
+            stop.task(rt.handle(), "witness", async move {
+                if let Err(e) = c2.run(s).await {
+                    tracing::error!("{e}");
+                }
+            });
             Some(c)
         }
         (None, Some(e)) => Some(e),
@@ -79,7 +130,7 @@ pub fn run(
         .map(|m| Managed::open(&settings, m, &me, no_quorum))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let server = start_secondary_server(rt, &settings, &creds, my_addr)?;
+    let server = start_secondary_server(rt, &settings, &creds, my_addr, stop)?;
 
     let hb = Heartbeats::new(
         key,
@@ -91,10 +142,10 @@ pub fn run(
     );
     let (input_tx, input_rx) = mpsc::channel::<Input>();
     let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel();
-    rt.block_on(hb.start(heard_tx)).map_err(usage)?;
-    start_checkers(&modules, &quorum, &me, &peer, &input_tx)?;
+    rt.block_on(hb.start(heard_tx, stop)).map_err(usage)?;
+    start_checkers(&modules, &quorum, &me, &peer, &input_tx, stop)?;
     let fwd = input_tx.clone();
-    rt.spawn(async move {
+    stop.task(rt.handle(), "heard", async move {
         while let Some(h) = heard_rx.recv().await {
             if fwd.send(Input::Heard(h)).is_err() {
                 return;
@@ -126,7 +177,7 @@ pub fn run(
         let s = shared.clone();
         let _ = server.control.set(Arc::new(move |json| s.relayed(json)));
     }
-    let health = start_health_endpoints(rt, &settings, &modules, &creds, &me)?;
+    let health = start_health_endpoints(rt, &settings, &modules, &creds, &me, stop)?;
     let guard = crate::failover::guard::Guard::spawn().map_err(|e| {
         (
             EXIT_FAILURE,
@@ -134,16 +185,7 @@ pub fn run(
         )
     })?;
     // Fences a cut-off node even while the manager waits for a script.
-    let fencer_stop = Arc::new(AtomicBool::new(false));
-    let (quorum_ok, fencer) = start_fencer(
-        &modules,
-        &quorum,
-        &ping,
-        &hb,
-        &health,
-        &settings,
-        &fencer_stop,
-    )?;
+    let quorum_ok = start_fencer(&modules, &quorum, &ping, &hb, &health, &settings, stop)?;
     let node = Node2 {
         quorum,
         quorum_ok,
@@ -158,6 +200,7 @@ pub fn run(
         started: Instant::now(),
         health,
         settings,
+        stop: stop.clone(),
     };
     let socket = node.settings.daemon.socket.clone();
     let mgr_shared = shared.clone();
@@ -172,16 +215,14 @@ pub fn run(
             )
         })?;
 
-    let served = rt.block_on(crate::daemon::serve(&socket, signals, shared.clone()));
+    let served = rt.block_on(crate::daemon::serve(&socket, signals, shared.clone(), stop));
+    // The clean-stop sequence runs on the manager; everything else is
+    // stopped after it (the quorum's client gives the leases back first).
     let (tx, rx) = mpsc::channel();
     if shared.input.lock().send(Input::Shutdown(tx)).is_ok() {
         let _ = rx.recv();
     }
     let _ = manager.join();
-    fencer_stop.store(true, Ordering::SeqCst);
-    if let Some(f) = fencer {
-        let _ = f.join();
-    }
     let _ = std::fs::remove_file(&socket);
     served.map_err(|e| (EXIT_FAILURE, format!("{e:#}")))
 }

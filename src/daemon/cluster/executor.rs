@@ -5,6 +5,9 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// How long a stopped link may take to end (it was closed first).
+const LINK_STOP: Duration = Duration::from_secs(2);
+
 impl Managed {
     pub(super) fn act(&mut self, node: &Node2, a: &Action) -> Result<(), (Failure, String)> {
         match a {
@@ -55,11 +58,11 @@ impl Managed {
                     return Err((Failure::StartApp, e));
                 }
                 self.app_running = true;
-                self.checks_from = Instant::now();
+                self.checks.from = Instant::now();
                 // …but clients are sent here only once it runs: the
                 // announcements go out and the probe says 200 now.
                 if let Some(v) = self.vips.as_mut()
-                    && let Err(e) = v.announce()
+                    && let Err(e) = v.announce(&node.stop)
                 {
                     self.note(format!("announcing the virtual addresses: {e}"));
                 }
@@ -167,8 +170,9 @@ impl Managed {
             cluster: s.cluster.name.clone(),
             peer_addr: node.peer_addr,
             compression: replicas::compression(s.replication.compression),
+            stop: node.stop.child(),
         });
-        self.link_task = Some(node.rt.spawn(link.clone().run()));
+        link.start(&node.rt);
         self.replica = Some(Replica::Primary(rep.clone(), link));
         *self.fence.rep.lock() = Some(rep.clone());
         self.fence.fenced.store(false, Ordering::SeqCst);
@@ -210,7 +214,7 @@ impl Managed {
             }
         }
         self.sinks.clear();
-        if let Some(Replica::Primary(rep, _)) = self.replica.take() {
+        if let Some(Replica::Primary(rep, link)) = self.replica.take() {
             if flush {
                 let deadline = Instant::now() + rep.peer_timeout.max(Duration::from_secs(2));
                 loop {
@@ -242,9 +246,16 @@ impl Managed {
             for d in &rep.dirs {
                 let _ = d.log.flush();
             }
-        }
-        if let Some(t) = self.link_task.take() {
-            t.abort();
+            // Closed above: the link ends at once.
+            let joined = link.stop.join(LINK_STOP);
+            if !joined.late.is_empty() {
+                tracing::error!(
+                    module = %self.cfg.name,
+                    "still running {} ms after the link was stopped: {}",
+                    LINK_STOP.as_millis(),
+                    joined.late.join(", ")
+                );
+            }
         }
     }
 

@@ -94,11 +94,11 @@ pub(super) fn manage(
                 if let Some(m) = modules.iter_mut().find(|m| m.cfg.name == module)
                     && m.machine.state.serving()
                     && m.app_running
-                    && m.checks_on
-                    && at > m.checks_from
+                    && m.checks.on
+                    && at > m.checks.from
                 {
                     match super::app::budget(
-                        &mut m.check_failures,
+                        &mut m.checks.failures,
                         Instant::now(),
                         restarts,
                         window,
@@ -126,8 +126,8 @@ pub(super) fn manage(
                         Response::error(format!("module {module} has no checkers"))
                     }
                     Some(m) => {
-                        m.checks_on = on;
-                        m.check_failures.clear();
+                        m.checks.on = on;
+                        m.checks.failures.clear();
                         let what = if on { "resumed" } else { "suspended" };
                         m.note(format!("health checks {what} by the operator"));
                         Response {

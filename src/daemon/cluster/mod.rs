@@ -45,7 +45,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,7 @@ use crate::replication::primary::Replicator;
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
 use crate::replication::session::{PrimaryLink, resolve, state_dir};
 use crate::replication::tls::{Credentials, heartbeat_key_path};
+use crate::stop::Stop;
 
 /// Lines of each module's log kept for `status` and `tandem log`.
 const LOG_LINES: usize = 200;
@@ -95,6 +96,8 @@ struct Node2 {
     started: Instant,
     /// What the load balancers' probes are told.
     health: Arc<lb_health::Health>,
+    /// Ends every thread and task of the node.
+    stop: Stop,
 }
 
 impl Node2 {
@@ -118,7 +121,6 @@ struct Managed {
     caches: Vec<PathBuf>,
     machine: Machine,
     replica: Option<Replica>,
-    link_task: Option<tokio::task::JoinHandle<()>>,
     mounts: Vec<Mounted>,
     sinks: Vec<Arc<CountingSink>>,
     role_file: PathBuf,
@@ -127,15 +129,7 @@ struct Managed {
     synced: Option<bool>,
     generation: Option<Gen>,
     log: VecDeque<String>,
-    /// Health checks not suspended by `tandem checker MODULE off`.
-    checks_on: bool,
-    /// Read by the checker threads: check now (served here, application up).
-    checks_active: Arc<std::sync::atomic::AtomicBool>,
-    /// Recent check failures, for the restart budget.
-    check_failures: VecDeque<Instant>,
-    /// The application (re)started then: earlier failures are about the
-    /// process that was replaced.
-    checks_from: Instant,
+    checks: app::Checks,
     /// The newest generation the witness told of (0: none).
     witness_newest: u64,
     /// Depth of failure handling under way (bounded).

@@ -179,7 +179,6 @@ impl Managed {
             caches,
             machine: Machine::new(machine_cfg(settings, m, me), 0, last, g, no_quorum),
             replica: None,
-            link_task: None,
             mounts: Vec::new(),
             sinks: Vec::new(),
             role_file,
@@ -188,10 +187,7 @@ impl Managed {
             synced: None,
             generation: None,
             log: VecDeque::new(),
-            checks_on: true,
-            checks_active: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            check_failures: VecDeque::new(),
-            checks_from: Instant::now(),
+            checks: app::Checks::default(),
             witness_newest: 0,
             vips: match &m.failover {
                 crate::config::Failover::Vip {

@@ -26,7 +26,7 @@ impl Managed {
                 app_running: self.app_running,
                 checks: if self.cfg.checkers.is_empty() {
                     "none".into()
-                } else if self.checks_on {
+                } else if self.checks.on {
                     "on".into()
                 } else {
                     "off".into()
@@ -95,8 +95,8 @@ pub(super) fn publish(
         node.health.set(&m.cfg.name, m.health());
     }
     for m in modules {
-        m.checks_active.store(
-            m.checks_on && m.app_running && m.machine.state.serving(),
+        m.checks.active.store(
+            m.checks.on && m.app_running && m.machine.state.serving(),
             std::sync::atomic::Ordering::Relaxed,
         );
         // A peer that stepped down for this node cannot take over.
@@ -125,7 +125,7 @@ pub(super) fn publish(
     *shared.status.lock() = Status {
         cluster: node.settings.cluster.name.clone(),
         pid: std::process::id(),
-        modules: modules.iter().map(|m| m.status(&node)).collect(),
+        modules: modules.iter().map(|m| m.status(node)).collect(),
         nodes: Some(NodesStatus {
             node: node.me.name.clone(),
             peer: node.peer.name.clone(),

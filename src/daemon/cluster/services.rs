@@ -19,6 +19,7 @@ pub(super) fn start_quorum(
     settings: &Settings,
     me: &Node,
     rt: &tokio::runtime::Runtime,
+    stop: &Stop,
 ) -> Started<(
     Option<SocketAddr>,
     Option<Arc<crate::cluster::ping::Pinger>>,
@@ -43,6 +44,7 @@ pub(super) fn start_quorum(
                     addrs.clone(),
                     settings.heartbeat.interval,
                     2 * settings.heartbeat.interval,
+                    stop,
                 )
                 .map_err(|e| (EXIT_FAILURE, format!("cannot start pinging: {e}")))?,
             )
@@ -61,7 +63,7 @@ pub(super) fn start_quorum(
             )
             .map_err(usage)?;
             c.clone()
-                .spawn()
+                .spawn(stop)
                 .map_err(|e| (EXIT_FAILURE, format!("cannot start the etcd client: {e}")))?;
             etcd = Some(c);
         }
@@ -92,6 +94,7 @@ pub(super) fn start_secondary_server(
     settings: &Settings,
     creds: &Arc<Credentials>,
     my_addr: SocketAddr,
+    stop: &Stop,
 ) -> Started<Arc<SecondaryServer>> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(my_addr))
@@ -103,7 +106,8 @@ pub(super) fn start_secondary_server(
         compression: replicas::compression(settings.replication.compression),
         control: Default::default(),
     });
-    rt.spawn(server.clone().run(listener));
+    let run = server.clone().run(listener, stop.clone());
+    stop.watched_task(rt.handle(), "replication-server", run);
     Ok(server)
 }
 
@@ -113,6 +117,7 @@ pub(super) fn start_checkers(
     me: &Node,
     peer: &Node,
     input_tx: &mpsc::Sender<Input>,
+    stop: &Stop,
 ) -> Started<()> {
     for m in modules {
         for c in &m.cfg.checkers {
@@ -129,7 +134,7 @@ pub(super) fn start_checkers(
                 module.clone(),
                 c.clone(),
                 scripts::Context::new(&module, "prim", &me.name, &peer.name, &m.cfg.dirs),
-                m.checks_active.clone(),
+                m.checks.active.clone(),
                 witness_ok,
                 move |why| {
                     let _ = tx.send(Input::CheckFailed {
@@ -140,6 +145,7 @@ pub(super) fn start_checkers(
                         at: Instant::now(),
                     });
                 },
+                stop,
             )
             .map_err(|e| (EXIT_FAILURE, format!("cannot start a checker: {e}")))?;
         }
@@ -153,6 +159,7 @@ pub(super) fn start_health_endpoints(
     modules: &[Managed],
     creds: &Arc<Credentials>,
     me: &Node,
+    stop: &Stop,
 ) -> Started<Arc<lb_health::Health>> {
     // The load balancers' probes, answered from the manager's last word; a
     // manager that stops beating for a heartbeat timeout is a hung daemon.
@@ -179,12 +186,25 @@ pub(super) fn start_health_endpoints(
                 .server_config_anonymous()
                 .map_err(|e| usage(format!("lb_tls: {e}")))?;
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            rt.spawn(lb_health::serve(listener, health.clone(), move |tcp| {
+            let tls = move |tcp| {
                 let a = acceptor.clone();
                 async move { a.accept(tcp).await }
-            }));
+            };
+            let s = stop.clone();
+            let serve =
+                lb_health::serve(
+                    listener,
+                    health.clone(),
+                    tls,
+                    async move { s.stopped().await },
+                );
+            stop.watched_task(rt.handle(), "health-endpoints", serve);
         } else {
-            rt.spawn(lb_health::serve(listener, health.clone(), lb_health::plain));
+            let s = stop.clone();
+            let serve = lb_health::serve(listener, health.clone(), lb_health::plain, async move {
+                s.stopped().await
+            });
+            stop.watched_task(rt.handle(), "health-endpoints", serve);
         }
         tracing::info!(
             "health endpoints on {}://*:{port}",
@@ -204,11 +224,8 @@ pub(super) fn start_fencer(
     hb: &Arc<Heartbeats>,
     health: &Arc<lb_health::Health>,
     settings: &Settings,
-    fencer_stop: &Arc<AtomicBool>,
-) -> Started<(
-    Option<crate::daemon::fence::QuorumOk>,
-    Option<std::thread::JoinHandle<()>>,
-)> {
+    stop: &Stop,
+) -> Started<Option<crate::daemon::fence::QuorumOk>> {
     let quorum_ok: Option<crate::daemon::fence::QuorumOk> = match (quorum, ping) {
         (Some(q), _) => {
             let q = q.clone();
@@ -220,26 +237,21 @@ pub(super) fn start_fencer(
         }
         (None, None) => None,
     };
-    let fencer = match quorum_ok.clone() {
-        None => None,
-        Some(ok) => {
-            let (heard, two) = (hb.clone(), 2 * settings.heartbeat.interval);
-            let quiet =
-                Arc::new(move || super::liveness::silent(&heard.heard.lock(), two, Instant::now()));
-            Some(
-                crate::daemon::fence::spawn(
-                    modules.iter().map(|m| m.fence.clone()).collect(),
-                    ok,
-                    quiet,
-                    health.clone(),
-                    settings.heartbeat.interval,
-                    fencer_stop.clone(),
-                )
-                .map_err(|e| (EXIT_FAILURE, format!("cannot start the fencer: {e}")))?,
-            )
-        }
-    };
-    Ok((quorum_ok, fencer))
+    if let Some(ok) = quorum_ok.clone() {
+        let (heard, two) = (hb.clone(), 2 * settings.heartbeat.interval);
+        let quiet =
+            Arc::new(move || super::liveness::silent(&heard.heard.lock(), two, Instant::now()));
+        crate::daemon::fence::spawn(
+            modules.iter().map(|m| m.fence.clone()).collect(),
+            ok,
+            quiet,
+            health.clone(),
+            settings.heartbeat.interval,
+            stop,
+        )
+        .map_err(|e| (EXIT_FAILURE, format!("cannot start the fencer: {e}")))?;
+    }
+    Ok(quorum_ok)
 }
 
 /// A listener on every address, IPv6 and IPv4 whatever `bindv6only` says

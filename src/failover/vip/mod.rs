@@ -9,7 +9,6 @@ pub mod ifaces;
 pub mod netlink;
 
 use std::net::IpAddr;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -38,8 +37,8 @@ pub struct Vips {
     addresses: Vec<IpPrefix>,
     interface: Option<String>,
     announce: Announce,
-    /// The announcer: dropping the sender stops it.
-    announcer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// The announcer's own stop.
+    announcer: Option<crate::stop::Stop>,
     /// The addresses held, shared with the fencer, which may drop them.
     fence: VipFence,
 }
@@ -195,20 +194,21 @@ impl Vips {
         Ok(())
     }
 
-    /// Tells the LAN, once the application listens: a burst, then a refresh.
-    pub fn announce(&mut self) -> Result<(), String> {
+    /// Tells the LAN, once the application listens: a burst, then a
+    /// refresh, until released or `stop`.
+    pub fn announce(&mut self, stop: &crate::stop::Stop) -> Result<(), String> {
         let list = self.taken();
         if self.announcer.is_some() || list.is_empty() {
             return Ok(());
         }
-        let (tx, rx) = mpsc::channel();
+        let own = stop.child();
         let (a, module) = (self.announce, self.module.clone());
-        let fence = self.fence.clone();
-        let h = std::thread::Builder::new()
-            .name("vip-announce".into())
-            .spawn(move || announcer(&module, &list, a, &rx, &fence))
-            .map_err(|e| format!("starting the announcer: {e}"))?;
-        self.announcer = Some((tx, h));
+        let (fence, s) = (self.fence.clone(), own.clone());
+        own.thread("vip-announce", move || {
+            announcer(&module, &list, a, &s, &fence)
+        })
+        .map_err(|e| format!("starting the announcer: {e}"))?;
+        self.announcer = Some(own);
         Ok(())
     }
 
@@ -216,9 +216,9 @@ impl Vips {
     /// An address that could not be removed stays listed (and with the
     /// guard), so it is tried again rather than forgotten.
     pub fn release(&mut self) -> Vec<String> {
-        if let Some((stop, h)) = self.announcer.take() {
-            drop(stop);
-            let _ = h.join();
+        if let Some(own) = self.announcer.take() {
+            // It wakes at once; a netlink call under way ends first.
+            own.join(Duration::from_secs(5));
         }
         let mut errors = Vec::new();
         self.fence.inner.taken.lock().retain(|t| {
@@ -267,7 +267,7 @@ fn announcer(
     module: &str,
     taken: &[Taken],
     a: Announce,
-    stop: &mpsc::Receiver<()>,
+    stop: &crate::stop::Stop,
     fence: &VipFence,
 ) {
     // A fenced node claims the addresses no more.
@@ -277,23 +277,15 @@ fn announcer(
         }
     };
     for i in 0..a.count {
-        if i > 0 && stopped(stop, a.interval) {
+        if i > 0 && stop.sleep(a.interval) {
             return;
         }
         announce();
     }
     let Some(every) = a.refresh else {
-        let _ = stop.recv();
         return;
     };
-    while !stopped(stop, every) {
+    while !stop.sleep(every) {
         announce();
     }
-}
-
-fn stopped(stop: &mpsc::Receiver<()>, wait: Duration) -> bool {
-    !matches!(
-        stop.recv_timeout(wait),
-        Err(mpsc::RecvTimeoutError::Timeout)
-    )
 }
