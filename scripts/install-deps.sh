@@ -12,7 +12,8 @@ packages=(
   procps                          # ps: the cluster tests' application scripts
   iproute2                        # ip netns: the partition tests build their own networks
   acl                             # setfacl/getfacl: the tests check ACLs through the mount
-  etcd-server                     # quorum = "etcd": the tests start a real etcd
+  etcd-server etcd-client         # quorum = "etcd": the tests start a real etcd (etcdctl sets up its users)
+  ca-certificates                 # the CAs an https checker trusts by default
   haproxy keepalived              # LB mode and the VIP failover comparison
   python3                         # the test application's network service, the benchmarks
   podman busybox-static           # the demo's container (an image built from busybox)

@@ -25,3 +25,4 @@ pub mod replication;
 pub mod signals;
 pub mod sock;
 pub mod stop;
+pub mod webclient;

@@ -216,7 +216,7 @@ name = "conmon""#,
     let s = parse(&text).unwrap_or_else(|e| panic!("{e}"));
     let checkers = &s.modules[0].checkers;
     assert!(
-        matches!(&checkers[0].check, Check::Http { url, expect_status: 200 } if url.port == 8443 && url.https)
+        matches!(&checkers[0].check, Check::Http { url, expect_status: 200, .. } if url.port == 8443 && url.https)
     );
     assert_eq!(checkers[0].interval, Duration::from_millis(1000));
     assert_eq!(checkers[0].timeout, Duration::from_millis(1000));
@@ -567,9 +567,77 @@ fn quorum_etcd_needs_urls() {
     );
     rejects(
         &cluster("quorum = \"etcd\"\netcd = [\"https://10.0.0.5:2379\"]"),
-        "cluster.etcd[0]",
+        "cluster.etcd_ca",
         Some("https://10.0.0.5"),
-        "https is not supported",
+        "is required with https:// endpoints",
+    );
+}
+
+#[test]
+fn etcd_over_tls_with_a_client_certificate_and_a_user() {
+    let text = cluster(
+        "quorum = \"etcd\"\netcd = [\"https://10.0.0.5:2379\", \"https://[fd00::5]:2379\"]\n\
+         etcd_ca = \"/etc/tandem/etcd/ca.pem\"\netcd_cert = \"/etc/tandem/etcd/node.pem\"\n\
+         etcd_key = \"/etc/tandem/etcd/node.key\"\netcd_user = \"tandem\"\n\
+         etcd_password_file = \"/etc/tandem/etcd/password\"",
+    );
+    let s = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let tandem::config::Quorum::Etcd(e) = &s.cluster.quorum else {
+        panic!("{:?}", s.cluster.quorum)
+    };
+    assert_eq!(e.urls.len(), 2);
+    assert_eq!(
+        e.ca.as_deref(),
+        Some(std::path::Path::new("/etc/tandem/etcd/ca.pem"))
+    );
+    assert_eq!(
+        e.cert,
+        Some((
+            "/etc/tandem/etcd/node.pem".into(),
+            "/etc/tandem/etcd/node.key".into()
+        ))
+    );
+    assert_eq!(
+        e.user,
+        Some(("tandem".into(), "/etc/tandem/etcd/password".into()))
+    );
+}
+
+#[test]
+fn etcd_tls_settings_come_in_pairs_and_match_the_scheme() {
+    rejects(
+        &cluster(
+            "quorum = \"etcd\"\netcd = [\"https://a:2379\", \"http://b:2379\"]\netcd_ca = \"/ca.pem\"",
+        ),
+        "cluster.etcd",
+        Some("https://a"),
+        "mixes http:// and https://",
+    );
+    rejects(
+        &cluster("quorum = \"etcd\"\netcd = [\"http://a:2379\"]\netcd_ca = \"/ca.pem\""),
+        "cluster.etcd_ca",
+        Some("/ca.pem"),
+        "only used with https://",
+    );
+    rejects(
+        &cluster(
+            "quorum = \"etcd\"\netcd = [\"https://a:2379\"]\netcd_ca = \"/ca.pem\"\netcd_cert = \"/c.pem\"",
+        ),
+        "cluster.etcd_cert",
+        Some("/c.pem"),
+        "needs cluster.etcd_key too",
+    );
+    rejects(
+        &cluster("quorum = \"etcd\"\netcd = [\"http://a:2379\"]\netcd_user = \"root\""),
+        "cluster.etcd_user",
+        Some("root"),
+        "needs cluster.etcd_password_file too",
+    );
+    rejects(
+        &cluster("quorum = \"witness\"\nwitness = \"w:1\"\netcd_ca = \"/ca.pem\""),
+        "cluster.etcd_ca",
+        Some("/ca.pem"),
+        "only used with cluster.quorum = \"etcd\"",
     );
 }
 

@@ -32,35 +32,37 @@ fuzz_target!(|data: &[u8]| {
     // More than the server reads before it answers or refuses.
     let data = &data[..data.len().min(64 << 10)];
     let reply = RUNTIME.block_on(async {
-        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        let (mut client, server) = tokio::io::duplex(1 << 20);
         client.write_all(data).await.unwrap();
         client.shutdown().await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        lb_health::handle(&mut server, &health, deadline)
-            .await
-            .unwrap();
-        drop(server);
+        lb_health::handle(server, &health, deadline).await;
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).await.unwrap();
         reply
     });
     if reply.is_empty() {
-        // Only a client that never finished its request line goes unanswered.
-        assert!(!data.contains(&b'\n') && data.len() <= 8192 + 1024);
+        // A request that never completed its head goes unanswered.
         return;
     }
     let text = String::from_utf8(reply).expect("answers are text");
     let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    assert!(head.starts_with("HTTP/1.1 "), "{head}");
+    assert!(head.starts_with("HTTP/1."), "{head}");
     let length: usize = head
         .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .expect("a length")
-        .parse()
-        .unwrap();
-    let line = data.split(|&b| b == b'\n').next().unwrap_or_default();
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .map_or(0, |n| n.parse().unwrap());
+    // Empty lines before the request line are skipped (RFC 9112, 2.2).
+    let line = data
+        .split(|&b| b == b'\n')
+        .find(|l| !l.is_empty() && *l != b"\r")
+        .unwrap_or_default();
     let head_request = String::from_utf8_lossy(line).split_whitespace().next() == Some("HEAD");
-    // HEAD is answered without the body, when the request line is valid.
+    // HEAD is answered without the body.
     assert!(
         body.len() == length || (head_request && body.is_empty()),
         "{text}"

@@ -10,16 +10,18 @@
 //! - `/liveness`: 200 while the main loop runs;
 //! - `/readiness`: 200 while every module is served here or up to date here.
 //!
+//! OPTIONS is answered 204 with the methods allowed (some probes use it).
+//!
 //! "Runs" means the main loop called [`Health::beat`] within the liveness
 //! window: a hung daemon stops answering 200 even though its socket still
-//! accepts connections. The crate needs only tokio, so it can be embedded on
-//! its own.
+//! accepts connections. HTTP is hyper's; the crate needs only tokio and
+//! hyper, so it can be embedded on its own.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 /// Default port of the endpoints (`lb_port`).
@@ -32,17 +34,16 @@ const MAX_CONNECTIONS: usize = 256;
 /// connections, or sending huge requests, cannot take the others' places.
 /// Load balancers probe with one connection at a time per prober.
 const PER_ADDRESS: usize = 8;
-/// From accepting a connection to holding its request line (a TLS handshake
-/// included): probes send theirs at once, idle connections are cut off.
+/// From accepting a connection to holding its request's head (a TLS
+/// handshake included): probes send theirs at once, idle connections are
+/// cut off.
 const REQUEST_LINE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A probe's whole exchange.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest request line read; the rest of a request is never needed.
-const MAX_LINE: usize = 8192;
-/// After answering, what is left of a request is read and dropped (at most
-/// this much, this long) so that closing does not reset the connection
-/// before the client read the answer.
-const DRAIN: (usize, Duration) = (64 << 10, Duration::from_millis(200));
+/// Largest request head read: probes send a few hundred bytes.
+const MAX_HEAD: usize = 16 << 10;
+/// The methods the endpoints answer.
+const ALLOW: &str = "GET, HEAD, OPTIONS";
 
 /// What the endpoints say about one module on this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -127,6 +128,9 @@ impl Health {
     /// The answer to `method path` (the body is dropped for HEAD by the
     /// server). Pure, apart from reading the clock.
     pub fn answer(&self, method: &str, path: &str) -> Reply {
+        if method == "OPTIONS" {
+            return reply(204, String::new());
+        }
         if method != "GET" && method != "HEAD" {
             return reply(405, format!(r#"{{"error":"method {method} not allowed"}}"#));
         }
@@ -217,10 +221,9 @@ fn escape(s: &str) -> String {
     out
 }
 
-/// Accepts probes until the task is dropped. With `tls`, each connection is
-/// wrapped by it first (a TLS acceptor, say).
 /// Answers probes on `listener` until `stop` resolves, then lets the probes
-/// under way finish (each within `PROBE_TIMEOUT`).
+/// under way finish (each within `PROBE_TIMEOUT`). Each connection is
+/// wrapped by `wrap` first (a TLS acceptor, say, or [`plain`]).
 pub async fn serve<S, F, Fut>(
     listener: TcpListener,
     health: Arc<Health>,
@@ -257,10 +260,10 @@ pub async fn serve<S, F, Fut>(
                 tcp.set_nodelay(true).ok();
                 // The handshake (with TLS) and the request line share one deadline.
                 let deadline = tokio::time::Instant::now() + REQUEST_LINE_TIMEOUT;
-                let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, wrap(tcp)).await else {
-                    return Ok(());
+                let Ok(Ok(stream)) = tokio::time::timeout_at(deadline, wrap(tcp)).await else {
+                    return;
                 };
-                handle(&mut stream, &h, deadline).await
+                handle(stream, &h, deadline).await
             })
             .await;
             drop(slot);
@@ -321,127 +324,58 @@ pub async fn plain(tcp: tokio::net::TcpStream) -> std::io::Result<tokio::net::Tc
     Ok(tcp)
 }
 
-/// What the first line of a request said.
-enum Line {
-    Request(String),
-    TooLong,
-    /// The client closed before a whole line.
-    Closed,
-}
-
-/// Answers the one request a probe's connection carries: the request line
-/// must have arrived by `deadline`, or the connection is closed unanswered.
-pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    health: &Health,
+/// Answers the one request a probe's connection carries (HTTP/1.1 by
+/// hyper): its head must have arrived by `deadline`, or the connection is
+/// closed; a head larger than `MAX_HEAD` is refused.
+pub async fn handle<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    health: &Arc<Health>,
     deadline: tokio::time::Instant,
-) -> std::io::Result<()> {
-    match tokio::time::timeout_at(deadline, request_line(stream)).await {
-        Ok(line) => answer(stream, health, line?).await,
-        Err(_) => Ok(()),
-    }
+) {
+    let h = health.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let r = respond(&h, req.method(), req.uri());
+        async move { Ok::<_, std::convert::Infallible>(r) }
+    });
+    let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(wait.max(Duration::from_millis(1)))
+        .max_buf_size(MAX_HEAD)
+        // One request per connection: load balancers open one per probe.
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = conn.await;
 }
 
-/// Reads up to the end of the request line and no further than needed:
-/// headers are never needed to answer a probe.
-async fn request_line<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Line> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            buf.truncate(i);
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-            return Ok(Line::Request(String::from_utf8_lossy(&buf).into_owned()));
-        }
-        if buf.len() > MAX_LINE {
-            return Ok(Line::TooLong);
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(Line::Closed);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// One request per connection (load balancers open one per probe).
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
+/// The HTTP answer to `method uri`.
+fn respond(
     health: &Health,
-    line: Line,
-) -> std::io::Result<()> {
-    let line = match line {
-        Line::Closed => return Ok(()),
-        Line::TooLong => {
-            respond(
-                s,
-                false,
-                &reply(414, r#"{"error":"request line too long"}"#.into()),
-            )
-            .await?;
-            return drain(s).await;
-        }
-        Line::Request(l) => l,
-    };
-    let mut parts = line.split_whitespace();
-    let (method, path, version) = (parts.next(), parts.next(), parts.next());
-    let valid = version.is_some_and(|v| v.starts_with("HTTP/1.")) && parts.next().is_none();
-    match method.zip(path).filter(|_| valid) {
-        Some((method, path)) => respond(s, method == "HEAD", &health.answer(method, path)).await?,
-        None => respond(s, false, &reply(400, r#"{"error":"bad request"}"#.into())).await?,
-    }
-    drain(s).await
-}
-
-/// Reads and drops what is left of the request, briefly: see [`DRAIN`].
-async fn drain<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<()> {
-    let mut left = DRAIN.0;
-    let mut chunk = [0u8; 4096];
-    let _ = tokio::time::timeout(DRAIN.1, async {
-        while left > 0 {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
-    Ok(())
-}
-
-async fn respond<S: AsyncWrite + Unpin>(s: &mut S, head: bool, r: &Reply) -> std::io::Result<()> {
-    let reason = match r.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        414 => "URI Too Long",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
+    method: &hyper::Method,
+    uri: &hyper::Uri,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let r = health.answer(method.as_str(), path);
     let kind = if r.body.starts_with('{') {
         "application/json"
     } else {
         "text/plain"
     };
-    let mut out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        r.status,
-        r.body.len()
-    );
-    if !head {
-        out.push_str(&r.body);
+    let mut b = hyper::Response::builder()
+        .status(r.status)
+        .header("content-type", kind)
+        .header("cache-control", "no-store");
+    if r.status == 204 || r.status == 405 {
+        b = b.header("allow", ALLOW);
     }
-    s.write_all(out.as_bytes()).await?;
-    s.shutdown().await
+    b.body(http_body_util::Full::new(bytes::Bytes::from(r.body)))
+        .expect("a valid status and headers")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn health() -> Arc<Health> {
         let h = Health::new("node1", Duration::from_millis(200));
@@ -572,19 +506,33 @@ mod tests {
         };
         let get = ask(b"GET /primary/app HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+        let options = ask(b"OPTIONS /primary/app HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(options.starts_with("HTTP/1.1 204 "), "{options}");
+        assert!(
+            options.contains("allow: GET, HEAD, OPTIONS\r\n"),
+            "{options}"
+        );
+        let post = ask(b"POST /primary/app HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
         assert!(get.ends_with(r#""alive":true}"#), "{get}");
         let head = ask(b"HEAD /primary/db HTTP/1.0\r\n\r\n").await;
-        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.") && head[8..].starts_with(" 503 "),
+            "{head}"
+        );
         assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
         let bad = ask(b"garbage\r\n\r\n").await;
         assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
         let mut huge = b"GET /".to_vec();
-        huge.extend(std::iter::repeat_n(b'a', 9000));
+        huge.extend(std::iter::repeat_n(b'a', 20000));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(&huge).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 414 "), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 414 ") || out.starts_with("HTTP/1.1 431 "),
+            "{out}"
+        );
     }
 
     /// Random and mutated requests: every one gets one well-formed answer
@@ -618,26 +566,36 @@ mod tests {
                     }
                 }
             }
-            let (mut client, mut server) = tokio::io::duplex(1 << 20);
+            let (mut client, server) = tokio::io::duplex(1 << 20);
             client.write_all(&req).await.unwrap();
             client.shutdown().await.unwrap();
-            let line = request_line(&mut server).await.unwrap();
-            let closed = matches!(line, Line::Closed);
-            answer(&mut server, &h, line).await.unwrap();
-            drop(server);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            handle(server, &h, deadline).await;
             let mut out = Vec::new();
             client.read_to_end(&mut out).await.unwrap();
             let out = String::from_utf8_lossy(&out);
-            if closed {
-                assert!(out.is_empty(), "{out}");
+            if out.is_empty() {
                 continue;
             }
             let status: u16 = out
-                .strip_prefix("HTTP/1.1 ")
-                .and_then(|r| r.get(..3))
+                .strip_prefix("HTTP/1.")
+                .and_then(|r| r.get(2..5))
                 .and_then(|c| c.parse().ok())
                 .unwrap_or_else(|| panic!("{:?} got {out:?}", String::from_utf8_lossy(&req)));
-            assert!([200, 400, 404, 405, 414, 503].contains(&status), "{out}");
+            assert!(
+                [200, 204, 400, 404, 405, 414, 431, 501, 503, 505].contains(&status),
+                "{out}"
+            );
+            let (head, body) = out.split_once("\r\n\r\n").expect("a header block");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.parse().unwrap());
+            let head_request = req.starts_with(b"HEAD ");
+            assert!(
+                body.len() == length || head_request && body.is_empty(),
+                "{out}"
+            );
         }
     }
 

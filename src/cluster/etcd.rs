@@ -10,8 +10,6 @@
 //! with the lease is kept in `/tandem/CLUSTER/MODULE/newest`, written only by
 //! the holder, and outlives every node.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +19,13 @@ use serde_json::{Value, json};
 
 use super::{Book, LeaseQuorum};
 use crate::config::HttpUrl;
+use crate::stop::Stop;
 
 pub struct Client {
     endpoints: Vec<HttpUrl>,
+    http: reqwest::Client,
+    /// etcd's user and password.
+    auth: Option<(String, String)>,
     cluster: String,
     node: String,
     ttl_s: u64,
@@ -34,23 +36,33 @@ pub struct Client {
 impl Client {
     /// `term`: how long a lease outlives its last renewal (rounded up to
     /// whole seconds, at least two); `validity`: how long after a successful
-    /// renewal this node relies on it, well short of that.
+    /// renewal this node relies on it, well short of that. The CA, client
+    /// certificate and password files are read here: errors name them.
     pub fn new(
-        endpoints: Vec<HttpUrl>,
+        etcd: &crate::config::Etcd,
         cluster: &str,
         node: &str,
         term: Duration,
         validity: Duration,
         interval: Duration,
     ) -> Result<Arc<Self>, String> {
-        if let Some(u) = endpoints.iter().find(|u| u.https) {
-            return Err(format!(
-                "cluster.etcd: {u}: https endpoints are not supported in this version \
-                 (give etcd a plain http client URL on a trusted network)"
-            ));
-        }
+        let http = crate::webclient::client(etcd.ca.as_deref(), etcd.cert.as_ref())
+            .map_err(|e| format!("cluster.etcd: {e}"))?;
+        let auth = match &etcd.user {
+            None => None,
+            Some((user, file)) => {
+                let password = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cluster.etcd_password_file {}: {e}", file.display()))?;
+                Some((
+                    user.clone(),
+                    password.trim_end_matches(['\r', '\n']).to_string(),
+                ))
+            }
+        };
         Ok(Arc::new(Client {
-            endpoints,
+            endpoints: etcd.urls.clone(),
+            http,
+            auth,
             cluster: cluster.into(),
             node: node.into(),
             ttl_s: term.as_millis().div_ceil(1000).max(2) as u64,
@@ -59,24 +71,27 @@ impl Client {
         }))
     }
 
-    /// Renews the lease and the wanted keys every interval, on its own
-    /// thread, until `stop`; then relies on no lease.
-    pub fn spawn(self: Arc<Self>, stop: &crate::stop::Stop) -> std::io::Result<()> {
+    /// Renews the lease and the wanted keys every interval, as a task on
+    /// `rt`, until `stop`; then relies on no lease.
+    pub fn spawn(self: Arc<Self>, stop: &Stop, rt: &tokio::runtime::Handle) {
         let stop2 = stop.clone();
-        stop.thread("etcd-quorum", move || {
+        stop.watched_task(rt, "etcd-quorum", async move {
             let mut api = Api {
+                http: self.http.clone(),
                 endpoints: self.endpoints.clone(),
                 current: 0,
                 // A slow answer is still safe (what is relied on counts
                 // from before the request); a lost one is not waited for
                 // past the time it could still help.
                 timeout: self.validity.max(Duration::from_millis(200)),
+                auth: self.auth.clone(),
+                token: None,
             };
             let mut lease = None;
             let mut failing = false;
             while !stop2.is_stopped() {
                 let t0 = Instant::now();
-                match self.round(&mut api, &mut lease, t0) {
+                match self.round(&mut api, &mut lease, t0).await {
                     Ok(()) => {
                         *self.book.last_answer.lock() = Some(t0);
                         if failing {
@@ -91,14 +106,17 @@ impl Client {
                         }
                     }
                 }
-                stop2.sleep(self.book.interval.saturating_sub(t0.elapsed()));
+                tokio::select! {
+                    () = tokio::time::sleep(self.book.interval.saturating_sub(t0.elapsed())) => {}
+                    () = stop2.stopped() => {}
+                }
             }
             // No more renewals: nothing is relied on any longer, and the
             // leases run out in etcd.
             for h in self.book.state.lock().values_mut() {
                 h.until = None;
             }
-        })
+        });
     }
 
     fn key(&self, module: &str, what: &str) -> String {
@@ -107,13 +125,18 @@ impl Client {
 
     /// One renewal: the node's lease, then every module's key. `t0` is taken
     /// before the renewal is sent, so what is relied on never outlasts it.
-    fn round(&self, api: &mut Api, lease: &mut Option<i64>, t0: Instant) -> Result<(), String> {
+    async fn round(
+        &self,
+        api: &mut Api,
+        lease: &mut Option<i64>,
+        t0: Instant,
+    ) -> Result<(), String> {
         let alive = match *lease {
-            Some(id) => api.keepalive(id)?,
+            Some(id) => api.keepalive(id).await?,
             None => false,
         };
         if !alive {
-            *lease = Some(api.grant(self.ttl_s)?);
+            *lease = Some(api.grant(self.ttl_s).await?);
         }
         let id = lease.expect("granted above");
         let wanted: Vec<(String, bool, u64, bool)> = self
@@ -125,15 +148,15 @@ impl Client {
             .collect();
         for (module, want, generation, serving) in wanted {
             let (holder, newest) = if want {
-                self.take(api, &module, id)?
+                self.take(api, &module, id).await?
             } else {
-                self.give_back(api, &module)?
+                self.give_back(api, &module).await?
             };
             let mine = holder.as_deref() == Some(self.node.as_str());
             let newest = if mine
                 && serving
                 && generation != newest
-                && self.set_newest(api, &module, generation)?
+                && self.set_newest(api, &module, generation).await?
             {
                 generation
             } else {
@@ -152,7 +175,7 @@ impl Client {
     /// Creates the holder key if absent, or takes back one this node left
     /// under an older lease (a restart); returns the holder and the newest.
     /// A key already held under this lease costs a read, not a write.
-    fn take(
+    async fn take(
         &self,
         api: &mut Api,
         module: &str,
@@ -160,7 +183,7 @@ impl Client {
     ) -> Result<(Option<String>, u64), String> {
         let (holder, newest) = (self.key(module, "holder"), self.key(module, "newest"));
         let read = json!([{"request_range": {"key": b64(&holder)}}, {"request_range": {"key": b64(&newest)}}]);
-        let r = api.txn(json!([]), read.clone(), json!([]))?;
+        let r = api.txn(json!([]), read.clone(), json!([])).await?;
         let kvs = ranges(&r);
         let newest_g = generation(kvs.get(1));
         let (owner, owner_lease) = match kvs.first() {
@@ -179,7 +202,7 @@ impl Client {
         } else {
             json!([{"key": b64(&holder), "result": "EQUAL", "target": "VALUE", "value": b64(&self.node)}])
         };
-        let r = api.txn(compare, json!([put]), read)?;
+        let r = api.txn(compare, json!([put]), read).await?;
         if succeeded(&r) {
             return Ok((Some(self.node.clone()), newest_g));
         }
@@ -190,13 +213,18 @@ impl Client {
         ))
     }
 
-    fn give_back(&self, api: &mut Api, module: &str) -> Result<(Option<String>, u64), String> {
+    async fn give_back(
+        &self,
+        api: &mut Api,
+        module: &str,
+    ) -> Result<(Option<String>, u64), String> {
         let (holder, newest) = (self.key(module, "holder"), self.key(module, "newest"));
         let r = api.txn(
             json!([{"key": b64(&holder), "result": "EQUAL", "target": "VALUE", "value": b64(&self.node)}]),
             json!([{"request_delete_range": {"key": b64(&holder)}}, {"request_range": {"key": b64(&newest)}}]),
             json!([{"request_range": {"key": b64(&holder)}}, {"request_range": {"key": b64(&newest)}}]),
-        )?;
+        )
+        .await?;
         let kvs = ranges(&r);
         if succeeded(&r) {
             return Ok((None, generation(kvs.first())));
@@ -208,13 +236,14 @@ impl Client {
     }
 
     /// Only while this node's key holds the module.
-    fn set_newest(&self, api: &mut Api, module: &str, g: u64) -> Result<bool, String> {
+    async fn set_newest(&self, api: &mut Api, module: &str, g: u64) -> Result<bool, String> {
         let (holder, newest) = (self.key(module, "holder"), self.key(module, "newest"));
         let r = api.txn(
             json!([{"key": b64(&holder), "result": "EQUAL", "target": "VALUE", "value": b64(&self.node)}]),
             json!([{"request_put": {"key": b64(&newest), "value": b64(&g.to_string())}}]),
             json!([]),
-        )?;
+        )
+        .await?;
         Ok(succeeded(&r))
     }
 }
@@ -266,40 +295,64 @@ fn number(v: &Value) -> Option<i64> {
     v.as_str().and_then(|s| s.parse().ok()).or(v.as_i64())
 }
 
-/// The v3 JSON gateway over plain HTTP/1.1, one connection per call, trying
-/// the endpoints in turn.
+/// The v3 JSON gateway, trying the endpoints in turn; with etcd's
+/// authentication, a token taken when needed and again when it expires.
 struct Api {
+    http: reqwest::Client,
     endpoints: Vec<HttpUrl>,
     current: usize,
     timeout: Duration,
+    auth: Option<(String, String)>,
+    token: Option<String>,
+}
+
+/// Why a call failed: a token etcd no longer takes is taken again at once.
+enum Failed {
+    Token(String),
+    Other(String),
 }
 
 impl Api {
-    fn grant(&mut self, ttl_s: u64) -> Result<i64, String> {
-        let r = self.call("/v3/lease/grant", &json!({"TTL": ttl_s.to_string()}))?;
+    async fn grant(&mut self, ttl_s: u64) -> Result<i64, String> {
+        let r = self
+            .call("/v3/lease/grant", &json!({"TTL": ttl_s.to_string()}))
+            .await?;
         number(&r["ID"]).ok_or_else(|| format!("lease grant: no ID in {r}"))
     }
 
     /// Whether the lease is still alive (renewed).
-    fn keepalive(&mut self, id: i64) -> Result<bool, String> {
-        let r = self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()}))?;
+    async fn keepalive(&mut self, id: i64) -> Result<bool, String> {
+        let r = self
+            .call("/v3/lease/keepalive", &json!({"ID": id.to_string()}))
+            .await?;
         Ok(number(&r["result"]["TTL"]).unwrap_or(0) > 0)
     }
 
-    fn txn(&mut self, compare: Value, success: Value, failure: Value) -> Result<Value, String> {
+    async fn txn(
+        &mut self,
+        compare: Value,
+        success: Value,
+        failure: Value,
+    ) -> Result<Value, String> {
         self.call(
             "/v3/kv/txn",
             &json!({"compare": compare, "success": success, "failure": failure}),
         )
+        .await
     }
 
-    fn call(&mut self, path: &str, body: &Value) -> Result<Value, String> {
+    async fn call(&mut self, path: &str, body: &Value) -> Result<Value, String> {
         let mut errors = Vec::new();
         for _ in 0..self.endpoints.len() {
-            let ep = &self.endpoints[self.current];
-            match post(ep, path, body, self.timeout) {
+            let ep = self.endpoints[self.current].clone();
+            let mut r = self.authorised(&ep, path, body).await;
+            if let Err(Failed::Token(_)) = r {
+                self.token = None;
+                r = self.authorised(&ep, path, body).await;
+            }
+            match r {
                 Ok(v) => return Ok(v),
-                Err(e) => {
+                Err(Failed::Token(e) | Failed::Other(e)) => {
                     errors.push(format!("{ep}: {e}"));
                     self.current = (self.current + 1) % self.endpoints.len();
                 }
@@ -307,114 +360,100 @@ impl Api {
         }
         Err(errors.join("; "))
     }
+
+    /// The call, with a token first if etcd wants one.
+    async fn authorised(
+        &mut self,
+        ep: &HttpUrl,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, Failed> {
+        if let (Some((user, password)), None) = (&self.auth, &self.token) {
+            let r = post(
+                &self.http,
+                ep,
+                "/v3/auth/authenticate",
+                &json!({"name": user, "password": password}),
+                None,
+                self.timeout,
+            )
+            .await
+            .map_err(|e| match e {
+                Failed::Token(e) | Failed::Other(e) => {
+                    Failed::Other(format!("as user {user}: {e}"))
+                }
+            })?;
+            let token = r["token"]
+                .as_str()
+                .ok_or_else(|| Failed::Other(format!("as user {user}: no token in the answer")))?;
+            self.token = Some(token.to_string());
+        }
+        post(
+            &self.http,
+            ep,
+            path,
+            body,
+            self.token.as_deref(),
+            self.timeout,
+        )
+        .await
+    }
 }
 
-fn post(ep: &HttpUrl, path: &str, body: &Value, timeout: Duration) -> Result<Value, String> {
-    let host = ep.host.to_string();
-    let addr = (host.trim_start_matches('[').trim_end_matches(']'), ep.port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("the name resolves to no address")?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        ep.port,
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.take(1 << 20)
-        .read_to_end(&mut raw)
-        .map_err(|e| e.to_string())?;
-    let (status, body) = parse_response(&raw)?;
-    let v: Option<Value> = serde_json::Deserializer::from_slice(&body)
+async fn post(
+    http: &reqwest::Client,
+    ep: &HttpUrl,
+    path: &str,
+    body: &Value,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Value, Failed> {
+    let mut req = http
+        .post(format!("{}{path}", ep.origin()))
+        .timeout(timeout)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", t);
+    }
+    let other = |e: reqwest::Error| Failed::Other(crate::webclient::describe(&e));
+    let answer = req.send().await.map_err(other)?;
+    let status = answer.status().as_u16();
+    let bytes = answer.bytes().await.map_err(other)?;
+    let v: Option<Value> = serde_json::Deserializer::from_slice(&bytes)
         .into_iter()
         .next()
         .and_then(Result::ok);
-    if status != 200 {
-        let why = v
-            .as_ref()
-            .and_then(|v| {
-                v["error"]
-                    .as_str()
-                    .or(v["message"].as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        return Err(format!("{path}: HTTP {status}: {why}"));
+    let error = v.as_ref().and_then(|v| {
+        v["error"]
+            .as_str()
+            .or(v["message"].as_str())
+            .map(str::to_string)
+    });
+    // etcd says so with gRPC's code 16 (unauthenticated), over HTTP 401.
+    let unauthenticated = status == 401 || v.as_ref().is_some_and(|v| v["code"] == 16);
+    if unauthenticated && token.is_some() {
+        return Err(Failed::Token(format!(
+            "{path}: {}",
+            error.unwrap_or_default()
+        )));
     }
-    let v = v.ok_or_else(|| format!("{path}: the answer is not JSON"))?;
+    if status != 200 {
+        let why = error.unwrap_or_else(|| {
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+        });
+        return Err(Failed::Other(format!("{path}: HTTP {status}: {why}")));
+    }
+    let v = v.ok_or_else(|| Failed::Other(format!("{path}: the answer is not JSON")))?;
     if let Some(e) = v.get("error") {
-        return Err(format!("{path}: {e}"));
+        return Err(Failed::Other(format!("{path}: {e}")));
     }
     Ok(v)
-}
-
-/// Status and body of an HTTP/1.1 answer, chunked or not.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("an incomplete HTTP answer")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("a malformed status line")?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let mut body = &raw[end + 4..];
-    if !chunked {
-        return Ok((status, body.to_vec()));
-    }
-    let mut out = Vec::new();
-    loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("a truncated chunk")?;
-        let size = std::str::from_utf8(&body[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-            .ok_or("a malformed chunk size")?;
-        body = &body[eol + 2..];
-        if size == 0 || body.len() < size {
-            // A stream cut short still carries its complete first message.
-            out.extend_from_slice(&body[..size.min(body.len())]);
-            return Ok((status, out));
-        }
-        out.extend_from_slice(&body[..size]);
-        body = body.get(size + 2..).unwrap_or(&[]);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers_are_read_whole_or_chunked() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"a\":1}";
-        assert_eq!(parse_response(plain).unwrap(), (200, b"{\"a\":1}".to_vec()));
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-                        4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked).unwrap(),
-            (200, b"{\"a\":1}".to_vec())
-        );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
-        assert!(parse_response(b"garbage\r\n\r\n").is_err());
-    }
 
     #[test]
     fn transaction_ranges_give_values_and_leases_in_order() {
@@ -428,20 +467,5 @@ mod tests {
         let r = json!({"responses": [{"response_range": {"kvs": [{"value": b64("42")}]}}]});
         assert_eq!(generation(ranges(&r).first()), 42);
         assert!(!succeeded(&json!({})), "etcd leaves out a false");
-    }
-
-    #[test]
-    fn https_endpoints_are_refused_at_start() {
-        let e = Client::new(
-            vec!["https://127.0.0.1:2379".parse().unwrap()],
-            "c",
-            "node1",
-            Duration::from_secs(3),
-            Duration::from_millis(400),
-            Duration::from_millis(200),
-        )
-        .err()
-        .unwrap();
-        assert!(e.contains("https://127.0.0.1:2379"), "{e}");
     }
 }

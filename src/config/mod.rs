@@ -21,8 +21,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use exclude::Exclude;
 pub use net::{Host, HostPort, HttpUrl, IpPrefix};
 pub use settings::{
-    Ack, Announce, Check, Checker, Cluster, Compression, Daemon, Failover, Heartbeat, Module, Node,
-    ProcessMatch, Quorum, Replication, Scripts, Settings,
+    Ack, Announce, Check, Checker, Cluster, Compression, Daemon, Etcd, Failover, Heartbeat, Module,
+    Node, ProcessMatch, Quorum, Replication, Scripts, Settings,
 };
 
 /// Whether the replicated directories are checked on disk.

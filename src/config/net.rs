@@ -209,14 +209,21 @@ impl FromStr for HttpUrl {
     }
 }
 
-impl fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl HttpUrl {
+    /// `scheme://host:port`, IPv6 addresses in brackets.
+    pub fn origin(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
         let host = HostPort {
             host: self.host.clone(),
             port: self.port,
         };
-        write!(f, "{scheme}://{host}{}", self.path)
+        format!("{scheme}://{host}")
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.origin(), self.path)
     }
 }
 

@@ -47,6 +47,11 @@ pub(super) struct RawCluster {
     pub ping: Option<List>,
     pub witness: Option<Str>,
     pub etcd: Option<List>,
+    pub etcd_ca: Option<Str>,
+    pub etcd_cert: Option<Str>,
+    pub etcd_key: Option<Str>,
+    pub etcd_user: Option<Str>,
+    pub etcd_password_file: Option<Str>,
     pub preferred_primary: Option<Str>,
 }
 
@@ -126,6 +131,7 @@ pub(super) struct RawChecker {
     pub address: Option<Str>,
     pub url: Option<Str>,
     pub expect_status: Option<Int>,
+    pub ca: Option<Str>,
     pub path: Option<Str>,
     pub interface: Option<Str>,
     pub interval_ms: Option<Int>,
@@ -142,6 +148,7 @@ impl RawChecker {
             ("name", &self.name),
             ("address", &self.address),
             ("url", &self.url),
+            ("ca", &self.ca),
             ("path", &self.path),
             ("interface", &self.interface),
         ];

@@ -46,7 +46,20 @@ pub enum Quorum {
     /// Serve alone only while holding the lease of a `tandem witness`.
     Witness(HostPort),
     /// Serve alone only while holding a lease in this etcd cluster.
-    Etcd(Vec<HttpUrl>),
+    Etcd(Etcd),
+}
+
+/// How to reach the etcd cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Etcd {
+    /// Client URLs, all `http://` or all `https://`.
+    pub urls: Vec<HttpUrl>,
+    /// With `https://`: the CA that signed the servers' certificates.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (etcd's `--client-cert-auth`).
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// etcd's authentication: the user, and the file holding its password.
+    pub user: Option<(String, PathBuf)>,
 }
 
 impl Quorum {
@@ -192,7 +205,13 @@ pub struct Checker {
 pub enum Check {
     Process(ProcessMatch),
     Tcp(HostPort),
-    Http { url: HttpUrl, expect_status: u16 },
+    /// With an https:// URL, the server's certificate is checked against
+    /// `ca`, or the system's CAs.
+    Http {
+        url: HttpUrl,
+        expect_status: u16,
+        ca: Option<PathBuf>,
+    },
     Script(PathBuf),
     Interface(String),
     Witness,

@@ -28,7 +28,7 @@ impl Settings {
             Quorum::None => "none (a node that loses its peer serves alone)".to_string(),
             Quorum::Ping(ips) => format!("ping {}", join(ips)),
             Quorum::Witness(w) => format!("witness {w}"),
-            Quorum::Etcd(urls) => format!("etcd {}", join(urls)),
+            Quorum::Etcd(e) => format!("etcd {}", join(&e.urls)),
         };
         let _ = writeln!(out, "  quorum: {quorum}");
         let h = &self.heartbeat;

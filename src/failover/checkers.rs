@@ -5,23 +5,65 @@
 //! cluster manager, which restarts the application locally up to `restarts`
 //! times in `window`, then hands the module to the peer.
 
-use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::config::{Check, Checker, ProcessMatch};
+use crate::config::{Check, Checker, HttpUrl, ProcessMatch};
 
 use super::scripts;
 
-/// Runs one check once. Err says what failed, for the module's log.
+/// What an `http` check asks with: a client, and a runtime of its own on
+/// the checker's thread (no thread more).
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+/// Where the system keeps the CAs it trusts (Debian's ca-certificates).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl Http {
+    /// `ca`: what https servers are checked against (else the system's).
+    pub fn new(ca: Option<&Path>) -> Result<Http, String> {
+        let system = Path::new(SYSTEM_CAS);
+        let ca = ca.or(system.exists().then_some(system));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("http check: {e}"))?;
+        let client = crate::webclient::client(ca, None).map_err(|e| format!("http check: {e}"))?;
+        Ok(Http { rt, client })
+    }
+
+    /// The status of a GET of `url`, within `timeout`.
+    fn status(&self, url: &HttpUrl, timeout: Duration) -> Result<u16, String> {
+        // Made inside the runtime: the request's timer needs it.
+        let answer = self
+            .rt
+            .block_on(async {
+                self.client
+                    .get(url.to_string())
+                    .header("user-agent", "tandem-check")
+                    .timeout(timeout)
+                    .send()
+                    .await
+            })
+            .map_err(|e| crate::webclient::describe(&e))?;
+        Ok(answer.status().as_u16())
+    }
+}
+
+/// Runs one check once. Err says what failed, for the module's log. `http`
+/// is the checker's own for `http` checks (made here if none).
 pub fn probe(
     check: &Check,
     timeout: Duration,
     ctx: &scripts::Context,
     witness_ok: &dyn Fn() -> bool,
+    http: Option<&Http>,
 ) -> Result<(), String> {
     match check {
         Check::Process(ProcessMatch::Pidfile(p)) => pidfile_alive(p),
@@ -35,22 +77,26 @@ pub fn probe(
         Check::Tcp(hp) => connect(&hp.host.to_string(), hp.port, timeout)
             .map(drop)
             .map_err(|e| format!("tcp {hp}: {e}")),
-        Check::Http { url, expect_status } => {
-            if url.https {
-                return Err(format!(
-                    "http check of https://{}:{}{}: https is not checked by this version",
-                    url.host, url.port, url.path
-                ));
-            }
-            let got = http_status(&url.host.to_string(), url.port, &url.path, timeout)
-                .map_err(|e| format!("http://{}:{}{}: {e}", url.host, url.port, url.path))?;
+        Check::Http {
+            url,
+            expect_status,
+            ca,
+        } => {
+            let owned;
+            let http = match http {
+                Some(h) => h,
+                None => {
+                    owned = Http::new(ca.as_deref())?;
+                    &owned
+                }
+            };
+            let got = http
+                .status(url, timeout)
+                .map_err(|e| format!("{url}: {e}"))?;
             if got == *expect_status {
                 Ok(())
             } else {
-                Err(format!(
-                    "http://{}:{}{}: status {got}, expected {expect_status}",
-                    url.host, url.port, url.path
-                ))
+                Err(format!("{url}: status {got}, expected {expect_status}"))
             }
         }
         Check::Script(p) => scripts::run("check", p, ctx, timeout).map(drop),
@@ -115,32 +161,6 @@ fn connect(host: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStrea
     Err(last)
 }
 
-fn http_status(host: &str, port: u16, path: &str, timeout: Duration) -> std::io::Result<u16> {
-    let mut s = connect(host, port, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    // One write: a server may answer (and close) after the request line.
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tandem-check\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes())?;
-    let mut head = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        let k = s.read(&mut head[n..])?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
-        .filter(|_| line.starts_with("HTTP/"))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {line:?}")))
-}
-
 /// One checker's thread: probes while `active`, reports failures by `fail`,
 /// until `stop`.
 pub fn spawn(
@@ -153,12 +173,16 @@ pub fn spawn(
     stop: &crate::stop::Stop,
 ) -> std::io::Result<()> {
     let stop2 = stop.clone();
+    let http = match &c.check {
+        Check::Http { ca, .. } => Some(Http::new(ca.as_deref()).map_err(std::io::Error::other)?),
+        _ => None,
+    };
     stop.thread(format!("check-{module}"), move || {
         while !stop2.sleep(c.interval) {
             if !active.load(Ordering::Relaxed) {
                 continue;
             }
-            if let Err(why) = probe(&c.check, c.timeout, &ctx, &*witness_ok) {
+            if let Err(why) = probe(&c.check, c.timeout, &ctx, &*witness_ok, http.as_ref()) {
                 // Checked again in case serving ended meanwhile.
                 if active.load(Ordering::Relaxed) {
                     fail(format!("{} check: {why}", c.check.kind()));
@@ -172,6 +196,7 @@ pub fn spawn(
 mod tests {
     use super::*;
     use crate::config::{Host, HostPort, HttpUrl};
+    use std::io::{Read, Write};
 
     fn ctx() -> scripts::Context {
         scripts::Context {
@@ -184,7 +209,7 @@ mod tests {
     }
 
     fn run(c: &Check) -> Result<(), String> {
-        probe(c, Duration::from_millis(500), &ctx(), &|| true)
+        probe(c, Duration::from_millis(500), &ctx(), &|| true, None)
     }
 
     #[test]
@@ -249,6 +274,7 @@ mod tests {
                 path: path.into(),
             },
             expect_status: 200,
+            ca: None,
         };
         assert!(run(&http("/ok")).is_ok());
         let e = run(&http("/busy")).unwrap_err();
@@ -273,6 +299,7 @@ mod tests {
                 path: "/".into(),
             },
             expect_status: 200,
+            ca: None,
         })
         .unwrap_err();
         assert!(e.contains(&format!("http://127.0.0.1:{free}/")), "{e}");
@@ -283,9 +310,13 @@ mod tests {
         assert!(run(&Check::Interface("lo".into())).is_ok());
         assert!(run(&Check::Interface("nosuchif0".into())).is_err());
         assert!(
-            probe(&Check::Witness, Duration::from_millis(10), &ctx(), &|| {
-                false
-            })
+            probe(
+                &Check::Witness,
+                Duration::from_millis(10),
+                &ctx(),
+                &|| false,
+                None
+            )
             .is_err()
         );
         let d = tempfile::tempdir().unwrap();
@@ -295,5 +326,71 @@ mod tests {
         assert!(run(&Check::Script(p.clone())).is_err());
         std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
         assert!(run(&Check::Script(p)).is_ok());
+    }
+
+    /// An https server on IPv6 loopback, its certificate from a CA of the
+    /// test's own: checked with that CA, refused without it.
+    #[test]
+    fn https_checks_verify_the_server_against_the_ca_given() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["::1".to_string()]).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = Arc::new(server);
+        std::thread::spawn(move || {
+            for tcp in l.incoming() {
+                let Ok(mut tcp) = tcp else { continue };
+                let mut conn = rustls::ServerConnection::new(server.clone()).unwrap();
+                let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+                let mut buf = [0u8; 2048];
+                let Ok(n) = tls.read(&mut buf) else { continue };
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                // The Host header keeps the brackets of an IPv6 address.
+                let status = if req.contains(&format!("host: [::1]:{port}"))
+                    || req.contains(&format!("Host: [::1]:{port}"))
+                {
+                    "200 OK"
+                } else {
+                    "400 Bad Host"
+                };
+                let _ = std::io::Write::write_all(
+                    &mut tls,
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                conn.send_close_notify();
+                let _ = conn.complete_io(&mut tcp);
+            }
+        });
+        let check = |ca: Option<std::path::PathBuf>| Check::Http {
+            url: format!("https://[::1]:{port}/health").parse().unwrap(),
+            expect_status: 200,
+            ca,
+        };
+        run(&check(Some(ca_file))).unwrap();
+        let e = run(&check(None)).unwrap_err();
+        assert!(e.contains(&format!("https://[::1]:{port}/health")), "{e}");
+        assert!(e.to_lowercase().contains("certificate"), "{e}");
     }
 }

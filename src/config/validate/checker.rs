@@ -30,7 +30,7 @@ const EXPECT_STATUS: i64 = 200;
 const KINDS: [(&str, Kind, &[&str]); 6] = [
     ("process", Kind::Process, &["pidfile", "name"]),
     ("tcp", Kind::Tcp, &["address"]),
-    ("http", Kind::Http, &["url", "expect_status"]),
+    ("http", Kind::Http, &["url", "expect_status", "ca"]),
     ("script", Kind::Script, &["path"]),
     ("interface", Kind::Interface, &["interface"]),
     ("witness", Kind::Witness, &[]),
@@ -183,9 +183,22 @@ fn check(
                 100,
                 599,
             );
+            let ca = raw.ca.as_ref().and_then(|v| {
+                let p = fields::abs_path(r, v, &field("ca"))?;
+                if url.as_ref().is_some_and(|u| !u.https) {
+                    r.error(
+                        field("ca"),
+                        Some(v.span()),
+                        "is only used with an https:// url",
+                    );
+                    return None;
+                }
+                Some(p)
+            });
             Some(Check::Http {
                 url: url?,
                 expect_status: status? as u16,
+                ca,
             })
         }
         Kind::Script => {

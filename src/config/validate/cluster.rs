@@ -1,9 +1,9 @@
 //! `[cluster]`: name, quorum and preferred primary.
 
 use super::super::net::{HostPort, HttpUrl};
-use super::super::raw::{RawCluster, Section};
+use super::super::raw::{List, RawCluster, Section, Str};
 use super::super::report::{Report, Span};
-use super::super::settings::{Cluster, Quorum};
+use super::super::settings::{Cluster, Etcd, Quorum};
 use super::fields;
 
 pub(super) fn cluster(
@@ -69,8 +69,26 @@ fn quorum(r: &mut Report, raw: &RawCluster) -> Option<Quorum> {
     if let (Some(v), false) = (&raw.witness, kind == Kind::Witness) {
         unused(r, "cluster.witness", v.span(), "witness");
     }
-    if let (Some(v), false) = (&raw.etcd, kind == Kind::Etcd) {
-        unused(r, "cluster.etcd", v.span(), "etcd");
+    for (field, v) in [
+        ("cluster.etcd", raw.etcd.as_ref().map(|v| v.span())),
+        ("cluster.etcd_ca", raw.etcd_ca.as_ref().map(|v| v.span())),
+        (
+            "cluster.etcd_cert",
+            raw.etcd_cert.as_ref().map(|v| v.span()),
+        ),
+        ("cluster.etcd_key", raw.etcd_key.as_ref().map(|v| v.span())),
+        (
+            "cluster.etcd_user",
+            raw.etcd_user.as_ref().map(|v| v.span()),
+        ),
+        (
+            "cluster.etcd_password_file",
+            raw.etcd_password_file.as_ref().map(|v| v.span()),
+        ),
+    ] {
+        if let (Some(span), false) = (v, kind == Kind::Etcd) {
+            unused(r, field, span, "etcd");
+        }
     }
     let quorum_span = raw.quorum.as_ref().map(|q| q.span());
     let missing = |r: &mut Report, field: &str, what: &str| {
@@ -110,22 +128,106 @@ fn quorum(r: &mut Report, raw: &RawCluster) -> Option<Quorum> {
                 return None;
             }
             let urls = fields::each(r, list, "cluster.etcd", |r, item, field| {
-                let url = fields::parsed::<HttpUrl>(r, item, field)?;
-                if url.https {
-                    r.error(
-                        field,
-                        Some(item.span()),
-                        format!(
-                            "{url}: https is not supported for etcd in this version: give a \
-                             plain http:// client URL on a trusted network"
-                        ),
-                    );
-                    return None;
-                }
-                Some(url)
+                fields::parsed::<HttpUrl>(r, item, field)
             })?;
             fields::unique(r, list, "cluster.etcd", &urls);
-            Some(Quorum::Etcd(urls))
+            etcd(r, raw, list, urls).map(Quorum::Etcd)
         }
     }
+}
+
+/// TLS and authentication for etcd: all or nothing of each pair, and a CA
+/// exactly when the URLs are https.
+fn etcd(r: &mut Report, raw: &RawCluster, list: &List, urls: Vec<HttpUrl>) -> Option<Etcd> {
+    let before = r.count();
+    let https = urls[0].https;
+    if urls.iter().any(|u| u.https != https) {
+        r.error(
+            "cluster.etcd",
+            Some(list.span()),
+            "mixes http:// and https:// endpoints: give them all one scheme",
+        );
+    }
+    let path = |r: &mut Report, v: &Option<Str>, field: &str| {
+        v.as_ref().and_then(|v| fields::abs_path(r, v, field))
+    };
+    let ca = path(r, &raw.etcd_ca, "cluster.etcd_ca");
+    let cert = path(r, &raw.etcd_cert, "cluster.etcd_cert");
+    let key = path(r, &raw.etcd_key, "cluster.etcd_key");
+    let password = path(r, &raw.etcd_password_file, "cluster.etcd_password_file");
+    match (&raw.etcd_ca, https) {
+        (None, true) => r.error(
+            "cluster.etcd_ca",
+            Some(list.span()),
+            "is required with https:// endpoints: the CA that signed etcd's certificates",
+        ),
+        (Some(v), false) => r.error(
+            "cluster.etcd_ca",
+            Some(v.span()),
+            "is only used with https:// endpoints, and cluster.etcd gives http://",
+        ),
+        _ => {}
+    }
+    if let (Some(v), false) = (raw.etcd_cert.as_ref().or(raw.etcd_key.as_ref()), https) {
+        r.error(
+            if raw.etcd_cert.is_some() {
+                "cluster.etcd_cert"
+            } else {
+                "cluster.etcd_key"
+            },
+            Some(v.span()),
+            "is only used with https:// endpoints, and cluster.etcd gives http://",
+        );
+    }
+    let pair = |r: &mut Report, a: &Option<Str>, an: &str, b: &Option<Str>, bn: &str| {
+        if let (Some(v), None) = (a, b) {
+            r.error(an, Some(v.span()), format!("needs {bn} too"));
+        }
+    };
+    pair(
+        r,
+        &raw.etcd_cert,
+        "cluster.etcd_cert",
+        &raw.etcd_key,
+        "cluster.etcd_key",
+    );
+    pair(
+        r,
+        &raw.etcd_key,
+        "cluster.etcd_key",
+        &raw.etcd_cert,
+        "cluster.etcd_cert",
+    );
+    pair(
+        r,
+        &raw.etcd_user,
+        "cluster.etcd_user",
+        &raw.etcd_password_file,
+        "cluster.etcd_password_file",
+    );
+    pair(
+        r,
+        &raw.etcd_password_file,
+        "cluster.etcd_password_file",
+        &raw.etcd_user,
+        "cluster.etcd_user",
+    );
+    let user = raw.etcd_user.as_ref().and_then(|u| {
+        let s = u.get_ref();
+        if s.is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+            r.error(
+                "cluster.etcd_user",
+                Some(u.span()),
+                "must be 1 to 128 printable characters",
+            );
+            return None;
+        }
+        Some(s.clone())
+    });
+    (r.count() == before).then(|| Etcd {
+        urls,
+        ca,
+        cert: cert.zip(key),
+        user: user.zip(password),
+    })
 }

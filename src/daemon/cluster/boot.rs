@@ -85,7 +85,6 @@ fn start_and_serve(
     let (me, peer) = replicas::identity(&settings, opts.node.as_deref()).map_err(usage)?;
     let (me, peer) = (me.clone(), peer.clone());
     let (witness, ping, etcd) = start_quorum(&settings, &me, rt, stop)?;
-    refuse_https_checkers(&settings)?;
     let creds = Arc::new(
         Credentials::load(&settings.daemon.tls_dir, &me.name, &peer.name).map_err(|e| {
             usage(format!(

@@ -37,8 +37,7 @@ use manager::manage;
 use module::utc;
 use publish::publish;
 use services::{
-    refuse_https_checkers, start_checkers, start_fencer, start_health_endpoints, start_quorum,
-    start_secondary_server,
+    start_checkers, start_fencer, start_health_endpoints, start_quorum, start_secondary_server,
 };
 
 use std::collections::VecDeque;

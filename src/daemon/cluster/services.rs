@@ -49,12 +49,12 @@ pub(super) fn start_quorum(
                 .map_err(|e| (EXIT_FAILURE, format!("cannot start pinging: {e}")))?,
             )
         }
-        Quorum::Etcd(urls) => {
+        Quorum::Etcd(e) => {
             // Like the witness's: the lease outlives its last renewal by the
             // heartbeat timeout plus two intervals; relied on for two.
             let hb = &settings.heartbeat;
             let c = crate::cluster::etcd::Client::new(
-                urls.clone(),
+                e,
                 &settings.cluster.name,
                 &me.name,
                 hb.timeout + 2 * hb.interval,
@@ -62,31 +62,11 @@ pub(super) fn start_quorum(
                 hb.interval,
             )
             .map_err(usage)?;
-            c.clone()
-                .spawn(stop)
-                .map_err(|e| (EXIT_FAILURE, format!("cannot start the etcd client: {e}")))?;
+            c.clone().spawn(stop, rt.handle());
             etcd = Some(c);
         }
     }
     Ok((witness, ping, etcd))
-}
-
-/// The http checker speaks plain HTTP only in this version.
-pub(super) fn refuse_https_checkers(settings: &Settings) -> Started<()> {
-    for m in &settings.modules {
-        for c in &m.checkers {
-            if let crate::config::Check::Http { url, .. } = &c.check
-                && url.https
-            {
-                return Err(usage(format!(
-                    "module {}: http checker of an https:// URL: not available in this \
-                     version (check the plain http port, or use a script checker)",
-                    m.name
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 pub(super) fn start_secondary_server(

@@ -1,0 +1,75 @@
+//! The HTTP client of etcd's quorum and of the `http` checker: reqwest,
+//! with rustls on ring (the provider the rest of tandem uses), trusting
+//! only the CA it is given, and presenting a client certificate if asked.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A client for `https://` URLs signed by `ca` (and plain `http://`), with
+/// `cert` (certificate, key) as its own. Files are read now: errors name
+/// them.
+pub fn client(
+    ca: Option<&Path>,
+    cert: Option<&(PathBuf, PathBuf)>,
+) -> Result<reqwest::Client, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: not a PEM certificate: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in it", ca.display()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let tls = match cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: not a PEM certificate: {e}", cert.display()))?;
+            let k = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, k)
+                .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?
+        }
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        // Probes and quorum calls go to the address given, never elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| describe(&e))
+}
+
+/// The error with its causes, as one line: reqwest's own says only
+/// "error sending request".
+pub fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s2 = s.to_string();
+        if !out.contains(&s2) {
+            out.push_str(": ");
+            out.push_str(&s2);
+        }
+        source = s.source();
+    }
+    out
+}
