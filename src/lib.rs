@@ -12,8 +12,10 @@
 //! Beside them, [`stop`]: the one stop every thread and task of the daemon
 //! is started with, waits on, and is joined by at shutdown.
 
+pub mod api;
 pub mod changelog;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
@@ -21,6 +23,7 @@ pub mod daemon;
 pub mod exit;
 pub mod failover;
 pub mod fs;
+pub mod metrics;
 pub mod replication;
 pub mod signals;
 pub mod sock;

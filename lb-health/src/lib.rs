@@ -273,20 +273,36 @@ pub async fn serve<S, F, Fut>(
     while probes.join_next().await.is_some() {}
 }
 
-/// Connections held, in all and per client address.
-#[derive(Default)]
-struct Slots {
+/// Connections held, in all and per client address: a server that takes
+/// a connection only with a slot cannot be filled by one client.
+pub struct Slots {
+    limits: (usize, usize),
     held: Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
 }
 
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::new(MAX_CONNECTIONS, PER_ADDRESS)
+    }
+}
+
 /// A connection's place, given back when dropped.
-struct Slot {
+pub struct Slot {
     slots: Arc<Slots>,
     ip: std::net::IpAddr,
 }
 
 impl Slots {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+    /// At most `all` connections, and `per_address` from one address.
+    pub fn new(all: usize, per_address: usize) -> Slots {
+        Slots {
+            limits: (all, per_address),
+            held: Mutex::new(Default::default()),
+        }
+    }
+
+    /// A place for a connection from `ip`, or none when full.
+    pub fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
         // An IPv4 client of a dual-stack socket is the same client.
         let ip = match ip {
             std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
@@ -294,7 +310,7 @@ impl Slots {
         };
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let mine = held.1.get(&ip).copied().unwrap_or(0);
-        if held.0 >= MAX_CONNECTIONS || mine >= PER_ADDRESS {
+        if held.0 >= self.limits.0 || mine >= self.limits.1 {
             return None;
         }
         held.0 += 1;

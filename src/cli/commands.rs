@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Mount(args) => super::mount::run(args),
         Command::Guard => crate::failover::guard::run(),
+        Command::Token { action } => super::token::run(&cli.config, action),
         Command::Witness { listen, state } => witness(&cli.config, listen, state),
         Command::Config {
             action:
@@ -203,6 +204,18 @@ fn init(
         eprintln!("tandem init: --node {bad:?}: use letters, digits, '_', '.' or '-'");
         return ExitCode::from(EXIT_USAGE);
     }
+    // With the configuration, each node's certificate names its address too.
+    let nodes: Vec<(String, Vec<String>)> = nodes
+        .into_iter()
+        .map(|n| {
+            let addresses = settings
+                .as_ref()
+                .and_then(|s| s.nodes.iter().find(|x| x.name == n))
+                .map(|x| vec![x.address.to_string()])
+                .unwrap_or_default();
+            (n, addresses)
+        })
+        .collect();
     match crate::replication::tls::init(&out, &cluster, &nodes, force) {
         Ok(files) => {
             for f in files {

@@ -8,6 +8,7 @@ mod commands;
 mod mount;
 mod progress;
 mod resync;
+mod token;
 mod verify;
 
 use std::path::PathBuf;
@@ -145,6 +146,11 @@ pub enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// The API's bearer tokens (kept hashed in `daemon.state_dir` of this node).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -183,6 +189,24 @@ pub enum Command {
     /// Started by the daemon: cleans up after it if it dies.
     #[command(hide = true)]
     Guard,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Make a token and print it (once: only its hash is kept).
+    Create {
+        name: String,
+        /// `monitor` reads everything and changes nothing; `admin` also commands.
+        #[arg(long, value_parser = ["monitor", "admin"])]
+        role: String,
+    },
+    /// List the tokens (names, roles, creation times; never the tokens).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand, Debug)]

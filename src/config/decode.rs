@@ -8,7 +8,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::raw::{RawConfig, Section};
 use super::report::{Report, Span};
 
-const SECTIONS: &str = "cluster, node, heartbeat, replication, daemon, module";
+const SECTIONS: &str = "cluster, node, heartbeat, replication, daemon, api, module";
 
 /// Returns `None` on a syntax error: the rest of the document cannot be trusted then.
 pub(super) fn decode(text: &str, report: &mut Report) -> Option<RawConfig> {
@@ -31,6 +31,7 @@ pub(super) fn decode(text: &str, report: &mut Report) -> Option<RawConfig> {
         heartbeat: Section::absent(),
         replication: Section::absent(),
         daemon: Section::absent(),
+        api: Section::absent(),
         modules: Some(Vec::new()),
     };
     for (key, value) in root {
@@ -40,6 +41,7 @@ pub(super) fn decode(text: &str, report: &mut Report) -> Option<RawConfig> {
             "heartbeat" => raw.heartbeat = section(name, value, report),
             "replication" => raw.replication = section(name, value, report),
             "daemon" => raw.daemon = section(name, value, report),
+            "api" => raw.api = section(name, value, report),
             "node" => raw.nodes = sections(name, value, report),
             "module" => raw.modules = sections(name, value, report),
             _ => report.error(

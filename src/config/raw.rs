@@ -35,6 +35,7 @@ pub(super) struct RawConfig {
     pub heartbeat: Section<RawHeartbeat>,
     pub replication: Section<RawReplication>,
     pub daemon: Section<RawDaemon>,
+    pub api: Section<RawApi>,
     /// `None` when `module` is not an array of tables (already reported).
     pub modules: Option<Vec<Section<RawModule>>>,
 }
@@ -87,6 +88,16 @@ pub(super) struct RawDaemon {
     pub state_dir: Option<Str>,
     pub socket: Option<Str>,
     pub tls_dir: Option<Str>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawApi {
+    pub enabled: Option<Spanned<bool>>,
+    pub address: Option<Str>,
+    pub port: Option<Int>,
+    pub cert: Option<Str>,
+    pub key: Option<Str>,
 }
 
 #[derive(Deserialize, Default)]

@@ -15,7 +15,20 @@ pub struct Settings {
     pub heartbeat: Heartbeat,
     pub replication: Replication,
     pub daemon: Daemon,
+    pub api: Api,
     pub modules: Vec<Module>,
+}
+
+/// The operators' HTTPS interface: the API, the web console, `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Api {
+    pub enabled: bool,
+    /// Where it listens: this address (default: the node's own).
+    pub address: Option<Host>,
+    pub port: u16,
+    /// The certificate and key it presents (default: the node's, from
+    /// `tandem init`, which names the node's address).
+    pub cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl Settings {

@@ -398,7 +398,7 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Answers control requests.
-trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> Response;
 }
 

@@ -84,7 +84,7 @@ fn random_hex(n: usize) -> Result<String, TlsError> {
 pub fn init(
     dir: &Path,
     cluster: &str,
-    nodes: &[String],
+    nodes: &[(String, Vec<String>)],
     force: bool,
 ) -> Result<Vec<PathBuf>, TlsError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -98,7 +98,7 @@ pub fn init(
         dir.join("ca.key"),
         heartbeat_key_path(dir),
     ];
-    for n in nodes {
+    for (n, _) in nodes {
         files.push(cert_path(dir, n));
         files.push(key_path(dir, n));
     }
@@ -131,9 +131,13 @@ pub fn init(
         0o600,
     )?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    for n in nodes {
+    for (n, addresses) in nodes {
         let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(vec![NODE_SAN.to_string()])?;
+        // The node's addresses too, so that an operator's client (the API,
+        // the console) can check the node by the address it dials.
+        let mut sans = vec![NODE_SAN.to_string()];
+        sans.extend(addresses.iter().cloned());
+        let mut params = rcgen::CertificateParams::new(sans)?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name

@@ -30,6 +30,8 @@ pub struct Options<'a> {
     pub ports: Option<[u16; 2]>,
     /// The scripts' `timeout_s`.
     pub script_timeout_s: u64,
+    /// Serve the API (on a free port per node, each on its node's address).
+    pub api: bool,
 }
 
 impl Default for Options<'_> {
@@ -44,6 +46,7 @@ impl Default for Options<'_> {
             service: None,
             ports: None,
             script_timeout_s: 20,
+            api: false,
         }
     }
 }
@@ -58,6 +61,8 @@ pub struct Cluster {
     pub service: Option<u16>,
     /// More environment for each node's daemon.
     pub env: [Vec<(String, String)>; 2],
+    /// With `Options::api`: each node's API port.
+    pub api: Option<[u16; 2]>,
 }
 
 /// Network namespaces made for one test and removed after it, even when it
@@ -388,6 +393,7 @@ impl Cluster {
         let (hb, rep) = free_ports();
         // The health endpoints listen on every address: one port per node.
         let lb = [free_ports().1, free_ports().1];
+        let api = opts.api.then(|| [free_ports().1, free_ports().1]);
         let (addr, quorum) = match net {
             None => (
                 ["127.0.0.1".to_string(), "127.0.0.2".to_string()],
@@ -441,6 +447,7 @@ peer_timeout_ms = 2000
 socket = "{t}/n{n}.sock"
 state_dir = "{t}/state{n}"
 tls_dir = "{t}/tls"
+{api}
 [[module]]
 name = "app"
 dirs = ["{t}/node{n}/app"]
@@ -479,6 +486,10 @@ timeout_s = {script_timeout}
                     a1 = addr[0],
                     a2 = addr[1],
                     script_timeout = opts.script_timeout_s,
+                    api = match api {
+                        Some(p) => format!("[api]\nport = {}", p[n - 1]),
+                        None => "[api]\nenabled = false".into(),
+                    },
                     interval = opts.heartbeat.0,
                     timeout = opts.heartbeat.1,
                 ),
@@ -499,6 +510,7 @@ timeout_s = {script_timeout}
             witness: None,
             service: opts.service,
             env: Default::default(),
+            api,
         };
         if let Some(net) = net.filter(|_| kind == "etcd") {
             let log = std::fs::File::create(c.path("etcd.log")).unwrap();

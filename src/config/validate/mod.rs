@@ -1,6 +1,7 @@
 //! Raw sections → [`Settings`]. Every check runs and reports; `Settings` is built only
 //! when none failed.
 
+mod api;
 mod checker;
 mod cluster;
 mod daemon;
@@ -27,6 +28,7 @@ pub(super) fn validate(
     let heartbeat = network::heartbeat(r, &raw.heartbeat);
     let replication = network::replication(r, &raw.replication, heartbeat.as_ref().map(|h| h.port));
     let daemon = daemon::daemon(r, &raw.daemon);
+    let api = api::api(r, &raw.api);
 
     let mut ports = Vec::new();
     if let Some(h) = &heartbeat {
@@ -34,6 +36,9 @@ pub(super) fn validate(
     }
     if let Some(rep) = &replication {
         ports.push(("replication.port", rep.port));
+    }
+    if let Some(a) = api.as_ref().filter(|a| a.enabled) {
+        ports.push(("api.port", a.port));
     }
     let ctx = module::Context {
         checks,
@@ -55,6 +60,7 @@ pub(super) fn validate(
         heartbeat: heartbeat?,
         replication: replication?,
         daemon: daemon?,
+        api: api?,
         modules: modules?,
     })
 }

@@ -177,6 +177,8 @@ fn start_and_serve(
         let _ = server.control.set(Arc::new(move |json| s.relayed(json)));
     }
     let health = start_health_endpoints(rt, &settings, &modules, &creds, &me, stop)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    start_api(rt, &settings, &me, &peer, &creds, &shared, &metrics, stop)?;
     let guard = crate::failover::guard::Guard::spawn().map_err(|e| {
         (
             EXIT_FAILURE,
@@ -200,6 +202,7 @@ fn start_and_serve(
         health,
         settings,
         stop: stop.clone(),
+        metrics,
     };
     let socket = node.settings.daemon.socket.clone();
     let mgr_shared = shared.clone();

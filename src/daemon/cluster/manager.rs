@@ -63,6 +63,14 @@ pub(super) fn manage(
             Ok(Input::Command { module, cmd, reply }) => {
                 let _ = reply.send(command(&node, &mut modules, module, cmd));
             }
+            Ok(Input::Note { module, line }) => {
+                for m in modules
+                    .iter_mut()
+                    .filter(|m| module.as_ref().is_none_or(|n| *n == m.cfg.name))
+                {
+                    m.note(line.clone());
+                }
+            }
             Ok(Input::Restart { module, reply }) => {
                 let r = match modules.iter_mut().find(|m| m.cfg.name == module) {
                     None => Response::error(format!("no module named {module:?}")),
@@ -91,6 +99,7 @@ pub(super) fn manage(
                 window,
                 at,
             }) => {
+                node.metrics.check_failed(&module);
                 if let Some(m) = modules.iter_mut().find(|m| m.cfg.name == module)
                     && m.machine.state.serving()
                     && m.app_running

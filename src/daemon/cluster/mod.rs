@@ -37,7 +37,8 @@ use manager::manage;
 use module::utc;
 use publish::publish;
 use services::{
-    start_checkers, start_fencer, start_health_endpoints, start_quorum, start_secondary_server,
+    start_api, start_checkers, start_fencer, start_health_endpoints, start_quorum,
+    start_secondary_server,
 };
 
 use std::collections::VecDeque;
@@ -97,6 +98,7 @@ struct Node2 {
     health: Arc<lb_health::Health>,
     /// Ends every thread and task of the node.
     stop: Stop,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Node2 {
@@ -162,6 +164,12 @@ enum Input {
         module: String,
         on: bool,
         reply: mpsc::Sender<Response>,
+    },
+    /// A line for a module's log (every module's with `None`): who asked
+    /// for a command through the API.
+    Note {
+        module: Option<String>,
+        line: String,
     },
     Shutdown(mpsc::Sender<()>),
 }

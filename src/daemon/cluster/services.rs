@@ -194,6 +194,54 @@ pub(super) fn start_health_endpoints(
     Ok(health)
 }
 
+/// The operators' HTTPS interface (API, console, metrics), unless
+/// `api.enabled = false`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn start_api(
+    rt: &tokio::runtime::Runtime,
+    settings: &Settings,
+    me: &Node,
+    peer: &Node,
+    creds: &Arc<Credentials>,
+    shared: &Arc<Shared>,
+    metrics: &Arc<crate::metrics::Metrics>,
+    stop: &Stop,
+) -> Started<()> {
+    let a = &settings.api;
+    if !a.enabled {
+        return Ok(());
+    }
+    let host = a.address.as_ref().unwrap_or(&me.address);
+    let addr = rt
+        .block_on(resolve(host, a.port))
+        .map_err(|e| usage(format!("api.address: {e}")))?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| usage(format!("api: cannot listen on {addr}: {e}")))?;
+    let tls = crate::api::tls_config(a.cert.as_ref(), creds).map_err(usage)?;
+    let (commands, audit) = (shared.clone(), shared.clone());
+    let api = Arc::new(crate::api::Api {
+        node: me.name.clone(),
+        peer_name: peer.name.clone(),
+        tokens: crate::api::tokens::Tokens::new(crate::api::tokens::path(
+            &settings.daemon.state_dir,
+        )),
+        commands: Arc::new(move |req| crate::daemon::Handler::handle(&*commands, req)),
+        audit: Arc::new(move |module: Option<&str>, line: String| {
+            let _ = audit.input.lock().send(Input::Note {
+                module: module.map(str::to_string),
+                line,
+            });
+        }),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+        peer: Default::default(),
+    });
+    crate::api::start(api, listener, tls, rt.handle());
+    tracing::info!("API and console on https://{addr}/");
+    Ok(())
+}
+
 /// Whether this node may serve without its peer now, and the fencer that
 /// acts on it while the manager is busy (with a quorum only).
 #[allow(clippy::type_complexity)]

@@ -1,0 +1,164 @@
+//! The operators' HTTPS interface, served by the daemon: a JSON API over the
+//! same commands as the control socket (so the two cannot drift), the web
+//! console, live status events and `/metrics`. Bearer tokens with a role
+//! (`monitor` reads, `admin` also commands) guard everything but the
+//! console's page and the OpenAPI document.
+
+mod body;
+mod routes;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::control::{Request, Response};
+use crate::stop::Stop;
+
+/// Carries out a control request on this node (the control socket's way).
+pub type Commands = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+/// Writes a line into a module's log (every module's with `None`).
+pub type Audit = Arc<dyn Fn(Option<&str>, String) + Send + Sync>;
+
+/// What the API answers from.
+pub struct Api {
+    pub node: String,
+    pub peer_name: String,
+    pub tokens: tokens::Tokens,
+    pub commands: Commands,
+    pub audit: Audit,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub stop: Stop,
+    /// The peer's status as last asked, or why it could not be had.
+    pub peer: parking_lot::Mutex<Option<Result<crate::control::Status, String>>>,
+}
+
+impl Api {
+    fn peer_status(&self) -> Option<Result<crate::control::Status, String>> {
+        self.peer.lock().clone()
+    }
+}
+
+/// How often the peer's status is asked for (over the replication link's
+/// TLS, as `tandem status --on PEER` does).
+const PEER_EVERY: Duration = Duration::from_secs(1);
+
+/// Serves the API on `listener` until its stop, and keeps the peer's
+/// status at hand.
+pub fn start(
+    api: Arc<Api>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    rt: &tokio::runtime::Handle,
+) {
+    let stop = api.stop.clone();
+    stop.task(rt, "api", serve(api.clone(), listener, tls));
+    stop.task(rt, "api-peer-status", async move {
+        loop {
+            let (c, peer) = (api.commands.clone(), api.peer_name.clone());
+            let asked = tokio::task::spawn_blocking(move || {
+                c(Request::On {
+                    node: peer,
+                    request: Box::new(Request::Status {}),
+                })
+            })
+            .await;
+            *api.peer.lock() = Some(match asked {
+                Ok(a) if a.ok => a.status.ok_or_else(|| "no status in the answer".into()),
+                Ok(a) => Err(a.error.unwrap_or_default()),
+                Err(e) => Err(e.to_string()),
+            });
+            tokio::time::sleep(PEER_EVERY).await;
+        }
+    });
+}
+
+/// The OpenAPI document of this API, as kept in the repository.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Connections at once, and from one address: one client holding idle
+/// connections cannot take the others' places.
+const CONNECTIONS: (usize, usize) = (1024, 64);
+/// From accepting a connection to holding a request's head, TLS handshake
+/// included; and between requests on a kept-alive connection.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head and body read.
+const MAX_HEAD: usize = 16 << 10;
+
+/// Serves on `listener` with `tls` until the API's stop.
+pub async fn serve(
+    api: Arc<Api>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(lb_health::Slots::new(CONNECTIONS.0, CONNECTIONS.1));
+    let stop = api.stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.stopped() => return,
+        };
+        let Ok((tcp, from)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Some(slot) = slots.take(from.ip()) else {
+            continue;
+        };
+        let (api, acceptor) = (api.clone(), acceptor.clone());
+        stop.spawn("api-connection", async move {
+            connection(api, acceptor, tcp, from).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn connection(
+    api: Arc<Api>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    from: SocketAddr,
+) {
+    tcp.set_nodelay(true).ok();
+    let Ok(Ok(tls)) = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await else {
+        return;
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let api = api.clone();
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(&api, req, from).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+        .await;
+}
+
+/// The TLS configuration the API presents: the operator's certificate, or
+/// this node's.
+pub fn tls_config(
+    cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    creds: &crate::replication::tls::Credentials,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let Some((cert, key)) = cert else {
+        return creds.server_config_anonymous().map_err(|e| e.to_string());
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("api.cert {}: not a PEM certificate: {e}", cert.display()))?;
+    let k = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("api.key {}: not a PEM private key: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, k)
+        .map_err(|e| format!("api.cert and api.key: {e}"))?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}

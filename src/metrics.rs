@@ -1,0 +1,348 @@
+//! `/metrics` in Prometheus's text format (prometheus-client): what the
+//! daemon counts as it goes (role changes, check failures, script
+//! durations), and what its status says at the moment of the scrape.
+
+use std::sync::atomic::AtomicU64;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::control::Status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleLabel {
+    module: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    module: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScriptLabels {
+    module: String,
+    script: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    local: String,
+    remote: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn script_buckets() -> Histogram {
+    // 10 ms to about 80 s.
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+/// The states a module can be in, each a series of its own (1 for the
+/// current one), as Prometheus prefers to a string.
+const STATES: [&str; 5] = ["STOP", "WAIT", "SECOND", "PRIM", "ALONE"];
+
+pub struct Metrics {
+    registry: Registry,
+    role_changes: Family<ModuleLabel, Counter>,
+    check_failures: Family<ModuleLabel, Counter>,
+    script_seconds: Histograms<ScriptLabels>,
+    state: Family<StateLabels, Gauge>,
+    serving: Family<ModuleLabel, Gauge>,
+    uptodate: Family<ModuleLabel, Gauge>,
+    split_brain: Family<ModuleLabel, Gauge>,
+    dirty_bytes: Family<ModuleLabel, Gauge>,
+    dirty_files: Family<ModuleLabel, Gauge>,
+    in_flight: Family<ModuleLabel, Gauge>,
+    replicated_bytes: Family<ModuleLabel, Counter>,
+    resync_done: Family<ModuleLabel, Gauge>,
+    resync_total: Family<ModuleLabel, Gauge>,
+    resync_rate: Family<ModuleLabel, Gauge>,
+    peer_alive: Gauge,
+    heard_age: Family<PathLabels, Gauge<f64, AtomicU64>>,
+    heartbeats_sent: Counter,
+    heartbeats_received: Counter,
+    heartbeats_dropped: Family<DropLabels, Counter>,
+    /// What the counters above were last set from (the status keeps totals).
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    states: Vec<(String, String)>,
+    replicated: Vec<(String, u64)>,
+    sent: u64,
+    received: u64,
+    dropped: Vec<(String, u64)>,
+    resync: Vec<(String, u64, std::time::Instant)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tandem");
+        macro_rules! reg {
+            ($name:literal, $help:literal, $m:expr) => {{
+                let m = $m;
+                registry.register($name, $help, m.clone());
+                m
+            }};
+        }
+        Metrics {
+            role_changes: reg!(
+                "module_state_changes",
+                "Changes of a module's state on this node",
+                Family::default()
+            ),
+            check_failures: reg!(
+                "checker_failures",
+                "Health check failures of a module's application",
+                Family::default()
+            ),
+            script_seconds: reg!(
+                "script_duration_seconds",
+                "How long the application's scripts ran",
+                Histograms::<ScriptLabels>::new_with_constructor(script_buckets)
+            ),
+            state: reg!(
+                "module_state",
+                "1 for the module's current state on this node",
+                Family::default()
+            ),
+            serving: reg!(
+                "module_serving",
+                "1 while the module is served here",
+                Family::default()
+            ),
+            uptodate: reg!(
+                "module_uptodate",
+                "1 while this node is an up-to-date SECOND",
+                Family::default()
+            ),
+            split_brain: reg!(
+                "module_split_brain",
+                "1 while a split brain is to be resolved",
+                Family::default()
+            ),
+            dirty_bytes: reg!(
+                "replication_dirty_bytes",
+                "Bytes the peer lacks",
+                Family::default()
+            ),
+            dirty_files: reg!(
+                "replication_dirty_files",
+                "Files the peer lacks changes of",
+                Family::default()
+            ),
+            in_flight: reg!(
+                "replication_in_flight_changes",
+                "Changes sent to the peer and not yet durable there",
+                Family::default()
+            ),
+            replicated_bytes: reg!(
+                "replication_sent_bytes",
+                "Bytes replicated to the peer",
+                Family::default()
+            ),
+            resync_done: reg!(
+                "resync_done_bytes",
+                "Bytes of the running resync shipped",
+                Family::default()
+            ),
+            resync_total: reg!(
+                "resync_total_bytes",
+                "Bytes the running resync ships",
+                Family::default()
+            ),
+            resync_rate: reg!(
+                "resync_rate_bytes_per_second",
+                "Rate of the running resync",
+                Family::default()
+            ),
+            peer_alive: reg!(
+                "peer_alive",
+                "1 while the peer's heartbeats arrive",
+                Gauge::default()
+            ),
+            heard_age: reg!(
+                "heartbeat_last_heard_seconds",
+                "Time since a heartbeat last arrived on a path",
+                Family::default()
+            ),
+            heartbeats_sent: reg!("heartbeats_sent", "Heartbeats sent", Counter::default()),
+            heartbeats_received: reg!(
+                "heartbeats_received",
+                "Heartbeats received and accepted",
+                Counter::default()
+            ),
+            heartbeats_dropped: reg!(
+                "heartbeats_dropped",
+                "Heartbeats refused, by reason (bad_mac: not from the peer)",
+                Family::default()
+            ),
+            seen: Mutex::new(Seen::default()),
+            registry,
+        }
+    }
+
+    pub fn check_failed(&self, module: &str) {
+        self.check_failures
+            .get_or_create(&ModuleLabel {
+                module: module.into(),
+            })
+            .inc();
+    }
+
+    pub fn script_ran(&self, module: &str, script: &str, seconds: f64) {
+        self.script_seconds
+            .get_or_create(&ScriptLabels {
+                module: module.into(),
+                script: script.into(),
+            })
+            .observe(seconds);
+    }
+
+    /// The text a scrape gets, with the gauges set from `status`.
+    pub fn render(&self, status: &Status) -> String {
+        self.update(status);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+
+    fn update(&self, st: &Status) {
+        let mut seen = self.seen.lock();
+        for m in &st.modules {
+            let l = ModuleLabel {
+                module: m.name.clone(),
+            };
+            for s in STATES {
+                let g = self.state.get_or_create(&StateLabels {
+                    module: m.name.clone(),
+                    state: s.into(),
+                });
+                g.set((m.state == s) as i64);
+            }
+            match seen.states.iter_mut().find(|(n, _)| *n == m.name) {
+                Some((_, was)) if *was != m.state => {
+                    self.role_changes.get_or_create(&l).inc();
+                    *was = m.state.clone();
+                }
+                Some(_) => {}
+                None => {
+                    let _ = self.role_changes.get_or_create(&l);
+                    seen.states.push((m.name.clone(), m.state.clone()));
+                }
+            }
+            let c = m.cluster.as_ref();
+            self.serving.get_or_create(&l).set(
+                c.is_some_and(|c| c.app_running && matches!(m.state.as_str(), "PRIM" | "ALONE"))
+                    as i64,
+            );
+            self.uptodate
+                .get_or_create(&l)
+                .set(c.is_some_and(|c| c.uptodate && m.state == "SECOND") as i64);
+            self.split_brain
+                .get_or_create(&l)
+                .set(c.is_some_and(|c| c.split_brain) as i64);
+            // Present from the start: a rate over a series that appears later misses its first count.
+            let _ = self.check_failures.get_or_create(&l);
+            let Some(r) = &m.replication else {
+                continue;
+            };
+            self.dirty_bytes.get_or_create(&l).set(r.dirty_bytes as i64);
+            self.dirty_files.get_or_create(&l).set(r.dirty_files as i64);
+            self.in_flight
+                .get_or_create(&l)
+                .set(r.sent.saturating_sub(r.durable) as i64);
+            let sent = delta(&mut seen.replicated, &m.name, r.bytes_replicated);
+            self.replicated_bytes.get_or_create(&l).inc_by(sent);
+            let (done, total) = (r.resync.bytes_done, r.resync.bytes_total);
+            self.resync_done.get_or_create(&l).set(done as i64);
+            self.resync_total.get_or_create(&l).set(total as i64);
+            let now = std::time::Instant::now();
+            let rate = match seen.resync.iter_mut().find(|(n, ..)| *n == m.name) {
+                Some((_, was, at)) => {
+                    let secs = now.duration_since(*at).as_secs_f64();
+                    let rate = if done >= *was && secs > 0.0 {
+                        (done - *was) as f64 / secs
+                    } else {
+                        0.0
+                    };
+                    (*was, *at) = (done, now);
+                    rate
+                }
+                None => {
+                    seen.resync.push((m.name.clone(), done, now));
+                    0.0
+                }
+            };
+            self.resync_rate.get_or_create(&l).set(rate as i64);
+        }
+        if let Some(n) = &st.nodes {
+            self.peer_alive.set(n.peer_alive as i64);
+            for p in &n.paths {
+                let age = p
+                    .last_heard_ms
+                    .map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);
+                self.heard_age
+                    .get_or_create(&PathLabels {
+                        local: p.local.clone(),
+                        remote: p.remote.clone(),
+                    })
+                    .set(age);
+            }
+            self.heartbeats_sent
+                .inc_by(n.heartbeats_sent.saturating_sub(seen.sent));
+            seen.sent = seen.sent.max(n.heartbeats_sent);
+            self.heartbeats_received
+                .inc_by(n.heartbeats_received.saturating_sub(seen.received));
+            seen.received = seen.received.max(n.heartbeats_received);
+            for (reason, total) in [
+                ("bad_mac", n.dropped_bad_mac),
+                ("replayed", n.dropped_replayed),
+                ("malformed", n.dropped_malformed),
+                ("foreign", n.dropped_foreign),
+            ] {
+                let d = delta(&mut seen.dropped, reason, total);
+                self.heartbeats_dropped
+                    .get_or_create(&DropLabels {
+                        reason: reason.into(),
+                    })
+                    .inc_by(d);
+            }
+        }
+    }
+}
+
+/// How much `total` grew since last seen under `key`.
+fn delta(seen: &mut Vec<(String, u64)>, key: &str, total: u64) -> u64 {
+    match seen.iter_mut().find(|(k, _)| k == key) {
+        Some((_, was)) => {
+            let d = total.saturating_sub(*was);
+            *was = (*was).max(total);
+            d
+        }
+        None => {
+            seen.push((key.into(), total));
+            total
+        }
+    }
+}
