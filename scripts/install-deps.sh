@@ -18,6 +18,7 @@ packages=(
   python3                         # the test application's network service, the benchmarks
   podman busybox-static           # the demo's container (an image built from busybox)
   systemd                         # systemd-analyze verify of the unit
+  chromium chromium-driver        # the web console's test in a headless browser
 )
 
 missing=()

@@ -132,6 +132,29 @@ fn tokens_roles_commands_and_refusals_through_the_api() {
         "{metrics}"
     );
     assert!(metrics.ends_with("# EOF\n"));
+    // The shipped alert rules and dashboard use only what a node serves.
+    let served: std::collections::HashSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for file in ["alerts.yml", "grafana-dashboard.json"] {
+        let path = format!("{}/config/monitoring/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut used = 0;
+        for (i, _) in text.match_indices("tandem_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            assert!(
+                served.contains(name.as_str()),
+                "{file} uses {name}, which no node serves"
+            );
+            used += 1;
+        }
+        assert!(used >= 8, "{file}: only {used} metrics used");
+    }
     // ... and commands nothing.
     let (s, e) = api.post("/api/modules/app/swap", &monitor, "");
     assert_eq!(s, 403, "{e}");
@@ -178,6 +201,52 @@ fn tokens_roles_commands_and_refusals_through_the_api() {
     let (s, r) = api.post("/api/modules/app/swap", &admin, r#"{"node": "node2"}"#);
     assert_eq!(s, 200, "{r}");
     c.wait_states("PRIM", "SECOND", 30);
+}
+
+/// The command line's side: `status` as one table of both nodes, `--json`
+/// where it reports, and a module log that outlives the daemon.
+#[test]
+fn status_is_one_table_and_the_log_outlives_a_restart() {
+    let mut c = cluster();
+    let o = c.tandem(1, &["status"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("NODE"))
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split("  ").map(str::trim).filter(|w| !w.is_empty()).collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["NODE", "MODULE", "ROLE", "STATE", "UP TO DATE", "DIRTY", "RESYNC"],
+        "{text}"
+    );
+    assert_eq!(rows[1][..5], ["node1", "app", "primary", "PRIM", "-"], "{text}");
+    assert_eq!(rows[2][..5], ["node2", "app", "secondary", "SECOND", "yes"], "{text}");
+
+    let before = token(&c, 1, "before", "monitor");
+    let o = c.tandem(1, &["token", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0]["name"], "before");
+    assert_eq!(list[0]["role"], "monitor");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains(&before[4..]));
+
+    let o = c.tandem(1, &["log", "app", "--json"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| l["module"] == "app" && l["line"].is_string()));
+    let first = lines[0]["line"].as_str().unwrap().to_string();
+
+    // The daemon stops and comes back: its earlier lines are still there.
+    c.signal(1, libc::SIGTERM);
+    c.start(1);
+    assert!(wait_until(20, || {
+        let o = c.tandem(1, &["log", "app"]);
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        t.contains(&first) && t.lines().count() > lines.len()
+    }));
 }
 
 #[test]

@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
             generation: 3,
             serving: true,
             uptodate: false,
+            lag: None,
         },
     );
     // More than the server reads before it answers or refuses.

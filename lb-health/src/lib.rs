@@ -4,6 +4,7 @@
 //! - `/primary/{module}`: 200 only while this node serves the module with
 //!   quorum and its application started; 503 otherwise;
 //! - `/secondary/{module}`: 200 while this node is an up-to-date SECOND;
+//!   with `?lag=BYTES`, also while it lacks no more than that many bytes;
 //! - `/var/modules/{module}/ready.txt`: the vendor's path, 200 when serving, 404
 //!   otherwise, so existing load-balancer settings keep working;
 //! - `/health`: 200 and every module's state while the daemon's main loop runs;
@@ -55,6 +56,8 @@ pub struct ModuleHealth {
     pub serving: bool,
     /// An up-to-date SECOND.
     pub uptodate: bool,
+    /// As SECOND: the bytes it lacks, as the serving peer last said.
+    pub lag: Option<u64>,
 }
 
 pub struct Health {
@@ -134,7 +137,24 @@ impl Health {
         if method != "GET" && method != "HEAD" {
             return reply(405, format!(r#"{{"error":"method {method} not allowed"}}"#));
         }
-        let path = path.split(['?', '#']).next().unwrap_or("");
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let path = path.split('#').next().unwrap_or("");
+        // `?lag=BYTES`: a SECOND further behind than that is not healthy.
+        let lag = match query.split('&').find_map(|kv| kv.strip_prefix("lag=")) {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    return reply(
+                        400,
+                        format!(
+                            r#"{{"error":"lag={} is not a number of bytes"}}"#,
+                            escape(v)
+                        ),
+                    );
+                }
+            },
+        };
         let inner = self.lock();
         let alive = inner.beat.elapsed() < self.liveness
             || inner.busy_until.is_some_and(|t| Instant::now() < t);
@@ -178,10 +198,10 @@ impl Health {
             ["", role @ ("primary" | "secondary"), name] => match inner.modules.get(*name) {
                 None => not_found(name),
                 Some(m) => {
-                    let yes = if *role == "primary" {
-                        m.serving
-                    } else {
-                        m.uptodate
+                    let yes = match (*role, lag) {
+                        ("primary", _) => m.serving,
+                        (_, None) => m.uptodate,
+                        (_, Some(max)) => m.uptodate || m.lag.is_some_and(|l| l <= max),
                     };
                     reply(ok(yes && alive), module_json(name, m))
                 }
@@ -402,6 +422,7 @@ mod tests {
                 generation: 0xabc,
                 serving: true,
                 uptodate: false,
+                lag: None,
             },
         );
         h.set(
@@ -411,9 +432,48 @@ mod tests {
                 generation: 1,
                 serving: false,
                 uptodate: true,
+                lag: Some(0),
             },
         );
         h
+    }
+
+    #[test]
+    fn a_secondary_behind_is_healthy_only_under_the_lag_asked() {
+        let h = health();
+        h.set(
+            "db",
+            ModuleHealth {
+                state: "SECOND".into(),
+                generation: 1,
+                serving: false,
+                uptodate: false,
+                lag: Some(5000),
+            },
+        );
+        assert_eq!(h.answer("GET", "/secondary/db").status, 503);
+        assert_eq!(h.answer("GET", "/secondary/db?lag=4999").status, 503);
+        assert_eq!(h.answer("GET", "/secondary/db?lag=5000").status, 200);
+        assert_eq!(
+            h.answer("HEAD", "/secondary/db?x=1&lag=1048576").status,
+            200
+        );
+        assert_eq!(h.answer("GET", "/secondary/db?lag=lots").status, 400);
+        // A primary is never a healthy secondary, whatever the lag.
+        assert_eq!(h.answer("GET", "/secondary/app?lag=99999999").status, 503);
+        // Nothing heard from the peer: the lag is unknown.
+        h.set(
+            "db",
+            ModuleHealth {
+                state: "SECOND".into(),
+                generation: 1,
+                serving: false,
+                uptodate: false,
+                lag: None,
+            },
+        );
+        assert_eq!(h.answer("GET", "/secondary/db?lag=99999999").status, 503);
+        assert_eq!(h.answer("OPTIONS", "/secondary/db").status, 204);
     }
 
     #[test]

@@ -138,7 +138,11 @@ pub fn run(cli: Cli) -> ExitCode {
             ),
             print_messages,
         ),
-        Command::Log { module, follow } => log(&cli.config, cli.socket, &on, &module, follow),
+        Command::Log {
+            module,
+            follow,
+            json,
+        } => log(&cli.config, cli.socket, &on, &module, follow, json),
         Command::Init {
             out,
             cluster,
@@ -338,6 +342,7 @@ fn log(
     on: &Option<String>,
     module: &str,
     follow: bool,
+    json: bool,
 ) -> ExitCode {
     let socket = match socket_path(config, socket) {
         Ok(s) => s,
@@ -359,7 +364,15 @@ fn log(
                     .and_then(|l| resp.messages.iter().rposition(|m| m == l))
                     .map_or(0, |i| i + 1);
                 for m in &resp.messages[from..] {
-                    println!("{m}");
+                    if json {
+                        let node = on.clone().map_or(serde_json::Value::Null, Into::into);
+                        println!(
+                            "{}",
+                            serde_json::json!({"node": node, "module": module, "line": m})
+                        );
+                    } else {
+                        println!("{m}");
+                    }
                 }
                 if let Some(l) = resp.messages.last() {
                     last = Some(l.clone());
@@ -485,6 +498,8 @@ fn print_status(resp: &Response, json: bool) {
         return;
     }
     println!("cluster {} (daemon pid {})", st.cluster, st.pid);
+    print!("{}", table(st));
+    println!();
     if let Some(n) = &st.nodes {
         println!(
             "node {}, peer {}: {}; heartbeats sent {}, received {}, dropped {} (bad HMAC {}, replayed {})",
@@ -572,4 +587,85 @@ fn print_status(resp: &Response, json: bool) {
             );
         }
     }
+}
+
+/// Both nodes' view of every module, one row each, as `patronictl list`
+/// shows a cluster: the peer's row as its heartbeats tell it.
+fn table(st: &crate::control::Status) -> String {
+    let role = |state: &str| match state {
+        "PRIM" | "ALONE" => "primary",
+        "SECOND" => "secondary",
+        _ => "-",
+    };
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let mut rows = vec![
+        [
+            "NODE",
+            "MODULE",
+            "ROLE",
+            "STATE",
+            "UP TO DATE",
+            "DIRTY",
+            "RESYNC",
+        ]
+        .map(String::from),
+    ];
+    let (me, peer) = st.nodes.as_ref().map_or(("this node".into(), None), |n| {
+        (n.node.clone(), Some(n.peer.clone()))
+    });
+    for m in &st.modules {
+        let c = m.cluster.as_ref();
+        let r = m.replication.as_ref();
+        let serving = matches!(m.state.as_str(), "PRIM" | "ALONE");
+        rows.push([
+            me.clone(),
+            m.name.clone(),
+            role(&m.state).into(),
+            m.state.clone(),
+            if serving {
+                "-".into()
+            } else {
+                c.map_or("-".into(), |c| yes(c.uptodate).into())
+            },
+            r.map_or("-".into(), |r| super::progress::human(r.dirty_bytes)),
+            r.filter(|r| r.resync.running && r.resync.bytes_total > 0)
+                .map_or("-".into(), |r| {
+                    format!(
+                        "{:.0} %",
+                        100.0 * r.resync.bytes_done as f64 / r.resync.bytes_total as f64
+                    )
+                }),
+        ]);
+        if let (Some(peer), Some(c)) = (&peer, c) {
+            let state = c.peer_state.clone().unwrap_or_else(|| "not heard".into());
+            let peer_serving = matches!(state.as_str(), "PRIM" | "ALONE");
+            rows.push([
+                peer.clone(),
+                m.name.clone(),
+                role(&state).into(),
+                state.clone(),
+                if peer_serving || c.peer_state.is_none() {
+                    "-".into()
+                } else {
+                    yes(c.peer_uptodate).into()
+                },
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

@@ -145,6 +145,9 @@ pub enum Command {
         module: String,
         #[arg(short = 'f', long)]
         follow: bool,
+        /// One JSON object per line: {"node", "module", "line"}.
+        #[arg(long)]
+        json: bool,
     },
     /// The API's bearer tokens (kept hashed in `daemon.state_dir` of this node).
     Token {

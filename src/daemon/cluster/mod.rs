@@ -13,6 +13,7 @@
 //! - [`manager`]: the loop (input, machine, executor);
 //! - [`module`]: a module around its machine (log, scripts, role file);
 //! - [`executor`]: carries out the machine's actions (promote, demote);
+//! - [`journal`]: a module's log, kept on disk across restarts;
 //! - [`clients`]: moves the clients (virtual addresses, health endpoint);
 //! - [`app`]: the application's scripts and the checkers' restart budget;
 //! - [`liveness`]: when the peer counts as gone;
@@ -24,6 +25,7 @@ mod boot;
 mod clients;
 mod control;
 mod executor;
+mod journal;
 mod liveness;
 mod manager;
 mod module;
@@ -71,9 +73,6 @@ use crate::replication::secondary::{SecondaryModule, SecondaryServer};
 use crate::replication::session::{PrimaryLink, resolve, state_dir};
 use crate::replication::tls::{Credentials, heartbeat_key_path};
 use crate::stop::Stop;
-
-/// Lines of each module's log kept for `status` and `tandem log`.
-const LOG_LINES: usize = 200;
 
 /// Everything a module needs from the node, shared by all modules.
 struct Node2 {
@@ -129,7 +128,8 @@ struct Managed {
     app_running: bool,
     synced: Option<bool>,
     generation: Option<Gen>,
-    log: VecDeque<String>,
+    /// What happened to the module here, kept across restarts.
+    log: journal::Journal,
     checks: app::Checks,
     /// The newest generation the witness told of (0: none).
     witness_newest: u64,

@@ -7,11 +7,8 @@ use super::*;
 impl Managed {
     pub(super) fn note(&mut self, line: String) {
         tracing::info!(module = %self.cfg.name, "{line}");
-        if self.log.len() == LOG_LINES {
-            self.log.pop_front();
-        }
         let ts = utc(crate::cluster::heartbeat::now_ms());
-        self.log.push_back(format!("{ts} {line}"));
+        self.log.push(format!("{ts} {line}"));
     }
 
     pub(super) fn context(&self, node: &Node2, role: &'static str) -> scripts::Context {
@@ -188,7 +185,7 @@ impl Managed {
             app_running: false,
             synced: None,
             generation: None,
-            log: VecDeque::new(),
+            log: journal::Journal::open(at.join("log")),
             checks: app::Checks::default(),
             witness_newest: 0,
             vips: match &m.failover {

@@ -110,7 +110,13 @@ pub(super) fn publish(
     }
     *hb.views.lock() = modules
         .iter()
-        .map(|m| (m.cfg.name.clone(), m.machine.view()))
+        .map(|m| {
+            let mut v = m.machine.view();
+            if let Some(Replica::Primary(rep, _)) = &m.replica {
+                v.dirty = rep.status().dirty_bytes;
+            }
+            (m.cfg.name.clone(), v)
+        })
         .collect();
     *shared.logs.lock() = modules
         .iter()
