@@ -124,6 +124,9 @@ pub struct PathStatus {
     pub local: String,
     pub remote: String,
     pub last_heard_ms: Option<u64>,
+    /// The heartbeats' round trip on this path, as last timed.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
 }
 
 /// A module as the cluster manager sees it on this node.

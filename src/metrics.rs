@@ -44,6 +44,11 @@ struct DropLabels {
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
+fn latency_buckets() -> Histogram {
+    // 25 µs to about 0.8 s.
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 16))
+}
+
 fn script_buckets() -> Histogram {
     // 10 ms to about 80 s.
     Histogram::new(exponential_buckets(0.01, 2.0, 14))
@@ -58,6 +63,7 @@ pub struct Metrics {
     role_changes: Family<ModuleLabel, Counter>,
     check_failures: Family<ModuleLabel, Counter>,
     script_seconds: Histograms<ScriptLabels>,
+    replication_wait: Histograms<ModuleLabel>,
     state: Family<StateLabels, Gauge>,
     serving: Family<ModuleLabel, Gauge>,
     uptodate: Family<ModuleLabel, Gauge>,
@@ -71,6 +77,7 @@ pub struct Metrics {
     resync_rate: Family<ModuleLabel, Gauge>,
     peer_alive: Gauge,
     heard_age: Family<PathLabels, Gauge<f64, AtomicU64>>,
+    rtt: Family<PathLabels, Gauge<f64, AtomicU64>>,
     heartbeats_sent: Counter,
     heartbeats_received: Counter,
     heartbeats_dropped: Family<DropLabels, Counter>,
@@ -119,6 +126,11 @@ impl Metrics {
                 "script_duration_seconds",
                 "How long the application's scripts ran",
                 Histograms::<ScriptLabels>::new_with_constructor(script_buckets)
+            ),
+            replication_wait: reg!(
+                "replication_ack_wait_seconds",
+                "How long a call that promises durability (fsync, O_SYNC) waited for the peer",
+                Histograms::<ModuleLabel>::new_with_constructor(latency_buckets)
             ),
             state: reg!(
                 "module_state",
@@ -185,6 +197,11 @@ impl Metrics {
                 "Time since a heartbeat last arrived on a path",
                 Family::default()
             ),
+            rtt: reg!(
+                "heartbeat_rtt_seconds",
+                "Round trip of the heartbeats on a path, as last timed",
+                Family::default()
+            ),
             heartbeats_sent: reg!("heartbeats_sent", "Heartbeats sent", Counter::default()),
             heartbeats_received: reg!(
                 "heartbeats_received",
@@ -216,6 +233,15 @@ impl Metrics {
                 script: script.into(),
             })
             .observe(seconds);
+    }
+
+    /// What a module's replicator counts its waits for the peer in.
+    pub fn replication_latency(&self, module: &str) -> Histogram {
+        self.replication_wait
+            .get_or_create(&ModuleLabel {
+                module: module.into(),
+            })
+            .clone()
     }
 
     /// The text a scrape gets, with the gauges set from `status`.
@@ -299,15 +325,17 @@ impl Metrics {
         if let Some(n) = &st.nodes {
             self.peer_alive.set(n.peer_alive as i64);
             for p in &n.paths {
+                let l = PathLabels {
+                    local: p.local.clone(),
+                    remote: p.remote.clone(),
+                };
                 let age = p
                     .last_heard_ms
                     .map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);
-                self.heard_age
-                    .get_or_create(&PathLabels {
-                        local: p.local.clone(),
-                        remote: p.remote.clone(),
-                    })
-                    .set(age);
+                self.heard_age.get_or_create(&l).set(age);
+                if let Some(us) = p.rtt_us {
+                    self.rtt.get_or_create(&l).set(us as f64 / 1e6);
+                }
             }
             self.heartbeats_sent
                 .inc_by(n.heartbeats_sent.saturating_sub(seen.sent));

@@ -127,10 +127,14 @@ fn tokens_roles_commands_and_refusals_through_the_api() {
         metrics.contains(r#"tandem_module_state{module="app",state="PRIM"} 1"#),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("tandem_heartbeats_received_total"),
-        "{metrics}"
-    );
+    for name in [
+        "tandem_heartbeats_received_total",
+        "tandem_heartbeat_rtt_seconds{",
+        "tandem_replication_ack_wait_seconds_bucket{",
+        "tandem_script_duration_seconds_bucket{",
+    ] {
+        assert!(metrics.contains(name), "no {name} in\n{metrics}");
+    }
     assert!(metrics.ends_with("# EOF\n"));
     // The shipped alert rules and dashboard use only what a node serves.
     let served: std::collections::HashSet<&str> = metrics
@@ -214,15 +218,36 @@ fn status_is_one_table_and_the_log_outlives_a_restart() {
         .lines()
         .skip_while(|l| !l.starts_with("NODE"))
         .take_while(|l| !l.is_empty())
-        .map(|l| l.split("  ").map(str::trim).filter(|w| !w.is_empty()).collect())
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .collect()
+        })
         .collect();
     assert_eq!(
         rows[0],
-        ["NODE", "MODULE", "ROLE", "STATE", "UP TO DATE", "DIRTY", "RESYNC"],
+        [
+            "NODE",
+            "MODULE",
+            "ROLE",
+            "STATE",
+            "UP TO DATE",
+            "DIRTY",
+            "RESYNC"
+        ],
         "{text}"
     );
-    assert_eq!(rows[1][..5], ["node1", "app", "primary", "PRIM", "-"], "{text}");
-    assert_eq!(rows[2][..5], ["node2", "app", "secondary", "SECOND", "yes"], "{text}");
+    assert_eq!(
+        rows[1][..5],
+        ["node1", "app", "primary", "PRIM", "-"],
+        "{text}"
+    );
+    assert_eq!(
+        rows[2][..5],
+        ["node2", "app", "secondary", "SECOND", "yes"],
+        "{text}"
+    );
 
     let before = token(&c, 1, "before", "monitor");
     let o = c.tandem(1, &["token", "list", "--json"]);
@@ -231,12 +256,25 @@ fn status_is_one_table_and_the_log_outlives_a_restart() {
     assert_eq!(list[0]["role"], "monitor");
     assert!(!String::from_utf8_lossy(&o.stdout).contains(&before[4..]));
 
+    let o = c.tandem(1, &["resync", "app", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["peer"], "connected");
+    assert_eq!(last["module"], "app");
+    assert!(last["resync"]["bytes_done"].is_u64());
+
     let o = c.tandem(1, &["log", "app", "--json"]);
     let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(!lines.is_empty() && lines.iter().all(|l| l["module"] == "app" && l["line"].is_string()));
+    assert!(
+        !lines.is_empty()
+            && lines
+                .iter()
+                .all(|l| l["module"] == "app" && l["line"].is_string())
+    );
     let first = lines[0]["line"].as_str().unwrap().to_string();
 
     // The daemon stops and comes back: its earlier lines are still there.

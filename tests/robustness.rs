@@ -186,6 +186,10 @@ fn sample_beat() -> Beat {
         seq: 2,
         sent_ms: 3,
         modules: vec![("app".into(), PeerView::default())],
+        extra: tandem::cluster::heartbeat::Extra {
+            dirty: vec![("app".into(), 4096)],
+            echo: vec![Some((2, 150)), None],
+        },
     }
 }
 

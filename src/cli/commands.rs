@@ -109,11 +109,12 @@ pub fn run(cli: Cli) -> ExitCode {
             &relayed(&on, Request::Second { module }),
             print_messages,
         ),
-        Command::Resync { module, wait } => super::resync::run(
+        Command::Resync { module, wait, json } => super::resync::run(
             &cli.config,
             cli.socket,
             &module,
             std::time::Duration::from_secs(wait),
+            json,
         ),
         Command::Verify {
             module,

@@ -119,6 +119,9 @@ pub enum Command {
         /// Seconds to wait for a peer that is not connected yet.
         #[arg(long, default_value_t = 10)]
         wait: u64,
+        /// One JSON object per sample (the last one with the peer connected).
+        #[arg(long)]
+        json: bool,
     },
     /// Compare a module's trees on both nodes.
     Verify {

@@ -11,8 +11,16 @@ use crate::control::{self, Request};
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 
-/// `wait`: how long to wait for a peer that is not connected yet.
-pub fn run(config: &Path, socket: Option<PathBuf>, module: &str, wait: Duration) -> ExitCode {
+/// `wait`: how long to wait for a peer that is not connected yet. With
+/// `json`, each sample is one line: `{"module", "peer", "dirty_bytes",
+/// "dirty_files", "resync"}` (`peer` is `connected` on the last one).
+pub fn run(
+    config: &Path,
+    socket: Option<PathBuf>,
+    module: &str,
+    wait: Duration,
+    json: bool,
+) -> ExitCode {
     let socket = match super::commands::socket_path(config, socket) {
         Ok(s) => s,
         Err(code) => return code,
@@ -48,6 +56,19 @@ pub fn run(config: &Path, socket: Option<PathBuf>, module: &str, wait: Duration)
             );
             return ExitCode::from(EXIT_USAGE);
         }
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "module": module,
+                    "peer": r.peer,
+                    "dirty_bytes": r.dirty_bytes,
+                    "dirty_files": r.dirty_files,
+                    "resync": r.resync,
+                })
+            );
+        }
+        let tty = tty && !json;
         match r.peer.as_str() {
             "alone" if waited < wait => {
                 if !shown {
@@ -66,6 +87,7 @@ pub fn run(config: &Path, socket: Option<PathBuf>, module: &str, wait: Duration)
                 );
                 return ExitCode::from(EXIT_FAILURE);
             }
+            "connected" if json => return ExitCode::SUCCESS,
             "connected" => {
                 if shown && r.resync.started_unix_ms > 0 {
                     let line = super::progress::line(&r.resync);
@@ -78,6 +100,7 @@ pub fn run(config: &Path, socket: Option<PathBuf>, module: &str, wait: Duration)
                 println!("module {module}: peer up to date");
                 return ExitCode::SUCCESS;
             }
+            _ if json => shown = true,
             _ => {
                 let line = super::progress::line(&r.resync);
                 if tty {

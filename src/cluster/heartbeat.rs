@@ -21,6 +21,8 @@ use super::machine::PeerView;
 
 const MAGIC: [u8; 2] = *b"TB";
 const VERSION: u8 = 1;
+/// Heartbeats whose sending time is kept for the echo: a few seconds' worth.
+const SENT_KEPT: usize = 64;
 const TAG_LEN: usize = 32;
 /// Larger datagrams are not heartbeats.
 pub const MAX_DATAGRAM: usize = 16 * 1024;
@@ -35,6 +37,21 @@ pub struct Beat {
     /// Sender's wall clock (ms): a new boot must be later than the last one seen.
     pub sent_ms: u64,
     pub modules: Vec<(String, PeerView)>,
+    /// Sent after the rest (see [`Extra`]).
+    #[serde(skip)]
+    pub extra: Extra,
+}
+
+/// What a heartbeat says beyond the fields above. It is encoded after them,
+/// where a node that knows only those stops reading: nodes of both kinds
+/// keep hearing each other during an upgrade.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extra {
+    /// As the serving node: each module's bytes its peer lacks.
+    pub dirty: Vec<(String, u64)>,
+    /// Per path, by position: the last heartbeat heard from the peer there
+    /// (its seq) and how many µs ago, so the peer can time the round trip.
+    pub echo: Vec<Option<(u64, u64)>>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -80,11 +97,19 @@ impl Key {
 }
 
 pub fn seal(key: &Key, beat: &Beat) -> Vec<u8> {
-    seal_with(key, MAGIC, beat)
+    // A tuple is its fields one after the other: the beat, then the extra.
+    seal_with(key, MAGIC, &(beat, &beat.extra))
 }
 
 pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
-    open_with(key, MAGIC, datagram)
+    let body = verified(key, MAGIC, datagram)?;
+    let (mut beat, rest) =
+        postcard::take_from_bytes::<Beat>(body).map_err(|_| Dropped::Malformed)?;
+    // A node that sends no extra, or a later one with more: what is known.
+    beat.extra = postcard::take_from_bytes(rest)
+        .map(|(e, _)| e)
+        .unwrap_or_default();
+    Ok(beat)
 }
 
 /// Signs any message the nodes (and the witness) exchange over UDP; `magic`
@@ -104,6 +129,11 @@ pub fn open_with<T: serde::de::DeserializeOwned>(
     magic: [u8; 2],
     datagram: &[u8],
 ) -> Result<T, Dropped> {
+    postcard::from_bytes(verified(key, magic, datagram)?).map_err(|_| Dropped::Malformed)
+}
+
+/// The message's encoding, once its kind, version and HMAC are right.
+fn verified<'a>(key: &Key, magic: [u8; 2], datagram: &'a [u8]) -> Result<&'a [u8], Dropped> {
     if datagram.len() < 3 + TAG_LEN || datagram[..2] != magic {
         return Err(Dropped::Malformed);
     }
@@ -113,7 +143,7 @@ pub fn open_with<T: serde::de::DeserializeOwned>(
     let (body, tag) = datagram.split_at(datagram.len() - TAG_LEN);
     // Authenticate before parsing anything an attacker wrote.
     hmac::verify(&key.0, body, tag).map_err(|_| Dropped::BadMac)?;
-    postcard::from_bytes(&body[3..]).map_err(|_| Dropped::Malformed)
+    Ok(&body[3..])
 }
 
 /// Accepts each heartbeat of the peer at most once, in order.
@@ -170,6 +200,16 @@ pub struct Heartbeats {
     /// themselves so a busy cluster manager never mistakes itself for a
     /// silent peer.
     pub heard: Mutex<Vec<Option<std::time::Instant>>>,
+    /// The round trip on each path, as last timed.
+    pub rtt: Mutex<Vec<Option<Duration>>>,
+    /// As the serving node: each module's bytes the peer lacks, to say.
+    pub dirty: Mutex<Vec<(String, u64)>>,
+    /// The peer's last word on the same.
+    pub peer_dirty: Mutex<Vec<(String, u64)>>,
+    /// The seq last heard on each path, for the echo.
+    heard_seq: Mutex<Vec<u64>>,
+    /// When recent heartbeats went out, by seq.
+    sent: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
     boot: u64,
     seq: AtomicU64,
     replay: Mutex<Replay>,
@@ -193,6 +233,11 @@ impl Heartbeats {
         let heard = Mutex::new(vec![None; paths.len()]);
         Arc::new(Heartbeats {
             heard,
+            rtt: Mutex::new(vec![None; paths.len()]),
+            dirty: Mutex::new(Vec::new()),
+            peer_dirty: Mutex::new(Vec::new()),
+            heard_seq: Mutex::new(vec![0; paths.len()]),
+            sent: Mutex::new(Default::default()),
             key,
             cluster: cluster.into(),
             me: me.into(),
@@ -233,13 +278,55 @@ impl Heartbeats {
     }
 
     fn beat(&self) -> Beat {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::Instant::now();
+        let echo = {
+            let (heard, seqs) = (self.heard.lock(), self.heard_seq.lock());
+            heard
+                .iter()
+                .zip(seqs.iter())
+                .map(|(h, s)| h.map(|at| (*s, now.duration_since(at).as_micros() as u64)))
+                .collect()
+        };
+        let mut sent = self.sent.lock();
+        if sent.len() == SENT_KEPT {
+            sent.pop_front();
+        }
+        sent.push_back((seq, now));
         Beat {
             cluster: self.cluster.clone(),
             node: self.me.clone(),
             boot: self.boot,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            seq,
             sent_ms: now_ms(),
             modules: self.views.lock().clone(),
+            extra: Extra {
+                dirty: self.dirty.lock().clone(),
+                echo,
+            },
+        }
+    }
+
+    /// A heartbeat heard on `path`: it times the round trip of the ones it
+    /// echoes.
+    fn heard_on(&self, path: usize, beat: &Beat) {
+        let now = std::time::Instant::now();
+        self.heard.lock()[path] = Some(now);
+        self.heard_seq.lock()[path] = beat.seq;
+        *self.peer_dirty.lock() = beat.extra.dirty.clone();
+        let sent = self.sent.lock();
+        let mut rtt = self.rtt.lock();
+        for (i, e) in beat.extra.echo.iter().enumerate().take(rtt.len()) {
+            let Some((seq, held_us)) = e else { continue };
+            let Some((_, at)) = sent.iter().find(|(s, _)| s == seq) else {
+                continue;
+            };
+            if let Some(t) = now
+                .duration_since(*at)
+                .checked_sub(Duration::from_micros(*held_us))
+            {
+                rtt[i] = Some(t);
+            }
         }
     }
 
@@ -293,7 +380,7 @@ impl Heartbeats {
             match self.check(&buf[..n]) {
                 Ok(beat) => {
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
-                    self.heard.lock()[path] = Some(std::time::Instant::now());
+                    self.heard_on(path, &beat);
                     if tx.send(Heard { path, beat }).is_err() {
                         return;
                     }
@@ -350,6 +437,7 @@ mod tests {
             seq,
             sent_ms: 1000 + seq,
             modules: vec![("app".into(), PeerView::default())],
+            extra: Extra::default(),
         }
     }
 
@@ -462,5 +550,46 @@ mod tests {
         assert_eq!(b.counters.bad_mac.load(Ordering::Relaxed), 1);
         assert!(b.counters.replayed.load(Ordering::Relaxed) >= 1);
         assert!(b.counters.received.load(Ordering::Relaxed) >= 3);
+
+        // Both talking: each times the round trip, and the serving node's
+        // dirty bytes reach the other.
+        *a.dirty.lock() = vec![("app".into(), 4096)];
+        *b.views.lock() = vec![("app".into(), PeerView::default())];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for n in [&a, &b] {
+            let rtt = n.rtt.lock()[0].expect("a round trip timed");
+            assert!(rtt < Duration::from_millis(500), "{rtt:?}");
+        }
+        assert_eq!(*b.peer_dirty.lock(), vec![("app".to_string(), 4096)]);
+    }
+
+    /// The first version's heartbeat, as a node that predates [`Extra`]
+    /// reads and writes it.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct FirstBeat {
+        cluster: String,
+        node: String,
+        boot: u64,
+        seq: u64,
+        sent_ms: u64,
+        modules: Vec<(String, PeerView)>,
+    }
+
+    #[test]
+    fn nodes_with_and_without_the_extra_hear_each_other() {
+        let k = Key::new(b"0123456789abcdef0123456789abcdef");
+        let mut b = beat(4);
+        b.extra = Extra {
+            dirty: vec![("app".into(), 7)],
+            echo: vec![Some((3, 250)), None],
+        };
+        let new = seal(&k, &b);
+        let old: FirstBeat = open_with(&k, MAGIC, &new).unwrap();
+        assert_eq!((old.seq, old.modules.clone()), (4, b.modules.clone()));
+        let from_old = seal_with(&k, MAGIC, &old);
+        let heard = open(&k, &from_old).unwrap();
+        assert_eq!(heard.extra, Extra::default());
+        assert_eq!(heard.seq, 4);
+        assert_eq!(open(&k, &new).unwrap(), b);
     }
 }

@@ -93,10 +93,6 @@ pub struct PeerView {
     pub keeps: bool,
     /// Its last run ended serving the module.
     pub served_last: bool,
-    /// As the serving node: bytes its peer lacks (not the machine's: it
-    /// tells the secondary's health endpoint how far behind it is).
-    #[serde(default)]
-    pub dirty: u64,
 }
 
 /// How two generations relate.
@@ -325,7 +321,6 @@ impl Machine {
             wants_primary: self.wants_primary_until.is_some_and(|t| self.now < t),
             keeps: self.keeps,
             served_last: self.last_serving || self.state.serving(),
-            dirty: 0,
         }
     }
 

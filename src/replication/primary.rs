@@ -192,6 +192,9 @@ pub struct Replicator {
     /// stopped acknowledging waits — for the peer or for the fence — instead
     /// of being acknowledged alone: the peer may be about to take over.
     alone_ok: Mutex<Option<AloneCheck>>,
+    /// How long calls that promise durability waited for the peer (for
+    /// `/metrics`).
+    latency: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
     /// The peer was current and the link is gone, but nothing that promised
     /// durability has been acknowledged without it yet: the new generation
     /// that says the peer fell behind is started just before the first such
@@ -250,6 +253,7 @@ impl Replicator {
             next_conn: AtomicU64::new(1),
             fenced: std::sync::atomic::AtomicBool::new(false),
             alone_ok: Mutex::new(None),
+            latency: std::sync::OnceLock::new(),
             owe_generation: Mutex::new(false),
             exclude: std::sync::OnceLock::new(),
             bytes_replicated: AtomicU64::new(0),
@@ -533,6 +537,11 @@ impl Replicator {
         *self.alone_ok.lock() = Some(check);
     }
 
+    /// Where the waits for the peer's acknowledgement are counted.
+    pub fn set_latency(&self, h: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.latency.set(h);
+    }
+
     /// A call made while there is no link: one that promises durability (in
     /// an ack mode that waits for the peer) goes through [`alone`](Self::alone).
     fn durable_unlinked(
@@ -581,7 +590,8 @@ impl Replicator {
     /// Ok once `seq` satisfies `need` (or the link is gone); Err(EIO) if the
     /// node was fenced meanwhile.
     fn wait(&self, conn: u64, seq: u64, need: Need) -> Result<(), Errno> {
-        let mut deadline = Instant::now() + self.peer_timeout;
+        let t0 = Instant::now();
+        let mut deadline = t0 + self.peer_timeout;
         let mut a = self.acks.lock();
         loop {
             if self.fenced.load(Ordering::SeqCst) {
@@ -598,6 +608,9 @@ impl Replicator {
                 Need::Lag(limit) => self.lag.lock().bytes() <= limit,
             };
             if done {
+                if let (Need::Applied | Need::Received, Some(h)) = (need, self.latency.get()) {
+                    h.observe(t0.elapsed().as_secs_f64());
+                }
                 return Ok(());
             }
             crate::fs::blocking();

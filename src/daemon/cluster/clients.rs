@@ -15,9 +15,7 @@ impl Managed {
                 && self.app_running
                 && !self.fence.fenced.load(Ordering::SeqCst),
             uptodate: self.machine.state == State::Second && view.uptodate,
-            lag: (self.machine.state == State::Second)
-                .then(|| self.machine.peer().map(|p| p.dirty))
-                .flatten(),
+            lag: None,
         }
     }
 

@@ -164,6 +164,7 @@ impl Managed {
                     })
             }));
         }
+        rep.set_latency(node.metrics.replication_latency(&self.cfg.name));
         let link = Arc::new(PrimaryLink {
             rep: rep.clone(),
             creds: node.creds.clone(),

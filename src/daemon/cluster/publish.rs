@@ -92,7 +92,17 @@ pub(super) fn publish(
     let heard = hb.heard.lock().clone();
     node.health.beat();
     for m in modules {
-        node.health.set(&m.cfg.name, m.health());
+        let mut h = m.health();
+        // As SECOND: how far behind, as the serving peer last said.
+        if h.state == State::Second.name() && m.machine.peer().is_some() {
+            h.lag = hb
+                .peer_dirty
+                .lock()
+                .iter()
+                .find(|(n, _)| *n == m.cfg.name)
+                .map(|(_, d)| *d);
+        }
+        node.health.set(&m.cfg.name, h);
     }
     for m in modules {
         m.checks.active.store(
@@ -110,12 +120,13 @@ pub(super) fn publish(
     }
     *hb.views.lock() = modules
         .iter()
-        .map(|m| {
-            let mut v = m.machine.view();
-            if let Some(Replica::Primary(rep, _)) = &m.replica {
-                v.dirty = rep.status().dirty_bytes;
-            }
-            (m.cfg.name.clone(), v)
+        .map(|m| (m.cfg.name.clone(), m.machine.view()))
+        .collect();
+    *hb.dirty.lock() = modules
+        .iter()
+        .filter_map(|m| match &m.replica {
+            Some(Replica::Primary(rep, _)) => Some((m.cfg.name.clone(), rep.status().dirty_bytes)),
+            _ => None,
         })
         .collect();
     *shared.logs.lock() = modules
@@ -140,10 +151,12 @@ pub(super) fn publish(
                 .paths
                 .iter()
                 .zip(&heard)
-                .map(|(p, h)| PathStatus {
+                .zip(hb.rtt.lock().iter())
+                .map(|((p, h), rtt)| PathStatus {
                     local: p.local.to_string(),
                     remote: p.remote.to_string(),
                     last_heard_ms: h.map(|t| t.elapsed().as_millis() as u64),
+                    rtt_us: rtt.map(|d| d.as_micros() as u64),
                 })
                 .collect(),
             heartbeats_sent: load(&c.sent),
