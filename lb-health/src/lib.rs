@@ -441,16 +441,14 @@ mod tests {
     #[test]
     fn a_secondary_behind_is_healthy_only_under_the_lag_asked() {
         let h = health();
-        h.set(
-            "db",
-            ModuleHealth {
-                state: "SECOND".into(),
-                generation: 1,
-                serving: false,
-                uptodate: false,
-                lag: Some(5000),
-            },
-        );
+        let behind = |lag| ModuleHealth {
+            state: "SECOND".into(),
+            generation: 1,
+            serving: false,
+            uptodate: false,
+            lag,
+        };
+        h.set("db", behind(Some(5000)));
         assert_eq!(h.answer("GET", "/secondary/db").status, 503);
         assert_eq!(h.answer("GET", "/secondary/db?lag=4999").status, 503);
         assert_eq!(h.answer("GET", "/secondary/db?lag=5000").status, 200);
@@ -462,16 +460,7 @@ mod tests {
         // A primary is never a healthy secondary, whatever the lag.
         assert_eq!(h.answer("GET", "/secondary/app?lag=99999999").status, 503);
         // Nothing heard from the peer: the lag is unknown.
-        h.set(
-            "db",
-            ModuleHealth {
-                state: "SECOND".into(),
-                generation: 1,
-                serving: false,
-                uptodate: false,
-                lag: None,
-            },
-        );
+        h.set("db", behind(None));
         assert_eq!(h.answer("GET", "/secondary/db?lag=99999999").status, 503);
         assert_eq!(h.answer("OPTIONS", "/secondary/db").status, 204);
     }

@@ -590,6 +590,17 @@ fn print_status(resp: &Response, json: bool) {
     }
 }
 
+/// The columns of `tandem status`'s table.
+const TABLE: [&str; 7] = [
+    "NODE",
+    "MODULE",
+    "ROLE",
+    "STATE",
+    "UP TO DATE",
+    "DIRTY",
+    "RESYNC",
+];
+
 /// Both nodes' view of every module, one row each, as `patronictl list`
 /// shows a cluster: the peer's row as its heartbeats tell it.
 fn table(st: &crate::control::Status) -> String {
@@ -599,18 +610,7 @@ fn table(st: &crate::control::Status) -> String {
         _ => "-",
     };
     let yes = |b: bool| if b { "yes" } else { "no" };
-    let mut rows = vec![
-        [
-            "NODE",
-            "MODULE",
-            "ROLE",
-            "STATE",
-            "UP TO DATE",
-            "DIRTY",
-            "RESYNC",
-        ]
-        .map(String::from),
-    ];
+    let mut rows = vec![TABLE.map(String::from)];
     let (me, peer) = st.nodes.as_ref().map_or(("this node".into(), None), |n| {
         (n.node.clone(), Some(n.peer.clone()))
     });
