@@ -127,6 +127,9 @@ pub struct PathStatus {
     /// The heartbeats' round trip on this path, as last timed.
     #[serde(default)]
     pub rtt_us: Option<u64>,
+    /// The peer's heartbeats this path lost (gaps in their numbers).
+    #[serde(default)]
+    pub lost: u64,
 }
 
 /// A module as the cluster manager sees it on this node.

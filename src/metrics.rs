@@ -78,6 +78,7 @@ pub struct Metrics {
     peer_alive: Gauge,
     heard_age: Family<PathLabels, Gauge<f64, AtomicU64>>,
     rtt: Family<PathLabels, Gauge<f64, AtomicU64>>,
+    lost: Family<PathLabels, Counter>,
     heartbeats_sent: Counter,
     heartbeats_received: Counter,
     heartbeats_dropped: Family<DropLabels, Counter>,
@@ -92,6 +93,7 @@ struct Seen {
     sent: u64,
     received: u64,
     dropped: Vec<(String, u64)>,
+    lost: Vec<(String, u64)>,
     resync: Vec<(String, u64, std::time::Instant)>,
 }
 
@@ -200,6 +202,11 @@ impl Metrics {
             rtt: reg!(
                 "heartbeat_rtt_seconds",
                 "Round trip of the heartbeats on a path, as last timed",
+                Family::default()
+            ),
+            lost: reg!(
+                "heartbeats_lost",
+                "The peer's heartbeats a path lost (gaps in their numbers)",
                 Family::default()
             ),
             heartbeats_sent: reg!("heartbeats_sent", "Heartbeats sent", Counter::default()),
@@ -336,6 +343,9 @@ impl Metrics {
                 if let Some(us) = p.rtt_us {
                     self.rtt.get_or_create(&l).set(us as f64 / 1e6);
                 }
+                let key = format!("{} {}", p.local, p.remote);
+                let d = delta(&mut seen.lost, &key, p.lost);
+                self.lost.get_or_create(&l).inc_by(d);
             }
             self.heartbeats_sent
                 .inc_by(n.heartbeats_sent.saturating_sub(seen.sent));

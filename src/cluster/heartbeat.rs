@@ -208,6 +208,10 @@ pub struct Heartbeats {
     pub peer_dirty: Mutex<Vec<(String, u64)>>,
     /// The seq last heard on each path, for the echo.
     heard_seq: Mutex<Vec<u64>>,
+    /// Heartbeats of the peer that never arrived on each path (gaps in the
+    /// numbers it sends on every path), and the last (boot, seq) seen there.
+    pub lost: Mutex<Vec<u64>>,
+    seen_on: Mutex<Vec<Option<(u64, u64)>>>,
     /// When recent heartbeats went out, by seq.
     sent: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
     boot: u64,
@@ -237,6 +241,8 @@ impl Heartbeats {
             dirty: Mutex::new(Vec::new()),
             peer_dirty: Mutex::new(Vec::new()),
             heard_seq: Mutex::new(vec![0; paths.len()]),
+            lost: Mutex::new(vec![0; paths.len()]),
+            seen_on: Mutex::new(vec![None; paths.len()]),
             sent: Mutex::new(Default::default()),
             key,
             cluster: cluster.into(),
@@ -377,7 +383,11 @@ impl Heartbeats {
                     continue;
                 }
             };
-            match self.check(&buf[..n]) {
+            let checked = self.authentic(&buf[..n]).and_then(|b| {
+                self.count_on(path, &b);
+                self.first(b)
+            });
+            match checked {
                 Ok(beat) => {
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
                     self.heard_on(path, &beat);
@@ -404,6 +414,11 @@ impl Heartbeats {
 
     /// What a received datagram is worth: the peer's heartbeat, or why it is dropped.
     pub fn check(&self, datagram: &[u8]) -> Result<Beat, Dropped> {
+        self.authentic(datagram).and_then(|b| self.first(b))
+    }
+
+    /// The peer's heartbeat, signed and of this cluster, heard before or not.
+    fn authentic(&self, datagram: &[u8]) -> Result<Beat, Dropped> {
         let beat = open(&self.key, datagram)?;
         if beat.cluster != self.cluster || beat.node != self.peer {
             return Err(Dropped::Foreign {
@@ -411,10 +426,29 @@ impl Heartbeats {
                 node: beat.node,
             });
         }
+        Ok(beat)
+    }
+
+    /// Each heartbeat counts once, whichever path brought it first.
+    fn first(&self, beat: Beat) -> Result<Beat, Dropped> {
         if !self.replay.lock().accept(&beat) {
             return Err(Dropped::Replayed);
         }
         Ok(beat)
+    }
+
+    /// The peer numbers its heartbeats and sends each on every path: a gap
+    /// on one path is what that path lost.
+    fn count_on(&self, path: usize, beat: &Beat) {
+        let mut seen = self.seen_on.lock();
+        match seen[path] {
+            Some((boot, seq)) if boot == beat.boot && beat.seq <= seq => return,
+            Some((boot, seq)) if boot == beat.boot => {
+                self.lost.lock()[path] += beat.seq - seq - 1;
+            }
+            _ => {}
+        }
+        seen[path] = Some((beat.boot, beat.seq));
     }
 }
 
@@ -561,6 +595,35 @@ mod tests {
             assert!(rtt < Duration::from_millis(500), "{rtt:?}");
         }
         assert_eq!(*b.peer_dirty.lock(), vec![("app".to_string(), 4096)]);
+    }
+
+    #[test]
+    fn losses_are_counted_per_path_from_the_gaps_in_the_numbers() {
+        let path = |p: u16| NetPath {
+            local: SocketAddr::from(([127, 0, 0, 1], p)),
+            remote: SocketAddr::from(([127, 0, 0, 2], p)),
+        };
+        let h = Heartbeats::new(
+            Key::new(b"0123456789abcdef0123456789abcdef"),
+            "c",
+            "node1",
+            "node2",
+            vec![path(1), path(2)],
+            Duration::from_millis(20),
+        );
+        for s in [1, 2, 5, 6] {
+            h.count_on(0, &beat(s));
+        }
+        for s in 1..=6 {
+            h.count_on(1, &beat(s));
+        }
+        // Late or repeated ones are not losses, and a restarted peer starts
+        // its numbers again.
+        h.count_on(0, &beat(4));
+        let mut b = beat(1);
+        b.boot = 9;
+        h.count_on(0, &b);
+        assert_eq!(*h.lost.lock(), vec![2, 0]);
     }
 
     /// The first version's heartbeat, as a node that predates [`Extra`]

@@ -152,11 +152,13 @@ pub(super) fn publish(
                 .iter()
                 .zip(&heard)
                 .zip(hb.rtt.lock().iter())
-                .map(|((p, h), rtt)| PathStatus {
+                .zip(hb.lost.lock().iter())
+                .map(|(((p, h), rtt), lost)| PathStatus {
                     local: p.local.to_string(),
                     remote: p.remote.to_string(),
                     last_heard_ms: h.map(|t| t.elapsed().as_millis() as u64),
                     rtt_us: rtt.map(|d| d.as_micros() as u64),
+                    lost: *lost,
                 })
                 .collect(),
             heartbeats_sent: load(&c.sent),
