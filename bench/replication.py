@@ -171,6 +171,50 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def counters(pid):
+    """What a process has done so far: CPU seconds (user, system), context
+    switches of its live threads, and read and write system calls."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    cs = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        cs += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    io = {}
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            k, v = line.split(":")
+            io[k] = int(v)
+    return {"user": int(fields[11]) / tick, "sys": int(fields[12]) / tick, "cs": cs,
+            "syscr": io["syscr"], "syscw": io["syscw"]}
+
+
+def since(before, after):
+    return {k: after[k] - before[k] for k in before}
+
+
+class MountOnly:
+    """`tandem mount DIR`: the intercepting mount with nothing replicated,
+    the anchor for what the mount alone costs."""
+
+    def __init__(self, base):
+        self.dir = tempfile.mkdtemp(prefix="tandem-bench-mount-", dir=base)
+        self.proc = subprocess.Popen([TANDEM, "mount", self.dir], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait(lambda: any(f" {self.dir} " in l for l in open("/proc/self/mountinfo")), "mounted")
+
+    def close(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def bench_sync(args):
     rows = []
     # CPU time both daemons spend per GiB of sequential writes: with both
@@ -190,7 +234,9 @@ def bench_sync(args):
     # Page cache the largest case fills: two copies of the sequential file.
     warm = 2 * args.seq_mib + 64
     for name, (fargs, metric, target) in work.items():
-        bare, pair_floor, rep = [], [], []
+        bare, pair_floor, mounted, rep = [], [], [], []
+        # Per daemon (primary, secondary): what one operation cost it.
+        per_op = {"primary": [], "secondary": []}
         for _ in range(args.runs):
             d = tempfile.mkdtemp(prefix="tandem-bench-bare-", dir=args.base)
             fresh_caches(warm)
@@ -206,6 +252,12 @@ def bench_sync(args):
             pair_floor.append(statistics.mean(metric(j) for j in jobs))
             shutil.rmtree(d1)
             shutil.rmtree(d2)
+            m = MountOnly(args.base)
+            try:
+                fresh_caches(warm)
+                mounted.append(metric(fio(m.dir, "mount", fargs)))
+            finally:
+                m.close()
             pair = Pair(args.base)
             try:
                 pair.start(2)
@@ -214,17 +266,36 @@ def bench_sync(args):
                 fresh_caches(warm)
                 pids = [p.pid for p in pair.procs.values()]
                 before = sum(cpu_seconds(p) for p in pids)
-                rep.append(metric(fio(pair.dir(1), "tandem", fargs)))
+                roles = {"primary": pair.procs[1].pid, "secondary": pair.procs[2].pid}
+                start = {r: counters(p) for r, p in roles.items()}
+                job = fio(pair.dir(1), "tandem", fargs)
+                rep.append(metric(job))
                 wait(pair.caught_up, "caught up")
+                # Operations: fsync pairs, or MiB written.
+                ops = job["write"]["total_ios"] if "fdatasync" in name else args.seq_mib
+                for r, p in roles.items():
+                    d = since(start[r], counters(p))
+                    per_op[r].append({k: v / ops for k, v in d.items()})
                 if name.startswith("seqwrite"):
                     used = sum(cpu_seconds(p) for p in pids) - before
                     cpu_per_gib.append(used / (args.seq_mib / 1024))
             finally:
                 pair.close()
         b, t = statistics.median(bare), statistics.median(rep)
-        f = statistics.median(pair_floor)
+        f, mo = statistics.median(pair_floor), statistics.median(mounted)
         print(f"sync {name:28} bare {b:10.1f}  two bare writers at once {f:10.1f} ({f / b:4.2f} of bare)  "
-              f"replicated {t:10.1f}  ratio {t / b:5.2f}  (target {target})", flush=True)
+              f"mount only {mo:10.1f} ({mo / b:4.2f})  replicated {t:10.1f}  ratio {t / b:5.2f}  "
+              f"vs two writers {t / f:5.2f}  (target {target})", flush=True)
+        unit = "fsync pair" if "fdatasync" in name else "MiB"
+        for r, samples in per_op.items():
+            med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+            scale = 1 if unit == "fsync pair" else 1024  # CPU per GiB for throughput
+            print(f"sync   {r} daemon per {unit}: "
+                  f"{med['cs']:.2f} context switches, {med['syscr']:.2f} reads, {med['syscw']:.2f} writes, "
+                  f"CPU user {med['user'] * scale * (1e6 if unit == 'fsync pair' else 1):.1f}"
+                  f"{' us' if unit == 'fsync pair' else ' s/GiB'}, "
+                  f"sys {med['sys'] * scale * (1e6 if unit == 'fsync pair' else 1):.1f}"
+                  f"{' us' if unit == 'fsync pair' else ' s/GiB'}", flush=True)
         rows.append((f"sync: {name}", f"bare {b:.1f}; two bare writers at once {f:.1f} ({f / b:.2f})",
                      f"{t:.1f}", f"{t / b:.2f}", target))
         if cpu_per_gib:
