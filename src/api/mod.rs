@@ -29,19 +29,30 @@ pub struct Api {
     pub audit: Audit,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub stop: Stop,
-    /// The peer's status as last asked, or why it could not be had.
-    pub peer: parking_lot::Mutex<Option<Result<crate::control::Status, String>>>,
+    /// The peer's status as last asked (and when), or why it could not be had.
+    pub peer:
+        parking_lot::Mutex<Option<(std::time::Instant, Result<crate::control::Status, String>)>>,
+    /// When a client last wanted it: nobody watching, nobody asks.
+    pub wanted: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 impl Api {
+    /// The peer's status, unless too old to show (not asked while nobody
+    /// wanted it).
     fn peer_status(&self) -> Option<Result<crate::control::Status, String>> {
-        self.peer.lock().clone()
+        *self.wanted.lock() = Some(std::time::Instant::now());
+        let p = self.peer.lock();
+        p.as_ref()
+            .filter(|(at, _)| at.elapsed() < 3 * PEER_EVERY)
+            .map(|(_, s)| s.clone())
     }
 }
 
 /// How often the peer's status is asked for (over the replication link's
-/// TLS, as `tandem status --on PEER` does).
+/// TLS, as `tandem status --on PEER` does) while clients want it.
 const PEER_EVERY: Duration = Duration::from_secs(1);
+/// How long after the last client's request it is still asked for.
+const PEER_WANTED: Duration = Duration::from_secs(60);
 
 /// Serves the API on `listener` until its stop, and keeps the peer's
 /// status at hand.
@@ -55,6 +66,11 @@ pub fn start(
     stop.task(rt, "api", serve(api.clone(), listener, tls));
     stop.task(rt, "api-peer-status", async move {
         loop {
+            let wanted = api.wanted.lock().is_some_and(|t| t.elapsed() < PEER_WANTED);
+            if !wanted {
+                tokio::time::sleep(PEER_EVERY / 10).await;
+                continue;
+            }
             let (c, peer) = (api.commands.clone(), api.peer_name.clone());
             let asked = tokio::task::spawn_blocking(move || {
                 c(Request::On {
@@ -63,11 +79,12 @@ pub fn start(
                 })
             })
             .await;
-            *api.peer.lock() = Some(match asked {
+            let status = match asked {
                 Ok(a) if a.ok => a.status.ok_or_else(|| "no status in the answer".into()),
                 Ok(a) => Err(a.error.unwrap_or_default()),
                 Err(e) => Err(e.to_string()),
-            });
+            };
+            *api.peer.lock() = Some((std::time::Instant::now(), status));
             tokio::time::sleep(PEER_EVERY).await;
         }
     });

@@ -220,7 +220,7 @@ async fn both(api: &Arc<Api>) -> Value {
     };
     let peer_error = match api.peer_status() {
         Some(Err(e)) => Value::String(e),
-        None => Value::String("not asked yet".into()),
+        None => Value::String("asking the peer".into()),
         Some(Ok(_)) => Value::Null,
     };
     json!({

@@ -236,6 +236,7 @@ pub(super) fn start_api(
         metrics: metrics.clone(),
         stop: stop.clone(),
         peer: Default::default(),
+        wanted: Default::default(),
     });
     crate::api::start(api, listener, tls, rt.handle());
     tracing::info!("API and console on https://{addr}/");
