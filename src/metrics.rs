@@ -88,12 +88,8 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct Seen {
-    states: Vec<(String, String)>,
-    replicated: Vec<(String, u64)>,
-    sent: u64,
-    received: u64,
-    dropped: Vec<(String, u64)>,
-    lost: Vec<(String, u64)>,
+    /// Totals of the status, by what they count.
+    totals: Vec<(String, u64)>,
     resync: Vec<(String, u64, std::time::Instant)>,
 }
 
@@ -225,6 +221,16 @@ impl Metrics {
         }
     }
 
+    /// A module's state changed (counted where it happens: a scrape would
+    /// miss a change and its undoing in between).
+    pub fn state_changed(&self, module: &str) {
+        self.role_changes
+            .get_or_create(&ModuleLabel {
+                module: module.into(),
+            })
+            .inc();
+    }
+
     pub fn check_failed(&self, module: &str) {
         self.check_failures
             .get_or_create(&ModuleLabel {
@@ -273,17 +279,8 @@ impl Metrics {
                 });
                 g.set((m.state == s) as i64);
             }
-            match seen.states.iter_mut().find(|(n, _)| *n == m.name) {
-                Some((_, was)) if *was != m.state => {
-                    self.role_changes.get_or_create(&l).inc();
-                    *was = m.state.clone();
-                }
-                Some(_) => {}
-                None => {
-                    let _ = self.role_changes.get_or_create(&l);
-                    seen.states.push((m.name.clone(), m.state.clone()));
-                }
-            }
+            // Present from the start (counted by `state_changed`).
+            let _ = self.role_changes.get_or_create(&l);
             let c = m.cluster.as_ref();
             self.serving.get_or_create(&l).set(
                 c.is_some_and(|c| c.app_running && matches!(m.state.as_str(), "PRIM" | "ALONE"))
@@ -305,7 +302,11 @@ impl Metrics {
             self.in_flight
                 .get_or_create(&l)
                 .set(r.sent.saturating_sub(r.durable) as i64);
-            let sent = delta(&mut seen.replicated, &m.name, r.bytes_replicated);
+            let sent = delta(
+                &mut seen.totals,
+                &format!("replicated {}", m.name),
+                r.bytes_replicated,
+            );
             self.replicated_bytes.get_or_create(&l).inc_by(sent);
             let (done, total) = (r.resync.bytes_done, r.resync.bytes_total);
             self.resync_done.get_or_create(&l).set(done as i64);
@@ -343,23 +344,24 @@ impl Metrics {
                 if let Some(us) = p.rtt_us {
                     self.rtt.get_or_create(&l).set(us as f64 / 1e6);
                 }
-                let key = format!("{} {}", p.local, p.remote);
-                let d = delta(&mut seen.lost, &key, p.lost);
+                let key = format!("lost {} {}", p.local, p.remote);
+                let d = delta(&mut seen.totals, &key, p.lost);
                 self.lost.get_or_create(&l).inc_by(d);
             }
             self.heartbeats_sent
-                .inc_by(n.heartbeats_sent.saturating_sub(seen.sent));
-            seen.sent = seen.sent.max(n.heartbeats_sent);
-            self.heartbeats_received
-                .inc_by(n.heartbeats_received.saturating_sub(seen.received));
-            seen.received = seen.received.max(n.heartbeats_received);
+                .inc_by(delta(&mut seen.totals, "sent", n.heartbeats_sent));
+            self.heartbeats_received.inc_by(delta(
+                &mut seen.totals,
+                "received",
+                n.heartbeats_received,
+            ));
             for (reason, total) in [
                 ("bad_mac", n.dropped_bad_mac),
                 ("replayed", n.dropped_replayed),
                 ("malformed", n.dropped_malformed),
                 ("foreign", n.dropped_foreign),
             ] {
-                let d = delta(&mut seen.dropped, reason, total);
+                let d = delta(&mut seen.totals, &format!("dropped {reason}"), total);
                 self.heartbeats_dropped
                     .get_or_create(&DropLabels {
                         reason: reason.into(),
@@ -373,14 +375,33 @@ impl Metrics {
 /// How much `total` grew since last seen under `key`.
 fn delta(seen: &mut Vec<(String, u64)>, key: &str, total: u64) -> u64 {
     match seen.iter_mut().find(|(k, _)| k == key) {
+        // A total that went down started again (a new replicator, say):
+        // all of it is new.
+        Some((_, was)) if total < *was => {
+            *was = total;
+            total
+        }
         Some((_, was)) => {
-            let d = total.saturating_sub(*was);
-            *was = (*was).max(total);
+            let d = total - *was;
+            *was = total;
             d
         }
         None => {
             seen.push((key.into(), total));
             total
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_total_that_starts_again_counts_from_zero() {
+        let mut seen = Vec::new();
+        assert_eq!(super::delta(&mut seen, "a", 5), 5);
+        assert_eq!(super::delta(&mut seen, "a", 8), 3);
+        assert_eq!(super::delta(&mut seen, "a", 2), 2, "a new replicator");
+        assert_eq!(super::delta(&mut seen, "a", 4), 2);
+        assert_eq!(super::delta(&mut seen, "b", 1), 1);
     }
 }

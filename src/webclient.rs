@@ -35,11 +35,7 @@ pub fn client(
     let tls = match cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("{}: not a PEM certificate: {e}", cert.display()))?;
-            let k = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+            let (chain, k) = chain_and_key(cert, key)?;
             builder
                 .with_client_auth_cert(chain, k)
                 .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?
@@ -52,6 +48,20 @@ pub fn client(
         .no_proxy()
         .build()
         .map_err(|e| describe(&e))
+}
+
+/// A certificate chain and its private key from PEM files; errors name the
+/// file.
+pub fn chain_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: not a PEM certificate: {e}", cert.display()))?;
+    let k = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    Ok((chain, k))
 }
 
 /// The error with its causes, as one line: reqwest's own says only

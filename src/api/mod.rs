@@ -159,16 +159,11 @@ pub fn tls_config(
     cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
     creds: &crate::replication::tls::Credentials,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let Some((cert, key)) = cert else {
         return creds.server_config_anonymous().map_err(|e| e.to_string());
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("api.cert {}: not a PEM certificate: {e}", cert.display()))?;
-    let k = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("api.key {}: not a PEM private key: {e}", key.display()))?;
+    let (chain, k) =
+        crate::webclient::chain_and_key(cert, key).map_err(|e| format!("api.cert/api.key: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut c = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -98,6 +98,9 @@ impl Managed {
     pub(super) fn feed(&mut self, node: &Node2, ev: Event) -> Option<machine::Reply> {
         let before = (self.machine.state, self.machine.why.clone());
         let out = self.machine.step(node.now(), ev);
+        if self.machine.state != before.0 {
+            node.metrics.state_changed(&self.cfg.name);
+        }
         if (self.machine.state, &self.machine.why) != (before.0, &before.1) {
             let line = format!(
                 "{:?} -> {:?}: {}",

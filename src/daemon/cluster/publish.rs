@@ -122,11 +122,13 @@ pub(super) fn publish(
         .iter()
         .map(|m| (m.cfg.name.clone(), m.machine.view()))
         .collect();
-    *hb.dirty.lock() = modules
+    // Counting dirty bytes reads the change log: once per turn, for both.
+    let statuses: Vec<ModuleStatus> = modules.iter().map(|m| m.status(node)).collect();
+    *hb.dirty.lock() = statuses
         .iter()
-        .filter_map(|m| match &m.replica {
-            Some(Replica::Primary(rep, _)) => Some((m.cfg.name.clone(), rep.status().dirty_bytes)),
-            _ => None,
+        .filter_map(|s| {
+            let r = s.replication.as_ref().filter(|r| r.role == "primary")?;
+            Some((s.name.clone(), r.dirty_bytes))
         })
         .collect();
     *shared.logs.lock() = modules
@@ -142,7 +144,7 @@ pub(super) fn publish(
     *shared.status.lock() = Status {
         cluster: node.settings.cluster.name.clone(),
         pid: std::process::id(),
-        modules: modules.iter().map(|m| m.status(node)).collect(),
+        modules: statuses,
         nodes: Some(NodesStatus {
             node: node.me.name.clone(),
             peer: node.peer.name.clone(),
