@@ -38,6 +38,7 @@ fn hello(module: &str, dirs: u32) -> Message {
         dirs,
         generation: 1,
         verify: false,
+        acks: Default::default(),
     }
 }
 

@@ -51,6 +51,7 @@ fn messages() -> Vec<Message> {
             dirs: 2,
             generation: 7,
             verify: false,
+            acks: Default::default(),
         },
         Message::Mutate {
             seq: 9,

@@ -126,6 +126,7 @@ async fn connect(addr: std::net::SocketAddr, creds: &Credentials) -> Result<(), 
         dirs: 1,
         generation: 1,
         verify: false,
+        acks: Default::default(),
     };
     frame::encode(&hello, Compression::Off, &mut out).unwrap();
     tls.write_all(&out).await.map_err(|e| e.to_string())?;

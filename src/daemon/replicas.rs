@@ -171,7 +171,7 @@ fn hostname() -> Option<String> {
 pub(super) fn compression(c: Compression) -> frame::Compression {
     match c {
         Compression::Off => frame::Compression::Off,
-        Compression::Auto => frame::Compression::Zstd { level: 1 },
+        Compression::Auto => frame::Compression::Auto { level: 1 },
         Compression::Zstd => frame::Compression::Zstd { level: 3 },
     }
 }

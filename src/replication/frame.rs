@@ -13,7 +13,7 @@
 use super::wire::Message;
 
 pub const MAGIC: [u8; 2] = *b"TD";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 8;
 /// Largest payload accepted (a 1 MiB write plus room for its header fields).
 pub const MAX_PAYLOAD: usize = 4 << 20;
@@ -44,6 +44,11 @@ pub enum Compression {
     Zstd {
         level: i32,
     },
+    /// zstd for resynchronisation; live changes only while the link is
+    /// slower than the disks (see `channel::Link`). Encoding compresses.
+    Auto {
+        level: i32,
+    },
 }
 
 /// Appends the frame of `msg` to `out` (serialised in place: no copy of
@@ -59,7 +64,7 @@ pub fn encode(
     let buf = std::mem::take(out);
     *out = postcard::to_extend(msg, buf).map_err(|e| FrameError::Payload(e.to_string()))?;
     let mut flags = 0;
-    if let Compression::Zstd { level } = compression {
+    if let Compression::Zstd { level } | Compression::Auto { level } = compression {
         let plain = &out[body..];
         if plain.len() >= COMPRESS_MIN
             && worth_trying(plain, level)
@@ -187,6 +192,7 @@ mod tests {
                 dirs: 2,
                 generation: 7,
                 verify: false,
+                acks: Default::default(),
             },
             Message::Mutate {
                 seq: 42,

@@ -14,24 +14,41 @@ use super::wire::Message;
 /// How long a peer may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct FrameReader<R> {
-    rd: R,
+/// Bytes read from a connection, cut into frames.
+pub struct Frames {
     buf: Vec<u8>,
     start: usize,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    pub fn new(rd: R) -> Self {
-        Self {
-            rd,
-            buf: Vec::with_capacity(1 << 20),
-            start: 0,
-        }
+impl Default for Frames {
+    fn default() -> Self {
+        Self::with(Vec::new())
+    }
+}
+
+impl Frames {
+    /// Starting from bytes already read.
+    pub fn with(buf: Vec<u8>) -> Self {
+        let mut buf = buf;
+        buf.reserve(1 << 20);
+        Self { buf, start: 0 }
     }
 
-    /// The stream and any bytes read past the last message.
-    pub fn into_parts(self) -> (R, Vec<u8>) {
-        (self.rd, self.buf[self.start..].to_vec())
+    /// The next whole message, if one is buffered; errors name why the
+    /// stream cannot be trusted.
+    pub fn take(&mut self) -> Result<Option<Message>, String> {
+        match frame::decode(&self.buf[self.start..]) {
+            Ok(Some((m, used))) => {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                Ok(Some(m))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// A whole frame is already buffered (no read needed to get it).
@@ -39,32 +56,58 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         frame::is_whole(&self.buf[self.start..])
     }
 
+    /// Where the next read goes: the buffer itself, with room at its end.
+    pub fn room(&mut self) -> &mut Vec<u8> {
+        // Compact only when the consumed part dominates: frames are
+        // large, and moving a partial one on every read costs a copy.
+        if self.start > 0 && self.start >= self.buf.len() - self.start {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.reserve(256 * 1024);
+        &mut self.buf
+    }
+
+    /// The bytes not consumed yet.
+    pub fn into_rest(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
+    }
+}
+
+pub struct FrameReader<R> {
+    rd: R,
+    frames: Frames,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(rd: R) -> Self {
+        Self {
+            rd,
+            frames: Frames::default(),
+        }
+    }
+
+    /// The stream and any bytes read past the last message.
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        (self.rd, self.frames.into_rest())
+    }
+
+    /// A whole frame is already buffered (no read needed to get it).
+    pub fn has_frame(&self) -> bool {
+        self.frames.has_frame()
+    }
+
     /// The next message; errors name why the stream cannot be trusted.
     pub async fn next(&mut self) -> Result<Message, String> {
         loop {
-            match frame::decode(&self.buf[self.start..]) {
-                Ok(Some((m, used))) => {
-                    self.start += used;
-                    if self.start == self.buf.len() {
-                        self.buf.clear();
-                        self.start = 0;
-                    }
-                    return Ok(m);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
+            if let Some(m) = self.frames.take()? {
+                return Ok(m);
             }
-            // Compact only when the consumed part dominates: frames are
-            // large, and moving a partial one on every read costs a copy.
-            if self.start > 0 && self.start >= self.buf.len() - self.start {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            self.buf.reserve(256 * 1024);
             // Into the spare capacity: nothing is zeroed or copied twice.
             let n = self
                 .rd
-                .read_buf(&mut self.buf)
+                .read_buf(self.frames.room())
                 .await
                 .map_err(|e| match e.kind() {
                     std::io::ErrorKind::UnexpectedEof => "connection lost".to_string(),
@@ -98,6 +141,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The stream (nothing may be left unsent).
+    pub fn into_inner(self) -> W {
+        debug_assert!(self.buf.is_empty());
+        self.wr
     }
 
     pub async fn flush(&mut self) -> Result<(), String> {
@@ -160,6 +209,7 @@ pub struct Hello {
     pub dirs: u32,
     pub generation: u64,
     pub verify: bool,
+    pub acks: super::wire::AckAt,
 }
 
 /// Checks a peer's Hello.
@@ -171,6 +221,7 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, String> {
         dirs,
         generation,
         verify,
+        acks,
     } = m
     else {
         return Err("expected Hello as the first message".into());
@@ -208,5 +259,6 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, String> {
         dirs,
         generation,
         verify,
+        acks,
     })
 }

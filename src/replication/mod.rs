@@ -12,6 +12,7 @@
 
 pub mod activity;
 pub mod applier;
+pub mod channel;
 pub mod aside;
 pub mod dir;
 pub mod entry;

@@ -90,7 +90,18 @@ fn subtract(r: Range<u64>, minus: Option<&Vec<Range<u64>>>) -> Vec<Range<u64>> {
     out
 }
 
-pub type Outbound = tokio::sync::mpsc::UnboundedSender<Message>;
+/// Where the primary's messages go: the link to the peer.
+pub trait Outlet: Send + Sync {
+    /// Queues `m`; `now`: someone is about to wait for it, so it goes out
+    /// at once, with everything queued before it.
+    fn send(&self, m: &Message, now: bool) -> Result<(), String>;
+    /// Writes whatever is queued.
+    fn flush(&self) -> Result<(), String>;
+    /// Ends the link; `graceful`: what was queued goes out first.
+    fn close(&self, graceful: bool);
+}
+
+pub type Outbound = Arc<dyn Outlet>;
 
 struct Order {
     next_seq: u64,
@@ -166,6 +177,8 @@ impl Lag {
 
 #[derive(Default)]
 struct Acks {
+    /// What a waiter flushes before it sleeps.
+    outlet: Option<Outbound>,
     conn: u64,
     connected: bool,
     received: u64,
@@ -283,6 +296,7 @@ impl Replicator {
     pub fn attach(&self, tx: Outbound) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut o = self.order.lock();
+        let outlet = tx.clone();
         o.link = Some((conn, tx));
         o.ready = false;
         o.open = Bucket::default();
@@ -296,6 +310,7 @@ impl Replicator {
         *self.lag.lock() = Lag::default();
         let mut a = self.acks.lock();
         *a = Acks {
+            outlet: Some(outlet),
             conn,
             connected: true,
             received: first - 1,
@@ -365,7 +380,9 @@ impl Replicator {
                     self.note_error(format!("change log: {e}"));
                 }
             }
-            o.link = None;
+            if let Some((_, outlet)) = o.link.take() {
+                outlet.close(!failed);
+            }
             o.resync_done = None;
             o.ready = false;
             // Their records stay: the resync ships those files' times.
@@ -382,6 +399,7 @@ impl Replicator {
         let mut a = self.acks.lock();
         if a.conn == conn {
             a.connected = false;
+            a.outlet = None;
         }
         self.acked.notify_all();
     }
@@ -399,12 +417,13 @@ impl Replicator {
         self.order.lock().linked(conn)
     }
 
-    /// An acknowledgement from the peer on connection `conn`.
-    pub fn on_ack(&self, conn: u64, received: u64, applied: u64, durable: u64) {
+    /// An acknowledgement from the peer on connection `conn`; false once
+    /// that connection is no longer the link.
+    pub fn on_ack(&self, conn: u64, received: u64, applied: u64, durable: u64) -> bool {
         {
             let mut a = self.acks.lock();
-            if a.conn != conn {
-                return;
+            if a.conn != conn || !a.connected {
+                return false;
             }
             a.received = a.received.max(received);
             a.applied = a.applied.max(applied);
@@ -413,6 +432,7 @@ impl Replicator {
             self.acked.notify_all();
         }
         self.clear_durable(conn, durable);
+        true
     }
 
     /// Applies the sealed bucket's clears once the peer is durable past it,
@@ -483,6 +503,12 @@ impl Replicator {
         };
         // What the lag bound counts: the data and a rough per-message overhead.
         let bytes = payload + 64;
+        // A durability point goes out at once: the peer's flush overlaps
+        // ours. Anything else waits for one (or for a waiter's flush).
+        let now = matches!(
+            m,
+            WireMutation::Fsync { .. } | WireMutation::Write { sync: true, .. } | WireMutation::Sync
+        );
         let msg = Message::Mutate {
             seq,
             dir,
@@ -490,11 +516,10 @@ impl Replicator {
             mutation: m,
             times,
         };
-        if tx.send(msg).is_err() {
-            // The link's writer has stopped: the link is gone, with the
-            // same consequences as any other loss (new generation, exact
-            // marks), not silently.
-            self.unlink_locked(o, conn, "the link's writer stopped", true);
+        if let Err(e) = tx.send(&msg, now) {
+            // The link is gone, with the same consequences as any other
+            // loss (new generation, exact marks), not silently.
+            self.unlink_locked(o, conn, &format!("sending to the peer: {e}"), true);
             return None;
         }
         o.next_seq += 1;
@@ -592,6 +617,7 @@ impl Replicator {
     fn wait(&self, conn: u64, seq: u64, need: Need) -> Result<(), Errno> {
         let t0 = Instant::now();
         let mut deadline = t0 + self.peer_timeout;
+        let mut flushed = false;
         let mut a = self.acks.lock();
         loop {
             if self.fenced.load(Ordering::SeqCst) {
@@ -612,6 +638,18 @@ impl Replicator {
                     h.observe(t0.elapsed().as_secs_f64());
                 }
                 return Ok(());
+            }
+            if let Some(outlet) = a.outlet.clone().filter(|_| !flushed) {
+                // What is waited for may still be queued: out with it
+                // before sleeping (once per wait; the lock is not held).
+                flushed = true;
+                drop(a);
+                if let Err(e) = outlet.flush() {
+                    self.detach(conn, &format!("sending to the peer: {e}"));
+                    return self.without_peer(need);
+                }
+                a = self.acks.lock();
+                continue;
             }
             crate::fs::blocking();
             if self.acked.wait_until(&mut a, deadline).timed_out() {
@@ -1155,12 +1193,18 @@ impl Replicator {
         let seq = o.next_seq - 1;
         o.resync_done = Some(seq);
         let Some((_, tx)) = &o.link else { return false };
-        tx.send(Message::ResyncDone {
+        let done = Message::ResyncDone {
             seq,
             generation: generation.current,
             history: generation.history,
-        })
-        .is_ok()
+        };
+        match tx.send(&done, true) {
+            Ok(()) => true,
+            Err(e) => {
+                self.unlink_locked(&mut o, conn, &format!("sending to the peer: {e}"), true);
+                false
+            }
+        }
     }
 
     pub fn progress(&self) -> parking_lot::MutexGuard<'_, ResyncProgress> {
@@ -1291,6 +1335,17 @@ impl MutationSink for ReplicatingSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The messages sent, in a channel the test reads.
+    impl Outlet for tokio::sync::mpsc::UnboundedSender<Message> {
+        fn send(&self, m: &Message, _now: bool) -> Result<(), String> {
+            tokio::sync::mpsc::UnboundedSender::send(self, m.clone()).map_err(|_| "closed".into())
+        }
+        fn flush(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn close(&self, _graceful: bool) {}
+    }
     use crate::changelog::{ChangeLog, MemChangeLog};
     use std::ops::Range;
     use std::sync::atomic::AtomicBool;
@@ -1405,7 +1460,7 @@ mod tests {
     /// Attaches a link whose peer is current (resync done, all durable).
     fn current_link(rep: &Replicator) -> (u64, tokio::sync::mpsc::UnboundedReceiver<Message>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = rep.attach(tx);
+        let conn = rep.attach(Arc::new(tx));
         let mut o = rep.order.lock();
         o.ready = true;
         o.resync_done = Some(0);
@@ -1610,7 +1665,7 @@ mod tests {
         let q = quorum.clone();
         rep.set_alone_check(Arc::new(move || q.load(Ordering::SeqCst)));
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = rep.attach(tx);
+        let conn = rep.attach(Arc::new(tx));
         // The peer never acknowledges seq 1; without quorum the call keeps
         // waiting past peer_timeout rather than being acknowledged alone.
         let waiter = {
@@ -1628,7 +1683,7 @@ mod tests {
         let q = quorum.clone();
         rep.set_alone_check(Arc::new(move || q.load(Ordering::SeqCst)));
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = rep.attach(tx);
+        let conn = rep.attach(Arc::new(tx));
         quorum.store(true, Ordering::SeqCst);
         let t = Instant::now();
         assert_eq!(rep.wait(conn, 1, Need::Applied), Ok(()));
@@ -1641,7 +1696,7 @@ mod tests {
         let q = quorum.clone();
         rep.set_alone_check(Arc::new(move || q.load(Ordering::SeqCst)));
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = rep.attach(tx);
+        let conn = rep.attach(Arc::new(tx));
         quorum.store(false, Ordering::SeqCst);
         rep.detach(conn, "the session ended");
         assert_eq!(rep.wait(conn, 1, Need::Lag(WINDOW)), Ok(()));

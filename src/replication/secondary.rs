@@ -19,12 +19,13 @@ use crate::stop::Stop;
 use super::applier::Applier;
 use super::dir::Dir;
 use super::frame::Compression;
-use super::link::{Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::channel::Channel;
+use super::link::{Expect, FrameReader, FrameWriter, Frames, HELLO_TIMEOUT, check_hello};
 use super::resync;
 use super::session::KEEPALIVE;
 use super::status::{ReplicationStatus, ResyncProgress};
 use super::tls::Credentials;
-use super::wire::{Message, WireMutation};
+use super::wire::{AckAt, Message, WireMutation};
 
 /// How long applied changes may stay in the page cache only.
 const SYNC_EVERY: Duration = Duration::from_millis(500);
@@ -182,10 +183,10 @@ impl SecondaryServer {
             r = self.open(tcp, addr) => r?,
             () = stop.stopped() => return Err("this node stops".into()),
         };
-        let Some((module, reader, writer)) = opened else {
+        let Some((module, reader, writer, acks)) = opened else {
             return Ok(());
         };
-        let r = session(module.clone(), reader, writer, stop).await;
+        let r = session(module.clone(), reader, writer, acks, stop).await;
         module.state.lock().connected = false;
         r
     }
@@ -236,9 +237,9 @@ impl SecondaryServer {
                     "module {module}: peer replicates {dirs} directories, this node {have}"
                 ));
             }
-            Ok((m, h.verify))
+            Ok((m, h.verify, h.acks))
         });
-        let (module, verify) = match checked {
+        let (module, verify, acks) = match checked {
             Ok(m) => m,
             Err(reason) => {
                 let _ = writer
@@ -258,6 +259,7 @@ impl SecondaryServer {
                 dirs: module.logs.len() as u32,
                 generation,
                 verify,
+                acks: Default::default(),
             })
             .await?;
         if verify {
@@ -271,7 +273,7 @@ impl SecondaryServer {
             module.name,
             self.creds.peer
         );
-        Ok(Some((module, reader, writer)))
+        Ok(Some((module, reader, writer, acks)))
     }
 }
 
@@ -280,6 +282,7 @@ type Opened = (
     Arc<SecondaryModule>,
     FrameReader<tokio::io::ReadHalf<Tls>>,
     FrameWriter<tokio::io::WriteHalf<Tls>>,
+    AckAt,
 );
 
 async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
@@ -325,95 +328,28 @@ async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
     writer.flush().await
 }
 
-async fn session<R, W>(
+/// Runs a session on a thread of its own: it reads, applies, makes durable
+/// and acknowledges, with no hand-off between those steps.
+async fn session(
     module: Arc<SecondaryModule>,
-    mut reader: FrameReader<R>,
-    writer: FrameWriter<W>,
+    reader: FrameReader<tokio::io::ReadHalf<Tls>>,
+    writer: FrameWriter<tokio::io::WriteHalf<Tls>>,
+    acks: AckAt,
     stop: &Stop,
-) -> Result<(), String>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<(), String> {
     let id = module.session.fetch_add(1, Ordering::SeqCst) + 1;
-    let counters = Arc::new(Counters::default());
-    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (apply_tx, apply_rx) = mpsc::channel::<Message>();
-    let mut pump = tokio::spawn(writer.pump(out_rx));
-    let thread_module = module.clone();
-    let thread_counters = counters.clone();
-    let thread_out = out_tx.clone();
-    let stopped = Arc::new(tokio::sync::Notify::new());
-    let thread_stopped = stopped.clone();
-    let applier = std::thread::Builder::new()
-        .name(format!("apply-{}", module.name))
-        .spawn(move || {
-            apply_loop(&thread_module, id, apply_rx, &thread_counters, &thread_out);
-            drop(thread_out);
-            thread_stopped.notify_one();
-        })
-        .map_err(|e| format!("cannot start the applier: {e}"))?;
-    let mut last_seq = None::<u64>;
-    let mut pump_done = false;
-    // Watched once for the whole loop: not a new watch per frame.
-    let stopping = stop.stopped();
-    tokio::pin!(stopping);
-    let why = loop {
-        tokio::select! {
-            m = reader.next() => match m {
-                Err(e) => break e,
-                Ok(Message::Close { reason }) => break format!("primary closed the link: {reason}"),
-                Ok(m @ Message::Mutate { .. }) => {
-                    let Message::Mutate { seq, .. } = &m else { unreachable!() };
-                    if let Some(prev) = last_seq && *seq != prev + 1 {
-                        break format!("out of order: seq {seq} after {prev}");
-                    }
-                    last_seq = Some(*seq);
-                    counters.received.store(*seq, Ordering::Release);
-                    if apply_tx.send(m).is_err() {
-                        break "applier stopped".into();
-                    }
-                    if !reader.has_frame() {
-                        let _ = out_tx.send(ack(&counters));
-                    }
-                }
-                Ok(m @ Message::ResyncDone { .. }) => {
-                    if apply_tx.send(m).is_err() {
-                        break "applier stopped".into();
-                    }
-                }
-                Ok(other) => break format!("unexpected message from the primary: {}", other.kind()),
-            },
-            r = &mut pump => {
-                pump_done = true;
-                break match r {
-                    Ok(Ok(())) => "link dropped".into(),
-                    Ok(Err(e)) => e,
-                    Err(e) => e.to_string(),
-                }
-            }
-            _ = stopped.notified() => break module
-                .state
-                .lock()
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "applier stopped".into()),
-            () = &mut stopping => break "this node stops".into(),
-        }
-    };
-    drop(apply_tx);
-    // The applier finishes what it has, makes it durable and stops; its
-    // last words (an ack, or why it stopped) still go out.
-    let _ = tokio::task::spawn_blocking(move || applier.join()).await;
-    drop(out_tx);
-    if !pump_done
-        && tokio::time::timeout(Duration::from_secs(2), &mut pump)
-            .await
-            .is_err()
-    {
-        pump.abort();
-    }
-    Err(why)
+    let (rd, rest) = reader.into_parts();
+    let (tcp, tls) = rd.unsplit(writer.into_inner()).into_inner();
+    let channel = Channel::from_tokio(tcp, tls, HELLO_TIMEOUT)?;
+    let stop = stop.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = serve(&module, id, &channel, Frames::with(rest), acks, &stop);
+        // Its last words (an ack, or why it stopped) go out first.
+        channel.close(true);
+        r
+    })
+    .await
+    .map_err(|e| format!("applier: {e}"))?
 }
 
 fn ack(c: &Counters) -> Message {
@@ -424,6 +360,10 @@ fn ack(c: &Counters) -> Message {
     }
 }
 
+fn send_ack(channel: &Channel, c: &Counters) -> Result<(), String> {
+    channel.send(&ack(c), Compression::Off, true)
+}
+
 fn sync_all(applier: &mut Applier) -> Result<(), String> {
     // A sync covers every directory of the module.
     applier
@@ -431,17 +371,19 @@ fn sync_all(applier: &mut Applier) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn apply_loop(
+/// A session: why it ended.
+fn serve(
     module: &SecondaryModule,
     id: u64,
-    rx: mpsc::Receiver<Message>,
-    c: &Counters,
-    out: &tokio::sync::mpsc::UnboundedSender<Message>,
-) {
+    channel: &Channel,
+    frames: Frames,
+    acks: AckAt,
+    stop: &Stop,
+) -> Result<(), String> {
     // Waits for the previous session's applier, if any, to let go.
     let mut applier = module.applier.lock();
     if module.session.load(Ordering::SeqCst) != id {
-        return;
+        return Err("session replaced".into());
     }
     {
         let mut s = module.state.lock();
@@ -449,55 +391,50 @@ fn apply_loop(
         s.uptodate = false;
         s.last_error = None;
     }
-    let mut applied = 0u64;
-    let mut durable = 0u64;
-    let mut requested = 0u64;
-    let mut last_sync = Instant::now();
-    // syncfs runs on a thread of its own so applying never waits for the disk.
+    let sync_fds = applier.sync_handles().map_err(|e| {
+        let why = format!("cannot open the directories to sync them: {e}");
+        tracing::error!("{}: {why}", module.name);
+        why
+    })?;
+    let c = Counters::default();
+    // syncfs runs on a thread of its own so applying never waits for it.
     let (sync_tx, sync_rx) = mpsc::channel::<u64>();
-    let sync_fds = match applier.sync_handles() {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(
-                "{}: cannot open the directories to sync them: {e}",
-                module.name
-            );
-            return;
-        }
-    };
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| syncer(sync_rx, sync_fds, c, out));
-        apply_session(
+    let why = std::thread::scope(|scope| {
+        let handle = scope.spawn(|| syncer(sync_rx, sync_fds, &c, channel));
+        let mut session = Applying {
             module,
             id,
-            &rx,
-            c,
-            out,
-            &mut applier,
-            &sync_tx,
-            &mut applied,
-            &mut durable,
-            &mut requested,
-            &mut last_sync,
-        );
+            channel,
+            acks,
+            c: &c,
+            applier: &mut applier,
+            sync_tx: &sync_tx,
+            applied: 0,
+            requested: 0,
+            last_sync: Instant::now(),
+            last_ack: Instant::now(),
+            unacked: 0,
+            owed: false,
+            done_at: None,
+            adopt: None,
+        };
+        let why = session.run(frames, stop);
         // Closing the channel ends the syncer once its last syncfs is done.
         drop(sync_tx);
         let _ = handle.join();
+        why
     });
     // Whatever was applied since the last sync is made durable before leaving.
+    let applied = c.applied.load(Ordering::Acquire);
     if applied > c.durable.load(Ordering::Acquire) && sync_all(&mut applier).is_ok() {
         c.durable.store(applied, Ordering::Release);
-        let _ = out.send(ack(c));
+        let _ = send_ack(channel, &c);
     }
+    Err(why)
 }
 
 /// Makes everything up to the latest requested seq durable, then says so.
-fn syncer(
-    rx: mpsc::Receiver<u64>,
-    fds: Vec<std::os::fd::OwnedFd>,
-    c: &Counters,
-    out: &tokio::sync::mpsc::UnboundedSender<Message>,
-) {
+fn syncer(rx: mpsc::Receiver<u64>, fds: Vec<std::os::fd::OwnedFd>, c: &Counters, channel: &Channel) {
     while let Ok(mut seq) = rx.recv() {
         while let Ok(s) = rx.try_recv() {
             seq = s;
@@ -510,46 +447,57 @@ fn syncer(
             return;
         }
         c.durable.fetch_max(seq, Ordering::AcqRel);
-        let _ = out.send(ack(c));
+        let _ = send_ack(channel, c);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply_session(
-    module: &SecondaryModule,
+/// Applied bytes (plus a little per change) after which the secondary
+/// acknowledges even without a durability point: the primary's window and
+/// the resync's lag bound move on them.
+const ACK_BYTES: u64 = 4 << 20;
+
+/// The state of one session on the secondary.
+struct Applying<'a> {
+    module: &'a SecondaryModule,
     id: u64,
-    rx: &mpsc::Receiver<Message>,
-    c: &Counters,
-    out: &tokio::sync::mpsc::UnboundedSender<Message>,
-    applier: &mut Applier,
-    sync_tx: &mpsc::Sender<u64>,
-    applied: &mut u64,
-    durable: &mut u64,
-    requested: &mut u64,
-    last_sync: &mut Instant,
-) {
-    let mut last_ack = Instant::now();
-    let mut done_at: Option<u64> = None;
-    let mut adopt: Option<crate::changelog::Generation> = None;
-    let fail = |why: String| {
-        tracing::error!("{}: {why}", module.name);
-        module.state.lock().last_error = Some(why.clone());
-        let _ = out.send(Message::Close { reason: why });
-    };
-    'session: loop {
-        if module.session.load(Ordering::SeqCst) != id {
-            fail("session replaced (full sync requested, or a newer connection)".into());
-            break;
-        }
-        let first = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(m) => Some(m),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let idle = first.is_none();
-        let mut next = first;
-        // Apply everything queued, then acknowledge once.
-        while let Some(msg) = next.take() {
+    channel: &'a Channel,
+    acks: AckAt,
+    c: &'a Counters,
+    applier: &'a mut Applier,
+    sync_tx: &'a mpsc::Sender<u64>,
+    applied: u64,
+    requested: u64,
+    last_sync: Instant,
+    last_ack: Instant,
+    /// Applied since the last ack: bytes, and whether the primary waits
+    /// for something among them.
+    unacked: u64,
+    owed: bool,
+    done_at: Option<u64>,
+    adopt: Option<crate::changelog::Generation>,
+}
+
+impl Applying<'_> {
+    /// Reads and applies until the session ends; why it ended.
+    fn run(&mut self, mut frames: Frames, stop: &Stop) -> String {
+        let mut last_seq = None::<u64>;
+        loop {
+            if self.module.session.load(Ordering::SeqCst) != self.id {
+                return self.fail("session replaced (full sync requested, or a newer connection)".into());
+            }
+            if stop.is_stopped() {
+                return "this node stops".into();
+            }
+            let msg = match self.channel.recv(&mut frames, Duration::from_millis(100)) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    if let Err(why) = self.after_batch(true) {
+                        return why;
+                    }
+                    continue;
+                }
+                Err(e) => return e,
+            };
             match msg {
                 Message::Mutate {
                     seq,
@@ -558,78 +506,128 @@ fn apply_session(
                     mutation,
                     times,
                 } => {
-                    let n = match &mutation {
-                        WireMutation::Write { data, .. } => data.len() as u64,
-                        _ => 0,
-                    };
-                    let r = applier.apply(dir, &mutation, resync, &times);
-                    if let Err(e) = r {
-                        fail(format!("cannot apply seq {seq}: {e}"));
-                        break 'session;
+                    if let Some(prev) = last_seq
+                        && seq != prev + 1
+                    {
+                        return format!("out of order: seq {seq} after {prev}");
                     }
-                    if matches!(mutation, WireMutation::Sync) {
-                        c.durable.fetch_max(seq, Ordering::AcqRel);
+                    last_seq = Some(seq);
+                    if let Err(why) = self.apply(seq, dir, resync, &mutation, &times) {
+                        return why;
                     }
-                    *applied = seq;
-                    c.applied.store(seq, Ordering::Release);
-                    let mut s = module.state.lock();
-                    s.applied = seq;
-                    s.bytes += n;
                 }
                 Message::ResyncDone {
                     seq,
                     generation,
                     history,
                 } => {
-                    done_at = Some(seq);
-                    adopt = Some(crate::changelog::Generation {
+                    self.done_at = Some(seq);
+                    self.adopt = Some(crate::changelog::Generation {
                         current: generation,
                         history,
                     });
                 }
-                _ => {}
+                Message::Close { reason } => return format!("primary closed the link: {reason}"),
+                other => return format!("unexpected message from the primary: {}", other.kind()),
             }
-            if last_sync.elapsed() >= SYNC_EVERY {
-                break;
+            // Everything already here is applied, then acknowledged once.
+            if frames.has_frame() && self.last_sync.elapsed() < SYNC_EVERY {
+                continue;
             }
-            next = rx.try_recv().ok();
+            if let Err(why) = self.after_batch(false) {
+                return why;
+            }
         }
-        if *applied > *requested && (idle || last_sync.elapsed() >= SYNC_EVERY) {
+    }
+
+    fn fail(&self, why: String) -> String {
+        tracing::error!("{}: {why}", self.module.name);
+        self.module.state.lock().last_error = Some(why.clone());
+        let _ = self
+            .channel
+            .send(&Message::Close { reason: why.clone() }, Compression::Off, true);
+        why
+    }
+
+    fn apply(
+        &mut self,
+        seq: u64,
+        dir: u32,
+        resync: bool,
+        mutation: &WireMutation,
+        times: &[(Vec<u8>, super::wire::Time)],
+    ) -> Result<(), String> {
+        self.c.received.store(seq, Ordering::Release);
+        // What the primary may be waiting for.
+        let point = matches!(
+            mutation,
+            WireMutation::Fsync { .. } | WireMutation::Write { sync: true, .. } | WireMutation::Sync
+        );
+        if point && self.acks == AckAt::Received {
+            send_ack(self.channel, self.c)?;
+            self.last_ack = Instant::now();
+        }
+        let n = match mutation {
+            WireMutation::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        };
+        if let Err(e) = self.applier.apply(dir, mutation, resync, times) {
+            return Err(self.fail(format!("cannot apply seq {seq}: {e}")));
+        }
+        if matches!(mutation, WireMutation::Sync) {
+            self.c.durable.fetch_max(seq, Ordering::AcqRel);
+        }
+        self.applied = seq;
+        self.c.applied.store(seq, Ordering::Release);
+        self.unacked += n + 64;
+        self.owed |= point && self.acks == AckAt::Applied || self.acks == AckAt::Batch;
+        let mut s = self.module.state.lock();
+        s.applied = seq;
+        s.bytes += n;
+        Ok(())
+    }
+
+    /// After a batch (or an idle spell): asks for a syncfs when one is
+    /// due, finishes a resync that became durable, and acknowledges when
+    /// the primary waits for it, enough piled up, or to say it is alive.
+    fn after_batch(&mut self, idle: bool) -> Result<(), String> {
+        if self.applied > self.requested && (idle || self.last_sync.elapsed() >= SYNC_EVERY) {
             // The syncfs makes everything applied durable, times included.
-            if let Err(e) = applier.settle_times() {
-                fail(format!("cannot apply seq {applied}: {e}"));
-                break;
+            if let Err(e) = self.applier.settle_times() {
+                return Err(self.fail(format!("cannot apply seq {}: {e}", self.applied)));
             }
-            if sync_tx.send(*applied).is_err() {
-                fail("cannot make applied changes durable (syncfs failed)".into());
-                break;
+            if self.sync_tx.send(self.applied).is_err() {
+                return Err(self.fail("cannot make applied changes durable (syncfs failed)".into()));
             }
-            *requested = *applied;
-            *last_sync = Instant::now();
+            self.requested = self.applied;
+            self.last_sync = Instant::now();
         }
-        *durable = c.durable.load(Ordering::Acquire);
-        if let Some(seq) = done_at
-            && *durable >= seq
+        let durable = self.c.durable.load(Ordering::Acquire);
+        if let Some(seq) = self.done_at
+            && durable >= seq
         {
-            done_at = None;
-            for log in &module.logs {
+            self.done_at = None;
+            for log in &self.module.logs {
                 if let Err(e) = resync::clear_all(log.as_ref()) {
-                    fail(format!("change log: {e}"));
+                    return Err(self.fail(format!("change log: {e}")));
                 }
                 // Same data as the primary now: same generation.
-                if let Some(g) = &adopt
+                if let Some(g) = &self.adopt
                     && let Err(e) = log.adopt_generation(g)
                 {
-                    fail(format!("change log: {e}"));
+                    return Err(self.fail(format!("change log: {e}")));
                 }
             }
-            module.state.lock().uptodate = true;
-            tracing::info!("{}: up to date with the primary", module.name);
+            self.module.state.lock().uptodate = true;
+            tracing::info!("{}: up to date with the primary", self.module.name);
         }
-        module.state.lock().durable = *durable;
-        if !idle || last_ack.elapsed() >= KEEPALIVE / 2 {
-            let _ = out.send(ack(c));
-            last_ack = Instant::now();
+        self.module.state.lock().durable = durable;
+        if self.owed || self.unacked >= ACK_BYTES || self.last_ack.elapsed() >= KEEPALIVE / 2 {
+            send_ack(self.channel, self.c)?;
+            self.last_ack = Instant::now();
+            self.unacked = 0;
+            self.owed = false;
         }
+        Ok(())
     }
 }

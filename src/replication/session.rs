@@ -10,12 +10,16 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::channel::{Channel, Link};
 use super::frame::Compression;
-use super::link::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::link::{
+    Connector, Expect, FrameReader, FrameWriter, Frames, HELLO_TIMEOUT, check_hello,
+};
 use super::primary::Replicator;
 use super::resync::{self, Diverged};
 use super::tls::Credentials;
-use super::wire::{Message, checked_path, checked_path_or_root};
+use super::wire::{AckAt, Message, checked_path, checked_path_or_root};
+use crate::config::Ack;
 use crate::stop::Stop;
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -29,8 +33,8 @@ pub const MAX_RETRY: Duration = Duration::from_secs(5);
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 /// How often the times of files written and left open go to the peer.
 pub const TIMES_EVERY: Duration = Duration::from_millis(500);
-/// How long a closed link's writer may take to send what was queued.
-const PUMP_GRACE: Duration = Duration::from_secs(1);
+/// The longest a change no durability point asked for stays queued.
+const BACKSTOP: Duration = Duration::from_millis(5);
 
 pub struct PrimaryLink {
     pub rep: Arc<Replicator>,
@@ -100,11 +104,11 @@ impl PrimaryLink {
     async fn session(&self, stop: &Stop) -> Result<(), String> {
         // Until streaming starts nothing runs beside this future: a stop
         // ends it at its next step (nothing is attached to the replicator).
-        let (mut reader, writer, diverged) = tokio::select! {
+        let (reader, writer, diverged) = tokio::select! {
             r = self.open() => r?,
             () = stop.stopped() => return Err("stopped before streaming".into()),
         };
-        self.stream(stop, &mut reader, writer, diverged).await
+        self.stream(stop, reader, writer, diverged).await
     }
 
     /// Connects, introduces both sides and compares if asked: what streaming
@@ -143,6 +147,11 @@ impl PrimaryLink {
                 dirs: rep.dirs.len() as u32,
                 generation,
                 verify: false,
+                acks: match rep.ack {
+                    Ack::Durable => AckAt::Applied,
+                    Ack::Received => AckAt::Received,
+                    Ack::Async => AckAt::Batch,
+                },
             })
             .await?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
@@ -202,54 +211,87 @@ impl PrimaryLink {
     async fn stream(
         &self,
         stop: &Stop,
-        reader: &mut FrameReader<Rd>,
+        reader: FrameReader<Rd>,
         writer: FrameWriter<Wr>,
         diverged: Vec<Diverged>,
     ) -> Result<(), String> {
         let rep = &self.rep;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = rep.attach(tx);
+        // From here on the application's threads send, and one thread reads
+        // the acknowledgements: no task stands between them and the socket.
+        let (rd, rest) = reader.into_parts();
+        let (tcp, tls) = rd.unsplit(writer.into_inner()).into_inner();
+        let channel = Arc::new(Channel::from_tokio(tcp, tls, rep.peer_timeout)?);
+        let conn = rep.attach(Arc::new(Link::new(channel.clone(), self.compression)));
         rep.keep_times(conn, TIMES_EVERY, stop);
         tracing::info!("{}: connected to {}", rep.module, self.creds.peer);
-        let mut pump = tokio::spawn(writer.pump(rx));
         let resync_rep = rep.clone();
         let resync = tokio::task::spawn_blocking(move || resync::run(&resync_rep, conn, diverged));
         let idle = rep.peer_timeout.max(KEEPALIVE * 3);
-        // Watched once for the whole loop: not a new watch per frame.
-        let stopping = stop.stopped();
-        tokio::pin!(stopping);
-        let why = loop {
-            tokio::select! {
-                m = tokio::time::timeout(idle, reader.next()) => match m {
-                    Err(_) => break format!("peer silent for {} ms", idle.as_millis()),
-                    Ok(Err(e)) => break e,
-                    Ok(Ok(Message::Ack { received, applied, durable })) => {
-                        rep.on_ack(conn, received, applied, durable)
-                    }
-                    Ok(Ok(Message::Close { reason })) => break format!("peer closed the link: {reason}"),
-                    Ok(Ok(other)) => break format!("unexpected message from the peer: {}", other.kind()),
-                },
-                r = &mut pump => break match r {
-                    Ok(Ok(())) => "link dropped".to_string(),
-                    Ok(Err(e)) => e,
-                    Err(e) => e.to_string(),
-                },
-                () = &mut stopping => break "the link was stopped".to_string(),
-            }
-        };
+        let (acks_rep, acks_channel, acks_stop) = (rep.clone(), channel.clone(), stop.clone());
+        let why = tokio::task::spawn_blocking(move || {
+            let frames = Frames::with(rest);
+            read_acks(&acks_rep, conn, &acks_channel, frames, &acks_stop, idle)
+        })
+        .await
+        .unwrap_or_else(|e| format!("the acknowledgement reader: {e}"));
+        // Detached, the replicator sends nothing more; the connection goes
+        // with it (closed already if the link was closed on purpose).
         rep.detach(conn, &why);
-        // Detached, the replicator sends nothing more: the writer ends once
-        // what was queued is out. One stuck on a peer that stopped reading
-        // is given up with the connection.
-        if !pump.is_finished() && tokio::time::timeout(PUMP_GRACE, &mut pump).await.is_err() {
-            pump.abort();
-        }
+        channel.close(false);
         match resync.await {
             Ok(Err(e)) => tracing::info!("{e}"),
             Err(e) => tracing::error!("{}: resync task: {e}", rep.module),
             Ok(Ok(())) => {}
         }
         Err(why)
+    }
+}
+
+/// Reads the peer's acknowledgements until the link ends, and says why it
+/// ended. Also the backstop of the sends no durability point asked for.
+fn read_acks(
+    rep: &Replicator,
+    conn: u64,
+    channel: &Channel,
+    mut frames: Frames,
+    stop: &Stop,
+    idle: Duration,
+) -> String {
+    let mut heard = std::time::Instant::now();
+    let mut wait = BACKSTOP;
+    loop {
+        if stop.is_stopped() {
+            return "the link was stopped".into();
+        }
+        match channel.recv(&mut frames, wait) {
+            Ok(Some(Message::Ack {
+                received,
+                applied,
+                durable,
+            })) => {
+                heard = std::time::Instant::now();
+                if !rep.on_ack(conn, received, applied, durable) {
+                    return "link dropped".into();
+                }
+            }
+            Ok(Some(Message::Close { reason })) => return format!("peer closed the link: {reason}"),
+            Ok(Some(other)) => {
+                return format!("unexpected message from the peer: {}", other.kind());
+            }
+            Ok(None) => {
+                if heard.elapsed() >= idle {
+                    return format!("peer silent for {} ms", idle.as_millis());
+                }
+                if !rep.is_attached(conn) {
+                    return "link dropped".into();
+                }
+            }
+            Err(e) => return e,
+        }
+        wait = match channel.backstop(BACKSTOP) {
+            Ok(w) => w,
+            Err(e) => return e,
+        };
     }
 }
 

@@ -210,6 +210,7 @@ pub async fn connect(
             dirs: rep.dirs.len() as u32,
             generation: 0,
             verify: true,
+            acks: Default::default(),
         })
         .await?;
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())

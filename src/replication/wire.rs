@@ -23,6 +23,8 @@ pub enum Message {
         dirs: u32,
         generation: u64,
         verify: bool,
+        /// From the primary: when the secondary acknowledges.
+        acks: AckAt,
     },
     /// Target to source, after Hello: names and ranges that may differ because
     /// the target changed them itself (it served alone before). Sent in parts;
@@ -83,6 +85,21 @@ pub enum Message {
     Control { request: String },
     /// The answer to [`Message::Control`], in its JSON form.
     ControlReply { response: String },
+}
+
+/// When the secondary acknowledges what it was sent: what the primary's
+/// ack mode waits for. Whatever the mode, it also acknowledges every few
+/// MiB applied, each syncfs, and when idle, so lag and change-log clears
+/// keep moving.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckAt {
+    /// After every batch applied (`async`: the lag counts applied bytes).
+    #[default]
+    Batch,
+    /// As soon as a durability point is read (`received`).
+    Received,
+    /// Once a durability point is applied (`durable`).
+    Applied,
 }
 
 impl Message {

@@ -1,0 +1,360 @@
+//! A replication stream driven by the threads that use it. The handshake and
+//! the introductions run on the runtime; then the connection is handed to
+//! plain threads: a sender encodes, encrypts and writes on its own thread
+//! (the application's, on the primary), and a receiver reads, decrypts and
+//! decodes on its own. On the sync path every hand-off to another thread or
+//! task is a wake-up, and a wake-up costs more than the work it hands over.
+//!
+//! Sends are queued in the TLS layer until a durability point asks for them
+//! (or enough piled up, or the receiver's backstop finds them old), so a
+//! write and the fsync after it leave in one segment.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::frame::{self, Compression};
+use super::link::Frames;
+use super::wire::Message;
+
+/// Queued bytes beyond this go out without waiting for a durability point.
+const FLUSH_AT: usize = 256 << 10;
+
+pub struct Channel {
+    sock: TcpStream,
+    state: Mutex<State>,
+    /// How long a send may find no room before the peer counts as stuck.
+    patience: Duration,
+}
+
+struct State {
+    tls: rustls::Connection,
+    /// Plaintext a sender read while it waited for room: the receiver's.
+    early: Vec<u8>,
+    /// Bytes queued in the TLS layer, and since when.
+    queued: usize,
+    since: Option<Instant>,
+    last_send: Option<Instant>,
+    scratch: Vec<u8>,
+    /// Why the channel cannot be used any more.
+    broken: Option<String>,
+    /// Time senders spent waiting for room in the socket.
+    waited: Duration,
+}
+
+impl Channel {
+    /// Takes over a connection the runtime opened: its socket, its TLS
+    /// state, and the plaintext already read past the last message (which
+    /// goes back to the receiver's `Frames`).
+    pub fn from_tokio(
+        tcp: tokio::net::TcpStream,
+        tls: impl Into<rustls::Connection>,
+        patience: Duration,
+    ) -> Result<Self, String> {
+        let sock = tcp
+            .into_std()
+            .map_err(|e| format!("taking over the connection: {e}"))?;
+        Self::new(sock, tls, patience).map_err(|e| format!("taking over the connection: {e}"))
+    }
+
+    /// Takes over a connection whose handshake is done.
+    pub fn new(
+        sock: TcpStream,
+        tls: impl Into<rustls::Connection>,
+        patience: Duration,
+    ) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        let mut tls = tls.into();
+        // The queue is bounded by when it is flushed, not by rustls.
+        tls.set_buffer_limit(None);
+        Ok(Self {
+            sock,
+            state: Mutex::new(State {
+                tls,
+                early: Vec::new(),
+                queued: 0,
+                since: None,
+                last_send: None,
+                scratch: Vec::with_capacity(64 << 10),
+                broken: None,
+                waited: Duration::ZERO,
+            }),
+            patience,
+        })
+    }
+
+    /// Queues `m`; with `now`, writes it and everything queued before it.
+    pub fn send(&self, m: &Message, compression: Compression, now: bool) -> Result<(), String> {
+        let mut s = self.state.lock();
+        if let Some(e) = &s.broken {
+            return Err(e.clone());
+        }
+        let st = &mut *s;
+        st.scratch.clear();
+        frame::encode(m, compression, &mut st.scratch).map_err(|e| e.to_string())?;
+        st.tls
+            .writer()
+            .write_all(&st.scratch)
+            .map_err(|e| format!("TLS: {e}"))?;
+        st.queued += st.scratch.len();
+        let t = Instant::now();
+        st.since.get_or_insert(t);
+        st.last_send = Some(t);
+        if st.scratch.capacity() > 4 << 20 {
+            // One large frame does not keep its buffer for the life of the link.
+            st.scratch = Vec::with_capacity(64 << 10);
+        }
+        if now || s.queued >= FLUSH_AT {
+            self.drain(&mut s, self.patience)?;
+        }
+        Ok(())
+    }
+
+    /// Writes whatever is queued.
+    pub fn flush(&self) -> Result<(), String> {
+        let mut s = self.state.lock();
+        if let Some(e) = &s.broken {
+            return Err(e.clone());
+        }
+        self.drain(&mut s, self.patience)
+    }
+
+    /// The backstop for sends no durability point asked for: writes what
+    /// has been queued for `age` or longer. Returns how long the caller may
+    /// wait before it looks again: `age` while sends keep coming, longer
+    /// once they stopped a while ago.
+    pub fn backstop(&self, age: Duration) -> Result<Duration, String> {
+        let mut s = self.state.lock();
+        if let Some(e) = &s.broken {
+            return Err(e.clone());
+        }
+        if s.since.is_some_and(|t| t.elapsed() >= age) {
+            self.drain(&mut s, self.patience)?;
+        }
+        let busy = s.last_send.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        Ok(if busy { age } else { Duration::from_millis(100) })
+    }
+
+    /// How long senders waited for room in the socket, in all.
+    pub fn waited(&self) -> Duration {
+        self.state.lock().waited
+    }
+
+    /// The next message, `None` if none came within `timeout`. What arrived
+    /// before the connection failed is delivered before the failure.
+    pub fn recv(&self, frames: &mut Frames, timeout: Duration) -> Result<Option<Message>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = frames.take()? {
+                return Ok(Some(m));
+            }
+            {
+                let mut s = self.state.lock();
+                if !s.early.is_empty() {
+                    frames.room().append(&mut s.early);
+                    continue;
+                }
+                if let Some(e) = &s.broken {
+                    return Err(e.clone());
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ready = poll(&self.sock, libc::POLLIN, left).map_err(|e| format!("poll: {e}"))?;
+            if ready == 0 {
+                return Ok(None);
+            }
+            let mut s = self.state.lock();
+            // A failure is kept in `broken` and reported after what came first.
+            let _ = self.pull(&mut s, frames.room());
+            if s.tls.wants_write() && s.broken.is_none() {
+                // The TLS layer has something to say (a key update).
+                let _ = self.drain(&mut s, self.patience);
+            }
+        }
+    }
+
+    /// Ends the connection: `graceful` writes what is queued first (for a
+    /// second at most). Wakes every thread waiting on it.
+    pub fn close(&self, graceful: bool) {
+        if graceful {
+            let mut s = self.state.lock();
+            if s.broken.is_none() {
+                let _ = self.drain(&mut s, Duration::from_secs(1));
+            }
+        }
+        // Before the lock: a sender waiting for room holds it, and wakes
+        // up to find the socket shut.
+        let _ = self.sock.shutdown(Shutdown::Both);
+        self.state
+            .lock()
+            .broken
+            .get_or_insert_with(|| "the connection was closed".into());
+    }
+
+    fn fail(&self, s: &mut State, why: String) -> String {
+        let _ = self.sock.shutdown(Shutdown::Both);
+        s.broken.get_or_insert(why).clone()
+    }
+
+    /// Writes everything queued; while the socket has no room, reads what
+    /// the peer sends meanwhile, or both sides could wait on each other.
+    fn drain(&self, s: &mut State, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
+        while s.tls.wants_write() {
+            match s.tls.write_tls(&mut &self.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let t0 = Instant::now();
+                    let left = deadline.saturating_duration_since(t0);
+                    if left.is_zero() {
+                        let why = format!("the peer took no data for {} ms", patience.as_millis());
+                        return Err(self.fail(s, why));
+                    }
+                    let ready = poll(&self.sock, libc::POLLOUT | libc::POLLIN, left)
+                        .map_err(|e| format!("poll: {e}"))?;
+                    if ready & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                        let mut early = std::mem::take(&mut s.early);
+                        let r = self.pull(s, &mut early);
+                        s.early = early;
+                        r?;
+                    }
+                    s.waited += t0.elapsed();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail(s, format!("write: {e}"))),
+            }
+        }
+        s.queued = 0;
+        s.since = None;
+        Ok(())
+    }
+
+    /// Reads what the socket holds and appends its plaintext to `out`.
+    fn pull(&self, s: &mut State, out: &mut Vec<u8>) -> Result<(), String> {
+        loop {
+            match s.tls.read_tls(&mut &self.sock) {
+                Ok(0) => return Err(self.fail(s, "connection closed by the peer".into())),
+                Ok(_) => {
+                    let io = match s.tls.process_new_packets() {
+                        Ok(io) => io,
+                        Err(e) => return Err(self.fail(s, format!("TLS: {e}"))),
+                    };
+                    let n = io.plaintext_bytes_to_read();
+                    let closed = io.peer_has_closed();
+                    if n > 0 {
+                        let at = out.len();
+                        out.resize(at + n, 0);
+                        if let Err(e) = s.tls.reader().read_exact(&mut out[at..]) {
+                            out.truncate(at);
+                            return Err(self.fail(s, format!("TLS: {e}")));
+                        }
+                    }
+                    if closed {
+                        return Err(self.fail(s, "connection closed by the peer".into()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail(s, format!("read: {e}"))),
+            }
+        }
+    }
+}
+
+/// Waits until `sock` is ready for `events` or `timeout` passes: the ready
+/// events, 0 on timeout.
+fn poll(sock: &TcpStream, events: i16, timeout: Duration) -> io::Result<i16> {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // Rounded up: a wait shorter than a millisecond is not a busy loop.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    loop {
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r >= 0 {
+            return Ok(if r == 0 { 0 } else { p.revents });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The primary's end of a stream: what it sends, compressed where that pays.
+pub struct Link {
+    channel: std::sync::Arc<Channel>,
+    compression: Compression,
+    /// Whether the socket, not the disk, holds senders back: measured as
+    /// the share of time they wait for room, over the last second or so.
+    slow: std::sync::atomic::AtomicBool,
+    measured: Mutex<(Instant, Duration)>,
+}
+
+/// Live changes are compressed (`auto`) while senders wait for room in the
+/// socket at least this share of the time, and plain again below a fifth of it.
+const SLOW_ABOVE: f64 = 0.25;
+
+impl Link {
+    pub fn new(channel: std::sync::Arc<Channel>, compression: Compression) -> Self {
+        Self {
+            channel,
+            compression,
+            slow: std::sync::atomic::AtomicBool::new(false),
+            measured: Mutex::new((Instant::now(), Duration::ZERO)),
+        }
+    }
+
+    /// How a message is encoded: resync and full sync as configured; live
+    /// changes, under `auto`, compressed only while the link is slow.
+    fn compression_of(&self, m: &Message) -> Compression {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Compression::Auto { level } = self.compression else {
+            return self.compression;
+        };
+        if matches!(m, Message::Mutate { resync: true, .. }) {
+            return self.compression;
+        }
+        if let Some(mut at) = self.measured.try_lock() {
+            let elapsed = at.0.elapsed();
+            if elapsed >= Duration::from_secs(1) {
+                let waited = self.channel.waited();
+                let share = (waited - at.1).as_secs_f64() / elapsed.as_secs_f64();
+                let slow = self.slow.load(Relaxed);
+                if share >= SLOW_ABOVE && !slow || share < SLOW_ABOVE / 5.0 && slow {
+                    tracing::info!(
+                        "replication link {}: live changes {}",
+                        if slow { "fast again" } else { "slow" },
+                        if slow { "sent plain" } else { "compressed" },
+                    );
+                    self.slow.store(!slow, Relaxed);
+                }
+                *at = (Instant::now(), waited);
+            }
+        }
+        if self.slow.load(Relaxed) {
+            Compression::Zstd { level }
+        } else {
+            Compression::Off
+        }
+    }
+}
+
+impl super::primary::Outlet for Link {
+    fn send(&self, m: &Message, now: bool) -> Result<(), String> {
+        self.channel.send(m, self.compression_of(m), now)
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.channel.flush()
+    }
+
+    fn close(&self, graceful: bool) {
+        self.channel.close(graceful)
+    }
+}
