@@ -2,11 +2,21 @@
 """Replication benchmarks: two tandem daemons on loopback (node1 127.0.0.1 primary,
 node2 127.0.0.2 secondary), each figure printed next to its anchor from the same run.
 
-  sync      fio through the replicated mount vs the bare directory:
-            1 MiB sequential writes (MiB/s), 4 KiB write+fdatasync (p50 us)
-            targets: >= 50% of bare; <= 2.5x bare. Also prints the CPU time both
-            daemons spent per GiB written, and the throughput this machine's CPUs
-            allow at that cost (both nodes share them here)
+  sync      fio through the replicated mount, against three anchors from the same
+            run: the bare directory, two bare writers at once (both copies of a
+            replicated write share this one machine's disk and CPUs: the best two
+            nodes here can do), and the mount alone (`tandem mount`).
+            1 MiB sequential writes (MiB/s), target >= 0.9x two writers;
+            4 KiB write+fdatasync (p50 us), target <= 1.45x two writers, with the
+            write and the fdatasync apart (p50, p99); the CPU both daemons spend
+            per GiB written, target <= 1.3 s; per daemon and operation: context
+            switches (voluntary, that is wake-ups, and involuntary), read and
+            write system calls (read(2)/write(2) family as /proc/PID/io counts
+            them), CPU user and system; per fsync pair: flushes to the socket,
+            acknowledgements, and the mean time from the end of the local
+            fdatasync to the peer's acknowledgement
+  lan       4 KiB write+fdatasync, the peer behind a relay that adds a round trip of
+            0, 100 and 500 us (delay_relay.rs; this kernel has no netem)
   resync    a dataset (a big file + many small files), the secondary killed, 1% of it
             changed (random 4 KiB writes, small files changed/created/deleted/renamed),
             the secondary restarted: resync time vs
@@ -54,11 +64,19 @@ def free_port():
 
 
 class Pair:
-    def __init__(self, base, ack="durable"):
+    def __init__(self, base, ack="durable", relay_us=None):
+        """`relay_us`: the primary reaches the secondary through a relay that
+        holds every chunk this long each way (see delay_relay.rs)."""
         self.tmp = tempfile.mkdtemp(prefix="tandem-bench-pair-", dir=base)
         self.port = free_port()
         self.procs = {}
+        self.relay = None
+        if relay_us is not None:
+            self.relay = subprocess.Popen([relay_binary(), f"127.0.0.3:{self.port}",
+                                           f"127.0.0.2:{self.port}", str(relay_us)])
         for n in (1, 2):
+            # The primary knows the secondary by the relay's address.
+            peer = "127.0.0.3" if self.relay and n == 1 else "127.0.0.2"
             os.makedirs(self.dir(n))
             with open(self.config(n), "w") as f:
                 f.write(f"""
@@ -69,7 +87,7 @@ name = "node1"
 address = "127.0.0.1"
 [[node]]
 name = "node2"
-address = "127.0.0.2"
+address = "{peer}"
 [replication]
 port = {self.port}
 [daemon]
@@ -128,7 +146,19 @@ failover = "lb"
     def close(self):
         self.stop(1)
         self.kill(2)
+        if self.relay:
+            self.relay.kill()
+            self.relay.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def relay_binary():
+    """bench/delay_relay.rs, built once next to tandem."""
+    out = os.path.join(os.path.dirname(TANDEM), "delay-relay")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delay_relay.rs")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+        subprocess.run(["rustc", "-O", "--edition", "2024", "-o", out, src], check=True)
+    return out
 
 
 def wait(cond, what, timeout=3600, step=0.02):
@@ -177,13 +207,15 @@ def counters(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    cs = 0
+    vcs = ics = 0
     for t in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{t}/status") as f:
                 for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        cs += int(line.split()[1])
+                    if line.startswith("voluntary_ctxt_switches"):
+                        vcs += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        ics += int(line.split()[1])
         except FileNotFoundError:
             pass  # a thread that ended meanwhile
     io = {}
@@ -191,12 +223,63 @@ def counters(pid):
         for line in f:
             k, v = line.split(":")
             io[k] = int(v)
-    return {"user": int(fields[11]) / tick, "sys": int(fields[12]) / tick, "cs": cs,
+    return {"user": int(fields[11]) / tick, "sys": int(fields[12]) / tick, "vcs": vcs, "ics": ics,
             "syscr": io["syscr"], "syscw": io["syscw"]}
+
+
+def wire(pair, n):
+    """The node's counts of what crossed the link (`status --json`)."""
+    w = pair.status(n)["wire"]
+    return {"flushes": w["flushes"], "acks": w["acks"], "waits": w["peer_waits"],
+            "wait_us": w["peer_wait_us"]}
 
 
 def since(before, after):
     return {k: after[k] - before[k] for k in before}
+
+
+def in_step(dirs, seconds):
+    """Two bare writers in step: each writes 4 KiB at a random place of its
+    own 64 MiB file and fdatasyncs, and neither starts its next write before
+    the other finished. A replicated fdatasync is this on one machine: both
+    nodes flush the one disk at the same moment, where fio's two free-running
+    writers often flush at different moments. Returns the p50 of write +
+    fdatasync, in us."""
+    import threading
+    files = []
+    for d in dirs:
+        fd = os.open(f"{d}/in-step", os.O_RDWR | os.O_CREAT, 0o600)
+        os.pwrite(fd, os.urandom(1 << 20) * 64, 0)
+        os.fsync(fd)
+        files.append(fd)
+    step = threading.Barrier(len(files))
+    end = time.time() + seconds
+    times = [[] for _ in files]
+    stop = threading.Event()
+
+    def writer(i):
+        rnd, buf = random.Random(i), os.urandom(4096)
+        while True:
+            try:
+                step.wait()
+            except threading.BrokenBarrierError:
+                return
+            if time.time() > end:
+                step.abort()
+                return
+            t = time.perf_counter_ns()
+            os.pwrite(files[i], buf, rnd.randrange(16384) * 4096)
+            os.fdatasync(files[i])
+            times[i].append((time.perf_counter_ns() - t) / 1000)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(len(files))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for fd in files:
+        os.close(fd)
+    return statistics.median(x for ts in times for x in ts)
 
 
 class MountOnly:
@@ -222,25 +305,37 @@ def bench_sync(args):
     cpu_per_gib = []
     work = {
         "seqwrite MiB/s": (["--rw=write", "--bs=1M", f"--size={args.seq_mib}M", "--end_fsync=1"],
-                           lambda j: j["write"]["bw_bytes"] / 2**20, ">= 0.50 of bare"),
+                           lambda j: j["write"]["bw_bytes"] / 2**20, ">= 0.9x two writers"),
         # Written in full first, as in fs_overhead.py: the first write to a
         # block of a new file costs an extent conversion on every node.
         "write+fdatasync p50 us": (["--rw=randwrite", "--bs=4k", "--size=64M", "--fdatasync=1",
                                     "--overwrite=1", f"--runtime={args.runtime}", "--time_based"],
                                    lambda j: (j["write"]["clat_ns"]["percentile"]["50.000000"]
                                               + j["sync"]["lat_ns"]["percentile"]["50.000000"]) / 1000,
-                                   "<= 2.5x bare"),
+                                   "<= 1.45x two writers"),
     }
+
+    def apart(j):
+        """The write and the fdatasync of a pair, p50 and p99, in us."""
+        w, f = j["write"]["clat_ns"]["percentile"], j["sync"]["lat_ns"]["percentile"]
+        return {"write p50": w["50.000000"] / 1000, "write p99": w["99.000000"] / 1000,
+                "fdatasync p50": f["50.000000"] / 1000, "fdatasync p99": f["99.000000"] / 1000}
     # Page cache the largest case fills: two copies of the sequential file.
     warm = 2 * args.seq_mib + 64
     for name, (fargs, metric, target) in work.items():
-        bare, pair_floor, mounted, rep = [], [], [], []
+        bare, pair_floor, mounted, rep, stepped = [], [], [], [], []
         # Per daemon (primary, secondary): what one operation cost it.
-        per_op = {"primary": [], "secondary": []}
+        per_op = {"primary": [], "secondary": [], "mount only": []}
+        # The write and the fdatasync apart, per setup.
+        parts = {"bare": [], "two bare writers": [], "mount only": [], "replicated": []}
+        fsyncs = "fdatasync" in name
         for _ in range(args.runs):
             d = tempfile.mkdtemp(prefix="tandem-bench-bare-", dir=args.base)
             fresh_caches(warm)
-            bare.append(metric(fio(d, "bare", fargs)))
+            job = fio(d, "bare", fargs)
+            bare.append(metric(job))
+            if fsyncs:
+                parts["bare"].append(apart(job))
             shutil.rmtree(d)
             # Two bare writers at once, one per directory: both copies of a
             # replicated write on this one machine share its disk and CPUs,
@@ -250,12 +345,23 @@ def bench_sync(args):
             fresh_caches(warm)
             jobs = fio_jobs([d1, d2], "bare", fargs)
             pair_floor.append(statistics.mean(metric(j) for j in jobs))
+            if fsyncs:
+                parts["two bare writers"].append(
+                    {k: statistics.mean(apart(j)[k] for j in jobs) for k in apart(jobs[0])})
+                stepped.append(in_step([d1, d2], args.runtime))
             shutil.rmtree(d1)
             shutil.rmtree(d2)
             m = MountOnly(args.base)
             try:
                 fresh_caches(warm)
-                mounted.append(metric(fio(m.dir, "mount", fargs)))
+                m0 = counters(m.proc.pid)
+                job = fio(m.dir, "mount", fargs)
+                mounted.append(metric(job))
+                ops = job["write"]["total_ios"] if fsyncs else args.seq_mib
+                d = since(m0, counters(m.proc.pid))
+                per_op["mount only"].append({k: v / ops for k, v in d.items()})
+                if fsyncs:
+                    parts["mount only"].append(apart(job))
             finally:
                 m.close()
             pair = Pair(args.base)
@@ -267,15 +373,21 @@ def bench_sync(args):
                 pids = [p.pid for p in pair.procs.values()]
                 before = sum(cpu_seconds(p) for p in pids)
                 roles = {"primary": pair.procs[1].pid, "secondary": pair.procs[2].pid}
-                start = {r: counters(p) for r, p in roles.items()}
+                nodes = {"primary": 1, "secondary": 2}
+                start = {r: counters(p) | wire(pair, nodes[r]) for r, p in roles.items()}
                 job = fio(pair.dir(1), "tandem", fargs)
                 rep.append(metric(job))
+                if fsyncs:
+                    parts["replicated"].append(apart(job))
+                # What ran after the job (a last syncfs) counts too.
                 wait(pair.caught_up, "caught up")
                 # Operations: fsync pairs, or MiB written.
-                ops = job["write"]["total_ios"] if "fdatasync" in name else args.seq_mib
+                ops = job["write"]["total_ios"] if fsyncs else args.seq_mib
                 for r, p in roles.items():
-                    d = since(start[r], counters(p))
-                    per_op[r].append({k: v / ops for k, v in d.items()})
+                    d = since(start[r], counters(p) | wire(pair, nodes[r]))
+                    per = {k: v / ops for k, v in d.items()}
+                    per["wait_us"] = d["wait_us"] / max(d["waits"], 1)
+                    per_op[r].append(per)
                 if name.startswith("seqwrite"):
                     used = sum(cpu_seconds(p) for p in pids) - before
                     cpu_per_gib.append(used / (args.seq_mib / 1024))
@@ -286,26 +398,77 @@ def bench_sync(args):
         print(f"sync {name:28} bare {b:10.1f}  two bare writers at once {f:10.1f} ({f / b:4.2f} of bare)  "
               f"mount only {mo:10.1f} ({mo / b:4.2f})  replicated {t:10.1f}  ratio {t / b:5.2f}  "
               f"vs two writers {t / f:5.2f}  (target {target})", flush=True)
-        unit = "fsync pair" if "fdatasync" in name else "MiB"
+        if stepped:
+            st = statistics.median(stepped)
+            print(f"sync   {'two bare writers in step':28} {st:10.1f} ({st / b:4.2f} of bare): "
+                  f"replicated {t / st:4.2f} of it", flush=True)
+        for setup, samples in parts.items():
+            if samples:
+                med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+                print(f"sync   {setup:18} " + "  ".join(f"{k} {v:8.1f}" for k, v in med.items()),
+                      flush=True)
+        unit = "fsync pair" if fsyncs else "MiB"
         for r, samples in per_op.items():
             med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
             scale = 1 if unit == "fsync pair" else 1024  # CPU per GiB for throughput
-            print(f"sync   {r} daemon per {unit}: "
-                  f"{med['cs']:.2f} context switches, {med['syscr']:.2f} reads, {med['syscw']:.2f} writes, "
-                  f"CPU user {med['user'] * scale * (1e6 if unit == 'fsync pair' else 1):.1f}"
-                  f"{' us' if unit == 'fsync pair' else ' s/GiB'}, "
-                  f"sys {med['sys'] * scale * (1e6 if unit == 'fsync pair' else 1):.1f}"
-                  f"{' us' if unit == 'fsync pair' else ' s/GiB'}", flush=True)
-        rows.append((f"sync: {name}", f"bare {b:.1f}; two bare writers at once {f:.1f} ({f / b:.2f})",
-                     f"{t:.1f}", f"{t / b:.2f}", target))
+            line = (f"sync   {r} daemon per {unit}: "
+                    f"{med['vcs']:.2f} wake-ups (voluntary switches), {med['ics']:.2f} involuntary, "
+                    f"{med['syscr']:.2f} reads, {med['syscw']:.2f} writes, "
+                    f"CPU user {med['user'] * scale * (1e6 if unit == 'fsync pair' else 1):.1f}"
+                    f"{' us' if unit == 'fsync pair' else ' s/GiB'}, "
+                    f"sys {med['sys'] * scale * (1e6 if unit == 'fsync pair' else 1):.1f}"
+                    f"{' us' if unit == 'fsync pair' else ' s/GiB'}")
+            if "flushes" in med:
+                line += f", {med['flushes']:.2f} flushes, {med['acks']:.2f} acks"
+            if r == "primary" and fsyncs:
+                line += f"; local fdatasync end to peer ack {med['wait_us']:.1f} us (mean)"
+            print(line, flush=True)
+        anchors = f"bare {b:.1f}; two bare writers at once {f:.1f} ({f / b:.2f})"
+        if stepped:
+            anchors += f"; in step {statistics.median(stepped):.1f}"
+        rows.append((f"sync: {name}", anchors, f"{t:.1f}", f"{t / f:.2f} of two writers", target))
         if cpu_per_gib:
             c = statistics.median(cpu_per_gib)
             cap = os.cpu_count() / c * 1024
             print(f"sync {'daemons CPU-s per GiB':28} {c:.2f} (both nodes): {os.cpu_count()} CPUs allow "
                   f"at most {cap:.0f} MiB/s, {cap / b:.2f} of bare", flush=True)
             rows.append(("sync: daemons' CPU per GiB written", f"{os.cpu_count()} CPUs: at most {cap:.0f} MiB/s "
-                         f"({cap / b:.2f} of bare)", f"{c:.2f} CPU-s", "—", "—"))
+                         f"({cap / b:.2f} of bare)", f"{c:.2f} CPU-s", "—", "<= 1.3 CPU-s"))
             cpu_per_gib.clear()
+    return rows
+
+
+def bench_lan(args):
+    """4 KiB write+fdatasync with the peer behind a relay that adds a round
+    trip of 0 (the relay alone), 100 and 500 us: on a LAN the round trip,
+    not the shared disk, is what a synchronous write waits for."""
+    fargs = ["--rw=randwrite", "--bs=4k", "--size=64M", "--fdatasync=1", "--overwrite=1",
+             f"--runtime={args.runtime}", "--time_based"]
+    rows, base = [], None
+    for rtt in (0, 100, 500):
+        p50, waits = [], []
+        for _ in range(args.runs):
+            pair = Pair(args.base, relay_us=rtt // 2)
+            try:
+                pair.start(2)
+                pair.start(1)
+                wait(pair.caught_up, "connected")
+                fresh_caches(128)
+                w0 = wire(pair, 1)
+                job = fio(pair.dir(1), "tandem", fargs)
+                w1 = wire(pair, 1)
+                p50.append((job["write"]["clat_ns"]["percentile"]["50.000000"]
+                            + job["sync"]["lat_ns"]["percentile"]["50.000000"]) / 1000)
+                waits.append((w1["wait_us"] - w0["wait_us"]) / max(w1["waits"] - w0["waits"], 1))
+            finally:
+                pair.close()
+        t, w = statistics.median(p50), statistics.median(waits)
+        base = base if base is not None else t
+        print(f"lan  round trip +{rtt:3} us: write+fdatasync p50 {t:8.1f} us (+{t - base:6.1f} over the "
+              f"relay alone), local fdatasync end to peer ack {w:7.1f} us (mean)", flush=True)
+        rows.append((f"lan: write+fdatasync p50 us, round trip +{rtt} us",
+                     "relay alone" if rtt == 0 else f"relay alone {base:.1f}",
+                     f"{t:.1f}", "—" if rtt == 0 else f"+{t - base:.1f} us", "—"))
     return rows
 
 
@@ -546,6 +709,8 @@ def main():
     rows = []
     if "sync" in only:
         rows += bench_sync(args)
+    if "lan" in only:
+        rows += bench_lan(args)
     if "resync" in only:
         rows += bench_resync(args)
     if "manyfiles" in only:

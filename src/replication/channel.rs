@@ -9,7 +9,7 @@
 //! (or enough piled up, or the receiver's backstop finds them old), so a
 //! write and the fsync after it leave in one segment.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -18,13 +18,15 @@ use parking_lot::Mutex;
 
 use super::frame::{self, Compression};
 use super::link::Frames;
-use super::wire::Message;
+use super::status::Tally;
+use super::wire::{Message, Outgoing};
 
 /// Queued bytes beyond this go out without waiting for a durability point.
 const FLUSH_AT: usize = 256 << 10;
 
 pub struct Channel {
     sock: TcpStream,
+    tally: std::sync::Arc<Tally>,
     state: Mutex<State>,
     /// How long a send may find no room before the peer counts as stuck.
     patience: Duration,
@@ -53,18 +55,22 @@ impl Channel {
         tcp: tokio::net::TcpStream,
         tls: impl Into<rustls::Connection>,
         patience: Duration,
+        tally: std::sync::Arc<Tally>,
     ) -> Result<Self, String> {
         let sock = tcp
             .into_std()
             .map_err(|e| format!("taking over the connection: {e}"))?;
-        Self::new(sock, tls, patience).map_err(|e| format!("taking over the connection: {e}"))
+        Self::new(sock, tls, patience, tally)
+            .map_err(|e| format!("taking over the connection: {e}"))
     }
 
-    /// Takes over a connection whose handshake is done.
+    /// Takes over a connection whose handshake is done; counts its flushes
+    /// in `tally`.
     pub fn new(
         sock: TcpStream,
         tls: impl Into<rustls::Connection>,
         patience: Duration,
+        tally: std::sync::Arc<Tally>,
     ) -> io::Result<Self> {
         sock.set_nonblocking(true)?;
         let mut tls = tls.into();
@@ -72,6 +78,7 @@ impl Channel {
         tls.set_buffer_limit(None);
         Ok(Self {
             sock,
+            tally,
             state: Mutex::new(State {
                 tls,
                 early: Vec::new(),
@@ -88,18 +95,47 @@ impl Channel {
 
     /// Queues `m`; with `now`, writes it and everything queued before it.
     pub fn send(&self, m: &Message, compression: Compression, now: bool) -> Result<(), String> {
+        self.send_out(&Outgoing::whole(m.clone()), compression, now)
+    }
+
+    /// [`send`](Self::send) of a message whose write data is still the
+    /// caller's: encrypted from where it is unless it is compressed.
+    pub fn send_out(&self, m: &Outgoing<'_>, compression: Compression, now: bool) -> Result<(), String> {
         let mut s = self.state.lock();
         if let Some(e) = &s.broken {
             return Err(e.clone());
         }
         let st = &mut *s;
         st.scratch.clear();
-        frame::encode(m, compression, &mut st.scratch).map_err(|e| e.to_string())?;
-        st.tls
-            .writer()
-            .write_all(&st.scratch)
-            .map_err(|e| format!("TLS: {e}"))?;
-        st.queued += st.scratch.len();
+        let (at, data) = if m.data.is_empty() || compression != Compression::Off {
+            let whole;
+            let msg = if m.data.is_empty() {
+                &m.msg
+            } else {
+                whole = m.to_message();
+                &whole
+            };
+            frame::encode(msg, compression, &mut st.scratch).map_err(|e| e.to_string())?;
+            (st.scratch.len(), &[][..])
+        } else {
+            let at = frame::encode_around(&m.msg, m.data, &mut st.scratch)
+                .map_err(|e| e.to_string())?;
+            (at, m.data)
+        };
+        let mut parts = [
+            io::IoSlice::new(&st.scratch[..at]),
+            io::IoSlice::new(data),
+            io::IoSlice::new(&st.scratch[at..]),
+        ];
+        let mut parts = &mut parts[..];
+        while !parts.is_empty() {
+            match st.tls.writer().write_vectored(parts) {
+                Ok(0) => return Err("TLS: the connection takes no more data".into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+                Err(e) => return Err(format!("TLS: {e}")),
+            }
+        }
+        st.queued += st.scratch.len() + data.len();
         let t = Instant::now();
         st.since.get_or_insert(t);
         st.last_send = Some(t);
@@ -202,6 +238,9 @@ impl Channel {
     /// Writes everything queued; while the socket has no room, reads what
     /// the peer sends meanwhile, or both sides could wait on each other.
     fn drain(&self, s: &mut State, patience: Duration) -> Result<(), String> {
+        if s.tls.wants_write() {
+            Tally::count(&self.tally.flushes, 1);
+        }
         let deadline = Instant::now() + patience;
         while s.tls.wants_write() {
             match s.tls.write_tls(&mut &self.sock) {
@@ -242,15 +281,21 @@ impl Channel {
                         Ok(io) => io,
                         Err(e) => return Err(self.fail(s, format!("TLS: {e}"))),
                     };
-                    let n = io.plaintext_bytes_to_read();
+                    let mut n = io.plaintext_bytes_to_read();
                     let closed = io.peer_has_closed();
-                    if n > 0 {
-                        let at = out.len();
-                        out.resize(at + n, 0);
-                        if let Err(e) = s.tls.reader().read_exact(&mut out[at..]) {
-                            out.truncate(at);
-                            return Err(self.fail(s, format!("TLS: {e}")));
-                        }
+                    // Straight from the TLS layer's buffers: nothing is
+                    // zeroed first.
+                    while n > 0 {
+                        let mut r = s.tls.reader();
+                        let got = match r.fill_buf() {
+                            Ok(b) => {
+                                out.extend_from_slice(b);
+                                b.len()
+                            }
+                            Err(e) => return Err(self.fail(s, format!("TLS: {e}"))),
+                        };
+                        r.consume(got);
+                        n = n.saturating_sub(got.max(1));
                     }
                     if closed {
                         return Err(self.fail(s, "connection closed by the peer".into()));
@@ -346,8 +391,8 @@ impl Link {
 }
 
 impl super::primary::Outlet for Link {
-    fn send(&self, m: &Message, now: bool) -> Result<(), String> {
-        self.channel.send(m, self.compression_of(m), now)
+    fn send(&self, m: &Outgoing<'_>, now: bool) -> Result<(), String> {
+        self.channel.send_out(m, self.compression_of(&m.msg), now)
     }
 
     fn flush(&self) -> Result<(), String> {

@@ -10,7 +10,7 @@
 //! over the limit, or a payload that does not decode is an error that names why,
 //! and the connection is closed; "not enough bytes yet" is `Ok(None)`.
 
-use super::wire::Message;
+use super::wire::{Message, WireMutation};
 
 pub const MAGIC: [u8; 2] = *b"TD";
 pub const VERSION: u8 = 3;
@@ -86,6 +86,50 @@ pub fn encode(
     out[start + 3] = flags;
     out[start + 4..body].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
+}
+
+/// Appends the frame of a write whose data is `data`, left out of `msg`
+/// (a `Mutate` of a `Write` with no data of its own), with a gap where the
+/// data goes: returns where. `out[..at]`, `data` and `out[at..]` together are
+/// the frame [`encode`] makes of the whole message, uncompressed.
+pub fn encode_around(msg: &Message, data: &[u8], out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    let Message::Mutate {
+        mutation: WireMutation::Write {
+            data: none, sync, ..
+        },
+        times,
+        ..
+    } = msg
+    else {
+        return Err(FrameError::Payload("only a write's data goes apart".into()));
+    };
+    let bad = |e: postcard::Error| FrameError::Payload(e.to_string());
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let body = start + HEADER_LEN;
+    *out = postcard::to_extend(msg, std::mem::take(out)).map_err(bad)?;
+    // Postcard writes fields in order and a tuple as its elements: the
+    // message ends with the data's length (0, one byte), `sync`, `times`.
+    let tail = postcard::to_allocvec(&(sync, times)).map_err(bad)?;
+    let at = out.len() - tail.len() - 1;
+    if !none.is_empty() || out[at] != 0 || out[at + 1..] != tail[..] {
+        out.truncate(start);
+        return Err(FrameError::Payload("a write frame of an unexpected layout".into()));
+    }
+    out.truncate(at);
+    *out = postcard::to_extend(&(data.len() as u64), std::mem::take(out)).map_err(bad)?;
+    let at = out.len();
+    out.extend_from_slice(&tail);
+    let len = out.len() - body + data.len();
+    if len > MAX_PAYLOAD {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len });
+    }
+    out[start..start + 2].copy_from_slice(&MAGIC);
+    out[start + 2] = VERSION;
+    out[start + 3] = 0;
+    out[start + 4..body].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(at)
 }
 
 /// Payloads are compressed only if a sample from their middle compresses:
@@ -275,6 +319,41 @@ mod tests {
         let mut small = Vec::new();
         encode(&samples()[3], Compression::Zstd { level: 3 }, &mut small).unwrap();
         assert_eq!(small[3], 0, "small frames stay plain");
+    }
+
+    #[test]
+    fn a_write_framed_around_its_data_is_the_frame_of_the_whole_message() {
+        for (len, path, times) in [
+            (0usize, None, vec![]),
+            (1, Some(b"f".to_vec()), vec![]),
+            (127, Some(b"d/f".to_vec()), vec![(b"d".to_vec(), Time { secs: -1, nanos: 9 })]),
+            (128, None, vec![(b"x".to_vec(), Time { secs: 1 << 40, nanos: 999_999_999 })]),
+            (4096, Some(vec![0xff; 300]), vec![]),
+            (1 << 20, Some(b"big".to_vec()), vec![]),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let msg = |data: Vec<u8>| Message::Mutate {
+                seq: 1 << 33,
+                dir: 3,
+                resync: len % 2 == 0,
+                times: times.clone(),
+                mutation: WireMutation::Write {
+                    path: path.clone(),
+                    offset: 12_345_678_901,
+                    data,
+                    sync: len == 128,
+                },
+            };
+            let mut whole = Vec::new();
+            encode(&msg(data.clone()), Compression::Off, &mut whole).unwrap();
+            let mut around = vec![9, 9];
+            let at = encode_around(&msg(Vec::new()), &data, &mut around).unwrap();
+            let joined = [&around[2..at], &data[..], &around[at..]].concat();
+            assert_eq!(joined, whole, "a write of {len} bytes");
+        }
+        let mut out = Vec::new();
+        assert!(encode_around(&samples()[3], b"x", &mut out).is_err(), "not a write");
+        assert!(out.is_empty());
     }
 
     #[test]

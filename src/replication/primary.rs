@@ -32,8 +32,8 @@ mod exclude;
 use super::activity::{Activity, EXTENT};
 use super::dir::Dir;
 use super::entry;
-use super::status::{ReplicationStatus, ResyncProgress, VerifyState};
-use super::wire::{Message, Time, WireMutation};
+use super::status::{ReplicationStatus, ResyncProgress, Tally, VerifyState};
+use super::wire::{Message, Outgoing, Time, WireMutation};
 
 /// What may be forgotten from the change log once the peer made it durable.
 enum Clear {
@@ -94,7 +94,7 @@ fn subtract(r: Range<u64>, minus: Option<&Vec<Range<u64>>>) -> Vec<Range<u64>> {
 pub trait Outlet: Send + Sync {
     /// Queues `m`; `now`: someone is about to wait for it, so it goes out
     /// at once, with everything queued before it.
-    fn send(&self, m: &Message, now: bool) -> Result<(), String>;
+    fn send(&self, m: &Outgoing<'_>, now: bool) -> Result<(), String>;
     /// Writes whatever is queued.
     fn flush(&self) -> Result<(), String>;
     /// Ends the link; `graceful`: what was queued goes out first.
@@ -218,6 +218,10 @@ pub struct Replicator {
     /// The module's `exclude` patterns (see [`exclude`]).
     exclude: std::sync::OnceLock<crate::config::Exclude>,
     bytes_replicated: AtomicU64,
+    /// What the stream cost (flushes, acks, waits for the peer).
+    pub tally: Arc<Tally>,
+    /// When the change log was last cleared of what the peer made durable.
+    last_clear: Mutex<Instant>,
     resync: Mutex<ResyncProgress>,
     last_error: Mutex<Option<String>>,
     pub verify: Mutex<VerifyState>,
@@ -228,6 +232,15 @@ pub type AloneCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 /// How far plain writes may run ahead of the peer in the `durable` and
 /// `received` modes before they wait.
 pub const WINDOW: u64 = 32 << 20;
+
+/// How often, at most, acknowledgements clear the change log.
+const CLEAR_EVERY: Duration = Duration::from_millis(10);
+
+/// An instant before any clear was put off.
+fn long_ago() -> Instant {
+    let now = Instant::now();
+    now.checked_sub(CLEAR_EVERY * 100).unwrap_or(now)
+}
 
 /// How long a resync lets its shipped-but-unapplied bytes grow.
 pub const RESYNC_WINDOW: u64 = 64 << 20;
@@ -270,6 +283,8 @@ impl Replicator {
             owe_generation: Mutex::new(false),
             exclude: std::sync::OnceLock::new(),
             bytes_replicated: AtomicU64::new(0),
+            tally: Arc::default(),
+            last_clear: Mutex::new(long_ago()),
             resync: Mutex::new(ResyncProgress::default()),
             last_error: Mutex::new(None),
             verify: Mutex::new(Default::default()),
@@ -304,6 +319,8 @@ impl Replicator {
         o.resync_done = None;
         let first = o.next_seq;
         drop(o);
+        // The first acknowledgement of a link clears at once.
+        *self.last_clear.lock() = long_ago();
         // The peer resynchronises from the change log and then shares this
         // node's generation: nothing was acknowledged alone.
         *self.owe_generation.lock() = false;
@@ -425,6 +442,7 @@ impl Replicator {
             if a.conn != conn || !a.connected {
                 return false;
             }
+            Tally::count(&self.tally.acks, 1);
             a.received = a.received.max(received);
             a.applied = a.applied.max(applied);
             a.durable = a.durable.max(durable);
@@ -436,13 +454,26 @@ impl Replicator {
     }
 
     /// Applies the sealed bucket's clears once the peer is durable past it,
-    /// then seals the open bucket.
+    /// then seals the open bucket. Batched: at most every [`CLEAR_EVERY`],
+    /// and never by waiting for the order lock while a change holds it
+    /// (the application's next call would wait behind the change log),
+    /// unless clears have been put off for long. A later ack, or the
+    /// peer's keepalive, clears what one skipped.
     fn clear_durable(&self, conn: u64, durable: u64) {
-        let mut o = self.order.lock();
+        let now = Instant::now();
+        let last = *self.last_clear.lock();
+        if now.duration_since(last) < CLEAR_EVERY {
+            return;
+        }
+        let mut o = match self.order.try_lock() {
+            Some(o) => o,
+            None if now.duration_since(last) < CLEAR_EVERY * 20 => return,
+            None => self.order.lock(),
+        };
+        *self.last_clear.lock() = now;
         if !o.linked(conn) {
             return;
         }
-        let now = Instant::now();
         if o.current(durable) && now.duration_since(o.last_cool) >= Duration::from_millis(250) {
             o.last_cool = now;
             for (d, id, r) in o.activity.cool(durable, now) {
@@ -494,11 +525,24 @@ impl Replicator {
         m: WireMutation,
         times: Vec<(Vec<u8>, Time)>,
     ) -> Option<(u64, u64)> {
+        self.send_split(o, dir, resync, (m, &[]), times)
+    }
+
+    /// [`send_locked`](Self::send_locked) of a mutation made without its
+    /// write's data, which is `data` (see [`Outgoing`]).
+    fn send_split(
+        &self,
+        o: &mut Order,
+        dir: u32,
+        resync: bool,
+        (m, data): (WireMutation, &[u8]),
+        times: Vec<(Vec<u8>, Time)>,
+    ) -> Option<(u64, u64)> {
         let (conn, tx) = o.link.as_ref()?;
         let conn = *conn;
         let seq = o.next_seq;
         let payload = match &m {
-            WireMutation::Write { data, .. } => data.len() as u64,
+            WireMutation::Write { data: own, .. } => (own.len() + data.len()) as u64,
             _ => 0,
         };
         // What the lag bound counts: the data and a rough per-message overhead.
@@ -516,7 +560,7 @@ impl Replicator {
             mutation: m,
             times,
         };
-        if let Err(e) = tx.send(&msg, now) {
+        if let Err(e) = tx.send(&Outgoing { msg, data }, now) {
             // The link is gone, with the same consequences as any other
             // loss (new generation, exact marks), not silently.
             self.unlink_locked(o, conn, &format!("sending to the peer: {e}"), true);
@@ -634,8 +678,13 @@ impl Replicator {
                 Need::Lag(limit) => self.lag.lock().bytes() <= limit,
             };
             if done {
-                if let (Need::Applied | Need::Received, Some(h)) = (need, self.latency.get()) {
-                    h.observe(t0.elapsed().as_secs_f64());
+                if let Need::Applied | Need::Received = need {
+                    let waited = t0.elapsed();
+                    Tally::count(&self.tally.peer_waits, 1);
+                    Tally::count(&self.tally.peer_wait_us, waited.as_micros() as u64);
+                    if let Some(h) = self.latency.get() {
+                        h.observe(waited.as_secs_f64());
+                    }
                 }
                 return Ok(());
             }
@@ -984,7 +1033,7 @@ impl Replicator {
         if let Mutation::Fsync { .. } = m {
             // Changes nothing: the peer can start its fsync while ours runs.
             let sent = if o.streaming() && !unnamed {
-                self.send_locked(&mut o, dir, false, WireMutation::from(m), Vec::new())
+                self.send_split(&mut o, dir, false, WireMutation::split(m), Vec::new())
             } else {
                 None
             };
@@ -1034,7 +1083,7 @@ impl Replicator {
             let seq = o.next_seq;
             o.activity.sent(dir, id, off, len, seq, Instant::now());
         }
-        let sent = self.send_locked(&mut o, dir, false, WireMutation::from(m), times);
+        let sent = self.send_split(&mut o, dir, false, WireMutation::split(m), times);
         let Some((conn, seq)) = sent else {
             return Ok(());
         };
@@ -1198,7 +1247,7 @@ impl Replicator {
             generation: generation.current,
             history: generation.history,
         };
-        match tx.send(&done, true) {
+        match tx.send(&Outgoing::whole(done), true) {
             Ok(()) => true,
             Err(e) => {
                 self.unlink_locked(&mut o, conn, &format!("sending to the peer: {e}"), true);
@@ -1267,6 +1316,7 @@ impl Replicator {
             last_error: self.last_error.lock().clone(),
             verify: self.verify.lock().clone(),
             hot_extents: hot.len() as u64,
+            wire: self.tally.counts(),
         }
     }
 }
@@ -1338,8 +1388,9 @@ mod tests {
 
     /// The messages sent, in a channel the test reads.
     impl Outlet for tokio::sync::mpsc::UnboundedSender<Message> {
-        fn send(&self, m: &Message, _now: bool) -> Result<(), String> {
-            tokio::sync::mpsc::UnboundedSender::send(self, m.clone()).map_err(|_| "closed".into())
+        fn send(&self, m: &Outgoing<'_>, _now: bool) -> Result<(), String> {
+            tokio::sync::mpsc::UnboundedSender::send(self, m.to_message())
+                .map_err(|_| "closed".into())
         }
         fn flush(&self) -> Result<(), String> {
             Ok(())

@@ -23,7 +23,7 @@ use super::channel::Channel;
 use super::link::{Expect, FrameReader, FrameWriter, Frames, HELLO_TIMEOUT, check_hello};
 use super::resync;
 use super::session::KEEPALIVE;
-use super::status::{ReplicationStatus, ResyncProgress};
+use super::status::{ReplicationStatus, ResyncProgress, Tally};
 use super::tls::Credentials;
 use super::wire::{AckAt, Message, WireMutation};
 
@@ -48,6 +48,7 @@ pub struct SecondaryModule {
     state: Mutex<SecondaryState>,
     /// Ask the primary for a full sync (by content) at the next connection.
     full_sync: std::sync::atomic::AtomicBool,
+    tally: Arc<Tally>,
 }
 
 #[derive(Default)]
@@ -76,6 +77,7 @@ impl SecondaryModule {
             session: AtomicU64::new(0),
             state: Mutex::new(SecondaryState::default()),
             full_sync: std::sync::atomic::AtomicBool::new(false),
+            tally: Arc::default(),
         }))
     }
 
@@ -127,6 +129,7 @@ impl SecondaryModule {
             last_error: s.last_error.clone(),
             verify: Default::default(),
             hot_extents: 0,
+            wire: self.tally.counts(),
         }
     }
 }
@@ -340,7 +343,7 @@ async fn session(
     let id = module.session.fetch_add(1, Ordering::SeqCst) + 1;
     let (rd, rest) = reader.into_parts();
     let (tcp, tls) = rd.unsplit(writer.into_inner()).into_inner();
-    let channel = Channel::from_tokio(tcp, tls, HELLO_TIMEOUT)?;
+    let channel = Channel::from_tokio(tcp, tls, HELLO_TIMEOUT, module.tally.clone())?;
     let stop = stop.clone();
     tokio::task::spawn_blocking(move || {
         let r = serve(&module, id, &channel, Frames::with(rest), acks, &stop);
@@ -360,7 +363,8 @@ fn ack(c: &Counters) -> Message {
     }
 }
 
-fn send_ack(channel: &Channel, c: &Counters) -> Result<(), String> {
+fn send_ack(channel: &Channel, c: &Counters, tally: &Tally) -> Result<(), String> {
+    Tally::count(&tally.acks, 1);
     channel.send(&ack(c), Compression::Off, true)
 }
 
@@ -400,7 +404,7 @@ fn serve(
     // syncfs runs on a thread of its own so applying never waits for it.
     let (sync_tx, sync_rx) = mpsc::channel::<u64>();
     let why = std::thread::scope(|scope| {
-        let handle = scope.spawn(|| syncer(sync_rx, sync_fds, &c, channel));
+        let handle = scope.spawn(|| syncer(sync_rx, sync_fds, &c, channel, &module.tally));
         let mut session = Applying {
             module,
             id,
@@ -428,13 +432,19 @@ fn serve(
     let applied = c.applied.load(Ordering::Acquire);
     if applied > c.durable.load(Ordering::Acquire) && sync_all(&mut applier).is_ok() {
         c.durable.store(applied, Ordering::Release);
-        let _ = send_ack(channel, &c);
+        let _ = send_ack(channel, &c, &module.tally);
     }
     Err(why)
 }
 
 /// Makes everything up to the latest requested seq durable, then says so.
-fn syncer(rx: mpsc::Receiver<u64>, fds: Vec<std::os::fd::OwnedFd>, c: &Counters, channel: &Channel) {
+fn syncer(
+    rx: mpsc::Receiver<u64>,
+    fds: Vec<std::os::fd::OwnedFd>,
+    c: &Counters,
+    channel: &Channel,
+    tally: &Tally,
+) {
     while let Ok(mut seq) = rx.recv() {
         while let Ok(s) = rx.try_recv() {
             seq = s;
@@ -447,7 +457,7 @@ fn syncer(rx: mpsc::Receiver<u64>, fds: Vec<std::os::fd::OwnedFd>, c: &Counters,
             return;
         }
         c.durable.fetch_max(seq, Ordering::AcqRel);
-        let _ = send_ack(channel, c);
+        let _ = send_ack(channel, c, tally);
     }
 }
 
@@ -564,7 +574,7 @@ impl Applying<'_> {
             WireMutation::Fsync { .. } | WireMutation::Write { sync: true, .. } | WireMutation::Sync
         );
         if point && self.acks == AckAt::Received {
-            send_ack(self.channel, self.c)?;
+            send_ack(self.channel, self.c, &self.module.tally)?;
             self.last_ack = Instant::now();
         }
         let n = match mutation {
@@ -623,7 +633,7 @@ impl Applying<'_> {
         }
         self.module.state.lock().durable = durable;
         if self.owed || self.unacked >= ACK_BYTES || self.last_ack.elapsed() >= KEEPALIVE / 2 {
-            send_ack(self.channel, self.c)?;
+            send_ack(self.channel, self.c, &self.module.tally)?;
             self.last_ack = Instant::now();
             self.unacked = 0;
             self.owed = false;

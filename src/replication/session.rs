@@ -220,7 +220,7 @@ impl PrimaryLink {
         // the acknowledgements: no task stands between them and the socket.
         let (rd, rest) = reader.into_parts();
         let (tcp, tls) = rd.unsplit(writer.into_inner()).into_inner();
-        let channel = Arc::new(Channel::from_tokio(tcp, tls, rep.peer_timeout)?);
+        let channel = Arc::new(Channel::from_tokio(tcp, tls, rep.peer_timeout, rep.tally.clone())?);
         let conn = rep.attach(Arc::new(Link::new(channel.clone(), self.compression)));
         rep.keep_times(conn, TIMES_EVERY, stop);
         tracing::info!("{}: connected to {}", rep.module, self.creds.peer);

@@ -39,6 +39,48 @@ pub struct ReplicationStatus {
     /// Extents of the activity log marked whole while the peer is current.
     #[serde(default)]
     pub hot_extents: u64,
+    #[serde(default)]
+    pub wire: WireCounts,
+}
+
+/// What the stream to the peer cost, since this process started: how the
+/// sync path behaves, for `/metrics` and the benchmarks.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireCounts {
+    /// Writes of queued frames to the socket.
+    pub flushes: u64,
+    /// Acknowledgements received (primary) or sent (secondary).
+    pub acks: u64,
+    /// Calls that waited for the peer to make them durable (or to receive
+    /// them), and how long in all, from the end of their local part
+    /// (the local fdatasync) to the peer's acknowledgement.
+    pub peer_waits: u64,
+    pub peer_wait_us: u64,
+}
+
+/// [`WireCounts`] as they are counted.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub flushes: std::sync::atomic::AtomicU64,
+    pub acks: std::sync::atomic::AtomicU64,
+    pub peer_waits: std::sync::atomic::AtomicU64,
+    pub peer_wait_us: std::sync::atomic::AtomicU64,
+}
+
+impl Tally {
+    pub fn counts(&self) -> WireCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        WireCounts {
+            flushes: self.flushes.load(Relaxed),
+            acks: self.acks.load(Relaxed),
+            peer_waits: self.peer_waits.load(Relaxed),
+            peer_wait_us: self.peer_wait_us.load(Relaxed),
+        }
+    }
+
+    pub fn count(n: &std::sync::atomic::AtomicU64, by: u64) {
+        n.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

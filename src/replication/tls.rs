@@ -206,7 +206,13 @@ impl Credentials {
     }
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        let mut p = rustls::crypto::ring::default_provider();
+        // AES-128-GCM first: every replicated byte is encrypted once and
+        // decrypted once, and it does a tenth less work per byte than
+        // AES-256 here, for a margin no attacker of a link can use.
+        p.cipher_suites
+            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        Arc::new(p)
     }
 
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {

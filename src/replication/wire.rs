@@ -329,6 +329,58 @@ fn opt(p: &Option<PathBuf>) -> Option<Vec<u8>> {
     p.as_deref().map(bytes)
 }
 
+/// A message on its way out. A write's data stays the caller's buffer
+/// (`data`, with the message's own left empty) until it is encrypted into
+/// the socket: on the sync path a copy of every byte costs more than all
+/// the framing around it.
+pub struct Outgoing<'a> {
+    pub msg: Message,
+    pub data: &'a [u8],
+}
+
+impl Outgoing<'_> {
+    pub fn whole(msg: Message) -> Self {
+        Outgoing { msg, data: &[] }
+    }
+
+    /// The message with its data in it.
+    pub fn to_message(&self) -> Message {
+        let mut m = self.msg.clone();
+        if let Message::Mutate {
+            mutation: WireMutation::Write { data, .. },
+            ..
+        } = &mut m
+            && data.is_empty()
+        {
+            *data = self.data.to_vec();
+        }
+        m
+    }
+}
+
+impl WireMutation {
+    /// The wire form of `m`, a write's data left in place (returned apart).
+    pub fn split<'a>(m: &Mutation<'a>) -> (WireMutation, &'a [u8]) {
+        match m {
+            Mutation::Write {
+                path,
+                offset,
+                data,
+                sync,
+            } => (
+                WireMutation::Write {
+                    path: opt(path),
+                    offset: *offset,
+                    data: Vec::new(),
+                    sync: *sync,
+                },
+                data,
+            ),
+            m => (WireMutation::from(m), &[]),
+        }
+    }
+}
+
 impl From<&Mutation<'_>> for WireMutation {
     fn from(m: &Mutation<'_>) -> Self {
         use std::os::unix::ffi::OsStrExt;
