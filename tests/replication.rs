@@ -528,6 +528,91 @@ fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
 }
 
 #[test]
+fn a_frozen_peer_whose_socket_fills_never_blocks_writers_past_the_timeout() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    std::fs::write(d.join("before"), b"1").unwrap();
+    pair.wait_caught_up();
+    let pid = pair.pid(2);
+    freeze(pid);
+    // Plain writes go out on the writer's own thread: far more than the
+    // socket holds, so a write finds no room, and must give up on the peer
+    // after peer_timeout instead of blocking the application.
+    let mut f = std::fs::File::create(d.join("big")).unwrap();
+    let chunk = vec![3u8; 1 << 20];
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..64 {
+        let t = std::time::Instant::now();
+        f.write_all(&chunk).unwrap();
+        worst = worst.max(t.elapsed());
+    }
+    f.sync_data().unwrap();
+    drop(f);
+    let state = pair.peer_state();
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert_eq!(state, "alone");
+    assert!(
+        worst < std::time::Duration::from_millis(2000 + 1500),
+        "a write waited {worst:?} for a frozen peer (peer_timeout 2000 ms)"
+    );
+    assert!(
+        pair.log_text(1).contains("took no data"),
+        "the reason names the stuck socket: {}",
+        pair.log_text(1)
+    );
+    pair.wait_connected();
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
+fn each_ack_mode_is_answered_by_the_acknowledgements_it_waits_for() {
+    for ack in ["durable", "received", "async"] {
+        let mut pair = Pair::with_ack(ack);
+        pair.start_both();
+        pair.wait_caught_up();
+        let before = pair.status(1).unwrap()["wire"]["acks"].as_u64().unwrap();
+        let d = pair.dir(1);
+        let t = std::time::Instant::now();
+        let mut f = std::fs::File::create(d.join("f")).unwrap();
+        for i in 0..100u8 {
+            f.write_all(&[i; 4096]).unwrap();
+            f.sync_data().unwrap();
+        }
+        let took = t.elapsed();
+        drop(f);
+        // A call waiting for an acknowledgement the peer does not send is
+        // answered by its keepalive, twice a second: 100 would take 50 s.
+        assert!(
+            took < std::time::Duration::from_secs(15),
+            "{ack}: 100 fsyncs took {took:?}"
+        );
+        // Plain writes past the peer's 4 MiB acknowledgement step, then
+        // everything durable there.
+        std::fs::write(d.join("big"), vec![7u8; 9 << 20]).unwrap();
+        pair.wait_caught_up();
+        assert_same_tree(&pair.dir(1), &pair.dir(2));
+        let st = pair.status(1).unwrap();
+        let acks = st["wire"]["acks"].as_u64().unwrap() - before;
+        if ack != "async" {
+            // One per fsync, a few for the big file, syncfs and keepalives:
+            // not one per change sent.
+            let secs = t.elapsed().as_secs();
+            assert!(
+                (100..=100 + 10 + 4 * secs).contains(&acks),
+                "{ack}: {acks} acknowledgements for 100 fsyncs in {secs} s: {st}"
+            );
+        }
+        let waits = st["wire"]["peer_waits"].as_u64().unwrap();
+        match ack {
+            "async" => assert_eq!(waits, 0, "async waits for nothing: {st}"),
+            _ => assert!(waits >= 100, "{ack}: {waits} waits counted: {st}"),
+        }
+    }
+}
+
+#[test]
 fn a_secondary_killed_and_restarted_mid_workload_ends_identical() {
     let mut pair = Pair::new();
     pair.start_both();
