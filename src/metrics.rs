@@ -72,6 +72,8 @@ pub struct Metrics {
     dirty_files: Family<ModuleLabel, Gauge>,
     in_flight: Family<ModuleLabel, Gauge>,
     replicated_bytes: Family<ModuleLabel, Counter>,
+    flushes: Family<ModuleLabel, Counter>,
+    acks: Family<ModuleLabel, Counter>,
     resync_done: Family<ModuleLabel, Gauge>,
     resync_total: Family<ModuleLabel, Gauge>,
     resync_rate: Family<ModuleLabel, Gauge>,
@@ -168,6 +170,16 @@ impl Metrics {
             replicated_bytes: reg!(
                 "replication_sent_bytes",
                 "Bytes replicated to the peer",
+                Family::default()
+            ),
+            flushes: reg!(
+                "replication_flushes",
+                "Writes of queued changes (or acknowledgements) to the peer's socket",
+                Family::default()
+            ),
+            acks: reg!(
+                "replication_acks",
+                "Acknowledgements received from the secondary (or sent, on it)",
                 Family::default()
             ),
             resync_done: reg!(
@@ -308,6 +320,13 @@ impl Metrics {
                 r.bytes_replicated,
             );
             self.replicated_bytes.get_or_create(&l).inc_by(sent);
+            for (family, what, total) in [
+                (&self.flushes, "flushes", r.wire.flushes),
+                (&self.acks, "acks", r.wire.acks),
+            ] {
+                let n = delta(&mut seen.totals, &format!("{what} {}", m.name), total);
+                family.get_or_create(&l).inc_by(n);
+            }
             let (done, total) = (r.resync.bytes_done, r.resync.bytes_total);
             self.resync_done.get_or_create(&l).set(done as i64);
             self.resync_total.get_or_create(&l).set(total as i64);

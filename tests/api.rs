@@ -131,6 +131,8 @@ fn tokens_roles_commands_and_refusals_through_the_api() {
         "tandem_heartbeats_received_total",
         "tandem_heartbeat_rtt_seconds{",
         "tandem_replication_ack_wait_seconds_bucket{",
+        "tandem_replication_flushes_total{",
+        "tandem_replication_acks_total{",
         "tandem_script_duration_seconds_bucket{",
     ] {
         assert!(metrics.contains(name), "no {name} in\n{metrics}");

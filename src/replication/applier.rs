@@ -95,6 +95,19 @@ impl Applier {
         tolerant: bool,
         times: &[(Vec<u8>, Time)],
     ) -> Result<(), ApplyError> {
+        self.apply_with(dir, m, &[], tolerant, times)
+    }
+
+    /// [`apply`](Self::apply) of a write whose data is `data` rather than
+    /// its own (which is then empty): the data stays where it was read.
+    pub fn apply_with(
+        &mut self,
+        dir: u32,
+        m: &WireMutation,
+        data: &[u8],
+        tolerant: bool,
+        times: &[(Vec<u8>, Time)],
+    ) -> Result<(), ApplyError> {
         let deferred = match m {
             WireMutation::Write { .. } | WireMutation::Times => true,
             WireMutation::Fsync { datasync, .. } => *datasync,
@@ -103,7 +116,7 @@ impl Applier {
         if !deferred {
             self.settle_times()?;
         }
-        self.apply_change(dir, m, tolerant)?;
+        self.apply_change(dir, m, data, tolerant)?;
         if deferred {
             for (raw, t) in times {
                 self.pending_times.insert((dir, path_of(raw, true)?), *t);
@@ -125,6 +138,7 @@ impl Applier {
         &mut self,
         dir: u32,
         m: &WireMutation,
+        apart: &[u8],
         tolerant: bool,
     ) -> Result<(), ApplyError> {
         let shown = |p: &Path| {
@@ -227,6 +241,7 @@ impl Applier {
                 sync,
             } => {
                 let p = checked_path(path)?;
+                let data = if data.is_empty() { apart } else { data };
                 let r = self.file(dir, &p).and_then(|fd| {
                     sys::pwrite_all(fd, data, *offset)?;
                     if *sync { sys::fsync(fd, true) } else { Ok(()) }

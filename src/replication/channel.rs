@@ -107,7 +107,7 @@ impl Channel {
         }
         let st = &mut *s;
         st.scratch.clear();
-        let (at, data) = if m.data.is_empty() || compression != Compression::Off {
+        let data = if m.data.is_empty() || compression != Compression::Off {
             let whole;
             let msg = if m.data.is_empty() {
                 &m.msg
@@ -116,17 +116,12 @@ impl Channel {
                 &whole
             };
             frame::encode(msg, compression, &mut st.scratch).map_err(|e| e.to_string())?;
-            (st.scratch.len(), &[][..])
+            &[][..]
         } else {
-            let at = frame::encode_around(&m.msg, m.data, &mut st.scratch)
-                .map_err(|e| e.to_string())?;
-            (at, m.data)
+            frame::encode_trailing(&m.msg, m.data, &mut st.scratch).map_err(|e| e.to_string())?;
+            m.data
         };
-        let mut parts = [
-            io::IoSlice::new(&st.scratch[..at]),
-            io::IoSlice::new(data),
-            io::IoSlice::new(&st.scratch[at..]),
-        ];
+        let mut parts = [io::IoSlice::new(&st.scratch), io::IoSlice::new(data)];
         let mut parts = &mut parts[..];
         while !parts.is_empty() {
             match st.tls.writer().write_vectored(parts) {
@@ -182,10 +177,19 @@ impl Channel {
     /// The next message, `None` if none came within `timeout`. What arrived
     /// before the connection failed is delivered before the failure.
     pub fn recv(&self, frames: &mut Frames, timeout: Duration) -> Result<Option<Message>, String> {
+        if !self.fill(frames, timeout)? {
+            return Ok(None);
+        }
+        frames.take()
+    }
+
+    /// Reads until `frames` holds a whole frame (true) or `timeout` passes
+    /// (false).
+    pub fn fill(&self, frames: &mut Frames, timeout: Duration) -> Result<bool, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(m) = frames.take()? {
-                return Ok(Some(m));
+            if frames.has_frame() {
+                return Ok(true);
             }
             {
                 let mut s = self.state.lock();
@@ -200,7 +204,7 @@ impl Channel {
             let left = deadline.saturating_duration_since(Instant::now());
             let ready = poll(&self.sock, libc::POLLIN, left).map_err(|e| format!("poll: {e}"))?;
             if ready == 0 {
-                return Ok(None);
+                return Ok(false);
             }
             let mut s = self.state.lock();
             // A failure is kept in `broken` and reported after what came first.

@@ -5,10 +5,15 @@
 //! ```
 //!
 //! The payload is one [`Message`] in postcard encoding, zstd-compressed when
-//! flag bit 0 is set. Decoding checks everything before trusting anything: a
+//! flag bit 0 is set. With flag bit 1 the message is a write whose data,
+//! left empty in it, follows it to the end of the payload: the data then
+//! travels from the writer's buffer and into the reader's pwrite without a
+//! copy of its own on either side. Decoding checks everything before trusting anything: a
 //! frame with the wrong magic, another protocol version, unknown flags, a length
 //! over the limit, or a payload that does not decode is an error that names why,
 //! and the connection is closed; "not enough bytes yet" is `Ok(None)`.
+
+use std::ops::Range;
 
 use super::wire::{Message, WireMutation};
 
@@ -19,6 +24,10 @@ pub const HEADER_LEN: usize = 8;
 pub const MAX_PAYLOAD: usize = 4 << 20;
 
 const FLAG_ZSTD: u8 = 1;
+const FLAG_TRAILING: u8 = 2;
+/// A trailing write's frame leaves room for the data's length, so that its
+/// message encodes as a whole within [`MAX_PAYLOAD`] too.
+const MAX_TRAILING: usize = MAX_PAYLOAD - 16;
 /// Payloads smaller than this are never worth compressing.
 const COMPRESS_MIN: usize = 4096;
 
@@ -89,47 +98,38 @@ pub fn encode(
 }
 
 /// Appends the frame of a write whose data is `data`, left out of `msg`
-/// (a `Mutate` of a `Write` with no data of its own), with a gap where the
-/// data goes: returns where. `out[..at]`, `data` and `out[at..]` together are
-/// the frame [`encode`] makes of the whole message, uncompressed.
-pub fn encode_around(msg: &Message, data: &[u8], out: &mut Vec<u8>) -> Result<usize, FrameError> {
-    let Message::Mutate {
-        mutation: WireMutation::Write {
-            data: none, sync, ..
-        },
-        times,
-        ..
-    } = msg
-    else {
-        return Err(FrameError::Payload("only a write's data goes apart".into()));
-    };
-    let bad = |e: postcard::Error| FrameError::Payload(e.to_string());
+/// (a `Mutate` of a `Write` with no data of its own), up to where the data
+/// goes: the frame is what `out` gained, then `data`.
+pub fn encode_trailing(msg: &Message, data: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    if !is_bare_write(msg) {
+        return Err(FrameError::Payload("only a write's data may trail its message".into()));
+    }
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     let body = start + HEADER_LEN;
-    *out = postcard::to_extend(msg, std::mem::take(out)).map_err(bad)?;
-    // Postcard writes fields in order and a tuple as its elements: the
-    // message ends with the data's length (0, one byte), `sync`, `times`.
-    let tail = postcard::to_allocvec(&(sync, times)).map_err(bad)?;
-    let at = out.len() - tail.len() - 1;
-    if !none.is_empty() || out[at] != 0 || out[at + 1..] != tail[..] {
-        out.truncate(start);
-        return Err(FrameError::Payload("a write frame of an unexpected layout".into()));
-    }
-    out.truncate(at);
-    *out = postcard::to_extend(&(data.len() as u64), std::mem::take(out)).map_err(bad)?;
-    let at = out.len();
-    out.extend_from_slice(&tail);
+    *out = postcard::to_extend(msg, std::mem::take(out))
+        .map_err(|e| FrameError::Payload(e.to_string()))?;
     let len = out.len() - body + data.len();
-    if len > MAX_PAYLOAD {
+    if len > MAX_TRAILING {
         out.truncate(start);
         return Err(FrameError::TooLarge { len });
     }
     out[start..start + 2].copy_from_slice(&MAGIC);
     out[start + 2] = VERSION;
-    out[start + 3] = 0;
+    out[start + 3] = FLAG_TRAILING;
     out[start + 4..body].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(at)
+    Ok(())
+}
+
+/// A `Mutate` of a `Write` whose data is empty.
+fn is_bare_write(msg: &Message) -> bool {
+    matches!(
+        msg,
+        Message::Mutate {
+            mutation: WireMutation::Write { data, .. },
+            ..
+        } if data.is_empty()
+    )
 }
 
 /// Payloads are compressed only if a sample from their middle compresses:
@@ -175,6 +175,24 @@ pub fn is_whole(buf: &[u8]) -> bool {
 /// Decodes the first frame in `buf`: the message and how many bytes it used,
 /// `None` if `buf` does not hold a whole frame yet.
 pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
+    let Some((mut msg, data, used)) = decode_split(buf)? else {
+        return Ok(None);
+    };
+    if !data.is_empty()
+        && let Message::Mutate {
+            mutation: WireMutation::Write { data: own, .. },
+            ..
+        } = &mut msg
+    {
+        *own = buf[data].to_vec();
+    }
+    Ok(Some((msg, used)))
+}
+
+/// [`decode`], leaving a trailing write's data in `buf`: the message (its
+/// data empty), where in `buf` the data is (empty if none trails), and how
+/// many bytes the frame used.
+pub fn decode_split(buf: &[u8]) -> Result<Option<(Message, Range<usize>, usize)>, FrameError> {
     if buf.len() < HEADER_LEN {
         // Reject garbage as early as its first bytes allow.
         if buf.len() >= 2 && buf[..2] != MAGIC {
@@ -188,15 +206,28 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
         return Ok(None);
     }
     let payload = &buf[HEADER_LEN..total];
+    let bad = |e: postcard::Error| FrameError::Payload(e.to_string());
+    if header.flags & FLAG_TRAILING != 0 {
+        if header.len > MAX_TRAILING {
+            return Err(FrameError::TooLarge { len: header.len });
+        }
+        let (msg, rest) = postcard::take_from_bytes::<Message>(payload).map_err(bad)?;
+        if !is_bare_write(&msg) {
+            return Err(FrameError::Payload(format!(
+                "data trails a {} that is not a write without data",
+                msg.kind()
+            )));
+        }
+        return Ok(Some((msg, total - rest.len()..total, total)));
+    }
     let msg = if header.flags & FLAG_ZSTD != 0 {
-        let plain = zstd::bulk::decompress(payload, MAX_PAYLOAD)
-            .map_err(|e| FrameError::Payload(e.to_string()))?;
+        let plain = zstd::bulk::decompress(payload, MAX_PAYLOAD).map_err(|e| FrameError::Payload(e.to_string()))?;
         postcard::from_bytes(&plain)
     } else {
         postcard::from_bytes(payload)
     }
-    .map_err(|e| FrameError::Payload(e.to_string()))?;
-    Ok(Some((msg, total)))
+    .map_err(bad)?;
+    Ok(Some((msg, 0..0, total)))
 }
 
 struct Header {
@@ -212,7 +243,7 @@ fn check_header(buf: &[u8]) -> Result<Header, FrameError> {
         return Err(FrameError::Version { got: buf[2] });
     }
     let flags = buf[3];
-    if flags & !FLAG_ZSTD != 0 {
+    if flags & !(FLAG_ZSTD | FLAG_TRAILING) != 0 || flags == FLAG_ZSTD | FLAG_TRAILING {
         return Err(FrameError::Flags(flags));
     }
     let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
@@ -322,14 +353,12 @@ mod tests {
     }
 
     #[test]
-    fn a_write_framed_around_its_data_is_the_frame_of_the_whole_message() {
+    fn a_write_whose_data_trails_decodes_to_the_whole_message() {
         for (len, path, times) in [
             (0usize, None, vec![]),
             (1, Some(b"f".to_vec()), vec![]),
-            (127, Some(b"d/f".to_vec()), vec![(b"d".to_vec(), Time { secs: -1, nanos: 9 })]),
-            (128, None, vec![(b"x".to_vec(), Time { secs: 1 << 40, nanos: 999_999_999 })]),
-            (4096, Some(vec![0xff; 300]), vec![]),
-            (1 << 20, Some(b"big".to_vec()), vec![]),
+            (4096, Some(b"d/f".to_vec()), vec![(b"d".to_vec(), Time { secs: -1, nanos: 9 })]),
+            (1 << 20, Some(vec![0xff; 300]), vec![]),
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let msg = |data: Vec<u8>| Message::Mutate {
@@ -341,19 +370,28 @@ mod tests {
                     path: path.clone(),
                     offset: 12_345_678_901,
                     data,
-                    sync: len == 128,
+                    sync: len == 1,
                 },
             };
-            let mut whole = Vec::new();
-            encode(&msg(data.clone()), Compression::Off, &mut whole).unwrap();
-            let mut around = vec![9, 9];
-            let at = encode_around(&msg(Vec::new()), &data, &mut around).unwrap();
-            let joined = [&around[2..at], &data[..], &around[at..]].concat();
-            assert_eq!(joined, whole, "a write of {len} bytes");
+            let mut frame = vec![9, 9];
+            encode_trailing(&msg(Vec::new()), &data, &mut frame).unwrap();
+            frame.extend_from_slice(&data);
+            frame.extend_from_slice(b"next");
+            let (got, used) = decode(&frame[2..]).unwrap().expect("a whole frame");
+            assert_eq!((got, used), (msg(data.clone()), frame.len() - 6));
+            let (bare, at, _) = decode_split(&frame[2..]).unwrap().unwrap();
+            assert_eq!((bare, &frame[2..][at]), (msg(Vec::new()), &data[..]));
         }
         let mut out = Vec::new();
-        assert!(encode_around(&samples()[3], b"x", &mut out).is_err(), "not a write");
+        assert!(encode_trailing(&samples()[3], b"x", &mut out).is_err(), "not a write");
         assert!(out.is_empty());
+        // Trailing data on anything else is refused.
+        let mut f = Vec::new();
+        encode(&samples()[3], Compression::Off, &mut f).unwrap();
+        f[3] = FLAG_TRAILING;
+        assert!(matches!(decode(&f), Err(FrameError::Payload(_))));
+        f[3] = FLAG_TRAILING | FLAG_ZSTD;
+        assert!(matches!(decode(&f), Err(FrameError::Flags(_))));
     }
 
     #[test]

@@ -498,47 +498,20 @@ impl Applying<'_> {
             if stop.is_stopped() {
                 return "this node stops".into();
             }
-            let msg = match self.channel.recv(&mut frames, Duration::from_millis(100)) {
-                Ok(Some(m)) => m,
-                Ok(None) => {
+            match self.channel.fill(&mut frames, Duration::from_millis(100)) {
+                Ok(true) => {}
+                Ok(false) => {
                     if let Err(why) = self.after_batch(true) {
                         return why;
                     }
                     continue;
                 }
                 Err(e) => return e,
-            };
-            match msg {
-                Message::Mutate {
-                    seq,
-                    dir,
-                    resync,
-                    mutation,
-                    times,
-                } => {
-                    if let Some(prev) = last_seq
-                        && seq != prev + 1
-                    {
-                        return format!("out of order: seq {seq} after {prev}");
-                    }
-                    last_seq = Some(seq);
-                    if let Err(why) = self.apply(seq, dir, resync, &mutation, &times) {
-                        return why;
-                    }
-                }
-                Message::ResyncDone {
-                    seq,
-                    generation,
-                    history,
-                } => {
-                    self.done_at = Some(seq);
-                    self.adopt = Some(crate::changelog::Generation {
-                        current: generation,
-                        history,
-                    });
-                }
-                Message::Close { reason } => return format!("primary closed the link: {reason}"),
-                other => return format!("unexpected message from the primary: {}", other.kind()),
+            }
+            // A write's data is applied from where it was read.
+            match frames.take_with(|msg, data| self.handle(msg, data, &mut last_seq)) {
+                Ok(Some(Ok(()))) | Ok(None) => {}
+                Ok(Some(Err(why))) | Err(why) => return why,
             }
             // Everything already here is applied, then acknowledged once.
             if frames.has_frame() && self.last_sync.elapsed() < SYNC_EVERY {
@@ -547,6 +520,41 @@ impl Applying<'_> {
             if let Err(why) = self.after_batch(false) {
                 return why;
             }
+        }
+    }
+
+    /// One message from the primary; why the session ends, if it does.
+    fn handle(&mut self, msg: Message, data: &[u8], last_seq: &mut Option<u64>) -> Result<(), String> {
+        match msg {
+            Message::Mutate {
+                seq,
+                dir,
+                resync,
+                mutation,
+                times,
+            } => {
+                if let Some(prev) = *last_seq
+                    && seq != prev + 1
+                {
+                    return Err(format!("out of order: seq {seq} after {prev}"));
+                }
+                *last_seq = Some(seq);
+                self.apply(seq, dir, resync, &mutation, data, &times)
+            }
+            Message::ResyncDone {
+                seq,
+                generation,
+                history,
+            } => {
+                self.done_at = Some(seq);
+                self.adopt = Some(crate::changelog::Generation {
+                    current: generation,
+                    history,
+                });
+                Ok(())
+            }
+            Message::Close { reason } => Err(format!("primary closed the link: {reason}")),
+            other => Err(format!("unexpected message from the primary: {}", other.kind())),
         }
     }
 
@@ -565,6 +573,7 @@ impl Applying<'_> {
         dir: u32,
         resync: bool,
         mutation: &WireMutation,
+        data: &[u8],
         times: &[(Vec<u8>, super::wire::Time)],
     ) -> Result<(), String> {
         self.c.received.store(seq, Ordering::Release);
@@ -578,10 +587,10 @@ impl Applying<'_> {
             self.last_ack = Instant::now();
         }
         let n = match mutation {
-            WireMutation::Write { data, .. } => data.len() as u64,
+            WireMutation::Write { data: own, .. } => (own.len() + data.len()) as u64,
             _ => 0,
         };
-        if let Err(e) = self.applier.apply(dir, mutation, resync, times) {
+        if let Err(e) = self.applier.apply_with(dir, mutation, data, resync, times) {
             return Err(self.fail(format!("cannot apply seq {seq}: {e}")));
         }
         if matches!(mutation, WireMutation::Sync) {
