@@ -499,16 +499,22 @@ fn freeze(pid: u32) {
     }
 }
 
-#[test]
-fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
+/// A pair whose secondary caught up and was then frozen: its socket stays
+/// open but nothing is read or acknowledged. Returns its pid too.
+fn frozen_secondary() -> (Pair, u32) {
     let mut pair = Pair::new();
     pair.start_both();
-    let d = pair.dir(1);
-    std::fs::write(d.join("before"), b"1").unwrap();
+    std::fs::write(pair.dir(1).join("before"), b"1").unwrap();
     pair.wait_caught_up();
-    // Freeze the secondary: its socket stays open but nothing is acknowledged.
     let pid = pair.pid(2);
     freeze(pid);
+    (pair, pid)
+}
+
+#[test]
+fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
+    let (pair, pid) = frozen_secondary();
+    let d = pair.dir(1);
     let t = std::time::Instant::now();
     // fsync waits for the peer: at most peer_timeout, then the primary goes on alone.
     let mut f = std::fs::File::create(d.join("during")).unwrap();
@@ -529,13 +535,8 @@ fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
 
 #[test]
 fn a_frozen_peer_whose_socket_fills_never_blocks_writers_past_the_timeout() {
-    let mut pair = Pair::new();
-    pair.start_both();
+    let (pair, pid) = frozen_secondary();
     let d = pair.dir(1);
-    std::fs::write(d.join("before"), b"1").unwrap();
-    pair.wait_caught_up();
-    let pid = pair.pid(2);
-    freeze(pid);
     // Plain writes go out on the writer's own thread: far more than the
     // socket holds, so a write finds no room, and must give up on the peer
     // after peer_timeout instead of blocking the application.

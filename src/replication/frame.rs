@@ -67,11 +67,8 @@ pub fn encode(
     compression: Compression,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER_LEN]);
+    let start = open(msg, out)?;
     let body = start + HEADER_LEN;
-    let buf = std::mem::take(out);
-    *out = postcard::to_extend(msg, buf).map_err(|e| FrameError::Payload(e.to_string()))?;
     let mut flags = 0;
     if let Compression::Zstd { level } | Compression::Auto { level } = compression {
         let plain = &out[body..];
@@ -86,14 +83,30 @@ pub fn encode(
         }
     }
     let len = out.len() - body;
-    if len > MAX_PAYLOAD {
+    close(out, start, flags, len, MAX_PAYLOAD)
+}
+
+/// Starts a frame in `out`: room for its header, then `msg` serialised in
+/// place. Returns where the frame starts.
+fn open(msg: &Message, out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    *out = postcard::to_extend(msg, std::mem::take(out))
+        .map_err(|e| FrameError::Payload(e.to_string()))?;
+    Ok(start)
+}
+
+/// Ends the frame started at `start` with a payload of `len` bytes: its
+/// header, or an error (and nothing of it left in `out`) past `limit`.
+fn close(out: &mut Vec<u8>, start: usize, flags: u8, len: usize, limit: usize) -> Result<(), FrameError> {
+    if len > limit {
         out.truncate(start);
         return Err(FrameError::TooLarge { len });
     }
     out[start..start + 2].copy_from_slice(&MAGIC);
     out[start + 2] = VERSION;
     out[start + 3] = flags;
-    out[start + 4..body].copy_from_slice(&(len as u32).to_be_bytes());
+    out[start + 4..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
 }
 
@@ -104,21 +117,9 @@ pub fn encode_trailing(msg: &Message, data: &[u8], out: &mut Vec<u8>) -> Result<
     if !is_bare_write(msg) {
         return Err(FrameError::Payload("only a write's data may trail its message".into()));
     }
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER_LEN]);
-    let body = start + HEADER_LEN;
-    *out = postcard::to_extend(msg, std::mem::take(out))
-        .map_err(|e| FrameError::Payload(e.to_string()))?;
-    let len = out.len() - body + data.len();
-    if len > MAX_TRAILING {
-        out.truncate(start);
-        return Err(FrameError::TooLarge { len });
-    }
-    out[start..start + 2].copy_from_slice(&MAGIC);
-    out[start + 2] = VERSION;
-    out[start + 3] = FLAG_TRAILING;
-    out[start + 4..body].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(())
+    let start = open(msg, out)?;
+    let len = out.len() - start - HEADER_LEN + data.len();
+    close(out, start, FLAG_TRAILING, len, MAX_TRAILING)
 }
 
 /// A `Mutate` of a `Write` whose data is empty.

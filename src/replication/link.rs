@@ -179,29 +179,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.push(m)?;
         self.flush().await
     }
-
-    /// Writes queued messages until the queue closes: batches whatever is
-    /// ready into one write.
-    pub async fn pump(
-        mut self,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<Message>,
-    ) -> Result<(), String> {
-        while let Some(m) = rx.recv().await {
-            self.push(&m)?;
-            while self.buffered() < (1 << 20) {
-                match rx.try_recv() {
-                    Ok(m) => self.push(&m)?,
-                    Err(_) => break,
-                }
-            }
-            self.flush().await?;
-        }
-        let _ = self.wr.shutdown().await;
-        Ok(())
-    }
 }
 
-/// What a Hello must say to be accepted.
 /// What it takes to open a connection to the peer: its address, this node's
 /// credentials, the cluster's name and the frames' compression.
 #[derive(Clone)]
@@ -212,6 +191,7 @@ pub struct Connector {
     pub compression: Compression,
 }
 
+/// What a Hello must say to be accepted.
 pub struct Expect<'a> {
     pub cluster: &'a str,
     pub peer: &'a str,
