@@ -45,6 +45,8 @@ struct State {
     broken: Option<String>,
     /// Time senders spent waiting for room in the socket.
     waited: Duration,
+    /// When the peer last sent anything.
+    heard: Instant,
 }
 
 impl Channel {
@@ -88,6 +90,7 @@ impl Channel {
                 scratch: Vec::with_capacity(64 << 10),
                 broken: None,
                 waited: Duration::ZERO,
+                heard: Instant::now(),
             }),
             patience,
         })
@@ -100,7 +103,12 @@ impl Channel {
 
     /// [`send`](Self::send) of a message whose write data is still the
     /// caller's: encrypted from where it is unless it is compressed.
-    pub fn send_out(&self, m: &Outgoing<'_>, compression: Compression, now: bool) -> Result<(), String> {
+    pub fn send_out(
+        &self,
+        m: &Outgoing<'_>,
+        compression: Compression,
+        now: bool,
+    ) -> Result<(), String> {
         let mut s = self.state.lock();
         if let Some(e) = &s.broken {
             return Err(e.clone());
@@ -165,8 +173,14 @@ impl Channel {
         if s.since.is_some_and(|t| t.elapsed() >= age) {
             self.drain(&mut s, self.patience)?;
         }
-        let busy = s.last_send.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-        Ok(if busy { age } else { Duration::from_millis(100) })
+        let busy = s
+            .last_send
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        Ok(if busy {
+            age
+        } else {
+            Duration::from_millis(100)
+        })
     }
 
     /// How long senders waited for room in the socket, in all.
@@ -241,11 +255,15 @@ impl Channel {
 
     /// Writes everything queued; while the socket has no room, reads what
     /// the peer sends meanwhile, or both sides could wait on each other.
+    /// Gives up once the peer was silent for `patience` with no room: a
+    /// socket that takes a little now and then (its buffer growing) does
+    /// not stretch the wait, and every thread waiting on a stuck peer gives
+    /// up at the same moment.
     fn drain(&self, s: &mut State, patience: Duration) -> Result<(), String> {
         if s.tls.wants_write() {
             Tally::count(&self.tally.flushes, 1);
         }
-        let deadline = Instant::now() + patience;
+        let deadline = Instant::now().min(s.heard) + patience;
         while s.tls.wants_write() {
             match s.tls.write_tls(&mut &self.sock) {
                 Ok(_) => {}
@@ -253,7 +271,10 @@ impl Channel {
                     let t0 = Instant::now();
                     let left = deadline.saturating_duration_since(t0);
                     if left.is_zero() {
-                        let why = format!("the peer took no data for {} ms", patience.as_millis());
+                        let why = format!(
+                            "the peer took no data and said nothing for {} ms",
+                            patience.as_millis()
+                        );
                         return Err(self.fail(s, why));
                     }
                     let ready = poll(&self.sock, libc::POLLOUT | libc::POLLIN, left)
@@ -281,6 +302,7 @@ impl Channel {
             match s.tls.read_tls(&mut &self.sock) {
                 Ok(0) => return Err(self.fail(s, "connection closed by the peer".into())),
                 Ok(_) => {
+                    s.heard = Instant::now();
                     let io = match s.tls.process_new_packets() {
                         Ok(io) => io,
                         Err(e) => return Err(self.fail(s, format!("TLS: {e}"))),
@@ -339,6 +361,11 @@ fn poll(sock: &TcpStream, events: i16, timeout: Duration) -> io::Result<i16> {
 pub struct Link {
     channel: std::sync::Arc<Channel>,
     compression: Compression,
+    /// What was read and not taken yet; held by whichever thread reads.
+    frames: Mutex<Frames>,
+    /// When a call last waited for the peer, and when the peer was last heard.
+    waiter: Mutex<Instant>,
+    heard: Mutex<Instant>,
     /// Whether the socket, not the disk, holds senders back: measured as
     /// the share of time they wait for room, over the last second or so.
     slow: std::sync::atomic::AtomicBool,
@@ -350,13 +377,57 @@ pub struct Link {
 const SLOW_ABOVE: f64 = 0.25;
 
 impl Link {
-    pub fn new(channel: std::sync::Arc<Channel>, compression: Compression) -> Self {
+    /// `rest`: what was read past the introductions.
+    pub fn new(channel: std::sync::Arc<Channel>, compression: Compression, rest: Vec<u8>) -> Self {
+        let now = Instant::now();
         Self {
             channel,
             compression,
+            frames: Mutex::new(Frames::with(rest)),
+            waiter: Mutex::new(now.checked_sub(Duration::from_secs(1)).unwrap_or(now)),
+            heard: Mutex::new(now),
             slow: std::sync::atomic::AtomicBool::new(false),
             measured: Mutex::new((Instant::now(), Duration::ZERO)),
         }
+    }
+
+    /// Whether a call waited for the peer within `d`: then waiting calls
+    /// read the answers themselves, and the link's reader stands aside.
+    pub fn waited_within(&self, d: Duration) -> bool {
+        self.waiter.lock().elapsed() < d
+    }
+
+    /// When the peer was last heard.
+    pub fn heard(&self) -> Instant {
+        *self.heard.lock()
+    }
+
+    /// The backstop of queued sends (see [`Channel::backstop`]).
+    pub fn backstop(&self, age: Duration) -> Result<Duration, String> {
+        self.channel.backstop(age)
+    }
+
+    /// Reads what the peer sent, waiting until `until` at most; `None` if
+    /// another thread is reading.
+    pub fn read_until(&self, until: Instant) -> Option<Result<Vec<Message>, String>> {
+        let mut frames = self.frames.try_lock()?;
+        let left = until.saturating_duration_since(Instant::now());
+        let mut got = Vec::new();
+        match self.channel.recv(&mut frames, left) {
+            Ok(Some(m)) => got.push(m),
+            Ok(None) => return Some(Ok(got)),
+            Err(e) => return Some(Err(e)),
+        }
+        // Whatever else is already here comes along.
+        loop {
+            match frames.take() {
+                Ok(Some(m)) => got.push(m),
+                Ok(None) => break,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        *self.heard.lock() = Instant::now();
+        Some(Ok(got))
     }
 
     /// How a message is encoded: resync and full sync as configured; live
@@ -405,5 +476,10 @@ impl super::primary::Outlet for Link {
 
     fn close(&self, graceful: bool) {
         self.channel.close(graceful)
+    }
+
+    fn read(&self, until: Instant) -> Option<Result<Vec<Message>, String>> {
+        *self.waiter.lock() = Instant::now();
+        self.read_until(until)
     }
 }

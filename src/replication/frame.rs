@@ -98,7 +98,13 @@ fn open(msg: &Message, out: &mut Vec<u8>) -> Result<usize, FrameError> {
 
 /// Ends the frame started at `start` with a payload of `len` bytes: its
 /// header, or an error (and nothing of it left in `out`) past `limit`.
-fn close(out: &mut Vec<u8>, start: usize, flags: u8, len: usize, limit: usize) -> Result<(), FrameError> {
+fn close(
+    out: &mut Vec<u8>,
+    start: usize,
+    flags: u8,
+    len: usize,
+    limit: usize,
+) -> Result<(), FrameError> {
     if len > limit {
         out.truncate(start);
         return Err(FrameError::TooLarge { len });
@@ -115,7 +121,9 @@ fn close(out: &mut Vec<u8>, start: usize, flags: u8, len: usize, limit: usize) -
 /// goes: the frame is what `out` gained, then `data`.
 pub fn encode_trailing(msg: &Message, data: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
     if !is_bare_write(msg) {
-        return Err(FrameError::Payload("only a write's data may trail its message".into()));
+        return Err(FrameError::Payload(
+            "only a write's data may trail its message".into(),
+        ));
     }
     let start = open(msg, out)?;
     let len = out.len() - start - HEADER_LEN + data.len();
@@ -222,7 +230,8 @@ pub fn decode_split(buf: &[u8]) -> Result<Option<(Message, Range<usize>, usize)>
         return Ok(Some((msg, total - rest.len()..total, total)));
     }
     let msg = if header.flags & FLAG_ZSTD != 0 {
-        let plain = zstd::bulk::decompress(payload, MAX_PAYLOAD).map_err(|e| FrameError::Payload(e.to_string()))?;
+        let plain = zstd::bulk::decompress(payload, MAX_PAYLOAD)
+            .map_err(|e| FrameError::Payload(e.to_string()))?;
         postcard::from_bytes(&plain)
     } else {
         postcard::from_bytes(payload)
@@ -358,7 +367,11 @@ mod tests {
         for (len, path, times) in [
             (0usize, None, vec![]),
             (1, Some(b"f".to_vec()), vec![]),
-            (4096, Some(b"d/f".to_vec()), vec![(b"d".to_vec(), Time { secs: -1, nanos: 9 })]),
+            (
+                4096,
+                Some(b"d/f".to_vec()),
+                vec![(b"d".to_vec(), Time { secs: -1, nanos: 9 })],
+            ),
             (1 << 20, Some(vec![0xff; 300]), vec![]),
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
@@ -384,7 +397,10 @@ mod tests {
             assert_eq!((bare, &frame[2..][at]), (msg(Vec::new()), &data[..]));
         }
         let mut out = Vec::new();
-        assert!(encode_trailing(&samples()[3], b"x", &mut out).is_err(), "not a write");
+        assert!(
+            encode_trailing(&samples()[3], b"x", &mut out).is_err(),
+            "not a write"
+        );
         assert!(out.is_empty());
         // Trailing data on anything else is refused.
         let mut f = Vec::new();

@@ -54,7 +54,10 @@ impl Frames {
     /// Hands the next whole message, if one is buffered, to `f` with a
     /// write's data where it lies in the buffer (empty when none trails the
     /// message: then the message holds its data, if any).
-    pub fn take_with<R>(&mut self, f: impl FnOnce(Message, &[u8]) -> R) -> Result<Option<R>, String> {
+    pub fn take_with<R>(
+        &mut self,
+        f: impl FnOnce(Message, &[u8]) -> R,
+    ) -> Result<Option<R>, String> {
         let buf = &self.buf[self.start..];
         let Some((m, data, used)) = frame::decode_split(buf).map_err(|e| e.to_string())? else {
             return Ok(None);

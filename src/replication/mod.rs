@@ -12,8 +12,8 @@
 
 pub mod activity;
 pub mod applier;
-pub mod channel;
 pub mod aside;
+pub mod channel;
 pub mod dir;
 pub mod entry;
 pub mod frame;

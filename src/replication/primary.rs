@@ -99,6 +99,12 @@ pub trait Outlet: Send + Sync {
     fn flush(&self) -> Result<(), String>;
     /// Ends the link; `graceful`: what was queued goes out first.
     fn close(&self, graceful: bool);
+    /// A waiting call reads the peer's answers itself, until `until` at
+    /// most; `None` when another thread is reading them.
+    fn read(&self, until: Instant) -> Option<Result<Vec<Message>, String>> {
+        let _ = until;
+        None
+    }
 }
 
 pub type Outbound = Arc<dyn Outlet>;
@@ -181,6 +187,9 @@ struct Acks {
     outlet: Option<Outbound>,
     conn: u64,
     connected: bool,
+    /// Counts acknowledgements: a waiter that saw one count and finds
+    /// another need not sleep.
+    version: u64,
     received: u64,
     applied: u64,
     durable: u64,
@@ -232,6 +241,11 @@ pub type AloneCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 /// How far plain writes may run ahead of the peer in the `durable` and
 /// `received` modes before they wait.
 pub const WINDOW: u64 = 32 << 20;
+
+/// How long a waiting call reads, or sleeps while another reads, before it
+/// looks again (at the fence, the quorum, its deadline).
+const LEAD_SLICE: Duration = Duration::from_millis(20);
+const FOLLOW_SLICE: Duration = Duration::from_millis(2);
 
 /// How often, at most, acknowledgements clear the change log.
 const CLEAR_EVERY: Duration = Duration::from_millis(10);
@@ -330,6 +344,7 @@ impl Replicator {
             outlet: Some(outlet),
             conn,
             connected: true,
+            version: a.version + 1,
             received: first - 1,
             applied: first - 1,
             durable: first - 1,
@@ -366,6 +381,10 @@ impl Replicator {
     fn unlink_locked(&self, o: &mut Order, conn: u64, why: &str, failed: bool) {
         let durable = self.acks.lock().durable;
         if o.linked(conn) {
+            // What the peer holds durably is forgotten first, as the next
+            // acknowledgement would have: the names recorded with it must
+            // not outlive the byte ranges the narrowing below forgets.
+            self.clear_durable_locked(o, durable);
             if failed && o.current(durable) {
                 // The peer was current and is no longer: a new generation
                 // (before anything is acknowledged without it) tells the peer
@@ -434,23 +453,102 @@ impl Replicator {
         self.order.lock().linked(conn)
     }
 
+    /// [`is_attached`](Self::is_attached) without the order lock, which a
+    /// change may hold for a while.
+    pub fn still_linked(&self, conn: u64) -> bool {
+        let a = self.acks.lock();
+        a.conn == conn && a.connected
+    }
+
     /// An acknowledgement from the peer on connection `conn`; false once
     /// that connection is no longer the link.
     pub fn on_ack(&self, conn: u64, received: u64, applied: u64, durable: u64) -> bool {
+        self.record_ack(conn, received, applied, durable) && {
+            self.clear_durable(conn, durable);
+            true
+        }
+    }
+
+    /// Clears the change log of what the peer reported durable on `conn`
+    /// (for acknowledgements recorded without clearing).
+    pub fn clear_acked(&self, conn: u64) {
+        let durable = self.acks.lock().durable;
+        self.clear_durable(conn, durable);
+    }
+
+    /// [`on_ack`](Self::on_ack) without clearing the change log: what a
+    /// waiting call does, so the application never waits for a clear.
+    fn record_ack(&self, conn: u64, received: u64, applied: u64, durable: u64) -> bool {
         {
             let mut a = self.acks.lock();
             if a.conn != conn || !a.connected {
                 return false;
             }
             Tally::count(&self.tally.acks, 1);
+            a.version += 1;
             a.received = a.received.max(received);
             a.applied = a.applied.max(applied);
             a.durable = a.durable.max(durable);
             self.lag.lock().applied(a.applied);
             self.acked.notify_all();
         }
-        self.clear_durable(conn, durable);
         true
+    }
+
+    /// Takes what the peer sent on connection `conn`, clearing the change
+    /// log if `clear`; why the link ends, if it does.
+    pub fn take_replies(&self, conn: u64, msgs: Vec<Message>, clear: bool) -> Result<(), String> {
+        for m in msgs {
+            match m {
+                Message::Ack {
+                    received,
+                    applied,
+                    durable,
+                } => {
+                    let linked = if clear {
+                        self.on_ack(conn, received, applied, durable)
+                    } else {
+                        self.record_ack(conn, received, applied, durable)
+                    };
+                    if !linked {
+                        return Err("link dropped".into());
+                    }
+                }
+                Message::Close { reason } => return Err(format!("peer closed the link: {reason}")),
+                other => {
+                    return Err(format!(
+                        "unexpected message from the peer: {}",
+                        other.kind()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the peer's answer until `deadline`, or a little less: the
+    /// calling thread reads it itself when no other thread does, so the
+    /// answer wakes one thread instead of two (the link's reader, then this
+    /// one). `seen`: the acknowledgements counted when the caller looked.
+    fn await_reply(&self, conn: u64, outlet: &dyn Outlet, deadline: Instant, seen: u64) {
+        let read = outlet.read(deadline.min(Instant::now() + LEAD_SLICE));
+        let Some(read) = read else {
+            // Another thread reads: it wakes this one, or hands over the
+            // reading when it leaves.
+            let mut a = self.acks.lock();
+            if a.version == seen && a.conn == conn && a.connected {
+                let until = deadline.min(Instant::now() + FOLLOW_SLICE);
+                self.acked.wait_until(&mut a, until);
+            }
+            return;
+        };
+        if let Err(why) = read.and_then(|msgs| self.take_replies(conn, msgs, false)) {
+            self.detach(conn, &why);
+        }
+        // Calls that waited while this one read take over the reading.
+        let mut a = self.acks.lock();
+        a.version += 1;
+        self.acked.notify_all();
     }
 
     /// Applies the sealed bucket's clears once the peer is durable past it,
@@ -471,9 +569,14 @@ impl Replicator {
             None => self.order.lock(),
         };
         *self.last_clear.lock() = now;
-        if !o.linked(conn) {
-            return;
+        if o.linked(conn) {
+            self.clear_durable_locked(&mut o, durable);
         }
+    }
+
+    /// [`clear_durable`](Self::clear_durable) now, under the order lock.
+    fn clear_durable_locked(&self, o: &mut Order, durable: u64) {
+        let now = Instant::now();
         if o.current(durable) && now.duration_since(o.last_cool) >= Duration::from_millis(250) {
             o.last_cool = now;
             for (d, id, r) in o.activity.cool(durable, now) {
@@ -551,7 +654,9 @@ impl Replicator {
         // ours. Anything else waits for one (or for a waiter's flush).
         let now = matches!(
             m,
-            WireMutation::Fsync { .. } | WireMutation::Write { sync: true, .. } | WireMutation::Sync
+            WireMutation::Fsync { .. }
+                | WireMutation::Write { sync: true, .. }
+                | WireMutation::Sync
         );
         let msg = Message::Mutate {
             seq,
@@ -701,7 +806,17 @@ impl Replicator {
                 continue;
             }
             crate::fs::blocking();
-            if self.acked.wait_until(&mut a, deadline).timed_out() {
+            let timed_out = match a.outlet.clone() {
+                Some(outlet) => {
+                    let seen = a.version;
+                    drop(a);
+                    self.await_reply(conn, &*outlet, deadline, seen);
+                    a = self.acks.lock();
+                    Instant::now() >= deadline
+                }
+                None => self.acked.wait_until(&mut a, deadline).timed_out(),
+            };
+            if timed_out {
                 if self.fenced.load(Ordering::SeqCst) {
                     return Err(Errno::EIO);
                 }

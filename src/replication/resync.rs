@@ -293,6 +293,20 @@ fn ship_names(
     for (d, ns) in records.iter().enumerate() {
         let dir = d as u32;
         let mut done: HashSet<PathBuf> = HashSet::new();
+        // Where each name is last renamed away. Made equal to ours before
+        // that, the name would be shipped as absent (it is gone here), and
+        // the replayed rename would find nothing to move: a record kept
+        // longer than the bytes it came with (the peer had them durably)
+        // must not cost the peer the file.
+        let mut moved_at: std::collections::HashMap<&PathBuf, u64> = Default::default();
+        for (seq, change) in ns {
+            if let NsChange::Rename { from, to, exchange } = change {
+                moved_at.insert(from, *seq);
+                if *exchange {
+                    moved_at.insert(to, *seq);
+                }
+            }
+        }
         for (seq, change) in ns {
             ns_upto[d] = *seq;
             let literal = match change {
@@ -315,7 +329,7 @@ fn ship_names(
                 }
             }
             for p in touched(change) {
-                if rep.is_excluded(dir, p) {
+                if rep.is_excluded(dir, p) || moved_at.get(p).is_some_and(|at| at > seq) {
                     continue;
                 }
                 if done.insert(p.clone()) {

@@ -17,9 +17,9 @@ use crate::changelog::ChangeLog;
 use crate::stop::Stop;
 
 use super::applier::Applier;
+use super::channel::Channel;
 use super::dir::Dir;
 use super::frame::Compression;
-use super::channel::Channel;
 use super::link::{Expect, FrameReader, FrameWriter, Frames, HELLO_TIMEOUT, check_hello};
 use super::resync;
 use super::session::KEEPALIVE;
@@ -493,7 +493,8 @@ impl Applying<'_> {
         let mut last_seq = None::<u64>;
         loop {
             if self.module.session.load(Ordering::SeqCst) != self.id {
-                return self.fail("session replaced (full sync requested, or a newer connection)".into());
+                return self
+                    .fail("session replaced (full sync requested, or a newer connection)".into());
             }
             if stop.is_stopped() {
                 return "this node stops".into();
@@ -524,7 +525,12 @@ impl Applying<'_> {
     }
 
     /// One message from the primary; why the session ends, if it does.
-    fn handle(&mut self, msg: Message, data: &[u8], last_seq: &mut Option<u64>) -> Result<(), String> {
+    fn handle(
+        &mut self,
+        msg: Message,
+        data: &[u8],
+        last_seq: &mut Option<u64>,
+    ) -> Result<(), String> {
         match msg {
             Message::Mutate {
                 seq,
@@ -554,16 +560,23 @@ impl Applying<'_> {
                 Ok(())
             }
             Message::Close { reason } => Err(format!("primary closed the link: {reason}")),
-            other => Err(format!("unexpected message from the primary: {}", other.kind())),
+            other => Err(format!(
+                "unexpected message from the primary: {}",
+                other.kind()
+            )),
         }
     }
 
     fn fail(&self, why: String) -> String {
         tracing::error!("{}: {why}", self.module.name);
         self.module.state.lock().last_error = Some(why.clone());
-        let _ = self
-            .channel
-            .send(&Message::Close { reason: why.clone() }, Compression::Off, true);
+        let _ = self.channel.send(
+            &Message::Close {
+                reason: why.clone(),
+            },
+            Compression::Off,
+            true,
+        );
         why
     }
 
@@ -580,7 +593,9 @@ impl Applying<'_> {
         // What the primary may be waiting for.
         let point = matches!(
             mutation,
-            WireMutation::Fsync { .. } | WireMutation::Write { sync: true, .. } | WireMutation::Sync
+            WireMutation::Fsync { .. }
+                | WireMutation::Write { sync: true, .. }
+                | WireMutation::Sync
         );
         if point && self.acks == AckAt::Received {
             send_ack(self.channel, self.c, &self.module.tally)?;

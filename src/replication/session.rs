@@ -12,9 +12,7 @@ use tokio_rustls::TlsConnector;
 
 use super::channel::{Channel, Link};
 use super::frame::Compression;
-use super::link::{
-    Connector, Expect, FrameReader, FrameWriter, Frames, HELLO_TIMEOUT, check_hello,
-};
+use super::link::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
 use super::primary::Replicator;
 use super::resync::{self, Diverged};
 use super::tls::Credentials;
@@ -220,17 +218,22 @@ impl PrimaryLink {
         // the acknowledgements: no task stands between them and the socket.
         let (rd, rest) = reader.into_parts();
         let (tcp, tls) = rd.unsplit(writer.into_inner()).into_inner();
-        let channel = Arc::new(Channel::from_tokio(tcp, tls, rep.peer_timeout, rep.tally.clone())?);
-        let conn = rep.attach(Arc::new(Link::new(channel.clone(), self.compression)));
+        let channel = Arc::new(Channel::from_tokio(
+            tcp,
+            tls,
+            rep.peer_timeout,
+            rep.tally.clone(),
+        )?);
+        let link = Arc::new(Link::new(channel.clone(), self.compression, rest));
+        let conn = rep.attach(link.clone());
         rep.keep_times(conn, TIMES_EVERY, stop);
         tracing::info!("{}: connected to {}", rep.module, self.creds.peer);
         let resync_rep = rep.clone();
         let resync = tokio::task::spawn_blocking(move || resync::run(&resync_rep, conn, diverged));
         let idle = rep.peer_timeout.max(KEEPALIVE * 3);
-        let (acks_rep, acks_channel, acks_stop) = (rep.clone(), channel.clone(), stop.clone());
+        let (acks_rep, acks_stop) = (rep.clone(), stop.clone());
         let why = tokio::task::spawn_blocking(move || {
-            let frames = Frames::with(rest);
-            read_acks(&acks_rep, conn, &acks_channel, frames, &acks_stop, idle)
+            read_acks(&acks_rep, conn, &link, &acks_stop, idle)
         })
         .await
         .unwrap_or_else(|e| format!("the acknowledgement reader: {e}"));
@@ -248,47 +251,40 @@ impl PrimaryLink {
 }
 
 /// Reads the peer's acknowledgements until the link ends, and says why it
-/// ended. Also the backstop of the sends no durability point asked for.
-fn read_acks(
-    rep: &Replicator,
-    conn: u64,
-    channel: &Channel,
-    mut frames: Frames,
-    stop: &Stop,
-    idle: Duration,
-) -> String {
-    let mut heard = std::time::Instant::now();
+/// ended; stands aside while calls wait for the peer (they read their own
+/// answers). Also the backstop of the sends no durability point asked for.
+fn read_acks(rep: &Replicator, conn: u64, link: &Link, stop: &Stop, idle: Duration) -> String {
     let mut wait = BACKSTOP;
     loop {
-        if stop.is_stopped() {
-            return "the link was stopped".into();
+        let mut quiet = true;
+        if link.waited_within(BACKSTOP) {
+            if stop.sleep(BACKSTOP) {
+                return "the link was stopped".into();
+            }
+            // What the waiting calls read, cleared here, off their path.
+            rep.clear_acked(conn);
+        } else {
+            if stop.is_stopped() {
+                return "the link was stopped".into();
+            }
+            match link.read_until(std::time::Instant::now() + wait) {
+                Some(Ok(msgs)) => {
+                    quiet = msgs.is_empty();
+                    if let Err(why) = rep.take_replies(conn, msgs, true) {
+                        return why;
+                    }
+                }
+                Some(Err(e)) => return e,
+                None => {}
+            }
         }
-        match channel.recv(&mut frames, wait) {
-            Ok(Some(Message::Ack {
-                received,
-                applied,
-                durable,
-            })) => {
-                heard = std::time::Instant::now();
-                if !rep.on_ack(conn, received, applied, durable) {
-                    return "link dropped".into();
-                }
-            }
-            Ok(Some(Message::Close { reason })) => return format!("peer closed the link: {reason}"),
-            Ok(Some(other)) => {
-                return format!("unexpected message from the peer: {}", other.kind());
-            }
-            Ok(None) => {
-                if heard.elapsed() >= idle {
-                    return format!("peer silent for {} ms", idle.as_millis());
-                }
-                if !rep.is_attached(conn) {
-                    return "link dropped".into();
-                }
-            }
-            Err(e) => return e,
+        if link.heard().elapsed() >= idle {
+            return format!("peer silent for {} ms", idle.as_millis());
         }
-        wait = match channel.backstop(BACKSTOP) {
+        if quiet && !rep.still_linked(conn) {
+            return "link dropped".into();
+        }
+        wait = match link.backstop(BACKSTOP) {
             Ok(w) => w,
             Err(e) => return e,
         };

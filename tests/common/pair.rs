@@ -377,11 +377,16 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
                 )
             };
             let first_diff = na.content.iter().zip(&nb.content).position(|(x, y)| x != y);
+            let head = |n: &Node| {
+                String::from_utf8_lossy(&n.content[..n.content.len().min(24)]).into_owned()
+            };
             panic!(
-                "{} differs:\n  primary:   {}\n  secondary: {}\n  first differing byte: {first_diff:?}",
+                "{} differs:\n  primary:   {} {:?}\n  secondary: {} {:?}\n  first differing byte: {first_diff:?}",
                 name.display(),
                 short(na),
-                short(nb)
+                head(na),
+                short(nb),
+                head(nb)
             );
         }
     }
