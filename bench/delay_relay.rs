@@ -49,7 +49,7 @@ fn main() {
 }
 
 /// Forwards `from` to `to`, each chunk `delay` after it arrived.
-fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+fn pipe(mut from: TcpStream, to: TcpStream, delay: Duration) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let mut out = to.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
