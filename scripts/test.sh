@@ -10,7 +10,8 @@ cargo build --release --workspace --all-targets
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --release --workspace -- --test-threads=4 2>&1 | tee "$log"
+# Every test binary runs even after one fails: a failure early on hides nothing.
+cargo test --release --workspace --no-fail-fast -- --test-threads=4 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # A short fuzzing run of every decoder of outside input (scripts/fuzz.sh).
 scripts/fuzz.sh "${TANDEM_FUZZ_SECONDS:-20}" 2>&1 | tee -a "$log"
