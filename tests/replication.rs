@@ -577,6 +577,46 @@ fn a_frozen_peer_whose_socket_fills_never_blocks_writers_past_the_timeout() {
 }
 
 #[test]
+fn a_primary_frozen_past_peer_timeout_while_waiting_keeps_its_peer() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    pair.wait_caught_up();
+    let d = pair.dir(1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut f = std::fs::File::create(d.join("f")).unwrap();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&n.to_le_bytes()).unwrap();
+                f.sync_data().unwrap();
+                n += 1;
+            }
+            n
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Frozen longer than peer_timeout (2000 ms) with fsyncs waiting for
+        // the peer's answer, which arrives meanwhile: on waking, the answer
+        // is read, and the peer, which was never late, stays current.
+        let pid = pair.pid(1);
+        freeze(pid);
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 10, "the writer made progress");
+    });
+    assert_eq!(pair.peer_state(), "connected");
+    assert!(
+        !pair.log_text(1).contains("peer out of date"),
+        "the link was dropped: {}",
+        pair.log_text(1)
+    );
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
 fn each_ack_mode_is_answered_by_the_acknowledgements_it_waits_for() {
     for ack in ["durable", "received", "async"] {
         let mut pair = Pair::with_ack(ack);

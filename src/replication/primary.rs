@@ -806,9 +806,9 @@ impl Replicator {
                 continue;
             }
             crate::fs::blocking();
-            let timed_out = match a.outlet.clone() {
+            let seen = a.version;
+            let late = match a.outlet.clone() {
                 Some(outlet) => {
-                    let seen = a.version;
                     drop(a);
                     self.await_reply(conn, &*outlet, deadline, seen);
                     a = self.acks.lock();
@@ -816,6 +816,10 @@ impl Replicator {
                 }
                 None => self.acked.wait_until(&mut a, deadline).timed_out(),
             };
+            // An answer that came in meanwhile is looked at first: after this
+            // node was frozen past the deadline, the peer's answer is waiting
+            // in the socket, and the peer is not late for it.
+            let timed_out = late && a.version == seen;
             if timed_out {
                 if self.fenced.load(Ordering::SeqCst) {
                     return Err(Errno::EIO);
