@@ -678,14 +678,15 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
+        // Bound on its runtime, with tokio's listen backlog, as the endpoint is.
+        let (bound, addr) = tokio::sync::oneshot::channel();
         let served = h.clone();
         server.spawn(async move {
-            let l = TcpListener::from_std(l).unwrap();
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let _ = bound.send(l.local_addr().unwrap());
             serve(l, served, plain, std::future::pending()).await
         });
+        let addr = addr.await.unwrap();
         let beating = h.clone();
         server.spawn(async move {
             loop {
