@@ -753,3 +753,122 @@ fn health_endpoints_speak_https_with_lb_tls() {
     );
     assert_eq!(https_status(p2, "/primary/app"), "HTTP/1.1 200 OK");
 }
+
+/// The SECOND is frozen (SIGSTOP) for 1, 2 and 6 s while the serving node's
+/// application appends 64-byte records and fdatasyncs each: no call waits
+/// longer than `peer_timeout` (plus scheduling slack), whatever path it
+/// waits on, and every record acknowledged reaches the twin once it is back.
+/// `TANDEM_PAUSE_ROUNDS=50` is the long form.
+#[test]
+fn no_call_waits_past_peer_timeout_while_the_second_is_frozen() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+    const PEER_TIMEOUT_MS: u64 = 1_000;
+    const SLACK_MS: u64 = 300;
+    let rounds: usize = std::env::var("TANDEM_PAUSE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let net = Net::pair();
+    let mut c = Cluster::build_opts(
+        Some(&net),
+        &common::cluster::Options {
+            heartbeat: (100, 600),
+            peer_timeout_ms: PEER_TIMEOUT_MS,
+            ..Default::default()
+        },
+    );
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    let p = c.settled(30).expect("one PRIM and an up-to-date SECOND");
+    let second = 3 - p;
+
+    // The writer: its longest call since the last look, its failures, and
+    // how many records were acknowledged.
+    let (stop, longest_us, failures, acked) = (
+        AtomicBool::new(false),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    );
+    let path = c.path(&format!("node{p}/app/records-64"));
+    let mut stalls = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o644)
+                .open(&path)
+                .unwrap();
+            while !stop.load(SeqCst) {
+                let n = acked.load(SeqCst) + 1;
+                let record = format!("{n:063}\n");
+                let t = Instant::now();
+                let r = f.write_all(record.as_bytes()).and_then(|()| f.sync_data());
+                longest_us.fetch_max(t.elapsed().as_micros() as u64, SeqCst);
+                match r {
+                    Ok(()) => {
+                        acked.store(n, SeqCst);
+                    }
+                    Err(e) => {
+                        eprintln!("record {n}: {e}");
+                        failures.fetch_add(1, SeqCst);
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        });
+        for round in 0..rounds {
+            for pause in [1_000, 2_000, 6_000] {
+                assert_eq!(
+                    c.settled(60),
+                    Some(p),
+                    "round {round}, before a pause of {pause} ms: {}/{}\n--- node{p}\n{}",
+                    c.state(1),
+                    c.state(2),
+                    c.log_text(p)
+                );
+                let before = acked.load(SeqCst);
+                longest_us.store(0, SeqCst);
+                c.pause(second, Duration::from_millis(pause));
+                std::thread::sleep(Duration::from_millis(500));
+                let longest = Duration::from_micros(longest_us.load(SeqCst));
+                let why = c.log_text(p);
+                let why = why.lines().rev().find(|l| l.contains("peer out of date"));
+                eprintln!(
+                    "round {round}: SECOND paused {pause} ms: longest call {longest:?} ({})",
+                    why.unwrap_or("the link held")
+                );
+                stalls.push((pause, longest));
+                assert!(
+                    longest <= Duration::from_millis(PEER_TIMEOUT_MS + SLACK_MS),
+                    "round {round}: with the SECOND paused {pause} ms a call waited {longest:?} \
+                     (peer_timeout {PEER_TIMEOUT_MS} ms)\n--- node{p}\n{}",
+                    c.log_text(p)
+                );
+                assert!(
+                    acked.load(SeqCst) > before,
+                    "no record was acknowledged across the pause"
+                );
+            }
+        }
+        stop.store(true, SeqCst);
+    });
+    assert_eq!(failures.load(SeqCst), 0, "calls failed:\n{}", c.log_text(p));
+    // Every acknowledged record is on the twin once it is current again.
+    assert_eq!(c.settled(60), Some(p));
+    let want = acked.load(SeqCst) * 64;
+    let twin = c.path(&format!("node{second}/app/records-64"));
+    assert!(
+        wait_until(20, || std::fs::metadata(&twin)
+            .is_ok_and(|m| m.len() >= want)),
+        "node{second} has {:?} bytes of the records, {want} were acknowledged",
+        std::fs::metadata(&twin).map(|m| m.len())
+    );
+    let worst = stalls.iter().map(|s| s.1).max().unwrap();
+    eprintln!("longest call over {} pauses: {worst:?}", stalls.len());
+}

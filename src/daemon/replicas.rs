@@ -239,14 +239,17 @@ pub fn start(
         Role::Prim => {
             let peer_addr = rt.block_on(resolve(&peer.address, port))?;
             for m in &settings.modules {
-                let rep = Replicator::new(
-                    &m.name,
-                    m.ack,
-                    settings.replication.peer_timeout,
-                    settings.replication.async_max_lag,
-                    open_dirs(settings, m)?,
-                );
-                rep.set_exclude(exclude_of(m)?);
+                let rep = Replicator::new(crate::replication::primary::Settings {
+                    module: m.name.clone(),
+                    ack: m.ack,
+                    peer_timeout: settings.replication.peer_timeout,
+                    async_max_lag: settings.replication.async_max_lag,
+                    dirs: open_dirs(settings, m)?,
+                    exclude: exclude_of(m)?,
+                    alone_ok: None,
+                    latency: None,
+                    blocking: crate::fs::blocking,
+                });
                 let link = Arc::new(PrimaryLink {
                     rep: rep.clone(),
                     creds: creds.clone(),

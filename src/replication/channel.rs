@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use super::frame::{self, Compression};
 use super::link::Frames;
+use super::primary::LinkError;
 use super::status::Tally;
 use super::wire::{Message, Outgoing};
 
@@ -346,6 +347,8 @@ fn poll(sock: &TcpStream, events: i16, timeout: Duration) -> io::Result<i16> {
     // Rounded up: a wait shorter than a millisecond is not a busy loop.
     let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     loop {
+        // SAFETY: `p` is one valid, initialised pollfd that lives across
+        // the call, and the count passed is 1; `sock` keeps the fd open.
         let r = unsafe { libc::poll(&mut p, 1, ms) };
         if r >= 0 {
             return Ok(if r == 0 { 0 } else { p.revents });
@@ -466,20 +469,20 @@ impl Link {
 }
 
 impl super::primary::Outlet for Link {
-    fn send(&self, m: &Outgoing<'_>, now: bool) -> Result<(), String> {
-        self.channel.send_out(m, self.compression_of(&m.msg), now)
+    fn send(&self, m: &Outgoing<'_>, now: bool) -> Result<(), LinkError> {
+        Ok(self.channel.send_out(m, self.compression_of(&m.msg), now)?)
     }
 
-    fn flush(&self) -> Result<(), String> {
-        self.channel.flush()
+    fn flush(&self) -> Result<(), LinkError> {
+        Ok(self.channel.flush()?)
     }
 
     fn close(&self, graceful: bool) {
         self.channel.close(graceful)
     }
 
-    fn read(&self, until: Instant) -> Option<Result<Vec<Message>, String>> {
+    fn read(&self, until: Instant) -> Option<Result<Vec<Message>, LinkError>> {
         *self.waiter.lock() = Instant::now();
-        self.read_until(until)
+        self.read_until(until).map(|r| r.map_err(LinkError::Broken))
     }
 }

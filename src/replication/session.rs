@@ -270,8 +270,8 @@ fn read_acks(rep: &Replicator, conn: u64, link: &Link, stop: &Stop, idle: Durati
             match link.read_until(std::time::Instant::now() + wait) {
                 Some(Ok(msgs)) => {
                     quiet = msgs.is_empty();
-                    if let Err(why) = rep.take_replies(conn, msgs, true) {
-                        return why;
+                    if let Err(why) = rep.take_replies(conn, msgs) {
+                        return why.to_string();
                     }
                 }
                 Some(Err(e)) => return e,

@@ -32,6 +32,8 @@ pub struct Options<'a> {
     pub script_timeout_s: u64,
     /// Serve the API (on a free port per node, each on its node's address).
     pub api: bool,
+    /// `replication.peer_timeout_ms`.
+    pub peer_timeout_ms: u64,
 }
 
 impl Default for Options<'_> {
@@ -47,6 +49,7 @@ impl Default for Options<'_> {
             ports: None,
             script_timeout_s: 20,
             api: false,
+            peer_timeout_ms: 2000,
         }
     }
 }
@@ -442,7 +445,7 @@ interval_ms = {interval}
 timeout_ms = {timeout}
 [replication]
 port = {rep}
-peer_timeout_ms = 2000
+peer_timeout_ms = {peer_timeout}
 [daemon]
 socket = "{t}/n{n}.sock"
 state_dir = "{t}/state{n}"
@@ -492,6 +495,7 @@ timeout_s = {script_timeout}
                     },
                     interval = opts.heartbeat.0,
                     timeout = opts.heartbeat.1,
+                    peer_timeout = opts.peer_timeout_ms,
                 ),
             )
             .unwrap();

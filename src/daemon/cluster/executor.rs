@@ -137,34 +137,36 @@ impl Managed {
         }
         self.script(node, Script::Prestart, "prim")?;
         let s = &node.settings;
-        let rep = Replicator::new(
-            &self.cfg.name,
-            self.cfg.ack,
-            s.replication.peer_timeout,
-            s.replication.async_max_lag,
-            self.dirs()?,
-        );
-        rep.set_exclude(replicas::exclude_of(&self.cfg)?);
         // With a quorum, a peer that stops acknowledging is left behind only
         // while this node may serve alone.
         // With a lease, also the third party's word that this node's
         // generation is the newest served: acknowledged alone, a change is
         // then never older than what the twin may serve.
-        if let Some(ok) = node.quorum_ok.clone() {
+        let alone_ok = node.quorum_ok.clone().map(|ok| {
             let (module, lease, log) = (
                 self.cfg.name.clone(),
                 node.quorum.clone(),
                 self.base[0].log.clone(),
             );
-            rep.set_alone_check(Arc::new(move || {
+            Arc::new(move || {
                 ok(&module)
                     && lease.as_ref().is_none_or(|q| {
                         log.generation()
                             .is_ok_and(|g| q.newest(&module) == g.current)
                     })
-            }));
-        }
-        rep.set_latency(node.metrics.replication_latency(&self.cfg.name));
+            }) as crate::replication::primary::AloneCheck
+        });
+        let rep = Replicator::new(crate::replication::primary::Settings {
+            module: self.cfg.name.clone(),
+            ack: self.cfg.ack,
+            peer_timeout: s.replication.peer_timeout,
+            async_max_lag: s.replication.async_max_lag,
+            dirs: self.dirs()?,
+            exclude: replicas::exclude_of(&self.cfg)?,
+            alone_ok,
+            latency: Some(node.metrics.replication_latency(&self.cfg.name)),
+            blocking: crate::fs::blocking,
+        });
         let link = Arc::new(PrimaryLink {
             rep: rep.clone(),
             creds: node.creds.clone(),

@@ -9,7 +9,10 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use super::{Clear, Order, Replicator, bytes, stamp};
+use super::Replicator;
+use super::clears::Clear;
+use super::stream::Order;
+use super::times::{bytes, stamp};
 use crate::changelog::NsChange;
 use crate::config::Exclude;
 use crate::fs::{Errno, LocalApply, Mutation, sys};
@@ -32,13 +35,8 @@ pub(super) enum Scope {
 }
 
 impl Replicator {
-    /// Sets the module's exclusions (before anything is mounted).
-    pub fn set_exclude(&self, exclude: Exclude) {
-        let _ = self.exclude.set(exclude);
-    }
-
     pub fn exclusions(&self) -> Option<&Exclude> {
-        self.exclude.get().filter(|e| !e.is_empty())
+        Some(&self.exclude).filter(|e| !e.is_empty())
     }
 
     /// Whether `p` in directory `dir` is excluded; its kind is looked up
@@ -148,7 +146,10 @@ impl Replicator {
             self.settle_owed_locked(&mut o);
             // Recorded before it is applied: a resync makes the peer's name
             // what ours is, whatever happens next.
-            if let Err(e) = self.record_ns(&mut o, dir, NsChange::SetAttr { path: p.clone() }) {
+            if let Err(e) = self
+                .records()
+                .ns(&mut o, dir, NsChange::SetAttr { path: p.clone() })
+            {
                 drop(o);
                 self.note_error(format!("change log: {e}"));
                 return Err(Errno::EIO);
@@ -157,8 +158,7 @@ impl Replicator {
         local()?;
         let mut last = None;
         if let Some(p) = crossing {
-            o.ids[dir as usize].clear();
-            o.names_gen += 1;
+            o.names_moved(dir);
             let log = &self.dirs[dir as usize].log;
             let r = log.remove(p).and_then(|_| match scope {
                 Scope::Enters(_) => self.ship_whole(&mut o, dir, p, &mut last),
@@ -198,7 +198,7 @@ impl Replicator {
         }
         if !o.streaming() {
             for p in parents {
-                if let Err(e) = self.record_ns(o, dir, NsChange::SetAttr { path: p }) {
+                if let Err(e) = self.records().ns(o, dir, NsChange::SetAttr { path: p }) {
                     self.note_error(format!("change log: {e}"));
                 }
             }
@@ -226,7 +226,7 @@ impl Replicator {
         if p != Path::new("") && self.excluded(dir, p, Some(is_dir)) {
             return Ok(());
         }
-        self.record_ns(
+        self.records().ns(
             o,
             dir,
             NsChange::SetAttr {
@@ -236,7 +236,7 @@ impl Replicator {
         let file = e.kind == crate::replication::wire::EntryKind::File;
         let size = e.size;
         let id = if file && size > 0 {
-            let id = self.file_id(o, dir, p)?;
+            let id = self.records().file_id(o, dir, p)?;
             self.dirs[dir as usize].log.mark(id, 0, size)?;
             Some(id)
         } else {
@@ -281,7 +281,7 @@ impl Replicator {
                     break;
                 }
                 *last = sent;
-                o.open.add(Clear::Range(dir, id, off..off + n as u64));
+                o.clears.add(Clear::Range(dir, id, off..off + n as u64));
                 off += n as u64;
             }
             // The writes moved its time on the peer: ours again.
