@@ -14,6 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+// SAFETY: this is prctl(2) as the C library declares it: `int prctl(int option, ...)`.
 unsafe extern "C" {
     fn prctl(option: i32, ...) -> i32;
 }
@@ -53,6 +54,8 @@ fn pipe(mut from: TcpStream, to: TcpStream, delay: Duration) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let mut out = to.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
+        // SAFETY: PR_SET_TIMERSLACK takes one unsigned long (u64 on 64-bit Linux) and no pointer;
+        // it only sets this thread's timer slack.
         unsafe { prctl(PR_SET_TIMERSLACK, 1u64) };
         for (at, chunk) in rx {
             let due = at + delay;

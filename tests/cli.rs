@@ -38,6 +38,7 @@ fn spawn_mount(dir: &Path, extra: &[&str]) -> Child {
 }
 
 fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill takes no pointer; `child` is ours and not reaped yet, so its pid is still its.
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 

@@ -28,6 +28,8 @@ fn in_netns<T: Send + 'static>(
     std::thread::spawn(move || {
         let fd = std::fs::File::open(&path).unwrap();
         use std::os::fd::AsRawFd;
+        // SAFETY: setns takes no pointer; `fd` keeps the namespace file open across the call, and
+        // only this thread enters the namespace.
         assert_eq!(
             unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
             0,
@@ -318,6 +320,7 @@ fn the_vip_moves_when_the_whole_primary_is_lost() {
     let guard = guard_of(daemon).expect("the daemon's guard runs");
     net.set(1, "eth0", false);
     let lost = Instant::now();
+    // SAFETY: kill takes no pointer; `guard` is the daemon's guard, found running just above.
     unsafe { libc::kill(guard, libc::SIGKILL) };
     c.signal(1, libc::SIGKILL);
     c.clean_after_killed(1);

@@ -426,6 +426,8 @@ fn a_failing_check_restarts_the_application_then_hands_the_module_over() {
             .trim()
             .parse()
             .unwrap();
+        // SAFETY: kill takes no pointer; -pid names the process group the application leads (its
+        // pid from app.pid).
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     };
     // Suspended for maintenance: a dead application is left alone.

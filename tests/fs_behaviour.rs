@@ -141,6 +141,9 @@ fn mmap_o_direct_and_o_sync_behave_as_on_the_bare_directory() {
         .open(&path)
         .unwrap();
     f.set_len(8192).unwrap();
+    // SAFETY: `f` is open and 8192 bytes long (set_len above), so mapping 8192 bytes of it is
+    // valid; MAP_FAILED is checked before any use; the 12 bytes copied at offset 4096 lie inside
+    // the mapping, which is synced and unmapped once, and not used after.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -165,7 +168,12 @@ fn mmap_o_direct_and_o_sync_behave_as_on_the_bare_directory() {
 
     // O_DIRECT with aligned buffers.
     let layout = std::alloc::Layout::from_size_align(8192, 4096).unwrap();
-    let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc(layout), 8192) };
+    // SAFETY: the layout's size is not zero.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!ptr.is_null(), "out of memory");
+    // SAFETY: `ptr` is a live, zeroed allocation of 8192 bytes (not null, checked above), used only
+    // through `buf` until it is freed below.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, 8192) };
     buf.copy_from_slice(&pattern(7, 8192));
     let mut d = std::fs::OpenOptions::new()
         .write(true)
@@ -179,6 +187,8 @@ fn mmap_o_direct_and_o_sync_behave_as_on_the_bare_directory() {
     buf.fill(0);
     d.read_exact(buf).unwrap();
     assert_eq!(&buf[..], &pattern(7, 8192)[..]);
+    // SAFETY: `buf`'s memory came from alloc_zeroed with this layout; it is freed once, here, and
+    // `buf` is not used after.
     unsafe { std::alloc::dealloc(buf.as_mut_ptr(), layout) };
     drop(d);
 
@@ -213,6 +223,7 @@ fn locks_fifos_and_special_files() {
 
     // flock and POSIX locks conflict between processes as on a bare file.
     let holder = std::fs::File::open(&path).unwrap();
+    // SAFETY: flock takes no pointer; `holder` is open.
     assert_eq!(
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) },
         0
@@ -244,6 +255,7 @@ fn locks_fifos_and_special_files() {
 
     // A FIFO created through the mount carries data between processes.
     let fifo = m.dir.join("pipe");
+    // SAFETY: the CString from cpath lives until the end of the statement, past the call.
     assert_eq!(unsafe { libc::mkfifo(cpath(&fifo).as_ptr(), 0o600) }, 0);
     let writer = {
         let fifo = fifo.clone();
@@ -259,6 +271,7 @@ fn locks_fifos_and_special_files() {
     // A character device node (root may create one; the mount allows devices).
     let null = m.dir.join("null");
     let rdev = libc::makedev(1, 3);
+    // SAFETY: the CString from cpath lives until the end of the statement, past the call.
     assert_eq!(
         unsafe { libc::mknod(cpath(&null).as_ptr(), libc::S_IFCHR | 0o666, rdev) },
         0,
@@ -362,6 +375,8 @@ fn explicit_times_and_xattrs_are_set_on_the_real_file() {
             tv_nsec: 12,
         },
     ];
+    // SAFETY: the CString from cpath lives until the end of the statement, and `ts` holds the two
+    // timespecs utimensat reads.
     assert_eq!(
         unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&f).as_ptr(), ts.as_ptr(), 0) },
         0
@@ -375,6 +390,8 @@ fn explicit_times_and_xattrs_are_set_on_the_real_file() {
     // A symlink's own times (utimensat with AT_SYMLINK_NOFOLLOW).
     let l = m.dir.join("link");
     std::os::unix::fs::symlink("timed", &l).unwrap();
+    // SAFETY: the CString from cpath lives until the end of the statement, and `ts` holds the two
+    // timespecs utimensat reads.
     let rc = unsafe {
         libc::utimensat(
             libc::AT_FDCWD,
@@ -386,6 +403,8 @@ fn explicit_times_and_xattrs_are_set_on_the_real_file() {
     assert_eq!(rc, 0, "errno {}", errno());
     check(&l);
     let name = std::ffi::CString::new("user.k").unwrap();
+    // SAFETY: the path (until the end of the statement) and `name` are NUL-terminated, and the
+    // value is 2 bytes long, as passed.
     let rc = unsafe {
         libc::setxattr(
             cpath(&f).as_ptr(),
@@ -397,6 +416,8 @@ fn explicit_times_and_xattrs_are_set_on_the_real_file() {
     };
     assert_eq!(rc, 0, "errno {}", errno());
     // XATTR_CREATE on an existing attribute fails as on the bare file.
+    // SAFETY: the path (until the end of the statement) and `name` are NUL-terminated, and the
+    // value is 2 bytes long, as passed.
     let rc = unsafe {
         libc::setxattr(
             cpath(&f).as_ptr(),
@@ -411,6 +432,8 @@ fn explicit_times_and_xattrs_are_set_on_the_real_file() {
     check(&t.path().join("timed"));
     check(&t.path().join("link"));
     let mut v = [0u8; 8];
+    // SAFETY: the path (until the end of the statement) and `name` are NUL-terminated, and `v`
+    // holds the 8 bytes passed.
     let n = unsafe {
         libc::getxattr(
             cpath(&t.path().join("timed")).as_ptr(),
@@ -757,6 +780,7 @@ fn a_failed_write_that_was_answered_early_is_reported() {
         assert!(r.is_ok(), "write {i}: {r:?}");
     }
     let first = results.iter().position(|r| r.is_err());
+    // SAFETY: into_raw_fd takes the open descriptor out of `f`, so it is closed once, here.
     let closed = unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(f)) };
     let close_eio = closed == -1 && errno() == libc::EIO;
     // Writes answered while write 4 is still being applied cannot know of

@@ -202,7 +202,9 @@ fn check(rc: i64) -> Result<(), i32> {
 /// The name a data mutation through `fd` must carry: any name of a hard-linked
 /// file is as good as another, so the expectation is then only the kind.
 fn data_path(fd: i32, path: &str) -> String {
+    // SAFETY: libc::stat is plain data (integers): all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live libc::stat for the kernel to fill in.
     unsafe { libc::fstat(fd, &mut st) };
     if st.st_nlink > 1 {
         "?".into()
@@ -233,6 +235,9 @@ fn apply(root: &Path, op: &Op) -> (Outcome, Vec<String>) {
     let p = |s: &str| cpath(&root.join(s));
     let n = |s: &str| seen_as(root, s);
     let mut muts = Vec::new();
+    // SAFETY: the calls below take C strings from `p` and cpath, each living until the end of its
+    // statement; buffers passed with their own lengths; descriptors opened here and closed once;
+    // and libc::stat, plain data that may be zeroed.
     let out: Outcome = unsafe {
         match op {
             Op::CreateWrite {
@@ -508,6 +513,7 @@ struct Entry {
 fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let c = cpath(path);
     let mut buf = vec![0u8; 4096];
+    // SAFETY: `c` is a NUL-terminated path, and `buf` a live Vec passed with its length.
     let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     let mut out = BTreeMap::new();
     if n <= 0 {
@@ -519,6 +525,7 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     {
         let cn = std::ffi::CString::new(name).unwrap();
         let mut v = vec![0u8; 65536];
+        // SAFETY: `c` and `cn` are NUL-terminated, and `v` is a live Vec passed with its length.
         let m = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
         assert!(m >= 0, "getxattr {} {:?}", path.display(), cn);
         v.truncate(m as usize);

@@ -78,6 +78,8 @@ fn run(interrupt_at: Option<&str>) -> (u32, String, Vec<String>, std::process::E
             base = b.trim().to_string();
         }
         if interrupt_at.is_some_and(|s| line.contains(s)) {
+            // SAFETY: kill takes no pointer; `pid` is the demo's, our child, not reaped until the
+            // wait below.
             unsafe { libc::kill(pid as i32, libc::SIGINT) };
         }
         lines.push(line);

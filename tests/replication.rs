@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 fn setxattr(p: &Path, name: &str, value: &[u8]) {
     let n = std::ffi::CString::new(name).unwrap();
     let c = cpath(p);
+    // SAFETY: `c` and `n` are NUL-terminated, and `value` is a live slice passed with its length.
     let r = unsafe {
         libc::setxattr(
             c.as_ptr(),
@@ -30,11 +31,13 @@ fn setxattr(p: &Path, name: &str, value: &[u8]) {
 fn removexattr(p: &Path, name: &str) {
     let n = std::ffi::CString::new(name).unwrap();
     let c = cpath(p);
+    // SAFETY: `c` and `n` are NUL-terminated for the call.
     assert_eq!(unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) }, 0);
 }
 
 fn rename2(a: &Path, b: &Path, flags: u32) -> i32 {
     let (ca, cb) = (cpath(a), cpath(b));
+    // SAFETY: `ca` and `cb` are NUL-terminated paths living across the call.
     unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
@@ -70,7 +73,9 @@ fn every_mutation_kind_replicates_and_the_trees_are_identical() {
         .open(d.join("a/b/file"))
         .unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: fallocate takes no pointer; `fd` is open (`f` lives below).
     assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 400_000) }, 0);
+    // SAFETY: fallocate takes no pointer; `fd` is open (`f` lives below).
     assert_eq!(
         unsafe {
             libc::fallocate(
@@ -91,6 +96,7 @@ fn every_mutation_kind_replicates_and_the_trees_are_identical() {
     std::os::unix::fs::symlink("b/file", d.join("a/link")).unwrap();
     std::fs::hard_link(d.join("a/b/file"), d.join("a/hard")).unwrap();
     let c = cpath(&d.join("fifo"));
+    // SAFETY: `c` is a NUL-terminated path living across the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     std::fs::create_dir(d.join("empty")).unwrap();
     std::fs::remove_dir(d.join("empty")).unwrap();
@@ -477,6 +483,8 @@ fn fsynced_writes_survive_a_killed_primary() {
 /// signal reaches one thread first, and the others keep running (acknowledging,
 /// say) until that thread is scheduled and passes the stop on.
 fn freeze(pid: u32) {
+    // SAFETY: kill takes no pointer; `pid` is the running daemon's, which the pair holds as a child
+    // not reaped.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     let stopped = || {
         std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -523,6 +531,8 @@ fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
     drop(f);
     let took = t.elapsed();
     assert_eq!(pair.peer_state(), "alone");
+    // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which the pair holds as a child
+    // not reaped.
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     assert!(
         took < std::time::Duration::from_millis(2000 + 1500),
@@ -560,6 +570,8 @@ fn a_frozen_peer_whose_socket_fills_never_blocks_writers_past_the_timeout() {
     f.sync_data().unwrap();
     drop(f);
     let state = pair.peer_state();
+    // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which the pair holds as a child
+    // not reaped.
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     assert_eq!(state, "alone");
     assert!(
@@ -601,6 +613,8 @@ fn a_primary_frozen_past_peer_timeout_while_waiting_keeps_its_peer() {
         let pid = pair.pid(1);
         freeze(pid);
         std::thread::sleep(std::time::Duration::from_millis(2500));
+        // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which the pair holds as a
+        // child not reaped.
         unsafe { libc::kill(pid as i32, libc::SIGCONT) };
         std::thread::sleep(std::time::Duration::from_millis(500));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -819,6 +833,8 @@ fn a_full_disk_on_the_secondary_leaves_the_primary_serving_alone() {
     let small = pair.dir(2);
     let c = cpath(&small);
     let opts = std::ffi::CString::new("size=2m").unwrap();
+    // SAFETY: the four strings are NUL-terminated and live across the call (`opts` is the option
+    // string tmpfs reads as data).
     let r = unsafe {
         libc::mount(
             c"tmpfs".as_ptr(),
@@ -832,6 +848,7 @@ fn a_full_disk_on_the_secondary_leaves_the_primary_serving_alone() {
     struct Unmount(std::ffi::CString);
     impl Drop for Unmount {
         fn drop(&mut self) {
+            // SAFETY: `self.0` is a NUL-terminated path living across the call.
             unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
         }
     }

@@ -28,6 +28,9 @@ pub fn echo(addr: IpAddr, id: u16, seq: u16, timeout: Duration) -> std::io::Resu
         pkt[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     let dest = socket2_addr(SocketAddr::new(addr, 0));
+    // SAFETY: `pkt` is a live 16-byte array passed with its length; `dest.0` is the
+    // sockaddr_storage socket2_addr filled in and `dest.1` the length of the address written at its
+    // start; `sock` is an open socket we own.
     let sent = unsafe {
         libc::sendto(
             sock.as_raw_fd(),
@@ -53,12 +56,17 @@ pub fn echo(addr: IpAddr, id: u16, seq: u16, timeout: Duration) -> std::io::Resu
             events: libc::POLLIN,
             revents: 0,
         };
+        // SAFETY: `pfd` is one live pollfd (nfds 1) naming `sock`, which is open.
         let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
         if r <= 0 {
             continue;
         }
+        // SAFETY: sockaddr_storage is plain data (integers and byte arrays): all-zero bytes are a
+        // valid value.
         let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut flen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `buf` is a live array passed with its length, and `from` a sockaddr_storage
+        // passed with its size in `flen`, so the kernel writes within both; `sock` is open.
         let n = unsafe {
             libc::recvfrom(
                 sock.as_raw_fd(),
@@ -111,6 +119,8 @@ fn checksum(b: &[u8]) -> u16 {
 }
 
 fn socket2_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data (integers and byte arrays): all-zero bytes are a valid
+    // value.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match a {
         SocketAddr::V4(v) => {
@@ -122,6 +132,8 @@ fn socket2_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 },
                 sin_zero: [0; 8],
             };
+            // SAFETY: sockaddr_storage is made to hold any socket address: it is larger than a
+            // sockaddr_in and at least as aligned, so the write stays inside `ss`.
             unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
             std::mem::size_of::<libc::sockaddr_in>()
         }
@@ -135,6 +147,8 @@ fn socket2_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 },
                 sin6_scope_id: v.scope_id(),
             };
+            // SAFETY: sockaddr_storage is made to hold any socket address: it is larger than a
+            // sockaddr_in6 and at least as aligned, so the write stays inside `ss`.
             unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
             std::mem::size_of::<libc::sockaddr_in6>()
         }
@@ -242,6 +256,8 @@ mod tests {
         let path = format!("/run/netns/{ns}");
         let r = std::thread::spawn(move || {
             let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns takes no pointer; `f` keeps the namespace file open across the call,
+            // and only this thread of the test enters the namespace.
             assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
             echo(
                 "127.0.0.1".parse().unwrap(),

@@ -8,7 +8,7 @@ pub const RUNTIME: &str = "tandem-rt";
 /// Names of this process's threads other than the calling one, the
 /// runtime's and RocksDB's (its pool lives as long as the process).
 pub fn others() -> Vec<String> {
-    let me = unsafe { libc::gettid() }.to_string();
+    let me = nix::unistd::gettid().to_string();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };

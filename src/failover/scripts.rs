@@ -77,6 +77,8 @@ pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Resul
     .flatten()
     .collect();
     for p in &pipes {
+        // SAFETY: F_GETFL and F_SETFL take no pointer; `p` is a pipe owned by `pipes`, open for
+        // both calls.
         unsafe {
             let fl = libc::fcntl(p.as_raw_fd(), libc::F_GETFL);
             libc::fcntl(p.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
@@ -92,6 +94,9 @@ pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Resul
             status = match child.try_wait() {
                 Ok(Some(s)) => Some(Ok(s)),
                 Ok(None) if started.elapsed() >= timeout => {
+                    // SAFETY: kill takes no pointer; the script leads its own process group
+                    // (process_group(0)), and the child is not reaped yet, so the group id -pid is
+                    // still its.
                     unsafe { libc::kill(-pid, libc::SIGKILL) };
                     let _ = child.wait();
                     Some(Err(format!(
@@ -142,6 +147,8 @@ fn read_ready(pipes: &mut Vec<OwnedFd>, buf: &mut Vec<u8>, wait: Duration) {
             revents: 0,
         })
         .collect();
+    // SAFETY: `fds` is a live Vec of fds.len() pollfds, each naming a pipe of `pipes`, which stay
+    // open across the call.
     let n = unsafe {
         libc::poll(
             fds.as_mut_ptr(),
@@ -161,6 +168,8 @@ fn read_ready(pipes: &mut Vec<OwnedFd>, buf: &mut Vec<u8>, wait: Duration) {
         // A bounded read per call: a script that writes without end is
         // still killed at its timeout.
         for _ in 0..16 {
+            // SAFETY: `chunk` is a live array passed with its length; `f.fd` is a pipe of `pipes`,
+            // dropped only after this loop.
             let r = unsafe { libc::read(f.fd, chunk.as_mut_ptr().cast(), chunk.len()) };
             if r > 0 {
                 if buf.len() < MAX_OUTPUT {
@@ -264,11 +273,14 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
+        // SAFETY: kill takes no pointer, and signal 0 only asks whether `pid` exists.
         assert_eq!(
             unsafe { libc::kill(pid, 0) },
             0,
             "the application keeps running"
         );
+        // SAFETY: kill takes no pointer; `pid` is the background sleep the script started, alive
+        // just above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 

@@ -58,11 +58,14 @@ pub struct DirHandle {
 
 struct DirStream(*mut libc::DIR);
 
-// The stream is only touched under the handle's mutex.
+// SAFETY: a DIR stream is not tied to the thread that opened it, and the pointer is only used under
+// the handle's mutex (or by drop, which has the stream alone), so it may move to another thread.
 unsafe impl Send for DirStream {}
 
 impl Drop for DirStream {
     fn drop(&mut self) {
+        // SAFETY: `self.0` is the non-null stream fdopendir returned, closed here only, once (which
+        // closes its descriptor too).
         unsafe { libc::closedir(self.0) };
     }
 }
@@ -77,9 +80,12 @@ pub struct DirEntry<'a> {
 impl DirHandle {
     pub fn new(inode: Arc<Inode>, fd: OwnedFd) -> Result<Self, Errno> {
         let raw = fd.into_raw_fd();
+        // SAFETY: `raw` is an open directory descriptor we own (taken out of the OwnedFd); on
+        // success the stream owns it.
         let dir = unsafe { libc::fdopendir(raw) };
         if dir.is_null() {
             let e = Errno::from(std::io::Error::last_os_error());
+            // SAFETY: fdopendir failed, so `raw` is still ours and open; it is closed once, here.
             unsafe { libc::close(raw) };
             return Err(e);
         }
@@ -92,6 +98,8 @@ impl DirHandle {
     /// Calls `f` for each entry from `offset` on until it returns `false` (buffer full).
     pub fn list(&self, offset: u64, mut f: impl FnMut(DirEntry<'_>) -> bool) -> Result<(), Errno> {
         let s = self.stream.lock();
+        // SAFETY: `s.0` is the open stream, used under the lock `s` holds; seekdir only sets the
+        // position (a stale offset makes readdir stop or fail, nothing else).
         unsafe {
             if offset == 0 {
                 libc::rewinddir(s.0);
@@ -100,7 +108,10 @@ impl DirHandle {
             }
         }
         loop {
+            // SAFETY: __errno_location returns this thread's errno, valid to write for the thread's
+            // life.
             unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: `s.0` is the open stream, used under the lock `s` holds.
             let ent = unsafe { libc::readdir64(s.0) };
             if ent.is_null() {
                 let err = std::io::Error::last_os_error();
@@ -109,7 +120,12 @@ impl DirHandle {
                     Some(_) => Err(Errno::from(err)),
                 };
             }
+            // SAFETY: `ent` is not null and points to the entry readdir64 returned, valid until the
+            // next readdir64 or closedir on the stream; neither can happen before this pass ends
+            // (the lock is held, and `f` cannot keep the entry).
             let ent = unsafe { &*ent };
+            // SAFETY: `d_name` holds a NUL-terminated name inside the entry, valid as long as
+            // `ent`.
             let name = unsafe { std::ffi::CStr::from_ptr(ent.d_name.as_ptr()) };
             let more = f(DirEntry {
                 ino: ent.d_ino,
@@ -124,6 +140,7 @@ impl DirHandle {
     }
 
     pub fn raw_fd(&self) -> i32 {
+        // SAFETY: the stream is open (closed only on drop), and is used under its lock.
         unsafe { libc::dirfd(self.stream.lock().0) }
     }
 }

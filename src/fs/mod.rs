@@ -202,6 +202,8 @@ pub(crate) fn errno_io(e: Errno) -> std::io::Error {
 }
 
 fn cwd_fd() -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: AT_FDCWD is not -1 and is no real descriptor: the *at calls read it as the working
+    // directory, and it is never closed, so it may be borrowed for 'static.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) }
 }
 

@@ -1,8 +1,8 @@
 //! Reading the mount table: is a directory already covered by a tandem mount, is
 //! that mount alive or left stale by a killed process, and cleaning it up.
 
-use std::ffi::{CString, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 /// The source name tandem mounts carry in the mount table (type `fuse`).
@@ -83,12 +83,7 @@ pub fn enclosing_tandem_mount<'a>(all: &'a [MountEntry], dir: &Path) -> Option<&
 /// `statfs` always reaches the file system (stat may be answered from the
 /// kernel's attribute cache for a while after the process died).
 pub fn is_stale(dir: &Path) -> bool {
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+    nix::sys::statfs::statfs(dir).err() == Some(nix::errno::Errno::ENOTCONN)
 }
 
 /// Detaches the mount on top of `dir`.
@@ -97,10 +92,7 @@ pub fn detach(dir: &Path) -> std::io::Result<()> {
 }
 
 pub fn umount(dir: &Path, flags: i32) -> std::io::Result<()> {
-    let c = CString::new(dir.as_os_str().as_bytes())?;
-    if unsafe { libc::umount2(c.as_ptr(), flags) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    nix::mount::umount2(dir, nix::mount::MntFlags::from_bits_retain(flags))?;
     Ok(())
 }
 

@@ -107,6 +107,8 @@ impl TandemFs {
 
     /// The real root directory (its descriptor lives as long as the inode table).
     fn root(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: `root_fd` is the number of the root inode's OwnedFd, which the inode table in
+        // `self` keeps open as long as `self` lives (the root is never forgotten).
         unsafe { std::os::fd::BorrowedFd::borrow_raw(self.root_fd) }
     }
 
@@ -587,6 +589,8 @@ impl TandemFs {
             datasync,
         };
         self.sink.apply(&m, &mut || {
+            // SAFETY: `fd` belongs to a file or directory handle that the caller (fsync, fsyncdir)
+            // holds for this whole call, so it is open while borrowed.
             sys::fsync(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, datasync)
         })
     }
@@ -988,6 +992,8 @@ impl Filesystem for TandemFs {
             d.list(offset, |e| {
                 // Some file systems leave the type out; ask the inode.
                 let kind = kind_of_dirent(e.d_type).unwrap_or_else(|| {
+                    // SAFETY: `dfd` is the descriptor of the stream `d`, which stays open for the
+                    // whole `list` call this closure runs in.
                     let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dfd) };
                     cname(e.name)
                         .and_then(|c| sys::stat_at(dir, &c))

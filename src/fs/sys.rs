@@ -40,6 +40,8 @@ pub fn proc_path(fd: RawFd) -> CString {
 }
 
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    // SAFETY: `dir` is borrowed, so open, and `name` is a NUL-terminated C string; both live across
+    // the call.
     let fd = unsafe {
         libc::openat(
             dir.as_raw_fd(),
@@ -51,6 +53,7 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysRes
     if fd < 0 {
         Err(last())
     } else {
+        // SAFETY: openat succeeded, so `fd` is a new descriptor nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
@@ -70,6 +73,8 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr) -> SysResult<OwnedFd> {
         mode: 0,
         resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
     };
+    // SAFETY: `dir` is open, `path` is NUL-terminated, and `how` is a live struct open_how in the
+    // kernel's layout (repr(C), three u64), passed with its size.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
@@ -82,6 +87,7 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr) -> SysResult<OwnedFd> {
     if fd < 0 {
         Err(last())
     } else {
+        // SAFETY: openat2 succeeded, so `fd` is a new descriptor nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     }
 }
@@ -93,11 +99,13 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: `r` is a live rlimit for the kernel to fill in.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     if r.rlim_cur < r.rlim_max {
         r.rlim_cur = r.rlim_max;
+        // SAFETY: `r` is a live rlimit for the kernel to read.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -108,16 +116,19 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
 /// Opens the inode held by an `O_PATH` descriptor again, with real access flags.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: `p` is a NUL-terminated path living across the call.
     let fd = unsafe { libc::open(p.as_ptr(), (flags & !libc::O_NOFOLLOW) | libc::O_CLOEXEC) };
     if fd < 0 {
         Err(last())
     } else {
+        // SAFETY: open succeeded, so `fd` is a new descriptor nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
 
 pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is open, EMPTY is NUL-terminated, and `st` has room for one libc::stat.
     check(unsafe {
         libc::fstatat(
             fd.as_raw_fd(),
@@ -126,12 +137,14 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
             libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
         )
     })?;
+    // SAFETY: fstatat succeeded (checked above), so it filled `st` in.
     Ok(unsafe { st.assume_init() })
 }
 
 /// `stat` of `name` in `dir`, not following a final symlink.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `dir` is open, `name` is NUL-terminated, and `st` has room for one libc::stat.
     check(unsafe {
         libc::fstatat(
             dir.as_raw_fd(),
@@ -140,24 +153,29 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
             libc::AT_SYMLINK_NOFOLLOW,
         )
     })?;
+    // SAFETY: fstatat succeeded (checked above), so it filled `st` in.
     Ok(unsafe { st.assume_init() })
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: `dir` is open and `name` NUL-terminated for the call.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
 }
 
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> SysResult<()> {
+    // SAFETY: `dir` is open and `name` NUL-terminated for the call.
     check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) })
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    // SAFETY: `dir` is open, `target` and `name` NUL-terminated for the call.
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
 }
 
 /// A new name for the inode behind an `O_PATH` descriptor (needs CAP_DAC_READ_SEARCH,
 /// which the daemon has as root).
 pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    // SAFETY: `fd` and `dir` are open, EMPTY and `name` NUL-terminated for the call.
     check(unsafe {
         libc::linkat(
             fd.as_raw_fd(),
@@ -170,6 +188,7 @@ pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> SysResul
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<()> {
+    // SAFETY: `dir` is open and `name` NUL-terminated for the call.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
 }
 
@@ -180,6 +199,7 @@ pub fn renameat2(
     new: &CStr,
     flags: u32,
 ) -> SysResult<()> {
+    // SAFETY: both directories are open, `old` and `new` NUL-terminated for the call.
     check(unsafe {
         libc::renameat2(
             olddir.as_raw_fd(),
@@ -198,6 +218,8 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
 fn readlinkat(dirfd: RawFd, name: &CStr) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
+        // SAFETY: `dirfd` is open or AT_FDCWD, `name` NUL-terminated, and `buf` a live Vec passed
+        // with its length, so the kernel writes within it.
         let n = check_len(unsafe {
             libc::readlinkat(dirfd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
         })?;
@@ -220,6 +242,7 @@ pub fn fd_path(fd: RawFd) -> SysResult<PathBuf> {
 pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
     let u = uid.unwrap_or(u32::MAX);
     let g = gid.unwrap_or(u32::MAX);
+    // SAFETY: `fd` is open and EMPTY NUL-terminated for the call.
     check(unsafe {
         libc::fchownat(
             fd.as_raw_fd(),
@@ -234,10 +257,13 @@ pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Sy
 /// chmod through /proc: the descriptor is `O_PATH`, which fchmod refuses.
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: `p` is a NUL-terminated path living across the call.
     check(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode, 0) })
 }
 
 pub fn utimens_fd(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    // SAFETY: `fd` is open, EMPTY NUL-terminated, and `times` points to the two timespecs utimensat
+    // reads.
     check(unsafe {
         libc::utimensat(
             fd.as_raw_fd(),
@@ -249,12 +275,14 @@ pub fn utimens_fd(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    // SAFETY: ftruncate takes no pointer; `fd` is borrowed, so open.
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })
 }
 
 /// Asks the kernel to start reading `len` bytes at `offset` into the page
 /// cache. Advisory: a failure only costs speed, so it is not reported.
 pub fn will_need(fd: BorrowedFd<'_>, offset: u64, len: u64) {
+    // SAFETY: posix_fadvise takes no pointer; `fd` is borrowed, so open.
     unsafe {
         libc::posix_fadvise(
             fd.as_raw_fd(),
@@ -266,6 +294,8 @@ pub fn will_need(fd: BorrowedFd<'_>, offset: u64, len: u64) {
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    // SAFETY: `buf` is a live slice passed with its length, so the kernel writes within it; `fd` is
+    // open.
     check_len(unsafe {
         libc::pread(
             fd.as_raw_fd(),
@@ -283,6 +313,8 @@ pub fn pread_cached(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResul
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
+    // SAFETY: `iov` describes `buf` (a live slice and its length) and is the one iovec passed; `fd`
+    // is open.
     check_len(unsafe {
         libc::preadv2(
             fd.as_raw_fd(),
@@ -298,6 +330,7 @@ pub fn pread_cached(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResul
 /// application told "failed", never "done" for bytes that did not land.
 pub fn pwrite_all(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> SysResult<()> {
     while !data.is_empty() {
+        // SAFETY: `data` is a live slice passed with its length; `fd` is open.
         let n = check_len(unsafe {
             libc::pwrite(
                 fd.as_raw_fd(),
@@ -316,6 +349,7 @@ pub fn pwrite_all(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> SysRe
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
+    // SAFETY: fsync and fdatasync take no pointer; `fd` is borrowed, so open.
     check(unsafe {
         if datasync {
             libc::fdatasync(fd.as_raw_fd())
@@ -326,6 +360,7 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
 }
 
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> SysResult<()> {
+    // SAFETY: fallocate takes no pointer; `fd` is borrowed, so open.
     check(unsafe {
         libc::fallocate(
             fd.as_raw_fd(),
@@ -337,13 +372,16 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> SysRes
 }
 
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: lseek takes no pointer; `fd` is borrowed, so open.
     let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
     if r < 0 { Err(last()) } else { Ok(r as i64) }
 }
 
 pub fn statfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `fd` is open and `st` has room for one libc::statvfs.
     check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded (checked above), so it filled `st` in.
     Ok(unsafe { st.assume_init() })
 }
 
@@ -352,6 +390,7 @@ pub fn statfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
 
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: `p` and `name` are NUL-terminated, and `buf` is a live slice passed with its length.
     check_len(unsafe {
         libc::getxattr(
             p.as_ptr(),
@@ -364,11 +403,14 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<us
 
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: `p` is NUL-terminated, and `buf` is a live slice passed with its length.
     check_len(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: `p` and `name` are NUL-terminated, and `value` is a live slice passed with its
+    // length.
     check(unsafe {
         libc::setxattr(
             p.as_ptr(),
@@ -382,6 +424,7 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> Sy
 
 pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: `p` and `name` are NUL-terminated for the call.
     check(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) })
 }
 
@@ -397,16 +440,22 @@ impl AlignedBuf {
     pub fn new(len: usize) -> Self {
         let layout =
             std::alloc::Layout::from_size_align(len.max(1), DIRECT_ALIGN).expect("valid layout");
+        // SAFETY: the layout's size is not zero (len.max(1)).
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
         Self { ptr, len }
     }
 
     pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is the allocation of at least `len` bytes made (zeroed) in `new`, owned by
+        // `self` and freed only on drop; the shared borrow of `self` keeps it from being written
+        // meanwhile.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is the allocation of at least `len` bytes made (zeroed) in `new`, owned by
+        // `self` and freed only on drop; the unique borrow of `self` makes this the only access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 
@@ -420,10 +469,13 @@ impl Drop for AlignedBuf {
     fn drop(&mut self) {
         let layout = std::alloc::Layout::from_size_align(self.len.max(1), DIRECT_ALIGN)
             .expect("valid layout");
+        // SAFETY: `ptr` was allocated in `new` with this same layout, and is freed once, here.
         unsafe { std::alloc::dealloc(self.ptr, layout) }
     }
 }
 
+// SAFETY: AlignedBuf owns its allocation alone, as a Box<[u8]> does, so it may be used and freed
+// from another thread.
 unsafe impl Send for AlignedBuf {}
 
 /// Sets the umask of the calling thread only: the first call gives the thread
@@ -434,9 +486,11 @@ pub fn set_thread_umask(mask: u32) -> SysResult<()> {
         static UNSHARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
     if !UNSHARED.with(|u| u.get()) {
+        // SAFETY: unshare takes no pointer; CLONE_FS only gives this thread its own root, working
+        // directory and umask.
         check(unsafe { libc::unshare(libc::CLONE_FS) })?;
         UNSHARED.with(|u| u.set(true));
     }
-    unsafe { libc::umask(mask & 0o777) };
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask & 0o777));
     Ok(())
 }

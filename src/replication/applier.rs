@@ -320,11 +320,7 @@ impl Applier {
                 self.root(dir)?;
                 let r = self.roots.iter().try_for_each(|root| {
                     let f = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
-                    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } < 0 {
-                        Err(Errno::from(std::io::Error::last_os_error()))
-                    } else {
-                        Ok(())
-                    }
+                    nix::unistd::syncfs(&f).map_err(|e| Errno::from(std::io::Error::from(e)))
                 });
                 wrap("sync", Path::new(""), r)
             }
@@ -476,6 +472,8 @@ mod tests {
     fn times_of_writes_are_set_after_fdatasyncs_and_before_anything_else() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), b"old").unwrap();
+        // SAFETY: AT_FDCWD is not -1 and is no real descriptor: the *at calls read it as the
+        // working directory, and it is never closed.
         let root = sys::openat(
             unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
             &CString::new(t.path().as_os_str().as_bytes()).unwrap(),

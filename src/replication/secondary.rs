@@ -449,9 +449,7 @@ fn syncer(
         while let Ok(s) = rx.try_recv() {
             seq = s;
         }
-        let ok = fds
-            .iter()
-            .all(|f| unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(f)) } == 0);
+        let ok = fds.iter().all(|f| nix::unistd::syncfs(f).is_ok());
         if !ok {
             tracing::error!("syncfs: {}", std::io::Error::last_os_error());
             return;

@@ -253,6 +253,8 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
         s.spawn(|| {
             use std::os::fd::AsRawFd;
             let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: setns takes no pointer; `fd` keeps the namespace file open across the call,
+            // and only this thread enters the namespace.
             assert_eq!(
                 unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
                 0,
@@ -621,6 +623,8 @@ timeout_s = {script_timeout}
 
     pub fn signal(&mut self, n: usize, sig: i32) {
         if let Some(mut c) = self.daemons[n - 1].take() {
+            // SAFETY: kill takes no pointer; `c` is our child, not reaped until the wait below, so
+            // its pid is still its.
             unsafe { libc::kill(c.id() as i32, sig) };
             c.wait().unwrap();
         }
@@ -630,8 +634,12 @@ timeout_s = {script_timeout}
     /// storm does), then lets it run on. Its application is not frozen.
     pub fn pause(&self, n: usize, d: Duration) {
         let pid = self.daemons[n - 1].as_ref().expect("daemon running").id() as i32;
+        // SAFETY: kill takes no pointer; `pid` is the running daemon's, which is our child and not
+        // reaped.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         std::thread::sleep(d);
+        // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which is our child and not
+        // reaped.
         unsafe { libc::kill(pid, libc::SIGCONT) };
     }
 
@@ -792,6 +800,8 @@ timeout_s = {script_timeout}
     pub fn clean_after_killed(&self, n: usize) {
         if let Ok(pid) = std::fs::read_to_string(self.path(&format!("side{n}/app.pid"))) {
             let pid: i32 = pid.trim().parse().unwrap();
+            // SAFETY: kill takes no pointer; -pid names the process group the application leads
+            // (its pid from app.pid).
             unsafe { libc::kill(-pid, libc::SIGKILL) };
             // Dead from here on (a zombie writes nothing).
             use std::io::Write;
@@ -805,6 +815,7 @@ timeout_s = {script_timeout}
         }
         let dir =
             std::ffi::CString::new(format!("{}/node{n}/app", self.tmp.path().display())).unwrap();
+        // SAFETY: `dir` is a NUL-terminated path living across the call.
         unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
     }
 

@@ -15,7 +15,7 @@ use tandem::fs::{self, LocalApply, MountConfig, Mounted, Mutation, MutationSink}
 /// These tests need root and /dev/fuse; CI has both. Missing them is a failure.
 pub fn require_fuse() {
     assert_eq!(
-        unsafe { libc::geteuid() },
+        nix::unistd::geteuid().as_raw(),
         0,
         "these tests mount FUSE file systems and must run as root"
     );

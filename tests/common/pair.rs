@@ -157,6 +157,8 @@ failover = "lb"
 
     pub fn kill(&mut self, n: usize) {
         if let Some(mut c) = self.daemons[n - 1].take() {
+            // SAFETY: kill takes no pointer; `c` is our child, not reaped until the wait below, so
+            // its pid is still its.
             unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
             c.wait().unwrap();
         }
@@ -164,6 +166,8 @@ failover = "lb"
 
     pub fn stop(&mut self, n: usize) {
         if let Some(mut c) = self.daemons[n - 1].take() {
+            // SAFETY: kill takes no pointer; `c` is our child, not reaped until the wait below, so
+            // its pid is still its.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             c.wait().unwrap();
         }
@@ -219,6 +223,7 @@ impl Drop for Pair {
         let d = self.dir(1);
         if super::is_tandem_mount(&d) {
             let c = super::cpath(&d);
+            // SAFETY: `c` is a NUL-terminated path living across the call.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
         if std::thread::panicking() {
@@ -259,6 +264,7 @@ fn xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
 fn xattr_list(p: &Path) -> Vec<String> {
     let c = super::cpath(p);
     let mut buf = vec![0u8; 65536];
+    // SAFETY: `c` is a NUL-terminated path, and `buf` a live Vec passed with its length.
     let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n <= 0 {
         return Vec::new();
@@ -274,6 +280,7 @@ fn xattr_get(p: &Path, name: &str) -> Vec<u8> {
     let c = super::cpath(p);
     let n = std::ffi::CString::new(name).unwrap();
     let mut buf = vec![0u8; 65536];
+    // SAFETY: `c` and `n` are NUL-terminated, and `buf` is a live Vec passed with its length.
     let len =
         unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     buf.truncate(len.max(0) as usize);

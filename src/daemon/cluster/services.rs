@@ -293,10 +293,14 @@ async fn listen_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
         let set = |level, opt, v: libc::c_int| sock::set(&sock, level, opt, &v);
         set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
         set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        // SAFETY: sockaddr_in6 is plain data (integers and byte arrays): all-zero bytes are a valid
+        // value.
         let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
         sa.sin6_port = port.to_be();
         let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        // SAFETY: `sa` is a sockaddr_in6 living across the call and `len` is its size; `sock` is an
+        // open socket we own.
         if unsafe {
             libc::bind(
                 sock.as_raw_fd(),
@@ -304,6 +308,7 @@ async fn listen_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
                 len,
             )
         } < 0
+            // SAFETY: listen takes no pointer; `sock` is the open socket we own.
             || unsafe { libc::listen(sock.as_raw_fd(), 128) } < 0
         {
             return Err(std::io::Error::last_os_error());

@@ -54,6 +54,8 @@ pub fn send_garp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
         libc::SOCK_RAW,
         i32::from(ETH_P_ARP.to_be()),
     )?;
+    // SAFETY: sockaddr_ll is plain data (integers and byte arrays): all-zero bytes are a valid
+    // value.
     let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sa.sll_family = libc::AF_PACKET as u16;
     sa.sll_protocol = ETH_P_ARP.to_be();
@@ -61,6 +63,8 @@ pub fn send_garp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
     sa.sll_halen = 6;
     sa.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     let f = garp_frame(mac, ip);
+    // SAFETY: `f` is a live frame passed with its length, `sa` a sockaddr_ll living across the call
+    // passed with its size; `fd` is an open packet socket we own.
     check(unsafe {
         libc::sendto(
             fd.as_raw_fd(),
@@ -80,9 +84,13 @@ pub fn send_na(index: u32, mac: [u8; 6], ip: Ipv6Addr) -> io::Result<()> {
     set(libc::IPV6_MULTICAST_HOPS, 255)?;
     set(libc::IPV6_MULTICAST_IF, index as i32)?;
     // From the moved address itself.
+    // SAFETY: sockaddr_in6 is plain data (integers and byte arrays): all-zero bytes are a valid
+    // value.
     let mut src: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     src.sin6_family = libc::AF_INET6 as u16;
     src.sin6_addr.s6_addr = ip.octets();
+    // SAFETY: `src` is a sockaddr_in6 living across the call, passed with its size; `fd` is an open
+    // socket we own.
     check(unsafe {
         libc::bind(
             fd.as_raw_fd(),
@@ -90,11 +98,15 @@ pub fn send_na(index: u32, mac: [u8; 6], ip: Ipv6Addr) -> io::Result<()> {
             std::mem::size_of::<libc::sockaddr_in6>() as u32,
         )
     } as isize)?;
+    // SAFETY: sockaddr_in6 is plain data (integers and byte arrays): all-zero bytes are a valid
+    // value.
     let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     dst.sin6_family = libc::AF_INET6 as u16;
     dst.sin6_addr.s6_addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
     dst.sin6_scope_id = index;
     let m = na_message(mac, ip);
+    // SAFETY: `m` is a live message passed with its length, `dst` a sockaddr_in6 living across the
+    // call passed with its size; `fd` is an open socket we own.
     check(unsafe {
         libc::sendto(
             fd.as_raw_fd(),

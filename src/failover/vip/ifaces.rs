@@ -15,18 +15,25 @@ pub struct Iface {
 
 pub fn list() -> std::io::Result<Vec<Iface>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid place for the list's address; the list it gets is freed once, by
+    // freeifaddrs below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let mut out: BTreeMap<String, Iface> = BTreeMap::new();
     let mut p = head;
     while !p.is_null() {
+        // SAFETY: `p` is a non-null node of the list getifaddrs returned, which stays allocated
+        // until freeifaddrs below; nothing borrowed from it outlives the loop.
         let ifa = unsafe { &*p };
         p = ifa.ifa_next;
+        // SAFETY: `ifa_name` points to the interface's NUL-terminated name inside the list, copied
+        // out here before the list is freed.
         let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
             .to_string_lossy()
             .into_owned();
         let e = out.entry(name.clone()).or_insert_with(|| Iface {
+            // SAFETY: `ifa_name` is the list's NUL-terminated name, valid until freeifaddrs.
             index: unsafe { libc::if_nametoindex(ifa.ifa_name) },
             name,
             ..Iface::default()
@@ -34,8 +41,12 @@ pub fn list() -> std::io::Result<Vec<Iface>> {
         if ifa.ifa_addr.is_null() {
             continue;
         }
+        // SAFETY: `ifa_addr` is not null (checked above) and points to a socket address inside the
+        // list.
         match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
             libc::AF_PACKET => {
+                // SAFETY: an AF_PACKET entry's `ifa_addr` points to a sockaddr_ll (packet(7))
+                // inside the list, which outlives `ll`.
                 let ll = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_ll) };
                 if ll.sll_halen == 6 {
                     let mut mac = [0u8; 6];
@@ -44,22 +55,30 @@ pub fn list() -> std::io::Result<Vec<Iface>> {
                 }
             }
             libc::AF_INET => {
+                // SAFETY: an AF_INET entry's `ifa_addr` points to a sockaddr_in inside the list,
+                // which outlives `a`.
                 let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
                 let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
                 let prefix = if ifa.ifa_netmask.is_null() {
                     32
                 } else {
+                    // SAFETY: an AF_INET entry's `ifa_netmask`, not null here, points to a
+                    // sockaddr_in inside the list.
                     let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
                     u32::from_be(m.sin_addr.s_addr).count_ones() as u8
                 };
                 e.addrs.push((IpAddr::V4(ip), prefix));
             }
             libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 entry's `ifa_addr` points to a sockaddr_in6 inside the list,
+                // which outlives `a`.
                 let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
                 let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
                 let prefix = if ifa.ifa_netmask.is_null() {
                     128
                 } else {
+                    // SAFETY: an AF_INET6 entry's `ifa_netmask`, not null here, points to a
+                    // sockaddr_in6 inside the list.
                     let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in6) };
                     u128::from_be_bytes(m.sin6_addr.s6_addr).count_ones() as u8
                 };
@@ -68,6 +87,8 @@ pub fn list() -> std::io::Result<Vec<Iface>> {
             _ => {}
         }
     }
+    // SAFETY: `head` is the list getifaddrs returned, freed once here; nothing borrowed from it is
+    // used after.
     unsafe { libc::freeifaddrs(head) };
     Ok(out.into_values().collect())
 }

@@ -77,8 +77,11 @@ fn message(kind: u16, flags: u16, index: u32, addr: IpAddr, prefix: u8) -> Vec<u
 /// Sends one request and reads the kernel's acknowledgement.
 fn request(msg: &[u8]) -> io::Result<()> {
     let fd = crate::sock::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+    // SAFETY: sockaddr_nl is plain data (integers): all-zero bytes are a valid value.
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: `msg` is a live slice passed with its length, `sa` a sockaddr_nl living across the
+    // call passed with its size; `fd` is an open netlink socket we own.
     let sent = unsafe {
         libc::sendto(
             fd.as_raw_fd(),
@@ -99,6 +102,7 @@ fn request(msg: &[u8]) -> io::Result<()> {
     crate::sock::set(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
     let mut buf = [0u8; 4096];
     loop {
+        // SAFETY: `buf` is a live array passed with its length; `fd` is open.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
