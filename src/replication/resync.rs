@@ -97,7 +97,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
     let err = |e: crate::changelog::ChangeLogError| format!("change log: {e}");
     // 1. The target's own changes become ours to ship (durably, first).
     for (d, dv) in diverged.iter().enumerate() {
-        let log = &rep.dirs[d].log;
+        let log = &rep.dirs()[d].log;
         let mut marks = Vec::new();
         // What the target holds under excluded names is its own.
         let dir = d as u32;
@@ -117,7 +117,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
     // Which records may have reached the peer before this resync (read
     // first: from here on, all of them may).
     let mut sent_upto = Vec::new();
-    for d in &rep.dirs {
+    for d in rep.dirs() {
         sent_upto.push(d.log.ns_sent_upto().map_err(err)?);
         d.log.ns_sending(true).map_err(err)?;
     }
@@ -135,7 +135,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
     // 4. Contents, then each file's final size and metadata.
     for (d, files) in plan.iter().enumerate() {
         let dir = d as u32;
-        let log = &rep.dirs[d].log;
+        let log = &rep.dirs()[d].log;
         // Files are opened and their dirty ranges requested from the disk a
         // few dozen ahead, so small files are not read one disk wait at a time.
         let mut ahead: std::collections::VecDeque<(FileId, Option<Opened>)> =
@@ -144,7 +144,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
         loop {
             while ahead.len() < LOOKAHEAD {
                 let Some(next) = upcoming.next() else { break };
-                ahead.push_back((next, prefetch(&rep.dirs[d], next)));
+                ahead.push_back((next, prefetch(&rep.dirs()[d], next)));
             }
             let Some((id, fd)) = ahead.pop_front() else {
                 break;
@@ -219,7 +219,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
             rep.progress().files_done += 1;
         }
     }
-    let generation = rep.dirs[0]
+    let generation = rep.dirs()[0]
         .log
         .generation()
         .map_err(|e| format!("change log: {e}"))?;
@@ -262,10 +262,10 @@ fn ship_names(
     sent_upto: &[u64],
 ) -> Result<(Vec<Vec<FileId>>, Vec<u64>), NamesError> {
     let mut plan = Vec::new();
-    let mut ns_upto = vec![0u64; rep.dirs.len()];
+    let mut ns_upto = vec![0u64; rep.dirs().len()];
     let (mut files_total, mut bytes_total, mut names_total) = (0, 0, 0);
     let mut records = Vec::new();
-    for (d, sent) in rep.dirs.iter().zip(sent_upto) {
+    for (d, sent) in rep.dirs().iter().zip(sent_upto) {
         let ns = d.log.ns_since(0)?;
         let mut marks = Vec::new();
         for p in super::replay::uncertain_moves(&ns, *sent) {

@@ -136,13 +136,17 @@ impl PrimaryLink {
         let (rd, wr) = tokio::io::split(tls);
         let mut reader = FrameReader::new(rd);
         let mut writer = FrameWriter::new(wr, self.compression);
-        let generation = rep.dirs[0].log.generation().map(|g| g.current).unwrap_or(0);
+        let generation = rep.dirs()[0]
+            .log
+            .generation()
+            .map(|g| g.current)
+            .unwrap_or(0);
         writer
             .send(&Message::Hello {
                 cluster: self.cluster.clone(),
                 node: self.creds.node.clone(),
                 modules: vec![rep.module.clone()],
-                dirs: rep.dirs.len() as u32,
+                dirs: rep.dirs().len() as u32,
                 generation,
                 verify: false,
                 acks: match rep.ack {
@@ -164,10 +168,10 @@ impl PrimaryLink {
                 cluster: &self.cluster,
                 peer: &self.creds.peer,
                 module: Some(&rep.module),
-                dirs: Some(rep.dirs.len() as u32),
+                dirs: Some(rep.dirs().len() as u32),
             },
         )?;
-        let (diverged, full) = read_diverged(&mut reader, rep.dirs.len()).await?;
+        let (diverged, full) = read_diverged(&mut reader, rep.dirs().len()).await?;
         let compare = take_compare_needed(rep)?;
         if full || compare {
             // Compare by content, record every difference, and let the
@@ -295,7 +299,7 @@ fn read_acks(rep: &Replicator, conn: u64, link: &Link, stop: &Stop, idle: Durati
 /// change that owes one during the comparison records it again.
 fn take_compare_needed(rep: &Replicator) -> Result<bool, String> {
     let mut needed = false;
-    for d in &rep.dirs {
+    for d in rep.dirs() {
         if d.log
             .compare_needed()
             .map_err(|e| format!("change log: {e}"))?
@@ -314,7 +318,7 @@ fn restore_compare_needed(rep: &Replicator, needed: bool) {
     if !needed {
         return;
     }
-    for d in &rep.dirs {
+    for d in rep.dirs() {
         if let Err(e) = d.log.set_compare_needed(true) {
             tracing::error!("{}: change log: {e}", rep.module);
         }

@@ -207,7 +207,7 @@ pub async fn connect(
             cluster: link.cluster.clone(),
             node: link.creds.node.clone(),
             modules: vec![rep.module.clone()],
-            dirs: rep.dirs.len() as u32,
+            dirs: rep.dirs().len() as u32,
             generation: 0,
             verify: true,
             acks: Default::default(),
@@ -225,7 +225,7 @@ pub async fn connect(
             cluster: &link.cluster,
             peer: &link.creds.peer,
             module: Some(&rep.module),
-            dirs: Some(rep.dirs.len() as u32),
+            dirs: Some(rep.dirs().len() as u32),
         },
     )?;
     Ok(Remote { reader, writer })
@@ -438,7 +438,7 @@ pub async fn run(
     let rep = rep.clone();
     let mut remote = connect(link, &rep).await?;
     let mut report = VerifyReport::default();
-    for d in 0..rep.dirs.len() {
+    for d in 0..rep.dirs().len() {
         let dir = d as u32;
         state.lock().phase = format!("scanning directory {}", d + 1);
         let progress = Arc::new(ScanProgress::default());
@@ -455,7 +455,7 @@ pub async fn run(
                     .as_ref()
                     .is_none_or(|m| m.get(p).is_some_and(|i| i.entry.kind == EntryKind::File))
             };
-            local_manifest(&scan_rep.dirs[d], None, &hash_if, &scan_progress)
+            local_manifest(&scan_rep.dirs()[d], None, &hash_if, &scan_progress)
         });
         let ticker = async {
             loop {
@@ -507,7 +507,7 @@ pub async fn run(
         );
         let again_ours = tokio::task::spawn_blocking(move || {
             local_manifest(
-                &again_rep.dirs[d],
+                &again_rep.dirs()[d],
                 Some(&again_paths),
                 &manifest::all,
                 &again_progress,
@@ -539,7 +539,7 @@ fn replicated_only(rep: &super::primary::Replicator, items: &mut BTreeMap<PathBu
 /// differ), names only on the peer are removed there.
 pub fn mark(rep: &Replicator, diffs: &[Difference]) -> Result<(), String> {
     let err = |e: crate::changelog::ChangeLogError| format!("change log: {e}");
-    for (d, dir) in rep.dirs.iter().enumerate() {
+    for (d, dir) in rep.dirs().iter().enumerate() {
         let log = &dir.log;
         let mut marks = Vec::new();
         let mut names = Vec::new();

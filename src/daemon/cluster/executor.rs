@@ -246,7 +246,7 @@ impl Managed {
                     ""
                 }
             ));
-            for d in &rep.dirs {
+            for d in rep.dirs() {
                 let _ = d.log.flush();
             }
             // Closed above: the link ends at once.

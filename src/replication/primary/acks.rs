@@ -39,8 +39,10 @@ pub enum Waited {
     TimedOut,
     /// `halted` said so (the node was fenced).
     Halted,
-    /// Sending or reading failed: the caller drops the link for this.
-    Broken(LinkError),
+    /// Sending what was queued failed: the caller drops the link.
+    SendFailed(LinkError),
+    /// Reading the peer's answers failed, or the peer ended the link.
+    ReadFailed(LinkError),
 }
 
 /// How long a waiting call reads, or sleeps while another reads, before it
@@ -232,7 +234,7 @@ impl AckTracker {
                 flushed = true;
                 drop(s);
                 if let Err(e) = outlet.flush() {
-                    return Waited::Broken(e);
+                    return Waited::SendFailed(e);
                 }
                 continue;
             }
@@ -247,7 +249,7 @@ impl AckTracker {
             drop(s);
             let until = deadline.max(now).min(now + LEAD_SLICE);
             if let Err(e) = self.await_reply(conn, &*outlet, until) {
-                return Waited::Broken(e);
+                return Waited::ReadFailed(e);
             }
         }
     }

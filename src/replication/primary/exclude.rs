@@ -9,10 +9,11 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use super::Replicator;
 use super::clears::Clear;
-use super::stream::Order;
+use super::order::Order;
+use super::stream::Stream;
 use super::times::{bytes, stamp};
+use super::write::settle_owed_locked;
 use crate::changelog::NsChange;
 use crate::config::Exclude;
 use crate::fs::{Errno, LocalApply, Mutation, sys};
@@ -34,9 +35,15 @@ pub(super) enum Scope {
     Enters(PathBuf),
 }
 
-impl Replicator {
-    pub fn exclusions(&self) -> Option<&Exclude> {
-        Some(&self.exclude).filter(|e| !e.is_empty())
+/// The stream seen through the module's exclusions.
+pub struct Excluding<'a> {
+    pub stream: &'a Stream,
+    pub exclude: &'a Exclude,
+}
+
+impl Excluding<'_> {
+    fn exclusions(&self) -> Option<&Exclude> {
+        Some(self.exclude).filter(|e| !e.is_empty())
     }
 
     /// Whether `p` in directory `dir` is excluded; its kind is looked up
@@ -59,14 +66,14 @@ impl Replicator {
     }
 
     fn is_dir(&self, dir: u32, p: &Path) -> bool {
-        entry::open_node(self.dirs[dir as usize].root.as_fd(), p)
+        entry::open_node(self.stream.dirs[dir as usize].root.as_fd(), p)
             .ok()
             .and_then(|fd| sys::stat_fd(fd.as_fd()).ok())
             .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
     }
 
     /// What `m` is to the peer (read before it is applied).
-    pub(super) fn scope(&self, dir: u32, m: &Mutation<'_>) -> Scope {
+    pub fn scope(&self, dir: u32, m: &Mutation<'_>) -> Scope {
         if self.exclusions().is_none() {
             return Scope::Replicated;
         }
@@ -123,7 +130,7 @@ impl Replicator {
     }
 
     /// Applies a mutation that is not (or not as such) replicated.
-    pub(super) fn submit_scoped(
+    pub fn submit(
         &self,
         dir: u32,
         m: &Mutation<'_>,
@@ -136,22 +143,24 @@ impl Replicator {
             // send or order with the stream.
             return local();
         }
-        let mut o = self.order.lock();
+        let s = self.stream;
+        let mut o = s.lock();
         let crossing = match &scope {
             Scope::Leaves(p) | Scope::Enters(p) => Some(p),
             Scope::Local | Scope::Replicated => None,
         };
         if let Some(p) = crossing {
             // What the peer is owed goes before the name moves.
-            self.settle_owed_locked(&mut o);
+            settle_owed_locked(s, &mut o);
             // Recorded before it is applied: a resync makes the peer's name
             // what ours is, whatever happens next.
-            if let Err(e) = self
-                .records()
-                .ns(&mut o, dir, NsChange::SetAttr { path: p.clone() })
+            if let Err(e) =
+                self.stream
+                    .records()
+                    .ns(&mut o, dir, NsChange::SetAttr { path: p.clone() })
             {
                 drop(o);
-                self.note_error(format!("change log: {e}"));
+                self.stream.note_error(format!("change log: {e}"));
                 return Err(Errno::EIO);
             }
         }
@@ -159,7 +168,7 @@ impl Replicator {
         let mut last = None;
         if let Some(p) = crossing {
             o.names_moved(dir);
-            let log = &self.dirs[dir as usize].log;
+            let log = &self.stream.dirs[dir as usize].log;
             let r = log.remove(p).and_then(|_| match scope {
                 Scope::Enters(_) => self.ship_whole(&mut o, dir, p, &mut last),
                 _ => {
@@ -167,12 +176,12 @@ impl Replicator {
                         path: bytes(p.as_os_str()),
                         entry: None,
                     };
-                    last = self.send_locked(&mut o, dir, false, gone, Vec::new());
+                    last = self.stream.send(&mut o, dir, false, gone, Vec::new());
                     Ok(())
                 }
             });
             if let Err(e) = r {
-                self.note_error(format!("change log: {e}"));
+                self.stream.note_error(format!("change log: {e}"));
             }
         }
         if let Some(seq) = self.touch_parents(&mut o, dir, parents) {
@@ -180,7 +189,7 @@ impl Replicator {
         }
         drop(o);
         match last {
-            Some((conn, seq)) => self.wait(conn, seq, self.need(false)),
+            Some((conn, seq)) => s.wait(conn, seq, s.need(false)),
             None => Ok(()),
         }
     }
@@ -198,15 +207,19 @@ impl Replicator {
         }
         if !o.streaming() {
             for p in parents {
-                if let Err(e) = self.records().ns(o, dir, NsChange::SetAttr { path: p }) {
-                    self.note_error(format!("change log: {e}"));
+                if let Err(e) = self
+                    .stream
+                    .records()
+                    .ns(o, dir, NsChange::SetAttr { path: p })
+                {
+                    self.stream.note_error(format!("change log: {e}"));
                 }
             }
             return None;
         }
-        let root = self.dirs[dir as usize].root.as_fd();
+        let root = self.stream.dirs[dir as usize].root.as_fd();
         let times = parents.iter().filter_map(|p| stamp(root, p)).collect();
-        self.send_locked(o, dir, false, WireMutation::Times, times)
+        self.stream.send(o, dir, false, WireMutation::Times, times)
     }
 
     /// Ships `p` (and, for a directory, every included entry below it) as
@@ -218,7 +231,7 @@ impl Replicator {
         p: &Path,
         last: &mut Option<(u64, u64)>,
     ) -> crate::changelog::Result<()> {
-        let root = self.dirs[dir as usize].root.as_fd();
+        let root = self.stream.dirs[dir as usize].root.as_fd();
         let Ok(Some(e)) = entry::read(root, p) else {
             return Ok(());
         };
@@ -226,7 +239,7 @@ impl Replicator {
         if p != Path::new("") && self.excluded(dir, p, Some(is_dir)) {
             return Ok(());
         }
-        self.records().ns(
+        self.stream.records().ns(
             o,
             dir,
             NsChange::SetAttr {
@@ -236,8 +249,8 @@ impl Replicator {
         let file = e.kind == crate::replication::wire::EntryKind::File;
         let size = e.size;
         let id = if file && size > 0 {
-            let id = self.records().file_id(o, dir, p)?;
-            self.dirs[dir as usize].log.mark(id, 0, size)?;
+            let id = self.stream.records().file_id(o, dir, p)?;
+            self.stream.dirs[dir as usize].log.mark(id, 0, size)?;
             Some(id)
         } else {
             None
@@ -249,7 +262,8 @@ impl Replicator {
         };
         if o.streaming() {
             *last = self
-                .send_locked(o, dir, false, reconcile(Some(e.clone())), Vec::new())
+                .stream
+                .send(o, dir, false, reconcile(Some(e.clone())), Vec::new())
                 .or(*last);
         }
         if let Some(id) = id
@@ -265,7 +279,7 @@ impl Replicator {
                     Ok(n) => n,
                 };
                 buf.truncate(n);
-                let sent = self.send_locked(
+                let sent = self.stream.send(
                     o,
                     dir,
                     false,
@@ -287,7 +301,8 @@ impl Replicator {
             // The writes moved its time on the peer: ours again.
             if let Ok(Some(e)) = entry::read(root, p) {
                 *last = self
-                    .send_locked(o, dir, false, reconcile(Some(e)), Vec::new())
+                    .stream
+                    .send(o, dir, false, reconcile(Some(e)), Vec::new())
                     .or(*last);
             }
         }
@@ -302,7 +317,8 @@ impl Replicator {
                 && let Ok(Some(e)) = entry::read(root, p)
             {
                 *last = self
-                    .send_locked(o, dir, false, reconcile(Some(e)), Vec::new())
+                    .stream
+                    .send(o, dir, false, reconcile(Some(e)), Vec::new())
                     .or(*last);
             }
         }

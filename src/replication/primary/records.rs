@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::clears::Clear;
-use super::stream::Order;
+use super::order::Order;
 use super::times::bytes;
 use crate::changelog::{FileId, NsChange, Result};
 use crate::fs::{Mutation, Remains};
