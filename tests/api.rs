@@ -82,9 +82,7 @@ fn cluster() -> Cluster {
             ..Options::default()
         },
     );
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c
 }
 

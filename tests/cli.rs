@@ -8,11 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{is_tandem_mount, tandem_bin, tempdir, wait_until};
-
-fn tandem(args: &[&str]) -> Output {
-    Command::new(tandem_bin()).args(args).output().unwrap()
-}
+use common::{LOOPBACK_NODES, is_tandem_mount, tandem, tandem_bin, tempdir, wait_until};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -199,14 +195,7 @@ fn write_config(dir: &Path, app: &Path, db: &Path, socket: &Path) -> std::path::
 [cluster]
 name = "test"
 
-[[node]]
-name = "node1"
-address = "127.0.0.1"
-
-[[node]]
-name = "node2"
-address = "127.0.0.2"
-
+{LOOPBACK_NODES}
 [daemon]
 socket = "{}"
 state_dir = "{}"

@@ -11,33 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Net, Options, ip};
+use common::cluster::{Cluster, Net, Options, ip, spawn_in_netns};
 use common::wait_until;
 use parking_lot::Mutex;
 
 const VIP: &str = "10.80.0.100";
 const VIP6: &str = "fd80::100";
 const SERVICE_PORT: u16 = 8080;
-
-/// Runs `f` on a thread of its own inside namespace `ns`.
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns takes no pointer; `fd` keeps the namespace file open across the call, and
-        // only this thread enters the namespace.
-        assert_eq!(
-            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns {path}"
-        );
-        f()
-    })
-}
 
 /// One connection to the service: the node that answered, if any.
 fn ask(addr: SocketAddr) -> Option<String> {
@@ -64,7 +44,7 @@ impl Prober {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (seen.clone(), stop.clone());
-        let thread = in_netns(ns, move || {
+        let thread = spawn_in_netns(ns, move || {
             while !st.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let who = ask(addr);
@@ -200,9 +180,7 @@ fn guard_of(daemon: u32) -> Option<i32> {
 fn the_vip_follows_the_serving_node_when_its_daemon_is_killed_and_back() {
     let net = Net::lan();
     let mut c = vip_cluster(&net);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     assert!(
         wait_until(10, || holds(&net.nodes[0], VIP)),
         "{}",
@@ -306,9 +284,7 @@ fn the_vip_follows_the_serving_node_when_its_daemon_is_killed_and_back() {
 fn the_vip_moves_when_the_whole_primary_is_lost() {
     let net = Net::lan();
     let mut c = vip_cluster(&net);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     assert!(wait_until(10, || holds(&net.nodes[0], VIP)));
     let client = net.client.clone().unwrap();
     let addr: SocketAddr = format!("{VIP}:{SERVICE_PORT}").parse().unwrap();
@@ -355,9 +331,7 @@ fn the_vip_moves_when_the_whole_primary_is_lost() {
 fn an_isolated_primary_drops_the_vip_before_its_twin_takes_it() {
     let net = Net::lan();
     let mut c = vip_cluster(&net);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     assert!(wait_until(10, || holds(&net.nodes[0], VIP)));
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -365,14 +339,7 @@ fn an_isolated_primary_drops_the_vip_before_its_twin_takes_it() {
         // node1 loses the LAN: no peer, no witness. It stops serving and
         // gives the VIP back; node2 gets the lease once it ran out.
         net.set(1, "eth0", false);
-        assert!(
-            wait_until(20, || c.state(1) == "WAIT" && c.state(2) == "ALONE"),
-            "{}/{}\n--- node1\n{}\n--- node2\n{}",
-            c.state(1),
-            c.state(2),
-            c.log_text(1),
-            c.log_text(2)
-        );
+        c.wait_states("WAIT", "ALONE", 20);
         assert!(wait_until(5, || holds(&net.nodes[1], VIP)));
         assert!(!holds(&net.nodes[0], VIP));
         net.set(1, "eth0", true);
@@ -497,9 +464,7 @@ fn through_haproxy_clients_land_on_the_serving_node_across_kill_failback_and_swa
     let mut c = lb_cluster(&net);
     let lb_ns = net.client.clone().unwrap();
     let h = Haproxy::start(&lb_ns, c.tmp.path(), &net.addr);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     let probe = Prober::start(&lb_ns, "127.0.0.1:80".parse().unwrap());
     assert!(
         probe.wait_for("node1", Instant::now(), 15),
@@ -578,9 +543,7 @@ fn primaries(addrs: &[String; 2]) -> [bool; 2] {
 fn with_a_witness_a_cut_never_makes_both_nodes_answer_200() {
     let net = Net::routed();
     let mut c = lb_cluster(&net);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     // A primary cut off before it holds the lease (the witness grants none
     // for a term after it starts) stops serving, as it must: the cut below
     // is of a primary that holds it.
@@ -589,7 +552,7 @@ fn with_a_witness_a_cut_never_makes_both_nodes_answer_200() {
     let lb_ns = net.client.clone().unwrap();
     let addrs = net.addr.clone();
     assert!(
-        in_netns(&lb_ns, move || wait_until(10, || primaries(&addrs)
+        spawn_in_netns(&lb_ns, move || wait_until(10, || primaries(&addrs)
             == [true, false]))
         .join()
         .unwrap()
@@ -597,7 +560,7 @@ fn with_a_witness_a_cut_never_makes_both_nodes_answer_200() {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (stop, addrs) = (stop.clone(), net.addr.clone());
-        in_netns(&lb_ns, move || {
+        spawn_in_netns(&lb_ns, move || {
             let (mut both, mut polls) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
                 if primaries(&addrs) == [true, true] {
@@ -625,23 +588,11 @@ fn with_a_witness_a_cut_never_makes_both_nodes_answer_200() {
     // balancer: node1 keeps its lease and serves, node2 does not.
     rule(true, "10.81.1.0/24", "10.81.2.0/24");
     rule(true, "10.81.2.0/24", "10.81.1.0/24");
-    assert!(
-        wait_until(20, || c.state(1) == "ALONE" && c.state(2) == "WAIT"),
-        "{}/{}",
-        c.state(1),
-        c.state(2)
-    );
+    c.wait_states("ALONE", "WAIT", 20);
     std::thread::sleep(Duration::from_secs(1));
     // node1 loses the witness too: it stops; node2 gets the lease.
     rule(true, "10.81.1.0/24", "10.81.5.0/24");
-    assert!(
-        wait_until(20, || c.state(1) == "WAIT" && c.state(2) == "ALONE"),
-        "{}/{}\n--- node1\n{}\n--- node2\n{}",
-        c.state(1),
-        c.state(2),
-        c.log_text(1),
-        c.log_text(2)
-    );
+    c.wait_states("WAIT", "ALONE", 20);
     std::thread::sleep(Duration::from_secs(1));
     rule(false, "10.81.1.0/24", "10.81.5.0/24");
     rule(false, "10.81.1.0/24", "10.81.2.0/24");

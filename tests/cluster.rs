@@ -105,9 +105,7 @@ fn failover_failback_swap_and_handover_keep_every_acknowledged_record() {
 #[test]
 fn forged_and_garbage_heartbeats_are_dropped_counted_and_change_nothing() {
     let mut c = Cluster::new();
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     let st = c.status(2).unwrap();
     let port = st["nodes"]["paths"][0]["local"]
         .as_str()
@@ -149,9 +147,7 @@ fn forged_and_garbage_heartbeats_are_dropped_counted_and_change_nothing() {
 #[test]
 fn restart_log_and_second_from_the_command_line() {
     let mut c = Cluster::new();
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c.wait_app_writes(1);
     // restart: the application only, where it runs; the roles stay.
     let o = c.tandem(1, &["restart", "app"]);
@@ -232,9 +228,7 @@ fn with_an_etcd_lease_a_cut_or_an_isolated_primary_never_yields_two_serving_node
 fn a_paused_primary_never_stops_the_service_nor_makes_a_split_brain() {
     let net = Net::pair();
     let mut c = Cluster::build_full(Some(&net), "witness", false);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c.wait_app_writes(1);
     let mut took_over = 0;
     {
@@ -303,9 +297,7 @@ fn a_cut_off_node_is_fenced_while_its_manager_waits_for_a_slow_script() {
         &c.path("slow.sh"),
         "#!/bin/sh\n[ \"$TANDEM_NODE\" = node1 ] && [ -f \"$APP_SIDE/../slow\" ] && sleep 8\nexit 0\n",
     );
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     assert!(wait_until(30, || c.state_of(1, 1) == "PRIM"));
     c.wait_app_writes(1);
     let (ns1, port1) = (net.nodes[0].clone(), c.lb_port(1));
@@ -354,9 +346,7 @@ fn a_cut_off_node_is_fenced_while_its_manager_waits_for_a_slow_script() {
 fn partition_never_yields_two_serving_nodes(kind: &str) {
     let net = Net::pair();
     let mut c = Cluster::build_full(Some(&net), kind, false);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c.wait_app_writes(1);
     c.wait_lease(1);
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -374,13 +364,7 @@ fn partition_never_yields_two_serving_nodes(kind: &str) {
         // The link between the nodes is cut; both still reach the witness:
         // the primary keeps its lease and serves, the other cannot get it.
         net.set(1, "peer", false);
-        assert!(
-            wait_until(20, || c.state(1) == "ALONE" && c.state(2) == "WAIT"),
-            "expected ALONE/WAIT, got {}/{}\n{}",
-            c.state(1),
-            c.state(2),
-            c.log_text(2)
-        );
+        c.wait_states("ALONE", "WAIT", 20);
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!((c.state(1), c.state(2)), ("ALONE".into(), "WAIT".into()));
         c.wait_app_writes(1);
@@ -392,14 +376,7 @@ fn partition_never_yields_two_serving_nodes(kind: &str) {
         let acked = c.acked(1);
         net.set(1, "peer", false);
         net.set(1, "wit", false);
-        assert!(
-            wait_until(20, || c.state(1) == "WAIT" && c.state(2) == "ALONE"),
-            "expected WAIT/ALONE, got {}/{}\n--- node1\n{}\n--- node2\n{}",
-            c.state(1),
-            c.state(2),
-            c.log_text(1),
-            c.log_text(2)
-        );
+        c.wait_states("WAIT", "ALONE", 20);
         c.wait_app_writes(2);
         assert!(c.records(2) >= acked);
         net.set(1, "peer", true);
@@ -416,9 +393,7 @@ fn partition_never_yields_two_serving_nodes(kind: &str) {
 #[test]
 fn a_failing_check_restarts_the_application_then_hands_the_module_over() {
     let mut c = Cluster::build_with(None, true);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c.wait_app_writes(1);
     let kill_app = |c: &Cluster| {
         let pid: i32 = std::fs::read_to_string(c.path("side1/app.pid"))
@@ -471,22 +446,13 @@ fn a_failing_check_restarts_the_application_then_hands_the_module_over() {
 fn with_ping_quorum_an_isolated_primary_stops_and_the_twin_takes_over() {
     let net = Net::pair();
     let mut c = Cluster::build_full(Some(&net), "ping", false);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c.wait_app_writes(1);
     let acked = c.acked(1);
     // node1 loses every link: no peer, and its ping address is gone too.
     net.set(1, "peer", false);
     net.set(1, "wit", false);
-    assert!(
-        wait_until(20, || c.state(1) == "WAIT" && c.state(2) == "ALONE"),
-        "expected WAIT/ALONE, got {}/{}\n--- node1\n{}\n--- node2\n{}",
-        c.state(1),
-        c.state(2),
-        c.log_text(1),
-        c.log_text(2)
-    );
+    c.wait_states("WAIT", "ALONE", 20);
     c.wait_app_writes(2);
     assert!(c.records(2) >= acked);
     let st = c.status(1).unwrap();
@@ -505,9 +471,7 @@ fn with_ping_quorum_an_isolated_primary_stops_and_the_twin_takes_over() {
 fn a_split_brain_is_resolved_by_the_operator_and_the_losing_side_is_kept_aside() {
     let net = Net::pair();
     let mut c = Cluster::build_full(Some(&net), "none", false);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c.wait_app_writes(1);
     // Without quorum a cut makes two writers: node1 goes on alone, node2
     // takes over.
@@ -703,10 +667,7 @@ fn https_status(port: u16, path: &str) -> String {
 
 #[test]
 fn health_endpoints_speak_https_with_lb_tls() {
-    let (p1, p2) = (
-        common::cluster::free_ports().1,
-        common::cluster::free_ports().1,
-    );
+    let (p1, p2) = (common::free_port(false), common::free_port(false));
     let mut c = Cluster::build_opts(
         None,
         &common::cluster::Options {
@@ -716,9 +677,7 @@ fn health_endpoints_speak_https_with_lb_tls() {
             ..Default::default()
         },
     );
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     assert!(
         wait_until(5, || https_status(p1, "/primary/app") == "HTTP/1.1 200 OK"),
         "{}",
@@ -782,9 +741,7 @@ fn no_call_waits_past_peer_timeout_while_the_second_is_frozen() {
             ..Default::default()
         },
     );
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     let p = c.settled(30).expect("one PRIM and an up-to-date SECOND");
     let second = 3 - p;
 

@@ -154,9 +154,7 @@ fn an_operator_swaps_from_the_console_on_a_phone_sized_screen() {
         },
     );
     let mut c = c;
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     let o = c.tandem(1, &["token", "create", "alice", "--role", "admin"]);
     assert!(o.status.success());
     let token = String::from_utf8(o.stdout).unwrap().trim().to_string();

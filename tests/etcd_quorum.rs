@@ -5,11 +5,13 @@
 //! node believing it holds a lease; and the same over TLS with client
 //! certificates and etcd's users, as production clusters run.
 
-use std::net::TcpListener;
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{etcd_args, free_port};
 use tandem::cluster::LeaseQuorum;
 use tandem::cluster::etcd::Client;
 use tandem::stop::Stop;
@@ -40,14 +42,6 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn etcd() -> Etcd {
@@ -90,7 +84,7 @@ fn certificates(dir: &std::path::Path) -> (Tls, Tls) {
 
 fn start_etcd(tls: bool) -> Etcd {
     let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
+    let (client, peer) = (free_port(false), free_port(false));
     let scheme = if tls { "https" } else { "http" };
     let url = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
@@ -107,18 +101,7 @@ fn start_etcd(tls: bool) -> Etcd {
             .arg("--client-cert-auth");
         client_tls = Some(client);
     }
-    let child = cmd
-        .args(["--name", "t", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
+    let child = etcd_args(&mut cmd, &dir.path().join("data"), &url, &url, &peer_url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -137,15 +120,10 @@ fn start_etcd(tls: bool) -> Etcd {
     e
 }
 
-fn wait(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
+/// Waits until `f` holds, up to `secs` seconds, looking every 20 ms: the
+/// leases' timings are measured in hundreds of ms.
+fn wait(secs: u64, f: impl FnMut() -> bool) -> bool {
+    common::wait_until_every(secs, Duration::from_millis(20), f)
 }
 
 fn client(e: &Etcd, node: &str) -> Arc<Client> {

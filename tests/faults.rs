@@ -136,9 +136,7 @@ fn inject(c: &mut Cluster, net: &Net, p: usize, f: Fault) {
 fn suite(kind: &str, faults: &[Fault], rounds: usize, seed: u64) {
     let net = Net::pair();
     let mut c = Cluster::build_full(Some(&net), kind, false);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 60);
+    c.start_both(60);
     c.wait_app_writes(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut done: BTreeMap<String, u32> = BTreeMap::new();

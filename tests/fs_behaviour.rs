@@ -631,14 +631,13 @@ fn requests_go_on_while_an_fsync_waits_and_the_mount_ends_cleanly() {
         let f = std::fs::File::open(dir.join("held")).unwrap();
         std::thread::spawn(move || f.sync_all())
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while sink.holding.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fsync never arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    assert!(
+        common::wait_until_every(10, std::time::Duration::from_millis(1), || sink
+            .holding
+            .load(std::sync::atomic::Ordering::SeqCst)
+            != 0),
+        "the fsync never arrived"
+    );
     // Another caller's requests, fsyncs included, are served meanwhile.
     for i in 0..200 {
         let p = dir.join(format!("f{i}"));
@@ -683,14 +682,10 @@ fn a_mount_unmounted_from_outside_ends_its_session() {
             .success()),
         "umount kept failing"
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !m.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the session did not end"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    assert!(
+        common::wait_until_every(10, std::time::Duration::from_millis(10), || m.is_finished()),
+        "the session did not end"
+    );
     assert_eq!(m.unmount().unwrap(), tandem::fs::Unmounted::Clean);
 }
 

@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use common::tree::{self, Entry, Holds};
 use common::{TestMount, cpath, errno, tempdir};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -491,92 +492,19 @@ fn apply(root: &Path, op: &Op) -> (Outcome, Vec<String>) {
     (out, muts)
 }
 
-/// One entry of a tree as compared: everything but inode numbers and clock times.
-#[derive(Debug, PartialEq, Eq)]
-struct Entry {
-    kind: u32,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    nlink: u64,
-    /// The first path (in walk order) of the same inode: hard-link structure.
-    link_group: String,
-    content: Option<Vec<u8>>,
-    symlink: Option<PathBuf>,
-    xattrs: BTreeMap<String, Vec<u8>>,
-    /// Modification time when set by utimens. Access times move with every read
-    /// the comparison itself makes, so fs_behaviour checks them separately.
-    explicit_mtime: Option<(i64, i64)>,
-}
+/// What the trees are compared on beyond names, kinds, modes, owners, sizes,
+/// contents, targets, xattrs and hard links: link counts, and modification
+/// times where utimens set them. Access times move with every read the
+/// comparison itself makes, so fs_behaviour checks them separately; the root
+/// is the test's own.
+const COMPARED: Holds = Holds {
+    root: false,
+    nlink: true,
+    mtime: |secs| (EXPLICIT_BASE..EXPLICIT_BASE + 2000).contains(&secs),
+};
 
-fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let c = cpath(path);
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: `c` is a NUL-terminated path, and `buf` a live Vec passed with its length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    let mut out = BTreeMap::new();
-    if n <= 0 {
-        return out;
-    }
-    for name in buf[..n as usize]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-    {
-        let cn = std::ffi::CString::new(name).unwrap();
-        let mut v = vec![0u8; 65536];
-        // SAFETY: `c` and `cn` are NUL-terminated, and `v` is a live Vec passed with its length.
-        let m = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        assert!(m >= 0, "getxattr {} {:?}", path.display(), cn);
-        v.truncate(m as usize);
-        out.insert(String::from_utf8_lossy(name).into_owned(), v);
-    }
-    out
-}
-
-fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
-    let mut out = BTreeMap::new();
-    let mut groups: HashMap<u64, String> = HashMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let mut names: Vec<_> = std::fs::read_dir(root.join(&rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        for name in names {
-            let r = rel.join(&name);
-            let full = root.join(&r);
-            let md = std::fs::symlink_metadata(&full).unwrap();
-            let kind = md.mode() & libc::S_IFMT;
-            let key = r.display().to_string();
-            let group = groups
-                .entry(md.ino())
-                .or_insert_with(|| key.clone())
-                .clone();
-            let explicit = md.mtime() >= EXPLICIT_BASE && md.mtime() < EXPLICIT_BASE + 2000;
-            out.insert(
-                key,
-                Entry {
-                    kind,
-                    mode: md.mode(),
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    size: if kind == libc::S_IFDIR { 0 } else { md.size() },
-                    nlink: md.nlink(),
-                    link_group: group,
-                    content: (kind == libc::S_IFREG).then(|| std::fs::read(&full).unwrap()),
-                    symlink: (kind == libc::S_IFLNK).then(|| std::fs::read_link(&full).unwrap()),
-                    xattrs: xattrs(&full),
-                    explicit_mtime: explicit.then(|| (md.mtime(), md.mtime_nsec())),
-                },
-            );
-            if kind == libc::S_IFDIR {
-                stack.push(r);
-            }
-        }
-    }
-    out
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    tree::snapshot(root, COMPARED)
 }
 
 /// Expected sink lines use "?" where the exact path is not predictable from the
@@ -632,13 +560,18 @@ fn run(seed: u64, steps: usize) {
         "seed {seed}: names differ"
     );
     for (k, v) in &reference {
-        assert_eq!(v, &through_mount[k], "seed {seed}: {k} differs");
+        assert_eq!(v, &through_mount[k], "seed {seed}: {} differs", k.display());
     }
     // Unmounting must leave the bare directory exactly as the mount showed it.
     mount.unmount();
     let after = snapshot(covered.path());
     for (k, v) in &reference {
-        assert_eq!(v, &after[k], "seed {seed}: {k} differs after unmount");
+        assert_eq!(
+            v,
+            &after[k],
+            "seed {seed}: {} differs after unmount",
+            k.display()
+        );
     }
     assert!(
         reference.len() > 3,

@@ -9,7 +9,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use common::cpath;
-use common::pair::{Pair, assert_same_tree};
+use common::pair::Pair;
+use common::tree::assert_same_tree;
 use rand::{Rng, SeedableRng};
 
 fn setxattr(p: &Path, name: &str, value: &[u8]) {
@@ -130,7 +131,7 @@ fn every_mutation_kind_replicates_and_the_trees_are_identical() {
 
     pair.wait_caught_up();
     assert_same_tree(&pair.dir(1), &pair.dir(2));
-    let st = pair.status(1).unwrap();
+    let st = pair.replication(1).unwrap();
     assert_eq!(st["dirty_bytes"], 0, "{st}");
     assert!(st["bytes_replicated"].as_u64().unwrap() >= 300_010, "{st}");
     // The secondary's bytes are the primary's, read without the mount.
@@ -275,14 +276,14 @@ fn a_killed_secondary_gets_only_the_changed_bytes_back() {
     }
     pair.wait_caught_up();
 
-    pair.kill(2);
+    pair.signal(2, libc::SIGKILL);
     // Counted once the primary knows the peer is gone: what it sent before
     // that went to a dead link and is not a resync's doing.
     assert!(
         common::wait_until(10, || pair.peer_state() != "connected"),
         "the primary did not notice the killed peer"
     );
-    let before = pair.status(1).unwrap()["bytes_replicated"]
+    let before = pair.replication(1).unwrap()["bytes_replicated"]
         .as_u64()
         .unwrap();
     // Keep writing: random 4 KiB blocks, name changes; nothing may block.
@@ -325,7 +326,7 @@ fn a_killed_secondary_gets_only_the_changed_bytes_back() {
         "writes blocked without the peer: {:?}",
         start.elapsed()
     );
-    let alone = pair.status(1).unwrap();
+    let alone = pair.replication(1).unwrap();
     assert_eq!(alone["peer"], "alone", "{alone}");
     let dirty = alone["dirty_bytes"].as_u64().unwrap();
     assert!(
@@ -336,7 +337,7 @@ fn a_killed_secondary_gets_only_the_changed_bytes_back() {
     pair.start(2);
     pair.wait_connected();
     pair.wait_caught_up();
-    let after = pair.status(1).unwrap();
+    let after = pair.replication(1).unwrap();
     let shipped = after["resync"]["bytes_done"].as_u64().unwrap();
     assert!(
         shipped <= written + written / 10,
@@ -365,7 +366,7 @@ fn hard_linked_files_changed_while_the_peer_was_away_come_back_under_their_remai
     std::fs::hard_link(d.join("cur/target"), d.join("cur/target.link")).unwrap();
     pair.wait_caught_up();
 
-    pair.kill(2);
+    pair.signal(2, libc::SIGKILL);
     // Mail delivery: written under tmp/, linked into new/, the first name removed.
     for i in 0..5 {
         let tmp = d.join(format!("tmp/m{i}"));
@@ -411,12 +412,12 @@ fn a_hard_linked_file_changed_under_a_name_since_removed_comes_back_under_names_
     std::fs::hard_link(d.join("data"), d.join("backup/data")).unwrap();
     pair.wait_caught_up();
     // A restarted primary knows no names until they are looked up.
-    pair.stop(1);
+    pair.signal(1, libc::SIGTERM);
     pair.start(1);
     pair.wait_connected();
     pair.wait_caught_up();
 
-    pair.kill(2);
+    pair.signal(2, libc::SIGKILL);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(d.join("data"))
@@ -462,7 +463,7 @@ fn fsynced_writes_survive_a_killed_primary() {
         .open(d.join("osync"))
         .unwrap();
     s.write_all(b"synchronous").unwrap();
-    pair.kill(1);
+    pair.signal(1, libc::SIGKILL);
     drop(s);
     for (name, body) in &expected {
         let got = std::fs::read(pair.dir(2).join(name)).unwrap();
@@ -497,14 +498,10 @@ fn freeze(pid: u32) {
                     .is_some_and(|(_, rest)| rest.starts_with('T'))
             })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !stopped() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "process {pid} did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    assert!(
+        common::wait_until_every(10, std::time::Duration::from_millis(1), stopped),
+        "process {pid} did not stop"
+    );
 }
 
 /// A pair whose secondary caught up and was then frozen: its socket stays
@@ -636,7 +633,9 @@ fn each_ack_mode_is_answered_by_the_acknowledgements_it_waits_for() {
         let mut pair = Pair::with_ack(ack);
         pair.start_both();
         pair.wait_caught_up();
-        let before = pair.status(1).unwrap()["wire"]["acks"].as_u64().unwrap();
+        let before = pair.replication(1).unwrap()["wire"]["acks"]
+            .as_u64()
+            .unwrap();
         let d = pair.dir(1);
         let t = std::time::Instant::now();
         let mut f = std::fs::File::create(d.join("f")).unwrap();
@@ -657,7 +656,7 @@ fn each_ack_mode_is_answered_by_the_acknowledgements_it_waits_for() {
         std::fs::write(d.join("big"), vec![7u8; 9 << 20]).unwrap();
         pair.wait_caught_up();
         assert_same_tree(&pair.dir(1), &pair.dir(2));
-        let st = pair.status(1).unwrap();
+        let st = pair.replication(1).unwrap();
         let acks = st["wire"]["acks"].as_u64().unwrap() - before;
         if ack != "async" {
             // One per fsync, a few for the big file, syncfs and keepalives:
@@ -690,7 +689,7 @@ fn a_secondary_killed_and_restarted_mid_workload_ends_identical() {
             })
             .collect();
         std::thread::sleep(std::time::Duration::from_millis(300));
-        pair.kill(2);
+        pair.signal(2, libc::SIGKILL);
         std::thread::sleep(std::time::Duration::from_millis(500));
         // Back while the workload still runs: resync and live writes overlap.
         pair.start(2);
@@ -707,17 +706,8 @@ fn a_secondary_killed_and_restarted_mid_workload_ends_identical() {
     pair.wait_connected();
     pair.wait_caught_up();
     assert_same_tree(&pair.dir(1), &pair.dir(2));
-    let st = pair.status(1).unwrap();
+    let st = pair.replication(1).unwrap();
     assert_eq!(st["dirty_bytes"], 0, "{st}");
-}
-
-fn tandem_on(pair: &Pair, n: usize, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(common::tandem_bin())
-        .arg("-c")
-        .arg(pair.config(n))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -735,7 +725,7 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
     pair.wait_caught_up();
 
     // Verify sees what replication alone cannot know about.
-    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    let o = pair.tandem(1, &["verify", "app", "--json"]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -755,7 +745,7 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
         .unwrap();
     f.write_all_at(b"corrupted!", 2_000_000).unwrap();
     drop(f);
-    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    let o = pair.tandem(1, &["verify", "app", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let big_diff = report["differences"]
@@ -773,7 +763,7 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
     }
 
     // --repair ships the differences and verifies again.
-    let o = tandem_on(&pair, 1, &["verify", "app", "--repair"]);
+    let o = pair.tandem(1, &["verify", "app", "--repair"]);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -787,19 +777,19 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
     // Full sync on request of the secondary, after more damage there.
     std::fs::write(pair.dir(2).join("stale"), b"damaged again").unwrap();
     std::fs::remove_file(pair.dir(2).join("big")).unwrap();
-    let before = pair.status(1).unwrap()["bytes_replicated"]
+    let before = pair.replication(1).unwrap()["bytes_replicated"]
         .as_u64()
         .unwrap();
-    let o = tandem_on(&pair, 2, &["second", "app", "--fullsync"]);
+    let o = pair.tandem(2, &["second", "app", "--fullsync"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(common::wait_until(30, || {
-        pair.status(2).is_some_and(|s| s["peer"] == "uptodate")
+        pair.replication(2).is_some_and(|s| s["peer"] == "uptodate")
             && std::fs::read(pair.dir(2).join("stale")).ok().as_deref()
                 == Some(&b"new contents here"[..])
     }));
     pair.wait_caught_up();
     assert_same_tree(&pair.dir(1), &pair.dir(2));
-    let shipped = pair.status(1).unwrap()["bytes_replicated"]
+    let shipped = pair.replication(1).unwrap()["bytes_replicated"]
         .as_u64()
         .unwrap()
         - before;
@@ -809,19 +799,19 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
     );
 
     // And an identical pair verifies clean, from the cache the second time.
-    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    let o = pair.tandem(1, &["verify", "app", "--json"]);
     assert_eq!(
         o.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
-    let o = tandem_on(&pair, 1, &["verify", "app", "--json"]);
+    let o = pair.tandem(1, &["verify", "app", "--json"]);
     assert_eq!(o.status.code(), Some(0));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["bytes_hashed"], 0, "{report}");
     // Verify is the primary's: the secondary says so.
-    let o = tandem_on(&pair, 2, &["verify", "app"]);
+    let o = pair.tandem(2, &["verify", "app"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("primary"));
 }
@@ -864,10 +854,10 @@ fn a_full_disk_on_the_secondary_leaves_the_primary_serving_alone() {
     assert!(
         common::wait_until(10, || pair.peer_state() != "connected"),
         "{:?}",
-        pair.status(1)
+        pair.replication(1)
     );
     assert_eq!(std::fs::read(d.join("big")).unwrap(), data);
-    let st = pair.status(1).unwrap();
+    let st = pair.replication(1).unwrap();
     assert!(st["dirty_bytes"].as_u64().unwrap() > 0, "{st}");
     assert!(
         pair.log_text(2).contains("No space left on device"),
@@ -908,7 +898,7 @@ fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
     };
     let uptodate = |pair: &Pair| {
         assert!(common::wait_until(30, || pair
-            .status(2)
+            .replication(2)
             .is_some_and(|s| s["peer"] == "uptodate")));
     };
 
@@ -966,7 +956,7 @@ fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
     own(&pair);
 
     // A resync after node2 was away: excluded changes stay here.
-    pair.kill(2);
+    pair.signal(2, libc::SIGKILL);
     std::fs::write(d1.join("later.tmp"), b"local only").unwrap();
     std::fs::write(d1.join("later.txt"), b"replicated later").unwrap();
     std::fs::write(d1.join("cache/more"), b"local only").unwrap();
@@ -989,7 +979,7 @@ fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
     own(&pair);
 
     // A full sync neither ships nor removes excluded files.
-    let o = tandem_on(&pair, 2, &["second", "app", "--fullsync"]);
+    let o = pair.tandem(2, &["second", "app", "--fullsync"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     uptodate(&pair);
     pair.wait_caught_up();
@@ -1000,7 +990,7 @@ fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
 
 /// `tandem ARGS` on the primary reports identical trees (exit 0).
 fn verified(pair: &Pair, args: &[&str]) {
-    let o = tandem_on(pair, 1, args);
+    let o = pair.tandem(1, args);
     assert_eq!(
         o.status.code(),
         Some(0),

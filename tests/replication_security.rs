@@ -119,12 +119,7 @@ async fn strangers_and_malformed_frames_are_refused_and_change_nothing() {
 
     // 1. Another cluster's CA with the same node names: refused at the handshake.
     let rogue = pair.tmp.path().join("rogue");
-    let o = std::process::Command::new(common::tandem_bin())
-        .args(["init", "--out"])
-        .arg(&rogue)
-        .args(["--cluster", "pair", "--node", "node1", "--node", "node2"])
-        .output()
-        .unwrap();
+    let o = common::tandem_init(&rogue, "pair", &[]);
     assert!(o.status.success());
     match connect(&pair, &rogue).await {
         Err(_) => {}
@@ -215,7 +210,7 @@ async fn strangers_and_malformed_frames_are_refused_and_change_nothing() {
         std::fs::read(pair.dir(2).join("keep")).unwrap(),
         b"original"
     );
-    assert!(pair.status(2).is_some());
+    assert!(pair.replication(2).is_some());
 
     // And the real primary still connects and replicates afterwards.
     pair.start(1);

@@ -20,13 +20,6 @@ struct Said {
     mounted: bool,
 }
 
-fn mounted(dir: &std::path::Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()) && l.contains(" - fuse"))
-}
-
 /// Binds the notify socket and records every line that arrives on it.
 fn listen(path: std::path::PathBuf, dir: std::path::PathBuf) -> Arc<Mutex<Vec<Said>>> {
     let sock = UnixDatagram::bind(&path).unwrap();
@@ -44,7 +37,7 @@ fn listen(path: std::path::PathBuf, dir: std::path::PathBuf) -> Arc<Mutex<Vec<Sa
                 continue;
             };
             let at = Instant::now();
-            let mounted = mounted(&dir);
+            let mounted = common::is_tandem_mount(&dir);
             for line in String::from_utf8_lossy(&buf[..n]).lines() {
                 out.lock().unwrap().push(Said {
                     at,
@@ -86,9 +79,7 @@ fn the_service_manager_hears_ready_once_mounted_status_watchdog_pings_and_stoppi
         // Pings every 200 ms expected.
         ("WATCHDOG_USEC".into(), "400000".into()),
     ];
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     assert!(
         wait_until(10, || lines(&said, "READY=1").len() == 1),
         "{:?}",
@@ -225,9 +216,7 @@ fn a_start_script_that_hangs_is_killed_and_the_module_moves_to_the_other_node() 
             ..Options::default()
         },
     );
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c.wait_app_writes(1);
     // From now on node1's start hangs. A restart there is killed after 2 s
     // (twice: one retry), nothing of the module is left serving there, and
@@ -248,7 +237,7 @@ fn a_start_script_that_hangs_is_killed_and_the_module_moves_to_the_other_node() 
     assert!(log.contains("killed after its timeout of 2 s"), "{log}");
     assert!(!c.state(1).is_empty() && c.state(1) != "PRIM" && c.state(1) != "ALONE");
     assert!(
-        !mounted(&c.path("node1/app")),
+        !common::is_tandem_mount(&c.path("node1/app")),
         "node1 kept its mount after a failed start"
     );
     assert_eq!(

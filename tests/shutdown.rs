@@ -55,9 +55,7 @@ fn stop_and_check(c: &mut Cluster, n: usize) -> usize {
 /// Both nodes serve in turn and are stopped with everything running.
 fn run(net: &Net, opts: &Options) {
     let mut c = Cluster::build_opts(Some(net), opts);
-    c.start(1);
-    c.start(2);
-    c.wait_states("PRIM", "SECOND", 30);
+    c.start_both(30);
     c.wait_app_writes(1);
     let o = c.tandem(1, &["verify", "app"]);
     assert!(

@@ -5,8 +5,8 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
+use common::{tandem, tandem_init};
 use tandem::replication::frame::{self, Compression};
 use tandem::replication::tls::Credentials;
 use tandem::replication::wire::Message;
@@ -14,29 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-fn init(dir: &Path, cluster: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(common::tandem_bin())
-        .args([
-            "init",
-            "--out",
-            dir.to_str().unwrap(),
-            "--cluster",
-            cluster,
-            "--node",
-            "node1",
-            "--node",
-            "node2",
-        ])
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn init_writes_root_only_keys_and_never_replaces_them_silently() {
     let t = common::tempdir();
     let dir = t.path().join("tls");
-    let o = init(&dir, "c1", &[]);
+    let o = tandem_init(&dir, "c1", &[]);
     assert!(o.status.success(), "{o:?}");
     for (f, mode) in [
         ("ca.pem", 0o644),
@@ -51,7 +33,7 @@ fn init_writes_root_only_keys_and_never_replaces_them_silently() {
     let key = std::fs::read_to_string(dir.join("heartbeat.key")).unwrap();
     assert_eq!(key.trim().len(), 64);
     let before = std::fs::read(dir.join("node1.pem")).unwrap();
-    let o = init(&dir, "c1", &[]);
+    let o = tandem_init(&dir, "c1", &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("already exists"),
@@ -62,24 +44,21 @@ fn init_writes_root_only_keys_and_never_replaces_them_silently() {
         before,
         "nothing replaced"
     );
-    let o = init(&dir, "c1", &["--force"]);
+    let o = tandem_init(&dir, "c1", &["--force"]);
     assert!(o.status.success());
     assert_ne!(std::fs::read(dir.join("node1.pem")).unwrap(), before);
     // Bad node names are refused.
-    let o = Command::new(common::tandem_bin())
-        .args([
-            "init",
-            "--out",
-            t.path().join("x").to_str().unwrap(),
-            "--cluster",
-            "c",
-            "--node",
-            "a",
-            "--node",
-            "a",
-        ])
-        .output()
-        .unwrap();
+    let o = tandem(&[
+        "init",
+        "--out",
+        t.path().join("x").to_str().unwrap(),
+        "--cluster",
+        "c",
+        "--node",
+        "a",
+        "--node",
+        "a",
+    ]);
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -152,8 +131,8 @@ async fn attempt(
 async fn nodes_of_one_cluster_connect_and_others_are_refused() {
     let t = common::tempdir();
     let (good, rogue) = (t.path().join("good"), t.path().join("rogue"));
-    assert!(init(&good, "c1", &[]).status.success());
-    assert!(init(&rogue, "c1", &[]).status.success());
+    assert!(tandem_init(&good, "c1", &[]).status.success());
+    assert!(tandem_init(&rogue, "c1", &[]).status.success());
     let creds = |dir: &Path, me: &str, peer: &str| Credentials::load(dir, me, peer).unwrap();
 
     let (s, c) = attempt(

@@ -2,11 +2,12 @@
 //! namespaces made by the test: the harness of the cluster and client tests.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{tandem_bin, tempdir, wait_until};
+use super::nodes::{Nodes, stands_on_nodes};
+use super::{free_port, tandem_bin, tandem_with, wait_until};
 
 /// How [`Cluster::build_opts`] sets the cluster up.
 pub struct Options<'a> {
@@ -55,8 +56,7 @@ impl Default for Options<'_> {
 }
 
 pub struct Cluster {
-    pub tmp: tempfile::TempDir,
-    pub daemons: [Option<Child>; 2],
+    pub nodes: Nodes,
     /// With a witness in network namespaces: the namespace of each node.
     pub netns: Option<[String; 2]>,
     pub witness: Option<Child>,
@@ -247,23 +247,40 @@ impl Drop for Net {
     }
 }
 
+/// Moves the calling thread into network namespace `ns`.
+fn enter_netns(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    // SAFETY: setns takes no pointer; `fd` keeps the namespace file open
+    // across the call, and only the calling thread enters the namespace.
+    assert_eq!(
+        unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns {ns}"
+    );
+}
+
 /// Runs `f` on a thread inside network namespace `ns`.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            // SAFETY: setns takes no pointer; `fd` keeps the namespace file open across the call,
-            // and only this thread enters the namespace.
-            assert_eq!(
-                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns {ns}"
-            );
+            enter_netns(ns);
             f()
         })
         .join()
         .unwrap()
+    })
+}
+
+/// Runs `f` on a thread of its own inside network namespace `ns`.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        f()
     })
 }
 
@@ -277,11 +294,6 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Free UDP and TCP ports on both loopback addresses.
-pub fn free_ports() -> (u16, u16) {
-    (super::free_port(true), super::free_port(false))
 }
 
 pub const APP: &str = r#"#!/bin/sh
@@ -350,6 +362,8 @@ pub fn script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+stands_on_nodes!(Cluster);
+
 impl Cluster {
     pub fn new() -> Cluster {
         Cluster::build(None)
@@ -393,12 +407,13 @@ impl Cluster {
         let (kind, checker, app_extra, tail) =
             (opts.quorum, opts.checker, opts.app_extra, opts.tail);
         super::require_fuse();
-        let tmp = tempdir();
-        let t = tmp.path();
-        let (hb, rep) = free_ports();
+        let nodes = Nodes::new();
+        let t = nodes.tmp.path();
+        // Heartbeats over UDP, replication over TCP.
+        let (hb, rep) = (free_port(true), free_port(false));
         // The health endpoints listen on every address: one port per node.
-        let lb = [free_ports().1, free_ports().1];
-        let api = opts.api.then(|| [free_ports().1, free_ports().1]);
+        let lb = [free_port(false), free_port(false)];
+        let api = opts.api.then(|| [free_port(false), free_port(false)]);
         let (addr, quorum) = match net {
             None => (
                 ["127.0.0.1".to_string(), "127.0.0.2".to_string()],
@@ -429,7 +444,7 @@ impl Cluster {
             std::fs::create_dir_all(t.join(format!("node{n}/db"))).unwrap();
             std::fs::create_dir_all(t.join(format!("side{n}"))).unwrap();
             std::fs::write(
-                t.join(format!("n{n}.toml")),
+                nodes.config(n),
                 format!(
                     r#"
 [cluster]
@@ -502,16 +517,10 @@ timeout_s = {script_timeout}
             )
             .unwrap();
         }
-        let o = Command::new(tandem_bin())
-            .arg("-c")
-            .arg(t.join("n1.toml"))
-            .arg("init")
-            .output()
-            .unwrap();
+        let o = tandem_with(&nodes.config(1), &["init"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let mut c = Cluster {
-            tmp,
-            daemons: [None, None],
+            nodes,
             netns: net.map(|n| n.nodes.clone()),
             witness: None,
             service: opts.service,
@@ -520,21 +529,16 @@ timeout_s = {script_timeout}
         };
         if let Some(net) = net.filter(|_| kind == "etcd") {
             let log = std::fs::File::create(c.path("etcd.log")).unwrap();
-            let local = "http://127.0.0.1:2380";
+            let mut etcd = Net::exec(&net.quorum_ns, "etcd");
+            super::etcd_args(
+                &mut etcd,
+                &c.path("etcd"),
+                "http://0.0.0.0:2379",
+                &format!("http://{}:2379", net.quorum_addr[0]),
+                "http://127.0.0.1:2380",
+            );
             c.witness = Some(
-                Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{}", net.quorum_ns))
-                    .args(["--", "etcd", "--name", "w", "--data-dir"])
-                    .arg(c.path("etcd"))
-                    .args(["--listen-client-urls", "http://0.0.0.0:2379"])
-                    .args([
-                        "--advertise-client-urls",
-                        &format!("http://{}:2379", net.quorum_addr[0]),
-                    ])
-                    .args(["--listen-peer-urls", local])
-                    .args(["--initial-advertise-peer-urls", local])
-                    .args(["--initial-cluster", &format!("w={local}")])
-                    .stdout(Stdio::null())
+                etcd.stdout(Stdio::null())
                     .stderr(log)
                     .spawn()
                     .expect("etcd (Debian's etcd-server) is installed"),
@@ -543,10 +547,7 @@ timeout_s = {script_timeout}
         if let Some(net) = net.filter(|_| kind == "witness") {
             let log = std::fs::File::create(c.path("witness.log")).unwrap();
             c.witness = Some(
-                Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{}", net.quorum_ns))
-                    .arg("--")
-                    .arg(tandem_bin())
+                Net::exec(&net.quorum_ns, tandem_bin())
                     .arg("-c")
                     .arg(c.config(1))
                     .args(["witness", "--listen", "0.0.0.0:17900"])
@@ -559,14 +560,6 @@ timeout_s = {script_timeout}
         c
     }
 
-    pub fn path(&self, p: &str) -> PathBuf {
-        self.tmp.path().join(p)
-    }
-
-    pub fn config(&self, n: usize) -> PathBuf {
-        self.path(&format!("n{n}.toml"))
-    }
-
     /// Node `n`'s health endpoint port (its first `lb_port`).
     pub fn lb_port(&self, n: usize) -> u16 {
         let text = std::fs::read_to_string(self.config(n)).unwrap();
@@ -576,29 +569,13 @@ timeout_s = {script_timeout}
             .expect("an lb_port")
     }
 
-    pub fn log_text(&self, n: usize) -> String {
-        std::fs::read_to_string(self.path(&format!("daemon{n}.log"))).unwrap_or_default()
-    }
-
     pub fn start(&mut self, n: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(&format!("daemon{n}.log")))
-            .unwrap();
         // In a node's network namespace only: mounts and sockets stay shared.
         let mut cmd = match &self.netns {
             None => Command::new(tandem_bin()),
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{}", ns[n - 1]))
-                    .arg("--")
-                    .arg(tandem_bin());
-                c
-            }
+            Some(ns) => Net::exec(&ns[n - 1], tandem_bin()),
         };
-        let child = cmd
-            .arg("-c")
+        cmd.arg("-c")
             .arg(self.config(n))
             .args(["daemon", "--node", &format!("node{n}")])
             .env("APP_SIDE", self.path(&format!("side{n}")))
@@ -608,56 +585,29 @@ timeout_s = {script_timeout}
                 "APP_PORT",
                 self.service.map(|p| p.to_string()).unwrap_or_default(),
             )
-            .envs(self.env[n - 1].iter().cloned())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemons[n - 1] = Some(child);
-        assert!(
-            wait_until(20, || self.status(n).is_some()),
-            "daemon {n} did not come up:\n{}",
-            self.log_text(n)
-        );
+            .envs(self.env[n - 1].iter().cloned());
+        self.spawn(n, cmd);
     }
 
-    pub fn signal(&mut self, n: usize, sig: i32) {
-        if let Some(mut c) = self.daemons[n - 1].take() {
-            // SAFETY: kill takes no pointer; `c` is our child, not reaped until the wait below, so
-            // its pid is still its.
-            unsafe { libc::kill(c.id() as i32, sig) };
-            c.wait().unwrap();
-        }
+    /// Starts node1, then node2, and waits up to `secs` for node1 serving
+    /// with node2 up to date.
+    pub fn start_both(&mut self, secs: u64) {
+        self.start(1);
+        self.start(2);
+        self.wait_states("PRIM", "SECOND", secs);
     }
 
     /// Freezes node `n`'s daemon for `d` (SIGSTOP, as a VM stall or a swap
     /// storm does), then lets it run on. Its application is not frozen.
     pub fn pause(&self, n: usize, d: Duration) {
-        let pid = self.daemons[n - 1].as_ref().expect("daemon running").id() as i32;
-        // SAFETY: kill takes no pointer; `pid` is the running daemon's, which is our child and not
-        // reaped.
+        let pid = self.pid(n) as i32;
+        // SAFETY: kill takes no pointer; `pid` is the running daemon's, which
+        // is our child and not reaped.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         std::thread::sleep(d);
         // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which is our child and not
         // reaped.
         unsafe { libc::kill(pid, libc::SIGCONT) };
-    }
-
-    pub fn tandem(&self, n: usize, args: &[&str]) -> std::process::Output {
-        Command::new(tandem_bin())
-            .arg("-c")
-            .arg(self.config(n))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    pub fn status(&self, n: usize) -> Option<serde_json::Value> {
-        let o = self.tandem(n, &["status", "--json"]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).ok())
-            .flatten()
     }
 
     /// The module's state on node `n` ("" while its daemon does not answer).

@@ -2,12 +2,16 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod nodes;
 pub mod pair;
+pub mod tree;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tandem::fs::{self, LocalApply, MountConfig, Mounted, Mutation, MutationSink};
@@ -131,36 +135,146 @@ pub fn tandem_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tandem")
 }
 
-/// Waits until `cond` holds, up to `secs` seconds.
-pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while std::time::Instant::now() < end {
+/// `tandem ARGS`, run to its end.
+pub fn tandem(args: &[&str]) -> Output {
+    Command::new(tandem_bin()).args(args).output().unwrap()
+}
+
+/// `tandem -c CONFIG ARGS`, run to its end.
+pub fn tandem_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(tandem_bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `tandem init` of credentials for node1 and node2 of `cluster` into `out`,
+/// with `extra` arguments.
+pub fn tandem_init(out: &Path, cluster: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "init",
+        "--out",
+        out.to_str().unwrap(),
+        "--cluster",
+        cluster,
+        "--node",
+        "node1",
+        "--node",
+        "node2",
+    ];
+    args.extend_from_slice(extra);
+    tandem(&args)
+}
+
+/// What `tandem -c CONFIG status --json` says (None while no daemon answers).
+pub fn status_json(config: &Path) -> Option<serde_json::Value> {
+    let o = tandem_with(config, &["status", "--json"]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+/// `cmd` (etcd, Debian's etcd-server) as a cluster of one: its data in
+/// `data`, serving clients on `listen` and sending them to `advertise`,
+/// talking to its peers (none) on `peer`.
+pub fn etcd_args<'a>(
+    cmd: &'a mut Command,
+    data: &Path,
+    listen: &str,
+    advertise: &str,
+    peer: &str,
+) -> &'a mut Command {
+    cmd.args(["--name", "etcd", "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", listen])
+        .args(["--advertise-client-urls", advertise])
+        .args(["--listen-peer-urls", peer])
+        .args(["--initial-advertise-peer-urls", peer])
+        .args(["--initial-cluster", &format!("etcd={peer}")])
+}
+
+/// The two loopback nodes of the tests' configurations: node1 on 127.0.0.1,
+/// node2 on 127.0.0.2.
+pub const LOOPBACK_NODES: &str = r#"[[node]]
+name = "node1"
+address = "127.0.0.1"
+
+[[node]]
+name = "node2"
+address = "127.0.0.2"
+"#;
+
+/// Waits until `cond` holds, up to `secs` seconds, looking every 50 ms.
+pub fn wait_until(secs: u64, cond: impl FnMut() -> bool) -> bool {
+    wait_until_every(secs, Duration::from_millis(50), cond)
+}
+
+/// Waits until `cond` holds, up to `secs` seconds, looking every `step`.
+pub fn wait_until_every(secs: u64, step: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
         if cond() {
             return true;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(step);
     }
     cond()
 }
 
 /// A port free for the tests' servers on both loopback addresses and on
-/// every address (TCP, and UDP with `udp`). Taken below the kernel's
-/// ephemeral range (32768 and up by default), so that the outgoing
-/// connections of tests running alongside cannot take it meanwhile; each
-/// pick in a test binary is a new port.
+/// every address (TCP, and UDP with `udp`), handed out once among the tests
+/// of this binary and those of every test binary running at once.
+///
+/// Binding port 0 and handing out the number once the socket is closed is
+/// racy: nothing holds the port between that close and the server's bind,
+/// and the kernel gives the same number to whoever asks next, another test
+/// of this binary or of another. Here instead:
+/// - within the process, a counter hands out each port once;
+/// - across processes, a port is claimed by an exclusive lock on a file
+///   named after it (`/var/tmp/tandem-tests/ports/N`), kept open until the
+///   process exits (the kernel drops the lock then, however it ends), so a
+///   binary running alongside passes over it; each process starts its
+///   counter at a place of its own (from its pid), so they seldom meet;
+/// - a bind on every address passes over a port that anything else holds;
+/// - the ports lie below the kernel's ephemeral range (32768 and up by
+///   default), so the outgoing connections of tests running alongside
+///   cannot take one meanwhile.
 pub fn free_port(udp: bool) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const END: u16 = 32_000;
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    static CLAIMED: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let locks = Path::new("/var/tmp/tandem-tests/ports");
+    std::fs::create_dir_all(locks).unwrap();
     let _ = NEXT.compare_exchange(
         0,
-        20_000 + (std::process::id() % 6_000) as u16,
+        FIRST + (std::process::id() % u32::from(END - FIRST)) as u16,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    loop {
+    for _ in 0..2 * (END - FIRST) {
         let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        if port >= 32_000 {
-            NEXT.store(20_000, Ordering::SeqCst);
+        if port >= END {
+            let _ = NEXT.compare_exchange(port + 1, FIRST, Ordering::SeqCst, Ordering::SeqCst);
+            continue;
+        }
+        let claim = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(locks.join(port.to_string()))
+            .unwrap();
+        // SAFETY: flock takes no pointer; `claim` keeps the fd open across
+        // the call (and for the life of the process, which holds the lock).
+        let locked = unsafe {
+            use std::os::fd::AsRawFd;
+            libc::flock(claim.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
+        };
+        if !locked {
             continue;
         }
         let tcp = ["0.0.0.0", "127.0.0.1", "127.0.0.2"]
@@ -171,7 +285,9 @@ pub fn free_port(udp: bool) -> u16 {
                 .iter()
                 .all(|a| std::net::UdpSocket::bind((*a, port)).is_ok());
         if tcp && udp_ok {
+            CLAIMED.lock().push(claim);
             return port;
         }
     }
+    panic!("no free port from {FIRST} to {END}");
 }

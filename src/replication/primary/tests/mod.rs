@@ -70,7 +70,9 @@ mod records;
 mod waits;
 
 /// Attaches a link whose peer is current (resync done, all durable).
-pub(super) fn current_link(rep: &Replicator) -> (u64, tokio::sync::mpsc::UnboundedReceiver<Message>) {
+pub(super) fn current_link(
+    rep: &Replicator,
+) -> (u64, tokio::sync::mpsc::UnboundedReceiver<Message>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let conn = rep.attach(Arc::new(tx));
     let mut o = rep.stream.lock();
@@ -185,4 +187,3 @@ fn a_link_back_before_anything_was_kept_alone_owes_no_generation() {
     rep.stream.alone().unwrap();
     assert_eq!(rep.dirs()[0].log.generation().unwrap().current, generation);
 }
-

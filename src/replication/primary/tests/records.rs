@@ -181,4 +181,3 @@ fn a_removed_name_of_a_file_linked_under_unseen_names_asks_for_a_comparison() {
     );
     assert_eq!(log.resolve(Path::new("f")).unwrap(), None);
 }
-
