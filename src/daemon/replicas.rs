@@ -11,7 +11,7 @@ use crate::changelog::{ChangeLog, RocksChangeLog};
 use crate::config::{Compression, Module, Node, Settings};
 use crate::replication::dir::Dir;
 use crate::replication::frame;
-use crate::replication::primary::Replicator;
+use crate::replication::primary::{AloneCheck, Replicator};
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
 use crate::replication::session::{PrimaryLink, resolve, state_dir};
 use crate::replication::status::ReplicationStatus;
@@ -239,27 +239,20 @@ pub fn start(
         Role::Prim => {
             let peer_addr = rt.block_on(resolve(&peer.address, port))?;
             for m in &settings.modules {
-                let rep = Replicator::new(crate::replication::primary::Settings {
-                    module: m.name.clone(),
-                    ack: m.ack,
-                    peer_timeout: settings.replication.peer_timeout,
-                    async_max_lag: settings.replication.async_max_lag,
-                    dirs: open_dirs(settings, m)?,
-                    exclude: exclude_of(m)?,
-                    alone_ok: None,
-                    latency: None,
-                    blocking: crate::fs::blocking,
-                });
-                let link = Arc::new(PrimaryLink {
-                    rep: rep.clone(),
-                    creds: creds.clone(),
-                    cluster: settings.cluster.name.clone(),
-                    peer_addr,
-                    compression: comp,
-                    stop: stop.child(),
-                });
-                link.start(rt.handle());
-                out.insert(m.name.clone(), Replica::Primary(rep, link));
+                let replica = primary(
+                    settings,
+                    m,
+                    Wiring {
+                        dirs: open_dirs(settings, m)?,
+                        creds: creds.clone(),
+                        peer_addr,
+                        stop: stop.child(),
+                        alone_ok: None,
+                        latency: None,
+                    },
+                    rt.handle(),
+                )?;
+                out.insert(m.name.clone(), replica);
             }
         }
         Role::Local => {}
@@ -292,6 +285,50 @@ pub fn start(
         }
     }
     Ok(out)
+}
+
+/// What a module's primary side is built from besides the configuration.
+pub struct Wiring {
+    pub dirs: Vec<Dir>,
+    pub creds: Arc<Credentials>,
+    pub peer_addr: std::net::SocketAddr,
+    /// Ends the link and what runs for it.
+    pub stop: crate::stop::Stop,
+    /// With a quorum: whether this node may go on without its peer.
+    pub alone_ok: Option<AloneCheck>,
+    /// Where the waits for the peer's acknowledgement are counted.
+    pub latency: Option<prometheus_client::metrics::histogram::Histogram>,
+}
+
+/// The one place a module's primary side is built, for both daemons: the
+/// replicator and its link to the peer, started on `rt`. Nothing is mounted.
+pub fn primary(
+    settings: &Settings,
+    m: &Module,
+    w: Wiring,
+    rt: &tokio::runtime::Handle,
+) -> Result<Replica, String> {
+    let rep = Replicator::new(crate::replication::primary::Settings {
+        module: m.name.clone(),
+        ack: m.ack,
+        peer_timeout: settings.replication.peer_timeout,
+        async_max_lag: settings.replication.async_max_lag,
+        dirs: w.dirs,
+        exclude: exclude_of(m)?,
+        alone_ok: w.alone_ok,
+        latency: w.latency,
+        blocking: crate::fs::blocking,
+    });
+    let link = Arc::new(PrimaryLink {
+        rep: rep.clone(),
+        creds: w.creds,
+        cluster: settings.cluster.name.clone(),
+        peer_addr: w.peer_addr,
+        compression: compression(settings.replication.compression),
+        stop: w.stop,
+    });
+    link.start(rt);
+    Ok(Replica::Primary(rep, link))
 }
 
 /// The module's compiled `exclude` patterns (validated with the config).

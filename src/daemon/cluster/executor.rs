@@ -156,27 +156,21 @@ impl Managed {
                     })
             }) as crate::replication::primary::AloneCheck
         });
-        let rep = Replicator::new(crate::replication::primary::Settings {
-            module: self.cfg.name.clone(),
-            ack: self.cfg.ack,
-            peer_timeout: s.replication.peer_timeout,
-            async_max_lag: s.replication.async_max_lag,
-            dirs: self.dirs()?,
-            exclude: replicas::exclude_of(&self.cfg)?,
-            alone_ok,
-            latency: Some(node.metrics.replication_latency(&self.cfg.name)),
-            blocking: crate::fs::blocking,
-        });
-        let link = Arc::new(PrimaryLink {
-            rep: rep.clone(),
-            creds: node.creds.clone(),
-            cluster: s.cluster.name.clone(),
-            peer_addr: node.peer_addr,
-            compression: replicas::compression(s.replication.compression),
-            stop: node.stop.child(),
-        });
-        link.start(&node.rt);
-        self.replica = Some(Replica::Primary(rep.clone(), link));
+        let replica = replicas::primary(
+            s,
+            &self.cfg,
+            replicas::Wiring {
+                dirs: self.dirs()?,
+                creds: node.creds.clone(),
+                peer_addr: node.peer_addr,
+                stop: node.stop.child(),
+                alone_ok,
+                latency: Some(node.metrics.replication_latency(&self.cfg.name)),
+            },
+            &node.rt,
+        )?;
+        let rep = replica.primary().expect("a primary was built").clone();
+        self.replica = Some(replica);
         *self.fence.rep.lock() = Some(rep.clone());
         self.fence.fenced.store(false, Ordering::SeqCst);
         self.fence.armed.store(true, Ordering::SeqCst);

@@ -68,9 +68,8 @@ use crate::failover::scripts;
 use crate::fs::{self, CountingSink, MountConfig, Mounted, Unmounted};
 use crate::replication::aside::Keep;
 use crate::replication::dir::Dir;
-use crate::replication::primary::Replicator;
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
-use crate::replication::session::{PrimaryLink, resolve, state_dir};
+use crate::replication::session::{resolve, state_dir};
 use crate::replication::tls::{Credentials, heartbeat_key_path};
 use crate::stop::Stop;
 
