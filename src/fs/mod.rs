@@ -4,6 +4,7 @@
 //! every mutating call becomes a [`Mutation`] handed to a [`MutationSink`].
 
 mod attr;
+mod callbacks;
 mod gate;
 mod handles;
 mod inode;

@@ -1,6 +1,6 @@
-//! The FUSE callbacks. Each one validates, calls one helper that returns
-//! `Result<_, Errno>` and replies exactly once. Mutating helpers describe the call
-//! as a [`Mutation`] and let the sink run the local system calls.
+//! The file system's operations behind the FUSE callbacks (`callbacks.rs`):
+//! helpers that return `Result<_, Errno>`. Mutating helpers describe the
+//! call as a [`Mutation`] and let the sink run the local system calls.
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -10,15 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle as Fh, FopenFlags, INodeNo, Request, TimeOrNow, WriteFlags,
 };
 
 use parking_lot::RwLock;
 
-use super::attr::{file_attr, kind_of, kind_of_dirent, to_timespec};
+use super::attr::{file_attr, to_timespec};
 use super::gate::{Gate, Place, blocking};
 use super::handles::{DirHandle, FileHandle, Table};
 use super::inode::{Inode, InodeTable, is_deleted};
@@ -58,26 +55,26 @@ impl Default for FsOptions {
 }
 
 pub struct TandemFs {
-    inodes: InodeTable,
-    files: Table<FileHandle>,
-    dirs: Table<DirHandle>,
-    sink: Arc<dyn MutationSink>,
+    pub(super) inodes: InodeTable,
+    pub(super) files: Table<FileHandle>,
+    pub(super) dirs: Table<DirHandle>,
+    pub(super) sink: Arc<dyn MutationSink>,
     /// The real root's absolute path as the kernel prints descriptor paths.
-    root_prefix: PathBuf,
-    root_fd: RawFd,
-    opts: FsOptions,
+    pub(super) root_prefix: PathBuf,
+    pub(super) root_fd: RawFd,
+    pub(super) opts: FsOptions,
     /// Files opened for writing bypass the mount's page cache (decided at init).
-    uncached_writes: AtomicBool,
+    pub(super) uncached_writes: AtomicBool,
     /// Orders mutations against renames and removals: each mutation computes its
     /// path and passes the sink under the shared side, renames and removals under
     /// the exclusive side, so no mutation carries a name that a concurrent rename
     /// already changed.
-    ns: RwLock<()>,
+    pub(super) ns: RwLock<()>,
     /// Bumped by every rename and removal (under the exclusive side of `ns`):
     /// names cached in an earlier generation may be stale.
-    ns_gen: AtomicU64,
+    pub(super) ns_gen: AtomicU64,
     /// Which worker reads the next request.
-    gate: Arc<Gate>,
+    pub(super) gate: Arc<Gate>,
 }
 
 impl TandemFs {
@@ -106,13 +103,13 @@ impl TandemFs {
     }
 
     /// The real root directory (its descriptor lives as long as the inode table).
-    fn root(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(super) fn root(&self) -> std::os::fd::BorrowedFd<'_> {
         // SAFETY: `root_fd` is the number of the root inode's OwnedFd, which the inode table in
         // `self` keeps open as long as `self` lives (the root is never forgotten).
         unsafe { std::os::fd::BorrowedFd::borrow_raw(self.root_fd) }
     }
 
-    fn inode(&self, id: INodeNo) -> SysResult<Arc<Inode>> {
+    pub(super) fn inode(&self, id: INodeNo) -> SysResult<Arc<Inode>> {
         self.inodes.get(id.0).ok_or(Errno::ESTALE)
     }
 
@@ -121,7 +118,7 @@ impl TandemFs {
     ///
     /// Callers hold `ns` (either side), so no name changes while this runs; a name
     /// computed in the current namespace generation is still right.
-    fn rel(&self, inode: &Inode) -> SysResult<RelPath> {
+    pub(super) fn rel(&self, inode: &Inode) -> SysResult<RelPath> {
         let generation = self.ns_gen.load(Ordering::Acquire);
         if let Some((g, p)) = &*inode.path_cache.lock() {
             if *g == generation {
@@ -135,7 +132,7 @@ impl TandemFs {
         Ok(found)
     }
 
-    fn find_rel(&self, inode: &Inode) -> SysResult<RelPath> {
+    pub(super) fn find_rel(&self, inode: &Inode) -> SysResult<RelPath> {
         for abs in inode.paths()? {
             let Ok(rel) = abs.strip_prefix(&self.root_prefix) else {
                 // Only possible if the root itself was moved from outside the mount.
@@ -151,7 +148,7 @@ impl TandemFs {
     /// Whether `rel` (a name that merely ends in " (deleted)") really names `inode`.
     /// The walk may not follow symlinks nor leave the root: an absolute symlink
     /// could otherwise lead the daemon into its own mount.
-    fn names_inode(&self, rel: &Path, inode: &Inode) -> bool {
+    pub(super) fn names_inode(&self, rel: &Path, inode: &Inode) -> bool {
         let Ok(c) = cname(rel.as_os_str()) else {
             return false;
         };
@@ -162,7 +159,7 @@ impl TandemFs {
 
     /// What stays of the regular file `name` in `parent` (`path`) when
     /// `path` goes: preferably another name the kernel looked up.
-    fn survivor(&self, parent: &Inode, name: &CStr, path: &Path) -> Remains {
+    pub(super) fn survivor(&self, parent: &Inode, name: &CStr, path: &Path) -> Remains {
         let Ok(st) = sys::stat_at(parent.fd(), name) else {
             return Remains::Nothing;
         };
@@ -181,13 +178,13 @@ impl TandemFs {
             .map_or(Remains::Unseen, Remains::Name)
     }
 
-    fn child(&self, parent: &Inode, name: &OsStr) -> SysResult<PathBuf> {
+    pub(super) fn child(&self, parent: &Inode, name: &OsStr) -> SysResult<PathBuf> {
         let dir = self.rel(parent)?.ok_or(Errno::ENOENT)?;
         Ok(dir.join(name))
     }
 
     /// Looks up `name` under `parent` and registers the kernel's new reference.
-    fn entry(&self, parent: &Inode, name: &CStr) -> SysResult<(Arc<Inode>, FileAttr)> {
+    pub(super) fn entry(&self, parent: &Inode, name: &CStr) -> SysResult<(Arc<Inode>, FileAttr)> {
         let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::stat_fd(fd.as_fd())?;
         let inode = self.inodes.lookup(fd, &st);
@@ -197,7 +194,7 @@ impl TandemFs {
 
     /// The owner a new file gets: the caller, and the directory's group when the
     /// directory is set-group-id (as the kernel does for a bare directory).
-    fn new_owner(&self, req: &Request, parent: &Inode) -> SysResult<(u32, u32)> {
+    pub(super) fn new_owner(&self, req: &Request, parent: &Inode) -> SysResult<(u32, u32)> {
         let st = sys::stat_fd(parent.fd())?;
         let gid = if st.st_mode & libc::S_ISGID != 0 {
             st.st_gid
@@ -209,7 +206,12 @@ impl TandemFs {
 
     /// The daemon creates as root; give the file to the caller. A chown clears
     /// set-id bits on regular files, so they are put back as they were created.
-    fn chown_new(&self, parent: &Inode, name: &CStr, owner: (u32, u32)) -> SysResult<()> {
+    pub(super) fn chown_new(
+        &self,
+        parent: &Inode,
+        name: &CStr,
+        owner: (u32, u32),
+    ) -> SysResult<()> {
         if owner == (0, 0) {
             return Ok(());
         }
@@ -223,12 +225,12 @@ impl TandemFs {
         Ok(())
     }
 
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> SysResult<FileAttr> {
+    pub(super) fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> SysResult<FileAttr> {
         let p = self.inode(parent)?;
         Ok(self.entry(&p, &cname(name)?)?.1)
     }
 
-    fn do_getattr(&self, ino: INodeNo, fh: Option<Fh>) -> SysResult<FileAttr> {
+    pub(super) fn do_getattr(&self, ino: INodeNo, fh: Option<Fh>) -> SysResult<FileAttr> {
         let inode = self.inode(ino)?;
         let st = match fh.and_then(|f| self.files.get(f.0).ok()) {
             Some(h) => sys::stat_fd(h.fd())?,
@@ -238,7 +240,7 @@ impl TandemFs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn do_setattr(
+    pub(super) fn do_setattr(
         &self,
         ino: INodeNo,
         mode: Option<u32>,
@@ -304,7 +306,7 @@ impl TandemFs {
         Ok(file_attr(inode.id, &sys::stat_fd(inode.fd())?))
     }
 
-    fn do_mknod(
+    pub(super) fn do_mknod(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -333,7 +335,7 @@ impl TandemFs {
         Ok(self.entry(&p, &c)?.1)
     }
 
-    fn do_mkdir(
+    pub(super) fn do_mkdir(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -360,7 +362,7 @@ impl TandemFs {
         Ok(self.entry(&p, &c)?.1)
     }
 
-    fn do_symlink(
+    pub(super) fn do_symlink(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -385,7 +387,12 @@ impl TandemFs {
         Ok(self.entry(&p, &c)?.1)
     }
 
-    fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> SysResult<FileAttr> {
+    pub(super) fn do_link(
+        &self,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+    ) -> SysResult<FileAttr> {
         let _ns = self.ns.read();
         let inode = self.inode(ino)?;
         let p = self.inode(newparent)?;
@@ -401,7 +408,7 @@ impl TandemFs {
         Ok(self.entry(&p, &c)?.1)
     }
 
-    fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> SysResult<()> {
+    pub(super) fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> SysResult<()> {
         // Renames and removals change the names other calls report: they run
         // alone, so every mutation reaches the sink with the name it had then.
         let _ns = self.ns.write();
@@ -419,7 +426,7 @@ impl TandemFs {
             .apply(&m, &mut || sys::unlinkat(p.fd(), &c, flags))
     }
 
-    fn do_rename(
+    pub(super) fn do_rename(
         &self,
         parent: INodeNo,
         name: &OsStr,
@@ -452,11 +459,11 @@ impl TandemFs {
 
     /// Flags for the real file: the kernel already did what O_CREAT, O_EXCL and
     /// O_TRUNC ask, and O_APPEND would make pwrite ignore the kernel's offsets.
-    fn real_flags(flags: i32) -> i32 {
+    pub(super) fn real_flags(flags: i32) -> i32 {
         flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_APPEND)
     }
 
-    fn register(
+    pub(super) fn register(
         &self,
         inode: Arc<Inode>,
         file: std::os::fd::OwnedFd,
@@ -482,7 +489,7 @@ impl TandemFs {
         (fh, fopen)
     }
 
-    fn do_read(&self, fh: Fh, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+    pub(super) fn do_read(&self, fh: Fh, offset: u64, size: u32) -> SysResult<Vec<u8>> {
         let h = self.files.get(fh.0)?;
         if h.direct {
             blocking();
@@ -498,7 +505,7 @@ impl TandemFs {
 
     /// Clears set-user-id (and group-executable set-group-id) bits as the kernel
     /// does when a caller without CAP_FSETID writes or truncates a file.
-    fn kill_suidgid(&self, inode: &Inode) -> SysResult<()> {
+    pub(super) fn kill_suidgid(&self, inode: &Inode) -> SysResult<()> {
         let _ns = self.ns.read();
         let st = sys::stat_fd(inode.fd())?;
         let mut mode = st.st_mode & 0o7777;
@@ -531,7 +538,7 @@ impl TandemFs {
     /// clearing set-id bits, none while free space is short, none far beyond
     /// any file size a common file system refuses (EFBIG), none after a failure
     /// not yet reported.
-    fn answers_early(
+    pub(super) fn answers_early(
         &self,
         h: &FileHandle,
         place: &Place,
@@ -549,7 +556,7 @@ impl TandemFs {
                 .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) >= EARLY_ROOM)
     }
 
-    fn do_write(
+    pub(super) fn do_write(
         &self,
         h: &FileHandle,
         offset: u64,
@@ -581,7 +588,7 @@ impl TandemFs {
         Ok(data.len() as u32)
     }
 
-    fn do_fsync(&self, inode: &Inode, fd: RawFd, datasync: bool) -> SysResult<()> {
+    pub(super) fn do_fsync(&self, inode: &Inode, fd: RawFd, datasync: bool) -> SysResult<()> {
         blocking();
         let _ns = self.ns.read();
         let m = Mutation::Fsync {
@@ -595,7 +602,7 @@ impl TandemFs {
         })
     }
 
-    fn do_create(
+    pub(super) fn do_create(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -647,15 +654,6 @@ impl TandemFs {
     }
 }
 
-impl TandemFs {
-    fn reply_entry(&self, reply: ReplyEntry, r: SysResult<FileAttr>) {
-        match r {
-            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
-    }
-}
-
 /// Reads like one pread (all of `buf` unless the file ends first), but
 /// announces a wait for the disk before making one, so that another worker
 /// serves requests meanwhile; data in the page cache is read without it.
@@ -683,535 +681,4 @@ fn read_announced(
         }
     }
     Ok(done)
-}
-
-impl Filesystem for TandemFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // 1 MiB per write request: fewer round trips for large sequential writes.
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // Access control lists are enforced by the kernel as on the bare directory;
-        // modes of new files arrive unmasked with the caller's umask, which the real
-        // file system applies only where no default ACL says otherwise.
-        if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok() {
-            let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
-        }
-        // With this the kernel stops asking for security.capability before every
-        // write (a round trip each) and instead flags the writes that must clear
-        // set-id bits, which do_write honours.
-        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
-        // Uncached writers need the kernel to allow shared mappings of such files
-        // (Linux 6.6 and later); without it they stay cached.
-        if !self.opts.cached_writes
-            && config
-                .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
-                .is_ok()
-        {
-            self.uncached_writes.store(true, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _turn = self.gate.enter();
-        self.reply_entry(reply, self.do_lookup(parent, name));
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _turn = self.gate.enter();
-        self.inodes.forget(ino.0, nlookup);
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
-        let _turn = self.gate.enter();
-        match self.do_getattr(ino, fh) {
-            Ok(attr) => reply.attr(&self.opts.ttl, &attr),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        fh: Option<Fh>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let _turn = self.gate.enter();
-        // Truncation by a caller without CAP_FSETID clears set-id bits (the kernel
-        // leaves that to us once FUSE_HANDLE_KILLPRIV_V2 is agreed).
-        if size.is_some() && mode.is_none() && req.uid() != 0 {
-            if let Err(e) = self.inode(ino).and_then(|i| self.kill_suidgid(&i)) {
-                return reply.error(e);
-            }
-        }
-        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
-            Ok(attr) => reply.attr(&self.opts.ttl, &attr),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _turn = self.gate.enter();
-        match self.inode(ino).and_then(|i| sys::readlink_fd(i.fd())) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        let _turn = self.gate.enter();
-        self.reply_entry(reply, self.do_mknod(req, parent, name, mode, umask, rdev));
-    }
-
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        reply: ReplyEntry,
-    ) {
-        let _turn = self.gate.enter();
-        self.reply_entry(reply, self.do_mkdir(req, parent, name, mode, umask));
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.gate.enter();
-        reply_empty(reply, self.do_remove(parent, name, false));
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.gate.enter();
-        reply_empty(reply, self.do_remove(parent, name, true));
-    }
-
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        let _turn = self.gate.enter();
-        self.reply_entry(reply, self.do_symlink(req, parent, link_name, target));
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.enter();
-        reply_empty(
-            reply,
-            self.do_rename(parent, name, newparent, newname, flags.bits()),
-        );
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        let _turn = self.gate.enter();
-        self.reply_entry(reply, self.do_link(ino, newparent, newname));
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _turn = self.gate.enter();
-        let opened = self.inode(ino).and_then(|inode| {
-            let file = sys::reopen(inode.fd(), Self::real_flags(flags.0))?;
-            Ok(self.register(inode, file, flags.0))
-        });
-        match opened {
-            Ok((fh, fopen)) => reply.opened(Fh(fh), fopen),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        let _turn = self.gate.enter();
-        match self.do_read(fh, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        offset: u64,
-        data: &[u8],
-        write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        let (_turn, mut place) = self.gate.enter_write();
-        let h = match self.files.get(fh.0) {
-            Ok(h) => h,
-            Err(e) => return reply.error(e),
-        };
-        if self.answers_early(&h, &place, offset, data.len(), write_flags) {
-            place.answer_early();
-            reply.written(data.len() as u32);
-            place.wait();
-            if let Err(e) = self.do_write(&h, offset, data, write_flags) {
-                let name = self.rel(&h.inode).ok().flatten();
-                tracing::warn!(
-                    "a write of {} bytes at {offset} to {}, already answered, failed: {}; the next write, close or fsync of that file reports it",
-                    data.len(),
-                    name.map_or("an unlinked file".into(), |p| p.display().to_string()),
-                    super::errno_io(e)
-                );
-                h.defer(e);
-            }
-            return;
-        }
-        place.wait();
-        let written = h
-            .take_deferred()
-            .and_then(|()| self.do_write(&h, offset, data, write_flags));
-        drop(place);
-        match written {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.enter();
-        // Data reaches the real file before any request that follows a write,
-        // so close has nothing left to push, only a failure to report.
-        let handle = self.files.get(fh.0);
-        if handle.as_ref().is_ok_and(|h| h.writable) {
-            self.sink.closed();
-        }
-        reply_empty(reply, handle.and_then(|h| h.deferred()));
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.enter();
-        self.files.remove(fh.0);
-        reply.ok();
-    }
-
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        let _turn = self.gate.enter();
-        reply_empty(
-            reply,
-            self.files.get(fh.0).and_then(|h| {
-                let synced = self.do_fsync(&h.inode, h.file.as_raw_fd(), datasync);
-                h.take_deferred().and(synced)
-            }),
-        );
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _turn = self.gate.enter();
-        let opened = self.inode(ino).and_then(|inode| {
-            let fd = sys::openat(inode.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            Ok(self.dirs.insert(DirHandle::new(inode, fd)?))
-        });
-        match opened {
-            Ok(fh) => reply.opened(Fh(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let _turn = self.gate.enter();
-        let listed = self.dirs.get(fh.0).and_then(|d| {
-            let dfd = d.raw_fd();
-            d.list(offset, |e| {
-                // Some file systems leave the type out; ask the inode.
-                let kind = kind_of_dirent(e.d_type).unwrap_or_else(|| {
-                    // SAFETY: `dfd` is the descriptor of the stream `d`, which stays open for the
-                    // whole `list` call this closure runs in.
-                    let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dfd) };
-                    cname(e.name)
-                        .and_then(|c| sys::stat_at(dir, &c))
-                        .map_or(fuser::FileType::RegularFile, |st| kind_of(st.st_mode))
-                });
-                !reply.add(INodeNo(e.ino), e.offset, kind, e.name)
-            })
-        });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.enter();
-        self.dirs.remove(fh.0);
-        reply.ok();
-    }
-
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        let _turn = self.gate.enter();
-        reply_empty(
-            reply,
-            self.dirs
-                .get(fh.0)
-                .and_then(|d| self.do_fsync(&d.inode, d.raw_fd(), datasync)),
-        );
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _turn = self.gate.enter();
-        match sys::statfs(self.root()) {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.enter();
-        let r = self.inode(ino).and_then(|inode| {
-            let c = cname(name)?;
-            no_xattr_on_symlink(&inode, Errno::EPERM)?;
-            let _ns = self.ns.read();
-            let path = self.rel(&inode)?;
-            let m = Mutation::SetXattr {
-                path,
-                name: name.to_os_string(),
-                value,
-                flags,
-            };
-            self.sink
-                .apply(&m, &mut || sys::setxattr(inode.fd(), &c, value, flags))
-        });
-        reply_empty(reply, r);
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _turn = self.gate.enter();
-        let r = self.inode(ino).and_then(|inode| {
-            no_xattr_on_symlink(&inode, Errno::ENODATA)?;
-            let c = cname(name)?;
-            let mut buf = vec![0u8; size as usize];
-            let n = sys::getxattr(inode.fd(), &c, &mut buf)?;
-            buf.truncate(n);
-            Ok((n, buf))
-        });
-        reply_xattr(r, size, reply);
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _turn = self.gate.enter();
-        let r = self.inode(ino).and_then(|inode| {
-            if is_symlink(&inode) {
-                return Ok((0, Vec::new()));
-            }
-            let mut buf = vec![0u8; size as usize];
-            let n = sys::listxattr(inode.fd(), &mut buf)?;
-            buf.truncate(n);
-            Ok((n, buf))
-        });
-        reply_xattr(r, size, reply);
-    }
-
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.gate.enter();
-        let r = self.inode(ino).and_then(|inode| {
-            no_xattr_on_symlink(&inode, Errno::ENODATA)?;
-            let c = cname(name)?;
-            let _ns = self.ns.read();
-            let path = self.rel(&inode)?;
-            let m = Mutation::RemoveXattr {
-                path,
-                name: name.to_os_string(),
-            };
-            self.sink
-                .apply(&m, &mut || sys::removexattr(inode.fd(), &c))
-        });
-        reply_empty(reply, r);
-    }
-
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _turn = self.gate.enter();
-        // default_permissions makes the kernel check access itself.
-        reply.ok();
-    }
-
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
-        let _turn = self.gate.enter();
-        match self.do_create(req, parent, name, mode, umask, flags) {
-            Ok((attr, fh, fopen)) => {
-                reply.created(&self.opts.ttl, &attr, Generation(0), Fh(fh), fopen)
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.enter();
-        let r = self.files.get(fh.0).and_then(|h| {
-            let _ns = self.ns.read();
-            let m = Mutation::Fallocate {
-                path: self.rel(&h.inode)?,
-                offset,
-                length,
-                mode,
-            };
-            self.sink
-                .apply(&m, &mut || sys::fallocate(h.fd(), mode, offset, length))
-        });
-        reply_empty(reply, r);
-    }
-
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        let _turn = self.gate.enter();
-        match self
-            .files
-            .get(fh.0)
-            .and_then(|h| sys::lseek(h.fd(), offset, whence))
-        {
-            Ok(off) => reply.offset(off),
-            Err(e) => reply.error(e),
-        }
-    }
-}
-
-fn reply_empty(reply: ReplyEmpty, r: SysResult<()>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
-    }
-}
-
-fn is_symlink(inode: &Inode) -> bool {
-    inode.kind == libc::S_IFLNK
-}
-
-/// Extended attributes of a symlink cannot be reached through its descriptor
-/// without following it; user attributes are not allowed on symlinks anyway.
-fn no_xattr_on_symlink(inode: &Inode, err: Errno) -> SysResult<()> {
-    if is_symlink(inode) { Err(err) } else { Ok(()) }
-}
-
-fn reply_xattr(r: SysResult<(usize, Vec<u8>)>, size: u32, reply: ReplyXattr) {
-    match r {
-        Ok((n, _)) if size == 0 => reply.size(n as u32),
-        Ok((_, buf)) => reply.data(&buf),
-        Err(e) => reply.error(e),
-    }
 }
