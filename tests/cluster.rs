@@ -443,6 +443,101 @@ fn a_failing_check_restarts_the_application_then_hands_the_module_over() {
 }
 
 #[test]
+fn swap_to_a_node_that_cannot_serve_is_refused_and_a_declined_hand_over_is_taken_back() {
+    let mut c = Cluster::build_with(None, true);
+    // A prestart that fails while its node's `prestart_fails` file exists.
+    common::cluster::script(
+        &c.path("prestart.sh"),
+        "#!/bin/sh\n[ -f \"$APP_SIDE/prestart_fails\" ] && { echo refused; exit 1; }\nexit 0\n",
+    );
+    for n in 1..=2 {
+        let p = c.config(n);
+        let text = std::fs::read_to_string(&p).unwrap().replacen(
+            "start_prim = ",
+            &format!(
+                "prestart = \"{}\"\nstart_prim = ",
+                c.path("prestart.sh").display()
+            ),
+            1,
+        );
+        std::fs::write(&p, text).unwrap();
+    }
+    c.start(1);
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    c.wait_app_writes(1);
+    // node1's application fails its checks until the module goes to node2
+    // (one restart allowed, then the failover): node1 follows, blocked.
+    let kill_app = |c: &Cluster| {
+        let pid: i32 = std::fs::read_to_string(c.path("side1/app.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    };
+    kill_app(&c);
+    assert!(
+        wait_until(10, || c.events().matches("start node1").count() == 2),
+        "not restarted: {}\n{}",
+        c.events(),
+        c.log_text(1)
+    );
+    c.wait_app_writes(1);
+    kill_app(&c);
+    c.wait_states("SECOND", "PRIM", 20);
+    c.wait_app_writes(2);
+    let blocked =
+        |c: &Cluster| c.status(1).unwrap()["modules"][0]["cluster"]["blocked"].is_string();
+    assert!(blocked(&c));
+
+    // swap asked of the blocked node: refused, with the reason and the way out.
+    let o = c.tandem(1, &["swap", "app"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("fails its checks here"), "{err}");
+    assert!(err.contains("`tandem start app` on this node"), "{err}");
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!((c.state(1), c.state(2)), ("SECOND".into(), "PRIM".into()));
+    c.wait_app_writes(2);
+
+    // Started again, node1 is handed the module, and cannot mount it (its
+    // prestart fails): node2 serves again by itself, at once.
+    std::fs::write(c.path("side1/prestart_fails"), "").unwrap();
+    let o = c.tandem(1, &["start", "app"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(wait_until(5, || !blocked(&c)));
+    let o = c.tandem(1, &["swap", "app"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let asked = Instant::now();
+    assert!(
+        wait_until(20, || c.log_text(1).contains("): refused")),
+        "node1 was not handed the module:\n{}\n--- node2\n{}",
+        c.log_text(1),
+        c.log_text(2)
+    );
+    assert!(
+        wait_until(10, || matches!(c.state(2).as_str(), "PRIM" | "ALONE")
+            && c.events().ends_with("start node2\n")),
+        "node2 did not take the module back: {}\n--- node1\n{}\n--- node2\n{}",
+        c.state(2),
+        c.log_text(1),
+        c.log_text(2)
+    );
+    eprintln!(
+        "served again {} ms after the swap was asked",
+        asked.elapsed().as_millis()
+    );
+    c.wait_app_writes(2);
+    assert!(
+        c.log_text(2)
+            .contains("the peer cannot serve: taking the module back")
+    );
+    assert!(blocked(&c));
+    c.assert_never_both();
+}
+
+#[test]
 fn with_ping_quorum_an_isolated_primary_stops_and_the_twin_takes_over() {
     let net = Net::pair();
     let mut c = Cluster::build_full(Some(&net), "ping", false);

@@ -54,6 +54,34 @@ pub struct Extra {
     pub echo: Vec<Option<(u64, u64)>>,
 }
 
+/// What a heartbeat says beyond [`Extra`], encoded after it for the same
+/// reason: a node that knows only `Extra` stops reading before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Later {
+    /// The modules this node cannot serve now ([`PeerView::cannot_serve`],
+    /// which the modules' views leave out of their encoding).
+    cannot_serve: Vec<String>,
+}
+
+impl Later {
+    fn of(beat: &Beat) -> Later {
+        Later {
+            cannot_serve: beat
+                .modules
+                .iter()
+                .filter(|(_, v)| v.cannot_serve)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        }
+    }
+
+    fn apply(&self, beat: &mut Beat) {
+        for (n, v) in &mut beat.modules {
+            v.cannot_serve = self.cannot_serve.contains(n);
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Dropped {
     #[error("not a heartbeat")]
@@ -97,8 +125,8 @@ impl Key {
 }
 
 pub fn seal(key: &Key, beat: &Beat) -> Vec<u8> {
-    // A tuple is its fields one after the other: the beat, then the extra.
-    seal_with(key, MAGIC, &(beat, &beat.extra))
+    // A tuple is its fields one after the other: the beat, then the extras.
+    seal_with(key, MAGIC, &(beat, &beat.extra, &Later::of(beat)))
 }
 
 pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
@@ -106,9 +134,12 @@ pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
     let (mut beat, rest) =
         postcard::take_from_bytes::<Beat>(body).map_err(|_| Dropped::Malformed)?;
     // A node that sends no extra, or a later one with more: what is known.
-    beat.extra = postcard::take_from_bytes(rest)
-        .map(|(e, _)| e)
+    let (extra, rest) = postcard::take_from_bytes(rest).unwrap_or_default();
+    beat.extra = extra;
+    let later: Later = postcard::take_from_bytes(rest)
+        .map(|(l, _)| l)
         .unwrap_or_default();
+    later.apply(&mut beat);
     Ok(beat)
 }
 
@@ -654,5 +685,40 @@ mod tests {
         assert_eq!(heard.extra, Extra::default());
         assert_eq!(heard.seq, 4);
         assert_eq!(open(&k, &new).unwrap(), b);
+    }
+
+    #[test]
+    fn the_previous_release_and_this_one_hear_each_other_and_its_modules_count_as_able() {
+        let k = Key::new(b"0123456789abcdef0123456789abcdef");
+        let mut b = beat(5);
+        b.modules = vec![
+            (
+                "app".into(),
+                PeerView {
+                    cannot_serve: true,
+                    ..PeerView::default()
+                },
+            ),
+            ("db".into(), PeerView::default()),
+        ];
+        b.extra = Extra {
+            dirty: vec![("app".into(), 9)],
+            echo: vec![Some((4, 100))],
+        };
+        let new = seal(&k, &b);
+        // The previous release reads the beat and the extra, and stops there.
+        let body = verified(&k, MAGIC, &new).unwrap();
+        let (old, rest): (Beat, _) = postcard::take_from_bytes(body).unwrap();
+        let (extra, _): (Extra, _) = postcard::take_from_bytes(rest).unwrap();
+        assert_eq!((old.seq, &extra), (5, &b.extra));
+        // It sends those two, and says nothing of who cannot serve.
+        let from_old = seal_with(&k, MAGIC, &(&b, &b.extra));
+        let heard = open(&k, &from_old).unwrap();
+        assert_eq!(heard.extra, b.extra);
+        assert!(heard.modules.iter().all(|(_, v)| !v.cannot_serve));
+        // This release hears itself whole.
+        let heard = open(&k, &new).unwrap();
+        assert_eq!(heard, b);
+        assert!(heard.modules[0].1.cannot_serve && !heard.modules[1].1.cannot_serve);
     }
 }

@@ -93,6 +93,11 @@ pub struct PeerView {
     pub keeps: bool,
     /// Its last run ended serving the module.
     pub served_last: bool,
+    /// It cannot serve now (blocked until an operator starts it): nothing
+    /// is handed over to it. Heartbeats carry it after
+    /// the first version's fields; a peer that does not say counts as able.
+    #[serde(skip)]
+    pub cannot_serve: bool,
 }
 
 /// How two generations relate.
@@ -216,6 +221,12 @@ pub struct Config {
     pub start_retries: u32,
     /// How long a `swap` asked of the peer stays asked.
     pub request_ms: u64,
+    /// How long a peer this node handed over to may take to serve (hear of
+    /// it, mount, start the application) before this node takes the module
+    /// back: past it, the peer no longer acts on that hand-over.
+    pub takeover_ms: u64,
+    /// The module's name, as replies name it.
+    pub module: String,
     /// Quorum is a lease that one node holds at a time (witness, etcd): of
     /// two nodes that both claim to serve, the one without it is the past.
     pub lease: bool,
@@ -248,6 +259,16 @@ pub struct Machine {
     pub split_brain: bool,
     /// This node stepped down for the peer: announced until the peer serves.
     pub handover: bool,
+    /// When it last handed over.
+    handed_over_at: u64,
+    /// Since when the peer announces that it handed over to this node.
+    handover_heard: Option<u64>,
+    /// This node could not serve while that hand-over stood: it does not
+    /// carry it out later, the peer takes the module back.
+    declined: bool,
+    /// The peer let a hand-over of this node lapse: it is not handed the
+    /// module again by itself until it serves, is lost or asks anew.
+    peer_declined: bool,
     /// `swap` asked of the peer until this time.
     pub wants_primary_until: Option<u64>,
     keeps: bool,
@@ -292,6 +313,10 @@ impl Machine {
             last_serving: last.is_some_and(State::serving),
             split_brain: false,
             handover: false,
+            handed_over_at: 0,
+            handover_heard: None,
+            declined: false,
+            peer_declined: false,
             wants_primary_until: None,
             keeps: false,
             forced: false,
@@ -321,7 +346,17 @@ impl Machine {
             wants_primary: self.wants_primary_until.is_some_and(|t| self.now < t),
             keeps: self.keeps,
             served_last: self.last_serving || self.state.serving(),
+            cannot_serve: self.blocked.is_some(),
         }
+    }
+
+    /// Why this node cannot serve now (its peer hears whether it is blocked).
+    fn unable(&self) -> Option<String> {
+        if let Some(b) = &self.blocked {
+            return Some(b.clone());
+        }
+        self.split_brain
+            .then(|| "split brain: waiting for `tandem resolve`".into())
     }
 
     pub fn peer(&self) -> Option<&PeerView> {
@@ -348,11 +383,15 @@ impl Machine {
                 } else if self.peer_idle_since.is_none() {
                     self.peer_idle_since = Some(self.now);
                 }
+                self.heard_handover(&v);
                 self.peer = Some(v);
             }
             Event::PeerLost => {
                 self.peer = None;
                 self.peer_idle_since = None;
+                self.handover_heard = None;
+                self.declined = false;
+                self.peer_declined = false;
             }
             Event::Quorum(q) => self.quorum = q,
             Event::WitnessNewest(g) => self.witness_newest = g,
@@ -374,7 +413,52 @@ impl Machine {
             self.wants_primary_until = None;
         }
         self.decide(&mut out.actions);
+        // A hand-over standing while this node could not serve is not carried
+        // out later: the peer takes the module back as soon as it hears so.
+        if self.handover_heard.is_some() && !self.state.serving() && self.blocked.is_some() {
+            self.declined = true;
+        }
         out
+    }
+
+    /// Keeps track of the peer's hand-over to this node and of its asks.
+    fn heard_handover(&mut self, v: &PeerView) {
+        if !v.handover {
+            self.handover_heard = None;
+            self.declined = false;
+        } else if self.handover_heard.is_none() {
+            self.handover_heard = Some(self.now);
+            self.declined = false;
+        }
+        let asked_anew = v.wants_primary && !self.peer.as_ref().is_some_and(|p| p.wants_primary);
+        if asked_anew || v.state.is_some_and(State::serving) {
+            self.peer_declined = false;
+        }
+    }
+
+    /// Whether to carry out the peer's hand-over: only while it is new (it
+    /// is acted on when heard; a node in WAIT first lets the peer's state
+    /// settle), and only if this node could serve all along. Past that, the
+    /// peer takes the module back (see `take_back`): acting on it then could
+    /// make two servers. A stopped peer takes nothing back.
+    fn honours_handover(&self, peer: &PeerView) -> bool {
+        peer.state == Some(State::Stop)
+            || (!self.declined
+                && self
+                    .handover_heard
+                    .is_some_and(|t| self.now.saturating_sub(t) <= 2 * self.cfg.settle_ms))
+    }
+
+    fn hand_over(&mut self, yes: bool) {
+        self.handover = yes;
+        if yes {
+            self.handed_over_at = self.now;
+        }
+    }
+
+    /// The peer is an up-to-date SECOND that says it can serve.
+    fn peer_can_take_over(&self) -> bool {
+        self.peer_is_current_second() && !self.peer.as_ref().is_some_and(|p| p.cannot_serve)
     }
 
     fn to(&mut self, s: State, why: impl Into<String>, actions: &mut Vec<Action>) {
@@ -484,12 +568,50 @@ impl Machine {
     }
 
     fn decide(&mut self, actions: &mut Vec<Action>) {
+        if self.take_back(actions) {
+            return;
+        }
         match self.state {
             State::Stop => {}
             State::Wait => self.decide_waiting(actions),
             State::Second => self.decide_second(actions),
             State::Prim | State::Alone => self.decide_serving(actions),
         }
+    }
+
+    /// A hand-over the peer does not carry out ends with this node serving
+    /// again: its data is the newest, the peer never served. At once when the
+    /// peer says it cannot serve (it then never carries that hand-over out,
+    /// see `declined`), else once the peer had `takeover_ms` to serve (it no
+    /// longer acts on the hand-over by then, see `honours_handover`).
+    fn take_back(&mut self, actions: &mut Vec<Action>) -> bool {
+        if !self.handover
+            || !matches!(self.state, State::Second | State::Wait)
+            || self.blocked.is_some()
+        {
+            return false;
+        }
+        let Some(peer) = &self.peer else {
+            return false;
+        };
+        if peer.state.is_some_and(State::serving) {
+            return false;
+        }
+        let why = if peer.cannot_serve {
+            "the peer cannot serve".to_string()
+        } else if self.now.saturating_sub(self.handed_over_at) >= self.cfg.takeover_ms {
+            format!("the peer did not serve within {} ms", self.cfg.takeover_ms)
+        } else {
+            return false;
+        };
+        self.serve(
+            &format!("handed over, but {why}: taking the module back"),
+            actions,
+        );
+        if self.state.serving() {
+            self.peer_declined = true;
+        }
+        self.state.serving()
     }
 
     fn decide_waiting(&mut self, actions: &mut Vec<Action>) {
@@ -568,12 +690,22 @@ impl Machine {
             self.why = "handed over: waiting for the peer to serve".into();
             return;
         }
+        if peer.handover && !self.honours_handover(peer) {
+            self.why = "the peer handed over, but this node did not take over: \
+                        the peer takes the module back"
+                .into();
+            return;
+        }
+        // A node that follows as SECOND across the split took the other's
+        // data (`resolve` run there): it is resolved.
+        let took_mine = peer.state == Some(State::Second) && self.state != State::Second;
+        let took_theirs = self.state == State::Second && peer.state != Some(State::Second);
         let (mine, because) = match order {
             Order::Ahead => (true, "newer data here"),
             Order::Behind => (false, "newer data there"),
-            Order::Split if self.keeps || peer.keeps => {
+            Order::Split if self.keeps || peer.keeps || took_mine || took_theirs => {
                 self.split_brain = false;
-                (self.keeps, "the operator chose")
+                (self.keeps || took_mine && !peer.keeps, "the operator chose")
             }
             Order::Split => {
                 self.split_brain = true;
@@ -585,8 +717,13 @@ impl Machine {
                 return;
             }
             Order::Same => {
-                if peer.handover {
+                // A SECOND still syncing has no consistent copy to serve.
+                let consistent = self.state != State::Second || self.synced_now();
+                if peer.handover && consistent {
                     (true, "the peer handed over")
+                } else if peer.handover {
+                    self.why = "the peer handed over, but this copy is still syncing".into();
+                    return;
                 } else if self.last_serving != peer.served_last {
                     (self.last_serving, "the last to serve")
                 } else if let Some(p) = self.cfg.preferred {
@@ -637,7 +774,9 @@ impl Machine {
             return;
         };
         match peer.state {
-            Some(State::Second | State::Stop | State::Wait) if peer.handover && current => {
+            Some(State::Second | State::Stop | State::Wait)
+                if peer.handover && current && self.honours_handover(&peer) =>
+            {
                 self.serve("the peer handed over", actions)
             }
             Some(State::Wait | State::Second) => {
@@ -681,7 +820,13 @@ impl Machine {
             self.both_serve(&peer, actions);
             return;
         }
-        if peer.state.is_some()
+        if peer.state == Some(State::Second)
+            && compare(&self.generation, &peer.generation) == Order::Split
+        {
+            // It follows across the split: it took this node's data
+            // (`resolve` run there).
+            self.split_brain = false;
+        } else if peer.state.is_some()
             && compare(&self.generation, &peer.generation) == Order::Split
             && !peer.keeps
             && !self.keeps
@@ -705,13 +850,14 @@ impl Machine {
             };
             self.to(label, why, actions);
         }
-        if current && (peer.wants_primary || self.cfg.preferred == Some(false)) {
+        let failback = self.cfg.preferred == Some(false) && !self.peer_declined;
+        if self.peer_can_take_over() && (peer.wants_primary || failback) {
             let why = if peer.wants_primary {
                 "swap asked on the peer: handing over"
             } else {
                 "the preferred primary is up to date: handing back"
             };
-            self.handover = true;
+            self.hand_over(true);
             self.step_down(true, State::Second, why, actions);
         }
     }
@@ -799,8 +945,8 @@ impl Machine {
                 match self.state {
                     State::Stop => return Ok("already stopped".into()),
                     State::Prim | State::Alone => {
-                        let current = self.peer_is_current_second();
-                        self.handover = current;
+                        let current = self.peer_can_take_over();
+                        self.hand_over(current);
                         self.step_down(current, State::Stop, "stopped by the operator", actions);
                         return Ok(if current {
                             "stopped; the peer takes over".into()
@@ -815,11 +961,12 @@ impl Machine {
                 Ok("stopped".into())
             }
             Command::Swap => match self.state {
-                State::Prim if self.peer_is_current_second() => {
-                    self.handover = true;
+                State::Prim if self.peer_can_take_over() => {
+                    self.hand_over(true);
                     self.step_down(true, State::Second, "swap: handing over", actions);
                     Ok("swapped: the peer serves now".into())
                 }
+                State::Prim if self.peer_is_current_second() => Err(self.peer_blocked("swap")),
                 State::Prim | State::Alone => {
                     Err("the peer is not an up-to-date SECOND; swap refused".into())
                 }
@@ -828,7 +975,9 @@ impl Machine {
                         .peer
                         .as_ref()
                         .is_some_and(|p| p.state == Some(State::Prim));
-                    if !self.synced_now() {
+                    if let Some(why) = self.unable() {
+                        Err(self.cannot_serve_here(&why))
+                    } else if !self.synced_now() {
                         Err("this node is still syncing; swap when it is up to date".into())
                     } else if !peer_prim {
                         Err("the peer is not PRIM; nothing to swap".into())
@@ -871,6 +1020,14 @@ impl Machine {
                 if !self.split_brain {
                     return Err("no split brain to resolve".into());
                 }
+                if !keep_mine && self.peer.as_ref().is_some_and(|p| p.cannot_serve) {
+                    return Err(self.peer_blocked("taking its data"));
+                }
+                if !keep_mine && self.state.serving() && self.peer.is_none() {
+                    return Err("the peer is not heard: its data cannot be taken now; \
+                                taking its data refused"
+                        .into());
+                }
                 self.split_brain = false;
                 if keep_mine {
                     self.keeps = true;
@@ -897,6 +1054,28 @@ impl Machine {
         }
     }
 
+    /// Why a command that would make the peer serve is refused.
+    fn peer_blocked(&self, what: &str) -> String {
+        format!(
+            "the peer cannot serve (see its status; `tandem start {}` there clears the \
+             block); {what} refused",
+            self.cfg.module
+        )
+    }
+
+    /// Why a command that would make this node serve is refused.
+    fn cannot_serve_here(&self, why: &str) -> String {
+        if self.blocked.is_some() {
+            format!(
+                "this node cannot serve ({why}); `tandem start {}` on this node clears \
+                 the block; swap refused",
+                self.cfg.module
+            )
+        } else {
+            format!("this node cannot serve ({why}); swap refused")
+        }
+    }
+
     fn failed(&mut self, f: Failure, msg: String, actions: &mut Vec<Action>) {
         match f {
             Failure::StartApp if self.state.serving() => {
@@ -908,7 +1087,7 @@ impl Machine {
                 } else {
                     self.blocked = Some(format!("application does not start here: {msg}"));
                     let current = self.peer_is_current_second();
-                    self.handover = current;
+                    self.hand_over(self.peer_can_take_over());
                     self.step_down(
                         current,
                         State::Wait,
@@ -920,7 +1099,7 @@ impl Machine {
             Failure::Check if self.state.serving() => {
                 self.blocked = Some(format!("the application fails its checks here: {msg}"));
                 let current = self.peer_is_current_second();
-                self.handover = current;
+                self.hand_over(self.peer_can_take_over());
                 self.step_down(
                     current,
                     State::Wait,

@@ -124,6 +124,9 @@ impl Managed {
         if let Some(g) = node.guard.lock().as_mut() {
             g.include(self.guard_duty(node));
         }
+        // Before the new generation: a node whose prestart refuses has not
+        // served, and its data must not pass for changed on its own.
+        self.script(node, Script::Prestart, "prim")?;
         if new_generation {
             for d in &self.base {
                 d.log
@@ -135,7 +138,6 @@ impl Managed {
             self.fresh = false;
             self.save_role(self.machine.state);
         }
-        self.script(node, Script::Prestart, "prim")?;
         let s = &node.settings;
         // With a quorum, a peer that stops acknowledging is left behind only
         // while this node may serve alone.

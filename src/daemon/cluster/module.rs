@@ -141,8 +141,22 @@ pub(super) fn machine_cfg(s: &Settings, module: &ModuleConfig, me: &Node) -> mac
         settle_ms: 2 * s.heartbeat.interval.as_millis() as u64,
         start_retries: 1,
         request_ms: 10_000,
+        takeover_ms: takeover_ms(s, module),
+        module: module.name.clone(),
         lease: matches!(s.cluster.quorum, Quorum::Witness(_) | Quorum::Etcd(_)),
     }
+}
+
+/// How long a peer handed the module may take to serve before this node
+/// takes it back. The peer hears of the hand-over within a heartbeat timeout
+/// and acts on it within two settle times (it no longer does after); its
+/// prestart and start_prim, and a retried start (stop_prim, start_prim), each
+/// run up to the scripts' timeout before it announces that it serves, and the
+/// announcement takes up to a heartbeat timeout. A heartbeat timeout more
+/// covers mounting and linking to this node.
+fn takeover_ms(s: &Settings, module: &ModuleConfig) -> u64 {
+    let ms = |d: Duration| d.as_millis() as u64;
+    3 * ms(s.heartbeat.timeout) + 4 * ms(s.heartbeat.interval) + 4 * ms(module.scripts.timeout)
 }
 
 impl Managed {

@@ -7,10 +7,16 @@ const TICK: u64 = 50;
 const HB_TIMEOUT: u64 = 300;
 const LEASE: u64 = 1_000;
 const SYNC_TICKS: u32 = 4;
+const TAKEOVER: u64 = 1_500;
+/// Ticks a failing application runs before its checker gives up on it (it
+/// restarts it a few times first): long enough for a peer to catch up.
+const CHECK_TICKS: u32 = 2 * SYNC_TICKS;
 
 struct Node {
     m: Option<Machine>,
     app: bool,
+    /// Ticks the application has been running.
+    app_ticks: u32,
     mounted: bool,
     data: Gen,
     /// Ticks connected to a serving peer while SECOND.
@@ -24,6 +30,9 @@ struct Node {
     thawing: bool,
     /// Changes this node's copies aside before following its peer.
     set_aside: u32,
+    /// What fails here whenever it is tried: promoting, starting the
+    /// application, or its checks once it runs.
+    fails: Option<Failure>,
 }
 
 struct Net {
@@ -32,6 +41,8 @@ struct Net {
     witness: [bool; 2],
     lease: Option<(usize, u64)>,
     now: u64,
+    /// What is being tried, for the failure messages.
+    label: String,
 }
 
 fn cfg(i: usize) -> Config {
@@ -42,6 +53,8 @@ fn cfg(i: usize) -> Config {
         settle_ms: 100,
         start_retries: 1,
         request_ms: 2_000,
+        takeover_ms: TAKEOVER,
+        module: "web".into(),
         lease: true,
     }
 }
@@ -56,6 +69,7 @@ impl Net {
         let node = |i: usize, last| Node {
             m: Some(Machine::new(cfg(i), 0, Some(last), g.clone(), false)),
             app: false,
+            app_ticks: 0,
             mounted: false,
             data: g.clone(),
             syncing: None,
@@ -65,6 +79,7 @@ impl Net {
             frozen: false,
             thawing: false,
             set_aside: 0,
+            fails: None,
         };
         let mut n = Net {
             nodes: [node(0, State::Prim), node(1, State::Second)],
@@ -72,6 +87,7 @@ impl Net {
             witness: [true, true],
             lease: None,
             now: 0,
+            label: String::new(),
         };
         n.run(2_000);
         assert_eq!(n.states(), [Some(State::Prim), Some(State::Second)]);
@@ -82,20 +98,33 @@ impl Net {
         [0, 1].map(|i| self.nodes[i].m.as_ref().map(|m| m.state))
     }
 
-    fn feed(&mut self, i: usize, ev: Event) {
+    /// Steps node `i`'s machine and carries out its actions as the daemon
+    /// does: an action that fails is reported back and ends the list.
+    fn feed(&mut self, i: usize, ev: Event) -> Option<Reply> {
         let now = self.now;
-        let Some(m) = self.nodes[i].m.as_mut() else {
-            return;
-        };
+        let m = self.nodes[i].m.as_mut()?;
         let out = m.step(now, ev);
         for a in out.actions {
             let n = &mut self.nodes[i];
+            let fails = match &a {
+                Action::StartApp => n.fails == Some(Failure::StartApp),
+                Action::Promote { .. } => n.fails == Some(Failure::Promote),
+                _ => false,
+            };
+            if fails {
+                let f = n.fails.unwrap();
+                self.feed(i, Event::Failed(f, format!("{a:?} fails here")));
+                break;
+            }
             match a {
                 Action::StartApp => {
                     assert!(n.mounted, "application started on an unmounted node");
                     n.app = true;
                 }
-                Action::StopApp => n.app = false,
+                Action::StopApp => {
+                    n.app = false;
+                    n.app_ticks = 0;
+                }
                 Action::Promote { new_generation } => {
                     n.mounted = true;
                     n.syncing = None;
@@ -120,6 +149,7 @@ impl Net {
             }
         }
         self.check();
+        out.reply
     }
 
     fn check(&self) {
@@ -130,9 +160,10 @@ impl Net {
         }
         assert!(
             !(self.nodes[0].app && self.nodes[1].app),
-            "two nodes run the application at {} ms: {:?}",
+            "two nodes run the application at {} ms: {:?} {}",
             self.now,
-            self.states()
+            self.states(),
+            self.label
         );
     }
 
@@ -196,6 +227,12 @@ impl Net {
             let q = self.quorum(i);
             self.feed(i, Event::Quorum(q));
             self.feed(i, Event::Tick);
+            // The checker: a serving node whose application fails its checks.
+            let n = &mut self.nodes[i];
+            n.app_ticks += n.app as u32;
+            if n.app_ticks >= CHECK_TICKS && n.fails == Some(Failure::Check) {
+                self.feed(i, Event::Failed(Failure::Check, "the check fails".into()));
+            }
             self.nodes[i].thawing = false;
             self.check();
         }
@@ -213,6 +250,7 @@ impl Net {
         // The guard stops the application when the daemon dies.
         n.m = None;
         n.app = false;
+        n.app_ticks = 0;
         n.mounted = false;
         n.syncing = None;
     }
@@ -319,4 +357,170 @@ fn flapping_links_and_witness_never_yield_two_serving_nodes() {
         s.contains(&Some(State::Prim)) && s.contains(&Some(State::Second)),
         "{s:?}"
     );
+}
+
+/// A step that brings the pair into a state before a command.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Link(bool),
+    Witness(usize, bool),
+    Kill(usize),
+    Restart(usize, State),
+    Run(u64),
+    Cmd(usize, Command),
+}
+
+/// The states the pair is brought into: roles either way, the link cut,
+/// quorum lost on either node or both, a node dead or stopped, a split brain.
+fn setups() -> Vec<Vec<Op>> {
+    use Op::*;
+    vec![
+        vec![],
+        vec![Cmd(0, Command::Swap)],
+        vec![Link(false)],
+        vec![Link(false), Witness(0, false)],
+        vec![Witness(0, false)],
+        vec![Witness(1, false)],
+        vec![Witness(0, false), Witness(1, false)],
+        vec![Link(false), Witness(0, false), Witness(1, false)],
+        vec![Kill(0)],
+        vec![Kill(1)],
+        vec![Cmd(0, Command::Stop)],
+        vec![Cmd(1, Command::Stop)],
+        vec![Cmd(0, Command::Swap), Link(false), Witness(1, false)],
+        // Both served alone, one after the other, each restarted while the
+        // link was down.
+        vec![
+            Link(false),
+            Kill(0),
+            Run(LEASE + 1_000),
+            Restart(0, State::Prim),
+            Kill(1),
+            Run(LEASE + 1_000),
+            Restart(1, State::Alone),
+            Link(true),
+        ],
+    ]
+}
+
+const COMMANDS: [Command; 7] = [
+    Command::Swap,
+    Command::Stop,
+    Command::Start,
+    Command::Prim { force: false },
+    Command::Prim { force: true },
+    Command::Resolve { keep_mine: true },
+    Command::Resolve { keep_mine: false },
+];
+
+impl Net {
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Link(up) => self.link = up,
+            Op::Witness(i, up) => self.witness[i] = up,
+            Op::Kill(i) => self.kill(i),
+            Op::Restart(i, last) => self.restart(i, last),
+            Op::Run(ms) => self.run(ms),
+            Op::Cmd(i, c) => {
+                self.feed(i, Event::Command(c));
+            }
+        }
+    }
+
+    fn serving(&self) -> bool {
+        self.nodes.iter().any(|n| n.app)
+    }
+
+    /// Every node still running the module would fail to serve it.
+    fn nobody_can_serve(&self) -> bool {
+        self.nodes
+            .iter()
+            .filter(|n| n.m.as_ref().is_some_and(|m| m.state != State::Stop))
+            .all(|n| n.fails.is_some())
+    }
+
+    /// What a refused command must leave as it was.
+    fn snapshot(&self, i: usize) -> String {
+        let n = &self.nodes[i];
+        format!(
+            "{:?} app={} mounted={} syncing={:?}",
+            n.m, n.app, n.mounted, n.syncing
+        )
+    }
+}
+
+#[test]
+fn no_accepted_command_leaves_a_served_module_without_a_server() {
+    let failures = [
+        None,
+        Some(Failure::Check),
+        Some(Failure::StartApp),
+        Some(Failure::Promote),
+    ];
+    let mut runs = 0;
+    for setup in setups() {
+        for fails in failures {
+            for failing in [0, 1] {
+                for on in [0, 1] {
+                    for c in COMMANDS {
+                        let mut n = Net::new();
+                        n.label = format!(
+                            "{c:?} on node{on} after {setup:?}, {fails:?} on node{failing}"
+                        );
+                        n.nodes[failing].fails = fails;
+                        for &op in &setup {
+                            n.apply(op);
+                        }
+                        n.run(TAKEOVER + 3_000);
+                        let peer_alive = n.nodes[1 - on].m.is_some();
+                        // Forced while it cannot hear a peer that serves: the
+                        // operator made two servers on purpose.
+                        if n.nodes[on].m.is_none()
+                            || c == (Command::Prim { force: true }) && !n.link && peer_alive
+                        {
+                            continue;
+                        }
+                        let what = format!(
+                            "{c:?} on node{on} after {setup:?}, {fails:?} on node{failing}, \
+                             states {:?}",
+                            n.states()
+                        );
+                        let served = n.serving();
+                        let before = n.snapshot(on);
+                        let reply = n.feed(on, Event::Command(c)).expect("a reply");
+                        runs += 1;
+                        match &reply {
+                            Err(e) => {
+                                assert_eq!(
+                                    n.snapshot(on),
+                                    before,
+                                    "{what}: refused ({e}) but changed"
+                                );
+                            }
+                            Ok(_) => {}
+                        }
+                        n.run(TAKEOVER + 4_000);
+                        // By design: a stop that says so, and the operator
+                        // taking the peer's data when the peer cannot run the
+                        // application (this side gave its own data up).
+                        let nobody_by_design = matches!(&reply, Ok(r) if r.contains("nobody serves"))
+                            || c == (Command::Resolve { keep_mine: false })
+                                && n.nodes[1 - on].fails.is_some();
+                        if served && reply.is_ok() && !nobody_by_design && !n.nobody_can_serve() {
+                            assert!(
+                                n.serving(),
+                                "{what}: {reply:?}, then nobody serves: {:?} {:?}",
+                                n.states(),
+                                n.nodes
+                                    .iter()
+                                    .map(|x| x.m.as_ref().map(|m| m.why.clone()))
+                                    .collect::<Vec<_>>()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(runs > 1_000, "{runs} commands tried");
 }
