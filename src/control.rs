@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::machine::State;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -58,6 +60,10 @@ pub enum Request {
     Log {
         module: String,
     },
+    /// The module's changes of state, oldest first (in `transitions`).
+    History {
+        module: String,
+    },
     /// Suspend (`on: false`) or resume the module's health checks.
     Checker {
         module: String,
@@ -80,6 +86,24 @@ pub struct Response {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transitions: Vec<Transition>,
+}
+
+/// One change of a module's state, as the cluster manager recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// When, as the module's log shows it (`2026-11-25T23:49:47.123Z`).
+    pub at: String,
+    pub from: State,
+    pub to: State,
+    pub why: String,
+}
+
+/// Carries out control requests: the one way in for the control socket,
+/// the requests the peer relays and the API.
+pub trait Dispatch: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> Response;
 }
 
 impl Response {
@@ -228,5 +252,37 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn history_travels_as_records_and_other_answers_do_not_change() {
+        let r = Request::History {
+            module: "app".into(),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"cmd":"history","module":"app"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let a = Response {
+            ok: true,
+            transitions: vec![Transition {
+                at: "2026-12-05T17:00:00.123Z".into(),
+                from: State::Second,
+                to: State::Prim,
+                why: "the peer is gone".into(),
+            }],
+            ..Response::default()
+        };
+        let s = serde_json::to_string(&a).unwrap();
+        assert!(s.contains(r#""from":"SECOND","to":"PRIM""#), "{s}");
+        assert_eq!(serde_json::from_str::<Response>(&s).unwrap(), a);
+        // Answers without records read as before, both ways.
+        let plain = Response {
+            ok: true,
+            messages: vec!["started".into()],
+            ..Response::default()
+        };
+        let s = serde_json::to_string(&plain).unwrap();
+        assert_eq!(s, r#"{"ok":true,"messages":["started"]}"#);
+        assert_eq!(serde_json::from_str::<Response>(&s).unwrap(), plain);
     }
 }

@@ -12,11 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::control::{Request, Response};
+use crate::control::{Dispatch, Request};
 use crate::stop::Stop;
 
-/// Carries out a control request on this node (the control socket's way).
-pub type Commands = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 /// Writes a line into a module's log (every module's with `None`).
 pub type Audit = Arc<dyn Fn(Option<&str>, String) + Send + Sync>;
 
@@ -25,7 +23,9 @@ pub struct Api {
     pub node: String,
     pub peer_name: String,
     pub tokens: tokens::Tokens,
-    pub commands: Commands,
+    /// Carries out control requests on this node, as the control socket
+    /// does.
+    pub commands: Arc<dyn Dispatch>,
     pub audit: Audit,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub stop: Stop,
@@ -73,7 +73,7 @@ pub fn start(
             }
             let (c, peer) = (api.commands.clone(), api.peer_name.clone());
             let asked = tokio::task::spawn_blocking(move || {
-                c(Request::On {
+                c.handle(Request::On {
                     node: peer,
                     request: Box::new(Request::Status {}),
                 })

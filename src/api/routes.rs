@@ -191,7 +191,7 @@ fn unauthorised(why: &str) -> Response {
 /// A control request carried out on this node, off the runtime's threads.
 async fn run(api: &Arc<Api>, req: Request) -> Answer {
     let c = api.commands.clone();
-    tokio::task::spawn_blocking(move || c(req))
+    tokio::task::spawn_blocking(move || c.handle(req))
         .await
         .unwrap_or_else(|e| Answer::error(format!("internal error: {e}")))
 }
@@ -265,47 +265,31 @@ fn events(api: &Arc<Api>) -> Response {
         .expect("a valid response")
 }
 
-/// The modules' changes of state on both nodes, oldest first, from their
-/// logs.
+/// The modules' changes of state on both nodes, oldest first, as each
+/// node recorded them.
 async fn history(api: &Arc<Api>) -> Value {
     let b = both(api).await;
     let mut out = Vec::new();
     for (node, st) in b["nodes"].as_object().into_iter().flatten() {
         for m in st["modules"].as_array().into_iter().flatten() {
             let name = m["name"].as_str().unwrap_or_default();
-            let lines = run(
+            let a = run(
                 api,
                 Request::On {
                     node: node.clone(),
-                    request: Box::new(Request::Log {
+                    request: Box::new(Request::History {
                         module: name.into(),
                     }),
                 },
             )
             .await;
-            for l in lines.messages {
-                if let Some(e) = transition(&l) {
-                    out.push(json!({"at": e.0, "node": node, "module": name, "from": e.1, "to": e.2, "why": e.3}));
-                }
+            for t in a.transitions {
+                out.push(json!({"at": t.at, "node": node, "module": name, "from": t.from.name(), "to": t.to.name(), "why": t.why}));
             }
         }
     }
     out.sort_by(|a, b| a["at"].as_str().cmp(&b["at"].as_str()));
     json!({"events": out})
-}
-
-/// `TIME From -> To: why` from a module's log.
-fn transition(line: &str) -> Option<(String, String, String, String)> {
-    let (at, rest) = line.split_once(' ')?;
-    let (states, why) = rest.split_once(": ")?;
-    let (from, to) = states.split_once(" -> ")?;
-    let name = |s: &str| {
-        s.to_ascii_uppercase()
-            .parse::<crate::cluster::machine::State>()
-            .ok()
-            .map(|s| s.name().to_string())
-    };
-    Some((at.into(), name(from)?, name(to)?, why.into()))
 }
 
 /// A command on module `m`, asked by `who`.
@@ -327,18 +311,15 @@ async fn command(
     if !known(api, m).await {
         return error(StatusCode::NOT_FOUND, format!("no module named {m:?}"));
     }
-    let (node, request) = match request {
-        Request::On { node, request } if node != api.node => {
-            if node != api.peer_name {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("no node named {node:?} ({} or {})", api.node, api.peer_name),
-                );
-            }
-            (node.clone(), Request::On { node, request })
+    let node = match &request {
+        Request::On { node, .. } if *node != api.node && *node != api.peer_name => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no node named {node:?} ({} or {})", api.node, api.peer_name),
+            );
         }
-        Request::On { request, .. } => (api.node.clone(), *request),
-        r => (api.node.clone(), r),
+        Request::On { node, .. } => node.clone(),
+        _ => api.node.clone(),
     };
     (api.audit)(
         Some(m),
@@ -372,12 +353,38 @@ async fn read_body(req: hyper::Request<hyper::body::Incoming>) -> Result<Bytes, 
 }
 
 type Refusal = (StatusCode, String);
+type Fields = serde_json::Map<String, Value>;
 
-/// The control request a command's body asks for; a refusal names the
-/// field at fault.
+/// The commands a URL names, each with the tag `control::Request` knows it
+/// by.
+const COMMANDS: [(&str, &str); 10] = [
+    ("start", "start"),
+    ("stop", "stop"),
+    ("restart", "restart"),
+    ("swap", "swap"),
+    ("prim", "prim"),
+    ("second", "second"),
+    ("resync", "full_sync"),
+    ("verify", "verify"),
+    ("resolve", "resolve"),
+    ("checker", "checker"),
+];
+
+/// The control request a command's body asks for, decoded by
+/// `control::Request` itself (the URL gives the command and the module);
+/// a refusal names the field at fault.
 fn parse_command(module: &str, cmd: &str, body: &[u8]) -> Result<Request, Refusal> {
     let bad = |why: String| (StatusCode::BAD_REQUEST, why);
-    let fields: serde_json::Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(&(_, tag)) = COMMANDS.iter().find(|(c, _)| *c == cmd) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!(
+                "no command {cmd:?}: start, stop, restart, swap, prim, second, resync, \
+                 verify, resolve or checker"
+            ),
+        ));
+    };
+    let fields: Fields = if body.iter().all(u8::is_ascii_whitespace) {
         Default::default()
     } else {
         match serde_json::from_slice::<Value>(body) {
@@ -386,90 +393,71 @@ fn parse_command(module: &str, cmd: &str, body: &[u8]) -> Result<Request, Refusa
             Err(e) => return Err(bad(format!("the body is not JSON: {e}"))),
         }
     };
-    let allowed: &[&str] = match cmd {
-        "prim" => &["force", "node"],
-        "verify" => &["repair", "node"],
-        "resolve" => &["keep", "node"],
-        "checker" => &["on", "node"],
-        "start" | "stop" | "restart" | "swap" | "second" | "resync" => &["node"],
-        _ => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no command {cmd:?}: start, stop, restart, swap, prim, second, resync, \
-                     verify, resolve or checker"
-                ),
-            ));
-        }
-    };
-    if let Some(k) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+    if let Some(k) = ["cmd", "module"].iter().find(|k| fields.contains_key(**k)) {
         return Err(bad(format!(
-            "field {k:?} is not taken by {cmd} (it takes {})",
-            allowed.join(", ")
+            "field {k:?} is not taken by {cmd}: the URL names the command and the module"
         )));
     }
-    let flag = |name: &str| -> Result<Option<bool>, Refusal> {
-        match fields.get(name) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(bad(format!(
-                "field {name:?} must be true or false, not {v}"
-            ))),
-        }
-    };
-    let text = |name: &str| -> Result<Option<String>, Refusal> {
-        match fields.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-            Some(v) => Err(bad(format!(
-                "field {name:?} must be a node's name, not {v}"
-            ))),
-        }
-    };
-    let module = module.to_string();
-    let r = match cmd {
-        "start" => Request::Start {
-            module: Some(module),
-        },
-        "stop" => Request::Stop {
-            module: Some(module),
-        },
-        "restart" => Request::Restart { module },
-        "swap" => Request::Swap { module },
-        "second" => Request::Second { module },
-        "resync" => Request::FullSync { module },
-        "prim" => Request::Prim {
-            module,
-            force: flag("force")?.unwrap_or(false),
-        },
-        "verify" => Request::Verify {
-            module,
-            repair: flag("repair")?.unwrap_or(false),
-        },
-        "resolve" => Request::Resolve {
-            module,
-            keep: text("keep")?.ok_or_else(|| {
-                bad("field \"keep\" is required: the node whose data is kept".into())
-            })?,
-        },
-        "checker" => Request::Checker {
-            module,
-            on: flag("on")?.ok_or_else(|| bad("field \"on\" is required: true or false".into()))?,
-        },
-        _ => unreachable!("refused above"),
-    };
-    Ok(match text("node")? {
-        Some(node) => Request::On {
-            node,
-            request: Box::new(r),
-        },
-        None => r,
-    })
+    let decode = |f: &Fields| serde_json::from_value::<Request>(tagged(module, tag, f.clone()));
+    let request = decode(&fields).map_err(|e| bad(blame(cmd, &fields, &e, decode)))?;
+    match unnamed(&request) {
+        Some(k) => Err(bad(format!("field {k:?} must be a node's name, not \"\""))),
+        None => Ok(request),
+    }
+}
+
+/// The request as `control::Request` reads it: the body's fields with the
+/// command's tag and the module, inside `on` when the body names a node.
+fn tagged(module: &str, tag: &str, mut fields: Fields) -> Value {
+    let node = fields.remove("node");
+    fields.insert("cmd".into(), tag.into());
+    fields.insert("module".into(), module.into());
+    match node {
+        None => Value::Object(fields),
+        Some(node) => json!({"cmd": "on", "node": node, "request": fields}),
+    }
+}
+
+/// Serde's refusal, with the body's field at fault named: the fields of an
+/// internally tagged enum are decoded from a buffered copy, so a wrong type
+/// says what was expected but not where. The field at fault is the one
+/// without which the refusal changes (serde stops at the first, in the
+/// order tried here).
+fn blame(
+    cmd: &str,
+    fields: &Fields,
+    e: &serde_json::Error,
+    decode: impl Fn(&Fields) -> serde_json::Result<Request>,
+) -> String {
+    let why = e.to_string();
+    let at_fault = fields.keys().find(|k| {
+        let mut rest = fields.clone();
+        rest.remove(k.as_str());
+        decode(&rest).map_or_else(|e| e.to_string() != why, |_| true)
+    });
+    match at_fault {
+        Some(k) => format!("field {k:?} of {cmd}: {why}"),
+        None => format!("{cmd}: {why}"),
+    }
+}
+
+/// A name left empty (serde takes "", no node is called that).
+fn unnamed(r: &Request) -> Option<&'static str> {
+    match r {
+        Request::On { node, .. } if node.is_empty() => Some("node"),
+        Request::On { request, .. } => unnamed(request),
+        Request::Resolve { keep, .. } if keep.is_empty() => Some("keep"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(cmd: &str, body: &str) -> (StatusCode, String) {
+        parse_command("app", cmd, body.as_bytes()).unwrap_err()
+    }
 
     #[test]
     fn bodies_become_control_requests_and_bad_ones_name_the_field() {
@@ -496,25 +484,108 @@ mod tests {
                 }),
             }
         );
-        let (s, why) = parse_command("app", "prim", br#"{"force": "yes"}"#).unwrap_err();
+        let (s, why) = refused("prim", r#"{"force": "yes"}"#);
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(why.contains("\"force\""), "{why}");
-        let (_, why) = parse_command("app", "resolve", b"{}").unwrap_err();
-        assert!(why.contains("\"keep\""), "{why}");
-        let (_, why) = parse_command("app", "swap", br#"{"forse": true}"#).unwrap_err();
+        let (_, why) = refused("resolve", "{}");
+        assert!(why.contains("`keep`"), "{why}");
+        let (_, why) = refused("swap", r#"{"forse": true}"#);
         assert!(why.contains("\"forse\""), "{why}");
-        let (_, why) = parse_command("app", "swap", b"{nope").unwrap_err();
+        let (_, why) = refused("swap", "{nope");
         assert!(why.contains("not JSON"), "{why}");
-        let (s, _) = parse_command("app", "explode", b"").unwrap_err();
+        let (s, _) = refused("explode", "");
         assert_eq!(s, StatusCode::NOT_FOUND);
     }
 
     #[test]
-    fn transitions_are_read_from_the_log() {
-        let t = transition("2026-12-05T17:00:00.123Z Second -> Prim: the peer is gone").unwrap();
-        assert_eq!(t.1, "SECOND");
-        assert_eq!(t.2, "PRIM");
-        assert_eq!(t.3, "the peer is gone");
-        assert!(transition("2026-12-05T17:00:00.123Z start_prim done in 3 ms").is_none());
+    fn every_command_of_the_url_is_a_request() {
+        for (cmd, tag) in COMMANDS {
+            let body = match cmd {
+                "resolve" => r#"{"keep": "node1"}"#,
+                "checker" => r#"{"on": true}"#,
+                _ => "",
+            };
+            let r = parse_command("app", cmd, body.as_bytes()).unwrap();
+            let back = serde_json::to_value(&r).unwrap();
+            assert_eq!(
+                (back["cmd"].as_str(), back["module"].as_str()),
+                (Some(tag), Some("app"))
+            );
+        }
+        assert_eq!(
+            parse_command("app", "resync", b"").unwrap(),
+            Request::FullSync {
+                module: "app".into()
+            }
+        );
+    }
+
+    /// Refused with 400, the reason starting with `start`.
+    fn refused_as(cmd: &str, body: &str, start: &str) {
+        let (s, why) = refused(cmd, body);
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{why}");
+        assert!(why.starts_with(start), "{why}");
+    }
+
+    #[test]
+    fn the_decoder_names_what_it_refuses() {
+        // Wrong types: the field named, with serde's reason.
+        let wrong = r#"{"repair": 1}"#;
+        refused_as("verify", wrong, "field \"repair\" of verify: invalid type");
+        assert!(refused("verify", wrong).1.contains("expected a boolean"));
+        let wrong = r#"{"on": true, "node": 2}"#;
+        refused_as("checker", wrong, "field \"node\" of checker: invalid type");
+        let wrong = r#"{"node": "node2", "on": "off"}"#;
+        refused_as("checker", wrong, "field \"on\" of checker: invalid type");
+        let wrong = r#"{"keep": ["node1"]}"#;
+        refused_as("resolve", wrong, "field \"keep\" of resolve: invalid type");
+        // Unknown fields, also beside good ones and under a node.
+        let unknown = r#"{"force": true, "forse": true}"#;
+        refused_as(
+            "prim",
+            unknown,
+            "field \"forse\" of prim: unknown field `forse`",
+        );
+        let unknown = r#"{"node": "node2", "all": true}"#;
+        refused_as(
+            "start",
+            unknown,
+            "field \"all\" of start: unknown field `all`",
+        );
+        // Missing fields.
+        refused_as(
+            "checker",
+            r#"{"node": "node2"}"#,
+            "checker: missing field `on`",
+        );
+        // What the URL says is not said again in the body.
+        refused_as(
+            "swap",
+            r#"{"module": "other"}"#,
+            "field \"module\" is not taken",
+        );
+        refused_as("swap", r#"{"cmd": "status"}"#, "field \"cmd\" is not taken");
+        // Empty names.
+        refused_as(
+            "swap",
+            r#"{"node": ""}"#,
+            "field \"node\" must be a node's name",
+        );
+        refused_as(
+            "resolve",
+            r#"{"keep": ""}"#,
+            "field \"keep\" must be a node's name",
+        );
+        refused_as("swap", "[1]", "the body must be a JSON object");
+        // Unknown commands, the requests the URL does not command among
+        // them: named, with the list.
+        for cmd in ["explode", "status", "log", "history", "on", "full_sync"] {
+            let (s, why) = refused(cmd, "");
+            assert_eq!(s, StatusCode::NOT_FOUND, "{cmd}");
+            assert!(
+                why.starts_with(&format!("no command {cmd:?}: start")),
+                "{why}"
+            );
+        }
     }
 }

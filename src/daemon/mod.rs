@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::config::Settings;
-use crate::control::{DirStatus, ModuleStatus, Request, Response, Status};
+use crate::control::{DirStatus, Dispatch, ModuleStatus, Request, Response, Status};
 use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
 use crate::fs::{self, CountingSink, MountConfig, Mounted};
 use crate::signals::StopSignals;
@@ -235,6 +235,7 @@ impl State {
             | Request::Second { .. }
             | Request::Restart { .. }
             | Request::Log { .. }
+            | Request::History { .. }
             | Request::Checker { .. }
             | Request::On { .. } => Response::error(
                 "this daemon runs with a fixed --role: roles are changed by the cluster \
@@ -397,18 +398,13 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers control requests.
-pub(crate) trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> Response;
-}
-
-impl Handler for Mutex<State> {
+impl Dispatch for Mutex<State> {
     fn handle(&self, req: Request) -> Response {
         self.lock().handle(req)
     }
 }
 
-async fn serve<H: Handler>(
+async fn serve<H: Dispatch>(
     socket: &Path,
     mut signals: StopSignals,
     state: Arc<H>,
@@ -430,7 +426,7 @@ async fn serve<H: Handler>(
 /// Longest request line accepted; anything longer is refused unread.
 const MAX_REQUEST: u64 = 64 * 1024;
 
-async fn client<H: Handler>(stream: UnixStream, state: Arc<H>) {
+async fn client<H: Dispatch>(stream: UnixStream, state: Arc<H>) {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST));

@@ -160,6 +160,7 @@ fn start_and_serve(
     let shared = Arc::new(Shared {
         status: Mutex::new(Status::default()),
         logs: Mutex::new(Vec::new()),
+        history: Mutex::new(Vec::new()),
         replicas: Mutex::new(Vec::new()),
         input: Mutex::new(input_tx),
         relay: Relay {

@@ -9,6 +9,8 @@ pub(super) struct Shared {
     pub(super) status: Mutex<Status>,
     /// Each module's whole log (the status carries only its end).
     pub(super) logs: Mutex<Vec<(String, Vec<String>)>>,
+    /// Each module's changes of state, as recorded beside its log.
+    pub(super) history: Mutex<Vec<(String, Vec<Transition>)>>,
     pub(super) replicas: Mutex<Vec<(String, Option<Replica>)>>,
     pub(super) input: Mutex<mpsc::Sender<Input>>,
     pub(super) relay: Relay,
@@ -33,7 +35,7 @@ impl Shared {
         }
         let (me, peer) = (&self.relay.me, &self.relay.peer);
         if node == *me {
-            return crate::daemon::Handler::handle(self, req);
+            return self.handle(req);
         }
         if node != *peer {
             return Response::error(format!(
@@ -63,14 +65,14 @@ impl Shared {
             Ok(Request::On { .. }) => {
                 Response::error("a command relayed to a node cannot be relayed again")
             }
-            Ok(req) => crate::daemon::Handler::handle(self, req),
+            Ok(req) => self.handle(req),
             Err(e) => Response::error(format!("malformed relayed command: {e}")),
         };
         serde_json::to_string(&resp).expect("responses serialise")
     }
 }
 
-impl crate::daemon::Handler for Shared {
+impl Dispatch for Shared {
     fn handle(&self, req: Request) -> Response {
         let command = |module: Option<String>, cmd: Command| {
             self.ask(|reply| Input::Command { module, cmd, reply })
@@ -124,6 +126,16 @@ impl crate::daemon::Handler for Shared {
                     ..Response::default()
                 },
             },
+            Request::History { module } => {
+                match self.history.lock().iter().find(|(n, _)| *n == module) {
+                    None => Response::error(format!("no module named {module:?}")),
+                    Some((_, records)) => Response {
+                        ok: true,
+                        transitions: records.clone(),
+                        ..Response::default()
+                    },
+                }
+            }
             Request::Prim { module, force } => command(Some(module), Command::Prim { force }),
             Request::Resolve { module, keep } => {
                 let st = self.status.lock();

@@ -13,7 +13,8 @@
 //! - [`manager`]: the loop (input, machine, executor);
 //! - [`module`]: a module around its machine (log, scripts, role file);
 //! - [`executor`]: carries out the machine's actions (promote, demote);
-//! - [`journal`]: a module's log, kept on disk across restarts;
+//! - [`journal`]: a module's log and the records of its changes of state,
+//!   kept on disk across restarts;
 //! - [`clients`]: moves the clients (virtual addresses, health endpoint);
 //! - [`app`]: the application's scripts and the checkers' restart budget;
 //! - [`liveness`]: when the peer counts as gone;
@@ -61,8 +62,8 @@ use crate::cluster::machine::{
 };
 use crate::config::{Module as ModuleConfig, Node, Quorum, Settings};
 use crate::control::{
-    ClusterModuleStatus, DirStatus, ModuleStatus, NodesStatus, PathStatus, Request, Response,
-    Status,
+    ClusterModuleStatus, DirStatus, Dispatch, ModuleStatus, NodesStatus, PathStatus, Request,
+    Response, Status, Transition,
 };
 use crate::failover::scripts;
 use crate::fs::{self, CountingSink, MountConfig, Mounted, Unmounted};

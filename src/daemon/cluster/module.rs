@@ -6,8 +6,11 @@ use super::*;
 
 impl Managed {
     pub(super) fn note(&mut self, line: String) {
+        self.note_at(utc(crate::cluster::heartbeat::now_ms()), line);
+    }
+
+    fn note_at(&mut self, ts: String, line: String) {
         tracing::info!(module = %self.cfg.name, "{line}");
-        let ts = utc(crate::cluster::heartbeat::now_ms());
         self.log.push(format!("{ts} {line}"));
     }
 
@@ -106,7 +109,15 @@ impl Managed {
                 "{:?} -> {:?}: {}",
                 before.0, self.machine.state, self.machine.why
             );
-            self.note(line);
+            // The line for people, the record for the history: same time.
+            let at = utc(crate::cluster::heartbeat::now_ms());
+            self.note_at(at.clone(), line);
+            self.log.record(Transition {
+                at,
+                from: before.0,
+                to: self.machine.state,
+                why: self.machine.why.clone(),
+            });
         }
         for a in out.actions {
             if let Err((f, e)) = self.act(node, &a) {

@@ -135,6 +135,10 @@ pub(super) fn publish(
         .iter()
         .map(|m| (m.cfg.name.clone(), m.log.iter().cloned().collect()))
         .collect();
+    *shared.history.lock() = modules
+        .iter()
+        .map(|m| (m.cfg.name.clone(), m.log.transitions().cloned().collect()))
+        .collect();
     *shared.replicas.lock() = modules
         .iter()
         .map(|m| (m.cfg.name.clone(), m.replica.clone()))

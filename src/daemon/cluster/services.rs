@@ -219,14 +219,14 @@ pub(super) fn start_api(
         .block_on(tokio::net::TcpListener::bind(addr))
         .map_err(|e| usage(format!("api: cannot listen on {addr}: {e}")))?;
     let tls = crate::api::tls_config(a.cert.as_ref(), creds).map_err(usage)?;
-    let (commands, audit) = (shared.clone(), shared.clone());
+    let audit = shared.clone();
     let api = Arc::new(crate::api::Api {
         node: me.name.clone(),
         peer_name: peer.name.clone(),
         tokens: crate::api::tokens::Tokens::new(crate::api::tokens::path(
             &settings.daemon.state_dir,
         )),
-        commands: Arc::new(move |req| crate::daemon::Handler::handle(&*commands, req)),
+        commands: shared.clone(),
         audit: Arc::new(move |module: Option<&str>, line: String| {
             let _ = audit.input.lock().send(Input::Note {
                 module: module.map(str::to_string),
