@@ -474,6 +474,8 @@ fn swap_to_a_node_that_cannot_serve_is_refused_and_a_declined_hand_over_is_taken
             .trim()
             .parse()
             .unwrap();
+        // SAFETY: kill takes no pointer; the group is the application's own,
+        // started by the test's script.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     };
     kill_app(&c);
