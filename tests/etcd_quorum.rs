@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{etcd_args, free_port};
 use tandem::cluster::LeaseQuorum;
-use tandem::cluster::etcd::Client;
+use tandem::cluster::etcd::{Client, EtcdError};
 use tandem::stop::Stop;
 
 struct Etcd {
@@ -141,7 +141,7 @@ fn stoppable(e: &Etcd, node: &str) -> (Arc<Client>, Stop) {
     with(&settings, node).unwrap()
 }
 
-fn with(settings: &tandem::config::Etcd, node: &str) -> Result<(Arc<Client>, Stop), String> {
+fn with(settings: &tandem::config::Etcd, node: &str) -> Result<(Arc<Client>, Stop), EtcdError> {
     let ms = Duration::from_millis;
     let c = Client::new(settings, "t", node, ms(1000), ms(200), ms(100))?;
     let stop = Stop::new();
@@ -304,5 +304,9 @@ fn over_tls_with_a_client_certificate_and_a_user_the_lease_works_and_nothing_les
     let mut broken = settings(true, &password);
     broken.ca = Some(password.clone());
     let err = with(&broken, "node3").err().unwrap();
-    assert!(err.contains(&password.display().to_string()), "{err}");
+    assert!(matches!(err, EtcdError::Config(_)), "{err}");
+    assert!(
+        err.to_string().contains(&password.display().to_string()),
+        "{err}"
+    );
 }

@@ -323,7 +323,7 @@ fn witness(
                 settings.cluster.name.clone(),
                 settings.heartbeat.timeout + 2 * settings.heartbeat.interval,
                 &state,
-            ) => r,
+            ) => r.map_err(|e| e.to_string()),
             why = signals.recv() => { tracing::info!("{why}: witness stops"); Ok(()) }
         }
     });

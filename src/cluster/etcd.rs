@@ -21,6 +21,61 @@ use super::{Book, LeaseQuorum};
 use crate::config::HttpUrl;
 use crate::stop::Stop;
 
+/// Why etcd could not be used: this node's settings, or no endpoint that
+/// gave a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// The settings name something that cannot be used (CA, certificate,
+    /// password file).
+    #[error("{0}")]
+    Config(String),
+    /// Every endpoint failed, each for its own reason.
+    #[error("{}", join(.0))]
+    Unanswered(Vec<(HttpUrl, EndpointError)>),
+    /// An answer without what a request always gets.
+    #[error("{what}: no {field} in {answer}")]
+    Malformed {
+        what: &'static str,
+        field: &'static str,
+        answer: String,
+    },
+}
+
+/// Why one endpoint gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// No answer: not reachable, or not in time.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The token was refused: taken again at once.
+    #[error("{path}: {why}")]
+    TokenRefused { path: &'static str, why: String },
+    /// etcd did not authenticate this node's user.
+    #[error("as user {user}: {why}")]
+    Login {
+        user: String,
+        why: Box<EndpointError>,
+    },
+    #[error("no token in the answer")]
+    NoToken,
+    #[error("{path}: HTTP {status}: {why}")]
+    Status {
+        path: &'static str,
+        status: u16,
+        why: String,
+    },
+    #[error("{path}: the answer is not JSON")]
+    NotJson { path: &'static str },
+    /// etcd answered with an error.
+    #[error("{path}: {error}")]
+    Refused { path: &'static str, error: String },
+}
+
+fn join(errors: &[(HttpUrl, EndpointError)]) -> String {
+    let each: Vec<String> = errors.iter().map(|(ep, e)| format!("{ep}: {e}")).collect();
+    each.join("; ")
+}
+
 pub struct Client {
     endpoints: Vec<HttpUrl>,
     http: reqwest::Client,
@@ -45,14 +100,18 @@ impl Client {
         term: Duration,
         validity: Duration,
         interval: Duration,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, EtcdError> {
         let http = crate::webclient::client(etcd.ca.as_deref(), etcd.cert.as_ref())
-            .map_err(|e| format!("cluster.etcd: {e}"))?;
+            .map_err(|e| EtcdError::Config(format!("cluster.etcd: {e}")))?;
         let auth = match &etcd.user {
             None => None,
             Some((user, file)) => {
-                let password = std::fs::read_to_string(file)
-                    .map_err(|e| format!("cluster.etcd_password_file {}: {e}", file.display()))?;
+                let password = std::fs::read_to_string(file).map_err(|e| {
+                    EtcdError::Config(format!(
+                        "cluster.etcd_password_file {}: {e}",
+                        file.display()
+                    ))
+                })?;
                 Some((
                     user.clone(),
                     password.trim_end_matches(['\r', '\n']).to_string(),
@@ -130,7 +189,7 @@ impl Client {
         api: &mut Api,
         lease: &mut Option<i64>,
         t0: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), EtcdError> {
         let alive = match *lease {
             Some(id) => api.keepalive(id).await?,
             None => false,
@@ -180,7 +239,7 @@ impl Client {
         api: &mut Api,
         module: &str,
         lease: i64,
-    ) -> Result<(Option<String>, u64), String> {
+    ) -> Result<(Option<String>, u64), EtcdError> {
         let (holder, newest) = (self.key(module, "holder"), self.key(module, "newest"));
         let read = json!([{"request_range": {"key": b64(&holder)}}, {"request_range": {"key": b64(&newest)}}]);
         let r = api.txn(json!([]), read.clone(), json!([])).await?;
@@ -217,7 +276,7 @@ impl Client {
         &self,
         api: &mut Api,
         module: &str,
-    ) -> Result<(Option<String>, u64), String> {
+    ) -> Result<(Option<String>, u64), EtcdError> {
         let (holder, newest) = (self.key(module, "holder"), self.key(module, "newest"));
         let r = api.txn(
             json!([{"key": b64(&holder), "result": "EQUAL", "target": "VALUE", "value": b64(&self.node)}]),
@@ -236,7 +295,7 @@ impl Client {
     }
 
     /// Only while this node's key holds the module.
-    async fn set_newest(&self, api: &mut Api, module: &str, g: u64) -> Result<bool, String> {
+    async fn set_newest(&self, api: &mut Api, module: &str, g: u64) -> Result<bool, EtcdError> {
         let (holder, newest) = (self.key(module, "holder"), self.key(module, "newest"));
         let r = api.txn(
             json!([{"key": b64(&holder), "result": "EQUAL", "target": "VALUE", "value": b64(&self.node)}]),
@@ -306,22 +365,20 @@ struct Api {
     token: Option<String>,
 }
 
-/// Why a call failed: a token etcd no longer takes is taken again at once.
-enum Failed {
-    Token(String),
-    Other(String),
-}
-
 impl Api {
-    async fn grant(&mut self, ttl_s: u64) -> Result<i64, String> {
+    async fn grant(&mut self, ttl_s: u64) -> Result<i64, EtcdError> {
         let r = self
             .call("/v3/lease/grant", &json!({"TTL": ttl_s.to_string()}))
             .await?;
-        number(&r["ID"]).ok_or_else(|| format!("lease grant: no ID in {r}"))
+        number(&r["ID"]).ok_or_else(|| EtcdError::Malformed {
+            what: "lease grant",
+            field: "ID",
+            answer: r.to_string(),
+        })
     }
 
     /// Whether the lease is still alive (renewed).
-    async fn keepalive(&mut self, id: i64) -> Result<bool, String> {
+    async fn keepalive(&mut self, id: i64) -> Result<bool, EtcdError> {
         let r = self
             .call("/v3/lease/keepalive", &json!({"ID": id.to_string()}))
             .await?;
@@ -333,7 +390,7 @@ impl Api {
         compare: Value,
         success: Value,
         failure: Value,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, EtcdError> {
         self.call(
             "/v3/kv/txn",
             &json!({"compare": compare, "success": success, "failure": failure}),
@@ -341,33 +398,33 @@ impl Api {
         .await
     }
 
-    async fn call(&mut self, path: &str, body: &Value) -> Result<Value, String> {
+    async fn call(&mut self, path: &'static str, body: &Value) -> Result<Value, EtcdError> {
         let mut errors = Vec::new();
         for _ in 0..self.endpoints.len() {
             let ep = self.endpoints[self.current].clone();
             let mut r = self.authorised(&ep, path, body).await;
-            if let Err(Failed::Token(_)) = r {
+            if let Err(EndpointError::TokenRefused { .. }) = r {
                 self.token = None;
                 r = self.authorised(&ep, path, body).await;
             }
             match r {
                 Ok(v) => return Ok(v),
-                Err(Failed::Token(e) | Failed::Other(e)) => {
-                    errors.push(format!("{ep}: {e}"));
+                Err(e) => {
+                    errors.push((ep, e));
                     self.current = (self.current + 1) % self.endpoints.len();
                 }
             }
         }
-        Err(errors.join("; "))
+        Err(EtcdError::Unanswered(errors))
     }
 
     /// The call, with a token first if etcd wants one.
     async fn authorised(
         &mut self,
         ep: &HttpUrl,
-        path: &str,
+        path: &'static str,
         body: &Value,
-    ) -> Result<Value, Failed> {
+    ) -> Result<Value, EndpointError> {
         if let (Some((user, password)), None) = (&self.auth, &self.token) {
             let r = post(
                 &self.http,
@@ -377,15 +434,15 @@ impl Api {
                 None,
                 self.timeout,
             )
-            .await
-            .map_err(|e| match e {
-                Failed::Token(e) | Failed::Other(e) => {
-                    Failed::Other(format!("as user {user}: {e}"))
-                }
-            })?;
+            .await;
+            let login = |why| EndpointError::Login {
+                user: user.clone(),
+                why: Box::new(why),
+            };
+            let r = r.map_err(login)?;
             let token = r["token"]
                 .as_str()
-                .ok_or_else(|| Failed::Other(format!("as user {user}: no token in the answer")))?;
+                .ok_or_else(|| login(EndpointError::NoToken))?;
             self.token = Some(token.to_string());
         }
         post(
@@ -403,11 +460,11 @@ impl Api {
 async fn post(
     http: &reqwest::Client,
     ep: &HttpUrl,
-    path: &str,
+    path: &'static str,
     body: &Value,
     token: Option<&str>,
     timeout: Duration,
-) -> Result<Value, Failed> {
+) -> Result<Value, EndpointError> {
     let mut req = http
         .post(format!("{}{path}", ep.origin()))
         .timeout(timeout)
@@ -416,7 +473,7 @@ async fn post(
     if let Some(t) = token {
         req = req.header("authorization", t);
     }
-    let other = |e: reqwest::Error| Failed::Other(crate::webclient::describe(&e));
+    let other = |e: reqwest::Error| EndpointError::Unreachable(crate::webclient::describe(&e));
     let answer = req.send().await.map_err(other)?;
     let status = answer.status().as_u16();
     let bytes = answer.bytes().await.map_err(other)?;
@@ -433,20 +490,23 @@ async fn post(
     // etcd says so with gRPC's code 16 (unauthenticated), over HTTP 401.
     let unauthenticated = status == 401 || v.as_ref().is_some_and(|v| v["code"] == 16);
     if unauthenticated && token.is_some() {
-        return Err(Failed::Token(format!(
-            "{path}: {}",
-            error.unwrap_or_default()
-        )));
+        return Err(EndpointError::TokenRefused {
+            path,
+            why: error.unwrap_or_default(),
+        });
     }
     if status != 200 {
         let why = error.unwrap_or_else(|| {
             String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
         });
-        return Err(Failed::Other(format!("{path}: HTTP {status}: {why}")));
+        return Err(EndpointError::Status { path, status, why });
     }
-    let v = v.ok_or_else(|| Failed::Other(format!("{path}: the answer is not JSON")))?;
+    let v = v.ok_or(EndpointError::NotJson { path })?;
     if let Some(e) = v.get("error") {
-        return Err(Failed::Other(format!("{path}: {e}")));
+        return Err(EndpointError::Refused {
+            path,
+            error: e.to_string(),
+        });
     }
     Ok(v)
 }

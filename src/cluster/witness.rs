@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,25 @@ use tokio::net::UdpSocket;
 
 use super::heartbeat::{Key, open_with, seal_with};
 use super::{Book, LeaseQuorum};
+
+/// Why the witness, or a node's client of it, cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error("witness: cannot bind {addr}: {why}")]
+    Bind {
+        addr: SocketAddr,
+        why: std::io::Error,
+    },
+    /// The saved state cannot be read, or is not the witness's.
+    #[error("witness state {}: {why}", path.display())]
+    State { path: PathBuf, why: String },
+    /// The state cannot be kept: answers that rely on it are not given.
+    #[error("cannot save the state to {}: {why}", path.display())]
+    Save { path: PathBuf, why: std::io::Error },
+    /// The client's socket cannot be opened.
+    #[error("witness client: {0}")]
+    Socket(std::io::Error),
+}
 
 const ASK: [u8; 2] = *b"TQ";
 const ANSWER: [u8; 2] = *b"TA";
@@ -134,8 +154,8 @@ pub async fn serve(
     key: Key,
     cluster: String,
     term: Duration,
-    state: &std::path::Path,
-) -> Result<(), String> {
+    state: &Path,
+) -> Result<(), WitnessError> {
     let mut leases = Leases::new(term);
     leases.quiet_until(Instant::now() + term);
     for (module, g) in load_newest(state)? {
@@ -143,7 +163,7 @@ pub async fn serve(
     }
     let sock = UdpSocket::bind(listen)
         .await
-        .map_err(|e| format!("witness: cannot bind {listen}: {e}"))?;
+        .map_err(|why| WitnessError::Bind { addr: listen, why })?;
     tracing::info!(
         "witness for cluster {cluster} on {listen}, leases of {} ms, state in {}",
         term.as_millis(),
@@ -211,21 +231,26 @@ pub async fn serve(
     }
 }
 
-fn load_newest(path: &std::path::Path) -> Result<HashMap<String, u64>, String> {
+fn load_newest(path: &Path) -> Result<HashMap<String, u64>, WitnessError> {
+    let state = |why: &dyn std::fmt::Display| WitnessError::State {
+        path: path.into(),
+        why: why.to_string(),
+    };
     match std::fs::read(path) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map_err(|e| format!("witness state {}: {e}", path.display()))
-        }
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| state(&e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
-        Err(e) => Err(format!("witness state {}: {e}", path.display())),
+        Err(e) => Err(state(&e)),
     }
 }
 
 /// Written to a temporary file, synced, then renamed over the old one: a
 /// crash leaves the old state or the new one, never half of one.
-fn save_newest(path: &std::path::Path, newest: &HashMap<String, u64>) -> Result<(), String> {
+fn save_newest(path: &Path, newest: &HashMap<String, u64>) -> Result<(), WitnessError> {
     use std::io::Write;
-    let err = |e: std::io::Error| format!("cannot save the state to {}: {e}", path.display());
+    let err = |why| WitnessError::Save {
+        path: path.into(),
+        why,
+    };
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(&serde_json::to_vec(newest).expect("a map of numbers"))
@@ -277,18 +302,14 @@ impl Client {
 
     /// Asks every `interval` for the wanted leases, gives back the others,
     /// until `stop`.
-    pub async fn run(self: Arc<Self>, stop: crate::stop::Stop) -> Result<(), String> {
+    pub async fn run(self: Arc<Self>, stop: crate::stop::Stop) -> Result<(), WitnessError> {
         let interval = self.book.interval;
         let bind: SocketAddr = if self.witness.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
         } else {
             "[::]:0".parse().expect("literal")
         };
-        let sock = Arc::new(
-            UdpSocket::bind(bind)
-                .await
-                .map_err(|e| format!("witness client: {e}"))?,
-        );
+        let sock = Arc::new(UdpSocket::bind(bind).await.map_err(WitnessError::Socket)?);
         let me = self.clone();
         let rx = sock.clone();
         stop.spawn("witness-answers", async move { me.receive(rx).await });
@@ -529,6 +550,7 @@ mod tests {
         assert_eq!(load_newest(&p).unwrap(), m);
         std::fs::write(&p, b"{not json").unwrap();
         let e = load_newest(&p).unwrap_err();
-        assert!(e.contains("w.json"), "{e}");
+        assert!(matches!(e, WitnessError::State { .. }), "{e}");
+        assert!(e.to_string().contains("w.json"), "{e}");
     }
 }

@@ -115,12 +115,14 @@ async fn verify_and_repair(
     repair: bool,
 ) -> Result<crate::replication::status::VerifyReport, String> {
     use crate::replication::verify;
-    let first = verify::run(&link.connector(), &link.rep, &rep.verify, false).await?;
+    let first = verify::run(&link.connector(), &link.rep, &rep.verify, false)
+        .await
+        .map_err(|e| e.to_string())?;
     if !repair || first.differences.is_empty() {
         return Ok(first);
     }
     rep.verify.lock().phase = format!("repairing {} differences", first.differences.len());
-    verify::mark(rep, &first.differences)?;
+    verify::mark(rep, &first.differences).map_err(|e| format!("change log: {e}"))?;
     rep.force_resync("verify --repair: resynchronising the differences");
     // Wait for the resync to ship them, then look again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
@@ -135,7 +137,9 @@ async fn verify_and_repair(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let mut second = verify::run(&link.connector(), &link.rep, &rep.verify, false).await?;
+    let mut second = verify::run(&link.connector(), &link.rep, &rep.verify, false)
+        .await
+        .map_err(|e| e.to_string())?;
     second.repaired = first.differences.len() as u64;
     Ok(second)
 }
@@ -237,7 +241,9 @@ pub fn start(
     let mut out = HashMap::new();
     match role {
         Role::Prim => {
-            let peer_addr = rt.block_on(resolve(&peer.address, port))?;
+            let peer_addr = rt
+                .block_on(resolve(&peer.address, port))
+                .map_err(|e| e.to_string())?;
             for m in &settings.modules {
                 let replica = primary(
                     settings,
@@ -265,7 +271,9 @@ pub fn start(
                 modules.insert(m.name.clone(), sm.clone());
                 out.insert(m.name.clone(), Replica::Secondary(sm));
             }
-            let addr = rt.block_on(resolve(&me.address, port))?;
+            let addr = rt
+                .block_on(resolve(&me.address, port))
+                .map_err(|e| e.to_string())?;
             let listener = rt
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .map_err(|e| format!("cannot listen for the peer on {addr}: {e}"))?;

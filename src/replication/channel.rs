@@ -16,11 +16,56 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::frame::{self, Compression};
+use super::frame::{self, Compression, FrameError};
 use super::link::Frames;
 use super::primary::LinkError;
 use super::status::Tally;
 use super::wire::{Message, Outgoing};
+
+/// Why a replication connection cannot be used (any more): kinds that tell
+/// a peer that went away from one that failed or stopped answering.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// Closed on this side.
+    #[error("the connection was closed")]
+    Closed,
+    /// The peer ended the connection cleanly.
+    #[error("connection closed by the peer")]
+    PeerClosed,
+    /// The connection ended in the middle of a frame.
+    #[error("connection lost")]
+    Lost,
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A socket call failed: `op` says which.
+    #[error("{op}: {why}")]
+    Io { op: &'static str, why: String },
+    /// The peer took nothing and said nothing for `patience_ms`.
+    #[error("the peer took no data and said nothing for {patience_ms} ms")]
+    Stuck { patience_ms: u128 },
+    /// What came in, or was to go out, is not a frame: the stream cannot
+    /// be trusted.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The connection could not be handed to the channel.
+    #[error("taking over the connection: {0}")]
+    TakeOver(String),
+}
+
+impl ChannelError {
+    fn io(op: &'static str, e: impl std::fmt::Display) -> Self {
+        ChannelError::Io {
+            op,
+            why: e.to_string(),
+        }
+    }
+
+    /// The peer ended the connection, cleanly or between frames: nothing
+    /// failed on the way.
+    pub fn is_end(&self) -> bool {
+        matches!(self, ChannelError::PeerClosed | ChannelError::Lost)
+    }
+}
 
 /// Queued bytes beyond this go out without waiting for a durability point.
 const FLUSH_AT: usize = 256 << 10;
@@ -43,7 +88,7 @@ struct State {
     last_send: Option<Instant>,
     scratch: Vec<u8>,
     /// Why the channel cannot be used any more.
-    broken: Option<String>,
+    broken: Option<ChannelError>,
     /// Time senders spent waiting for room in the socket.
     waited: Duration,
     /// When the peer last sent anything.
@@ -59,12 +104,10 @@ impl Channel {
         tls: impl Into<rustls::Connection>,
         patience: Duration,
         tally: std::sync::Arc<Tally>,
-    ) -> Result<Self, String> {
-        let sock = tcp
-            .into_std()
-            .map_err(|e| format!("taking over the connection: {e}"))?;
-        Self::new(sock, tls, patience, tally)
-            .map_err(|e| format!("taking over the connection: {e}"))
+    ) -> Result<Self, ChannelError> {
+        let take_over = |e: io::Error| ChannelError::TakeOver(e.to_string());
+        let sock = tcp.into_std().map_err(take_over)?;
+        Self::new(sock, tls, patience, tally).map_err(take_over)
     }
 
     /// Takes over a connection whose handshake is done; counts its flushes
@@ -98,7 +141,12 @@ impl Channel {
     }
 
     /// Queues `m`; with `now`, writes it and everything queued before it.
-    pub fn send(&self, m: &Message, compression: Compression, now: bool) -> Result<(), String> {
+    pub fn send(
+        &self,
+        m: &Message,
+        compression: Compression,
+        now: bool,
+    ) -> Result<(), ChannelError> {
         self.send_out(&Outgoing::whole(m.clone()), compression, now)
     }
 
@@ -109,7 +157,7 @@ impl Channel {
         m: &Outgoing<'_>,
         compression: Compression,
         now: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ChannelError> {
         let mut s = self.state.lock();
         if let Some(e) = &s.broken {
             return Err(e.clone());
@@ -124,19 +172,23 @@ impl Channel {
                 whole = m.to_message();
                 &whole
             };
-            frame::encode(msg, compression, &mut st.scratch).map_err(|e| e.to_string())?;
+            frame::encode(msg, compression, &mut st.scratch)?;
             &[][..]
         } else {
-            frame::encode_trailing(&m.msg, m.data, &mut st.scratch).map_err(|e| e.to_string())?;
+            frame::encode_trailing(&m.msg, m.data, &mut st.scratch)?;
             m.data
         };
         let mut parts = [io::IoSlice::new(&st.scratch), io::IoSlice::new(data)];
         let mut parts = &mut parts[..];
         while !parts.is_empty() {
             match st.tls.writer().write_vectored(parts) {
-                Ok(0) => return Err("TLS: the connection takes no more data".into()),
+                Ok(0) => {
+                    return Err(ChannelError::Tls(
+                        "the connection takes no more data".into(),
+                    ));
+                }
                 Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
-                Err(e) => return Err(format!("TLS: {e}")),
+                Err(e) => return Err(ChannelError::Tls(e.to_string())),
             }
         }
         st.queued += st.scratch.len() + data.len();
@@ -154,7 +206,7 @@ impl Channel {
     }
 
     /// Writes whatever is queued.
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), ChannelError> {
         let mut s = self.state.lock();
         if let Some(e) = &s.broken {
             return Err(e.clone());
@@ -166,7 +218,7 @@ impl Channel {
     /// has been queued for `age` or longer. Returns how long the caller may
     /// wait before it looks again: `age` while sends keep coming, longer
     /// once they stopped a while ago.
-    pub fn backstop(&self, age: Duration) -> Result<Duration, String> {
+    pub fn backstop(&self, age: Duration) -> Result<Duration, ChannelError> {
         let mut s = self.state.lock();
         if let Some(e) = &s.broken {
             return Err(e.clone());
@@ -191,16 +243,20 @@ impl Channel {
 
     /// The next message, `None` if none came within `timeout`. What arrived
     /// before the connection failed is delivered before the failure.
-    pub fn recv(&self, frames: &mut Frames, timeout: Duration) -> Result<Option<Message>, String> {
+    pub fn recv(
+        &self,
+        frames: &mut Frames,
+        timeout: Duration,
+    ) -> Result<Option<Message>, ChannelError> {
         if !self.fill(frames, timeout)? {
             return Ok(None);
         }
-        frames.take()
+        Ok(frames.take()?)
     }
 
     /// Reads until `frames` holds a whole frame (true) or `timeout` passes
     /// (false).
-    pub fn fill(&self, frames: &mut Frames, timeout: Duration) -> Result<bool, String> {
+    pub fn fill(&self, frames: &mut Frames, timeout: Duration) -> Result<bool, ChannelError> {
         let deadline = Instant::now() + timeout;
         loop {
             if frames.has_frame() {
@@ -217,7 +273,8 @@ impl Channel {
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let ready = poll(&self.sock, libc::POLLIN, left).map_err(|e| format!("poll: {e}"))?;
+            let ready =
+                poll(&self.sock, libc::POLLIN, left).map_err(|e| ChannelError::io("poll", e))?;
             if ready == 0 {
                 return Ok(false);
             }
@@ -243,13 +300,10 @@ impl Channel {
         // Before the lock: a sender waiting for room holds it, and wakes
         // up to find the socket shut.
         let _ = self.sock.shutdown(Shutdown::Both);
-        self.state
-            .lock()
-            .broken
-            .get_or_insert_with(|| "the connection was closed".into());
+        self.state.lock().broken.get_or_insert(ChannelError::Closed);
     }
 
-    fn fail(&self, s: &mut State, why: String) -> String {
+    fn fail(&self, s: &mut State, why: ChannelError) -> ChannelError {
         let _ = self.sock.shutdown(Shutdown::Both);
         s.broken.get_or_insert(why).clone()
     }
@@ -260,7 +314,7 @@ impl Channel {
     /// socket that takes a little now and then (its buffer growing) does
     /// not stretch the wait, and every thread waiting on a stuck peer gives
     /// up at the same moment.
-    fn drain(&self, s: &mut State, patience: Duration) -> Result<(), String> {
+    fn drain(&self, s: &mut State, patience: Duration) -> Result<(), ChannelError> {
         if s.tls.wants_write() {
             Tally::count(&self.tally.flushes, 1);
         }
@@ -272,14 +326,13 @@ impl Channel {
                     let t0 = Instant::now();
                     let left = deadline.saturating_duration_since(t0);
                     if left.is_zero() {
-                        let why = format!(
-                            "the peer took no data and said nothing for {} ms",
-                            patience.as_millis()
-                        );
+                        let why = ChannelError::Stuck {
+                            patience_ms: patience.as_millis(),
+                        };
                         return Err(self.fail(s, why));
                     }
                     let ready = poll(&self.sock, libc::POLLOUT | libc::POLLIN, left)
-                        .map_err(|e| format!("poll: {e}"))?;
+                        .map_err(|e| ChannelError::io("poll", e))?;
                     if ready & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                         let mut early = std::mem::take(&mut s.early);
                         let r = self.pull(s, &mut early);
@@ -289,7 +342,7 @@ impl Channel {
                     s.waited += t0.elapsed();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.fail(s, format!("write: {e}"))),
+                Err(e) => return Err(self.fail(s, ChannelError::io("write", e))),
             }
         }
         s.queued = 0;
@@ -298,15 +351,15 @@ impl Channel {
     }
 
     /// Reads what the socket holds and appends its plaintext to `out`.
-    fn pull(&self, s: &mut State, out: &mut Vec<u8>) -> Result<(), String> {
+    fn pull(&self, s: &mut State, out: &mut Vec<u8>) -> Result<(), ChannelError> {
         loop {
             match s.tls.read_tls(&mut &self.sock) {
-                Ok(0) => return Err(self.fail(s, "connection closed by the peer".into())),
+                Ok(0) => return Err(self.fail(s, ChannelError::PeerClosed)),
                 Ok(_) => {
                     s.heard = Instant::now();
                     let io = match s.tls.process_new_packets() {
                         Ok(io) => io,
-                        Err(e) => return Err(self.fail(s, format!("TLS: {e}"))),
+                        Err(e) => return Err(self.fail(s, ChannelError::Tls(e.to_string()))),
                     };
                     let mut n = io.plaintext_bytes_to_read();
                     let closed = io.peer_has_closed();
@@ -319,18 +372,18 @@ impl Channel {
                                 out.extend_from_slice(b);
                                 b.len()
                             }
-                            Err(e) => return Err(self.fail(s, format!("TLS: {e}"))),
+                            Err(e) => return Err(self.fail(s, ChannelError::Tls(e.to_string()))),
                         };
                         r.consume(got);
                         n = n.saturating_sub(got.max(1));
                     }
                     if closed {
-                        return Err(self.fail(s, "connection closed by the peer".into()));
+                        return Err(self.fail(s, ChannelError::PeerClosed));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.fail(s, format!("read: {e}"))),
+                Err(e) => return Err(self.fail(s, ChannelError::io("read", e))),
             }
         }
     }
@@ -406,13 +459,13 @@ impl Link {
     }
 
     /// The backstop of queued sends (see [`Channel::backstop`]).
-    pub fn backstop(&self, age: Duration) -> Result<Duration, String> {
+    pub fn backstop(&self, age: Duration) -> Result<Duration, ChannelError> {
         self.channel.backstop(age)
     }
 
     /// Reads what the peer sent, waiting until `until` at most; `None` if
     /// another thread is reading.
-    pub fn read_until(&self, until: Instant) -> Option<Result<Vec<Message>, String>> {
+    pub fn read_until(&self, until: Instant) -> Option<Result<Vec<Message>, ChannelError>> {
         let mut frames = self.frames.try_lock()?;
         let left = until.saturating_duration_since(Instant::now());
         let mut got = Vec::new();
@@ -426,7 +479,7 @@ impl Link {
             match frames.take() {
                 Ok(Some(m)) => got.push(m),
                 Ok(None) => break,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(e.into())),
             }
         }
         *self.heard.lock() = Instant::now();
@@ -483,6 +536,14 @@ impl super::primary::Outlet for Link {
 
     fn read(&self, until: Instant) -> Option<Result<Vec<Message>, LinkError>> {
         *self.waiter.lock() = Instant::now();
-        self.read_until(until).map(|r| r.map_err(LinkError::Broken))
+        self.read_until(until).map(|r| r.map_err(LinkError::from))
+    }
+}
+
+/// Every failure of the channel breaks the link; what the peer says
+/// (closing it, or a message out of place) the replicator tells apart itself.
+impl From<ChannelError> for LinkError {
+    fn from(e: ChannelError) -> Self {
+        LinkError::Broken(e.to_string())
     }
 }

@@ -31,7 +31,7 @@ const MAX_TRAILING: usize = MAX_PAYLOAD - 16;
 /// Payloads smaller than this are never worth compressing.
 const COMPRESS_MIN: usize = 4096;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("not a tandem frame (magic {0:02x?})")]
     BadMagic([u8; 2]),

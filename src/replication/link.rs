@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::frame::{self, Compression};
+use super::channel::ChannelError;
+use super::frame::{self, Compression, FrameError};
 use super::tls::Credentials;
 use super::wire::Message;
 
@@ -36,7 +37,7 @@ impl Frames {
 
     /// The next whole message, if one is buffered; errors name why the
     /// stream cannot be trusted.
-    pub fn take(&mut self) -> Result<Option<Message>, String> {
+    pub fn take(&mut self) -> Result<Option<Message>, FrameError> {
         match frame::decode(&self.buf[self.start..]) {
             Ok(Some((m, used))) => {
                 self.start += used;
@@ -47,7 +48,7 @@ impl Frames {
                 Ok(Some(m))
             }
             Ok(None) => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         }
     }
 
@@ -57,9 +58,9 @@ impl Frames {
     pub fn take_with<R>(
         &mut self,
         f: impl FnOnce(Message, &[u8]) -> R,
-    ) -> Result<Option<R>, String> {
+    ) -> Result<Option<R>, FrameError> {
         let buf = &self.buf[self.start..];
-        let Some((m, data, used)) = frame::decode_split(buf).map_err(|e| e.to_string())? else {
+        let Some((m, data, used)) = frame::decode_split(buf)? else {
             return Ok(None);
         };
         let r = f(m, &buf[data]);
@@ -119,7 +120,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next message; errors name why the stream cannot be trusted.
-    pub async fn next(&mut self) -> Result<Message, String> {
+    pub async fn next(&mut self) -> Result<Message, ChannelError> {
         loop {
             if let Some(m) = self.frames.take()? {
                 return Ok(m);
@@ -130,11 +131,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 .read_buf(self.frames.room())
                 .await
                 .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => "connection lost".to_string(),
-                    _ => format!("read: {e}"),
+                    std::io::ErrorKind::UnexpectedEof => ChannelError::Lost,
+                    _ => ChannelError::Io {
+                        op: "read",
+                        why: e.to_string(),
+                    },
                 })?;
             if n == 0 {
-                return Err("connection closed by the peer".into());
+                return Err(ChannelError::PeerClosed);
             }
         }
     }
@@ -155,8 +159,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
-    pub fn push(&mut self, m: &Message) -> Result<(), String> {
-        frame::encode(m, self.compression, &mut self.buf).map_err(|e| e.to_string())
+    pub fn push(&mut self, m: &Message) -> Result<(), ChannelError> {
+        Ok(frame::encode(m, self.compression, &mut self.buf)?)
     }
 
     pub fn buffered(&self) -> usize {
@@ -169,16 +173,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.wr
     }
 
-    pub async fn flush(&mut self) -> Result<(), String> {
-        self.wr
-            .write_all(&self.buf)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+    pub async fn flush(&mut self) -> Result<(), ChannelError> {
+        let write = |e: std::io::Error| ChannelError::Io {
+            op: "write",
+            why: e.to_string(),
+        };
+        self.wr.write_all(&self.buf).await.map_err(write)?;
         self.buf.clear();
-        self.wr.flush().await.map_err(|e| format!("write: {e}"))
+        self.wr.flush().await.map_err(write)
     }
 
-    pub async fn send(&mut self, m: &Message) -> Result<(), String> {
+    pub async fn send(&mut self, m: &Message) -> Result<(), ChannelError> {
         self.push(m)?;
         self.flush().await
     }
@@ -212,8 +217,32 @@ pub struct Hello {
     pub acks: super::wire::AckAt,
 }
 
+/// Why a peer's introduction is refused: it is not the peer this node
+/// expects, or does not replicate the same thing. Said back to the peer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    #[error("expected Hello as the first message")]
+    NotHello,
+    #[error("peer belongs to cluster {theirs:?}, this node to {ours:?}")]
+    Cluster { theirs: String, ours: String },
+    #[error("peer says it is {said:?}, expected {expected:?}")]
+    Node { said: String, expected: String },
+    #[error("expected one module per connection, got {0}")]
+    Modules(usize),
+    #[error("peer answered for module {got:?}, expected {want:?}")]
+    Module { got: String, want: String },
+    #[error("module {0:?} is not replicated to this node as secondary")]
+    NotSecondary(String),
+    #[error("module {module}: peer replicates {theirs} directories, this node {ours}")]
+    Dirs {
+        module: String,
+        theirs: u32,
+        ours: usize,
+    },
+}
+
 /// Checks a peer's Hello.
-pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, String> {
+pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, HelloError> {
     let Message::Hello {
         cluster,
         node,
@@ -224,35 +253,37 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, String> {
         acks,
     } = m
     else {
-        return Err("expected Hello as the first message".into());
+        return Err(HelloError::NotHello);
     };
     if cluster != want.cluster {
-        return Err(format!(
-            "peer belongs to cluster {cluster:?}, this node to {:?}",
-            want.cluster
-        ));
+        return Err(HelloError::Cluster {
+            theirs: cluster,
+            ours: want.cluster.into(),
+        });
     }
     if node != want.peer {
-        return Err(format!(
-            "peer says it is {node:?}, expected {:?}",
-            want.peer
-        ));
+        return Err(HelloError::Node {
+            said: node,
+            expected: want.peer.into(),
+        });
     }
-    let [module] = <[String; 1]>::try_from(modules)
-        .map_err(|m| format!("expected one module per connection, got {}", m.len()))?;
+    let [module] = <[String; 1]>::try_from(modules).map_err(|m| HelloError::Modules(m.len()))?;
     if let Some(w) = want.module
         && module != w
     {
-        return Err(format!(
-            "peer answered for module {module:?}, expected {w:?}"
-        ));
+        return Err(HelloError::Module {
+            got: module,
+            want: w.into(),
+        });
     }
     if let Some(d) = want.dirs
         && d != dirs
     {
-        return Err(format!(
-            "module {module}: peer replicates {dirs} directories, this node {d}"
-        ));
+        return Err(HelloError::Dirs {
+            module,
+            theirs: dirs,
+            ours: d as usize,
+        });
     }
     Ok(Hello {
         module,

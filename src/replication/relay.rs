@@ -14,6 +14,7 @@ use tokio_rustls::TlsConnector;
 
 use super::frame::Compression;
 use super::link::{FrameReader, FrameWriter};
+use super::session::SessionError;
 use super::tls::Credentials;
 use super::wire::Message;
 
@@ -25,20 +26,40 @@ pub async fn answer<W: AsyncWrite + Unpin>(
     handler: Option<Handler>,
     request: String,
     writer: &mut FrameWriter<W>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let Some(h) = handler else {
-        let reason = "this node takes no relayed commands (it runs with fixed roles)".to_string();
+        let reason = SessionError::NoRelay;
         let _ = writer
             .send(&Message::Close {
-                reason: reason.clone(),
+                reason: reason.to_string(),
             })
             .await;
         return Err(reason);
     };
     let response = tokio::task::spawn_blocking(move || h(request))
         .await
-        .map_err(|e| format!("relayed command: {e}"))?;
-    writer.send(&Message::ControlReply { response }).await
+        .map_err(|e| SessionError::Task {
+            what: "relayed command",
+            why: e.to_string(),
+        })?;
+    Ok(writer.send(&Message::ControlReply { response }).await?)
+}
+
+/// Why a command could not be relayed to the peer.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("{peer} at {addr} did not answer within {timeout:?}")]
+    Timeout {
+        peer: String,
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("{peer} at {addr}: {why}")]
+    Failed {
+        peer: String,
+        addr: SocketAddr,
+        why: SessionError,
+    },
 }
 
 /// Client side: sends `request` to the peer at `addr`, returns its answer.
@@ -48,20 +69,20 @@ pub async fn ask(
     compression: Compression,
     request: String,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, RelayError> {
     let peer = creds.peer.clone();
     let exchange = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(SessionError::Connect)?;
         tcp.set_nodelay(true).ok();
-        let config = creds.client_config().map_err(|e| e.to_string())?;
+        let config = creds.client_config()?;
         let tls = TlsConnector::from(config)
             .connect(Credentials::server_name(), tcp)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+            .map_err(SessionError::Handshake)?;
         if !creds.is_peer(tls.get_ref().1.peer_certificates()) {
-            return Err(format!("the server did not present {peer}'s certificate"));
+            return Err(SessionError::ServerNotPeer(peer.clone()));
         }
         let (rd, wr) = tokio::io::split(tls);
         let mut reader = FrameReader::new(rd);
@@ -69,12 +90,19 @@ pub async fn ask(
         writer.send(&Message::Control { request }).await?;
         match reader.next().await? {
             Message::ControlReply { response } => Ok(response),
-            Message::Close { reason } => Err(format!("refused: {reason}")),
-            other => Err(format!("expected ControlReply, got {}", other.kind())),
+            Message::Close { reason } => Err(SessionError::RelayRefused(reason)),
+            other => Err(SessionError::Protocol(format!(
+                "expected ControlReply, got {}",
+                other.kind()
+            ))),
         }
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("{peer} at {addr} did not answer within {timeout:?}"))?
-        .map_err(|e| format!("{peer} at {addr}: {e}"))
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(RelayError::Timeout {
+            peer,
+            addr,
+            timeout,
+        }),
+        Ok(r) => r.map_err(|why| RelayError::Failed { peer, addr, why }),
+    }
 }

@@ -92,9 +92,21 @@ fn touched(c: &NsChange) -> Vec<&PathBuf> {
     }
 }
 
+/// Why a resync stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    /// The link was lost: the next one resyncs again.
+    #[error("{module}: resync interrupted (link lost)")]
+    Interrupted { module: String },
+    #[error("change log: {0}")]
+    ChangeLog(#[from] crate::changelog::ChangeLogError),
+    /// A name to ship could not be read here.
+    #[error("{module}: resync: {why}")]
+    Read { module: String, why: String },
+}
+
 /// Runs one resync on connection `conn`. Returns why it stopped early.
-pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), String> {
-    let err = |e: crate::changelog::ChangeLogError| format!("change log: {e}");
+pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), ResyncError> {
     // 1. The target's own changes become ours to ship (durably, first).
     for (d, dv) in diverged.iter().enumerate() {
         let log = &rep.dirs()[d].log;
@@ -102,34 +114,39 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
         // What the target holds under excluded names is its own.
         let dir = d as u32;
         for (p, ranges) in dv.files.iter().filter(|(p, _)| !rep.is_excluded(dir, p)) {
-            let id = log.ensure(p).map_err(err)?;
+            let id = log.ensure(p)?;
             marks.extend(ranges.iter().map(|r| (id, r.start, r.end - r.start)));
         }
-        log.mark_many(&marks).map_err(err)?;
+        log.mark_many(&marks)?;
         let names = dv
             .paths
             .iter()
             .filter(|p| !rep.is_excluded(dir, p))
             .map(|p| NsChange::SetAttr { path: p.clone() })
             .collect();
-        log.log_ns_many(names).map_err(err)?;
+        log.log_ns_many(names)?;
     }
     // Which records may have reached the peer before this resync (read
     // first: from here on, all of them may).
     let mut sent_upto = Vec::new();
     for d in rep.dirs() {
-        sent_upto.push(d.log.ns_sent_upto().map_err(err)?);
-        d.log.ns_sending(true).map_err(err)?;
+        sent_upto.push(d.log.ns_sent_upto()?);
+        d.log.ns_sending(true)?;
     }
     // 2. Names, with the stream held: afterwards the peer has every name we
     //    have, so live mutations can flow while contents follow.
-    let stopped = || format!("{}: resync interrupted (link lost)", rep.module);
+    let stopped = || ResyncError::Interrupted {
+        module: rep.module.clone(),
+    };
     let planned = rep
         .exclusive(conn, |x| ship_names(x, rep, &sent_upto))
         .ok_or_else(stopped)?;
     let (plan, ns_upto) = planned.map_err(|e| match e {
-        NamesError::Log(e) => err(e),
-        NamesError::Read(e) => format!("{}: resync: {e}", rep.module),
+        NamesError::Log(e) => e.into(),
+        NamesError::Read(why) => ResyncError::Read {
+            module: rep.module.clone(),
+            why,
+        },
         NamesError::Link => stopped(),
     })?;
     // 4. Contents, then each file's final size and metadata.
@@ -149,7 +166,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
             let Some((id, fd)) = ahead.pop_front() else {
                 break;
             };
-            let ranges = log.dirty(id).map_err(err)?;
+            let ranges = log.dirty(id)?;
             // Pieces past the end of the file travel as its size, below.
             let past_end = std::cell::RefCell::new(Vec::new());
             let open = std::cell::RefCell::new(fd);
@@ -197,12 +214,12 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
                     rep.progress().bytes_done += piece.end - piece.start;
                 }
             }
-            let Some(path) = log.path_of(id).map_err(err)? else {
+            let Some(path) = log.path_of(id)? else {
                 // Unreachable now: its name's removal was shipped above.
                 for r in ranges {
-                    log.clear(id, r).map_err(err)?;
+                    log.clear(id, r)?;
                 }
-                log.clear_size(id).map_err(err)?;
+                log.clear_size(id)?;
                 rep.progress().files_done += 1;
                 continue;
             };
@@ -219,10 +236,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), S
             rep.progress().files_done += 1;
         }
     }
-    let generation = rep.dirs()[0]
-        .log
-        .generation()
-        .map_err(|e| format!("change log: {e}"))?;
+    let generation = rep.dirs()[0].log.generation()?;
     if !rep.finish_resync(conn, &ns_upto, generation) {
         return Err(stopped());
     }

@@ -17,12 +17,15 @@ use crate::changelog::ChangeLog;
 use crate::stop::Stop;
 
 use super::applier::Applier;
-use super::channel::Channel;
+use super::applier::ApplyError;
+use super::channel::{Channel, ChannelError};
 use super::dir::Dir;
 use super::frame::Compression;
-use super::link::{Expect, FrameReader, FrameWriter, Frames, HELLO_TIMEOUT, check_hello};
+use super::link::{
+    Expect, FrameReader, FrameWriter, Frames, HELLO_TIMEOUT, HelloError, check_hello,
+};
 use super::resync;
-use super::session::KEEPALIVE;
+use super::session::{KEEPALIVE, SessionError};
 use super::status::{ReplicationStatus, ResyncProgress, Tally};
 use super::tls::Credentials;
 use super::wire::{AckAt, Message, WireMutation};
@@ -179,12 +182,12 @@ impl SecondaryServer {
         tcp: TcpStream,
         addr: SocketAddr,
         stop: &Stop,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         // Until a session starts nothing runs beside this future: a stop
         // ends it at its next step.
         let opened = tokio::select! {
             r = self.open(tcp, addr) => r?,
-            () = stop.stopped() => return Err("this node stops".into()),
+            () = stop.stopped() => return Err(SessionError::Stopped("this node stops")),
         };
         let Some((module, reader, writer, acks)) = opened else {
             return Ok(());
@@ -197,25 +200,22 @@ impl SecondaryServer {
     /// Introduces both sides, answers a relayed command or a verify, or
     /// tells the primary where the copies diverged: what a session starts
     /// from (none when the connection's work is done).
-    async fn open(&self, tcp: TcpStream, addr: SocketAddr) -> Result<Option<Opened>, String> {
+    async fn open(&self, tcp: TcpStream, addr: SocketAddr) -> Result<Option<Opened>, SessionError> {
         tcp.set_nodelay(true).ok();
-        let config = self.creds.server_config().map_err(|e| e.to_string())?;
+        let config = self.creds.server_config()?;
         let tls = tokio::time::timeout(HELLO_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
             .await
-            .map_err(|_| "TLS handshake timed out".to_string())?
-            .map_err(|e| format!("refused at the TLS handshake: {e}"))?;
+            .map_err(|_| SessionError::Timeout("TLS handshake timed out"))?
+            .map_err(SessionError::HandshakeRefused)?;
         if !self.creds.is_peer(tls.get_ref().1.peer_certificates()) {
-            return Err(format!(
-                "refused: the client did not present {}'s certificate",
-                self.creds.peer
-            ));
+            return Err(SessionError::ClientNotPeer(self.creds.peer.clone()));
         }
         let (rd, wr) = tokio::io::split(tls);
         let mut reader = FrameReader::new(rd);
         let mut writer = FrameWriter::new(wr, self.compression);
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
             .await
-            .map_err(|_| "no Hello".to_string())??;
+            .map_err(|_| SessionError::Timeout("no Hello"))??;
         if let Message::Control { request } = hello {
             super::relay::answer(self.control.get().cloned(), request, &mut writer).await?;
             return Ok(None);
@@ -231,14 +231,15 @@ impl SecondaryServer {
         )
         .and_then(|h| {
             let (module, dirs) = (h.module, h.dirs);
-            let m = self.modules.lock().get(&module).cloned().ok_or_else(|| {
-                format!("module {module:?} is not replicated to this node as secondary")
-            })?;
+            let m = self.modules.lock().get(&module).cloned();
+            let m = m.ok_or_else(|| HelloError::NotSecondary(module.clone()))?;
             let have = m.logs.len();
             if have != dirs as usize {
-                return Err(format!(
-                    "module {module}: peer replicates {dirs} directories, this node {have}"
-                ));
+                return Err(HelloError::Dirs {
+                    module,
+                    theirs: dirs,
+                    ours: have,
+                });
             }
             Ok((m, h.verify, h.acks))
         });
@@ -247,10 +248,10 @@ impl SecondaryServer {
             Err(reason) => {
                 let _ = writer
                     .send(&Message::Close {
-                        reason: reason.clone(),
+                        reason: reason.to_string(),
                     })
                     .await;
-                return Err(reason);
+                return Err(reason.into());
             }
         };
         let generation = module.logs[0].generation().map(|g| g.current).unwrap_or(0);
@@ -292,11 +293,11 @@ async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
     module: &SecondaryModule,
     writer: &mut FrameWriter<W>,
     full: bool,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     use std::os::unix::ffi::OsStrExt;
     let n = module.logs.len();
     for (d, log) in module.logs.iter().enumerate() {
-        let dv = resync::diverged_of(log.as_ref()).map_err(|e| format!("change log: {e}"))?;
+        let dv = resync::diverged_of(log.as_ref())?;
         let mut files: Vec<_> = dv
             .files
             .into_iter()
@@ -328,7 +329,7 @@ async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
             }
         }
     }
-    writer.flush().await
+    Ok(writer.flush().await?)
 }
 
 /// Runs a session on a thread of its own: it reads, applies, makes durable
@@ -339,7 +340,7 @@ async fn session(
     writer: FrameWriter<tokio::io::WriteHalf<Tls>>,
     acks: AckAt,
     stop: &Stop,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let id = module.session.fetch_add(1, Ordering::SeqCst) + 1;
     let (rd, rest) = reader.into_parts();
     let (tcp, tls) = rd.unsplit(writer.into_inner()).into_inner();
@@ -352,7 +353,10 @@ async fn session(
         r
     })
     .await
-    .map_err(|e| format!("applier: {e}"))?
+    .map_err(|e| SessionError::Task {
+        what: "applier",
+        why: e.to_string(),
+    })?
 }
 
 fn ack(c: &Counters) -> Message {
@@ -363,16 +367,14 @@ fn ack(c: &Counters) -> Message {
     }
 }
 
-fn send_ack(channel: &Channel, c: &Counters, tally: &Tally) -> Result<(), String> {
+fn send_ack(channel: &Channel, c: &Counters, tally: &Tally) -> Result<(), ChannelError> {
     Tally::count(&tally.acks, 1);
     channel.send(&ack(c), Compression::Off, true)
 }
 
-fn sync_all(applier: &mut Applier) -> Result<(), String> {
+fn sync_all(applier: &mut Applier) -> Result<(), ApplyError> {
     // A sync covers every directory of the module.
-    applier
-        .apply(0, &WireMutation::Sync, false, &[])
-        .map_err(|e| e.to_string())
+    applier.apply(0, &WireMutation::Sync, false, &[])
 }
 
 /// A session: why it ended.
@@ -383,11 +385,11 @@ fn serve(
     frames: Frames,
     acks: AckAt,
     stop: &Stop,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     // Waits for the previous session's applier, if any, to let go.
     let mut applier = module.applier.lock();
     if module.session.load(Ordering::SeqCst) != id {
-        return Err("session replaced".into());
+        return Err(SessionError::Replaced("session replaced"));
     }
     {
         let mut s = module.state.lock();
@@ -396,7 +398,7 @@ fn serve(
         s.last_error = None;
     }
     let sync_fds = applier.sync_handles().map_err(|e| {
-        let why = format!("cannot open the directories to sync them: {e}");
+        let why = SessionError::SyncHandles(e);
         tracing::error!("{}: {why}", module.name);
         why
     })?;
@@ -487,15 +489,16 @@ struct Applying<'a> {
 
 impl Applying<'_> {
     /// Reads and applies until the session ends; why it ended.
-    fn run(&mut self, mut frames: Frames, stop: &Stop) -> String {
+    fn run(&mut self, mut frames: Frames, stop: &Stop) -> SessionError {
         let mut last_seq = None::<u64>;
         loop {
             if self.module.session.load(Ordering::SeqCst) != self.id {
-                return self
-                    .fail("session replaced (full sync requested, or a newer connection)".into());
+                return self.fail(SessionError::Replaced(
+                    "session replaced (full sync requested, or a newer connection)",
+                ));
             }
             if stop.is_stopped() {
-                return "this node stops".into();
+                return SessionError::Stopped("this node stops");
             }
             match self.channel.fill(&mut frames, Duration::from_millis(100)) {
                 Ok(true) => {}
@@ -505,12 +508,13 @@ impl Applying<'_> {
                     }
                     continue;
                 }
-                Err(e) => return e,
+                Err(e) => return e.into(),
             }
             // A write's data is applied from where it was read.
             match frames.take_with(|msg, data| self.handle(msg, data, &mut last_seq)) {
                 Ok(Some(Ok(()))) | Ok(None) => {}
-                Ok(Some(Err(why))) | Err(why) => return why,
+                Ok(Some(Err(why))) => return why,
+                Err(e) => return ChannelError::from(e).into(),
             }
             // Everything already here is applied, then acknowledged once.
             if frames.has_frame() && self.last_sync.elapsed() < SYNC_EVERY {
@@ -528,7 +532,7 @@ impl Applying<'_> {
         msg: Message,
         data: &[u8],
         last_seq: &mut Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         match msg {
             Message::Mutate {
                 seq,
@@ -540,7 +544,9 @@ impl Applying<'_> {
                 if let Some(prev) = *last_seq
                     && seq != prev + 1
                 {
-                    return Err(format!("out of order: seq {seq} after {prev}"));
+                    return Err(SessionError::Protocol(format!(
+                        "out of order: seq {seq} after {prev}"
+                    )));
                 }
                 *last_seq = Some(seq);
                 self.apply(seq, dir, resync, &mutation, data, &times)
@@ -557,20 +563,20 @@ impl Applying<'_> {
                 });
                 Ok(())
             }
-            Message::Close { reason } => Err(format!("primary closed the link: {reason}")),
-            other => Err(format!(
+            Message::Close { reason } => Err(SessionError::PrimaryClosed(reason)),
+            other => Err(SessionError::Protocol(format!(
                 "unexpected message from the primary: {}",
                 other.kind()
-            )),
+            ))),
         }
     }
 
-    fn fail(&self, why: String) -> String {
+    fn fail(&self, why: SessionError) -> SessionError {
         tracing::error!("{}: {why}", self.module.name);
-        self.module.state.lock().last_error = Some(why.clone());
+        self.module.state.lock().last_error = Some(why.to_string());
         let _ = self.channel.send(
             &Message::Close {
-                reason: why.clone(),
+                reason: why.to_string(),
             },
             Compression::Off,
             true,
@@ -586,7 +592,7 @@ impl Applying<'_> {
         mutation: &WireMutation,
         data: &[u8],
         times: &[(Vec<u8>, super::wire::Time)],
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         self.c.received.store(seq, Ordering::Release);
         // What the primary may be waiting for.
         let point = matches!(
@@ -604,7 +610,10 @@ impl Applying<'_> {
             _ => 0,
         };
         if let Err(e) = self.applier.apply_with(dir, mutation, data, resync, times) {
-            return Err(self.fail(format!("cannot apply seq {seq}: {e}")));
+            return Err(self.fail(SessionError::Apply {
+                seq,
+                why: e.to_string(),
+            }));
         }
         if matches!(mutation, WireMutation::Sync) {
             self.c.durable.fetch_max(seq, Ordering::AcqRel);
@@ -622,14 +631,17 @@ impl Applying<'_> {
     /// After a batch (or an idle spell): asks for a syncfs when one is
     /// due, finishes a resync that became durable, and acknowledges when
     /// the primary waits for it, enough piled up, or to say it is alive.
-    fn after_batch(&mut self, idle: bool) -> Result<(), String> {
+    fn after_batch(&mut self, idle: bool) -> Result<(), SessionError> {
         if self.applied > self.requested && (idle || self.last_sync.elapsed() >= SYNC_EVERY) {
             // The syncfs makes everything applied durable, times included.
             if let Err(e) = self.applier.settle_times() {
-                return Err(self.fail(format!("cannot apply seq {}: {e}", self.applied)));
+                return Err(self.fail(SessionError::Apply {
+                    seq: self.applied,
+                    why: e.to_string(),
+                }));
             }
             if self.sync_tx.send(self.applied).is_err() {
-                return Err(self.fail("cannot make applied changes durable (syncfs failed)".into()));
+                return Err(self.fail(SessionError::SyncFailed));
             }
             self.requested = self.applied;
             self.last_sync = Instant::now();
@@ -641,13 +653,13 @@ impl Applying<'_> {
             self.done_at = None;
             for log in &self.module.logs {
                 if let Err(e) = resync::clear_all(log.as_ref()) {
-                    return Err(self.fail(format!("change log: {e}")));
+                    return Err(self.fail(e.into()));
                 }
                 // Same data as the primary now: same generation.
                 if let Some(g) = &self.adopt
                     && let Err(e) = log.adopt_generation(g)
                 {
-                    return Err(self.fail(format!("change log: {e}")));
+                    return Err(self.fail(e.into()));
                 }
             }
             self.module.state.lock().uptodate = true;

@@ -10,13 +10,16 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::channel::{Channel, Link};
+use super::channel::{Channel, ChannelError, Link};
 use super::frame::Compression;
-use super::link::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
-use super::primary::Replicator;
+use super::link::{
+    Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, HelloError, check_hello,
+};
+use super::primary::{LinkError, Replicator};
 use super::resync::{self, Diverged};
-use super::tls::Credentials;
+use super::tls::{Credentials, TlsError};
 use super::wire::{AckAt, Message, checked_path, checked_path_or_root};
+use crate::changelog::ChangeLogError;
 use crate::config::Ack;
 use crate::stop::Stop;
 
@@ -33,6 +36,82 @@ pub const KEEPALIVE: Duration = Duration::from_secs(1);
 pub const TIMES_EVERY: Duration = Duration::from_millis(500);
 /// The longest a change no durability point asked for stays queued.
 const BACKSTOP: Duration = Duration::from_millis(5);
+
+/// Why a replication session could not start, or why it ended, on either
+/// side: what the link's retries report, and what a secondary says back.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No answer in time; says to what.
+    #[error("{0}")]
+    Timeout(&'static str),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// This node's credentials cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] TlsError),
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
+    #[error("refused at the TLS handshake: {0}")]
+    HandshakeRefused(std::io::Error),
+    /// The other end is not the configured peer (named).
+    #[error("the server did not present {0}'s certificate")]
+    ServerNotPeer(String),
+    #[error("refused: the client did not present {0}'s certificate")]
+    ClientNotPeer(String),
+    /// The peer's introduction does not match this node's.
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    /// The peer refused this node's introduction.
+    #[error("refused by the peer: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The peer sent what the protocol does not allow.
+    #[error("{0}")]
+    Protocol(String),
+    #[error("change log: {0}")]
+    ChangeLog(#[from] ChangeLogError),
+    /// The replicator ended the link (the peer closed it, or it was dropped).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("peer silent for {ms} ms")]
+    Silent { ms: u128 },
+    /// This node ends the session; says where it was.
+    #[error("{0}")]
+    Stopped(&'static str),
+    /// A task of the session failed.
+    #[error("{what}: {why}")]
+    Task { what: &'static str, why: String },
+    /// A newer session of the module took over; says why.
+    #[error("{0}")]
+    Replaced(&'static str),
+    #[error("primary closed the link: {0}")]
+    PrimaryClosed(String),
+    /// The secondary cannot apply a change, or make it durable.
+    #[error("cannot apply seq {seq}: {why}")]
+    Apply { seq: u64, why: String },
+    #[error("cannot open the directories to sync them: {0}")]
+    SyncHandles(std::io::Error),
+    #[error("cannot make applied changes durable (syncfs failed)")]
+    SyncFailed,
+    /// This node answers no relayed command.
+    #[error("this node takes no relayed commands (it runs with fixed roles)")]
+    NoRelay,
+    /// The peer refused a relayed command.
+    #[error("refused: {0}")]
+    RelayRefused(String),
+    #[error("connect to {addr}: {why}")]
+    ConnectTo {
+        addr: SocketAddr,
+        why: std::io::Error,
+    },
+    /// The manifest of a directory here could not be made.
+    #[error("manifest: {0}")]
+    Manifest(std::io::Error),
+    /// A task of the session panicked or was cancelled.
+    #[error("{0}")]
+    Join(#[from] tokio::task::JoinError),
+}
 
 pub struct PrimaryLink {
     pub rep: Arc<Replicator>,
@@ -74,6 +153,7 @@ impl PrimaryLink {
                     tracing::debug!("{}: link stopped: {e}", self.rep.module)
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     if e != last_err {
                         tracing::warn!(
                             "{}: link to {} ({}): {e}",
@@ -99,39 +179,38 @@ impl PrimaryLink {
         }
     }
 
-    async fn session(&self, stop: &Stop) -> Result<(), String> {
+    async fn session(&self, stop: &Stop) -> Result<(), SessionError> {
         // Until streaming starts nothing runs beside this future: a stop
         // ends it at its next step (nothing is attached to the replicator).
         let (reader, writer, diverged) = tokio::select! {
             r = self.open() => r?,
-            () = stop.stopped() => return Err("stopped before streaming".into()),
+            () = stop.stopped() => return Err(SessionError::Stopped("stopped before streaming")),
         };
         self.stream(stop, reader, writer, diverged).await
     }
 
     /// Connects, introduces both sides and compares if asked: what streaming
     /// starts from.
-    async fn open(&self) -> Result<(FrameReader<Rd>, FrameWriter<Wr>, Vec<Diverged>), String> {
+    async fn open(
+        &self,
+    ) -> Result<(FrameReader<Rd>, FrameWriter<Wr>, Vec<Diverged>), SessionError> {
         let rep = &self.rep;
         let connect_timeout = rep.peer_timeout.max(Duration::from_secs(1));
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(self.peer_addr))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|_| SessionError::Timeout("connect timed out"))?
+            .map_err(SessionError::Connect)?;
         tcp.set_nodelay(true).ok();
-        let config = self.creds.client_config().map_err(|e| e.to_string())?;
+        let config = self.creds.client_config()?;
         let tls = tokio::time::timeout(
             HELLO_TIMEOUT,
             TlsConnector::from(config).connect(Credentials::server_name(), tcp),
         )
         .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+        .map_err(|_| SessionError::Timeout("TLS handshake timed out"))?
+        .map_err(SessionError::Handshake)?;
         if !self.creds.is_peer(tls.get_ref().1.peer_certificates()) {
-            return Err(format!(
-                "the server did not present {}'s certificate",
-                self.creds.peer
-            ));
+            return Err(SessionError::ServerNotPeer(self.creds.peer.clone()));
         }
         let (rd, wr) = tokio::io::split(tls);
         let mut reader = FrameReader::new(rd);
@@ -158,9 +237,9 @@ impl PrimaryLink {
             .await?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
             .await
-            .map_err(|_| "no Hello from the peer".to_string())??;
-        if let Message::Close { reason } = &hello {
-            return Err(format!("refused by the peer: {reason}"));
+            .map_err(|_| SessionError::Timeout("no Hello from the peer"))??;
+        if let Message::Close { reason } = hello {
+            return Err(SessionError::Refused(reason));
         }
         check_hello(
             hello,
@@ -201,7 +280,7 @@ impl PrimaryLink {
             );
             if let Err(e) = super::verify::mark(rep, &report.differences) {
                 restore_compare_needed(rep, compare);
-                return Err(e);
+                return Err(e.into());
             }
         }
 
@@ -216,7 +295,7 @@ impl PrimaryLink {
         reader: FrameReader<Rd>,
         writer: FrameWriter<Wr>,
         diverged: Vec<Diverged>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let rep = &self.rep;
         // From here on the application's threads send, and one thread reads
         // the acknowledgements: no task stands between them and the socket.
@@ -240,13 +319,18 @@ impl PrimaryLink {
             read_acks(&acks_rep, conn, &link, &acks_stop, idle)
         })
         .await
-        .unwrap_or_else(|e| format!("the acknowledgement reader: {e}"));
+        .unwrap_or_else(|e| SessionError::Task {
+            what: "the acknowledgement reader",
+            why: e.to_string(),
+        });
         // Detached, the replicator sends nothing more; the connection goes
         // with it (closed already if the link was closed on purpose).
-        rep.detach(conn, &why);
+        rep.detach(conn, &why.to_string());
         channel.close(false);
         match resync.await {
-            Ok(Err(e)) => tracing::info!("{e}"),
+            // Lost with the link: the next link resyncs again.
+            Ok(Err(e @ resync::ResyncError::Interrupted { .. })) => tracing::info!("{e}"),
+            Ok(Err(e)) => tracing::warn!("{e}"),
             Err(e) => tracing::error!("{}: resync task: {e}", rep.module),
             Ok(Ok(())) => {}
         }
@@ -257,57 +341,60 @@ impl PrimaryLink {
 /// Reads the peer's acknowledgements until the link ends, and says why it
 /// ended; stands aside while calls wait for the peer (they read their own
 /// answers). Also the backstop of the sends no durability point asked for.
-fn read_acks(rep: &Replicator, conn: u64, link: &Link, stop: &Stop, idle: Duration) -> String {
+fn read_acks(
+    rep: &Replicator,
+    conn: u64,
+    link: &Link,
+    stop: &Stop,
+    idle: Duration,
+) -> SessionError {
     let mut wait = BACKSTOP;
     loop {
         let mut quiet = true;
         if link.waited_within(BACKSTOP) {
             if stop.sleep(BACKSTOP) {
-                return "the link was stopped".into();
+                return SessionError::Stopped("the link was stopped");
             }
             // What the waiting calls read, cleared here, off their path.
             rep.clear_acked(conn);
         } else {
             if stop.is_stopped() {
-                return "the link was stopped".into();
+                return SessionError::Stopped("the link was stopped");
             }
             match link.read_until(std::time::Instant::now() + wait) {
                 Some(Ok(msgs)) => {
                     quiet = msgs.is_empty();
                     if let Err(why) = rep.take_replies(conn, msgs) {
-                        return why.to_string();
+                        return why.into();
                     }
                 }
-                Some(Err(e)) => return e,
+                Some(Err(e)) => return e.into(),
                 None => {}
             }
         }
         if link.heard().elapsed() >= idle {
-            return format!("peer silent for {} ms", idle.as_millis());
+            return SessionError::Silent {
+                ms: idle.as_millis(),
+            };
         }
         if quiet && !rep.still_linked(conn) {
-            return "link dropped".into();
+            return LinkError::Dropped.into();
         }
         wait = match link.backstop(BACKSTOP) {
             Ok(w) => w,
-            Err(e) => return e,
+            Err(e) => return e.into(),
         };
     }
 }
 
 /// Whether a comparison by content is owed, clearing the record of it: a
 /// change that owes one during the comparison records it again.
-fn take_compare_needed(rep: &Replicator) -> Result<bool, String> {
+fn take_compare_needed(rep: &Replicator) -> Result<bool, ChangeLogError> {
     let mut needed = false;
     for d in rep.dirs() {
-        if d.log
-            .compare_needed()
-            .map_err(|e| format!("change log: {e}"))?
-        {
+        if d.log.compare_needed()? {
             needed = true;
-            d.log
-                .set_compare_needed(false)
-                .map_err(|e| format!("change log: {e}"))?;
+            d.log.set_compare_needed(false)?;
         }
     }
     Ok(needed)
@@ -328,12 +415,12 @@ fn restore_compare_needed(rep: &Replicator, needed: bool) {
 async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     dirs: usize,
-) -> Result<(Vec<Diverged>, bool), String> {
+) -> Result<(Vec<Diverged>, bool), SessionError> {
     let mut out = vec![Diverged::default(); dirs];
     loop {
         let m = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
             .await
-            .map_err(|_| "peer did not send its diverged set".to_string())??;
+            .map_err(|_| SessionError::Timeout("peer did not send its diverged set"))??;
         let Message::Diverged {
             dir,
             files,
@@ -342,20 +429,22 @@ async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
             full,
         } = m
         else {
-            return Err(format!("expected Diverged, got {}", m.kind()));
+            return Err(protocol(format!("expected Diverged, got {}", m.kind())));
         };
-        let d = out
-            .get_mut(dir as usize)
-            .ok_or_else(|| format!("diverged set for directory {dir}, which does not exist"))?;
+        let d = out.get_mut(dir as usize).ok_or_else(|| {
+            protocol(format!(
+                "diverged set for directory {dir}, which does not exist"
+            ))
+        })?;
         for (p, ranges) in files {
-            let p = checked_path(&p).map_err(|e| e.to_string())?;
+            let p = checked_path(&p).map_err(protocol)?;
             let ranges = ranges
                 .into_iter()
                 .map(|(s, e)| {
                     if s < e {
                         Ok(s..e)
                     } else {
-                        Err(format!("bad range {s}..{e} for {}", p.display()))
+                        Err(protocol(format!("bad range {s}..{e} for {}", p.display())))
                     }
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -363,8 +452,7 @@ async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
         }
         for p in paths {
             // A name to reconcile may be the root itself (its metadata).
-            d.paths
-                .push(checked_path_or_root(&p).map_err(|e| e.to_string())?);
+            d.paths.push(checked_path_or_root(&p).map_err(protocol)?);
         }
         if last {
             return Ok((out, full));
@@ -372,17 +460,34 @@ async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// What the peer sent that the protocol does not allow.
+pub(super) fn protocol(why: impl std::fmt::Display) -> SessionError {
+    SessionError::Protocol(why.to_string())
+}
+
+/// Why a peer's name gives no address.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot resolve {name}: {why}")]
+    Lookup { name: String, why: std::io::Error },
+    #[error("{0} has no address")]
+    NoAddress(String),
+}
+
 /// Where a node listens for its peer: its configured address.
-pub async fn resolve(host: &crate::config::Host, port: u16) -> Result<SocketAddr, String> {
+pub async fn resolve(host: &crate::config::Host, port: u16) -> Result<SocketAddr, ResolveError> {
     if let Some(ip) = host.ip() {
         return Ok(SocketAddr::new(ip, port));
     }
     let name = host.to_string();
-    tokio::net::lookup_host((name.as_str(), port))
+    let found = tokio::net::lookup_host((name.as_str(), port))
         .await
-        .map_err(|e| format!("cannot resolve {name}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{name} has no address"))
+        .map(|mut a| a.next());
+    match found {
+        Ok(Some(addr)) => Ok(addr),
+        Ok(None) => Err(ResolveError::NoAddress(name)),
+        Err(why) => Err(ResolveError::Lookup { name, why }),
+    }
 }
 
 pub fn state_dir(base: &std::path::Path, module: &str, dir: usize) -> PathBuf {

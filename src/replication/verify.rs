@@ -16,12 +16,13 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::changelog::NsChange;
+use crate::changelog::{ChangeLogError, NsChange};
 
 use super::dir::Dir;
 use super::link::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
 use super::manifest::{self, Item, ScanProgress};
 use super::primary::Replicator;
+use super::session::{SessionError, protocol};
 use super::status::{Difference, VerifyReport, VerifyState};
 use super::tls::Credentials;
 use super::wire::{ChunkSum, Entry, EntryKind, ManifestItem, Message, checked_path};
@@ -41,7 +42,7 @@ pub async fn serve<R, W>(
     dirs: Arc<Vec<Dir>>,
     mut reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
-) -> Result<(), String>
+) -> Result<(), SessionError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -49,17 +50,19 @@ where
     loop {
         let m = match reader.next().await {
             Ok(m) => m,
-            Err(e) if e == "connection lost" || e.starts_with("connection closed") => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) if e.is_end() => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
         let Message::ManifestRequest { dir, paths, hash } = m else {
-            return Err(format!(
+            return Err(protocol(format!(
                 "unexpected message on a verify connection: {}",
                 m.kind()
-            ));
+            )));
         };
         if dir as usize >= dirs.len() {
-            return Err(format!("manifest of directory {dir}, which does not exist"));
+            return Err(protocol(format!(
+                "manifest of directory {dir}, which does not exist"
+            )));
         }
         let paths = match paths {
             None => None,
@@ -69,7 +72,7 @@ where
                         if p.is_empty() {
                             Ok(PathBuf::new())
                         } else {
-                            checked_path(p).map_err(|e| e.to_string())
+                            checked_path(p).map_err(protocol)
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()?,
@@ -95,11 +98,11 @@ where
                 })?;
                 writer.flush().await?;
             }
-            Ok::<(), String>(())
+            Ok::<(), SessionError>(())
         };
         let (r, s) = tokio::join!(work, send);
         s?;
-        r.map_err(|e| e.to_string())??;
+        r??;
         writer
             .send(&Message::Manifest {
                 dir,
@@ -117,7 +120,7 @@ fn produce(
     hash: bool,
     progress: &ScanProgress,
     tx: &tokio::sync::mpsc::Sender<Vec<ManifestItem>>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let mut part = Vec::new();
     let emit = |part: &mut Vec<ManifestItem>, force: bool| -> std::io::Result<()> {
         if part.len() >= PART_ITEMS || (force && !part.is_empty()) {
@@ -168,7 +171,7 @@ fn produce(
     };
     drop(cache);
     r.and_then(|()| emit(&mut part, true))
-        .map_err(|e| format!("manifest: {e}"))
+        .map_err(SessionError::Manifest)
 }
 
 // ---- this node's side ----
@@ -182,22 +185,25 @@ pub struct Remote<R, W> {
 pub async fn connect(
     link: &Connector,
     rep: &Replicator,
-) -> Result<Remote<impl tokio::io::AsyncRead + Unpin, impl tokio::io::AsyncWrite + Unpin>, String> {
+) -> Result<
+    Remote<impl tokio::io::AsyncRead + Unpin, impl tokio::io::AsyncWrite + Unpin>,
+    SessionError,
+> {
     let tcp = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(link.peer_addr))
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect to {}: {e}", link.peer_addr))?;
+        .map_err(|_| SessionError::Timeout("connect timed out"))?
+        .map_err(|why| SessionError::ConnectTo {
+            addr: link.peer_addr,
+            why,
+        })?;
     tcp.set_nodelay(true).ok();
-    let config = link.creds.client_config().map_err(|e| e.to_string())?;
+    let config = link.creds.client_config()?;
     let tls = TlsConnector::from(config)
         .connect(Credentials::server_name(), tcp)
         .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+        .map_err(SessionError::Handshake)?;
     if !link.creds.is_peer(tls.get_ref().1.peer_certificates()) {
-        return Err(format!(
-            "the server did not present {}'s certificate",
-            link.creds.peer
-        ));
+        return Err(SessionError::ServerNotPeer(link.creds.peer.clone()));
     }
     let (rd, wr) = tokio::io::split(tls);
     let mut reader = FrameReader::new(rd);
@@ -215,9 +221,9 @@ pub async fn connect(
         .await?;
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
         .await
-        .map_err(|_| "no Hello from the peer".to_string())??;
-    if let Message::Close { reason } = &hello {
-        return Err(format!("refused by the peer: {reason}"));
+        .map_err(|_| SessionError::Timeout("no Hello from the peer"))??;
+    if let Message::Close { reason } = hello {
+        return Err(SessionError::Refused(reason));
     }
     check_hello(
         hello,
@@ -237,7 +243,7 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
         dir: u32,
         paths: Option<&[PathBuf]>,
         hash: bool,
-    ) -> Result<BTreeMap<PathBuf, Item>, String> {
+    ) -> Result<BTreeMap<PathBuf, Item>, SessionError> {
         self.writer
             .send(&Message::ManifestRequest {
                 dir,
@@ -255,10 +261,12 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
                 last,
             } = m
             else {
-                return Err(format!("expected Manifest, got {}", m.kind()));
+                return Err(protocol(format!("expected Manifest, got {}", m.kind())));
             };
             if d != dir {
-                return Err(format!("manifest of directory {d}, asked for {dir}"));
+                return Err(protocol(format!(
+                    "manifest of directory {d}, asked for {dir}"
+                )));
             }
             for it in items {
                 match it {
@@ -269,7 +277,7 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
                         let p = if path.is_empty() {
                             PathBuf::new()
                         } else {
-                            checked_path(&path).map_err(|e| e.to_string())?
+                            checked_path(&path).map_err(protocol)?
                         };
                         if let Some(entry) = entry {
                             current = Some(Item {
@@ -281,7 +289,7 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
                     }
                     ManifestItem::Chunks(c) => match &mut current {
                         Some(it) => it.chunks.extend(c),
-                        None => return Err("chunks without a file in a manifest".into()),
+                        None => return Err(protocol("chunks without a file in a manifest")),
                     },
                 }
             }
@@ -300,7 +308,7 @@ fn local_manifest(
     paths: Option<&[PathBuf]>,
     hash: manifest::HashIf<'_>,
     progress: &ScanProgress,
-) -> Result<BTreeMap<PathBuf, Item>, String> {
+) -> Result<BTreeMap<PathBuf, Item>, SessionError> {
     let mut out = BTreeMap::new();
     let root = d.root.as_fd();
     let mut cache = d.cache.lock();
@@ -317,7 +325,7 @@ fn local_manifest(
             Ok(())
         }),
     };
-    r.map_err(|e| format!("manifest: {e}"))?;
+    r.map_err(SessionError::Manifest)?;
     Ok(out)
 }
 
@@ -433,7 +441,7 @@ pub async fn run(
     rep: &Arc<Replicator>,
     state: &parking_lot::Mutex<VerifyState>,
     full: bool,
-) -> Result<VerifyReport, String> {
+) -> Result<VerifyReport, SessionError> {
     let started = Instant::now();
     let rep = rep.clone();
     let mut remote = connect(link, &rep).await?;
@@ -473,7 +481,7 @@ pub async fn run(
                 _ = ticker => unreachable!(),
             },
         };
-        let mut ours = local.await.map_err(|e| e.to_string())??;
+        let mut ours = local.await??;
         let mut theirs = theirs;
         replicated_only(&rep, &mut ours);
         replicated_only(&rep, &mut theirs);
@@ -513,8 +521,7 @@ pub async fn run(
                 &again_progress,
             )
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         let mut again_ours = again_ours;
         replicated_only(&rep, &mut again_ours);
         replicated_only(&rep, &mut again_theirs);
@@ -537,8 +544,7 @@ fn replicated_only(rep: &super::primary::Replicator, items: &mut BTreeMap<PathBu
 /// Records every difference in the change log so the next resync ships it:
 /// names present here are reconciled (their contents marked where they
 /// differ), names only on the peer are removed there.
-pub fn mark(rep: &Replicator, diffs: &[Difference]) -> Result<(), String> {
-    let err = |e: crate::changelog::ChangeLogError| format!("change log: {e}");
+pub fn mark(rep: &Replicator, diffs: &[Difference]) -> Result<(), ChangeLogError> {
     for (d, dir) in rep.dirs().iter().enumerate() {
         let log = &dir.log;
         let mut marks = Vec::new();
@@ -550,14 +556,14 @@ pub fn mark(rep: &Replicator, diffs: &[Difference]) -> Result<(), String> {
                 continue;
             }
             if !diff.ranges.is_empty() {
-                let id = log.ensure(&path).map_err(err)?;
+                let id = log.ensure(&path)?;
                 marks.extend(diff.ranges.iter().map(|(s, e)| (id, *s, e - s)));
             }
             names.push(NsChange::SetAttr { path });
         }
         // One durable write each, however many differences.
-        log.mark_many(&marks).map_err(err)?;
-        log.log_ns_many(names).map_err(err)?;
+        log.mark_many(&marks)?;
+        log.log_ns_many(names)?;
     }
     Ok(())
 }

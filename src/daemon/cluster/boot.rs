@@ -118,8 +118,12 @@ fn start_and_serve(
         (None, None) => None,
     };
     let port = settings.replication.port;
-    let peer_addr = rt.block_on(resolve(&peer.address, port)).map_err(usage)?;
-    let my_addr = rt.block_on(resolve(&me.address, port)).map_err(usage)?;
+    let peer_addr = rt
+        .block_on(resolve(&peer.address, port))
+        .map_err(|e| usage(e.to_string()))?;
+    let my_addr = rt
+        .block_on(resolve(&me.address, port))
+        .map_err(|e| usage(e.to_string()))?;
     let paths = paths(&settings, &me, &peer).map_err(usage)?;
 
     let no_quorum = quorum.is_none() && ping.is_none();

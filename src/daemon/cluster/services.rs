@@ -61,7 +61,7 @@ pub(super) fn start_quorum(
                 2 * hb.interval,
                 hb.interval,
             )
-            .map_err(usage)?;
+            .map_err(|e| usage(e.to_string()))?;
             c.clone().spawn(stop, rt.handle());
             etcd = Some(c);
         }
