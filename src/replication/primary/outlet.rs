@@ -24,12 +24,6 @@ pub enum LinkError {
     Dropped,
 }
 
-impl From<String> for LinkError {
-    fn from(why: String) -> Self {
-        LinkError::Broken(why)
-    }
-}
-
 /// The link to the peer, as the replicator uses it.
 pub trait Outlet: Send + Sync {
     /// Queues `m`; `now`: someone is about to wait for it, so it goes out
