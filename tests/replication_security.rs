@@ -8,7 +8,7 @@ use std::path::Path;
 use common::pair::Pair;
 use common::wait_until;
 use tandem::replication::frame::{self, Compression};
-use tandem::replication::link::FrameReader;
+use tandem::replication::framed::FrameReader;
 use tandem::replication::tls::Credentials;
 use tandem::replication::wire::{Message, WireMutation};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

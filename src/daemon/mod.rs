@@ -3,8 +3,8 @@
 //! prim|second` every module has that fixed role; with `--role local` the
 //! directories are mounted and their mutations only counted.
 
-mod cluster;
 mod fence;
+mod member;
 mod notify;
 mod replicas;
 pub(crate) mod threads;
@@ -305,7 +305,7 @@ pub fn run(settings: Settings, opts: Options) -> ExitCode {
         }
     };
     let Some(role) = opts.role else {
-        return match cluster::run(settings, &opts, &rt, signals) {
+        return match member::run(settings, &opts, &rt, signals) {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, e)) => {
                 eprintln!("tandem: {e}");

@@ -13,7 +13,7 @@ use crate::replication::dir::Dir;
 use crate::replication::frame;
 use crate::replication::primary::{AloneCheck, Replicator};
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
-use crate::replication::session::{PrimaryLink, resolve, state_dir};
+use crate::replication::session::{PrimarySession, resolve, state_dir};
 use crate::replication::status::ReplicationStatus;
 use crate::replication::tls::Credentials;
 
@@ -29,7 +29,7 @@ pub enum Role {
 
 #[derive(Clone)]
 pub enum Replica {
-    Primary(Arc<Replicator>, Arc<PrimaryLink>),
+    Primary(Arc<Replicator>, Arc<PrimarySession>),
     Secondary(Arc<SecondaryModule>),
 }
 
@@ -111,7 +111,7 @@ impl Replica {
 
 async fn verify_and_repair(
     rep: &Replicator,
-    link: &PrimaryLink,
+    link: &PrimarySession,
     repair: bool,
 ) -> Result<crate::replication::status::VerifyReport, String> {
     use crate::replication::verify;
@@ -327,7 +327,7 @@ pub fn primary(
         latency: w.latency,
         blocking: crate::fs::blocking,
     });
-    let link = Arc::new(PrimaryLink {
+    let link = Arc::new(PrimarySession {
         rep: rep.clone(),
         creds: w.creds,
         cluster: settings.cluster.name.clone(),

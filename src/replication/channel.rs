@@ -16,56 +16,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::frame::{self, Compression, FrameError};
-use super::link::Frames;
+pub use super::errors::ChannelError;
+use super::frame::{self, Compression};
+use super::framed::Frames;
 use super::primary::LinkError;
 use super::status::Tally;
 use super::wire::{Message, Outgoing};
-
-/// Why a replication connection cannot be used (any more): kinds that tell
-/// a peer that went away from one that failed or stopped answering.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ChannelError {
-    /// Closed on this side.
-    #[error("the connection was closed")]
-    Closed,
-    /// The peer ended the connection cleanly.
-    #[error("connection closed by the peer")]
-    PeerClosed,
-    /// The connection ended in the middle of a frame.
-    #[error("connection lost")]
-    Lost,
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// A socket call failed: `op` says which.
-    #[error("{op}: {why}")]
-    Io { op: &'static str, why: String },
-    /// The peer took nothing and said nothing for `patience_ms`.
-    #[error("the peer took no data and said nothing for {patience_ms} ms")]
-    Stuck { patience_ms: u128 },
-    /// What came in, or was to go out, is not a frame: the stream cannot
-    /// be trusted.
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The connection could not be handed to the channel.
-    #[error("taking over the connection: {0}")]
-    TakeOver(String),
-}
-
-impl ChannelError {
-    fn io(op: &'static str, e: impl std::fmt::Display) -> Self {
-        ChannelError::Io {
-            op,
-            why: e.to_string(),
-        }
-    }
-
-    /// The peer ended the connection, cleanly or between frames: nothing
-    /// failed on the way.
-    pub fn is_end(&self) -> bool {
-        matches!(self, ChannelError::PeerClosed | ChannelError::Lost)
-    }
-}
 
 /// Queued bytes beyond this go out without waiting for a durability point.
 const FLUSH_AT: usize = 256 << 10;
@@ -414,7 +370,7 @@ fn poll(sock: &TcpStream, events: i16, timeout: Duration) -> io::Result<i16> {
 }
 
 /// The primary's end of a stream: what it sends, compressed where that pays.
-pub struct Link {
+pub struct PrimaryEnd {
     channel: std::sync::Arc<Channel>,
     compression: Compression,
     /// What was read and not taken yet; held by whichever thread reads.
@@ -432,7 +388,7 @@ pub struct Link {
 /// socket at least this share of the time, and plain again below a fifth of it.
 const SLOW_ABOVE: f64 = 0.25;
 
-impl Link {
+impl PrimaryEnd {
     /// `rest`: what was read past the introductions.
     pub fn new(channel: std::sync::Arc<Channel>, compression: Compression, rest: Vec<u8>) -> Self {
         let now = Instant::now();
@@ -521,7 +477,7 @@ impl Link {
     }
 }
 
-impl super::primary::Outlet for Link {
+impl super::primary::Outlet for PrimaryEnd {
     fn send(&self, m: &Outgoing<'_>, now: bool) -> Result<(), LinkError> {
         Ok(self.channel.send_out(m, self.compression_of(&m.msg), now)?)
     }
@@ -537,13 +493,5 @@ impl super::primary::Outlet for Link {
     fn read(&self, until: Instant) -> Option<Result<Vec<Message>, LinkError>> {
         *self.waiter.lock() = Instant::now();
         self.read_until(until).map(|r| r.map_err(LinkError::from))
-    }
-}
-
-/// Every failure of the channel breaks the link; what the peer says
-/// (closing it, or a message out of place) the replicator tells apart itself.
-impl From<ChannelError> for LinkError {
-    fn from(e: ChannelError) -> Self {
-        LinkError::Broken(e.to_string())
     }
 }

@@ -2,7 +2,9 @@
 //! data: [`frame`] turns bytes into checked messages and back, [`wire`] holds
 //! the messages themselves, including the owned form of every mutation, and
 //! [`tls`] the cluster credentials and mutually authenticated connections.
-//! [`link`] carries frames over a connection; [`primary`] is the mount's sink
+//! [`framed`] carries frames over a connection and checks the introductions;
+//! [`channel`] is the stream once it runs on the threads that use it;
+//! [`errors`] says how each of those fails. [`primary`] is the mount's sink
 //! on the serving node and [`session`] its connection to the peer;
 //! [`secondary`] accepts that connection and [`applier`] applies the stream;
 //! [`resync`] ships what changed while the peer was away, as
@@ -16,8 +18,9 @@ pub mod aside;
 pub mod channel;
 pub mod dir;
 pub mod entry;
+pub mod errors;
 pub mod frame;
-pub mod link;
+pub mod framed;
 pub mod manifest;
 pub mod primary;
 pub mod relay;

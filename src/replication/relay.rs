@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::frame::Compression;
-use super::link::{FrameReader, FrameWriter};
+use super::framed::{FrameReader, FrameWriter};
 use super::session::SessionError;
 use super::tls::Credentials;
 use super::wire::Message;

@@ -21,7 +21,7 @@ use super::applier::ApplyError;
 use super::channel::{Channel, ChannelError};
 use super::dir::Dir;
 use super::frame::Compression;
-use super::link::{
+use super::framed::{
     Expect, FrameReader, FrameWriter, Frames, HELLO_TIMEOUT, HelloError, check_hello,
 };
 use super::resync;

@@ -10,14 +10,13 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::channel::{Channel, ChannelError, Link};
+use super::channel::{Channel, PrimaryEnd};
+pub use super::errors::{SessionError, protocol};
 use super::frame::Compression;
-use super::link::{
-    Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, HelloError, check_hello,
-};
+use super::framed::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
 use super::primary::{LinkError, Replicator};
 use super::resync::{self, Diverged};
-use super::tls::{Credentials, TlsError};
+use super::tls::Credentials;
 use super::wire::{AckAt, Message, checked_path, checked_path_or_root};
 use crate::changelog::ChangeLogError;
 use crate::config::Ack;
@@ -37,83 +36,7 @@ pub const TIMES_EVERY: Duration = Duration::from_millis(500);
 /// The longest a change no durability point asked for stays queued.
 const BACKSTOP: Duration = Duration::from_millis(5);
 
-/// Why a replication session could not start, or why it ended, on either
-/// side: what the link's retries report, and what a secondary says back.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// No answer in time; says to what.
-    #[error("{0}")]
-    Timeout(&'static str),
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    /// This node's credentials cannot be used.
-    #[error(transparent)]
-    Credentials(#[from] TlsError),
-    #[error("TLS handshake: {0}")]
-    Handshake(std::io::Error),
-    #[error("refused at the TLS handshake: {0}")]
-    HandshakeRefused(std::io::Error),
-    /// The other end is not the configured peer (named).
-    #[error("the server did not present {0}'s certificate")]
-    ServerNotPeer(String),
-    #[error("refused: the client did not present {0}'s certificate")]
-    ClientNotPeer(String),
-    /// The peer's introduction does not match this node's.
-    #[error(transparent)]
-    Hello(#[from] HelloError),
-    /// The peer refused this node's introduction.
-    #[error("refused by the peer: {0}")]
-    Refused(String),
-    #[error(transparent)]
-    Channel(#[from] ChannelError),
-    /// The peer sent what the protocol does not allow.
-    #[error("{0}")]
-    Protocol(String),
-    #[error("change log: {0}")]
-    ChangeLog(#[from] ChangeLogError),
-    /// The replicator ended the link (the peer closed it, or it was dropped).
-    #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error("peer silent for {ms} ms")]
-    Silent { ms: u128 },
-    /// This node ends the session; says where it was.
-    #[error("{0}")]
-    Stopped(&'static str),
-    /// A task of the session failed.
-    #[error("{what}: {why}")]
-    Task { what: &'static str, why: String },
-    /// A newer session of the module took over; says why.
-    #[error("{0}")]
-    Replaced(&'static str),
-    #[error("primary closed the link: {0}")]
-    PrimaryClosed(String),
-    /// The secondary cannot apply a change, or make it durable.
-    #[error("cannot apply seq {seq}: {why}")]
-    Apply { seq: u64, why: String },
-    #[error("cannot open the directories to sync them: {0}")]
-    SyncHandles(std::io::Error),
-    #[error("cannot make applied changes durable (syncfs failed)")]
-    SyncFailed,
-    /// This node answers no relayed command.
-    #[error("this node takes no relayed commands (it runs with fixed roles)")]
-    NoRelay,
-    /// The peer refused a relayed command.
-    #[error("refused: {0}")]
-    RelayRefused(String),
-    #[error("connect to {addr}: {why}")]
-    ConnectTo {
-        addr: SocketAddr,
-        why: std::io::Error,
-    },
-    /// The manifest of a directory here could not be made.
-    #[error("manifest: {0}")]
-    Manifest(std::io::Error),
-    /// A task of the session panicked or was cancelled.
-    #[error("{0}")]
-    Join(#[from] tokio::task::JoinError),
-}
-
-pub struct PrimaryLink {
+pub struct PrimarySession {
     pub rep: Arc<Replicator>,
     pub creds: Arc<Credentials>,
     pub cluster: String,
@@ -123,7 +46,7 @@ pub struct PrimaryLink {
     pub stop: Stop,
 }
 
-impl PrimaryLink {
+impl PrimarySession {
     /// Runs the link on `rt` until its stop.
     pub fn start(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
         let name = format!("link-{}", self.rep.module);
@@ -307,7 +230,7 @@ impl PrimaryLink {
             rep.peer_timeout,
             rep.tally.clone(),
         )?);
-        let link = Arc::new(Link::new(channel.clone(), self.compression, rest));
+        let link = Arc::new(PrimaryEnd::new(channel.clone(), self.compression, rest));
         let conn = rep.attach(link.clone());
         rep.keep_times(conn, TIMES_EVERY, stop);
         tracing::info!("{}: connected to {}", rep.module, self.creds.peer);
@@ -344,7 +267,7 @@ impl PrimaryLink {
 fn read_acks(
     rep: &Replicator,
     conn: u64,
-    link: &Link,
+    link: &PrimaryEnd,
     stop: &Stop,
     idle: Duration,
 ) -> SessionError {
@@ -458,11 +381,6 @@ async fn read_diverged<R: tokio::io::AsyncRead + Unpin>(
             return Ok((out, full));
         }
     }
-}
-
-/// What the peer sent that the protocol does not allow.
-pub(super) fn protocol(why: impl std::fmt::Display) -> SessionError {
-    SessionError::Protocol(why.to_string())
 }
 
 /// Why a peer's name gives no address.

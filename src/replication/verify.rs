@@ -19,10 +19,10 @@ use tokio_rustls::TlsConnector;
 use crate::changelog::{ChangeLogError, NsChange};
 
 use super::dir::Dir;
-use super::link::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
+use super::errors::{SessionError, protocol};
+use super::framed::{Connector, Expect, FrameReader, FrameWriter, HELLO_TIMEOUT, check_hello};
 use super::manifest::{self, Item, ScanProgress};
 use super::primary::Replicator;
-use super::session::{SessionError, protocol};
 use super::status::{Difference, VerifyReport, VerifyState};
 use super::tls::Credentials;
 use super::wire::{ChunkSum, Entry, EntryKind, ManifestItem, Message, checked_path};

@@ -3,11 +3,22 @@
 //! announced.
 
 use super::app::Budget;
-#[allow(unused_imports)]
-use super::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::app::Script;
+use super::control::Shared;
+use super::publish::publish;
+use super::{Input, Managed, ThisNode};
+use crate::cluster::heartbeat::Heartbeats;
+use crate::cluster::machine::{Command, Event, Failure, PeerView, State};
+use crate::control::Response;
+use crate::daemon::replicas::Replica;
 
 pub(super) fn manage(
-    node: Node2,
+    node: ThisNode,
     mut modules: Vec<Managed>,
     hb: Arc<Heartbeats>,
     input: mpsc::Receiver<Input>,
@@ -231,7 +242,7 @@ pub(super) fn manage(
 }
 
 pub(super) fn command(
-    node: &Node2,
+    node: &ThisNode,
     modules: &mut [Managed],
     module: Option<String>,
     cmd: Command,
@@ -284,7 +295,7 @@ pub(super) fn command(
 
 /// The daemon stops: a serving module hands over to an up-to-date peer at
 /// once; the role recorded is the one to come back in.
-pub(super) fn shutdown(node: &Node2, modules: &mut [Managed], hb: &Heartbeats) {
+pub(super) fn shutdown(node: &ThisNode, modules: &mut [Managed], hb: &Heartbeats) {
     for m in modules.iter_mut() {
         let was = m.machine.state;
         if was == State::Stop {

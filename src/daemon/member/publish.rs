@@ -1,11 +1,18 @@
 //! What this node reports: each module's status, and everything the manager
 //! publishes after each turn of its loop.
 
-#[allow(unused_imports)]
-use super::*;
+use std::sync::atomic::Ordering;
+
+use super::control::Shared;
+use super::{Managed, ThisNode};
+use crate::cluster::heartbeat::Heartbeats;
+use crate::cluster::machine::State;
+use crate::control::{
+    ClusterModuleStatus, DirStatus, ModuleStatus, NodesStatus, PathStatus, Status,
+};
 
 impl Managed {
-    pub(super) fn status(&self, node: &Node2) -> ModuleStatus {
+    pub(super) fn status(&self, node: &ThisNode) -> ModuleStatus {
         let m = &self.machine;
         let peer = m.peer();
         ModuleStatus {
@@ -82,7 +89,7 @@ impl Managed {
 /// the health endpoint, the checkers, the fencer, the heartbeats, the control
 /// socket's status and logs, and the service manager (when given).
 pub(super) fn publish(
-    node: &Node2,
+    node: &ThisNode,
     modules: &[Managed],
     hb: &Heartbeats,
     shared: &Shared,

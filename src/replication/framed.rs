@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::channel::ChannelError;
+use super::errors::ChannelError;
+pub use super::errors::HelloError;
 use super::frame::{self, Compression, FrameError};
 use super::tls::Credentials;
 use super::wire::Message;
@@ -215,30 +216,6 @@ pub struct Hello {
     pub generation: u64,
     pub verify: bool,
     pub acks: super::wire::AckAt,
-}
-
-/// Why a peer's introduction is refused: it is not the peer this node
-/// expects, or does not replicate the same thing. Said back to the peer.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HelloError {
-    #[error("expected Hello as the first message")]
-    NotHello,
-    #[error("peer belongs to cluster {theirs:?}, this node to {ours:?}")]
-    Cluster { theirs: String, ours: String },
-    #[error("peer says it is {said:?}, expected {expected:?}")]
-    Node { said: String, expected: String },
-    #[error("expected one module per connection, got {0}")]
-    Modules(usize),
-    #[error("peer answered for module {got:?}, expected {want:?}")]
-    Module { got: String, want: String },
-    #[error("module {0:?} is not replicated to this node as secondary")]
-    NotSecondary(String),
-    #[error("module {module}: peer replicates {theirs} directories, this node {ours}")]
-    Dirs {
-        module: String,
-        theirs: u32,
-        ours: usize,
-    },
 }
 
 /// Checks a peer's Hello.

@@ -1,8 +1,18 @@
 //! The control socket: answered from what the manager published, commands
 //! handed to the manager, and commands about the other node relayed to it.
 
-#[allow(unused_imports)]
-use super::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::Input;
+use crate::cluster::machine::{Command, State};
+use crate::control::{Dispatch, Request, Response, Status, Transition};
+use crate::daemon::replicas::Replica;
+use crate::replication::tls::Credentials;
 
 /// What the control socket reads without waiting for the manager.
 pub(super) struct Shared {

@@ -33,49 +33,30 @@ mod module;
 mod publish;
 mod services;
 
-use app::Script;
 pub use boot::run;
-use control::{Relay, Shared};
-use manager::manage;
-use module::utc;
-use publish::publish;
-use services::{
-    start_api, start_checkers, start_fencer, start_health_endpoints, start_quorum,
-    start_secondary_server,
-};
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::replicas::{self, Replica};
+use super::replicas::Replica;
 use crate::cluster::LeaseQuorum;
-use crate::cluster::heartbeat::{Heard, Heartbeats, Key, NetPath};
-use crate::cluster::machine::{
-    self, Action, Command, Event, Failure, Gen, Machine, PeerView, State,
-};
-use crate::config::{Module as ModuleConfig, Node, Quorum, Settings};
-use crate::control::{
-    ClusterModuleStatus, DirStatus, Dispatch, ModuleStatus, NodesStatus, PathStatus, Request,
-    Response, Status, Transition,
-};
-use crate::failover::scripts;
-use crate::fs::{self, CountingSink, MountConfig, Mounted, Unmounted};
-use crate::replication::aside::Keep;
+use crate::cluster::heartbeat::Heard;
+use crate::cluster::machine::{Command, Gen, Machine, State};
+use crate::config::{Module as ModuleConfig, Node, Settings};
+use crate::control::Response;
+use crate::fs::{CountingSink, Mounted};
 use crate::replication::dir::Dir;
-use crate::replication::secondary::{SecondaryModule, SecondaryServer};
-use crate::replication::session::{resolve, state_dir};
-use crate::replication::tls::{Credentials, heartbeat_key_path};
+use crate::replication::secondary::SecondaryServer;
+use crate::replication::tls::Credentials;
 use crate::stop::Stop;
 
 /// Everything a module needs from the node, shared by all modules.
-struct Node2 {
+struct ThisNode {
     settings: Settings,
     /// With `quorum = "witness"` or `"etcd"`: the leases this node holds.
     quorum: Option<Arc<dyn LeaseQuorum>>,
@@ -100,7 +81,7 @@ struct Node2 {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl Node2 {
+impl ThisNode {
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }

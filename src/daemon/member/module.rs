@@ -1,8 +1,19 @@
 //! A module around its state machine: its log, scripts, role file and
 //! change logs, and feeding the machine.
 
-#[allow(unused_imports)]
-use super::*;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::app::Script;
+use super::{Managed, RoleFile, ThisNode};
+use crate::cluster::machine::{self, Event, Gen, Machine, State};
+use crate::config::{Module as ModuleConfig, Node, Quorum, Settings};
+use crate::control::Transition;
+use crate::daemon::replicas::{self};
+use crate::failover::scripts;
+use crate::replication::dir::Dir;
+use crate::replication::session::state_dir;
 
 impl Managed {
     pub(super) fn note(&mut self, line: String) {
@@ -14,7 +25,7 @@ impl Managed {
         self.log.push(format!("{ts} {line}"));
     }
 
-    pub(super) fn context(&self, node: &Node2, role: &'static str) -> scripts::Context {
+    pub(super) fn context(&self, node: &ThisNode, role: &'static str) -> scripts::Context {
         scripts::Context::new(
             &self.cfg.name,
             role,
@@ -26,7 +37,7 @@ impl Managed {
 
     pub(super) fn script(
         &mut self,
-        node: &Node2,
+        node: &ThisNode,
         script: Script,
         role: &'static str,
     ) -> Result<(), String> {
@@ -98,7 +109,7 @@ impl Managed {
     }
 
     /// Feeds one event and carries out what the machine decides.
-    pub(super) fn feed(&mut self, node: &Node2, ev: Event) -> Option<machine::Reply> {
+    pub(super) fn feed(&mut self, node: &ThisNode, ev: Event) -> Option<machine::Reply> {
         let before = (self.machine.state, self.machine.why.clone());
         let out = self.machine.step(node.now(), ev);
         if self.machine.state != before.0 {
@@ -213,8 +224,8 @@ impl Managed {
             app_running: false,
             synced: None,
             generation: None,
-            log: journal::Journal::open(at.join("log")),
-            checks: app::Checks::default(),
+            log: super::journal::Journal::open(at.join("log")),
+            checks: super::app::Checks::default(),
             witness_newest: 0,
             vips: match &m.failover {
                 crate::config::Failover::Vip {

@@ -2,8 +2,28 @@
 //! server, heartbeats, checkers, health endpoints, the guard, then the
 //! manager's thread.
 
-#[allow(unused_imports)]
-use super::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::control::{Relay, Shared};
+use super::manager::manage;
+use super::services::{
+    start_api, start_checkers, start_fencer, start_health_endpoints, start_quorum,
+    start_secondary_server,
+};
+use super::{Input, Managed, ThisNode};
+use crate::cluster::LeaseQuorum;
+use crate::cluster::heartbeat::{Heartbeats, Key, NetPath};
+use crate::config::{Node, Settings};
+use crate::control::Status;
+use crate::daemon::replicas::{self};
+use crate::replication::session::resolve;
+use crate::replication::tls::{Credentials, heartbeat_key_path};
+use crate::stop::Stop;
 
 /// The heartbeat paths: the configured networks, or the node addresses.
 pub(super) fn paths(s: &Settings, me: &Node, peer: &Node) -> Result<Vec<NetPath>, String> {
@@ -192,7 +212,7 @@ fn start_and_serve(
     })?;
     // Fences a cut-off node even while the manager waits for a script.
     let quorum_ok = start_fencer(&modules, &quorum, &ping, &hb, &health, &settings, stop)?;
-    let node = Node2 {
+    let node = ThisNode {
         quorum,
         quorum_ok,
         guard: Mutex::new(Some(guard)),

@@ -1,8 +1,10 @@
 //! How clients follow the serving node: the virtual addresses and what the
 //! load balancers' health endpoint says.
 
-#[allow(unused_imports)]
-use super::*;
+use std::sync::atomic::Ordering;
+
+use super::{Managed, ThisNode};
+use crate::cluster::machine::State;
 
 impl Managed {
     /// What the load balancer's probes are told about this module.
@@ -20,7 +22,7 @@ impl Managed {
     }
 
     /// How clients reach the module here, for the status.
-    pub(super) fn clients(&self, node: &Node2) -> String {
+    pub(super) fn clients(&self, node: &ThisNode) -> String {
         match (&self.vips, &self.cfg.failover) {
             (Some(v), _) if v.taken().is_empty() => "virtual addresses not held here".into(),
             (Some(v), _) => format!(
@@ -47,7 +49,7 @@ impl Managed {
 
     /// Clients reach this node from now on: the virtual addresses are taken
     /// (the guard told first, so a crash right after gives them back).
-    pub(super) fn take_clients(&mut self, node: &Node2) -> Result<(), String> {
+    pub(super) fn take_clients(&mut self, node: &ThisNode) -> Result<(), String> {
         let Some(v) = &self.vips else {
             return Ok(());
         };
@@ -66,7 +68,7 @@ impl Managed {
 
     /// Clients stop reaching this node: the probe says 503 and the virtual
     /// addresses go, before the application is stopped.
-    pub(super) fn release_clients(&mut self, node: &Node2) {
+    pub(super) fn release_clients(&mut self, node: &ThisNode) {
         node.health.set_serving(&self.cfg.name, false);
         if let Some(v) = self.vips.as_mut()
             && !v.taken().is_empty()

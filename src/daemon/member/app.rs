@@ -2,8 +2,14 @@
 //! restarts its checkers allow, and the replication facts the machine
 //! decides on.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Managed, ThisNode};
+use crate::cluster::machine::{Event, Failure};
+use crate::daemon::replicas::Replica;
 
 /// The application's health checks, as the manager keeps them.
 pub(super) struct Checks {
@@ -33,7 +39,7 @@ impl Managed {
     /// Restarts the application where it runs (stop_prim, start_prim);
     /// checks resume for the new process only. A failed start is the
     /// machine's to handle.
-    pub(super) fn restart_app(&mut self, node: &Node2) -> Result<(), String> {
+    pub(super) fn restart_app(&mut self, node: &ThisNode) -> Result<(), String> {
         self.checks
             .active
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -56,7 +62,7 @@ impl Managed {
     }
 
     /// Replication facts the machine decides on, fed when they change.
-    pub(super) fn observe(&mut self, node: &Node2) -> bool {
+    pub(super) fn observe(&mut self, node: &ThisNode) -> bool {
         let mut changed = false;
         let up = match &self.replica {
             Some(Replica::Secondary(sm)) => Some(sm.uptodate()),

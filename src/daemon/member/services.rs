@@ -2,8 +2,24 @@
 //! peer replicates to, the application's checkers, the load balancers'
 //! health endpoints and the fencer.
 
-#[allow(unused_imports)]
-use super::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::control::Shared;
+use super::{Input, Managed};
+use crate::cluster::LeaseQuorum;
+use crate::cluster::heartbeat::Heartbeats;
+use crate::config::{Node, Quorum, Settings};
+use crate::daemon::replicas::{self};
+use crate::failover::scripts;
+use crate::replication::secondary::SecondaryServer;
+use crate::replication::session::resolve;
+use crate::replication::tls::Credentials;
+use crate::stop::Stop;
 
 use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
 

@@ -2,14 +2,24 @@
 //! promoting (guard told, mounts, replication), starting and stopping the
 //! application, demoting.
 
-#[allow(unused_imports)]
-use super::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::app::Script;
+use super::module::utc;
+use super::{Managed, ThisNode};
+use crate::cluster::machine::{Action, Failure, State};
+use crate::daemon::replicas::{self, Replica};
+use crate::fs::{self, CountingSink, MountConfig, Unmounted};
+use crate::replication::aside::Keep;
+use crate::replication::secondary::SecondaryModule;
 
 /// How long a stopped link may take to end (it was closed first).
 const LINK_STOP: Duration = Duration::from_secs(2);
 
 impl Managed {
-    pub(super) fn act(&mut self, node: &Node2, a: &Action) -> Result<(), (Failure, String)> {
+    pub(super) fn act(&mut self, node: &ThisNode, a: &Action) -> Result<(), (Failure, String)> {
         match a {
             Action::BecomeSecondary { full } => {
                 let sm = SecondaryModule::new(
@@ -98,7 +108,7 @@ impl Managed {
     /// replaces them. Nothing is overwritten unless the copy is complete.
     pub(super) fn keep_aside(
         &mut self,
-        node: &Node2,
+        node: &ThisNode,
         under: &str,
         keep: Keep,
     ) -> Result<(), (Failure, String)> {
@@ -119,7 +129,7 @@ impl Managed {
         Ok(())
     }
 
-    pub(super) fn promote(&mut self, node: &Node2, new_generation: bool) -> Result<(), String> {
+    pub(super) fn promote(&mut self, node: &ThisNode, new_generation: bool) -> Result<(), String> {
         // The guard knows before anything is mounted or started here.
         if let Some(g) = node.guard.lock().as_mut() {
             g.include(self.guard_duty(node));
@@ -259,11 +269,11 @@ impl Managed {
     }
 
     /// What the guard must undo if this daemon dies now.
-    pub(super) fn duty(&self, node: &Node2) -> Option<crate::failover::guard::Duty> {
+    pub(super) fn duty(&self, node: &ThisNode) -> Option<crate::failover::guard::Duty> {
         (self.app_running || !self.mounts.is_empty()).then(|| self.guard_duty(node))
     }
 
-    pub(super) fn guard_duty(&self, node: &Node2) -> crate::failover::guard::Duty {
+    pub(super) fn guard_duty(&self, node: &ThisNode) -> crate::failover::guard::Duty {
         crate::failover::guard::Duty {
             module: self.cfg.name.clone(),
             stop_prim: self.cfg.scripts.stop_prim.clone(),
