@@ -79,14 +79,9 @@ impl Managed {
                 node.health.set_serving(&self.cfg.name, true);
             }
             Action::StopApp => {
-                if self.machine.state == State::Wait
-                    && !self.machine.handover
+                if self.machine.fences_when_stopping()
                     && let Some(Replica::Primary(rep, _)) = &self.replica
                 {
-                    // Serving stops without handing over (cut off, or the
-                    // peer serves newer data): nothing may be acknowledged
-                    // alone from now on, and calls blocked on the peer fail
-                    // at once so the application can stop.
                     rep.fence("this node stops serving without handing over");
                 }
                 self.release_clients(node);

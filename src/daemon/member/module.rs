@@ -110,24 +110,20 @@ impl Managed {
 
     /// Feeds one event and carries out what the machine decides.
     pub(super) fn feed(&mut self, node: &ThisNode, ev: Event) -> Option<machine::Reply> {
-        let before = (self.machine.state, self.machine.why.clone());
         let out = self.machine.step(node.now(), ev);
-        if self.machine.state != before.0 {
-            node.metrics.state_changed(&self.cfg.name);
-        }
-        if (self.machine.state, &self.machine.why) != (before.0, &before.1) {
-            let line = format!(
-                "{:?} -> {:?}: {}",
-                before.0, self.machine.state, self.machine.why
-            );
+        if let Some(c) = out.change {
+            if c.from != c.to {
+                node.metrics.state_changed(&self.cfg.name);
+            }
+            let line = format!("{:?} -> {:?}: {}", c.from, c.to, c.why);
             // The line for people, the record for the history: same time.
             let at = utc(crate::cluster::heartbeat::now_ms());
             self.note_at(at.clone(), line);
             self.log.record(Transition {
                 at,
-                from: before.0,
-                to: self.machine.state,
-                why: self.machine.why.clone(),
+                from: c.from,
+                to: c.to,
+                why: c.why,
             });
         }
         for a in out.actions {
