@@ -51,11 +51,11 @@ fn without_quorum_a_silent_peer_is_not_left_behind_and_a_fence_fails_the_call() 
     assert_eq!(waiter.join().unwrap(), Ok(()));
 }
 
-/// A link whose peer hears everything and answers nothing: reading it
-/// takes until the deadline the reader gives and finds no message.
-struct Silent;
+/// A link on which a reader finds what `answer` gives: nothing (after
+/// waiting until the deadline it was given), or an answer.
+struct Scripted<F: Fn(Instant) -> Vec<Message> + Send + Sync>(F);
 
-impl Outlet for Silent {
+impl<F: Fn(Instant) -> Vec<Message> + Send + Sync> Outlet for Scripted<F> {
     fn send(&self, _m: &Outgoing<'_>, _now: bool) -> Result<(), LinkError> {
         Ok(())
     }
@@ -64,9 +64,14 @@ impl Outlet for Silent {
     }
     fn close(&self, _graceful: bool) {}
     fn read(&self, until: Instant) -> Option<Result<Vec<Message>, LinkError>> {
-        std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        Some(Ok(Vec::new()))
+        Some(Ok((self.0)(until)))
     }
+}
+
+/// The peer hears everything and answers nothing.
+fn silent(until: Instant) -> Vec<Message> {
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    Vec::new()
 }
 
 /// A call that reads the peer's answers itself, on a link where nothing
@@ -76,7 +81,7 @@ impl Outlet for Silent {
 fn a_call_reading_its_own_answer_gives_up_at_peer_timeout() {
     for ack_wait in [Need::Applied, Need::Lag(0)] {
         let (rep, _root) = replicator(300);
-        let conn = rep.attach(Arc::new(Silent));
+        let conn = rep.attach(Arc::new(Scripted(silent)));
         rep.stream.lock().ready = true;
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = {
@@ -107,33 +112,22 @@ fn a_call_reading_its_own_answer_gives_up_at_peer_timeout() {
 /// is looked at before the peer is given up.
 #[test]
 fn an_answer_waiting_at_the_deadline_keeps_the_peer() {
-    struct Late(std::sync::atomic::AtomicBool);
-    impl Outlet for Late {
-        fn send(&self, _m: &Outgoing<'_>, _now: bool) -> Result<(), LinkError> {
-            Ok(())
+    let frozen = AtomicBool::new(false);
+    let late = move |until: Instant| {
+        if !frozen.swap(true, Ordering::SeqCst) {
+            // Frozen well past the caller's deadline, having read nothing.
+            silent(until + Duration::from_millis(200));
+            return Vec::new();
         }
-        fn flush(&self) -> Result<(), LinkError> {
-            Ok(())
-        }
-        fn close(&self, _graceful: bool) {}
-        fn read(&self, until: Instant) -> Option<Result<Vec<Message>, LinkError>> {
-            if !self.0.swap(true, Ordering::SeqCst) {
-                // Frozen well past the caller's deadline, having read nothing.
-                std::thread::sleep(
-                    until.saturating_duration_since(Instant::now()) + Duration::from_millis(200),
-                );
-                return Some(Ok(Vec::new()));
-            }
-            // The answer came in meanwhile.
-            Some(Ok(vec![Message::Ack {
-                received: 1,
-                applied: 1,
-                durable: 1,
-            }]))
-        }
-    }
+        // The answer came in meanwhile.
+        vec![Message::Ack {
+            received: 1,
+            applied: 1,
+            durable: 1,
+        }]
+    };
     let (rep, _root) = replicator(100);
-    let conn = rep.attach(Arc::new(Late(AtomicBool::new(false))));
+    let conn = rep.attach(Arc::new(Scripted(late)));
     assert_eq!(rep.stream.wait(conn, 1, Need::Applied), Ok(()));
     assert!(rep.still_linked(conn), "the peer answered: it stays");
 }
