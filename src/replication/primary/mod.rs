@@ -4,18 +4,13 @@
 //!
 //! [`Replicator`] is the façade that the mount, the link and the resync
 //! call; the parts behind it have one job each:
-//! - `stream.rs`: sequence numbers, the link slot, sending, waiting for the
-//!   peer; `order.rs`: the state behind its one order lock;
-//! - `acks.rs`: the peer's acknowledgements and waiting for them;
+//! - `stream.rs`: the link slot, sending, waiting for the peer; `order.rs`:
+//!   the state behind its one order lock; `acks.rs`: the acknowledgements;
 //! - `peer.rs`: what losing the peer means, decided in one place;
-//! - `records.rs`: the change-log records of a mutation;
-//! - `clears.rs`: what the change log may forget once the peer made it
-//!   durable (pure bookkeeping);
-//! - `times.rs`: modification times owed to the peer;
-//! - `write.rs`: the write path; `exclude.rs`: the same through the
-//!   module's `exclude` patterns;
-//! - `shipping.rs`: the resync's entry points;
-//! - `report.rs`: the status.
+//! - `records.rs`, `clears.rs`, `times.rs`: the change-log records of a
+//!   mutation, what may be forgotten once durable, times owed to the peer;
+//! - `write.rs`: the write path; `exclude.rs`: the same through `exclude`;
+//! - `shipping.rs`: the resync's entry points; `report.rs`: the status.
 //!
 //! Lock order: the order lock, then the acknowledgement tracker's lock;
 //! never the other way round. Waiting for the peer happens outside the
@@ -89,13 +84,6 @@ pub struct Replicator {
     pub verify: Mutex<VerifyState>,
 }
 
-/// How far plain writes may run ahead of the peer in the `durable` and
-/// `received` modes before they wait.
-pub const WINDOW: u64 = 32 << 20;
-
-/// How long a resync lets its shipped-but-unapplied bytes grow.
-pub const RESYNC_WINDOW: u64 = 64 << 20;
-
 impl Replicator {
     pub fn new(mut s: Settings) -> Arc<Self> {
         let tally = Arc::<Tally>::default();
@@ -141,8 +129,6 @@ impl Replicator {
     pub fn is_excluded(&self, dir: u32, p: &Path) -> bool {
         self.excluding().is_excluded(dir, p)
     }
-
-    // ---- the link ----
 
     /// A connection is up: mutations from now on travel on `tx`. Returns the
     /// connection's id.
@@ -247,8 +233,6 @@ impl Replicator {
                 .note_error(format!("cannot start the thread that sends times: {e}"));
         }
     }
-
-    // ---- the resync's entry points (see `shipping.rs`) ----
 
     /// Ships one resync item built under the order lock; false once the
     /// link is gone.

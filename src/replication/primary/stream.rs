@@ -17,12 +17,18 @@ use super::order::Order;
 use super::outlet::Outbound;
 use super::peer::{OnTimeout, PeerLoss};
 use super::records::Records;
-use super::{RESYNC_WINDOW, WINDOW};
 use crate::config::Ack;
 use crate::fs::Errno;
 use crate::replication::dir::Dir;
 use crate::replication::status::Tally;
 use crate::replication::wire::{Message, Outgoing, Time, WireMutation};
+
+/// How far plain writes may run ahead of the peer in the `durable` and
+/// `received` modes before they wait.
+pub const WINDOW: u64 = 32 << 20;
+
+/// How long a resync lets its shipped-but-unapplied bytes grow.
+pub const RESYNC_WINDOW: u64 = 64 << 20;
 
 /// How often, at most, acknowledgements clear the change log.
 const CLEAR_EVERY: Duration = Duration::from_millis(10);

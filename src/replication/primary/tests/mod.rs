@@ -3,6 +3,7 @@
 //! in `records.rs`, waiting for the peer in `waits.rs`.
 
 use super::acks::Need;
+use super::stream::WINDOW;
 use super::*;
 use crate::replication::wire::{Outgoing, Time, WireMutation};
 use std::os::fd::AsFd;
