@@ -41,6 +41,25 @@ const PER_ADDRESS: usize = 8;
 const REQUEST_LINE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A probe's whole exchange.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections the kernel completes before the endpoint accepts them. A
+/// flood that is accepted and turned away still passes through this queue:
+/// with the usual 128 it fills, the kernel drops the next SYN, and a probe
+/// waits a whole SYN retransmission (1 s, a cloud probe's whole timeout).
+/// The kernel caps it at `net.core.somaxconn`.
+pub const BACKLOG: i32 = 4096;
+
+/// A listener for the endpoints on `addr`, with [`BACKLOG`].
+pub fn listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(BACKLOG as u32)
+}
+
 /// Largest request head read: probes send a few hundred bytes.
 const MAX_HEAD: usize = 16 << 10;
 /// The methods the endpoints answer.
@@ -684,11 +703,11 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        // Bound on its runtime, with tokio's listen backlog, as the endpoint is.
+        // Bound on its runtime, with the endpoint's listen backlog.
         let (bound, addr) = tokio::sync::oneshot::channel();
         let served = h.clone();
         server.spawn(async move {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let l = listener("127.0.0.1:0".parse().unwrap()).unwrap();
             let _ = bound.send(l.local_addr().unwrap());
             serve(l, served, plain, std::future::pending()).await
         });

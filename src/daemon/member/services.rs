@@ -325,7 +325,7 @@ async fn listen_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
             )
         } < 0
             // SAFETY: listen takes no pointer; `sock` is the open socket we own.
-            || unsafe { libc::listen(sock.as_raw_fd(), 128) } < 0
+            || unsafe { libc::listen(sock.as_raw_fd(), lb_health::BACKLOG) } < 0
         {
             return Err(std::io::Error::last_os_error());
         }
@@ -333,6 +333,6 @@ async fn listen_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
     };
     match dual() {
         Ok(l) => tokio::net::TcpListener::from_std(l),
-        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port)).await,
+        Err(_) => lb_health::listener(([0, 0, 0, 0], port).into()),
     }
 }
