@@ -619,15 +619,10 @@ mod tests {
         );
     }
 
-    /// Held by the tests that load both CPUs: the attack test measures the
-    /// endpoint against its attacker, not against another test's load.
-    static BUSY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
     /// Random and mutated requests: every one gets one well-formed answer
     /// (or, closed early, none), never a panic.
     #[tokio::test]
     async fn mutated_requests_get_a_well_formed_answer() {
-        let _alone = BUSY.lock().await;
         let h = health();
         let base: &[&[u8]] = &[
             b"GET /primary/app HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -696,7 +691,6 @@ mod tests {
     /// tasks crowd the prober's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn probes_are_answered_while_a_client_holds_idle_connections_and_sends_huge_headers() {
-        let _alone = BUSY.lock().await;
         let h = health();
         let server = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

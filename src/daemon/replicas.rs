@@ -245,7 +245,7 @@ pub fn start(
                 .block_on(resolve(&peer.address, port))
                 .map_err(|e| e.to_string())?;
             for m in &settings.modules {
-                let replica = primary(
+                let (rep, link) = primary(
                     settings,
                     m,
                     Wiring {
@@ -257,8 +257,9 @@ pub fn start(
                         latency: None,
                     },
                     rt.handle(),
-                )?;
-                out.insert(m.name.clone(), replica);
+                )
+                .map_err(|e| e.to_string())?;
+                out.insert(m.name.clone(), Replica::Primary(rep, link));
             }
         }
         Role::Local => {}
@@ -315,7 +316,7 @@ pub fn primary(
     m: &Module,
     w: Wiring,
     rt: &tokio::runtime::Handle,
-) -> Result<Replica, String> {
+) -> Result<(Arc<Replicator>, Arc<PrimarySession>), ExcludeError> {
     let rep = Replicator::new(crate::replication::primary::Settings {
         module: m.name.clone(),
         ack: m.ack,
@@ -336,10 +337,22 @@ pub fn primary(
         stop: w.stop,
     });
     link.start(rt);
-    Ok(Replica::Primary(rep, link))
+    Ok((rep, link))
+}
+
+/// A module's `exclude` patterns do not compile (the configuration's check
+/// refuses them first: this is for a configuration changed under the daemon).
+#[derive(Debug, thiserror::Error)]
+#[error("module {module}: exclude {why}")]
+pub struct ExcludeError {
+    module: String,
+    why: String,
 }
 
 /// The module's compiled `exclude` patterns (validated with the config).
-pub fn exclude_of(m: &crate::config::Module) -> Result<crate::config::Exclude, String> {
-    crate::config::Exclude::new(&m.exclude).map_err(|e| format!("module {}: exclude {e}", m.name))
+pub fn exclude_of(m: &crate::config::Module) -> Result<crate::config::Exclude, ExcludeError> {
+    crate::config::Exclude::new(&m.exclude).map_err(|why| ExcludeError {
+        module: m.name.clone(),
+        why,
+    })
 }

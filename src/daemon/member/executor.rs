@@ -163,7 +163,7 @@ impl Managed {
                     })
             }) as crate::replication::primary::AloneCheck
         });
-        let replica = replicas::primary(
+        let (rep, link) = replicas::primary(
             s,
             &self.cfg,
             replicas::Wiring {
@@ -175,9 +175,9 @@ impl Managed {
                 latency: Some(node.metrics.replication_latency(&self.cfg.name)),
             },
             &node.rt,
-        )?;
-        let rep = replica.primary().expect("a primary was built").clone();
-        self.replica = Some(replica);
+        )
+        .map_err(|e| e.to_string())?;
+        self.replica = Some(Replica::Primary(rep.clone(), link));
         *self.fence.rep.lock() = Some(rep.clone());
         self.fence.fenced.store(false, Ordering::SeqCst);
         self.fence.armed.store(true, Ordering::SeqCst);

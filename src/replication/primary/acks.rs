@@ -245,8 +245,10 @@ impl AckTracker {
                 }
                 last_look = true;
             }
-            (self.blocking)();
+            // Not under the lock: the mount's other worker may take the
+            // next request meanwhile, and the reader may need the lock.
             drop(s);
+            (self.blocking)();
             let until = deadline.max(now).min(now + LEAD_SLICE);
             if let Err(e) = self.await_reply(conn, &*outlet, until) {
                 return Waited::ReadFailed(e);
@@ -274,7 +276,6 @@ impl AckTracker {
             None => {
                 // Never past the caller's deadline by more than a slice,
                 // and never without a short sleep (no busy loop).
-                let _ = until;
                 let s = &mut self.state.lock();
                 if s.linked(conn) {
                     self.acked.wait_until(s, Instant::now() + FOLLOW_SLICE);

@@ -41,8 +41,8 @@ pub struct Excluding<'a> {
     pub exclude: &'a Exclude,
 }
 
-impl Excluding<'_> {
-    fn exclusions(&self) -> Option<&Exclude> {
+impl<'a> Excluding<'a> {
+    pub fn exclusions(&self) -> Option<&'a Exclude> {
         Some(self.exclude).filter(|e| !e.is_empty())
     }
 

@@ -122,7 +122,7 @@ impl Replicator {
 
     /// The module's exclusions, if it has any.
     pub fn exclusions(&self) -> Option<&Exclude> {
-        Some(&self.exclude).filter(|e| !e.is_empty())
+        self.excluding().exclusions()
     }
 
     /// Whether `p`, as it is in directory `dir` now, is excluded.
