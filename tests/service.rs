@@ -107,28 +107,32 @@ fn the_service_manager_hears_ready_once_mounted_status_watchdog_pings_and_stoppi
         "{:?}",
         longest_gap(&pings)
     );
-    // …and stop while it is blocked: a restart whose start script takes
-    // 3 s holds the manager (scripts run on its loop).
+    // …and go on while an application's script runs: scripts run off the
+    // manager's loop (a restart whose start script takes 3 s), and the
+    // restart answers once it is done.
     std::fs::write(c.path("slow_start"), "3").unwrap();
     let before = Instant::now();
     let o = c.tandem(1, &["restart", "app"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        before.elapsed() >= Duration::from_millis(3000),
+        "the restart answered before its start script ended: {:?}",
+        before.elapsed()
+    );
     std::fs::remove_file(c.path("slow_start")).unwrap();
-    std::thread::sleep(Duration::from_millis(600));
     let during: Vec<Said> = lines(&said, "WATCHDOG=1")
         .into_iter()
-        .filter(|s| s.at >= before - Duration::from_millis(1500))
+        .filter(|s| s.at >= before)
         .collect();
     assert!(
-        longest_gap(&during) >= Duration::from_millis(2800),
-        "pings went on while the manager was blocked: longest gap {:?}",
-        longest_gap(&during)
+        during.len() >= 10,
+        "{} pings during the restart",
+        during.len()
     );
     assert!(
-        during
-            .last()
-            .is_some_and(|s| s.at > before + Duration::from_millis(3000)),
-        "pings did not resume"
+        longest_gap(&during) < Duration::from_millis(1000),
+        "the manager's loop stood still while a script ran: longest gap {:?}",
+        longest_gap(&during)
     );
     assert_eq!(lines(&said, "READY=1").len(), 1, "READY=1 said twice");
     assert!(lines(&said, "STOPPING=1").is_empty());

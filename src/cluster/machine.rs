@@ -151,12 +151,30 @@ pub enum Action {
     },
     StartApp,
     StopApp,
+    /// Take the primary side out of service before the application stops
+    /// without a hand-over (cut off, yielding to newer data, failing with no
+    /// current peer to take over): nothing is acknowledged alone any more and
+    /// calls blocked on the peer fail at once.
+    Fence,
+    /// Run one of the scripts of a module's start or stop on this node.
+    Run(Hook),
     /// Close the primary side; `flush`: wait until the peer has everything.
     Demote {
         flush: bool,
     },
     /// Remember the role across restarts.
     SaveRole(State),
+}
+
+/// The scripts that go with starting and stopping a module on a node,
+/// whatever its role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// The module leaves STOP here.
+    StartBoth,
+    /// The module enters STOP here: `stop_both`, then `poststop`.
+    StopBoth,
+    Poststop,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +220,9 @@ pub enum Event {
     Generation(Gen),
     Command(Command),
     Failed(Failure, String),
+    /// The fencer took this serving node out of service: neither its peer
+    /// nor its quorum answered. It steps down as if both were lost.
+    Fenced,
 }
 
 /// Fixed settings of one module's machine.
@@ -374,9 +395,24 @@ impl Machine {
         self.peer.as_ref()
     }
 
+    /// The facts fed to the machine as it holds them now: the daemon feeds
+    /// only what differs.
+    pub fn generation(&self) -> &Gen {
+        &self.generation
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    pub fn witness_newest(&self) -> u64 {
+        self.witness_newest
+    }
+
     pub fn step(&mut self, now: u64, ev: Event) -> Outcome {
         let before = (self.state, self.why.clone());
         let mut out = self.step_inner(now, ev);
+        self.completed(before.0, &mut out.actions);
         if (self.state, &self.why) != (before.0, &before.1) {
             out.change = Some(Change {
                 from: before.0,
@@ -387,12 +423,46 @@ impl Machine {
         out
     }
 
-    /// Whether stopping the application now ends serving without a
-    /// hand-over (cut off, yielding to newer data, failing with no current
-    /// peer to take over): the primary side is then fenced first, so nothing
-    /// is acknowledged alone and calls blocked on the peer fail at once.
-    pub fn fences_when_stopping(&self) -> bool {
-        self.state == State::Wait && !self.handover
+    /// What a step's decisions imply, added once the step has decided: the
+    /// fence before an application stops without a hand-over, and the
+    /// scripts of leaving or entering STOP after everything else.
+    fn completed(&self, before: State, actions: &mut Vec<Action>) {
+        if self.state == State::Wait
+            && !self.handover
+            && let Some(i) = actions.iter().position(|a| *a == Action::StopApp)
+        {
+            actions.insert(i, Action::Fence);
+        }
+        if before == State::Stop && self.state != State::Stop {
+            actions.push(Action::Run(Hook::StartBoth));
+        }
+        if before != State::Stop && self.state == State::Stop {
+            actions.push(Action::Run(Hook::StopBoth));
+            actions.push(Action::Run(Hook::Poststop));
+        }
+    }
+
+    /// Whether the fencer may take this node out of service when it finds it
+    /// cut off from both its peer and its quorum: it serves, and its peer
+    /// did not step down for it (a peer that did cannot take over).
+    pub fn fence_armed(&self) -> bool {
+        self.state.serving()
+            && !self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.state == Some(State::Stop))
+    }
+
+    /// The role to record when the daemon stops (not an operator's stop,
+    /// which this machine has just carried out from `was`): the next run
+    /// comes back as SECOND if the peer took over or the node did not serve,
+    /// else in the role it had.
+    pub fn role_after_shutdown(&self, was: State) -> State {
+        if self.handover || !was.serving() {
+            State::Second
+        } else {
+            was
+        }
     }
 
     fn step_inner(&mut self, now: u64, ev: Event) -> Outcome {
@@ -418,13 +488,7 @@ impl Machine {
                 self.heard_handover(&v);
                 self.peer = Some(v);
             }
-            Event::PeerLost => {
-                self.peer = None;
-                self.peer_idle_since = None;
-                self.handover_heard = None;
-                self.declined = false;
-                self.peer_declined = false;
-            }
+            Event::PeerLost => self.peer_lost(),
             Event::Quorum(q) => self.quorum = q,
             Event::WitnessNewest(g) => self.witness_newest = g,
             Event::Synced(s) => self.synced = s,
@@ -434,6 +498,12 @@ impl Machine {
                 out.reply = Some(reply);
             }
             Event::Failed(f, msg) => self.failed(f, msg, &mut out.actions),
+            // A node that no longer serves has nothing left to fence.
+            Event::Fenced if self.state.serving() => {
+                self.quorum = false;
+                self.peer_lost();
+            }
+            Event::Fenced => {}
         }
         if self
             .boot_until
@@ -451,6 +521,14 @@ impl Machine {
             self.declined = true;
         }
         out
+    }
+
+    fn peer_lost(&mut self) {
+        self.peer = None;
+        self.peer_idle_since = None;
+        self.handover_heard = None;
+        self.declined = false;
+        self.peer_declined = false;
     }
 
     /// Keeps track of the peer's hand-over to this node and of its asks.

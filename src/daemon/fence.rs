@@ -1,13 +1,13 @@
-//! The fencer: a thread of its own that stops a cut-off node from serving
-//! when its cluster manager cannot do it in time — the manager runs the
-//! application's scripts, and waits for them, on its one thread. A serving
-//! module whose node hears neither its peer nor its quorum (its lease ran
-//! out, no address answers) is fenced within a fraction of the heartbeat
-//! interval, well before the peer may take over: the health endpoint says
-//! 503, the virtual addresses go, and the replication refuses every change
-//! (so nothing is acknowledged alone). The manager then stops the
-//! application and steps down as usual, and re-arms the fence when the
-//! module serves again.
+//! The fencer: a thread of its own that carries out the machine's standing
+//! decision to fence a serving module (`Machine::fence_armed`) the moment
+//! its node is found cut off — neither its peer nor its quorum answers (its
+//! lease ran out, no address answers) — within a fraction of the heartbeat
+//! interval, well before the peer may take over, and whatever the manager's
+//! thread is doing then (unmounting, flushing to the peer, copying data
+//! aside for another module). The health endpoint says 503, the virtual
+//! addresses go, and the replication refuses every change (so nothing is
+//! acknowledged alone). The machine then hears `Event::Fenced` and steps
+//! down as usual; promoting re-arms the fence.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,8 @@ use parking_lot::Mutex;
 use crate::failover::vip::VipFence;
 use crate::replication::primary::Replicator;
 
-/// What the fencer may undo for one module, kept up to date by the manager.
+/// What the fencer may undo for one module, and whether it may: kept up
+/// to date by the manager from the machine's decision.
 #[derive(Default)]
 pub struct Fence {
     pub module: String,

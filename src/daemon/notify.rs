@@ -57,11 +57,6 @@ impl Notifier {
         }
     }
 
-    /// The watchdog's period, when the service manager asked for pings.
-    pub fn watchdog(&self) -> Option<Duration> {
-        self.ping_every.map(|d| d * 2)
-    }
-
     /// Called on every turn of the manager's loop, after its actions, with
     /// each module's state and whether its machine still waits out its boot.
     pub fn turn(&mut self, modules: &[(String, State, bool)]) {

@@ -143,6 +143,7 @@ fn a_primary_that_loses_its_peer_keeps_serving_with_quorum_and_fences_itself_wit
     assert_eq!(
         out.actions,
         vec![
+            Action::Fence,
             Action::StopApp,
             Action::Demote { flush: false },
             Action::SaveRole(State::Wait)
@@ -272,7 +273,9 @@ fn a_clean_stop_of_the_primary_hands_over_at_once() {
         vec![
             Action::StopApp,
             Action::Demote { flush: true },
-            Action::SaveRole(State::Stop)
+            Action::SaveRole(State::Stop),
+            Action::Run(Hook::StopBoth),
+            Action::Run(Hook::Poststop),
         ]
     );
     // No heartbeat timeout: the next heartbeat says "stopped, take over".
@@ -382,8 +385,12 @@ fn a_primary_that_froze_yields_to_the_twin_that_went_on_alone_and_follows_it() {
     // Its quorum not looked at yet since it woke: the generations decide.
     let out = a.step(5_000, Event::Peer(twin.clone()));
     assert_eq!(
-        out.actions[..2],
-        [Action::StopApp, Action::Demote { flush: false }]
+        out.actions[..3],
+        [
+            Action::Fence,
+            Action::StopApp,
+            Action::Demote { flush: false }
+        ]
     );
     assert_eq!(a.state, State::Wait);
     assert!(!a.split_brain, "{}", a.why);

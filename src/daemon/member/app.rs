@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Managed, ThisNode};
-use crate::cluster::machine::{Event, Failure};
+use crate::cluster::machine::{Event, Hook};
 use crate::daemon::replicas::Replica;
 
 /// The application's health checks, as the manager keeps them.
@@ -36,34 +36,8 @@ impl Default for Checks {
 }
 
 impl Managed {
-    /// Restarts the application where it runs (stop_prim, start_prim);
-    /// checks resume for the new process only. A failed start is the
-    /// machine's to handle.
-    pub(super) fn restart_app(&mut self, node: &ThisNode) -> Result<(), String> {
-        self.checks
-            .active
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        node.health.set_serving(&self.cfg.name, false);
-        let _ = self.script(node, Script::StopPrim, "prim");
-        self.app_running = false;
-        match self.script(node, Script::StartPrim, "prim") {
-            Ok(()) => {
-                self.app_running = true;
-                node.health
-                    .set_serving(&self.cfg.name, self.machine.state.serving());
-                self.checks.from = Instant::now();
-                Ok(())
-            }
-            Err(e) => {
-                self.feed(node, Event::Failed(Failure::StartApp, e.clone()));
-                Err(e)
-            }
-        }
-    }
-
     /// Replication facts the machine decides on, fed when they change.
-    pub(super) fn observe(&mut self, node: &ThisNode) -> bool {
-        let mut changed = false;
+    pub(super) fn observe(&mut self, node: &ThisNode) {
         let up = match &self.replica {
             Some(Replica::Secondary(sm)) => Some(sm.uptodate()),
             _ => None,
@@ -74,20 +48,15 @@ impl Managed {
             self.save_role(self.machine.state);
         }
         if let Some(g) = self.read_generation()
-            && self.generation.as_ref() != Some(&g)
+            && *self.machine.generation() != g
         {
-            self.generation = Some(g.clone());
             self.feed(node, Event::Generation(g));
-            changed = true;
         }
         if let Some(up) = up
-            && self.synced != Some(up)
+            && self.machine.synced() != up
         {
-            self.synced = Some(up);
             self.feed(node, Event::Synced(up));
-            changed = true;
         }
-        changed
     }
 }
 
@@ -122,6 +91,16 @@ impl Script {
             Script::StartBoth => &s.start_both,
             Script::StopBoth => &s.stop_both,
             Script::Poststop => &s.poststop,
+        }
+    }
+}
+
+impl From<Hook> for Script {
+    fn from(h: Hook) -> Script {
+        match h {
+            Hook::StartBoth => Script::StartBoth,
+            Hook::StopBoth => Script::StopBoth,
+            Hook::Poststop => Script::Poststop,
         }
     }
 }

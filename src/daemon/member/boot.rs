@@ -186,7 +186,7 @@ fn start_and_serve(
         logs: Mutex::new(Vec::new()),
         history: Mutex::new(Vec::new()),
         replicas: Mutex::new(Vec::new()),
-        input: Mutex::new(input_tx),
+        input: Mutex::new(input_tx.clone()),
         relay: Relay {
             me: me.name.clone(),
             peer: peer.name.clone(),
@@ -210,7 +210,7 @@ fn start_and_serve(
             format!("cannot start the guard process (it cleans up if this daemon dies): {e}"),
         )
     })?;
-    // Fences a cut-off node even while the manager waits for a script.
+    // Fences a cut-off node even while the manager's thread is held up.
     let quorum_ok = start_fencer(&modules, &quorum, &ping, &hb, &health, &settings, stop)?;
     let node = ThisNode {
         quorum,
@@ -228,6 +228,7 @@ fn start_and_serve(
         settings,
         stop: stop.clone(),
         metrics,
+        inputs: input_tx,
     };
     let socket = node.settings.daemon.socket.clone();
     let mgr_shared = shared.clone();

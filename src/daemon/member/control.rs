@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::Input;
+use super::{Ask, Input};
 use crate::cluster::machine::{Command, State};
 use crate::control::{Dispatch, Request, Response, Status, Transition};
 use crate::daemon::replicas::Replica;
@@ -85,7 +85,7 @@ impl Shared {
 impl Dispatch for Shared {
     fn handle(&self, req: Request) -> Response {
         let command = |module: Option<String>, cmd: Command| {
-            self.ask(|reply| Input::Command { module, cmd, reply })
+            self.ask(|reply| Input::Ask(Ask::Command { module, cmd, reply }))
         };
         match req {
             Request::Status {} => {
@@ -124,9 +124,11 @@ impl Dispatch for Shared {
                     )),
                 }
             }
-            Request::Restart { module } => self.ask(|reply| Input::Restart { module, reply }),
+            Request::Restart { module } => {
+                self.ask(|reply| Input::Ask(Ask::Restart { module, reply }))
+            }
             Request::Checker { module, on } => {
-                self.ask(|reply| Input::Checker { module, on, reply })
+                self.ask(|reply| Input::Ask(Ask::Checker { module, on, reply }))
             }
             Request::Log { module } => match self.logs.lock().iter().find(|(n, _)| *n == module) {
                 None => Response::error(format!("no module named {module:?}")),

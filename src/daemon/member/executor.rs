@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::app::Script;
 use super::module::utc;
+use super::plan::{Flow, Job, Next};
 use super::{Managed, ThisNode};
 use crate::cluster::machine::{Action, Failure, State};
 use crate::daemon::replicas::{self, Replica};
@@ -19,7 +20,84 @@ use crate::replication::secondary::SecondaryModule;
 const LINK_STOP: Duration = Duration::from_secs(2);
 
 impl Managed {
-    pub(super) fn act(&mut self, node: &ThisNode, a: &Action) -> Result<(), (Failure, String)> {
+    /// Starts one piece of work: done at once, or waiting for a script.
+    pub(super) fn begin(&mut self, node: &ThisNode, job: Job) -> Flow {
+        match job {
+            Job::Act(a) => match self.act(node, &a) {
+                Ok(flow) => flow,
+                Err((failure, error)) => Flow::Failed {
+                    what: format!("{a:?}"),
+                    failure,
+                    error,
+                },
+            },
+            Job::Restart => {
+                // Checks resume for the new process only; clients wait.
+                self.checks
+                    .active
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                node.health.set_serving(&self.cfg.name, false);
+                self.app_running = false;
+                self.run_script(node, Script::StopPrim, "prim", Next::Restarting)
+            }
+        }
+    }
+
+    /// Goes on with the work a script was part of, now that it answered.
+    pub(super) fn resume(&mut self, node: &ThisNode, next: Next, ran: Result<(), String>) -> Flow {
+        let failed = |what: &str, failure, error| Flow::Failed {
+            what: what.into(),
+            failure,
+            error,
+        };
+        match (next, ran) {
+            (Next::Promote { new_generation }, Ok(())) => {
+                match self.promote(node, new_generation) {
+                    Ok(()) => Flow::Done,
+                    Err(e) => failed("Promote", Failure::Promote, e),
+                }
+            }
+            (Next::Promote { .. }, Err(e)) => failed("Promote", Failure::Promote, e),
+            (Next::Started, Ok(())) => {
+                self.app_running = true;
+                self.checks.from = Instant::now();
+                // Clients are sent here only once it runs: the announcements
+                // go out and the probe says 200 now.
+                if let Some(v) = self.vips.as_mut()
+                    && let Err(e) = v.announce(&node.stop)
+                {
+                    self.note(format!("announcing the virtual addresses: {e}"));
+                }
+                node.health.set_serving(&self.cfg.name, true);
+                Flow::Done
+            }
+            (Next::Started, Err(e)) => {
+                self.release_clients(node);
+                failed("StartApp", Failure::StartApp, e)
+            }
+            // A failing stop is logged; demoting goes on (the unmount tells
+            // whether files are still in use).
+            (Next::Stopped | Next::Nothing, _) => Flow::Done,
+            (Next::Restarting, _) => {
+                self.run_script(node, Script::StartPrim, "prim", Next::Restarted)
+            }
+            (Next::Restarted, Ok(())) => {
+                self.app_running = true;
+                node.health
+                    .set_serving(&self.cfg.name, self.machine.state.serving());
+                self.checks.from = Instant::now();
+                self.plan.restarted = Some(Ok(()));
+                Flow::Done
+            }
+            (Next::Restarted, Err(e)) => {
+                self.plan.restarted = Some(Err(e.clone()));
+                // A failed start is the machine's to handle.
+                failed("restart", Failure::StartApp, e)
+            }
+        }
+    }
+
+    fn act(&mut self, node: &ThisNode, a: &Action) -> Result<Flow, (Failure, String)> {
         match a {
             Action::BecomeSecondary { full } => {
                 let sm = SecondaryModule::new(
@@ -36,7 +114,6 @@ impl Managed {
                     .lock()
                     .insert(self.cfg.name.clone(), sm.clone());
                 self.replica = Some(Replica::Secondary(sm));
-                self.synced = None;
                 // The peer serves: an address a dead daemon left here would
                 // answer ARP for it and draw its clients away.
                 for line in self
@@ -56,46 +133,44 @@ impl Managed {
                     sm.close();
                 }
             }
-            Action::Promote { new_generation } => self
-                .promote(node, *new_generation)
-                .map_err(|e| (Failure::Promote, e))?,
+            Action::Promote { new_generation } => {
+                // The guard knows before anything is mounted or started here.
+                if let Some(g) = node.guard.lock().as_mut() {
+                    g.include(self.guard_duty(node));
+                }
+                // Before the new generation: a node whose prestart refuses
+                // has not served, and its data must not pass for changed on
+                // its own.
+                let next = Next::Promote {
+                    new_generation: *new_generation,
+                };
+                return Ok(self.run_script(node, Script::Prestart, "prim", next));
+            }
             Action::StartApp => {
                 // The addresses first (an application may bind to them)…
                 self.take_clients(node)
                     .map_err(|e| (Failure::StartApp, e))?;
-                if let Err(e) = self.script(node, Script::StartPrim, "prim") {
-                    self.release_clients(node);
-                    return Err((Failure::StartApp, e));
-                }
-                self.app_running = true;
-                self.checks.from = Instant::now();
-                // …but clients are sent here only once it runs: the
-                // announcements go out and the probe says 200 now.
-                if let Some(v) = self.vips.as_mut()
-                    && let Err(e) = v.announce(&node.stop)
-                {
-                    self.note(format!("announcing the virtual addresses: {e}"));
-                }
-                node.health.set_serving(&self.cfg.name, true);
+                return Ok(self.run_script(node, Script::StartPrim, "prim", Next::Started));
             }
-            Action::StopApp => {
-                if self.machine.fences_when_stopping()
-                    && let Some(Replica::Primary(rep, _)) = &self.replica
-                {
+            Action::Fence => {
+                if let Some(Replica::Primary(rep, _)) = &self.replica {
                     rep.fence("this node stops serving without handing over");
                 }
+            }
+            Action::StopApp => {
                 self.release_clients(node);
-                if self.app_running || self.machine.state != State::Wait {
-                    // A failing stop is logged; demoting goes on (the
-                    // unmount below tells whether files are still in use).
-                    let _ = self.script(node, Script::StopPrim, "prim");
+                let running = std::mem::take(&mut self.app_running);
+                if running || self.machine.state != State::Wait {
+                    return Ok(self.run_script(node, Script::StopPrim, "prim", Next::Stopped));
                 }
-                self.app_running = false;
+            }
+            Action::Run(hook) => {
+                return Ok(self.run_script(node, Script::from(*hook), "second", Next::Nothing));
             }
             Action::Demote { flush } => self.demote(*flush),
             Action::SaveRole(s) => self.save_role(*s),
         }
-        Ok(())
+        Ok(Flow::Done)
     }
 
     /// Copies this node's changes that the peer may lack into
@@ -124,14 +199,9 @@ impl Managed {
         Ok(())
     }
 
-    pub(super) fn promote(&mut self, node: &ThisNode, new_generation: bool) -> Result<(), String> {
-        // The guard knows before anything is mounted or started here.
-        if let Some(g) = node.guard.lock().as_mut() {
-            g.include(self.guard_duty(node));
-        }
-        // Before the new generation: a node whose prestart refuses has not
-        // served, and its data must not pass for changed on its own.
-        self.script(node, Script::Prestart, "prim")?;
+    /// Opens the primary side once `prestart` agreed: the new generation,
+    /// the replication, the mounts.
+    fn promote(&mut self, node: &ThisNode, new_generation: bool) -> Result<(), String> {
         if new_generation {
             for d in &self.base {
                 d.log

@@ -2,18 +2,19 @@
 //! goes to the machines, whose actions run before their new states are
 //! announced.
 
-use super::app::Budget;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::app::Script;
+use super::app::Budget;
 use super::control::Shared;
+use super::plan::Job;
 use super::publish::publish;
-use super::{Input, Managed, ThisNode};
+use super::{Ask, Input, Managed, ThisNode};
 use crate::cluster::heartbeat::Heartbeats;
-use crate::cluster::machine::{Command, Event, Failure, PeerView, State};
+use crate::cluster::machine::{Action, Command, Event, Failure, Hook, PeerView, State};
 use crate::control::Response;
 use crate::daemon::replicas::Replica;
 
@@ -28,28 +29,19 @@ pub(super) fn manage(
     let timeout = node.settings.heartbeat.timeout;
     let mut alive = false;
     let mut notifier = crate::daemon::notify::Notifier::from_env(timeout);
-    if let Some(w) = notifier.watchdog() {
-        // Scripts run on this loop: one slower than the watchdog gets the
-        // daemon restarted.
-        for m in modules.iter_mut().filter(|m| m.cfg.scripts.timeout >= w) {
-            tracing::error!(module = %m.cfg.name, "watchdog shorter than the scripts' timeout");
-            m.note(format!(
-                "the service manager's watchdog ({} s) is not longer than the scripts' timeout_s ({} s): \
-                 a slow script would get the daemon restarted; raise WatchdogSec",
-                w.as_secs(),
-                m.cfg.scripts.timeout.as_secs()
-            ));
-        }
-    }
     for m in modules.iter_mut() {
         if m.machine.state != State::Stop {
-            let _ = m.script(&node, Script::StartBoth, "second");
+            m.queue(&node, [Job::Act(Action::Run(Hook::StartBoth))]);
         }
     }
+    // Inputs for a module with work under way wait for it, in order; an
+    // answer is sent once the work it started is done.
+    let mut held: VecDeque<Ask> = VecDeque::new();
+    let mut answers: Vec<Answer> = Vec::new();
     publish(&node, &modules, &hb, shared, alive, Some(&mut notifier));
     let mut next_tick = Instant::now();
     loop {
-        let views_before: Vec<PeerView> = modules.iter().map(|m| m.machine.view()).collect();
+        let views_before: Vec<PeerView> = modules.iter().map(Managed::view).collect();
         let wait = next_tick.saturating_duration_since(Instant::now());
         match input.recv_timeout(wait) {
             Ok(Input::Heard(h)) => {
@@ -71,97 +63,20 @@ pub(super) fn manage(
                     m.feed(&node, Event::Peer(view));
                 }
             }
-            Ok(Input::Command { module, cmd, reply }) => {
-                let _ = reply.send(command(&node, &mut modules, module, cmd));
-            }
-            Ok(Input::Note { module, line }) => {
-                for m in modules
-                    .iter_mut()
-                    .filter(|m| module.as_ref().is_none_or(|n| *n == m.cfg.name))
-                {
-                    m.note(line.clone());
+            Ok(Input::Ran { module, result }) => {
+                if let Some(m) = modules.iter_mut().find(|m| m.cfg.name == module) {
+                    m.ran(&node, result);
                 }
-            }
-            Ok(Input::Restart { module, reply }) => {
-                let r = match modules.iter_mut().find(|m| m.cfg.name == module) {
-                    None => Response::error(format!("no module named {module:?}")),
-                    Some(m) if !m.machine.state.serving() => Response::error(format!(
-                        "module {module} does not serve on this node ({:?}): nothing to restart",
-                        m.machine.state
-                    )),
-                    Some(m) => {
-                        m.note("restart asked by the operator".into());
-                        match m.restart_app(&node) {
-                            Ok(()) => Response {
-                                ok: true,
-                                messages: vec![format!("module {module}: restarted")],
-                                ..Response::default()
-                            },
-                            Err(e) => Response::error(format!("module {module}: {e}")),
-                        }
-                    }
-                };
-                let _ = reply.send(r);
-            }
-            Ok(Input::CheckFailed {
-                module,
-                why,
-                restarts,
-                window,
-                at,
-            }) => {
-                node.metrics.check_failed(&module);
-                if let Some(m) = modules.iter_mut().find(|m| m.cfg.name == module)
-                    && m.machine.state.serving()
-                    && m.app_running
-                    && m.checks.on
-                    && at > m.checks.from
-                {
-                    match super::app::budget(
-                        &mut m.checks.failures,
-                        Instant::now(),
-                        restarts,
-                        window,
-                    ) {
-                        Budget::Restart(n) => {
-                            m.note(format!(
-                                "{why}: restarting the application ({n} of {restarts})"
-                            ));
-                            let _ = m.restart_app(&node);
-                        }
-                        Budget::FailOver(n) => {
-                            m.note(format!(
-                                "{why}: {n} failures within {} s, more than {restarts} restarts",
-                                window.as_secs()
-                            ));
-                            m.feed(&node, Event::Failed(Failure::Check, why));
-                        }
-                    }
-                }
-            }
-            Ok(Input::Checker { module, on, reply }) => {
-                let r = match modules.iter_mut().find(|m| m.cfg.name == module) {
-                    None => Response::error(format!("no module named {module:?}")),
-                    Some(m) if m.cfg.checkers.is_empty() => {
-                        Response::error(format!("module {module} has no checkers"))
-                    }
-                    Some(m) => {
-                        m.checks.on = on;
-                        m.checks.failures.clear();
-                        let what = if on { "resumed" } else { "suspended" };
-                        m.note(format!("health checks {what} by the operator"));
-                        Response {
-                            ok: true,
-                            messages: vec![format!("module {module}: health checks {what}")],
-                            ..Response::default()
-                        }
-                    }
-                };
-                let _ = reply.send(r);
             }
             Ok(Input::Shutdown(done)) => {
                 notifier.stopping();
-                shutdown(&node, &mut modules, &hb);
+                for a in held.drain(..) {
+                    a.refuse("the daemon is stopping");
+                }
+                shutdown(&node, &mut modules, &hb, &input);
+                for a in answers.drain(..) {
+                    a.send(&mut modules);
+                }
                 publish(&node, &modules, &hb, shared, false, None);
                 if let Some(g) = node.guard.lock().take() {
                     g.bye();
@@ -169,8 +84,18 @@ pub(super) fn manage(
                 let _ = done.send(());
                 return;
             }
+            Ok(Input::Ask(a)) => held.push_back(a),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        take_held(&node, &mut modules, &mut held, &mut answers);
+        let mut i = 0;
+        while i < answers.len() {
+            if answers[i].modules.iter().any(|&m| modules[m].busy()) {
+                i += 1;
+            } else {
+                answers.swap_remove(i).send(&mut modules);
+            }
         }
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;
@@ -189,17 +114,15 @@ pub(super) fn manage(
             // A serving node that has neither quorum (its lease, an address
             // answering) nor news of its peer is most likely cut off: the
             // fencer took it out of service at once, not a whole heartbeat
-            // timeout later (see `fence`); here it steps down as it would
-            // have, and serves again only as the machine decides.
+            // timeout later (see `fence`); the machine steps down as it
+            // would have, and serves again only as it decides.
             for m in modules.iter_mut() {
-                if m.machine.state.serving() && m.fence.fenced.load(Ordering::SeqCst) {
+                if m.machine.state.serving() && m.fence.fenced.load(Ordering::SeqCst) && !m.busy() {
                     m.note("neither the peer nor the quorum answers: fenced".into());
-                    m.feed(&node, Event::Quorum(false));
-                    m.feed(&node, Event::PeerLost);
+                    m.feed(&node, Event::Fenced);
                 }
             }
             for m in modules.iter_mut() {
-                m.observe(&node);
                 let q = match &node.quorum {
                     None => node.ping.as_ref().is_none_or(|p| p.ok()),
                     Some(w) => {
@@ -215,21 +138,25 @@ pub(super) fn manage(
                             m.machine.state.serving(),
                         );
                         let newest = w.newest(&m.cfg.name);
-                        if m.witness_newest != newest {
-                            m.witness_newest = newest;
+                        if m.machine.witness_newest() != newest && !m.busy() {
                             m.feed(&node, Event::WitnessNewest(newest));
                         }
                         w.holds(&m.cfg.name)
                     }
                 };
-                m.feed(&node, Event::Quorum(q));
-                m.feed(&node, Event::Tick);
+                // Facts of now, asked again at the next tick: not kept for
+                // a module whose work is under way.
+                if !m.busy() {
+                    m.observe(&node);
+                    m.feed(&node, Event::Quorum(q));
+                    m.feed(&node, Event::Tick);
+                }
             }
         }
         let changed = modules
             .iter()
             .zip(&views_before)
-            .any(|(m, v)| m.machine.view() != *v);
+            .any(|(m, v)| m.view() != *v);
         publish(&node, &modules, &hb, shared, alive, Some(&mut notifier));
         if let Some(g) = node.guard.lock().as_mut() {
             g.update(modules.iter().filter_map(|m| m.duty(&node)).collect());
@@ -237,6 +164,181 @@ pub(super) fn manage(
         if changed {
             // The peer learns of a new state at once, not at the next interval.
             hb.now.notify_one();
+        }
+    }
+}
+
+/// An answer owed to whoever asked, once the work its request started on
+/// these modules is done.
+struct Answer {
+    modules: Vec<usize>,
+    reply: mpsc::Sender<Response>,
+    /// `None`: a restart, answered with how it ended.
+    response: Option<Response>,
+}
+
+impl Answer {
+    fn send(self, modules: &mut [Managed]) {
+        let r = match self.response {
+            Some(r) => r,
+            None => {
+                let m = &mut modules[self.modules[0]];
+                let name = &m.cfg.name;
+                match m.plan.restarted.take() {
+                    Some(Ok(())) => Response {
+                        ok: true,
+                        messages: vec![format!("module {name}: restarted")],
+                        ..Response::default()
+                    },
+                    Some(Err(e)) => Response::error(format!("module {name}: {e}")),
+                    None => Response::error(format!("module {name}: the restart did not end")),
+                }
+            }
+        };
+        let _ = self.reply.send(r);
+    }
+}
+
+/// The modules whose work under way a request waits for.
+fn targets(modules: &[Managed], a: &Ask) -> Vec<usize> {
+    let index = |name: &str| modules.iter().position(|m| m.cfg.name == name);
+    match a {
+        Ask::Command { module: None, .. } => (0..modules.len()).collect(),
+        Ask::Command {
+            module: Some(n), ..
+        }
+        | Ask::Restart { module: n, .. }
+        | Ask::CheckFailed { module: n, .. } => index(n).into_iter().collect(),
+        Ask::Checker { .. } | Ask::Note { .. } => Vec::new(),
+    }
+}
+
+/// Handles the inputs held whose modules have no work under way, in the
+/// order they came; one held for a module keeps later ones for it waiting.
+fn take_held(
+    node: &ThisNode,
+    modules: &mut [Managed],
+    held: &mut VecDeque<Ask>,
+    answers: &mut Vec<Answer>,
+) {
+    let mut waiting: Vec<usize> = Vec::new();
+    let mut kept = VecDeque::new();
+    while let Some(a) = held.pop_front() {
+        let on = targets(modules, &a);
+        if on
+            .iter()
+            .any(|&m| modules[m].busy() || waiting.contains(&m))
+        {
+            waiting.extend(on);
+            kept.push_back(a);
+            continue;
+        }
+        handle(node, modules, a, on, answers);
+    }
+    *held = kept;
+}
+
+/// One request for modules `on`, none of which has work under way.
+fn handle(
+    node: &ThisNode,
+    modules: &mut [Managed],
+    a: Ask,
+    on: Vec<usize>,
+    answers: &mut Vec<Answer>,
+) {
+    match a {
+        Ask::Command { module, cmd, reply } => {
+            let response = command(node, modules, module, cmd);
+            answers.push(Answer {
+                modules: on,
+                reply,
+                response: Some(response),
+            });
+        }
+        Ask::Note { module, line } => {
+            for m in modules
+                .iter_mut()
+                .filter(|m| module.as_ref().is_none_or(|n| *n == m.cfg.name))
+            {
+                m.note(line.clone());
+            }
+        }
+        Ask::Restart { module, reply } => match modules.iter().position(|m| m.cfg.name == module) {
+            None => {
+                let _ = reply.send(Response::error(format!("no module named {module:?}")));
+            }
+            Some(i) if !modules[i].machine.state.serving() => {
+                let _ = reply.send(Response::error(format!(
+                    "module {module} does not serve on this node ({:?}): nothing to restart",
+                    modules[i].machine.state
+                )));
+            }
+            Some(i) => {
+                let m = &mut modules[i];
+                m.note("restart asked by the operator".into());
+                m.plan.restarted = None;
+                m.queue(node, [Job::Restart]);
+                answers.push(Answer {
+                    modules: vec![i],
+                    reply,
+                    response: None,
+                });
+            }
+        },
+        Ask::CheckFailed {
+            module,
+            why,
+            restarts,
+            window,
+            at,
+        } => {
+            node.metrics.check_failed(&module);
+            if let Some(m) = modules.iter_mut().find(|m| m.cfg.name == module)
+                && m.machine.state.serving()
+                && m.app_running
+                && m.checks.on
+                && at > m.checks.from
+            {
+                match super::app::budget(&mut m.checks.failures, Instant::now(), restarts, window) {
+                    Budget::Restart(n) => {
+                        m.note(format!(
+                            "{why}: restarting the application ({n} of {restarts})"
+                        ));
+                        m.queue(node, [Job::Restart]);
+                    }
+                    Budget::FailOver(n) => {
+                        m.note(format!(
+                            "{why}: {n} failures within {} s, more than {restarts} restarts",
+                            window.as_secs()
+                        ));
+                        m.feed(node, Event::Failed(Failure::Check, why));
+                    }
+                }
+            }
+        }
+        Ask::Checker {
+            module,
+            on: resume,
+            reply,
+        } => {
+            let r = match modules.iter_mut().find(|m| m.cfg.name == module) {
+                None => Response::error(format!("no module named {module:?}")),
+                Some(m) if m.cfg.checkers.is_empty() => {
+                    Response::error(format!("module {module} has no checkers"))
+                }
+                Some(m) => {
+                    m.checks.on = resume;
+                    m.checks.failures.clear();
+                    let what = if resume { "resumed" } else { "suspended" };
+                    m.note(format!("health checks {what} by the operator"));
+                    Response {
+                        ok: true,
+                        messages: vec![format!("module {module}: health checks {what}")],
+                        ..Response::default()
+                    }
+                }
+            };
+            let _ = reply.send(r);
         }
     }
 }
@@ -263,16 +365,8 @@ pub(super) fn command(
     let mut messages = Vec::new();
     for i in selected {
         let m = &mut modules[i];
-        let was = m.machine.state;
         match m.feed(node, Event::Command(cmd)) {
             Some(Ok(msg)) => {
-                if was == State::Stop && m.machine.state != State::Stop {
-                    let _ = m.script(node, Script::StartBoth, "second");
-                }
-                if was != State::Stop && m.machine.state == State::Stop {
-                    let _ = m.script(node, Script::StopBoth, "second");
-                    let _ = m.script(node, Script::Poststop, "second");
-                }
                 messages.push(format!("module {}: {msg}", m.cfg.name));
             }
             Some(Err(e)) => {
@@ -295,22 +389,37 @@ pub(super) fn command(
 
 /// The daemon stops: a serving module hands over to an up-to-date peer at
 /// once; the role recorded is the one to come back in.
-pub(super) fn shutdown(node: &ThisNode, modules: &mut [Managed], hb: &Heartbeats) {
-    for m in modules.iter_mut() {
-        let was = m.machine.state;
+pub(super) fn shutdown(
+    node: &ThisNode,
+    modules: &mut [Managed],
+    hb: &Heartbeats,
+    input: &mpsc::Receiver<Input>,
+) {
+    // Work under way ends first (a script ends within its timeout).
+    let within = |modules: &[Managed]| {
+        modules
+            .iter()
+            .map(|m| 3 * m.cfg.scripts.timeout)
+            .max()
+            .unwrap_or_default()
+            + Duration::from_secs(5)
+    };
+    Managed::settle(node, modules, input, within(modules));
+    let was: Vec<State> = modules.iter().map(|m| m.machine.state).collect();
+    for m in modules
+        .iter_mut()
+        .filter(|m| m.machine.state != State::Stop)
+    {
+        m.feed(node, Event::Command(Command::Stop));
+    }
+    Managed::settle(node, modules, input, within(modules));
+    for (m, was) in modules.iter_mut().zip(was) {
         if was == State::Stop {
             continue;
         }
-        m.feed(node, Event::Command(Command::Stop));
-        let _ = m.script(node, Script::StopBoth, "second");
-        let _ = m.script(node, Script::Poststop, "second");
         // Not an operator's stop: the next run starts the module again,
         // as SECOND if the peer took over, else in the role it had.
-        let back = if m.machine.handover || !was.serving() {
-            State::Second
-        } else {
-            was
-        };
+        let back = m.machine.role_after_shutdown(was);
         m.save_role(back);
         if let Some(Replica::Secondary(sm)) = m.replica.take() {
             node.server.modules.lock().remove(&m.cfg.name);
@@ -334,7 +443,7 @@ pub(super) fn shutdown(node: &ThisNode, modules: &mut [Managed], hb: &Heartbeats
     }
     *hb.views.lock() = modules
         .iter()
-        .map(|m| (m.cfg.name.clone(), m.machine.view()))
+        .map(|m| (m.cfg.name.clone(), m.view()))
         .collect();
     // Say it a few times: heartbeats are datagrams.
     for _ in 0..3 {

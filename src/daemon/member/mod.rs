@@ -3,8 +3,9 @@
 //! receiving replication, mounting and replicating, running the
 //! application's scripts.
 //!
-//! One thread owns every module and runs actions in order; a machine's new
-//! state is announced to the peer only after its actions are done.
+//! One thread owns every module and runs actions in order (the scripts on
+//! threads of their own, reporting back); a machine's new state is announced
+//! to the peer only after its actions are done.
 //!
 //! The files, one concern each:
 //! - [`boot`]: starts the node, step by step;
@@ -12,6 +13,7 @@
 //!   peer replicates to, checkers, health endpoints, the fencer);
 //! - [`manager`]: the loop (input, machine, executor);
 //! - [`module`]: a module around its machine (log, scripts, role file);
+//! - [`plan`]: a module's work in order, its scripts off the manager's thread;
 //! - [`executor`]: carries out the machine's actions (promote, demote);
 //! - [`journal`]: a module's log and the records of its changes of state,
 //!   kept on disk across restarts;
@@ -30,6 +32,7 @@ mod journal;
 mod liveness;
 mod manager;
 mod module;
+mod plan;
 mod publish;
 mod services;
 
@@ -46,7 +49,7 @@ use parking_lot::Mutex;
 use super::replicas::Replica;
 use crate::cluster::LeaseQuorum;
 use crate::cluster::heartbeat::Heard;
-use crate::cluster::machine::{Command, Gen, Machine, State};
+use crate::cluster::machine::{Command, Machine, State};
 use crate::config::{Module as ModuleConfig, Node, Settings};
 use crate::control::Response;
 use crate::fs::{CountingSink, Mounted};
@@ -79,6 +82,8 @@ struct ThisNode {
     /// Ends every thread and task of the node.
     stop: Stop,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The manager's input: scripts running off its thread answer here.
+    inputs: mpsc::Sender<Input>,
 }
 
 impl ThisNode {
@@ -107,15 +112,11 @@ struct Managed {
     role_file: PathBuf,
     fresh: bool,
     app_running: bool,
-    synced: Option<bool>,
-    generation: Option<Gen>,
     /// What happened to the module here, kept across restarts.
     log: journal::Journal,
     checks: app::Checks,
-    /// The newest generation the witness told of (0: none).
-    witness_newest: u64,
-    /// Depth of failure handling under way (bounded).
-    failing: u32,
+    /// The work its machine decided, under way in order.
+    plan: plan::Plan,
     /// `failover = "vip"`: the virtual addresses.
     vips: Option<crate::failover::vip::Vips>,
     /// What the fencer stops if this node is cut off while the manager is
@@ -123,8 +124,21 @@ struct Managed {
     fence: Arc<super::fence::Fence>,
 }
 
+/// What the manager's loop hears.
 enum Input {
     Heard(Heard),
+    /// A request for modules: waits while work is under way on them.
+    Ask(Ask),
+    /// A module's script answered.
+    Ran {
+        module: String,
+        result: Result<crate::failover::scripts::Ran, String>,
+    },
+    Shutdown(mpsc::Sender<()>),
+}
+
+/// A request for the modules, from the operator or a checker.
+enum Ask {
     Command {
         module: Option<String>,
         cmd: Command,
@@ -152,5 +166,18 @@ enum Input {
         module: Option<String>,
         line: String,
     },
-    Shutdown(mpsc::Sender<()>),
+}
+
+impl Ask {
+    /// Answers a request that will not be carried out, if someone waits.
+    fn refuse(self, why: &str) {
+        match self {
+            Ask::Command { reply, .. }
+            | Ask::Restart { reply, .. }
+            | Ask::Checker { reply, .. } => {
+                let _ = reply.send(Response::error(why));
+            }
+            Ask::CheckFailed { .. } | Ask::Note { .. } => {}
+        }
+    }
 }

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::app::Script;
 use super::{Managed, RoleFile, ThisNode};
-use crate::cluster::machine::{self, Event, Gen, Machine, State};
+use crate::cluster::machine::{self, Gen, Machine, State};
 use crate::config::{Module as ModuleConfig, Node, Quorum, Settings};
 use crate::control::Transition;
 use crate::daemon::replicas::{self};
@@ -33,37 +32,6 @@ impl Managed {
             &node.peer.name,
             &self.cfg.dirs,
         )
-    }
-
-    pub(super) fn script(
-        &mut self,
-        node: &ThisNode,
-        script: Script,
-        role: &'static str,
-    ) -> Result<(), String> {
-        let s = &self.cfg.scripts;
-        let what = script.name();
-        let Some(path) = script.path(s).clone() else {
-            return Ok(());
-        };
-        // The main loop waits for the script, at most its timeout: not hung.
-        node.health.busy(s.timeout + Duration::from_secs(1));
-        let r = scripts::run(what, &path, &self.context(node, role), s.timeout);
-        match r {
-            Ok(ran) => {
-                node.metrics
-                    .script_ran(&self.cfg.name, what, ran.took.as_secs_f64());
-                self.note(format!("{what} done in {} ms", ran.took.as_millis()));
-                for l in ran.output.lines().filter(|l| !l.trim().is_empty()) {
-                    self.note(format!("{what}: {l}"));
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.note(e.clone());
-                Err(e)
-            }
-        }
     }
 
     /// Fresh descriptors and caches over the same change logs, for a role.
@@ -108,40 +76,21 @@ impl Managed {
         }
     }
 
-    /// Feeds one event and carries out what the machine decides.
-    pub(super) fn feed(&mut self, node: &ThisNode, ev: Event) -> Option<machine::Reply> {
-        let out = self.machine.step(node.now(), ev);
-        if let Some(c) = out.change {
-            if c.from != c.to {
-                node.metrics.state_changed(&self.cfg.name);
-            }
-            let line = format!("{:?} -> {:?}: {}", c.from, c.to, c.why);
-            // The line for people, the record for the history: same time.
-            let at = utc(crate::cluster::heartbeat::now_ms());
-            self.note_at(at.clone(), line);
-            self.log.record(Transition {
-                at,
-                from: c.from,
-                to: c.to,
-                why: c.why,
-            });
+    /// A change of state, in the log for people and in the history.
+    pub(super) fn record(&mut self, node: &ThisNode, c: machine::Change) {
+        if c.from != c.to {
+            node.metrics.state_changed(&self.cfg.name);
         }
-        for a in out.actions {
-            if let Err((f, e)) = self.act(node, &a) {
-                self.note(format!("{a:?} failed: {e}"));
-                // A failure may lead to another attempt that fails again:
-                // the chain is bounded, whatever the machine decides.
-                if self.failing < 4 {
-                    self.failing += 1;
-                    self.feed(node, Event::Failed(f, e));
-                    self.failing -= 1;
-                } else {
-                    self.note("too many failures in a row: waiting for the operator".into());
-                }
-                break;
-            }
-        }
-        out.reply
+        let line = format!("{:?} -> {:?}: {}", c.from, c.to, c.why);
+        // The line for people, the record for the history: same time.
+        let at = utc(crate::cluster::heartbeat::now_ms());
+        self.note_at(at.clone(), line);
+        self.log.record(Transition {
+            at,
+            from: c.from,
+            to: c.to,
+            why: c.why,
+        });
     }
 }
 
@@ -218,11 +167,8 @@ impl Managed {
             role_file,
             fresh,
             app_running: false,
-            synced: None,
-            generation: None,
             log: super::journal::Journal::open(at.join("log")),
             checks: super::app::Checks::default(),
-            witness_newest: 0,
             vips: match &m.failover {
                 crate::config::Failover::Vip {
                     addresses,
@@ -236,7 +182,7 @@ impl Managed {
                 )),
                 crate::config::Failover::Lb { .. } => None,
             },
-            failing: 0,
+            plan: super::plan::Plan::default(),
             fence: crate::daemon::fence::Fence::new(&m.name),
         };
         *managed.fence.vips.lock() = managed.vips.as_ref().map(|v| v.fence());

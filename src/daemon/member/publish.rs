@@ -116,18 +116,17 @@ pub(super) fn publish(
             m.checks.on && m.app_running && m.machine.state.serving(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        // A peer that stepped down for this node cannot take over.
-        let handed = m
-            .machine
-            .peer()
-            .is_some_and(|p| p.state == Some(State::Stop));
-        m.fence
-            .armed
-            .store(m.machine.state.serving() && !handed, Ordering::SeqCst);
+        // The machine's standing decision, once its work is done (promoting
+        // arms the fence, demoting disarms it, as they happen).
+        if !m.busy() {
+            m.fence
+                .armed
+                .store(m.machine.fence_armed(), Ordering::SeqCst);
+        }
     }
     *hb.views.lock() = modules
         .iter()
-        .map(|m| (m.cfg.name.clone(), m.machine.view()))
+        .map(|m| (m.cfg.name.clone(), m.view()))
         .collect();
     // Counting dirty bytes reads the change log: once per turn, for both.
     let statuses: Vec<ModuleStatus> = modules.iter().map(|m| m.status(node)).collect();

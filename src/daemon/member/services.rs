@@ -10,7 +10,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::control::Shared;
-use super::{Input, Managed};
+use super::{Ask, Input, Managed};
 use crate::cluster::LeaseQuorum;
 use crate::cluster::heartbeat::Heartbeats;
 use crate::config::{Node, Quorum, Settings};
@@ -133,13 +133,13 @@ pub(super) fn start_checkers(
                 m.checks.active.clone(),
                 witness_ok,
                 move |why| {
-                    let _ = tx.send(Input::CheckFailed {
+                    let _ = tx.send(Input::Ask(Ask::CheckFailed {
                         module: module.clone(),
                         why,
                         restarts,
                         window,
                         at: Instant::now(),
-                    });
+                    }));
                 },
                 stop,
             )
@@ -244,10 +244,10 @@ pub(super) fn start_api(
         )),
         commands: shared.clone(),
         audit: Arc::new(move |module: Option<&str>, line: String| {
-            let _ = audit.input.lock().send(Input::Note {
+            let _ = audit.input.lock().send(Input::Ask(Ask::Note {
                 module: module.map(str::to_string),
                 line,
-            });
+            }));
         }),
         metrics: metrics.clone(),
         stop: stop.clone(),

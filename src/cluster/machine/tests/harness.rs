@@ -33,6 +33,8 @@ struct Node {
     /// What fails here whenever it is tried: promoting, starting the
     /// application, or its checks once it runs.
     fails: Option<Failure>,
+    /// Health checks on (`tandem checker MODULE off` suspends them).
+    checks: bool,
 }
 
 struct Net {
@@ -80,6 +82,7 @@ impl Net {
             thawing: false,
             set_aside: 0,
             fails: None,
+            checks: true,
         };
         let mut n = Net {
             nodes: [node(0, State::Prim), node(1, State::Second)],
@@ -145,7 +148,7 @@ impl Net {
                 Action::BecomeSecondary { .. } => n.syncing = Some(0),
                 Action::LeaveSecondary => n.syncing = None,
                 Action::SetAside => n.set_aside += 1,
-                Action::SaveRole(_) | Action::KeepAside => {}
+                Action::SaveRole(_) | Action::KeepAside | Action::Fence | Action::Run(_) => {}
             }
         }
         self.check();
@@ -230,7 +233,7 @@ impl Net {
             // The checker: a serving node whose application fails its checks.
             let n = &mut self.nodes[i];
             n.app_ticks += n.app as u32;
-            if n.app_ticks >= CHECK_TICKS && n.fails == Some(Failure::Check) {
+            if n.app_ticks >= CHECK_TICKS && n.fails == Some(Failure::Check) && n.checks {
                 self.feed(i, Event::Failed(Failure::Check, "the check fails".into()));
             }
             self.nodes[i].thawing = false;
@@ -368,6 +371,7 @@ enum Op {
     Restart(usize, State),
     Run(u64),
     Cmd(usize, Command),
+    Checks(usize, bool),
 }
 
 /// The states the pair is brought into: roles either way, the link cut,
@@ -388,6 +392,8 @@ fn setups() -> Vec<Vec<Op>> {
         vec![Cmd(0, Command::Stop)],
         vec![Cmd(1, Command::Stop)],
         vec![Cmd(0, Command::Swap), Link(false), Witness(1, false)],
+        vec![Checks(0, false)],
+        vec![Checks(1, false), Cmd(0, Command::Swap)],
         // Both served alone, one after the other, each restarted while the
         // link was down.
         vec![
@@ -403,14 +409,27 @@ fn setups() -> Vec<Vec<Op>> {
     ]
 }
 
-const COMMANDS: [Command; 7] = [
-    Command::Swap,
-    Command::Stop,
-    Command::Start,
-    Command::Prim { force: false },
-    Command::Prim { force: true },
-    Command::Resolve { keep_mine: true },
-    Command::Resolve { keep_mine: false },
+/// What an operator asks a node, as the daemon hands it to the machine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ask {
+    Machine(Command),
+    /// `tandem second`: a swap asked of the serving node, refused elsewhere.
+    Second,
+    /// `tandem checker MODULE on|off`.
+    Checks(bool),
+}
+
+const COMMANDS: [Ask; 10] = [
+    Ask::Machine(Command::Swap),
+    Ask::Machine(Command::Stop),
+    Ask::Machine(Command::Start),
+    Ask::Machine(Command::Prim { force: false }),
+    Ask::Machine(Command::Prim { force: true }),
+    Ask::Machine(Command::Resolve { keep_mine: true }),
+    Ask::Machine(Command::Resolve { keep_mine: false }),
+    Ask::Second,
+    Ask::Checks(false),
+    Ask::Checks(true),
 ];
 
 impl Net {
@@ -424,6 +443,7 @@ impl Net {
             Op::Cmd(i, c) => {
                 self.feed(i, Event::Command(c));
             }
+            Op::Checks(i, on) => self.nodes[i].checks = on,
         }
     }
 
@@ -437,6 +457,21 @@ impl Net {
             .iter()
             .filter(|n| n.m.as_ref().is_some_and(|m| m.state != State::Stop))
             .all(|n| n.fails.is_some())
+    }
+
+    /// Carries out what the operator asked of node `i`, as the daemon does.
+    fn ask(&mut self, i: usize, a: Ask) -> Reply {
+        match a {
+            Ask::Machine(c) => self.feed(i, Event::Command(c)).expect("a reply"),
+            Ask::Second if self.nodes[i].m.as_ref().is_some_and(|m| m.state.serving()) => self
+                .feed(i, Event::Command(Command::Swap))
+                .expect("a reply"),
+            Ask::Second => Err("does not serve on this node".into()),
+            Ask::Checks(on) => {
+                self.nodes[i].checks = on;
+                Ok(format!("checks {on}"))
+            }
+        }
     }
 
     /// What a refused command must leave as it was.
@@ -476,7 +511,9 @@ fn no_accepted_command_leaves_a_served_module_without_a_server() {
                         // Forced while it cannot hear a peer that serves: the
                         // operator made two servers on purpose.
                         if n.nodes[on].m.is_none()
-                            || c == (Command::Prim { force: true }) && !n.link && peer_alive
+                            || c == Ask::Machine(Command::Prim { force: true })
+                                && !n.link
+                                && peer_alive
                         {
                             continue;
                         }
@@ -487,7 +524,7 @@ fn no_accepted_command_leaves_a_served_module_without_a_server() {
                         );
                         let served = n.serving();
                         let before = n.snapshot(on);
-                        let reply = n.feed(on, Event::Command(c)).expect("a reply");
+                        let reply = n.ask(on, c);
                         runs += 1;
                         match &reply {
                             Err(e) => {
@@ -504,7 +541,7 @@ fn no_accepted_command_leaves_a_served_module_without_a_server() {
                         // taking the peer's data when the peer cannot run the
                         // application (this side gave its own data up).
                         let nobody_by_design = matches!(&reply, Ok(r) if r.contains("nobody serves"))
-                            || c == (Command::Resolve { keep_mine: false })
+                            || c == Ask::Machine(Command::Resolve { keep_mine: false })
                                 && n.nodes[1 - on].fails.is_some();
                         if served && reply.is_ok() && !nobody_by_design && !n.nobody_can_serve() {
                             assert!(
@@ -522,5 +559,5 @@ fn no_accepted_command_leaves_a_served_module_without_a_server() {
             }
         }
     }
-    assert!(runs > 1_000, "{runs} commands tried");
+    assert!(runs > 1_500, "{runs} commands tried");
 }
