@@ -62,7 +62,7 @@ impl Managed {
             Action::StartApp => {
                 // The addresses first (an application may bind to them)…
                 self.take_clients(node)
-                    .map_err(|e| (Failure::StartApp, e))?;
+                    .map_err(|e| (Failure::StartApp, e.to_string()))?;
                 if let Err(e) = self.script(node, Script::StartPrim, "prim") {
                     self.release_clients(node);
                     return Err((Failure::StartApp, e));
