@@ -35,11 +35,17 @@ impl Default for Checks {
     }
 }
 
+/// The application did not start again: what its start script said (the
+/// scripts report in words). The machine was told, as of any failed start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct RestartFailed(pub String);
+
 impl Managed {
     /// Restarts the application where it runs (stop_prim, start_prim);
     /// checks resume for the new process only. A failed start is the
     /// machine's to handle.
-    pub(super) fn restart_app(&mut self, node: &ThisNode) -> Result<(), String> {
+    pub(super) fn restart_app(&mut self, node: &ThisNode) -> Result<(), RestartFailed> {
         self.checks
             .active
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -56,7 +62,7 @@ impl Managed {
             }
             Err(e) => {
                 self.feed(node, Event::Failed(Failure::StartApp, e.clone()));
-                Err(e)
+                Err(RestartFailed(e))
             }
         }
     }
