@@ -7,7 +7,7 @@
 //! of the above.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -105,23 +105,46 @@ impl Key {
     }
 
     /// The key written by `tandem init` (hex).
-    pub fn load(path: &Path) -> Result<Key, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("heartbeat key {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Key, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let hex = text.trim();
         if hex.len() < 32 || hex.len() % 2 != 0 {
-            return Err(format!(
-                "heartbeat key {}: expected at least 16 bytes in hex",
-                path.display()
-            ));
+            return Err(KeyError::TooShort(path.to_path_buf()));
         }
         let bytes = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
             .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| format!("heartbeat key {}: not hexadecimal", path.display()))?;
+            .map_err(|_| KeyError::NotHex(path.to_path_buf()))?;
         Ok(Key::new(&bytes))
     }
+}
+
+/// Why the heartbeat key cannot be used; each names its file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("heartbeat key {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("heartbeat key {0}: expected at least 16 bytes in hex")]
+    TooShort(PathBuf),
+    #[error("heartbeat key {0}: not hexadecimal")]
+    NotHex(PathBuf),
+}
+
+/// A heartbeat path's local address cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("heartbeat: cannot bind {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
 }
 
 pub fn seal(key: &Key, beat: &Beat) -> Vec<u8> {
@@ -295,12 +318,13 @@ impl Heartbeats {
         self: &Arc<Self>,
         heard: tokio::sync::mpsc::UnboundedSender<Heard>,
         stop: &crate::stop::Stop,
-    ) -> Result<(), String> {
+    ) -> Result<(), BindError> {
         let mut socks = Vec::new();
         for p in &self.paths {
-            let s = UdpSocket::bind(p.local)
-                .await
-                .map_err(|e| format!("heartbeat: cannot bind {}: {e}", p.local))?;
+            let s = UdpSocket::bind(p.local).await.map_err(|source| BindError {
+                addr: p.local,
+                source,
+            })?;
             socks.push(Arc::new(s));
         }
         for (i, s) in socks.iter().enumerate() {

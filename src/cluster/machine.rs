@@ -52,10 +52,15 @@ impl State {
     }
 }
 
-impl std::str::FromStr for State {
-    type Err = String;
+/// A name that is not one of the module states (see [`State::name`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a module state")]
+pub struct UnknownState(pub String);
 
-    fn from_str(s: &str) -> Result<State, String> {
+impl std::str::FromStr for State {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<State, UnknownState> {
         [
             State::Stop,
             State::Wait,
@@ -65,7 +70,7 @@ impl std::str::FromStr for State {
         ]
         .into_iter()
         .find(|st| st.name() == s)
-        .ok_or_else(|| format!("{s:?} is not a module state"))
+        .ok_or_else(|| UnknownState(s.to_string()))
     }
 }
 
@@ -253,8 +258,8 @@ pub struct Config {
     pub lease: bool,
 }
 
-/// The answer to a command.
-pub type Reply = Result<String, String>;
+/// The answer to a command: what was done, or why nothing was.
+pub type Reply = Result<String, Refused>;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
@@ -679,6 +684,7 @@ impl Machine {
 }
 
 mod command;
+pub use command::Refused;
 mod decide;
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ impl State {
     fn with_replica(
         &mut self,
         module: &str,
-        f: impl FnOnce(&replicas::Replica) -> Result<String, String>,
+        f: impl FnOnce(&replicas::Replica) -> Result<String, replicas::ReplicaRefused>,
     ) -> Response {
         let m = match self.select(Some(module)) {
             Ok(mut m) => m.remove(0),
@@ -186,7 +186,7 @@ impl State {
                 messages: vec![msg],
                 ..Response::default()
             },
-            Err(e) => Response::error(e),
+            Err(e) => Response::error(e.to_string()),
         }
     }
 
@@ -335,10 +335,12 @@ pub fn run(settings: Settings, opts: Options) -> ExitCode {
             .collect(),
     };
     if role != Role::Local {
-        let setup = replicas::identity(&settings, opts.node.as_deref()).and_then(|(me, peer)| {
-            tracing::info!("node {} ({role:?}), peer {}", me.name, peer.name);
-            replicas::start(&settings, role, me, peer, &rt, &stop)
-        });
+        let setup = replicas::identity(&settings, opts.node.as_deref())
+            .map_err(replicas::StartError::from)
+            .and_then(|(me, peer)| {
+                tracing::info!("node {} ({role:?}), peer {}", me.name, peer.name);
+                replicas::start(&settings, role, me, peer, &rt, &stop)
+            });
         match setup {
             Ok(mut reps) => {
                 for m in &mut state.modules {

@@ -5,17 +5,19 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::changelog::{ChangeLog, RocksChangeLog};
+use crate::changelog::{ChangeLog, ChangeLogError, RocksChangeLog};
 use crate::config::{Compression, Module, Node, Settings};
 use crate::replication::dir::Dir;
+use crate::replication::errors::SessionError;
 use crate::replication::frame;
 use crate::replication::primary::{AloneCheck, Replicator};
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
-use crate::replication::session::{PrimarySession, resolve, state_dir};
+use crate::replication::session::{PrimarySession, ResolveError, resolve, state_dir};
 use crate::replication::status::ReplicationStatus;
-use crate::replication::tls::Credentials;
+use crate::replication::tls::{Credentials, TlsError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -52,16 +54,14 @@ impl Replica {
 impl Replica {
     /// Starts `tandem verify` in the background; its progress and report
     /// show in the status.
-    pub fn start_verify(&self, repair: bool) -> Result<String, String> {
+    pub fn start_verify(&self, repair: bool) -> Result<String, ReplicaRefused> {
         let Replica::Primary(rep, link) = self else {
-            return Err(
-                "this node is the secondary of the module; run verify on the primary".into(),
-            );
+            return Err(ReplicaRefused::NotPrimary);
         };
         {
             let mut v = rep.verify.lock();
             if v.running {
-                return Err("a verify of this module is already running".into());
+                return Err(ReplicaRefused::VerifyRunning);
             }
             *v = crate::replication::status::VerifyState {
                 running: true,
@@ -78,14 +78,14 @@ impl Replica {
             v.phase = "done".into();
             match outcome {
                 Ok(report) => v.report = Some(report),
-                Err(e) => v.error = Some(e),
+                Err(e) => v.error = Some(e.to_string()),
             }
         });
         Ok(format!("module {}: verify started", self.name()))
     }
 
     /// Asks the primary for a full sync by content (on the secondary).
-    pub fn request_full_sync(&self) -> Result<String, String> {
+    pub fn request_full_sync(&self) -> Result<String, ReplicaRefused> {
         match self {
             Replica::Secondary(s) => {
                 s.request_full_sync();
@@ -94,10 +94,7 @@ impl Replica {
                     s.name
                 ))
             }
-            Replica::Primary(..) => Err(
-                "this node is the primary of the module; changing roles needs the cluster manager"
-                    .into(),
-            ),
+            Replica::Primary(..) => Err(ReplicaRefused::NotSecondary),
         }
     }
 
@@ -109,20 +106,42 @@ impl Replica {
     }
 }
 
+/// A command on a module's replication that this node's role for it does
+/// not allow.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaRefused {
+    #[error("this node is the secondary of the module; run verify on the primary")]
+    NotPrimary,
+    #[error("a verify of this module is already running")]
+    VerifyRunning,
+    #[error("this node is the primary of the module; changing roles needs the cluster manager")]
+    NotSecondary,
+}
+
+/// Why a verify, or its repair, did not finish (the status shows it).
+#[derive(Debug, thiserror::Error)]
+enum VerifyError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The differences found could not be marked for the resync.
+    #[error("change log: {0}")]
+    Mark(#[source] ChangeLogError),
+    #[error("the repair did not finish within an hour")]
+    RepairTimeout,
+}
+
 async fn verify_and_repair(
     rep: &Replicator,
     link: &PrimarySession,
     repair: bool,
-) -> Result<crate::replication::status::VerifyReport, String> {
+) -> Result<crate::replication::status::VerifyReport, VerifyError> {
     use crate::replication::verify;
-    let first = verify::run(&link.connector(), &link.rep, &rep.verify, false)
-        .await
-        .map_err(|e| e.to_string())?;
+    let first = verify::run(&link.connector(), &link.rep, &rep.verify, false).await?;
     if !repair || first.differences.is_empty() {
         return Ok(first);
     }
     rep.verify.lock().phase = format!("repairing {} differences", first.differences.len());
-    verify::mark(rep, &first.differences).map_err(|e| format!("change log: {e}"))?;
+    verify::mark(rep, &first.differences).map_err(VerifyError::Mark)?;
     rep.force_resync("verify --repair: resynchronising the differences");
     // Wait for the resync to ship them, then look again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
@@ -133,36 +152,44 @@ async fn verify_and_repair(
             break;
         }
         if std::time::Instant::now() > deadline {
-            return Err("the repair did not finish within an hour".into());
+            return Err(VerifyError::RepairTimeout);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let mut second = verify::run(&link.connector(), &link.rep, &rep.verify, false)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut second = verify::run(&link.connector(), &link.rep, &rep.verify, false).await?;
     second.repaired = first.differences.len() as u64;
     Ok(second)
+}
+
+/// Which configured node this one is cannot be told.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read this host's name; pass --node")]
+    NoHostname,
+    /// Named neither by `--node` nor by its host name: the nodes are listed.
+    #[error(
+        "this node is {name:?}, which is not one of the configured nodes ({}); pass --node",
+        .known.join(", ")
+    )]
+    Unknown { name: String, known: Vec<String> },
 }
 
 /// This node and its peer: `--node`, or the node named like this host.
 pub fn identity<'s>(
     settings: &'s Settings,
     node: Option<&str>,
-) -> Result<(&'s Node, &'s Node), String> {
+) -> Result<(&'s Node, &'s Node), IdentityError> {
     let name = match node {
         Some(n) => n.to_string(),
-        None => hostname().ok_or("cannot read this host's name; pass --node")?,
+        None => hostname().ok_or(IdentityError::NoHostname)?,
     };
-    let names: Vec<&str> = settings.nodes.iter().map(|n| n.name.as_str()).collect();
     let i = settings
         .nodes
         .iter()
         .position(|n| n.name == name)
-        .ok_or_else(|| {
-            format!(
-                "this node is {name:?}, which is not one of the configured nodes ({}); pass --node",
-                names.join(", ")
-            )
+        .ok_or_else(|| IdentityError::Unknown {
+            known: settings.nodes.iter().map(|n| n.name.clone()).collect(),
+            name,
         })?;
     Ok((&settings.nodes[i], &settings.nodes[1 - i]))
 }
@@ -180,13 +207,50 @@ pub(super) fn compression(c: Compression) -> frame::Compression {
     }
 }
 
+/// Why a directory of a module cannot be replicated; each names the module.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// The directory cannot be mounted over (missing, inside a mount...).
+    #[error("module {module}: {source}")]
+    Prepare {
+        module: String,
+        #[source]
+        source: crate::fs::MountError,
+    },
+    /// The directory, or its state directory, cannot be opened or made.
+    #[error("module {module}: {path}: {source}")]
+    Io {
+        module: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("module {module}: change log in {path}: {source}")]
+    ChangeLog {
+        module: String,
+        path: PathBuf,
+        #[source]
+        source: ChangeLogError,
+    },
+}
+
 /// The root descriptor (opened before anything is mounted over it) and the
 /// change log of each directory of `module`.
-pub(super) fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>, String> {
+pub(super) fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>, DirError> {
+    let io = |path: &std::path::Path| {
+        let (module, path) = (module.name.clone(), path.to_path_buf());
+        move |source| DirError::Io {
+            module,
+            path,
+            source,
+        }
+    };
     let mut out = Vec::new();
     for (i, path) in module.dirs.iter().enumerate() {
-        let (path, report) =
-            crate::fs::prepare(path).map_err(|e| format!("module {}: {e}", module.name))?;
+        let (path, report) = crate::fs::prepare(path).map_err(|source| DirError::Prepare {
+            module: module.name.clone(),
+            source,
+        })?;
         if report.stale_removed > 0 {
             tracing::warn!(module = %module.name, "removed a stale mount on {}", path.display());
         }
@@ -194,19 +258,18 @@ pub(super) fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
             .open(&path)
-            .map_err(|e| format!("module {}: {}: {e}", module.name, path.display()))?
+            .map_err(io(&path))?
             .into();
         let at = state_dir(&settings.daemon.state_dir, &module.name, i);
-        std::fs::create_dir_all(&at)
-            .map_err(|e| format!("module {}: {}: {e}", module.name, at.display()))?;
+        std::fs::create_dir_all(&at).map_err(io(&at))?;
         let log: Arc<dyn ChangeLog> = Arc::new(
-            RocksChangeLog::open(&at, settings.replication.chunk_size as u64).map_err(|e| {
-                format!(
-                    "module {}: change log in {}: {e}",
-                    module.name,
-                    at.display()
-                )
-            })?,
+            RocksChangeLog::open(&at, settings.replication.chunk_size as u64).map_err(
+                |source| DirError::ChangeLog {
+                    module: module.name.clone(),
+                    path: at.clone(),
+                    source,
+                },
+            )?,
         );
         let cache = crate::replication::manifest::Cache::load(&at.join("manifest.cache"));
         out.push(Dir {
@@ -218,6 +281,39 @@ pub(super) fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>
     Ok(out)
 }
 
+/// Why the replication of the modules cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Which node this is (found before starting, by [`identity`]).
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("TLS credentials in {dir}: {source} (create them with `tandem init`)")]
+    Credentials {
+        dir: PathBuf,
+        #[source]
+        source: TlsError,
+    },
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Dir(#[from] DirError),
+    #[error(transparent)]
+    Exclude(#[from] ExcludeError),
+    /// The secondary side of a module cannot be made.
+    #[error("module {module}: {source}")]
+    Secondary {
+        module: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen for the peer on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Sets up every module's replication in `role` and starts the network side
 /// on `rt`. Nothing is mounted here.
 pub fn start(
@@ -227,13 +323,13 @@ pub fn start(
     peer: &Node,
     rt: &tokio::runtime::Runtime,
     stop: &crate::stop::Stop,
-) -> Result<HashMap<String, Replica>, String> {
+) -> Result<HashMap<String, Replica>, StartError> {
     let creds = Arc::new(
-        Credentials::load(&settings.daemon.tls_dir, &me.name, &peer.name).map_err(|e| {
-            format!(
-                "TLS credentials in {}: {e} (create them with `tandem init`)",
-                settings.daemon.tls_dir.display()
-            )
+        Credentials::load(&settings.daemon.tls_dir, &me.name, &peer.name).map_err(|source| {
+            StartError::Credentials {
+                dir: settings.daemon.tls_dir.clone(),
+                source,
+            }
         })?,
     );
     let port = settings.replication.port;
@@ -241,9 +337,7 @@ pub fn start(
     let mut out = HashMap::new();
     match role {
         Role::Prim => {
-            let peer_addr = rt
-                .block_on(resolve(&peer.address, port))
-                .map_err(|e| e.to_string())?;
+            let peer_addr = rt.block_on(resolve(&peer.address, port))?;
             for m in &settings.modules {
                 let (rep, link) = primary(
                     settings,
@@ -257,8 +351,7 @@ pub fn start(
                         latency: None,
                     },
                     rt.handle(),
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 out.insert(m.name.clone(), Replica::Primary(rep, link));
             }
         }
@@ -267,17 +360,19 @@ pub fn start(
             let mut modules = HashMap::new();
             for m in &settings.modules {
                 let dirs = open_dirs(settings, m)?;
-                let sm = SecondaryModule::new(&m.name, dirs)
-                    .map_err(|e| format!("module {}: {e}", m.name))?;
+                let sm = SecondaryModule::new(&m.name, dirs).map_err(|source| {
+                    StartError::Secondary {
+                        module: m.name.clone(),
+                        source,
+                    }
+                })?;
                 modules.insert(m.name.clone(), sm.clone());
                 out.insert(m.name.clone(), Replica::Secondary(sm));
             }
-            let addr = rt
-                .block_on(resolve(&me.address, port))
-                .map_err(|e| e.to_string())?;
+            let addr = rt.block_on(resolve(&me.address, port))?;
             let listener = rt
                 .block_on(tokio::net::TcpListener::bind(addr))
-                .map_err(|e| format!("cannot listen for the peer on {addr}: {e}"))?;
+                .map_err(|source| StartError::Listen { addr, source })?;
             tracing::info!("waiting for {} on {addr}", peer.name);
             let server = Arc::new(SecondaryServer {
                 creds,

@@ -6,14 +6,71 @@
 //! times in `window`, then hands the module to the peer.
 
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::config::{Check, Checker, HttpUrl, ProcessMatch};
+use crate::config::{Check, Checker, HostPort, HttpUrl, ProcessMatch};
 
 use super::scripts;
+
+/// Why a check failed, as the module's log says it: each names what it
+/// looked at.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The `http` check's runtime could not be made.
+    #[error("http check: {0}")]
+    HttpRuntime(#[source] std::io::Error),
+    /// The `http` check's client could not be made (its CA, say).
+    #[error("http check: {0}")]
+    HttpClient(String),
+    #[error("pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pid file {path}: {text:?} is not a pid")]
+    NotAPid { path: PathBuf, text: String },
+    #[error("process {pid} from {path} is not running")]
+    NotRunning { pid: i32, path: PathBuf },
+    #[error("no process named {0:?}")]
+    NoProcess(String),
+    #[error("tcp {target}: {source}")]
+    Tcp {
+        target: HostPort,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No answer from the server (said as `webclient::describe` says it).
+    #[error("{url}: {}", crate::webclient::describe(.source))]
+    Http {
+        url: HttpUrl,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: status {got}, expected {expected}")]
+    Status {
+        url: HttpUrl,
+        got: u16,
+        expected: u16,
+    },
+    /// The check script failed: what `scripts::run` said.
+    #[error("{0}")]
+    Script(String),
+    #[error("interface {name}: {source}")]
+    InterfaceUnread {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The interface is not up (its operstate).
+    #[error("interface {name} is {state}")]
+    InterfaceDown { name: String, state: String },
+    #[error("the witness does not answer")]
+    Witness,
+}
 
 /// What an `http` check asks with: a client, and a runtime of its own on
 /// the checker's thread (no thread more).
@@ -27,19 +84,19 @@ const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 impl Http {
     /// `ca`: what https servers are checked against (else the system's).
-    pub fn new(ca: Option<&Path>) -> Result<Http, String> {
+    pub fn new(ca: Option<&Path>) -> Result<Http, CheckError> {
         let system = Path::new(SYSTEM_CAS);
         let ca = ca.or(system.exists().then_some(system));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("http check: {e}"))?;
-        let client = crate::webclient::client(ca, None).map_err(|e| format!("http check: {e}"))?;
+            .map_err(CheckError::HttpRuntime)?;
+        let client = crate::webclient::client(ca, None).map_err(CheckError::HttpClient)?;
         Ok(Http { rt, client })
     }
 
     /// The status of a GET of `url`, within `timeout`.
-    fn status(&self, url: &HttpUrl, timeout: Duration) -> Result<u16, String> {
+    fn status(&self, url: &HttpUrl, timeout: Duration) -> Result<u16, CheckError> {
         // Made inside the runtime: the request's timer needs it.
         let answer = self
             .rt
@@ -51,7 +108,10 @@ impl Http {
                     .send()
                     .await
             })
-            .map_err(|e| crate::webclient::describe(&e))?;
+            .map_err(|source| CheckError::Http {
+                url: url.clone(),
+                source,
+            })?;
         Ok(answer.status().as_u16())
     }
 }
@@ -64,19 +124,22 @@ pub fn probe(
     ctx: &scripts::Context,
     witness_ok: &dyn Fn() -> bool,
     http: Option<&Http>,
-) -> Result<(), String> {
+) -> Result<(), CheckError> {
     match check {
         Check::Process(ProcessMatch::Pidfile(p)) => pidfile_alive(p),
         Check::Process(ProcessMatch::Name(n)) => {
             if process_named(n) {
                 Ok(())
             } else {
-                Err(format!("no process named {n:?}"))
+                Err(CheckError::NoProcess(n.clone()))
             }
         }
         Check::Tcp(hp) => connect(&hp.host.to_string(), hp.port, timeout)
             .map(drop)
-            .map_err(|e| format!("tcp {hp}: {e}")),
+            .map_err(|source| CheckError::Tcp {
+                target: hp.clone(),
+                source,
+            }),
         Check::Http {
             url,
             expect_status,
@@ -90,40 +153,53 @@ pub fn probe(
                     &owned
                 }
             };
-            let got = http
-                .status(url, timeout)
-                .map_err(|e| format!("{url}: {e}"))?;
+            let got = http.status(url, timeout)?;
             if got == *expect_status {
                 Ok(())
             } else {
-                Err(format!("{url}: status {got}, expected {expect_status}"))
+                Err(CheckError::Status {
+                    url: url.clone(),
+                    got,
+                    expected: *expect_status,
+                })
             }
         }
-        Check::Script(p) => scripts::run("check", p, ctx, timeout).map(drop),
+        Check::Script(p) => scripts::run("check", p, ctx, timeout)
+            .map(drop)
+            .map_err(CheckError::Script),
         Check::Interface(name) => {
             let state = std::fs::read_to_string(format!("/sys/class/net/{name}/operstate"))
-                .map_err(|e| format!("interface {name}: {e}"))?;
+                .map_err(|source| CheckError::InterfaceUnread {
+                    name: name.clone(),
+                    source,
+                })?;
             match state.trim() {
                 "up" | "unknown" => Ok(()),
-                s => Err(format!("interface {name} is {s}")),
+                s => Err(CheckError::InterfaceDown {
+                    name: name.clone(),
+                    state: s.to_string(),
+                }),
             }
         }
         Check::Witness => {
             if witness_ok() {
                 Ok(())
             } else {
-                Err("the witness does not answer".into())
+                Err(CheckError::Witness)
             }
         }
     }
 }
 
-fn pidfile_alive(p: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(p).map_err(|e| format!("pid file {}: {e}", p.display()))?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("pid file {}: {:?} is not a pid", p.display(), text.trim()))?;
+fn pidfile_alive(p: &Path) -> Result<(), CheckError> {
+    let text = std::fs::read_to_string(p).map_err(|source| CheckError::PidFile {
+        path: p.to_path_buf(),
+        source,
+    })?;
+    let pid: i32 = text.trim().parse().map_err(|_| CheckError::NotAPid {
+        path: p.to_path_buf(),
+        text: text.trim().to_string(),
+    })?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Gone, or a zombie: dead either way.
     let alive = !stat.is_empty()
@@ -134,7 +210,10 @@ fn pidfile_alive(p: &Path) -> Result<(), String> {
     if pid > 0 && alive {
         Ok(())
     } else {
-        Err(format!("process {pid} from {} is not running", p.display()))
+        Err(CheckError::NotRunning {
+            pid,
+            path: p.to_path_buf(),
+        })
     }
 }
 
@@ -208,7 +287,7 @@ mod tests {
         }
     }
 
-    fn run(c: &Check) -> Result<(), String> {
+    fn run(c: &Check) -> Result<(), CheckError> {
         probe(c, Duration::from_millis(500), &ctx(), &|| true, None)
     }
 
@@ -223,21 +302,24 @@ mod tests {
         child.wait().unwrap();
         std::fs::write(&p, pid.to_string()).unwrap();
         let e = run(&Check::Process(ProcessMatch::Pidfile(p.clone()))).unwrap_err();
-        assert!(e.contains("not running"), "{e}");
+        assert!(matches!(e, CheckError::NotRunning { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("process {pid} from {} is not running", p.display())
+        );
         std::fs::write(&p, "garbage").unwrap();
-        assert!(
-            run(&Check::Process(ProcessMatch::Pidfile(p)))
-                .unwrap_err()
-                .contains("not a pid")
+        let e = run(&Check::Process(ProcessMatch::Pidfile(p.clone()))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("pid file {}: \"garbage\" is not a pid", p.display())
         );
         let me = std::fs::read_to_string("/proc/self/comm").unwrap();
         assert!(run(&Check::Process(ProcessMatch::Name(me.trim().into()))).is_ok());
-        assert!(
-            run(&Check::Process(ProcessMatch::Name(
-                "no-such-process-x".into()
-            )))
-            .is_err()
-        );
+        let e = run(&Check::Process(ProcessMatch::Name(
+            "no-such-process-x".into(),
+        )))
+        .unwrap_err();
+        assert_eq!(e.to_string(), "no process named \"no-such-process-x\"");
     }
 
     #[test]
@@ -278,18 +360,25 @@ mod tests {
         };
         assert!(run(&http("/ok")).is_ok());
         let e = run(&http("/busy")).unwrap_err();
-        assert!(e.contains("status 503, expected 200"), "{e}");
+        assert!(matches!(e, CheckError::Status { got: 503, .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("http://127.0.0.1:{port}/busy: status 503, expected 200")
+        );
         let free = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let e = run(&Check::Tcp(HostPort {
+            host: host.clone(),
+            port: free,
+        }))
+        .unwrap_err();
         assert!(
-            run(&Check::Tcp(HostPort {
-                host: host.clone(),
-                port: free
-            }))
-            .is_err()
+            e.to_string()
+                .starts_with(&format!("tcp 127.0.0.1:{free}: ")),
+            "{e}"
         );
         let e = run(&Check::Http {
             url: HttpUrl {
@@ -302,28 +391,39 @@ mod tests {
             ca: None,
         })
         .unwrap_err();
-        assert!(e.contains(&format!("http://127.0.0.1:{free}/")), "{e}");
+        assert!(matches!(e, CheckError::Http { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("http://127.0.0.1:{free}/: ")),
+            "{e}"
+        );
     }
 
     #[test]
     fn script_interface_and_witness_checks() {
         assert!(run(&Check::Interface("lo".into())).is_ok());
-        assert!(run(&Check::Interface("nosuchif0".into())).is_err());
-        assert!(
+        assert!(matches!(
+            run(&Check::Interface("nosuchif0".into())),
+            Err(CheckError::InterfaceUnread { .. })
+        ));
+        assert!(matches!(
             probe(
                 &Check::Witness,
                 Duration::from_millis(10),
                 &ctx(),
                 &|| false,
                 None
-            )
-            .is_err()
-        );
+            ),
+            Err(CheckError::Witness)
+        ));
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("check.sh");
         std::fs::write(&p, "#!/bin/sh\nexit 1\n").unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        assert!(run(&Check::Script(p.clone())).is_err());
+        assert!(matches!(
+            run(&Check::Script(p.clone())),
+            Err(CheckError::Script(_))
+        ));
         std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
         assert!(run(&Check::Script(p)).is_ok());
     }
@@ -389,7 +489,7 @@ mod tests {
             ca,
         };
         run(&check(Some(ca_file))).unwrap();
-        let e = run(&check(None)).unwrap_err();
+        let e = run(&check(None)).unwrap_err().to_string();
         assert!(e.contains(&format!("https://[::1]:{port}/health")), "{e}");
         assert!(e.to_lowercase().contains("certificate"), "{e}");
     }

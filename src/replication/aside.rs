@@ -10,7 +10,28 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use super::dir::Dir;
+use crate::changelog::ChangeLogError;
 use crate::fs::sys;
+
+/// Why the copy aside stopped short: nothing is overwritten then. Each
+/// names the file or directory it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum AsideError {
+    /// Writing the copy or its manifest failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The change log could not say what diverged.
+    #[error("{path}: {source}")]
+    ChangeLog {
+        path: PathBuf,
+        #[source]
+        source: ChangeLogError,
+    },
+}
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Aside {
@@ -37,22 +58,28 @@ pub fn keep_aside(
     into: &Path,
     keep: Keep,
     progress: &dyn Fn(),
-) -> Result<Aside, String> {
-    let err = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
-    std::fs::create_dir_all(into).map_err(|e| err(into, &e))?;
+) -> Result<Aside, AsideError> {
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| AsideError::Io { path, source }
+    };
+    let log_err = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| AsideError::ChangeLog { path, source }
+    };
+    std::fs::create_dir_all(into).map_err(io(into))?;
     let manifest_path = into.join("MANIFEST");
-    let mut manifest =
-        std::fs::File::create(&manifest_path).map_err(|e| err(&manifest_path, &e))?;
+    let mut manifest = std::fs::File::create(&manifest_path).map_err(io(&manifest_path))?;
     let mut done = Aside::default();
     for (i, d) in dirs.iter().enumerate() {
         let log = &d.log;
         let base = into.join(i.to_string());
         let mut lines = Vec::new();
-        for id in log.dirty_files().map_err(|e| err(into, &e))? {
-            let Some(path) = log.path_of(id).map_err(|e| err(into, &e))? else {
+        for id in log.dirty_files().map_err(log_err(into))? {
+            let Some(path) = log.path_of(id).map_err(log_err(into))? else {
                 continue;
             };
-            let ranges_raw = log.dirty(id).map_err(|e| err(&path, &e))?;
+            let ranges_raw = log.dirty(id).map_err(log_err(&path))?;
             let ranges: Vec<String> = ranges_raw
                 .iter()
                 .map(|r| format!("{}-{}", r.start, r.end))
@@ -69,14 +96,14 @@ pub fn keep_aside(
             }
             progress();
         }
-        for (seq, change) in log.ns_since(0).map_err(|e| err(into, &e))? {
+        for (seq, change) in log.ns_since(0).map_err(log_err(into))? {
             lines.push(format!("namespace {i} #{seq} {change:?}"));
         }
         for l in lines {
-            writeln!(manifest, "{l}").map_err(|e| err(&manifest_path, &e))?;
+            writeln!(manifest, "{l}").map_err(io(&manifest_path))?;
         }
     }
-    manifest.sync_all().map_err(|e| err(&manifest_path, &e))?;
+    manifest.sync_all().map_err(io(&manifest_path))?;
     Ok(done)
 }
 
@@ -88,8 +115,8 @@ fn copy_out(
     path: &Path,
     to: &PathBuf,
     only: Option<&[std::ops::Range<u64>]>,
-) -> Result<Option<u64>, String> {
-    let os = |e: fuser::Errno| std::io::Error::from_raw_os_error(e.code()).to_string();
+) -> std::io::Result<Option<u64>> {
+    let os = |e: fuser::Errno| std::io::Error::from_raw_os_error(e.code());
     let c = sys::cname(path.as_os_str()).map_err(os)?;
     let at = sys::open_beneath(d.root.as_fd(), &c).map_err(os)?;
     let st = sys::stat_fd(at.as_fd()).map_err(os)?;
@@ -99,29 +126,26 @@ fn copy_out(
     let fd = sys::reopen(at.as_fd(), libc::O_RDONLY).map_err(os)?;
     let mut from = std::fs::File::from(fd);
     if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(parent)?;
     }
-    let mut out = std::fs::File::create(to).map_err(|e| e.to_string())?;
+    let mut out = std::fs::File::create(to)?;
     let n = match only {
-        None => std::io::copy(&mut from, &mut out).map_err(|e| e.to_string())?,
+        None => std::io::copy(&mut from, &mut out)?,
         Some(ranges) => {
             use std::os::unix::fs::FileExt;
             let size = st.st_size as u64;
-            out.set_len(size).map_err(|e| e.to_string())?;
+            out.set_len(size)?;
             let mut buf = vec![0u8; 1 << 20];
             let mut n = 0;
             for r in ranges {
                 let mut at = r.start;
                 while at < r.end.min(size) {
                     let want = ((r.end.min(size) - at) as usize).min(buf.len());
-                    let got = from
-                        .read_at(&mut buf[..want], at)
-                        .map_err(|e| e.to_string())?;
+                    let got = from.read_at(&mut buf[..want], at)?;
                     if got == 0 {
                         break;
                     }
-                    out.write_all_at(&buf[..got], at)
-                        .map_err(|e| e.to_string())?;
+                    out.write_all_at(&buf[..got], at)?;
                     at += got as u64;
                     n += got as u64;
                 }
@@ -129,7 +153,7 @@ fn copy_out(
             n
         }
     };
-    out.sync_all().map_err(|e| e.to_string())?;
+    out.sync_all()?;
     Ok(Some(n))
 }
 

@@ -60,9 +60,14 @@ fn keys_load_from_hex_and_bad_files_are_named() {
     .unwrap();
     assert!(Key::load(&p).is_ok());
     std::fs::write(&p, "zz112233445566778899aabbccddeeff").unwrap();
-    assert!(Key::load(&p).err().unwrap().contains("not hexadecimal"));
+    let e = Key::load(&p).err().unwrap();
+    assert!(matches!(e, KeyError::NotHex(_)), "{e}");
+    assert!(e.to_string().contains("not hexadecimal"), "{e}");
+    std::fs::write(&p, "0011").unwrap();
+    assert!(matches!(Key::load(&p), Err(KeyError::TooShort(_))));
     let e = Key::load(&dir.path().join("missing")).err().unwrap();
-    assert!(e.contains("missing"), "{e}");
+    assert!(matches!(e, KeyError::Read { .. }), "{e}");
+    assert!(e.to_string().contains("missing"), "{e}");
 }
 
 #[tokio::test]

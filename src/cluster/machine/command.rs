@@ -4,6 +4,47 @@
 
 use super::*;
 
+/// Why a command is refused: it changed nothing. Said to the operator as it
+/// reads here.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// It would make the peer serve, which it cannot until started there.
+    #[error(
+        "the peer cannot serve (see its status; `tandem start {module}` there clears the \
+         block); {what} refused"
+    )]
+    PeerBlocked { module: String, what: &'static str },
+    /// A swap would make this node serve, which it cannot (split brain).
+    #[error("this node cannot serve ({why}); swap refused")]
+    CannotServe { why: String },
+    /// As [`Refused::CannotServe`], blocked until started here again.
+    #[error(
+        "this node cannot serve ({why}); `tandem start {module}` on this node clears \
+         the block; swap refused"
+    )]
+    Blocked { why: String, module: String },
+    #[error("the peer is not an up-to-date SECOND; swap refused")]
+    PeerNotCurrent,
+    #[error("this node is still syncing; swap when it is up to date")]
+    Syncing,
+    #[error("the peer is not PRIM; nothing to swap")]
+    PeerNotPrim,
+    /// A swap asked of a node neither serving nor following (its state).
+    #[error("this node is {0:?}; swap needs one PRIM and one up-to-date SECOND")]
+    NoPair(State),
+    #[error("the peer serves the module; use `tandem swap`")]
+    PeerServes,
+    #[error("the module is stopped here; `tandem start` it first")]
+    Stopped,
+    #[error("this copy is not known to be current; `tandem prim --force` serves it anyway")]
+    NotCurrent,
+    #[error("no split brain to resolve")]
+    NoSplitBrain,
+    /// Taking the peer's data on the serving node needs the peer heard.
+    #[error("the peer is not heard: its data cannot be taken now; taking its data refused")]
+    PeerNotHeard,
+}
+
 impl Machine {
     pub(super) fn command(&mut self, c: Command, actions: &mut Vec<Action>) -> Reply {
         match c {
@@ -45,29 +86,24 @@ impl Machine {
                     Ok("swapped: the peer serves now".into())
                 }
                 State::Prim if self.peer_is_current_second() => Err(self.peer_blocked("swap")),
-                State::Prim | State::Alone => {
-                    Err("the peer is not an up-to-date SECOND; swap refused".into())
-                }
+                State::Prim | State::Alone => Err(Refused::PeerNotCurrent),
                 State::Second => {
                     let peer_prim = self
                         .peer
                         .as_ref()
                         .is_some_and(|p| p.state == Some(State::Prim));
                     if let Some(why) = self.unable() {
-                        Err(self.cannot_serve_here(&why))
+                        Err(self.cannot_serve_here(why))
                     } else if !self.synced_now() {
-                        Err("this node is still syncing; swap when it is up to date".into())
+                        Err(Refused::Syncing)
                     } else if !peer_prim {
-                        Err("the peer is not PRIM; nothing to swap".into())
+                        Err(Refused::PeerNotPrim)
                     } else {
                         self.wants_primary_until = Some(self.now + self.cfg.request_ms);
                         Ok("swap asked of the peer; it hands over".into())
                     }
                 }
-                State::Wait | State::Stop => Err(format!(
-                    "this node is {:?}; swap needs one PRIM and one up-to-date SECOND",
-                    self.state
-                )),
+                State::Wait | State::Stop => Err(Refused::NoPair(self.state)),
             },
             Command::Prim { force } => {
                 let peer_serving = self
@@ -78,15 +114,13 @@ impl Machine {
                     return Ok("already serving".into());
                 }
                 if peer_serving {
-                    return Err("the peer serves the module; use `tandem swap`".into());
+                    return Err(Refused::PeerServes);
                 }
                 if self.state == State::Stop {
-                    return Err("the module is stopped here; `tandem start` it first".into());
+                    return Err(Refused::Stopped);
                 }
                 if !(force || self.state == State::Second && self.synced_now()) {
-                    return Err("this copy is not known to be current; \
-                                `tandem prim --force` serves it anyway"
-                        .into());
+                    return Err(Refused::NotCurrent);
                 }
                 self.blocked = None;
                 self.split_brain = false;
@@ -96,15 +130,13 @@ impl Machine {
             }
             Command::Resolve { keep_mine } => {
                 if !self.split_brain {
-                    return Err("no split brain to resolve".into());
+                    return Err(Refused::NoSplitBrain);
                 }
                 if !keep_mine && self.peer.as_ref().is_some_and(|p| p.cannot_serve) {
                     return Err(self.peer_blocked("taking its data"));
                 }
                 if !keep_mine && self.state.serving() && self.peer.is_none() {
-                    return Err("the peer is not heard: its data cannot be taken now; \
-                                taking its data refused"
-                        .into());
+                    return Err(Refused::PeerNotHeard);
                 }
                 self.split_brain = false;
                 if keep_mine {
@@ -133,24 +165,22 @@ impl Machine {
     }
 
     /// Why a command that would make the peer serve is refused.
-    pub(super) fn peer_blocked(&self, what: &str) -> String {
-        format!(
-            "the peer cannot serve (see its status; `tandem start {}` there clears the \
-             block); {what} refused",
-            self.cfg.module
-        )
+    pub(super) fn peer_blocked(&self, what: &'static str) -> Refused {
+        Refused::PeerBlocked {
+            module: self.cfg.module.clone(),
+            what,
+        }
     }
 
     /// Why a command that would make this node serve is refused.
-    pub(super) fn cannot_serve_here(&self, why: &str) -> String {
+    pub(super) fn cannot_serve_here(&self, why: String) -> Refused {
         if self.blocked.is_some() {
-            format!(
-                "this node cannot serve ({why}); `tandem start {}` on this node clears \
-                 the block; swap refused",
-                self.cfg.module
-            )
+            Refused::Blocked {
+                why,
+                module: self.cfg.module.clone(),
+            }
         } else {
-            format!("this node cannot serve ({why}); swap refused")
+            Refused::CannotServe { why }
         }
     }
 

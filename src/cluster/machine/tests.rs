@@ -238,26 +238,31 @@ fn conflicting_commands_are_refused_with_the_reason() {
     let mut a = Machine::new(cfg(), 0, Some(State::Alone), gn(G2, &[G1]), true);
     a.step(10, Event::Peer(peer(State::Second, false, gn(G1, &[]))));
     let out = a.step(20, Event::Command(Command::Swap));
-    assert!(
-        out.reply
-            .unwrap()
-            .unwrap_err()
-            .contains("not an up-to-date SECOND")
+    let e = out.reply.unwrap().unwrap_err();
+    assert_eq!(e, Refused::PeerNotCurrent);
+    assert_eq!(
+        e.to_string(),
+        "the peer is not an up-to-date SECOND; swap refused"
     );
     assert!(out.actions.is_empty());
     // prim --force while the peer serves
     let mut b = current_second(true);
     let out = b.step(30, Event::Command(Command::Prim { force: true }));
-    assert!(out.reply.unwrap().unwrap_err().contains("peer serves"));
+    assert_eq!(out.reply.unwrap().unwrap_err(), Refused::PeerServes);
     assert!(out.actions.is_empty());
     // swap on a syncing secondary
     b.step(40, Event::Synced(false));
     let out = b.step(50, Event::Command(Command::Swap));
-    assert!(out.reply.unwrap().unwrap_err().contains("syncing"));
+    assert_eq!(out.reply.unwrap().unwrap_err(), Refused::Syncing);
     // prim without --force on a copy not known to be current
     let mut w = Machine::new(cfg(), 0, Some(State::Second), gn(G1, &[]), false);
     let out = w.step(5_000, Event::Command(Command::Prim { force: false }));
-    assert!(out.reply.unwrap().unwrap_err().contains("--force"));
+    let e = out.reply.unwrap().unwrap_err();
+    assert_eq!(e, Refused::NotCurrent);
+    assert_eq!(
+        e.to_string(),
+        "this copy is not known to be current; `tandem prim --force` serves it anyway"
+    );
     let out = w.step(5_001, Event::Command(Command::Prim { force: true }));
     assert!(out.reply.unwrap().is_ok());
     assert_eq!(w.state, State::Alone);

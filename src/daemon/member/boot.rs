@@ -25,12 +25,20 @@ use crate::replication::session::resolve;
 use crate::replication::tls::{Credentials, heartbeat_key_path};
 use crate::stop::Stop;
 
+/// A node's heartbeat address is a host name: heartbeats go to addresses.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("node {node}: heartbeats need IP addresses (set node.heartbeat)")]
+pub(super) struct NotAnIp {
+    pub(super) node: String,
+}
+
 /// The heartbeat paths: the configured networks, or the node addresses.
-pub(super) fn paths(s: &Settings, me: &Node, peer: &Node) -> Result<Vec<NetPath>, String> {
+pub(super) fn paths(s: &Settings, me: &Node, peer: &Node) -> Result<Vec<NetPath>, NotAnIp> {
     let port = s.heartbeat.port;
     let ip = |h: &crate::config::Host, who: &str| {
-        h.ip()
-            .ok_or_else(|| format!("node {who}: heartbeats need IP addresses (set node.heartbeat)"))
+        h.ip().ok_or_else(|| NotAnIp {
+            node: who.to_string(),
+        })
     };
     let (mine, theirs) = if me.heartbeat.is_empty() {
         (vec![me.address.clone()], vec![peer.address.clone()])
@@ -101,7 +109,10 @@ fn start_and_serve(
     stop: &Stop,
 ) -> Result<(), (u8, String)> {
     use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
-    let usage = |e: String| (EXIT_USAGE, e);
+    // What the operator must fix: exit code 2 and the reason.
+    fn usage(e: impl std::fmt::Display) -> (u8, String) {
+        (EXIT_USAGE, e.to_string())
+    }
     let (me, peer) = replicas::identity(&settings, opts.node.as_deref()).map_err(usage)?;
     let (me, peer) = (me.clone(), peer.clone());
     let (witness, ping, etcd) = start_quorum(&settings, &me, rt, stop)?;
@@ -138,12 +149,8 @@ fn start_and_serve(
         (None, None) => None,
     };
     let port = settings.replication.port;
-    let peer_addr = rt
-        .block_on(resolve(&peer.address, port))
-        .map_err(|e| usage(e.to_string()))?;
-    let my_addr = rt
-        .block_on(resolve(&me.address, port))
-        .map_err(|e| usage(e.to_string()))?;
+    let peer_addr = rt.block_on(resolve(&peer.address, port)).map_err(usage)?;
+    let my_addr = rt.block_on(resolve(&me.address, port)).map_err(usage)?;
     let paths = paths(&settings, &me, &peer).map_err(usage)?;
 
     let no_quorum = quorum.is_none() && ping.is_none();

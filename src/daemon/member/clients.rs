@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Managed, ThisNode};
 use crate::cluster::machine::State;
+use crate::failover::vip::VipError;
 
 impl Managed {
     /// What the load balancer's probes are told about this module.
@@ -49,7 +50,7 @@ impl Managed {
 
     /// Clients reach this node from now on: the virtual addresses are taken
     /// (the guard told first, so a crash right after gives them back).
-    pub(super) fn take_clients(&mut self, node: &ThisNode) -> Result<(), String> {
+    pub(super) fn take_clients(&mut self, node: &ThisNode) -> Result<(), VipError> {
         let Some(v) = &self.vips else {
             return Ok(());
         };

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use super::{Ask, Input};
 use crate::cluster::machine::{Command, State};
 use crate::control::{Dispatch, Request, Response, Status, Transition};
-use crate::daemon::replicas::Replica;
+use crate::daemon::replicas::{Replica, ReplicaRefused};
 use crate::replication::tls::Credentials;
 
 /// What the control socket reads without waiting for the manager.
@@ -188,7 +188,7 @@ impl Shared {
     fn with_replica(
         &self,
         module: &str,
-        f: impl FnOnce(&Replica) -> Result<String, String>,
+        f: impl FnOnce(&Replica) -> Result<String, ReplicaRefused>,
     ) -> Response {
         let reps = self.replicas.lock();
         let Some((_, r)) = reps.iter().find(|(n, _)| n == module) else {
@@ -206,7 +206,7 @@ impl Shared {
                 messages: vec![m],
                 ..Response::default()
             },
-            Err(e) => Response::error(e),
+            Err(e) => Response::error(e.to_string()),
         }
     }
 }

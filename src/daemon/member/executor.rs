@@ -149,7 +149,7 @@ impl Managed {
             Action::StartApp => {
                 // The addresses first (an application may bind to them)…
                 self.take_clients(node)
-                    .map_err(|e| (Failure::StartApp, e))?;
+                    .map_err(|e| (Failure::StartApp, e.to_string()))?;
                 return Ok(self.run_script(node, Script::StartPrim, "prim", Next::Started));
             }
             Action::Fence => {

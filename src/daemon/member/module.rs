@@ -136,7 +136,7 @@ impl Managed {
         no_quorum: bool,
     ) -> Result<Managed, (u8, String)> {
         let usage = |e: String| (crate::exit::EXIT_USAGE, e);
-        let base = replicas::open_dirs(settings, m).map_err(usage)?;
+        let base = replicas::open_dirs(settings, m).map_err(|e| usage(e.to_string()))?;
         let at = settings.daemon.state_dir.join("modules").join(&m.name);
         let role_file = at.join("role.json");
         let saved: Option<RoleFile> = std::fs::read(&role_file)

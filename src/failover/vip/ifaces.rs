@@ -118,6 +118,26 @@ pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
     }
 }
 
+/// Why no interface can take an address; said with the address.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PickError {
+    /// The configured `vip_interface` is not on this host.
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("no interface has an address in {vip}/{prefix}: set vip_interface")]
+    NoneInSubnet { vip: IpAddr, prefix: u8 },
+    /// Which one is meant cannot be told: the interfaces are named.
+    #[error(
+        "several interfaces hold {vip}/{prefix} ({}): set vip_interface",
+        .names.join(", ")
+    )]
+    Several {
+        vip: IpAddr,
+        prefix: u8,
+        names: Vec<String>,
+    },
+}
+
 /// The interface for `vip/prefix`: `named` if given, else the one holding
 /// an address (other than the VIP itself) in the VIP's subnet.
 pub fn pick(
@@ -125,13 +145,13 @@ pub fn pick(
     vip: IpAddr,
     prefix: u8,
     named: Option<&str>,
-) -> Result<Iface, String> {
+) -> Result<Iface, PickError> {
     if let Some(n) = named {
         return ifaces
             .iter()
             .find(|i| i.name == n)
             .cloned()
-            .ok_or_else(|| format!("interface {n} does not exist"));
+            .ok_or_else(|| PickError::NoSuchInterface(n.to_string()));
     }
     let found: Vec<&Iface> = ifaces
         .iter()
@@ -143,16 +163,12 @@ pub fn pick(
         .collect();
     match found.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(format!(
-            "no interface has an address in {vip}/{prefix}: set vip_interface"
-        )),
-        many => Err(format!(
-            "several interfaces hold {vip}/{prefix} ({}): set vip_interface",
-            many.iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        [] => Err(PickError::NoneInSubnet { vip, prefix }),
+        many => Err(PickError::Several {
+            vip,
+            prefix,
+            names: many.iter().map(|i| i.name.clone()).collect(),
+        }),
     }
 }
 
@@ -186,12 +202,29 @@ mod tests {
         assert_eq!(pick(&ifs, ip("10.1.2.100"), 24, None).unwrap().name, "eth0");
         assert_eq!(pick(&ifs, ip("fd00::100"), 64, None).unwrap().name, "eth0");
         let e = pick(&ifs, ip("192.168.0.1"), 24, None).unwrap_err();
-        assert!(e.contains("vip_interface"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "no interface has an address in 192.168.0.1/24: set vip_interface"
+        );
         assert_eq!(
             pick(&ifs, ip("192.168.0.1"), 24, Some("lo")).unwrap().index,
             1
         );
-        assert!(pick(&ifs, ip("192.168.0.1"), 24, Some("nope0")).is_err());
+        assert_eq!(
+            pick(&ifs, ip("192.168.0.1"), 24, Some("nope0")).unwrap_err(),
+            PickError::NoSuchInterface("nope0".into())
+        );
+        let mut twice = ifs.clone();
+        twice[0].addrs.push((ip("10.1.2.4"), 24));
+        let e = pick(&twice, ip("10.1.2.100"), 24, None).unwrap_err();
+        assert!(
+            matches!(&e, PickError::Several { names, .. } if names.len() == 2),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "several interfaces hold 10.1.2.100/24 (lo, eth0): set vip_interface"
+        );
         // The real host has at least a loopback.
         let real = list().unwrap();
         assert!(real.iter().any(|i| i.name == "lo" && i.index > 0));

@@ -15,6 +15,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Announce, IpPrefix};
 
+/// Why the module's addresses cannot be taken here; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VipError {
+    #[error("listing interfaces: {0}")]
+    List(#[source] std::io::Error),
+    /// No interface of this host can take the address.
+    #[error("vip {vip}: {source}")]
+    NoInterface {
+        vip: IpPrefix,
+        #[source]
+        source: ifaces::PickError,
+    },
+    /// The kernel refused the address (those added before were removed).
+    #[error("adding {taken}: {source}")]
+    Add {
+        taken: Taken,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the announcer: {0}")]
+    Announcer(#[source] std::io::Error),
+}
+
 /// One address taken on one interface (what the guard must give back).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Taken {
@@ -95,13 +118,13 @@ impl Vips {
     }
 
     /// Where each address would go; an error names the address.
-    pub fn plan(&self) -> Result<Vec<Taken>, String> {
-        let all = ifaces::list().map_err(|e| format!("listing interfaces: {e}"))?;
+    pub fn plan(&self) -> Result<Vec<Taken>, VipError> {
+        let all = ifaces::list().map_err(VipError::List)?;
         self.addresses
             .iter()
             .map(|a| {
                 let i = ifaces::pick(&all, a.addr, a.prefix, self.interface.as_deref())
-                    .map_err(|e| format!("vip {a}: {e}"))?;
+                    .map_err(|source| VipError::NoInterface { vip: *a, source })?;
                 Ok(Taken {
                     index: i.index,
                     interface: i.name,
@@ -175,7 +198,7 @@ impl Vips {
     /// on, and removed at release: it must not stay behind on a node that no
     /// longer serves). All or nothing: on an error the addresses added are
     /// removed again.
-    pub fn take(&mut self, plan: Vec<Taken>) -> Result<(), String> {
+    pub fn take(&mut self, plan: Vec<Taken>) -> Result<(), VipError> {
         if !self.taken().is_empty() {
             return Ok(());
         }
@@ -184,10 +207,9 @@ impl Vips {
             .muted
             .store(false, std::sync::atomic::Ordering::SeqCst);
         for t in plan {
-            if let Err(e) = netlink::add(t.index, t.addr, t.prefix) {
-                let err = format!("adding {t}: {e}");
+            if let Err(source) = netlink::add(t.index, t.addr, t.prefix) {
                 self.release();
-                return Err(err);
+                return Err(VipError::Add { taken: t, source });
             }
             self.fence.inner.taken.lock().push(t);
         }
@@ -196,7 +218,7 @@ impl Vips {
 
     /// Tells the LAN, once the application listens: a burst, then a
     /// refresh, until released or `stop`.
-    pub fn announce(&mut self, stop: &crate::stop::Stop) -> Result<(), String> {
+    pub fn announce(&mut self, stop: &crate::stop::Stop) -> Result<(), VipError> {
         let list = self.taken();
         if self.announcer.is_some() || list.is_empty() {
             return Ok(());
@@ -207,7 +229,7 @@ impl Vips {
         own.thread("vip-announce", move || {
             announcer(&module, &list, a, &s, &fence)
         })
-        .map_err(|e| format!("starting the announcer: {e}"))?;
+        .map_err(VipError::Announcer)?;
         self.announcer = Some(own);
         Ok(())
     }

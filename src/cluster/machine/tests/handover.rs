@@ -27,8 +27,16 @@ fn swap_asked_on_a_blocked_second_is_refused_and_changes_nothing() {
     let before = format!("{a:?}");
     let out = a.step(25, Event::Command(Command::Swap));
     let e = out.reply.unwrap().unwrap_err();
-    assert!(e.contains("fails its checks here"), "{e}");
-    assert!(e.contains("`tandem start web` on this node"), "{e}");
+    assert!(
+        matches!(&e, Refused::Blocked { module, .. } if module == "web"),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("fails its checks here"), "{e}");
+    assert!(
+        text.ends_with("`tandem start web` on this node clears the block; swap refused"),
+        "{e}"
+    );
     assert!(out.actions.is_empty());
     assert_eq!(format!("{a:?}"), before);
     assert!(!a.view().wants_primary);
@@ -56,8 +64,13 @@ fn the_primary_hands_nothing_over_to_a_peer_that_cannot_serve() {
     // swap asked on the primary
     let out = b.step(30, Event::Command(Command::Swap));
     let e = out.reply.unwrap().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the peer cannot serve (see its status; `tandem start web` there clears the block); \
+         swap refused"
+    );
     assert!(
-        e.contains("the peer cannot serve") && e.contains("tandem start web"),
+        matches!(e, Refused::PeerBlocked { what: "swap", .. }),
         "{e}"
     );
     assert!(out.actions.is_empty());
@@ -275,12 +288,21 @@ fn taking_the_peers_data_is_refused_when_the_peer_cannot_serve() {
     let before = format!("{a:?}");
     let out = a.step(3_000, Event::Command(Command::Resolve { keep_mine: false }));
     let e = out.reply.unwrap().unwrap_err();
-    assert!(e.contains("the peer cannot serve"), "{e}");
+    assert!(
+        matches!(
+            e,
+            Refused::PeerBlocked {
+                what: "taking its data",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(out.actions.is_empty());
     assert_eq!(format!("{a:?}"), before);
     // Nor without news of the peer, on the serving node.
     a.step(3_100, Event::PeerLost);
     let out = a.step(3_100, Event::Command(Command::Resolve { keep_mine: false }));
-    assert!(out.reply.unwrap().unwrap_err().contains("not heard"));
+    assert_eq!(out.reply.unwrap().unwrap_err(), Refused::PeerNotHeard);
     assert!(a.state.serving());
 }

@@ -39,7 +39,9 @@ fn state_names_are_what_status_shows_and_read_back() {
         assert_eq!(s.name(), format!("{s:?}").to_uppercase());
         assert_eq!(s.name().parse::<State>(), Ok(s));
     }
-    assert!("prim".parse::<State>().is_err());
+    let e = "prim".parse::<State>().unwrap_err();
+    assert_eq!(e, UnknownState("prim".into()));
+    assert_eq!(e.to_string(), "\"prim\" is not a module state");
     assert!("".parse::<State>().is_err());
 }
 
