@@ -57,7 +57,7 @@ impl Module {
     }
 
     /// Mounts every directory, or none: a failure unmounts what this call mounted.
-    fn start(&mut self) -> Result<(), String> {
+    fn start(&mut self) -> Result<(), NotMounted> {
         if !self.mountable() {
             return Ok(());
         }
@@ -79,10 +79,12 @@ impl Module {
                     tracing::info!(module = %self.name, "mounted {}", d.path.display());
                     d.mount = Some(m);
                 }
-                Err(e) => {
-                    let msg = format!("module {}: {e}", self.name);
+                Err(source) => {
                     self.stop();
-                    return Err(msg);
+                    return Err(NotMounted {
+                        module: self.name.clone(),
+                        source,
+                    });
                 }
             }
         }
@@ -144,23 +146,38 @@ impl Module {
     }
 }
 
+/// A module's directories could not all be mounted (none stays mounted).
+#[derive(Debug, thiserror::Error)]
+#[error("module {module}: {source}")]
+struct NotMounted {
+    module: String,
+    source: fs::MountError,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no module named {name:?} (modules: {})", known.join(", "))]
+struct NoSuchModule {
+    name: String,
+    known: Vec<String>,
+}
+
 struct State {
     cluster: String,
     modules: Vec<Module>,
 }
 
 impl State {
-    fn select(&mut self, name: Option<&str>) -> Result<Vec<&mut Module>, String> {
+    fn select(&mut self, name: Option<&str>) -> Result<Vec<&mut Module>, NoSuchModule> {
         match name {
             None => Ok(self.modules.iter_mut().collect()),
             Some(n) => {
                 let known: Vec<String> = self.modules.iter().map(|m| m.name.clone()).collect();
                 match self.modules.iter_mut().find(|m| m.name == n) {
                     Some(m) => Ok(vec![m]),
-                    None => Err(format!(
-                        "no module named {n:?} (modules: {})",
-                        known.join(", ")
-                    )),
+                    None => Err(NoSuchModule {
+                        name: n.to_string(),
+                        known,
+                    }),
                 }
             }
         }
@@ -173,7 +190,7 @@ impl State {
     ) -> Response {
         let m = match self.select(Some(module)) {
             Ok(mut m) => m.remove(0),
-            Err(e) => return Response::error(e),
+            Err(e) => return Response::error(e.to_string()),
         };
         let Some(r) = &m.replica else {
             return Response::error(format!(
@@ -203,7 +220,7 @@ impl State {
                 ..Response::default()
             },
             Request::Stop { module } => match self.select(module.as_deref()) {
-                Err(e) => Response::error(e),
+                Err(e) => Response::error(e.to_string()),
                 Ok(mods) => {
                     let mut messages = Vec::new();
                     for m in mods {
@@ -242,7 +259,7 @@ impl State {
                      manager (run `tandem daemon` without --role)",
             ),
             Request::Start { module } => match self.select(module.as_deref()) {
-                Err(e) => Response::error(e),
+                Err(e) => Response::error(e.to_string()),
                 Ok(mods) => {
                     let mut messages = Vec::new();
                     for m in mods {
@@ -260,7 +277,7 @@ impl State {
                         if let Err(e) = m.start() {
                             return Response {
                                 ok: false,
-                                error: Some(e),
+                                error: Some(e.to_string()),
                                 messages,
                                 ..Response::default()
                             };

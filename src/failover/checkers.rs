@@ -56,9 +56,8 @@ pub enum CheckError {
         got: u16,
         expected: u16,
     },
-    /// The check script failed: what `scripts::run` said.
-    #[error("{0}")]
-    Script(String),
+    #[error(transparent)]
+    Script(#[from] crate::failover::scripts::ScriptError),
     #[error("interface {name}: {source}")]
     InterfaceUnread {
         name: String,

@@ -36,6 +36,37 @@ impl Context {
     }
 }
 
+/// Why a script did not succeed; the text names the script and its path.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("{what} {}: cannot run: {source}", path.display())]
+    CannotRun {
+        what: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {}: killed after its timeout of {} s", path.display(), timeout.as_secs_f64())]
+    TimedOut {
+        what: String,
+        path: PathBuf,
+        timeout: Duration,
+    },
+    #[error("{what} {}: {source}", path.display())]
+    Wait {
+        what: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// It ran and exited with an error: `said` is the last line it wrote.
+    #[error("{what} {} failed ({status}){}", path.display(), said.as_ref().map_or(String::new(), |l| format!(": {l}")))]
+    Failed {
+        what: String,
+        path: PathBuf,
+        status: std::process::ExitStatus,
+        said: Option<String>,
+    },
+}
+
 #[derive(Debug)]
 pub struct Ran {
     pub output: String,
@@ -44,7 +75,12 @@ pub struct Ran {
 
 /// Runs `script` (named `what` in messages) and waits up to `timeout`.
 /// Ok only for exit status 0.
-pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Result<Ran, String> {
+pub fn run(
+    what: &str,
+    script: &Path,
+    ctx: &Context,
+    timeout: Duration,
+) -> Result<Ran, ScriptError> {
     let started = Instant::now();
     let mut cmd = Command::new(script);
     cmd.env("TANDEM_MODULE", &ctx.module)
@@ -63,9 +99,11 @@ pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Resul
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills whatever it started too.
         .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("{what} {}: cannot run: {e}", script.display()))?;
+    let mut child = cmd.spawn().map_err(|source| ScriptError::CannotRun {
+        what: what.into(),
+        path: script.into(),
+        source,
+    })?;
     // Both pipes are read here while the script runs, so a chatty script
     // never blocks on a full pipe; an application it leaves running in the
     // background (holding the pipes) holds up the answer by 200 ms at most.
@@ -99,14 +137,18 @@ pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Resul
                     // still its.
                     unsafe { libc::kill(-pid, libc::SIGKILL) };
                     let _ = child.wait();
-                    Some(Err(format!(
-                        "{what} {}: killed after its timeout of {} s",
-                        script.display(),
-                        timeout.as_secs_f64()
-                    )))
+                    Some(Err(ScriptError::TimedOut {
+                        what: what.into(),
+                        path: script.into(),
+                        timeout,
+                    }))
                 }
                 Ok(None) => None,
-                Err(e) => Some(Err(format!("{what} {}: {e}", script.display()))),
+                Err(source) => Some(Err(ScriptError::Wait {
+                    what: what.into(),
+                    path: script.into(),
+                    source,
+                })),
             };
         }
         if status.is_some() {
@@ -121,15 +163,12 @@ pub fn run(what: &str, script: &Path, ctx: &Context, timeout: Duration) -> Resul
     let took = started.elapsed();
     match status? {
         s if s.success() => Ok(Ran { output, took }),
-        s => Err(format!(
-            "{what} {} failed ({s}){}",
-            script.display(),
-            if output.trim().is_empty() {
-                String::new()
-            } else {
-                format!(": {}", last_line(&output))
-            }
-        )),
+        status => Err(ScriptError::Failed {
+            what: what.into(),
+            path: script.into(),
+            status,
+            said: (!output.trim().is_empty()).then(|| last_line(&output).to_string()),
+        }),
     }
 }
 

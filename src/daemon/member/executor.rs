@@ -12,9 +12,26 @@ use super::plan::{Flow, Job, Next};
 use super::{Managed, ThisNode};
 use crate::cluster::machine::{Action, Failure, State};
 use crate::daemon::replicas::{self, Replica};
+use crate::failover::scripts::ScriptError;
 use crate::fs::{self, CountingSink, MountConfig, Unmounted};
 use crate::replication::aside::Keep;
 use crate::replication::secondary::SecondaryModule;
+
+/// Why the primary side could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PromoteError {
+    #[error("change log: {0}")]
+    ChangeLog(#[source] crate::changelog::ChangeLogError),
+    #[error("{0}")]
+    Dirs(#[source] std::io::Error),
+    #[error(transparent)]
+    Replication(#[from] crate::daemon::replicas::ExcludeError),
+    #[error("mounting {}: {source}", path.display())]
+    Mount {
+        path: std::path::PathBuf,
+        source: crate::fs::MountError,
+    },
+}
 
 /// How long a stopped link may take to end (it was closed first).
 const LINK_STOP: Duration = Duration::from_secs(2);
@@ -44,20 +61,25 @@ impl Managed {
     }
 
     /// Goes on with the work a script was part of, now that it answered.
-    pub(super) fn resume(&mut self, node: &ThisNode, next: Next, ran: Result<(), String>) -> Flow {
-        let failed = |what: &str, failure, error| Flow::Failed {
+    pub(super) fn resume(
+        &mut self,
+        node: &ThisNode,
+        next: Next,
+        ran: Result<(), ScriptError>,
+    ) -> Flow {
+        let failed = |what: &str, failure, error: &dyn std::fmt::Display| Flow::Failed {
             what: what.into(),
             failure,
-            error,
+            error: error.to_string(),
         };
         match (next, ran) {
             (Next::Promote { new_generation }, Ok(())) => {
                 match self.promote(node, new_generation) {
                     Ok(()) => Flow::Done,
-                    Err(e) => failed("Promote", Failure::Promote, e),
+                    Err(e) => failed("Promote", Failure::Promote, &e),
                 }
             }
-            (Next::Promote { .. }, Err(e)) => failed("Promote", Failure::Promote, e),
+            (Next::Promote { .. }, Err(e)) => failed("Promote", Failure::Promote, &e),
             (Next::Started, Ok(())) => {
                 self.app_running = true;
                 self.checks.from = Instant::now();
@@ -73,7 +95,7 @@ impl Managed {
             }
             (Next::Started, Err(e)) => {
                 self.release_clients(node);
-                failed("StartApp", Failure::StartApp, e)
+                failed("StartApp", Failure::StartApp, &e)
             }
             // A failing stop is logged; demoting goes on (the unmount tells
             // whether files are still in use).
@@ -90,9 +112,10 @@ impl Managed {
                 Flow::Done
             }
             (Next::Restarted, Err(e)) => {
-                self.plan.restarted = Some(Err(e.clone()));
                 // A failed start is the machine's to handle.
-                failed("restart", Failure::StartApp, e)
+                let flow = failed("restart", Failure::StartApp, &e);
+                self.plan.restarted = Some(Err(e));
+                flow
             }
         }
     }
@@ -102,7 +125,8 @@ impl Managed {
             Action::BecomeSecondary { full } => {
                 let sm = SecondaryModule::new(
                     &self.cfg.name,
-                    self.dirs().map_err(|e| (Failure::Secondary, e))?,
+                    self.dirs()
+                        .map_err(|e| (Failure::Secondary, e.to_string()))?,
                 )
                 .map_err(|e| (Failure::Secondary, e.to_string()))?;
                 if *full {
@@ -201,12 +225,10 @@ impl Managed {
 
     /// Opens the primary side once `prestart` agreed: the new generation,
     /// the replication, the mounts.
-    fn promote(&mut self, node: &ThisNode, new_generation: bool) -> Result<(), String> {
+    fn promote(&mut self, node: &ThisNode, new_generation: bool) -> Result<(), PromoteError> {
         if new_generation {
             for d in &self.base {
-                d.log
-                    .new_generation()
-                    .map_err(|e| format!("change log: {e}"))?;
+                d.log.new_generation().map_err(PromoteError::ChangeLog)?;
             }
         }
         if self.fresh {
@@ -237,7 +259,7 @@ impl Managed {
             s,
             &self.cfg,
             replicas::Wiring {
-                dirs: self.dirs()?,
+                dirs: self.dirs().map_err(PromoteError::Dirs)?,
                 creds: node.creds.clone(),
                 peer_addr: node.peer_addr,
                 stop: node.stop.child(),
@@ -245,8 +267,7 @@ impl Managed {
                 latency: Some(node.metrics.replication_latency(&self.cfg.name)),
             },
             &node.rt,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         self.replica = Some(Replica::Primary(rep.clone(), link));
         *self.fence.rep.lock() = Some(rep.clone());
         self.fence.fenced.store(false, Ordering::SeqCst);
@@ -258,9 +279,12 @@ impl Managed {
                     self.mounts.push(m);
                     self.sinks.push(sink);
                 }
-                Err(e) => {
+                Err(source) => {
                     self.demote(false);
-                    return Err(format!("mounting {}: {e}", path.display()));
+                    return Err(PromoteError::Mount {
+                        path: path.clone(),
+                        source,
+                    });
                 }
             }
         }

@@ -132,7 +132,7 @@ enum Input {
     /// A module's script answered.
     Ran {
         module: String,
-        result: Result<crate::failover::scripts::Ran, String>,
+        result: Result<crate::failover::scripts::Ran, crate::failover::scripts::ScriptError>,
     },
     Shutdown(mpsc::Sender<()>),
 }

@@ -35,13 +35,13 @@ impl Managed {
     }
 
     /// Fresh descriptors and caches over the same change logs, for a role.
-    pub(super) fn dirs(&self) -> Result<Vec<Dir>, String> {
+    pub(super) fn dirs(&self) -> std::io::Result<Vec<Dir>> {
         self.base
             .iter()
             .zip(&self.caches)
             .map(|(d, c)| {
                 Ok(Dir {
-                    root: d.root.try_clone().map_err(|e| e.to_string())?,
+                    root: d.root.try_clone()?,
                     log: d.log.clone(),
                     cache: Mutex::new(crate::replication::manifest::Cache::load(c)),
                 })

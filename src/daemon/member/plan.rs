@@ -86,7 +86,7 @@ pub(super) struct Plan {
     /// What the peer was last told, kept while work is under way.
     announced: Option<PeerView>,
     /// How the last restart ended, for the operator who asked for it.
-    pub restarted: Option<Result<(), String>>,
+    pub restarted: Option<Result<(), scripts::ScriptError>>,
 }
 
 impl Plan {
@@ -224,6 +224,7 @@ impl Managed {
         let Some(path) = script.path(&self.cfg.scripts).clone() else {
             return self.resume(node, next, Ok(()));
         };
+        let shown = path.clone();
         let ctx = self.context(node, role);
         let timeout = self.cfg.scripts.timeout;
         let (module, inputs) = (self.cfg.name.clone(), node.inputs.clone());
@@ -239,16 +240,24 @@ impl Managed {
                 self.plan.running = Some((script, next));
                 Flow::Waiting
             }
-            Err(e) => {
-                let e = format!("{} cannot be run: {e}", script.name());
-                self.note(e.clone());
+            Err(source) => {
+                let e = scripts::ScriptError::CannotRun {
+                    what: script.name().into(),
+                    path: shown,
+                    source,
+                };
+                self.note(e.to_string());
                 self.resume(node, next, Err(e))
             }
         }
     }
 
     /// A script answered: its work goes on, then whatever is in line.
-    pub(super) fn ran(&mut self, node: &ThisNode, result: Result<scripts::Ran, String>) {
+    pub(super) fn ran(
+        &mut self,
+        node: &ThisNode,
+        result: Result<scripts::Ran, scripts::ScriptError>,
+    ) {
         let Some((script, next)) = self.plan.running.take() else {
             return;
         };
@@ -264,7 +273,7 @@ impl Managed {
                 Ok(())
             }
             Err(e) => {
-                self.note(e.clone());
+                self.note(e.to_string());
                 Err(e)
             }
         };
