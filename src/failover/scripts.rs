@@ -280,6 +280,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = script(d.path(), "bad", "echo 'port 80 in use'; exit 3");
         let e = run("start_prim", &s, &ctx(), Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, ScriptError::Failed { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("exit status: 3") && e.contains("port 80 in use"),
             "{e}"
@@ -291,6 +293,8 @@ mod tests {
             Duration::from_secs(5),
         )
         .unwrap_err();
+        assert!(matches!(e, ScriptError::CannotRun { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("missing") && e.contains("cannot run"), "{e}");
     }
 
@@ -334,7 +338,8 @@ mod tests {
         );
         let t = Instant::now();
         let e = run("start_prim", &s, &ctx(), Duration::from_millis(300)).unwrap_err();
-        assert!(e.contains("timeout"), "{e}");
+        assert!(matches!(e, ScriptError::TimedOut { .. }), "{e:?}");
+        assert!(e.to_string().contains("timeout"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
@@ -358,7 +363,8 @@ mod tests {
         let s = script(d.path(), "chatty", "yes tandem");
         let t = Instant::now();
         let e = run("start_prim", &s, &ctx(), Duration::from_millis(300)).unwrap_err();
-        assert!(e.contains("timeout"), "{e}");
+        assert!(matches!(e, ScriptError::TimedOut { .. }), "{e:?}");
+        assert!(e.to_string().contains("timeout"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
         // Much more than a pipe holds goes through whole, both streams.
         let s = script(

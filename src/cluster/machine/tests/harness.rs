@@ -460,12 +460,13 @@ impl Net {
     }
 
     /// Carries out what the operator asked of node `i`, as the daemon does.
-    fn ask(&mut self, i: usize, a: Ask) -> Reply {
+    fn ask(&mut self, i: usize, a: Ask) -> Result<String, String> {
+        let reply = |r: Option<Reply>| r.expect("a reply").map_err(|e| e.to_string());
         match a {
-            Ask::Machine(c) => self.feed(i, Event::Command(c)).expect("a reply"),
-            Ask::Second if self.nodes[i].m.as_ref().is_some_and(|m| m.state.serving()) => self
-                .feed(i, Event::Command(Command::Swap))
-                .expect("a reply"),
+            Ask::Machine(c) => reply(self.feed(i, Event::Command(c))),
+            Ask::Second if self.nodes[i].m.as_ref().is_some_and(|m| m.state.serving()) => {
+                reply(self.feed(i, Event::Command(Command::Swap)))
+            }
             Ask::Second => Err("does not serve on this node".into()),
             Ask::Checks(on) => {
                 self.nodes[i].checks = on;
