@@ -77,3 +77,54 @@ fn write_pages(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
     page.render(&mut file)?;
     file.flush()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_per_visible_command_and_none_for_hidden_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        man_pages(dir.path()).unwrap();
+        for page in [
+            "tandem",
+            "tandem-daemon",
+            "tandem-config-check",
+            "tandem-token-create",
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(format!("{page}.1"))).unwrap();
+            assert!(text.contains(".TH"), "{page}.1 is a manual page");
+        }
+        for hidden in ["tandem-guard", "tandem-generate", "tandem-help"] {
+            assert!(
+                !dir.path().join(format!("{hidden}.1")).exists(),
+                "{hidden}.1"
+            );
+        }
+    }
+
+    #[test]
+    fn completions_offer_the_visible_commands_and_global_options_only() {
+        let cmd = visible(Cli::command());
+        let names: Vec<_> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+        assert!(
+            names.contains(&"daemon") && names.contains(&"swap"),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"guard") && !names.contains(&"generate"),
+            "{names:?}"
+        );
+        let options: Vec<_> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
+        assert_eq!(options, ["config", "socket", "on"]);
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut cmd.clone(),
+            "tandem",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        assert!(script.contains("--config") && !script.contains("guard"));
+    }
+}
