@@ -19,6 +19,8 @@ packages=(
   podman busybox-static           # the demo's container (an image built from busybox)
   systemd                         # systemd-analyze verify of the unit
   chromium chromium-driver        # the web console's test in a headless browser
+  dpkg-dev binutils lintian       # scripts/package.sh: dependencies from the libraries linked, strip, lint
+  debootstrap                     # tests/package.rs installs the package in a fresh Debian root
 )
 
 missing=()

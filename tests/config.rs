@@ -178,6 +178,72 @@ fn reference_file_with_existing_directories_passes_dir_checks() {
     );
 }
 
+/// The reference file is also the example the Debian package installs as
+/// /etc/tandem/tandem.toml and claims to explain every setting: every section the
+/// parser accepts (src/config/decode.rs) and every field of its tables
+/// (src/config/raw.rs) must be in it, set or shown commented out. Read from the
+/// sources, so a new setting without its explanation fails here.
+#[test]
+fn reference_file_shows_every_section_and_field() {
+    let src = |p: &str| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p));
+    let reference = std::fs::read_to_string(reference_path()).unwrap();
+    let decode = src("src/config/decode.rs").unwrap();
+    let sections = decode
+        .lines()
+        .find_map(|l| l.strip_prefix("const SECTIONS: &str = \""))
+        .and_then(|l| l.strip_suffix("\";"))
+        .expect("decode.rs lists the sections it accepts");
+    let mut missing = Vec::new();
+    for name in sections.split(", ") {
+        let tables = [format!("[{name}]"), format!("[[{name}]]")];
+        if !reference.lines().any(|l| tables.iter().any(|t| l == t)) {
+            missing.push(name.to_string());
+        }
+    }
+    // Fields of every table (the Raw* structs) but the file's root (RawConfig,
+    // whose fields are the sections above); a field holding a table of its own
+    // is a sub-table header.
+    let raw = src("src/config/raw.rs").unwrap();
+    let mut table = None;
+    for line in raw.lines() {
+        if let Some(rest) = line.strip_prefix("pub(super) struct ") {
+            table = rest
+                .strip_suffix(" {")
+                .filter(|t| t.starts_with("Raw") && *t != "RawConfig");
+            continue;
+        }
+        let Some(t) = table else { continue };
+        if line == "}" {
+            table = None;
+            continue;
+        }
+        let Some((field, ty)) = line
+            .trim()
+            .strip_prefix("pub ")
+            .and_then(|f| f.split_once(": "))
+        else {
+            continue;
+        };
+        let shown = if ty.contains("Raw") {
+            reference
+                .lines()
+                .any(|l| l.ends_with(&format!(".{field}]")) || l.ends_with(&format!(".{field}]]")))
+        } else {
+            reference.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{field} = "))
+            })
+        };
+        if !shown {
+            missing.push(format!("{t}.{field}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "config/tandem.toml lacks {missing:?}: show each with what it does and its default"
+    );
+}
+
 #[test]
 fn minimal_file_gets_the_documented_defaults() {
     let s = parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));

@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Mount(args) => super::mount::run(args),
         Command::Guard => crate::failover::guard::run(),
+        Command::Generate { action } => super::generate::run(action),
         Command::Token { action } => super::token::run(&cli.config, action),
         Command::Witness { listen, state } => witness(&cli.config, listen, state),
         Command::Config {

@@ -5,6 +5,7 @@
 //! directories) or a request the daemon refuses.
 
 mod commands;
+mod generate;
 mod mount;
 mod progress;
 mod resync;
@@ -195,6 +196,12 @@ pub enum Command {
     /// Started by the daemon: cleans up after it if it dies.
     #[command(hide = true)]
     Guard,
+    /// Manual pages and shell completions, for packaging.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        action: generate::GenerateAction,
+    },
 }
 
 #[derive(Subcommand, Debug)]
