@@ -141,6 +141,27 @@ pub struct NodesStatus {
     pub dropped_replayed: u64,
     pub dropped_malformed: u64,
     pub dropped_foreign: u64,
+    /// This node's release of tandem.
+    #[serde(default)]
+    pub version: String,
+    /// The peer's, as its heartbeats say (`None`: not heard, or a release
+    /// that does not say).
+    #[serde(default)]
+    pub peer_version: Option<String>,
+    /// The heartbeats' protocol versions each node speaks.
+    #[serde(default)]
+    pub heartbeat_protocol: String,
+    #[serde(default)]
+    pub peer_heartbeat_protocol: Option<String>,
+}
+
+impl NodesStatus {
+    /// The two nodes run different releases (as during a rolling upgrade).
+    pub fn mixed_versions(&self) -> bool {
+        self.peer_version
+            .as_ref()
+            .is_some_and(|v| *v != self.version)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,4 +28,5 @@ pub mod replication;
 pub mod signals;
 pub mod sock;
 pub mod stop;
+pub mod versions;
 pub mod webclient;

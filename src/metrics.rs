@@ -78,6 +78,7 @@ pub struct Metrics {
     resync_total: Family<ModuleLabel, Gauge>,
     resync_rate: Family<ModuleLabel, Gauge>,
     peer_alive: Gauge,
+    mixed_versions: Gauge,
     heard_age: Family<PathLabels, Gauge<f64, AtomicU64>>,
     rtt: Family<PathLabels, Gauge<f64, AtomicU64>>,
     lost: Family<PathLabels, Counter>,
@@ -200,6 +201,11 @@ impl Metrics {
             peer_alive: reg!(
                 "peer_alive",
                 "1 while the peer's heartbeats arrive",
+                Gauge::default()
+            ),
+            mixed_versions: reg!(
+                "mixed_versions",
+                "1 while the peer runs another release of tandem than this node",
                 Gauge::default()
             ),
             heard_age: reg!(
@@ -351,6 +357,7 @@ impl Metrics {
         }
         if let Some(n) = &st.nodes {
             self.peer_alive.set(n.peer_alive as i64);
+            self.mixed_versions.set(n.mixed_versions() as i64);
             for p in &n.paths {
                 let l = PathLabels {
                     local: p.local.clone(),

@@ -11,6 +11,7 @@ use tandem::replication::frame::{self, Compression};
 use tandem::replication::framed::FrameReader;
 use tandem::replication::tls::Credentials;
 use tandem::replication::wire::{Message, WireMutation};
+use tandem::versions::{Range, Speaks};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -39,6 +40,7 @@ fn hello(module: &str, dirs: u32) -> Message {
         generation: 1,
         verify: false,
         acks: Default::default(),
+        speaks: None,
     }
 }
 
@@ -139,14 +141,32 @@ async fn strangers_and_malformed_frames_are_refused_and_change_nothing() {
         .log_text(2)
         .contains("not a tandem frame")));
 
-    // 3. Another protocol version.
+    // 3. Another frame format.
     let mut raw = bytes(&hello("app", 1));
     raw[2] = 99;
     let mut tls = connect(&pair, &pair.tmp.path().join("tls")).await.unwrap();
     send_and_wait_close(&mut tls, &raw).await;
     assert!(wait_until(5, || pair
         .log_text(2)
-        .contains("protocol version 99")));
+        .contains("frame format 99")));
+
+    // 3b. A release too far ahead: no protocol version in common, said back
+    // with both ranges and the node to upgrade (the Hello of a release
+    // before ranges, which says nothing, is the one `session` sends).
+    let mut ahead = hello("app", 1);
+    if let Message::Hello { speaks, .. } = &mut ahead {
+        *speaks = Some(Speaks {
+            range: Range::new(7, 9),
+            software: "9.0.0".into(),
+        });
+    }
+    let mut tls = connect(&pair, &pair.tmp.path().join("tls")).await.unwrap();
+    let got = send_and_wait_close(&mut tls, &bytes(&ahead)).await;
+    assert!(
+        matches!(&got[..], [Message::Close { reason }] if reason
+            == "no protocol version in common: node2 speaks 3-4, node1 speaks 7-9; upgrade node2"),
+        "{got:?}"
+    );
 
     // 4. A length over the limit.
     let mut raw = vec![b'T', b'D', frame::VERSION, 0];

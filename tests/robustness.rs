@@ -52,6 +52,7 @@ fn messages() -> Vec<Message> {
             generation: 7,
             verify: false,
             acks: Default::default(),
+            speaks: None,
         },
         Message::Mutate {
             seq: 9,
@@ -191,6 +192,9 @@ fn sample_beat() -> Beat {
             dirty: vec![("app".into(), 4096)],
             echo: vec![Some((2, 150)), None],
         },
+        speaks: Some(tandem::versions::Speaks::this(
+            tandem::cluster::heartbeat::PROTOCOL,
+        )),
     }
 }
 

@@ -106,6 +106,7 @@ async fn connect(addr: std::net::SocketAddr, creds: &Credentials) -> Result<(), 
         generation: 1,
         verify: false,
         acks: Default::default(),
+        speaks: None,
     };
     frame::encode(&hello, Compression::Off, &mut out).unwrap();
     tls.write_all(&out).await.map_err(|e| e.to_string())?;

@@ -514,6 +514,17 @@ fn print_status(resp: &Response, json: bool) {
             n.dropped_bad_mac,
             n.dropped_replayed
         );
+        println!(
+            "tandem {} here, {} on the peer",
+            n.version,
+            n.peer_version.as_deref().unwrap_or("unknown")
+        );
+        if n.mixed_versions() {
+            println!(
+                "  MIXED VERSIONS: the nodes run different releases (a rolling upgrade \
+                 under way?); upgrade the other node too"
+            );
+        }
     }
     for m in &st.modules {
         println!("module {}: {}", m.name, m.state);
@@ -543,6 +554,16 @@ fn print_status(resp: &Response, json: bool) {
             }
             if c.quorum != "none" {
                 println!("  quorum {}", c.quorum);
+            }
+            if let Some(r) = m.replication.as_ref().filter(|r| r.protocol.is_some()) {
+                println!(
+                    "  link protocol {}{}",
+                    r.protocol.unwrap_or_default(),
+                    r.peer_version
+                        .as_ref()
+                        .map(|v| format!(" with tandem {v}"))
+                        .unwrap_or_default()
+                );
             }
             if c.split_brain {
                 println!(

@@ -18,9 +18,15 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
 use super::machine::PeerView;
+use crate::versions::{Range, Speaks};
 
 const MAGIC: [u8; 2] = *b"TB";
+/// The version this node's datagrams carry (theirs must be one it speaks).
 const VERSION: u8 = 1;
+/// The heartbeats' versions this release speaks: what later releases add
+/// goes after the fields an earlier one reads (see [`Extra`]), so the one
+/// version has served every release so far.
+pub const PROTOCOL: Range = Range::new(1, 1);
 /// Heartbeats whose sending time is kept for the echo: a few seconds' worth.
 const SENT_KEPT: usize = 64;
 const TAG_LEN: usize = 32;
@@ -40,6 +46,10 @@ pub struct Beat {
     /// Sent after the rest (see [`Extra`]).
     #[serde(skip)]
     pub extra: Extra,
+    /// What the sender speaks, sent after [`Later`] (`None`: a release
+    /// that does not say).
+    #[serde(skip)]
+    pub speaks: Option<Speaks>,
 }
 
 /// What a heartbeat says beyond the fields above. It is encoded after them,
@@ -86,7 +96,7 @@ impl Later {
 pub enum Dropped {
     #[error("not a heartbeat")]
     Malformed,
-    #[error("heartbeat version {0}, this node speaks {VERSION}")]
+    #[error("heartbeat version {0}, this node speaks {PROTOCOL}")]
     Version(u8),
     #[error("bad HMAC: not from this cluster, or altered")]
     BadMac,
@@ -149,7 +159,8 @@ pub struct BindError {
 
 pub fn seal(key: &Key, beat: &Beat) -> Vec<u8> {
     // A tuple is its fields one after the other: the beat, then the extras.
-    seal_with(key, MAGIC, &(beat, &beat.extra, &Later::of(beat)))
+    let speaks = Speaks::this(PROTOCOL);
+    seal_with(key, MAGIC, &(beat, &beat.extra, &Later::of(beat), &speaks))
 }
 
 pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
@@ -159,10 +170,9 @@ pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
     // A node that sends no extra, or a later one with more: what is known.
     let (extra, rest) = postcard::take_from_bytes(rest).unwrap_or_default();
     beat.extra = extra;
-    let later: Later = postcard::take_from_bytes(rest)
-        .map(|(l, _)| l)
-        .unwrap_or_default();
+    let (later, rest): (Later, _) = postcard::take_from_bytes(rest).unwrap_or_default();
     later.apply(&mut beat);
+    beat.speaks = postcard::take_from_bytes(rest).ok().map(|(s, _)| s);
     Ok(beat)
 }
 
@@ -191,7 +201,7 @@ fn verified<'a>(key: &Key, magic: [u8; 2], datagram: &'a [u8]) -> Result<&'a [u8
     if datagram.len() < 3 + TAG_LEN || datagram[..2] != magic {
         return Err(Dropped::Malformed);
     }
-    if datagram[2] != VERSION {
+    if !(PROTOCOL.lowest..=PROTOCOL.highest).contains(&datagram[2]) {
         return Err(Dropped::Version(datagram[2]));
     }
     let (body, tag) = datagram.split_at(datagram.len() - TAG_LEN);
@@ -260,6 +270,8 @@ pub struct Heartbeats {
     pub dirty: Mutex<Vec<(String, u64)>>,
     /// The peer's last word on the same.
     pub peer_dirty: Mutex<Vec<(String, u64)>>,
+    /// What the peer's heartbeats say it speaks (its release).
+    pub peer_speaks: Mutex<Option<Speaks>>,
     /// The seq last heard on each path, for the echo.
     heard_seq: Mutex<Vec<u64>>,
     /// Heartbeats of the peer that never arrived on each path (gaps in the
@@ -294,6 +306,7 @@ impl Heartbeats {
             rtt: Mutex::new(vec![None; paths.len()]),
             dirty: Mutex::new(Vec::new()),
             peer_dirty: Mutex::new(Vec::new()),
+            peer_speaks: Mutex::new(None),
             heard_seq: Mutex::new(vec![0; paths.len()]),
             lost: Mutex::new(vec![0; paths.len()]),
             seen_on: Mutex::new(vec![None; paths.len()]),
@@ -365,6 +378,7 @@ impl Heartbeats {
                 dirty: self.dirty.lock().clone(),
                 echo,
             },
+            speaks: Some(Speaks::this(PROTOCOL)),
         }
     }
 
@@ -375,6 +389,7 @@ impl Heartbeats {
         self.heard.lock()[path] = Some(now);
         self.heard_seq.lock()[path] = beat.seq;
         *self.peer_dirty.lock() = beat.extra.dirty.clone();
+        *self.peer_speaks.lock() = beat.speaks.clone();
         let sent = self.sent.lock();
         let mut rtt = self.rtt.lock();
         for (i, e) in beat.extra.echo.iter().enumerate().take(rtt.len()) {

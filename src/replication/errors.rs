@@ -85,6 +85,18 @@ pub enum HelloError {
         theirs: u32,
         ours: usize,
     },
+    /// The two releases are too far apart; names the node to upgrade.
+    #[error(
+        "no protocol version in common: {me} speaks {}, {peer} speaks {}; upgrade {}",
+        ranges.ours,
+        ranges.theirs,
+        if ranges.theirs.highest < ranges.ours.lowest { peer } else { me }
+    )]
+    Versions {
+        me: String,
+        peer: String,
+        ranges: crate::versions::NoShared,
+    },
 }
 
 /// Why a replication session could not start, or why it ended, on either

@@ -35,7 +35,9 @@ const COMPRESS_MIN: usize = 4096;
 pub enum FrameError {
     #[error("not a tandem frame (magic {0:02x?})")]
     BadMagic([u8; 2]),
-    #[error("protocol version {got} from the peer, this node speaks {VERSION}")]
+    /// The frames' own layout, unchanged since protocol 3 (the protocol's
+    /// version is agreed in the Hello).
+    #[error("frame format {got} from the peer, this node reads {VERSION}")]
     Version { got: u8 },
     #[error("unknown frame flags {0:#04x}")]
     Flags(u8),
@@ -91,9 +93,29 @@ pub fn encode(
 fn open(msg: &Message, out: &mut Vec<u8>) -> Result<usize, FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    *out = postcard::to_extend(msg, std::mem::take(out))
-        .map_err(|e| FrameError::Payload(e.to_string()))?;
+    let bad = |e: postcard::Error| FrameError::Payload(e.to_string());
+    *out = postcard::to_extend(msg, std::mem::take(out)).map_err(bad)?;
+    // After the message, where a release before ranges stops reading.
+    if let Message::Hello {
+        speaks: Some(s), ..
+    } = msg
+    {
+        *out = postcard::to_extend(s, std::mem::take(out)).map_err(bad)?;
+    }
     Ok(start)
+}
+
+/// Decodes one message from a whole payload: what follows a Hello is what
+/// its sender speaks (nothing from a release before ranges; more, from a
+/// later release, is left unread).
+fn message(payload: &[u8]) -> Result<Message, postcard::Error> {
+    let (mut msg, rest) = postcard::take_from_bytes::<Message>(payload)?;
+    if let Message::Hello { speaks, .. } = &mut msg
+        && !rest.is_empty()
+    {
+        *speaks = Some(postcard::take_from_bytes(rest)?.0);
+    }
+    Ok(msg)
 }
 
 /// Ends the frame started at `start` with a payload of `len` bytes: its
@@ -232,9 +254,9 @@ pub fn decode_split(buf: &[u8]) -> Result<Option<(Message, Range<usize>, usize)>
     let msg = if header.flags & FLAG_ZSTD != 0 {
         let plain = zstd::bulk::decompress(payload, MAX_PAYLOAD)
             .map_err(|e| FrameError::Payload(e.to_string()))?;
-        postcard::from_bytes(&plain)
+        message(&plain)
     } else {
-        postcard::from_bytes(payload)
+        message(payload)
     }
     .map_err(bad)?;
     Ok(Some((msg, 0..0, total)))
@@ -278,6 +300,9 @@ mod tests {
                 generation: 7,
                 verify: false,
                 acks: Default::default(),
+                speaks: Some(crate::versions::Speaks::this(
+                    crate::replication::wire::PROTOCOL,
+                )),
             },
             Message::Mutate {
                 seq: 42,
@@ -325,6 +350,33 @@ mod tests {
                 reason: "bye".into(),
             },
         ]
+    }
+
+    #[test]
+    fn a_hello_says_what_it_speaks_where_a_release_before_ranges_stops_reading() {
+        let hello = samples().remove(0);
+        let mut b = Vec::new();
+        encode(&hello, Compression::Off, &mut b).unwrap();
+        // The message of a release before ranges is the same fields: it
+        // reads them and leaves the rest, as its decoder did.
+        let old: Message = postcard::from_bytes(&b[HEADER_LEN..]).unwrap();
+        assert!(matches!(old, Message::Hello { speaks: None, .. }));
+        assert_eq!(decode(&b).unwrap().unwrap().0, hello);
+        assert!(matches!(
+            hello,
+            Message::Hello {
+                speaks: Some(_),
+                ..
+            }
+        ));
+        // Its Hello, without a word of versions, reads as saying nothing.
+        let mut bare = hello;
+        if let Message::Hello { speaks, .. } = &mut bare {
+            *speaks = None;
+        }
+        let mut b = Vec::new();
+        encode(&bare, Compression::Off, &mut b).unwrap();
+        assert_eq!(decode(&b).unwrap().unwrap().0, bare);
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub struct Connector {
 
 /// What a Hello must say to be accepted.
 pub struct Expect<'a> {
+    /// This node, as its versions' refusal names it.
+    pub me: &'a str,
     pub cluster: &'a str,
     pub peer: &'a str,
     /// `None`: any module this node knows (checked by the caller).
@@ -216,6 +218,13 @@ pub struct Hello {
     pub generation: u64,
     pub verify: bool,
     pub acks: super::wire::AckAt,
+    /// The protocol version both speak, and the peer's release.
+    pub agreed: crate::versions::Agreed,
+}
+
+/// This node's Hello speaks the link's versions.
+pub fn speaks() -> Option<crate::versions::Speaks> {
+    Some(crate::versions::Speaks::this(super::wire::PROTOCOL))
 }
 
 /// Checks a peer's Hello.
@@ -228,6 +237,7 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, HelloError> {
         generation,
         verify,
         acks,
+        speaks,
     } = m
     else {
         return Err(HelloError::NotHello);
@@ -262,11 +272,22 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, HelloError> {
             ours: d as usize,
         });
     }
+    let agreed = crate::versions::agree(
+        super::wire::PROTOCOL,
+        speaks.as_ref(),
+        super::wire::BEFORE_RANGES,
+    )
+    .map_err(|ranges| HelloError::Versions {
+        me: want.me.into(),
+        peer: want.peer.into(),
+        ranges,
+    })?;
     Ok(Hello {
         module,
         dirs,
         generation,
         verify,
         acks,
+        agreed,
     })
 }

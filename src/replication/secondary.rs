@@ -62,6 +62,8 @@ struct SecondaryState {
     durable: u64,
     bytes: u64,
     last_error: Option<String>,
+    /// The protocol version the primary's link speaks, and its release.
+    agreed: Option<crate::versions::Agreed>,
 }
 
 impl SecondaryModule {
@@ -133,6 +135,8 @@ impl SecondaryModule {
             verify: Default::default(),
             hot_extents: 0,
             wire: self.tally.counts(),
+            protocol: s.agreed.as_ref().map(|a| a.protocol),
+            peer_version: s.agreed.as_ref().and_then(|a| a.peer_software.clone()),
         }
     }
 }
@@ -223,6 +227,7 @@ impl SecondaryServer {
         let checked = check_hello(
             hello,
             &Expect {
+                me: &self.creds.node,
                 cluster: &self.cluster,
                 peer: &self.creds.peer,
                 module: None,
@@ -241,9 +246,9 @@ impl SecondaryServer {
                     ours: have,
                 });
             }
-            Ok((m, h.verify, h.acks))
+            Ok((m, h.verify, h.acks, h.agreed))
         });
-        let (module, verify, acks) = match checked {
+        let (module, verify, acks, agreed) = match checked {
             Ok(m) => m,
             Err(reason) => {
                 let _ = writer
@@ -264,12 +269,14 @@ impl SecondaryServer {
                 generation,
                 verify,
                 acks: Default::default(),
+                speaks: super::framed::speaks(),
             })
             .await?;
         if verify {
             super::verify::serve(module.dirs.clone(), reader, writer).await?;
             return Ok(None);
         }
+        module.state.lock().agreed = Some(agreed);
         let full = module.full_sync.swap(false, Ordering::SeqCst);
         send_diverged(&module, &mut writer, full).await?;
         tracing::info!(

@@ -156,6 +156,7 @@ impl PrimarySession {
                     Ack::Received => AckAt::Received,
                     Ack::Async => AckAt::Batch,
                 },
+                speaks: super::framed::speaks(),
             })
             .await?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
@@ -164,15 +165,17 @@ impl PrimarySession {
         if let Message::Close { reason } = hello {
             return Err(SessionError::Refused(reason));
         }
-        check_hello(
+        let hello = check_hello(
             hello,
             &Expect {
+                me: &self.creds.node,
                 cluster: &self.cluster,
                 peer: &self.creds.peer,
                 module: Some(&rep.module),
                 dirs: Some(rep.dirs().len() as u32),
             },
         )?;
+        *rep.agreed.lock() = Some(hello.agreed);
         let (diverged, full) = read_diverged(&mut reader, rep.dirs().len()).await?;
         let compare = take_compare_needed(rep)?;
         if full || compare {

@@ -41,6 +41,13 @@ pub struct ReplicationStatus {
     pub hot_extents: u64,
     #[serde(default)]
     pub wire: WireCounts,
+    /// The link's protocol version last agreed with the peer.
+    #[serde(default)]
+    pub protocol: Option<u8>,
+    /// The peer's release, as its Hello said (`None`: a release that does
+    /// not say, or no link yet).
+    #[serde(default)]
+    pub peer_version: Option<String>,
 }
 
 /// What the stream to the peer cost, since this process started: how the

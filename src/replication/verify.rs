@@ -217,6 +217,7 @@ pub async fn connect(
             generation: 0,
             verify: true,
             acks: Default::default(),
+            speaks: super::framed::speaks(),
         })
         .await?;
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
@@ -228,6 +229,7 @@ pub async fn connect(
     check_hello(
         hello,
         &Expect {
+            me: &link.creds.node,
             cluster: &link.cluster,
             peer: &link.creds.peer,
             module: Some(&rep.module),

@@ -6,7 +6,16 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::versions::{Range, Speaks};
+
 use crate::fs::{AttrChange, Mutation};
+
+/// The link's protocol versions this release speaks: 3 is the protocol of
+/// the releases before ranges; 4 adds the versions in the Hello.
+pub const PROTOCOL: Range = Range::new(3, 4);
+
+/// The one version a peer that says nothing speaks.
+pub const BEFORE_RANGES: u8 = 3;
 
 /// Every message of the node-to-node protocol. One connection carries one
 /// module; the primary of the module connects to the secondary.
@@ -25,6 +34,11 @@ pub enum Message {
         verify: bool,
         /// From the primary: when the secondary acknowledges.
         acks: AckAt,
+        /// The sender's protocol versions and release, encoded after the
+        /// message (see `frame`), where a release before ranges stops
+        /// reading: it sends none and reads none.
+        #[serde(skip)]
+        speaks: Option<Speaks>,
     },
     /// Target to source, after Hello: names and ranges that may differ because
     /// the target changed them itself (it served alone before). Sent in parts;

@@ -12,6 +12,7 @@ fn beat(seq: u64) -> Beat {
         sent_ms: 1000 + seq,
         modules: vec![("app".into(), PeerView::default())],
         extra: Extra::default(),
+        speaks: Some(Speaks::this(PROTOCOL)),
     }
 }
 
@@ -230,6 +231,13 @@ fn the_previous_release_and_this_one_hear_each_other_and_its_modules_count_as_ab
     let heard = open(&k, &from_old).unwrap();
     assert_eq!(heard.extra, b.extra);
     assert!(heard.modules.iter().all(|(_, v)| !v.cannot_serve));
+    // Nor of the versions it speaks.
+    assert_eq!(heard.speaks, None);
+    // The release before versions reads up to who cannot serve.
+    let from_before = seal_with(&k, MAGIC, &(&b, &b.extra, &Later::of(&b)));
+    let heard = open(&k, &from_before).unwrap();
+    assert!(heard.modules[0].1.cannot_serve);
+    assert_eq!(heard.speaks, None);
     // This release hears itself whole.
     let heard = open(&k, &new).unwrap();
     assert_eq!(heard, b);

@@ -179,6 +179,10 @@ pub(super) fn publish(
             dropped_replayed: load(&c.replayed),
             dropped_malformed: load(&c.malformed),
             dropped_foreign: load(&c.foreign),
+            version: crate::versions::SOFTWARE.into(),
+            peer_version: hb.peer_speaks.lock().as_ref().map(|s| s.software.clone()),
+            heartbeat_protocol: crate::cluster::heartbeat::PROTOCOL.to_string(),
+            peer_heartbeat_protocol: hb.peer_speaks.lock().as_ref().map(|s| s.range.to_string()),
         }),
     };
     if let Some(n) = notifier {

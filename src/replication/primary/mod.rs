@@ -82,6 +82,8 @@ pub struct Replicator {
     pub tally: Arc<Tally>,
     resync: Mutex<ResyncProgress>,
     pub verify: Mutex<VerifyState>,
+    /// What the link last agreed with the peer (protocol, its release).
+    pub agreed: Mutex<Option<crate::versions::Agreed>>,
 }
 
 impl Replicator {
@@ -97,6 +99,7 @@ impl Replicator {
             tally,
             resync: Mutex::new(ResyncProgress::default()),
             verify: Mutex::new(Default::default()),
+            agreed: Mutex::new(None),
         })
     }
 
@@ -274,7 +277,12 @@ impl Replicator {
     pub fn status(&self) -> ReplicationStatus {
         let resync = self.resync.lock().clone();
         let verify = self.verify.lock().clone();
-        report::status(&self.stream, resync, verify, &self.tally)
+        let agreed = self.agreed.lock().clone().unwrap_or_default();
+        ReplicationStatus {
+            protocol: (agreed.protocol > 0).then_some(agreed.protocol),
+            peer_version: agreed.peer_software,
+            ..report::status(&self.stream, resync, verify, &self.tally)
+        }
     }
 }
 

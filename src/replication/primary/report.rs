@@ -50,6 +50,8 @@ pub fn status(
         verify,
         hot_extents: hot.len() as u64,
         wire: tally.counts(),
+        protocol: None,
+        peer_version: None,
     }
 }
 
