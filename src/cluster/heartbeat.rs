@@ -196,6 +196,19 @@ pub fn open_with<T: serde::de::DeserializeOwned>(
     postcard::from_bytes(verified(key, magic, datagram)?).map_err(|_| Dropped::Malformed)
 }
 
+/// [`open_with`], and what the sender speaks when it says (a release
+/// before ranges sends the message alone; a later one may add more, left
+/// unread).
+pub fn open_speaking<T: serde::de::DeserializeOwned>(
+    key: &Key,
+    magic: [u8; 2],
+    datagram: &[u8],
+) -> Result<(T, Option<Speaks>), Dropped> {
+    let body = verified(key, magic, datagram)?;
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(|_| Dropped::Malformed)?;
+    Ok((msg, postcard::take_from_bytes(rest).ok().map(|(s, _)| s)))
+}
+
 /// The message's encoding, once its kind, version and HMAC are right.
 fn verified<'a>(key: &Key, magic: [u8; 2], datagram: &'a [u8]) -> Result<&'a [u8], Dropped> {
     if datagram.len() < 3 + TAG_LEN || datagram[..2] != magic {

@@ -44,6 +44,11 @@ pub trait LeaseQuorum: Send + Sync {
     /// "witness" or "etcd", for the status.
     fn kind(&self) -> &'static str;
 
+    /// The third party's release of tandem, when it says (a witness does).
+    fn release(&self) -> Option<String> {
+        None
+    }
+
     /// Whether this node wants the module's lease (serving, or ready to
     /// serve), and the generation it would serve.
     fn want(&self, module: &str, want: bool, generation: u64, serving: bool) {

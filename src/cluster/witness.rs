@@ -20,8 +20,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
-use super::heartbeat::{Key, open_with, seal_with};
+use super::heartbeat::{Key, open_speaking, seal_with};
 use super::{Book, LeaseQuorum};
+use crate::versions::{Range, Speaks};
 
 /// Why the witness, or a node's client of it, cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,11 @@ pub enum WitnessError {
 
 const ASK: [u8; 2] = *b"TQ";
 const ANSWER: [u8; 2] = *b"TA";
+
+/// The witness protocol's versions this release speaks. Each side sends
+/// its range and release after the message, where a release before
+/// ranges stops reading.
+pub const PROTOCOL: Range = Range::new(1, 1);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ask {
@@ -171,6 +177,8 @@ pub async fn serve(
     );
     let mut buf = vec![0u8; 4096];
     let mut dropped = 0u64;
+    // Each node's release, as it last said: logged when it changes.
+    let mut releases: HashMap<String, Option<Speaks>> = HashMap::new();
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -179,7 +187,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let ask: Ask = match open_with(&key, ASK, &buf[..n]) {
+        let (ask, speaks): (Ask, _) = match open_speaking(&key, ASK, &buf[..n]) {
             Ok(a) => a,
             Err(e) => {
                 dropped += 1;
@@ -193,6 +201,21 @@ pub async fn serve(
         };
         if ask.cluster != cluster {
             continue;
+        }
+        if releases.get(&ask.node) != Some(&speaks) {
+            match speaks.as_ref() {
+                Some(s) => match PROTOCOL.shared(s.range) {
+                    Ok(_) => tracing::info!(
+                        "node {} runs tandem {} (witness protocol {})",
+                        ask.node,
+                        s.software,
+                        s.range
+                    ),
+                    Err(e) => tracing::error!("node {}: {e}", ask.node),
+                },
+                None => tracing::info!("node {} runs a release before protocol ranges", ask.node),
+            }
+            releases.insert(ask.node.clone(), speaks);
         }
         let before = leases
             .held
@@ -227,7 +250,12 @@ pub async fn serve(
                     .map_or("free".to_string(), |h| format!("held by {h}"))
             );
         }
-        let _ = sock.send_to(&seal_with(&key, ANSWER, &answer), from).await;
+        let _ = sock
+            .send_to(
+                &seal_with(&key, ANSWER, &(&answer, &Speaks::this(PROTOCOL))),
+                from,
+            )
+            .await;
     }
 }
 
@@ -278,6 +306,8 @@ pub struct Client {
     /// Asks not answered yet, by module and nonce: only an answer to one of
     /// them counts (no replays).
     pending: Mutex<HashMap<(String, u64), Instant>>,
+    /// What the witness last said it speaks (its release).
+    witness_speaks: Mutex<Option<Speaks>>,
 }
 
 impl Client {
@@ -297,6 +327,7 @@ impl Client {
             validity,
             book: Book::new(interval),
             pending: Mutex::new(HashMap::new()),
+            witness_speaks: Mutex::new(None),
         })
     }
 
@@ -342,7 +373,10 @@ impl Client {
             };
             for a in asks {
                 match sock
-                    .send_to(&seal_with(&self.key, ASK, &a), self.witness)
+                    .send_to(
+                        &seal_with(&self.key, ASK, &(&a, &Speaks::this(PROTOCOL))),
+                        self.witness,
+                    )
                     .await
                 {
                     Ok(_) => warned = false,
@@ -365,9 +399,10 @@ impl Client {
             if from != self.witness {
                 continue;
             }
-            let Ok(a) = open_with::<Answer>(&self.key, ANSWER, &buf[..n]) else {
+            let Ok((a, speaks)) = open_speaking::<Answer>(&self.key, ANSWER, &buf[..n]) else {
                 continue;
             };
+            *self.witness_speaks.lock() = speaks;
             // Only an answer to an ask still outstanding counts (no replays).
             let Some(sent) = self.pending.lock().remove(&(a.module.clone(), a.nonce)) else {
                 continue;
@@ -397,6 +432,13 @@ impl LeaseQuorum for Client {
     fn kind(&self) -> &'static str {
         "witness"
     }
+
+    fn release(&self) -> Option<String> {
+        self.witness_speaks
+            .lock()
+            .as_ref()
+            .map(|s| s.software.clone())
+    }
 }
 
 #[cfg(test)]
@@ -413,6 +455,21 @@ mod tests {
             serving: true,
             nonce: 1,
         }
+    }
+
+    #[test]
+    fn asks_of_a_release_before_ranges_and_of_this_one_are_both_read() {
+        let key = Key::new(b"0123456789abcdef0123456789abcdef");
+        let old = seal_with(&key, ASK, &ask("node1", true));
+        let (a, speaks) = open_speaking::<Ask>(&key, ASK, &old).unwrap();
+        assert_eq!((a, speaks), (ask("node1", true), None));
+        let new = seal_with(&key, ASK, &(ask("node1", true), Speaks::this(PROTOCOL)));
+        let (a, speaks) = open_speaking::<Ask>(&key, ASK, &new).unwrap();
+        assert_eq!(a, ask("node1", true));
+        assert_eq!(speaks.map(|s| s.range), Some(PROTOCOL));
+        // What a release before ranges reads of it: the ask, whole.
+        let o: Ask = crate::cluster::heartbeat::open_with(&key, ASK, &new).unwrap();
+        assert_eq!(o, ask("node1", true));
     }
 
     #[test]
@@ -517,6 +574,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(b.holds("app") && !a.holds("app"));
+        // Each end says its release.
+        assert_eq!(a.release().as_deref(), Some(crate::versions::SOFTWARE));
         // A forged answer changes nothing.
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let forged = seal_with(

@@ -51,8 +51,11 @@ impl Managed {
                         ),
                     },
                     Some(w) => format!(
-                        "{}: {}{}",
+                        "{}{}: {}{}",
                         w.kind(),
+                        w.release()
+                            .map(|r| format!(" (tandem {r})"))
+                            .unwrap_or_default(),
                         w.holder(&self.cfg.name)
                             .map_or("lease free".to_string(), |h| format!("lease held by {h}")),
                         if w.holds(&self.cfg.name) {
