@@ -571,9 +571,10 @@ timeout_s = {script_timeout}
 
     pub fn start(&mut self, n: usize) {
         // In a node's network namespace only: mounts and sockets stay shared.
+        let bin = self.bins[n - 1].clone();
         let mut cmd = match &self.netns {
-            None => Command::new(tandem_bin()),
-            Some(ns) => Net::exec(&ns[n - 1], tandem_bin()),
+            None => Command::new(&bin),
+            Some(ns) => Net::exec(&ns[n - 1], bin.to_str().expect("a UTF-8 path")),
         };
         cmd.arg("-c")
             .arg(self.config(n))

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod nodes;
+pub mod older;
 pub mod pair;
 pub mod tree;
 

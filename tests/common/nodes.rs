@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
-use super::{status_json, tandem_with, tempdir, wait_until};
+use super::{tandem_bin, tempdir, wait_until};
 
 /// Lets a harness with a `nodes: Nodes` field be used as its `Nodes`.
 macro_rules! stands_on_nodes {
@@ -30,6 +30,9 @@ pub(crate) use stands_on_nodes;
 pub struct Nodes {
     pub tmp: tempfile::TempDir,
     pub daemons: [Option<Child>; 2],
+    /// The tandem each node runs (and its command line speaks to it):
+    /// this build unless a test says otherwise (an older release).
+    pub bins: [PathBuf; 2],
 }
 
 impl Nodes {
@@ -37,6 +40,7 @@ impl Nodes {
         Nodes {
             tmp: tempdir(),
             daemons: [None, None],
+            bins: [tandem_bin().into(), tandem_bin().into()],
         }
     }
 
@@ -58,12 +62,21 @@ impl Nodes {
 
     /// `tandem -c CONFIG ARGS` with node `n`'s configuration.
     pub fn tandem(&self, n: usize, args: &[&str]) -> Output {
-        tandem_with(&self.config(n), args)
+        Command::new(&self.bins[n - 1])
+            .arg("-c")
+            .arg(self.config(n))
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Node `n`'s `status --json` (None while its daemon does not answer).
     pub fn status(&self, n: usize) -> Option<serde_json::Value> {
-        status_json(&self.config(n))
+        let o = self.tandem(n, &["status", "--json"]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
     }
 
     /// Starts node `n`'s daemon with `cmd`, its output appended to its log,

@@ -152,6 +152,7 @@ pub(super) fn publish(
         .iter()
         .map(|m| (m.cfg.name.clone(), m.replica.clone()))
         .collect();
+    let peer_speaks = hb.peer_speaks.lock().clone();
     let c = &hb.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     *shared.status.lock() = Status {
@@ -183,9 +184,9 @@ pub(super) fn publish(
             dropped_malformed: load(&c.malformed),
             dropped_foreign: load(&c.foreign),
             version: crate::versions::SOFTWARE.into(),
-            peer_version: hb.peer_speaks.lock().as_ref().map(|s| s.software.clone()),
+            peer_version: peer_speaks.as_ref().map(|s| s.software.clone()),
             heartbeat_protocol: crate::cluster::heartbeat::PROTOCOL.to_string(),
-            peer_heartbeat_protocol: hb.peer_speaks.lock().as_ref().map(|s| s.range.to_string()),
+            peer_heartbeat_protocol: peer_speaks.as_ref().map(|s| s.range.to_string()),
         }),
     };
     if let Some(n) = notifier {
