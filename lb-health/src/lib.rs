@@ -87,9 +87,6 @@ pub struct Health {
 
 struct Inner {
     beat: Instant,
-    /// The main loop runs something with a deadline of its own (a script
-    /// killed at its timeout) until then: not hung.
-    busy_until: Option<Instant>,
     modules: BTreeMap<String, ModuleHealth>,
 }
 
@@ -108,7 +105,6 @@ impl Health {
             liveness,
             inner: Mutex::new(Inner {
                 beat: Instant::now(),
-                busy_until: None,
                 modules: BTreeMap::new(),
             }),
         })
@@ -116,15 +112,7 @@ impl Health {
 
     /// The main loop is alive.
     pub fn beat(&self) {
-        let mut i = self.lock();
-        i.beat = Instant::now();
-        i.busy_until = None;
-    }
-
-    /// The main loop starts something that ends within `at_most` (a script
-    /// with a timeout): it counts as alive until then.
-    pub fn busy(&self, at_most: Duration) {
-        self.lock().busy_until = Some(Instant::now() + at_most);
+        self.lock().beat = Instant::now();
     }
 
     pub fn set(&self, module: &str, h: ModuleHealth) {
@@ -175,8 +163,7 @@ impl Health {
             },
         };
         let inner = self.lock();
-        let alive = inner.beat.elapsed() < self.liveness
-            || inner.busy_until.is_some_and(|t| Instant::now() < t);
+        let alive = inner.beat.elapsed() < self.liveness;
         let module_json = |name: &str, m: &ModuleHealth| {
             format!(
                 r#"{{"module":"{}","node":"{}","state":"{}","generation":"{:016x}","serving":{},"uptodate":{},"alive":{alive}}}"#,
@@ -433,7 +420,13 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn health() -> Arc<Health> {
-        let h = Health::new("node1", Duration::from_millis(200));
+        health_within(Duration::from_millis(200))
+    }
+
+    /// [`health`] with a main loop that counts as running for `liveness`
+    /// after each beat.
+    fn health_within(liveness: Duration) -> Arc<Health> {
+        let h = Health::new("node1", liveness);
         h.set(
             "app",
             ModuleHealth {
@@ -532,12 +525,6 @@ mod tests {
         assert_eq!(h.answer("GET", "/var/modules/app/ready.txt").status, 404);
         h.beat();
         assert_eq!(h.answer("GET", "/primary/app").status, 200);
-        // A script with a timeout runs: alive until that timeout, not after.
-        h.busy(Duration::from_millis(400));
-        std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(h.answer("GET", "/liveness").status, 200);
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(h.answer("GET", "/liveness").status, 503);
     }
 
     #[test]
@@ -550,8 +537,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_server_answers_the_probes_under_way_and_takes_no_more() {
-        let h = health();
-        h.busy(Duration::from_secs(10));
+        let h = health_within(Duration::from_secs(10));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
