@@ -25,16 +25,6 @@ pub enum State {
     Alone,
 }
 
-impl std::fmt::Display for Gen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.current)?;
-        if self.fresh {
-            write!(f, " (fresh)")?;
-        }
-        Ok(())
-    }
-}
-
 impl State {
     pub fn serving(self) -> bool {
         matches!(self, State::Prim | State::Alone)
@@ -74,15 +64,6 @@ impl std::str::FromStr for State {
     }
 }
 
-/// A data generation as the machine compares it (see `changelog::Generation`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Gen {
-    pub current: u64,
-    pub history: Vec<u64>,
-    /// Never served nor synchronised: its data counts for nothing.
-    pub fresh: bool,
-}
-
 /// What the peer's heartbeats say about this module.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
@@ -103,35 +84,6 @@ pub struct PeerView {
     /// the first version's fields; a peer that does not say counts as able.
     #[serde(skip)]
     pub cannot_serve: bool,
-}
-
-/// How two generations relate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Order {
-    Same,
-    /// The other side has everything this side has, and more.
-    Behind,
-    Ahead,
-    /// Both changed on their own since they last agreed.
-    Split,
-}
-
-pub fn compare(mine: &Gen, theirs: &Gen) -> Order {
-    match (mine.fresh, theirs.fresh) {
-        (true, true) => return Order::Same,
-        (true, false) => return Order::Behind,
-        (false, true) => return Order::Ahead,
-        _ => {}
-    }
-    if mine.current == theirs.current {
-        Order::Same
-    } else if theirs.history.contains(&mine.current) {
-        Order::Behind
-    } else if mine.history.contains(&theirs.current) {
-        Order::Ahead
-    } else {
-        Order::Split
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -685,6 +637,8 @@ impl Machine {
 
 mod command;
 pub use command::Refused;
+mod generation;
+pub use generation::{Gen, Order, compare};
 mod decide;
 
 #[cfg(test)]
