@@ -466,7 +466,10 @@ impl Net {
             Ask::Second if self.nodes[i].m.as_ref().is_some_and(|m| m.state.serving()) => self
                 .feed(i, Event::Command(Command::Swap))
                 .expect("a reply"),
-            Ask::Second => Err("does not serve on this node".into()),
+            // The daemon refuses it before the machine hears of it.
+            Ask::Second => Err(Refused::NoPair(
+                self.nodes[i].m.as_ref().map_or(State::Stop, |m| m.state),
+            )),
             Ask::Checks(on) => {
                 self.nodes[i].checks = on;
                 Ok(format!("checks {on}"))
