@@ -17,7 +17,7 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
-use super::machine::PeerView;
+use super::machine::{Maintenance, PeerView};
 
 const MAGIC: [u8; 2] = *b"TB";
 const VERSION: u8 = 1;
@@ -78,6 +78,36 @@ impl Later {
     fn apply(&self, beat: &mut Beat) {
         for (n, v) in &mut beat.modules {
             v.cannot_serve = self.cannot_serve.contains(n);
+        }
+    }
+}
+
+/// What a heartbeat says beyond [`Later`], encoded after it for the same
+/// reason: a node that knows only `Later` stops reading before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Maintained {
+    /// Each module's word on maintenance ([`PeerView::maintenance`]), for
+    /// the modules that ever had it switched.
+    maintenance: Vec<(String, Maintenance)>,
+}
+
+impl Maintained {
+    fn of(beat: &Beat) -> Maintained {
+        Maintained {
+            maintenance: beat
+                .modules
+                .iter()
+                .filter(|(_, v)| v.maintenance != Maintenance::default())
+                .map(|(n, v)| (n.clone(), v.maintenance.clone()))
+                .collect(),
+        }
+    }
+
+    fn apply(self, beat: &mut Beat) {
+        for (n, m) in self.maintenance {
+            if let Some((_, v)) = beat.modules.iter_mut().find(|(x, _)| *x == n) {
+                v.maintenance = m;
+            }
         }
     }
 }
@@ -149,7 +179,11 @@ pub struct BindError {
 
 pub fn seal(key: &Key, beat: &Beat) -> Vec<u8> {
     // A tuple is its fields one after the other: the beat, then the extras.
-    seal_with(key, MAGIC, &(beat, &beat.extra, &Later::of(beat)))
+    seal_with(
+        key,
+        MAGIC,
+        &(beat, &beat.extra, &Later::of(beat), &Maintained::of(beat)),
+    )
 }
 
 pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
@@ -159,10 +193,12 @@ pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
     // A node that sends no extra, or a later one with more: what is known.
     let (extra, rest) = postcard::take_from_bytes(rest).unwrap_or_default();
     beat.extra = extra;
-    let later: Later = postcard::take_from_bytes(rest)
-        .map(|(l, _)| l)
-        .unwrap_or_default();
+    let (later, rest): (Later, _) = postcard::take_from_bytes(rest).unwrap_or_default();
     later.apply(&mut beat);
+    let maintained: Maintained = postcard::take_from_bytes(rest)
+        .map(|(m, _)| m)
+        .unwrap_or_default();
+    maintained.apply(&mut beat);
     Ok(beat)
 }
 
