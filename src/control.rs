@@ -314,7 +314,11 @@ mod tests {
         let from_cli = r#"{"cmd":"maintenance","on":false,"module":"app"}"#;
         assert!(matches!(
             serde_json::from_str::<Request>(from_cli).unwrap(),
-            Request::Maintenance { on: false, asked: None, .. }
+            Request::Maintenance {
+                on: false,
+                asked: None,
+                ..
+            }
         ));
         let relayed = Request::Maintenance {
             module: Some("app".into()),

@@ -330,9 +330,7 @@ impl Metrics {
                 .set(c.is_some_and(|c| c.split_brain) as i64);
             let maintenance = c.and_then(|c| c.maintenance.as_ref());
             let on = maintenance.filter(|x| x.on);
-            self.maintenance
-                .get_or_create(&l)
-                .set(on.is_some() as i64);
+            self.maintenance.get_or_create(&l).set(on.is_some() as i64);
             self.maintenance_seconds
                 .get_or_create(&l)
                 .set(on.map_or(0, |x| x.seconds as i64));

@@ -564,8 +564,12 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_command(Some("app"), "maintenance", br#"{"on": false, "node": "node2"}"#)
-                .unwrap(),
+            parse_command(
+                Some("app"),
+                "maintenance",
+                br#"{"on": false, "node": "node2"}"#
+            )
+            .unwrap(),
             Request::On {
                 node: "node2".into(),
                 request: Box::new(Request::Maintenance {

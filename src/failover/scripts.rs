@@ -279,7 +279,9 @@ mod tests {
     fn a_failing_script_reports_its_status_and_last_words() {
         let d = tempfile::tempdir().unwrap();
         let s = script(d.path(), "bad", "echo 'port 80 in use'; exit 3");
-        let e = run("start_prim", &s, &ctx(), Duration::from_secs(5)).unwrap_err().to_string();
+        let e = run("start_prim", &s, &ctx(), Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("exit status: 3") && e.contains("port 80 in use"),
             "{e}"
@@ -334,7 +336,9 @@ mod tests {
             &format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
         );
         let t = Instant::now();
-        let e = run("start_prim", &s, &ctx(), Duration::from_millis(300)).unwrap_err().to_string();
+        let e = run("start_prim", &s, &ctx(), Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timeout"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
         let pid: i32 = std::fs::read_to_string(&pidfile)
@@ -358,7 +362,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = script(d.path(), "chatty", "yes tandem");
         let t = Instant::now();
-        let e = run("start_prim", &s, &ctx(), Duration::from_millis(300)).unwrap_err().to_string();
+        let e = run("start_prim", &s, &ctx(), Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timeout"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
         // Much more than a pipe holds goes through whole, both streams.

@@ -205,8 +205,8 @@ impl Machine {
         let Some(peer) = self.peer.clone() else {
             if self.maintenance() {
                 // Still SECOND: it follows the peer again when it is back.
-                self.why = "peer lost; maintenance: not taking over (`tandem prim` serves here)"
-                    .into();
+                self.why =
+                    "peer lost; maintenance: not taking over (`tandem prim` serves here)".into();
             } else if !current {
                 self.why = "peer lost while this copy was not current: waiting".into();
                 actions.push(Action::LeaveSecondary);

@@ -685,7 +685,10 @@ fn in_maintenance_nothing_moves_by_itself_and_switching_it_off_decides_again() {
                 // and what it did (serving newer data, say) still holds.
                 // A split brain waits for `resolve`, as always.
                 let stopped = d.iter().any(|op| matches!(op, Op::Cmd(_, Command::Stop)));
-                let split = n.nodes.iter().any(|x| x.m.as_ref().is_some_and(|m| m.split_brain));
+                let split = n
+                    .nodes
+                    .iter()
+                    .any(|x| x.m.as_ref().is_some_and(|m| m.split_brain));
                 if known && before.contains(&true) && !stopped && !split && !n.nobody_can_serve() {
                     assert!(
                         n.serving(),
@@ -701,5 +704,8 @@ fn in_maintenance_nothing_moves_by_itself_and_switching_it_off_decides_again() {
             }
         }
     }
-    assert!(runs > 300 && shared > 200, "{runs} runs, {shared} with both in maintenance");
+    assert!(
+        runs > 300 && shared > 200,
+        "{runs} runs, {shared} with both in maintenance"
+    );
 }

@@ -54,7 +54,12 @@ fn a_second_in_maintenance_does_not_take_over_a_lost_peer_until_it_ends() {
     // Off: decided again from what is true now — the peer is gone, this copy
     // is current and the quorum is there.
     let out = switch(&mut b, 70_000, false);
-    assert_eq!(out.reply, Some(Ok("maintenance off: the module fails over by itself again".into())));
+    assert_eq!(
+        out.reply,
+        Some(Ok(
+            "maintenance off: the module fails over by itself again".into()
+        ))
+    );
     assert_eq!(b.state, State::Alone);
     assert_eq!(
         out.actions,
@@ -87,7 +92,11 @@ fn a_second_in_maintenance_does_not_serve_for_a_stopped_peer() {
     // The primary comes back in its role, the SECOND follows it again.
     let mut a2 = Machine::new(cfg(), 0, Some(State::Prim), gn(G1, &[]), true);
     a2.restore_maintenance(a.maintenance_record().clone());
-    assert!(a2.step(10, Event::Peer(b.view())).actions.contains(&Action::StartApp));
+    assert!(
+        a2.step(10, Event::Peer(b.view()))
+            .actions
+            .contains(&Action::StartApp)
+    );
     assert!(a2.state.serving());
     assert!(b.step(130, Event::Peer(a2.view())).actions.is_empty());
     assert_eq!(b.state, State::Second);
@@ -130,7 +139,10 @@ fn no_failback_to_the_preferred_primary_in_maintenance() {
 #[test]
 fn a_primary_in_maintenance_with_its_peer_does_not_fence_itself_when_both_peer_and_quorum_go() {
     let (mut a, _) = pair_in_maintenance(false);
-    assert!(!a.fence_armed(), "the peer never takes over: nothing to fence");
+    assert!(
+        !a.fence_armed(),
+        "the peer never takes over: nothing to fence"
+    );
     let out = a.step(100, Event::PeerLost);
     assert!(!has(&out, &Action::StopApp), "{:?}", out.actions);
     assert_eq!(a.state, State::Alone);
@@ -273,7 +285,12 @@ fn the_newer_word_on_maintenance_wins_on_both_nodes() {
     assert_eq!(a.maintenance_record().by, "node1");
     // Switched again on the same side: nothing changes.
     let out = switch(&mut b, 40, true);
-    assert!(out.reply.unwrap().unwrap().contains("already in maintenance"));
+    assert!(
+        out.reply
+            .unwrap()
+            .unwrap()
+            .contains("already in maintenance")
+    );
     assert!(out.actions.is_empty());
     // Off on b, while a does not hear it: a is still in maintenance, b's
     // word is the newer one and a takes it.
