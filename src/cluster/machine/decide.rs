@@ -264,10 +264,10 @@ impl Machine {
 
     pub(super) fn decide_serving(&mut self, actions: &mut Vec<Action>) {
         let Some(peer) = self.peer.clone() else {
-            let unsafe_alone = !self.quorum && !self.forced;
-            if unsafe_alone && !self.maintenance_shared() {
+            let cut_off = !self.quorum && !self.forced;
+            if cut_off && !self.maintenance_shared() {
                 self.fence_self(actions);
-            } else if self.state == State::Prim && unsafe_alone {
+            } else if self.state == State::Prim && cut_off {
                 self.to(
                     State::Alone,
                     "peer and quorum lost; maintenance: serving on (the peer does not take over)",

@@ -2,7 +2,10 @@
 //! while it is on for a module, nothing moves the module by itself — no
 //! failover, no failback, no hand-over or restart for a failing check, no
 //! self-fencing — and the operator's commands still work. Heartbeats,
-//! replication, resync and verify go on.
+//! replication, resync and verify go on. What ends an operator's command is
+//! not suppressed: a hand-over (`swap`) is carried out, and taken back if
+//! the peer cannot serve; two nodes found serving at once still settle
+//! which one yields.
 //!
 //! Each node keeps its word on the matter (a [`Maintenance`] record, kept on
 //! disk by the daemon) and announces it in its heartbeats; a node takes its
