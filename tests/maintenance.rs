@@ -112,6 +112,7 @@ fn in_maintenance_the_second_does_not_take_over_a_killed_primary_until_it_ends()
     let said = ok(&c, 2, &["maintenance", "off"]);
     assert!(said.contains("maintenance off"), "{said}");
     assert!(said.contains("node1 is not heard"), "{said}");
+    assert!(said.contains("WARNING: if node1 still runs"), "{said}");
     let off = Instant::now();
     assert!(
         wait_until(20, || c.state(2) == "ALONE"),

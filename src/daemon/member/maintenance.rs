@@ -99,6 +99,14 @@ impl Shared {
                 "{peer} is not heard: applied on this node only; {peer} takes it from this \
                  node's heartbeats when it is back"
             ));
+            // This node may take over now, while a peer that is only cut
+            // off still holds maintenance and so does not fence itself.
+            if !on {
+                r.messages.push(format!(
+                    "WARNING: if {peer} still runs, cut off, it is still in maintenance and \
+                     keeps serving what it serves: make sure it is down"
+                ));
+            }
             return r;
         }
         let request = Request::Maintenance {
