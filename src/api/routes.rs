@@ -335,13 +335,13 @@ async fn command(
         Request::On { node, .. } => node.clone(),
         _ => api.node.clone(),
     };
-    // "maintenance off on node1", not "maintenance on node1".
-    let what = match &request {
+    // The log says which way maintenance was switched.
+    let asked = match &request {
+        Request::On { request, .. } => request.as_ref(),
+        r => r,
+    };
+    let what = match asked {
         Request::Maintenance { on, .. } => format!("{cmd} {}", if *on { "on" } else { "off" }),
-        Request::On { request, .. } => match request.as_ref() {
-            Request::Maintenance { on, .. } => format!("{cmd} {}", if *on { "on" } else { "off" }),
-            _ => cmd.to_string(),
-        },
         _ => cmd.to_string(),
     };
     (api.audit)(
