@@ -69,6 +69,17 @@ pub enum Request {
         module: String,
         on: bool,
     },
+    /// Maintenance on or off for one module, or every module: while on,
+    /// nothing moves a module by itself; commands still work. Applied on
+    /// this node and relayed to the peer.
+    Maintenance {
+        module: Option<String>,
+        on: bool,
+        /// Set by the node that relays it to its peer: where and when the
+        /// operator asked. Applied there as it is, not relayed back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asked: Option<Asked>,
+    },
     /// `request`, carried out on `node` (relayed to the peer when it is not
     /// this node).
     On {
@@ -88,6 +99,16 @@ pub struct Response {
     pub messages: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transitions: Vec<Transition>,
+}
+
+/// Where and when an operator switched maintenance (see
+/// [`Request::Maintenance`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asked {
+    pub node: String,
+    /// Milliseconds since the epoch, by that node's clock.
+    pub at_ms: u64,
 }
 
 /// One change of a module's state, as the cluster manager recorded it.
@@ -209,6 +230,32 @@ pub struct ClusterModuleStatus {
     pub clients: String,
     /// The last lines of the module's log (transitions and script output).
     pub log: Vec<String>,
+    /// Maintenance on this node (absent from an older node's status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceStatus>,
+}
+
+/// A module's maintenance as a node holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceStatus {
+    /// Nothing moves the module by itself while on.
+    pub on: bool,
+    /// When it was last switched (on, or off), `2026-11-25T23:49:47.123Z`;
+    /// empty if never.
+    pub since: String,
+    /// The same in milliseconds since the epoch (0: never).
+    pub since_ms: u64,
+    /// The node it was switched on (empty if never).
+    pub by: String,
+    /// While on: for how long, in seconds.
+    pub seconds: u64,
+    /// While on: longer than `cluster.maintenance_alert_after_s`.
+    pub overdue: bool,
+    /// `cluster.maintenance_alert_after_s`.
+    pub alert_after_s: u64,
+    /// While on: the peer said it is in maintenance too when last heard.
+    /// Until it does, it may take over, and this node still fences itself.
+    pub peer_agrees: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +320,40 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn maintenance_requests_say_the_relay_only_when_relayed() {
+        let r = Request::Maintenance {
+            module: None,
+            on: true,
+            asked: None,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"cmd":"maintenance","module":null,"on":true}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let from_cli = r#"{"cmd":"maintenance","on":false,"module":"app"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Request>(from_cli).unwrap(),
+            Request::Maintenance {
+                on: false,
+                asked: None,
+                ..
+            }
+        ));
+        let relayed = Request::Maintenance {
+            module: Some("app".into()),
+            on: true,
+            asked: Some(Asked {
+                node: "node1".into(),
+                at_ms: 7,
+            }),
+        };
+        let s = serde_json::to_string(&relayed).unwrap();
+        assert!(s.contains(r#""asked":{"node":"node1","at_ms":7}"#), "{s}");
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), relayed);
+        let bad = r#"{"cmd":"maintenance","on":true,"asked":{"node":"n","at_ms":1,"x":2}}"#;
+        assert!(serde_json::from_str::<Request>(bad).is_err());
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct Metrics {
     serving: Family<ModuleLabel, Gauge>,
     uptodate: Family<ModuleLabel, Gauge>,
     split_brain: Family<ModuleLabel, Gauge>,
+    maintenance: Family<ModuleLabel, Gauge>,
+    maintenance_seconds: Family<ModuleLabel, Gauge>,
+    maintenance_overdue: Family<ModuleLabel, Gauge>,
+    maintenance_alert_after: Gauge,
     dirty_bytes: Family<ModuleLabel, Gauge>,
     dirty_files: Family<ModuleLabel, Gauge>,
     in_flight: Family<ModuleLabel, Gauge>,
@@ -152,6 +156,26 @@ impl Metrics {
                 "module_split_brain",
                 "1 while a split brain is to be resolved",
                 Family::default()
+            ),
+            maintenance: reg!(
+                "maintenance",
+                "1 while the module is in maintenance here: nothing moves it by itself",
+                Family::default()
+            ),
+            maintenance_seconds: reg!(
+                "maintenance_seconds",
+                "How long the module has been in maintenance (0 when it is not)",
+                Family::default()
+            ),
+            maintenance_overdue: reg!(
+                "maintenance_overdue",
+                "1 while maintenance has been on longer than cluster.maintenance_alert_after_s",
+                Family::default()
+            ),
+            maintenance_alert_after: reg!(
+                "maintenance_alert_after_seconds",
+                "cluster.maintenance_alert_after_s: maintenance on longer than this is overdue",
+                Gauge::default()
             ),
             dirty_bytes: reg!(
                 "replication_dirty_bytes",
@@ -310,6 +334,18 @@ impl Metrics {
             self.split_brain
                 .get_or_create(&l)
                 .set(c.is_some_and(|c| c.split_brain) as i64);
+            let maintenance = c.and_then(|c| c.maintenance.as_ref());
+            let on = maintenance.filter(|x| x.on);
+            self.maintenance.get_or_create(&l).set(on.is_some() as i64);
+            self.maintenance_seconds
+                .get_or_create(&l)
+                .set(on.map_or(0, |x| x.seconds as i64));
+            self.maintenance_overdue
+                .get_or_create(&l)
+                .set(on.is_some_and(|x| x.overdue) as i64);
+            if let Some(x) = maintenance {
+                self.maintenance_alert_after.set(x.alert_after_s as i64);
+            }
             // Present from the start: a rate over a series that appears later misses its first count.
             let _ = self.check_failures.get_or_create(&l);
             let Some(r) = &m.replication else {

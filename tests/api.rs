@@ -400,6 +400,118 @@ fn connect_from(rt: &tokio::runtime::Runtime, port: u16) -> Option<std::net::Tcp
     })
 }
 
+/// Maintenance through the API: for every module or one, on this node or
+/// the other, refused to a monitor and for bad input, shown in the status
+/// of both nodes and in `/metrics`, overdue past its configured time.
+#[test]
+fn maintenance_through_the_api_status_and_metrics() {
+    let mut c = Cluster::build_opts(
+        None,
+        &Options {
+            quorum: "none",
+            api: true,
+            cluster_extra: "maintenance_alert_after_s = 2",
+            ..Options::default()
+        },
+    );
+    c.start_both(30);
+    let admin = token(&c, 1, "ops", "admin");
+    let monitor = token(&c, 1, "mon", "monitor");
+    let api = Client::new(&c, 1);
+    let metric = |name: &str| -> Option<String> {
+        let (_, m) = api.call("GET", "/metrics", Some(&monitor), None);
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(
+        metric(r#"tandem_maintenance{module="app"}"#).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        metric("tandem_maintenance_alert_after_seconds").as_deref(),
+        Some("2")
+    );
+
+    let (s, e) = api.post("/api/maintenance", &monitor, r#"{"on": true}"#);
+    assert_eq!(s, 403, "{e}");
+    let (s, e) = api.post("/api/modules/nope/maintenance", &admin, r#"{"on": true}"#);
+    assert_eq!(s, 404, "{e}");
+    let (s, e) = api.post("/api/modules/app/maintenance", &admin, r#"{"on": "yes"}"#);
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("\"on\""), "{e}");
+    let (s, e) = api.post(
+        "/api/maintenance",
+        &admin,
+        r#"{"on": true, "asked": {"node": "node2", "at_ms": 1}}"#,
+    );
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(
+        api.call("GET", "/api/maintenance", Some(&admin), None).0,
+        405
+    );
+    let on = |n: usize| c.status(n).unwrap()["modules"][0]["cluster"]["maintenance"].clone();
+    assert_eq!(
+        (on(1)["on"].clone(), on(2)["on"].clone()),
+        (json!(false), json!(false))
+    );
+
+    let (s, a) = api.post("/api/maintenance", &admin, r#"{"on": true}"#);
+    assert_eq!(s, 200, "{a}");
+    let said = a["messages"].to_string();
+    assert!(said.contains("module app: maintenance on"), "{said}");
+    assert!(wait_until(10, || on(1)["peer_agrees"] == true
+        && on(2)["peer_agrees"] == true));
+    let (_, st) = api.get("/api/status", &monitor);
+    for n in ["node1", "node2"] {
+        let m = &st["nodes"][n]["modules"][0]["cluster"]["maintenance"];
+        if m.is_null() {
+            continue; // the peer's status, as last fetched, may be older
+        }
+        assert_eq!(m["by"], "node1", "{st}");
+    }
+    assert_eq!(
+        metric(r#"tandem_maintenance{module="app"}"#).as_deref(),
+        Some("1")
+    );
+    assert!(
+        wait_until(10, || metric(r#"tandem_maintenance_overdue{module="app"}"#)
+            .as_deref()
+            == Some("1")),
+        "not overdue after 2 s"
+    );
+    assert_ne!(
+        metric(r#"tandem_maintenance_seconds{module="app"}"#).as_deref(),
+        Some("0")
+    );
+    assert!(on(1)["overdue"] == true);
+    let log = c.tandem(1, &["log", "app"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains("api: maintenance on on node1, asked with token \"ops\""),
+        "{log}"
+    );
+
+    // Off for the module, asked on node2 through node1's API.
+    let (s, a) = api.post(
+        "/api/modules/app/maintenance",
+        &admin,
+        r#"{"on": false, "node": "node2"}"#,
+    );
+    assert_eq!(s, 200, "{a}");
+    assert!(wait_until(10, || on(1)["on"] == false && on(2)["on"] == false));
+    assert_eq!(on(2)["by"], "node2");
+    assert_eq!(
+        metric(r#"tandem_maintenance{module="app"}"#).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        metric(r#"tandem_maintenance_overdue{module="app"}"#).as_deref(),
+        Some("0")
+    );
+    assert_eq!((c.state(1), c.state(2)), ("PRIM".into(), "SECOND".into()));
+}
+
 /// The document the server serves is the one in the repository, and every
 /// operation it lists answers, with a monitor and an admin token, a status
 /// it documents and a body its schema allows.

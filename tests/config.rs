@@ -249,6 +249,7 @@ fn minimal_file_gets_the_documented_defaults() {
     let s = parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.cluster.quorum, Quorum::None);
     assert_eq!(s.cluster.preferred_primary, None);
+    assert_eq!(s.cluster.maintenance_alert_after, Duration::from_secs(3600));
     assert_eq!(s.nodes[0].address, Host::Ip("10.0.0.1".parse().unwrap()));
     assert_eq!(s.nodes[0].heartbeat, vec![s.nodes[0].address.clone()]);
     assert_eq!(s.heartbeat.port, 7400);
@@ -720,6 +721,30 @@ fn quorum_settings_of_another_mode_are_refused() {
         "cluster.ping",
         Some("ping ="),
         "only used with cluster.quorum = \"ping\"",
+    );
+}
+
+#[test]
+fn maintenance_alert_after_is_a_positive_number_of_seconds() {
+    let s = parse(&cluster("maintenance_alert_after_s = 600")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.cluster.maintenance_alert_after, Duration::from_secs(600));
+    rejects(
+        &cluster("maintenance_alert_after_s = 0"),
+        "cluster.maintenance_alert_after_s",
+        Some("maintenance_alert_after_s = 0"),
+        "between 1 and 31536000 (got 0)",
+    );
+    rejects(
+        &cluster("maintenance_alert_after_s = 99999999999"),
+        "cluster.maintenance_alert_after_s",
+        Some("99999999999"),
+        "between 1 and 31536000",
+    );
+    rejects(
+        &cluster("maintenance_alert_after_s = \"1h\""),
+        "cluster.maintenance_alert_after_s",
+        Some("\"1h\""),
+        "expected i64",
     );
 }
 

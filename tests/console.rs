@@ -222,6 +222,39 @@ fn an_operator_swaps_from_the_console_on_a_phone_sized_screen() {
         "the history does not show the swap"
     );
 
+    // Maintenance, switched on the command line: a banner over the page and
+    // a badge on every module, gone once it is switched off on the page.
+    let o = c.tandem(2, &["maintenance", "on"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let banner = "const b = document.getElementById('maintenance-banner'); \
+                  return b.offsetHeight > 0 && b.getBoundingClientRect().top >= 0 \
+                  && b.textContent.includes('MAINTENANCE: automatic failover off for every module') \
+                  && b.textContent.includes('(set on node2)')";
+    assert!(
+        d.wait_js(15, banner),
+        "no maintenance banner: {}",
+        d.js("return document.getElementById('maintenance-banner').outerHTML")
+    );
+    assert!(d.wait_js(
+        15,
+        "return document.querySelectorAll('.module .badge').length === 2"
+    ));
+    // Scrolled to the bottom, the banner still shows.
+    d.js("window.scrollTo(0, document.body.scrollHeight); return true");
+    assert_eq!(
+        d.js(
+            "const r = document.getElementById('maintenance-banner').getBoundingClientRect(); \
+              return r.top >= 0 && r.bottom <= window.innerHeight && r.height > 0"
+        ),
+        true,
+        "the banner scrolled out of sight"
+    );
+    d.js("window.scrollTo(0, 0); return true");
+    assert_eq!(
+        d.js("return document.documentElement.scrollWidth <= window.innerWidth"),
+        true,
+        "the banner makes the page wider than a phone's screen"
+    );
     let shot = d.call("GET", "/screenshot", None);
     let png = base64_decode(shot.as_str().unwrap());
     assert!(png.starts_with(b"\x89PNG"));
@@ -233,6 +266,26 @@ fn an_operator_swaps_from_the_console_on_a_phone_sized_screen() {
     let file = dir.join("console.png");
     std::fs::write(&file, png).unwrap();
     eprintln!("screenshot: {}", file.display());
+
+    d.click("#maintenance-end");
+    let what = d.js("return document.getElementById('confirm-what').textContent");
+    assert!(
+        what.as_str()
+            .unwrap()
+            .starts_with("maintenance off for every module"),
+        "{what}"
+    );
+    d.click("#confirm-yes");
+    assert!(
+        d.wait_js(
+            15,
+            "return document.getElementById('maintenance-banner').offsetHeight === 0"
+        ),
+        "the banner stayed after maintenance was switched off"
+    );
+    assert!(wait_until(10, || (1..=2).all(
+        |n| c.status(n).unwrap()["modules"][0]["cluster"]["maintenance"]["on"] == false
+    )));
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

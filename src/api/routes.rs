@@ -132,17 +132,19 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["api", "modules", m, cmd]) => {
             if who.role != Role::Admin {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "token {:?} has the monitor role: it reads, it does not command",
-                        who.name
-                    ),
-                );
+                return monitor_only(&who);
             }
             let (m, cmd) = (m.to_string(), cmd.to_string());
-            command(api, &who, &m, &cmd, req).await
+            command(api, &who, Some(&m), &cmd, req).await
         }
+        // Maintenance of every module at once.
+        (&Method::POST, ["api", "maintenance"]) => {
+            if who.role != Role::Admin {
+                return monitor_only(&who);
+            }
+            command(api, &who, None, "maintenance", req).await
+        }
+        (_, ["api", "maintenance"]) => error(StatusCode::METHOD_NOT_ALLOWED, "commands are POSTed"),
         (_, ["metrics"] | ["api", "status" | "events" | "history"])
         | (_, ["api", "modules", _] | ["api", "modules", _, "log"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -153,6 +155,16 @@ pub(super) async fn handle(
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
+}
+
+fn monitor_only(who: &Entry) -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "token {:?} has the monitor role: it reads, it does not command",
+            who.name
+        ),
+    )
 }
 
 /// The value of `name` in the request's query.
@@ -292,11 +304,11 @@ async fn history(api: &Arc<Api>) -> Value {
     json!({"events": out})
 }
 
-/// A command on module `m`, asked by `who`.
+/// A command on module `m` (every module with `None`), asked by `who`.
 async fn command(
     api: &Arc<Api>,
     who: &Entry,
-    m: &str,
+    m: Option<&str>,
     cmd: &str,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
@@ -308,7 +320,9 @@ async fn command(
         Ok(r) => r,
         Err((status, why)) => return error(status, why),
     };
-    if !known(api, m).await {
+    if let Some(m) = m
+        && !known(api, m).await
+    {
         return error(StatusCode::NOT_FOUND, format!("no module named {m:?}"));
     }
     let node = match &request {
@@ -321,10 +335,19 @@ async fn command(
         Request::On { node, .. } => node.clone(),
         _ => api.node.clone(),
     };
+    // The log says which way maintenance was switched.
+    let asked = match &request {
+        Request::On { request, .. } => request.as_ref(),
+        r => r,
+    };
+    let what = match asked {
+        Request::Maintenance { on, .. } => format!("{cmd} {}", if *on { "on" } else { "off" }),
+        _ => cmd.to_string(),
+    };
     (api.audit)(
-        Some(m),
+        m,
         format!(
-            "api: {cmd} on {node}, asked with token {:?} ({})",
+            "api: {what} on {node}, asked with token {:?} ({})",
             who.name, who.role
         ),
     );
@@ -357,7 +380,7 @@ type Fields = serde_json::Map<String, Value>;
 
 /// The commands a URL names, each with the tag `control::Request` knows it
 /// by.
-const COMMANDS: [(&str, &str); 10] = [
+const COMMANDS: [(&str, &str); 11] = [
     ("start", "start"),
     ("stop", "stop"),
     ("restart", "restart"),
@@ -368,19 +391,20 @@ const COMMANDS: [(&str, &str); 10] = [
     ("verify", "verify"),
     ("resolve", "resolve"),
     ("checker", "checker"),
+    ("maintenance", "maintenance"),
 ];
 
 /// The control request a command's body asks for, decoded by
-/// `control::Request` itself (the URL gives the command and the module);
-/// a refusal names the field at fault.
-fn parse_command(module: &str, cmd: &str, body: &[u8]) -> Result<Request, Refusal> {
+/// `control::Request` itself (the URL gives the command and the module, or
+/// every module); a refusal names the field at fault.
+fn parse_command(module: Option<&str>, cmd: &str, body: &[u8]) -> Result<Request, Refusal> {
     let bad = |why: String| (StatusCode::BAD_REQUEST, why);
     let Some(&(_, tag)) = COMMANDS.iter().find(|(c, _)| *c == cmd) else {
         return Err((
             StatusCode::NOT_FOUND,
             format!(
                 "no command {cmd:?}: start, stop, restart, swap, prim, second, resync, \
-                 verify, resolve or checker"
+                 verify, resolve, checker or maintenance"
             ),
         ));
     };
@@ -398,6 +422,12 @@ fn parse_command(module: &str, cmd: &str, body: &[u8]) -> Result<Request, Refusa
             "field {k:?} is not taken by {cmd}: the URL names the command and the module"
         )));
     }
+    if fields.contains_key("asked") {
+        return Err(bad(
+            "field \"asked\" is set by a node relaying maintenance to its peer, not by a client"
+                .into(),
+        ));
+    }
     let decode = |f: &Fields| serde_json::from_value::<Request>(tagged(module, tag, f.clone()));
     let request = decode(&fields).map_err(|e| bad(blame(cmd, &fields, &e, decode)))?;
     match unnamed(&request) {
@@ -407,11 +437,14 @@ fn parse_command(module: &str, cmd: &str, body: &[u8]) -> Result<Request, Refusa
 }
 
 /// The request as `control::Request` reads it: the body's fields with the
-/// command's tag and the module, inside `on` when the body names a node.
-fn tagged(module: &str, tag: &str, mut fields: Fields) -> Value {
+/// command's tag and the module (none: every module), inside `on` when the
+/// body names a node.
+fn tagged(module: Option<&str>, tag: &str, mut fields: Fields) -> Value {
     let node = fields.remove("node");
     fields.insert("cmd".into(), tag.into());
-    fields.insert("module".into(), module.into());
+    if let Some(module) = module {
+        fields.insert("module".into(), module.into());
+    }
     match node {
         None => Value::Object(fields),
         Some(node) => json!({"cmd": "on", "node": node, "request": fields}),
@@ -456,26 +489,26 @@ mod tests {
     use super::*;
 
     fn refused(cmd: &str, body: &str) -> (StatusCode, String) {
-        parse_command("app", cmd, body.as_bytes()).unwrap_err()
+        parse_command(Some("app"), cmd, body.as_bytes()).unwrap_err()
     }
 
     #[test]
     fn bodies_become_control_requests_and_bad_ones_name_the_field() {
         assert_eq!(
-            parse_command("app", "swap", b"").unwrap(),
+            parse_command(Some("app"), "swap", b"").unwrap(),
             Request::Swap {
                 module: "app".into()
             }
         );
         assert_eq!(
-            parse_command("app", "prim", br#"{"force": true}"#).unwrap(),
+            parse_command(Some("app"), "prim", br#"{"force": true}"#).unwrap(),
             Request::Prim {
                 module: "app".into(),
                 force: true
             }
         );
         assert_eq!(
-            parse_command("app", "checker", br#"{"on": false, "node": "node2"}"#).unwrap(),
+            parse_command(Some("app"), "checker", br#"{"on": false, "node": "node2"}"#).unwrap(),
             Request::On {
                 node: "node2".into(),
                 request: Box::new(Request::Checker {
@@ -502,10 +535,10 @@ mod tests {
         for (cmd, tag) in COMMANDS {
             let body = match cmd {
                 "resolve" => r#"{"keep": "node1"}"#,
-                "checker" => r#"{"on": true}"#,
+                "checker" | "maintenance" => r#"{"on": true}"#,
                 _ => "",
             };
-            let r = parse_command("app", cmd, body.as_bytes()).unwrap();
+            let r = parse_command(Some("app"), cmd, body.as_bytes()).unwrap();
             let back = serde_json::to_value(&r).unwrap();
             assert_eq!(
                 (back["cmd"].as_str(), back["module"].as_str()),
@@ -513,11 +546,48 @@ mod tests {
             );
         }
         assert_eq!(
-            parse_command("app", "resync", b"").unwrap(),
+            parse_command(Some("app"), "resync", b"").unwrap(),
             Request::FullSync {
                 module: "app".into()
             }
         );
+    }
+
+    #[test]
+    fn maintenance_is_asked_for_a_module_or_every_module_and_the_relay_field_is_refused() {
+        assert_eq!(
+            parse_command(None, "maintenance", br#"{"on": true}"#).unwrap(),
+            Request::Maintenance {
+                module: None,
+                on: true,
+                asked: None
+            }
+        );
+        assert_eq!(
+            parse_command(
+                Some("app"),
+                "maintenance",
+                br#"{"on": false, "node": "node2"}"#
+            )
+            .unwrap(),
+            Request::On {
+                node: "node2".into(),
+                request: Box::new(Request::Maintenance {
+                    module: Some("app".into()),
+                    on: false,
+                    asked: None
+                }),
+            }
+        );
+        refused_as("maintenance", "{}", "maintenance: missing field `on`");
+        let (s, why) = parse_command(
+            None,
+            "maintenance",
+            br#"{"on": true, "asked": {"node": "node1", "at_ms": 1}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(why.starts_with("field \"asked\" is set by a node"), "{why}");
     }
 
     /// Refused with 400, the reason starting with `start`.

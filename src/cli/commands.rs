@@ -22,12 +22,14 @@ pub fn run(cli: Cli) -> ExitCode {
                 | Command::Second { .. }
                 | Command::Resolve { .. }
                 | Command::Checker { .. }
+                | Command::Maintenance { .. }
                 | Command::Log { .. }
         )
     {
         eprintln!(
             "tandem: --on is for commands to a daemon (status, start, stop, restart, swap, \
-             prim, second, resolve, checker, log); run this one on the node itself"
+             prim, second, resolve, checker, maintenance, log); run this one on the node \
+             itself"
         );
         return ExitCode::from(EXIT_USAGE);
     }
@@ -136,6 +138,19 @@ pub fn run(cli: Cli) -> ExitCode {
                 Request::Checker {
                     module,
                     on: state == "on",
+                },
+            ),
+            print_messages,
+        ),
+        Command::Maintenance { state, module } => with_daemon(
+            &cli.config,
+            cli.socket,
+            &relayed(
+                &on,
+                Request::Maintenance {
+                    module,
+                    on: state == "on",
+                    asked: None,
                 },
             ),
             print_messages,
@@ -500,6 +515,9 @@ fn print_status(resp: &Response, json: bool) {
         return;
     }
     println!("cluster {} (daemon pid {})", st.cluster, st.pid);
+    if let Some(b) = super::maintenance::banner(st) {
+        println!("{b}");
+    }
     print!("{}", table(st));
     println!();
     if let Some(n) = &st.nodes {
@@ -564,6 +582,9 @@ fn print_status(resp: &Response, json: bool) {
                         .map(|v| format!(" with tandem {v}"))
                         .unwrap_or_default()
                 );
+            }
+            if let Some(l) = super::maintenance::line(m) {
+                println!("{l}");
             }
             if c.split_brain {
                 println!(

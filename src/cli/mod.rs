@@ -6,6 +6,7 @@
 
 mod commands;
 mod generate;
+mod maintenance;
 mod mount;
 mod progress;
 mod resync;
@@ -66,7 +67,7 @@ pub struct Cli {
     pub socket: Option<PathBuf>,
     /// Carry the command out on this node: the local daemon relays it to the
     /// other node over their authenticated link (status, start, stop,
-    /// restart, swap, prim, second, resolve, checker, log).
+    /// restart, swap, prim, second, resolve, checker, maintenance, log).
     #[arg(long, global = true, value_name = "NODE")]
     pub on: Option<String>,
     #[command(subcommand)]
@@ -143,6 +144,17 @@ pub enum Command {
         module: String,
         #[arg(value_parser = ["on", "off"])]
         state: String,
+    },
+    /// Maintenance on or off, for one module or every module (Pacemaker's
+    /// maintenance-mode, Patroni's pause): nothing moves a module by itself
+    /// — no failover, failback, fencing, nor restart or hand-over for a
+    /// failing check — and commands still work. Applied on this node and
+    /// on its peer; kept across restarts.
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// One module (default: every module).
+        module: Option<String>,
     },
     /// Show a module's log.
     Log {

@@ -17,7 +17,7 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
-use super::machine::PeerView;
+use super::machine::{Maintenance, PeerView};
 use crate::versions::{Range, Speaks};
 
 const MAGIC: [u8; 2] = *b"TB";
@@ -92,6 +92,36 @@ impl Later {
     }
 }
 
+/// What a heartbeat says beyond [`Later`], encoded after it for the same
+/// reason: a node that knows only `Later` stops reading before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Maintained {
+    /// Each module's word on maintenance ([`PeerView::maintenance`]), for
+    /// the modules that ever had it switched.
+    maintenance: Vec<(String, Maintenance)>,
+}
+
+impl Maintained {
+    fn of(beat: &Beat) -> Maintained {
+        Maintained {
+            maintenance: beat
+                .modules
+                .iter()
+                .filter(|(_, v)| v.maintenance != Maintenance::default())
+                .map(|(n, v)| (n.clone(), v.maintenance.clone()))
+                .collect(),
+        }
+    }
+
+    fn apply(self, beat: &mut Beat) {
+        for (n, m) in self.maintenance {
+            if let Some((_, v)) = beat.modules.iter_mut().find(|(x, _)| *x == n) {
+                v.maintenance = m;
+            }
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Dropped {
     #[error("not a heartbeat")]
@@ -160,7 +190,17 @@ pub struct BindError {
 pub fn seal(key: &Key, beat: &Beat) -> Vec<u8> {
     // A tuple is its fields one after the other: the beat, then the extras.
     let speaks = Speaks::this(PROTOCOL);
-    seal_with(key, MAGIC, &(beat, &beat.extra, &Later::of(beat), &speaks))
+    seal_with(
+        key,
+        MAGIC,
+        &(
+            beat,
+            &beat.extra,
+            &Later::of(beat),
+            &speaks,
+            &Maintained::of(beat),
+        ),
+    )
 }
 
 pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
@@ -172,7 +212,16 @@ pub fn open(key: &Key, datagram: &[u8]) -> Result<Beat, Dropped> {
     beat.extra = extra;
     let (later, rest): (Later, _) = postcard::take_from_bytes(rest).unwrap_or_default();
     later.apply(&mut beat);
-    beat.speaks = postcard::take_from_bytes(rest).ok().map(|(s, _)| s);
+    // What this release says after that: its versions, then maintenance.
+    let (speaks, rest) = match postcard::take_from_bytes::<Speaks>(rest) {
+        Ok((s, rest)) => (Some(s), rest),
+        Err(_) => (None, &[][..]),
+    };
+    beat.speaks = speaks;
+    let maintained: Maintained = postcard::take_from_bytes(rest)
+        .map(|(m, _)| m)
+        .unwrap_or_default();
+    maintained.apply(&mut beat);
     Ok(beat)
 }
 

@@ -25,16 +25,6 @@ pub enum State {
     Alone,
 }
 
-impl std::fmt::Display for Gen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.current)?;
-        if self.fresh {
-            write!(f, " (fresh)")?;
-        }
-        Ok(())
-    }
-}
-
 impl State {
     pub fn serving(self) -> bool {
         matches!(self, State::Prim | State::Alone)
@@ -74,15 +64,6 @@ impl std::str::FromStr for State {
     }
 }
 
-/// A data generation as the machine compares it (see `changelog::Generation`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Gen {
-    pub current: u64,
-    pub history: Vec<u64>,
-    /// Never served nor synchronised: its data counts for nothing.
-    pub fresh: bool,
-}
-
 /// What the peer's heartbeats say about this module.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
@@ -103,35 +84,10 @@ pub struct PeerView {
     /// the first version's fields; a peer that does not say counts as able.
     #[serde(skip)]
     pub cannot_serve: bool,
-}
-
-/// How two generations relate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Order {
-    Same,
-    /// The other side has everything this side has, and more.
-    Behind,
-    Ahead,
-    /// Both changed on their own since they last agreed.
-    Split,
-}
-
-pub fn compare(mine: &Gen, theirs: &Gen) -> Order {
-    match (mine.fresh, theirs.fresh) {
-        (true, true) => return Order::Same,
-        (true, false) => return Order::Behind,
-        (false, true) => return Order::Ahead,
-        _ => {}
-    }
-    if mine.current == theirs.current {
-        Order::Same
-    } else if theirs.history.contains(&mine.current) {
-        Order::Behind
-    } else if mine.history.contains(&theirs.current) {
-        Order::Ahead
-    } else {
-        Order::Split
-    }
+    /// Its word on maintenance (see `maintenance`); carried after the
+    /// fields above as well, a peer that says nothing is not in it.
+    #[serde(skip)]
+    pub maintenance: Maintenance,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +125,8 @@ pub enum Action {
     },
     /// Remember the role across restarts.
     SaveRole(State),
+    /// Remember this node's word on maintenance across restarts.
+    SaveMaintenance(Maintenance),
 }
 
 /// The scripts that go with starting and stopping a module on a node,
@@ -228,6 +186,8 @@ pub enum Event {
     /// The fencer took this serving node out of service: neither its peer
     /// nor its quorum answered. It steps down as if both were lost.
     Fenced,
+    /// The operator switched maintenance on or off here.
+    Maintenance(Switch),
 }
 
 /// Fixed settings of one module's machine.
@@ -325,6 +285,9 @@ pub struct Machine {
     /// Stopped serving without handing over (fenced, yielded, crashed): its
     /// changes the peer may lack are set aside before it follows the peer.
     unhanded: bool,
+    /// This node's word on maintenance, and the peer's as last heard.
+    maintenance: Maintenance,
+    peer_maintenance: Maintenance,
 }
 
 impl Machine {
@@ -364,6 +327,8 @@ impl Machine {
             blocked: None,
             start_failures: 0,
             unhanded: last.is_some_and(State::serving),
+            maintenance: Maintenance::default(),
+            peer_maintenance: Maintenance::default(),
         }
     }
 
@@ -384,6 +349,7 @@ impl Machine {
             keeps: self.keeps,
             served_last: self.last_serving || self.state.serving(),
             cannot_serve: self.blocked.is_some(),
+            maintenance: self.maintenance.clone(),
         }
     }
 
@@ -449,9 +415,11 @@ impl Machine {
 
     /// Whether the fencer may take this node out of service when it finds it
     /// cut off from both its peer and its quorum: it serves, and its peer
-    /// did not step down for it (a peer that did cannot take over).
+    /// did not step down for it (a peer that did cannot take over), nor is
+    /// it in maintenance with this node (then it never takes over).
     pub fn fence_armed(&self) -> bool {
         self.state.serving()
+            && !self.maintenance_shared()
             && !self
                 .peer
                 .as_ref()
@@ -491,6 +459,7 @@ impl Machine {
                     self.peer_idle_since = Some(self.now);
                 }
                 self.heard_handover(&v);
+                self.heard_maintenance(&v, &mut out.actions);
                 self.peer = Some(v);
             }
             Event::PeerLost => self.peer_lost(),
@@ -507,8 +476,14 @@ impl Machine {
             Event::Fenced if self.state.serving() => {
                 self.quorum = false;
                 self.peer_lost();
+                // In maintenance `decide` keeps serving without peer and
+                // quorum; a fence that happened anyway is carried through.
+                if self.maintenance_shared() && !self.forced {
+                    self.fence_self(&mut out.actions);
+                }
             }
             Event::Fenced => {}
+            Event::Maintenance(s) => out.reply = Some(self.switch_maintenance(s, &mut out.actions)),
         }
         if self
             .boot_until
@@ -602,10 +577,12 @@ impl Machine {
 
     /// Worth asking the witness for the lease: serving, or able to serve
     /// without the peer. A node with stale data never holds it, so it can
-    /// never keep the node with the newest data from serving.
+    /// never keep the node with the newest data from serving; nor does a
+    /// node that maintenance keeps from serving by itself.
     pub fn wants_lease(&self) -> bool {
         self.state.serving()
             || (self.state != State::Stop
+                && self.serves_by_itself()
                 && self.blocked.is_none()
                 && !self.split_brain
                 && self.newest_alone())
@@ -685,6 +662,10 @@ impl Machine {
 
 mod command;
 pub use command::Refused;
+mod generation;
+pub use generation::{Gen, Order, compare};
+mod maintenance;
+pub use maintenance::{Maintenance, Switch};
 mod decide;
 
 #[cfg(test)]

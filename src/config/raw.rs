@@ -54,6 +54,7 @@ pub(super) struct RawCluster {
     pub etcd_user: Option<Str>,
     pub etcd_password_file: Option<Str>,
     pub preferred_primary: Option<Str>,
+    pub maintenance_alert_after_s: Option<Int>,
 }
 
 #[derive(Deserialize, Default)]

@@ -47,6 +47,9 @@ pub struct Cluster {
     pub quorum: Quorum,
     /// Node that takes the primary role back once it is up to date.
     pub preferred_primary: Option<String>,
+    /// Maintenance left on longer than this is reported as overdue
+    /// (status, `/metrics`, the alert rules).
+    pub maintenance_alert_after: Duration,
 }
 
 /// How a node that lost its peer decides whether it may serve.

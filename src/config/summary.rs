@@ -31,6 +31,11 @@ impl Settings {
             Quorum::Etcd(e) => format!("etcd {}", join(&e.urls)),
         };
         let _ = writeln!(out, "  quorum: {quorum}");
+        let _ = writeln!(
+            out,
+            "  maintenance: reported as overdue after {} s",
+            c.maintenance_alert_after.as_secs()
+        );
         let h = &self.heartbeat;
         let _ = writeln!(
             out,

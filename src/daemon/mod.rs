@@ -254,6 +254,7 @@ impl State {
             | Request::Log { .. }
             | Request::History { .. }
             | Request::Checker { .. }
+            | Request::Maintenance { .. }
             | Request::On { .. } => Response::error(
                 "this daemon runs with a fixed --role: roles are changed by the cluster \
                      manager (run `tandem daemon` without --role)",

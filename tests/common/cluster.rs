@@ -35,6 +35,8 @@ pub struct Options<'a> {
     pub api: bool,
     /// `replication.peer_timeout_ms`.
     pub peer_timeout_ms: u64,
+    /// More settings of `[cluster]`.
+    pub cluster_extra: &'a str,
 }
 
 impl Default for Options<'_> {
@@ -51,6 +53,7 @@ impl Default for Options<'_> {
             script_timeout_s: 20,
             api: false,
             peer_timeout_ms: 2000,
+            cluster_extra: "",
         }
     }
 }
@@ -450,6 +453,7 @@ impl Cluster {
 [cluster]
 name = "ct"
 {quorum}
+{cluster_extra}
 [[node]]
 name = "node1"
 address = "{a1}"
@@ -513,6 +517,7 @@ timeout_s = {script_timeout}
                     interval = opts.heartbeat.0,
                     timeout = opts.heartbeat.1,
                     peer_timeout = opts.peer_timeout_ms,
+                    cluster_extra = opts.cluster_extra,
                 ),
             )
             .unwrap();

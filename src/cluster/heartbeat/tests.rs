@@ -243,3 +243,50 @@ fn the_previous_release_and_this_one_hear_each_other_and_its_modules_count_as_ab
     assert_eq!(heard, b);
     assert!(heard.modules[0].1.cannot_serve && !heard.modules[1].1.cannot_serve);
 }
+
+#[test]
+fn maintenance_travels_after_the_later_fields_and_both_releases_hear_each_other() {
+    let k = Key::new(b"0123456789abcdef0123456789abcdef");
+    let on = Maintenance {
+        on: true,
+        since_ms: 1_700_000_000_000,
+        by: "node1".into(),
+        version: 3,
+    };
+    let mut b = beat(6);
+    b.modules = vec![
+        (
+            "app".into(),
+            PeerView {
+                cannot_serve: true,
+                maintenance: on.clone(),
+                ..PeerView::default()
+            },
+        ),
+        ("db".into(), PeerView::default()),
+    ];
+    let new = seal(&k, &b);
+    // The previous release reads the beat, the extra and the later fields,
+    // and stops there: it hears who cannot serve.
+    let body = verified(&k, MAGIC, &new).unwrap();
+    let (old, rest): (Beat, _) = postcard::take_from_bytes(body).unwrap();
+    let (extra, rest): (Extra, _) = postcard::take_from_bytes(rest).unwrap();
+    let (later, _): (Later, _) = postcard::take_from_bytes(rest).unwrap();
+    assert_eq!((old.seq, &extra), (6, &b.extra));
+    assert_eq!(later.cannot_serve, vec!["app".to_string()]);
+    // What it sends has no word on maintenance: none is taken.
+    let from_old = seal_with(&k, MAGIC, &(&old, &extra, &later));
+    let heard = open(&k, &from_old).unwrap();
+    assert!(heard.modules[0].1.cannot_serve);
+    assert!(
+        heard
+            .modules
+            .iter()
+            .all(|(_, v)| v.maintenance == Maintenance::default())
+    );
+    // This release hears itself whole.
+    let heard = open(&k, &new).unwrap();
+    assert_eq!(heard, b);
+    assert_eq!(heard.modules[0].1.maintenance, on);
+    assert_eq!(heard.modules[1].1.maintenance, Maintenance::default());
+}

@@ -65,10 +65,17 @@ impl Machine {
                     State::Stop => return Ok("already stopped".into()),
                     State::Prim | State::Alone => {
                         let current = self.peer_can_take_over();
-                        self.hand_over(current);
+                        // In maintenance the peer takes nothing over: only
+                        // `swap` moves the module.
+                        let hand = current && !self.maintenance();
+                        self.hand_over(hand);
                         self.step_down(current, State::Stop, "stopped by the operator", actions);
-                        return Ok(if current {
+                        return Ok(if hand {
                             "stopped; the peer takes over".into()
+                        } else if self.maintenance() {
+                            "stopped; maintenance: not handed over, nobody serves the module \
+                             now (`tandem start` here or `tandem prim` on the peer serves it)"
+                                .into()
                         } else {
                             "stopped; nobody serves the module now".into()
                         });
@@ -195,14 +202,18 @@ impl Machine {
                 } else {
                     self.blocked = Some(format!("application does not start here: {msg}"));
                     let current = self.peer_is_current_second();
-                    self.hand_over(self.peer_can_take_over());
-                    self.step_down(
-                        current,
-                        State::Wait,
-                        &format!("application failed to start ({msg}): handing over"),
-                        actions,
-                    );
+                    let why = if self.maintenance() {
+                        format!("application failed to start ({msg}); maintenance: not handed over")
+                    } else {
+                        format!("application failed to start ({msg}): handing over")
+                    };
+                    self.hand_over(self.peer_can_take_over() && !self.maintenance());
+                    self.step_down(current, State::Wait, &why, actions);
                 }
+            }
+            // Counted and logged by the daemon, not acted on.
+            Failure::Check if self.maintenance() => {
+                self.why = format!("{msg}; maintenance: not acted on");
             }
             Failure::Check if self.state.serving() => {
                 self.blocked = Some(format!("the application fails its checks here: {msg}"));

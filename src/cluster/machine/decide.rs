@@ -60,8 +60,12 @@ impl Machine {
             // witness says so, or else it served last, or it was a current
             // SECOND when the peer vanished.
             let newest = self.newest_alone();
-            if self.quorum && newest {
+            if self.quorum && newest && self.serves_by_itself() {
                 self.serve("peer absent: serving alone", actions);
+            } else if self.quorum && newest {
+                self.why = "peer absent; maintenance: not serving by itself \
+                            (`tandem prim` serves here)"
+                    .into();
             } else if !self.quorum && newest {
                 self.why = "peer absent and no quorum: not serving".into();
             } else if self.witness_newest != 0 {
@@ -110,6 +114,9 @@ impl Machine {
                     );
                 }
             },
+            Some(State::Stop) if !self.serves_by_itself() => {
+                self.why = "the peer is stopped; maintenance: not serving by itself".into();
+            }
             Some(State::Stop)
                 if matches!(order, Order::Same | Order::Ahead) && self.peer_settled() =>
             {
@@ -175,7 +182,15 @@ impl Machine {
                 }
             }
         };
-        if mine && !self.peer_settled() {
+        // In maintenance only the operator moves the module: a hand-over
+        // (`swap`), a split brain resolved.
+        let asked = peer.handover || order == Order::Split;
+        if mine && !asked && !self.serves_by_itself() {
+            self.why = format!(
+                "both idle, this node has the data to serve ({because}); maintenance: \
+                 not serving by itself"
+            );
+        } else if mine && !self.peer_settled() {
             self.why = "the peer does not serve: making sure it is not a past state".into();
         } else if mine {
             let why = format!("both idle, this node has the data to serve ({because})");
@@ -188,7 +203,11 @@ impl Machine {
     pub(super) fn decide_second(&mut self, actions: &mut Vec<Action>) {
         let current = self.synced_now();
         let Some(peer) = self.peer.clone() else {
-            if !current {
+            if self.maintenance() {
+                // Still SECOND: it follows the peer again when it is back.
+                self.why =
+                    "peer lost; maintenance: not taking over (`tandem prim` serves here)".into();
+            } else if !current {
                 self.why = "peer lost while this copy was not current: waiting".into();
                 actions.push(Action::LeaveSecondary);
                 self.to(
@@ -233,6 +252,9 @@ impl Machine {
                 }
                 self.decide_between_idle(order, &peer, actions)
             }
+            Some(State::Stop) if current && self.quorum && self.maintenance() => {
+                self.why = "the peer is stopped; maintenance: not taking over".into();
+            }
             Some(State::Stop) if current && self.quorum => {
                 self.serve("peer stopped: serving alone", actions)
             }
@@ -242,17 +264,15 @@ impl Machine {
 
     pub(super) fn decide_serving(&mut self, actions: &mut Vec<Action>) {
         let Some(peer) = self.peer.clone() else {
-            if !self.quorum && !self.forced {
-                self.step_down(
-                    false,
-                    State::Wait,
-                    "lost the peer and quorum: stopped serving (self-fencing)",
+            let cut_off = !self.quorum && !self.forced;
+            if cut_off && !self.maintenance_shared() {
+                self.fence_self(actions);
+            } else if self.state == State::Prim && cut_off {
+                self.to(
+                    State::Alone,
+                    "peer and quorum lost; maintenance: serving on (the peer does not take over)",
                     actions,
                 );
-                // The peer may take over meanwhile: quorum coming back is not
-                // enough to serve again — the peer, or the witness's word
-                // that this data is still the newest, is.
-                self.last_serving = false;
             } else if self.state == State::Prim {
                 self.to(State::Alone, "peer lost: serving alone", actions);
             }
@@ -292,7 +312,8 @@ impl Machine {
             };
             self.to(label, why, actions);
         }
-        let failback = self.cfg.preferred == Some(false) && !self.peer_declined;
+        let failback =
+            self.cfg.preferred == Some(false) && !self.peer_declined && !self.maintenance();
         if self.peer_can_take_over() && (peer.wants_primary || failback) {
             let why = if peer.wants_primary {
                 "swap asked on the peer: handing over"
@@ -302,6 +323,20 @@ impl Machine {
             self.hand_over(true);
             self.step_down(true, State::Second, why, actions);
         }
+    }
+
+    /// Stops serving for want of both peer and quorum: the peer may take
+    /// over meanwhile.
+    pub(super) fn fence_self(&mut self, actions: &mut Vec<Action>) {
+        self.step_down(
+            false,
+            State::Wait,
+            "lost the peer and quorum: stopped serving (self-fencing)",
+            actions,
+        );
+        // Quorum coming back is not enough to serve again — the peer, or
+        // the witness's word that this data is still the newest, is.
+        self.last_serving = false;
     }
 
     /// Both nodes say they serve: exactly one yields, the same one on both

@@ -695,4 +695,5 @@ fn a_fresh_node_joins_by_full_sync() {
 
 mod handover;
 mod harness;
+mod maintenance;
 mod outputs;

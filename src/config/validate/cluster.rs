@@ -1,4 +1,7 @@
-//! `[cluster]`: name, quorum and preferred primary.
+//! `[cluster]`: name, quorum, preferred primary and how long maintenance
+//! may last before it is reported.
+
+use std::time::Duration;
 
 use super::super::net::{HostPort, HttpUrl};
 use super::super::raw::{List, RawCluster, Section, Str};
@@ -16,6 +19,15 @@ pub(super) fn cluster(
     let name = fields::required(r, &raw.name, "cluster.name", &section.span)
         .and_then(|v| fields::name(r, v, "cluster.name"));
     let quorum = quorum(r, raw);
+    // Up to a year: longer is a forgotten maintenance, not a threshold.
+    let alert_after = fields::int(
+        r,
+        &raw.maintenance_alert_after_s,
+        "cluster.maintenance_alert_after_s",
+        MAINTENANCE_ALERT_AFTER_S,
+        1,
+        365 * 24 * 3600,
+    );
     if let (Some(preferred), Some(names)) = (&raw.preferred_primary, node_names) {
         if !names.contains(preferred.get_ref()) {
             r.error(
@@ -33,8 +45,13 @@ pub(super) fn cluster(
         name: name.expect("validated"),
         quorum: quorum.expect("validated"),
         preferred_primary: raw.preferred_primary.as_ref().map(|p| p.get_ref().clone()),
+        maintenance_alert_after: Duration::from_secs(alert_after.expect("validated") as u64),
     })
 }
+
+/// How long maintenance may stay on before it is reported (an hour: an
+/// upgrade of both nodes, not a cluster left without failover).
+const MAINTENANCE_ALERT_AFTER_S: i64 = 3600;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {

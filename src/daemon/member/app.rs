@@ -22,6 +22,10 @@ pub(super) struct Checks {
     /// The application (re)started then: earlier failures are about the
     /// process that was replaced.
     pub from: Instant,
+    /// In maintenance: when a failure last went to the log, with how many
+    /// came since (nothing restarts the application, so its checks fail
+    /// every interval: one line a minute says it).
+    pub noted: Option<(Instant, u64)>,
 }
 
 impl Default for Checks {
@@ -31,6 +35,7 @@ impl Default for Checks {
             active: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             failures: VecDeque::new(),
             from: Instant::now(),
+            noted: None,
         }
     }
 }

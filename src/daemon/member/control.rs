@@ -39,7 +39,7 @@ pub(super) struct Relay {
 
 impl Shared {
     /// A command for `node`: carried out here, or sent to the peer.
-    fn on(&self, node: String, req: Request) -> Response {
+    pub(super) fn on(&self, node: String, req: Request) -> Response {
         if matches!(req, Request::On { .. }) {
             return Response::error("a command relayed to a node cannot be relayed again");
         }
@@ -130,6 +130,7 @@ impl Dispatch for Shared {
             Request::Checker { module, on } => {
                 self.ask(|reply| Input::Ask(Ask::Checker { module, on, reply }))
             }
+            Request::Maintenance { module, on, asked } => self.maintenance(module, on, asked),
             Request::Log { module } => match self.logs.lock().iter().find(|(n, _)| *n == module) {
                 None => Response::error(format!("no module named {module:?}")),
                 Some((_, lines)) => Response {
@@ -176,7 +177,7 @@ impl Dispatch for Shared {
 
 impl Shared {
     /// Hands a request to the manager thread and waits for its answer.
-    fn ask(&self, input: impl FnOnce(mpsc::Sender<Response>) -> Input) -> Response {
+    pub(super) fn ask(&self, input: impl FnOnce(mpsc::Sender<Response>) -> Input) -> Response {
         let (tx, rx) = mpsc::channel();
         if self.input.lock().send(input(tx)).is_err() {
             return Response::error("the cluster manager has stopped");

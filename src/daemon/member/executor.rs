@@ -193,6 +193,7 @@ impl Managed {
             }
             Action::Demote { flush } => self.demote(*flush),
             Action::SaveRole(s) => self.save_role(*s),
+            Action::SaveMaintenance(m) => self.save_maintenance(m),
         }
         Ok(Flow::Done)
     }
@@ -271,7 +272,11 @@ impl Managed {
         self.replica = Some(Replica::Primary(rep.clone(), link));
         *self.fence.rep.lock() = Some(rep.clone());
         self.fence.fenced.store(false, Ordering::SeqCst);
-        self.fence.armed.store(true, Ordering::SeqCst);
+        // Disarmed in maintenance shared with the peer: it never takes over
+        // (see `Machine::fence_armed`).
+        self.fence
+            .armed
+            .store(!self.machine.maintenance_shared(), Ordering::SeqCst);
         for (i, path) in self.cfg.dirs.clone().iter().enumerate() {
             let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
             match fs::mount(path, sink.clone(), &MountConfig::default()) {

@@ -203,8 +203,13 @@ impl Answer {
 fn targets(modules: &[Managed], a: &Ask) -> Vec<usize> {
     let index = |name: &str| modules.iter().position(|m| m.cfg.name == name);
     match a {
-        Ask::Command { module: None, .. } => (0..modules.len()).collect(),
+        Ask::Command { module: None, .. } | Ask::Maintenance { module: None, .. } => {
+            (0..modules.len()).collect()
+        }
         Ask::Command {
+            module: Some(n), ..
+        }
+        | Ask::Maintenance {
             module: Some(n), ..
         }
         | Ask::Restart { module: n, .. }
@@ -255,6 +260,19 @@ fn handle(
                 response: Some(response),
             });
         }
+        Ask::Maintenance {
+            module,
+            on: to,
+            asked,
+            reply,
+        } => {
+            let response = super::maintenance::switch(node, modules, module, to, asked);
+            answers.push(Answer {
+                modules: on,
+                reply,
+                response: Some(response),
+            });
+        }
         Ask::Note { module, line } => {
             for m in modules
                 .iter_mut()
@@ -294,6 +312,10 @@ fn handle(
         } => {
             node.metrics.check_failed(&module);
             if let Some(m) = modules.iter_mut().find(|m| m.cfg.name == module)
+                && m.machine.maintenance()
+            {
+                m.check_failed_in_maintenance(why);
+            } else if let Some(m) = modules.iter_mut().find(|m| m.cfg.name == module)
                 && m.machine.state.serving()
                 && m.app_running
                 && m.checks.on

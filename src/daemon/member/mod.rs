@@ -21,7 +21,9 @@
 //! - [`app`]: the application's scripts and the checkers' restart budget;
 //! - [`liveness`]: when the peer counts as gone;
 //! - [`publish`]: what the node reports;
-//! - [`control`]: the control socket, and commands relayed to the peer.
+//! - [`control`]: the control socket, and commands relayed to the peer;
+//! - [`maintenance`]: maintenance switched by the operator, here and on
+//!   the peer.
 
 mod app;
 mod boot;
@@ -30,6 +32,7 @@ mod control;
 mod executor;
 mod journal;
 mod liveness;
+mod maintenance;
 mod manager;
 mod module;
 mod plan;
@@ -160,6 +163,13 @@ enum Ask {
         on: bool,
         reply: mpsc::Sender<Response>,
     },
+    /// Maintenance switched, for one module or every module.
+    Maintenance {
+        module: Option<String>,
+        on: bool,
+        asked: crate::control::Asked,
+        reply: mpsc::Sender<Response>,
+    },
     /// A line for a module's log (every module's with `None`): who asked
     /// for a command through the API.
     Note {
@@ -174,7 +184,8 @@ impl Ask {
         match self {
             Ask::Command { reply, .. }
             | Ask::Restart { reply, .. }
-            | Ask::Checker { reply, .. } => {
+            | Ask::Checker { reply, .. }
+            | Ask::Maintenance { reply, .. } => {
                 let _ = reply.send(Response::error(why));
             }
             Ask::CheckFailed { .. } | Ask::Note { .. } => {}

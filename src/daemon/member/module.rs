@@ -1,12 +1,13 @@
 //! A module around its state machine: its log, scripts, role file and
 //! change logs, and feeding the machine.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::{Managed, RoleFile, ThisNode};
-use crate::cluster::machine::{self, Gen, Machine, State};
+use crate::cluster::machine::{self, Gen, Machine, Maintenance, State};
 use crate::config::{Module as ModuleConfig, Node, Quorum, Settings};
 use crate::control::Transition;
 use crate::daemon::replicas::{self};
@@ -64,15 +65,59 @@ impl Managed {
             fresh: self.fresh,
         })
         .expect("serialisable");
-        let tmp = self.role_file.with_extension("tmp");
-        let r = std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &self.role_file));
-        if let Err(e) = r {
+        if let Err(e) = write_atomically(&self.role_file, text.as_bytes()) {
             self.note(format!(
                 "cannot record the role in {}: {e}",
                 self.role_file.display()
             ));
+        }
+    }
+
+    /// Where this node's word on maintenance is kept, beside the role.
+    fn maintenance_file(&self) -> PathBuf {
+        self.role_file.with_file_name("maintenance")
+    }
+
+    pub(super) fn save_maintenance(&mut self, m: &Maintenance) {
+        let text = serde_json::to_string(m).expect("serialisable");
+        let path = self.maintenance_file();
+        if let Err(e) = write_atomically(&path, text.as_bytes()) {
+            tracing::error!(module = %self.cfg.name, "maintenance file {}: {e}", path.display());
+            self.note(format!(
+                "cannot record maintenance in {}: {e} (the peer keeps it too)",
+                path.display()
+            ));
+        }
+    }
+
+    /// This node's word on maintenance as its last run left it: none when
+    /// never switched. One that cannot be read counts as none, said in the
+    /// log; the peer's word, if newer, is taken at its first heartbeat.
+    fn load_maintenance(&mut self) {
+        let path = self.maintenance_file();
+        let m = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => Err(e.to_string()),
+            Ok(b) => serde_json::from_slice::<Maintenance>(&b).map_err(|e| e.to_string()),
+        };
+        match m {
+            Ok(m) => {
+                if m.on {
+                    self.note(format!(
+                        "in maintenance since {} (set on {}): nothing moves the module by itself",
+                        utc(m.since_ms),
+                        m.by
+                    ));
+                }
+                self.machine.restore_maintenance(m);
+            }
+            Err(e) => {
+                tracing::error!(module = %self.cfg.name, "maintenance file {}: {e}", path.display());
+                self.note(format!(
+                    "cannot read {}: {e}; not in maintenance unless the peer says so",
+                    path.display()
+                ));
+            }
         }
     }
 
@@ -186,6 +231,7 @@ impl Managed {
             fence: crate::daemon::fence::Fence::new(&m.name),
         };
         *managed.fence.vips.lock() = managed.vips.as_ref().map(|v| v.fence());
+        managed.load_maintenance();
         managed.note(format!(
             "starting as {:?} (last run: {})",
             managed.machine.state,
@@ -213,3 +259,16 @@ impl Managed {
 }
 
 pub(super) use crate::clock::utc;
+
+/// Replaces `path` with `bytes` whole or not at all, durably: a temporary
+/// file synced, renamed over it, and the directory synced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

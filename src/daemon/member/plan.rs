@@ -142,7 +142,14 @@ impl Managed {
     /// One step of the machine, its work put in line.
     fn step(&mut self, node: &ThisNode, ev: Event) -> Option<machine::Reply> {
         let view = self.machine.view();
+        let (asked, was) = (
+            matches!(ev, Event::Maintenance(_)),
+            self.machine.maintenance(),
+        );
         let out = self.machine.step(node.now(), ev);
+        if self.machine.maintenance() != was {
+            self.noted_maintenance(asked);
+        }
         if let Some(c) = out.change {
             self.record(node, c);
         }

@@ -67,6 +67,7 @@ impl Managed {
                 },
                 clients: self.clients(node),
                 log: self.log.iter().rev().take(20).rev().cloned().collect(),
+                maintenance: Some(self.maintenance_status(node)),
             }),
             dirs: self
                 .cfg

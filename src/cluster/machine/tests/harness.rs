@@ -35,6 +35,10 @@ struct Node {
     fails: Option<Failure>,
     /// Health checks on (`tandem checker MODULE off` suspends them).
     checks: bool,
+    /// Its word on maintenance and its role, as kept on disk across
+    /// restarts.
+    maint: Maintenance,
+    role: State,
 }
 
 struct Net {
@@ -83,6 +87,8 @@ impl Net {
             set_aside: 0,
             fails: None,
             checks: true,
+            maint: Maintenance::default(),
+            role: last,
         };
         let mut n = Net {
             nodes: [node(0, State::Prim), node(1, State::Second)],
@@ -148,7 +154,9 @@ impl Net {
                 Action::BecomeSecondary { .. } => n.syncing = Some(0),
                 Action::LeaveSecondary => n.syncing = None,
                 Action::SetAside => n.set_aside += 1,
-                Action::SaveRole(_) | Action::KeepAside | Action::Fence | Action::Run(_) => {}
+                Action::SaveMaintenance(m) => n.maint = m,
+                Action::SaveRole(s) => n.role = s,
+                Action::KeepAside | Action::Fence | Action::Run(_) => {}
             }
         }
         self.check();
@@ -260,13 +268,9 @@ impl Net {
 
     fn restart(&mut self, i: usize, last: State) {
         let n = &mut self.nodes[i];
-        n.m = Some(Machine::new(
-            cfg(i),
-            self.now,
-            Some(last),
-            n.data.clone(),
-            false,
-        ));
+        let mut m = Machine::new(cfg(i), self.now, Some(last), n.data.clone(), false);
+        m.restore_maintenance(n.maint.clone());
+        n.m = Some(m);
         n.peer_known = false;
     }
 }
@@ -372,10 +376,17 @@ enum Op {
     Run(u64),
     Cmd(usize, Command),
     Checks(usize, bool),
+    /// The operator switches maintenance on or off on a node.
+    Maintenance(usize, bool),
+    /// What fails on a node from now on.
+    Fails(usize, Failure),
+    /// A killed node starts again in the role it recorded.
+    Revive(usize),
 }
 
 /// The states the pair is brought into: roles either way, the link cut,
-/// quorum lost on either node or both, a node dead or stopped, a split brain.
+/// quorum lost on either node or both, a node dead or stopped, a split
+/// brain, maintenance.
 fn setups() -> Vec<Vec<Op>> {
     use Op::*;
     vec![
@@ -394,6 +405,11 @@ fn setups() -> Vec<Vec<Op>> {
         vec![Cmd(0, Command::Swap), Link(false), Witness(1, false)],
         vec![Checks(0, false)],
         vec![Checks(1, false), Cmd(0, Command::Swap)],
+        // In maintenance: commands work, nothing else moves the module.
+        vec![Maintenance(0, true)],
+        vec![Maintenance(1, true), Cmd(0, Command::Swap)],
+        vec![Maintenance(0, true), Kill(0)],
+        vec![Maintenance(1, true), Link(false), Witness(0, false)],
         // Both served alone, one after the other, each restarted while the
         // link was down.
         vec![
@@ -444,6 +460,13 @@ impl Net {
                 self.feed(i, Event::Command(c));
             }
             Op::Checks(i, on) => self.nodes[i].checks = on,
+            Op::Maintenance(i, on) => {
+                let by = format!("node{}", i + 1);
+                let at_ms = self.now;
+                self.feed(i, Event::Maintenance(Switch { on, by, at_ms }));
+            }
+            Op::Fails(i, f) => self.nodes[i].fails = Some(f),
+            Op::Revive(i) => self.restart(i, self.nodes[i].role),
         }
     }
 
@@ -562,3 +585,5 @@ fn no_accepted_command_leaves_a_served_module_without_a_server() {
     }
     assert!(runs > 1_500, "{runs} commands tried");
 }
+
+mod maintenance;
