@@ -8,29 +8,67 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Why a client cannot be made; the files are named.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{}: not a PEM certificate: {source}", path.display())]
+    NotCertificate {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: not a PEM private key: {source}", path.display())]
+    NotKey {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in it", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{}: {source}", path.display())]
+    BadCertificate {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{0}")]
+    Tls(rustls::Error),
+    #[error("{} and {}: {source}", cert.display(), key.display())]
+    ClientAuth {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}", describe(.0))]
+    Build(reqwest::Error),
+}
+
 /// A client for `https://` URLs signed by `ca` (and plain `http://`), with
 /// `cert` (certificate, key) as its own. Files are read now: errors name
 /// them.
 pub fn client(
     ca: Option<&Path>,
     cert: Option<&(PathBuf, PathBuf)>,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca {
         let certs = CertificateDer::pem_file_iter(ca)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: not a PEM certificate: {e}", ca.display()))?;
+            .map_err(|source| ClientError::NotCertificate {
+                path: ca.into(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(format!("{}: no certificate in it", ca.display()));
+            return Err(ClientError::NoCertificate(ca.into()));
         }
         for c in certs {
-            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots.add(c).map_err(|source| ClientError::BadCertificate {
+                path: ca.into(),
+                source,
+            })?;
         }
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(ClientError::Tls)?
         .with_root_certificates(roots);
     let tls = match cert {
         None => builder.with_no_client_auth(),
@@ -38,7 +76,11 @@ pub fn client(
             let (chain, k) = chain_and_key(cert, key)?;
             builder
                 .with_client_auth_cert(chain, k)
-                .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?
+                .map_err(|source| ClientError::ClientAuth {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
+                })?
         }
     };
     reqwest::Client::builder()
@@ -47,7 +89,7 @@ pub fn client(
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
-        .map_err(|e| describe(&e))
+        .map_err(ClientError::Build)
 }
 
 /// A certificate chain and its private key from PEM files; errors name the
@@ -55,12 +97,17 @@ pub fn client(
 pub fn chain_and_key(
     cert: &Path,
     key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ClientError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: not a PEM certificate: {e}", cert.display()))?;
-    let k = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+        .map_err(|source| ClientError::NotCertificate {
+            path: cert.into(),
+            source,
+        })?;
+    let k = PrivateKeyDer::from_pem_file(key).map_err(|source| ClientError::NotKey {
+        path: key.into(),
+        source,
+    })?;
     Ok((chain, k))
 }
 

@@ -30,8 +30,7 @@ pub struct Api {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub stop: Stop,
     /// The peer's status as last asked (and when), or why it could not be had.
-    pub peer:
-        parking_lot::Mutex<Option<(std::time::Instant, Result<crate::control::Status, String>)>>,
+    pub peer: parking_lot::Mutex<Option<(std::time::Instant, PeerStatus)>>,
     /// When a client last wanted it: nobody watching, nobody asks.
     pub wanted: parking_lot::Mutex<Option<std::time::Instant>>,
 }
@@ -39,13 +38,29 @@ pub struct Api {
 impl Api {
     /// The peer's status, unless too old to show (not asked while nobody
     /// wanted it).
-    fn peer_status(&self) -> Option<Result<crate::control::Status, String>> {
+    fn peer_status(&self) -> Option<PeerStatus> {
         *self.wanted.lock() = Some(std::time::Instant::now());
         let p = self.peer.lock();
         p.as_ref()
             .filter(|(at, _)| at.elapsed() < 3 * PEER_EVERY)
             .map(|(_, s)| s.clone())
     }
+}
+
+/// The peer's status, or why it could not be had.
+pub type PeerStatus = Result<crate::control::Status, PeerUnknown>;
+
+/// Why the peer's status could not be had.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PeerUnknown {
+    #[error("no status in the answer")]
+    NoStatus,
+    /// The peer (or the relay to it) refused, in its words.
+    #[error("{0}")]
+    Refused(String),
+    /// The task that asked did not end.
+    #[error("{0}")]
+    Lost(String),
 }
 
 /// How often the peer's status is asked for (over the replication link's
@@ -80,9 +95,9 @@ pub fn start(
             })
             .await;
             let status = match asked {
-                Ok(a) if a.ok => a.status.ok_or_else(|| "no status in the answer".into()),
-                Ok(a) => Err(a.error.unwrap_or_default()),
-                Err(e) => Err(e.to_string()),
+                Ok(a) if a.ok => a.status.ok_or(PeerUnknown::NoStatus),
+                Ok(a) => Err(PeerUnknown::Refused(a.error.unwrap_or_default())),
+                Err(e) => Err(PeerUnknown::Lost(e.to_string())),
             };
             *api.peer.lock() = Some((std::time::Instant::now(), status));
             tokio::time::sleep(PEER_EVERY).await;
@@ -153,24 +168,36 @@ async fn connection(
         .await;
 }
 
+/// Why the API's TLS cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiTlsError {
+    #[error(transparent)]
+    Node(#[from] crate::replication::tls::TlsError),
+    #[error("api.cert/api.key: {0}")]
+    Files(crate::webclient::ClientError),
+    #[error("{0}")]
+    Tls(rustls::Error),
+    #[error("api.cert and api.key: {0}")]
+    Pair(rustls::Error),
+}
+
 /// The TLS configuration the API presents: the operator's certificate, or
 /// this node's.
 pub fn tls_config(
     cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
     creds: &crate::replication::tls::Credentials,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<Arc<rustls::ServerConfig>, ApiTlsError> {
     let Some((cert, key)) = cert else {
-        return creds.server_config_anonymous().map_err(|e| e.to_string());
+        return Ok(creds.server_config_anonymous()?);
     };
-    let (chain, k) =
-        crate::webclient::chain_and_key(cert, key).map_err(|e| format!("api.cert/api.key: {e}"))?;
+    let (chain, k) = crate::webclient::chain_and_key(cert, key).map_err(ApiTlsError::Files)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut c = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(ApiTlsError::Tls)?
         .with_no_client_auth()
         .with_single_cert(chain, k)
-        .map_err(|e| format!("api.cert and api.key: {e}"))?;
+        .map_err(ApiTlsError::Pair)?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(c))
 }

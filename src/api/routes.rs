@@ -231,7 +231,7 @@ async fn both(api: &Arc<Api>) -> Value {
         _ => Value::Null,
     };
     let peer_error = match api.peer_status() {
-        Some(Err(e)) => Value::String(e),
+        Some(Err(e)) => Value::String(e.to_string()),
         None => Value::String("asking the peer".into()),
         Some(Ok(_)) => Value::Null,
     };

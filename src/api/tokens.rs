@@ -18,15 +18,43 @@ pub enum Role {
     Admin,
 }
 
+/// A role's name that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a role: monitor or admin")]
+pub struct UnknownRole(pub String);
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
         match s {
             "monitor" => Ok(Role::Monitor),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!("{s:?} is not a role: monitor or admin")),
+            _ => Err(UnknownRole(s.into())),
         }
     }
+}
+
+/// Why the tokens could not be read, created or revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{}: not a token list: {source}", path.display())]
+    NotAList {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token name {0:?}: 1 to 64 characters from A-Z a-z 0-9 _ . - @")]
+    BadName(String),
+    #[error("a token named {0:?} exists: revoke it first, or choose another name")]
+    Exists(String),
+    #[error("no randomness for the token")]
+    NoRandomness,
+    #[error("no token named {0:?}")]
+    NoSuchToken(String),
 }
 
 impl std::fmt::Display for Role {
@@ -78,19 +106,27 @@ impl Tokens {
         Tokens { path }
     }
 
-    pub fn list(&self) -> Result<Vec<Entry>, String> {
+    pub fn list(&self) -> Result<Vec<Entry>, TokenError> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| format!("{}: not a token list: {e}", self.path.display())),
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| TokenError::NotAList {
+                path: self.path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(format!("{}: {e}", self.path.display())),
+            Err(source) => Err(TokenError::Io {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
-    fn save(&self, list: &[Entry]) -> Result<(), String> {
+    fn save(&self, list: &[Entry]) -> Result<(), TokenError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let err = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        let err = |source: std::io::Error| TokenError::Io {
+            path: self.path.clone(),
+            source,
+        };
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
@@ -109,25 +145,21 @@ impl Tokens {
     }
 
     /// Creates a token named `name`; returns it (shown once, kept hashed).
-    pub fn create(&self, name: &str, role: Role) -> Result<String, String> {
+    pub fn create(&self, name: &str, role: Role) -> Result<String, TokenError> {
         let valid = (1..=64).contains(&name.len())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b));
         if !valid {
-            return Err(format!(
-                "token name {name:?}: 1 to 64 characters from A-Z a-z 0-9 _ . - @"
-            ));
+            return Err(TokenError::BadName(name.into()));
         }
         let mut list = self.list()?;
         if list.iter().any(|e| e.name == name) {
-            return Err(format!(
-                "a token named {name:?} exists: revoke it first, or choose another name"
-            ));
+            return Err(TokenError::Exists(name.into()));
         }
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-            .map_err(|_| "no randomness for the token".to_string())?;
+            .map_err(|_| TokenError::NoRandomness)?;
         let token = format!("{PREFIX}{}", B64.encode(secret));
         list.push(Entry {
             name: name.into(),
@@ -142,12 +174,12 @@ impl Tokens {
     }
 
     /// Removes the token named `name`.
-    pub fn revoke(&self, name: &str) -> Result<(), String> {
+    pub fn revoke(&self, name: &str) -> Result<(), TokenError> {
         let mut list = self.list()?;
         let before = list.len();
         list.retain(|e| e.name != name);
         if list.len() == before {
-            return Err(format!("no token named {name:?}"));
+            return Err(TokenError::NoSuchToken(name.into()));
         }
         self.save(&list)
     }
@@ -191,15 +223,18 @@ mod tests {
         assert_eq!(t.check(&admin).unwrap().role, Role::Admin);
         assert_eq!(t.check(&mon).unwrap().name, "grafana");
         assert!(t.check("tdm_guess").is_none() && t.check("").is_none());
-        assert!(
-            t.create("ops", Role::Monitor)
-                .unwrap_err()
-                .contains("exists")
-        );
-        assert!(t.create("bad name", Role::Monitor).is_err());
+        assert!(matches!(
+            t.create("ops", Role::Monitor),
+            Err(TokenError::Exists(n)) if n == "ops"
+        ));
+        assert!(matches!(
+            t.create("bad name", Role::Monitor),
+            Err(TokenError::BadName(_))
+        ));
         t.revoke("ops").unwrap();
         assert!(t.check(&admin).is_none());
-        assert!(t.revoke("ops").unwrap_err().contains("no token named"));
+        let e = t.revoke("ops").unwrap_err();
+        assert!(e.to_string().contains("no token named"), "{e}");
         assert_eq!(t.list().unwrap().len(), 1);
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::{EXIT_FAILURE, EXIT_USAGE, TokenAction};
-use crate::api::tokens::{Role, Tokens, path};
+use crate::api::tokens::{Role, TokenError, Tokens, path};
 use crate::config::DirChecks;
 
 pub(super) fn run(config: &Path, action: TokenAction) -> ExitCode {
@@ -64,11 +64,15 @@ pub(super) fn run(config: &Path, action: TokenAction) -> ExitCode {
     }
 }
 
-fn fail(e: &str) -> ExitCode {
+fn fail(e: &TokenError) -> ExitCode {
     eprintln!("tandem token: {e}");
-    if e.starts_with("no token") || e.contains("exists") || e.starts_with("token name") {
-        ExitCode::from(EXIT_USAGE)
-    } else {
-        ExitCode::from(EXIT_FAILURE)
+    // What the operator asked is wrong (usage), or the node's file is.
+    match e {
+        TokenError::NoSuchToken(_) | TokenError::Exists(_) | TokenError::BadName(_) => {
+            ExitCode::from(EXIT_USAGE)
+        }
+        TokenError::NotAList { .. } | TokenError::Io { .. } | TokenError::NoRandomness => {
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }

@@ -4,6 +4,37 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+/// Why a text is not the address or URL it should be; the text names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAddress {
+    #[error("{0:?} is neither an IP address nor a valid host name")]
+    NotHost(String),
+    #[error("{0:?} has no port; write host:port")]
+    NoPort(String),
+    #[error("{0:?} has an unclosed '['")]
+    Unclosed(String),
+    #[error("{0:?} in brackets is not an IPv6 address")]
+    NotIpv6(String),
+    #[error("unexpected {after:?} after ']' in {text:?}")]
+    AfterBracket { after: String, text: String },
+    #[error("{0:?}: write IPv6 addresses in brackets, e.g. [fd00::1]:7402")]
+    BareIpv6(String),
+    #[error("port {0:?} is not a number between 1 and 65535")]
+    Port(String),
+    #[error("{0:?} needs a prefix length, e.g. 192.168.1.100/24")]
+    NoPrefix(String),
+    #[error("{0:?} is not an IP address")]
+    NotIp(String),
+    #[error("prefix length {prefix:?} must be between 1 and {max}")]
+    PrefixLength { prefix: String, max: u8 },
+    #[error("{0:?} must start with http:// or https://")]
+    Scheme(String),
+    #[error("{0:?} contains whitespace")]
+    Whitespace(String),
+    #[error("{0:?}: credentials in the URL are not supported")]
+    Credentials(String),
+}
+
 /// An IP address or a DNS host name (stored in lower case).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
@@ -21,18 +52,16 @@ impl Host {
 }
 
 impl FromStr for Host {
-    type Err = String;
+    type Err = BadAddress;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadAddress> {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(Host::Ip(ip));
         }
         if is_host_name(s) {
             return Ok(Host::Name(s.to_ascii_lowercase()));
         }
-        Err(format!(
-            "{s:?} is neither an IP address nor a valid host name"
-        ))
+        Err(BadAddress::NotHost(s.into()))
     }
 }
 
@@ -70,11 +99,11 @@ pub struct HostPort {
 }
 
 impl FromStr for HostPort {
-    type Err = String;
+    type Err = BadAddress;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadAddress> {
         let (host, port) = split_host_port(s)?;
-        let port = port.ok_or_else(|| format!("{s:?} has no port; write host:port"))?;
+        let port = port.ok_or_else(|| BadAddress::NoPort(s.into()))?;
         Ok(HostPort {
             host: host.parse()?,
             port: parse_port(port)?,
@@ -83,35 +112,36 @@ impl FromStr for HostPort {
 }
 
 /// Splits `host[:port]` / `[v6][:port]`; a bare IPv6 address is refused as ambiguous.
-fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
+fn split_host_port(s: &str) -> Result<(&str, Option<&str>), BadAddress> {
     if let Some(rest) = s.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("{s:?} has an unclosed '['"))?;
+            .ok_or_else(|| BadAddress::Unclosed(s.into()))?;
         if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("{host:?} in brackets is not an IPv6 address"));
+            return Err(BadAddress::NotIpv6(host.into()));
         }
         return match after {
             "" => Ok((host, None)),
             _ => match after.strip_prefix(':') {
                 Some(port) => Ok((host, Some(port))),
-                None => Err(format!("unexpected {after:?} after ']' in {s:?}")),
+                None => Err(BadAddress::AfterBracket {
+                    after: after.into(),
+                    text: s.into(),
+                }),
             },
         };
     }
     match s.split_once(':') {
-        Some((_, port)) if port.contains(':') => Err(format!(
-            "{s:?}: write IPv6 addresses in brackets, e.g. [fd00::1]:7402"
-        )),
+        Some((_, port)) if port.contains(':') => Err(BadAddress::BareIpv6(s.into())),
         Some((host, port)) => Ok((host, Some(port))),
         None => Ok((s, None)),
     }
 }
 
-fn parse_port(s: &str) -> Result<u16, String> {
+fn parse_port(s: &str) -> Result<u16, BadAddress> {
     match s.parse::<u16>() {
         Ok(port) if port > 0 => Ok(port),
-        _ => Err(format!("port {s:?} is not a number between 1 and 65535")),
+        _ => Err(BadAddress::Port(s.into())),
     }
 }
 
@@ -132,21 +162,20 @@ pub struct IpPrefix {
 }
 
 impl FromStr for IpPrefix {
-    type Err = String;
+    type Err = BadAddress;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadAddress> {
         let (addr, prefix) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} needs a prefix length, e.g. 192.168.1.100/24"))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+            .ok_or_else(|| BadAddress::NoPrefix(s.into()))?;
+        let addr: IpAddr = addr.parse().map_err(|_| BadAddress::NotIp(addr.into()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         match prefix.parse::<u8>() {
             Ok(prefix) if (1..=max).contains(&prefix) => Ok(IpPrefix { addr, prefix }),
-            _ => Err(format!(
-                "prefix length {prefix:?} must be between 1 and {max}"
-            )),
+            _ => Err(BadAddress::PrefixLength {
+                prefix: prefix.into(),
+                max,
+            }),
         }
     }
 }
@@ -169,25 +198,25 @@ pub struct HttpUrl {
 }
 
 impl FromStr for HttpUrl {
-    type Err = String;
+    type Err = BadAddress;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadAddress> {
         let (https, rest) = if let Some(rest) = s.strip_prefix("http://") {
             (false, rest)
         } else if let Some(rest) = s.strip_prefix("https://") {
             (true, rest)
         } else {
-            return Err(format!("{s:?} must start with http:// or https://"));
+            return Err(BadAddress::Scheme(s.into()));
         };
         if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{s:?} contains whitespace"));
+            return Err(BadAddress::Whitespace(s.into()));
         }
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if authority.contains('@') {
-            return Err(format!("{s:?}: credentials in the URL are not supported"));
+            return Err(BadAddress::Credentials(s.into()));
         }
         let (host, port) = split_host_port(authority)?;
         let port = match port {

@@ -441,7 +441,7 @@ pub fn primary(
 #[error("module {module}: exclude {why}")]
 pub struct ExcludeError {
     module: String,
-    why: String,
+    why: crate::config::exclude::BadPatterns,
 }
 
 /// The module's compiled `exclude` patterns (validated with the config).

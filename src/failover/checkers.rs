@@ -24,7 +24,7 @@ pub enum CheckError {
     HttpRuntime(#[source] std::io::Error),
     /// The `http` check's client could not be made (its CA, say).
     #[error("http check: {0}")]
-    HttpClient(String),
+    HttpClient(crate::webclient::ClientError),
     #[error("pid file {path}: {source}")]
     PidFile {
         path: PathBuf,

@@ -110,7 +110,7 @@ pub(super) fn choice<T: Copy>(
 }
 
 /// Text parsed with its `FromStr`, whose error message is reported as is.
-pub(super) fn parsed<T: FromStr<Err = String>>(
+pub(super) fn parsed<T: FromStr<Err: std::fmt::Display>>(
     r: &mut Report,
     value: &Str,
     field: &str,
@@ -118,7 +118,7 @@ pub(super) fn parsed<T: FromStr<Err = String>>(
     value
         .get_ref()
         .parse()
-        .map_err(|e| r.error(field, Some(value.span()), e))
+        .map_err(|e: T::Err| r.error(field, Some(value.span()), e.to_string()))
         .ok()
 }
 

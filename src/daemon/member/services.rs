@@ -234,7 +234,7 @@ pub(super) fn start_api(
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(addr))
         .map_err(|e| usage(format!("api: cannot listen on {addr}: {e}")))?;
-    let tls = crate::api::tls_config(a.cert.as_ref(), creds).map_err(usage)?;
+    let tls = crate::api::tls_config(a.cert.as_ref(), creds).map_err(|e| usage(e.to_string()))?;
     let audit = shared.clone();
     let api = Arc::new(crate::api::Api {
         node: me.name.clone(),
