@@ -10,6 +10,7 @@ mod maintenance;
 mod mount;
 mod progress;
 mod resync;
+mod status;
 mod token;
 mod verify;
 
