@@ -23,18 +23,9 @@ pub(super) fn switch(
     on: bool,
     asked: Asked,
 ) -> Response {
-    let selected: Vec<usize> = match &module {
-        None => (0..modules.len()).collect(),
-        Some(n) => match modules.iter().position(|m| m.cfg.name == *n) {
-            Some(i) => vec![i],
-            None => {
-                let names: Vec<&str> = modules.iter().map(|m| m.cfg.name.as_str()).collect();
-                return Response::error(format!(
-                    "no module named {n:?} (modules: {})",
-                    names.join(", ")
-                ));
-            }
-        },
+    let selected = match super::manager::selected(modules, module.as_deref()) {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
     let mut messages = Vec::new();
     for i in selected {

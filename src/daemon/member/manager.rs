@@ -371,18 +371,9 @@ pub(super) fn command(
     module: Option<String>,
     cmd: Command,
 ) -> Response {
-    let names: Vec<String> = modules.iter().map(|m| m.cfg.name.clone()).collect();
-    let selected: Vec<usize> = match &module {
-        None => (0..modules.len()).collect(),
-        Some(n) => match names.iter().position(|x| x == n) {
-            Some(i) => vec![i],
-            None => {
-                return Response::error(format!(
-                    "no module named {n:?} (modules: {})",
-                    names.join(", ")
-                ));
-            }
-        },
+    let selected = match selected(modules, module.as_deref()) {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
     let mut messages = Vec::new();
     for i in selected {
@@ -406,6 +397,25 @@ pub(super) fn command(
         ok: true,
         messages,
         ..Response::default()
+    }
+}
+
+/// The modules a request names (all with `None`), or its refusal naming
+/// the modules there are.
+pub(super) fn selected(modules: &[Managed], module: Option<&str>) -> Result<Vec<usize>, Response> {
+    match module {
+        None => Ok((0..modules.len()).collect()),
+        Some(n) => modules
+            .iter()
+            .position(|m| m.cfg.name == n)
+            .map(|i| vec![i])
+            .ok_or_else(|| {
+                let names: Vec<&str> = modules.iter().map(|m| m.cfg.name.as_str()).collect();
+                Response::error(format!(
+                    "no module named {n:?} (modules: {})",
+                    names.join(", ")
+                ))
+            }),
     }
 }
 
