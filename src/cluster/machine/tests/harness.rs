@@ -483,14 +483,16 @@ impl Net {
     }
 
     /// Carries out what the operator asked of node `i`, as the daemon does.
-    fn ask(&mut self, i: usize, a: Ask) -> Result<String, String> {
-        let reply = |r: Option<Reply>| r.expect("a reply").map_err(|e| e.to_string());
+    fn ask(&mut self, i: usize, a: Ask) -> Reply {
         match a {
-            Ask::Machine(c) => reply(self.feed(i, Event::Command(c))),
-            Ask::Second if self.nodes[i].m.as_ref().is_some_and(|m| m.state.serving()) => {
-                reply(self.feed(i, Event::Command(Command::Swap)))
-            }
-            Ask::Second => Err("does not serve on this node".into()),
+            Ask::Machine(c) => self.feed(i, Event::Command(c)).expect("a reply"),
+            Ask::Second if self.nodes[i].m.as_ref().is_some_and(|m| m.state.serving()) => self
+                .feed(i, Event::Command(Command::Swap))
+                .expect("a reply"),
+            // The daemon refuses it before the machine hears of it.
+            Ask::Second => Err(Refused::NoPair(
+                self.nodes[i].m.as_ref().map_or(State::Stop, |m| m.state),
+            )),
             Ask::Checks(on) => {
                 self.nodes[i].checks = on;
                 Ok(format!("checks {on}"))
