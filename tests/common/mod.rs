@@ -169,15 +169,6 @@ pub fn tandem_init(out: &Path, cluster: &str, extra: &[&str]) -> Output {
     tandem(&args)
 }
 
-/// What `tandem -c CONFIG status --json` says (None while no daemon answers).
-pub fn status_json(config: &Path) -> Option<serde_json::Value> {
-    let o = tandem_with(config, &["status", "--json"]);
-    o.status
-        .success()
-        .then(|| serde_json::from_slice(&o.stdout).ok())
-        .flatten()
-}
-
 /// `cmd` (etcd, Debian's etcd-server) as a cluster of one: its data in
 /// `data`, serving clients on `listen` and sending them to `advertise`,
 /// talking to its peers (none) on `peer`.
