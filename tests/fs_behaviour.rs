@@ -805,3 +805,98 @@ fn a_failed_write_that_was_answered_early_is_reported() {
     );
     m.unmount().unwrap();
 }
+
+/// A mount handed over to a new session (as a new daemon takes it after
+/// `execve`) keeps serving the descriptors an application holds open — a
+/// writer fsyncing throughout, a reader and a directory stream — with no
+/// failed call; requests made while nobody reads wait and are answered by
+/// the new session; the inode numbers stay.
+#[test]
+fn a_mount_handed_over_keeps_open_files_and_numbers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let t = tempdir();
+    std::fs::create_dir(t.path().join("sub")).unwrap();
+    for i in 0..20 {
+        std::fs::write(t.path().join(format!("sub/f{i}")), b"x").unwrap();
+    }
+    let mut m = TestMount::new(t.path());
+    let dir = m.dir.clone();
+    let ino_before = std::fs::metadata(dir.join("sub/f3")).unwrap().ino();
+    std::fs::write(dir.join("read-me"), pattern(7, 1 << 20)).unwrap();
+    let mut reader = std::fs::File::open(dir.join("read-me")).unwrap();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact(&mut head).unwrap();
+    let mut listing = std::fs::read_dir(dir.join("sub")).unwrap();
+    let first = listing.next().unwrap().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = dir.join("log");
+    let writer = {
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            let (mut n, mut longest) = (0u64, Duration::ZERO);
+            while !stop.load(Ordering::SeqCst) {
+                let t0 = Instant::now();
+                f.write_all(format!("record {n}\n").as_bytes()).expect("write");
+                f.sync_data().expect("fdatasync");
+                longest = longest.max(t0.elapsed());
+                n += 1;
+            }
+            (n, longest)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+
+    let old = m.mounted.take().unwrap();
+    old.freeze(Duration::from_secs(5)).expect("freeze");
+    let image = old.hand_over();
+    assert!(image.files.len() >= 2, "open files in the image: {image:?}");
+    assert!(!image.dirs.is_empty(), "the directory stream is in the image");
+    // Nobody reads now: a request waits.
+    let waiting = {
+        let dir = dir.clone();
+        std::thread::spawn(move || std::fs::metadata(dir.join("sub/f5")).map(|m| m.len()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "answered while nobody read the session");
+    let sink = Arc::new(common::RecordingSink::default());
+    // SAFETY: the image's descriptors belong to the abandoned session, whose
+    // workers stay parked and never close them.
+    let new = unsafe { tandem::fs::resume(image, sink.clone(), &tandem::fs::MountConfig::default()) }
+        .expect("resume");
+    assert_eq!(waiting.join().unwrap().unwrap(), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let (records, longest) = writer.join().unwrap();
+    assert!(records > 10, "{records} records");
+    eprintln!("{records} records, longest write+fdatasync {longest:?}");
+
+    // The old descriptors go on through the new session.
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(head, pattern(7, 1 << 20)[4096..8192]);
+    let rest: Vec<String> = listing
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(rest.len() + 1, 20, "first {first:?}, then {rest:?}");
+    assert_eq!(std::fs::metadata(dir.join("sub/f3")).unwrap().ino(), ino_before);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count() as u64, records);
+    assert!(
+        sink.seen.lock().iter().any(|s| s == "write log"),
+        "the new session's sink sees the writes"
+    );
+    // A directory entry holds its stream open, which would keep the mount busy.
+    drop((reader, first));
+    m.mounted = Some(new);
+    m.unmount();
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("log")).unwrap().lines().count() as u64,
+        records
+    );
+}

@@ -45,6 +45,8 @@ pub struct Gate {
     wake: Condvar,
     /// Signalled as each write is applied.
     applied: Condvar,
+    /// Signalled when a freeze ends.
+    parked: Condvar,
 }
 
 #[derive(Debug)]
@@ -71,6 +73,9 @@ struct State {
     applying: u64,
     /// Writes answered and not yet applied.
     early: usize,
+    /// Handing the session over: no worker goes back to reading, each one
+    /// parks as its request ends (see [`Gate::freeze`]).
+    frozen: bool,
 }
 
 thread_local! {
@@ -96,9 +101,11 @@ impl Gate {
                 next_place: 0,
                 applying: 0,
                 early: 0,
+                frozen: false,
             }),
             wake: Condvar::new(),
             applied: Condvar::new(),
+            parked: Condvar::new(),
         })
     }
 
@@ -135,7 +142,7 @@ impl Gate {
 
     /// Lets an idle follower read now.
     fn grant(&self, s: &mut State) {
-        if s.readers == 0 && s.idle > 0 {
+        if s.readers == 0 && s.idle > 0 && !s.frozen {
             s.idle -= 1;
             s.granted += 1;
             s.readers += 1;
@@ -179,6 +186,9 @@ impl Gate {
     fn leave(&self) {
         let mut s = self.state.lock();
         s.active -= 1;
+        if s.frozen && s.open {
+            self.park(&mut s);
+        }
         if !s.open || s.readers == 0 {
             s.readers += 1;
             s.unread_since = None;
@@ -194,6 +204,14 @@ impl Gate {
             }
             let wait = if watching { STALL } else { IDLE_LIMIT };
             let timed_out = self.wake.wait_for(&mut s, wait).timed_out();
+            if s.frozen && s.open {
+                // A follower told to read before the freeze stays.
+                if s.granted > 0 {
+                    s.granted -= 1;
+                    s.readers -= 1;
+                }
+                continue;
+            }
             let stalled = s.unread_since.is_some_and(|t| t.elapsed() >= STALL);
             let done = if s.granted > 0 {
                 s.granted -= 1;
@@ -224,6 +242,41 @@ impl Gate {
         let mut s = self.state.lock();
         s.open = false;
         self.wake.notify_all();
+        self.parked.notify_all();
+    }
+
+    /// Stops reading for a hand-over: from now on every worker parks as its
+    /// request ends instead of reading again. Those still reading are each
+    /// drawn out by one more request (see `Mounted::freeze`); once none reads
+    /// and none handles a request, [`Gate::quiet`] is true and the kernel
+    /// holds every new request until someone reads the session again.
+    pub fn freeze(&self) {
+        self.state.lock().frozen = true;
+    }
+
+    /// Undoes [`Gate::freeze`]: the parked workers go back to reading.
+    pub fn thaw(&self) {
+        let mut s = self.state.lock();
+        s.frozen = false;
+        self.parked.notify_all();
+        self.wake.notify_all();
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.state.lock().frozen
+    }
+
+    /// Frozen, and no worker reads or handles a request.
+    pub fn quiet(&self) -> bool {
+        let s = self.state.lock();
+        s.frozen && s.readers == 0 && s.active == 0
+    }
+
+    /// Waits, as neither reader nor follower, until thawed or closed.
+    fn park(&self, s: &mut MutexGuard<'_, State>) {
+        while s.frozen && s.open {
+            self.parked.wait(s);
+        }
     }
 
     #[cfg(test)]
@@ -591,6 +644,33 @@ mod tests {
         assert!(seen_rx.recv_timeout(Duration::from_secs(5)).unwrap());
         release_tx.send(()).unwrap();
         pool.settle((1, 1));
+        pool.stop();
+    }
+
+    #[test]
+    fn a_frozen_gate_parks_every_worker_and_a_thaw_sends_them_back() {
+        let pool = Pool::new(3);
+        pool.settle((3, 0));
+        pool.gate.freeze();
+        assert!(!pool.gate.quiet(), "workers still read");
+        // One request per worker draws each out of reading; each parks.
+        for _ in 0..3 {
+            pool.call(|| ());
+        }
+        // (The caller hears its answer before the worker's turn ends.)
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !pool.gate.quiet() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(pool.gate.quiet());
+        pool.settle((0, 0));
+        // Nobody takes the next request until the thaw.
+        let (tx, rx) = mpsc::channel();
+        pool.submit(move || tx.send(()).unwrap());
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        pool.gate.thaw();
+        rx.recv_timeout(Duration::from_secs(2)).expect("served after the thaw");
+        assert!(!pool.gate.quiet());
         pool.stop();
     }
 

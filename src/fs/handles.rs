@@ -176,3 +176,25 @@ impl<T> Table<T> {
         self.map.lock().remove(&fh)
     }
 }
+
+impl<T> Table<T> {
+    /// Every handle with its number, and the next number.
+    pub fn export(&self) -> (Vec<(u64, Arc<T>)>, u64) {
+        let mut all: Vec<_> = self
+            .map
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        all.sort_by_key(|(k, _)| *k);
+        (all, self.next.load(Ordering::Relaxed))
+    }
+
+    /// A table of handles handed over, numbers kept.
+    pub fn restore(entries: Vec<(u64, T)>, next: u64) -> Self {
+        Self {
+            next: AtomicU64::new(next),
+            map: Mutex::new(entries.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! are unambiguous, so `stat` through the mount shows what the bare directory shows.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -206,5 +206,103 @@ impl InodeTable {
             m.by_id.remove(&id);
             m.by_key.remove(&key);
         }
+    }
+}
+
+/// One inode as a hand-over carries it: descriptors by number.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InodeImage {
+    pub id: u64,
+    pub fd: RawFd,
+    pub dev: u64,
+    pub ino: u64,
+    pub kind: u32,
+    pub aliases: Vec<RawFd>,
+    /// The kernel's lookups; 0 for an inode only an open handle still holds.
+    pub nlookup: u64,
+}
+
+impl InodeImage {
+    pub fn of(inode: &Inode, nlookup: u64) -> Self {
+        Self {
+            id: inode.id,
+            fd: inode.fd.as_raw_fd(),
+            dev: inode.dev,
+            ino: inode.ino,
+            kind: inode.kind,
+            aliases: inode.aliases.lock().iter().map(|a| a.as_raw_fd()).collect(),
+            nlookup,
+        }
+    }
+
+    /// Takes ownership of the descriptors it names.
+    ///
+    /// # Safety
+    /// Each descriptor named is open, owned by nobody else, and named once.
+    pub unsafe fn into_inode(self) -> Inode {
+        // SAFETY: the caller's contract.
+        let own = |fd| unsafe { OwnedFd::from_raw_fd(fd) };
+        Inode {
+            id: self.id,
+            fd: own(self.fd),
+            dev: self.dev,
+            ino: self.ino,
+            kind: self.kind,
+            aliases: Mutex::new(self.aliases.into_iter().map(own).collect()),
+            path_cache: Mutex::default(),
+        }
+    }
+}
+
+impl InodeTable {
+    /// Every inode the kernel knows, and the next synthetic number.
+    pub fn export(&self) -> (Vec<InodeImage>, u64) {
+        let m = self.maps.lock();
+        let mut out: Vec<InodeImage> = m
+            .by_id
+            .values()
+            .map(|e| InodeImage::of(&e.inode, e.nlookup))
+            .collect();
+        out.sort_by_key(|i| i.id);
+        (out, m.next_synthetic)
+    }
+
+    /// A table of inodes handed over (the root among them). Inodes with no
+    /// lookup left are returned aside: only open handles still hold them.
+    pub fn restore(
+        inodes: Vec<Inode>,
+        nlookups: &[u64],
+        next_synthetic: u64,
+    ) -> Result<(Self, Vec<Arc<Inode>>), &'static str> {
+        let mut maps = Maps {
+            next_synthetic,
+            ..Maps::default()
+        };
+        let mut aside = Vec::new();
+        let mut root_dev = None;
+        for (inode, &nlookup) in inodes.into_iter().zip(nlookups) {
+            let inode = Arc::new(inode);
+            if inode.id == ROOT_ID {
+                root_dev = Some(inode.dev);
+            }
+            if nlookup == 0 && inode.id != ROOT_ID {
+                aside.push(inode);
+                continue;
+            }
+            if maps.by_key.insert((inode.dev, inode.ino), inode.id).is_some()
+                || maps.by_id.contains_key(&inode.id)
+            {
+                return Err("an inode is named twice");
+            }
+            maps.by_id.insert(inode.id, Entry { inode, nlookup });
+        }
+        let root_dev = root_dev.ok_or("the root inode is missing")?;
+        Ok((
+            Self {
+                root_dev,
+                maps: Mutex::new(maps),
+            },
+            aside,
+        ))
     }
 }

@@ -7,6 +7,7 @@ mod attr;
 mod callbacks;
 mod gate;
 mod handles;
+pub mod handover;
 mod inode;
 pub mod mounts;
 mod mutation;
@@ -93,6 +94,33 @@ pub struct Mounted {
     dir: PathBuf,
     session: Option<fuser::BackgroundSession>,
     gate: Arc<gate::Gate>,
+    /// The session's `/dev/fuse` connection (a duplicate), to hand over.
+    fuse: std::os::fd::OwnedFd,
+    /// The file system's tables, to hand over.
+    tables: handover::Tables,
+}
+
+/// Requests still under way when a hand-over had to start.
+#[derive(Debug, thiserror::Error)]
+#[error("{dir}: requests still under way after {} ms; nothing was handed over", within.as_millis())]
+pub struct Busy {
+    pub dir: PathBuf,
+    pub within: std::time::Duration,
+}
+
+/// Why a handed-over session could not be taken up.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("{dir}: {source}")]
+    Image {
+        dir: PathBuf,
+        source: handover::ImageError,
+    },
+    #[error("{dir}: taking up the FUSE session: {source}")]
+    Session {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Checks `dir` and removes stale tandem mounts on it. Nothing is mounted.
@@ -170,6 +198,29 @@ pub fn mount(
     let gate = gate::Gate::new(threads);
     let fs = ops::TandemFs::new(root, prefix, sink, config.fs.clone(), gate.clone())
         .map_err(|e| io(errno_io(e)))?;
+    let tables = fs.tables();
+    let fuse_err = |source| MountError::Fuse {
+        dir: dir.clone(),
+        source,
+    };
+    let session = fuser::Session::new(fs, &dir, &session_config(threads)).map_err(fuse_err)?;
+    let fuse = std::os::fd::AsFd::as_fd(&session)
+        .try_clone_to_owned()
+        .map_err(fuse_err)?;
+    let session = session.spawn().map_err(fuse_err)?;
+    Ok((
+        Mounted {
+            dir,
+            session: Some(session),
+            gate,
+            fuse,
+            tables,
+        },
+        report,
+    ))
+}
+
+fn session_config(threads: usize) -> fuser::Config {
     let mut fc = fuser::Config::default();
     fc.mount_options = vec![
         fuser::MountOption::FSName(mounts::SOURCE.into()),
@@ -182,20 +233,57 @@ pub fn mount(
     fc.acl = fuser::SessionACL::All;
     fc.n_threads = Some(threads);
     fc.clone_fd = true;
-    let session = fuser::Session::new(fs, &dir, &fc)
-        .and_then(|s| s.spawn())
-        .map_err(|source| MountError::Fuse {
+    fc
+}
+
+/// Takes up a session another process handed over (see [`Mounted::hand_over`]):
+/// the same mount, inode and handle numbers, served from now on by this
+/// process through `sink`.
+///
+/// # Safety
+/// The descriptors `image` names were inherited for this purpose: open, and
+/// owned by nothing else in this process.
+pub unsafe fn resume(
+    image: handover::SessionImage,
+    sink: Arc<dyn MutationSink>,
+    config: &MountConfig,
+) -> Result<Mounted, ResumeError> {
+    let dir = image.dir.clone();
+    // SAFETY: the caller's contract.
+    let (tables, fuse) = unsafe { image.clone().into_tables() }.map_err(|source| {
+        ResumeError::Image {
             dir: dir.clone(),
             source,
-        })?;
-    Ok((
-        Mounted {
-            dir,
-            session: Some(session),
-            gate,
-        },
-        report,
-    ))
+        }
+    })?;
+    let uncached = image.uncached_writes;
+    let threads = config.threads.max(1);
+    let gate = gate::Gate::new(threads);
+    let fs = ops::TandemFs::with_tables(tables, sink, config.fs.clone(), gate.clone());
+    let tables = fs.tables();
+    let err = |source| ResumeError::Session {
+        dir: dir.clone(),
+        source,
+    };
+    let dup = fuse.try_clone().map_err(err)?;
+    let session = handover::adopt(fs, fuse, session_config(threads)).map_err(err)?;
+    // The file system's init ran on a made-up offer: what the kernel granted
+    // the first process stands.
+    tables
+        .uncached_writes
+        .store(uncached, std::sync::atomic::Ordering::Relaxed);
+    let session = session.spawn().map_err(err)?;
+    // Close-on-exec again, as every descriptor of the daemon.
+    if let Err(e) = image.keep_across_exec(false) {
+        tracing::warn!("{}: {e}", dir.display());
+    }
+    Ok(Mounted {
+        dir,
+        session: Some(session),
+        gate,
+        fuse: dup,
+        tables,
+    })
 }
 
 pub(crate) fn errno_io(e: Errno) -> std::io::Error {
@@ -251,6 +339,59 @@ impl Mounted {
             Err(e) => Err(e),
             Ok(()) => Ok(how),
         }
+    }
+
+    /// Stops reading the session for a hand-over: requests under way finish,
+    /// new ones wait in the kernel. Each worker still reading is drawn out by
+    /// a `statfs` of the mount point; if requests are still under way after
+    /// `within` (one waiting on a lock, say), reading resumes and nothing is
+    /// handed over.
+    pub fn freeze(&self, within: std::time::Duration) -> Result<(), Busy> {
+        use std::time::Instant;
+        self.gate.freeze();
+        let (gate, dir) = (self.gate.clone(), self.dir.clone());
+        // Left blocked if its request arrives after the last worker parked:
+        // whoever reads the session next answers it.
+        let nudger = std::thread::Builder::new()
+            .name("fs-drain".into())
+            .spawn(move || {
+                while gate.frozen() && !gate.quiet() {
+                    let _ = nix::sys::statfs::statfs(&dir);
+                }
+            });
+        let deadline = Instant::now() + within;
+        while !self.gate.quiet() {
+            if nudger.is_err() || Instant::now() >= deadline {
+                self.gate.thaw();
+                return Err(Busy {
+                    dir: self.dir.clone(),
+                    within,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Reading resumes after [`Mounted::freeze`].
+    pub fn thaw(&self) {
+        self.gate.thaw();
+    }
+
+    /// What the next process needs to go on serving this frozen mount. The
+    /// mount is left as it is: its workers stay parked and nothing is
+    /// unmounted or closed (the process is about to be replaced).
+    pub fn hand_over(mut self) -> handover::SessionImage {
+        debug_assert!(self.gate.quiet(), "hand over a frozen mount");
+        let image = handover::SessionImage::take(
+            self.dir.clone(),
+            std::os::fd::AsRawFd::as_raw_fd(&self.fuse),
+            &self.tables,
+        );
+        // Never joined nor unmounted: the workers are parked for good.
+        std::mem::forget(self.session.take());
+        std::mem::forget(self);
+        image
     }
 
     /// True once the kernel ended the session (unmounted from outside).

@@ -55,16 +55,17 @@ impl Default for FsOptions {
 }
 
 pub struct TandemFs {
-    pub(super) inodes: InodeTable,
-    pub(super) files: Table<FileHandle>,
-    pub(super) dirs: Table<DirHandle>,
+    /// Shared with the mount's owner, which hands them over (see `handover`).
+    pub(super) inodes: Arc<InodeTable>,
+    pub(super) files: Arc<Table<FileHandle>>,
+    pub(super) dirs: Arc<Table<DirHandle>>,
     pub(super) sink: Arc<dyn MutationSink>,
     /// The real root's absolute path as the kernel prints descriptor paths.
     pub(super) root_prefix: PathBuf,
     pub(super) root_fd: RawFd,
     pub(super) opts: FsOptions,
     /// Files opened for writing bypass the mount's page cache (decided at init).
-    pub(super) uncached_writes: AtomicBool,
+    pub(super) uncached_writes: Arc<AtomicBool>,
     /// Orders mutations against renames and removals: each mutation computes its
     /// path and passes the sink under the shared side, renames and removals under
     /// the exclusive side, so no mutation carries a name that a concurrent rename
@@ -87,19 +88,53 @@ impl TandemFs {
     ) -> SysResult<Self> {
         let st = sys::stat_fd(root_fd.as_fd())?;
         let raw = root_fd.as_raw_fd();
-        Ok(Self {
-            inodes: InodeTable::new(root_fd, st.st_dev, st.st_ino),
-            files: Table::default(),
-            dirs: Table::default(),
+        Ok(Self::with_tables(
+            super::handover::Tables {
+                inodes: Arc::new(InodeTable::new(root_fd, st.st_dev, st.st_ino)),
+                files: Arc::default(),
+                dirs: Arc::default(),
+                uncached_writes: Arc::default(),
+                root_prefix,
+                root_fd: raw,
+            },
             sink,
-            root_prefix,
-            root_fd: raw,
             opts,
-            uncached_writes: AtomicBool::new(false),
+            gate,
+        ))
+    }
+
+    /// Over tables already filled (a session handed over by another process).
+    pub(super) fn with_tables(
+        t: super::handover::Tables,
+        sink: Arc<dyn MutationSink>,
+        opts: FsOptions,
+        gate: Arc<Gate>,
+    ) -> Self {
+        Self {
+            inodes: t.inodes,
+            files: t.files,
+            dirs: t.dirs,
+            sink,
+            root_prefix: t.root_prefix,
+            root_fd: t.root_fd,
+            opts,
+            uncached_writes: t.uncached_writes,
             ns: RwLock::new(()),
             ns_gen: AtomicU64::new(0),
             gate,
-        })
+        }
+    }
+
+    /// The tables a hand-over carries, shared.
+    pub(super) fn tables(&self) -> super::handover::Tables {
+        super::handover::Tables {
+            inodes: self.inodes.clone(),
+            files: self.files.clone(),
+            dirs: self.dirs.clone(),
+            uncached_writes: self.uncached_writes.clone(),
+            root_prefix: self.root_prefix.clone(),
+            root_fd: self.root_fd,
+        }
     }
 
     /// The real root directory (its descriptor lives as long as the inode table).
