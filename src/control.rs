@@ -80,6 +80,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         asked: Option<Asked>,
     },
+    /// Hand this daemon's serving modules to `program` (default: the
+    /// program it was started from, as it is on disk now) without stopping
+    /// the application: an in-place upgrade.
+    Upgrade {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        program: Option<String>,
+    },
     /// `request`, carried out on `node` (relayed to the peer when it is not
     /// this node).
     On {
@@ -174,6 +181,21 @@ pub struct NodesStatus {
     pub heartbeat_protocol: String,
     #[serde(default)]
     pub peer_heartbeat_protocol: Option<String>,
+    /// This node's daemon process (absent from an older node's status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonStatus>,
+}
+
+/// The daemon process answering.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    /// When the running program started serving, in ms since the epoch
+    /// (after `tandem upgrade`: when the new program took over).
+    pub since_ms: u64,
+    /// The release the running program took over from in this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over_from: Option<String>,
 }
 
 impl NodesStatus {

@@ -36,6 +36,16 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Mount(args) => super::mount::run(args),
         Command::Guard => crate::failover::guard::run(),
+        Command::HandoverCheck => {
+            println!("{}", crate::daemon::handover::check_json());
+            ExitCode::SUCCESS
+        }
+        Command::Upgrade { program, timeout } => super::upgrade::run(
+            &cli.config,
+            cli.socket,
+            program,
+            std::time::Duration::from_secs(timeout),
+        ),
         Command::Generate { action } => super::generate::run(action),
         Command::Token { action } => super::token::run(&cli.config, action),
         Command::Witness { listen, state } => witness(&cli.config, listen, state),
@@ -46,21 +56,38 @@ pub fn run(cli: Cli) -> ExitCode {
                     skip_dir_checks,
                 },
         } => config_check(&file, skip_dir_checks),
-        Command::Daemon { node, role } => {
-            match crate::config::load(&cli.config, super::on_disk()) {
-                Ok(settings) => crate::daemon::run(
-                    settings,
-                    crate::daemon::Options {
-                        node,
-                        role: role.map(Into::into),
-                    },
-                ),
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(EXIT_USAGE)
+        Command::Daemon {
+            node,
+            role,
+            handover_fd,
+        } => match crate::config::load(
+            &cli.config,
+            // Going on from a hand-over, the directories are mounted and
+            // nobody reads the mounts yet: a look at them would wait forever.
+            if handover_fd.is_some() {
+                crate::config::DirChecks::Off
+            } else {
+                super::on_disk()
+            },
+        ) {
+            Ok(settings) => crate::daemon::run(
+                settings,
+                crate::daemon::Options {
+                    node,
+                    role: role.map(Into::into),
+                    handover: handover_fd,
+                },
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                // A new program that cannot read the configuration gives the
+                // previous one its sessions back.
+                if let Some(Ok(image)) = handover_fd.map(crate::daemon::handover::read) {
+                    eprintln!("tandem: {}", crate::daemon::handover::fall_back(&image, &e.to_string()));
                 }
+                ExitCode::from(EXIT_USAGE)
             }
-        }
+        },
         Command::Status { json } => with_daemon(
             &cli.config,
             cli.socket,

@@ -12,6 +12,7 @@ mod progress;
 mod resync;
 mod status;
 mod token;
+mod upgrade;
 mod verify;
 
 use std::path::PathBuf;
@@ -88,6 +89,9 @@ pub enum Command {
         /// applies its changes, `local` mounts and only counts changes.
         #[arg(long, value_enum)]
         role: Option<RoleArg>,
+        /// Set by `tandem upgrade`: go on from the previous daemon's image.
+        #[arg(long = "handover-fd", hide = true)]
+        handover_fd: Option<i32>,
     },
     /// Show the state of every module.
     Status {
@@ -157,6 +161,18 @@ pub enum Command {
         /// One module (default: every module).
         module: Option<String>,
     },
+    /// Replace this node's daemon with a new program (default: the one
+    /// installed where it was started from) without stopping the
+    /// application: the mounts pass to the new program, which reconnects to
+    /// the peer. Returns once the new daemon serves again.
+    Upgrade {
+        /// The new tandem program.
+        #[arg(long)]
+        program: Option<PathBuf>,
+        /// Give up waiting for the new daemon after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Show a module's log.
     Log {
         module: String,
@@ -209,6 +225,10 @@ pub enum Command {
     /// Started by the daemon: cleans up after it if it dies.
     #[command(hide = true)]
     Guard,
+    /// Asked by a daemon about to hand over to this program: which
+    /// hand-over versions it reads.
+    #[command(hide = true)]
+    HandoverCheck,
     /// Manual pages and shell completions, for packaging.
     #[command(hide = true)]
     Generate {

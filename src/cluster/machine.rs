@@ -191,7 +191,7 @@ pub enum Event {
 }
 
 /// Fixed settings of one module's machine.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Config {
     /// `Some(true)`: this node is `preferred_primary`; `Some(false)`: the peer is.
     pub preferred: Option<bool>,
@@ -238,8 +238,12 @@ pub struct Change {
     pub why: String,
 }
 
-#[derive(Clone, Debug)]
+/// Serialised whole when a serving daemon hands over to its next release
+/// (`tandem upgrade`), except its settings, which come from the new
+/// daemon's configuration (see [`Machine::resume`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Machine {
+    #[serde(skip)]
     cfg: Config,
     pub state: State,
     /// Why the last transition happened.
@@ -330,6 +334,14 @@ impl Machine {
             maintenance: Maintenance::default(),
             peer_maintenance: Maintenance::default(),
         }
+    }
+
+    /// A machine handed over by the previous daemon, under this daemon's
+    /// settings; its times are the previous daemon's logical clock, which
+    /// this daemon continues.
+    pub fn resume(cfg: Config, mut was: Machine) -> Machine {
+        was.cfg = cfg;
+        was
     }
 
     /// What this node announces to its peer.

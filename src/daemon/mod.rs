@@ -4,6 +4,7 @@
 //! directories are mounted and their mutations only counted.
 
 mod fence;
+pub mod handover;
 mod member;
 mod notify;
 mod replicas;
@@ -44,6 +45,9 @@ struct Module {
 pub struct Options {
     pub node: Option<String>,
     pub role: Option<Role>,
+    /// Go on from the image the previous daemon of this process left in
+    /// this descriptor (`tandem upgrade`).
+    pub handover: Option<std::os::fd::RawFd>,
 }
 
 impl Module {
@@ -255,6 +259,7 @@ impl State {
             | Request::History { .. }
             | Request::Checker { .. }
             | Request::Maintenance { .. }
+            | Request::Upgrade { .. }
             | Request::On { .. } => Response::error(
                 "this daemon runs with a fixed --role: roles are changed by the cluster \
                      manager (run `tandem daemon` without --role)",

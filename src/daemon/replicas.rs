@@ -237,6 +237,16 @@ pub enum DirError {
 /// The root descriptor (opened before anything is mounted over it) and the
 /// change log of each directory of `module`.
 pub(super) fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>, DirError> {
+    open_dirs_over(settings, module, None)
+}
+
+/// As [`open_dirs`], over real directories already open (`roots`, one per
+/// directory: handed over while mounted over, they cannot be opened by path).
+pub(super) fn open_dirs_over(
+    settings: &Settings,
+    module: &Module,
+    mut roots: Option<Vec<OwnedFd>>,
+) -> Result<Vec<Dir>, DirError> {
     let io = |path: &std::path::Path| {
         let (module, path) = (module.name.clone(), path.to_path_buf());
         move |source| DirError::Io {
@@ -247,19 +257,28 @@ pub(super) fn open_dirs(settings: &Settings, module: &Module) -> Result<Vec<Dir>
     };
     let mut out = Vec::new();
     for (i, path) in module.dirs.iter().enumerate() {
-        let (path, report) = crate::fs::prepare(path).map_err(|source| DirError::Prepare {
-            module: module.name.clone(),
-            source,
-        })?;
-        if report.stale_removed > 0 {
-            tracing::warn!(module = %module.name, "removed a stale mount on {}", path.display());
-        }
-        let root: OwnedFd = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open(&path)
-            .map_err(io(&path))?
-            .into();
+        let given = roots
+            .as_mut()
+            .and_then(|r| (!r.is_empty()).then(|| r.remove(0)));
+        let root: OwnedFd = match given {
+            Some(fd) => fd,
+            None => {
+                let (path, report) =
+                    crate::fs::prepare(path).map_err(|source| DirError::Prepare {
+                        module: module.name.clone(),
+                        source,
+                    })?;
+                if report.stale_removed > 0 {
+                    tracing::warn!(module = %module.name, "removed a stale mount on {}", path.display());
+                }
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                    .open(&path)
+                    .map_err(io(&path))?
+                    .into()
+            }
+        };
         let at = state_dir(&settings.daemon.state_dir, &module.name, i);
         std::fs::create_dir_all(&at).map_err(io(&at))?;
         let log: Arc<dyn ChangeLog> = Arc::new(

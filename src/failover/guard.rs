@@ -40,7 +40,10 @@ enum Note {
 
 pub struct Guard {
     pipe: std::io::PipeWriter,
-    child: Child,
+    /// `None` for a guard an earlier program of this process started (a
+    /// hand-over): still this process's child, waited for by its id.
+    child: Option<Child>,
+    pid: i32,
     last: Option<Vec<Duty>>,
 }
 
@@ -60,9 +63,37 @@ impl Guard {
             .spawn()?;
         Ok(Guard {
             pipe: wr,
-            child,
+            pid: child.id() as i32,
+            child: Some(child),
             last: None,
         })
+    }
+
+    /// The guard an earlier program of this process started, as handed over:
+    /// its pipe's write end and its process id.
+    ///
+    /// # Safety
+    /// `pipe` was inherited for this purpose and nothing else owns it.
+    pub unsafe fn adopt(pipe: std::os::fd::RawFd, pid: i32) -> Guard {
+        use std::os::fd::FromRawFd;
+        Guard {
+            // SAFETY: the caller's contract.
+            pipe: unsafe { std::io::PipeWriter::from_raw_fd(pipe) },
+            child: None,
+            pid,
+            // Told again at once: the same duties, from this program.
+            last: None,
+        }
+    }
+
+    /// Its pipe and process id, for the next program of this process; the
+    /// pipe stays open (the guard must not wake).
+    pub fn hand_over(self) -> (std::os::fd::RawFd, i32) {
+        use std::os::fd::IntoRawFd;
+        let pid = self.pid;
+        // Never waited for here: the next program does.
+        std::mem::forget(self.child);
+        (self.pipe.into_raw_fd(), pid)
     }
 
     /// Tells the guard what this node serves now (only when it changed).
@@ -89,7 +120,14 @@ impl Guard {
     pub fn bye(mut self) {
         let _ = send(&mut self.pipe, &Note::Bye);
         drop(self.pipe);
-        let _ = self.child.wait();
+        match self.child.as_mut() {
+            Some(c) => {
+                let _ = c.wait();
+            }
+            None => {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+            }
+        }
     }
 }
 

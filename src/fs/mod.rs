@@ -249,6 +249,10 @@ pub unsafe fn resume(
     config: &MountConfig,
 ) -> Result<Mounted, ResumeError> {
     let dir = image.dir.clone();
+    // Close-on-exec again, as every descriptor of the daemon.
+    if let Err(e) = image.keep_across_exec(false) {
+        tracing::warn!("{}: {e}", dir.display());
+    }
     // SAFETY: the caller's contract.
     let (tables, fuse) = unsafe { image.clone().into_tables() }.map_err(|source| {
         ResumeError::Image {
@@ -273,10 +277,6 @@ pub unsafe fn resume(
         .uncached_writes
         .store(uncached, std::sync::atomic::Ordering::Relaxed);
     let session = session.spawn().map_err(err)?;
-    // Close-on-exec again, as every descriptor of the daemon.
-    if let Err(e) = image.keep_across_exec(false) {
-        tracing::warn!("{}: {e}", dir.display());
-    }
     Ok(Mounted {
         dir,
         session: Some(session),

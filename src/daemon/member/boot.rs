@@ -65,7 +65,25 @@ pub fn run(
 ) -> Result<(), (u8, String)> {
     let stop = Stop::new();
     let within = join_within(&settings);
-    let served = start_and_serve(settings, opts, rt, signals, &stop);
+    let image = match opts.handover.map(crate::daemon::handover::read) {
+        None => None,
+        Some(Ok(i)) => Some(i),
+        Some(Err(e)) => {
+            return Err((
+                crate::exit::EXIT_FAILURE,
+                format!("going on from the previous daemon: {e}"),
+            ));
+        }
+    };
+    let mut taking = false;
+    let served = start_and_serve(settings, opts, rt, signals, &stop, image.as_ref(), &mut taking);
+    if let (Err((_, why)), Some(image)) = (&served, &image)
+        && !taking
+    {
+        // Nothing of the sessions was taken yet: the previous program goes on.
+        let e = crate::daemon::handover::fall_back(image, why);
+        tracing::error!("{e}");
+    }
     let t0 = Instant::now();
     let joined = stop.join(within);
     if joined.late.is_empty() {
@@ -107,6 +125,8 @@ fn start_and_serve(
     rt: &tokio::runtime::Runtime,
     signals: crate::signals::StopSignals,
     stop: &Stop,
+    image: Option<&crate::daemon::handover::Image>,
+    taking: &mut bool,
 ) -> Result<(), (u8, String)> {
     use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
     // What the operator must fix: exit code 2 and the reason.
@@ -157,8 +177,26 @@ fn start_and_serve(
     let modules = settings
         .modules
         .iter()
-        .map(|m| Managed::open(&settings, m, &me, no_quorum))
+        .map(|m| {
+            let resumed = image.and_then(|i| i.modules.iter().find(|r| r.name == m.name));
+            Managed::open(&settings, m, &me, no_quorum, resumed)
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = image
+        && let Some(gone) = i
+            .modules
+            .iter()
+            .find(|r| !settings.modules.iter().any(|m| m.name == r.name))
+    {
+        return Err((
+            EXIT_USAGE,
+            format!(
+                "module {} is served here but no longer in the configuration: \
+                 stop it before the upgrade",
+                gone.name
+            ),
+        ));
+    }
 
     let server = start_secondary_server(rt, &settings, &creds, my_addr, stop)?;
 
@@ -211,12 +249,16 @@ fn start_and_serve(
     let health = start_health_endpoints(rt, &settings, &modules, &creds, &me, stop)?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     start_api(rt, &settings, &me, &peer, &creds, &shared, &metrics, stop)?;
-    let guard = crate::failover::guard::Guard::spawn().map_err(|e| {
-        (
-            EXIT_FAILURE,
-            format!("cannot start the guard process (it cleans up if this daemon dies): {e}"),
-        )
-    })?;
+    let guard = match image.and_then(|i| i.guard.as_ref()) {
+        // SAFETY: the guard's pipe was inherited for this, and is taken once.
+        Some(g) => unsafe { crate::failover::guard::Guard::adopt(g.pipe, g.pid) },
+        None => crate::failover::guard::Guard::spawn().map_err(|e| {
+            (
+                EXIT_FAILURE,
+                format!("cannot start the guard process (it cleans up if this daemon dies): {e}"),
+            )
+        })?,
+    };
     // Fences a cut-off node even while the manager's thread is held up.
     let quorum_ok = start_fencer(&modules, &quorum, &ping, &hb, &health, &settings, stop)?;
     let node = ThisNode {
@@ -230,13 +272,23 @@ fn start_and_serve(
         peer_addr,
         server,
         rt: rt.handle().clone(),
-        started: Instant::now(),
+        // A daemon going on from an image continues its predecessor's clock.
+        started: image
+            .and_then(|i| Instant::now().checked_sub(Duration::from_millis(i.now_ms)))
+            .unwrap_or_else(Instant::now),
+        since_ms: crate::cluster::heartbeat::now_ms(),
+        took_over_from: image.map(|i| i.software.clone()),
         health,
         settings,
         stop: stop.clone(),
         metrics,
         inputs: input_tx,
     };
+    let mut modules = modules;
+    if let Some(image) = image {
+        *taking = true;
+        take_over(&node, &hb, &mut modules, image, opts.handover)?;
+    }
     let socket = node.settings.daemon.socket.clone();
     let mgr_shared = shared.clone();
     let hb2 = hb.clone();
@@ -260,4 +312,42 @@ fn start_and_serve(
     let _ = manager.join();
     let _ = std::fs::remove_file(&socket);
     served.map_err(|e| (EXIT_FAILURE, format!("{e:#}")))
+}
+
+/// Serves again every module the previous daemon handed over, then lets go
+/// of the image's own descriptors.
+fn take_over(
+    node: &ThisNode,
+    hb: &Heartbeats,
+    modules: &mut [Managed],
+    image: &crate::daemon::handover::Image,
+    memfd: Option<std::os::fd::RawFd>,
+) -> Result<(), (u8, String)> {
+    // The peer was heard until a moment ago: counted as heard now, so that
+    // neither the manager nor the fencer takes it for lost before its next
+    // heartbeat.
+    for h in hb.heard.lock().iter_mut() {
+        *h = Some(Instant::now());
+    }
+    for mi in &image.modules {
+        let Some(m) = modules.iter_mut().find(|m| m.cfg.name == mi.name) else {
+            continue;
+        };
+        m.take_over(node, mi.sessions.clone())
+            .map_err(|e| (crate::exit::EXIT_FAILURE, format!("module {}: {e}", mi.name)))?;
+    }
+    // Duplicated when the modules opened; the image's numbers close now.
+    let mut done: Vec<std::os::fd::RawFd> = image.modules.iter().flat_map(|m| m.roots.clone()).collect();
+    done.push(image.previous);
+    done.extend(memfd);
+    for fd in done {
+        // SAFETY: inherited and not taken by anything (duplicated above).
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+    tracing::info!(
+        "took over from tandem {} in this process: {} modules serving",
+        image.software,
+        image.modules.len()
+    );
+    Ok(())
 }

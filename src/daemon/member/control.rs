@@ -131,6 +131,22 @@ impl Dispatch for Shared {
                 self.ask(|reply| Input::Ask(Ask::Checker { module, on, reply }))
             }
             Request::Maintenance { module, on, asked } => self.maintenance(module, on, asked),
+            Request::Upgrade { program } => {
+                let program = match program {
+                    Some(p) => std::path::PathBuf::from(p),
+                    None => match super::upgrade::installed_program() {
+                        Ok(p) => p,
+                        Err(e) => return Response::error(e),
+                    },
+                };
+                if !program.is_absolute() {
+                    return Response::error(format!(
+                        "--program {}: give an absolute path",
+                        program.display()
+                    ));
+                }
+                self.ask(|reply| Input::Ask(Ask::Upgrade { program, reply }))
+            }
             Request::Log { module } => match self.logs.lock().iter().find(|(n, _)| *n == module) {
                 None => Response::error(format!("no module named {module:?}")),
                 Some((_, lines)) => Response {

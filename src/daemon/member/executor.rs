@@ -236,6 +236,36 @@ impl Managed {
             self.fresh = false;
             self.save_role(self.machine.state);
         }
+        let rep = self.open_primary(node)?;
+        for (i, path) in self.cfg.dirs.clone().iter().enumerate() {
+            let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
+            match fs::mount(path, sink.clone(), &MountConfig::default()) {
+                Ok((m, _)) => {
+                    self.mounts.push(m);
+                    self.sinks.push(sink);
+                }
+                Err(source) => {
+                    self.demote(false);
+                    return Err(PromoteError::Mount {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        self.note(format!(
+            "serving: {} directories mounted",
+            self.mounts.len()
+        ));
+        Ok(())
+    }
+
+    /// The primary side's replication (its link to the peer), and the
+    /// fencer armed over it.
+    pub(super) fn open_primary(
+        &mut self,
+        node: &ThisNode,
+    ) -> Result<Arc<crate::replication::primary::Replicator>, PromoteError> {
         let s = &node.settings;
         // With a quorum, a peer that stops acknowledging is left behind only
         // while this node may serve alone.
@@ -277,27 +307,7 @@ impl Managed {
         self.fence
             .armed
             .store(!self.machine.maintenance_shared(), Ordering::SeqCst);
-        for (i, path) in self.cfg.dirs.clone().iter().enumerate() {
-            let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
-            match fs::mount(path, sink.clone(), &MountConfig::default()) {
-                Ok((m, _)) => {
-                    self.mounts.push(m);
-                    self.sinks.push(sink);
-                }
-                Err(source) => {
-                    self.demote(false);
-                    return Err(PromoteError::Mount {
-                        path: path.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-        self.note(format!(
-            "serving: {} directories mounted",
-            self.mounts.len()
-        ));
-        Ok(())
+        Ok(rep)
     }
 
     pub(super) fn demote(&mut self, flush: bool) {
@@ -317,49 +327,55 @@ impl Managed {
             }
         }
         self.sinks.clear();
-        if let Some(Replica::Primary(rep, link)) = self.replica.take() {
-            if flush {
-                let deadline = Instant::now() + rep.peer_timeout.max(Duration::from_secs(2));
-                loop {
-                    let st = rep.status();
-                    if st.peer == "connected" && st.durable >= st.sent {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        self.note(format!(
-                            "the peer did not confirm every change before the handover \
-                             (peer {}, durable {} of {})",
-                            st.peer, st.durable, st.sent
-                        ));
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
+        if let Some(msg) = self.close_primary(flush, "this node stopped serving the module") {
+            self.note(format!("stopped serving in {} ms{msg}", t0.elapsed().as_millis()));
+        }
+    }
+
+    /// Ends the primary side's link to the peer (after every change is
+    /// confirmed, with `flush`, as far as the peer answers in time) and
+    /// flushes the change logs. Says how the flush went, if there was a link.
+    pub(super) fn close_primary(&mut self, flush: bool, why: &str) -> Option<&'static str> {
+        let Some(Replica::Primary(rep, link)) = self.replica.take() else {
+            return None;
+        };
+        if flush {
+            let deadline = Instant::now() + rep.peer_timeout.max(Duration::from_secs(2));
+            loop {
+                let st = rep.status();
+                if st.peer == "connected" && st.durable >= st.sent {
+                    break;
                 }
-            }
-            rep.close_link("this node stopped serving the module");
-            self.note(format!(
-                "stopped serving in {} ms{}",
-                t0.elapsed().as_millis(),
-                if flush {
-                    ", changes flushed to the peer"
-                } else {
-                    ""
+                if Instant::now() > deadline {
+                    self.note(format!(
+                        "the peer did not confirm every change before the handover \
+                         (peer {}, durable {} of {})",
+                        st.peer, st.durable, st.sent
+                    ));
+                    break;
                 }
-            ));
-            for d in rep.dirs() {
-                let _ = d.log.flush();
-            }
-            // Closed above: the link ends at once.
-            let joined = link.stop.join(LINK_STOP);
-            if !joined.late.is_empty() {
-                tracing::error!(
-                    module = %self.cfg.name,
-                    "still running {} ms after the link was stopped: {}",
-                    LINK_STOP.as_millis(),
-                    joined.late.join(", ")
-                );
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
+        rep.close_link(why);
+        for d in rep.dirs() {
+            let _ = d.log.flush();
+        }
+        // Closed above: the link ends at once.
+        let joined = link.stop.join(LINK_STOP);
+        if !joined.late.is_empty() {
+            tracing::error!(
+                module = %self.cfg.name,
+                "still running {} ms after the link was stopped: {}",
+                LINK_STOP.as_millis(),
+                joined.late.join(", ")
+            );
+        }
+        Some(if flush {
+            ", changes flushed to the peer"
+        } else {
+            ""
+        })
     }
 
     /// What the guard must undo if this daemon dies now.

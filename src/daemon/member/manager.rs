@@ -27,10 +27,12 @@ pub(super) fn manage(
 ) {
     let tick = (node.settings.heartbeat.interval / 2).max(Duration::from_millis(20));
     let timeout = node.settings.heartbeat.timeout;
-    let mut alive = false;
+    // Taken over from the previous daemon of this process (serving with
+    // mounts already): the peer was heard until a moment ago.
+    let mut alive = modules.iter().any(|m| !m.mounts.is_empty());
     let mut notifier = crate::daemon::notify::Notifier::from_env(timeout);
     for m in modules.iter_mut() {
-        if m.machine.state != State::Stop {
+        if m.machine.state != State::Stop && m.mounts.is_empty() {
             m.queue(&node, [Job::Act(Action::Run(Hook::StartBoth))]);
         }
     }
@@ -203,9 +205,9 @@ impl Answer {
 fn targets(modules: &[Managed], a: &Ask) -> Vec<usize> {
     let index = |name: &str| modules.iter().position(|m| m.cfg.name == name);
     match a {
-        Ask::Command { module: None, .. } | Ask::Maintenance { module: None, .. } => {
-            (0..modules.len()).collect()
-        }
+        Ask::Command { module: None, .. }
+        | Ask::Maintenance { module: None, .. }
+        | Ask::Upgrade { .. } => (0..modules.len()).collect(),
         Ask::Command {
             module: Some(n), ..
         }
@@ -272,6 +274,11 @@ fn handle(
                 reply,
                 response: Some(response),
             });
+        }
+        Ask::Upgrade { program, reply } => {
+            // Returns only when nothing was handed over.
+            let r = super::upgrade::upgrade(node, modules, &program, &reply);
+            let _ = reply.send(r);
         }
         Ask::Note { module, line } => {
             for m in modules

@@ -38,6 +38,7 @@ mod module;
 mod plan;
 mod publish;
 mod services;
+mod upgrade;
 
 pub use boot::run;
 
@@ -80,6 +81,11 @@ struct ThisNode {
     server: Arc<SecondaryServer>,
     rt: tokio::runtime::Handle,
     started: Instant,
+    /// When this program started serving (ms since the epoch).
+    since_ms: u64,
+    /// The release this program took over from in this process (`tandem
+    /// upgrade`), if it did.
+    took_over_from: Option<String>,
     /// What the load balancers' probes are told.
     health: Arc<lb_health::Health>,
     /// Ends every thread and task of the node.
@@ -170,6 +176,12 @@ enum Ask {
         asked: crate::control::Asked,
         reply: mpsc::Sender<Response>,
     },
+    /// Hand every served module to `program` in this process (`tandem
+    /// upgrade`), once no module has work under way.
+    Upgrade {
+        program: PathBuf,
+        reply: mpsc::Sender<Response>,
+    },
     /// A line for a module's log (every module's with `None`): who asked
     /// for a command through the API.
     Note {
@@ -185,7 +197,8 @@ impl Ask {
             Ask::Command { reply, .. }
             | Ask::Restart { reply, .. }
             | Ask::Checker { reply, .. }
-            | Ask::Maintenance { reply, .. } => {
+            | Ask::Maintenance { reply, .. }
+            | Ask::Upgrade { reply, .. } => {
                 let _ = reply.send(Response::error(why));
             }
             Ask::CheckFailed { .. } | Ask::Note { .. } => {}

@@ -179,9 +179,20 @@ impl Managed {
         m: &ModuleConfig,
         me: &Node,
         no_quorum: bool,
+        resumed: Option<&crate::daemon::handover::ModuleImage>,
     ) -> Result<Managed, (u8, String)> {
         let usage = |e: String| (crate::exit::EXIT_USAGE, e);
-        let base = replicas::open_dirs(settings, m).map_err(|e| usage(e.to_string()))?;
+        let roots = match resumed {
+            Some(r) => Some(super::upgrade::roots(r).map_err(|e| {
+                (
+                    crate::exit::EXIT_FAILURE,
+                    format!("module {}: the handed-over directories: {e}", m.name),
+                )
+            })?),
+            None => None,
+        };
+        let base =
+            replicas::open_dirs_over(settings, m, roots).map_err(|e| usage(e.to_string()))?;
         let at = settings.daemon.state_dir.join("modules").join(&m.name);
         let role_file = at.join("role.json");
         let saved: Option<RoleFile> = std::fs::read(&role_file)
@@ -205,13 +216,16 @@ impl Managed {
             cfg: m.clone(),
             base,
             caches,
-            machine: Machine::new(machine_cfg(settings, m, me), 0, last, g, no_quorum),
+            machine: match resumed {
+                Some(r) => Machine::resume(machine_cfg(settings, m, me), r.machine.clone()),
+                None => Machine::new(machine_cfg(settings, m, me), 0, last, g, no_quorum),
+            },
             replica: None,
             mounts: Vec::new(),
             sinks: Vec::new(),
             role_file,
             fresh,
-            app_running: false,
+            app_running: resumed.is_some_and(|r| r.app_running),
             log: super::journal::Journal::open(at.join("log")),
             checks: super::app::Checks::default(),
             vips: match &m.failover {
@@ -231,6 +245,14 @@ impl Managed {
             fence: crate::daemon::fence::Fence::new(&m.name),
         };
         *managed.fence.vips.lock() = managed.vips.as_ref().map(|v| v.fence());
+        if resumed.is_some() {
+            // Its maintenance is in the machine handed over.
+            managed.note(format!(
+                "{:?}, taken over from the previous daemon in this process",
+                managed.machine.state
+            ));
+            return Ok(managed);
+        }
         managed.load_maintenance();
         managed.note(format!(
             "starting as {:?} (last run: {})",

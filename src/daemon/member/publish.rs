@@ -188,6 +188,11 @@ pub(super) fn publish(
             peer_version: peer_speaks.as_ref().map(|s| s.software.clone()),
             heartbeat_protocol: crate::cluster::heartbeat::PROTOCOL.to_string(),
             peer_heartbeat_protocol: peer_speaks.as_ref().map(|s| s.range.to_string()),
+            daemon: Some(crate::control::DaemonStatus {
+                pid: std::process::id(),
+                since_ms: node.since_ms,
+                took_over_from: node.took_over_from.clone(),
+            }),
         }),
     };
     if let Some(n) = notifier {
