@@ -196,6 +196,10 @@ pub struct DaemonStatus {
     /// The release the running program took over from in this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub took_over_from: Option<String>,
+    /// Why the program it handed over to could not go on: this program took
+    /// its sessions back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_back: Option<String>,
 }
 
 impl NodesStatus {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::cluster::{Cluster, Options, script};
 use common::wait_until;
@@ -162,6 +162,10 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
         "a call failed: {}",
         std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
     );
+    // The peer stayed an up-to-date SECOND throughout: its new link said
+    // that the stream goes on.
+    let log = c.log_text(1);
+    assert!(!log.contains("Prim -> Alone"), "{log}");
     // Every acknowledged record is on the peer already (synchronous).
     let all = acks(&c);
     let peer = std::fs::read_to_string(c.path("node2/app/journal")).unwrap();
@@ -212,4 +216,66 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
     c.wait_app_writes(2);
     c.assert_acks_kept(2);
     c.assert_never_both();
+}
+
+/// A program that is not tandem is refused before anything stops; one that
+/// answers as tandem but cannot start gives the sessions back to the
+/// previous program. The client never sees an error either way.
+#[test]
+fn a_bad_program_is_refused_and_one_that_cannot_start_gives_the_sessions_back() {
+    let mut c = Cluster::build_opts(
+        None,
+        &Options {
+            quorum: "none",
+            heartbeat: (200, 3000),
+            ..Options::default()
+        },
+    );
+    c.start_both(30);
+    c.wait_app_writes(1);
+    script(&c.path("client.py"), CLIENT);
+    let mut client = std::process::Command::new(c.path("client.py"))
+        .arg(c.path("node1/app"))
+        .arg(c.path("side1"))
+        .spawn()
+        .unwrap();
+    assert!(wait_until(10, || acks(&c).len() > 20), "the client does not write");
+    let since = |c: &Cluster| c.status(1).unwrap()["nodes"]["daemon"]["since_ms"].clone();
+    let before = since(&c);
+
+    let o = c.tandem(1, &["upgrade", "--program", "/bin/true"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not answer `tandem handover-check`"), "{err}");
+    assert_eq!(since(&c), before, "nothing was handed over");
+
+    // Answers the check as tandem, then fails to start (an unknown node).
+    let broken = c.path("broken-tandem");
+    script(
+        &broken,
+        &format!(
+            "#!/bin/sh\ncase \"$1\" in handover-check) exec {real} handover-check;; esac\n\
+             n=$#; while [ $n -gt 0 ]; do a=$1; shift; [ \"$a\" = node1 ] && a=nosuchnode; \
+             set -- \"$@\" \"$a\"; n=$((n-1)); done\nexec {real} \"$@\"\n",
+            real = common::tandem_bin()
+        ),
+    );
+    let o = c.tandem(1, &["upgrade", "--program", broken.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("took its sessions back") && err.contains("nosuchnode"),
+        "{err}\n{}",
+        c.log_text(1)
+    );
+    assert_eq!(c.state(1), "PRIM");
+    let n = acks(&c).len();
+    assert!(wait_until(10, || acks(&c).len() > n + 20), "the client stopped");
+    std::fs::write(c.path("side1/journal.stop"), b"").unwrap();
+    client.wait().unwrap();
+    assert!(
+        !c.path("side1/journal.errors").exists(),
+        "a call failed: {}",
+        std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
+    );
 }

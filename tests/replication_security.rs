@@ -41,6 +41,7 @@ fn hello(module: &str, dirs: u32) -> Message {
         verify: false,
         acks: Default::default(),
         speaks: None,
+        resumes: false,
     }
 }
 

@@ -53,6 +53,7 @@ fn messages() -> Vec<Message> {
             verify: false,
             acks: Default::default(),
             speaks: None,
+            resumes: false,
         },
         Message::Mutate {
             seq: 9,

@@ -107,6 +107,7 @@ async fn connect(addr: std::net::SocketAddr, creds: &Credentials) -> Result<(), 
         verify: false,
         acks: Default::default(),
         speaks: None,
+        resumes: false,
     };
     frame::encode(&hello, Compression::Off, &mut out).unwrap();
     tls.write_all(&out).await.map_err(|e| e.to_string())?;

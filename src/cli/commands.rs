@@ -82,8 +82,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 eprintln!("{e}");
                 // A new program that cannot read the configuration gives the
                 // previous one its sessions back.
-                if let Some(Ok(image)) = handover_fd.map(crate::daemon::handover::read) {
-                    eprintln!("tandem: {}", crate::daemon::handover::fall_back(&image, &e.to_string()));
+                if let Some(fd) = handover_fd
+                    && let Ok(image) = crate::daemon::handover::read(fd)
+                {
+                    let e = crate::daemon::handover::fall_back(&image, fd, &e.to_string());
+                    eprintln!("tandem: {e}");
                 }
                 ExitCode::from(EXIT_USAGE)
             }

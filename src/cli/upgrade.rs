@@ -124,6 +124,16 @@ pub(super) fn run(
         }
         let nodes = st.nodes.as_ref();
         let version = nodes.map(|n| n.version.clone()).unwrap_or_default();
+        if let Some(why) = nodes
+            .and_then(|n| n.daemon.as_ref())
+            .and_then(|d| d.taken_back.clone())
+        {
+            eprintln!(
+                "tandem: the new program could not go on ({why}); the previous one (tandem \
+                 {version}) took its sessions back and serves on"
+            );
+            return ExitCode::from(EXIT_FAILURE);
+        }
         let from = nodes
             .and_then(|n| n.daemon.as_ref())
             .and_then(|d| d.took_over_from.clone());

@@ -40,8 +40,10 @@ pub struct Image {
     pub now_ms: u64,
     /// The guard process, kept: its pipe and its process id.
     pub guard: Option<GuardImage>,
-    /// The old daemon's program, to go back to if the new one cannot go on.
+    /// The old daemon's program, to go back to if the new one cannot go on,
+    /// and its command line (without the image's descriptor).
     pub previous: RawFd,
+    pub previous_args: Vec<String>,
     /// Modules served here, mounts and all.
     pub modules: Vec<ModuleImage>,
 }
@@ -57,6 +59,9 @@ pub struct ModuleImage {
     pub name: String,
     pub machine: Machine,
     pub app_running: bool,
+    /// The peer confirmed every change before the link closed: the new
+    /// daemon's link tells it that the stream goes on.
+    pub flushed: bool,
     /// The real directories, opened before they were mounted over.
     pub roots: Vec<RawFd>,
     pub sessions: Vec<SessionImage>,
@@ -241,16 +246,14 @@ pub const BACK: &str = "TANDEM_HANDOVER_BACK";
 /// sessions back (with the same command line and image). Returns only if
 /// that is impossible — this is already the previous program, or its exec
 /// failed — with why.
-pub fn fall_back(image: &Image, why: &str) -> HandoverError {
+pub fn fall_back(image: &Image, image_fd: RawFd, why: &str) -> HandoverError {
     if std::env::var_os(BACK).is_some() {
         return HandoverError::Image(format!("taken back and still failing: {why}"));
     }
     tracing::error!("cannot go on from the previous daemon's sessions ({why}): giving them back to it");
-    exec(
-        Program::Fd(image.previous),
-        &std::env::args_os().collect::<Vec<_>>(),
-        Some((BACK, why)),
-    )
+    eprintln!("tandem: cannot go on from the previous daemon's sessions ({why}): giving them back to it");
+    let args = with_image(image.previous_args.iter().map(OsString::from), image_fd);
+    exec(Program::Fd(image.previous), &args, Some((BACK, why)))
 }
 
 /// Lets descriptors survive `execve` (`keep`), or closes them on exec again.
@@ -268,9 +271,15 @@ pub fn keep_across_exec(fds: &[RawFd], keep: bool) -> std::io::Result<()> {
 /// This daemon's command line with the image's descriptor in place of any
 /// earlier one.
 pub fn arguments(image_fd: RawFd) -> Vec<OsString> {
+    with_image(std::env::args_os(), image_fd)
+}
+
+/// `args` with the image's descriptor in place of any earlier one.
+pub fn with_image(args: impl IntoIterator<Item = OsString>, image_fd: RawFd) -> Vec<OsString> {
+    let given = args;
     let mut args: Vec<OsString> = Vec::new();
     let mut skip = false;
-    for a in std::env::args_os() {
+    for a in given {
         if skip {
             skip = false;
             continue;
@@ -366,6 +375,7 @@ mod tests {
             now_ms: 1234,
             guard: None,
             previous: 3,
+            previous_args: vec![],
             modules: vec![],
         };
         let fd = write(&image).unwrap();
@@ -383,6 +393,7 @@ mod tests {
             now_ms: 0,
             guard: None,
             previous: 3,
+            previous_args: vec![],
             modules: vec![],
         };
         let fd = write(&image).unwrap();

@@ -368,6 +368,7 @@ pub fn start(
                         stop: stop.child(),
                         alone_ok: None,
                         latency: None,
+                        resumes: false,
                     },
                     rt.handle(),
                 )?;
@@ -421,6 +422,8 @@ pub struct Wiring {
     pub alone_ok: Option<AloneCheck>,
     /// Where the waits for the peer's acknowledgement are counted.
     pub latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// The stream goes on from the previous daemon's (see `Replicator::resumes`).
+    pub resumes: bool,
 }
 
 /// The one place a module's primary side is built, for both daemons: the
@@ -442,6 +445,8 @@ pub fn primary(
         latency: w.latency,
         blocking: crate::fs::blocking,
     });
+    rep.resumes
+        .store(w.resumes, std::sync::atomic::Ordering::SeqCst);
     let link = Arc::new(PrimarySession {
         rep: rep.clone(),
         creds: w.creds,

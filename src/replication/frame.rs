@@ -97,10 +97,15 @@ fn open(msg: &Message, out: &mut Vec<u8>) -> Result<usize, FrameError> {
     *out = postcard::to_extend(msg, std::mem::take(out)).map_err(bad)?;
     // After the message, where a release before ranges stops reading.
     if let Message::Hello {
-        speaks: Some(s), ..
+        speaks: Some(s),
+        resumes,
+        ..
     } = msg
     {
         *out = postcard::to_extend(s, std::mem::take(out)).map_err(bad)?;
+        if *resumes {
+            *out = postcard::to_extend(resumes, std::mem::take(out)).map_err(bad)?;
+        }
     }
     Ok(start)
 }
@@ -110,10 +115,16 @@ fn open(msg: &Message, out: &mut Vec<u8>) -> Result<usize, FrameError> {
 /// later release, is left unread).
 fn message(payload: &[u8]) -> Result<Message, postcard::Error> {
     let (mut msg, rest) = postcard::take_from_bytes::<Message>(payload)?;
-    if let Message::Hello { speaks, .. } = &mut msg
+    if let Message::Hello {
+        speaks, resumes, ..
+    } = &mut msg
         && !rest.is_empty()
     {
-        *speaks = Some(postcard::take_from_bytes(rest)?.0);
+        let (s, rest) = postcard::take_from_bytes(rest)?;
+        *speaks = Some(s);
+        if !rest.is_empty() {
+            *resumes = postcard::take_from_bytes(rest)?.0;
+        }
     }
     Ok(msg)
 }
@@ -303,6 +314,7 @@ mod tests {
                 speaks: Some(crate::versions::Speaks::this(
                     crate::replication::wire::PROTOCOL,
                 )),
+                resumes: false,
             },
             Message::Mutate {
                 seq: 42,
@@ -350,6 +362,22 @@ mod tests {
                 reason: "bye".into(),
             },
         ]
+    }
+
+    #[test]
+    fn a_hello_that_resumes_the_stream_says_so_after_its_versions() {
+        let mut hello = samples().remove(0);
+        if let Message::Hello { resumes, .. } = &mut hello {
+            *resumes = true;
+        }
+        let mut b = Vec::new();
+        encode(&hello, Compression::Off, &mut b).unwrap();
+        assert_eq!(decode(&b).unwrap().unwrap().0, hello);
+        // A release that reads only the versions after the fields stops there.
+        let (_, rest) = postcard::take_from_bytes::<Message>(&b[HEADER_LEN..]).unwrap();
+        let (s, more) = postcard::take_from_bytes::<crate::versions::Speaks>(rest).unwrap();
+        assert_eq!(s.range, crate::replication::wire::PROTOCOL);
+        assert_eq!(more, [1]);
     }
 
     #[test]

@@ -220,6 +220,8 @@ pub struct Hello {
     pub acks: super::wire::AckAt,
     /// The protocol version both speak, and the peer's release.
     pub agreed: crate::versions::Agreed,
+    /// The primary's new daemon goes on with the stream (see `Message::Hello`).
+    pub resumes: bool,
 }
 
 /// This node's Hello speaks the link's versions.
@@ -238,6 +240,7 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, HelloError> {
         verify,
         acks,
         speaks,
+        resumes,
     } = m
     else {
         return Err(HelloError::NotHello);
@@ -289,5 +292,6 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, HelloError> {
         verify,
         acks,
         agreed,
+        resumes,
     })
 }

@@ -193,10 +193,10 @@ impl SecondaryServer {
             r = self.open(tcp, addr) => r?,
             () = stop.stopped() => return Err(SessionError::Stopped("this node stops")),
         };
-        let Some((module, reader, writer, acks)) = opened else {
+        let Some((module, reader, writer, acks, resumes)) = opened else {
             return Ok(());
         };
-        let r = session(module.clone(), reader, writer, acks, stop).await;
+        let r = session(module.clone(), reader, writer, acks, resumes, stop).await;
         module.state.lock().connected = false;
         r
     }
@@ -246,9 +246,9 @@ impl SecondaryServer {
                     ours: have,
                 });
             }
-            Ok((m, h.verify, h.acks, h.agreed))
+            Ok((m, h.verify, h.acks, h.agreed, h.resumes))
         });
-        let (module, verify, acks, agreed) = match checked {
+        let (module, verify, acks, agreed, resumes) = match checked {
             Ok(m) => m,
             Err(reason) => {
                 let _ = writer
@@ -270,6 +270,7 @@ impl SecondaryServer {
                 verify,
                 acks: Default::default(),
                 speaks: super::framed::speaks(),
+                resumes: false,
             })
             .await?;
         if verify {
@@ -284,7 +285,7 @@ impl SecondaryServer {
             module.name,
             self.creds.peer
         );
-        Ok(Some((module, reader, writer, acks)))
+        Ok(Some((module, reader, writer, acks, resumes)))
     }
 }
 
@@ -294,6 +295,7 @@ type Opened = (
     FrameReader<tokio::io::ReadHalf<Tls>>,
     FrameWriter<tokio::io::WriteHalf<Tls>>,
     AckAt,
+    bool,
 );
 
 async fn send_diverged<W: tokio::io::AsyncWrite + Unpin>(
@@ -346,6 +348,7 @@ async fn session(
     reader: FrameReader<tokio::io::ReadHalf<Tls>>,
     writer: FrameWriter<tokio::io::WriteHalf<Tls>>,
     acks: AckAt,
+    resumes: bool,
     stop: &Stop,
 ) -> Result<(), SessionError> {
     let id = module.session.fetch_add(1, Ordering::SeqCst) + 1;
@@ -354,7 +357,7 @@ async fn session(
     let channel = Channel::from_tokio(tcp, tls, HELLO_TIMEOUT, module.tally.clone())?;
     let stop = stop.clone();
     tokio::task::spawn_blocking(move || {
-        let r = serve(&module, id, &channel, Frames::with(rest), acks, &stop);
+        let r = serve(&module, id, &channel, Frames::with(rest), acks, resumes, &stop);
         // Its last words (an ack, or why it stopped) go out first.
         channel.close(true);
         r
@@ -391,6 +394,7 @@ fn serve(
     channel: &Channel,
     frames: Frames,
     acks: AckAt,
+    resumes: bool,
     stop: &Stop,
 ) -> Result<(), SessionError> {
     // Waits for the previous session's applier, if any, to let go.
@@ -401,7 +405,10 @@ fn serve(
     {
         let mut s = module.state.lock();
         s.connected = true;
-        s.uptodate = false;
+        // A primary's new daemon going on after this copy confirmed every
+        // change (`tandem upgrade`): current it was, current it stays — a
+        // resync write would say otherwise (see `apply`).
+        s.uptodate &= resumes;
         s.last_error = None;
     }
     let sync_fds = applier.sync_handles().map_err(|e| {
@@ -608,6 +615,16 @@ impl Applying<'_> {
                 | WireMutation::Write { sync: true, .. }
                 | WireMutation::Sync
         );
+        if resync {
+            let mut s = self.module.state.lock();
+            if s.uptodate {
+                s.uptodate = false;
+                tracing::warn!(
+                    "{}: the primary resumed the stream but resynchronises: not up to date",
+                    self.module.name
+                );
+            }
+        }
         if point && self.acks == AckAt::Received {
             send_ack(self.channel, self.c, &self.module.tally)?;
             self.last_ack = Instant::now();

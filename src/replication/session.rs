@@ -157,6 +157,7 @@ impl PrimarySession {
                     Ack::Async => AckAt::Batch,
                 },
                 speaks: super::framed::speaks(),
+                resumes: rep.resumes.swap(false, std::sync::atomic::Ordering::SeqCst),
             })
             .await?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())

@@ -218,6 +218,7 @@ pub async fn connect(
             verify: true,
             acks: Default::default(),
             speaks: super::framed::speaks(),
+            resumes: false,
         })
         .await?;
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())

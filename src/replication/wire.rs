@@ -39,6 +39,12 @@ pub enum Message {
         /// reading: it sends none and reads none.
         #[serde(skip)]
         speaks: Option<Speaks>,
+        /// From a primary's new daemon that took over from the previous one
+        /// in place (`tandem upgrade`) after the peer confirmed every change:
+        /// the stream goes on, and an up-to-date secondary stays so. Encoded
+        /// after `speaks`, where a release before it stops reading.
+        #[serde(skip)]
+        resumes: bool,
     },
     /// Target to source, after Hello: names and ranges that may differ because
     /// the target changed them itself (it served alone before). Sent in parts;

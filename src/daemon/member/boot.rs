@@ -81,7 +81,8 @@ pub fn run(
         && !taking
     {
         // Nothing of the sessions was taken yet: the previous program goes on.
-        let e = crate::daemon::handover::fall_back(image, why);
+        let fd = opts.handover.expect("an image was read from it");
+        let e = crate::daemon::handover::fall_back(image, fd, why);
         tracing::error!("{e}");
     }
     let t0 = Instant::now();
@@ -250,8 +251,18 @@ fn start_and_serve(
     let metrics = Arc::new(crate::metrics::Metrics::new());
     start_api(rt, &settings, &me, &peer, &creds, &shared, &metrics, stop)?;
     let guard = match image.and_then(|i| i.guard.as_ref()) {
-        // SAFETY: the guard's pipe was inherited for this, and is taken once.
-        Some(g) => unsafe { crate::failover::guard::Guard::adopt(g.pipe, g.pid) },
+        // A duplicate: the inherited number stays open until the take-over
+        // is done, so that a start failing before it neither wakes the
+        // guard nor keeps the previous program from taking it back.
+        Some(g) => {
+            use std::os::fd::IntoRawFd;
+            // SAFETY: an inherited descriptor, open, borrowed to duplicate it.
+            let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(g.pipe) }
+                .try_clone_to_owned()
+                .map_err(|e| (EXIT_FAILURE, format!("the guard's pipe: {e}")))?;
+            // SAFETY: the duplicate is ours and taken once.
+            unsafe { crate::failover::guard::Guard::adopt(dup.into_raw_fd(), g.pid) }
+        }
         None => crate::failover::guard::Guard::spawn().map_err(|e| {
             (
                 EXIT_FAILURE,
@@ -278,6 +289,7 @@ fn start_and_serve(
             .unwrap_or_else(Instant::now),
         since_ms: crate::cluster::heartbeat::now_ms(),
         took_over_from: image.map(|i| i.software.clone()),
+        taken_back: image.and_then(|_| std::env::var(crate::daemon::handover::BACK).ok()),
         health,
         settings,
         stop: stop.clone(),
@@ -336,9 +348,11 @@ fn take_over(
         m.take_over(node, mi.sessions.clone())
             .map_err(|e| (crate::exit::EXIT_FAILURE, format!("module {}: {e}", mi.name)))?;
     }
-    // Duplicated when the modules opened; the image's numbers close now.
+    // Duplicated when the modules and the guard were opened: the image's
+    // numbers close now.
     let mut done: Vec<std::os::fd::RawFd> = image.modules.iter().flat_map(|m| m.roots.clone()).collect();
     done.push(image.previous);
+    done.extend(image.guard.as_ref().map(|g| g.pipe));
     done.extend(memfd);
     for fd in done {
         // SAFETY: inherited and not taken by anything (duplicated above).

@@ -236,7 +236,7 @@ impl Managed {
             self.fresh = false;
             self.save_role(self.machine.state);
         }
-        let rep = self.open_primary(node)?;
+        let rep = self.open_primary(node, false)?;
         for (i, path) in self.cfg.dirs.clone().iter().enumerate() {
             let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
             match fs::mount(path, sink.clone(), &MountConfig::default()) {
@@ -265,6 +265,7 @@ impl Managed {
     pub(super) fn open_primary(
         &mut self,
         node: &ThisNode,
+        resumes: bool,
     ) -> Result<Arc<crate::replication::primary::Replicator>, PromoteError> {
         let s = &node.settings;
         // With a quorum, a peer that stops acknowledging is left behind only
@@ -296,6 +297,7 @@ impl Managed {
                 stop: node.stop.child(),
                 alone_ok,
                 latency: Some(node.metrics.replication_latency(&self.cfg.name)),
+                resumes,
             },
             &node.rt,
         )?;
@@ -327,23 +329,37 @@ impl Managed {
             }
         }
         self.sinks.clear();
-        if let Some(msg) = self.close_primary(flush, "this node stopped serving the module") {
-            self.note(format!("stopped serving in {} ms{msg}", t0.elapsed().as_millis()));
+        if self
+            .close_primary(flush, "this node stopped serving the module")
+            .is_some()
+        {
+            self.note(format!(
+                "stopped serving in {} ms{}",
+                t0.elapsed().as_millis(),
+                if flush {
+                    ", changes flushed to the peer"
+                } else {
+                    ""
+                }
+            ));
         }
     }
 
     /// Ends the primary side's link to the peer (after every change is
     /// confirmed, with `flush`, as far as the peer answers in time) and
-    /// flushes the change logs. Says how the flush went, if there was a link.
-    pub(super) fn close_primary(&mut self, flush: bool, why: &str) -> Option<&'static str> {
+    /// flushes the change logs. With a link: whether the peer confirmed
+    /// every change.
+    pub(super) fn close_primary(&mut self, flush: bool, why: &str) -> Option<bool> {
         let Some(Replica::Primary(rep, link)) = self.replica.take() else {
             return None;
         };
+        let mut confirmed = false;
         if flush {
             let deadline = Instant::now() + rep.peer_timeout.max(Duration::from_secs(2));
             loop {
                 let st = rep.status();
                 if st.peer == "connected" && st.durable >= st.sent {
+                    confirmed = true;
                     break;
                 }
                 if Instant::now() > deadline {
@@ -371,11 +387,7 @@ impl Managed {
                 joined.late.join(", ")
             );
         }
-        Some(if flush {
-            ", changes flushed to the peer"
-        } else {
-            ""
-        })
+        Some(confirmed)
     }
 
     /// What the guard must undo if this daemon dies now.

@@ -86,6 +86,8 @@ struct ThisNode {
     /// The release this program took over from in this process (`tandem
     /// upgrade`), if it did.
     took_over_from: Option<String>,
+    /// Why the program this one handed over to gave the sessions back.
+    taken_back: Option<String>,
     /// What the load balancers' probes are told.
     health: Arc<lb_health::Health>,
     /// Ends every thread and task of the node.
@@ -121,6 +123,8 @@ struct Managed {
     role_file: PathBuf,
     fresh: bool,
     app_running: bool,
+    /// Handed over (or taken over) with every change confirmed by the peer.
+    flushed: bool,
     /// What happened to the module here, kept across restarts.
     log: journal::Journal,
     checks: app::Checks,

@@ -226,6 +226,7 @@ impl Managed {
             role_file,
             fresh,
             app_running: resumed.is_some_and(|r| r.app_running),
+            flushed: resumed.is_some_and(|r| r.flushed),
             log: super::journal::Journal::open(at.join("log")),
             checks: super::app::Checks::default(),
             vips: match &m.failover {

@@ -192,6 +192,7 @@ pub(super) fn publish(
                 pid: std::process::id(),
                 since_ms: node.since_ms,
                 took_over_from: node.took_over_from.clone(),
+                taken_back: node.taken_back.clone(),
             }),
         }),
     };

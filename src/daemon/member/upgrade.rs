@@ -66,7 +66,7 @@ pub(super) fn upgrade(
         let m = &mut modules[i];
         m.fence.armed.store(false, Ordering::SeqCst);
         *m.fence.rep.lock() = None;
-        let _ = m.close_primary(true, "this daemon hands over to its next release");
+        m.flushed = m.close_primary(true, "this daemon hands over to its next release") == Some(true);
         m.sinks.clear();
     }
     for m in modules.iter() {
@@ -85,6 +85,9 @@ pub(super) fn upgrade(
         now_ms: node.now(),
         guard,
         previous: handover::leak(previous),
+        previous_args: std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
         modules: served
             .iter()
             .map(|&i| {
@@ -94,6 +97,7 @@ pub(super) fn upgrade(
                     name: m.cfg.name.clone(),
                     machine: m.machine.clone(),
                     app_running: m.app_running,
+                    flushed: m.flushed,
                     roots: m.base.iter().map(|d| d.root.as_raw_fd()).collect(),
                     sessions: m.mounts.drain(..).map(|mt| mt.hand_over()).collect(),
                 }
@@ -122,8 +126,9 @@ pub(super) fn upgrade(
                 )],
                 ..Response::default()
             });
-            // Time for the answer to leave through the control socket.
-            std::thread::sleep(Duration::from_millis(50));
+            // Time for the answer to leave through the control socket (the
+            // command polls the status anyway).
+            std::thread::sleep(Duration::from_millis(5));
             let args = handover::arguments(memfd);
             let e = handover::exec(Program::Path(program), &args, None);
             tracing::error!("{e}; going on with this release");
@@ -159,7 +164,9 @@ impl Managed {
         sessions: Vec<crate::fs::handover::SessionImage>,
     ) -> Result<(), String> {
         let t0 = Instant::now();
-        let rep = self.open_primary(node).map_err(|e| e.to_string())?;
+        let rep = self
+            .open_primary(node, self.flushed)
+            .map_err(|e| e.to_string())?;
         let wait = rep.peer_timeout.max(Duration::from_secs(1));
         let deadline = Instant::now() + wait;
         let mut followed = false;

@@ -84,6 +84,9 @@ pub struct Replicator {
     pub verify: Mutex<VerifyState>,
     /// What the link last agreed with the peer (protocol, its release).
     pub agreed: Mutex<Option<crate::versions::Agreed>>,
+    /// The next Hello says that the stream goes on (a new daemon that took
+    /// over after the peer confirmed every change): told once.
+    pub resumes: std::sync::atomic::AtomicBool,
 }
 
 impl Replicator {
@@ -100,6 +103,7 @@ impl Replicator {
             resync: Mutex::new(ResyncProgress::default()),
             verify: Mutex::new(Default::default()),
             agreed: Mutex::new(None),
+            resumes: Default::default(),
         })
     }
 
