@@ -279,3 +279,64 @@ fn a_bad_program_is_refused_and_one_that_cannot_start_gives_the_sessions_back() 
         std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
     );
 }
+
+/// The SECOND frozen (SIGSTOP, 2 s) as the upgrade starts: the mounts wait
+/// for its confirmation no longer than the peer timeout in all, the new
+/// daemon serves without waiting for it again, nothing fails, and once it
+/// runs on it resynchronises and follows.
+#[test]
+fn an_upgrade_while_the_second_is_frozen_waits_for_it_no_longer_than_the_peer_timeout() {
+    let mut c = Cluster::build_opts(
+        None,
+        &Options {
+            quorum: "none",
+            heartbeat: (200, 3000),
+            peer_timeout_ms: 1000,
+            ..Options::default()
+        },
+    );
+    c.start_both(30);
+    c.wait_app_writes(1);
+    script(&c.path("client.py"), CLIENT);
+    let mut client = std::process::Command::new(c.path("client.py"))
+        .arg(c.path("node1/app"))
+        .arg(c.path("side1"))
+        .spawn()
+        .unwrap();
+    assert!(wait_until(10, || acks(&c).len() > 20), "the client does not write");
+    let second = c.pid(2) as i32;
+    // SAFETY: kill takes no pointer; `second` is node2's running daemon.
+    unsafe { libc::kill(second, libc::SIGSTOP) };
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        // SAFETY: as above.
+        unsafe { libc::kill(second, libc::SIGCONT) };
+    });
+    let t0 = monotonic();
+    let said = ok(&c, 1, &["upgrade"]);
+    assert!(said.contains("upgraded in place"), "{said}");
+    thaw.join().unwrap();
+    let n = acks(&c).len();
+    assert!(wait_until(10, || acks(&c).len() > n + 20), "the client stopped");
+    std::fs::write(c.path("side1/journal.stop"), b"").unwrap();
+    client.wait().unwrap();
+    assert!(
+        !c.path("side1/journal.errors").exists(),
+        "a call failed: {}",
+        std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
+    );
+    let worst = acks(&c)
+        .iter()
+        .filter(|(_, at, _)| *at >= t0)
+        .map(|(_, _, d)| *d)
+        .fold(0.0, f64::max);
+    eprintln!("upgrade with the SECOND frozen: longest call {:.0} ms", worst * 1000.0);
+    // The peer timeout (1 s) once, the new program's start, the scheduler.
+    assert!(worst < 1.8, "a call waited {worst:.3} s\n{}", c.log_text(1));
+    c.wait_states("PRIM", "SECOND", 30);
+    assert!(
+        wait_until(30, || c.uptodate(2)),
+        "node2 did not resync\n{}",
+        c.log_text(2)
+    );
+}

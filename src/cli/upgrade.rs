@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use crate::control::{self, Request, Status};
 use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
 
+/// How long the new daemon's peer may take to follow again before the
+/// upgrade is reported done without it.
+const PEER_GRACE: Duration = Duration::from_secs(10);
+
 /// The modules that serve (with their state: PRIM or ALONE), and since when
 /// the daemon's program does.
 fn serving(st: &Status) -> (Vec<(String, String)>, Option<u64>) {
@@ -97,6 +101,7 @@ pub(super) fn run(
     }
     let deadline = t0 + timeout;
     let mut last = String::from("no answer yet");
+    let mut serving_since: Option<Instant> = None;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         let st = match status(&socket) {
@@ -111,16 +116,30 @@ pub(super) fn run(
             last = "the previous daemon still answers".into();
             continue;
         }
-        // As before, PRIM included: the peer follows again (a crash from
-        // here on fails over as any other).
         let missing: Vec<String> = served
+            .iter()
+            .filter(|(n, _)| !now_serving.iter().any(|(m, _)| m == n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !missing.is_empty() {
+            last = format!("not serving yet: {}", missing.join(", "));
+            continue;
+        }
+        // PRIM as before: the peer follows again (a crash from here on fails
+        // over as any other). A peer that does not answer is waited for a
+        // while only: the upgrade is done, it resyncs when it answers.
+        let behind: Vec<String> = served
             .iter()
             .filter(|m| !now_serving.contains(m))
             .map(|(n, s)| format!("{n} ({s} before)"))
             .collect();
-        if !missing.is_empty() {
-            last = format!("not serving as before yet: {}", missing.join(", "));
+        let first = *serving_since.get_or_insert_with(Instant::now);
+        if !behind.is_empty() && first.elapsed() < PEER_GRACE {
+            last = format!("the peer does not follow yet: {}", behind.join(", "));
             continue;
+        }
+        for b in &behind {
+            println!("the peer does not follow yet (it resyncs once it answers): {b}");
         }
         let nodes = st.nodes.as_ref();
         let version = nodes.map(|n| n.version.clone()).unwrap_or_default();

@@ -199,14 +199,13 @@ impl SessionImage {
             .find(|i| i.id == super::inode::ROOT_ID)
             .map(|i| i.fd)
             .ok_or(ImageError::Inodes("the root inode is missing"))?;
-        // SAFETY: checked open and named once above; the caller's contract
-        // says they are this image's to own.
         let inodes: Vec<_> = self
             .inodes
             .into_iter()
+            // SAFETY: checked open and named once above; the caller's
+            // contract says they are this image's to own.
             .map(|i| unsafe { i.into_inode() })
             .collect();
-        let all: Vec<Arc<super::inode::Inode>>;
         let (table, aside) = {
             let mut keep_inodes = Vec::new();
             let mut keep_n = Vec::new();
@@ -219,11 +218,10 @@ impl SessionImage {
             InodeTable::restore(keep_inodes, &keep_n, self.next_synthetic)
                 .map_err(ImageError::Inodes)?
         };
-        all = aside;
         let find = |id: u64| {
             table
                 .get(id)
-                .or_else(|| all.iter().find(|i| i.id == id).cloned())
+                .or_else(|| aside.iter().find(|i| i.id == id).cloned())
                 .expect("checked above")
         };
         let files = self

@@ -345,7 +345,7 @@ fn take_over(
         let Some(m) = modules.iter_mut().find(|m| m.cfg.name == mi.name) else {
             continue;
         };
-        m.take_over(node, mi.sessions.clone())
+        m.take_over(node, mi)
             .map_err(|e| (crate::exit::EXIT_FAILURE, format!("module {}: {e}", mi.name)))?;
     }
     // Duplicated when the modules and the guard were opened: the image's

@@ -329,8 +329,9 @@ impl Managed {
             }
         }
         self.sinks.clear();
+        let within = flush.then(|| self.flush_within());
         if self
-            .close_primary(flush, "this node stopped serving the module")
+            .close_primary(within, false, "this node stopped serving the module")
             .is_some()
         {
             self.note(format!(
@@ -346,23 +347,28 @@ impl Managed {
     }
 
     /// Ends the primary side's link to the peer (after every change is
-    /// confirmed, with `flush`, as far as the peer answers in time) and
-    /// flushes the change logs. With a link: whether the peer confirmed
-    /// every change.
-    pub(super) fn close_primary(&mut self, flush: bool, why: &str) -> Option<bool> {
+    /// confirmed, with `flush`, as far as the peer answers within that
+    /// time; `lost_ends`: not at all once the link is down) and flushes the
+    /// change logs. With a link: whether the peer confirmed every change.
+    pub(super) fn close_primary(
+        &mut self,
+        flush: Option<Duration>,
+        lost_ends: bool,
+        why: &str,
+    ) -> Option<bool> {
         let Some(Replica::Primary(rep, link)) = self.replica.take() else {
             return None;
         };
         let mut confirmed = false;
-        if flush {
-            let deadline = Instant::now() + rep.peer_timeout.max(Duration::from_secs(2));
+        if let Some(within) = flush {
+            let deadline = Instant::now() + within;
             loop {
                 let st = rep.status();
                 if st.peer == "connected" && st.durable >= st.sent {
                     confirmed = true;
                     break;
                 }
-                if Instant::now() > deadline {
+                if Instant::now() > deadline || (lost_ends && st.peer == "alone") {
                     self.note(format!(
                         "the peer did not confirm every change before the handover \
                          (peer {}, durable {} of {})",
@@ -388,6 +394,14 @@ impl Managed {
             );
         }
         Some(confirmed)
+    }
+
+    /// How long a hand-over waits for the peer to confirm every change.
+    fn flush_within(&self) -> Duration {
+        match &self.replica {
+            Some(Replica::Primary(rep, _)) => rep.peer_timeout.max(Duration::from_secs(2)),
+            _ => Duration::ZERO,
+        }
     }
 
     /// What the guard must undo if this daemon dies now.

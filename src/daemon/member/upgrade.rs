@@ -62,11 +62,24 @@ pub(super) fn upgrade(
         }
     }
     let drained = t0.elapsed();
+    let mut waited = Vec::new();
     for &i in &served {
         let m = &mut modules[i];
         m.fence.armed.store(false, Ordering::SeqCst);
         *m.fence.rep.lock() = None;
-        m.flushed = m.close_primary(true, "this daemon hands over to its next release") == Some(true);
+        let t = Instant::now();
+        // What the drain already waited counts against the peer timeout.
+        let within = node
+            .settings
+            .replication
+            .peer_timeout
+            .saturating_sub(drained);
+        m.flushed = m.close_primary(
+            Some(within),
+            true,
+            "this daemon hands over to its next release",
+        ) == Some(true);
+        waited.push(t.elapsed());
         m.sinks.clear();
     }
     for m in modules.iter() {
@@ -90,7 +103,8 @@ pub(super) fn upgrade(
             .collect(),
         modules: served
             .iter()
-            .map(|&i| {
+            .zip(&waited)
+            .map(|(&i, waited)| {
                 let m = &mut modules[i];
                 m.note(format!("handing over to tandem {software} ({})", program.display()));
                 ModuleImage {
@@ -98,6 +112,7 @@ pub(super) fn upgrade(
                     machine: m.machine.clone(),
                     app_running: m.app_running,
                     flushed: m.flushed,
+                    waited_ms: waited.as_millis() as u64,
                     roots: m.base.iter().map(|d| d.root.as_raw_fd()).collect(),
                     sessions: m.mounts.drain(..).map(|mt| mt.hand_over()).collect(),
                 }
@@ -161,13 +176,21 @@ impl Managed {
     pub(super) fn take_over(
         &mut self,
         node: &ThisNode,
-        sessions: Vec<crate::fs::handover::SessionImage>,
+        image: &ModuleImage,
     ) -> Result<(), String> {
         let t0 = Instant::now();
         let rep = self
             .open_primary(node, self.flushed)
             .map_err(|e| e.to_string())?;
-        let wait = rep.peer_timeout.max(Duration::from_secs(1));
+        // No call waits on the peer longer than the peer timeout in all: a
+        // peer that did not confirm before is not waited for again (it
+        // resyncs once it answers).
+        let wait = if image.flushed {
+            rep.peer_timeout
+                .saturating_sub(Duration::from_millis(image.waited_ms))
+        } else {
+            Duration::ZERO
+        };
         let deadline = Instant::now() + wait;
         let mut followed = false;
         while Instant::now() < deadline {
@@ -178,7 +201,7 @@ impl Managed {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        for (i, s) in sessions.into_iter().enumerate() {
+        for (i, s) in image.sessions.iter().cloned().enumerate() {
             let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
             // SAFETY: the image's descriptors were inherited for this, and
             // each session's are taken once.
