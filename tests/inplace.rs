@@ -73,17 +73,62 @@ fn acks(c: &Cluster) -> Vec<(u64, f64, f64)> {
         .collect()
 }
 
-fn ok(c: &Cluster, n: usize, args: &[&str]) -> String {
-    let o = c.tandem(n, args);
+/// Two nodes on loopback (or in `net`), heartbeat 200 / 3000 ms as by
+/// default, node1 serving, node2 following, the test application writing.
+fn cluster(net: Option<&common::cluster::Net>, quorum: &str, peer_timeout_ms: u64) -> Cluster {
+    let mut c = Cluster::build_opts(
+        net,
+        &Options {
+            quorum,
+            heartbeat: (200, 3000),
+            peer_timeout_ms,
+            ..Options::default()
+        },
+    );
+    c.start_both(30);
+    c.wait_app_writes(1);
+    c
+}
+
+/// Starts the client in node1's directory and waits until it writes.
+fn start_client(c: &Cluster) -> std::process::Child {
+    script(&c.path("client.py"), CLIENT);
+    let client = std::process::Command::new(c.path("client.py"))
+        .arg(c.path("node1/app"))
+        .arg(c.path("side1"))
+        .spawn()
+        .unwrap();
+    assert!(wait_until(10, || acks(c).len() > 20), "the client does not write");
+    client
+}
+
+/// Checks that the client goes on, stops it, and that none of its calls failed.
+fn stop_client(c: &Cluster, mut client: std::process::Child) {
+    let n = acks(c).len();
+    assert!(wait_until(10, || acks(c).len() > n + 20), "the client stopped");
+    std::fs::write(c.path("side1/journal.stop"), b"").unwrap();
+    client.wait().unwrap();
     assert!(
-        o.status.success(),
-        "tandem {args:?} on node{n}: {}{}\n--- node1\n{}\n--- node2\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        c.log_text(1),
+        !c.path("side1/journal.errors").exists(),
+        "a call failed: {}",
+        std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
+    );
+}
+
+/// Kills node1's daemon right after an upgrade: node2 takes over, with
+/// every acknowledged write.
+fn kill_after_upgrade_fails_over(c: &mut Cluster) {
+    let said = c.ok(1, &["upgrade"]);
+    assert!(said.contains("upgraded in place"), "{said}");
+    c.signal(1, libc::SIGKILL);
+    assert!(
+        wait_until(30, || matches!(c.state(2).as_str(), "PRIM" | "ALONE")),
+        "node2 did not take over\n{}",
         c.log_text(2)
     );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    c.wait_app_writes(2);
+    c.assert_acks_kept(2);
+    c.assert_never_both();
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -93,30 +138,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[test]
 fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
-    // The defaults' heartbeat (200 ms, timeout 3 s), so the hand-over is
-    // measured as operators meet it.
-    let mut c = Cluster::build_opts(
-        None,
-        &Options {
-            quorum: "none",
-            heartbeat: (200, 3000),
-            ..Options::default()
-        },
-    );
-    c.start_both(30);
-    c.wait_app_writes(1);
+    let mut c = cluster(None, "none", 2000);
     let pid = c.pid(1);
     // Two program files: each upgrade execs the other one.
     let next = c.path("tandem-next");
     std::fs::copy(common::tandem_bin(), &next).unwrap();
     let programs = [next.clone(), std::path::PathBuf::from(common::tandem_bin())];
-    script(&c.path("client.py"), CLIENT);
-    let mut client = std::process::Command::new(c.path("client.py"))
-        .arg(c.path("node1/app"))
-        .arg(c.path("side1"))
-        .spawn()
-        .unwrap();
-    assert!(wait_until(10, || acks(&c).len() > 50), "the client does not write");
+    let client = start_client(&c);
 
     let mut stalls = Vec::new();
     let mut took = Vec::new();
@@ -124,8 +152,7 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
         let program = &programs[i % 2];
         let before = acks(&c).len();
         let t0 = monotonic();
-        let said = ok(
-            &c,
+        let said = c.ok(
             1,
             &["upgrade", "--program", program.to_str().unwrap(), "--timeout", "30"],
         );
@@ -155,13 +182,7 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
             std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
         );
     }
-    std::fs::write(c.path("side1/journal.stop"), b"").unwrap();
-    client.wait().unwrap();
-    assert!(
-        !c.path("side1/journal.errors").exists(),
-        "a call failed: {}",
-        std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
-    );
+    stop_client(&c, client);
     // The peer stayed an up-to-date SECOND throughout: its new link said
     // that the stream goes on.
     let log = c.log_text(1);
@@ -190,32 +211,25 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
     for (from, to) in [(1, 2), (2, 1)] {
         let before = c.acked(to);
         let t0 = Instant::now();
-        ok(&c, from, &["swap", "app"]);
+        c.ok(from, &["swap", "app"]);
         assert!(
             wait_until(30, || c.acked(to) > before),
             "the application does not write on node{to} after the swap"
         );
         outages.push(t0.elapsed().as_secs_f64());
-        c.wait_states(if to == 1 { "PRIM" } else { "SECOND" }, if to == 1 { "SECOND" } else { "PRIM" }, 30);
+        let (a, b) = if to == 1 { ("PRIM", "SECOND") } else { ("SECOND", "PRIM") };
+        c.wait_states(a, b, 30);
     }
     eprintln!(
-        "swap outage (anchor): median {:.0} ms over {} swaps; in-place upgrade stall / swap outage = {:.3}",
+        "swap outage (anchor): median {:.0} ms over {} swaps; in-place upgrade stall / swap \
+         outage = {:.3}",
         ms(median(outages.clone())),
         outages.len(),
         median(stalls.clone()) / median(outages)
     );
 
     // A kill -9 right after a hand-over: a normal failover, nothing lost.
-    ok(&c, 1, &["upgrade", "--program", programs[0].to_str().unwrap()]);
-    c.signal(1, libc::SIGKILL);
-    assert!(
-        wait_until(30, || matches!(c.state(2).as_str(), "PRIM" | "ALONE")),
-        "node2 did not take over\n{}",
-        c.log_text(2)
-    );
-    c.wait_app_writes(2);
-    c.assert_acks_kept(2);
-    c.assert_never_both();
+    kill_after_upgrade_fails_over(&mut c);
 }
 
 /// A program that is not tandem is refused before anything stops; one that
@@ -223,23 +237,8 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
 /// previous program. The client never sees an error either way.
 #[test]
 fn a_bad_program_is_refused_and_one_that_cannot_start_gives_the_sessions_back() {
-    let mut c = Cluster::build_opts(
-        None,
-        &Options {
-            quorum: "none",
-            heartbeat: (200, 3000),
-            ..Options::default()
-        },
-    );
-    c.start_both(30);
-    c.wait_app_writes(1);
-    script(&c.path("client.py"), CLIENT);
-    let mut client = std::process::Command::new(c.path("client.py"))
-        .arg(c.path("node1/app"))
-        .arg(c.path("side1"))
-        .spawn()
-        .unwrap();
-    assert!(wait_until(10, || acks(&c).len() > 20), "the client does not write");
+    let c = cluster(None, "none", 2000);
+    let client = start_client(&c);
     let since = |c: &Cluster| c.status(1).unwrap()["nodes"]["daemon"]["since_ms"].clone();
     let before = since(&c);
 
@@ -269,15 +268,7 @@ fn a_bad_program_is_refused_and_one_that_cannot_start_gives_the_sessions_back() 
         c.log_text(1)
     );
     assert_eq!(c.state(1), "PRIM");
-    let n = acks(&c).len();
-    assert!(wait_until(10, || acks(&c).len() > n + 20), "the client stopped");
-    std::fs::write(c.path("side1/journal.stop"), b"").unwrap();
-    client.wait().unwrap();
-    assert!(
-        !c.path("side1/journal.errors").exists(),
-        "a call failed: {}",
-        std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
-    );
+    stop_client(&c, client);
 }
 
 /// The SECOND frozen (SIGSTOP, 2 s) as the upgrade starts: the mounts wait
@@ -286,24 +277,8 @@ fn a_bad_program_is_refused_and_one_that_cannot_start_gives_the_sessions_back() 
 /// runs on it resynchronises and follows.
 #[test]
 fn an_upgrade_while_the_second_is_frozen_waits_for_it_no_longer_than_the_peer_timeout() {
-    let mut c = Cluster::build_opts(
-        None,
-        &Options {
-            quorum: "none",
-            heartbeat: (200, 3000),
-            peer_timeout_ms: 1000,
-            ..Options::default()
-        },
-    );
-    c.start_both(30);
-    c.wait_app_writes(1);
-    script(&c.path("client.py"), CLIENT);
-    let mut client = std::process::Command::new(c.path("client.py"))
-        .arg(c.path("node1/app"))
-        .arg(c.path("side1"))
-        .spawn()
-        .unwrap();
-    assert!(wait_until(10, || acks(&c).len() > 20), "the client does not write");
+    let c = cluster(None, "none", 1000);
+    let client = start_client(&c);
     let second = c.pid(2) as i32;
     // SAFETY: kill takes no pointer; `second` is node2's running daemon.
     unsafe { libc::kill(second, libc::SIGSTOP) };
@@ -313,18 +288,10 @@ fn an_upgrade_while_the_second_is_frozen_waits_for_it_no_longer_than_the_peer_ti
         unsafe { libc::kill(second, libc::SIGCONT) };
     });
     let t0 = monotonic();
-    let said = ok(&c, 1, &["upgrade"]);
+    let said = c.ok(1, &["upgrade"]);
     assert!(said.contains("upgraded in place"), "{said}");
     thaw.join().unwrap();
-    let n = acks(&c).len();
-    assert!(wait_until(10, || acks(&c).len() > n + 20), "the client stopped");
-    std::fs::write(c.path("side1/journal.stop"), b"").unwrap();
-    client.wait().unwrap();
-    assert!(
-        !c.path("side1/journal.errors").exists(),
-        "a call failed: {}",
-        std::fs::read_to_string(c.path("side1/journal.errors")).unwrap()
-    );
+    stop_client(&c, client);
     let worst = acks(&c)
         .iter()
         .filter(|(_, at, _)| *at >= t0)
@@ -339,4 +306,39 @@ fn an_upgrade_while_the_second_is_frozen_waits_for_it_no_longer_than_the_peer_ti
         "node2 did not resync\n{}",
         c.log_text(2)
     );
+}
+
+/// With a witness (network namespaces): the new daemon takes the lease over
+/// as the same node — five upgrades, one of them with the witness frozen
+/// for 2 s — and nothing is fenced; then a kill -9 right after an upgrade
+/// moves the module to the twin with nothing lost.
+#[test]
+fn upgrades_with_a_witness_keep_the_lease_even_with_the_witness_frozen() {
+    let net = common::cluster::Net::pair();
+    let mut c = cluster(Some(&net), "witness", 2000);
+    c.wait_lease(1);
+    let client = start_client(&c);
+    let witness = c.witness.as_ref().unwrap().id() as i32;
+    for i in 0..5 {
+        let thaw = (i == 2).then(|| {
+            // SAFETY: kill takes no pointer; `witness` is the test's witness.
+            unsafe { libc::kill(witness, libc::SIGSTOP) };
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                // SAFETY: as above.
+                unsafe { libc::kill(witness, libc::SIGCONT) };
+            })
+        });
+        let said = c.ok(1, &["upgrade"]);
+        assert!(said.contains("upgraded in place"), "{said}");
+        if let Some(t) = thaw {
+            t.join().unwrap();
+        }
+        assert_eq!(c.state(1), "PRIM", "upgrade {i}\n{}", c.log_text(1));
+        c.wait_lease(1);
+    }
+    stop_client(&c, client);
+    let log = c.log_text(1);
+    assert!(!log.contains("fenced"), "{log}");
+    kill_after_upgrade_fails_over(&mut c);
 }

@@ -11,18 +11,6 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, Net};
 use common::wait_until;
 
-/// `tandem ARGS` on node `n`, which must succeed; its standard output.
-fn ok(c: &Cluster, n: usize, args: &[&str]) -> String {
-    let o = c.tandem(n, args);
-    assert!(
-        o.status.success(),
-        "tandem {args:?} on node{n}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// The module's maintenance in node `n`'s `status --json`.
 fn maintenance(c: &Cluster, n: usize) -> serde_json::Value {
     c.status(n)
@@ -69,7 +57,7 @@ fn in_maintenance_the_second_does_not_take_over_a_killed_primary_until_it_ends()
     c.wait_app_writes(1);
     c.wait_lease(1);
 
-    let said = ok(&c, 2, &["maintenance", "on"]);
+    let said = c.ok(2, &["maintenance", "on"]);
     assert!(said.contains("module app: maintenance on"), "{said}");
     // node1 was told, or had heard it in node2's heartbeat already.
     assert!(
@@ -79,7 +67,7 @@ fn in_maintenance_the_second_does_not_take_over_a_killed_primary_until_it_ends()
     );
     wait_held(&c);
     assert_eq!(maintenance(&c, 1)["by"], "node2");
-    let text = ok(&c, 1, &["status"]);
+    let text = c.ok(1, &["status"]);
     assert!(
         text.contains("MAINTENANCE: automatic failover off for every module since"),
         "{text}"
@@ -101,7 +89,7 @@ fn in_maintenance_the_second_does_not_take_over_a_killed_primary_until_it_ends()
     assert_eq!(m["maintenance"]["on"], true, "{st}");
     assert!(m["why"].as_str().unwrap().contains("maintenance"), "{st}");
     assert_eq!(st["nodes"]["peer_alive"], false, "{st}");
-    let text = ok(&c, 2, &["status"]);
+    let text = c.ok(2, &["status"]);
     assert!(text.contains("MAINTENANCE"), "{text}");
     assert!(
         c.events().lines().last() == Some("stop node1"),
@@ -109,7 +97,7 @@ fn in_maintenance_the_second_does_not_take_over_a_killed_primary_until_it_ends()
         c.events()
     );
 
-    let said = ok(&c, 2, &["maintenance", "off"]);
+    let said = c.ok(2, &["maintenance", "off"]);
     assert!(said.contains("maintenance off"), "{said}");
     assert!(said.contains("node1 is not heard"), "{said}");
     assert!(said.contains("WARNING: if node1 still runs"), "{said}");
@@ -154,7 +142,7 @@ fn maintenance_survives_restarts_and_keeps_checks_and_stops_from_moving_the_modu
     assert_eq!(maintenance(&c, 1)["on"], false);
     assert_eq!(maintenance(&c, 2)["on"], false);
 
-    ok(&c, 1, &["maintenance", "on", "app"]);
+    c.ok(1, &["maintenance", "on", "app"]);
     wait_held(&c);
 
     // The application dies: its check fails, nothing is restarted or moved.
@@ -174,17 +162,17 @@ fn maintenance_survives_restarts_and_keeps_checks_and_stops_from_moving_the_modu
         "{}",
         c.events()
     );
-    let log = ok(&c, 1, &["log", "app"]);
+    let log = c.ok(1, &["log", "app"]);
     assert!(
         log.contains("maintenance: neither restarted nor handed over"),
         "{log}"
     );
     // The operator restarts it.
-    ok(&c, 1, &["restart", "app"]);
+    c.ok(1, &["restart", "app"]);
     c.wait_app_writes(1);
 
     // swap works in maintenance.
-    ok(&c, 1, &["swap", "app"]);
+    c.ok(1, &["swap", "app"]);
     c.wait_states("SECOND", "PRIM", 30);
     c.wait_app_writes(2);
 
@@ -195,7 +183,7 @@ fn maintenance_survives_restarts_and_keeps_checks_and_stops_from_moving_the_modu
     c.start(1);
     c.wait_states("SECOND", "PRIM", 30);
     assert_eq!(maintenance(&c, 1)["on"], true);
-    assert!(ok(&c, 1, &["status"]).contains("MAINTENANCE"));
+    assert!(c.ok(1, &["status"]).contains("MAINTENANCE"));
 
     // The serving daemon restarts: nothing is handed over (its application
     // stops meanwhile), the SECOND does not take over, and it comes back
@@ -222,10 +210,10 @@ fn maintenance_survives_restarts_and_keeps_checks_and_stops_from_moving_the_modu
     assert_eq!(maintenance(&c, 2)["on"], true);
 
     // Switched off from node1 for node2: both end it.
-    ok(&c, 1, &["--on", "node2", "maintenance", "off"]);
+    c.ok(1, &["--on", "node2", "maintenance", "off"]);
     assert!(wait_until(10, || maintenance(&c, 1)["on"] == false
         && maintenance(&c, 2)["on"] == false));
-    assert!(!ok(&c, 1, &["status"]).contains("MAINTENANCE"));
+    assert!(!c.ok(1, &["status"]).contains("MAINTENANCE"));
     c.assert_acks_kept(2);
     c.assert_never_both();
 }

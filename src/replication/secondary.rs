@@ -406,8 +406,9 @@ fn serve(
         let mut s = module.state.lock();
         s.connected = true;
         // A primary's new daemon going on after this copy confirmed every
-        // change (`tandem upgrade`): current it was, current it stays — a
-        // resync write would say otherwise (see `apply`).
+        // change (`tandem upgrade`): current it was, current it stays. What
+        // its change log has not cleared yet is shipped again, and is
+        // already here.
         s.uptodate &= resumes;
         s.last_error = None;
     }
@@ -615,16 +616,6 @@ impl Applying<'_> {
                 | WireMutation::Write { sync: true, .. }
                 | WireMutation::Sync
         );
-        if resync {
-            let mut s = self.module.state.lock();
-            if s.uptodate {
-                s.uptodate = false;
-                tracing::warn!(
-                    "{}: the primary resumed the stream but resynchronises: not up to date",
-                    self.module.name
-                );
-            }
-        }
         if point && self.acks == AckAt::Received {
             send_ack(self.channel, self.c, &self.module.tally)?;
             self.last_ack = Instant::now();

@@ -565,6 +565,20 @@ timeout_s = {script_timeout}
         c
     }
 
+    /// `tandem ARGS` on node `n`, which must succeed; its standard output.
+    pub fn ok(&self, n: usize, args: &[&str]) -> String {
+        let o = self.tandem(n, args);
+        assert!(
+            o.status.success(),
+            "tandem {args:?} on node{n}: {}{}\n--- node1\n{}\n--- node2\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log_text(1),
+            self.log_text(2)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     /// Node `n`'s health endpoint port (its first `lb_port`).
     pub fn lb_port(&self, n: usize) -> u16 {
         let text = std::fs::read_to_string(self.config(n)).unwrap();
