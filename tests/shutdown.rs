@@ -57,6 +57,11 @@ fn run(net: &Net, opts: &Options) {
     let mut c = Cluster::build_opts(Some(net), opts);
     c.start_both(30);
     c.wait_app_writes(1);
+    // A verify runs too (its session is one more task to join); the
+    // application is held still meanwhile, as a file written throughout a
+    // verify may be read at different moments on the two nodes.
+    std::fs::write(c.path("hold"), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let o = c.tandem(1, &["verify", "app"]);
     assert!(
         o.status.success(),
@@ -64,6 +69,7 @@ fn run(net: &Net, opts: &Options) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    std::fs::remove_file(c.path("hold")).unwrap();
     // The serving node hands over on its stop; the other serves and is
     // stopped in turn, alone.
     let first = stop_and_check(&mut c, 1);

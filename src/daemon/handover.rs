@@ -62,8 +62,9 @@ pub struct ModuleImage {
     /// The peer confirmed every change before the link closed: the new
     /// daemon's link tells it that the stream goes on.
     pub flushed: bool,
-    /// How long the mounts waited for the peer's confirmation (ms): what
-    /// is left of the peer timeout is all the new daemon waits for it.
+    /// How long the mounts had been frozen once this module's peer
+    /// confirmed (ms): what is left of the peer timeout is all the new
+    /// daemon waits for it.
     #[serde(default)]
     pub waited_ms: u64,
     /// The real directories, opened before they were mounted over.

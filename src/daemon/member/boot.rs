@@ -341,11 +341,19 @@ fn take_over(
     for h in hb.heard.lock().iter_mut() {
         *h = Some(Instant::now());
     }
+    // What the previous daemon already waited for the peer counts.
+    let waited = image.modules.iter().map(|m| m.waited_ms).max().unwrap_or(0);
+    let until = Instant::now()
+        + node
+            .settings
+            .replication
+            .peer_timeout
+            .saturating_sub(Duration::from_millis(waited));
     for mi in &image.modules {
         let Some(m) = modules.iter_mut().find(|m| m.cfg.name == mi.name) else {
             continue;
         };
-        m.take_over(node, mi)
+        m.take_over(node, mi, until)
             .map_err(|e| (crate::exit::EXIT_FAILURE, format!("module {}: {e}", mi.name)))?;
     }
     // Duplicated when the modules and the guard were opened: the image's

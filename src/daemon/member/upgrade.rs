@@ -67,19 +67,19 @@ pub(super) fn upgrade(
         let m = &mut modules[i];
         m.fence.armed.store(false, Ordering::SeqCst);
         *m.fence.rep.lock() = None;
-        let t = Instant::now();
-        // What the drain already waited counts against the peer timeout.
+        // What the drain and the modules before already waited counts
+        // against the peer timeout.
         let within = node
             .settings
             .replication
             .peer_timeout
-            .saturating_sub(drained);
+            .saturating_sub(t0.elapsed());
         m.flushed = m.close_primary(
             Some(within),
             true,
             "this daemon hands over to its next release",
         ) == Some(true);
-        waited.push(t.elapsed());
+        waited.push(t0.elapsed());
         m.sinks.clear();
     }
     for m in modules.iter() {
@@ -177,21 +177,16 @@ impl Managed {
         &mut self,
         node: &ThisNode,
         image: &ModuleImage,
+        until: Instant,
     ) -> Result<(), String> {
         let t0 = Instant::now();
         let rep = self
             .open_primary(node, self.flushed)
             .map_err(|e| e.to_string())?;
-        // No call waits on the peer longer than the peer timeout in all: a
-        // peer that did not confirm before is not waited for again (it
-        // resyncs once it answers).
-        let wait = if image.flushed {
-            rep.peer_timeout
-                .saturating_sub(Duration::from_millis(image.waited_ms))
-        } else {
-            Duration::ZERO
-        };
-        let deadline = Instant::now() + wait;
+        // No call waits on the peer longer than the peer timeout in all
+        // (`until`, shared by the modules): a peer that did not confirm
+        // before is not waited for again (it resyncs once it answers).
+        let deadline = if image.flushed { until } else { Instant::now() };
         let mut followed = false;
         while Instant::now() < deadline {
             let st = rep.status();
