@@ -843,7 +843,8 @@ fn a_mount_handed_over_keeps_open_files_and_numbers() {
             let (mut n, mut longest) = (0u64, Duration::ZERO);
             while !stop.load(Ordering::SeqCst) {
                 let t0 = Instant::now();
-                f.write_all(format!("record {n}\n").as_bytes()).expect("write");
+                f.write_all(format!("record {n}\n").as_bytes())
+                    .expect("write");
                 f.sync_data().expect("fdatasync");
                 longest = longest.max(t0.elapsed());
                 n += 1;
@@ -857,19 +858,26 @@ fn a_mount_handed_over_keeps_open_files_and_numbers() {
     old.freeze(Duration::from_secs(5)).expect("freeze");
     let image = old.hand_over();
     assert!(image.files.len() >= 2, "open files in the image: {image:?}");
-    assert!(!image.dirs.is_empty(), "the directory stream is in the image");
+    assert!(
+        !image.dirs.is_empty(),
+        "the directory stream is in the image"
+    );
     // Nobody reads now: a request waits.
     let waiting = {
         let dir = dir.clone();
         std::thread::spawn(move || std::fs::metadata(dir.join("sub/f5")).map(|m| m.len()))
     };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!waiting.is_finished(), "answered while nobody read the session");
+    assert!(
+        !waiting.is_finished(),
+        "answered while nobody read the session"
+    );
     let sink = Arc::new(common::RecordingSink::default());
     // SAFETY: the image's descriptors belong to the abandoned session, whose
     // workers stay parked and never close them.
-    let new = unsafe { tandem::fs::resume(image, sink.clone(), &tandem::fs::MountConfig::default()) }
-        .expect("resume");
+    let new =
+        unsafe { tandem::fs::resume(image, sink.clone(), &tandem::fs::MountConfig::default()) }
+            .expect("resume");
     assert_eq!(waiting.join().unwrap().unwrap(), 1);
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::SeqCst);
@@ -884,7 +892,10 @@ fn a_mount_handed_over_keeps_open_files_and_numbers() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(rest.len() + 1, 20, "first {first:?}, then {rest:?}");
-    assert_eq!(std::fs::metadata(dir.join("sub/f3")).unwrap().ino(), ino_before);
+    assert_eq!(
+        std::fs::metadata(dir.join("sub/f3")).unwrap().ino(),
+        ino_before
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.lines().count() as u64, records);
     assert!(
@@ -896,7 +907,10 @@ fn a_mount_handed_over_keeps_open_files_and_numbers() {
     m.mounted = Some(new);
     m.unmount();
     assert_eq!(
-        std::fs::read_to_string(t.path().join("log")).unwrap().lines().count() as u64,
+        std::fs::read_to_string(t.path().join("log"))
+            .unwrap()
+            .lines()
+            .count() as u64,
         records
     );
 }

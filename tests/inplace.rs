@@ -98,14 +98,20 @@ fn start_client(c: &Cluster) -> std::process::Child {
         .arg(c.path("side1"))
         .spawn()
         .unwrap();
-    assert!(wait_until(10, || acks(c).len() > 20), "the client does not write");
+    assert!(
+        wait_until(10, || acks(c).len() > 20),
+        "the client does not write"
+    );
     client
 }
 
 /// Checks that the client goes on, stops it, and that none of its calls failed.
 fn stop_client(c: &Cluster, mut client: std::process::Child) {
     let n = acks(c).len();
-    assert!(wait_until(10, || acks(c).len() > n + 20), "the client stopped");
+    assert!(
+        wait_until(10, || acks(c).len() > n + 20),
+        "the client stopped"
+    );
     std::fs::write(c.path("side1/journal.stop"), b"").unwrap();
     client.wait().unwrap();
     assert!(
@@ -154,7 +160,13 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
         let t0 = monotonic();
         let said = c.ok(
             1,
-            &["upgrade", "--program", program.to_str().unwrap(), "--timeout", "30"],
+            &[
+                "upgrade",
+                "--program",
+                program.to_str().unwrap(),
+                "--timeout",
+                "30",
+            ],
         );
         let t1 = monotonic();
         assert!(said.contains("upgraded in place"), "{said}");
@@ -192,7 +204,11 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
     let peer = std::fs::read_to_string(c.path("node2/app/journal")).unwrap();
     let on_peer: Vec<u64> = peer.lines().map(|l| l.parse().unwrap()).collect();
     for (n, _, _) in &all {
-        assert_eq!(on_peer.get(*n as usize - 1), Some(n), "record {n} not on the peer");
+        assert_eq!(
+            on_peer.get(*n as usize - 1),
+            Some(n),
+            "record {n} not on the peer"
+        );
     }
     let ms = |s: f64| s * 1000.0;
     let max = stalls.iter().cloned().fold(0.0, f64::max);
@@ -217,7 +233,11 @@ fn twenty_upgrades_in_place_with_a_client_running_then_a_kill_fails_over() {
             "the application does not write on node{to} after the swap"
         );
         outages.push(t0.elapsed().as_secs_f64());
-        let (a, b) = if to == 1 { ("PRIM", "SECOND") } else { ("SECOND", "PRIM") };
+        let (a, b) = if to == 1 {
+            ("PRIM", "SECOND")
+        } else {
+            ("SECOND", "PRIM")
+        };
         c.wait_states(a, b, 30);
     }
     eprintln!(
@@ -245,7 +265,10 @@ fn a_bad_program_is_refused_and_one_that_cannot_start_gives_the_sessions_back() 
     let o = c.tandem(1, &["upgrade", "--program", "/bin/true"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not answer `tandem handover-check`"), "{err}");
+    assert!(
+        err.contains("does not answer `tandem handover-check`"),
+        "{err}"
+    );
     assert_eq!(since(&c), before, "nothing was handed over");
 
     // Answers the check as tandem, then fails to start (an unknown node).
@@ -297,7 +320,10 @@ fn an_upgrade_while_the_second_is_frozen_waits_for_it_no_longer_than_the_peer_ti
         .filter(|(_, at, _)| *at >= t0)
         .map(|(_, _, d)| *d)
         .fold(0.0, f64::max);
-    eprintln!("upgrade with the SECOND frozen: longest call {:.0} ms", worst * 1000.0);
+    eprintln!(
+        "upgrade with the SECOND frozen: longest call {:.0} ms",
+        worst * 1000.0
+    );
     // The peer timeout (1 s) once, the new program's start, the scheduler.
     assert!(worst < 1.8, "a call waited {worst:.3} s\n{}", c.log_text(1));
     c.wait_states("PRIM", "SECOND", 30);

@@ -95,7 +95,9 @@ pub enum HandoverError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} does not answer `tandem handover-check` ({why}): not a tandem that can take over")]
+    #[error(
+        "{path} does not answer `tandem handover-check` ({why}): not a tandem that can take over"
+    )]
     NotTandem { path: PathBuf, why: String },
     #[error(
         "{path} (tandem {software}) reads hand-overs {theirs}, this daemon writes {ours}: \
@@ -234,7 +236,10 @@ pub fn read(fd: RawFd) -> Result<Image, HandoverError> {
     }
     let image: Image =
         serde_json::from_slice(&bytes).map_err(|e| HandoverError::Image(e.to_string()))?;
-    if PROTOCOL.shared(Range::new(image.protocol, image.protocol)).is_err() {
+    if PROTOCOL
+        .shared(Range::new(image.protocol, image.protocol))
+        .is_err()
+    {
         return Err(HandoverError::Image(format!(
             "written in version {} by tandem {}; this release reads {PROTOCOL}",
             image.protocol, image.software
@@ -255,8 +260,12 @@ pub fn fall_back(image: &Image, image_fd: RawFd, why: &str) -> HandoverError {
     if std::env::var_os(BACK).is_some() {
         return HandoverError::Image(format!("taken back and still failing: {why}"));
     }
-    tracing::error!("cannot go on from the previous daemon's sessions ({why}): giving them back to it");
-    eprintln!("tandem: cannot go on from the previous daemon's sessions ({why}): giving them back to it");
+    tracing::error!(
+        "cannot go on from the previous daemon's sessions ({why}): giving them back to it"
+    );
+    eprintln!(
+        "tandem: cannot go on from the previous daemon's sessions ({why}): giving them back to it"
+    );
     let args = with_image(image.previous_args.iter().map(OsString::from), image_fd);
     exec(Program::Fd(image.previous), &args, Some((BACK, why)))
 }

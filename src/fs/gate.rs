@@ -669,7 +669,8 @@ mod tests {
         pool.submit(move || tx.send(()).unwrap());
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
         pool.gate.thaw();
-        rx.recv_timeout(Duration::from_secs(2)).expect("served after the thaw");
+        rx.recv_timeout(Duration::from_secs(2))
+            .expect("served after the thaw");
         assert!(!pool.gate.quiet());
         pool.stop();
     }

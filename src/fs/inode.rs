@@ -289,7 +289,10 @@ impl InodeTable {
                 aside.push(inode);
                 continue;
             }
-            if maps.by_key.insert((inode.dev, inode.ino), inode.id).is_some()
+            if maps
+                .by_key
+                .insert((inode.dev, inode.ino), inode.id)
+                .is_some()
                 || maps.by_id.contains_key(&inode.id)
             {
                 return Err("an inode is named twice");

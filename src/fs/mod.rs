@@ -254,12 +254,11 @@ pub unsafe fn resume(
         tracing::warn!("{}: {e}", dir.display());
     }
     // SAFETY: the caller's contract.
-    let (tables, fuse) = unsafe { image.clone().into_tables() }.map_err(|source| {
-        ResumeError::Image {
+    let (tables, fuse) =
+        unsafe { image.clone().into_tables() }.map_err(|source| ResumeError::Image {
             dir: dir.clone(),
             source,
-        }
-    })?;
+        })?;
     let uncached = image.uncached_writes;
     let threads = config.threads.max(1);
     let gate = gate::Gate::new(threads);

@@ -357,7 +357,15 @@ async fn session(
     let channel = Channel::from_tokio(tcp, tls, HELLO_TIMEOUT, module.tally.clone())?;
     let stop = stop.clone();
     tokio::task::spawn_blocking(move || {
-        let r = serve(&module, id, &channel, Frames::with(rest), acks, resumes, &stop);
+        let r = serve(
+            &module,
+            id,
+            &channel,
+            Frames::with(rest),
+            acks,
+            resumes,
+            &stop,
+        );
         // Its last words (an ack, or why it stopped) go out first.
         channel.close(true);
         r

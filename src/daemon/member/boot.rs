@@ -76,7 +76,15 @@ pub fn run(
         }
     };
     let mut taking = false;
-    let served = start_and_serve(settings, opts, rt, signals, &stop, image.as_ref(), &mut taking);
+    let served = start_and_serve(
+        settings,
+        opts,
+        rt,
+        signals,
+        &stop,
+        image.as_ref(),
+        &mut taking,
+    );
     if let (Err((_, why)), Some(image)) = (&served, &image)
         && !taking
     {
@@ -353,12 +361,17 @@ fn take_over(
         let Some(m) = modules.iter_mut().find(|m| m.cfg.name == mi.name) else {
             continue;
         };
-        m.take_over(node, mi, until)
-            .map_err(|e| (crate::exit::EXIT_FAILURE, format!("module {}: {e}", mi.name)))?;
+        m.take_over(node, mi, until).map_err(|e| {
+            (
+                crate::exit::EXIT_FAILURE,
+                format!("module {}: {e}", mi.name),
+            )
+        })?;
     }
     // Duplicated when the modules and the guard were opened: the image's
     // numbers close now.
-    let mut done: Vec<std::os::fd::RawFd> = image.modules.iter().flat_map(|m| m.roots.clone()).collect();
+    let mut done: Vec<std::os::fd::RawFd> =
+        image.modules.iter().flat_map(|m| m.roots.clone()).collect();
     done.push(image.previous);
     done.extend(image.guard.as_ref().map(|g| g.pipe));
     done.extend(memfd);

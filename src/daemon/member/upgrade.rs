@@ -106,7 +106,10 @@ pub(super) fn upgrade(
             .zip(&waited)
             .map(|(&i, waited)| {
                 let m = &mut modules[i];
-                m.note(format!("handing over to tandem {software} ({})", program.display()));
+                m.note(format!(
+                    "handing over to tandem {software} ({})",
+                    program.display()
+                ));
                 ModuleImage {
                     name: m.cfg.name.clone(),
                     machine: m.machine.clone(),
@@ -147,7 +150,11 @@ pub(super) fn upgrade(
             let args = handover::arguments(memfd);
             let e = handover::exec(Program::Path(program), &args, None);
             tracing::error!("{e}; going on with this release");
-            handover::exec(Program::Fd(image.previous), &args, Some((handover::BACK, &e.to_string())))
+            handover::exec(
+                Program::Fd(image.previous),
+                &args,
+                Some((handover::BACK, &e.to_string())),
+            )
         }
         Err(e) => e,
     };
