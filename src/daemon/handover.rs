@@ -270,17 +270,7 @@ pub fn fall_back(image: &Image, image_fd: RawFd, why: &str) -> HandoverError {
     exec(Program::Fd(image.previous), &args, Some((BACK, why)))
 }
 
-/// Lets descriptors survive `execve` (`keep`), or closes them on exec again.
-pub fn keep_across_exec(fds: &[RawFd], keep: bool) -> std::io::Result<()> {
-    for &fd in fds {
-        let flag = if keep { 0 } else { libc::FD_CLOEXEC };
-        // SAFETY: F_SETFD only sets the flags of a descriptor number.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, flag) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
+pub use crate::fs::handover::{duplicate, keep_across_exec};
 
 /// This daemon's command line with the image's descriptor in place of any
 /// earlier one.

@@ -138,10 +138,7 @@ impl SessionImage {
     /// Lets the descriptors survive `execve` (or, with `false`, closes them
     /// on exec again, as every descriptor of the daemon is).
     pub fn keep_across_exec(&self, keep: bool) -> std::io::Result<()> {
-        for fd in self.fds() {
-            set_cloexec(fd, !keep)?;
-        }
-        Ok(())
+        keep_across_exec(&self.fds(), keep)
     }
 
     /// Checks that every descriptor is open and named once.
@@ -264,13 +261,29 @@ impl SessionImage {
     }
 }
 
-fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
-    let flag = if on { libc::FD_CLOEXEC } else { 0 };
-    // SAFETY: F_SETFD only sets the flags of a descriptor number.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flag) } < 0 {
-        return Err(std::io::Error::last_os_error());
+/// Lets descriptors survive `execve` (`keep`), or closes them on exec again.
+pub fn keep_across_exec(fds: &[RawFd], keep: bool) -> std::io::Result<()> {
+    let flag = if keep { 0 } else { libc::FD_CLOEXEC };
+    for &fd in fds {
+        // SAFETY: F_SETFD only sets the flags of a descriptor number.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flag) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
+}
+
+/// A descriptor of this process's own, duplicated from an inherited number
+/// that stays open (and is closed by whoever owns it).
+pub fn duplicate(fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC reads the descriptor number only; a number
+    // that is not open fails with EBADF.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// The FUSE version the synthetic INIT claims: what the library answers to

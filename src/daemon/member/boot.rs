@@ -264,9 +264,7 @@ fn start_and_serve(
         // guard nor keeps the previous program from taking it back.
         Some(g) => {
             use std::os::fd::IntoRawFd;
-            // SAFETY: an inherited descriptor, open, borrowed to duplicate it.
-            let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(g.pipe) }
-                .try_clone_to_owned()
+            let dup = crate::daemon::handover::duplicate(g.pipe)
                 .map_err(|e| (EXIT_FAILURE, format!("the guard's pipe: {e}")))?;
             // SAFETY: the duplicate is ours and taken once.
             unsafe { crate::failover::guard::Guard::adopt(dup.into_raw_fd(), g.pid) }

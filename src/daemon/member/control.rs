@@ -136,7 +136,7 @@ impl Dispatch for Shared {
                     Some(p) => std::path::PathBuf::from(p),
                     None => match super::upgrade::installed_program() {
                         Ok(p) => p,
-                        Err(e) => return Response::error(e),
+                        Err(e) => return Response::error(e.to_string()),
                     },
                 };
                 if !program.is_absolute() {

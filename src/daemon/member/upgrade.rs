@@ -167,13 +167,29 @@ pub(super) fn upgrade(
 
 /// The program this daemon was started from, as it is on disk now (a
 /// package upgrade replaced it under the same name).
-pub(super) fn installed_program() -> Result<std::path::PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("this daemon's program: {e}"))?;
+pub(super) fn installed_program() -> Result<std::path::PathBuf, NoProgram> {
+    let exe = std::env::current_exe().map_err(NoProgram)?;
     let text = exe.to_string_lossy();
     Ok(match text.strip_suffix(" (deleted)") {
         Some(p) => std::path::PathBuf::from(p),
         None => exe,
     })
+}
+
+/// This daemon's own program cannot be found.
+#[derive(Debug, thiserror::Error)]
+#[error("this daemon's program: {0}")]
+pub(super) struct NoProgram(#[source] std::io::Error);
+
+/// Why a module handed over could not serve again.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TakeOverError {
+    #[error(transparent)]
+    Primary(#[from] super::executor::PromoteError),
+    #[error(transparent)]
+    Session(#[from] crate::fs::ResumeError),
+    #[error(transparent)]
+    Clients(#[from] crate::failover::vip::VipError),
 }
 
 impl Managed {
@@ -185,11 +201,9 @@ impl Managed {
         node: &ThisNode,
         image: &ModuleImage,
         until: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), TakeOverError> {
         let t0 = Instant::now();
-        let rep = self
-            .open_primary(node, self.flushed)
-            .map_err(|e| e.to_string())?;
+        let rep = self.open_primary(node, self.flushed)?;
         // No call waits on the peer longer than the peer timeout in all
         // (`until`, shared by the modules): a peer that did not confirm
         // before is not waited for again (it resyncs once it answers).
@@ -207,13 +221,12 @@ impl Managed {
             let sink = Arc::new(CountingSink::wrapping(rep.sink(i as u32)));
             // SAFETY: the image's descriptors were inherited for this, and
             // each session's are taken once.
-            let m = unsafe { crate::fs::resume(s, sink.clone(), &MountConfig::default()) }
-                .map_err(|e| e.to_string())?;
+            let m = unsafe { crate::fs::resume(s, sink.clone(), &MountConfig::default()) }?;
             self.mounts.push(m);
             self.sinks.push(sink);
         }
         if self.app_running {
-            self.take_clients(node).map_err(|e| e.to_string())?;
+            self.take_clients(node)?;
             if let Some(v) = self.vips.as_mut()
                 && let Err(e) = v.announce(&node.stop)
             {
@@ -240,10 +253,5 @@ impl Managed {
 /// over: the numbers themselves stay open until the take-over is done, so
 /// that a start that fails before can give them back (see `fall_back`).
 pub(super) fn roots(m: &ModuleImage) -> std::io::Result<Vec<OwnedFd>> {
-    m.roots
-        .iter()
-        // SAFETY: an inherited descriptor, open (the image was checked),
-        // borrowed only to duplicate it.
-        .map(|&fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned())
-        .collect()
+    m.roots.iter().map(|&fd| handover::duplicate(fd)).collect()
 }
