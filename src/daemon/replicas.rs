@@ -16,6 +16,7 @@ use crate::replication::frame;
 use crate::replication::primary::{AloneCheck, Replicator};
 use crate::replication::secondary::{SecondaryModule, SecondaryServer};
 use crate::replication::session::{PrimarySession, ResolveError, resolve, state_dir};
+use crate::replication::snapshot::{SnapshotError, Snapshots};
 use crate::replication::status::ReplicationStatus;
 use crate::replication::tls::{Credentials, TlsError};
 
@@ -225,6 +226,13 @@ pub enum DirError {
         #[source]
         source: std::io::Error,
     },
+    #[error("module {module}: snapshots in {path}: {source}")]
+    Snapshots {
+        module: String,
+        path: PathBuf,
+        #[source]
+        source: SnapshotError,
+    },
     #[error("module {module}: change log in {path}: {source}")]
     ChangeLog {
         module: String,
@@ -256,6 +264,21 @@ pub(super) fn open_dirs_over(
         }
     };
     let mut out = Vec::new();
+    let at = settings
+        .daemon
+        .state_dir
+        .join("modules")
+        .join(&module.name)
+        .join("snapshots");
+    std::fs::create_dir_all(&at).map_err(io(&at))?;
+    let snaps =
+        Arc::new(
+            Snapshots::open(&at, &module.name).map_err(|source| DirError::Snapshots {
+                module: module.name.clone(),
+                path: at.clone(),
+                source,
+            })?,
+        );
     for (i, path) in module.dirs.iter().enumerate() {
         let given = roots
             .as_mut()
@@ -295,6 +318,7 @@ pub(super) fn open_dirs_over(
             root,
             log,
             cache: parking_lot::Mutex::new(cache),
+            snaps: Some(snaps.clone()),
         });
     }
     Ok(out)

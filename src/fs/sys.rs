@@ -279,6 +279,38 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })
 }
 
+/// Copies `len` bytes from `from` at `off_in` to `to` at `off_out` inside the
+/// kernel (a reflink where the file system shares extents); where the two
+/// file systems cannot, through a buffer. Returns the bytes copied (0 at the
+/// end of `from`).
+pub fn copy_range(
+    from: BorrowedFd<'_>,
+    off_in: u64,
+    to: BorrowedFd<'_>,
+    off_out: u64,
+    len: u64,
+) -> SysResult<usize> {
+    let (mut i, mut o) = (off_in as i64, off_out as i64);
+    match nix::fcntl::copy_file_range(from, Some(&mut i), to, Some(&mut o), len as usize) {
+        Ok(n) => Ok(n),
+        Err(e)
+            if matches!(
+                e,
+                nix::errno::Errno::EXDEV
+                    | nix::errno::Errno::EINVAL
+                    | nix::errno::Errno::ENOSYS
+                    | nix::errno::Errno::EOPNOTSUPP
+            ) =>
+        {
+            let mut buf = vec![0u8; len.min(1 << 20) as usize];
+            let n = pread(from, &mut buf, off_in)?;
+            pwrite_all(to, &buf[..n], off_out)?;
+            Ok(n)
+        }
+        Err(e) => Err(Errno::from(io::Error::from_raw_os_error(e as i32))),
+    }
+}
+
 /// Asks the kernel to start reading `len` bytes at `offset` into the page
 /// cache. Advisory: a failure only costs speed, so it is not reported.
 pub fn will_need(fd: BorrowedFd<'_>, offset: u64, len: u64) {

@@ -13,6 +13,7 @@ use crate::fs::Errno;
 use crate::fs::sys;
 
 use super::entry;
+use super::snapshot::{Effect, Snapshots, effects};
 use super::wire::{PathError, Time, WireAttrs, WireMutation, checked_path, checked_path_or_root};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +34,11 @@ pub enum ApplyError {
 const OPEN_FILES: usize = 256;
 
 pub struct Applier {
-    roots: Vec<OwnedFd>,
+    /// Shared so a change can borrow its root while the applier changes.
+    roots: std::sync::Arc<Vec<OwnedFd>>,
+    /// This node's snapshots of the module: each change keeps first what it
+    /// destroys.
+    snaps: Option<std::sync::Arc<Snapshots>>,
     open: HashMap<(u32, PathBuf), OwnedFd>,
     /// Modification times of files written since their times were last set.
     /// An explicit time marks the inode dirty for data integrity, so setting
@@ -61,10 +66,17 @@ impl Applier {
     /// `roots`: `O_PATH` descriptors of the module's directories, in config order.
     pub fn new(roots: Vec<OwnedFd>) -> Self {
         Self {
-            roots,
+            roots: std::sync::Arc::new(roots),
+            snaps: None,
             open: HashMap::new(),
             pending_times: HashMap::new(),
         }
+    }
+
+    /// Changes keep what they destroy for `snaps` first.
+    pub fn with_snapshots(mut self, snaps: Option<std::sync::Arc<Snapshots>>) -> Self {
+        self.snaps = snaps;
+        self
     }
 
     /// Readable descriptors of the roots, for syncfs on another thread.
@@ -116,7 +128,19 @@ impl Applier {
         if !deferred {
             self.settle_times()?;
         }
-        self.apply_change(dir, m, data, tolerant)?;
+        match self.snaps.clone() {
+            Some(snaps) => {
+                let roots = self.roots.clone();
+                let root = roots.get(dir as usize).ok_or(ApplyError::Dir(dir))?.as_fd();
+                snaps.keeping(
+                    dir,
+                    root,
+                    || effects::of_wire(root, m, data.len() as u64),
+                    || self.apply_change(dir, m, data, tolerant),
+                )?
+            }
+            None => self.apply_change(dir, m, data, tolerant)?,
+        }
         if deferred {
             for (raw, t) in times {
                 self.pending_times.insert((dir, path_of(raw, true)?), *t);
@@ -352,6 +376,18 @@ impl Applier {
     }
 
     fn set_time(&self, dir: u32, p: &Path, t: Time) -> Result<(), ApplyError> {
+        match &self.snaps {
+            Some(snaps) => snaps.keeping(
+                dir,
+                self.root(dir)?,
+                || vec![Effect::Meta(p.to_path_buf())],
+                || self.set_time_now(dir, p, t),
+            ),
+            None => self.set_time_now(dir, p, t),
+        }
+    }
+
+    fn set_time_now(&self, dir: u32, p: &Path, t: Time) -> Result<(), ApplyError> {
         let ts = [Time::timespec(None), Time::timespec(Some(t))];
         // The file just written needs no path walk.
         let r = match self.open.get(&(dir, p.to_path_buf())) {

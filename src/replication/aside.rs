@@ -179,6 +179,7 @@ mod tests {
             root: std::fs::File::open(root.path()).unwrap().into(),
             log,
             cache: parking_lot::Mutex::new(Default::default()),
+            snaps: None,
         };
         let out = tempfile::tempdir().unwrap();
         let calls = std::cell::Cell::new(0);
@@ -218,6 +219,7 @@ mod tests {
             root: std::fs::File::open(root.path()).unwrap().into(),
             log,
             cache: parking_lot::Mutex::new(Default::default()),
+            snaps: None,
         };
         let out = tempfile::tempdir().unwrap();
         let done =

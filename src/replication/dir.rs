@@ -14,4 +14,6 @@ pub struct Dir {
     pub log: Arc<dyn ChangeLog>,
     /// Chunk lists of the files, for verify and full sync.
     pub cache: Mutex<super::manifest::Cache>,
+    /// The module's snapshots on this node (shared by its directories).
+    pub snaps: Option<Arc<super::snapshot::Snapshots>>,
 }

@@ -28,6 +28,7 @@ pub mod replay;
 pub mod resync;
 pub mod secondary;
 pub mod session;
+pub mod snapshot;
 pub mod status;
 pub mod tls;
 pub mod verify;

@@ -76,7 +76,9 @@ impl SecondaryModule {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Self {
             name: name.to_string(),
-            applier: Mutex::new(Applier::new(roots)),
+            applier: Mutex::new(
+                Applier::new(roots).with_snapshots(dirs.first().and_then(|d| d.snaps.clone())),
+            ),
             logs: dirs.iter().map(|d| d.log.clone()).collect(),
             dirs: Arc::new(dirs),
             session: AtomicU64::new(0),

@@ -45,6 +45,7 @@ impl Managed {
                     root: d.root.try_clone()?,
                     log: d.log.clone(),
                     cache: Mutex::new(crate::replication::manifest::Cache::load(c)),
+                    snaps: d.snaps.clone(),
                 })
             })
             .collect()

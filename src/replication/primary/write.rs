@@ -16,11 +16,30 @@ use super::order::Order;
 use super::stream::Stream;
 use super::times::{stamp, stamps};
 use crate::fs::{Errno, LocalApply, Mutation};
+use crate::replication::snapshot::effects;
 use crate::replication::wire::WireMutation;
 
 /// One mutation of directory `dir`: recorded, applied by `local`, sent,
-/// and answered as the ack mode asks.
+/// and answered as the ack mode asks. While this node holds a snapshot,
+/// what the mutation destroys is kept first.
 pub fn submit(
+    x: &Excluding<'_>,
+    dir: u32,
+    m: &Mutation<'_>,
+    local: LocalApply<'_>,
+) -> Result<(), Errno> {
+    let d = &x.stream.dirs[dir as usize];
+    match &d.snaps {
+        Some(snaps) if !matches!(m, Mutation::Fsync { .. }) => {
+            let root = d.root.as_fd();
+            let mut kept = || snaps.keeping(dir, root, || effects::of_mutation(m), || local());
+            submit_kept(x, dir, m, &mut kept)
+        }
+        _ => submit_kept(x, dir, m, local),
+    }
+}
+
+fn submit_kept(
     x: &Excluding<'_>,
     dir: u32,
     m: &Mutation<'_>,

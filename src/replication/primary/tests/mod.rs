@@ -52,6 +52,7 @@ fn build(
         root: std::fs::File::open(root.path()).unwrap().into(),
         log,
         cache: Mutex::new(Default::default()),
+        snaps: None,
     };
     let rep = Replicator::new(Settings {
         module: "m".into(),

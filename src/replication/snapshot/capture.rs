@@ -1,0 +1,349 @@
+//! Keeping what one change destroys, for the newest snapshot.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirEntryExt;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+
+use super::keys::{self, Aspect, At, Obj};
+use super::memo::{Kept, Memo};
+use super::{BLOCK, Effect, RUN, obj, put, shown, synced};
+use crate::fs::Errno;
+use crate::fs::sys;
+use crate::replication::entry;
+use crate::replication::wire::{Entry, EntryKind};
+
+/// A batch of captures is written out once it holds this much.
+const BATCH: usize = 64 << 20;
+
+/// The names in a directory open as `fd`, each with its inode number.
+pub(super) fn read_names(fd: BorrowedFd<'_>) -> Result<Vec<(Vec<u8>, u64)>, Errno> {
+    let d = sys::reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let p = sys::proc_path(d.as_raw_fd());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(Path::new(OsStr::from_bytes(p.as_bytes()))).map_err(Errno::from)? {
+        let e = e.map_err(Errno::from)?;
+        out.push((e.file_name().as_bytes().to_vec(), e.ino()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(super) fn encode_names(names: &[(Vec<u8>, u64)]) -> Vec<u8> {
+    let raw = postcard::to_stdvec(names).expect("serialisable");
+    zstd::bulk::compress(&raw, 1).expect("compressing to memory")
+}
+
+pub(super) fn decode_names(v: &[u8]) -> Result<Vec<(Vec<u8>, u64)>, String> {
+    let raw = zstd::stream::decode_all(v).map_err(|e| format!("names: {e}"))?;
+    postcard::from_bytes(&raw).map_err(|e| format!("names: {e}"))
+}
+
+pub(super) fn encode_meta(e: &Entry) -> Vec<u8> {
+    postcard::to_stdvec(e).expect("serialisable")
+}
+
+pub(super) fn decode_meta(v: &[u8]) -> Result<Entry, String> {
+    postcard::from_bytes(v).map_err(|e| format!("metadata: {e}"))
+}
+
+/// Bytes kept: their length, then zstd.
+pub(super) fn encode_data(data: &[u8]) -> Vec<u8> {
+    let mut v = (data.len() as u32).to_be_bytes().to_vec();
+    v.extend(zstd::bulk::compress(data, 1).expect("compressing to memory"));
+    v
+}
+
+pub(super) fn data_len(v: &[u8]) -> Option<u64> {
+    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as u64)
+}
+
+pub(super) fn decode_data(v: &[u8]) -> Result<Vec<u8>, String> {
+    let len = data_len(v).ok_or("data: too short")? as usize;
+    let out = zstd::bulk::decompress(&v[4..], len).map_err(|e| format!("data: {e}"))?;
+    if out.len() != len {
+        return Err(format!("data: {} bytes where {len} were kept", out.len()));
+    }
+    Ok(out)
+}
+
+struct Node {
+    fd: OwnedFd,
+    st: libc::stat,
+    obj: Obj,
+}
+
+impl Node {
+    fn is(&self, fmt: u32) -> bool {
+        self.st.st_mode & libc::S_IFMT == fmt
+    }
+}
+
+/// Keeps what the effects of one change destroy; [`Keeper::finish`] makes
+/// it durable before the change is applied.
+pub struct Keeper<'a> {
+    pub db: &'a DB,
+    pub memo: &'a mut Memo,
+    pub epoch: u64,
+    pub dir: u32,
+    pub root: BorrowedFd<'a>,
+    pub batch: WriteBatch,
+}
+
+impl Keeper<'_> {
+    pub fn effect(&mut self, e: &Effect) -> Result<(), String> {
+        match e {
+            Effect::Meta(p) => {
+                if let Some(n) = self.node(p)? {
+                    self.meta(&n, p)?;
+                }
+            }
+            Effect::Bytes(p, off, len) => {
+                if let Some(n) = self.node(p)? {
+                    self.meta(&n, p)?;
+                    self.bytes(&n, p, *off, off.saturating_add(*len))?;
+                }
+            }
+            Effect::From(p, off) => {
+                if let Some(n) = self.node(p)? {
+                    self.meta(&n, p)?;
+                    self.bytes(&n, p, *off, u64::MAX)?;
+                }
+            }
+            Effect::Names(p) => {
+                if let Some(n) = self.node(p)? {
+                    self.meta(&n, p)?;
+                    self.names(&n, p)?;
+                }
+            }
+            Effect::Drop(p) => self.drop(p)?,
+        }
+        Ok(())
+    }
+
+    /// Writes what was kept, synced: before the change reaches the disk.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::take(&mut self.batch);
+        self.db
+            .write_opt(b, &synced())
+            .map_err(|e| format!("cannot write the snapshot store: {e}"))
+    }
+
+    fn spill(&mut self) -> Result<(), String> {
+        if self.batch.size_in_bytes() >= BATCH {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, p: &Path) -> Result<Option<Node>, String> {
+        let fd = match entry::open_node(self.root, p) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(sys_err("open", p, e)),
+        };
+        let st = sys::stat_fd(fd.as_fd()).map_err(|e| sys_err("stat", p, e))?;
+        let o = obj(self.dir, &st);
+        if !self.memo.objs.contains_key(&o) {
+            let k = self.load(o)?;
+            self.memo.objs.insert(o, k);
+        }
+        Ok(Some(Node { fd, st, obj: o }))
+    }
+
+    /// What the store already holds of `o` for this epoch (a daemon that
+    /// restarted, or a newest snapshot deleted, left it only there).
+    fn load(&self, o: Obj) -> Result<Kept, String> {
+        let mut k = Kept::default();
+        let prefix = keys::object_prefix(o);
+        let it = self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward));
+        for item in it {
+            let (key, v) = item.map_err(|e| format!("snapshot store: {e}"))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Some(at) = keys::parse_capture(&key) else {
+                break;
+            };
+            if at.epoch < self.epoch {
+                continue;
+            }
+            match at.aspect {
+                Aspect::Meta => {
+                    k.meta = true;
+                    let e = super::capture::decode_meta(&v)?;
+                    if e.kind == EntryKind::File {
+                        k.size = Some(e.size);
+                    }
+                }
+                Aspect::List => k.list = true,
+                Aspect::Gone => k.gone = true,
+                Aspect::Data => {
+                    let len = data_len(&v).ok_or("data: too short")?;
+                    k.add(at.off, at.off + len.div_ceil(BLOCK) * BLOCK);
+                }
+            }
+        }
+        Ok(k)
+    }
+
+    fn kept(&mut self, o: Obj) -> &mut Kept {
+        self.memo.objs.entry(o).or_default()
+    }
+
+    fn at(&self, o: Obj, aspect: Aspect, off: u64) -> At {
+        At {
+            obj: o,
+            aspect,
+            off,
+            epoch: self.epoch,
+        }
+    }
+
+    fn meta(&mut self, n: &Node, p: &Path) -> Result<(), String> {
+        let k = self.kept(n.obj);
+        if k.meta || k.gone {
+            return Ok(());
+        }
+        let e = entry::of_node(n.fd.as_fd(), &n.st).map_err(|e| sys_err("read", p, e))?;
+        let at = self.at(n.obj, Aspect::Meta, 0);
+        put(&mut self.batch, &at, &encode_meta(&e));
+        let k = self.kept(n.obj);
+        k.meta = true;
+        if e.kind == EntryKind::File {
+            k.size = Some(e.size);
+        }
+        Ok(())
+    }
+
+    fn bytes(&mut self, n: &Node, p: &Path, s: u64, e: u64) -> Result<(), String> {
+        if !n.is(libc::S_IFREG) {
+            return Ok(());
+        }
+        let k = self.kept(n.obj);
+        if k.gone {
+            return Ok(());
+        }
+        let base = k.size.unwrap_or(n.st.st_size as u64);
+        let e = e.min(base);
+        if s >= e {
+            return Ok(());
+        }
+        let start = s / BLOCK * BLOCK;
+        let end = (e.div_ceil(BLOCK) * BLOCK).min(base);
+        let gaps = k.gaps(start, end);
+        if gaps.is_empty() {
+            return Ok(());
+        }
+        let f = sys::reopen(n.fd.as_fd(), libc::O_RDONLY).map_err(|e| sys_err("open", p, e))?;
+        for (a, b) in gaps {
+            let mut off = a;
+            while off < b {
+                let len = (b - off).min(RUN);
+                let mut buf = vec![0u8; len as usize];
+                let mut got = 0;
+                while got < buf.len() {
+                    let r = sys::pread(f.as_fd(), &mut buf[got..], off + got as u64)
+                        .map_err(|e| sys_err("read", p, e))?;
+                    if r == 0 {
+                        break;
+                    }
+                    got += r;
+                }
+                // Past the end now (a truncation this epoch kept it
+                // already): zeros, as a read of the snapshot gives.
+                let at = self.at(n.obj, Aspect::Data, off);
+                put(&mut self.batch, &at, &encode_data(&buf));
+                self.kept(n.obj).add(off, off + len.div_ceil(BLOCK) * BLOCK);
+                off += len;
+                self.spill()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn names(&mut self, n: &Node, p: &Path) -> Result<(), String> {
+        if !n.is(libc::S_IFDIR) {
+            return Ok(());
+        }
+        let k = self.kept(n.obj);
+        if k.list || k.gone {
+            return Ok(());
+        }
+        let names = read_names(n.fd.as_fd()).map_err(|e| sys_err("list", p, e))?;
+        let at = self.at(n.obj, Aspect::List, 0);
+        put(&mut self.batch, &at, &encode_names(&names));
+        self.kept(n.obj).list = true;
+        Ok(())
+    }
+
+    fn gone(&mut self, n: &Node) {
+        if self.kept(n.obj).gone {
+            return;
+        }
+        let at = self.at(n.obj, Aspect::Gone, 0);
+        put(&mut self.batch, &at, &[]);
+        self.kept(n.obj).gone = true;
+    }
+
+    /// The name `p` goes: keep all of what it names if nothing else will
+    /// name it (a directory: all below it too, counting the hard links
+    /// that go with it).
+    fn drop(&mut self, p: &Path) -> Result<(), String> {
+        let mut leaves: HashMap<Obj, (u64, PathBuf)> = HashMap::new();
+        self.drop_walk(p, &mut leaves)?;
+        for (_, (seen, path)) in leaves {
+            let Some(n) = self.node(&path)? else {
+                continue;
+            };
+            if seen >= n.st.st_nlink {
+                self.meta(&n, &path)?;
+                self.bytes(&n, &path, 0, u64::MAX)?;
+                self.gone(&n);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_walk(
+        &mut self,
+        p: &Path,
+        leaves: &mut HashMap<Obj, (u64, PathBuf)>,
+    ) -> Result<(), String> {
+        let Some(n) = self.node(p)? else {
+            return Ok(());
+        };
+        if n.is(libc::S_IFDIR) {
+            self.meta(&n, p)?;
+            self.names(&n, p)?;
+            let names = read_names(n.fd.as_fd()).map_err(|e| sys_err("list", p, e))?;
+            for (name, _) in names {
+                let child: PathBuf = p.join(OsStr::from_bytes(&name));
+                self.drop_walk(&child, leaves)?;
+            }
+            self.gone(&n);
+        } else {
+            leaves.entry(n.obj).or_insert((0, p.to_path_buf())).0 += 1;
+        }
+        Ok(())
+    }
+}
+
+fn sys_err(op: &str, p: &Path, e: Errno) -> String {
+    format!(
+        "{op} {}: {}",
+        shown(p),
+        std::io::Error::from_raw_os_error(e.code())
+    )
+}

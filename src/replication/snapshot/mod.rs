@@ -1,0 +1,504 @@
+//! Block-diff snapshots: points in time of a module on this node, kept by
+//! saving what the changes after them destroy.
+//!
+//! Taking a snapshot copies nothing. Afterwards every change to the module's
+//! real directories (the mount's on a serving node, the applier's on the
+//! SECOND and during a resync) first passes [`Snapshots::keeping`], which
+//! keeps, once per snapshot, what the change is about to destroy:
+//!
+//! - the bytes of a regular file about to be overwritten, truncated away or
+//!   punched, in 4 KiB-aligned runs (the first overwrite of a range only);
+//! - an object's metadata (kind, owner, mode, size, times, xattrs) before its
+//!   first change;
+//! - a directory's names before its first namespace change;
+//! - all of an object about to lose its last name (`Gone`).
+//!
+//! Objects are their inode numbers on this node, so a rename keeps nothing
+//! but the two directories' names. A capture belongs to the epoch of the
+//! newest snapshot when it was made; the state of an object at snapshot `j`
+//! is, per place, the capture of the lowest epoch `>= j`, else the live tree
+//! (read before the capture index, so a change racing the read is seen). So
+//! what several snapshots need of one place is kept once.
+//!
+//! Captures go to RocksDB in the state directory, zstd-compressed, synced
+//! before the change is applied: a snapshot is whole or, after a failure it
+//! could not survive, marked broken: never silently wrong. A failure to keep
+//! never fails the application's call.
+
+mod capture;
+pub mod diff;
+pub mod effects;
+pub mod keys;
+mod memo;
+pub mod restore;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use rocksdb::{DB, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use keys::{At, Obj};
+use memo::Memo;
+
+/// Granularity of what is kept of file contents.
+pub const BLOCK: u64 = 4096;
+/// The longest run kept under one key.
+const RUN: u64 = 1 << 20;
+
+/// Why a snapshot was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Manual,
+    /// Taken by the resync target before a resync changes anything.
+    BeforeResync,
+    Scheduled,
+    /// A consistent cut for `tandem verify`, dropped after the check.
+    Verify,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Manual => "manual",
+            Kind::BeforeResync => "before-resync",
+            Kind::Scheduled => "scheduled",
+            Kind::Verify => "verify",
+        }
+    }
+}
+
+/// One snapshot's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: u64,
+    pub name: String,
+    pub kind: Kind,
+    /// The node that holds it (always this one: snapshots never travel).
+    pub node: String,
+    pub created_ms: u64,
+    /// What this node was for the module: `primary`, `secondary`, `stopped`.
+    pub role: String,
+    /// The stream position it was taken at: every change up to it is in,
+    /// none after.
+    pub position: Option<u64>,
+    pub generation: Option<String>,
+    /// Whether the tree was a state the primary once had (false in the
+    /// middle of a resync).
+    pub consistent: bool,
+    /// Set when something it needed could not be kept.
+    pub broken: Option<String>,
+    /// The module's directories, in order, when it was taken.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// A snapshot as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// Bytes stored for it alone (shared captures count once, with the
+    /// oldest snapshot that needs them).
+    pub bytes: u64,
+}
+
+/// What a new snapshot is.
+#[derive(Clone, Debug)]
+pub struct New {
+    pub name: Option<String>,
+    pub kind: Kind,
+    pub node: String,
+    pub role: String,
+    pub position: Option<u64>,
+    pub generation: Option<String>,
+    pub consistent: bool,
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot store: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("module {module} has no snapshot {name:?}")]
+    Unknown { module: String, name: String },
+    #[error("snapshot name {name:?}: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("module {module} already has a snapshot named {name:?}")]
+    Taken { module: String, name: String },
+    #[error("snapshot {name:?} is broken ({why}); it cannot be restored")]
+    Broken { name: String, why: String },
+    #[error("{path}: {why}")]
+    Target { path: PathBuf, why: String },
+    #[error("{op} {path}: {}", std::io::Error::from_raw_os_error(errno.code()))]
+    Sys {
+        op: &'static str,
+        path: String,
+        errno: crate::fs::Errno,
+    },
+    #[error("snapshot store: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, SnapshotError>;
+
+/// A change about to be made to the object at a path (relative to a
+/// directory's root, `""` the root itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Attributes, times or xattrs.
+    Meta(PathBuf),
+    /// The bytes `[off, off + len)` of a regular file (and its metadata).
+    Bytes(PathBuf, u64, u64),
+    /// Every byte from `off` on (truncate, collapse, insert).
+    From(PathBuf, u64),
+    /// The names in a directory.
+    Names(PathBuf),
+    /// The name goes: the object with it, if it was its last name (a
+    /// directory with everything under it).
+    Drop(PathBuf),
+}
+
+/// The snapshots of one module on this node.
+pub struct Snapshots {
+    module: String,
+    db: DB,
+    /// The newest snapshot, whose epoch captures belong to. Changes hold it
+    /// shared from their capture to their apply, a new snapshot exclusively:
+    /// so a snapshot falls between two changes, never inside one.
+    newest: RwLock<Option<u64>>,
+    memo: Mutex<Memo>,
+    failures: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+/// Snapshot names: a file-name-like word, never a path.
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |why| {
+        Err(SnapshotError::BadName {
+            name: name.to_string(),
+            why,
+        })
+    };
+    if name.is_empty() || name.len() > 64 {
+        return bad("must be 1 to 64 characters");
+    }
+    if name.contains('/') || name.contains("..") {
+        return bad("must not contain '/' or '..'");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("must not start with '.' or '-'");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+    {
+        return bad("may hold only letters, digits, '.', '_', '-' and ':'");
+    }
+    Ok(())
+}
+
+impl Snapshots {
+    /// Opens (or creates) the store of `module` in `dir`.
+    pub fn open(dir: &Path, module: &str) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        // The data is zstd already; the small records compress themselves.
+        opts.set_compression_type(DBCompressionType::None);
+        let db = DB::open(&opts, dir)?;
+        let s = Self {
+            module: module.to_string(),
+            db,
+            newest: RwLock::new(None),
+            memo: Mutex::new(Memo::default()),
+            failures: AtomicU64::new(0),
+        };
+        *s.newest.write() = s.records()?.last().map(|r| r.id);
+        Ok(s)
+    }
+
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    /// Captures that could not be kept since the daemon started.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn records(&self) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        let p = keys::record_prefix();
+        for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
+            let (k, v) = item?;
+            if keys::record_id(&k).is_none() {
+                break;
+            }
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|e| SnapshotError::Corrupt(format!("record: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every snapshot, oldest first, with the bytes each holds.
+    pub fn list(&self) -> Result<Vec<Listed>> {
+        let records = self.records()?;
+        let mut out = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let until = records.get(i + 1).map(|n| n.id).unwrap_or(u64::MAX);
+            out.push(Listed {
+                bytes: self.bytes_between(r.id, until)?,
+                snapshot: r.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Bytes of the captures of epochs `[from, until)`.
+    fn bytes_between(&self, from: u64, until: u64) -> Result<u64> {
+        let mut total = 0;
+        let start = keys::epoch_prefix(from);
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            let Some(at) = keys::parse_by_epoch(&k) else {
+                break;
+            };
+            if at.epoch >= until {
+                break;
+            }
+            total += v
+                .get(..8)
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+        }
+        Ok(total)
+    }
+
+    /// The snapshot named `name` (or numbered so).
+    pub fn find(&self, name: &str) -> Result<Snapshot> {
+        self.records()?
+            .into_iter()
+            .find(|r| r.name == name || r.id.to_string() == name)
+            .ok_or_else(|| SnapshotError::Unknown {
+                module: self.module.clone(),
+                name: name.to_string(),
+            })
+    }
+
+    /// Takes a snapshot. The caller holds whatever orders the changes (the
+    /// stream's order on a primary, the applier on a SECOND), so `position`
+    /// is exact; here no change is between its capture and its apply.
+    pub fn create(&self, new: New) -> Result<Snapshot> {
+        if let Some(n) = &new.name {
+            check_name(n)?;
+        }
+        let mut newest = self.newest.write();
+        let records = self.records()?;
+        let id = match self.db.get(keys::NEXT)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v[..].try_into().unwrap()),
+            _ => 1,
+        }
+        .max(records.last().map_or(1, |r| r.id + 1));
+        let name = new
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{id}", new.kind.as_str()));
+        if records.iter().any(|r| r.name == name) {
+            return Err(SnapshotError::Taken {
+                module: self.module.clone(),
+                name,
+            });
+        }
+        let s = Snapshot {
+            id,
+            name,
+            kind: new.kind,
+            node: new.node,
+            created_ms: now_ms(),
+            role: new.role,
+            position: new.position,
+            generation: new.generation,
+            consistent: new.consistent,
+            broken: None,
+            dirs: new.dirs,
+        };
+        let mut b = WriteBatch::default();
+        b.put(
+            keys::record(id),
+            serde_json::to_vec(&s).expect("serialisable"),
+        );
+        b.put(keys::NEXT, (id + 1).to_be_bytes());
+        self.db.write_opt(b, &synced())?;
+        *newest = Some(id);
+        self.memo.lock().clear();
+        Ok(s)
+    }
+
+    /// Deletes a snapshot of this node. What it kept that an older snapshot
+    /// still needs stays (it serves that one now).
+    pub fn delete(&self, name: &str) -> Result<Snapshot> {
+        let mut newest = self.newest.write();
+        let records = self.records()?;
+        let Some(i) = records
+            .iter()
+            .position(|r| r.name == name || r.id.to_string() == name)
+        else {
+            return Err(SnapshotError::Unknown {
+                module: self.module.clone(),
+                name: name.to_string(),
+            });
+        };
+        let gone = records[i].clone();
+        let older = i.checked_sub(1).map(|j| records[j].id);
+        let until = records.get(i + 1).map(|r| r.id).unwrap_or(u64::MAX);
+        let mut b = WriteBatch::default();
+        b.delete(keys::record(gone.id));
+        if older.is_none() {
+            // Nothing older: what epochs [gone, next) kept serves nobody.
+            let start = keys::epoch_prefix(gone.id);
+            for item in self
+                .db
+                .iterator(IteratorMode::From(&start, Direction::Forward))
+            {
+                let (k, _) = item?;
+                let Some(at) = keys::parse_by_epoch(&k) else {
+                    break;
+                };
+                if at.epoch >= until {
+                    break;
+                }
+                b.delete(&k);
+                b.delete(keys::capture(&at));
+            }
+        }
+        self.db.write_opt(b, &synced())?;
+        if *newest == Some(gone.id) {
+            *newest = older;
+            // What counts as kept for the newest is now every epoch from it.
+            self.memo.lock().clear();
+        }
+        Ok(gone)
+    }
+
+    /// Marks snapshots broken (the newest first needs what failed; older
+    /// ones may too: all are marked, as what they share cannot be told
+    /// apart cheaply).
+    fn broke(&self, why: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let Ok(records) = self.records() else {
+            return;
+        };
+        let mut b = WriteBatch::default();
+        let mut marked = Vec::new();
+        for mut r in records {
+            if r.broken.is_none() {
+                r.broken = Some(why.to_string());
+                marked.push(r.name.clone());
+                b.put(
+                    keys::record(r.id),
+                    serde_json::to_vec(&r).expect("serialisable"),
+                );
+            }
+        }
+        if !marked.is_empty() {
+            tracing::error!(
+                module = %self.module,
+                "snapshots {} are broken: {why}",
+                marked.join(", ")
+            );
+            let _ = self.db.write_opt(b, &synced());
+        }
+    }
+
+    /// Whether any snapshot exists (the write path's only cost without one).
+    pub fn any(&self) -> bool {
+        self.newest.read().is_some()
+    }
+
+    /// Applies a change with what it destroys kept first: `effects` says
+    /// what the change touches (asked only while a snapshot exists), `apply`
+    /// makes it. No snapshot is taken between the two.
+    pub fn keeping<R>(
+        &self,
+        dir: u32,
+        root: BorrowedFd<'_>,
+        effects: impl FnOnce() -> Vec<Effect>,
+        apply: impl FnOnce() -> R,
+    ) -> R {
+        let newest = self.newest.read();
+        if let Some(epoch) = *newest {
+            let list = effects();
+            if !list.is_empty() {
+                let mut memo = self.memo.lock();
+                let mut keep = capture::Keeper {
+                    db: &self.db,
+                    memo: &mut memo,
+                    epoch,
+                    dir,
+                    root,
+                    batch: WriteBatch::default(),
+                };
+                let kept = list
+                    .iter()
+                    .try_for_each(|e| keep.effect(e))
+                    .and_then(|()| keep.finish());
+                if let Err(why) = kept {
+                    // What the memo says is kept may not be: start over.
+                    memo.clear();
+                    drop(memo);
+                    self.broke(&why);
+                }
+            }
+        }
+        apply()
+    }
+
+    /// What snapshot `id` saw, for reading (restore, diff).
+    fn view<'a>(&'a self, id: Option<u64>, dir: u32, root: BorrowedFd<'a>) -> view::View<'a> {
+        view::View::new(&self.db, id, dir, root)
+    }
+}
+
+/// Stores one capture and its epoch index entry in `b`.
+fn put(b: &mut WriteBatch, at: &At, value: &[u8]) {
+    b.put(keys::capture(at), value);
+    b.put(keys::by_epoch(at), (value.len() as u64).to_be_bytes());
+}
+
+/// A path as reports show it.
+pub fn shown(p: &Path) -> String {
+    if p.as_os_str().is_empty() {
+        ".".into()
+    } else {
+        p.display().to_string()
+    }
+}
+
+fn obj(dir: u32, st: &libc::stat) -> Obj {
+    Obj {
+        dir,
+        ino: st.st_ino,
+    }
+}
