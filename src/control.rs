@@ -87,11 +87,46 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         program: Option<String>,
     },
+    /// This node's snapshots of a module (with `--on`, the peer's own:
+    /// each node alone decides about the snapshots it holds).
+    Snapshot {
+        module: String,
+        op: SnapshotOp,
+    },
     /// `request`, carried out on `node` (relayed to the peer when it is not
     /// this node).
     On {
         node: String,
         request: Box<Request>,
+    },
+}
+
+/// What to do with a module's snapshots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SnapshotOp {
+    Create {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    List {},
+    /// Changes from snapshot `from` to snapshot `to` (or to now).
+    Diff {
+        from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
+    /// The snapshot's tree written into the new directory `to`.
+    Restore {
+        name: String,
+        to: String,
+    },
+    /// This node's copy back to the snapshot (not while it serves).
+    Rollback {
+        name: String,
+    },
+    Delete {
+        name: String,
     },
 }
 
@@ -106,6 +141,10 @@ pub struct Response {
     pub messages: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transitions: Vec<Transition>,
+    /// What a command returns beside its messages (snapshots listed, a
+    /// diff), as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 /// Where and when an operator switched maintenance (see
@@ -295,6 +334,31 @@ pub struct ModuleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterModuleStatus>,
     pub dirs: Vec<DirStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotSummary>,
+}
+
+/// This node's snapshots of a module, in the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSummary {
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_ms: Option<u64>,
+    /// Snapshots marked broken.
+    pub broken: u64,
+    /// Captures that could not be kept since the daemon started.
+    pub failures: u64,
+    /// Set while a resync writes into this copy: it is between two states
+    /// of the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconsistent_since_ms: Option<u64>,
+    /// Then, the newest snapshot of a consistent state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_consistent: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,12 +23,13 @@ pub fn run(cli: Cli) -> ExitCode {
                 | Command::Resolve { .. }
                 | Command::Checker { .. }
                 | Command::Maintenance { .. }
+                | Command::Snapshot { .. }
                 | Command::Log { .. }
         )
     {
         eprintln!(
             "tandem: --on is for commands to a daemon (status, start, stop, restart, swap, \
-             prim, second, resolve, checker, maintenance, log); run this one on the node \
+             prim, second, resolve, checker, maintenance, snapshot, log); run this one on the node \
              itself"
         );
         return ExitCode::from(EXIT_USAGE);
@@ -154,6 +155,7 @@ pub fn run(cli: Cli) -> ExitCode {
             json,
             repair,
         } => super::verify::run(&cli.config, cli.socket, &module, json, repair),
+        Command::Snapshot { action } => super::snapshot::run(&cli.config, cli.socket, &on, action),
         Command::Resolve { module, keep } => with_daemon(
             &cli.config,
             cli.socket,
@@ -490,7 +492,7 @@ pub(super) fn socket_path(
 }
 
 /// `req`, or `req` to be carried out on node `on`.
-fn relayed(on: &Option<String>, req: Request) -> Request {
+pub(super) fn relayed(on: &Option<String>, req: Request) -> Request {
     match on {
         None => req,
         Some(node) => Request::On {
@@ -500,7 +502,7 @@ fn relayed(on: &Option<String>, req: Request) -> Request {
     }
 }
 
-fn with_daemon(
+pub(super) fn with_daemon(
     config: &std::path::Path,
     socket: Option<PathBuf>,
     req: &Request,

@@ -10,6 +10,7 @@ mod maintenance;
 mod mount;
 mod progress;
 mod resync;
+mod snapshot;
 mod status;
 mod token;
 mod upgrade;
@@ -69,7 +70,7 @@ pub struct Cli {
     pub socket: Option<PathBuf>,
     /// Carry the command out on this node: the local daemon relays it to the
     /// other node over their authenticated link (status, start, stop,
-    /// restart, swap, prim, second, resolve, checker, maintenance, log).
+    /// restart, swap, prim, second, resolve, checker, maintenance, snapshot, log).
     #[arg(long, global = true, value_name = "NODE")]
     pub on: Option<String>,
     #[command(subcommand)]
@@ -172,6 +173,12 @@ pub enum Command {
         /// Give up waiting for the new daemon after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+    },
+    /// Point-in-time snapshots of a module on this node: create, list,
+    /// diff, restore, rollback, delete. Each node keeps and deletes its own.
+    Snapshot {
+        #[command(subcommand)]
+        action: snapshot::SnapshotAction,
     },
     /// Show a module's log.
     Log {

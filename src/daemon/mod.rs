@@ -119,6 +119,7 @@ impl Module {
 
     fn status(&self) -> ModuleStatus {
         ModuleStatus {
+            snapshots: None,
             name: self.name.clone(),
             state: if !self.mountable() {
                 "secondary"
@@ -260,6 +261,7 @@ impl State {
             | Request::Checker { .. }
             | Request::Maintenance { .. }
             | Request::Upgrade { .. }
+            | Request::Snapshot { .. }
             | Request::On { .. } => Response::error(
                 "this daemon runs with a fixed --role: roles are changed by the cluster \
                      manager (run `tandem daemon` without --role)",

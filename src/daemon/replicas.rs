@@ -271,14 +271,15 @@ pub(super) fn open_dirs_over(
         .join(&module.name)
         .join("snapshots");
     std::fs::create_dir_all(&at).map_err(io(&at))?;
-    let snaps =
-        Arc::new(
-            Snapshots::open(&at, &module.name).map_err(|source| DirError::Snapshots {
+    let snaps = Arc::new(
+        Snapshots::open(&at, &module.name, module.dirs.clone()).map_err(|source| {
+            DirError::Snapshots {
                 module: module.name.clone(),
                 path: at.clone(),
                 source,
-            })?,
-        );
+            }
+        })?,
+    );
     for (i, path) in module.dirs.iter().enumerate() {
         let given = roots
             .as_mut()

@@ -26,6 +26,7 @@ use super::framed::{
 };
 use super::resync;
 use super::session::{KEEPALIVE, SessionError};
+use super::snapshot::Snapshots;
 use super::status::{ReplicationStatus, ResyncProgress, Tally};
 use super::tls::Credentials;
 use super::wire::{AckAt, Message, WireMutation};
@@ -52,6 +53,11 @@ pub struct SecondaryModule {
     /// Ask the primary for a full sync (by content) at the next connection.
     full_sync: std::sync::atomic::AtomicBool,
     tally: Arc<Tally>,
+    /// This node's snapshots of the module.
+    snaps: Option<Arc<Snapshots>>,
+    /// Held around each change applied: a snapshot taken under it falls
+    /// between two changes of the stream.
+    cut: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -74,6 +80,7 @@ impl SecondaryModule {
             .iter()
             .map(|d| d.root.try_clone())
             .collect::<Result<Vec<_>, _>>()?;
+        let snaps = dirs.first().and_then(|d| d.snaps.clone());
         Ok(Arc::new(Self {
             name: name.to_string(),
             applier: Mutex::new(
@@ -85,7 +92,45 @@ impl SecondaryModule {
             state: Mutex::new(SecondaryState::default()),
             full_sync: std::sync::atomic::AtomicBool::new(false),
             tally: Arc::default(),
+            snaps,
+            cut: Mutex::new(()),
         }))
+    }
+
+    /// Runs `f` between two applied changes, with the stream position of
+    /// the last one applied.
+    pub fn at_cut<R>(&self, f: impl FnOnce(u64) -> R) -> R {
+        let _cut = self.cut.lock();
+        let applied = self.state.lock().applied;
+        f(applied)
+    }
+
+    /// A resync's change is about to be applied: the first one of a resync
+    /// takes the before-resync snapshot (at the position before it).
+    fn before_resync(&self, seq: u64) {
+        let Some(snaps) = &self.snaps else {
+            return;
+        };
+        if snaps.resyncing().is_some() {
+            return;
+        }
+        let generation = self
+            .logs
+            .first()
+            .and_then(|l| l.generation().ok())
+            .map(|g| format!("{:016x}", g.current));
+        match snaps.begin_resync(Some(seq.saturating_sub(1)), generation) {
+            Ok(Some(s)) => tracing::info!(
+                "{}: snapshot {} taken before the resync; this copy is inconsistent until it ends",
+                self.name,
+                s.name
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                "{}: no snapshot before the resync ({e}); this copy is inconsistent until it ends",
+                self.name
+            ),
+        }
     }
 
     /// This copy is current: the last resync finished and nothing since
@@ -634,6 +679,10 @@ impl Applying<'_> {
             WireMutation::Write { data: own, .. } => (own.len() + data.len()) as u64,
             _ => 0,
         };
+        let cut = self.module.cut.lock();
+        if resync {
+            self.module.before_resync(seq);
+        }
         if let Err(e) = self.applier.apply_with(dir, mutation, data, resync, times) {
             return Err(self.fail(SessionError::Apply {
                 seq,
@@ -650,6 +699,7 @@ impl Applying<'_> {
         let mut s = self.module.state.lock();
         s.applied = seq;
         s.bytes += n;
+        drop(cut);
         Ok(())
     }
 
@@ -688,6 +738,11 @@ impl Applying<'_> {
                 }
             }
             self.module.state.lock().uptodate = true;
+            if let Some(snaps) = &self.module.snaps
+                && let Err(e) = snaps.end_resync()
+            {
+                tracing::error!("{}: snapshot store: {e}", self.module.name);
+            }
             tracing::info!("{}: up to date with the primary", self.module.name);
         }
         self.module.state.lock().durable = durable;

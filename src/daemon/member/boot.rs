@@ -250,6 +250,7 @@ fn start_and_serve(
             compression: replicas::compression(settings.replication.compression),
             timeout: Duration::from_secs(30),
         },
+        snapped: snapped(&modules, &me.name)?,
     });
     {
         let s = shared.clone();
@@ -383,4 +384,35 @@ fn take_over(
         image.modules.len()
     );
     Ok(())
+}
+
+/// Each module's snapshots, with duplicates of its real directories.
+fn snapped(modules: &[Managed], me: &str) -> Result<Vec<super::snapshots::Snapped>, (u8, String)> {
+    let mut out = Vec::new();
+    for m in modules {
+        let Some(snaps) = m.base.first().and_then(|d| d.snaps.clone()) else {
+            continue;
+        };
+        snaps.set_node(me);
+        let roots = m
+            .base
+            .iter()
+            .map(|d| d.root.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                (
+                    crate::exit::EXIT_FAILURE,
+                    format!(
+                        "module {}: cannot duplicate its directories: {e}",
+                        m.cfg.name
+                    ),
+                )
+            })?;
+        out.push(super::snapshots::Snapped {
+            name: m.cfg.name.clone(),
+            snaps,
+            roots,
+        });
+    }
+    Ok(out)
 }

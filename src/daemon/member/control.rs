@@ -24,6 +24,8 @@ pub(super) struct Shared {
     pub(super) replicas: Mutex<Vec<(String, Option<Replica>)>>,
     pub(super) input: Mutex<mpsc::Sender<Input>>,
     pub(super) relay: Relay,
+    /// Each module's snapshots on this node.
+    pub(super) snapped: Vec<super::snapshots::Snapped>,
 }
 
 /// How commands about the other node reach it.
@@ -96,6 +98,9 @@ impl Dispatch for Shared {
                 for m in &mut st.modules {
                     if let Some((_, Some(r))) = reps.iter().find(|(n, _)| *n == m.name) {
                         m.replication = Some(r.status());
+                    }
+                    if let Some(s) = self.snapped.iter().find(|s| s.name == m.name) {
+                        m.snapshots = Some(s.snaps.summary());
                     }
                 }
                 Response {
@@ -186,6 +191,7 @@ impl Dispatch for Shared {
                 self.with_replica(&module, |r| r.start_verify(repair))
             }
             Request::FullSync { module } => self.with_replica(&module, |r| r.request_full_sync()),
+            Request::Snapshot { module, op } => self.snapshot(module, op),
             Request::On { node, request } => self.on(node, *request),
         }
     }

@@ -38,6 +38,7 @@ mod module;
 mod plan;
 mod publish;
 mod services;
+mod snapshots;
 mod upgrade;
 
 pub use boot::run;

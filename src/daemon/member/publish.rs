@@ -16,6 +16,7 @@ impl Managed {
         let m = &self.machine;
         let peer = m.peer();
         ModuleStatus {
+            snapshots: None,
             name: self.cfg.name.clone(),
             state: m.state.name().to_string(),
             replication: self.replica.as_ref().map(|r| r.status()),

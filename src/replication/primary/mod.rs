@@ -278,6 +278,13 @@ impl Replicator {
         self.resync.lock()
     }
 
+    /// Runs `f` between two changes of the stream, with the position of the
+    /// last one: nothing is applied locally meanwhile.
+    pub fn at_cut<R>(&self, f: impl FnOnce(u64) -> R) -> R {
+        let o = self.stream.lock();
+        f(o.next_seq.saturating_sub(1))
+    }
+
     pub fn status(&self) -> ReplicationStatus {
         let resync = self.resync.lock().clone();
         let verify = self.verify.lock().clone();

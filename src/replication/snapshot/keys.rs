@@ -3,12 +3,15 @@
 //!
 //! - `S id` → a snapshot's record (JSON);
 //! - `N` → the next snapshot id;
+//! - `R` → a resync is writing into this copy;
 //! - `C dir ino aspect off epoch` → what the object was before the first
 //!   change after snapshot `epoch` (the newest when it was kept);
 //! - `E epoch dir ino aspect off` → the stored size of that capture: the
 //!   captures of one epoch, for deletion and for the bytes held.
 
 pub const NEXT: &[u8] = b"N";
+/// The marker of a resync under way (see `Snapshots::begin_resync`).
+pub const RESYNCING: &[u8] = b"R";
 const RECORD: u8 = b'S';
 const CAPTURE: u8 = b'C';
 const BY_EPOCH: u8 = b'E';

@@ -114,12 +114,10 @@ pub struct Listed {
 pub struct New {
     pub name: Option<String>,
     pub kind: Kind,
-    pub node: String,
     pub role: String,
     pub position: Option<u64>,
     pub generation: Option<String>,
     pub consistent: bool,
-    pub dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +166,8 @@ pub enum Effect {
 /// The snapshots of one module on this node.
 pub struct Snapshots {
     module: String,
+    /// The module's directories, in order.
+    dirs: Vec<PathBuf>,
     db: DB,
     /// The newest snapshot, whose epoch captures belong to. Changes hold it
     /// shared from their capture to their apply, a new snapshot exclusively:
@@ -175,7 +175,23 @@ pub struct Snapshots {
     newest: RwLock<Option<u64>>,
     memo: Mutex<Memo>,
     failures: AtomicU64,
+    /// This node's name, for the records.
+    node: Mutex<String>,
+    /// Set while a resync writes into this copy (kept in the store).
+    resyncing: Mutex<Option<Resyncing>>,
 }
+
+/// This copy is being resynchronised: between two states of the primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resyncing {
+    pub since_ms: u64,
+    /// The newest snapshot of a consistent state before it (the one taken
+    /// as the resync began, or an older one if that failed).
+    pub last_consistent: Option<String>,
+}
+
+/// How many automatic before-resync snapshots a node keeps.
+pub const KEEP_BEFORE_RESYNC: usize = 3;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -218,7 +234,7 @@ pub fn check_name(name: &str) -> Result<()> {
 
 impl Snapshots {
     /// Opens (or creates) the store of `module` in `dir`.
-    pub fn open(dir: &Path, module: &str) -> Result<Self> {
+    pub fn open(dir: &Path, module: &str, dirs: Vec<PathBuf>) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         // The data is zstd already; the small records compress themselves.
@@ -226,13 +242,113 @@ impl Snapshots {
         let db = DB::open(&opts, dir)?;
         let s = Self {
             module: module.to_string(),
+            dirs,
             db,
             newest: RwLock::new(None),
             memo: Mutex::new(Memo::default()),
             failures: AtomicU64::new(0),
+            node: Mutex::new(String::new()),
+            resyncing: Mutex::new(None),
         };
         *s.newest.write() = s.records()?.last().map(|r| r.id);
+        if let Some(v) = s.db.get(keys::RESYNCING)? {
+            *s.resyncing.lock() = Some(
+                serde_json::from_slice(&v)
+                    .map_err(|e| SnapshotError::Corrupt(format!("resync marker: {e}")))?,
+            );
+        }
         Ok(s)
+    }
+
+    /// Names this node in the records of the snapshots it takes.
+    pub fn set_node(&self, node: &str) {
+        *self.node.lock() = node.to_string();
+    }
+
+    /// Whether a resync is writing into this copy, and since when.
+    pub fn resyncing(&self) -> Option<Resyncing> {
+        self.resyncing.lock().clone()
+    }
+
+    /// A resync starts writing into this copy (called before its first
+    /// change, where the changes are ordered): the first time, a snapshot
+    /// of the consistent tree is taken and this copy is marked
+    /// inconsistent until [`end_resync`](Self::end_resync). A resync that
+    /// goes on after an interruption takes none: the tree is not consistent.
+    pub fn begin_resync(
+        &self,
+        position: Option<u64>,
+        generation: Option<String>,
+    ) -> Result<Option<Snapshot>> {
+        let mut r = self.resyncing.lock();
+        if r.is_some() {
+            return Ok(None);
+        }
+        let taken = self.create(New {
+            name: None,
+            kind: Kind::BeforeResync,
+            role: "secondary".into(),
+            position,
+            generation,
+            consistent: true,
+        });
+        // Marked even when the snapshot failed: the copy is inconsistent
+        // from here on either way.
+        let last_consistent = match &taken {
+            Ok(s) => Some(s.name.clone()),
+            Err(_) => self
+                .records()
+                .ok()
+                .and_then(|rs| {
+                    rs.into_iter()
+                        .rev()
+                        .find(|s| s.consistent && s.broken.is_none())
+                })
+                .map(|s| s.name),
+        };
+        let marker = Resyncing {
+            since_ms: now_ms(),
+            last_consistent,
+        };
+        self.db.put_opt(
+            keys::RESYNCING,
+            serde_json::to_vec(&marker).expect("serialisable"),
+            &synced(),
+        )?;
+        *r = Some(marker);
+        drop(r);
+        let s = taken?;
+        self.prune(Kind::BeforeResync, KEEP_BEFORE_RESYNC);
+        Ok(Some(s))
+    }
+
+    /// The resync finished and is durable: this copy is consistent again.
+    pub fn end_resync(&self) -> Result<()> {
+        let mut r = self.resyncing.lock();
+        if r.is_some() {
+            self.db.delete_opt(keys::RESYNCING, &synced())?;
+            *r = None;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest snapshots of `kind` beyond the newest `keep`.
+    fn prune(&self, kind: Kind, keep: usize) {
+        let Ok(records) = self.records() else {
+            return;
+        };
+        let of_kind: Vec<_> = records.iter().filter(|r| r.kind == kind).collect();
+        let excess = of_kind.len().saturating_sub(keep);
+        for r in &of_kind[..excess] {
+            match self.delete(&r.id.to_string()) {
+                Ok(_) => {
+                    tracing::info!(module = %self.module, "snapshot {} expired (only the newest {keep} {} snapshots are kept)", r.name, kind.as_str())
+                }
+                Err(e) => {
+                    tracing::error!(module = %self.module, "cannot expire snapshot {}: {e}", r.name)
+                }
+            }
+        }
     }
 
     pub fn module(&self) -> &str {
@@ -258,6 +374,23 @@ impl Snapshots {
             );
         }
         Ok(out)
+    }
+
+    /// What the status says about this node's snapshots (no scan of what
+    /// they hold).
+    pub fn summary(&self) -> crate::control::SnapshotSummary {
+        let records = self.records().unwrap_or_default();
+        let r = self.resyncing();
+        crate::control::SnapshotSummary {
+            count: records.len() as u64,
+            oldest_ms: records.first().map(|s| s.created_ms),
+            newest: records.last().map(|s| s.name.clone()),
+            newest_ms: records.last().map(|s| s.created_ms),
+            broken: records.iter().filter(|s| s.broken.is_some()).count() as u64,
+            failures: self.failures(),
+            inconsistent_since_ms: r.as_ref().map(|r| r.since_ms),
+            last_consistent: r.and_then(|r| r.last_consistent),
+        }
     }
 
     /// Every snapshot, oldest first, with the bytes each holds.
@@ -335,14 +468,14 @@ impl Snapshots {
             id,
             name,
             kind: new.kind,
-            node: new.node,
+            node: self.node.lock().clone(),
             created_ms: now_ms(),
             role: new.role,
             position: new.position,
             generation: new.generation,
             consistent: new.consistent,
             broken: None,
-            dirs: new.dirs,
+            dirs: self.dirs.clone(),
         };
         let mut b = WriteBatch::default();
         b.put(

@@ -305,16 +305,14 @@ impl Model {
     }
 }
 
-fn new_snapshot(name: Option<String>, dirs: &[PathBuf]) -> New {
+fn new_snapshot(name: Option<String>) -> New {
     New {
         name,
         kind: Kind::Manual,
-        node: "a".into(),
         role: "secondary".into(),
         position: None,
         generation: None,
         consistent: true,
-        dirs: dirs.to_vec(),
     }
 }
 
@@ -331,7 +329,7 @@ fn run(seed: u64, steps: usize) {
     let store = t.path().join("store");
     std::fs::create_dir(&live).unwrap();
     let root = open_root(&live);
-    let mut snaps = Arc::new(Snapshots::open(&store, "m").unwrap());
+    let mut snaps = Arc::new(Snapshots::open(&store, "m", vec![live.clone()]).unwrap());
     let mut applier =
         Applier::new(vec![root.try_clone().unwrap()]).with_snapshots(Some(snaps.clone()));
     let mut model = Model {
@@ -339,15 +337,12 @@ fn run(seed: u64, steps: usize) {
         live: live.clone(),
     };
     let mut expected: BTreeMap<String, BTreeMap<PathBuf, Node>> = BTreeMap::new();
-    let dirs = vec![live.clone()];
     for step in 0..steps {
         let roll = model.rng.random_range(0..100);
         if roll < 6 {
             let name = format!("s{step}");
             applier.settle_times().unwrap();
-            snaps
-                .create(new_snapshot(Some(name.clone()), &dirs))
-                .unwrap();
+            snaps.create(new_snapshot(Some(name.clone()))).unwrap();
             if std::env::var_os("SNAP_TRACE").is_some() {
                 eprintln!("{step}: snapshot");
             }
@@ -372,7 +367,7 @@ fn run(seed: u64, steps: usize) {
                     .ok()
                     .expect("only the test holds the store");
                 drop(s);
-                Snapshots::open(&store, "m").unwrap()
+                Snapshots::open(&store, "m", vec![live.clone()]).unwrap()
             });
             applier =
                 Applier::new(vec![root.try_clone().unwrap()]).with_snapshots(Some(snaps.clone()));
@@ -466,10 +461,8 @@ fn restore_refuses_a_busy_or_inner_target_and_changes_nothing() {
     std::fs::create_dir(&live).unwrap();
     std::fs::write(live.join("f"), b"one").unwrap();
     let root = open_root(&live);
-    let snaps = Snapshots::open(&t.path().join("store"), "m").unwrap();
-    snaps
-        .create(new_snapshot(Some("s".into()), &[live.clone()]))
-        .unwrap();
+    let snaps = Snapshots::open(&t.path().join("store"), "m", vec![live.clone()]).unwrap();
+    snaps.create(new_snapshot(Some("s".into()))).unwrap();
     let busy = t.path().join("busy");
     std::fs::create_dir(&busy).unwrap();
     std::fs::write(busy.join("x"), b"keep").unwrap();

@@ -1,0 +1,358 @@
+//! Snapshots with two real daemons: taken on the serving node and on its
+//! SECOND while the application writes, restored and compared from the CLI,
+//! kept through a failover and a daemon restart, never deleted by the
+//! peer; one taken by the SECOND before every resync; bad input refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::cluster::Cluster;
+use common::wait_until;
+
+/// A tree as the test compares it: kind, mode and contents per name.
+fn tree(root: &Path) -> BTreeMap<PathBuf, (String, u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let p = root.join(&r);
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let (kind, data) = if m.is_dir() {
+                todo.push(r.clone());
+                ("dir", Vec::new())
+            } else if m.file_type().is_symlink() {
+                (
+                    "symlink",
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+            } else {
+                ("file", std::fs::read(&p).unwrap())
+            };
+            out.insert(r, (kind.to_string(), m.mode() & 0o7777, data));
+        }
+    }
+    out
+}
+
+fn assert_same(what: &str, want: &Path, got: &Path) {
+    let (a, b) = (tree(want), tree(got));
+    let differ: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&(String, u32, Vec<u8>)>| {
+                v.map(|(k, m, d)| format!("{k} {m:o} {} bytes", d.len()))
+            };
+            format!(
+                "{}: {:?} vs {:?}",
+                k.display(),
+                show(a.get(k)),
+                show(b.get(k))
+            )
+        })
+        .collect();
+    assert!(differ.is_empty(), "{what}: {}", differ.join("\n"));
+}
+
+/// Holds the application still (its loop waits on the `hold` file).
+fn hold(c: &Cluster, on: bool) {
+    let f = c.path("hold");
+    if on {
+        std::fs::write(&f, b"").unwrap();
+        // A record being written finishes.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    } else {
+        let _ = std::fs::remove_file(&f);
+    }
+}
+
+fn list_all(c: &Cluster, n: usize) -> Vec<serde_json::Value> {
+    let out = c.ok(n, &["snapshot", "list", "app", "--json"]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The snapshots of one kind.
+fn list_kind(c: &Cluster, n: usize, kind: &str) -> Vec<serde_json::Value> {
+    list_all(c, n)
+        .into_iter()
+        .filter(|s| s["kind"] == kind)
+        .collect()
+}
+
+/// The operator's snapshots (the SECOND also took one before its first
+/// full sync).
+fn list(c: &Cluster, n: usize) -> Vec<serde_json::Value> {
+    list_kind(c, n, "manual")
+}
+
+/// Every change node 1 sent is durable on node 2.
+fn caught_up(c: &Cluster) -> bool {
+    c.status(1).is_some_and(|s| {
+        let r = &s["modules"][0]["replication"];
+        r["durable"].as_u64().is_some() && r["durable"] == r["sent"]
+    }) && c.uptodate(2)
+}
+
+#[test]
+fn snapshots_on_both_nodes_restore_what_was_and_are_each_nodes_own() {
+    let mut c = Cluster::new();
+    c.start_both(30);
+    c.wait_app_writes(1);
+    let live1 = c.path("node1/app");
+    // A tree through the mount: a file to overwrite, one to delete, a
+    // directory, a symlink.
+    std::fs::write(live1.join("data.bin"), vec![7u8; 3 << 20]).unwrap();
+    std::fs::write(live1.join("keep.txt"), b"the first words").unwrap();
+    std::fs::create_dir(live1.join("sub")).unwrap();
+    std::fs::write(live1.join("sub/a"), b"a").unwrap();
+    std::os::unix::fs::symlink("sub/a", live1.join("link")).unwrap();
+
+    hold(&c, true);
+    assert!(wait_until(20, || caught_up(&c)), "node2 does not catch up");
+    let expected = c.path("expected");
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&live1)
+        .arg(&expected)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let said1 = c.ok(1, &["snapshot", "create", "app", "--name", "before"]);
+    assert!(
+        said1.contains("snapshot before (stream position"),
+        "{said1}"
+    );
+    // The peer's own, asked through this node.
+    let said2 = c.ok(
+        1,
+        &[
+            "--on", "node2", "snapshot", "create", "app", "--name", "before",
+        ],
+    );
+    assert!(said2.contains("taken on node2 (secondary"), "{said2}");
+    let (l1, l2) = (list(&c, 1), list(&c, 2));
+    assert_eq!((l1.len(), l2.len()), (1, 1), "{l1:?} {l2:?}");
+    assert_eq!(l1[0]["role"], "primary");
+    assert_eq!(l2[0]["role"], "secondary");
+    assert_eq!(l1[0]["consistent"], true);
+    // Both at the same point of the stream: a consistent cut.
+    assert_eq!(l1[0]["position"], l2[0]["position"], "{l1:?} {l2:?}");
+    hold(&c, false);
+
+    // Changes after it, on the serving node; replicated to node2, where the
+    // applier keeps what they destroy for node2's snapshot.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(live1.join("data.bin"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&mut f, &[9u8; 100_000], 1 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::remove_file(live1.join("keep.txt")).unwrap();
+    std::fs::rename(live1.join("sub"), live1.join("moved")).unwrap();
+    std::fs::set_permissions(
+        live1.join("moved/a"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(live1.join("new.txt"), b"after").unwrap();
+    c.wait_app_writes(1);
+
+    let diff = c.ok(1, &["snapshot", "diff", "app", "before", "--json"]);
+    let diff: Vec<serde_json::Value> = serde_json::from_str(&diff).unwrap();
+    let find = |p: &str| diff.iter().find(|d| d["path"] == p).cloned();
+    assert_eq!(find("keep.txt").unwrap()["change"], "removed", "{diff:?}");
+    assert_eq!(find("new.txt").unwrap()["change"], "added", "{diff:?}");
+    assert_eq!(find("moved").unwrap()["change"], "added", "{diff:?}");
+    let data = find("data.bin").unwrap();
+    assert_eq!(data["change"], "changed", "{diff:?}");
+    let r = &data["ranges"][0];
+    assert!(
+        r[0].as_u64().unwrap() <= 1 << 20 && r[1].as_u64().unwrap() >= (1 << 20) + 100_000,
+        "{data}"
+    );
+    assert!(
+        find("records").is_some(),
+        "the application's appends: {diff:?}"
+    );
+
+    // Restored on each node while the application writes.
+    for n in 1..=2 {
+        let to = c.path(&format!("restored{n}"));
+        let said = c.ok(
+            n,
+            &[
+                "snapshot",
+                "restore",
+                "app",
+                "before",
+                "--to",
+                to.to_str().unwrap(),
+            ],
+        );
+        assert!(said.contains("restored into"), "{said}");
+        assert_same(&format!("node{n}'s snapshot"), &expected, &to);
+    }
+
+    // Bad input: a clear error, nothing changed.
+    let busy = c.path("restored1");
+    for (args, says) in [
+        (
+            vec![
+                "snapshot",
+                "restore",
+                "app",
+                "before",
+                "--to",
+                busy.to_str().unwrap(),
+            ],
+            "is not empty",
+        ),
+        (
+            vec!["snapshot", "restore", "app", "nope", "--to", "/tmp/x-never"],
+            "no snapshot \"nope\"",
+        ),
+        (vec!["snapshot", "create", "nomodule"], "no module named"),
+        (
+            vec!["snapshot", "create", "app", "--name", "a/b"],
+            "must not contain",
+        ),
+        (
+            vec!["snapshot", "create", "app", "--name", "before"],
+            "already has",
+        ),
+        (vec!["snapshot", "delete", "app", "nope"], "no snapshot"),
+    ] {
+        let o = c.tandem(1, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_same("a refused restore", &expected, &busy);
+    assert_eq!(list(&c, 1).len(), 1);
+
+    // Deleting on node1 leaves node2's.
+    c.ok(1, &["snapshot", "delete", "app", "before"]);
+    assert!(list(&c, 1).is_empty());
+    assert_eq!(list(&c, 2).len(), 1);
+
+    // node1 killed: node2 serves, and its snapshot outlives that and a
+    // restart of its daemon.
+    c.signal(1, libc::SIGKILL);
+    c.clean_after_killed(1);
+    assert!(
+        wait_until(20, || c.state(2) == "ALONE"),
+        "{}",
+        c.log_text(2)
+    );
+    c.signal(2, libc::SIGTERM);
+    c.start(2);
+    assert!(
+        wait_until(30, || c.state(2) == "ALONE"),
+        "{}",
+        c.log_text(2)
+    );
+    let l2 = list(&c, 2);
+    assert_eq!(l2.len(), 1, "{l2:?}");
+    let to = c.path("restored-after");
+    c.ok(
+        2,
+        &[
+            "snapshot",
+            "restore",
+            "app",
+            "before",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    assert_same(
+        "node2's snapshot after a failover and a restart",
+        &expected,
+        &to,
+    );
+}
+
+/// The SECOND takes a snapshot before a resync writes into its copy; the
+/// copy is marked inconsistent meanwhile; the snapshot restores the tree the
+/// SECOND had.
+#[test]
+fn the_second_takes_a_snapshot_before_every_resync() {
+    let mut c = Cluster::new();
+    c.start_both(30);
+    c.wait_app_writes(1);
+    std::fs::write(c.path("node1/app/file"), vec![1u8; 1 << 20]).unwrap();
+    hold(&c, true);
+    assert!(wait_until(20, || caught_up(&c)), "node2 does not catch up");
+    // node2 away: what node1 changes meanwhile is resynchronised later.
+    c.signal(2, libc::SIGTERM);
+    assert!(
+        wait_until(20, || c.state(1) == "ALONE"),
+        "{}",
+        c.log_text(1)
+    );
+    let before = c.path("node2-before");
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(c.path("node2/app"))
+        .arg(&before)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    hold(&c, false);
+    c.wait_app_writes(1);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.path("node1/app/file"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&mut f, &[2u8; 300_000], 4096).unwrap();
+    drop(f);
+    std::fs::write(c.path("node1/app/other"), b"written while node2 was away").unwrap();
+
+    c.start(2);
+    c.wait_states("PRIM", "SECOND", 30);
+    // One before the first full sync, one before this resync.
+    let auto = list_kind(&c, 2, "before-resync");
+    assert_eq!(auto.len(), 2, "{auto:?}\n{}", c.log_text(2));
+    let auto = &auto[1..];
+    assert_eq!(auto[0]["consistent"], true);
+    assert!(
+        c.log_text(2).contains("taken before the resync"),
+        "{}",
+        c.log_text(2)
+    );
+    let to = c.path("restored");
+    let name = auto[0]["name"].as_str().unwrap();
+    c.ok(
+        2,
+        &[
+            "snapshot",
+            "restore",
+            "app",
+            name,
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    assert_same("the before-resync snapshot", &before, &to);
+    // The resync ended: node2's copy is consistent again.
+    let st = c.status(2).unwrap();
+    assert!(
+        st["modules"][0]["snapshots"]["inconsistent_since_ms"].is_null(),
+        "{}",
+        st["modules"][0]
+    );
+}
