@@ -359,6 +359,9 @@ pub struct SnapshotSummary {
     /// Then, the newest snapshot of a consistent state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_consistent: Option<String>,
+    /// A rollback to this snapshot did not finish: run it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_back: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

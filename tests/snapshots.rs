@@ -356,3 +356,102 @@ fn the_second_takes_a_snapshot_before_every_resync() {
         st["modules"][0]
     );
 }
+
+/// The serving node killed in the middle of a resync: the SECOND does not
+/// serve its half-synced copy, says it is inconsistent and which snapshot
+/// is the last consistent one; rolled back to it, the copy is the tree it
+/// had before the resync, and it can be served from there.
+#[test]
+fn a_resync_cut_short_rolls_back_to_the_snapshot_before_it() {
+    let mut c = Cluster::new();
+    c.start_both(30);
+    c.wait_app_writes(1);
+    for i in 0..4 {
+        std::fs::write(c.path(&format!("node1/app/big{i}")), vec![i as u8; 8 << 20]).unwrap();
+    }
+    hold(&c, true);
+    assert!(wait_until(30, || caught_up(&c)), "node2 does not catch up");
+    c.signal(2, libc::SIGTERM);
+    assert!(
+        wait_until(20, || c.state(1) == "ALONE"),
+        "{}",
+        c.log_text(1)
+    );
+    let before = c.path("node2-before");
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(c.path("node2/app"))
+        .arg(&before)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    // Much to resynchronise: every byte of the big files rewritten, new ones.
+    for i in 0..4 {
+        std::fs::write(
+            c.path(&format!("node1/app/big{i}")),
+            vec![100 + i as u8; 8 << 20],
+        )
+        .unwrap();
+    }
+    for i in 0..40 {
+        std::fs::write(c.path(&format!("node1/app/new{i}")), vec![i as u8; 4 << 20]).unwrap();
+    }
+    std::fs::remove_file(c.path("node1/app/big3")).unwrap();
+
+    // node1 dies as soon as node2's resync has begun.
+    c.start(2);
+    let inconsistent = || {
+        c.status(2)
+            .is_some_and(|s| s["modules"][0]["snapshots"]["inconsistent_since_ms"].is_u64())
+    };
+    assert!(
+        common::wait_until_every(30, std::time::Duration::from_millis(5), inconsistent),
+        "node2's resync did not begin\n{}",
+        c.log_text(2)
+    );
+    c.signal(1, libc::SIGKILL);
+    c.clean_after_killed(1);
+    assert!(
+        wait_until(20, || c.state(2) == "WAIT"),
+        "node2 is {}\n{}",
+        c.state(2),
+        c.log_text(2)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(c.state(2), "WAIT", "node2 serves a half-synced copy");
+    let st = c.status(2).unwrap();
+    let snaps = &st["modules"][0]["snapshots"];
+    assert!(snaps["inconsistent_since_ms"].is_u64(), "{snaps}");
+    let last = snaps["last_consistent"].as_str().unwrap().to_string();
+    assert!(last.starts_with("before-resync-"), "{snaps}");
+    // Refused while the module runs here.
+    let o = c.tandem(2, &["snapshot", "rollback", "app", &last]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tandem stop app"));
+
+    c.ok(2, &["stop", "app"]);
+    assert!(wait_until(20, || c.state(2) == "STOP"), "{}", c.log_text(2));
+    let said = c.ok(2, &["snapshot", "rollback", "app", &last]);
+    assert!(said.contains("rolled back to snapshot"), "{said}");
+    assert_same("node2 rolled back", &before, &c.path("node2/app"));
+    let st = c.status(2).unwrap();
+    assert!(
+        st["modules"][0]["snapshots"]["inconsistent_since_ms"].is_null(),
+        "{}",
+        st["modules"][0]["snapshots"]
+    );
+    // Served from the consistent copy.
+    c.ok(2, &["start", "app"]);
+    assert!(wait_until(20, || c.state(2) == "WAIT"), "{}", c.log_text(2));
+    c.ok(2, &["prim", "--force", "app"]);
+    assert!(
+        wait_until(20, || c.state(2) == "ALONE"),
+        "{}",
+        c.log_text(2)
+    );
+    assert_eq!(
+        std::fs::read(c.path("node2/app/big0")).unwrap(),
+        vec![0u8; 8 << 20],
+        "the copy served is the one before the resync"
+    );
+}

@@ -325,7 +325,13 @@ impl SecondaryServer {
             return Ok(None);
         }
         module.state.lock().agreed = Some(agreed);
-        let full = module.full_sync.swap(false, Ordering::SeqCst);
+        // A copy changed behind the change log (a snapshot rolled back)
+        // asks for a comparison by content until a resync ends.
+        let changed_behind = module
+            .logs
+            .iter()
+            .any(|l| l.compare_needed().unwrap_or(true));
+        let full = module.full_sync.swap(false, Ordering::SeqCst) || changed_behind;
         send_diverged(&module, &mut writer, full).await?;
         tracing::info!(
             "{}: primary {} connected from {addr}",
@@ -728,6 +734,9 @@ impl Applying<'_> {
             self.done_at = None;
             for log in &self.module.logs {
                 if let Err(e) = resync::clear_all(log.as_ref()) {
+                    return Err(self.fail(e.into()));
+                }
+                if let Err(e) = log.set_compare_needed(false) {
                     return Err(self.fail(e.into()));
                 }
                 // Same data as the primary now: same generation.

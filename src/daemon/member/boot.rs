@@ -412,6 +412,7 @@ fn snapped(modules: &[Managed], me: &str) -> Result<Vec<super::snapshots::Snappe
             name: m.cfg.name.clone(),
             snaps,
             roots,
+            logs: m.base.iter().map(|d| d.log.clone()).collect(),
         });
     }
     Ok(out)

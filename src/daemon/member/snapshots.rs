@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::control::Shared;
+use crate::changelog::ChangeLog;
 use crate::control::{Response, SnapshotOp};
 use crate::daemon::replicas::Replica;
 use crate::replication::snapshot::{Kind, New, Snapshot, Snapshots};
@@ -18,6 +19,8 @@ pub(super) struct Snapped {
     pub(super) snaps: Arc<Snapshots>,
     /// The real directories (opened before anything was mounted over them).
     pub(super) roots: Vec<OwnedFd>,
+    /// Their change logs, told when the copy changed behind them.
+    pub(super) logs: Vec<Arc<dyn ChangeLog>>,
 }
 
 fn ok(message: String, data: Option<serde_json::Value>) -> Response {
@@ -112,13 +115,67 @@ impl Shared {
                 )
             }),
             SnapshotOp::Rollback { name } => {
-                return Response::error(format!(
-                    "module {module}: rollback to {name:?} is not available yet; restore it \
-                     with `tandem snapshot restore {module} {name} --to DIR`"
-                ));
+                return self.rollback(m, &name, &roots).unwrap_or_else(|e| e);
             }
         };
         result.unwrap_or_else(|e| Response::error(format!("module {module}: {e}")))
+    }
+
+    /// Brings this node's copy back to snapshot `name`: only while the module
+    /// is stopped here (nothing else may change the directories meanwhile).
+    fn rollback(
+        &self,
+        m: &Snapped,
+        name: &str,
+        roots: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Response, Response> {
+        let module = &m.name;
+        let state = self
+            .status
+            .lock()
+            .modules
+            .iter()
+            .find(|s| s.name == *module)
+            .and_then(|s| s.cluster.as_ref().map(|c| c.state.clone()))
+            .unwrap_or_default();
+        let active = self
+            .replicas
+            .lock()
+            .iter()
+            .any(|(n, r)| n == module && r.is_some());
+        if state != "STOP" || active {
+            return Err(Response::error(format!(
+                "module {module} is {state} on {}: a rollback changes the directories under \
+                 the application and the replication; stop the module on this node first \
+                 (`tandem stop {module}`)",
+                self.relay.me
+            )));
+        }
+        // Before the first change: whichever way the next resync goes, it
+        // compares the trees by content, also after a rollback cut short.
+        for log in &m.logs {
+            log.set_compare_needed(true)
+                .map_err(|e| Response::error(format!("module {module}: change log: {e}")))?;
+        }
+        let t = Instant::now();
+        let (s, r) = m
+            .snaps
+            .rollback(name, roots)
+            .map_err(|e| Response::error(format!("module {module}: {e}")))?;
+        let msg = format!(
+            "module {module}: {} rolled back to snapshot {} in {:.2} s: {} names removed, {} made, \
+             {} rewritten, {} bytes written back; the next resync compares both copies by \
+             content (`tandem start {module}`; `tandem prim --force {module}` to serve this copy)",
+            self.relay.me,
+            shown(&s),
+            t.elapsed().as_secs_f64(),
+            r.removed,
+            r.made,
+            r.rewritten,
+            r.bytes
+        );
+        tracing::warn!(module = %module, "{msg}");
+        Ok(ok(msg, json(&r)))
     }
 
     /// Takes a snapshot where the module's changes are ordered on this node.

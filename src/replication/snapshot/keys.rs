@@ -4,6 +4,7 @@
 //! - `S id` → a snapshot's record (JSON);
 //! - `N` → the next snapshot id;
 //! - `R` → a resync is writing into this copy;
+//! - `B` → a rollback is under way;
 //! - `C dir ino aspect off epoch` → what the object was before the first
 //!   change after snapshot `epoch` (the newest when it was kept);
 //! - `E epoch dir ino aspect off` → the stored size of that capture: the
@@ -12,6 +13,8 @@
 pub const NEXT: &[u8] = b"N";
 /// The marker of a resync under way (see `Snapshots::begin_resync`).
 pub const RESYNCING: &[u8] = b"R";
+/// The marker of a rollback under way.
+pub const ROLLING_BACK: &[u8] = b"B";
 const RECORD: u8 = b'S';
 const CAPTURE: u8 = b'C';
 const BY_EPOCH: u8 = b'E';

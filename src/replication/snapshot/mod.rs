@@ -31,6 +31,7 @@ pub mod effects;
 pub mod keys;
 mod memo;
 pub mod restore;
+pub mod rollback;
 mod view;
 
 #[cfg(test)]
@@ -390,6 +391,7 @@ impl Snapshots {
             failures: self.failures(),
             inconsistent_since_ms: r.as_ref().map(|r| r.since_ms),
             last_consistent: r.and_then(|r| r.last_consistent),
+            rolling_back: self.rolling_back().map(|r| r.to),
         }
     }
 
@@ -606,6 +608,25 @@ impl Snapshots {
             }
         }
         apply()
+    }
+
+    /// Whether anything of object `ino` of directory `dir` was kept since
+    /// snapshot `id`: it changed after it.
+    pub fn changed_since(&self, id: u64, dir: u32, ino: u64) -> Result<bool> {
+        let prefix = keys::object_prefix(Obj { dir, ino });
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if keys::parse_capture(&k).is_some_and(|at| at.epoch >= id) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// What snapshot `id` saw, for reading (restore, diff).

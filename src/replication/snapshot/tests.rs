@@ -417,6 +417,65 @@ fn run(seed: u64, steps: usize) {
             diff.join("\n")
         );
     }
+    // Rolled back in place to two of them in turn: the live tree is each
+    // one's, and every snapshot still restores what it was taken of.
+    for round in 0..2 {
+        let i = model.rng.random_range(0..expected.len());
+        let name = expected.keys().nth(i).unwrap().clone();
+        snaps.rollback(&name, &[root.as_fd()]).unwrap();
+        let got = image(&live);
+        let want = &expected[&name];
+        let diff: Vec<_> = want
+            .iter()
+            .filter(|(p, n)| got.get(*p) != Some(n))
+            .map(|(p, n)| {
+                let g = got.get(p);
+                format!(
+                    "{}: want {:?}/{:o}/{}/{:?}/{}B first {:?}, got {:?}",
+                    p.display(),
+                    n.kind,
+                    n.mode,
+                    n.uid,
+                    n.mtime,
+                    n.data.len(),
+                    n.first,
+                    g.map(|g| (
+                        g.kind,
+                        format!("{:o}", g.mode),
+                        g.uid,
+                        g.mtime,
+                        g.data.len(),
+                        g.data == n.data,
+                        g.first.clone()
+                    ))
+                )
+            })
+            .chain(
+                got.keys()
+                    .filter(|p| !want.contains_key(*p))
+                    .map(|p| format!("{}: not in the snapshot", p.display())),
+            )
+            .collect();
+        assert!(
+            diff.is_empty(),
+            "seed {seed}, rollback to {name}: {}",
+            diff.join("\n")
+        );
+        for (k, (other, want)) in expected.iter().enumerate() {
+            let out = t.path().join(format!("after-rollback-{round}-{k}"));
+            let got = restored(&snaps, other, &root, &out);
+            assert!(
+                got == *want,
+                "seed {seed}: snapshot {other} after the rollback to {name} differs"
+            );
+        }
+        // Changes after a rollback are kept as any others.
+        for _ in 0..30 {
+            let m = model.change();
+            let _ = applier.apply(0, &m, false, &[]);
+        }
+        applier.settle_times().unwrap();
+    }
     assert_eq!(snaps.failures(), 0);
 }
 

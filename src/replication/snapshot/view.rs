@@ -84,7 +84,9 @@ impl<'a> View<'a> {
         }
     }
 
-    fn gone(&self, ino: u64) -> Result<bool> {
+    /// Whether the object was kept whole since the snapshot (it lost its
+    /// last name): a live object with its number is another one.
+    pub fn gone(&self, ino: u64) -> Result<bool> {
         Ok(self.first(ino, Aspect::Gone)?.is_some())
     }
 
@@ -233,6 +235,49 @@ impl<'a> View<'a> {
         }
         sys::ftruncate(out, size).map_err(|e| sys_err("truncate", Path::new(""), e))?;
         Ok(size)
+    }
+
+    /// The snapshot's bytes `[off, off + len)` of file `ino` (zeros past its
+    /// end), given its runs from the snapshot on, lowest epoch first.
+    pub fn read_with(
+        &self,
+        ino: u64,
+        runs: &[(u64, u64, Vec<u8>)],
+        off: u64,
+        len: usize,
+    ) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        if !self.gone(ino)? {
+            if let Some(fd) = self.live_node(ino)? {
+                let f = sys::reopen(fd.as_fd(), libc::O_RDONLY)
+                    .map_err(|e| sys_err("open", Path::new(""), e))?;
+                let mut got = 0;
+                while got < len {
+                    let n = sys::pread(f.as_fd(), &mut buf[got..], off + got as u64)
+                        .map_err(|e| sys_err("read", Path::new(""), e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+            }
+        }
+        let end = off + len as u64;
+        let mut painted = Kept::default();
+        for (_, r_off, v) in runs {
+            let r_len = super::capture::data_len(v).unwrap_or(0);
+            if *r_off >= end || r_off + r_len <= off {
+                continue;
+            }
+            let data = decode_data(v).map_err(corrupt)?;
+            let (a, z) = ((*r_off).max(off), (r_off + r_len).min(end));
+            for (x, y) in painted.gaps(a, z) {
+                buf[(x - off) as usize..(y - off) as usize]
+                    .copy_from_slice(&data[(x - r_off) as usize..(y - r_off) as usize]);
+            }
+            painted.add(a, z);
+        }
+        Ok(buf)
     }
 
     /// Every run kept of file `ino` in epochs `[from, until)`: (epoch, offset, value).
