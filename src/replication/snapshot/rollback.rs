@@ -223,6 +223,10 @@ fn rollback_dir(
         // what changed since the snapshot differs.
         let same = was.is_some_and(|(i, _)| i == *ino) && !roll.view.gone(*ino)?;
         if same && !store.changed_since(s.id, dir, *ino)? {
+            if e.kind == EntryKind::Dir {
+                // Names made or removed in it by the rollback moved its times.
+                dirs.push((p.clone(), e.clone()));
+            }
             continue;
         }
         if was.is_some() && !same && e.kind != EntryKind::Dir {
