@@ -333,7 +333,7 @@ impl Applier {
                 };
                 wrap("fsync", &p, r)
             }
-            WireMutation::Times => {
+            WireMutation::Times | WireMutation::Cut { .. } => {
                 self.root(dir)?;
                 Ok(())
             }

@@ -105,6 +105,29 @@ impl SecondaryModule {
         f(applied)
     }
 
+    /// The primary took snapshot `name` at `position` for a consistent
+    /// comparison: this copy takes its own there (under the cut).
+    fn cut(&self, name: &str, position: u64) {
+        let Some(snaps) = &self.snaps else {
+            return;
+        };
+        let new = crate::replication::snapshot::New {
+            name: Some(name.to_string()),
+            kind: crate::replication::snapshot::Kind::Verify,
+            role: "secondary".into(),
+            position: Some(position),
+            generation: None,
+            consistent: snaps.resyncing().is_none(),
+        };
+        match snaps.create(new) {
+            Ok(_) => snaps.prune(crate::replication::snapshot::Kind::Verify, 2),
+            Err(e) => tracing::error!(
+                "{}: no snapshot at the primary's cut {name}: {e}",
+                self.name
+            ),
+        }
+    }
+
     /// A resync's change is about to be applied: the first one of a resync
     /// takes the before-resync snapshot (at the position before it).
     fn before_resync(&self, seq: u64) {
@@ -697,6 +720,9 @@ impl Applying<'_> {
         }
         if matches!(mutation, WireMutation::Sync) {
             self.c.durable.fetch_max(seq, Ordering::AcqRel);
+        }
+        if let WireMutation::Cut { name } = mutation {
+            self.module.cut(name, seq.saturating_sub(1));
         }
         self.applied = seq;
         self.c.applied.store(seq, Ordering::Release);

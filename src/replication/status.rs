@@ -114,6 +114,13 @@ pub struct VerifyReport {
     pub elapsed_ms: u64,
     /// Differences found by a first pass and shipped before this report.
     pub repaired: u64,
+    /// The differences were checked again on both copies at one point of
+    /// the stream (snapshots taken for the check, dropped after).
+    #[serde(default)]
+    pub at_cut: bool,
+    /// Names that differed in the first pass and were checked again.
+    #[serde(default)]
+    pub rechecked: u64,
 }
 
 /// Live state of a verify, for status and `tandem verify`.

@@ -37,11 +37,34 @@ fn raw(p: &Path) -> Vec<u8> {
 
 // ---- the peer's side ----
 
-/// Answers manifest requests on a verify connection until it closes.
+/// Answers manifest requests on a verify connection until it closes. The
+/// snapshots this node took at the primary's cuts for it go with it.
 pub async fn serve<R, W>(
     dirs: Arc<Vec<Dir>>,
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+) -> Result<(), SessionError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut used = Vec::new();
+    let r = serve_requests(&dirs, reader, writer, &mut used).await;
+    if let Some(snaps) = dirs.first().and_then(|d| d.snaps.clone()) {
+        for name in used {
+            if let Err(e) = snaps.delete(&name) {
+                tracing::warn!("verify snapshot {name}: {e}");
+            }
+        }
+    }
+    r
+}
+
+async fn serve_requests<R, W>(
+    dirs: &Arc<Vec<Dir>>,
     mut reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
+    used: &mut Vec<String>,
 ) -> Result<(), SessionError>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -53,6 +76,18 @@ where
             Err(e) if e.is_end() => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        if let Message::ManifestAt {
+            dir,
+            paths,
+            snapshot,
+        } = m
+        {
+            if !used.contains(&snapshot) {
+                used.push(snapshot.clone());
+            }
+            serve_at(dirs, dir, paths, snapshot, &mut writer).await?;
+            continue;
+        }
         let Message::ManifestRequest { dir, paths, hash } = m else {
             return Err(protocol(format!(
                 "unexpected message on a verify connection: {}",
@@ -111,6 +146,83 @@ where
             })
             .await?;
     }
+}
+
+/// How long the peer's snapshot at a cut may take to arrive: the cut
+/// travels on the replication stream, this request on its own connection.
+const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Answers a manifest of `paths` as this node's snapshot `snapshot` saw them.
+async fn serve_at<W>(
+    dirs: &Arc<Vec<Dir>>,
+    dir: u32,
+    paths: Vec<Vec<u8>>,
+    snapshot: String,
+    writer: &mut FrameWriter<W>,
+) -> Result<(), SessionError>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(snaps) = dirs.get(dir as usize).and_then(|d| d.snaps.clone()) else {
+        return Err(protocol(format!(
+            "manifest at a snapshot of directory {dir}, which has none here"
+        )));
+    };
+    let paths = paths
+        .iter()
+        .map(|p| {
+            if p.is_empty() {
+                Ok(PathBuf::new())
+            } else {
+                checked_path(p).map_err(protocol)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let deadline = Instant::now() + CUT_WAIT;
+    while snaps.find(&snapshot).is_err() {
+        if Instant::now() > deadline {
+            return Err(protocol(format!(
+                "no snapshot {snapshot} here: the cut did not arrive"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let dirs2 = dirs.clone();
+    let items = tokio::task::spawn_blocking(move || {
+        let root = dirs2[dir as usize].root.as_fd();
+        paths
+            .iter()
+            .map(|p| {
+                let it = snaps
+                    .item_at(&snapshot, dir, root, p)
+                    .map_err(|e| SessionError::Manifest(std::io::Error::other(e.to_string())))?;
+                Ok((p.clone(), it))
+            })
+            .collect::<Result<Vec<_>, SessionError>>()
+    })
+    .await??;
+    let mut part = Vec::new();
+    for (p, it) in items {
+        let (entry, chunks) = match it {
+            Some(it) => (Some(it.entry), it.chunks),
+            None => (None, Vec::new()),
+        };
+        part.push(ManifestItem::Entry {
+            path: raw(&p),
+            entry,
+        });
+        for c in chunks.chunks(PART_CHUNKS) {
+            part.push(ManifestItem::Chunks(c.to_vec()));
+        }
+    }
+    writer
+        .send(&Message::Manifest {
+            dir,
+            items: part,
+            last: true,
+        })
+        .await?;
+    Ok(())
 }
 
 /// Scans (or looks up `paths`) and hands items over in parts.
@@ -254,6 +366,27 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
                 hash,
             })
             .await?;
+        self.read_manifest(dir).await
+    }
+
+    /// The manifest of `paths` as the peer's snapshot `snapshot` saw them.
+    async fn manifest_at(
+        &mut self,
+        dir: u32,
+        paths: &[PathBuf],
+        snapshot: &str,
+    ) -> Result<BTreeMap<PathBuf, Item>, SessionError> {
+        self.writer
+            .send(&Message::ManifestAt {
+                dir,
+                paths: paths.iter().map(|p| raw(p)).collect(),
+                snapshot: snapshot.to_string(),
+            })
+            .await?;
+        self.read_manifest(dir).await
+    }
+
+    async fn read_manifest(&mut self, dir: u32) -> Result<BTreeMap<PathBuf, Item>, SessionError> {
         let mut out = BTreeMap::new();
         let mut current: Option<Item> = None;
         loop {
@@ -449,6 +582,9 @@ pub async fn run(
     let rep = rep.clone();
     let mut remote = connect(link, &rep).await?;
     let mut report = VerifyReport::default();
+    // The consistent cut, taken at the first re-check (`Some(None)`: none
+    // could be taken).
+    let mut cut: Option<Option<String>> = None;
     for d in 0..rep.dirs().len() {
         let dir = d as u32;
         state.lock().phase = format!("scanning directory {}", d + 1);
@@ -503,37 +639,86 @@ pub async fn run(
         }
         // Check again what differed: a file written meanwhile may agree now.
         state.lock().phase = format!("re-checking {} names", first.len());
+        report.rechecked += first.len() as u64;
         let paths: Vec<PathBuf> = first
             .iter()
             .map(|d| PathBuf::from(std::ffi::OsStr::from_bytes(&d.raw)))
             .collect();
-        let mut again_theirs = BTreeMap::new();
-        for batch in paths.chunks(PART_ITEMS) {
-            again_theirs.extend(remote.manifest(dir, Some(batch), true).await?);
+        if cut.is_none() {
+            cut = Some(rep.verify_cut());
         }
-        let (again_rep, again_paths, again_progress) = (
-            rep.clone(),
-            paths.clone(),
-            Arc::new(ScanProgress::default()),
-        );
-        let again_ours = tokio::task::spawn_blocking(move || {
-            local_manifest(
-                &again_rep.dirs()[d],
-                Some(&again_paths),
-                &manifest::all,
-                &again_progress,
-            )
-        })
-        .await??;
-        let mut again_ours = again_ours;
+        let (mut again_ours, mut again_theirs) = match cut.clone().flatten() {
+            // Both copies as they were at one point of the stream: a file
+            // written throughout the check is compared as it was there.
+            Some(name) => {
+                let mut theirs = BTreeMap::new();
+                for batch in paths.chunks(PART_ITEMS) {
+                    theirs.extend(remote.manifest_at(dir, batch, &name).await?);
+                }
+                let (at_rep, at_paths) = (rep.clone(), paths.clone());
+                let ours =
+                    tokio::task::spawn_blocking(move || at_manifest(&at_rep, d, &name, &at_paths))
+                        .await??;
+                (ours, theirs)
+            }
+            None => {
+                let mut theirs = BTreeMap::new();
+                for batch in paths.chunks(PART_ITEMS) {
+                    theirs.extend(remote.manifest(dir, Some(batch), true).await?);
+                }
+                let (again_rep, again_paths, again_progress) = (
+                    rep.clone(),
+                    paths.clone(),
+                    Arc::new(ScanProgress::default()),
+                );
+                let ours = tokio::task::spawn_blocking(move || {
+                    local_manifest(
+                        &again_rep.dirs()[d],
+                        Some(&again_paths),
+                        &manifest::all,
+                        &again_progress,
+                    )
+                })
+                .await??;
+                (ours, theirs)
+            }
+        };
         replicated_only(&rep, &mut again_ours);
         replicated_only(&rep, &mut again_theirs);
         report
             .differences
             .extend(compare(dir, &again_ours, &again_theirs, true));
     }
+    if let Some(Some(name)) = &cut {
+        rep.drop_cut(name);
+        report.at_cut = true;
+    }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// This node's items of `paths` as its snapshot `name` saw them.
+fn at_manifest(
+    rep: &Replicator,
+    d: usize,
+    name: &str,
+    paths: &[PathBuf],
+) -> Result<BTreeMap<PathBuf, Item>, SessionError> {
+    let dir = &rep.dirs()[d];
+    let snaps = dir
+        .snaps
+        .clone()
+        .ok_or_else(|| SessionError::Manifest(std::io::Error::other("no snapshot store")))?;
+    let mut out = BTreeMap::new();
+    for p in paths {
+        let it = snaps
+            .item_at(name, d as u32, dir.root.as_fd(), p)
+            .map_err(|e| SessionError::Manifest(std::io::Error::other(e.to_string())))?;
+        if let Some(it) = it {
+            out.insert(p.clone(), it);
+        }
+    }
+    Ok(out)
 }
 
 /// Leaves out what the module's `exclude` patterns keep from replication,

@@ -12,7 +12,11 @@ use crate::fs::{AttrChange, Mutation};
 
 /// The link's protocol versions this release speaks: 3 is the protocol of
 /// the releases before ranges; 4 adds the versions in the Hello.
-pub const PROTOCOL: Range = Range::new(3, 4);
+pub const PROTOCOL: Range = Range::new(3, 5);
+
+/// The first version with consistent cuts: `WireMutation::Cut` and
+/// `Message::ManifestAt`.
+pub const CUTS: u8 = 5;
 
 /// The one version a peer that says nothing speaks.
 pub const BEFORE_RANGES: u8 = 3;
@@ -105,6 +109,13 @@ pub enum Message {
     Control { request: String },
     /// The answer to [`Message::Control`], in its JSON form.
     ControlReply { response: String },
+    /// On a verify connection: the manifest of `paths` as the receiver's
+    /// snapshot `snapshot` saw them (taken at a [`WireMutation::Cut`]).
+    ManifestAt {
+        dir: u32,
+        paths: Vec<Vec<u8>>,
+        snapshot: String,
+    },
 }
 
 /// When the secondary acknowledges what it was sent: what the primary's
@@ -134,6 +145,7 @@ impl Message {
             Message::Close { .. } => "Close",
             Message::Control { .. } => "Control",
             Message::ControlReply { .. } => "ControlReply",
+            Message::ManifestAt { .. } => "ManifestAt",
             Message::ManifestRequest { .. } => "ManifestRequest",
             Message::Manifest { .. } => "Manifest",
         }
@@ -294,6 +306,11 @@ pub enum WireMutation {
     /// write makes the kernel give each later write a fresh fine-grained
     /// time, and every fdatasync on both nodes then writes the inode too.
     Times,
+    /// Changes nothing: the secondary takes its snapshot `name` here, at
+    /// the same point of the stream as the primary took its own.
+    Cut {
+        name: String,
+    },
 }
 
 /// A content-defined chunk of a file and its BLAKE3 hash.

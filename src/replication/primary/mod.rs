@@ -285,6 +285,62 @@ impl Replicator {
         f(o.next_seq.saturating_sub(1))
     }
 
+    /// Takes a snapshot here and has the peer take its own at the same
+    /// point of the stream: a consistent cut for a verify. Its name, or
+    /// `None` where there can be none (no link, a peer without cuts).
+    pub fn verify_cut(&self) -> Option<String> {
+        use crate::replication::snapshot::{Kind, New};
+        let snaps = self.stream.dirs.first()?.snaps.clone()?;
+        let protocol = self.agreed.lock().as_ref()?.protocol;
+        if protocol < crate::replication::wire::CUTS {
+            return None;
+        }
+        let mut o = self.stream.lock();
+        if !o.streaming() {
+            return None;
+        }
+        // The peer sets the times this node has before the cut.
+        write::settle_owed_locked(&self.stream, &mut o);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let taken = snaps
+            .create(New {
+                name: Some(format!("verify-{at}")),
+                kind: Kind::Verify,
+                role: "primary".into(),
+                position: Some(o.next_seq.saturating_sub(1)),
+                generation: None,
+                consistent: true,
+            })
+            .ok()?;
+        let sent = self.stream.send(
+            &mut o,
+            0,
+            false,
+            crate::replication::wire::WireMutation::Cut {
+                name: taken.name.clone(),
+            },
+            Vec::new(),
+        );
+        drop(o);
+        if sent.is_none() {
+            let _ = snaps.delete(&taken.name);
+            return None;
+        }
+        Some(taken.name)
+    }
+
+    /// Drops a verify's snapshot of this node.
+    pub fn drop_cut(&self, name: &str) {
+        if let Some(snaps) = self.stream.dirs.first().and_then(|d| d.snaps.clone())
+            && let Err(e) = snaps.delete(name)
+        {
+            tracing::warn!("{}: verify snapshot {name}: {e}", self.module);
+        }
+    }
+
     pub fn status(&self) -> ReplicationStatus {
         let resync = self.resync.lock().clone();
         let verify = self.verify.lock().clone();

@@ -25,6 +25,7 @@
 //! could not survive, marked broken: never silently wrong. A failure to keep
 //! never fails the application's call.
 
+mod at;
 mod capture;
 pub mod diff;
 pub mod effects;
@@ -167,6 +168,8 @@ pub enum Effect {
 /// The snapshots of one module on this node.
 pub struct Snapshots {
     module: String,
+    /// The store's directory (scratch files go there too).
+    path: PathBuf,
     /// The module's directories, in order.
     dirs: Vec<PathBuf>,
     db: DB,
@@ -243,6 +246,7 @@ impl Snapshots {
         let db = DB::open(&opts, dir)?;
         let s = Self {
             module: module.to_string(),
+            path: dir.to_path_buf(),
             dirs,
             db,
             newest: RwLock::new(None),
@@ -334,7 +338,7 @@ impl Snapshots {
     }
 
     /// Deletes the oldest snapshots of `kind` beyond the newest `keep`.
-    fn prune(&self, kind: Kind, keep: usize) {
+    pub fn prune(&self, kind: Kind, keep: usize) {
         let Ok(records) = self.records() else {
             return;
         };
