@@ -362,6 +362,13 @@ pub struct SnapshotSummary {
     /// A rollback to this snapshot did not finish: run it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_back: Option<String>,
+    /// The last scheduled snapshot failed (when, why): an alert until the
+    /// next one is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_failed: Option<String>,
+    /// Scheduled snapshots that failed since the daemon started.
+    #[serde(default)]
+    pub schedule_failures: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -550,3 +550,128 @@ fn verify_compares_a_busy_tree_at_a_consistent_cut() {
         );
     }
 }
+
+/// A schedule of one a second, keeping only the newest of this hour: taken
+/// on both nodes, between the scripts on the serving one only, expired by
+/// each node; past the byte budget the scheduled ones go and the
+/// operator's stays; a failing pre_snapshot script is an alert until the
+/// next scheduled snapshot is taken.
+#[test]
+fn schedules_retention_budget_and_scripts() {
+    let tail = r#"
+[module.snapshots]
+every = "1s"
+keep_hourly = 1
+keep_daily = 0
+keep_weekly = 0
+budget = "2MiB"
+pre_snapshot = "{t}/pre.sh"
+post_snapshot = "{t}/post.sh"
+"#;
+    let mut c = Cluster::build_opts(
+        None,
+        &common::cluster::Options {
+            quorum: "none",
+            tail,
+            ..Default::default()
+        },
+    );
+    for (name, word) in [("pre.sh", "pre"), ("post.sh", "post")] {
+        common::cluster::script(
+            &c.path(name),
+            &format!(
+                "#!/bin/sh\n[ -f \"$APP_SIDE/../fail-{word}\" ] && exit 3\n\
+                 echo \"{word} $TANDEM_NODE $TANDEM_MODULE\" >> \"$APP_SIDE/../snap-events\"\n"
+            ),
+        );
+    }
+    // Incompressible: the budget counts the bytes stored.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(c.path("node1/app/base"), &noise).unwrap();
+    c.start_both(30);
+    c.wait_app_writes(1);
+    c.ok(1, &["snapshot", "create", "app", "--name", "mine"]);
+    let taken = |n: usize| {
+        c.log_text(n)
+            .matches("scheduled snapshot scheduled-")
+            .count()
+    };
+    assert!(
+        wait_until(20, || taken(1) >= 3 && taken(2) >= 3),
+        "{}",
+        c.log_text(1)
+    );
+    for n in 1..=2 {
+        let sched = list_kind(&c, n, "scheduled");
+        assert!((1..=2).contains(&sched.len()), "node{n}: {sched:?}");
+        assert!(c.log_text(n).contains("expired"), "{}", c.log_text(n));
+    }
+    let events = std::fs::read_to_string(c.path("snap-events")).unwrap();
+    assert!(
+        events.contains("pre node1 app") && events.contains("post node1 app"),
+        "{events}"
+    );
+    assert!(
+        !events.contains("node2"),
+        "scripts ran on the SECOND: {events}"
+    );
+
+    // 6 MiB overwritten: far past the budget of 2 MiB.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.path("node1/app/base"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![6u8; 6 << 20], 0).unwrap();
+    drop(f);
+    assert!(
+        wait_until(20, || c.log_text(1).contains("over the budget")),
+        "{}",
+        c.log_text(1)
+    );
+    assert_eq!(list(&c, 1).len(), 1, "the operator's snapshot stays");
+
+    // A failing pre_snapshot: an alert, then cleared by the next success.
+    std::fs::write(c.path("fail-pre"), b"").unwrap();
+    let failed = || {
+        c.status(1).is_some_and(|s| {
+            s["modules"][0]["snapshots"]["schedule_failures"].as_u64() >= Some(1)
+                && s["modules"][0]["snapshots"]["schedule_failed"].is_string()
+        })
+    };
+    assert!(wait_until(20, failed), "{}", c.log_text(1));
+    assert!(c.log_text(1).contains("ALERT: scheduled snapshot failed"));
+    std::fs::remove_file(c.path("fail-pre")).unwrap();
+    assert!(
+        wait_until(20, || c.status(1).is_some_and(|s| {
+            s["modules"][0]["snapshots"]["schedule_failed"].is_null()
+        })),
+        "{}",
+        c.log_text(1)
+    );
+    // A bad period is refused, naming the field.
+    let bad = c.path("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(c.config(1))
+            .unwrap()
+            .replace("every = \"1s\"", "every = \"1 hour\""),
+    )
+    .unwrap();
+    let o = common::tandem(&[
+        "config",
+        "check",
+        bad.to_str().unwrap(),
+        "--skip-dir-checks",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(err.contains("module[0].snapshots.every"), "{err}");
+}

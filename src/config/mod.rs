@@ -22,7 +22,7 @@ pub use exclude::Exclude;
 pub use net::{Host, HostPort, HttpUrl, IpPrefix};
 pub use settings::{
     Ack, Announce, Check, Checker, Cluster, Compression, Daemon, Etcd, Failover, Heartbeat, Module,
-    Node, ProcessMatch, Quorum, Replication, Scripts, Settings,
+    Node, ProcessMatch, Quorum, Replication, Scripts, Settings, SnapshotPolicy,
 };
 
 /// Whether the replicated directories are checked on disk.

@@ -119,6 +119,21 @@ pub(super) struct RawModule {
     pub preferred_primary: Option<Str>,
     pub scripts: Option<RawScripts>,
     pub checker: Option<Vec<Spanned<RawChecker>>>,
+    pub snapshots: Option<RawSnapshots>,
+}
+
+/// `[module.snapshots]`: this node's schedule and retention.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawSnapshots {
+    pub every: Option<Str>,
+    pub keep_hourly: Option<Int>,
+    pub keep_daily: Option<Int>,
+    pub keep_weekly: Option<Int>,
+    pub keep_before_resync: Option<Int>,
+    pub budget: Option<Str>,
+    pub pre_snapshot: Option<Str>,
+    pub post_snapshot: Option<Str>,
 }
 
 #[derive(Deserialize, Default)]

@@ -144,6 +144,45 @@ pub struct Module {
     /// This module's preferred primary, over `cluster.preferred_primary`:
     /// modules preferring different nodes serve on both (active/active).
     pub preferred_primary: Option<String>,
+    /// This node's snapshot schedule and retention for the module.
+    pub snapshots: SnapshotPolicy,
+}
+
+/// `[module.snapshots]`: decided by each node for the snapshots it holds
+/// (the two nodes' files may differ).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotPolicy {
+    /// Take a scheduled snapshot this often (`None`: no schedule).
+    pub every: Option<std::time::Duration>,
+    /// Scheduled snapshots kept: the newest of each of the last N hours,
+    /// days and weeks (and always the newest one).
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    /// Automatic snapshots taken before resyncs that are kept.
+    pub keep_before_resync: u32,
+    /// Bytes all snapshots of the module may hold here; past it the oldest
+    /// scheduled ones go first.
+    pub budget: Option<u64>,
+    /// Run on the serving node before and after an operator's or a
+    /// scheduled snapshot: an application-consistent point.
+    pub pre_snapshot: Option<PathBuf>,
+    pub post_snapshot: Option<PathBuf>,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            every: None,
+            keep_hourly: 24,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_before_resync: 3,
+            budget: None,
+            pre_snapshot: None,
+            post_snapshot: None,
+        }
+    }
 }
 
 /// When a write is acknowledged to the application.

@@ -11,6 +11,7 @@ mod fields;
 mod module;
 mod network;
 mod nodes;
+mod snapshots;
 
 use super::raw::RawConfig;
 use super::report::Report;

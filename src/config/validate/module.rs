@@ -98,6 +98,7 @@ fn module(
     );
     let failover = failover::failover(r, raw, section, base, ctx);
     let scripts = scripts(r, raw.scripts.as_ref(), &field("scripts"));
+    let snapshots = super::snapshots::policy(r, raw.snapshots.as_ref(), &field("snapshots"));
     // Collected before combining so that every checker is checked.
     let checkers: Option<Vec<_>> = raw
         .checker
@@ -131,6 +132,7 @@ fn module(
         scripts: scripts.expect("validated"),
         checkers: checkers.expect("validated"),
         preferred_primary: raw.preferred_primary.as_ref().map(|p| p.get_ref().clone()),
+        snapshots: snapshots.expect("validated"),
     })
 }
 

@@ -250,7 +250,7 @@ fn start_and_serve(
             compression: replicas::compression(settings.replication.compression),
             timeout: Duration::from_secs(30),
         },
-        snapped: snapped(&modules, &me.name)?,
+        snapped: snapped(&modules, &me.name, &peer.name)?,
     });
     {
         let s = shared.clone();
@@ -309,6 +309,12 @@ fn start_and_serve(
         take_over(&node, &hb, &mut modules, image, opts.handover)?;
     }
     let socket = node.settings.daemon.socket.clone();
+    super::snapshots::start_scheduler(shared.clone(), stop).map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!("cannot start the snapshot schedule: {e}"),
+        )
+    })?;
     let mgr_shared = shared.clone();
     let hb2 = hb.clone();
     let manager = std::thread::Builder::new()
@@ -387,13 +393,18 @@ fn take_over(
 }
 
 /// Each module's snapshots, with duplicates of its real directories.
-fn snapped(modules: &[Managed], me: &str) -> Result<Vec<super::snapshots::Snapped>, (u8, String)> {
+fn snapped(
+    modules: &[Managed],
+    me: &str,
+    peer: &str,
+) -> Result<Vec<super::snapshots::Snapped>, (u8, String)> {
     let mut out = Vec::new();
     for m in modules {
         let Some(snaps) = m.base.first().and_then(|d| d.snaps.clone()) else {
             continue;
         };
         snaps.set_node(me);
+        snaps.set_keep_before_resync(m.cfg.snapshots.keep_before_resync);
         let roots = m
             .base
             .iter()
@@ -413,6 +424,12 @@ fn snapped(modules: &[Managed], me: &str) -> Result<Vec<super::snapshots::Snappe
             snaps,
             roots,
             logs: m.base.iter().map(|d| d.log.clone()).collect(),
+            policy: m.cfg.snapshots.clone(),
+            script: (
+                crate::failover::scripts::Context::new(&m.cfg.name, "prim", me, peer, &m.cfg.dirs),
+                m.cfg.scripts.timeout,
+            ),
+            schedule: Mutex::new((None, 0)),
         });
     }
     Ok(out)

@@ -100,7 +100,9 @@ impl Dispatch for Shared {
                         m.replication = Some(r.status());
                     }
                     if let Some(s) = self.snapped.iter().find(|s| s.name == m.name) {
-                        m.snapshots = Some(s.snaps.summary());
+                        let mut sum = s.snaps.summary();
+                        (sum.schedule_failed, sum.schedule_failures) = s.schedule.lock().clone();
+                        m.snapshots = Some(sum);
                     }
                 }
                 Response {

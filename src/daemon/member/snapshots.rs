@@ -5,13 +5,17 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::control::Shared;
 use crate::changelog::ChangeLog;
+use crate::config::SnapshotPolicy;
 use crate::control::{Response, SnapshotOp};
 use crate::daemon::replicas::Replica;
-use crate::replication::snapshot::{Kind, New, Snapshot, Snapshots};
+use crate::failover::scripts;
+use crate::replication::snapshot::{Kind, New, Snapshot, Snapshots, retention};
 
 /// A module's snapshots with what reading them needs.
 pub(super) struct Snapped {
@@ -21,6 +25,12 @@ pub(super) struct Snapped {
     pub(super) roots: Vec<OwnedFd>,
     /// Their change logs, told when the copy changed behind them.
     pub(super) logs: Vec<Arc<dyn ChangeLog>>,
+    /// This node's schedule, retention and scripts for them.
+    pub(super) policy: SnapshotPolicy,
+    /// What the pre and post scripts are run with, and for how long.
+    pub(super) script: (scripts::Context, Duration),
+    /// The last scheduled snapshot that failed, and how many did.
+    pub(super) schedule: Mutex<(Option<String>, u64)>,
 }
 
 fn ok(message: String, data: Option<serde_json::Value>) -> Response {
@@ -51,21 +61,30 @@ impl Shared {
         let node = &self.relay.me;
         let roots: Vec<_> = m.roots.iter().map(|r| r.as_fd()).collect();
         let result = match op {
-            SnapshotOp::Create { name } => self.take(m, name, Kind::Manual).map(|s| {
-                ok(
-                    format!(
-                        "module {module}: snapshot {} taken on {node} ({}{})",
-                        shown(&s),
-                        s.role,
-                        if s.consistent {
-                            ""
-                        } else {
-                            "; INCONSISTENT: taken during a resync"
-                        }
-                    ),
-                    json(&s),
-                )
-            }),
+            SnapshotOp::Create { name } => self
+                .take(m, name, Kind::Manual)
+                .map_err(|e| match e {
+                    TakeError::Store(e) => e,
+                    TakeError::Script(e) => crate::replication::snapshot::SnapshotError::Target {
+                        path: m.policy.pre_snapshot.clone().unwrap_or_default(),
+                        why: e.to_string(),
+                    },
+                })
+                .map(|s| {
+                    ok(
+                        format!(
+                            "module {module}: snapshot {} taken on {node} ({}{})",
+                            shown(&s),
+                            s.role,
+                            if s.consistent {
+                                ""
+                            } else {
+                                "; INCONSISTENT: taken during a resync"
+                            }
+                        ),
+                        json(&s),
+                    )
+                }),
             SnapshotOp::List {} => m.snaps.list().map(|l| {
                 ok(
                     format!("module {module}: {} snapshots on {node}", l.len()),
@@ -178,19 +197,43 @@ impl Shared {
         Ok(ok(msg, json(&r)))
     }
 
-    /// Takes a snapshot where the module's changes are ordered on this node.
+    /// Takes a snapshot where the module's changes are ordered on this node;
+    /// an operator's or a scheduled one on the serving node between the
+    /// module's `pre_snapshot` and `post_snapshot` scripts.
     pub(super) fn take(
         &self,
         m: &Snapped,
         name: Option<String>,
         kind: Kind,
-    ) -> crate::replication::snapshot::Result<Snapshot> {
+    ) -> Result<Snapshot, TakeError> {
         let replica = self
             .replicas
             .lock()
             .iter()
             .find(|(n, _)| *n == m.name)
             .and_then(|(_, r)| r.clone());
+        let serving = matches!(replica, Some(Replica::Primary(..)));
+        let (ctx, timeout) = &m.script;
+        if serving && let Some(pre) = &m.policy.pre_snapshot {
+            scripts::run("pre_snapshot", pre, ctx, *timeout).map_err(TakeError::Script)?;
+        }
+        let taken = self.take_now(m, name, kind, replica);
+        if serving && let Some(post) = &m.policy.post_snapshot {
+            // After a failed take too: the application waits for it.
+            if let Err(e) = scripts::run("post_snapshot", post, ctx, *timeout) {
+                tracing::error!(module = %m.name, "{e}");
+            }
+        }
+        taken.map_err(TakeError::Store)
+    }
+
+    fn take_now(
+        &self,
+        m: &Snapped,
+        name: Option<String>,
+        kind: Kind,
+        replica: Option<Replica>,
+    ) -> crate::replication::snapshot::Result<Snapshot> {
         let state = self
             .status
             .lock()
@@ -226,4 +269,128 @@ impl Shared {
             )),
         }
     }
+
+    /// One round of the schedule and the retention of every module.
+    fn keep_schedule(&self, now_ms: u64) {
+        for m in &self.snapped {
+            let Ok(list) = m.snaps.list() else {
+                continue;
+            };
+            if let Some(every) = m.policy.every {
+                let last = list
+                    .iter()
+                    .filter(|l| l.snapshot.kind == Kind::Scheduled)
+                    .map(|l| l.snapshot.created_ms)
+                    .max()
+                    .unwrap_or(0);
+                if now_ms.saturating_sub(last) >= every.as_millis() as u64 {
+                    self.scheduled(m, now_ms);
+                }
+            }
+            self.retain(m, now_ms);
+        }
+    }
+
+    fn scheduled(&self, m: &Snapped, now_ms: u64) {
+        if m.snaps.resyncing().is_some() {
+            // Not a state of the primary: the one before the resync stands.
+            return;
+        }
+        let name = format!(
+            "scheduled-{}",
+            crate::clock::utc(now_ms)
+                .replace(['-', ':'], "")
+                .trim_end_matches('Z')
+                .split('.')
+                .next()
+                .unwrap_or_default()
+        );
+        match self.take(m, Some(name), Kind::Scheduled) {
+            Ok(s) => {
+                tracing::info!(module = %m.name, "scheduled snapshot {} taken", s.name);
+                m.schedule.lock().0 = None;
+            }
+            Err(e) => {
+                tracing::error!(module = %m.name, "ALERT: scheduled snapshot failed: {e}");
+                let mut st = m.schedule.lock();
+                st.0 = Some(format!("{}: {e}", crate::clock::utc(now_ms)));
+                st.1 += 1;
+            }
+        }
+    }
+
+    /// This node's retention: scheduled snapshots past their counts, then
+    /// the oldest automatic ones while over the byte budget.
+    fn retain(&self, m: &Snapped, now_ms: u64) {
+        let Ok(list) = m.snaps.list() else {
+            return;
+        };
+        let scheduled: Vec<(u64, String)> = list
+            .iter()
+            .filter(|l| l.snapshot.kind == Kind::Scheduled)
+            .map(|l| (l.snapshot.created_ms, l.snapshot.name.clone()))
+            .collect();
+        let p = &m.policy;
+        for name in retention::expired(
+            &scheduled,
+            now_ms,
+            p.keep_hourly,
+            p.keep_daily,
+            p.keep_weekly,
+        ) {
+            match m.snaps.delete(&name) {
+                Ok(_) => tracing::info!(module = %m.name, "scheduled snapshot {name} expired"),
+                Err(e) => tracing::error!(module = %m.name, "expiring snapshot {name}: {e}"),
+            }
+        }
+        let Some(budget) = p.budget else {
+            return;
+        };
+        // The copy's last consistent state stays while a resync runs.
+        let protect = m.snaps.resyncing().and_then(|r| r.last_consistent);
+        while let Ok(list) = m.snaps.list() {
+            let Some(name) = retention::over_budget(&list, budget, protect.as_deref()) else {
+                let held: u64 = list.iter().map(|l| l.bytes).sum();
+                if held > budget {
+                    tracing::warn!(
+                        module = %m.name,
+                        "snapshots hold {held} bytes, over the budget of {budget}: only the \
+                         operator's are left (`tandem snapshot delete`)"
+                    );
+                }
+                return;
+            };
+            match m.snaps.delete(&name) {
+                Ok(_) => {
+                    tracing::warn!(module = %m.name, "snapshot {name} deleted: over the budget of {budget} bytes")
+                }
+                Err(e) => {
+                    tracing::error!(module = %m.name, "deleting snapshot {name}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why a snapshot was not taken.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TakeError {
+    #[error(transparent)]
+    Script(scripts::ScriptError),
+    #[error(transparent)]
+    Store(crate::replication::snapshot::SnapshotError),
+}
+
+/// Runs every module's schedule and retention, every second, until `stop`.
+pub(super) fn start_scheduler(
+    shared: Arc<Shared>,
+    stop: &crate::stop::Stop,
+) -> std::io::Result<()> {
+    let s = stop.clone();
+    stop.thread("snapshots", move || {
+        while !s.sleep(Duration::from_secs(1)) {
+            shared.keep_schedule(crate::cluster::heartbeat::now_ms());
+        }
+    })
 }

@@ -32,6 +32,7 @@ pub mod effects;
 pub mod keys;
 mod memo;
 pub mod restore;
+pub mod retention;
 pub mod rollback;
 mod view;
 
@@ -183,6 +184,8 @@ pub struct Snapshots {
     node: Mutex<String>,
     /// Set while a resync writes into this copy (kept in the store).
     resyncing: Mutex<Option<Resyncing>>,
+    /// Before-resync snapshots kept (`keep_before_resync`).
+    keep_before_resync: std::sync::atomic::AtomicU32,
 }
 
 /// This copy is being resynchronised: between two states of the primary.
@@ -194,8 +197,8 @@ pub struct Resyncing {
     pub last_consistent: Option<String>,
 }
 
-/// How many automatic before-resync snapshots a node keeps.
-pub const KEEP_BEFORE_RESYNC: usize = 3;
+/// How many automatic before-resync snapshots a node keeps by default.
+pub const KEEP_BEFORE_RESYNC: u32 = 3;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -254,6 +257,7 @@ impl Snapshots {
             failures: AtomicU64::new(0),
             node: Mutex::new(String::new()),
             resyncing: Mutex::new(None),
+            keep_before_resync: std::sync::atomic::AtomicU32::new(KEEP_BEFORE_RESYNC),
         };
         *s.newest.write() = s.records()?.last().map(|r| r.id);
         if let Some(v) = s.db.get(keys::RESYNCING)? {
@@ -263,6 +267,11 @@ impl Snapshots {
             );
         }
         Ok(s)
+    }
+
+    /// How many before-resync snapshots to keep (this node's policy).
+    pub fn set_keep_before_resync(&self, n: u32) {
+        self.keep_before_resync.store(n.max(1), Ordering::Relaxed);
     }
 
     /// Names this node in the records of the snapshots it takes.
@@ -323,7 +332,10 @@ impl Snapshots {
         *r = Some(marker);
         drop(r);
         let s = taken?;
-        self.prune(Kind::BeforeResync, KEEP_BEFORE_RESYNC);
+        self.prune(
+            Kind::BeforeResync,
+            self.keep_before_resync.load(Ordering::Relaxed) as usize,
+        );
         Ok(Some(s))
     }
 
@@ -396,6 +408,7 @@ impl Snapshots {
             inconsistent_since_ms: r.as_ref().map(|r| r.since_ms),
             last_consistent: r.and_then(|r| r.last_consistent),
             rolling_back: self.rolling_back().map(|r| r.to),
+            ..Default::default()
         }
     }
 
