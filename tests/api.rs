@@ -514,13 +514,20 @@ fn maintenance_through_the_api_status_and_metrics() {
 
 /// Snapshots through the API: listed and compared with a monitor token,
 /// taken, restored and deleted with an admin one, on this node and on the
-/// peer; bad input refused with the field named and nothing done.
+/// peer; bad input refused with the field named and nothing done; the
+/// count, bytes, ages and health in `/metrics`.
 #[test]
-fn snapshots_through_the_api_with_their_refusals() {
+fn snapshots_through_the_api_with_their_refusals_and_metrics() {
     let c = cluster();
     let admin = token(&c, 1, "ops", "admin");
     let monitor = token(&c, 1, "mon", "monitor");
     let api = Client::new(&c, 1);
+    let metric = |name: &str| -> Option<String> {
+        let (_, m) = api.call("GET", "/metrics", Some(&monitor), None);
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
     let listed = |query: &str| -> Vec<Value> {
         let (s, l) = api.get(&format!("/api/modules/app/snapshots{query}"), &monitor);
         assert_eq!(s, 200, "{l}");
@@ -540,6 +547,10 @@ fn snapshots_through_the_api_with_their_refusals() {
     );
     let before = names("");
     let peer_before = names("?node=node2");
+    assert_eq!(
+        metric(r#"tandem_snapshots{module="app"}"#),
+        Some(before.len().to_string())
+    );
 
     // A monitor reads but takes nothing; bad input is refused with the
     // field named. Nothing is taken either way.
@@ -732,6 +743,41 @@ fn snapshots_through_the_api_with_their_refusals() {
     let said = format!("api: snapshot restore first into {} on node1", to.display());
     assert!(log.contains(&said), "{log}");
 
+    // /metrics: the count, the bytes held (they only grow while nothing is
+    // deleted: between two lists), the ages, and nothing broken.
+    let held = |l: Vec<Value>| l.iter().map(|s| s["bytes"].as_u64().unwrap()).sum::<u64>();
+    let low = held(listed(""));
+    let bytes: u64 = metric(r#"tandem_snapshot_bytes{module="app"}"#)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let high = held(listed(""));
+    assert!(
+        low <= bytes && bytes <= high && bytes > 0,
+        "{low} <= {bytes} <= {high}"
+    );
+    let count = before.len() + 2;
+    for (name, want) in [
+        (r#"tandem_snapshots{module="app"}"#, count.to_string()),
+        (r#"tandem_snapshot_broken{module="app"}"#, "0".into()),
+        (
+            r#"tandem_snapshot_failures_total{module="app"}"#,
+            "0".into(),
+        ),
+        (r#"tandem_snapshot_inconsistent{module="app"}"#, "0".into()),
+    ] {
+        assert_eq!(metric(name), Some(want), "{name}");
+    }
+    let age = |name: &str| -> f64 { metric(name).unwrap().parse().unwrap() };
+    let (newest, oldest) = (
+        age(r#"tandem_snapshot_newest_age_seconds{module="app"}"#),
+        age(r#"tandem_snapshot_oldest_age_seconds{module="app"}"#),
+    );
+    assert!(
+        (0.0..120.0).contains(&newest) && newest <= oldest,
+        "{newest} {oldest}"
+    );
+
     // Deleted by an admin only, on the node asked; the peer's stay its own.
     let (s, e) = api.call(
         "DELETE",
@@ -768,6 +814,10 @@ fn snapshots_through_the_api_with_their_refusals() {
     );
     assert_eq!(s, 200, "{r}");
     assert_eq!(names("?node=node2"), peer_before);
+    assert_eq!(
+        metric(r#"tandem_snapshots{module="app"}"#),
+        Some((before.len() + 1).to_string())
+    );
 }
 
 /// The document the server serves is the one in the repository, and every

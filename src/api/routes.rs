@@ -79,12 +79,13 @@ pub(super) async fn handle(
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             let st = local_status(api).await;
+            let held = super::snapshots::held(api, &st).await;
             hyper::Response::builder()
                 .header(
                     "content-type",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )
-                .body(Body::full(api.metrics.render(&st)))
+                .body(Body::full(api.metrics.render(&st, &held)))
                 .expect("a valid response")
         }
         (&Method::GET, ["api", "status"]) => json_response(StatusCode::OK, &both(api).await),

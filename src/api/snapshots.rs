@@ -13,7 +13,7 @@ use super::routes::{
     Fields, Refusal, blame, body_fields, error, json_response, known, monitor_only, read_body, run,
 };
 use super::tokens::{Entry, Role};
-use crate::control::{Request, Response as Answer, SnapshotOp};
+use crate::control::{Request, Response as Answer, SnapshotOp, Status};
 use crate::replication::snapshot::check_name;
 
 type Response = hyper::Response<super::body::Body>;
@@ -407,6 +407,27 @@ fn params(
 
 fn get(p: &[(&'static str, String)], key: &str) -> Option<String> {
     p.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+}
+
+/// The bytes each module's snapshots hold on this node, for `/metrics`
+/// (listed only where there are snapshots: a list reads the store).
+pub(super) async fn held(api: &Arc<Api>, st: &Status) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for m in &st.modules {
+        let Some(s) = &m.snapshots else {
+            continue;
+        };
+        if s.count == 0 {
+            out.push((m.name.clone(), 0));
+            continue;
+        }
+        let a = run(api, snapshot(&m.name, SnapshotOp::List {})).await;
+        if let Some(l) = a.data.as_ref().and_then(Value::as_array).filter(|_| a.ok) {
+            let bytes = l.iter().filter_map(|s| s["bytes"].as_u64()).sum();
+            out.push((m.name.clone(), bytes));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
