@@ -1,6 +1,7 @@
 //! `/metrics` in Prometheus's text format (prometheus-client): what the
 //! daemon counts as it goes (role changes, check failures, script
-//! durations), and what its status says at the moment of the scrape.
+//! durations), and what its status says at the moment of the scrape
+//! (with the bytes its snapshots hold, listed then).
 
 use std::sync::atomic::AtomicU64;
 
@@ -12,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::control::Status;
+use crate::control::{SnapshotSummary, Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModuleLabel {
@@ -89,6 +90,13 @@ pub struct Metrics {
     heartbeats_sent: Counter,
     heartbeats_received: Counter,
     heartbeats_dropped: Family<DropLabels, Counter>,
+    snapshots: Family<ModuleLabel, Gauge>,
+    snapshot_bytes: Family<ModuleLabel, Gauge>,
+    snapshot_oldest_age: Family<ModuleLabel, Gauge<f64, AtomicU64>>,
+    snapshot_newest_age: Family<ModuleLabel, Gauge<f64, AtomicU64>>,
+    snapshot_failures: Family<ModuleLabel, Counter>,
+    snapshot_broken: Family<ModuleLabel, Gauge>,
+    snapshot_inconsistent: Family<ModuleLabel, Gauge>,
     /// What the counters above were last set from (the status keeps totals).
     seen: Mutex<Seen>,
 }
@@ -258,6 +266,41 @@ impl Metrics {
                 "Heartbeats refused, by reason (bad_mac: not from the peer)",
                 Family::default()
             ),
+            snapshots: reg!(
+                "snapshots",
+                "Snapshots of the module this node holds",
+                Family::default()
+            ),
+            snapshot_bytes: reg!(
+                "snapshot_bytes",
+                "Bytes this node's snapshots of the module hold",
+                Family::default()
+            ),
+            snapshot_oldest_age: reg!(
+                "snapshot_oldest_age_seconds",
+                "Age of the module's oldest snapshot on this node (absent without one)",
+                Family::default()
+            ),
+            snapshot_newest_age: reg!(
+                "snapshot_newest_age_seconds",
+                "Age of the module's newest snapshot on this node (absent without one)",
+                Family::default()
+            ),
+            snapshot_failures: reg!(
+                "snapshot_failures",
+                "What a change destroyed that could not be kept for the snapshots (each marks them broken)",
+                Family::default()
+            ),
+            snapshot_broken: reg!(
+                "snapshot_broken",
+                "Snapshots of the module marked broken: they cannot be restored",
+                Family::default()
+            ),
+            snapshot_inconsistent: reg!(
+                "snapshot_inconsistent",
+                "1 while a resync writes into this node's copy: snapshots taken now are of no state the primary had",
+                Family::default()
+            ),
             seen: Mutex::new(Seen::default()),
             registry,
         }
@@ -299,9 +342,16 @@ impl Metrics {
             .clone()
     }
 
-    /// The text a scrape gets, with the gauges set from `status`.
-    pub fn render(&self, status: &Status) -> String {
+    /// The text a scrape gets, with the gauges set from `status` and
+    /// `snapshot_bytes` (per module; one missing keeps its last value).
+    pub fn render(&self, status: &Status, snapshot_bytes: &[(String, u64)]) -> String {
         self.update(status);
+        for (module, bytes) in snapshot_bytes {
+            let l = ModuleLabel {
+                module: module.clone(),
+            };
+            self.snapshot_bytes.get_or_create(&l).set(*bytes as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
@@ -348,6 +398,9 @@ impl Metrics {
             }
             // Present from the start: a rate over a series that appears later misses its first count.
             let _ = self.check_failures.get_or_create(&l);
+            if let Some(x) = &m.snapshots {
+                self.snapshots_seen(&mut seen, &l, x);
+            }
             let Some(r) = &m.replication else {
                 continue;
             };
@@ -434,6 +487,38 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    fn snapshots_seen(&self, seen: &mut Seen, l: &ModuleLabel, x: &SnapshotSummary) {
+        self.snapshots.get_or_create(l).set(x.count as i64);
+        self.snapshot_broken.get_or_create(l).set(x.broken as i64);
+        self.snapshot_inconsistent
+            .get_or_create(l)
+            .set(x.inconsistent_since_ms.is_some() as i64);
+        let key = format!("snapshot failures {}", l.module);
+        let n = delta(&mut seen.totals, &key, x.failures);
+        self.snapshot_failures.get_or_create(l).inc_by(n);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for (family, at) in [
+            (&self.snapshot_oldest_age, x.oldest_ms),
+            (&self.snapshot_newest_age, x.newest_ms),
+        ] {
+            match at {
+                Some(ms) => {
+                    let age = now_ms.saturating_sub(ms) as f64 / 1000.0;
+                    family.get_or_create(l).set(age);
+                }
+                // No age at all rather than 0: an alert on a stale newest
+                // snapshot must not read "none" as "just taken".
+                None => {
+                    family.remove(l);
+                }
+            }
+        }
+    }
+}
+
 /// How much `total` grew since last seen under `key`.
 fn delta(seen: &mut Vec<(String, u64)>, key: &str, total: u64) -> u64 {
     match seen.iter_mut().find(|(k, _)| k == key) {
@@ -457,6 +542,91 @@ fn delta(seen: &mut Vec<(String, u64)>, key: &str, total: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use crate::control::{ModuleStatus, SnapshotSummary, Status};
+
+    fn value(out: &str, series: &str) -> Option<f64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    }
+
+    #[test]
+    fn snapshots_are_counted_per_module_and_ages_vanish_without_one() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let status = |s: SnapshotSummary| Status {
+            modules: vec![ModuleStatus {
+                name: "app".into(),
+                state: "PRIM".into(),
+                snapshots: Some(s),
+                ..ModuleStatus::default()
+            }],
+            ..Status::default()
+        };
+        let m = super::Metrics::new();
+        let out = m.render(
+            &status(SnapshotSummary {
+                count: 2,
+                oldest_ms: Some(now - 60_000),
+                newest: Some("b".into()),
+                newest_ms: Some(now - 1_000),
+                broken: 1,
+                failures: 3,
+                inconsistent_since_ms: Some(now),
+                last_consistent: Some("a".into()),
+                rolling_back: None,
+            }),
+            &[("app".into(), 8192)],
+        );
+        let v = |series: &str| value(&out, series);
+        assert_eq!(v(r#"tandem_snapshots{module="app"}"#), Some(2.0), "{out}");
+        assert_eq!(v(r#"tandem_snapshot_bytes{module="app"}"#), Some(8192.0));
+        assert_eq!(v(r#"tandem_snapshot_broken{module="app"}"#), Some(1.0));
+        assert_eq!(
+            v(r#"tandem_snapshot_failures_total{module="app"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            v(r#"tandem_snapshot_inconsistent{module="app"}"#),
+            Some(1.0)
+        );
+        let oldest = v(r#"tandem_snapshot_oldest_age_seconds{module="app"}"#).unwrap();
+        let newest = v(r#"tandem_snapshot_newest_age_seconds{module="app"}"#).unwrap();
+        assert!((60.0..70.0).contains(&oldest), "{oldest}");
+        assert!((1.0..11.0).contains(&newest), "{newest}");
+
+        // All deleted, a failure more: the counter adds what is new, the
+        // ages go, the bytes are what was listed.
+        let out = m.render(
+            &status(SnapshotSummary {
+                failures: 4,
+                ..SnapshotSummary::default()
+            }),
+            &[("app".into(), 0)],
+        );
+        let v = |series: &str| value(&out, series);
+        assert_eq!(v(r#"tandem_snapshots{module="app"}"#), Some(0.0), "{out}");
+        assert_eq!(
+            v(r#"tandem_snapshot_failures_total{module="app"}"#),
+            Some(4.0)
+        );
+        assert_eq!(
+            v(r#"tandem_snapshot_inconsistent{module="app"}"#),
+            Some(0.0)
+        );
+        assert_eq!(v(r#"tandem_snapshot_bytes{module="app"}"#), Some(0.0));
+        assert!(
+            !out.contains("tandem_snapshot_oldest_age_seconds{"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("tandem_snapshot_newest_age_seconds{"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn a_total_that_starts_again_counts_from_zero() {
         let mut seen = Vec::new();

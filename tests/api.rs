@@ -512,6 +512,314 @@ fn maintenance_through_the_api_status_and_metrics() {
     assert_eq!((c.state(1), c.state(2)), ("PRIM".into(), "SECOND".into()));
 }
 
+/// Snapshots through the API: listed and compared with a monitor token,
+/// taken, restored and deleted with an admin one, on this node and on the
+/// peer; bad input refused with the field named and nothing done; the
+/// count, bytes, ages and health in `/metrics`.
+#[test]
+fn snapshots_through_the_api_with_their_refusals_and_metrics() {
+    let c = cluster();
+    let admin = token(&c, 1, "ops", "admin");
+    let monitor = token(&c, 1, "mon", "monitor");
+    let api = Client::new(&c, 1);
+    let metric = |name: &str| -> Option<String> {
+        let (_, m) = api.call("GET", "/metrics", Some(&monitor), None);
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    let listed = |query: &str| -> Vec<Value> {
+        let (s, l) = api.get(&format!("/api/modules/app/snapshots{query}"), &monitor);
+        assert_eq!(s, 200, "{l}");
+        l["snapshots"].as_array().unwrap().clone()
+    };
+    let names = |query: &str| -> Vec<String> {
+        listed(query)
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (s, l) = api.get("/api/modules/app/snapshots", &monitor);
+    assert_eq!(
+        (s, &l["node"], &l["module"]),
+        (200, &json!("node1"), &json!("app")),
+        "{l}"
+    );
+    let before = names("");
+    let peer_before = names("?node=node2");
+    assert_eq!(
+        metric(r#"tandem_snapshots{module="app"}"#),
+        Some(before.len().to_string())
+    );
+
+    // A monitor reads but takes nothing; bad input is refused with the
+    // field named. Nothing is taken either way.
+    let snaps = "/api/modules/app/snapshots";
+    let (s, e) = api.post(snaps, &monitor, r#"{"name": "mine"}"#);
+    assert_eq!(s, 403, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("monitor"), "{e}");
+    for (body, status, says) in [
+        (r#"{"nme": "x"}"#, 400, "\"nme\""),
+        (r#"{"name": 5}"#, 400, "\"name\""),
+        (r#"{"name": "a/b"}"#, 400, "\"name\""),
+        (r#"{"name": "x", "module": "app"}"#, 400, "\"module\""),
+        (r#"{"name": "x", "node": ""}"#, 400, "\"node\""),
+        (r#"{"name": "x", "node": "node3"}"#, 404, "node3"),
+        ("{nope", 400, "not JSON"),
+    ] {
+        let (s, e) = api.post(snaps, &admin, body);
+        assert_eq!(s, status, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(says), "{body}: {e}");
+    }
+    let (s, e) = api.post("/api/modules/nope/snapshots", &admin, "{}");
+    assert_eq!(s, 404, "{e}");
+    let (s, e) = api.get("/api/modules/nope/snapshots", &monitor);
+    assert_eq!(s, 404, "{e}");
+    let (s, e) = api.get("/api/modules/app/snapshots?nod=node2", &monitor);
+    assert_eq!(s, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("\"nod\""), "{e}");
+    let (s, e) = api.get("/api/modules/app/snapshots?node=node3", &monitor);
+    assert_eq!(s, 404, "{e}");
+    assert_eq!(api.call("PUT", snaps, Some(&admin), Some("{}")).0, 405);
+    assert_eq!(names(""), before);
+
+    // Taken by an admin on this node, and on the peer through it.
+    let (s, r) = api.post(snaps, &admin, r#"{"name": "first"}"#);
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (
+            &r["snapshot"]["name"],
+            &r["snapshot"]["node"],
+            &r["snapshot"]["role"]
+        ),
+        (&json!("first"), &json!("node1"), &json!("primary")),
+        "{r}"
+    );
+    assert!(
+        r["messages"][0]
+            .as_str()
+            .unwrap()
+            .contains("taken on node1"),
+        "{r}"
+    );
+    let (s, e) = api.post(snaps, &admin, r#"{"name": "first"}"#);
+    assert_eq!(s, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("already has"), "{e}");
+    let (s, r) = api.post(snaps, &admin, r#"{"name": "theirs", "node": "node2"}"#);
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["snapshot"]["node"], "node2", "{r}");
+    let mine = listed("");
+    let first = mine.iter().find(|s| s["name"] == "first").expect("listed");
+    assert_eq!(
+        (&first["kind"], &first["consistent"], &first["broken"]),
+        (&json!("manual"), &json!(true), &Value::Null),
+        "{first}"
+    );
+    assert!(
+        first["position"].is_u64() && first["bytes"].is_u64(),
+        "{first}"
+    );
+    assert!(!names("").contains(&"theirs".to_string()));
+    assert!(names("?node=node2").contains(&"theirs".to_string()));
+    let log = c.ok(1, &["log", "app"]);
+    assert!(
+        log.contains(r#"api: snapshot create first on node1, asked with token "ops" (admin)"#)
+            && log.contains(r#"api: snapshot create theirs on node2, asked with token "ops""#),
+        "{log}"
+    );
+
+    // What changed since, through the mount.
+    std::fs::write(c.path("node1/app/after.txt"), b"written after first").unwrap();
+    let (s, r) = api.post(snaps, &admin, r#"{"name": "second"}"#);
+    assert_eq!(s, 200, "{r}");
+    let added = |d: &Value| {
+        d["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "after.txt" && c["change"] == "added")
+    };
+    let (s, d) = api.get("/api/modules/app/snapshots/first/diff", &monitor);
+    assert_eq!((s, &d["to"]), (200, &Value::Null), "{d}");
+    assert!(added(&d), "{d}");
+    let (s, d) = api.get("/api/modules/app/snapshots/first/diff?to=second", &monitor);
+    assert_eq!(
+        (s, &d["from"], &d["to"]),
+        (200, &json!("first"), &json!("second")),
+        "{d}"
+    );
+    assert!(added(&d), "{d}");
+    let (s, d) = api.get("/api/modules/app/snapshots/second/diff?to=second", &monitor);
+    assert_eq!(
+        (s, d["changes"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{d}"
+    );
+    for (url, status, says) in [
+        (
+            "/api/modules/app/snapshots/nope/diff",
+            404,
+            "no snapshot \"nope\"",
+        ),
+        (
+            "/api/modules/app/snapshots/first/diff?to=nope",
+            404,
+            "\"to\"",
+        ),
+        ("/api/modules/app/snapshots/first/diff?to=", 400, "\"to\""),
+        (
+            "/api/modules/app/snapshots/first/diff?too=second",
+            400,
+            "\"too\"",
+        ),
+        ("/api/modules/nope/snapshots/first/diff", 404, "no module"),
+        (
+            "/api/modules/app/snapshots/first/diff?node=node3",
+            404,
+            "node3",
+        ),
+    ] {
+        let (s, e) = api.get(url, &monitor);
+        assert_eq!(s, status, "{url}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(says), "{url}: {e}");
+    }
+
+    // Restored into a new directory: refused to a monitor and for bad
+    // input, with nothing written.
+    let to = c.path("restored");
+    let body = json!({"to": to}).to_string();
+    let restore = "/api/modules/app/snapshots/first/restore";
+    let (s, e) = api.post(restore, &monitor, &body);
+    assert_eq!(s, 403, "{e}");
+    for (url, body, status, says) in [
+        (restore, "{}".to_string(), 400, "`to`"),
+        (restore, r#"{"to": "relative/dir"}"#.into(), 400, "\"to\""),
+        (
+            restore,
+            json!({"to": to, "into": 1}).to_string(),
+            400,
+            "\"into\"",
+        ),
+        (
+            restore,
+            json!({"to": to, "name": "second"}).to_string(),
+            400,
+            "\"name\"",
+        ),
+        (
+            "/api/modules/app/snapshots/nope/restore",
+            body.clone(),
+            404,
+            "no snapshot \"nope\"",
+        ),
+        (
+            "/api/modules/nope/snapshots/first/restore",
+            body.clone(),
+            404,
+            "no module",
+        ),
+    ] {
+        let (s, e) = api.post(url, &admin, &body);
+        assert_eq!(s, status, "{url} {body}: {e}");
+        assert!(
+            e["error"].as_str().unwrap().contains(says),
+            "{url} {body}: {e}"
+        );
+    }
+    assert!(!to.exists(), "a refused restore wrote {}", to.display());
+    let (s, r) = api.post(restore, &admin, &body);
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        r["restored"]["path"],
+        json!(to.canonicalize().unwrap()),
+        "{r}"
+    );
+    assert!(r["restored"]["files"].as_u64().unwrap() >= 1, "{r}");
+    assert!(to.is_dir() && !to.join("after.txt").exists());
+    let (s, e) = api.post(restore, &admin, &body);
+    assert_eq!(s, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("is not empty"), "{e}");
+    let log = c.ok(1, &["log", "app"]);
+    let said = format!("api: snapshot restore first into {} on node1", to.display());
+    assert!(log.contains(&said), "{log}");
+
+    // /metrics: the count, the bytes held (they only grow while nothing is
+    // deleted: between two lists), the ages, and nothing broken.
+    let held = |l: Vec<Value>| l.iter().map(|s| s["bytes"].as_u64().unwrap()).sum::<u64>();
+    let low = held(listed(""));
+    let bytes: u64 = metric(r#"tandem_snapshot_bytes{module="app"}"#)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let high = held(listed(""));
+    assert!(
+        low <= bytes && bytes <= high && bytes > 0,
+        "{low} <= {bytes} <= {high}"
+    );
+    let count = before.len() + 2;
+    for (name, want) in [
+        (r#"tandem_snapshots{module="app"}"#, count.to_string()),
+        (r#"tandem_snapshot_broken{module="app"}"#, "0".into()),
+        (
+            r#"tandem_snapshot_failures_total{module="app"}"#,
+            "0".into(),
+        ),
+        (r#"tandem_snapshot_inconsistent{module="app"}"#, "0".into()),
+    ] {
+        assert_eq!(metric(name), Some(want), "{name}");
+    }
+    let age = |name: &str| -> f64 { metric(name).unwrap().parse().unwrap() };
+    let (newest, oldest) = (
+        age(r#"tandem_snapshot_newest_age_seconds{module="app"}"#),
+        age(r#"tandem_snapshot_oldest_age_seconds{module="app"}"#),
+    );
+    assert!(
+        (0.0..120.0).contains(&newest) && newest <= oldest,
+        "{newest} {oldest}"
+    );
+
+    // Deleted by an admin only, on the node asked; the peer's stay its own.
+    let (s, e) = api.call(
+        "DELETE",
+        "/api/modules/app/snapshots/first",
+        Some(&monitor),
+        None,
+    );
+    assert_eq!(s, 403, "{e}");
+    for (url, status) in [
+        ("/api/modules/app/snapshots/nope", 404),
+        ("/api/modules/app/snapshots/first?node=node3", 404),
+        ("/api/modules/app/snapshots/first?nod=node2", 400),
+        ("/api/modules/nope/snapshots/first", 404),
+        ("/api/modules/app/snapshots/first?node=node2", 404),
+    ] {
+        let (s, e) = api.call("DELETE", url, Some(&admin), None);
+        assert_eq!(s, status, "{url}: {e}");
+    }
+    assert!(names("").contains(&"first".to_string()));
+    let (s, r) = api.call(
+        "DELETE",
+        "/api/modules/app/snapshots/first",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(s, 200, "{r}");
+    assert!(!names("").contains(&"first".to_string()));
+    assert!(names("?node=node2").contains(&"theirs".to_string()));
+    let (s, r) = api.call(
+        "DELETE",
+        "/api/modules/app/snapshots/theirs?node=node2",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(names("?node=node2"), peer_before);
+    assert_eq!(
+        metric(r#"tandem_snapshots{module="app"}"#),
+        Some((before.len() + 1).to_string())
+    );
+}
+
 /// The document the server serves is the one in the repository, and every
 /// operation it lists answers, with a monitor and an admin token, a status
 /// it documents and a body its schema allows.
@@ -530,24 +838,69 @@ fn the_running_server_keeps_to_its_openapi_document() {
     )
     .unwrap();
     assert_eq!(doc, kept);
+    // What the snapshot operations act on: one kept, one to delete.
+    c.ok(1, &["snapshot", "create", "app", "--name", "kept"]);
+    c.ok(1, &["snapshot", "create", "app", "--name", "doomed"]);
+    let target = |n: &str| json!({"to": c.path(n)}).to_string();
     let mut checked = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             // Every command is tried with a harmless one (verify), unknown
-            // ones too; the others as they are.
-            let cases: Vec<(String, Option<&str>)> = match path.as_str() {
-                "/api/modules/{module}/{command}" => vec![
-                    ("/api/modules/app/verify".into(), Some("{}")),
-                    ("/api/modules/app/verify".into(), Some(r#"{"repair": 1}"#)),
-                    ("/api/modules/nope/verify".into(), Some("{}")),
-                    ("/api/modules/app/nope".into(), Some("{}")),
+            // ones too; the snapshots' with good and bad input; the others
+            // as they are.
+            let some = |b: &str| Some(b.to_string());
+            let cases: Vec<(String, Option<String>)> = match (path.as_str(), method.as_str()) {
+                ("/api/modules/{module}/{command}", _) => vec![
+                    ("/api/modules/app/verify".into(), some("{}")),
+                    ("/api/modules/app/verify".into(), some(r#"{"repair": 1}"#)),
+                    ("/api/modules/nope/verify".into(), some("{}")),
+                    ("/api/modules/app/nope".into(), some("{}")),
                 ],
-                p => vec![
+                ("/api/modules/{module}/snapshots", "post") => vec![
+                    ("/api/modules/app/snapshots".into(), some("{}")),
+                    (
+                        "/api/modules/app/snapshots".into(),
+                        some(r#"{"name": "kept"}"#),
+                    ),
+                    ("/api/modules/app/snapshots".into(), some(r#"{"nme": "x"}"#)),
+                    ("/api/modules/nope/snapshots".into(), some("{}")),
+                ],
+                ("/api/modules/{module}/snapshots", _) => vec![
+                    ("/api/modules/app/snapshots".into(), None),
+                    ("/api/modules/app/snapshots?node=node2".into(), None),
+                    ("/api/modules/app/snapshots?nod=node2".into(), None),
+                    ("/api/modules/nope/snapshots".into(), None),
+                ],
+                ("/api/modules/{module}/snapshots/{name}", _) => vec![
+                    ("/api/modules/app/snapshots/doomed".into(), None),
+                    ("/api/modules/app/snapshots/nope".into(), None),
+                    ("/api/modules/app/snapshots/kept?nod=x".into(), None),
+                ],
+                ("/api/modules/{module}/snapshots/{name}/diff", _) => vec![
+                    ("/api/modules/app/snapshots/kept/diff".into(), None),
+                    ("/api/modules/app/snapshots/kept/diff?to=kept".into(), None),
+                    ("/api/modules/app/snapshots/kept/diff?to=nope".into(), None),
+                    ("/api/modules/app/snapshots/kept/diff?too=1".into(), None),
+                    ("/api/modules/nope/snapshots/kept/diff".into(), None),
+                ],
+                ("/api/modules/{module}/snapshots/{name}/restore", _) => vec![
+                    (
+                        "/api/modules/app/snapshots/kept/restore".into(),
+                        Some(target("restored-openapi")),
+                    ),
+                    ("/api/modules/app/snapshots/kept/restore".into(), some("{}")),
+                    (
+                        "/api/modules/app/snapshots/nope/restore".into(),
+                        Some(target("never")),
+                    ),
+                ],
+                (p, _) => vec![
                     (p.replace("{module}", "app"), None),
                     (p.replace("{module}", "nope"), None),
                 ],
             };
             for (url, body) in cases {
+                let body = body.as_deref();
                 for tok in [None, Some(monitor.as_str()), Some(admin.as_str())] {
                     if path == "/api/events" && tok.is_some() {
                         continue; // a stream: checked in its own test

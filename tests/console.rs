@@ -1,8 +1,8 @@
 //! The web console in a real browser (Debian's headless Chromium driven
 //! through chromedriver's WebDriver protocol), on a phone-sized window:
 //! log in with a token, see both nodes, press swap, read the confirmation,
-//! confirm, and see the states change on both nodes. A screenshot is kept
-//! under the build directory.
+//! confirm, and see the states change on both nodes; take a snapshot, see
+//! it listed, restore it. A screenshot is kept under the build directory.
 
 mod common;
 
@@ -286,6 +286,74 @@ fn an_operator_swaps_from_the_console_on_a_phone_sized_screen() {
     assert!(wait_until(10, || (1..=2).all(
         |n| c.status(n).unwrap()["modules"][0]["cluster"]["maintenance"]["on"] == false
     )));
+
+    // A snapshot taken from the page on node1 (the SECOND now), listed
+    // with its facts, then restored into a new directory there.
+    d.js(
+        "const s = document.getElementById('snap-node'); s.value = 'node1'; \
+         s.dispatchEvent(new Event('change')); return true",
+    );
+    let field = d.find("#snap-name");
+    d.call(
+        "POST",
+        &format!("/element/{field}/value"),
+        Some(json!({"text": "from-console"})),
+    );
+    d.click("#snap-create button[type=submit]");
+    let what = d.js("return document.getElementById('confirm-what').textContent");
+    assert!(
+        what.as_str()
+            .unwrap()
+            .starts_with("snapshot: node1 takes a snapshot named from-console of app now"),
+        "{what}"
+    );
+    d.click("#confirm-yes");
+    let row = "const r = document.querySelector('#snap-list tr[data-name=\"from-console\"]'); \
+               return r ? Array.from(r.cells).slice(0, 7).map(c => c.textContent).join('|') : ''";
+    assert!(
+        wait_until(15, || {
+            let r = d.js(row).as_str().unwrap_or_default().to_string();
+            r.starts_with("from-console|manual|node1|") && r.contains("|consistent|")
+        }),
+        "the new snapshot is not listed: {} ({})",
+        d.js(row),
+        d.js("return document.getElementById('message').textContent")
+    );
+    let listed = c.ok(1, &["snapshot", "list", "app", "--json"]);
+    assert!(listed.contains("\"from-console\""), "{listed}");
+    assert!(
+        d.wait_js(
+            15,
+            "return document.querySelector('.module[data-node=node1] .snapshots')\
+             .textContent.includes('newest from-console')"
+        ),
+        "the module does not show its newest snapshot"
+    );
+    let to = c.path("restored-from-console");
+    d.js(
+        "const s = document.getElementById('snap-restore-name'); s.value = 'from-console'; \
+         return true",
+    );
+    let field = d.find("#snap-restore-to");
+    d.call(
+        "POST",
+        &format!("/element/{field}/value"),
+        Some(json!({"text": to.to_str().unwrap()})),
+    );
+    d.click("#snap-restore button[type=submit]");
+    d.click("#confirm-yes");
+    assert!(
+        wait_until(15, || to.is_dir()
+            && std::fs::read_dir(&to).unwrap().next().is_some()),
+        "nothing restored into {}: {}",
+        to.display(),
+        d.js("return document.getElementById('message').textContent")
+    );
+    assert_eq!(
+        d.js("return document.documentElement.scrollWidth <= window.innerWidth"),
+        true,
+        "the snapshots make the page wider than a phone's screen"
+    );
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

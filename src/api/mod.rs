@@ -6,6 +6,7 @@
 
 mod body;
 mod routes;
+mod snapshots;
 pub mod tokens;
 
 use std::net::SocketAddr;

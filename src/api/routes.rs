@@ -27,7 +27,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const EVENTS_EVERY: Duration = Duration::from_secs(1);
 const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
 
-fn json_response(status: StatusCode, v: &Value) -> Response {
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response {
     hyper::Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -36,7 +36,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
         .expect("a valid response")
 }
 
-fn error(status: StatusCode, why: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, why: impl Into<String>) -> Response {
     json_response(status, &json!({"error": why.into()}))
 }
 
@@ -79,12 +79,13 @@ pub(super) async fn handle(
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             let st = local_status(api).await;
+            let held = super::snapshots::held(api, &st).await;
             hyper::Response::builder()
                 .header(
                     "content-type",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )
-                .body(Body::full(api.metrics.render(&st)))
+                .body(Body::full(api.metrics.render(&st, &held)))
                 .expect("a valid response")
         }
         (&Method::GET, ["api", "status"]) => json_response(StatusCode::OK, &both(api).await),
@@ -130,6 +131,10 @@ pub(super) async fn handle(
                 (false, true) => error(StatusCode::CONFLICT, a.error.unwrap_or_default()),
             }
         }
+        // Before the commands: `snapshots` is not one.
+        (_, ["api", "modules", m, "snapshots", rest @ ..]) => {
+            super::snapshots::handle(api, &who, &method, m, rest, req).await
+        }
         (&Method::POST, ["api", "modules", m, cmd]) => {
             if who.role != Role::Admin {
                 return monitor_only(&who);
@@ -157,7 +162,7 @@ pub(super) async fn handle(
     }
 }
 
-fn monitor_only(who: &Entry) -> Response {
+pub(super) fn monitor_only(who: &Entry) -> Response {
     error(
         StatusCode::FORBIDDEN,
         format!(
@@ -201,7 +206,7 @@ fn unauthorised(why: &str) -> Response {
 }
 
 /// A control request carried out on this node, off the runtime's threads.
-async fn run(api: &Arc<Api>, req: Request) -> Answer {
+pub(super) async fn run(api: &Arc<Api>, req: Request) -> Answer {
     let c = api.commands.clone();
     tokio::task::spawn_blocking(move || c.handle(req))
         .await
@@ -215,7 +220,7 @@ async fn local_status(api: &Arc<Api>) -> Status {
         .unwrap_or_default()
 }
 
-async fn known(api: &Arc<Api>, module: &str) -> bool {
+pub(super) async fn known(api: &Arc<Api>, module: &str) -> bool {
     local_status(api)
         .await
         .modules
@@ -360,7 +365,9 @@ async fn command(
     }
 }
 
-async fn read_body(req: hyper::Request<hyper::body::Incoming>) -> Result<Bytes, Response> {
+pub(super) async fn read_body(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<Bytes, Response> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_HEAD);
     match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
         Err(_) => Err(error(
@@ -375,8 +382,8 @@ async fn read_body(req: hyper::Request<hyper::body::Incoming>) -> Result<Bytes, 
     }
 }
 
-type Refusal = (StatusCode, String);
-type Fields = serde_json::Map<String, Value>;
+pub(super) type Refusal = (StatusCode, String);
+pub(super) type Fields = serde_json::Map<String, Value>;
 
 /// The commands a URL names, each with the tag `control::Request` knows it
 /// by.
@@ -408,15 +415,7 @@ fn parse_command(module: Option<&str>, cmd: &str, body: &[u8]) -> Result<Request
             ),
         ));
     };
-    let fields: Fields = if body.iter().all(u8::is_ascii_whitespace) {
-        Default::default()
-    } else {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => return Err(bad("the body must be a JSON object".into())),
-            Err(e) => return Err(bad(format!("the body is not JSON: {e}"))),
-        }
-    };
+    let fields = body_fields(body)?;
     if let Some(k) = ["cmd", "module"].iter().find(|k| fields.contains_key(**k)) {
         return Err(bad(format!(
             "field {k:?} is not taken by {cmd}: the URL names the command and the module"
@@ -433,6 +432,19 @@ fn parse_command(module: Option<&str>, cmd: &str, body: &[u8]) -> Result<Request
     match unnamed(&request) {
         Some(k) => Err(bad(format!("field {k:?} must be a node's name, not \"\""))),
         None => Ok(request),
+    }
+}
+
+/// A body's fields: a JSON object, or nothing at all.
+pub(super) fn body_fields(body: &[u8]) -> Result<Fields, Refusal> {
+    let bad = |why: String| (StatusCode::BAD_REQUEST, why);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Fields::default());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(bad("the body must be a JSON object".into())),
+        Err(e) => Err(bad(format!("the body is not JSON: {e}"))),
     }
 }
 
@@ -456,11 +468,11 @@ fn tagged(module: Option<&str>, tag: &str, mut fields: Fields) -> Value {
 /// says what was expected but not where. The field at fault is the one
 /// without which the refusal changes (serde stops at the first, in the
 /// order tried here).
-fn blame(
+pub(super) fn blame<T>(
     cmd: &str,
     fields: &Fields,
     e: &serde_json::Error,
-    decode: impl Fn(&Fields) -> serde_json::Result<Request>,
+    decode: impl Fn(&Fields) -> serde_json::Result<T>,
 ) -> String {
     let why = e.to_string();
     let at_fault = fields.keys().find(|k| {
