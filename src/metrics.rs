@@ -97,6 +97,8 @@ pub struct Metrics {
     snapshot_failures: Family<ModuleLabel, Counter>,
     snapshot_broken: Family<ModuleLabel, Gauge>,
     snapshot_inconsistent: Family<ModuleLabel, Gauge>,
+    snapshot_schedule_failures: Family<ModuleLabel, Counter>,
+    snapshot_schedule_failing: Family<ModuleLabel, Gauge>,
     /// What the counters above were last set from (the status keeps totals).
     seen: Mutex<Seen>,
 }
@@ -301,6 +303,16 @@ impl Metrics {
                 "1 while a resync writes into this node's copy: snapshots taken now are of no state the primary had",
                 Family::default()
             ),
+            snapshot_schedule_failures: reg!(
+                "snapshot_schedule_failures",
+                "Scheduled snapshots of the module that could not be taken on this node",
+                Family::default()
+            ),
+            snapshot_schedule_failing: reg!(
+                "snapshot_schedule_failing",
+                "1 while the last scheduled snapshot failed (an alert until one is taken)",
+                Family::default()
+            ),
             seen: Mutex::new(Seen::default()),
             registry,
         }
@@ -497,6 +509,12 @@ impl Metrics {
         let key = format!("snapshot failures {}", l.module);
         let n = delta(&mut seen.totals, &key, x.failures);
         self.snapshot_failures.get_or_create(l).inc_by(n);
+        let key = format!("snapshot schedule failures {}", l.module);
+        let n = delta(&mut seen.totals, &key, x.schedule_failures);
+        self.snapshot_schedule_failures.get_or_create(l).inc_by(n);
+        self.snapshot_schedule_failing
+            .get_or_create(l)
+            .set(x.schedule_failed.is_some() as i64);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -577,6 +595,8 @@ mod tests {
                 inconsistent_since_ms: Some(now),
                 last_consistent: Some("a".into()),
                 rolling_back: None,
+                schedule_failed: Some("then: pre_snapshot failed".into()),
+                schedule_failures: 2,
             }),
             &[("app".into(), 8192)],
         );
@@ -590,6 +610,14 @@ mod tests {
         );
         assert_eq!(
             v(r#"tandem_snapshot_inconsistent{module="app"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"tandem_snapshot_schedule_failures_total{module="app"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            v(r#"tandem_snapshot_schedule_failing{module="app"}"#),
             Some(1.0)
         );
         let oldest = v(r#"tandem_snapshot_oldest_age_seconds{module="app"}"#).unwrap();
