@@ -675,3 +675,188 @@ post_snapshot = "{t}/post.sh"
     assert!(!o.status.success());
     assert!(err.contains("module[0].snapshots.every"), "{err}");
 }
+
+/// Pseudo-random bytes (incompressible, fast to make).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// kill -9 of the daemon while it keeps what a stream of overwrites
+/// destroys, while it restores, while it takes snapshots and while it rolls
+/// back: afterwards each snapshot is whole or absent, a restore target is
+/// whole or absent, and a rollback run again finishes.
+#[test]
+fn a_snapshot_is_whole_or_absent_after_kill_9() {
+    let mut c = Cluster::new();
+    c.start_both(30);
+    c.wait_app_writes(1);
+    hold(&c, true);
+    for i in 0..4u64 {
+        std::fs::write(c.path(&format!("node1/app/big{i}")), noise(32 << 20, i + 1)).unwrap();
+    }
+    assert!(wait_until(30, || caught_up(&c)), "node2 does not catch up");
+    let expected = c.path("expected");
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(c.path("node1/app"))
+        .arg(&expected)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    c.ok(1, &["snapshot", "create", "app", "--name", "s1"]);
+
+    // Killed in the middle of overwrites that each keep their old bytes first.
+    let live = c.path("node1/app");
+    let writer = std::thread::spawn(move || {
+        for i in 0..4u64 {
+            let Ok(f) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(live.join(format!("big{i}")))
+            else {
+                return;
+            };
+            for k in 0..32u64 {
+                if std::os::unix::fs::FileExt::write_all_at(&f, &noise(1 << 20, 100 + k), k << 20)
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    c.signal(1, libc::SIGKILL);
+    c.clean_after_killed(1);
+    let _ = writer.join();
+    assert!(
+        wait_until(20, || c.state(2) == "ALONE"),
+        "{}",
+        c.log_text(2)
+    );
+    c.start(1);
+    assert!(
+        wait_until(60, || c.state(1) == "SECOND" && c.uptodate(1)),
+        "{}",
+        c.log_text(1)
+    );
+    let restored = c.path("r1");
+    c.ok(
+        1,
+        &[
+            "snapshot",
+            "restore",
+            "app",
+            "s1",
+            "--to",
+            restored.to_str().unwrap(),
+        ],
+    );
+    assert_same("s1 after a kill -9 during overwrites", &expected, &restored);
+
+    // Killed in the middle of a restore: no target, or a whole one; the
+    // next restore into it works.
+    let target = c.path("r2");
+    let mut restore = std::process::Command::new(common::tandem_bin())
+        .arg("-c")
+        .arg(c.config(1))
+        .args([
+            "snapshot",
+            "restore",
+            "app",
+            "s1",
+            "--to",
+            target.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    c.signal(1, libc::SIGKILL);
+    let _ = restore.wait();
+    if target.exists() {
+        assert_same("a restore finished before the kill", &expected, &target);
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+    c.start(1);
+    assert!(
+        wait_until(60, || c.state(1) == "SECOND"),
+        "{}",
+        c.log_text(1)
+    );
+    c.ok(
+        1,
+        &[
+            "snapshot",
+            "restore",
+            "app",
+            "s1",
+            "--to",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_same("a restore after one cut short", &expected, &target);
+    let left: Vec<_> = std::fs::read_dir(c.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tandem-restore"))
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+
+    // Killed while taking snapshots: each is listed whole or not at all.
+    for k in 0..4 {
+        let mut create = std::process::Command::new(common::tandem_bin())
+            .arg("-c")
+            .arg(c.config(1))
+            .args(["snapshot", "create", "app", "--name", &format!("c{k}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(3 * k));
+        c.signal(1, libc::SIGKILL);
+        let _ = create.wait();
+        c.start(1);
+        assert!(
+            wait_until(60, || c.state(1) == "SECOND"),
+            "{}",
+            c.log_text(1)
+        );
+        for s in list_all(&c, 1) {
+            assert!(s["broken"].is_null(), "{s}");
+        }
+    }
+
+    // Killed in the middle of a rollback (the module stopped here): the
+    // status says so, and the rollback run again finishes it.
+    c.ok(1, &["stop", "app"]);
+    assert!(wait_until(20, || c.state(1) == "STOP"), "{}", c.log_text(1));
+    let mut roll = std::process::Command::new(common::tandem_bin())
+        .arg("-c")
+        .arg(c.config(1))
+        .args(["snapshot", "rollback", "app", "s1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    c.signal(1, libc::SIGKILL);
+    let _ = roll.wait();
+    c.start(1);
+    assert!(wait_until(30, || c.state(1) == "STOP"), "{}", c.log_text(1));
+    let st = c.status(1).unwrap();
+    let rolling = st["modules"][0]["snapshots"]["rolling_back"].clone();
+    assert!(rolling.is_null() || rolling == "s1", "{rolling}");
+    c.ok(1, &["snapshot", "rollback", "app", "s1"]);
+    assert_same("a rollback run again", &expected, &c.path("node1/app"));
+    let st = c.status(1).unwrap();
+    assert!(st["modules"][0]["snapshots"]["rolling_back"].is_null());
+}

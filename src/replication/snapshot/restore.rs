@@ -209,6 +209,16 @@ impl Snapshots {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(target(e.to_string())),
         }
+        // What a restore into the same target cut short left (a daemon
+        // killed): never the target itself, only its hidden staging.
+        let stale = format!(".{}.tandem-restore-", leaf.to_string_lossy());
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&stale) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let staging = parent.join(format!(
