@@ -352,6 +352,10 @@ check 2
 shipped=$(grep "resync shipped" "$base/node2/daemon.log" | tail -1 | sed 's/.*resync shipped \([0-9]*\) bytes.*/\1/')
 echo "resync shipped ${shipped:-?} bytes to server 1, of $(du -sb "$base/node2/srv/web" | cut -f1) in the module"
 echo "$(( $(wc -l < "$base/acked") - before )) more writes acknowledged during the resync"
+# Before the resync wrote into it, server 1 kept a snapshot of its copy.
+"$T" -c "$base/node1.toml" snapshot list web
+"$T" -c "$base/node1.toml" snapshot list web --json | grep -q '"kind":"before-resync"' ||
+    fail "server 1 took no snapshot before the resync"
 
 say "step 4: tandem swap returns the container to server 1, in order"
 t0=$(now_ms)

@@ -339,37 +339,7 @@ pub struct ModuleStatus {
 }
 
 /// This node's snapshots of a module, in the status.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotSummary {
-    pub count: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oldest_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub newest: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub newest_ms: Option<u64>,
-    /// Snapshots marked broken.
-    pub broken: u64,
-    /// Captures that could not be kept since the daemon started.
-    pub failures: u64,
-    /// Set while a resync writes into this copy: it is between two states
-    /// of the primary.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inconsistent_since_ms: Option<u64>,
-    /// Then, the newest snapshot of a consistent state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_consistent: Option<String>,
-    /// A rollback to this snapshot did not finish: run it again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rolling_back: Option<String>,
-    /// The last scheduled snapshot failed (when, why): an alert until the
-    /// next one is taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule_failed: Option<String>,
-    /// Scheduled snapshots that failed since the daemon started.
-    #[serde(default)]
-    pub schedule_failures: u64,
-}
+pub use crate::replication::snapshot::Summary as SnapshotSummary;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirStatus {

@@ -86,6 +86,9 @@ pub(super) fn print_status(resp: &Response, json: bool) {
             if let Some(l) = super::maintenance::line(m) {
                 println!("{l}");
             }
+            for l in snapshot_lines(m) {
+                println!("{l}");
+            }
             if c.split_brain {
                 println!(
                     "  SPLIT BRAIN: resolve with `tandem resolve {} --keep NODE`",
@@ -210,6 +213,47 @@ fn table(st: &crate::control::Status) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// What the module's snapshots on this node add to its details: how many,
+/// and what needs the operator (a copy between two states, a rollback cut
+/// short, a failing schedule, broken snapshots).
+fn snapshot_lines(m: &crate::control::ModuleStatus) -> Vec<String> {
+    let Some(x) = &m.snapshots else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if x.count > 0 {
+        out.push(format!(
+            "  snapshots: {} here, newest {}",
+            x.count,
+            x.newest.as_deref().unwrap_or("-")
+        ));
+    }
+    if let Some(since) = x.inconsistent_since_ms {
+        out.push(format!(
+            "  INCONSISTENT since {}: a resync is writing into this copy; last consistent \
+             snapshot: {}",
+            crate::clock::utc(since),
+            x.last_consistent.as_deref().unwrap_or("none")
+        ));
+    }
+    if let Some(to) = &x.rolling_back {
+        out.push(format!(
+            "  ROLLBACK to {to} did not finish: run `tandem snapshot rollback {} {to}` again",
+            m.name
+        ));
+    }
+    if let Some(why) = &x.schedule_failed {
+        out.push(format!("  SCHEDULED SNAPSHOT FAILED: {why}"));
+    }
+    if x.broken > 0 {
+        out.push(format!(
+            "  {} snapshots BROKEN (`tandem snapshot list {}`)",
+            x.broken, m.name
+        ));
     }
     out
 }

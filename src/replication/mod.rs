@@ -26,9 +26,12 @@ pub mod primary;
 pub mod relay;
 pub mod replay;
 pub mod resync;
+pub mod rollback;
 pub mod secondary;
 pub mod session;
 pub mod snapshot;
+#[cfg(test)]
+mod snapshot_model;
 pub mod status;
 pub mod tls;
 pub mod verify;

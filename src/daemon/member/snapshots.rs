@@ -177,9 +177,7 @@ impl Shared {
                 .map_err(|e| Response::error(format!("module {module}: change log: {e}")))?;
         }
         let t = Instant::now();
-        let (s, r) = m
-            .snaps
-            .rollback(name, roots)
+        let (s, r) = crate::replication::rollback::rollback(&m.snaps, name, roots)
             .map_err(|e| Response::error(format!("module {module}: {e}")))?;
         let msg = format!(
             "module {module}: {} rolled back to snapshot {} in {:.2} s: {} names removed, {} made, \

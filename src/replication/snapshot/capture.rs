@@ -21,7 +21,7 @@ use crate::replication::wire::{Entry, EntryKind};
 const BATCH: usize = 64 << 20;
 
 /// The names in a directory open as `fd`, each with its inode number.
-pub(super) fn read_names(fd: BorrowedFd<'_>) -> Result<Vec<(Vec<u8>, u64)>, Errno> {
+pub fn read_names(fd: BorrowedFd<'_>) -> Result<Vec<(Vec<u8>, u64)>, Errno> {
     let d = sys::reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
     let p = sys::proc_path(d.as_raw_fd());
     let mut out = Vec::new();
@@ -58,7 +58,7 @@ pub(super) fn encode_data(data: &[u8]) -> Vec<u8> {
     v
 }
 
-pub(super) fn data_len(v: &[u8]) -> Option<u64> {
+pub fn data_len(v: &[u8]) -> Option<u64> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as u64)
 }
 

@@ -33,11 +33,7 @@ pub mod keys;
 mod memo;
 pub mod restore;
 pub mod retention;
-pub mod rollback;
-mod view;
-
-#[cfg(test)]
-mod tests;
+pub mod view;
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -48,7 +44,10 @@ use rocksdb::{DB, DBCompressionType, Direction, IteratorMode, Options, WriteBatc
 use serde::{Deserialize, Serialize};
 
 use keys::{At, Obj};
+
+pub use capture::{data_len, read_names};
 use memo::Memo;
+pub use restore::walk;
 
 /// Granularity of what is kept of file contents.
 pub const BLOCK: u64 = 4096;
@@ -197,6 +196,46 @@ pub struct Resyncing {
     pub last_consistent: Option<String>,
 }
 
+/// This node's snapshots of a module, in the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_ms: Option<u64>,
+    /// Snapshots marked broken.
+    pub broken: u64,
+    /// Captures that could not be kept since the daemon started.
+    pub failures: u64,
+    /// Set while a resync writes into this copy: it is between two states
+    /// of the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconsistent_since_ms: Option<u64>,
+    /// Then, the newest snapshot of a consistent state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_consistent: Option<String>,
+    /// A rollback to this snapshot did not finish: run it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_back: Option<String>,
+    /// The last scheduled snapshot failed (when, why): an alert until the
+    /// next one is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_failed: Option<String>,
+    /// Scheduled snapshots that failed since the daemon started.
+    #[serde(default)]
+    pub schedule_failures: u64,
+}
+
+/// A rollback under way (kept in the store until it ends).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollingBack {
+    pub to: String,
+    pub since_ms: u64,
+}
+
 /// How many automatic before-resync snapshots a node keeps by default.
 pub const KEEP_BEFORE_RESYNC: u32 = 3;
 
@@ -339,6 +378,25 @@ impl Snapshots {
         Ok(Some(s))
     }
 
+    /// Records (durably) that a rollback is under way, or that it ended.
+    pub fn mark_rollback(&self, r: Option<&RollingBack>) -> Result<()> {
+        match r {
+            Some(r) => self.db.put_opt(
+                keys::ROLLING_BACK,
+                serde_json::to_vec(r).expect("serialisable"),
+                &synced(),
+            )?,
+            None => self.db.delete_opt(keys::ROLLING_BACK, &synced())?,
+        }
+        Ok(())
+    }
+
+    /// A rollback that did not finish (run it again to finish it).
+    pub fn rolling_back(&self) -> Option<RollingBack> {
+        let v = self.db.get(keys::ROLLING_BACK).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
     /// The resync finished and is durable: this copy is consistent again.
     pub fn end_resync(&self) -> Result<()> {
         let mut r = self.resyncing.lock();
@@ -395,10 +453,10 @@ impl Snapshots {
 
     /// What the status says about this node's snapshots (no scan of what
     /// they hold).
-    pub fn summary(&self) -> crate::control::SnapshotSummary {
+    pub fn summary(&self) -> Summary {
         let records = self.records().unwrap_or_default();
         let r = self.resyncing();
-        crate::control::SnapshotSummary {
+        Summary {
             count: records.len() as u64,
             oldest_ms: records.first().map(|s| s.created_ms),
             newest: records.last().map(|s| s.name.clone()),
@@ -646,8 +704,8 @@ impl Snapshots {
         Ok(false)
     }
 
-    /// What snapshot `id` saw, for reading (restore, diff).
-    fn view<'a>(&'a self, id: Option<u64>, dir: u32, root: BorrowedFd<'a>) -> view::View<'a> {
+    /// What snapshot `id` saw, for reading (restore, diff, rollback).
+    pub fn view<'a>(&'a self, id: Option<u64>, dir: u32, root: BorrowedFd<'a>) -> view::View<'a> {
         view::View::new(&self.db, id, dir, root)
     }
 }

@@ -39,10 +39,7 @@ fn sys_err(op: &'static str, p: &Path, errno: Errno) -> SnapshotError {
 
 /// A pre-order walk of one directory's tree as `view` sees it: `f` gets
 /// each name with its object and metadata, parents before children.
-pub(super) fn walk(
-    view: &View<'_>,
-    mut f: impl FnMut(&Path, u64, &Entry) -> Result<()>,
-) -> Result<()> {
+pub fn walk(view: &View<'_>, mut f: impl FnMut(&Path, u64, &Entry) -> Result<()>) -> Result<()> {
     let root = view.root_ino()?;
     f(Path::new(""), root, &view.meta(root)?)?;
     let mut todo = vec![(PathBuf::new(), root)];

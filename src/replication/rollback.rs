@@ -1,4 +1,4 @@
-//! This node's copy brought back to a snapshot, in place.
+//! This node's copy brought back to one of its snapshots, in place.
 //!
 //! The tree the snapshot saw is read through its view while the live tree
 //! is changed to match it, every change made by the applier with what it
@@ -18,13 +18,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::capture::read_names;
-use super::keys;
-use super::restore::walk;
-use super::view::View;
-use super::{Result, Snapshot, SnapshotError, Snapshots, synced};
+use super::snapshot::view::View;
+use super::snapshot::{
+    Result, RollingBack, Snapshot, SnapshotError, Snapshots, data_len, read_names, walk,
+};
 use crate::fs::sys;
 use crate::replication::applier::Applier;
 use crate::replication::entry;
@@ -37,13 +36,6 @@ pub struct RolledBack {
     pub made: u64,
     pub rewritten: u64,
     pub bytes: u64,
-}
-
-/// A rollback under way (kept in the store until it ends).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RollingBack {
-    pub to: String,
-    pub since_ms: u64,
 }
 
 fn b(p: &Path) -> Vec<u8> {
@@ -61,12 +53,12 @@ fn live_names(root: BorrowedFd<'_>) -> Result<Vec<PathBuf>> {
     while let Some(p) = todo.pop() {
         let fd = entry::open_node(root, &p).map_err(|e| SnapshotError::Sys {
             op: "open",
-            path: super::shown(&p),
+            path: super::snapshot::shown(&p),
             errno: e,
         })?;
         let names = read_names(fd.as_fd()).map_err(|e| SnapshotError::Sys {
             op: "list",
-            path: super::shown(&p),
+            path: super::snapshot::shown(&p),
             errno: e,
         })?;
         for (name, _) in names {
@@ -76,7 +68,7 @@ fn live_names(root: BorrowedFd<'_>) -> Result<Vec<PathBuf>> {
                 &entry::cstr(Path::new(OsStr::from_bytes(&name))).map_err(|e| {
                     SnapshotError::Sys {
                         op: "name",
-                        path: super::shown(&c),
+                        path: super::snapshot::shown(&c),
                         errno: e,
                     }
                 })?,
@@ -247,7 +239,7 @@ fn rollback_dir(
                         .runs(*ino, s.id, u64::MAX)?
                         .iter()
                         .map(|(_, off, v)| {
-                            let len = super::capture::data_len(v).unwrap_or(0);
+                            let len = data_len(v).unwrap_or(0);
                             (*off, (*off + len).min(e.size))
                         })
                         .filter(|(a, z)| z > a)
@@ -273,60 +265,48 @@ fn rollback_dir(
     Ok(roll.done)
 }
 
-impl Snapshots {
-    /// Brings the module's directories (`roots`) back to snapshot `name`.
-    /// The caller makes sure nothing else changes them meanwhile (the
-    /// module neither serves nor receives here).
-    pub fn rollback(
-        self: &Arc<Self>,
-        name: &str,
-        roots: &[BorrowedFd<'_>],
-    ) -> Result<(Snapshot, RolledBack)> {
-        let s = self.find(name)?;
-        if let Some(why) = &s.broken {
-            return Err(SnapshotError::Broken {
-                name: s.name.clone(),
-                why: why.clone(),
-            });
-        }
-        if roots.len() != s.dirs.len() {
-            return Err(SnapshotError::Target {
-                path: s.dirs.first().cloned().unwrap_or_default(),
-                why: format!(
-                    "the module has {} directories now and had {} at the snapshot",
-                    roots.len(),
-                    s.dirs.len()
-                ),
-            });
-        }
-        let marker = RollingBack {
-            to: s.name.clone(),
-            since_ms: super::now_ms(),
-        };
-        self.db.put_opt(
-            keys::ROLLING_BACK,
-            serde_json::to_vec(&marker).expect("serialisable"),
-            &synced(),
-        )?;
-        let mut total = RolledBack::default();
-        for d in 0..roots.len() {
-            let r = rollback_dir(self, &s, d as u32, roots)?;
-            total.removed += r.removed;
-            total.made += r.made;
-            total.rewritten += r.rewritten;
-            total.bytes += r.bytes;
-        }
-        self.db.delete_opt(keys::ROLLING_BACK, &synced())?;
-        if s.consistent {
-            // A consistent state again, whatever a resync had left.
-            self.end_resync()?;
-        }
-        Ok((s, total))
+/// Brings the module's directories (`roots`) back to snapshot `name`.
+/// The caller makes sure nothing else changes them meanwhile (the module
+/// neither serves nor receives here).
+pub fn rollback(
+    snaps: &Arc<Snapshots>,
+    name: &str,
+    roots: &[BorrowedFd<'_>],
+) -> Result<(Snapshot, RolledBack)> {
+    let s = snaps.find(name)?;
+    if let Some(why) = &s.broken {
+        return Err(SnapshotError::Broken {
+            name: s.name.clone(),
+            why: why.clone(),
+        });
     }
-
-    /// A rollback that did not finish (run it again to finish it).
-    pub fn rolling_back(&self) -> Option<RollingBack> {
-        let v = self.db.get(keys::ROLLING_BACK).ok()??;
-        serde_json::from_slice(&v).ok()
+    if roots.len() != s.dirs.len() {
+        return Err(SnapshotError::Target {
+            path: s.dirs.first().cloned().unwrap_or_default(),
+            why: format!(
+                "the module has {} directories now and had {} at the snapshot",
+                roots.len(),
+                s.dirs.len()
+            ),
+        });
     }
+    let marker = RollingBack {
+        to: s.name.clone(),
+        since_ms: crate::cluster::heartbeat::now_ms(),
+    };
+    snaps.mark_rollback(Some(&marker))?;
+    let mut total = RolledBack::default();
+    for d in 0..roots.len() {
+        let r = rollback_dir(snaps, &s, d as u32, roots)?;
+        total.removed += r.removed;
+        total.made += r.made;
+        total.rewritten += r.rewritten;
+        total.bytes += r.bytes;
+    }
+    snaps.mark_rollback(None)?;
+    if s.consistent {
+        // A consistent state again, whatever a resync had left.
+        snaps.end_resync()?;
+    }
+    Ok((s, total))
 }

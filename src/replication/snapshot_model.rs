@@ -1,5 +1,6 @@
-//! The model test: random changes through the applier, snapshots at random
-//! points; every snapshot restores to exactly the tree it was taken of.
+//! The snapshots' model test: random changes through the applier, snapshots
+//! at random points; every snapshot restores to exactly the tree it was taken
+//! of, and a rollback to one gives it back in place.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::*;
+use super::snapshot::*;
 use crate::replication::applier::Applier;
 use crate::replication::wire::{Entry, EntryKind, Time, WireAttrs, WireMutation};
 
@@ -422,7 +423,7 @@ fn run(seed: u64, steps: usize) {
     for round in 0..2 {
         let i = model.rng.random_range(0..expected.len());
         let name = expected.keys().nth(i).unwrap().clone();
-        snaps.rollback(&name, &[root.as_fd()]).unwrap();
+        crate::replication::rollback::rollback(&snaps, &name, &[root.as_fd()]).unwrap();
         let got = image(&live);
         let want = &expected[&name];
         let diff: Vec<_> = want
