@@ -894,6 +894,22 @@ fn the_running_server_keeps_to_its_openapi_document() {
                         Some(target("never")),
                     ),
                 ],
+                // Refused while the module runs here; an unknown snapshot.
+                ("/api/modules/{module}/snapshots/{name}/rollback", _) => vec![
+                    (
+                        "/api/modules/app/snapshots/kept/rollback".into(),
+                        some("{}"),
+                    ),
+                    ("/api/modules/app/snapshots/kept/rollback".into(), None),
+                    (
+                        "/api/modules/app/snapshots/kept/rollback".into(),
+                        some(r#"{"to": "/x"}"#),
+                    ),
+                    (
+                        "/api/modules/app/snapshots/nope/rollback".into(),
+                        some("{}"),
+                    ),
+                ],
                 (p, _) => vec![
                     (p.replace("{module}", "app"), None),
                     (p.replace("{module}", "nope"), None),

@@ -549,15 +549,7 @@ fn a_frozen_peer_whose_socket_fills_never_blocks_writers_past_the_timeout() {
     // after peer_timeout instead of blocking the application. The data does
     // not compress (a slow link compresses live changes).
     let mut f = std::fs::File::create(d.join("big")).unwrap();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let chunk: Vec<u8> = (0..1 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let chunk = common::noise(1, 1 << 20);
     let mut worst = std::time::Duration::ZERO;
     for _ in 0..64 {
         let t = std::time::Instant::now();

@@ -165,7 +165,7 @@ async fn strangers_and_malformed_frames_are_refused_and_change_nothing() {
     let got = send_and_wait_close(&mut tls, &bytes(&ahead)).await;
     assert!(
         matches!(&got[..], [Message::Close { reason }] if reason
-            == "no protocol version in common: node2 speaks 3-4, node1 speaks 7-9; upgrade node2"),
+            == "no protocol version in common: node2 speaks 3-5, node1 speaks 7-9; upgrade node2"),
         "{got:?}"
     );
 

@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::cluster::Cluster;
-use common::wait_until;
+use common::{noise, wait_until};
 
 /// A tree as the test compares it: kind, mode and contents per name.
 fn tree(root: &Path) -> BTreeMap<PathBuf, (String, u32, Vec<u8>)> {
@@ -40,6 +40,17 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (String, u32, Vec<u8>)> {
         }
     }
     out
+}
+
+/// `cp -a from to`: a tree kept as it is now.
+fn copy(from: &Path, to: &Path) {
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn assert_same(what: &str, want: &Path, got: &Path) {
@@ -73,6 +84,22 @@ fn hold(c: &Cluster, on: bool) {
     } else {
         let _ = std::fs::remove_file(&f);
     }
+}
+
+/// With the application held, node2 caught up then stopped (what node1
+/// changes meanwhile is resynchronised later): node2's copy, kept aside.
+fn node2_away(c: &mut Cluster) -> PathBuf {
+    hold(c, true);
+    assert!(wait_until(30, || caught_up(c)), "node2 does not catch up");
+    c.signal(2, libc::SIGTERM);
+    assert!(
+        wait_until(20, || c.state(1) == "ALONE"),
+        "{}",
+        c.log_text(1)
+    );
+    let before = c.path("node2-before");
+    copy(&c.path("node2/app"), &before);
+    before
 }
 
 fn list_all(c: &Cluster, n: usize) -> Vec<serde_json::Value> {
@@ -123,13 +150,7 @@ fn snapshots_on_both_nodes_restore_what_was_and_are_each_nodes_own() {
     hold(&c, true);
     assert!(wait_until(20, || caught_up(&c)), "node2 does not catch up");
     let expected = c.path("expected");
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&live1)
-        .arg(&expected)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    copy(&live1, &expected);
     let said1 = c.ok(1, &["snapshot", "create", "app", "--name", "before"]);
     assert!(
         said1.contains("snapshot before (stream position"),
@@ -243,6 +264,43 @@ fn snapshots_on_both_nodes_restore_what_was_and_are_each_nodes_own() {
     }
     assert_same("a refused restore", &expected, &busy);
     assert_eq!(list(&c, 1).len(), 1);
+    // A target on a file system too small for it (1 MiB for 3 MiB): the
+    // error names why, and nothing is left there.
+    let small = c.path("small");
+    std::fs::create_dir(&small).unwrap();
+    let o = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _small = Unmount(small.clone());
+    let full = small.join("out");
+    let o = c.tandem(
+        1,
+        &[
+            "snapshot",
+            "restore",
+            "app",
+            "before",
+            "--to",
+            full.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&small).unwrap().count(),
+        0,
+        "left on a full disk"
+    );
 
     // Deleting on node1 leaves node2's.
     c.ok(1, &["snapshot", "delete", "app", "before"]);
@@ -295,23 +353,7 @@ fn the_second_takes_a_snapshot_before_every_resync() {
     c.start_both(30);
     c.wait_app_writes(1);
     std::fs::write(c.path("node1/app/file"), vec![1u8; 1 << 20]).unwrap();
-    hold(&c, true);
-    assert!(wait_until(20, || caught_up(&c)), "node2 does not catch up");
-    // node2 away: what node1 changes meanwhile is resynchronised later.
-    c.signal(2, libc::SIGTERM);
-    assert!(
-        wait_until(20, || c.state(1) == "ALONE"),
-        "{}",
-        c.log_text(1)
-    );
-    let before = c.path("node2-before");
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(c.path("node2/app"))
-        .arg(&before)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let before = node2_away(&mut c);
     hold(&c, false);
     c.wait_app_writes(1);
     let mut f = std::fs::OpenOptions::new()
@@ -369,22 +411,7 @@ fn a_resync_cut_short_rolls_back_to_the_snapshot_before_it() {
     for i in 0..4 {
         std::fs::write(c.path(&format!("node1/app/big{i}")), vec![i as u8; 8 << 20]).unwrap();
     }
-    hold(&c, true);
-    assert!(wait_until(30, || caught_up(&c)), "node2 does not catch up");
-    c.signal(2, libc::SIGTERM);
-    assert!(
-        wait_until(20, || c.state(1) == "ALONE"),
-        "{}",
-        c.log_text(1)
-    );
-    let before = c.path("node2-before");
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(c.path("node2/app"))
-        .arg(&before)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let before = node2_away(&mut c);
     // Much to resynchronise: every byte of the big files rewritten, new ones.
     for i in 0..4 {
         std::fs::write(
@@ -586,16 +613,7 @@ post_snapshot = "{t}/post.sh"
         );
     }
     // Incompressible: the budget counts the bytes stored.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..6 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(c.path("node1/app/base"), &noise).unwrap();
+    std::fs::write(c.path("node1/app/base"), noise(1, 6 << 20)).unwrap();
     c.start_both(30);
     c.wait_app_writes(1);
     c.ok(1, &["snapshot", "create", "app", "--name", "mine"]);
@@ -676,19 +694,6 @@ post_snapshot = "{t}/post.sh"
     assert!(err.contains("module[0].snapshots.every"), "{err}");
 }
 
-/// Pseudo-random bytes (incompressible, fast to make).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// kill -9 of the daemon while it keeps what a stream of overwrites
 /// destroys, while it restores, while it takes snapshots and while it rolls
 /// back: afterwards each snapshot is whole or absent, a restore target is
@@ -700,17 +705,11 @@ fn a_snapshot_is_whole_or_absent_after_kill_9() {
     c.wait_app_writes(1);
     hold(&c, true);
     for i in 0..4u64 {
-        std::fs::write(c.path(&format!("node1/app/big{i}")), noise(32 << 20, i + 1)).unwrap();
+        std::fs::write(c.path(&format!("node1/app/big{i}")), noise(i + 1, 32 << 20)).unwrap();
     }
     assert!(wait_until(30, || caught_up(&c)), "node2 does not catch up");
     let expected = c.path("expected");
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(c.path("node1/app"))
-        .arg(&expected)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    copy(&c.path("node1/app"), &expected);
     c.ok(1, &["snapshot", "create", "app", "--name", "s1"]);
 
     // Killed in the middle of overwrites that each keep their old bytes first.
@@ -724,7 +723,7 @@ fn a_snapshot_is_whole_or_absent_after_kill_9() {
                 return;
             };
             for k in 0..32u64 {
-                if std::os::unix::fs::FileExt::write_all_at(&f, &noise(1 << 20, 100 + k), k << 20)
+                if std::os::unix::fs::FileExt::write_all_at(&f, &noise(100 + k, 1 << 20), k << 20)
                     .is_err()
                 {
                     return;

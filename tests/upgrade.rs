@@ -17,7 +17,7 @@ use common::wait_until;
 /// protocol 3 on the link and says nothing of its versions.
 const OLDER: &str = "97565d813ae033e59496cd81e351c942d6cef7e2";
 
-const NEW_LINK: u64 = 4;
+const NEW_LINK: u64 = 5;
 const OLD_LINK: u64 = 3;
 
 /// The application is held still, both copies compared, then let go.

@@ -37,7 +37,7 @@ pub(super) async fn handle(
 ) -> Response {
     let commands = matches!(
         (method, rest),
-        (&Method::POST, [] | [_, "restore"]) | (&Method::DELETE, [_])
+        (&Method::POST, [] | [_, "restore" | "rollback"]) | (&Method::DELETE, [_])
     );
     if commands && who.role != Role::Admin {
         return monitor_only(who);
@@ -49,6 +49,7 @@ pub(super) async fn handle(
         (&Method::POST, []) => create(api, who, m, req).await,
         (&Method::GET, [name, "diff"]) => diff(api, m, name, query).await,
         (&Method::POST, [name, "restore"]) => restore(api, who, m, name, req).await,
+        (&Method::POST, [name, "rollback"]) => rollback(api, who, m, name, req).await,
         (&Method::DELETE, [name]) => delete(api, who, m, name, query).await,
         (_, []) => Err(not_allowed(
             "GET lists a module's snapshots, POST takes one",
@@ -56,6 +57,7 @@ pub(super) async fn handle(
         (_, [_]) => Err(not_allowed("a snapshot is deleted with DELETE")),
         (_, [_, "diff"]) => Err(not_allowed("a diff is a GET")),
         (_, [_, "restore"]) => Err(not_allowed("a restore is POSTed")),
+        (_, [_, "rollback"]) => Err(not_allowed("a rollback is POSTed")),
         _ => Err(error(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {}", req.uri().path()),
@@ -170,6 +172,33 @@ async fn restore(
         return Err(refused(api, m, &node, a, &[(String::new(), name)]).await);
     }
     Ok(done(a, "restored"))
+}
+
+/// `POST .../snapshots/{name}/rollback` (`{"node"}` optional): that node's
+/// copy back to the snapshot, refused unless the module is stopped there.
+async fn rollback(
+    api: &Arc<Api>,
+    who: &Entry,
+    m: &str,
+    name: &str,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Handled {
+    let name = url_name(name).map_err(refuse)?;
+    let body = read_body(req).await?;
+    let (node, op) = parse_body("rollback", Some(&name), &body).map_err(refuse)?;
+    let node = node_of(api, node, "field").map_err(refuse)?;
+    module(api, m).await?;
+    audit(
+        api,
+        who,
+        m,
+        format!("snapshot rollback to {name} on {node}"),
+    );
+    let a = on(api, &node, snapshot(m, op)).await;
+    if !a.ok {
+        return Err(refused(api, m, &node, a, &[(String::new(), name)]).await);
+    }
+    Ok(done(a, "rolled_back"))
 }
 
 /// `DELETE .../snapshots/{name}[?node=]`.

@@ -111,6 +111,32 @@ fn image(root: &Path) -> BTreeMap<PathBuf, Node> {
     out
 }
 
+/// What differs between two images, one line per name (contents shown by
+/// their length and first bytes).
+fn differences(want: &BTreeMap<PathBuf, Node>, got: &BTreeMap<PathBuf, Node>) -> Vec<String> {
+    let short = |n: &Node| Node {
+        data: n.data.iter().take(8).copied().collect(),
+        ..n.clone()
+    };
+    want.iter()
+        .filter(|(p, n)| got.get(*p) != Some(n))
+        .map(|(p, n)| {
+            format!(
+                "{}: want {:?} ({} bytes), got {:?}",
+                p.display(),
+                short(n),
+                n.data.len(),
+                got.get(p).map(|g| (short(g), g.data.len()))
+            )
+        })
+        .chain(
+            got.keys()
+                .filter(|p| !want.contains_key(*p))
+                .map(|p| format!("{}: not in the snapshot", p.display())),
+        )
+        .collect()
+}
+
 fn open_root(p: &Path) -> OwnedFd {
     std::fs::OpenOptions::new()
         .read(true)
@@ -390,28 +416,7 @@ fn run(seed: u64, steps: usize) {
     for (i, (name, want)) in expected.iter().enumerate() {
         let out = t.path().join(format!("restored-{i}"));
         let got = restored(&snaps, name, &root, &out);
-        let diff: Vec<_> = want
-            .iter()
-            .filter(|(p, n)| got.get(*p) != Some(n))
-            .map(|(p, n)| {
-                let short = |n: &Node| Node {
-                    data: n.data.iter().take(8).copied().collect(),
-                    ..n.clone()
-                };
-                format!(
-                    "{}: want {:?} ({} bytes), got {:?}",
-                    p.display(),
-                    short(n),
-                    n.data.len(),
-                    got.get(p).map(|g| (short(g), g.data.len()))
-                )
-            })
-            .chain(
-                got.keys()
-                    .filter(|p| !want.contains_key(*p))
-                    .map(|p| format!("{}: not in the snapshot", p.display())),
-            )
-            .collect();
+        let diff = differences(want, &got);
         assert!(
             diff.is_empty(),
             "seed {seed}, snapshot {name}: {}",
@@ -426,37 +431,7 @@ fn run(seed: u64, steps: usize) {
         crate::replication::rollback::rollback(&snaps, &name, &[root.as_fd()]).unwrap();
         let got = image(&live);
         let want = &expected[&name];
-        let diff: Vec<_> = want
-            .iter()
-            .filter(|(p, n)| got.get(*p) != Some(n))
-            .map(|(p, n)| {
-                let g = got.get(p);
-                format!(
-                    "{}: want {:?}/{:o}/{}/{:?}/{}B first {:?}, got {:?}",
-                    p.display(),
-                    n.kind,
-                    n.mode,
-                    n.uid,
-                    n.mtime,
-                    n.data.len(),
-                    n.first,
-                    g.map(|g| (
-                        g.kind,
-                        format!("{:o}", g.mode),
-                        g.uid,
-                        g.mtime,
-                        g.data.len(),
-                        g.data == n.data,
-                        g.first.clone()
-                    ))
-                )
-            })
-            .chain(
-                got.keys()
-                    .filter(|p| !want.contains_key(*p))
-                    .map(|p| format!("{}: not in the snapshot", p.display())),
-            )
-            .collect();
+        let diff = differences(want, &got);
         assert!(
             diff.is_empty(),
             "seed {seed}, rollback to {name}: {}",

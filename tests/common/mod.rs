@@ -283,3 +283,17 @@ pub fn free_port(udp: bool) -> u16 {
     }
     panic!("no free port from {FIRST} to {END}");
 }
+
+/// Pseudo-random bytes from `seed` (xorshift): incompressible, cheap to
+/// make, the same for the same seed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

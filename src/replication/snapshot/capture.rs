@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+use rocksdb::{DB, WriteBatch};
 
 use super::keys::{self, Aspect, At, Obj};
 use super::memo::{Kept, Memo};
@@ -165,10 +165,7 @@ impl Keeper<'_> {
     fn load(&self, o: Obj) -> Result<Kept, String> {
         let mut k = Kept::default();
         let prefix = keys::object_prefix(o);
-        let it = self
-            .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward));
-        for item in it {
+        for item in super::scan(self.db, &prefix, keys::after(&prefix)) {
             let (key, v) = item.map_err(|e| format!("snapshot store: {e}"))?;
             if !key.starts_with(&prefix) {
                 break;

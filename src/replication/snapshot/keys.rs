@@ -61,6 +61,28 @@ pub struct At {
     pub epoch: u64,
 }
 
+/// The first key after every key that starts with `prefix`: the upper bound
+/// of a scan, so it never steps over deleted keys past its range.
+pub fn after(prefix: &[u8]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    while let Some(last) = k.pop() {
+        if last < 0xff {
+            k.push(last + 1);
+            return k;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// `E epoch` up to `until` (exclusive): the epoch index of `[from, until)`.
+pub fn epochs_until(until: u64) -> Vec<u8> {
+    if until == u64::MAX {
+        after(&[BY_EPOCH])
+    } else {
+        epoch_prefix(until)
+    }
+}
+
 pub fn record(id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = RECORD;
@@ -165,5 +187,8 @@ mod tests {
         assert!(capture(&at).starts_with(&place_prefix(at.obj, at.aspect, at.off)));
         assert_eq!(record_id(&record(300)), Some(300));
         assert!(record(2) < record(256));
+        assert_eq!(after(b"C\x01"), b"C\x02");
+        assert_eq!(after(b"C\xff"), b"D");
+        assert!(capture(&at) < after(&object_prefix(at.obj)));
     }
 }

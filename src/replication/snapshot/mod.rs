@@ -438,7 +438,7 @@ impl Snapshots {
     fn records(&self) -> Result<Vec<Snapshot>> {
         let mut out = Vec::new();
         let p = keys::record_prefix();
-        for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
+        for item in scan(&self.db, &p, keys::after(&p)) {
             let (k, v) = item?;
             if keys::record_id(&k).is_none() {
                 break;
@@ -488,10 +488,7 @@ impl Snapshots {
     fn bytes_between(&self, from: u64, until: u64) -> Result<u64> {
         let mut total = 0;
         let start = keys::epoch_prefix(from);
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&start, Direction::Forward))
-        {
+        for item in scan(&self.db, &start, keys::epochs_until(until)) {
             let (k, v) = item?;
             let Some(at) = keys::parse_by_epoch(&k) else {
                 break;
@@ -588,10 +585,7 @@ impl Snapshots {
         if older.is_none() {
             // Nothing older: what epochs [gone, next) kept serves nobody.
             let start = keys::epoch_prefix(gone.id);
-            for item in self
-                .db
-                .iterator(IteratorMode::From(&start, Direction::Forward))
-            {
+            for item in scan(&self.db, &start, keys::epochs_until(until)) {
                 let (k, _) = item?;
                 let Some(at) = keys::parse_by_epoch(&k) else {
                     break;
@@ -689,10 +683,7 @@ impl Snapshots {
     /// snapshot `id`: it changed after it.
     pub fn changed_since(&self, id: u64, dir: u32, ino: u64) -> Result<bool> {
         let prefix = keys::object_prefix(Obj { dir, ino });
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward))
-        {
+        for item in scan(&self.db, &prefix, keys::after(&prefix)) {
             let (k, _) = item?;
             if !k.starts_with(&prefix) {
                 break;
@@ -708,6 +699,18 @@ impl Snapshots {
     pub fn view<'a>(&'a self, id: Option<u64>, dir: u32, root: BorrowedFd<'a>) -> view::View<'a> {
         view::View::new(&self.db, id, dir, root)
     }
+}
+
+/// The keys from `from` to `until` (exclusive), the scan bounded so that
+/// deleted keys past the range are never stepped over.
+pub(crate) fn scan<'a>(
+    db: &'a DB,
+    from: &[u8],
+    until: Vec<u8>,
+) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
+    let mut o = rocksdb::ReadOptions::default();
+    o.set_iterate_upper_bound(until);
+    db.iterator_opt(IteratorMode::From(from, Direction::Forward), o)
 }
 
 /// Stores one capture and its epoch index entry in `b`.

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{DB, Direction, IteratorMode};
+use rocksdb::DB;
 
 use super::capture::{decode_data, decode_meta, decode_names, read_names};
 use super::keys::{self, Aspect, Obj};
@@ -72,9 +72,7 @@ impl<'a> View<'a> {
         let place = keys::place_prefix(self.obj(ino), aspect, 0);
         let mut start = place.clone();
         start.extend_from_slice(&at.to_be_bytes());
-        let mut it = self
-            .db
-            .iterator(IteratorMode::From(&start, Direction::Forward));
+        let mut it = super::scan(self.db, &start, keys::after(&place));
         match it.next() {
             Some(item) => {
                 let (k, v) = item?;
@@ -285,10 +283,7 @@ impl<'a> View<'a> {
         let mut prefix = keys::object_prefix(self.obj(ino));
         prefix.push(Aspect::Data as u8);
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward))
-        {
+        for item in super::scan(self.db, &prefix, keys::after(&prefix)) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
