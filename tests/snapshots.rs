@@ -592,6 +592,7 @@ keep_hourly = 1
 keep_daily = 0
 keep_weekly = 0
 budget = "2MiB"
+keep_before_resync_for = "2s"
 pre_snapshot = "{t}/pre.sh"
 post_snapshot = "{t}/post.sh"
 "#;
@@ -632,6 +633,15 @@ post_snapshot = "{t}/post.sh"
         assert!((1..=2).contains(&sched.len()), "node{n}: {sched:?}");
         assert!(c.log_text(n).contains("expired"), "{}", c.log_text(n));
     }
+    // node2's snapshot before its first full sync goes 2 s after that sync.
+    assert!(
+        wait_until(20, || c
+            .log_text(2)
+            .contains("expired (2 s after its resync ended)")),
+        "{}",
+        c.log_text(2)
+    );
+    assert!(list_kind(&c, 2, "before-resync").is_empty());
     let events = std::fs::read_to_string(c.path("snap-events")).unwrap();
     assert!(
         events.contains("pre node1 app") && events.contains("post node1 app"),

@@ -131,6 +131,7 @@ pub(super) struct RawSnapshots {
     pub keep_daily: Option<Int>,
     pub keep_weekly: Option<Int>,
     pub keep_before_resync: Option<Int>,
+    pub keep_before_resync_for: Option<Str>,
     pub budget: Option<Str>,
     pub pre_snapshot: Option<Str>,
     pub post_snapshot: Option<Str>,

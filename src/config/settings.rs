@@ -161,6 +161,9 @@ pub struct SnapshotPolicy {
     pub keep_weekly: u32,
     /// Automatic snapshots taken before resyncs that are kept.
     pub keep_before_resync: u32,
+    /// How long one is kept after its resync ended: while held, every
+    /// first overwrite on this node keeps the old bytes first.
+    pub keep_before_resync_for: std::time::Duration,
     /// Bytes all snapshots of the module may hold here; past it the oldest
     /// scheduled ones go first.
     pub budget: Option<u64>,
@@ -178,6 +181,7 @@ impl Default for SnapshotPolicy {
             keep_daily: 7,
             keep_weekly: 4,
             keep_before_resync: 3,
+            keep_before_resync_for: std::time::Duration::from_secs(600),
             budget: None,
             pre_snapshot: None,
             post_snapshot: None,

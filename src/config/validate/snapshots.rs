@@ -86,6 +86,13 @@ pub(super) fn policy(
         duration,
         "a period (a number and s, m, h, d or w: \"1h\")",
     );
+    let keep_for = parsed(
+        r,
+        &raw.keep_before_resync_for,
+        &join(base, "keep_before_resync_for"),
+        duration,
+        "a period (a number and s, m, h, d or w: \"10m\")",
+    );
     let budget = parsed(
         r,
         &raw.budget,
@@ -122,6 +129,7 @@ pub(super) fn policy(
         keep_daily: keep_daily?,
         keep_weekly: keep_weekly?,
         keep_before_resync: keep_before_resync?,
+        keep_before_resync_for: keep_for?.unwrap_or(d.keep_before_resync_for),
         budget: budget?,
         pre_snapshot: pre_snapshot?,
         post_snapshot: post_snapshot?,

@@ -341,6 +341,27 @@ impl Shared {
                 Err(e) => tracing::error!(module = %m.name, "expiring snapshot {name}: {e}"),
             }
         }
+        let taken: Vec<(u64, String)> = list
+            .iter()
+            .filter(|l| l.snapshot.kind == Kind::BeforeResync)
+            .map(|l| (l.snapshot.created_ms, l.snapshot.name.clone()))
+            .collect();
+        for name in retention::stale_before_resync(
+            &taken,
+            m.snaps.resync_ended_ms(),
+            m.snaps.resyncing().is_some(),
+            now_ms,
+            p.keep_before_resync_for.as_millis() as u64,
+        ) {
+            match m.snaps.delete(&name) {
+                Ok(_) => tracing::info!(
+                    module = %m.name,
+                    "snapshot {name} expired ({} s after its resync ended)",
+                    p.keep_before_resync_for.as_secs()
+                ),
+                Err(e) => tracing::error!(module = %m.name, "expiring snapshot {name}: {e}"),
+            }
+        }
         let Some(budget) = p.budget else {
             return;
         };

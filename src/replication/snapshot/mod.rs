@@ -185,6 +185,8 @@ pub struct Snapshots {
     resyncing: Mutex<Option<Resyncing>>,
     /// Before-resync snapshots kept (`keep_before_resync`).
     keep_before_resync: std::sync::atomic::AtomicU32,
+    /// When the last resync into this copy ended (0: not since the start).
+    resync_ended_ms: AtomicU64,
 }
 
 /// This copy is being resynchronised: between two states of the primary.
@@ -297,6 +299,7 @@ impl Snapshots {
             node: Mutex::new(String::new()),
             resyncing: Mutex::new(None),
             keep_before_resync: std::sync::atomic::AtomicU32::new(KEEP_BEFORE_RESYNC),
+            resync_ended_ms: AtomicU64::new(0),
         };
         *s.newest.write() = s.records()?.last().map(|r| r.id);
         if let Some(v) = s.db.get(keys::RESYNCING)? {
@@ -403,8 +406,14 @@ impl Snapshots {
         if r.is_some() {
             self.db.delete_opt(keys::RESYNCING, &synced())?;
             *r = None;
+            self.resync_ended_ms.store(now_ms(), Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// When the last resync into this copy ended, if it did since the start.
+    pub fn resync_ended_ms(&self) -> Option<u64> {
+        Some(self.resync_ended_ms.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
     /// Deletes the oldest snapshots of `kind` beyond the newest `keep`.

@@ -42,6 +42,36 @@ pub fn expired(
         .collect()
 }
 
+/// The before-resync snapshots (`(created_ms, name)`) held longer than
+/// `keep_for` past the end of their resync (the one after each, or
+/// `resync_ended_ms` for the newest). Never while a resync runs.
+pub fn stale_before_resync(
+    taken: &[(u64, String)],
+    resync_ended_ms: Option<u64>,
+    resyncing: bool,
+    now_ms: u64,
+    keep_for_ms: u64,
+) -> Vec<String> {
+    if resyncing {
+        return Vec::new();
+    }
+    let mut sorted: Vec<&(u64, String)> = taken.iter().collect();
+    sorted.sort_by_key(|(t, _)| *t);
+    let mut out = Vec::new();
+    for (i, (t, name)) in sorted.iter().enumerate() {
+        // The resync after it ended before the next one began; the newest's
+        // ended when this daemon saw it end (or, unknown, when it began).
+        let ended = match sorted.get(i + 1) {
+            Some((next, _)) => *next,
+            None => resync_ended_ms.unwrap_or(*t).max(*t),
+        };
+        if now_ms.saturating_sub(ended) > keep_for_ms {
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
 /// The next snapshot to let go while `list` holds more than `budget`
 /// bytes: the oldest automatic one (scheduled, then verify, then
 /// before-resync, never `protect`, never an operator's).
@@ -92,6 +122,27 @@ mod tests {
         // A daily rule keeps one per day on top of the hourly ones.
         let two_days = [at(1, "d0"), at(30, "d1a"), at(31, "d1b")];
         assert_eq!(expired(&two_days, 32 * HOUR, 1, 2, 0), vec!["d1a"]);
+    }
+
+    #[test]
+    fn before_resync_snapshots_go_some_time_after_their_resync() {
+        let taken = [(1_000, "a".to_string()), (50_000, "b".to_string())];
+        // a's resync ended by the time b was taken (50 s), b's at 60 s;
+        // each kept 30 s after.
+        assert!(stale_before_resync(&taken, Some(60_000), false, 70_000, 30_000).is_empty());
+        assert_eq!(
+            stale_before_resync(&taken, Some(60_000), false, 81_000, 30_000),
+            vec!["a"]
+        );
+        let mut gone = stale_before_resync(&taken, Some(60_000), false, 91_000, 30_000);
+        gone.sort();
+        assert_eq!(gone, vec!["a", "b"]);
+        assert!(stale_before_resync(&taken, Some(60_000), true, 1_000_000, 30_000).is_empty());
+        // Unknown end (a restart since): from when it was taken.
+        assert_eq!(
+            stale_before_resync(&taken[1..], None, false, 81_000, 30_000),
+            vec!["b"]
+        );
     }
 
     fn listed(id: u64, kind: Kind, bytes: u64) -> Listed {
