@@ -153,25 +153,7 @@ async fn restore(
     name: &str,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Handled {
-    let name = url_name(name).map_err(refuse)?;
-    let body = read_body(req).await?;
-    let (node, op) = parse_body("restore", Some(&name), &body).map_err(refuse)?;
-    let node = node_of(api, node, "field").map_err(refuse)?;
-    module(api, m).await?;
-    let SnapshotOp::Restore { to, .. } = &op else {
-        unreachable!("decoded as restore")
-    };
-    audit(
-        api,
-        who,
-        m,
-        format!("snapshot restore {name} into {to} on {node}"),
-    );
-    let a = on(api, &node, snapshot(m, op)).await;
-    if !a.ok {
-        return Err(refused(api, m, &node, a, &[(String::new(), name)]).await);
-    }
-    Ok(done(a, "restored"))
+    on_named(api, who, m, name, req, "restore", "restored").await
 }
 
 /// `POST .../snapshots/{name}/rollback` (`{"node"}` optional): that node's
@@ -183,22 +165,35 @@ async fn rollback(
     name: &str,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Handled {
+    on_named(api, who, m, name, req, "rollback", "rolled_back").await
+}
+
+/// A command on the snapshot `name` from a POSTed body (`verb`), audited,
+/// carried out on its node; the answer's data under `key`.
+async fn on_named(
+    api: &Arc<Api>,
+    who: &Entry,
+    m: &str,
+    name: &str,
+    req: hyper::Request<hyper::body::Incoming>,
+    verb: &str,
+    key: &str,
+) -> Handled {
     let name = url_name(name).map_err(refuse)?;
     let body = read_body(req).await?;
-    let (node, op) = parse_body("rollback", Some(&name), &body).map_err(refuse)?;
+    let (node, op) = parse_body(verb, Some(&name), &body).map_err(refuse)?;
     let node = node_of(api, node, "field").map_err(refuse)?;
     module(api, m).await?;
-    audit(
-        api,
-        who,
-        m,
-        format!("snapshot rollback to {name} on {node}"),
-    );
+    let what = match &op {
+        SnapshotOp::Restore { to, .. } => format!("snapshot restore {name} into {to} on {node}"),
+        _ => format!("snapshot {verb} to {name} on {node}"),
+    };
+    audit(api, who, m, what);
     let a = on(api, &node, snapshot(m, op)).await;
     if !a.ok {
         return Err(refused(api, m, &node, a, &[(String::new(), name)]).await);
     }
-    Ok(done(a, "rolled_back"))
+    Ok(done(a, key))
 }
 
 /// `DELETE .../snapshots/{name}[?node=]`.
