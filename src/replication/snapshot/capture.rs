@@ -38,17 +38,47 @@ pub(super) fn encode_names(names: &[(Vec<u8>, u64)]) -> Vec<u8> {
     zstd::bulk::compress(&raw, 1).expect("compressing to memory")
 }
 
-pub(super) fn decode_names(v: &[u8]) -> Result<Vec<(Vec<u8>, u64)>, String> {
-    let raw = zstd::stream::decode_all(v).map_err(|e| format!("names: {e}"))?;
-    postcard::from_bytes(&raw).map_err(|e| format!("names: {e}"))
+/// A capture the store holds that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("kept {what}: {why}")]
+pub struct Undecodable {
+    what: &'static str,
+    why: String,
+}
+
+fn undecodable(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Undecodable {
+    move |e| Undecodable {
+        what,
+        why: e.to_string(),
+    }
+}
+
+/// Why what a change destroys could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    #[error("{op} {path}: {}", std::io::Error::from_raw_os_error(errno.code()))]
+    Sys {
+        op: &'static str,
+        path: String,
+        errno: Errno,
+    },
+    #[error("the snapshot store: {0}")]
+    Store(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Undecodable(#[from] Undecodable),
+}
+
+pub(super) fn decode_names(v: &[u8]) -> Result<Vec<(Vec<u8>, u64)>, Undecodable> {
+    let raw = zstd::stream::decode_all(v).map_err(|e| undecodable("names")(&e))?;
+    postcard::from_bytes(&raw).map_err(|e| undecodable("names")(&e))
 }
 
 pub(super) fn encode_meta(e: &Entry) -> Vec<u8> {
     postcard::to_stdvec(e).expect("serialisable")
 }
 
-pub(super) fn decode_meta(v: &[u8]) -> Result<Entry, String> {
-    postcard::from_bytes(v).map_err(|e| format!("metadata: {e}"))
+pub(super) fn decode_meta(v: &[u8]) -> Result<Entry, Undecodable> {
+    postcard::from_bytes(v).map_err(|e| undecodable("metadata")(&e))
 }
 
 /// Bytes kept: their length, then zstd.
@@ -62,11 +92,12 @@ pub fn data_len(v: &[u8]) -> Option<u64> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as u64)
 }
 
-pub(super) fn decode_data(v: &[u8]) -> Result<Vec<u8>, String> {
-    let len = data_len(v).ok_or("data: too short")? as usize;
-    let out = zstd::bulk::decompress(&v[4..], len).map_err(|e| format!("data: {e}"))?;
+pub(super) fn decode_data(v: &[u8]) -> Result<Vec<u8>, Undecodable> {
+    let len = data_len(v).ok_or_else(|| undecodable("data")(&"too short"))? as usize;
+    let out = zstd::bulk::decompress(&v[4..], len).map_err(|e| undecodable("data")(&e))?;
     if out.len() != len {
-        return Err(format!("data: {} bytes where {len} were kept", out.len()));
+        let why = format!("{} bytes where {len} were kept", out.len());
+        return Err(undecodable("data")(&why));
     }
     Ok(out)
 }
@@ -95,7 +126,7 @@ pub struct Keeper<'a> {
 }
 
 impl Keeper<'_> {
-    pub fn effect(&mut self, e: &Effect) -> Result<(), String> {
+    pub fn effect(&mut self, e: &Effect) -> Result<(), KeepError> {
         match e {
             Effect::Meta(p) => {
                 if let Some(n) = self.node(p)? {
@@ -126,24 +157,22 @@ impl Keeper<'_> {
     }
 
     /// Writes what was kept, synced: before the change reaches the disk.
-    pub fn finish(&mut self) -> Result<(), String> {
+    pub fn finish(&mut self) -> Result<(), KeepError> {
         if self.batch.is_empty() {
             return Ok(());
         }
         let b = std::mem::take(&mut self.batch);
-        self.db
-            .write_opt(b, &synced())
-            .map_err(|e| format!("cannot write the snapshot store: {e}"))
+        Ok(self.db.write_opt(b, &synced())?)
     }
 
-    fn spill(&mut self) -> Result<(), String> {
+    fn spill(&mut self) -> Result<(), KeepError> {
         if self.batch.size_in_bytes() >= BATCH {
             self.finish()?;
         }
         Ok(())
     }
 
-    fn node(&mut self, p: &Path) -> Result<Option<Node>, String> {
+    fn node(&mut self, p: &Path) -> Result<Option<Node>, KeepError> {
         let fd = match entry::open_node(self.root, p) {
             Ok(fd) => fd,
             Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => {
@@ -162,11 +191,11 @@ impl Keeper<'_> {
 
     /// What the store already holds of `o` for this epoch (a daemon that
     /// restarted, or a newest snapshot deleted, left it only there).
-    fn load(&self, o: Obj) -> Result<Kept, String> {
+    fn load(&self, o: Obj) -> Result<Kept, KeepError> {
         let mut k = Kept::default();
         let prefix = keys::object_prefix(o);
         for item in super::scan(self.db, &prefix, keys::after(&prefix)) {
-            let (key, v) = item.map_err(|e| format!("snapshot store: {e}"))?;
+            let (key, v) = item?;
             if !key.starts_with(&prefix) {
                 break;
             }
@@ -187,7 +216,7 @@ impl Keeper<'_> {
                 Aspect::List => k.list = true,
                 Aspect::Gone => k.gone = true,
                 Aspect::Data => {
-                    let len = data_len(&v).ok_or("data: too short")?;
+                    let len = data_len(&v).ok_or_else(|| undecodable("data")(&"too short"))?;
                     k.add(at.off, at.off + len.div_ceil(BLOCK) * BLOCK);
                 }
             }
@@ -208,7 +237,7 @@ impl Keeper<'_> {
         }
     }
 
-    fn meta(&mut self, n: &Node, p: &Path) -> Result<(), String> {
+    fn meta(&mut self, n: &Node, p: &Path) -> Result<(), KeepError> {
         let k = self.kept(n.obj);
         if k.meta || k.gone {
             return Ok(());
@@ -224,7 +253,7 @@ impl Keeper<'_> {
         Ok(())
     }
 
-    fn bytes(&mut self, n: &Node, p: &Path, s: u64, e: u64) -> Result<(), String> {
+    fn bytes(&mut self, n: &Node, p: &Path, s: u64, e: u64) -> Result<(), KeepError> {
         if !n.is(libc::S_IFREG) {
             return Ok(());
         }
@@ -270,7 +299,7 @@ impl Keeper<'_> {
         Ok(())
     }
 
-    fn names(&mut self, n: &Node, p: &Path) -> Result<(), String> {
+    fn names(&mut self, n: &Node, p: &Path) -> Result<(), KeepError> {
         if !n.is(libc::S_IFDIR) {
             return Ok(());
         }
@@ -297,7 +326,7 @@ impl Keeper<'_> {
     /// The name `p` goes: keep all of what it names if nothing else will
     /// name it (a directory: all below it too, counting the hard links
     /// that go with it).
-    fn drop(&mut self, p: &Path) -> Result<(), String> {
+    fn drop(&mut self, p: &Path) -> Result<(), KeepError> {
         let mut leaves: HashMap<Obj, (u64, PathBuf)> = HashMap::new();
         self.drop_walk(p, &mut leaves)?;
         for (_, (seen, path)) in leaves {
@@ -317,7 +346,7 @@ impl Keeper<'_> {
         &mut self,
         p: &Path,
         leaves: &mut HashMap<Obj, (u64, PathBuf)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), KeepError> {
         let Some(n) = self.node(p)? else {
             return Ok(());
         };
@@ -337,10 +366,10 @@ impl Keeper<'_> {
     }
 }
 
-fn sys_err(op: &str, p: &Path, e: Errno) -> String {
-    format!(
-        "{op} {}: {}",
-        shown(p),
-        std::io::Error::from_raw_os_error(e.code())
-    )
+fn sys_err(op: &'static str, p: &Path, e: Errno) -> KeepError {
+    KeepError::Sys {
+        op,
+        path: shown(p),
+        errno: e,
+    }
 }

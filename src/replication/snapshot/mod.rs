@@ -681,7 +681,7 @@ impl Snapshots {
                     // What the memo says is kept may not be: start over.
                     memo.clear();
                     drop(memo);
-                    self.broke(&why);
+                    self.broke(&why.to_string());
                 }
             }
         }

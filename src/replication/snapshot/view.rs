@@ -180,7 +180,7 @@ impl<'a> View<'a> {
             }
         };
         if let Some(v) = self.first(ino, Aspect::Meta)? {
-            return decode_meta(&v).map_err(corrupt);
+            return decode_meta(&v).map_err(|e| corrupt(e.to_string()));
         }
         live.ok_or_else(|| self.missing(ino, "metadata"))
     }
@@ -200,7 +200,7 @@ impl<'a> View<'a> {
             }
         };
         if let Some(v) = self.first(ino, Aspect::List)? {
-            return decode_names(&v).map_err(corrupt);
+            return decode_names(&v).map_err(|e| corrupt(e.to_string()));
         }
         live.ok_or_else(|| self.missing(ino, "names"))
     }
@@ -223,7 +223,7 @@ impl<'a> View<'a> {
         runs.sort_by_key(|(epoch, off, _)| (*epoch, *off));
         let mut painted = Kept::default();
         for (_, off, v) in runs {
-            let data = decode_data(&v).map_err(corrupt)?;
+            let data = decode_data(&v).map_err(|e| corrupt(e.to_string()))?;
             let end = off + data.len() as u64;
             for (a, b) in painted.gaps(off, end) {
                 let slice = &data[(a - off) as usize..(b - off) as usize];
@@ -267,7 +267,7 @@ impl<'a> View<'a> {
             if *r_off >= end || r_off + r_len <= off {
                 continue;
             }
-            let data = decode_data(v).map_err(corrupt)?;
+            let data = decode_data(v).map_err(|e| corrupt(e.to_string()))?;
             let (a, z) = ((*r_off).max(off), (r_off + r_len).min(end));
             for (x, y) in painted.gaps(a, z) {
                 buf[(x - off) as usize..(y - off) as usize]
