@@ -221,16 +221,9 @@ impl<'a> View<'a> {
         // Runs from the lowest epoch paint first; later ones fill the rest.
         let mut runs = self.runs(ino, at, u64::MAX)?;
         runs.sort_by_key(|(epoch, off, _)| (*epoch, *off));
-        let mut painted = Kept::default();
-        for (_, off, v) in runs {
-            let data = decode_data(&v).map_err(|e| corrupt(e.to_string()))?;
-            let end = off + data.len() as u64;
-            for (a, b) in painted.gaps(off, end) {
-                let slice = &data[(a - off) as usize..(b - off) as usize];
-                sys::pwrite_all(out, slice, a).map_err(|e| sys_err("write", Path::new(""), e))?;
-            }
-            painted.add(off, end);
-        }
+        paint(&runs, 0, u64::MAX, |at, bytes| {
+            sys::pwrite_all(out, bytes, at).map_err(|e| sys_err("write", Path::new(""), e))
+        })?;
         sys::ftruncate(out, size).map_err(|e| sys_err("truncate", Path::new(""), e))?;
         Ok(size)
     }
@@ -260,21 +253,11 @@ impl<'a> View<'a> {
                 }
             }
         }
-        let end = off + len as u64;
-        let mut painted = Kept::default();
-        for (_, r_off, v) in runs {
-            let r_len = super::capture::data_len(v).unwrap_or(0);
-            if *r_off >= end || r_off + r_len <= off {
-                continue;
-            }
-            let data = decode_data(v).map_err(|e| corrupt(e.to_string()))?;
-            let (a, z) = ((*r_off).max(off), (r_off + r_len).min(end));
-            for (x, y) in painted.gaps(a, z) {
-                buf[(x - off) as usize..(y - off) as usize]
-                    .copy_from_slice(&data[(x - r_off) as usize..(y - r_off) as usize]);
-            }
-            painted.add(a, z);
-        }
+        paint(runs, off, off + len as u64, |at, bytes| {
+            let i = (at - off) as usize;
+            buf[i..i + bytes.len()].copy_from_slice(bytes);
+            Ok(())
+        })?;
         Ok(buf)
     }
 
@@ -295,6 +278,30 @@ impl<'a> View<'a> {
         }
         Ok(out)
     }
+}
+
+/// Hands `put` the bytes of `[from, until)` that `runs` (lowest epoch
+/// first) kept: each place from the first run that has it.
+fn paint(
+    runs: &[(u64, u64, Vec<u8>)],
+    from: u64,
+    until: u64,
+    mut put: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut painted = Kept::default();
+    for (_, r_off, v) in runs {
+        let r_len = super::capture::data_len(v).unwrap_or(0);
+        let (a, z) = ((*r_off).max(from), (r_off + r_len).min(until));
+        if a >= z {
+            continue;
+        }
+        let data = decode_data(v).map_err(|e| corrupt(e.to_string()))?;
+        for (x, y) in painted.gaps(a, z) {
+            put(x, &data[(x - r_off) as usize..(y - r_off) as usize])?;
+        }
+        painted.add(a, z);
+    }
+    Ok(())
 }
 
 /// Copies up to `size` bytes of `from` to `out` in the kernel.
