@@ -133,6 +133,7 @@ pub(super) struct RawSnapshots {
     pub keep_before_resync: Option<Int>,
     pub keep_before_resync_for: Option<Str>,
     pub budget: Option<Str>,
+    pub capture_sync: Option<Str>,
     pub pre_snapshot: Option<Str>,
     pub post_snapshot: Option<Str>,
 }

@@ -167,6 +167,10 @@ pub struct SnapshotPolicy {
     /// Bytes all snapshots of the module may hold here; past it the oldest
     /// scheduled ones go first.
     pub budget: Option<u64>,
+    /// Sync every capture before its change (`capture_sync =
+    /// "before-change"`): snapshots survive a power loss, every first
+    /// overwrite waits for a disk flush. Default: synced in the background.
+    pub sync_before_change: bool,
     /// Run on the serving node before and after an operator's or a
     /// scheduled snapshot: an application-consistent point.
     pub pre_snapshot: Option<PathBuf>,
@@ -183,6 +187,7 @@ impl Default for SnapshotPolicy {
             keep_before_resync: 3,
             keep_before_resync_for: std::time::Duration::from_secs(600),
             budget: None,
+            sync_before_change: false,
             pre_snapshot: None,
             post_snapshot: None,
         }

@@ -115,6 +115,17 @@ pub(super) fn policy(
         1000,
     )
     .map(|n| n as u32);
+    let sync_before_change = parsed(
+        r,
+        &raw.capture_sync,
+        &join(base, "capture_sync"),
+        |s| match s {
+            "deferred" => Some(false),
+            "before-change" => Some(true),
+            _ => None,
+        },
+        "\"deferred\" or \"before-change\"",
+    );
     let mut script = |value: &Option<Str>, key: &str| -> Option<Option<std::path::PathBuf>> {
         match value {
             None => Some(None),
@@ -131,6 +142,7 @@ pub(super) fn policy(
         keep_before_resync: keep_before_resync?,
         keep_before_resync_for: keep_for?.unwrap_or(d.keep_before_resync_for),
         budget: budget?,
+        sync_before_change: sync_before_change?.unwrap_or(d.sync_before_change),
         pre_snapshot: pre_snapshot?,
         post_snapshot: post_snapshot?,
     })

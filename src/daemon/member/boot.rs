@@ -17,6 +17,7 @@ use super::services::{
 };
 use super::{Input, Managed, ThisNode};
 use crate::cluster::LeaseQuorum;
+use crate::replication::snapshot::CaptureSync;
 use crate::cluster::heartbeat::{Heartbeats, Key, NetPath};
 use crate::config::{Node, Settings};
 use crate::control::Status;
@@ -405,6 +406,11 @@ fn snapped(
         };
         snaps.set_node(me);
         snaps.set_keep_before_resync(m.cfg.snapshots.keep_before_resync);
+        snaps.set_capture_sync(if m.cfg.snapshots.sync_before_change {
+            CaptureSync::BeforeChange
+        } else {
+            CaptureSync::Deferred
+        });
         let roots = m
             .base
             .iter()

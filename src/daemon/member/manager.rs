@@ -468,6 +468,13 @@ pub(super) fn shutdown(
             let _ = d.log.flush();
         }
     }
+    // Nothing kept for a snapshot is left unsynced: a clean stop never
+    // counts as a power loss at the next boot.
+    for m in modules.iter() {
+        if let Some(s) = m.base.first().and_then(|d| d.snaps.as_ref()) {
+            s.settle(true);
+        }
+    }
     if let Some(w) = &node.quorum {
         // Leases go back at once, so the node taking over gets one now
         // instead of when they would have run out.

@@ -409,6 +409,9 @@ pub(super) fn start_scheduler(
     let s = stop.clone();
     stop.thread("snapshots", move || {
         while !s.sleep(Duration::from_secs(1)) {
+            for m in &shared.snapped {
+                m.snaps.settle(false);
+            }
             shared.keep_schedule(crate::cluster::heartbeat::now_ms());
         }
     })

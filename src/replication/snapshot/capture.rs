@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use rocksdb::{DB, WriteBatch};
 
 use super::keys::{self, Aspect, At, Obj};
+use super::durability::Durability;
 use super::memo::{Kept, Memo};
-use super::{BLOCK, Effect, RUN, obj, put, shown, synced};
+use super::{BLOCK, Effect, RUN, now_ms, obj, put, shown};
 use crate::fs::Errno;
 use crate::fs::sys;
 use crate::replication::entry;
@@ -81,20 +82,74 @@ pub(super) fn decode_meta(v: &[u8]) -> Result<Entry, Undecodable> {
     postcard::from_bytes(v).map_err(|e| undecodable("metadata")(&e))
 }
 
-/// Bytes kept: their length, then zstd.
+/// Set in a data capture's length word: the bytes follow as they were.
+const RAW: u32 = 1 << 31;
+/// How much of a run is tried first to tell whether it compresses.
+const SAMPLE: usize = 16 << 10;
+
+thread_local! {
+    /// One compression context per thread: creating one per capture costs
+    /// more than compressing a page.
+    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    ZSTD.with(|z| {
+        let mut z = z.borrow_mut();
+        if z.is_none() {
+            *z = zstd::bulk::Compressor::new(1).ok();
+        }
+        z.as_mut()?.compress(data).ok()
+    })
+}
+
+/// Bytes kept: their length, then zstd; or, with [`RAW`] in the length,
+/// the bytes themselves when they do not compress (most pages overwritten
+/// in place: databases', media, encrypted). A sample decides for long runs
+/// so that a 1 MiB run of random bytes is not compressed in vain.
 pub(super) fn encode_data(data: &[u8]) -> Vec<u8> {
-    let mut v = (data.len() as u32).to_be_bytes().to_vec();
-    v.extend(zstd::bulk::compress(data, 1).expect("compressing to memory"));
+    let len = data.len() as u32;
+    let worth = |raw: usize, packed: usize| packed * 10 < raw * 9;
+    let sample = &data[..data.len().min(SAMPLE)];
+    let packed = if sample.len() == data.len() {
+        compress(data).filter(|c| worth(data.len(), c.len()))
+    } else {
+        compress(sample)
+            .filter(|c| worth(sample.len(), c.len()))
+            .and_then(|_| compress(data))
+            .filter(|c| worth(data.len(), c.len()))
+    };
+    let mut v = Vec::with_capacity(4 + packed.as_ref().map_or(data.len(), Vec::len));
+    match packed {
+        Some(c) => {
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(&c);
+        }
+        None => {
+            v.extend_from_slice(&(len | RAW).to_be_bytes());
+            v.extend_from_slice(data);
+        }
+    }
     v
 }
 
+fn length_word(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
+}
+
 pub fn data_len(v: &[u8]) -> Option<u64> {
-    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as u64)
+    length_word(v).map(|w| (w & !RAW) as u64)
 }
 
 pub(super) fn decode_data(v: &[u8]) -> Result<Vec<u8>, Undecodable> {
-    let len = data_len(v).ok_or_else(|| undecodable("data")(&"too short"))? as usize;
-    let out = zstd::bulk::decompress(&v[4..], len).map_err(|e| undecodable("data")(&e))?;
+    let word = length_word(v).ok_or_else(|| undecodable("data")(&"too short"))?;
+    let len = (word & !RAW) as usize;
+    let out = if word & RAW != 0 {
+        v[4..].to_vec()
+    } else {
+        zstd::bulk::decompress(&v[4..], len).map_err(|e| undecodable("data")(&e))?
+    };
     if out.len() != len {
         let why = format!("{} bytes where {len} were kept", out.len());
         return Err(undecodable("data")(&why));
@@ -118,6 +173,7 @@ impl Node {
 /// it durable before the change is applied.
 pub struct Keeper<'a> {
     pub db: &'a DB,
+    pub durability: &'a mut Durability,
     pub memo: &'a mut Memo,
     pub epoch: u64,
     pub dir: u32,
@@ -156,13 +212,13 @@ impl Keeper<'_> {
         Ok(())
     }
 
-    /// Writes what was kept, synced: before the change reaches the disk.
+    /// Writes what was kept, before the change is applied.
     pub fn finish(&mut self) -> Result<(), KeepError> {
         if self.batch.is_empty() {
             return Ok(());
         }
         let b = std::mem::take(&mut self.batch);
-        Ok(self.db.write_opt(b, &synced())?)
+        Ok(self.durability.write(self.db, b, now_ms())?)
     }
 
     fn spill(&mut self) -> Result<(), KeepError> {
@@ -363,6 +419,40 @@ impl Keeper<'_> {
             leaves.entry(n.obj).or_insert((0, p.to_path_buf())).0 += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_round_trips_compressed_or_raw() {
+        let zeros = vec![0u8; 1 << 20];
+        let v = encode_data(&zeros);
+        assert!(v.len() < 10_000, "zeros compress");
+        assert_eq!(data_len(&v), Some(1 << 20));
+        assert_eq!(decode_data(&v).unwrap(), zeros);
+        let mut x = 1u64;
+        let noise: Vec<u8> = (0..(1 << 20) + 5)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        for data in [&noise[..4096], &noise[..]] {
+            let v = encode_data(data);
+            assert_eq!(v.len(), data.len() + 4, "random bytes are kept as they are");
+            assert_eq!(data_len(&v), Some(data.len() as u64));
+            assert_eq!(decode_data(&v).unwrap(), data);
+        }
+        // A run whose sample compresses but whose rest does not: still whole.
+        let mut mixed = vec![0u8; SAMPLE];
+        mixed.extend_from_slice(&noise[..1 << 19]);
+        assert_eq!(decode_data(&encode_data(&mixed)).unwrap(), mixed);
+        let mut bad = encode_data(&noise[..4096]);
+        bad.pop();
+        assert!(decode_data(&bad).is_err());
     }
 }
 

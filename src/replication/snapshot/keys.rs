@@ -5,6 +5,7 @@
 //! - `N` → the next snapshot id;
 //! - `R` → a resync is writing into this copy;
 //! - `B` → a rollback is under way;
+//! - `U` → captures may not be on disk yet (the boot's id);
 //! - `C dir ino aspect off epoch` → what the object was before the first
 //!   change after snapshot `epoch` (the newest when it was kept);
 //! - `E epoch dir ino aspect off` → the stored size of that capture: the
@@ -15,6 +16,8 @@ pub const NEXT: &[u8] = b"N";
 pub const RESYNCING: &[u8] = b"R";
 /// The marker of a rollback under way.
 pub const ROLLING_BACK: &[u8] = b"B";
+/// Captures may be unsynced (see `durability`).
+pub const UNSYNCED: &[u8] = b"U";
 const RECORD: u8 = b'S';
 const CAPTURE: u8 = b'C';
 const BY_EPOCH: u8 = b'E';

@@ -2,7 +2,7 @@
 //! the store once per object and epoch, and the next change to the same
 //! place costs a hash lookup.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::keys::Obj;
 
@@ -15,22 +15,26 @@ pub struct Kept {
     /// The size when the metadata was kept: bytes past it did not exist at
     /// the snapshot, so overwriting them keeps nothing.
     pub size: Option<u64>,
-    /// Byte ranges kept, sorted and disjoint, in whole blocks (the last one
-    /// may end at the size).
-    pub ranges: Vec<(u64, u64)>,
+    /// Byte ranges kept, start to end, disjoint and not touching, in whole
+    /// blocks (the last one may end at the size). A map: a file overwritten
+    /// at random holds many, and each change looks up and adds in log time.
+    ranges: BTreeMap<u64, u64>,
 }
 
 impl Kept {
     /// The parts of `[s, e)` not kept yet.
     pub fn gaps(&self, s: u64, e: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
+        if s >= e {
+            return out;
+        }
         let mut at = s;
-        for &(a, b) in &self.ranges {
+        // The range that starts at or before `s` may cover its beginning.
+        let first = self.ranges.range(..=s).next_back().map(|(a, b)| (*a, *b));
+        let rest = self.ranges.range(s.saturating_add(1)..e).map(|(a, b)| (*a, *b));
+        for (a, b) in first.into_iter().chain(rest) {
             if b <= at {
                 continue;
-            }
-            if a >= e {
-                break;
             }
             if a > at {
                 out.push((at, a));
@@ -50,18 +54,30 @@ impl Kept {
         if s >= e {
             return;
         }
-        let mut merged = (s, e);
-        let mut out = Vec::with_capacity(self.ranges.len() + 1);
-        for &(a, b) in &self.ranges {
-            if b < merged.0 || a > merged.1 {
-                out.push((a, b));
-            } else {
-                merged = (merged.0.min(a), merged.1.max(b));
+        let (mut lo, mut hi) = (s, e);
+        // Merge with every range that overlaps or touches [s, e].
+        if let Some((&a, &b)) = self.ranges.range(..=s).next_back() {
+            if b >= s {
+                lo = a;
+                hi = hi.max(b);
             }
         }
-        out.push(merged);
-        out.sort_unstable();
-        self.ranges = out;
+        let inside: Vec<(u64, u64)> = self
+            .ranges
+            .range(lo..=e)
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        for (a, b) in inside {
+            self.ranges.remove(&a);
+            hi = hi.max(b);
+        }
+        self.ranges.insert(lo, hi);
+    }
+
+    /// The ranges, in order.
+    #[cfg(test)]
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges.iter().map(|(a, b)| (*a, *b)).collect()
     }
 }
 
@@ -90,9 +106,52 @@ mod tests {
         assert_eq!(k.gaps(0, 10), vec![(0, 2), (4, 6), (8, 10)]);
         assert_eq!(k.gaps(3, 7), vec![(4, 6)]);
         k.add(4, 6);
-        assert_eq!(k.ranges, vec![(2, 8)]);
+        assert_eq!(k.ranges(), vec![(2, 8)]);
         assert_eq!(k.gaps(2, 8), Vec::<(u64, u64)>::new());
         k.add(8, 9);
-        assert_eq!(k.ranges, vec![(2, 9)]);
+        assert_eq!(k.ranges(), vec![(2, 9)]);
+        k.add(20, 30);
+        k.add(0, 1);
+        assert_eq!(k.ranges(), vec![(0, 1), (2, 9), (20, 30)]);
+        assert_eq!(k.gaps(0, 40), vec![(1, 2), (9, 20), (30, 40)]);
+        assert_eq!(k.gaps(25, 28), Vec::<(u64, u64)>::new());
+        k.add(1, 25);
+        assert_eq!(k.ranges(), vec![(0, 30)]);
+    }
+
+    #[test]
+    fn ranges_agree_with_a_bitmap() {
+        // Random adds against a plain set of blocks.
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut k = Kept::default();
+        let mut bits = [false; 200];
+        for _ in 0..400 {
+            let s = next(200);
+            let e = (s + 1 + next(12)).min(200);
+            k.add(s, e);
+            bits[s as usize..e as usize].iter_mut().for_each(|b| *b = true);
+            let (qs, qe) = (next(200), next(200));
+            let (qs, qe) = (qs.min(qe), qs.max(qe));
+            let mut want = Vec::new();
+            let mut i = qs;
+            while i < qe {
+                if bits[i as usize] {
+                    i += 1;
+                    continue;
+                }
+                let j = (i..qe).find(|j| bits[*j as usize]).unwrap_or(qe);
+                want.push((i, j));
+                i = j;
+            }
+            assert_eq!(k.gaps(qs, qe), want);
+            let r = k.ranges();
+            assert!(r.windows(2).all(|w| w[0].1 < w[1].0), "{r:?}");
+        }
     }
 }

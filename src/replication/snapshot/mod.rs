@@ -28,6 +28,7 @@
 mod at;
 mod capture;
 pub mod diff;
+mod durability;
 pub mod effects;
 pub mod keys;
 mod memo;
@@ -46,6 +47,8 @@ use serde::{Deserialize, Serialize};
 use keys::{At, Obj};
 
 pub use capture::{data_len, read_names};
+use durability::Durability;
+pub use durability::CaptureSync;
 use memo::Memo;
 pub use restore::walk;
 
@@ -178,6 +181,8 @@ pub struct Snapshots {
     /// so a snapshot falls between two changes, never inside one.
     newest: RwLock<Option<u64>>,
     memo: Mutex<Memo>,
+    /// When captures reach the disk.
+    durability: Mutex<Durability>,
     failures: AtomicU64,
     /// This node's name, for the records.
     node: Mutex<String>,
@@ -287,7 +292,13 @@ impl Snapshots {
         opts.create_if_missing(true);
         // The data is zstd already; the small records compress themselves.
         opts.set_compression_type(DBCompressionType::None);
+        // Kept bytes go to blob files, written once when the memtable is
+        // flushed: compactions move only the keys, not every page again.
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(BLOCK);
+        opts.set_enable_blob_gc(true);
         let db = DB::open(&opts, dir)?;
+        let lost = Durability::check(&db)?;
         let s = Self {
             module: module.to_string(),
             path: dir.to_path_buf(),
@@ -295,6 +306,7 @@ impl Snapshots {
             db,
             newest: RwLock::new(None),
             memo: Mutex::new(Memo::default()),
+            durability: Mutex::new(Durability::default()),
             failures: AtomicU64::new(0),
             node: Mutex::new(String::new()),
             resyncing: Mutex::new(None),
@@ -308,7 +320,33 @@ impl Snapshots {
                     .map_err(|e| SnapshotError::Corrupt(format!("resync marker: {e}")))?,
             );
         }
+        if lost {
+            s.broke(
+                "the machine stopped (a power loss or a kernel crash) while what they keep of \
+                 the last changes before it was not all on disk yet",
+            );
+        }
         Ok(s)
+    }
+
+    /// When captures are synced (`[module.snapshots] capture_sync`).
+    pub fn set_capture_sync(&self, mode: CaptureSync) {
+        self.durability.lock().mode = mode;
+    }
+
+    /// Syncs the captures written since the last call (every second, and
+    /// with `stopping` at a clean stop, after which nothing is unsynced).
+    pub fn settle(&self, stopping: bool) {
+        if self.durability.lock().needs_sync() {
+            if let Err(e) = self.db.flush_wal(true) {
+                tracing::error!(module = %self.module, "cannot sync the snapshot store: {e}");
+                self.durability.lock().redirty();
+                return;
+            }
+        }
+        if let Err(e) = self.durability.lock().quiet(&self.db, now_ms(), stopping) {
+            tracing::error!(module = %self.module, "snapshot store: {e}");
+        }
     }
 
     /// How many before-resync snapshots to keep (this node's policy).
@@ -665,8 +703,10 @@ impl Snapshots {
             let list = effects();
             if !list.is_empty() {
                 let mut memo = self.memo.lock();
+                let mut durability = self.durability.lock();
                 let mut keep = capture::Keeper {
                     db: &self.db,
+                    durability: &mut durability,
                     memo: &mut memo,
                     epoch,
                     dir,
@@ -680,6 +720,7 @@ impl Snapshots {
                 if let Err(why) = kept {
                     // What the memo says is kept may not be: start over.
                     memo.clear();
+                    drop(durability);
                     drop(memo);
                     self.broke(&why.to_string());
                 }
