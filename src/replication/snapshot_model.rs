@@ -524,3 +524,49 @@ fn restore_refuses_a_busy_or_inner_target_and_changes_nothing() {
         .collect();
     assert_eq!(left.len(), 3, "{left:?}");
 }
+
+#[test]
+#[ignore]
+fn capture_cost_probe() {
+    let t = tempfile::tempdir().unwrap();
+    let live = t.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    let size = 256u64 << 20;
+    let f = std::fs::File::create(live.join("pages")).unwrap();
+    let noise: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    for i in 0..(size >> 20) {
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&noise, i << 20).unwrap();
+    }
+    let snaps = Snapshots::open(&t.path().join("store"), "m", vec![live.clone()]).unwrap();
+    let root: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(&live)
+        .unwrap()
+        .into();
+    snaps
+        .create(New { name: None, kind: Kind::Manual, role: "primary".into(), position: None, generation: None, consistent: true })
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let n = 8192;
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        let off = rng.gen_range(0..size / 8192) * 8192;
+        snaps.keeping(0, root.as_fd(), || vec![Effect::Bytes(PathBuf::from("pages"), off, 8192)], || {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&noise[..8192], off).unwrap();
+        });
+    }
+    let el = t0.elapsed();
+    eprintln!("{n} captures of 8 KiB: {:?} each", el / n);
+    let t0 = std::time::Instant::now();
+    for i in 0..128u64 {
+        let off = i << 20;
+        snaps.keeping(0, root.as_fd(), || vec![Effect::Bytes(PathBuf::from("pages"), off, 1 << 20)], || {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&noise, off).unwrap();
+        });
+    }
+    eprintln!("128 captures of 1 MiB: {:?} each", t0.elapsed() / 128);
+}

@@ -6,12 +6,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::{DB, WriteBatch};
 
 use super::keys::{self, Aspect, At, Obj};
 use super::durability::Durability;
-use super::memo::{Kept, Memo};
+use super::memo::{Kept, Memo, Resolved};
 use super::{BLOCK, Effect, RUN, now_ms, obj, put, shown};
 use crate::fs::Errno;
 use crate::fs::sys;
@@ -157,15 +158,21 @@ pub(super) fn decode_data(v: &[u8]) -> Result<Vec<u8>, Undecodable> {
     Ok(out)
 }
 
+/// An object a change touches, open.
 struct Node {
-    fd: OwnedFd,
-    st: libc::stat,
+    fd: Arc<OwnedFd>,
+    fmt: u32,
     obj: Obj,
 }
 
 impl Node {
     fn is(&self, fmt: u32) -> bool {
-        self.st.st_mode & libc::S_IFMT == fmt
+        self.fmt == fmt
+    }
+
+    /// Its state now (a resolved name may be older than the last change).
+    fn stat(&self, p: &Path) -> Result<libc::stat, KeepError> {
+        sys::stat_fd(self.fd.as_fd()).map_err(|e| sys_err("stat", p, e))
     }
 }
 
@@ -202,12 +209,16 @@ impl Keeper<'_> {
                 }
             }
             Effect::Names(p) => {
+                self.memo.renamed();
                 if let Some(n) = self.node(p)? {
                     self.meta(&n, p)?;
                     self.names(&n, p)?;
                 }
             }
-            Effect::Drop(p) => self.drop(p)?,
+            Effect::Drop(p) => {
+                self.memo.renamed();
+                self.drop(p)?
+            }
         }
         Ok(())
     }
@@ -229,6 +240,14 @@ impl Keeper<'_> {
     }
 
     fn node(&mut self, p: &Path) -> Result<Option<Node>, KeepError> {
+        let dir = self.dir;
+        if let Some(r) = self.memo.resolved(dir, p) {
+            return Ok(Some(Node {
+                fd: r.fd.clone(),
+                fmt: r.fmt,
+                obj: r.obj,
+            }));
+        }
         let fd = match entry::open_node(self.root, p) {
             Ok(fd) => fd,
             Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => {
@@ -242,7 +261,36 @@ impl Keeper<'_> {
             let k = self.load(o)?;
             self.memo.objs.insert(o, k);
         }
-        Ok(Some(Node { fd, st, obj: o }))
+        let n = Node {
+            fd: Arc::new(fd),
+            fmt: st.st_mode & libc::S_IFMT,
+            obj: o,
+        };
+        self.memo.resolve(
+            dir,
+            p,
+            Resolved {
+                obj: o,
+                fmt: n.fmt,
+                fd: n.fd.clone(),
+                rd: None,
+            },
+        );
+        Ok(Some(n))
+    }
+
+    /// `n` open for reading, kept with its resolved name.
+    fn readable(&mut self, n: &Node, p: &Path) -> Result<Arc<OwnedFd>, KeepError> {
+        if let Some(rd) = self.memo.resolved(self.dir, p).and_then(|r| r.rd.clone()) {
+            return Ok(rd);
+        }
+        let f = Arc::new(
+            sys::reopen(n.fd.as_fd(), libc::O_RDONLY).map_err(|e| sys_err("open", p, e))?,
+        );
+        if let Some(r) = self.memo.resolved(self.dir, p) {
+            r.rd = Some(f.clone());
+        }
+        Ok(f)
     }
 
     /// What the store already holds of `o` for this epoch (a daemon that
@@ -298,7 +346,8 @@ impl Keeper<'_> {
         if k.meta || k.gone {
             return Ok(());
         }
-        let e = entry::of_node(n.fd.as_fd(), &n.st).map_err(|e| sys_err("read", p, e))?;
+        let st = n.stat(p)?;
+        let e = entry::of_node(n.fd.as_fd(), &st).map_err(|e| sys_err("read", p, e))?;
         let at = self.at(n.obj, Aspect::Meta, 0);
         put(&mut self.batch, &at, &encode_meta(&e));
         let k = self.kept(n.obj);
@@ -317,7 +366,10 @@ impl Keeper<'_> {
         if k.gone {
             return Ok(());
         }
-        let base = k.size.unwrap_or(n.st.st_size as u64);
+        let base = match k.size {
+            Some(s) => s,
+            None => n.stat(p)?.st_size as u64,
+        };
         let e = e.min(base);
         if s >= e {
             return Ok(());
@@ -328,7 +380,7 @@ impl Keeper<'_> {
         if gaps.is_empty() {
             return Ok(());
         }
-        let f = sys::reopen(n.fd.as_fd(), libc::O_RDONLY).map_err(|e| sys_err("open", p, e))?;
+        let f = self.readable(n, p)?;
         for (a, b) in gaps {
             let mut off = a;
             while off < b {
@@ -389,7 +441,7 @@ impl Keeper<'_> {
             let Some(n) = self.node(&path)? else {
                 continue;
             };
-            if seen >= n.st.st_nlink {
+            if seen >= n.stat(&path)?.st_nlink {
                 self.meta(&n, &path)?;
                 self.bytes(&n, &path, 0, u64::MAX)?;
                 self.gone(&n);

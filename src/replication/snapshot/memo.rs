@@ -3,6 +3,9 @@
 //! place costs a hash lookup.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::keys::Obj;
 
@@ -81,15 +84,51 @@ impl Kept {
     }
 }
 
+/// A name resolved to its object, open: so that overwriting the same file
+/// again needs no path walk, no stat and no reopen.
+pub struct Resolved {
+    pub obj: Obj,
+    /// Its kind (`S_IFMT` bits).
+    pub fmt: u32,
+    /// `O_PATH`.
+    pub fd: Arc<OwnedFd>,
+    /// `O_RDONLY`, once its bytes were read.
+    pub rd: Option<Arc<OwnedFd>>,
+}
+
+/// Names resolved at most: past it they are forgotten all at once.
+const NAMES: usize = 1024;
+
 #[derive(Default)]
 pub struct Memo {
     /// Objects looked at in this epoch (absent: not asked about yet).
     pub objs: HashMap<Obj, Kept>,
+    /// Names resolved since the last namespace change (a rename or an
+    /// unlink may make a name another object's: every one forgets them).
+    names: HashMap<(u32, PathBuf), Resolved>,
 }
 
 impl Memo {
     pub fn clear(&mut self) {
         self.objs.clear();
+        self.names.clear();
+    }
+
+    /// A namespace change is about to be made.
+    pub fn renamed(&mut self) {
+        self.names.clear();
+    }
+
+    pub fn resolved(&mut self, dir: u32, p: &Path) -> Option<&mut Resolved> {
+        self.names.get_mut(&(dir, p.to_path_buf()))
+    }
+
+    pub fn resolve(&mut self, dir: u32, p: &Path, r: Resolved) -> &mut Resolved {
+        if self.names.len() >= NAMES {
+            self.names.clear();
+        }
+        let slot = self.names.entry((dir, p.to_path_buf())).or_insert(r);
+        slot
     }
 }
 

@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 use super::view::View;
@@ -73,43 +74,191 @@ fn set_times(dest: BorrowedFd<'_>, p: &Path, e: &Entry) -> Result<()> {
     .map_err(|er| sys_err("utimens", p, er))
 }
 
-fn restore_dir(view: &View<'_>, dest: BorrowedFd<'_>, done: &mut Restored) -> Result<()> {
-    let mut first: HashMap<u64, PathBuf> = HashMap::new();
-    let mut dirs: Vec<(PathBuf, Entry)> = Vec::new();
-    walk(view, |p, ino, e| {
-        if e.kind != EntryKind::Dir {
-            if let Some(f) = first.get(&ino) {
-                let src = entry::open_node(dest, f).map_err(|er| sys_err("open", f, er))?;
-                let parent = entry::open_node(dest, p.parent().unwrap_or(Path::new("")))
-                    .map_err(|er| sys_err("open", p, er))?;
-                let name = entry::cstr(Path::new(p.file_name().unwrap_or_default()))
-                    .map_err(|er| sys_err("name", p, er))?;
-                return sys::link_fd(src.as_fd(), parent.as_fd(), &name)
-                    .map_err(|er| sys_err("link", p, er));
+/// Threads writing a restore. A single walk waits on each read of a cold
+/// tree in turn (`cp -a` does); several keep the disk's queue full.
+const WORKERS: usize = 4;
+
+/// The directories still to restore, shared by the workers.
+#[derive(Default)]
+struct Queue {
+    todo: Vec<(PathBuf, u64)>,
+    /// Workers restoring a directory now (they may queue more).
+    busy: usize,
+    failed: Option<SnapshotError>,
+}
+
+/// One directory's tree being restored by [`WORKERS`] threads, each taking
+/// a directory at a time: its names, their entries and the files' bytes.
+struct Restore<'a> {
+    view: &'a View<'a>,
+    dest: BorrowedFd<'a>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// The first name restored of each file with several (the others are
+    /// linked to it).
+    first: Mutex<HashMap<u64, PathBuf>>,
+    /// Directories met: one met twice would be a loop (a wrong store).
+    seen: Mutex<HashSet<u64>>,
+    /// Directories, whose times are set last.
+    dirs: Mutex<Vec<(PathBuf, Entry)>>,
+    done: Mutex<Restored>,
+}
+
+impl Restore<'_> {
+    fn worker(&self) {
+        loop {
+            let (p, ino) = {
+                let mut q = self.queue.lock();
+                loop {
+                    if q.failed.is_some() {
+                        return;
+                    }
+                    if let Some(job) = q.todo.pop() {
+                        q.busy += 1;
+                        break job;
+                    }
+                    if q.busy == 0 {
+                        return;
+                    }
+                    self.wake.wait(&mut q);
+                }
+            };
+            let r = self.directory(&p, ino);
+            let mut q = self.queue.lock();
+            q.busy -= 1;
+            if let Err(e) = r {
+                q.failed.get_or_insert(e);
             }
-            first.insert(ino, p.to_path_buf());
+            self.wake.notify_all();
+        }
+    }
+
+    fn directory(&self, p: &Path, ino: u64) -> Result<()> {
+        for (name, child) in self.view.names(ino)? {
+            if self.queue.lock().failed.is_some() {
+                return Ok(());
+            }
+            let cp = p.join(OsStr::from_bytes(&name));
+            let e = self.view.meta(child)?;
+            self.entry(&cp, child, &e)?;
+            if e.kind == EntryKind::Dir {
+                if !self.seen.lock().insert(child) {
+                    return Err(SnapshotError::Corrupt(format!(
+                        "directory {} is reached twice",
+                        super::shown(&cp)
+                    )));
+                }
+                self.queue.lock().todo.push((cp, child));
+                self.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, p: &Path, ino: u64, e: &Entry) -> Result<()> {
+        let dest = self.dest;
+        if e.kind != EntryKind::Dir {
+            // A name of a file met before (under another name, perhaps by
+            // another thread that is still creating it): a link to it.
+            let claimed = {
+                let mut first = self.first.lock();
+                match first.get(&ino) {
+                    Some(f) => Some(f.clone()),
+                    None => {
+                        first.insert(ino, p.to_path_buf());
+                        None
+                    }
+                }
+            };
+            if let Some(f) = claimed {
+                return self.link(&f, p);
+            }
         }
         entry::impose(dest, p, Some(e)).map_err(|er| sys_err("create", p, er))?;
         match e.kind {
             EntryKind::Dir => {
-                done.dirs += 1;
-                dirs.push((p.to_path_buf(), e.clone()));
+                self.done.lock().dirs += 1;
+                self.dirs.lock().push((p.to_path_buf(), e.clone()));
             }
             EntryKind::File => {
-                done.files += 1;
                 let node = entry::open_node(dest, p).map_err(|er| sys_err("open", p, er))?;
                 let w = sys::reopen(node.as_fd(), libc::O_WRONLY)
                     .map_err(|er| sys_err("open", p, er))?;
-                view.content(ino, e.size, w.as_fd())?;
+                self.view.content(ino, e.size, w.as_fd())?;
+                sys::utimens_fd(
+                    node.as_fd(),
+                    &[Time::timespec(Some(e.atime)), Time::timespec(Some(e.mtime))],
+                )
+                .map_err(|er| sys_err("utimens", p, er))?;
+                let mut done = self.done.lock();
+                done.files += 1;
                 done.bytes += e.size;
-                set_times(dest, p, e)?;
             }
-            _ => done.others += 1,
+            _ => self.done.lock().others += 1,
         }
         Ok(())
-    })?;
+    }
+}
+
+impl Restore<'_> {
+    /// Links `p` to the file first restored as `f` (waiting for it while
+    /// the thread that claimed it creates it).
+    fn link(&self, f: &Path, p: &Path) -> Result<()> {
+        let parent = entry::open_node(self.dest, p.parent().unwrap_or(Path::new("")))
+            .map_err(|er| sys_err("open", p, er))?;
+        let name = entry::cstr(Path::new(p.file_name().unwrap_or_default()))
+            .map_err(|er| sys_err("name", p, er))?;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match entry::open_node(self.dest, f) {
+                Ok(src) => {
+                    return sys::link_fd(src.as_fd(), parent.as_fd(), &name)
+                        .map_err(|er| sys_err("link", p, er));
+                }
+                Err(er)
+                    if er.code() == libc::ENOENT
+                        && std::time::Instant::now() < until
+                        && self.queue.lock().failed.is_none() =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(er) => return Err(sys_err("open", f, er)),
+            }
+        }
+    }
+}
+
+fn restore_dir(view: &View<'_>, dest: BorrowedFd<'_>, done: &mut Restored) -> Result<()> {
+    let root = view.root_ino()?;
+    let top = view.meta(root)?;
+    entry::impose(dest, Path::new(""), Some(&top)).map_err(|er| sys_err("create", Path::new(""), er))?;
+    let work = Restore {
+        view,
+        dest,
+        queue: Mutex::new(Queue {
+            todo: vec![(PathBuf::new(), root)],
+            ..Queue::default()
+        }),
+        wake: Condvar::new(),
+        first: Mutex::new(HashMap::new()),
+        seen: Mutex::new(HashSet::from([root])),
+        dirs: Mutex::new(vec![(PathBuf::new(), top)]),
+        done: Mutex::new(std::mem::take(done)),
+    };
+    work.done.lock().dirs += 1;
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| work.worker());
+        }
+    });
+    *done = work.done.into_inner();
+    if let Some(e) = work.queue.into_inner().failed {
+        return Err(e);
+    }
     // Children changed their directories' times: set them last, deepest first.
-    for (p, e) in dirs.iter().rev() {
+    let mut dirs = work.dirs.into_inner();
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (p, e) in &dirs {
         set_times(dest, p, e)?;
     }
     Ok(())

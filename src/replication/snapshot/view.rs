@@ -4,12 +4,14 @@
 //! after: a change that races the read was kept before it was applied, so
 //! the second look finds it.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rocksdb::DB;
 
@@ -28,8 +30,9 @@ pub struct View<'a> {
     at: Option<u64>,
     dir: u32,
     root: BorrowedFd<'a>,
-    /// Where each live object is (one of its names), found on first need.
-    live: RefCell<Option<HashMap<u64, PathBuf>>>,
+    /// Where each live object is (one of its names), found on first need
+    /// (shared by the threads of a restore).
+    live: Mutex<Option<Arc<HashMap<u64, PathBuf>>>>,
 }
 
 fn sys_err(op: &'static str, p: &Path, errno: Errno) -> SnapshotError {
@@ -51,7 +54,7 @@ impl<'a> View<'a> {
             at,
             dir,
             root,
-            live: RefCell::new(None),
+            live: Mutex::new(None),
         }
     }
 
@@ -127,14 +130,14 @@ impl<'a> View<'a> {
     /// The live object `ino` (`O_PATH`), if it is still in the tree.
     fn live_node(&self, ino: u64) -> Result<Option<OwnedFd>> {
         for fresh in [false, true] {
-            if fresh || self.live.borrow().is_none() {
-                *self.live.borrow_mut() = Some(self.scan_live()?);
-            }
-            let path = self
-                .live
-                .borrow()
-                .as_ref()
-                .and_then(|m| m.get(&ino).cloned());
+            let map = {
+                let mut live = self.live.lock();
+                if fresh || live.is_none() {
+                    *live = Some(Arc::new(self.scan_live()?));
+                }
+                live.clone().expect("just set")
+            };
+            let path = map.get(&ino).cloned();
             let Some(path) = path else {
                 if fresh {
                     return Ok(None);
