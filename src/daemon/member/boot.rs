@@ -17,12 +17,12 @@ use super::services::{
 };
 use super::{Input, Managed, ThisNode};
 use crate::cluster::LeaseQuorum;
-use crate::replication::snapshot::CaptureSync;
 use crate::cluster::heartbeat::{Heartbeats, Key, NetPath};
 use crate::config::{Node, Settings};
 use crate::control::Status;
 use crate::daemon::replicas::{self};
 use crate::replication::session::resolve;
+use crate::replication::snapshot::CaptureSync;
 use crate::replication::tls::{Credentials, heartbeat_key_path};
 use crate::stop::Stop;
 

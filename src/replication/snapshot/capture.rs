@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use rocksdb::{DB, WriteBatch};
 
-use super::keys::{self, Aspect, At, Obj};
 use super::durability::Durability;
+use super::keys::{self, Aspect, At, Obj};
 use super::memo::{Kept, Memo, Resolved};
 use super::{BLOCK, Effect, RUN, now_ms, obj, put, shown};
 use crate::fs::Errno;
@@ -284,9 +284,8 @@ impl Keeper<'_> {
         if let Some(rd) = self.memo.resolved(self.dir, p).and_then(|r| r.rd.clone()) {
             return Ok(rd);
         }
-        let f = Arc::new(
-            sys::reopen(n.fd.as_fd(), libc::O_RDONLY).map_err(|e| sys_err("open", p, e))?,
-        );
+        let f =
+            Arc::new(sys::reopen(n.fd.as_fd(), libc::O_RDONLY).map_err(|e| sys_err("open", p, e))?);
         if let Some(r) = self.memo.resolved(self.dir, p) {
             r.rd = Some(f.clone());
         }
@@ -488,7 +487,9 @@ mod tests {
         let mut x = 1u64;
         let noise: Vec<u8> = (0..(1 << 20) + 5)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (x >> 56) as u8
             })
             .collect();

@@ -149,7 +149,10 @@ mod tests {
         let db = db(&t);
         assert!(!Durability::check(&db).unwrap());
         db.put(keys::UNSYNCED, boot_id()).unwrap();
-        assert!(!Durability::check(&db).unwrap(), "a crash of the daemon loses nothing");
+        assert!(
+            !Durability::check(&db).unwrap(),
+            "a crash of the daemon loses nothing"
+        );
         assert!(db.get(keys::UNSYNCED).unwrap().is_none());
         db.put(keys::UNSYNCED, b"an-earlier-boot").unwrap();
         assert!(Durability::check(&db).unwrap());

@@ -34,7 +34,10 @@ impl Kept {
         let mut at = s;
         // The range that starts at or before `s` may cover its beginning.
         let first = self.ranges.range(..=s).next_back().map(|(a, b)| (*a, *b));
-        let rest = self.ranges.range(s.saturating_add(1)..e).map(|(a, b)| (*a, *b));
+        let rest = self
+            .ranges
+            .range(s.saturating_add(1)..e)
+            .map(|(a, b)| (*a, *b));
         for (a, b) in first.into_iter().chain(rest) {
             if b <= at {
                 continue;
@@ -65,11 +68,7 @@ impl Kept {
                 hi = hi.max(b);
             }
         }
-        let inside: Vec<(u64, u64)> = self
-            .ranges
-            .range(lo..=e)
-            .map(|(a, b)| (*a, *b))
-            .collect();
+        let inside: Vec<(u64, u64)> = self.ranges.range(lo..=e).map(|(a, b)| (*a, *b)).collect();
         for (a, b) in inside {
             self.ranges.remove(&a);
             hi = hi.max(b);
@@ -174,7 +173,9 @@ mod tests {
             let s = next(200);
             let e = (s + 1 + next(12)).min(200);
             k.add(s, e);
-            bits[s as usize..e as usize].iter_mut().for_each(|b| *b = true);
+            bits[s as usize..e as usize]
+                .iter_mut()
+                .for_each(|b| *b = true);
             let (qs, qe) = (next(200), next(200));
             let (qs, qe) = (qs.min(qe), qs.max(qe));
             let mut want = Vec::new();

@@ -47,8 +47,8 @@ use serde::{Deserialize, Serialize};
 use keys::{At, Obj};
 
 pub use capture::{data_len, read_names};
-use durability::Durability;
 pub use durability::CaptureSync;
+use durability::Durability;
 use memo::Memo;
 pub use restore::walk;
 

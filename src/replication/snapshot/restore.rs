@@ -231,7 +231,8 @@ impl Restore<'_> {
 fn restore_dir(view: &View<'_>, dest: BorrowedFd<'_>, done: &mut Restored) -> Result<()> {
     let root = view.root_ino()?;
     let top = view.meta(root)?;
-    entry::impose(dest, Path::new(""), Some(&top)).map_err(|er| sys_err("create", Path::new(""), er))?;
+    entry::impose(dest, Path::new(""), Some(&top))
+        .map_err(|er| sys_err("create", Path::new(""), er))?;
     let work = Restore {
         view,
         dest,
