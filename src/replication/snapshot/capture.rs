@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use rocksdb::{DB, WriteBatch};
 
+use super::data::Data;
 use super::durability::Durability;
 use super::keys::{self, Aspect, At, Obj};
 use super::memo::{Kept, Memo, Resolved};
-use super::{BLOCK, Effect, RUN, now_ms, obj, put, shown};
+use super::{BLOCK, Effect, RUN, now_ms, obj, put, put_held, shown};
 use crate::fs::Errno;
 use crate::fs::sys;
 use crate::replication::entry;
@@ -105,11 +106,17 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
-/// Bytes kept: their length, then zstd; or, with [`RAW`] in the length,
-/// the bytes themselves when they do not compress (most pages overwritten
-/// in place: databases', media, encrypted). A sample decides for long runs
-/// so that a 1 MiB run of random bytes is not compressed in vain.
-pub(super) fn encode_data(data: &[u8]) -> Vec<u8> {
+/// Set in the length word: the bytes are in the epoch's data file
+/// ([`Data`]) at the offset that follows (u64), that long (u32). Without
+/// it (stores of earlier releases) they follow the word.
+const FILED: u32 = 1 << 30;
+
+/// Bytes to keep, as stored: the length word (the length, and [`RAW`] when
+/// they are kept as they are) and what is stored. Most pages overwritten in
+/// place (databases', media, encrypted) do not compress; a sample decides
+/// for long runs, so that a 1 MiB run of random bytes is not compressed in
+/// vain.
+fn packed(data: &[u8]) -> (u32, std::borrow::Cow<'_, [u8]>) {
     let len = data.len() as u32;
     let worth = |raw: usize, packed: usize| packed * 10 < raw * 9;
     let sample = &data[..data.len().min(SAMPLE)];
@@ -121,18 +128,29 @@ pub(super) fn encode_data(data: &[u8]) -> Vec<u8> {
             .and_then(|_| compress(data))
             .filter(|c| worth(data.len(), c.len()))
     };
-    let mut v = Vec::with_capacity(4 + packed.as_ref().map_or(data.len(), Vec::len));
     match packed {
-        Some(c) => {
-            v.extend_from_slice(&len.to_be_bytes());
-            v.extend_from_slice(&c);
-        }
-        None => {
-            v.extend_from_slice(&(len | RAW).to_be_bytes());
-            v.extend_from_slice(data);
-        }
+        Some(c) => (len, c.into()),
+        None => (len | RAW, data.into()),
     }
+}
+
+/// Bytes kept in the index itself (as earlier releases did).
+#[cfg(test)]
+pub(super) fn encode_data(data: &[u8]) -> Vec<u8> {
+    let (word, stored) = packed(data);
+    let mut v = word.to_be_bytes().to_vec();
+    v.extend_from_slice(&stored);
     v
+}
+
+/// Bytes kept in epoch `epoch`'s data file: the index's value.
+fn file_data(data: &[u8], epoch: u64, files: &Data) -> std::io::Result<(Vec<u8>, u64)> {
+    let (word, stored) = packed(data);
+    let off = files.append(epoch, &stored)?;
+    let mut v = (word | FILED).to_be_bytes().to_vec();
+    v.extend_from_slice(&off.to_be_bytes());
+    v.extend_from_slice(&(stored.len() as u32).to_be_bytes());
+    Ok((v, stored.len() as u64))
 }
 
 fn length_word(v: &[u8]) -> Option<u32> {
@@ -140,16 +158,34 @@ fn length_word(v: &[u8]) -> Option<u32> {
 }
 
 pub fn data_len(v: &[u8]) -> Option<u64> {
-    length_word(v).map(|w| (w & !RAW) as u64)
+    length_word(v).map(|w| (w & !(RAW | FILED)) as u64)
 }
 
-pub(super) fn decode_data(v: &[u8]) -> Result<Vec<u8>, Undecodable> {
+/// The bytes a data capture of epoch `epoch` kept.
+pub(super) fn decode_data(v: &[u8], epoch: u64, files: &Data) -> Result<Vec<u8>, Undecodable> {
     let word = length_word(v).ok_or_else(|| undecodable("data")(&"too short"))?;
-    let len = (word & !RAW) as usize;
-    let out = if word & RAW != 0 {
-        v[4..].to_vec()
+    let len = (word & !(RAW | FILED)) as usize;
+    let filed;
+    let stored: &[u8] = if word & FILED != 0 {
+        let off = v
+            .get(4..12)
+            .ok_or_else(|| undecodable("data")(&"too short"))?;
+        let n = v
+            .get(12..16)
+            .ok_or_else(|| undecodable("data")(&"too short"))?;
+        let off = u64::from_be_bytes(off.try_into().expect("8 bytes"));
+        let n = u32::from_be_bytes(n.try_into().expect("4 bytes")) as usize;
+        filed = files
+            .read(epoch, off, n)
+            .map_err(|e| undecodable("data")(&format!("epoch {epoch} at {off}: {e}")))?;
+        &filed
     } else {
-        zstd::bulk::decompress(&v[4..], len).map_err(|e| undecodable("data")(&e))?
+        &v[4..]
+    };
+    let out = if word & RAW != 0 {
+        stored.to_vec()
+    } else {
+        zstd::bulk::decompress(stored, len).map_err(|e| undecodable("data")(&e))?
     };
     if out.len() != len {
         let why = format!("{} bytes where {len} were kept", out.len());
@@ -180,6 +216,7 @@ impl Node {
 /// it durable before the change is applied.
 pub struct Keeper<'a> {
     pub db: &'a DB,
+    pub data: &'a Data,
     pub durability: &'a mut Durability,
     pub memo: &'a mut Memo,
     pub epoch: u64,
@@ -229,6 +266,13 @@ impl Keeper<'_> {
             return Ok(());
         }
         let b = std::mem::take(&mut self.batch);
+        if self.durability.mode == super::CaptureSync::BeforeChange {
+            self.data.sync().map_err(|e| KeepError::Sys {
+                op: "sync",
+                path: "the kept bytes".into(),
+                errno: Errno::from(e),
+            })?;
+        }
         Ok(self.durability.write(self.db, b, now_ms())?)
     }
 
@@ -397,7 +441,9 @@ impl Keeper<'_> {
                 // Past the end now (a truncation this epoch kept it
                 // already): zeros, as a read of the snapshot gives.
                 let at = self.at(n.obj, Aspect::Data, off);
-                put(&mut self.batch, &at, &encode_data(&buf));
+                let (v, held) = file_data(&buf, self.epoch, self.data)
+                    .map_err(|e| sys_err("keep", p, Errno::from(e)))?;
+                put_held(&mut self.batch, &at, &v, held);
                 self.kept(n.obj).add(off, off + len.div_ceil(BLOCK) * BLOCK);
                 off += len;
                 self.spill()?;
@@ -479,6 +525,9 @@ mod tests {
 
     #[test]
     fn data_round_trips_compressed_or_raw() {
+        let t = tempfile::tempdir().unwrap();
+        let files = Data::open(t.path()).unwrap();
+        let decode_data = |v: &[u8]| super::decode_data(v, 1, &files);
         let zeros = vec![0u8; 1 << 20];
         let v = encode_data(&zeros);
         assert!(v.len() < 10_000, "zeros compress");
@@ -506,6 +555,17 @@ mod tests {
         let mut bad = encode_data(&noise[..4096]);
         bad.pop();
         assert!(decode_data(&bad).is_err());
+        // In the epoch's file: the index holds 16 bytes.
+        for data in [&noise[..4096], &zeros[..], &noise[..]] {
+            let (v, held) = file_data(data, 1, &files).unwrap();
+            assert_eq!(v.len(), 16);
+            assert!(held <= data.len() as u64);
+            assert_eq!(data_len(&v), Some(data.len() as u64));
+            assert_eq!(decode_data(&v).unwrap(), data);
+        }
+        let (v, _) = file_data(&noise[..100], 1, &files).unwrap();
+        files.remove(1, 2).unwrap();
+        assert!(decode_data(&v).is_err(), "its file is gone");
     }
 }
 

@@ -7,7 +7,8 @@
 //! - `B` → a rollback is under way;
 //! - `U` → captures may not be on disk yet (the boot's id);
 //! - `C dir ino aspect off epoch` → what the object was before the first
-//!   change after snapshot `epoch` (the newest when it was kept);
+//!   change after snapshot `epoch` (the newest when it was kept); for
+//!   bytes, where they are in the epoch's data file;
 //! - `E epoch dir ino aspect off` → the stored size of that capture: the
 //!   captures of one epoch, for deletion and for the bytes held.
 

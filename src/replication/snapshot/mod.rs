@@ -20,13 +20,16 @@
 //! (read before the capture index, so a change racing the read is seen). So
 //! what several snapshots need of one place is kept once.
 //!
-//! Captures go to RocksDB in the state directory, zstd-compressed, synced
-//! before the change is applied: a snapshot is whole or, after a failure it
-//! could not survive, marked broken: never silently wrong. A failure to keep
-//! never fails the application's call.
+//! Captures are indexed in RocksDB in the state directory, the bytes of
+//! files appended to one file per epoch beside it (`data`), zstd-compressed
+//! where that pays, all written before the change is applied and synced
+//! soon after (`durability`): a snapshot is whole or, after a failure it
+//! could not survive, marked broken: never silently wrong. A failure to
+//! keep never fails the application's call.
 
 mod at;
 mod capture;
+mod data;
 pub mod diff;
 mod durability;
 pub mod effects;
@@ -176,6 +179,8 @@ pub struct Snapshots {
     /// The module's directories, in order.
     dirs: Vec<PathBuf>,
     db: DB,
+    /// The kept bytes of files.
+    data: data::Data,
     /// The newest snapshot, whose epoch captures belong to. Changes hold it
     /// shared from their capture to their apply, a new snapshot exclusively:
     /// so a snapshot falls between two changes, never inside one.
@@ -292,14 +297,14 @@ impl Snapshots {
         opts.create_if_missing(true);
         // The data is zstd already; the small records compress themselves.
         opts.set_compression_type(DBCompressionType::None);
-        // Kept bytes go to blob files, written once when the memtable is
-        // flushed: compactions move only the keys, not every page again.
-        opts.set_enable_blob_files(true);
-        opts.set_min_blob_size(BLOCK);
-        opts.set_enable_blob_gc(true);
         let db = DB::open(&opts, dir)?;
         let lost = Durability::check(&db)?;
+        let data = data::Data::open(dir).map_err(|e| SnapshotError::Target {
+            path: dir.join("kept"),
+            why: e.to_string(),
+        })?;
         let s = Self {
+            data,
             module: module.to_string(),
             path: dir.to_path_buf(),
             dirs,
@@ -338,7 +343,13 @@ impl Snapshots {
     /// with `stopping` at a clean stop, after which nothing is unsynced).
     pub fn settle(&self, stopping: bool) {
         if self.durability.lock().needs_sync() {
-            if let Err(e) = self.db.flush_wal(true) {
+            // The bytes first: the index must never point at what is not there.
+            let synced = self
+                .data
+                .sync()
+                .map_err(|e| e.to_string())
+                .and_then(|()| self.db.flush_wal(true).map_err(|e| e.to_string()));
+            if let Err(e) = synced {
                 tracing::error!(module = %self.module, "cannot sync the snapshot store: {e}");
                 self.durability.lock().redirty();
                 return;
@@ -645,6 +656,12 @@ impl Snapshots {
             }
         }
         self.db.write_opt(b, &synced())?;
+        if older.is_none() {
+            // Their index entries are gone for good: so are their bytes.
+            if let Err(e) = self.data.remove(gone.id, until) {
+                tracing::warn!(module = %self.module, "cannot remove what snapshot {} kept: {e}", gone.name);
+            }
+        }
         if *newest == Some(gone.id) {
             *newest = older;
             // What counts as kept for the newest is now every epoch from it.
@@ -706,6 +723,7 @@ impl Snapshots {
                 let mut durability = self.durability.lock();
                 let mut keep = capture::Keeper {
                     db: &self.db,
+                    data: &self.data,
                     durability: &mut durability,
                     memo: &mut memo,
                     epoch,
@@ -747,7 +765,7 @@ impl Snapshots {
 
     /// What snapshot `id` saw, for reading (restore, diff, rollback).
     pub fn view<'a>(&'a self, id: Option<u64>, dir: u32, root: BorrowedFd<'a>) -> view::View<'a> {
-        view::View::new(&self.db, id, dir, root)
+        view::View::new(&self.db, &self.data, id, dir, root)
     }
 }
 
@@ -765,8 +783,13 @@ pub(crate) fn scan<'a>(
 
 /// Stores one capture and its epoch index entry in `b`.
 fn put(b: &mut WriteBatch, at: &At, value: &[u8]) {
+    put_held(b, at, value, value.len() as u64);
+}
+
+/// [`put`] of a capture that holds `held` bytes (elsewhere).
+fn put_held(b: &mut WriteBatch, at: &At, value: &[u8], held: u64) {
     b.put(keys::capture(at), value);
-    b.put(keys::by_epoch(at), (value.len() as u64).to_be_bytes());
+    b.put(keys::by_epoch(at), held.to_be_bytes());
 }
 
 /// A path as reports show it.

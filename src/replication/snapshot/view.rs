@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use rocksdb::DB;
 
 use super::capture::{decode_data, decode_meta, decode_names, read_names};
+use super::data::Data;
 use super::keys::{self, Aspect, Obj};
 use super::memo::Kept;
 use super::{Result, SnapshotError};
@@ -26,6 +27,7 @@ use crate::replication::wire::Entry;
 
 pub struct View<'a> {
     db: &'a DB,
+    data: &'a Data,
     /// The snapshot's id; `None`: the tree as it is now.
     at: Option<u64>,
     dir: u32,
@@ -48,9 +50,16 @@ fn corrupt(e: String) -> SnapshotError {
 }
 
 impl<'a> View<'a> {
-    pub fn new(db: &'a DB, at: Option<u64>, dir: u32, root: BorrowedFd<'a>) -> Self {
+    pub fn new(
+        db: &'a DB,
+        data: &'a Data,
+        at: Option<u64>,
+        dir: u32,
+        root: BorrowedFd<'a>,
+    ) -> Self {
         Self {
             db,
+            data,
             at,
             dir,
             root,
@@ -224,7 +233,7 @@ impl<'a> View<'a> {
         // Runs from the lowest epoch paint first; later ones fill the rest.
         let mut runs = self.runs(ino, at, u64::MAX)?;
         runs.sort_by_key(|(epoch, off, _)| (*epoch, *off));
-        paint(&runs, 0, u64::MAX, |at, bytes| {
+        paint(self.data, &runs, 0, u64::MAX, |at, bytes| {
             sys::pwrite_all(out, bytes, at).map_err(|e| sys_err("write", Path::new(""), e))
         })?;
         sys::ftruncate(out, size).map_err(|e| sys_err("truncate", Path::new(""), e))?;
@@ -256,7 +265,7 @@ impl<'a> View<'a> {
                 }
             }
         }
-        paint(runs, off, off + len as u64, |at, bytes| {
+        paint(self.data, runs, off, off + len as u64, |at, bytes| {
             let i = (at - off) as usize;
             buf[i..i + bytes.len()].copy_from_slice(bytes);
             Ok(())
@@ -286,19 +295,20 @@ impl<'a> View<'a> {
 /// Hands `put` the bytes of `[from, until)` that `runs` (lowest epoch
 /// first) kept: each place from the first run that has it.
 fn paint(
+    data: &Data,
     runs: &[(u64, u64, Vec<u8>)],
     from: u64,
     until: u64,
     mut put: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut painted = Kept::default();
-    for (_, r_off, v) in runs {
+    for (epoch, r_off, v) in runs {
         let r_len = super::capture::data_len(v).unwrap_or(0);
         let (a, z) = ((*r_off).max(from), (r_off + r_len).min(until));
         if a >= z {
             continue;
         }
-        let data = decode_data(v).map_err(|e| corrupt(e.to_string()))?;
+        let data = decode_data(v, *epoch, data).map_err(|e| corrupt(e.to_string()))?;
         for (x, y) in painted.gaps(a, z) {
             put(x, &data[(x - r_off) as usize..(y - r_off) as usize])?;
         }
