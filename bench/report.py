@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs every benchmark in one sitting, sized to take about 20 minutes on two
+"""Runs every benchmark in one sitting, sized to take about 35 minutes on two
 cores, plus the fault suite, and writes bench/REPORT.md: the machine and the
 versions at the top, then each benchmark's own table — tandem's figure, the
 anchor's from the same run (bare disk, rsync, keepalived, HAProxy) and the
@@ -143,6 +143,8 @@ def main():
             [py, "bench/failover.py", "--runs", "3" if q else "6"]),
         run("Clients: VIP and load balancer, against keepalived and HAProxy",
             [py, "bench/clients.py", "--runs", "2" if q else "4"]),
+        run("Snapshots: write-path cost, bytes kept, restore",
+            [py, "bench/snapshot.py", "--runs", "1" if q else "3"] + (["--quick"] if q else [])),
         faults(q),
     ]
     total = time.monotonic() - t0

@@ -86,8 +86,8 @@ pub(super) fn decode_meta(v: &[u8]) -> Result<Entry, Undecodable> {
 
 /// Set in a data capture's length word: the bytes follow as they were.
 const RAW: u32 = 1 << 31;
-/// How much of a run is tried first to tell whether it compresses.
-const SAMPLE: usize = 16 << 10;
+/// How much of a run is looked at to tell whether it compresses.
+const SAMPLE: usize = 4 << 10;
 
 thread_local! {
     /// One compression context per thread: creating one per capture costs
@@ -111,23 +111,41 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
 /// it (stores of earlier releases) they follow the word.
 const FILED: u32 = 1 << 30;
 
+/// Whether bytes look compressible: the entropy of a sample's bytes, as a
+/// file system's compression heuristic does. It costs a count of the
+/// sample, where trying zstd on a random page costs more than keeping it.
+fn compressible(data: &[u8]) -> bool {
+    let sample = &data[..data.len().min(SAMPLE)];
+    if sample.is_empty() {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for b in sample {
+        counts[*b as usize] += 1;
+    }
+    let n = sample.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = *c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    // Random bytes measure close to 8 bits each on a sample this size.
+    bits < 7.0
+}
+
 /// Bytes to keep, as stored: the length word (the length, and [`RAW`] when
 /// they are kept as they are) and what is stored. Most pages overwritten in
-/// place (databases', media, encrypted) do not compress; a sample decides
-/// for long runs, so that a 1 MiB run of random bytes is not compressed in
-/// vain.
+/// place (databases', media, encrypted) do not compress: what does not
+/// look compressible, or did not shrink by a tenth, is kept as it is.
 fn packed(data: &[u8]) -> (u32, std::borrow::Cow<'_, [u8]>) {
     let len = data.len() as u32;
-    let worth = |raw: usize, packed: usize| packed * 10 < raw * 9;
-    let sample = &data[..data.len().min(SAMPLE)];
-    let packed = if sample.len() == data.len() {
-        compress(data).filter(|c| worth(data.len(), c.len()))
-    } else {
-        compress(sample)
-            .filter(|c| worth(sample.len(), c.len()))
-            .and_then(|_| compress(data))
-            .filter(|c| worth(data.len(), c.len()))
-    };
+    let packed = compressible(data)
+        .then(|| compress(data))
+        .flatten()
+        .filter(|c| c.len() * 10 < data.len() * 9);
     match packed {
         Some(c) => (len, c.into()),
         None => (len | RAW, data.into()),
@@ -548,7 +566,12 @@ mod tests {
             assert_eq!(data_len(&v), Some(data.len() as u64));
             assert_eq!(decode_data(&v).unwrap(), data);
         }
-        // A run whose sample compresses but whose rest does not: still whole.
+        // Text compresses; a run whose sample compresses but whose rest
+        // does not is still whole.
+        let text = b"the quick brown fox jumps over the lazy dog. ".repeat(200);
+        let v = encode_data(&text);
+        assert!(v.len() < text.len() / 2, "text is compressed");
+        assert_eq!(decode_data(&v).unwrap(), text);
         let mut mixed = vec![0u8; SAMPLE];
         mixed.extend_from_slice(&noise[..1 << 19]);
         assert_eq!(decode_data(&encode_data(&mixed)).unwrap(), mixed);
