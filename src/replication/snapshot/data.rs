@@ -99,6 +99,16 @@ impl Data {
         Ok(())
     }
 
+    /// Makes every file durable, whoever wrote it (a daemon before this
+    /// one, replaced in place, whose writes may still be in the cache).
+    pub fn sync_all(&self) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            File::open(entry?.path())?.sync_data()?;
+        }
+        self.unsynced.lock().clear();
+        Ok(())
+    }
+
     /// Removes the files of epochs `[from, until)`: no snapshot needs them.
     pub fn remove(&self, from: u64, until: u64) -> std::io::Result<()> {
         let inside = |e: u64| e >= from && e < until;

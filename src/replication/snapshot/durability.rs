@@ -18,7 +18,17 @@
 
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
+use super::data::Data;
 use super::keys;
+
+/// Why the store's state at start-up could not be settled.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("syncing the kept bytes: {0}")]
+    Data(#[from] std::io::Error),
+}
 
 /// How long without captures before the marker goes.
 const QUIET_MS: u64 = 1000;
@@ -97,10 +107,13 @@ impl Durability {
     /// At start-up: whether a marker left by another boot says captures may
     /// have been lost. Clears it (this boot's captures are all readable:
     /// the kernel's cache kept what the daemon wrote).
-    pub fn check(db: &DB) -> Result<bool, rocksdb::Error> {
+    pub fn check(db: &DB, data: &Data) -> Result<bool, CheckError> {
         let Some(v) = db.get(keys::UNSYNCED)? else {
             return Ok(false);
         };
+        // What an earlier daemon of this boot wrote is in the cache only:
+        // on disk before the marker goes.
+        data.sync_all()?;
         db.flush_wal(true)?;
         db.delete_opt(keys::UNSYNCED, &synced(true))?;
         Ok(v != boot_id())
@@ -147,16 +160,18 @@ mod tests {
     fn only_a_marker_from_another_boot_means_loss() {
         let t = tempfile::tempdir().unwrap();
         let db = db(&t);
-        assert!(!Durability::check(&db).unwrap());
+        let data = Data::open(&t.path().join("x")).unwrap();
+        data.append(1, b"kept").unwrap();
+        assert!(!Durability::check(&db, &data).unwrap());
         db.put(keys::UNSYNCED, boot_id()).unwrap();
         assert!(
-            !Durability::check(&db).unwrap(),
+            !Durability::check(&db, &data).unwrap(),
             "a crash of the daemon loses nothing"
         );
         assert!(db.get(keys::UNSYNCED).unwrap().is_none());
         db.put(keys::UNSYNCED, b"an-earlier-boot").unwrap();
-        assert!(Durability::check(&db).unwrap());
-        assert!(!Durability::check(&db).unwrap(), "said once");
+        assert!(Durability::check(&db, &data).unwrap());
+        assert!(!Durability::check(&db, &data).unwrap(), "said once");
     }
 
     #[test]

@@ -298,10 +298,14 @@ impl Snapshots {
         // The data is zstd already; the small records compress themselves.
         opts.set_compression_type(DBCompressionType::None);
         let db = DB::open(&opts, dir)?;
-        let lost = Durability::check(&db)?;
-        let data = data::Data::open(dir).map_err(|e| SnapshotError::Target {
+        let kept = |why: String| SnapshotError::Target {
             path: dir.join("kept"),
-            why: e.to_string(),
+            why,
+        };
+        let data = data::Data::open(dir).map_err(|e| kept(e.to_string()))?;
+        let lost = Durability::check(&db, &data).map_err(|e| match e {
+            durability::CheckError::Db(e) => SnapshotError::Db(e),
+            e => kept(e.to_string()),
         })?;
         let s = Self {
             data,
