@@ -1001,14 +1001,28 @@ fn replication_rules() {
         Some("async_max_lag_mib"),
         "between 1 and 1048576",
     );
+    for bad in ["5XB", "-1", "fast", "1.5GiB"] {
+        rejects(
+            &append(&format!("[replication]\nresync_max_rate = \"{bad}\"")),
+            "replication.resync_max_rate",
+            Some(bad),
+            "is not a rate",
+        );
+    }
     let ok = parse(&append(
-        "[replication]\ncompression = \"off\"\nchunk_size_kib = 4096",
+        "[replication]\ncompression = \"off\"\nchunk_size_kib = 4096\nresync_max_rate = \"50MiB\"",
     ))
     .unwrap();
     assert_eq!(
-        (ok.replication.compression, ok.replication.chunk_size),
-        (Compression::Off, 4 << 20)
+        (
+            ok.replication.compression,
+            ok.replication.chunk_size,
+            ok.replication.resync_max_rate
+        ),
+        (Compression::Off, 4 << 20, 50 << 20)
     );
+    let default = parse(&append("")).unwrap();
+    assert_eq!(default.replication.resync_max_rate, 0, "no cap by default");
 }
 
 #[test]

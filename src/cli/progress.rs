@@ -36,8 +36,13 @@ pub fn line(p: &ResyncProgress) -> String {
     } else {
         String::new()
     };
+    let cap = if p.max_rate > 0 {
+        format!(" (at most {}/s)", human(p.max_rate))
+    } else {
+        String::new()
+    };
     format!(
-        "{} of {} ({pct}%), {}/{} files, {} name records, {}/s{eta}",
+        "{} of {} ({pct}%), {}/{} files, {} name records, {}/s{cap}{eta}",
         human(p.bytes_done),
         human(total),
         p.files_done,

@@ -81,6 +81,7 @@ pub(super) struct RawReplication {
     pub compression: Option<Str>,
     pub chunk_size_kib: Option<Int>,
     pub async_max_lag_mib: Option<Int>,
+    pub resync_max_rate: Option<Str>,
 }
 
 #[derive(Deserialize, Default)]

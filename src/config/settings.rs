@@ -115,6 +115,8 @@ pub struct Replication {
     pub chunk_size: u32,
     /// How far an `async` module may fall behind, in bytes.
     pub async_max_lag: u64,
+    /// Bytes a second a resync may ship at most (0: no cap).
+    pub resync_max_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -464,6 +464,7 @@ pub fn primary(
         ack: m.ack,
         peer_timeout: settings.replication.peer_timeout,
         async_max_lag: settings.replication.async_max_lag,
+        resync_max_rate: settings.replication.resync_max_rate,
         dirs: w.dirs,
         exclude: exclude_of(m)?,
         alone_ok: w.alone_ok,

@@ -167,6 +167,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
                 break;
             };
             let ranges = log.dirty(id)?;
+            let shipped = std::cell::Cell::new(0u64);
             // Pieces past the end of the file travel as its size, below.
             let past_end = std::cell::RefCell::new(Vec::new());
             let open = std::cell::RefCell::new(fd);
@@ -192,6 +193,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
                             Some(data) if !data.is_empty() => Some((
                                 {
                                     rep.progress().bytes_sent += data.len() as u64;
+                                    shipped.set(data.len() as u64);
                                     WireMutation::Write {
                                         path: Some(raw(&path)),
                                         offset: piece.start,
@@ -211,6 +213,8 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
                     if !ok {
                         return Err(stopped());
                     }
+                    // Outside the stream's lock: live changes go on meanwhile.
+                    rep.pace.take(shipped.take());
                     rep.progress().bytes_done += piece.end - piece.start;
                 }
             }

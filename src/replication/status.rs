@@ -16,6 +16,9 @@ pub struct ResyncProgress {
     pub bytes_sent: u64,
     /// Namespace records shipped.
     pub names: u64,
+    /// The most it may ship a second (`replication.resync_max_rate`; 0: no cap).
+    #[serde(default)]
+    pub max_rate: u64,
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
 }

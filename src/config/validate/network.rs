@@ -124,12 +124,31 @@ pub(super) fn replication(
         1,
         1 << 20,
     );
+    // A size a second: "50MiB", "1GB", bytes; "0" for no cap.
+    let max_rate = match &raw.resync_max_rate {
+        None => Some(0),
+        Some(v) => match super::snapshots::bytes(v.get_ref()) {
+            Some(n) => Some(n),
+            None => {
+                r.error(
+                    "replication.resync_max_rate",
+                    Some(v.span()),
+                    format!(
+                        "{:?} is not a rate (bytes a second: \"50MiB\", \"1GB\", a number of bytes, or \"0\" for no cap)",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
     (r.count() == before).then(|| Replication {
         port: port.expect("validated"),
         peer_timeout: millis(peer_timeout),
         compression: compression.expect("validated"),
         chunk_size: chunk.expect("validated") as u32 * 1024,
         async_max_lag: lag.expect("validated") as u64 * 1024 * 1024,
+        resync_max_rate: max_rate.expect("validated"),
     })
 }
 

@@ -31,6 +31,7 @@ mod clears;
 mod exclude;
 mod order;
 mod outlet;
+mod pace;
 mod peer;
 mod records;
 mod report;
@@ -59,6 +60,8 @@ pub struct Settings {
     pub ack: Ack,
     pub peer_timeout: Duration,
     pub async_max_lag: u64,
+    /// Bytes a second a resync may ship at most (0: no cap).
+    pub resync_max_rate: u64,
     pub dirs: Vec<Dir>,
     pub exclude: Exclude,
     /// With a quorum: whether this node may go on without its peer (it
@@ -84,6 +87,8 @@ pub struct Replicator {
     pub verify: Mutex<VerifyState>,
     /// What the link last agreed with the peer (protocol, its release).
     pub agreed: Mutex<Option<crate::versions::Agreed>>,
+    /// How fast a resync may ship.
+    pub pace: pace::Pace,
     /// The next Hello says that the stream goes on (a new daemon that took
     /// over after the peer confirmed every change): told once.
     pub resumes: std::sync::atomic::AtomicBool,
@@ -93,6 +98,7 @@ impl Replicator {
     pub fn new(mut s: Settings) -> Arc<Self> {
         let tally = Arc::<Tally>::default();
         let exclude = std::mem::take(&mut s.exclude);
+        let pace = pace::Pace::new(s.resync_max_rate);
         Arc::new(Self {
             module: s.module.clone(),
             ack: s.ack,
@@ -103,6 +109,7 @@ impl Replicator {
             resync: Mutex::new(ResyncProgress::default()),
             verify: Mutex::new(Default::default()),
             agreed: Mutex::new(None),
+            pace,
             resumes: Default::default(),
         })
     }
@@ -342,7 +349,8 @@ impl Replicator {
     }
 
     pub fn status(&self) -> ReplicationStatus {
-        let resync = self.resync.lock().clone();
+        let mut resync = self.resync.lock().clone();
+        resync.max_rate = self.pace.rate();
         let verify = self.verify.lock().clone();
         let agreed = self.agreed.lock().clone().unwrap_or_default();
         ReplicationStatus {

@@ -59,6 +59,7 @@ fn build(
         ack: Ack::Durable,
         peer_timeout: Duration::from_millis(peer_timeout_ms),
         async_max_lag: 0,
+        resync_max_rate: 0,
         dirs: vec![dir],
         exclude: Exclude::default(),
         alone_ok,
