@@ -29,6 +29,15 @@ pub enum Request {
         #[serde(default)]
         repair: bool,
     },
+    /// On the primary: the running resync's cap (bytes a second, 0: none),
+    /// or a pause, or a resume.
+    ResyncPace {
+        module: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        paused: Option<bool>,
+    },
     /// On the secondary: resynchronise by content from the primary.
     FullSync {
         module: String,

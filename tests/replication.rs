@@ -352,68 +352,49 @@ fn a_killed_secondary_gets_only_the_changed_bytes_back() {
     assert_same_tree(&pair.dir(1), &pair.dir(2));
 }
 
-#[test]
-fn a_resync_keeps_to_its_rate_cap_while_live_writes_go_on() {
-    let mut pair = Pair::new();
-    let cap: u64 = 8 << 20;
+/// A pair whose resyncs ship at most `rate` a second.
+fn capped_pair(rate: &str) -> Pair {
+    let pair = Pair::new();
     for n in 1..=2 {
         let text = std::fs::read_to_string(pair.config(n)).unwrap();
         let text = text.replacen(
             "peer_timeout_ms = 2000",
-            "peer_timeout_ms = 2000\nresync_max_rate = \"8MiB\"",
+            &format!("peer_timeout_ms = 2000\nresync_max_rate = \"{rate}\""),
             1,
         );
         std::fs::write(pair.config(n), text).unwrap();
     }
-    pair.start_both();
-    pair.wait_caught_up();
+    pair
+}
+
+/// Node 2 killed, `mib` MiB written on node 1, node 2 started again: the
+/// resync under way.
+fn resync_of(pair: &mut Pair, mib: usize) {
     pair.signal(2, libc::SIGKILL);
     assert!(
         common::wait_until(10, || pair.peer_state() != "connected"),
         "the primary did not notice the killed peer"
     );
-    // 128 MiB written while the peer is away: 16 s at the cap.
     let d = pair.dir(1);
-    for i in 0..4 {
-        std::fs::write(d.join(format!("f{i}")), common::noise(i, 32 << 20)).unwrap();
+    for i in 0..mib / 32 {
+        std::fs::write(d.join(format!("f{i}")), common::noise(i as u64, 32 << 20)).unwrap();
     }
     pair.start(2);
-    let sent = |pair: &Pair| {
-        pair.replication(1).map(|r| {
-            (
-                r["resync"]["bytes_sent"].as_u64().unwrap_or(0),
-                r["resync"]["max_rate"].as_u64().unwrap_or(0),
-            )
-        })
-    };
     assert!(
-        common::wait_until(30, || sent(&pair).is_some_and(|(b, _)| b > 0)),
+        common::wait_until(30, || resync_sent(pair) > 0),
         "no resync started: {:?}",
         pair.replication(1)
     );
-    // The first second holds at most a tenth of a second's burst: measure
-    // over the ten after it.
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let (b0, shown) = sent(&pair).unwrap();
-    assert_eq!(shown, cap, "status shows the cap");
-    let t0 = std::time::Instant::now();
-    // Live writes meanwhile are not held back by the cap.
-    let live = std::time::Instant::now();
-    std::fs::write(d.join("live"), common::noise(9, 4 << 20)).unwrap();
-    assert!(
-        live.elapsed() < std::time::Duration::from_secs(3),
-        "a live 4 MiB write took {:?} during a capped resync",
-        live.elapsed()
-    );
-    std::thread::sleep(std::time::Duration::from_secs(10).saturating_sub(t0.elapsed()));
-    let (b1, _) = sent(&pair).unwrap();
-    let rate = (b1 - b0) as f64 / t0.elapsed().as_secs_f64();
-    assert!(
-        (rate - cap as f64).abs() <= cap as f64 / 10.0,
-        "resync at {:.2} MiB/s, cap 8 MiB/s",
-        rate / (1u64 << 20) as f64
-    );
-    let ok = common::wait_until(60, || {
+}
+
+fn resync_sent(pair: &Pair) -> u64 {
+    pair.replication(1)
+        .and_then(|r| r["resync"]["bytes_sent"].as_u64())
+        .unwrap_or(0)
+}
+
+fn resync_ended(pair: &Pair, secs: u64) {
+    let ok = common::wait_until(secs, || {
         pair.replication(1).is_some_and(|s| {
             s["peer"] == "connected"
                 && s["dirty_bytes"] == 0
@@ -422,6 +403,91 @@ fn a_resync_keeps_to_its_rate_cap_while_live_writes_go_on() {
     });
     assert!(ok, "the resync did not end: {:?}", pair.replication(1));
     assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
+fn a_resync_keeps_to_its_rate_cap_while_live_writes_go_on() {
+    let cap: u64 = 8 << 20;
+    let mut pair = capped_pair("8MiB");
+    pair.start_both();
+    pair.wait_caught_up();
+    // 128 MiB: 16 s at the cap.
+    resync_of(&mut pair, 128);
+    // The first second holds at most a tenth of a second's burst: measure
+    // over the ten after it.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let b0 = resync_sent(&pair);
+    let shown = pair.replication(1).unwrap()["resync"]["max_rate"].clone();
+    assert_eq!(shown, cap, "status shows the cap");
+    let t0 = std::time::Instant::now();
+    // Live writes meanwhile are not held back by the cap.
+    let live = std::time::Instant::now();
+    std::fs::write(pair.dir(1).join("live"), common::noise(9, 4 << 20)).unwrap();
+    assert!(
+        live.elapsed() < std::time::Duration::from_secs(3),
+        "a live 4 MiB write took {:?} during a capped resync",
+        live.elapsed()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(10).saturating_sub(t0.elapsed()));
+    let rate = (resync_sent(&pair) - b0) as f64 / t0.elapsed().as_secs_f64();
+    assert!(
+        (rate - cap as f64).abs() <= cap as f64 / 10.0,
+        "resync at {:.2} MiB/s, cap 8 MiB/s",
+        rate / (1u64 << 20) as f64
+    );
+    resync_ended(&pair, 60);
+}
+
+#[test]
+fn a_paused_resync_ships_nothing_until_resumed() {
+    let mut pair = capped_pair("4MiB");
+    pair.start_both();
+    pair.wait_caught_up();
+    // Bad input changes nothing and says why.
+    let refused = |pair: &Pair, args: &[&str], why: &str| {
+        let o = pair.tandem(1, args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(why), "{args:?}: {err}");
+    };
+    refused(
+        &pair,
+        &["resync", "app", "--pause"],
+        "no resync of this module is running",
+    );
+    refused(&pair, &["resync", "app", "--rate", "-1"], "--rate");
+    refused(&pair, &["resync", "app", "--rate", "5XB"], "is not a rate");
+    refused(
+        &pair,
+        &["resync", "app", "--pause", "--resume"],
+        "cannot be used with",
+    );
+    refused(&pair, &["resync", "nope", "--pause"], "no module named");
+    let o = pair.tandem(2, &["resync", "app", "--pause"]);
+    assert!(!o.status.success(), "the secondary steers no resync");
+
+    resync_of(&mut pair, 64);
+    let o = pair.tandem(1, &["resync", "app", "--pause"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // What was on its way when paused lands; then nothing more.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let b0 = resync_sent(&pair);
+    let r = pair.replication(1).unwrap();
+    assert_eq!(r["resync"]["paused"], true, "{r}");
+    let status = String::from_utf8_lossy(&pair.tandem(1, &["status"]).stdout).to_string();
+    assert!(status.contains("PAUSED"), "{status}");
+    // Live writes go on while it is paused.
+    let live = std::time::Instant::now();
+    std::fs::write(pair.dir(1).join("live"), common::noise(9, 1 << 20)).unwrap();
+    assert!(live.elapsed() < std::time::Duration::from_secs(3));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(resync_sent(&pair), b0, "sent while paused");
+    // Resumed without the cap: it ends.
+    let o = pair.tandem(1, &["resync", "app", "--resume", "--rate", "0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    resync_ended(&pair, 60);
+    let r = pair.replication(1).unwrap();
+    assert_eq!(r["resync"]["paused"], false, "{r}");
+    assert_eq!(r["resync"]["max_rate"], 0, "{r}");
 }
 
 #[test]

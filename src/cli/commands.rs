@@ -143,7 +143,28 @@ pub fn run(cli: Cli) -> ExitCode {
             &relayed(&on, Request::Second { module }),
             print_messages,
         ),
-        Command::Resync { module, wait, json } => super::resync::run(
+        Command::Resync {
+            module,
+            rate,
+            pause,
+            resume,
+            ..
+        } if rate.is_some() || pause || resume => with_daemon(
+            &cli.config,
+            cli.socket,
+            &relayed(
+                &on,
+                Request::ResyncPace {
+                    module,
+                    rate,
+                    paused: (pause || resume).then_some(pause),
+                },
+            ),
+            print_messages,
+        ),
+        Command::Resync {
+            module, wait, json, ..
+        } => super::resync::run(
             &cli.config,
             cli.socket,
             &module,

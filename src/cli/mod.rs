@@ -121,7 +121,8 @@ pub enum Command {
         #[arg(long)]
         fullsync: bool,
     },
-    /// Show the resync of a module's changed ranges to the peer until it is current.
+    /// Show the resync of a module's changed ranges to the peer until it is
+    /// current; or, on the primary, cap, pause or resume the running one.
     Resync {
         module: String,
         /// Seconds to wait for a peer that is not connected yet.
@@ -130,6 +131,15 @@ pub enum Command {
         /// One JSON object per sample (the last one with the peer connected).
         #[arg(long)]
         json: bool,
+        /// The most the running resync ships a second ("50MiB", "1GB", bytes;
+        /// "0": no cap), until the daemon restarts.
+        #[arg(long, value_parser = resync::rate, allow_hyphen_values = true)]
+        rate: Option<u64>,
+        /// Ship nothing until --resume (live changes go on; failover is not held).
+        #[arg(long, conflicts_with = "resume")]
+        pause: bool,
+        #[arg(long)]
+        resume: bool,
     },
     /// Compare a module's trees on both nodes.
     Verify {

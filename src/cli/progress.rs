@@ -2,20 +2,7 @@
 
 use crate::replication::status::ResyncProgress;
 
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::replication::status::human;
 
 /// `12.0 MiB of 40.0 MiB (30%), 3/10 files, 5.1 MiB/s, ETA 6 s`
 pub fn line(p: &ResyncProgress) -> String {
@@ -31,15 +18,15 @@ pub fn line(p: &ResyncProgress) -> String {
     let rate = p.bytes_done as f64 / secs;
     let total = p.bytes_total.max(p.bytes_done);
     let pct = (p.bytes_done * 100).checked_div(total).unwrap_or(100);
-    let eta = if rate > 0.0 && p.running {
+    let eta = if rate > 0.0 && p.running && !p.paused {
         format!(", ETA {:.0} s", (total - p.bytes_done) as f64 / rate)
     } else {
         String::new()
     };
-    let cap = if p.max_rate > 0 {
-        format!(" (at most {}/s)", human(p.max_rate))
-    } else {
-        String::new()
+    let cap = match (p.paused, p.max_rate) {
+        (true, _) => " (PAUSED: tandem resync MODULE --resume)".to_string(),
+        (false, 0) => String::new(),
+        (false, r) => format!(" (at most {}/s)", human(r)),
     };
     format!(
         "{} of {} ({pct}%), {}/{} files, {} name records, {}/s{cap}{eta}",

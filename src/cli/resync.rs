@@ -11,6 +11,18 @@ use crate::control::{self, Request};
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 
+/// A `--rate` that is not a size a second.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0:?} is not a rate: bytes a second, as \"50MiB\", \"1GB\", a number of bytes, or \"0\" for no cap"
+)]
+pub struct BadRate(String);
+
+/// `--rate`: `50MiB`, `1GB`, bytes, `0`.
+pub fn rate(s: &str) -> Result<u64, BadRate> {
+    crate::config::size(s).ok_or_else(|| BadRate(s.to_string()))
+}
+
 /// `wait`: how long to wait for a peer that is not connected yet. With
 /// `json`, each sample is one line: `{"module", "peer", "dirty_bytes",
 /// "dirty_files", "resync"}` (`peer` is `connected` on the last one).

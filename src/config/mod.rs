@@ -24,6 +24,8 @@ pub use settings::{
     Ack, Announce, Check, Checker, Cluster, Compression, Daemon, Etcd, Failover, Heartbeat, Module,
     Node, ProcessMatch, Quorum, Replication, Scripts, Settings, SnapshotPolicy,
 };
+/// `500MiB`, `10GiB`, `2TB`, or a number of bytes.
+pub use validate::size;
 
 /// Whether the replicated directories are checked on disk.
 #[derive(Clone, Copy)]

@@ -251,6 +251,11 @@ impl State {
                 self.with_replica(&module, |r| r.start_verify(repair))
             }
             Request::FullSync { module } => self.with_replica(&module, |r| r.request_full_sync()),
+            Request::ResyncPace {
+                module,
+                rate,
+                paused,
+            } => self.with_replica(&module, |r| r.pace_resync(rate, paused)),
             Request::Swap { .. }
             | Request::Prim { .. }
             | Request::Resolve { .. }

@@ -86,6 +86,34 @@ impl Replica {
     }
 
     /// Asks the primary for a full sync by content (on the secondary).
+    /// Sets the running resync's cap, or pauses or resumes it.
+    pub fn pace_resync(
+        &self,
+        rate: Option<u64>,
+        paused: Option<bool>,
+    ) -> Result<String, ReplicaRefused> {
+        let Replica::Primary(rep, _) = self else {
+            return Err(ReplicaRefused::NotPrimaryResync);
+        };
+        if !rep.progress().running {
+            return Err(ReplicaRefused::NoResync);
+        }
+        let mut said = Vec::new();
+        if let Some(r) = rate {
+            rep.pace.set_rate(r);
+            said.push(match r {
+                0 => "no cap".to_string(),
+                r => format!("at most {}/s", crate::replication::status::human(r)),
+            });
+        }
+        if let Some(p) = paused {
+            rep.pace.set_paused(p);
+            said.push(if p { "paused" } else { "resumed" }.to_string());
+        }
+        tracing::info!(module = %rep.module, "resync: {}", said.join(", "));
+        Ok(format!("module {}: resync {}", rep.module, said.join(", ")))
+    }
+
     pub fn request_full_sync(&self) -> Result<String, ReplicaRefused> {
         match self {
             Replica::Secondary(s) => {
@@ -117,6 +145,10 @@ pub enum ReplicaRefused {
     VerifyRunning,
     #[error("this node is the primary of the module; changing roles needs the cluster manager")]
     NotSecondary,
+    #[error("this node is the secondary of the module; a resync is steered on the primary")]
+    NotPrimaryResync,
+    #[error("no resync of this module is running")]
+    NoResync,
 }
 
 /// Why a verify, or its repair, did not finish (the status shows it).

@@ -214,7 +214,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
                         return Err(stopped());
                     }
                     // Outside the stream's lock: live changes go on meanwhile.
-                    rep.pace.take(shipped.take());
+                    rep.pace.take(shipped.take(), || rep.linked(conn));
                     rep.progress().bytes_done += piece.end - piece.start;
                 }
             }

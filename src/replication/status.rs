@@ -19,6 +19,9 @@ pub struct ResyncProgress {
     /// The most it may ship a second (`replication.resync_max_rate`; 0: no cap).
     #[serde(default)]
     pub max_rate: u64,
+    /// Paused by an operator (`tandem resync M --pause`): nothing ships.
+    #[serde(default)]
+    pub paused: bool,
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
 }
@@ -136,4 +139,20 @@ pub struct VerifyState {
     pub bytes_cached: u64,
     pub report: Option<VerifyReport>,
     pub error: Option<String>,
+}
+
+/// Bytes as a person reads them: `12.0 MiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

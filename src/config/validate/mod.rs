@@ -13,6 +13,8 @@ mod network;
 mod nodes;
 mod snapshots;
 
+pub use snapshots::bytes as size;
+
 use super::raw::RawConfig;
 use super::report::Report;
 use super::settings::Settings;

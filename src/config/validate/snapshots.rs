@@ -28,7 +28,7 @@ fn duration(s: &str) -> Option<Duration> {
 }
 
 /// `500MiB`, `10GiB`, `2TB`, or a number of bytes.
-pub(crate) fn bytes(s: &str) -> Option<u64> {
+pub fn bytes(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);

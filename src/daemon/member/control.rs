@@ -193,6 +193,11 @@ impl Dispatch for Shared {
                 self.with_replica(&module, |r| r.start_verify(repair))
             }
             Request::FullSync { module } => self.with_replica(&module, |r| r.request_full_sync()),
+            Request::ResyncPace {
+                module,
+                rate,
+                paused,
+            } => self.with_replica(&module, |r| r.pace_resync(rate, paused)),
             Request::Snapshot { module, op } => self.snapshot(module, op),
             Request::On { node, request } => self.on(node, *request),
         }

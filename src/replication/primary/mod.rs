@@ -254,6 +254,11 @@ impl Replicator {
         shipping::ship(&self.stream, conn, dir, build)
     }
 
+    /// Whether connection `conn` is still the peer's link.
+    pub fn linked(&self, conn: u64) -> bool {
+        self.stream.lock().linked(conn)
+    }
+
     /// Runs `f` with the stream to itself: no live mutation is applied or sent
     /// meanwhile. The resync ships the namespace this way, then marks the
     /// link ready for live mutations. `None` if `conn` is gone.
@@ -351,6 +356,7 @@ impl Replicator {
     pub fn status(&self) -> ReplicationStatus {
         let mut resync = self.resync.lock().clone();
         resync.max_rate = self.pace.rate();
+        resync.paused = self.pace.paused();
         let verify = self.verify.lock().clone();
         let agreed = self.agreed.lock().clone().unwrap_or_default();
         ReplicationStatus {

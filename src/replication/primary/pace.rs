@@ -1,9 +1,10 @@
-//! The pace of a resync: at most `resync_max_rate` bytes a second, so that
-//! a returning node's catch-up leaves the link and the disks to the
-//! application. A token bucket holding a tenth of a second's bytes: the
-//! rate holds over any second, and a short pause gives no burst beyond it.
+//! The pace of a resync: at most `resync_max_rate` bytes a second (changed
+//! at runtime by `tandem resync M --rate`), or paused, so that a returning
+//! node's catch-up leaves the link and the disks to the application. A
+//! token bucket holding a tenth of a second's bytes: the rate holds over any
+//! second, and a short pause gives no burst beyond it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -11,6 +12,8 @@ use parking_lot::Mutex;
 pub struct Pace {
     /// Bytes a second; 0: no cap.
     rate: AtomicU64,
+    /// Nothing is shipped until resumed.
+    paused: AtomicBool,
     bucket: Mutex<Bucket>,
 }
 
@@ -41,6 +44,7 @@ impl Pace {
     pub fn new(rate: u64) -> Self {
         Self {
             rate: AtomicU64::new(rate),
+            paused: AtomicBool::new(false),
             bucket: Mutex::new(Bucket {
                 tokens: 0.0,
                 at: Instant::now(),
@@ -53,8 +57,25 @@ impl Pace {
         self.rate.load(Ordering::Relaxed)
     }
 
-    /// Waits until `n` more bytes may go.
-    pub fn take(&self, n: u64) {
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, Ordering::Relaxed);
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Waits until `n` more bytes may go: while paused (as long as `going`
+    /// says the resync is still wanted: a lost link ends it), then for the
+    /// rate.
+    pub fn take(&self, n: u64, going: impl Fn() -> bool) {
+        while self.paused() && going() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let rate = self.rate();
         if rate == 0 {
             return;
@@ -96,8 +117,27 @@ mod tests {
         let p = Pace::new(0);
         let t = Instant::now();
         for _ in 0..1000 {
-            p.take(1 << 30);
+            p.take(1 << 30, || true);
         }
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_pause_holds_until_resumed_or_no_longer_wanted() {
+        let p = std::sync::Arc::new(Pace::new(0));
+        p.set_paused(true);
+        let q = p.clone();
+        let t = Instant::now();
+        let waiter = std::thread::spawn(move || q.take(1, || true));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "paused");
+        p.set_paused(false);
+        waiter.join().unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        // A link gone ends the wait though still paused.
+        p.set_paused(true);
+        let t = Instant::now();
+        p.take(1, || false);
+        assert!(t.elapsed() < Duration::from_millis(50));
     }
 }
