@@ -311,7 +311,24 @@ impl Mounted {
         let Some(session) = self.session.take() else {
             return Ok(Unmounted::Clean);
         };
-        let how = match mounts::umount(&self.dir, 0) {
+        // A file closed a moment ago may still be being released by the
+        // kernel (a deferred final close): busy for a few milliseconds,
+        // which is no reason to leave the mount detached.
+        let mut busy_since = None;
+        let umounted = loop {
+            match mounts::umount(&self.dir, 0) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < std::time::Duration::from_millis(200) {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                    break Err(e);
+                }
+                r => break r,
+            }
+        };
+        let how = match umounted {
             Ok(()) => Unmounted::Clean,
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 mounts::detach(&self.dir)?;
