@@ -343,12 +343,13 @@ impl Keeper<'_> {
 
     /// `n` open for reading, kept with its resolved name.
     fn readable(&mut self, n: &Node, p: &Path) -> Result<Arc<OwnedFd>, KeepError> {
-        if let Some(rd) = self.memo.resolved(self.dir, p).and_then(|r| r.rd.clone()) {
+        let cached = self.memo.resolved(self.dir, p);
+        if let Some(rd) = cached.as_ref().and_then(|r| r.rd.clone()) {
             return Ok(rd);
         }
-        let f =
-            Arc::new(sys::reopen(n.fd.as_fd(), libc::O_RDONLY).map_err(|e| sys_err("open", p, e))?);
-        if let Some(r) = self.memo.resolved(self.dir, p) {
+        let f = sys::reopen(n.fd.as_fd(), libc::O_RDONLY).map_err(|e| sys_err("open", p, e))?;
+        let f = Arc::new(f);
+        if let Some(r) = cached {
             r.rd = Some(f.clone());
         }
         Ok(f)

@@ -122,12 +122,11 @@ impl Memo {
         self.names.get_mut(&(dir, p.to_path_buf()))
     }
 
-    pub fn resolve(&mut self, dir: u32, p: &Path, r: Resolved) -> &mut Resolved {
+    pub fn resolve(&mut self, dir: u32, p: &Path, r: Resolved) {
         if self.names.len() >= NAMES {
             self.names.clear();
         }
-        let slot = self.names.entry((dir, p.to_path_buf())).or_insert(r);
-        slot
+        self.names.insert((dir, p.to_path_buf()), r);
     }
 }
 

@@ -67,8 +67,13 @@ pub fn walk(view: &View<'_>, mut f: impl FnMut(&Path, u64, &Entry) -> Result<()>
 
 fn set_times(dest: BorrowedFd<'_>, p: &Path, e: &Entry) -> Result<()> {
     let fd = entry::open_node(dest, p).map_err(|er| sys_err("open", p, er))?;
+    times_of(fd.as_fd(), p, e)
+}
+
+/// Gives the node open as `fd` (the restored `p`) the times of `e`.
+fn times_of(fd: BorrowedFd<'_>, p: &Path, e: &Entry) -> Result<()> {
     sys::utimens_fd(
-        fd.as_fd(),
+        fd,
         &[Time::timespec(Some(e.atime)), Time::timespec(Some(e.mtime))],
     )
     .map_err(|er| sys_err("utimens", p, er))
@@ -185,11 +190,7 @@ impl Restore<'_> {
                 let w = sys::reopen(node.as_fd(), libc::O_WRONLY)
                     .map_err(|er| sys_err("open", p, er))?;
                 self.view.content(ino, e.size, w.as_fd())?;
-                sys::utimens_fd(
-                    node.as_fd(),
-                    &[Time::timespec(Some(e.atime)), Time::timespec(Some(e.mtime))],
-                )
-                .map_err(|er| sys_err("utimens", p, er))?;
+                times_of(node.as_fd(), p, e)?;
                 let mut done = self.done.lock();
                 done.files += 1;
                 done.bytes += e.size;
