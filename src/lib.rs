@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod durable;
 pub mod exit;
 pub mod failover;
 pub mod fs;

@@ -82,6 +82,10 @@ pub struct Metrics {
     resync_done: Family<ModuleLabel, Gauge>,
     resync_total: Family<ModuleLabel, Gauge>,
     resync_rate: Family<ModuleLabel, Gauge>,
+    resync_max_rate: Family<ModuleLabel, Gauge>,
+    resync_paused: Family<ModuleLabel, Gauge>,
+    resync_yielding: Family<ModuleLabel, Gauge>,
+    resync_eta: Family<ModuleLabel, Gauge>,
     peer_alive: Gauge,
     mixed_versions: Gauge,
     heard_age: Family<PathLabels, Gauge<f64, AtomicU64>>,
@@ -107,7 +111,6 @@ pub struct Metrics {
 struct Seen {
     /// Totals of the status, by what they count.
     totals: Vec<(String, u64)>,
-    resync: Vec<(String, u64, std::time::Instant)>,
 }
 
 impl Default for Metrics {
@@ -229,7 +232,27 @@ impl Metrics {
             ),
             resync_rate: reg!(
                 "resync_rate_bytes_per_second",
-                "Rate of the running resync",
+                "Rate of the running resync over the last two seconds",
+                Family::default()
+            ),
+            resync_max_rate: reg!(
+                "resync_max_rate_bytes_per_second",
+                "The most a resync of the module ships a second (0: no cap)",
+                Family::default()
+            ),
+            resync_paused: reg!(
+                "resync_paused",
+                "1 while an operator holds the module's resync paused (kept across restarts)",
+                Family::default()
+            ),
+            resync_yielding: reg!(
+                "resync_yielding",
+                "1 while the running resync yields to the application's writes (held to resync_min_rate)",
+                Family::default()
+            ),
+            resync_eta: reg!(
+                "resync_eta_seconds",
+                "Seconds the running resync has left at its current rate (-1: none known)",
                 Family::default()
             ),
             peer_alive: reg!(
@@ -437,24 +460,18 @@ impl Metrics {
             let (done, total) = (r.resync.bytes_done, r.resync.bytes_total);
             self.resync_done.get_or_create(&l).set(done as i64);
             self.resync_total.get_or_create(&l).set(total as i64);
-            let now = std::time::Instant::now();
-            let rate = match seen.resync.iter_mut().find(|(n, ..)| *n == m.name) {
-                Some((_, was, at)) => {
-                    let secs = now.duration_since(*at).as_secs_f64();
-                    let rate = if done >= *was && secs > 0.0 {
-                        (done - *was) as f64 / secs
-                    } else {
-                        0.0
-                    };
-                    (*was, *at) = (done, now);
-                    rate
-                }
-                None => {
-                    seen.resync.push((m.name.clone(), done, now));
-                    0.0
-                }
-            };
-            self.resync_rate.get_or_create(&l).set(rate as i64);
+            let rs = &r.resync;
+            self.resync_rate.get_or_create(&l).set(rs.rate as i64);
+            self.resync_max_rate
+                .get_or_create(&l)
+                .set(rs.max_rate as i64);
+            self.resync_paused.get_or_create(&l).set(rs.paused as i64);
+            self.resync_yielding
+                .get_or_create(&l)
+                .set((rs.state == "yielding") as i64);
+            self.resync_eta
+                .get_or_create(&l)
+                .set(rs.eta_seconds.map_or(-1, |s| s as i64));
         }
         if let Some(n) = &st.nodes {
             self.peer_alive.set(n.peer_alive as i64);

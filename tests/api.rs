@@ -512,6 +512,127 @@ fn maintenance_through_the_api_status_and_metrics() {
     assert_eq!((c.state(1), c.state(2)), ("PRIM".into(), "SECOND".into()));
 }
 
+/// A resync steered through the API: paused (nothing more shipped, shown
+/// in the status and `/metrics`), bad input refused with the field named,
+/// resumed with the cap lifted, and ended with both copies equal.
+#[test]
+fn a_resync_paused_and_resumed_through_the_api_with_its_metrics() {
+    let mut c = Cluster::build_opts(
+        None,
+        &Options {
+            quorum: "none",
+            api: true,
+            replication_extra: "resync_max_rate = \"4MiB\"",
+            ..Options::default()
+        },
+    );
+    c.start_both(30);
+    let admin = token(&c, 1, "ops", "admin");
+    let monitor = token(&c, 1, "mon", "monitor");
+    let api = Client::new(&c, 1);
+    let metric = |name: &str| -> Option<String> {
+        let (_, m) = api.call("GET", "/metrics", Some(&monitor), None);
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    let resync = |c: &Cluster| c.status(1).unwrap()["modules"][0]["replication"]["resync"].clone();
+    let (s, e) = api.post("/api/modules/app/pace", &admin, r#"{"paused": true}"#);
+    assert!(
+        s >= 400 && e["error"].as_str().unwrap().contains("no resync"),
+        "{s} {e}"
+    );
+
+    // Node 2 away while 48 MiB are written: 12 s of resync at the cap.
+    c.signal(2, libc::SIGKILL);
+    assert!(wait_until(
+        10,
+        || c.status(1).unwrap()["modules"][0]["replication"]["peer"] != "connected"
+    ));
+    for i in 0..3u64 {
+        std::fs::write(
+            c.path(&format!("node1/app/f{i}")),
+            common::noise(i, 16 << 20),
+        )
+        .unwrap();
+    }
+    c.start(2);
+    assert!(
+        wait_until(30, || {
+            let r = resync(&c);
+            r["running"] == true && r["bytes_sent"].as_u64().unwrap_or(0) > 0
+        }),
+        "no resync: {}",
+        resync(&c)
+    );
+    assert_eq!(
+        metric(r#"tandem_resync_max_rate_bytes_per_second{module="app"}"#).as_deref(),
+        Some("4194304")
+    );
+    let (s, a) = api.post("/api/modules/app/pace", &monitor, r#"{"paused": true}"#);
+    assert_eq!(s, 403, "{a}");
+    let (s, a) = api.post("/api/modules/app/pace", &admin, r#"{"paused": true}"#);
+    assert_eq!(s, 200, "{a}");
+    assert!(a["messages"].to_string().contains("paused"), "{a}");
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = resync(&c)["bytes_sent"].as_u64().unwrap();
+    assert_eq!(resync(&c)["state"], "paused");
+    assert_eq!(
+        metric(r#"tandem_resync_paused{module="app"}"#).as_deref(),
+        Some("1")
+    );
+    // Bad input: refused, naming the field; the pause holds.
+    for (body, why) in [
+        (r#"{"rate": -1}"#, "\"rate\""),
+        (r#"{"rate": "5XB"}"#, "\"rate\""),
+        (r#"{}"#, "a rate, pause or resume"),
+        (r#"{"paused": false, "node": "node2"}"#, "secondary"),
+    ] {
+        let (s, e) = api.post("/api/modules/app/pace", &admin, body);
+        assert!(
+            s >= 400 && e["error"].as_str().unwrap_or_default().contains(why),
+            "{body}: {s} {e}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        resync(&c)["bytes_sent"].as_u64().unwrap(),
+        sent,
+        "sent while paused"
+    );
+    assert_eq!(resync(&c)["paused"], true);
+
+    let (s, a) = api.post(
+        "/api/modules/app/pace",
+        &admin,
+        r#"{"paused": false, "rate": 0}"#,
+    );
+    assert_eq!(s, 200, "{a}");
+    assert!(
+        wait_until(60, || {
+            let r = &c.status(1).unwrap()["modules"][0]["replication"];
+            r["peer"] == "connected" && r["dirty_bytes"] == 0
+        }),
+        "the resumed resync did not end: {}",
+        resync(&c)
+    );
+    for i in 0..3u64 {
+        assert!(
+            std::fs::read(c.path(&format!("node2/app/f{i}"))).unwrap()
+                == common::noise(i, 16 << 20),
+            "f{i} differs on node2"
+        );
+    }
+    assert_eq!(
+        metric(r#"tandem_resync_paused{module="app"}"#).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        metric(r#"tandem_resync_max_rate_bytes_per_second{module="app"}"#).as_deref(),
+        Some("0")
+    );
+}
+
 /// Snapshots through the API: listed and compared with a monitor token,
 /// taken, restored and deleted with an admin one, on this node and on the
 /// peer; bad input refused with the field named and nothing done; the

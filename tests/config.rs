@@ -1023,6 +1023,24 @@ fn replication_rules() {
     );
     let default = parse(&append("")).unwrap();
     assert_eq!(default.replication.resync_max_rate, 0, "no cap by default");
+    assert_eq!(default.replication.resync_min_rate, 12 << 20);
+    rejects(
+        &append("[replication]\nresync_min_rate = \"5XB\""),
+        "replication.resync_min_rate",
+        Some("5XB"),
+        "is not a rate",
+    );
+    rejects(
+        &append("[replication]\nresync_max_rate = \"10MiB\"\nresync_min_rate = \"20MiB\""),
+        "replication.resync_min_rate",
+        Some("20MiB"),
+        "the minimum cannot exceed the cap",
+    );
+    let ok = parse(&append(
+        "[replication]\nresync_max_rate = \"8MiB\"\nresync_min_rate = \"0\"",
+    ))
+    .unwrap();
+    assert_eq!(ok.replication.resync_min_rate, 0);
 }
 
 #[test]

@@ -150,6 +150,7 @@ fn an_operator_swaps_from_the_console_on_a_phone_sized_screen() {
         &Options {
             quorum: "none",
             api: true,
+            replication_extra: "resync_max_rate = \"4MiB\"",
             ..Options::default()
         },
     );
@@ -353,6 +354,94 @@ fn an_operator_swaps_from_the_console_on_a_phone_sized_screen() {
         d.js("return document.documentElement.scrollWidth <= window.innerWidth"),
         true,
         "the snapshots make the page wider than a phone's screen"
+    );
+
+    // A resync, paused, uncapped and resumed from the page (node1's: it
+    // stays up): node1 serves again, node2 is away while node1 takes 48
+    // MiB, 12 s at the 4 MiB/s cap.
+    c.ok(1, &["swap", "app"]);
+    c.wait_states("PRIM", "SECOND", 30);
+    c.signal(2, libc::SIGKILL);
+    let replication = |c: &Cluster| c.status(1).unwrap()["modules"][0]["replication"].clone();
+    assert!(wait_until(10, || replication(&c)["peer"] != "connected"));
+    for i in 0..3u64 {
+        std::fs::write(
+            c.path(&format!("node1/app/big{i}")),
+            common::noise(i, 16 << 20),
+        )
+        .unwrap();
+    }
+    c.start(2);
+    assert!(
+        wait_until(30, || replication(&c)["resync"]["running"] == true),
+        "no resync: {}",
+        replication(&c)
+    );
+    let card = "const e = document.querySelector('.module[data-node=node1] .resync'); \
+                return e ? e.dataset.state + '|' + e.textContent.replace(/\\s+/g, ' ') : ''";
+    assert!(
+        wait_until(15, || d
+            .js(card)
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 4.0 MiB/s")),
+        "the resync is not shown: {}\n{}\n{}",
+        d.js(card),
+        d.js("return document.querySelector('.module[data-node=node1]').outerHTML"),
+        replication(&c)
+    );
+    let press = |command: &str, says: &str| {
+        let button = format!(".module[data-node=node1] button[data-command={command}]");
+        assert!(
+            d.wait_js(15, &format!("return !!document.querySelector('{button}')")),
+            "no {command} button"
+        );
+        d.click(&button);
+        let what = d.js("return document.getElementById('confirm-what').textContent");
+        assert!(what.as_str().unwrap().starts_with(says), "{what}");
+        d.click("#confirm-yes");
+    };
+    press(
+        "resync-pause",
+        "pause the resync of app: node1 ships nothing more to node2",
+    );
+    assert!(
+        wait_until(15, || d
+            .js(card)
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("paused|")
+            && d.js(card).as_str().unwrap_or_default().contains("PAUSED")),
+        "the page does not show the pause: {} ({})",
+        d.js(card),
+        d.js("return document.getElementById('message').textContent")
+    );
+    assert_eq!(replication(&c)["resync"]["paused"], true);
+    d.js("window.tandemRate = 0; return true");
+    press(
+        "resync-rate",
+        "set the most the resync of app ships a second",
+    );
+    assert!(
+        wait_until(15, || replication(&c)["resync"]["max_rate"] == 0),
+        "the cap was not lifted: {}",
+        d.js("return document.getElementById('message').textContent")
+    );
+    press("resync-resume", "resume the resync of app");
+    assert!(
+        wait_until(60, || {
+            let r = replication(&c);
+            r["peer"] == "connected" && r["dirty_bytes"] == 0
+        }),
+        "the resumed resync did not end: {}",
+        replication(&c)
+    );
+    assert!(
+        d.wait_js(
+            15,
+            "return !document.querySelector('.module[data-node=node1] .resync')"
+        ),
+        "the page still shows a resync"
     );
 }
 

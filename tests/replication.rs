@@ -439,6 +439,75 @@ fn a_resync_keeps_to_its_rate_cap_while_live_writes_go_on() {
 }
 
 #[test]
+fn a_resync_yields_to_its_minimum_while_the_application_writes_and_takes_the_rest_after() {
+    let min: u64 = 6 << 20;
+    let mut pair = Pair::new();
+    for n in 1..=2 {
+        let text = std::fs::read_to_string(pair.config(n)).unwrap();
+        let text = text.replacen(
+            "peer_timeout_ms = 2000",
+            "peer_timeout_ms = 2000\nresync_min_rate = \"6MiB\"",
+            1,
+        );
+        std::fs::write(pair.config(n), text).unwrap();
+    }
+    pair.start_both();
+    pair.wait_caught_up();
+    // The application writes flat out from before the resync starts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), pair.dir(1).join("app.log"));
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(path).unwrap();
+            let block = common::noise(3, 64 << 10);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&block).unwrap();
+                n += 1;
+                if n.is_multiple_of(16) {
+                    f.sync_data().unwrap();
+                }
+                if n.is_multiple_of(1024) {
+                    f.set_len(0).unwrap();
+                    std::io::Seek::rewind(&mut f).unwrap();
+                }
+            }
+        })
+    };
+    resync_of(&mut pair, 256);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (b0, t0) = (resync_sent(&pair), std::time::Instant::now());
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let r = pair.replication(1).unwrap();
+    let busy = (resync_sent(&pair) - b0) as f64 / t0.elapsed().as_secs_f64();
+    assert_eq!(r["resync"]["state"], "yielding", "{r}");
+    assert_eq!(r["resync"]["min_rate"], min, "{r}");
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    assert!(
+        busy >= min as f64 * 0.9 && busy <= min as f64 * 1.15,
+        "while the application writes: {:.2} MiB/s, the minimum 6 MiB/s",
+        mib(busy)
+    );
+    // The application stops: the resync takes the rest.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (b1, t1) = (resync_sent(&pair), std::time::Instant::now());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let free = (resync_sent(&pair) - b1) as f64 / t1.elapsed().as_secs_f64();
+    let left = pair.replication(1).unwrap()["dirty_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        free > 3.0 * min as f64 || left == 0,
+        "once the application stopped: {:.2} MiB/s",
+        mib(free)
+    );
+    resync_ended(&pair, 60);
+}
+
+#[test]
 fn a_paused_resync_ships_nothing_until_resumed() {
     let mut pair = capped_pair("4MiB");
     pair.start_both();
@@ -481,6 +550,55 @@ fn a_paused_resync_ships_nothing_until_resumed() {
     assert!(live.elapsed() < std::time::Duration::from_secs(3));
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(resync_sent(&pair), b0, "sent while paused");
+
+    // The pause outlives the primary's daemon, and says so.
+    pair.signal(1, libc::SIGTERM);
+    pair.start(1);
+    assert!(
+        common::wait_until(30, || pair
+            .replication(1)
+            .is_some_and(|r| r["resync"]["running"] == true)),
+        "no resync after the restart: {:?}",
+        pair.replication(1)
+    );
+    let r = pair.replication(1).unwrap();
+    assert_eq!(r["resync"]["paused"], true, "{r}");
+    assert!(
+        r["resync"]["paused_since_unix_ms"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    let log = std::fs::read_to_string(pair.log(1)).unwrap();
+    assert!(
+        log.contains("is PAUSED since"),
+        "the restart does not say so"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        resync_sent(&pair),
+        0,
+        "a restarted resync sent while paused"
+    );
+
+    // The peer lost while the paused resync waits: the primary goes on
+    // alone within the peer timeout, and the paused resync holds nothing.
+    pair.signal(2, libc::SIGKILL);
+    let lost = std::time::Instant::now();
+    std::fs::write(pair.dir(1).join("alone"), common::noise(10, 1 << 20)).unwrap();
+    assert!(
+        lost.elapsed() < std::time::Duration::from_secs(4),
+        "a write waited {:?} with the peer lost during a paused resync",
+        lost.elapsed()
+    );
+    assert!(common::wait_until(10, || pair.peer_state() != "connected"));
+    let status = String::from_utf8_lossy(&pair.tandem(1, &["status"]).stdout).to_string();
+    assert!(status.contains("PAUSED since"), "{status}");
+    pair.start(2);
+    assert!(common::wait_until(30, || pair
+        .replication(1)
+        .is_some_and(|r| r["resync"]["running"] == true)));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(resync_sent(&pair), 0, "sent while paused");
+
     // Resumed without the cap: it ends.
     let o = pair.tandem(1, &["resync", "app", "--resume", "--rate", "0"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

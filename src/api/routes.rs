@@ -387,7 +387,7 @@ pub(super) type Fields = serde_json::Map<String, Value>;
 
 /// The commands a URL names, each with the tag `control::Request` knows it
 /// by.
-const COMMANDS: [(&str, &str); 11] = [
+const COMMANDS: [(&str, &str); 12] = [
     ("start", "start"),
     ("stop", "stop"),
     ("restart", "restart"),
@@ -399,6 +399,7 @@ const COMMANDS: [(&str, &str); 11] = [
     ("resolve", "resolve"),
     ("checker", "checker"),
     ("maintenance", "maintenance"),
+    ("pace", "resync_pace"),
 ];
 
 /// The control request a command's body asks for, decoded by
@@ -411,7 +412,7 @@ fn parse_command(module: Option<&str>, cmd: &str, body: &[u8]) -> Result<Request
             StatusCode::NOT_FOUND,
             format!(
                 "no command {cmd:?}: start, stop, restart, swap, prim, second, resync, \
-                 verify, resolve, checker or maintenance"
+                 verify, resolve, checker, maintenance or pace"
             ),
         ));
     };
@@ -548,6 +549,7 @@ mod tests {
             let body = match cmd {
                 "resolve" => r#"{"keep": "node1"}"#,
                 "checker" | "maintenance" => r#"{"on": true}"#,
+                "pace" => r#"{"paused": true}"#,
                 _ => "",
             };
             let r = parse_command(Some("app"), cmd, body.as_bytes()).unwrap();
@@ -562,6 +564,39 @@ mod tests {
             Request::FullSync {
                 module: "app".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_resync_is_paced_by_rate_and_pause_and_bad_values_are_named() {
+        assert_eq!(
+            parse_command(
+                Some("app"),
+                "pace",
+                br#"{"rate": 1048576, "paused": false}"#
+            )
+            .unwrap(),
+            Request::ResyncPace {
+                module: "app".into(),
+                rate: Some(1 << 20),
+                paused: Some(false),
+            }
+        );
+        refused_as(
+            "pace",
+            r#"{"rate": -1}"#,
+            "field \"rate\" of pace: invalid value",
+        );
+        refused_as(
+            "pace",
+            r#"{"rate": "5XB"}"#,
+            "field \"rate\" of pace: invalid type",
+        );
+        refused_as("pace", r#"{"paused": "yes"}"#, "field \"paused\" of pace");
+        refused_as(
+            "pace",
+            r#"{"pause": true}"#,
+            "field \"pause\" of pace: unknown field",
         );
     }
 

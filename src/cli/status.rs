@@ -119,6 +119,8 @@ pub(super) fn print_status(resp: &Response, json: bool) {
             );
             if r.resync.running {
                 println!("  resync: {}", super::progress::line(&r.resync));
+            } else if let Some(held) = super::progress::held(&r.resync) {
+                println!("  resync: {held}");
             }
             if let Some(e) = &r.last_error {
                 println!("  last problem: {e}");

@@ -82,6 +82,7 @@ pub(super) struct RawReplication {
     pub chunk_size_kib: Option<Int>,
     pub async_max_lag_mib: Option<Int>,
     pub resync_max_rate: Option<Str>,
+    pub resync_min_rate: Option<Str>,
 }
 
 #[derive(Deserialize, Default)]

@@ -117,6 +117,9 @@ pub struct Replication {
     pub async_max_lag: u64,
     /// Bytes a second a resync may ship at most (0: no cap).
     pub resync_max_rate: u64,
+    /// Bytes a second a resync keeps while the application writes (0: it
+    /// waits for the application to pause).
+    pub resync_min_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -85,8 +85,8 @@ impl Replica {
         Ok(format!("module {}: verify started", self.name()))
     }
 
-    /// Asks the primary for a full sync by content (on the secondary).
-    /// Sets the running resync's cap, or pauses or resumes it.
+    /// Sets the running resync's cap, or pauses or resumes it. A pause
+    /// outlives the daemon, so a resume is taken with no resync running.
     pub fn pace_resync(
         &self,
         rate: Option<u64>,
@@ -95,20 +95,27 @@ impl Replica {
         let Replica::Primary(rep, _) = self else {
             return Err(ReplicaRefused::NotPrimaryResync);
         };
-        if !rep.progress().running {
+        let resume_only = rate.is_none() && paused == Some(false) && rep.pace.paused();
+        if !rep.progress().running && !resume_only {
             return Err(ReplicaRefused::NoResync);
         }
+        if rate.is_none() && paused.is_none() {
+            return Err(ReplicaRefused::NothingAsked);
+        }
         let mut said = Vec::new();
+        // The pause first: refused, it leaves the rate as it was too.
+        if let Some(p) = paused {
+            rep.pace
+                .set_paused(p)
+                .map_err(|e| ReplicaRefused::PauseNotKept(e.to_string()))?;
+            said.push(if p { "paused" } else { "resumed" }.to_string());
+        }
         if let Some(r) = rate {
             rep.pace.set_rate(r);
             said.push(match r {
                 0 => "no cap".to_string(),
                 r => format!("at most {}/s", crate::replication::status::human(r)),
             });
-        }
-        if let Some(p) = paused {
-            rep.pace.set_paused(p);
-            said.push(if p { "paused" } else { "resumed" }.to_string());
         }
         tracing::info!(module = %rep.module, "resync: {}", said.join(", "));
         Ok(format!("module {}: resync {}", rep.module, said.join(", ")))
@@ -149,6 +156,12 @@ pub enum ReplicaRefused {
     NotPrimaryResync,
     #[error("no resync of this module is running")]
     NoResync,
+    #[error("say what to change: a rate, pause or resume")]
+    NothingAsked,
+    /// The pause must outlive the daemon, so it is refused if it cannot be
+    /// written down.
+    #[error("cannot keep the pause in the state directory: {0}")]
+    PauseNotKept(String),
 }
 
 /// Why a verify, or its repair, did not finish (the status shows it).
@@ -497,6 +510,15 @@ pub fn primary(
         peer_timeout: settings.replication.peer_timeout,
         async_max_lag: settings.replication.async_max_lag,
         resync_max_rate: settings.replication.resync_max_rate,
+        resync_min_rate: settings.replication.resync_min_rate,
+        pause_file: Some(
+            settings
+                .daemon
+                .state_dir
+                .join("modules")
+                .join(&m.name)
+                .join("resync-paused"),
+        ),
         dirs: w.dirs,
         exclude: exclude_of(m)?,
         alone_ok: w.alone_ok,
@@ -505,6 +527,15 @@ pub fn primary(
     });
     rep.resumes
         .store(w.resumes, std::sync::atomic::Ordering::SeqCst);
+    if let Some(since) = rep.pace.paused_since() {
+        tracing::warn!(
+            module = %m.name,
+            "the resync to the peer is PAUSED since {} by an operator: nothing is resynchronised \
+             until `tandem resync {} --resume`",
+            crate::clock::utc(since),
+            m.name
+        );
+    }
     let link = Arc::new(PrimarySession {
         rep: rep.clone(),
         creds: w.creds,

@@ -177,6 +177,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
                 while off < r.end {
                     let piece = off..(off + PIECE).min(r.end);
                     off = piece.end;
+                    rep.pace_hold(conn);
                     let ok = rep.ship(conn, dir, |dir_state, names_gen| {
                         // The path only changes when names do.
                         let mut named = named.borrow_mut();
@@ -214,7 +215,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
                         return Err(stopped());
                     }
                     // Outside the stream's lock: live changes go on meanwhile.
-                    rep.pace.take(shipped.take(), || rep.linked(conn));
+                    rep.pace_take(shipped.take());
                     rep.progress().bytes_done += piece.end - piece.start;
                 }
             }

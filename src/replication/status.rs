@@ -19,9 +19,26 @@ pub struct ResyncProgress {
     /// The most it may ship a second (`replication.resync_max_rate`; 0: no cap).
     #[serde(default)]
     pub max_rate: u64,
+    /// The most it keeps while the application writes
+    /// (`replication.resync_min_rate`).
+    #[serde(default)]
+    pub min_rate: u64,
     /// Paused by an operator (`tandem resync M --pause`): nothing ships.
+    /// Kept across restarts: the next resync starts paused.
     #[serde(default)]
     pub paused: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_since_unix_ms: Option<u64>,
+    /// While running: "running", "yielding" (the application writes: held
+    /// to `min_rate`) or "paused".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    /// Bytes a second over the last two seconds, while running.
+    #[serde(default)]
+    pub rate: u64,
+    /// Seconds left at that rate (none while paused or stalled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
 }

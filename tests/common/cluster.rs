@@ -37,6 +37,8 @@ pub struct Options<'a> {
     pub peer_timeout_ms: u64,
     /// More settings of `[cluster]`.
     pub cluster_extra: &'a str,
+    /// More settings of `[replication]`.
+    pub replication_extra: &'a str,
 }
 
 impl Default for Options<'_> {
@@ -54,6 +56,7 @@ impl Default for Options<'_> {
             api: false,
             peer_timeout_ms: 2000,
             cluster_extra: "",
+            replication_extra: "",
         }
     }
 }
@@ -467,6 +470,7 @@ timeout_ms = {timeout}
 [replication]
 port = {rep}
 peer_timeout_ms = {peer_timeout}
+{replication_extra}
 [daemon]
 socket = "{t}/n{n}.sock"
 state_dir = "{t}/state{n}"
@@ -518,6 +522,7 @@ timeout_s = {script_timeout}
                     timeout = opts.heartbeat.1,
                     peer_timeout = opts.peer_timeout_ms,
                     cluster_extra = opts.cluster_extra,
+                    replication_extra = opts.replication_extra,
                 ),
             )
             .unwrap();

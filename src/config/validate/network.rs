@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::super::raw::{RawHeartbeat, RawReplication, Section};
+use super::super::raw::{RawHeartbeat, RawReplication, Section, Str};
 use super::super::report::Report;
 use super::super::settings::{Compression, Heartbeat, Replication};
 use super::fields;
@@ -124,24 +124,34 @@ pub(super) fn replication(
         1,
         1 << 20,
     );
-    // A size a second: "50MiB", "1GB", bytes; "0" for no cap.
-    let max_rate = match &raw.resync_max_rate {
-        None => Some(0),
-        Some(v) => match super::snapshots::bytes(v.get_ref()) {
-            Some(n) => Some(n),
-            None => {
-                r.error(
-                    "replication.resync_max_rate",
-                    Some(v.span()),
-                    format!(
-                        "{:?} is not a rate (bytes a second: \"50MiB\", \"1GB\", a number of bytes, or \"0\" for no cap)",
-                        v.get_ref()
-                    ),
-                );
-                None
-            }
-        },
-    };
+    // Sizes a second: "50MiB", "1GB", bytes; "0" for none.
+    let max_rate = rate(
+        r,
+        &raw.resync_max_rate,
+        "replication.resync_max_rate",
+        0,
+        "no cap",
+    );
+    let min_rate = rate(
+        r,
+        &raw.resync_min_rate,
+        "replication.resync_min_rate",
+        RESYNC_MIN_RATE,
+        "none: the resync waits while the application writes",
+    );
+    if let (Some(max), Some(min), Some(v)) = (max_rate, min_rate, &raw.resync_min_rate)
+        && max > 0
+        && min > max
+    {
+        r.error(
+            "replication.resync_min_rate",
+            Some(v.span()),
+            format!(
+                "{:?} is above replication.resync_max_rate ({max} bytes a second): the minimum cannot exceed the cap",
+                v.get_ref()
+            ),
+        );
+    }
     (r.count() == before).then(|| Replication {
         port: port.expect("validated"),
         peer_timeout: millis(peer_timeout),
@@ -149,7 +159,30 @@ pub(super) fn replication(
         chunk_size: chunk.expect("validated") as u32 * 1024,
         async_max_lag: lag.expect("validated") as u64 * 1024 * 1024,
         resync_max_rate: max_rate.expect("validated"),
+        resync_min_rate: min_rate.expect("validated"),
     })
+}
+
+/// What a resync keeps while the application writes, unless configured: a
+/// tenth of a 1 Gb/s link.
+pub const RESYNC_MIN_RATE: u64 = 12 << 20;
+
+/// A rate field: `default` when absent, refused (naming `field`) unless a
+/// size; 0 means `zero`.
+fn rate(r: &mut Report, v: &Option<Str>, field: &str, default: u64, zero: &str) -> Option<u64> {
+    let Some(v) = v else { return Some(default) };
+    let n = super::snapshots::bytes(v.get_ref());
+    if n.is_none() {
+        r.error(
+            field,
+            Some(v.span()),
+            format!(
+                "{:?} is not a rate (bytes a second: \"50MiB\", \"1GB\", a number of bytes, or \"0\" for {zero})",
+                v.get_ref()
+            ),
+        );
+    }
+    n
 }
 
 /// Only called once the value has been validated as non-negative.

@@ -1,7 +1,7 @@
 //! A module around its state machine: its log, scripts, role file and
 //! change logs, and feeding the machine.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -284,15 +284,4 @@ impl Managed {
 
 pub(super) use crate::clock::utc;
 
-/// Replaces `path` with `bytes` whole or not at all, durably: a temporary
-/// file synced, renamed over it, and the directory synced.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
+use crate::durable::write_atomically;

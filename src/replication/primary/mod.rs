@@ -44,6 +44,7 @@ mod write;
 mod tests;
 
 pub use outlet::{LinkError, Outbound, Outlet};
+pub use pace::State as PaceState;
 pub use peer::AloneCheck;
 pub use shipping::{Exclusive, Item, ResyncClear};
 
@@ -62,6 +63,10 @@ pub struct Settings {
     pub async_max_lag: u64,
     /// Bytes a second a resync may ship at most (0: no cap).
     pub resync_max_rate: u64,
+    /// Bytes a second a resync keeps while the application writes.
+    pub resync_min_rate: u64,
+    /// Where an operator's pause of the resync is kept across restarts.
+    pub pause_file: Option<std::path::PathBuf>,
     pub dirs: Vec<Dir>,
     pub exclude: Exclude,
     /// With a quorum: whether this node may go on without its peer (it
@@ -98,7 +103,7 @@ impl Replicator {
     pub fn new(mut s: Settings) -> Arc<Self> {
         let tally = Arc::<Tally>::default();
         let exclude = std::mem::take(&mut s.exclude);
-        let pace = pace::Pace::new(s.resync_max_rate);
+        let pace = pace::Pace::new(s.resync_max_rate, s.resync_min_rate, s.pause_file.take());
         Arc::new(Self {
             module: s.module.clone(),
             ack: s.ack,
@@ -251,7 +256,24 @@ impl Replicator {
     /// Ships one resync item built under the order lock; false once the
     /// link is gone.
     pub fn ship(&self, conn: u64, dir: u32, build: impl FnOnce(&Dir, u64) -> Option<Item>) -> bool {
-        shipping::ship(&self.stream, conn, dir, build)
+        let window = self.pace.window(self.live(), stream::RESYNC_WINDOW);
+        shipping::ship(&self.stream, conn, dir, window, build)
+    }
+
+    /// Waits until the resync on `conn` may ship its next piece (see
+    /// [`pace`]); outside the order lock, so live changes go on meanwhile.
+    pub fn pace_hold(&self, conn: u64) {
+        self.pace.hold(|| self.live(), || self.still_linked(conn));
+    }
+
+    /// The resync shipped `n` bytes: waits as long as its rate says.
+    pub fn pace_take(&self, n: u64) {
+        self.pace.take(n, self.live());
+    }
+
+    /// How many live changes the stream has sent: the application writing.
+    fn live(&self) -> u64 {
+        self.stream.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether connection `conn` is still the peer's link.
@@ -356,7 +378,16 @@ impl Replicator {
     pub fn status(&self) -> ReplicationStatus {
         let mut resync = self.resync.lock().clone();
         resync.max_rate = self.pace.rate();
+        resync.min_rate = self.pace.min_rate();
         resync.paused = self.pace.paused();
+        resync.paused_since_unix_ms = self.pace.paused_since();
+        if resync.running {
+            resync.state = self.pace.state(self.live()).as_str().into();
+            resync.rate = self.pace.measured();
+            let left = resync.bytes_total.saturating_sub(resync.bytes_done);
+            resync.eta_seconds =
+                (resync.rate > 0 && !resync.paused).then(|| left.div_ceil(resync.rate));
+        }
         let verify = self.verify.lock().clone();
         let agreed = self.agreed.lock().clone().unwrap_or_default();
         ReplicationStatus {

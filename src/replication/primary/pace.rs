@@ -1,20 +1,63 @@
-//! The pace of a resync: at most `resync_max_rate` bytes a second (changed
-//! at runtime by `tandem resync M --rate`), or paused, so that a returning
-//! node's catch-up leaves the link and the disks to the application. A
-//! token bucket holding a tenth of a second's bytes: the rate holds over any
-//! second, and a short pause gives no burst beyond it.
+//! The pace of a resync, so that a returning node's catch-up leaves the
+//! link and the disks to the application:
+//! - at most `resync_max_rate` bytes a second (changed at runtime by
+//!   `tandem resync M --rate`), a token bucket holding a tenth of a
+//!   second's bytes: the rate holds over any second, and idle time gives no
+//!   burst beyond it;
+//! - while the application writes (a live change sent in the last
+//!   [`BUSY_HOLD`]), at most `resync_min_rate`, with at most [`BUSY_WINDOW`]
+//!   of resync data ahead of the application's changes in the stream (the
+//!   peer applies in order: a write queued behind 64 MiB waits for them);
+//!   as soon as it stops, the resync takes the rest again;
+//! - or paused by an operator, which outlives the daemon (a file in the
+//!   module's state directory) and never holds back a failover: a paused
+//!   resync ends with its link like any other.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+/// How long after the application's last change the resync still yields.
+pub const BUSY_HOLD: Duration = Duration::from_millis(250);
+/// Resync data allowed ahead of the peer's acknowledgement while the
+/// application writes (otherwise `stream::RESYNC_WINDOW`).
+pub const BUSY_WINDOW: u64 = 2 << 20;
+/// The span the current rate is measured over.
+const METER_SPAN: Duration = Duration::from_secs(2);
+
+/// What the resync is doing, as the status tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Running,
+    /// The application writes: held to `resync_min_rate`.
+    Yielding,
+    Paused,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Yielding => "yielding",
+            State::Paused => "paused",
+        }
+    }
+}
+
 pub struct Pace {
-    /// Bytes a second; 0: no cap.
-    rate: AtomicU64,
-    /// Nothing is shipped until resumed.
-    paused: AtomicBool,
+    /// Bytes a second at most; 0: no cap.
+    max: AtomicU64,
+    /// Bytes a second while the application writes; 0: none.
+    min: u64,
+    /// When an operator paused it (Unix ms); 0: not paused.
+    paused_at: AtomicU64,
+    /// Where the pause is kept across restarts (none in unit tests).
+    held: Option<PathBuf>,
     bucket: Mutex<Bucket>,
+    busy: Mutex<Busy>,
+    meter: Mutex<Meter>,
 }
 
 /// Bytes that may go now (negative: owed), as of `at`.
@@ -40,49 +83,209 @@ impl Bucket {
     }
 }
 
+/// The application's live changes as last counted, and until when they
+/// make the resync yield.
+struct Busy {
+    seen: u64,
+    until: Option<Instant>,
+}
+
+impl Busy {
+    /// Whether the application wrote lately, given its count of live
+    /// changes `live` at `now`.
+    fn at(&mut self, live: u64, now: Instant) -> bool {
+        if live != self.seen {
+            self.seen = live;
+            self.until = Some(now + BUSY_HOLD);
+        }
+        self.until.is_some_and(|u| now < u)
+    }
+}
+
+/// Bytes shipped, sampled: the rate over the last [`METER_SPAN`].
+#[derive(Default)]
+struct Meter {
+    total: u64,
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl Meter {
+    fn add(&mut self, now: Instant, n: u64) {
+        self.total += n;
+        // One sample per 50 ms is plenty for a 2 s span.
+        match self.samples.back_mut() {
+            Some((at, t)) if now.duration_since(*at) < Duration::from_millis(50) => *t = self.total,
+            _ => self.samples.push_back((now, self.total)),
+        }
+        self.prune(now);
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while self.samples.len() > 1 && now.duration_since(self.samples[1].0) >= METER_SPAN {
+            self.samples.pop_front();
+        }
+    }
+
+    fn rate(&mut self, now: Instant) -> u64 {
+        self.prune(now);
+        let Some(&(first, at_first)) = self.samples.front() else {
+            return 0;
+        };
+        let secs = now.duration_since(first).as_secs_f64();
+        if secs < 0.2 {
+            return 0;
+        }
+        // Nothing shipped for a whole span: stopped.
+        if now.duration_since(first) >= METER_SPAN && self.samples.len() == 1 {
+            return 0;
+        }
+        ((self.total - at_first) as f64 / secs) as u64
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Pace {
-    pub fn new(rate: u64) -> Self {
+    /// A pace of at most `max` and, while the application writes, `min`
+    /// bytes a second; paused if `held` (a file) says so.
+    pub fn new(max: u64, min: u64, held: Option<PathBuf>) -> Self {
+        let paused_at = held
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.trim().parse::<u64>().unwrap_or(1).max(1))
+            .unwrap_or(0);
         Self {
-            rate: AtomicU64::new(rate),
-            paused: AtomicBool::new(false),
+            max: AtomicU64::new(max),
+            min,
+            paused_at: AtomicU64::new(paused_at),
+            held,
             bucket: Mutex::new(Bucket {
                 tokens: 0.0,
                 at: Instant::now(),
             }),
+            busy: Mutex::new(Busy {
+                seen: 0,
+                until: None,
+            }),
+            meter: Mutex::default(),
         }
     }
 
-    /// Bytes a second (0: no cap).
+    /// Bytes a second at most (0: no cap).
     pub fn rate(&self) -> u64 {
-        self.rate.load(Ordering::Relaxed)
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Bytes a second while the application writes.
+    pub fn min_rate(&self) -> u64 {
+        self.min
     }
 
     pub fn set_rate(&self, rate: u64) {
-        self.rate.store(rate, Ordering::Relaxed);
+        self.max.store(rate, Ordering::Relaxed);
     }
 
     pub fn paused(&self) -> bool {
-        self.paused.load(Ordering::Relaxed)
+        self.paused_since().is_some()
     }
 
-    pub fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Relaxed);
+    /// When it was paused (Unix ms), if it is.
+    pub fn paused_since(&self) -> Option<u64> {
+        Some(self.paused_at.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }
 
-    /// Waits until `n` more bytes may go: while paused (as long as `going`
-    /// says the resync is still wanted: a lost link ends it), then for the
-    /// rate.
-    pub fn take(&self, n: u64, going: impl Fn() -> bool) {
+    /// Pauses or resumes, kept across restarts: refused, changing nothing,
+    /// if that cannot be written down.
+    pub fn set_paused(&self, paused: bool) -> std::io::Result<()> {
+        if paused == self.paused() {
+            return Ok(());
+        }
+        let at = now_ms();
+        if let Some(p) = &self.held {
+            if paused {
+                crate::durable::write_atomically(p, at.to_string().as_bytes())?;
+            } else {
+                match std::fs::remove_file(p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        self.paused_at
+            .store(if paused { at } else { 0 }, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the application wrote lately, given its count of live
+    /// changes `live`.
+    pub fn busy(&self, live: u64) -> bool {
+        self.busy.lock().at(live, Instant::now())
+    }
+
+    /// How much resync data may be ahead of the peer's acknowledgement.
+    pub fn window(&self, live: u64, otherwise: u64) -> u64 {
+        if self.busy(live) {
+            BUSY_WINDOW.min(otherwise)
+        } else {
+            otherwise
+        }
+    }
+
+    /// What the resync is doing now, given the count of live changes.
+    pub fn state(&self, live: u64) -> State {
+        if self.paused() {
+            State::Paused
+        } else if self.busy(live) {
+            State::Yielding
+        } else {
+            State::Running
+        }
+    }
+
+    /// The rate shipped over the last two seconds.
+    pub fn measured(&self) -> u64 {
+        self.meter.lock().rate(Instant::now())
+    }
+
+    /// Waits before the next piece: while paused and, with no minimum,
+    /// while the application writes (`live`: its count of live changes,
+    /// read anew), as long as `going` says the resync is still wanted (a
+    /// lost link ends it).
+    pub fn hold(&self, live: impl Fn() -> u64, going: impl Fn() -> bool) {
         while self.paused() && going() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let rate = self.rate();
+        while self.min == 0 && self.busy(live()) && going() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Counts `n` bytes shipped and waits until the rate allows more: the
+    /// cap, lowered to the minimum while the application writes.
+    pub fn take(&self, n: u64, live: u64) {
+        let rate = self.effective(self.busy(live));
+        self.meter.lock().add(Instant::now(), n);
         if rate == 0 {
             return;
         }
         let wait = self.bucket.lock().debit(Instant::now(), n, rate);
         if !wait.is_zero() {
             std::thread::sleep(wait);
+        }
+    }
+
+    /// The cap in force (0: none).
+    fn effective(&self, busy: bool) -> u64 {
+        let max = self.rate();
+        match (busy, max) {
+            (false, max) => max,
+            (true, 0) => self.min,
+            (true, max) => self.min.min(max),
         }
     }
 }
@@ -114,30 +317,87 @@ mod tests {
 
     #[test]
     fn no_cap_never_waits() {
-        let p = Pace::new(0);
+        let p = Pace::new(0, 1 << 20, None);
         let t = Instant::now();
         for _ in 0..1000 {
-            p.take(1 << 30, || true);
+            p.hold(|| 0, || true);
+            p.take(1 << 30, 0);
         }
         assert!(t.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
     fn a_pause_holds_until_resumed_or_no_longer_wanted() {
-        let p = std::sync::Arc::new(Pace::new(0));
-        p.set_paused(true);
+        let p = std::sync::Arc::new(Pace::new(0, 0, None));
+        p.set_paused(true).unwrap();
         let q = p.clone();
         let t = Instant::now();
-        let waiter = std::thread::spawn(move || q.take(1, || true));
+        let waiter = std::thread::spawn(move || q.hold(|| 0, || true));
         std::thread::sleep(Duration::from_millis(300));
         assert!(!waiter.is_finished(), "paused");
-        p.set_paused(false);
+        assert_eq!(p.state(0), State::Paused);
+        p.set_paused(false).unwrap();
         waiter.join().unwrap();
         assert!(t.elapsed() >= Duration::from_millis(300));
         // A link gone ends the wait though still paused.
-        p.set_paused(true);
+        p.set_paused(true).unwrap();
         let t = Instant::now();
-        p.take(1, || false);
+        p.hold(|| 0, || false);
         assert!(t.elapsed() < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_pause_is_kept_in_its_file_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = dir.path().join("resync-paused");
+        let p = Pace::new(0, 0, Some(held.clone()));
+        assert!(!p.paused());
+        p.set_paused(true).unwrap();
+        let since = p.paused_since().unwrap();
+        let again = Pace::new(0, 0, Some(held.clone()));
+        assert_eq!(again.paused_since(), Some(since));
+        again.set_paused(false).unwrap();
+        assert!(!held.exists());
+        assert!(!Pace::new(0, 0, Some(held.clone())).paused());
+        // A pause that cannot be written down is refused and not taken.
+        let nowhere = Pace::new(0, 0, Some(dir.path().join("gone/resync-paused")));
+        assert!(nowhere.set_paused(true).is_err());
+        assert!(!nowhere.paused());
+    }
+
+    #[test]
+    fn live_changes_hold_the_resync_to_its_minimum_until_they_stop() {
+        let t0 = Instant::now();
+        let mut b = Busy {
+            seen: 0,
+            until: None,
+        };
+        assert!(!b.at(0, t0), "no change yet");
+        assert!(b.at(1, t0));
+        assert!(b.at(1, t0 + BUSY_HOLD / 2), "held a moment after");
+        assert!(!b.at(1, t0 + BUSY_HOLD), "then free again");
+        assert!(b.at(2, t0 + BUSY_HOLD * 3));
+        let p = Pace::new(0, 5 << 20, None);
+        assert_eq!(p.effective(false), 0);
+        assert_eq!(p.effective(true), 5 << 20);
+        p.set_rate(2 << 20);
+        assert_eq!(p.effective(true), 2 << 20, "the cap is never exceeded");
+        assert_eq!(p.effective(false), 2 << 20);
+        assert_eq!(p.window(0, 64 << 20), 64 << 20);
+        assert_eq!(p.window(1, 64 << 20), BUSY_WINDOW);
+        assert_eq!(p.state(1), State::Yielding);
+    }
+
+    #[test]
+    fn the_meter_reads_the_last_two_seconds() {
+        let t0 = Instant::now();
+        let mut m = Meter::default();
+        for i in 0..40 {
+            m.add(t0 + Duration::from_millis(100 * i), 1 << 20);
+        }
+        // 10 MiB/s over the last 2 s.
+        let r = m.rate(t0 + Duration::from_millis(4000)) as f64 / (1 << 20) as f64;
+        assert!((r - 10.0).abs() < 1.0, "{r}");
+        assert_eq!(m.rate(t0 + Duration::from_secs(60)), 0, "stopped");
     }
 }

@@ -29,6 +29,7 @@ pub fn ship(
     s: &Stream,
     conn: u64,
     dir: u32,
+    window: u64,
     build: impl FnOnce(&Dir, u64) -> Option<Item>,
 ) -> bool {
     let seq = {
@@ -50,7 +51,7 @@ pub fn ship(
         }
         seq
     };
-    s.wait(conn, seq, s.resync_need()).is_ok() && s.lock().linked(conn)
+    s.wait(conn, seq, super::acks::Need::Lag(window)).is_ok() && s.lock().linked(conn)
 }
 
 /// The stream held by a resync: no live mutation is applied or sent

@@ -50,6 +50,8 @@ pub struct Stream {
     pub peer: PeerLoss,
     next_conn: AtomicU64,
     pub bytes_replicated: AtomicU64,
+    /// Live changes sent (not the resync's): the application writing.
+    pub live: AtomicU64,
     /// When the change log was last cleared of what the peer made durable.
     last_clear: Mutex<Instant>,
     pub last_error: Mutex<Option<String>>,
@@ -68,6 +70,7 @@ impl Stream {
             dirs: s.dirs,
             next_conn: AtomicU64::new(1),
             bytes_replicated: AtomicU64::new(0),
+            live: AtomicU64::new(0),
             last_clear: Mutex::new(long_ago()),
             last_error: Mutex::new(None),
         }
@@ -261,6 +264,9 @@ impl Stream {
             return None;
         }
         o.next_seq += 1;
+        if !resync {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
         // What the lag bound counts: the data and a rough per-message overhead.
         self.acks.sent(seq, payload + 64);
         self.bytes_replicated.fetch_add(payload, Ordering::Relaxed);
@@ -350,9 +356,5 @@ impl Stream {
             (Ack::Async, _) => Need::Lag(self.async_max_lag),
             (_, false) => Need::Lag(WINDOW),
         }
-    }
-
-    pub fn resync_need(&self) -> Need {
-        Need::Lag(RESYNC_WINDOW)
     }
 }

@@ -60,6 +60,8 @@ fn build(
         peer_timeout: Duration::from_millis(peer_timeout_ms),
         async_max_lag: 0,
         resync_max_rate: 0,
+        resync_min_rate: 0,
+        pause_file: None,
         dirs: vec![dir],
         exclude: Exclude::default(),
         alone_ok,
