@@ -304,8 +304,16 @@ impl Model {
                     }
                 }
                 _ => {
-                    // A resync's imposition: another kind, or a new size.
-                    let Some(p) = self.pick("any") else { continue };
+                    // A resync's imposition: another kind, a new size, or
+                    // a name made anew.
+                    let p = if self.rng.random_bool(0.3) {
+                        self.fresh()
+                    } else {
+                        match self.pick("any") {
+                            Some(p) => p,
+                            None => continue,
+                        }
+                    };
                     let kind = if self.rng.random_bool(0.5) {
                         EntryKind::Dir
                     } else {
@@ -466,6 +474,87 @@ fn every_snapshot_restores_the_tree_it_was_taken_of() {
     for seed in (1..=seeds).filter(|s| only.is_none_or(|o| o == *s)) {
         run(seed, 400);
     }
+}
+
+/// A resync creating a file at its final size and filling it (a full sync
+/// to an emptied node, with its before-resync snapshot): the new file is in
+/// no snapshot, so none of it is kept, not even the holes it starts with.
+#[test]
+fn a_file_a_resync_creates_keeps_nothing() {
+    let base = Path::new("/var/tmp/tandem-tests");
+    std::fs::create_dir_all(base).unwrap();
+    let t = tempfile::tempdir_in(base).unwrap();
+    let live = t.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    std::fs::write(live.join("old"), vec![7u8; 100_000]).unwrap();
+    let root = open_root(&live);
+    let snaps =
+        Arc::new(Snapshots::open(&t.path().join("store"), "m", vec![live.clone()]).unwrap());
+    let mut applier =
+        Applier::new(vec![root.try_clone().unwrap()]).with_snapshots(Some(snaps.clone()));
+    let before = image(&live);
+    snaps.create(new_snapshot(Some("before".into()))).unwrap();
+    let size = 8u64 << 20;
+    let t0 = Time {
+        secs: 1_600_000_000,
+        nanos: 0,
+    };
+    let file = |size| {
+        Some(Entry {
+            kind: EntryKind::File,
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+            size,
+            atime: t0,
+            mtime: t0,
+            xattrs: Vec::new(),
+            links: 1,
+        })
+    };
+    let made = WireMutation::Reconcile {
+        path: b(Path::new("new")),
+        entry: file(size),
+    };
+    applier.apply(0, &made, false, &[]).unwrap();
+    for off in (0..size).step_by(1 << 20) {
+        let w = WireMutation::Write {
+            path: Some(b(Path::new("new"))),
+            offset: off,
+            data: vec![1u8; 1 << 20],
+            sync: false,
+        };
+        applier.apply(0, &w, false, &[]).unwrap();
+    }
+    // The file that was there is kept as before, once overwritten.
+    let w = WireMutation::Write {
+        path: Some(b(Path::new("old"))),
+        offset: 0,
+        data: vec![9u8; 4096],
+        sync: false,
+    };
+    applier.apply(0, &w, false, &[]).unwrap();
+    applier.settle_times().unwrap();
+    // Zeros compress to nothing: ask whether anything of it was kept.
+    let id = snaps.list().unwrap()[0].snapshot.id;
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(live.join("new")).unwrap());
+    assert!(
+        !snaps.changed_since(id, 0, ino).unwrap(),
+        "something of a file made after the snapshot was kept"
+    );
+    let old = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(live.join("old")).unwrap());
+    assert!(
+        snaps.changed_since(id, 0, old).unwrap(),
+        "the overwritten file was not kept"
+    );
+    let out = t.path().join("restored");
+    let got = restored(&snaps, "before", &root, &out);
+    assert!(
+        differences(&before, &got).is_empty(),
+        "{:?}",
+        differences(&before, &got)
+    );
+    assert_eq!(snaps.failures(), 0);
 }
 
 #[test]

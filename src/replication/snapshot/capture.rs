@@ -274,6 +274,8 @@ impl Keeper<'_> {
                 self.memo.renamed();
                 self.drop(p)?
             }
+            // Marked once it exists (see `born`).
+            Effect::Born(_) => {}
         }
         Ok(())
     }
@@ -598,5 +600,24 @@ fn sys_err(op: &'static str, p: &Path, e: Errno) -> KeepError {
         op,
         path: shown(p),
         errno: e,
+    }
+}
+
+/// The object just made at `p` is in no snapshot: its metadata counts as
+/// kept, at size 0 (so none of its bytes existed then). Only in memory: a
+/// restarted daemon keeps what it finds there, which is correct, only more.
+pub(super) fn born(memo: &mut super::memo::Memo, dir: u32, root: BorrowedFd<'_>, p: &Path) {
+    let Ok(fd) = entry::open_node(root, p) else {
+        return;
+    };
+    let Ok(st) = sys::stat_fd(fd.as_fd()) else {
+        return;
+    };
+    let k = memo.objs.entry(obj(dir, &st)).or_default();
+    // Whatever an earlier object of this number left is for that object.
+    if !k.gone {
+        k.meta = true;
+        k.list = true;
+        k.size = Some(0);
     }
 }

@@ -169,7 +169,8 @@ fn reconciled(out: &mut Vec<Effect>, root: BorrowedFd<'_>, p: PathBuf, want: Opt
     }
     let have = entry::read(root, &p).ok().flatten();
     match (have, want) {
-        (None, _) => {}
+        (None, Some(_)) => out.push(Effect::Born(p)),
+        (None, None) => {}
         (Some(_), None) => out.push(Effect::Drop(p)),
         (Some(h), Some(w)) if h.kind != w.kind => out.push(Effect::Drop(p)),
         (Some(_), Some(w)) => resized(

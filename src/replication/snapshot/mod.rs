@@ -169,6 +169,10 @@ pub enum Effect {
     /// The name goes: the object with it, if it was its last name (a
     /// directory with everything under it).
     Drop(PathBuf),
+    /// The change makes a new object at this name (a resync creating a
+    /// file at its final size): no snapshot holds it, so once it exists
+    /// nothing of it is kept — not the holes a read would find in it.
+    Born(PathBuf),
 }
 
 /// The snapshots of one module on this node.
@@ -745,6 +749,22 @@ impl Snapshots {
                     drop(durability);
                     drop(memo);
                     self.broke(&why.to_string());
+                    return apply();
+                }
+                let born: Vec<&PathBuf> = list
+                    .iter()
+                    .filter_map(|e| match e {
+                        Effect::Born(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect();
+                if !born.is_empty() {
+                    drop(durability);
+                    let r = apply();
+                    for p in born {
+                        capture::born(&mut memo, dir, root, p);
+                    }
+                    return r;
                 }
             }
         }
