@@ -145,6 +145,12 @@ def main():
             [py, "bench/clients.py", "--runs", "2" if q else "4"]),
         run("Snapshots: write-path cost, bytes kept, restore",
             [py, "bench/snapshot.py", "--runs", "1" if q else "3"] + (["--quick"] if q else [])),
+        run("Big trees: full sync, 1% resync, a log writer during a resync, the cap",
+            [py, "bench/resync.py", "--runs", "1", "--big-mib", "512" if q else "2048",
+             "--small-files", "5000" if q else "50000", "--writer-s", "3" if q else "10"]),
+        run("Many modules on one pair: at rest and in failover",
+            [py, "bench/modules.py", "--modules", "8" if q else "32", "--runs", "1" if q else "3",
+             "--rest-s", "5" if q else "20"]),
         faults(q),
     ]
     total = time.monotonic() - t0

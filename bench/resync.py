@@ -224,27 +224,31 @@ def one_run(args, run, fig):
         watcher.join()
         if args.verbose:
             print(f"  resync states while the writer ran: {dict(states)}", flush=True)
-        fig["resync rate while writing"].append((sent(pair) - b0) / (time.time() - t0) / (1 << 20))
+        shipped_w = sent(pair) - b0
+        fig["resync rate while writing"].append(shipped_w / (time.time() - t0) / (1 << 20))
         fig["writer p50 during resync"].append(p50)
         fig["writer p99 during resync"].append(p99)
-        st = pair.status(1)
-        if not st["resync"]["running"]:
-            raise SystemExit("the resync ended before the writer: use a bigger tree")
+        if not pair.status(1)["resync"]["running"]:
+            # Too small a tree: the writer's figures are of a resync that ended.
+            print(f"  run {run + 1}: the resync ended before the writer did: its figures are left "
+                  "out (use a bigger tree)", flush=True)
+            for k in ("resync rate while writing", "writer p50 during resync", "writer p99 during resync"):
+                fig[k].pop()
         # The cap, set on the running resync.
         cap = 50 << 20
-        pair.tandem(1, "resync", "app", "--rate", "50MiB")
+        pair.tandem(1, "resync", "app", "--rate", "50MiB", check=False)
         time.sleep(1)
         b0, t0 = sent(pair), time.time()
         time.sleep(10)
         running = pair.status(1)["resync"]["running"]
-        fig["capped rate / cap"].append((sent(pair) - b0) / (time.time() - t0) / cap)
-        if not running:
-            raise SystemExit("the resync ended within the capped 10 s: use a bigger tree")
-        pair.tandem(1, "resync", "app", "--rate", "0")
+        if running:
+            fig["capped rate / cap"].append((sent(pair) - b0) / (time.time() - t0) / cap)
+            pair.tandem(1, "resync", "app", "--rate", "0")
+        else:
+            print(f"  run {run + 1}: the resync ended within the capped 10 s: left out", flush=True)
         until_durable(pair, 0)
         print(f"  run {run + 1}: writer p99 {fig['writer p99 alone'][-1]:.0f} us alone, "
-              f"{p99:.0f} us during the resync (resync at {fig['resync rate while writing'][-1]:.1f} MiB/s); "
-              f"capped at {fig['capped rate / cap'][-1]:.3f} of 50 MiB/s", flush=True)
+              f"{p99:.0f} us during the resync ({shipped_w >> 20} MiB shipped meanwhile)", flush=True)
         return total
     finally:
         pair.close()
@@ -272,10 +276,12 @@ def main():
     total = 0
     for run in range(args.runs):
         total = one_run(args, run, fig)
-    med = {k: statistics.median(v) for k, v in fig.items()}
+    nan = float("nan")
+    med = {k: statistics.median(v) if v else nan for k, v in fig.items()}
 
     def ratios(a, b):
-        return statistics.median([x / y for x, y in zip(fig[a], fig[b])])
+        r = [x / y for x, y in zip(fig[a], fig[b])]
+        return statistics.median(r) if r else nan
 
     size = f"{total / (1 << 30):.1f} GiB"
     rows = [

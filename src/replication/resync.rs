@@ -175,9 +175,9 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
             for r in &ranges {
                 let mut off = r.start;
                 while off < r.end {
-                    let piece = off..(off + PIECE).min(r.end);
-                    off = piece.end;
                     rep.pace_hold(conn);
+                    let piece = off..(off + rep.pace_piece(PIECE)).min(r.end);
+                    off = piece.end;
                     let ok = rep.ship(conn, dir, |dir_state, names_gen| {
                         // The path only changes when names do.
                         let mut named = named.borrow_mut();

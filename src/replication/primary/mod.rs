@@ -234,23 +234,26 @@ impl Replicator {
     }
 
     /// While connection `conn` lasts (and until `stop`), sends owed times
-    /// every `every`, for files written and then left open.
+    /// every `every`, for files written and then left open. A task, not a
+    /// thread: an idle module costs no thread of its own for it; each round
+    /// runs on the blocking pool, as it takes the order lock.
     pub fn keep_times(self: &Arc<Self>, conn: u64, every: Duration, stop: &crate::stop::Stop) {
         let weak = Arc::downgrade(self);
-        let stop2 = stop.clone();
-        let spawned = stop.thread(format!("times-{}", self.module), move || {
-            while !stop2.sleep(every) {
+        stop.spawn(format!("times-{}", self.module), async move {
+            loop {
+                tokio::time::sleep(every).await;
                 let Some(rep) = weak.upgrade() else { return };
-                if !rep.is_attached(conn) {
+                if !rep.still_linked(conn) {
                     return;
                 }
-                rep.settle_owed();
+                if tokio::task::spawn_blocking(move || rep.settle_owed())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
         });
-        if let Err(e) = spawned {
-            self.stream
-                .note_error(format!("cannot start the thread that sends times: {e}"));
-        }
     }
 
     /// Ships one resync item built under the order lock; false once the
@@ -266,12 +269,18 @@ impl Replicator {
         self.pace.hold(|| self.live(), || self.still_linked(conn));
     }
 
+    /// The largest piece the resync may ship next (`most` when the
+    /// application is not writing).
+    pub fn pace_piece(&self, most: u64) -> u64 {
+        self.pace.piece(self.live(), most)
+    }
+
     /// The resync shipped `n` bytes: waits as long as its rate says.
     pub fn pace_take(&self, n: u64) {
         self.pace.take(n, self.live());
     }
 
-    /// How many live changes the stream has sent: the application writing.
+    /// How many changes the application has made: it is writing.
     fn live(&self) -> u64 {
         self.stream.live.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -406,6 +415,10 @@ pub struct ReplicatingSink {
 
 impl MutationSink for ReplicatingSink {
     fn apply(&self, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
+        self.rep
+            .stream
+            .live
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         write::submit(&self.rep.excluding(), self.dir, m, local)
     }
 

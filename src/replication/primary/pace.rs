@@ -5,9 +5,10 @@
 //!   second's bytes: the rate holds over any second, and idle time gives no
 //!   burst beyond it;
 //! - while the application writes (a live change sent in the last
-//!   [`BUSY_HOLD`]), at most `resync_min_rate`, with at most [`BUSY_WINDOW`]
-//!   of resync data ahead of the application's changes in the stream (the
-//!   peer applies in order: a write queued behind 64 MiB waits for them);
+//!   [`BUSY_HOLD`]), at most `resync_min_rate`, in pieces of at most
+//!   [`BUSY_PIECE`] with at most [`BUSY_WINDOW`] of them ahead of the
+//!   application's changes in the stream (the peer applies in order: a
+//!   write queued behind 64 MiB waits for them);
 //!   as soon as it stops, the resync takes the rest again;
 //! - or paused by an operator, which outlives the daemon (a file in the
 //!   module's state directory) and never holds back a failover: a paused
@@ -23,7 +24,10 @@ use parking_lot::Mutex;
 pub const BUSY_HOLD: Duration = Duration::from_millis(250);
 /// Resync data allowed ahead of the peer's acknowledgement while the
 /// application writes (otherwise `stream::RESYNC_WINDOW`).
-pub const BUSY_WINDOW: u64 = 2 << 20;
+pub const BUSY_WINDOW: u64 = 256 << 10;
+/// The largest resync piece while the application writes: a change of the
+/// application that arrives while the peer writes one waits that long.
+pub const BUSY_PIECE: u64 = 128 << 10;
 /// The span the current rate is measured over.
 const METER_SPAN: Duration = Duration::from_secs(2);
 
@@ -236,6 +240,15 @@ impl Pace {
         }
     }
 
+    /// The largest piece the resync may ship next.
+    pub fn piece(&self, live: u64, otherwise: u64) -> u64 {
+        if self.busy(live) {
+            BUSY_PIECE.min(otherwise)
+        } else {
+            otherwise
+        }
+    }
+
     /// What the resync is doing now, given the count of live changes.
     pub fn state(&self, live: u64) -> State {
         if self.paused() {
@@ -385,6 +398,8 @@ mod tests {
         assert_eq!(p.effective(false), 2 << 20);
         assert_eq!(p.window(0, 64 << 20), 64 << 20);
         assert_eq!(p.window(1, 64 << 20), BUSY_WINDOW);
+        assert_eq!(p.piece(1, 1 << 20), BUSY_PIECE);
+        assert_eq!(p.piece(1, 4096), 4096);
         assert_eq!(p.state(1), State::Yielding);
     }
 

@@ -50,7 +50,8 @@ pub struct Stream {
     pub peer: PeerLoss,
     next_conn: AtomicU64,
     pub bytes_replicated: AtomicU64,
-    /// Live changes sent (not the resync's): the application writing.
+    /// The application's changes, sent live or marked for the resync (a
+    /// file the peer does not have yet): the application writing.
     pub live: AtomicU64,
     /// When the change log was last cleared of what the peer made durable.
     last_clear: Mutex<Instant>,
@@ -264,9 +265,6 @@ impl Stream {
             return None;
         }
         o.next_seq += 1;
-        if !resync {
-            self.live.fetch_add(1, Ordering::Relaxed);
-        }
         // What the lag bound counts: the data and a rough per-message overhead.
         self.acks.sent(seq, payload + 64);
         self.bytes_replicated.fetch_add(payload, Ordering::Relaxed);
