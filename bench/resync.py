@@ -232,6 +232,9 @@ def one_run(args, run, fig):
             # Too small a tree: the writer's figures are of a resync that ended.
             print(f"  run {run + 1}: the resync ended before the writer did: its figures are left "
                   "out (use a bigger tree)", flush=True)
+            if args.verbose:
+                with open(f"{pair.tmp}/daemon1.log") as f:
+                    print("".join(l for l in f.readlines()[-12:]), flush=True)
             for k in ("resync rate while writing", "writer p50 during resync", "writer p99 during resync"):
                 fig[k].pop()
         # The cap, set on the running resync.
@@ -243,7 +246,7 @@ def one_run(args, run, fig):
         running = pair.status(1)["resync"]["running"]
         if running:
             fig["capped rate / cap"].append((sent(pair) - b0) / (time.time() - t0) / cap)
-            pair.tandem(1, "resync", "app", "--rate", "0")
+            pair.tandem(1, "resync", "app", "--rate", "0", check=False)
         else:
             print(f"  run {run + 1}: the resync ended within the capped 10 s: left out", flush=True)
         until_durable(pair, 0)
