@@ -14,9 +14,8 @@ Usage: sudo bench/modules.py [--modules 32] [--runs 3] [--rest-s 20]
 """
 import argparse
 import collections
+import json
 import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import failover  # noqa: E402
 from failover import TANDEM, free_port, wait  # noqa: E402
 
 START = """#!/bin/sh
@@ -34,7 +34,9 @@ rm -f "$SIDE/$TANDEM_MODULE"
 """
 
 
-class Cluster:
+class Cluster(failover.Cluster):
+    """failover.Cluster with N modules of its own configuration."""
+
     def __init__(self, modules):
         self.tmp = tempfile.mkdtemp(prefix="tandem-bench-modules-", dir="/var/tmp")
         self.modules = [f"m{i:02d}" for i in range(modules)]
@@ -85,17 +87,7 @@ stop_prim = "{self.tmp}/stop.sh"
         subprocess.run([TANDEM, "-c", self.config(1), "init"], check=True, capture_output=True)
         self.procs = {}
 
-    def config(self, n):
-        return f"{self.tmp}/n{n}.toml"
-
-    def start(self, n):
-        log = open(f"{self.tmp}/daemon{n}.log", "a")
-        env = dict(os.environ, SIDE=f"{self.tmp}/side{n}")
-        self.procs[n] = subprocess.Popen([TANDEM, "-c", self.config(n), "daemon", "--node", f"node{n}"],
-                                         stdout=subprocess.DEVNULL, stderr=log, env=env)
-
     def states(self, n):
-        import json
         r = subprocess.run([TANDEM, "-c", self.config(n), "status", "--json"], capture_output=True, text=True)
         if r.returncode != 0:
             return {}
@@ -106,21 +98,6 @@ stop_prim = "{self.tmp}/stop.sh"
         return (len(p) == len(self.modules) and all(v[0] == "PRIM" for v in p.values())
                 and all(s.get(m) == ("SECOND", True) for m in self.modules)
                 and all(os.path.exists(f"{self.tmp}/side{prim}/{m}") for m in self.modules))
-
-    def kill(self, n):
-        p = self.procs.pop(n)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-
-    def close(self):
-        for n, p in list(self.procs.items()):
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def proc_facts(pid):

@@ -61,6 +61,14 @@ impl Client {
         (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
     }
 
+    /// The value of the first `/metrics` line starting with `name`.
+    fn metric(&self, token: &str, name: &str) -> Option<String> {
+        let (_, m) = self.call("GET", "/metrics", Some(token), None);
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    }
+
     fn post(&self, path: &str, token: &str, body: &str) -> (u16, Value) {
         let (s, t) = self.call("POST", path, Some(token), Some(body));
         (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
@@ -418,12 +426,7 @@ fn maintenance_through_the_api_status_and_metrics() {
     let admin = token(&c, 1, "ops", "admin");
     let monitor = token(&c, 1, "mon", "monitor");
     let api = Client::new(&c, 1);
-    let metric = |name: &str| -> Option<String> {
-        let (_, m) = api.call("GET", "/metrics", Some(&monitor), None);
-        m.lines()
-            .find(|l| l.starts_with(name))
-            .map(|l| l.rsplit(' ').next().unwrap().to_string())
-    };
+    let metric = |name: &str| api.metric(&monitor, name);
     assert_eq!(
         metric(r#"tandem_maintenance{module="app"}"#).as_deref(),
         Some("0")
@@ -530,12 +533,7 @@ fn a_resync_paused_and_resumed_through_the_api_with_its_metrics() {
     let admin = token(&c, 1, "ops", "admin");
     let monitor = token(&c, 1, "mon", "monitor");
     let api = Client::new(&c, 1);
-    let metric = |name: &str| -> Option<String> {
-        let (_, m) = api.call("GET", "/metrics", Some(&monitor), None);
-        m.lines()
-            .find(|l| l.starts_with(name))
-            .map(|l| l.rsplit(' ').next().unwrap().to_string())
-    };
+    let metric = |name: &str| api.metric(&monitor, name);
     let resync = |c: &Cluster| c.status(1).unwrap()["modules"][0]["replication"]["resync"].clone();
     let (s, e) = api.post("/api/modules/app/pace", &admin, r#"{"paused": true}"#);
     assert!(
@@ -643,12 +641,7 @@ fn snapshots_through_the_api_with_their_refusals_and_metrics() {
     let admin = token(&c, 1, "ops", "admin");
     let monitor = token(&c, 1, "mon", "monitor");
     let api = Client::new(&c, 1);
-    let metric = |name: &str| -> Option<String> {
-        let (_, m) = api.call("GET", "/metrics", Some(&monitor), None);
-        m.lines()
-            .find(|l| l.starts_with(name))
-            .map(|l| l.rsplit(' ').next().unwrap().to_string())
-    };
+    let metric = |name: &str| api.metric(&monitor, name);
     let listed = |query: &str| -> Vec<Value> {
         let (s, l) = api.get(&format!("/api/modules/app/snapshots{query}"), &monitor);
         assert_eq!(s, 200, "{l}");
