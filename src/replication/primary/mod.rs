@@ -44,7 +44,6 @@ mod write;
 mod tests;
 
 pub use outlet::{LinkError, Outbound, Outlet};
-pub use pace::State as PaceState;
 pub use peer::AloneCheck;
 pub use shipping::{Exclusive, Item, ResyncClear};
 
