@@ -724,6 +724,7 @@ impl Snapshots {
         apply: impl FnOnce() -> R,
     ) -> R {
         let newest = self.newest.read();
+        let mut born = Vec::new();
         if let Some(epoch) = *newest {
             let list = effects();
             if !list.is_empty() {
@@ -743,32 +744,35 @@ impl Snapshots {
                     .iter()
                     .try_for_each(|e| keep.effect(e))
                     .and_then(|()| keep.finish());
-                if let Err(why) = kept {
-                    // What the memo says is kept may not be: start over.
-                    memo.clear();
-                    drop(durability);
-                    drop(memo);
-                    self.broke(&why.to_string());
-                    return apply();
-                }
-                let born: Vec<&PathBuf> = list
-                    .iter()
-                    .filter_map(|e| match e {
-                        Effect::Born(p) => Some(p),
-                        _ => None,
-                    })
-                    .collect();
-                if !born.is_empty() {
-                    drop(durability);
-                    let r = apply();
-                    for p in born {
-                        capture::born(&mut memo, dir, root, p);
+                match kept {
+                    Ok(()) => {
+                        born = list
+                            .into_iter()
+                            .filter_map(|e| match e {
+                                Effect::Born(p) => Some(p),
+                                _ => None,
+                            })
+                            .collect();
                     }
-                    return r;
+                    Err(why) => {
+                        // What the memo says is kept may not be: start over.
+                        memo.clear();
+                        drop(durability);
+                        drop(memo);
+                        self.broke(&why.to_string());
+                    }
                 }
             }
         }
-        apply()
+        let r = apply();
+        // Objects made by the change exist only now.
+        if !born.is_empty() {
+            let mut memo = self.memo.lock();
+            for p in &born {
+                capture::born(&mut memo, dir, root, p);
+            }
+        }
+        r
     }
 
     /// Whether anything of object `ino` of directory `dir` was kept since
