@@ -609,6 +609,90 @@ fn a_paused_resync_ships_nothing_until_resumed() {
 }
 
 #[test]
+fn a_long_names_pass_never_holds_the_application_even_with_its_peer_frozen_meanwhile() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    pair.wait_caught_up();
+    pair.signal(2, libc::SIGKILL);
+    assert!(
+        common::wait_until(10, || pair.peer_state() != "connected"),
+        "the primary did not notice the killed peer"
+    );
+    // 12,000 names for the resync's first pass.
+    let d = pair.dir(1);
+    for i in 0..12 {
+        let sub = d.join(format!("d{i}"));
+        std::fs::create_dir(&sub).unwrap();
+        for j in 0..1000 {
+            std::fs::File::create(sub.join(format!("f{j}"))).unwrap();
+        }
+    }
+    // The application logs and syncs all along, and times each call.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), d.join("app.log"));
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(path).unwrap();
+            let mut worst = std::time::Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                f.write_all(&[7u8; 4096]).unwrap();
+                f.sync_data().unwrap();
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            worst
+        })
+    };
+    let links = |pair: &Pair| pair.log_text(1).matches("connected to").count();
+    let before = links(&pair);
+    pair.start(2);
+    let names = |pair: &Pair| {
+        pair.replication(1)
+            .and_then(|r| r["resync"]["names"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        common::wait_until_every(30, std::time::Duration::from_millis(5), || names(&pair) > 0),
+        "no names pass started: {:?}",
+        pair.replication(1)
+    );
+    // The peer freezes for most of its timeout in the middle of the pass.
+    let pid = pair.pid(2);
+    freeze(pid);
+    let at = names(&pair);
+    assert!(
+        at < 12_000,
+        "the names pass ended before the freeze ({at} names)"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which the pair holds as a child
+    // not reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    let ok = common::wait_until(120, || {
+        pair.replication(1).is_some_and(|s| {
+            s["peer"] == "connected"
+                && s["dirty_bytes"] == 0
+                && !s["resync"]["running"].as_bool().unwrap_or(true)
+        })
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = writer.join().unwrap();
+    assert!(ok, "the resync did not end: {:?}", pair.replication(1));
+    assert_eq!(
+        links(&pair),
+        before + 1,
+        "the link was lost and the resync started over"
+    );
+    assert!(
+        worst < std::time::Duration::from_millis(500),
+        "a write and fdatasync of the application took {worst:?} during the names pass"
+    );
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
 fn hard_linked_files_changed_while_the_peer_was_away_come_back_under_their_remaining_names() {
     let mut pair = Pair::new();
     pair.start_both();

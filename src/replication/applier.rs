@@ -230,9 +230,18 @@ impl Applier {
             WireMutation::Link { existing, path } => {
                 let e = checked_path(existing)?;
                 let p = checked_path(path)?;
+                self.forget(dir, Some(&p));
                 let root = self.root(dir)?;
                 let r = entry::open_node(root, &e).and_then(|src| {
-                    self.in_parent(dir, &p, |d, n| sys::link_fd(src.as_fd(), d, n))
+                    self.in_parent(dir, &p, |d, n| {
+                        // Replayed by a resync: the source had no such name
+                        // when it linked, and what this node holds there
+                        // is older (made equal to the source's later state).
+                        if tolerant {
+                            entry::remove_tree(d, n)?;
+                        }
+                        sys::link_fd(src.as_fd(), d, n)
+                    })
                 });
                 wrap("link", &p, r)
             }
@@ -504,20 +513,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn times_of_writes_are_set_after_fdatasyncs_and_before_anything_else() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::write(t.path().join("a"), b"old").unwrap();
+    fn applier(at: &Path) -> Applier {
         // SAFETY: AT_FDCWD is not -1 and is no real descriptor: the *at calls read it as the
         // working directory, and it is never closed.
         let root = sys::openat(
             unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
-            &CString::new(t.path().as_os_str().as_bytes()).unwrap(),
+            &CString::new(at.as_os_str().as_bytes()).unwrap(),
             libc::O_PATH | libc::O_DIRECTORY,
             0,
         )
         .unwrap();
-        let mut a = Applier::new(vec![root]);
+        Applier::new(vec![root])
+    }
+
+    #[test]
+    fn a_link_a_resync_replays_replaces_what_the_name_held() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), b"linked").unwrap();
+        // Made equal to the source's later state before the link's record.
+        std::fs::write(t.path().join("b"), b"older").unwrap();
+        let mut a = applier(t.path());
+        let link = WireMutation::Link {
+            existing: b"a".to_vec(),
+            path: b"b".to_vec(),
+        };
+        // Live, a name that exists is an error, and nothing changes.
+        assert!(a.apply(0, &link, false, &[]).is_err());
+        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"older");
+        a.apply(0, &link, true, &[]).unwrap();
+        let (ma, mb) = (
+            std::fs::metadata(t.path().join("a")).unwrap(),
+            std::fs::metadata(t.path().join("b")).unwrap(),
+        );
+        assert_eq!(
+            (ma.ino(), ma.nlink()),
+            (mb.ino(), 2),
+            "b is a's second name"
+        );
+        // Replayed again (its record may have reached this node before).
+        a.apply(0, &link, true, &[]).unwrap();
+        assert_eq!(std::fs::metadata(t.path().join("b")).unwrap().nlink(), 2);
+        // With no file to link, the name is left as it is.
+        std::fs::write(t.path().join("c"), b"c").unwrap();
+        let gone = WireMutation::Link {
+            existing: b"missing".to_vec(),
+            path: b"c".to_vec(),
+        };
+        a.apply(0, &gone, true, &[]).unwrap();
+        assert_eq!(std::fs::read(t.path().join("c")).unwrap(), b"c");
+    }
+
+    #[test]
+    fn times_of_writes_are_set_after_fdatasyncs_and_before_anything_else() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), b"old").unwrap();
+        let mut a = applier(t.path());
         let stamp = |secs| vec![(b"a".to_vec(), Time { secs, nanos: 7 })];
         a.apply(0, &write("a", b"new"), false, &stamp(1_000_000))
             .unwrap();

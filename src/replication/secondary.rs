@@ -727,7 +727,9 @@ impl Applying<'_> {
         self.applied = seq;
         self.c.applied.store(seq, Ordering::Release);
         self.unacked += n + 64;
-        self.owed |= point && self.acks == AckAt::Applied || self.acks == AckAt::Batch;
+        // A resync waits for room in its window: told at the end of each
+        // batch, it never waits for the keepalive's ack.
+        self.owed |= point && self.acks == AckAt::Applied || self.acks == AckAt::Batch || resync;
         let mut s = self.module.state.lock();
         s.applied = seq;
         s.bytes += n;

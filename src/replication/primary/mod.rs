@@ -46,6 +46,7 @@ mod tests;
 pub use outlet::{LinkError, Outbound, Outlet};
 pub use peer::AloneCheck;
 pub use shipping::{Exclusive, Item, ResyncClear};
+pub use stream::RESYNC_NAME_COST;
 
 use exclude::Excluding;
 use stream::Stream;
@@ -258,8 +259,7 @@ impl Replicator {
     /// Ships one resync item built under the order lock; false once the
     /// link is gone.
     pub fn ship(&self, conn: u64, dir: u32, build: impl FnOnce(&Dir, u64) -> Option<Item>) -> bool {
-        let window = self.pace.window(self.live(), stream::RESYNC_WINDOW);
-        shipping::ship(&self.stream, conn, dir, window, build)
+        shipping::ship(&self.stream, conn, dir, self.resync_window(), build)
     }
 
     /// Waits until the resync on `conn` may ship its next piece (see
@@ -290,8 +290,8 @@ impl Replicator {
     }
 
     /// Runs `f` with the stream to itself: no live mutation is applied or sent
-    /// meanwhile. The resync ships the namespace this way, then marks the
-    /// link ready for live mutations. `None` if `conn` is gone.
+    /// meanwhile. The resync ships the namespace this way, a round at a time,
+    /// then marks the link ready for live mutations. `None` if `conn` is gone.
     pub fn exclusive<R>(&self, conn: u64, f: impl FnOnce(&mut Exclusive<'_>) -> R) -> Option<R> {
         let o = self.stream.lock();
         if !o.linked(conn) {
@@ -301,9 +301,18 @@ impl Replicator {
             stream: &self.stream,
             o,
         };
-        let r = f(&mut x);
-        x.o.ready = true;
-        Some(r)
+        Some(f(&mut x))
+    }
+
+    /// How much the resync may have sent that the peer has not applied.
+    pub fn resync_window(&self) -> u64 {
+        self.pace.window(self.live(), stream::RESYNC_WINDOW)
+    }
+
+    /// Waits, outside the order lock, until what was sent on `conn` is
+    /// within the resync's window; false once the link is gone.
+    pub fn settle(&self, conn: u64) -> bool {
+        shipping::settle(&self.stream, conn, self.resync_window())
     }
 
     /// The resync has shipped everything (see [`shipping::finish`]).

@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use parking_lot::MutexGuard;
 
+use super::acks::Need;
 use super::clears::Clear;
 use super::order::Order;
 use super::stream::Stream;
@@ -51,7 +52,14 @@ pub fn ship(
         }
         seq
     };
-    s.wait(conn, seq, super::acks::Need::Lag(window)).is_ok() && s.lock().linked(conn)
+    s.wait(conn, seq, Need::Lag(window)).is_ok() && s.lock().linked(conn)
+}
+
+/// Waits until what was sent on `conn` is within `window` of what the peer
+/// applied; false once the link is gone.
+pub fn settle(s: &Stream, conn: u64, window: u64) -> bool {
+    // The lag bound looks at no sequence number.
+    s.wait(conn, 0, Need::Lag(window)).is_ok() && s.lock().linked(conn)
 }
 
 /// The stream held by a resync: no live mutation is applied or sent
@@ -71,6 +79,11 @@ impl Exclusive<'_> {
         self.stream
             .send(&mut self.o, dir, true, m, Vec::new())
             .is_some()
+    }
+
+    /// The peer has every name: live mutations flow from now on.
+    pub fn ready(&mut self) {
+        self.o.ready = true;
     }
 }
 

@@ -29,6 +29,9 @@ pub const WINDOW: u64 = 32 << 20;
 
 /// How long a resync lets its shipped-but-unapplied bytes grow.
 pub const RESYNC_WINDOW: u64 = 64 << 20;
+/// What a resync item without data counts for in the lag bounds: a file
+/// made or set on the peer costs about what a 4 KiB write does.
+pub const RESYNC_NAME_COST: u64 = 4 << 10;
 
 /// How often, at most, acknowledgements clear the change log.
 const CLEAR_EVERY: Duration = Duration::from_millis(10);
@@ -265,8 +268,15 @@ impl Stream {
             return None;
         }
         o.next_seq += 1;
-        // What the lag bound counts: the data and a rough per-message overhead.
-        self.acks.sent(seq, payload + 64);
+        // What the lag bound counts: the data and a rough per-message
+        // overhead; a resync's change of names costs the peer a file made
+        // or set, which a byte count of the message would not show.
+        let cost = if resync && payload == 0 {
+            RESYNC_NAME_COST
+        } else {
+            payload + 64
+        };
+        self.acks.sent(seq, cost);
         self.bytes_replicated.fetch_add(payload, Ordering::Relaxed);
         Some((conn, seq))
     }

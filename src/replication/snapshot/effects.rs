@@ -93,10 +93,15 @@ pub fn of_wire(root: BorrowedFd<'_>, m: &WireMutation, len: u64) -> Vec<Effect> 
     match m {
         WireMutation::Create { path, .. }
         | WireMutation::Mkdir { path, .. }
-        | WireMutation::Symlink { path, .. }
-        | WireMutation::Link { path, .. } => {
+        | WireMutation::Symlink { path, .. } => {
             if let Some(p) = p(path) {
                 named(&mut out, &p, false);
+            }
+        }
+        // A resync's replay replaces what the name held.
+        WireMutation::Link { path, .. } => {
+            if let Some(p) = p(path) {
+                named(&mut out, &p, true);
             }
         }
         WireMutation::Unlink { path } | WireMutation::Rmdir { path } => {

@@ -7,10 +7,10 @@
 //! source's current state), then the dirty byte ranges of every file, then
 //! each file's size and metadata. Items are read from the local tree under the
 //! order lock, so the application keeps writing meanwhile and the stream stays
-//! consistent. Marks are cleared only when the target reports them durable; a
+//! consistent; the names go in short rounds, so the application is never held
+//! for long. Marks are cleared only when the target reports them durable; a
 //! resync cut short leaves them in place and the next one resumes from there.
 
-use std::collections::HashSet;
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,11 @@ use crate::changelog::{ChangeLog, FileId, NsChange};
 use crate::fs::sys;
 
 use super::entry;
-use super::primary::{Exclusive, Replicator, ResyncClear};
+use super::primary::{Replicator, ResyncClear};
 use super::wire::WireMutation;
+use names::NamesError;
+
+mod names;
 
 /// Largest data piece per message.
 const PIECE: u64 = 1 << 20;
@@ -133,15 +136,12 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
         sent_upto.push(d.log.ns_sent_upto()?);
         d.log.ns_sending(true)?;
     }
-    // 2. Names, with the stream held: afterwards the peer has every name we
-    //    have, so live mutations can flow while contents follow.
+    // 2. Names (see [`names`]): afterwards the peer has every name we have,
+    //    so live mutations can flow while contents follow.
     let stopped = || ResyncError::Interrupted {
         module: rep.module.clone(),
     };
-    let planned = rep
-        .exclusive(conn, |x| ship_names(x, rep, &sent_upto))
-        .ok_or_else(stopped)?;
-    let (plan, ns_upto) = planned.map_err(|e| match e {
+    let plan = names::ship(rep, conn, &sent_upto).map_err(|e| match e {
         NamesError::Log(e) => e.into(),
         NamesError::Read(why) => ResyncError::Read {
             module: rep.module.clone(),
@@ -149,8 +149,8 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
         },
         NamesError::Link => stopped(),
     })?;
-    // 4. Contents, then each file's final size and metadata.
-    for (d, files) in plan.iter().enumerate() {
+    // 3. Contents, then each file's final size and metadata.
+    for (d, files) in plan.files.iter().enumerate() {
         let dir = d as u32;
         let log = &rep.dirs()[d].log;
         // Files are opened and their dirty ranges requested from the disk a
@@ -242,7 +242,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
         }
     }
     let generation = rep.dirs()[0].log.generation()?;
-    if !rep.finish_resync(conn, &ns_upto, generation) {
+    if !rep.finish_resync(conn, &plan.ns_upto, generation) {
         return Err(stopped());
     }
     let mut p = rep.progress();
@@ -257,197 +257,6 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
         p.finished_unix_ms.saturating_sub(p.started_unix_ms)
     );
     Ok(())
-}
-
-enum NamesError {
-    Log(crate::changelog::ChangeLogError),
-    Read(String),
-    Link,
-}
-
-impl From<crate::changelog::ChangeLogError> for NamesError {
-    fn from(e: crate::changelog::ChangeLogError) -> Self {
-        NamesError::Log(e)
-    }
-}
-
-/// Ships every recorded namespace change (renames and links replayed, every
-/// other touched name made equal to ours) and returns, per directory, the
-/// files whose contents follow and the last namespace record shipped.
-#[allow(clippy::type_complexity)]
-fn ship_names(
-    x: &mut Exclusive<'_>,
-    rep: &Replicator,
-    sent_upto: &[u64],
-) -> Result<(Vec<Vec<FileId>>, Vec<u64>), NamesError> {
-    let mut plan = Vec::new();
-    let mut ns_upto = vec![0u64; rep.dirs().len()];
-    let (mut files_total, mut bytes_total, mut names_total) = (0, 0, 0);
-    let mut records = Vec::new();
-    for (d, sent) in rep.dirs().iter().zip(sent_upto) {
-        let ns = d.log.ns_since(0)?;
-        let mut marks = Vec::new();
-        for p in super::replay::uncertain_moves(&ns, *sent) {
-            mark_whole(d, &p, &rep.module, &mut marks)?;
-        }
-        d.log.mark_many(&marks)?;
-        let files = d.log.dirty_files()?;
-        files_total += files.len() as u64;
-        bytes_total += d.log.dirty_bytes()?;
-        names_total += ns.len() as u64;
-        records.push(ns);
-        plan.push(files);
-    }
-    *rep.progress() = super::status::ResyncProgress {
-        running: true,
-        files_total,
-        bytes_total,
-        started_unix_ms: now_ms(),
-        ..Default::default()
-    };
-    tracing::info!(
-        "{}: resync starts: {names_total} name records, {files_total} files, {bytes_total} bytes",
-        rep.module
-    );
-    for (d, ns) in records.iter().enumerate() {
-        let dir = d as u32;
-        let mut done: HashSet<PathBuf> = HashSet::new();
-        // Where each name is last renamed away. Made equal to ours before
-        // that, the name would be shipped as absent (it is gone here), and
-        // the replayed rename would find nothing to move: a record kept
-        // longer than the bytes it came with (the peer had them durably)
-        // must not cost the peer the file.
-        let mut moved_at: std::collections::HashMap<&PathBuf, u64> = Default::default();
-        for (seq, change) in ns {
-            if let NsChange::Rename { from, to, exchange } = change {
-                moved_at.insert(from, *seq);
-                if *exchange {
-                    moved_at.insert(to, *seq);
-                }
-            }
-        }
-        for (seq, change) in ns {
-            ns_upto[d] = *seq;
-            let literal = match change {
-                NsChange::Rename { from, to, exchange } => Some(WireMutation::Rename {
-                    from: raw(from),
-                    to: raw(to),
-                    flags: if *exchange { libc::RENAME_EXCHANGE } else { 0 },
-                }),
-                NsChange::Link { existing, path } => Some(WireMutation::Link {
-                    existing: raw(existing),
-                    path: raw(path),
-                }),
-                _ => None,
-            };
-            if let Some(m) = literal {
-                // A replayed rename changes what names mean: reconcile again.
-                done.clear();
-                if !x.ship(dir, m) {
-                    return Err(NamesError::Link);
-                }
-            }
-            for p in touched(change) {
-                if rep.is_excluded(dir, p) || moved_at.get(p).is_some_and(|at| at > seq) {
-                    continue;
-                }
-                if done.insert(p.clone()) {
-                    ship_state(x, dir, p, true)?;
-                }
-            }
-            rep.progress().names += 1;
-        }
-        // Entries changed below these directories, which changed their
-        // times on the peer too: make those equal to ours again.
-        let mut parents: Vec<PathBuf> = ns
-            .iter()
-            .flat_map(|(_, c)| touched(c))
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        parents.sort();
-        for p in parents {
-            ship_state(x, dir, &p, false)?;
-        }
-    }
-    Ok((plan, ns_upto))
-}
-
-/// Every byte of the file at `p` (of every file below it, for a directory),
-/// to be marked dirty: a replayed rename may have put another file there on
-/// the peer (see [`super::replay`]).
-fn mark_whole(
-    d: &super::dir::Dir,
-    p: &Path,
-    module: &str,
-    marks: &mut Vec<(FileId, u64, u64)>,
-) -> Result<(), NamesError> {
-    let root = d.root.as_fd();
-    let Ok(node) = entry::open_node(root, p) else {
-        return Ok(());
-    };
-    let st = sys::stat_fd(node.as_fd()).map_err(|e| {
-        let e = std::io::Error::from_raw_os_error(e.code());
-        NamesError::Read(format!("reading {}: {e}", p.display()))
-    })?;
-    match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG if st.st_size > 0 => {
-            marks.push((d.log.ensure(p)?, 0, st.st_size as u64));
-        }
-        libc::S_IFDIR => {
-            tracing::warn!(
-                "{module}: resync: the directory {} may hold other entries on the peer \
-                 (a rename replayed after its source name was reused); its files travel \
-                 whole; `tandem verify --repair` removes what only the peer has",
-                p.display()
-            );
-            let names = super::manifest::list_dir(root, p)
-                .map_err(|e| NamesError::Read(format!("listing {}: {e}", p.display())))?;
-            for (name, _) in names {
-                use std::os::unix::ffi::OsStrExt;
-                mark_whole(
-                    d,
-                    &p.join(std::ffi::OsStr::from_bytes(&name)),
-                    module,
-                    marks,
-                )?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Ships the current state of `p`; a name that is gone is shipped as
-/// absent only if `absent_too`.
-fn ship_state(
-    x: &mut Exclusive<'_>,
-    dir: u32,
-    p: &Path,
-    absent_too: bool,
-) -> Result<(), NamesError> {
-    let entry = entry::read(x.dir(dir).root.as_fd(), p).map_err(|e| {
-        NamesError::Read(format!(
-            "reading {}: {}",
-            p.display(),
-            std::io::Error::from_raw_os_error(e.code())
-        ))
-    })?;
-    if entry.is_none() && !absent_too {
-        return Ok(());
-    }
-    if x.ship(
-        dir,
-        WireMutation::Reconcile {
-            path: raw(p),
-            entry,
-        },
-    ) {
-        Ok(())
-    } else {
-        Err(NamesError::Link)
-    }
 }
 
 /// Ships the current state of `path` (read under the order lock).
