@@ -95,6 +95,8 @@ pub fn is_deleted(p: &Path) -> bool {
 struct Entry {
     inode: Arc<Inode>,
     nlookup: u64,
+    /// When the kernel last asked for it (see [`Maps::tick`]).
+    used: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +104,15 @@ struct Maps {
     by_id: HashMap<u64, Entry>,
     by_key: HashMap<(u64, u64), u64>,
     next_synthetic: u64,
+    /// Counts the table's uses: the clock of [`InodeTable::coldest`].
+    tick: u64,
+}
+
+impl Maps {
+    fn now(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
 }
 
 pub struct InodeTable {
@@ -131,8 +142,10 @@ impl InodeTable {
             Entry {
                 inode: root,
                 nlookup: 1,
+                used: 0,
             },
         );
+        super::reclaim::held(1);
         Self {
             root_dev: dev,
             maps: Mutex::new(maps),
@@ -140,7 +153,28 @@ impl InodeTable {
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Inode>> {
-        self.maps.lock().by_id.get(&id).map(|e| e.inode.clone())
+        let mut m = self.maps.lock();
+        let now = m.now();
+        let e = m.by_id.get_mut(&id)?;
+        e.used = now;
+        Some(e.inode.clone())
+    }
+
+    /// Up to `n` of the inodes the kernel asked for least recently (never
+    /// the root).
+    pub fn coldest(&self, n: usize) -> Vec<Arc<Inode>> {
+        let m = self.maps.lock();
+        let mut all: Vec<(u64, &Arc<Inode>)> = m
+            .by_id
+            .values()
+            .filter(|e| e.inode.id != ROOT_ID)
+            .map(|e| (e.used, &e.inode))
+            .collect();
+        if all.len() > n {
+            all.select_nth_unstable_by_key(n, |(used, _)| *used);
+            all.truncate(n);
+        }
+        all.into_iter().map(|(_, i)| i.clone()).collect()
     }
 
     /// The node of the inode `(dev, ino)`, if the kernel knows it.
@@ -155,9 +189,11 @@ impl InodeTable {
     pub fn lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
         let (dev, ino, kind) = (st.st_dev, st.st_ino, st.st_mode & libc::S_IFMT);
         let mut m = self.maps.lock();
+        let now = m.now();
         if let Some(id) = m.by_key.get(&(dev, ino)).copied() {
             let e = m.by_id.get_mut(&id).expect("key map and id map agree");
             e.nlookup += 1;
+            e.used = now;
             let inode = e.inode.clone();
             drop(m);
             if kind != libc::S_IFDIR && st.st_nlink > 1 {
@@ -186,8 +222,10 @@ impl InodeTable {
             Entry {
                 inode: inode.clone(),
                 nlookup: 1,
+                used: now,
             },
         );
+        super::reclaim::held(1);
         inode
     }
 
@@ -205,7 +243,14 @@ impl InodeTable {
             let key = (e.inode.dev, e.inode.ino);
             m.by_id.remove(&id);
             m.by_key.remove(&key);
+            super::reclaim::held(-1);
         }
+    }
+}
+
+impl Drop for InodeTable {
+    fn drop(&mut self) {
+        super::reclaim::held(-(self.maps.get_mut().by_id.len() as isize));
     }
 }
 
@@ -297,9 +342,17 @@ impl InodeTable {
             {
                 return Err("an inode is named twice");
             }
-            maps.by_id.insert(inode.id, Entry { inode, nlookup });
+            maps.by_id.insert(
+                inode.id,
+                Entry {
+                    inode,
+                    nlookup,
+                    used: 0,
+                },
+            );
         }
         let root_dev = root_dev.ok_or("the root inode is missing")?;
+        super::reclaim::held(maps.by_id.len() as isize);
         Ok((
             Self {
                 root_dev,

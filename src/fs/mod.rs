@@ -12,6 +12,7 @@ mod inode;
 pub mod mounts;
 mod mutation;
 mod ops;
+mod reclaim;
 pub mod sys;
 
 use std::path::{Path, PathBuf};
@@ -191,19 +192,19 @@ pub fn mount(
     .map_err(|e| io(errno_io(e)))?;
     let prefix =
         sys::fd_path(std::os::fd::AsRawFd::as_raw_fd(&root)).map_err(|e| io(errno_io(e)))?;
-    if let Err(e) = sys::raise_nofile_limit() {
-        tracing::warn!("cannot raise the open-file limit: {e}");
-    }
+    open_file_limit();
     let threads = config.threads.max(1);
     let gate = gate::Gate::new(threads);
     let fs = ops::TandemFs::new(root, prefix, sink, config.fs.clone(), gate.clone())
         .map_err(|e| io(errno_io(e)))?;
     let tables = fs.tables();
+    let reclaim = fs.reclaim.clone();
     let fuse_err = |source| MountError::Fuse {
         dir: dir.clone(),
         source,
     };
     let session = fuser::Session::new(fs, &dir, &session_config(threads)).map_err(fuse_err)?;
+    reclaim.set_notifier(session.notifier());
     let fuse = std::os::fd::AsFd::as_fd(&session)
         .try_clone_to_owned()
         .map_err(fuse_err)?;
@@ -260,16 +261,19 @@ pub unsafe fn resume(
             source,
         })?;
     let uncached = image.uncached_writes;
+    open_file_limit();
     let threads = config.threads.max(1);
     let gate = gate::Gate::new(threads);
     let fs = ops::TandemFs::with_tables(tables, sink, config.fs.clone(), gate.clone());
     let tables = fs.tables();
+    let reclaim = fs.reclaim.clone();
     let err = |source| ResumeError::Session {
         dir: dir.clone(),
         source,
     };
     let dup = fuse.try_clone().map_err(err)?;
     let session = handover::adopt(fs, fuse, session_config(threads)).map_err(err)?;
+    reclaim.set_notifier(session.notifier());
     // The file system's init ran on a made-up offer: what the kernel granted
     // the first process stands.
     tables
@@ -283,6 +287,14 @@ pub unsafe fn resume(
         fuse: dup,
         tables,
     })
+}
+
+/// Raises the open-file limit, and sizes the inode descriptors' budget to it.
+fn open_file_limit() {
+    match sys::raise_nofile_limit() {
+        Ok(n) => reclaim::set_limit(n),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
 }
 
 pub(crate) fn errno_io(e: Errno) -> std::io::Error {

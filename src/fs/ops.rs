@@ -76,6 +76,8 @@ pub struct TandemFs {
     pub(super) ns_gen: AtomicU64,
     /// Which worker reads the next request.
     pub(super) gate: Arc<Gate>,
+    /// Keeps the inode descriptors within the open-file limit.
+    pub(super) reclaim: Arc<super::reclaim::Reclaim>,
 }
 
 impl TandemFs {
@@ -111,6 +113,7 @@ impl TandemFs {
         gate: Arc<Gate>,
     ) -> Self {
         Self {
+            reclaim: Arc::new(super::reclaim::Reclaim::new(t.root_prefix.clone())),
             inodes: t.inodes,
             files: t.files,
             dirs: t.dirs,
@@ -223,6 +226,7 @@ impl TandemFs {
         let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::stat_fd(fd.as_fd())?;
         let inode = self.inodes.lookup(fd, &st);
+        self.reclaim.after_lookup(&self.inodes);
         let attr = file_attr(inode.id, &st);
         Ok((inode, attr))
     }

@@ -92,11 +92,9 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr) -> SysResult<OwnedFd> {
     }
 }
 
-/// Raises the limit on open descriptors as far as this process may: the
-/// mount holds one descriptor per inode the kernel has cached, which 1024
-/// does not cover, nor the 20,000 or 65,536 a host or a unit may set. As
-/// root the hard limit goes up to the kernel's (`fs.nr_open`); otherwise
-/// the soft limit goes up to the hard one.
+/// Raises the soft limit on open descriptors to the hard limit: the mount holds
+/// one descriptor per inode the kernel has cached (up to half the limit, see
+/// `reclaim.rs`), which 1024 does not cover.
 pub fn raise_nofile_limit() -> std::io::Result<u64> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -105,20 +103,6 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
     // SAFETY: `r` is a live rlimit for the kernel to fill in.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } < 0 {
         return Err(std::io::Error::last_os_error());
-    }
-    let kernel = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
-    if let Some(most) = kernel.filter(|m| *m > r.rlim_max) {
-        let up = libc::rlimit {
-            rlim_cur: most,
-            rlim_max: most,
-        };
-        // SAFETY: `up` is a live rlimit for the kernel to read. Refused
-        // (EPERM) without CAP_SYS_RESOURCE, which the fallback covers.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) } == 0 {
-            return Ok(most);
-        }
     }
     if r.rlim_cur < r.rlim_max {
         r.rlim_cur = r.rlim_max;
