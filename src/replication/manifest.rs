@@ -60,20 +60,46 @@ pub struct Cache {
     by_inode: HashMap<u64, Cached>,
     seen: HashMap<u64, ()>,
     path: Option<PathBuf>,
+    /// Whether `by_inode` holds what the file holds: read when a scan starts
+    /// and dropped when it ends, so a big tree's chunk lists (about 100 bytes
+    /// a file) do not stay in memory between scans.
+    loaded: bool,
 }
 
 impl Cache {
-    /// Loads the cache kept at `path` (an unreadable one starts empty).
+    /// The cache kept at `path`, read when a scan needs it.
     pub fn load(path: &Path) -> Self {
-        let by_inode = std::fs::read(path)
-            .ok()
-            .and_then(|b| postcard::from_bytes(&b).ok())
-            .unwrap_or_default();
         Self {
-            by_inode,
-            seen: HashMap::new(),
             path: Some(path.to_path_buf()),
+            ..Self::default()
         }
+    }
+
+    /// Reads the file, if that was not done since the last
+    /// [`unload`](Self::unload) (an unreadable one starts empty).
+    fn ensure(&mut self) {
+        if self.loaded {
+            return;
+        }
+        if let Some(path) = &self.path {
+            self.by_inode = std::fs::read(path)
+                .ok()
+                .and_then(|b| postcard::from_bytes(&b).ok())
+                .unwrap_or_default();
+        }
+        self.loaded = true;
+    }
+
+    /// Drops what was read (and learnt since, unless saved), and gives the
+    /// memory back to the system. A cache without a file keeps it all.
+    pub fn unload(&mut self) {
+        if self.path.is_none() {
+            return;
+        }
+        self.by_inode = HashMap::new();
+        self.seen = HashMap::new();
+        self.loaded = false;
+        give_back_memory();
     }
 
     /// Writes the cache back, keeping only inodes seen by full scans since load.
@@ -90,6 +116,14 @@ impl Cache {
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)
     }
+}
+
+/// Returns freed memory to the system: a scan of a big tree frees hundreds
+/// of MiB in small blocks, which the allocator would otherwise keep.
+pub fn give_back_memory() {
+    // SAFETY: malloc_trim takes no pointer; it only walks the allocator's own
+    // free lists.
+    unsafe { libc::malloc_trim(0) };
 }
 
 fn errno(e: crate::fs::Errno) -> std::io::Error {
@@ -197,6 +231,7 @@ pub fn item(
     cache: &mut Cache,
     progress: &ScanProgress,
 ) -> std::io::Result<Option<Item>> {
+    cache.ensure();
     let never = AtomicBool::new(false);
     item_shared(root, path, hash(path), &Mutex::new(cache), progress, &never)
 }
@@ -291,6 +326,7 @@ pub fn scan(
     progress: &ScanProgress,
     out: &mut dyn FnMut(Item) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    cache.ensure();
     let cache = Mutex::new(cache);
     // Set when the walk ends early: what is still queued is not looked up,
     // and a file being hashed is given up.
@@ -602,6 +638,36 @@ mod tests {
         assert!(sums(&second) == sums(&got), "the second scan differs");
         assert_eq!(again.bytes_hashed.load(Ordering::Relaxed), 0);
         assert_eq!(again.bytes_cached.load(Ordering::Relaxed), hashed);
+    }
+
+    #[test]
+    fn a_cache_kept_in_a_file_is_read_for_a_scan_and_dropped_after_it() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("tree");
+        std::fs::create_dir(&d).unwrap();
+        for i in 0..20 {
+            std::fs::write(d.join(format!("f{i}")), noise(5000 + i * 311, i as u64)).unwrap();
+        }
+        let root = std::fs::File::open(&d).unwrap();
+        let mut cache = Cache::load(&t.path().join("manifest.cache"));
+        let scan_all = |cache: &mut Cache| {
+            let progress = ScanProgress::default();
+            scan(root.as_fd(), &all, cache, &progress, &mut |_| Ok(())).unwrap();
+            progress
+        };
+        let first = scan_all(&mut cache);
+        assert!(first.bytes_hashed.load(Ordering::Relaxed) > 0);
+        cache.save(true).unwrap();
+        cache.unload();
+        assert!(cache.by_inode.is_empty(), "kept in memory between scans");
+        // The next scan reads the file: nothing hashed again.
+        let second = scan_all(&mut cache);
+        assert_eq!(second.bytes_hashed.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            second.bytes_cached.load(Ordering::Relaxed),
+            first.bytes_hashed.load(Ordering::Relaxed)
+        );
+        assert_eq!(cache.by_inode.len(), 20);
     }
 
     #[test]

@@ -281,6 +281,7 @@ fn produce(
             push(&mut part, p, it)
         }),
     };
+    cache.unload();
     drop(cache);
     r.and_then(|()| emit(&mut part, true))
         .map_err(SessionError::Manifest)
@@ -461,6 +462,7 @@ fn local_manifest(
             Ok(())
         }),
     };
+    cache.unload();
     r.map_err(SessionError::Manifest)?;
     Ok(out)
 }
@@ -694,6 +696,7 @@ pub async fn run(
         report.at_cut = true;
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
+    manifest::give_back_memory();
     Ok(report)
 }
 
