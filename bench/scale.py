@@ -9,8 +9,8 @@ file a few bytes, the same times on both. Then:
   resync    node 2 killed, 100 files changed on node 1, node 2 restarted: the
             resync until durable. Target <= 0.2 s, flat from 1M to 10M files
   verify    `tandem verify` of the whole tree (identical on both nodes)
-  memory    both daemons' RSS after the resync and after the verify (flat in the
-            tree's size)
+  memory    both daemons' RSS after the resync and after the verify, and the
+            highest it reached (flat in the tree's size)
   log       the change log's size on disk, both nodes
 
 Both copies need 2 x N inodes: the trees go on an ext4 image of their own
@@ -48,10 +48,11 @@ def make_tree(root, n):
     os.utime(root, (STAMP, STAMP))
 
 
-def rss_mib(pid):
+def rss_mib(pid, field="VmRSS"):
+    """The resident set now (VmRSS), or at its highest so far (VmHWM)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -111,7 +112,9 @@ def main():
         print(f"verify of {n} files: {took:.0f} s ({n / took:,.0f} files/s); exit {r.returncode}: "
               f"{r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()}", flush=True)
         rss = [rss_mib(pair.procs[k].pid) for k in (1, 2)]
-        print(f"RSS after the verify: node1 {rss[0]:.0f} MiB, node2 {rss[1]:.0f} MiB", flush=True)
+        peak = [rss_mib(pair.procs[k].pid, "VmHWM") for k in (1, 2)]
+        print(f"RSS after the verify: node1 {rss[0]:.0f} MiB, node2 {rss[1]:.0f} MiB; "
+              f"highest since the start: node1 {peak[0]:.0f} MiB, node2 {peak[1]:.0f} MiB", flush=True)
         logs = [du_mib(f"{pair.tmp}/state{k}") for k in (1, 2)]
         print(f"change log and state on disk: node1 {logs[0]:.1f} MiB, node2 {logs[1]:.1f} MiB", flush=True)
     finally:

@@ -1043,6 +1043,81 @@ fn a_secondary_killed_and_restarted_mid_workload_ends_identical() {
 }
 
 #[test]
+fn verify_of_a_tree_of_many_parts_finds_each_difference_in_order() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    // 6,000 names in nested directories: the manifests travel in several
+    // parts, compared as they arrive.
+    let d = pair.dir(1);
+    for a in 0..6 {
+        for b in 0..10 {
+            let sub = d.join(format!("a{a}/b{b}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for i in 0..100 {
+                std::fs::write(sub.join(format!("f{i}")), format!("{a}.{b}.{i}")).unwrap();
+            }
+        }
+    }
+    // Names sorting around the directories' ('.' and '-' come before '/').
+    std::fs::write(d.join("a3.x"), b"dot").unwrap();
+    std::fs::write(d.join("a3-x"), b"dash").unwrap();
+    pair.wait_caught_up();
+    let peer = pair.dir(2);
+    // Behind tandem's back on the secondary: early, middle and late in the
+    // walk, and on either side of the sibling names.
+    std::fs::remove_file(peer.join("a0/b0/f0")).unwrap();
+    std::fs::write(peer.join("a3/b5/f50"), b"changed").unwrap();
+    std::fs::write(peer.join("a3/b9/zz"), b"only on the peer").unwrap();
+    std::fs::remove_file(peer.join("a3.x")).unwrap();
+    std::fs::remove_dir_all(peer.join("a5/b9")).unwrap();
+    let o = pair.tandem(1, &["verify", "app", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got: Vec<(String, String)> = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["path"].as_str().unwrap().to_string(),
+                d["what"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = vec![
+        ("a0/b0/f0".into(), "only here".into()),
+        ("a3/b5/f50".into(), "size".into()),
+        ("a3/b9/zz".into(), "only on the peer".into()),
+        ("a3.x".into(), "only here".into()),
+        ("a5/b9".into(), "only here".into()),
+    ];
+    want.extend((0..100).map(|i| (format!("a5/b9/f{i}"), "only here".to_string())));
+    want.sort();
+    let mut sorted = got.clone();
+    sorted.sort();
+    // The directories the changes touched differ in their times too.
+    let only: Vec<_> = sorted
+        .into_iter()
+        .filter(|(p, _)| ![".", "a0/b0", "a3/b5", "a3/b9", "a5"].contains(&p.as_str()))
+        .collect();
+    assert_eq!(only, want, "{report}");
+    assert_eq!(report["files"], 6_000 + 60 + 6 + 2 + 1, "{report}");
+    let o = pair.tandem(1, &["verify", "app", "--repair"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
 fn verify_finds_differences_repair_and_full_sync_remove_them() {
     let mut pair = Pair::new();
     // The secondary starts with stale and foreign data of its own.

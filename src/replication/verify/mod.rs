@@ -27,6 +27,8 @@ use super::status::{Difference, VerifyReport, VerifyState};
 use super::tls::Credentials;
 use super::wire::{ChunkSum, Entry, EntryKind, ManifestItem, Message, checked_path};
 
+mod merge;
+
 /// Items per Manifest message, and chunks per item part.
 const PART_ITEMS: usize = 2048;
 const PART_CHUNKS: usize = 16384;
@@ -388,55 +390,34 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
     }
 
     async fn read_manifest(&mut self, dir: u32) -> Result<BTreeMap<PathBuf, Item>, SessionError> {
-        let mut out = BTreeMap::new();
-        let mut current: Option<Item> = None;
-        loop {
-            let m = self.reader.next().await?;
-            let Message::Manifest {
-                dir: d,
-                items,
-                last,
-            } = m
-            else {
-                return Err(protocol(format!("expected Manifest, got {}", m.kind())));
-            };
-            if d != dir {
-                return Err(protocol(format!(
-                    "manifest of directory {d}, asked for {dir}"
-                )));
-            }
-            for it in items {
-                match it {
-                    ManifestItem::Entry { path, entry } => {
-                        if let Some(c) = current.take() {
-                            out.insert(c.path.clone(), c);
-                        }
-                        let p = if path.is_empty() {
-                            PathBuf::new()
-                        } else {
-                            checked_path(&path).map_err(protocol)?
-                        };
-                        if let Some(entry) = entry {
-                            current = Some(Item {
-                                path: p,
-                                entry,
-                                chunks: Vec::new(),
-                            });
-                        }
-                    }
-                    ManifestItem::Chunks(c) => match &mut current {
-                        Some(it) => it.chunks.extend(c),
-                        None => return Err(protocol("chunks without a file in a manifest")),
-                    },
-                }
-            }
-            if last {
-                if let Some(c) = current.take() {
-                    out.insert(c.path.clone(), c);
-                }
-                return Ok(out);
-            }
+        let mut items = merge::Assembler::default();
+        while !self.next_part(dir, &mut items).await? {}
+        Ok(items.into_items().map(|it| (it.path.clone(), it)).collect())
+    }
+
+    /// Reads the next part of a manifest of `dir` into `items`; whether it
+    /// was the last.
+    async fn next_part(
+        &mut self,
+        dir: u32,
+        items: &mut merge::Assembler,
+    ) -> Result<bool, SessionError> {
+        let m = self.reader.next().await?;
+        let Message::Manifest {
+            dir: d,
+            items: part,
+            last,
+        } = m
+        else {
+            return Err(protocol(format!("expected Manifest, got {}", m.kind())));
+        };
+        if d != dir {
+            return Err(protocol(format!(
+                "manifest of directory {d}, asked for {dir}"
+            )));
         }
+        items.feed(part, last)?;
+        Ok(last)
     }
 }
 
@@ -521,53 +502,64 @@ fn compare(
     theirs: &BTreeMap<PathBuf, Item>,
     hashed: bool,
 ) -> Vec<Difference> {
-    let mut out = Vec::new();
-    let diff = |p: &Path, what: Vec<String>, ranges: Vec<(u64, u64)>| Difference {
+    let mut out: Vec<Difference> = ours
+        .iter()
+        .filter_map(|(p, a)| compare_one(dir, p, Some(a), theirs.get(p), hashed))
+        .collect();
+    out.extend(
+        theirs
+            .iter()
+            .filter(|(p, _)| !ours.contains_key(*p))
+            .filter_map(|(p, b)| compare_one(dir, p, None, Some(b), hashed)),
+    );
+    out.sort_by(|a, b| a.raw.cmp(&b.raw));
+    out
+}
+
+/// How the name `p` differs between this node (`ours`) and the peer.
+fn compare_one(
+    dir: u32,
+    p: &Path,
+    ours: Option<&Item>,
+    theirs: Option<&Item>,
+    hashed: bool,
+) -> Option<Difference> {
+    let diff = |what: Vec<String>, ranges: Vec<(u64, u64)>| Difference {
         dir,
         path: manifest::display(p),
         what,
         ranges,
         raw: raw(p),
     };
-    for (p, a) in ours {
-        match theirs.get(p) {
-            None => out.push(diff(
-                p,
-                vec!["only here".into()],
-                if a.entry.kind == EntryKind::File && a.entry.size > 0 {
-                    vec![(0, a.entry.size)]
-                } else {
-                    Vec::new()
-                },
-            )),
-            Some(b) => {
-                let mut what = Vec::new();
-                same_meta(&a.entry, &b.entry, &mut what);
-                let mut ranges = Vec::new();
-                if hashed
-                    && a.entry.kind == EntryKind::File
-                    && b.entry.kind == EntryKind::File
-                    && a.chunks != b.chunks
-                {
-                    what.push("content".into());
-                    ranges = content_ranges(&a.chunks, &b.chunks);
-                }
-                if what.iter().any(|w| w == "type") && a.entry.kind == EntryKind::File {
-                    ranges = vec![(0, a.entry.size)];
-                }
-                if !what.is_empty() {
-                    out.push(diff(p, what, ranges));
-                }
+    match (ours, theirs) {
+        (None, None) => None,
+        (Some(a), None) => Some(diff(
+            vec!["only here".into()],
+            if merge::has_bytes(a) {
+                vec![(0, a.entry.size)]
+            } else {
+                Vec::new()
+            },
+        )),
+        (None, Some(_)) => Some(diff(vec!["only on the peer".into()], Vec::new())),
+        (Some(a), Some(b)) => {
+            let mut what = Vec::new();
+            same_meta(&a.entry, &b.entry, &mut what);
+            let mut ranges = Vec::new();
+            if hashed
+                && a.entry.kind == EntryKind::File
+                && b.entry.kind == EntryKind::File
+                && a.chunks != b.chunks
+            {
+                what.push("content".into());
+                ranges = content_ranges(&a.chunks, &b.chunks);
             }
+            if what.iter().any(|w| w == "type") && a.entry.kind == EntryKind::File {
+                ranges = vec![(0, a.entry.size)];
+            }
+            (!what.is_empty()).then(|| diff(what, ranges))
         }
     }
-    for p in theirs.keys() {
-        if !ours.contains_key(p) {
-            out.push(diff(p, vec!["only on the peer".into()], Vec::new()));
-        }
-    }
-    out.sort_by(|a, b| a.raw.cmp(&b.raw));
-    out
 }
 
 /// Compares every directory of the module with the peer. `on_progress` sees
@@ -592,20 +584,6 @@ pub async fn run(
         state.lock().phase = format!("scanning directory {}", d + 1);
         let progress = Arc::new(ScanProgress::default());
         let (scan_rep, scan_progress) = (rep.clone(), progress.clone());
-        let peer_first = if full {
-            Some(Arc::new(remote.manifest(dir, None, true).await?))
-        } else {
-            None
-        };
-        let hash_set = peer_first.clone();
-        let local = tokio::task::spawn_blocking(move || {
-            let hash_if = |p: &Path| {
-                hash_set
-                    .as_ref()
-                    .is_none_or(|m| m.get(p).is_some_and(|i| i.entry.kind == EntryKind::File))
-            };
-            local_manifest(&scan_rep.dirs()[d], None, &hash_if, &scan_progress)
-        });
         let ticker = async {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -615,21 +593,17 @@ pub async fn run(
                 s.bytes_cached = progress.bytes_cached.load(Ordering::Relaxed);
             }
         };
-        let theirs = match peer_first {
-            Some(m) => Arc::try_unwrap(m).unwrap_or_else(|m| (*m).clone()),
-            None => tokio::select! {
-                r = remote.manifest(dir, None, true) => r?,
+        let (files, bytes, first) = if full {
+            full_first_pass(&mut remote, &scan_rep, d, scan_progress).await?
+        } else {
+            tokio::select! {
+                r = first_pass(&mut remote, &scan_rep, d, scan_progress) => r?,
                 _ = ticker => unreachable!(),
-            },
+            }
         };
-        let mut ours = local.await??;
-        let mut theirs = theirs;
-        replicated_only(&rep, &mut ours);
-        replicated_only(&rep, &mut theirs);
-        report.files += ours.len() as u64;
-        report.bytes += ours.values().map(|i| i.entry.size).sum::<u64>();
+        report.files += files;
+        report.bytes += bytes;
         report.bytes_hashed += progress.bytes_hashed.load(Ordering::Relaxed);
-        let first = compare(dir, &ours, &theirs, true);
         if first.is_empty() {
             continue;
         }
@@ -698,6 +672,116 @@ pub async fn run(
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     manifest::give_back_memory();
     Ok(report)
+}
+
+/// The first pass of a verify of directory `d` (see [`merge`]): how many
+/// names this node has, their bytes, and how they differ from the peer's.
+async fn first_pass<R, W>(
+    remote: &mut Remote<R, W>,
+    rep: &Arc<Replicator>,
+    d: usize,
+    progress: Arc<ScanProgress>,
+) -> Result<(u64, u64, Vec<Difference>), SessionError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let dir = d as u32;
+    remote
+        .writer
+        .send(&Message::ManifestRequest {
+            dir,
+            paths: None,
+            hash: true,
+        })
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ManifestItem>>(4);
+    let scan_rep = rep.clone();
+    let mut scan = Some(tokio::task::spawn_blocking(move || {
+        produce(&scan_rep.dirs()[d], None, true, &progress, &tx)
+    }));
+    let kept = |it: Option<Item>| {
+        it.filter(|it| {
+            rep.exclusions()
+                .is_none_or(|ex| !ex.excluded(&it.path, it.entry.kind == EntryKind::Dir))
+        })
+    };
+    let (mut ours, mut theirs) = (merge::Assembler::default(), merge::Assembler::default());
+    let (mut files, mut bytes, mut out) = (0, 0, Vec::new());
+    loop {
+        while !ours.fed() {
+            match rx.recv().await {
+                Some(part) => ours.feed(part, false)?,
+                None => {
+                    // The scan ended: a failure is reported as such, not
+                    // as names missing here.
+                    if let Some(scan) = scan.take() {
+                        scan.await??;
+                    }
+                    ours.feed(Vec::new(), true)?;
+                }
+            }
+        }
+        while !theirs.fed() {
+            remote.next_part(dir, &mut theirs).await?;
+        }
+        let here = ours.peek().map(|i| i.path.as_path());
+        let (a, b) = match merge::next_side(here, theirs.peek().map(|i| i.path.as_path())) {
+            None => break,
+            Some(merge::Side::Ours) => (ours.take("this node's scan")?, None),
+            Some(merge::Side::Theirs) => (None, theirs.take("the peer's manifest")?),
+            Some(merge::Side::Both) => (
+                ours.take("this node's scan")?,
+                theirs.take("the peer's manifest")?,
+            ),
+        };
+        let (a, b) = (kept(a), kept(b));
+        if let Some(a) = &a {
+            files += 1;
+            bytes += a.entry.size;
+        }
+        if let Some(p) = a.as_ref().or(b.as_ref()).map(|i| i.path.clone())
+            && let Some(diff) = compare_one(dir, &p, a.as_ref(), b.as_ref(), true)
+        {
+            out.push(diff);
+        }
+    }
+    out.sort_by(|a, b| a.raw.cmp(&b.raw));
+    Ok((files, bytes, out))
+}
+
+/// The first pass of a full sync's compare of directory `d`: the peer's
+/// manifest first, so that only files the peer has are hashed here.
+async fn full_first_pass<R, W>(
+    remote: &mut Remote<R, W>,
+    rep: &Arc<Replicator>,
+    d: usize,
+    progress: Arc<ScanProgress>,
+) -> Result<(u64, u64, Vec<Difference>), SessionError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let peer = Arc::new(remote.manifest(d as u32, None, true).await?);
+    let (scan_rep, hash_set) = (rep.clone(), peer.clone());
+    let mut ours = tokio::task::spawn_blocking(move || {
+        let hash_if = |p: &Path| {
+            hash_set
+                .get(p)
+                .is_some_and(|i| i.entry.kind == EntryKind::File)
+        };
+        local_manifest(&scan_rep.dirs()[d], None, &hash_if, &progress)
+    })
+    .await??;
+    let mut theirs = Arc::try_unwrap(peer).unwrap_or_else(|m| (*m).clone());
+    replicated_only(rep, &mut ours);
+    replicated_only(rep, &mut theirs);
+    let bytes = ours.values().map(|i| i.entry.size).sum::<u64>();
+    Ok((
+        ours.len() as u64,
+        bytes,
+        compare(d as u32, &ours, &theirs, true),
+    ))
 }
 
 /// This node's items of `paths` as its snapshot `name` saw them.
