@@ -1070,14 +1070,7 @@ fn verify_of_a_tree_of_many_parts_finds_each_difference_in_order() {
     std::fs::write(peer.join("a3/b9/zz"), b"only on the peer").unwrap();
     std::fs::remove_file(peer.join("a3.x")).unwrap();
     std::fs::remove_dir_all(peer.join("a5/b9")).unwrap();
-    let o = pair.tandem(1, &["verify", "app", "--json"]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report = verify_report(&pair, 1);
     let got: Vec<(String, String)> = report["differences"]
         .as_array()
         .unwrap()
@@ -1132,14 +1125,7 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
     pair.wait_caught_up();
 
     // Verify sees what replication alone cannot know about.
-    let o = pair.tandem(1, &["verify", "app", "--json"]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report = verify_report(&pair, 1);
     let diffs = report["differences"].as_array().unwrap();
     let paths: Vec<&str> = diffs.iter().map(|d| d["path"].as_str().unwrap()).collect();
     assert!(paths.contains(&"foreign"), "{report}");
@@ -1152,9 +1138,7 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
         .unwrap();
     f.write_all_at(b"corrupted!", 2_000_000).unwrap();
     drop(f);
-    let o = pair.tandem(1, &["verify", "app", "--json"]);
-    assert_eq!(o.status.code(), Some(1));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report = verify_report(&pair, 1);
     let big_diff = report["differences"]
         .as_array()
         .unwrap()
@@ -1206,16 +1190,8 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
     );
 
     // And an identical pair verifies clean, from the cache the second time.
-    let o = pair.tandem(1, &["verify", "app", "--json"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let o = pair.tandem(1, &["verify", "app", "--json"]);
-    assert_eq!(o.status.code(), Some(0));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    verify_report(&pair, 0);
+    let report = verify_report(&pair, 0);
     assert_eq!(report["bytes_hashed"], 0, "{report}");
     // Verify is the primary's: the secondary says so.
     let o = pair.tandem(2, &["verify", "app"]);
@@ -1396,6 +1372,19 @@ fn excluded_paths_stay_on_their_node_live_in_resync_verify_and_full_sync() {
 }
 
 /// `tandem ARGS` on the primary reports identical trees (exit 0).
+/// `tandem verify app --json` on node 1, which must exit with `code`: its report.
+fn verify_report(pair: &Pair, code: i32) -> serde_json::Value {
+    let o = pair.tandem(1, &["verify", "app", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 fn verified(pair: &Pair, args: &[&str]) {
     let o = pair.tandem(1, args);
     assert_eq!(
