@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use super::{Item, ManifestItem, SessionError, checked_path, protocol};
-use crate::replication::wire::EntryKind;
 
 /// Items made whole from the parts of a manifest, in order.
 #[derive(Default)]
@@ -115,16 +114,10 @@ pub fn next_side(ours: Option<&Path>, theirs: Option<&Path>) -> Option<Side> {
     })
 }
 
-/// Whether an item is a regular file with bytes: what a difference of it
-/// carries as ranges when it is only on this node.
-pub fn has_bytes(it: &Item) -> bool {
-    it.entry.kind == EntryKind::File && it.entry.size > 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::wire::{Entry, Time};
+    use crate::replication::wire::{Entry, EntryKind, Time};
 
     fn state(kind: EntryKind, size: u64) -> Entry {
         let t = Time { secs: 0, nanos: 0 };

@@ -535,7 +535,7 @@ fn compare_one(
         (None, None) => None,
         (Some(a), None) => Some(diff(
             vec!["only here".into()],
-            if merge::has_bytes(a) {
+            if a.entry.kind == EntryKind::File && a.entry.size > 0 {
                 vec![(0, a.entry.size)]
             } else {
                 Vec::new()
@@ -700,12 +700,7 @@ where
     let mut scan = Some(tokio::task::spawn_blocking(move || {
         produce(&scan_rep.dirs()[d], None, true, &progress, &tx)
     }));
-    let kept = |it: Option<Item>| {
-        it.filter(|it| {
-            rep.exclusions()
-                .is_none_or(|ex| !ex.excluded(&it.path, it.entry.kind == EntryKind::Dir))
-        })
-    };
+    let kept = |it: Option<Item>| it.filter(|it| replicated(rep, it));
     let (mut ours, mut theirs) = (merge::Assembler::default(), merge::Assembler::default());
     let (mut files, mut bytes, mut out) = (0, 0, Vec::new());
     loop {
@@ -810,10 +805,14 @@ fn at_manifest(
 
 /// Leaves out what the module's `exclude` patterns keep from replication,
 /// on either side: neither compared, nor shipped, nor removed.
-fn replicated_only(rep: &super::primary::Replicator, items: &mut BTreeMap<PathBuf, Item>) {
-    if let Some(ex) = rep.exclusions() {
-        items.retain(|p, it| !ex.excluded(p, it.entry.kind == EntryKind::Dir));
-    }
+fn replicated_only(rep: &Replicator, items: &mut BTreeMap<PathBuf, Item>) {
+    items.retain(|_, it| replicated(rep, it));
+}
+
+/// Whether `it` is replicated (not kept from it by the module's `exclude`).
+fn replicated(rep: &Replicator, it: &Item) -> bool {
+    rep.exclusions()
+        .is_none_or(|ex| !ex.excluded(&it.path, it.entry.kind == EntryKind::Dir))
 }
 
 /// Records every difference in the change log so the next resync ships it:
