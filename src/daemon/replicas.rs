@@ -359,7 +359,7 @@ pub(super) fn open_dirs_over(
                 },
             )?,
         );
-        let cache = crate::replication::manifest::Cache::load(&at.join("manifest.cache"));
+        let cache = crate::replication::manifest::Cache::in_dir(&at);
         out.push(Dir {
             root,
             log,

@@ -116,6 +116,7 @@ struct Managed {
     /// Root descriptors (opened before any mount) and change logs, for the
     /// node's whole run whatever its role.
     base: Vec<Dir>,
+    /// The state dir of each directory, where its chunk cache is kept.
     caches: Vec<PathBuf>,
     machine: Machine,
     replica: Option<Replica>,

@@ -44,7 +44,7 @@ impl Managed {
                 Ok(Dir {
                     root: d.root.try_clone()?,
                     log: d.log.clone(),
-                    cache: Mutex::new(crate::replication::manifest::Cache::load(c)),
+                    cache: Mutex::new(crate::replication::manifest::Cache::in_dir(c)),
                     snaps: d.snaps.clone(),
                 })
             })
@@ -202,7 +202,7 @@ impl Managed {
         let fresh = saved.as_ref().is_none_or(|r| r.fresh);
         let last = saved.as_ref().map(|r| r.state);
         let caches = (0..m.dirs.len())
-            .map(|i| state_dir(&settings.daemon.state_dir, &m.name, i).join("manifest.cache"))
+            .map(|i| state_dir(&settings.daemon.state_dir, &m.name, i))
             .collect();
         let g = base[0]
             .log

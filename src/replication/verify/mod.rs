@@ -260,30 +260,23 @@ fn produce(
         };
     let root = d.root.as_fd();
     let mut cache = d.cache.lock();
+    let cached = cache.begin(paths.is_none());
     let hash_if: manifest::HashIf<'_> = if hash {
         &manifest::all
     } else {
         &manifest::none
     };
     let r = match paths {
-        None => {
-            let r = manifest::scan(root, hash_if, &mut cache, progress, &mut |it| {
-                let path = it.path.clone();
-                push(&mut part, &path, Some(it))
-            });
-            if r.is_ok()
-                && let Err(e) = cache.save(true)
-            {
-                tracing::warn!("saving the manifest cache: {e}");
-            }
-            r
-        }
+        None => manifest::scan(root, hash_if, &cached, progress, &mut |it| {
+            let path = it.path.clone();
+            push(&mut part, &path, Some(it))
+        }),
         Some(paths) => paths.iter().try_for_each(|p| {
-            let it = manifest::item(root, p, hash_if, &mut cache, progress)?;
+            let it = manifest::item(root, p, hash_if, &cached, progress)?;
             push(&mut part, p, it)
         }),
     };
-    cache.unload();
+    cached.finish(r.is_ok());
     drop(cache);
     r.and_then(|()| emit(&mut part, true))
         .map_err(SessionError::Manifest)
@@ -430,20 +423,20 @@ fn local_manifest(
     let mut out = BTreeMap::new();
     let root = d.root.as_fd();
     let mut cache = d.cache.lock();
+    let cached = cache.begin(paths.is_none());
     let r = match paths {
-        None => manifest::scan(root, hash, &mut cache, progress, &mut |it| {
+        None => manifest::scan(root, hash, &cached, progress, &mut |it| {
             out.insert(it.path.clone(), it);
             Ok(())
-        })
-        .and_then(|()| cache.save(true)),
+        }),
         Some(ps) => ps.iter().try_for_each(|p| {
-            if let Some(it) = manifest::item(root, p, hash, &mut cache, progress)? {
+            if let Some(it) = manifest::item(root, p, hash, &cached, progress)? {
                 out.insert(it.path.clone(), it);
             }
             Ok(())
         }),
     };
-    cache.unload();
+    cached.finish(r.is_ok());
     r.map_err(SessionError::Manifest)?;
     Ok(out)
 }

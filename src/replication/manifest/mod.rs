@@ -3,12 +3,10 @@
 //! Verify and full sync compare two manifests; only chunks whose hashes
 //! differ need to travel.
 //!
-//! Hashing a file is the expensive part, so chunk lists are cached per
-//! directory, keyed by inode with the file's size, mtime and ctime: a file
-//! whose key did not change is not read again, and a repeated verify of
-//! unchanged data is a metadata scan.
+//! Hashing a file is the expensive part, so chunk lists are cached (see
+//! [`cache`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -18,9 +16,12 @@ use std::sync::mpsc;
 
 use parking_lot::Mutex;
 
-use serde::{Deserialize, Serialize};
-
 use crate::fs::sys;
+
+mod cache;
+
+use cache::Cached;
+pub use cache::{Cache, Scan};
 
 use super::entry;
 use super::wire::{ChunkSum, Entry, EntryKind};
@@ -44,78 +45,6 @@ pub struct ScanProgress {
     pub files: AtomicU64,
     pub bytes_hashed: AtomicU64,
     pub bytes_cached: AtomicU64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct Cached {
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    chunks: Vec<ChunkSum>,
-}
-
-/// The chunk-list cache of one directory, kept in a file in the state dir.
-#[derive(Default)]
-pub struct Cache {
-    by_inode: HashMap<u64, Cached>,
-    seen: HashMap<u64, ()>,
-    path: Option<PathBuf>,
-    /// Whether `by_inode` holds what the file holds: read when a scan starts
-    /// and dropped when it ends, so a big tree's chunk lists (about 100 bytes
-    /// a file) do not stay in memory between scans.
-    loaded: bool,
-}
-
-impl Cache {
-    /// The cache kept at `path`, read when a scan needs it.
-    pub fn load(path: &Path) -> Self {
-        Self {
-            path: Some(path.to_path_buf()),
-            ..Self::default()
-        }
-    }
-
-    /// Reads the file, if that was not done since the last
-    /// [`unload`](Self::unload) (an unreadable one starts empty).
-    fn ensure(&mut self) {
-        if self.loaded {
-            return;
-        }
-        if let Some(path) = &self.path {
-            self.by_inode = std::fs::read(path)
-                .ok()
-                .and_then(|b| postcard::from_bytes(&b).ok())
-                .unwrap_or_default();
-        }
-        self.loaded = true;
-    }
-
-    /// Drops what was read (and learnt since, unless saved), and gives the
-    /// memory back to the system. A cache without a file keeps it all.
-    pub fn unload(&mut self) {
-        if self.path.is_none() {
-            return;
-        }
-        self.by_inode = HashMap::new();
-        self.seen = HashMap::new();
-        self.loaded = false;
-        give_back_memory();
-    }
-
-    /// Writes the cache back, keeping only inodes seen by full scans since load.
-    pub fn save(&mut self, full_scan: bool) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        if full_scan {
-            let seen = std::mem::take(&mut self.seen);
-            self.by_inode.retain(|ino, _| seen.contains_key(ino));
-        }
-        let bytes = postcard::to_stdvec(&self.by_inode).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)
-    }
 }
 
 /// Returns freed memory to the system: a scan of a big tree frees hundreds
@@ -228,21 +157,19 @@ pub fn item(
     root: BorrowedFd<'_>,
     path: &Path,
     hash: HashIf<'_>,
-    cache: &mut Cache,
+    cache: &Scan<'_>,
     progress: &ScanProgress,
 ) -> std::io::Result<Option<Item>> {
-    cache.ensure();
     let never = AtomicBool::new(false);
-    item_shared(root, path, hash(path), &Mutex::new(cache), progress, &never)
+    item_shared(root, path, hash(path), cache, progress, &never)
 }
 
-/// [`item`] with the cache shared between readers: it is locked only to look
-/// up and to record, never while a file is read.
+/// [`item`] for one of the scan's readers.
 fn item_shared(
     root: BorrowedFd<'_>,
     path: &Path,
     want_hash: bool,
-    cache: &Mutex<&mut Cache>,
+    cache: &Scan<'_>,
     progress: &ScanProgress,
     stop: &AtomicBool,
 ) -> std::io::Result<Option<Item>> {
@@ -257,17 +184,7 @@ fn item_shared(
     let mut chunks = Vec::new();
     if entry.kind == EntryKind::File && want_hash {
         let (mtime, ctime) = stat_times(&st);
-        let cached = {
-            let mut c = cache.lock();
-            c.seen.insert(st.st_ino, ());
-            match c.by_inode.get(&st.st_ino) {
-                Some(c) if c.size == st.st_size as u64 && c.mtime == mtime && c.ctime == ctime => {
-                    Some(c.chunks.clone())
-                }
-                _ => None,
-            }
-        };
-        match cached {
+        match cache.get(st.st_ino, st.st_size as u64, mtime, ctime) {
             Some(c) => {
                 progress
                     .bytes_cached
@@ -280,7 +197,7 @@ fn item_shared(
                 // Only if nothing changed while reading.
                 let after = sys::stat_fd(fd.as_fd()).map_err(errno)?;
                 if stat_times(&after) == (mtime, ctime) && after.st_size == st.st_size {
-                    cache.lock().by_inode.insert(
+                    cache.put(
                         st.st_ino,
                         Cached {
                             size: st.st_size as u64,
@@ -322,12 +239,10 @@ enum Slot {
 pub fn scan(
     root: BorrowedFd<'_>,
     hash: HashIf<'_>,
-    cache: &mut Cache,
+    cache: &Scan<'_>,
     progress: &ScanProgress,
     out: &mut dyn FnMut(Item) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    cache.ensure();
-    let cache = Mutex::new(cache);
     // Set when the walk ends early: what is still queued is not looked up,
     // and a file being hashed is given up.
     let stop = AtomicBool::new(false);
@@ -343,7 +258,7 @@ pub fn scan(
                         continue; // nobody listens any more
                     }
                     let found =
-                        item_shared(root, &path, want, &cache, progress, &stop).and_then(|it| {
+                        item_shared(root, &path, want, cache, progress, &stop).and_then(|it| {
                             match it {
                                 // Its children would have to come next, and the
                                 // walk is past them: the tree changed under the scan.
@@ -368,7 +283,7 @@ pub fn scan(
             }
         }
         let _stop = Stop(&stop);
-        let r = walk(root, hash, &cache, progress, &stop, &jobs, out);
+        let r = walk(root, hash, cache, progress, &stop, &jobs, out);
         drop(jobs); // the readers end once the queue is empty
         r
     })
@@ -377,7 +292,7 @@ pub fn scan(
 fn walk(
     root: BorrowedFd<'_>,
     hash: HashIf<'_>,
-    cache: &Mutex<&mut Cache>,
+    cache: &Scan<'_>,
     progress: &ScanProgress,
     stop: &AtomicBool,
     jobs: &mpsc::SyncSender<(PathBuf, bool, mpsc::Sender<Found>)>,
@@ -596,11 +511,13 @@ mod tests {
         let progress = ScanProgress::default();
         let mut got = Vec::new();
         let hash_if = |p: &Path| !p.starts_with("d05");
-        scan(root.as_fd(), &hash_if, &mut cache, &progress, &mut |it| {
+        let s = cache.begin(true);
+        scan(root.as_fd(), &hash_if, &s, &progress, &mut |it| {
             got.push(it);
             Ok(())
         })
         .unwrap();
+        s.finish(true);
         let paths: Vec<_> = got.iter().map(|it| it.path.clone()).collect();
         assert!(paths == want, "walk order: {paths:?}\nwanted {want:?}");
         for it in &got {
@@ -624,11 +541,13 @@ mod tests {
         // Again: nothing read, the same chunks from the cache.
         let again = ScanProgress::default();
         let mut second = Vec::new();
-        scan(root.as_fd(), &hash_if, &mut cache, &again, &mut |it| {
+        let s = cache.begin(true);
+        scan(root.as_fd(), &hash_if, &s, &again, &mut |it| {
             second.push(it);
             Ok(())
         })
         .unwrap();
+        s.finish(true);
         // (Reading the files moved their access times: paths and chunks only.)
         let sums = |v: &[Item]| {
             v.iter()
@@ -641,7 +560,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_kept_in_a_file_is_read_for_a_scan_and_dropped_after_it() {
+    fn the_cache_kept_in_a_store_spares_unchanged_files_and_forgets_files_gone() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("tree");
         std::fs::create_dir(&d).unwrap();
@@ -649,25 +568,93 @@ mod tests {
             std::fs::write(d.join(format!("f{i}")), noise(5000 + i * 311, i as u64)).unwrap();
         }
         let root = std::fs::File::open(&d).unwrap();
-        let mut cache = Cache::load(&t.path().join("manifest.cache"));
-        let scan_all = |cache: &mut Cache| {
+        let state = t.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let mut cache = Cache::in_dir(&state);
+        let scan_with = |cache: &mut Cache, full: bool, well: bool| {
             let progress = ScanProgress::default();
-            scan(root.as_fd(), &all, cache, &progress, &mut |_| Ok(())).unwrap();
+            let s = cache.begin(full);
+            scan(root.as_fd(), &all, &s, &progress, &mut |_| Ok(())).unwrap();
+            s.finish(well);
             progress
         };
-        let first = scan_all(&mut cache);
-        assert!(first.bytes_hashed.load(Ordering::Relaxed) > 0);
-        cache.save(true).unwrap();
-        cache.unload();
-        assert!(cache.by_inode.is_empty(), "kept in memory between scans");
-        // The next scan reads the file: nothing hashed again.
-        let second = scan_all(&mut cache);
+        let first = scan_with(&mut cache, true, true);
+        let hashed = first.bytes_hashed.load(Ordering::Relaxed);
+        assert!(hashed > 0);
+        assert_eq!(cache.len(), 20);
+        // A fresh cache over the same store: nothing hashed again.
+        let mut cache = Cache::in_dir(&state);
+        let second = scan_with(&mut cache, true, true);
         assert_eq!(second.bytes_hashed.load(Ordering::Relaxed), 0);
-        assert_eq!(
-            second.bytes_cached.load(Ordering::Relaxed),
-            first.bytes_hashed.load(Ordering::Relaxed)
-        );
-        assert_eq!(cache.by_inode.len(), 20);
+        assert_eq!(second.bytes_cached.load(Ordering::Relaxed), hashed);
+
+        // Files gone are forgotten by the next full scan that ends well, and
+        // kept by one that does not (it may not have seen them).
+        for i in 0..5 {
+            std::fs::remove_file(d.join(format!("f{i}"))).unwrap();
+        }
+        std::fs::write(d.join("f7"), b"changed").unwrap();
+        let failed = scan_with(&mut cache, true, false);
+        assert_eq!(failed.bytes_hashed.load(Ordering::Relaxed), 7);
+        assert_eq!(cache.len(), 20);
+        assert!(!state.join("chunks.new").exists());
+        // A partial scan records what it hashed in the store itself.
+        let partial = scan_with(&mut cache, false, true);
+        assert_eq!(partial.bytes_hashed.load(Ordering::Relaxed), 7);
+        assert_eq!(cache.len(), 20);
+        let pruned = scan_with(&mut cache, true, true);
+        assert_eq!(pruned.bytes_hashed.load(Ordering::Relaxed), 0);
+        assert_eq!(cache.len(), 15);
+    }
+
+    #[test]
+    fn the_single_file_cache_of_earlier_releases_is_read_into_the_store_once() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("tree");
+        std::fs::create_dir(&d).unwrap();
+        let data = noise(70_000, 3);
+        std::fs::write(d.join("f"), &data).unwrap();
+        let st = std::fs::metadata(d.join("f")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        // Chunks that are not the file's: proof they came from the old cache.
+        let fake = vec![ChunkSum {
+            offset: 0,
+            len: 70_000,
+            hash: [9; 32],
+        }];
+        let old: std::collections::HashMap<u64, Cached> = [(
+            st.ino(),
+            Cached {
+                size: st.size(),
+                mtime: (st.mtime(), st.mtime_nsec()),
+                ctime: (st.ctime(), st.ctime_nsec()),
+                chunks: fake.clone(),
+            },
+        )]
+        .into();
+        let state = t.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(
+            state.join("manifest.cache"),
+            postcard::to_stdvec(&old).unwrap(),
+        )
+        .unwrap();
+        let root = std::fs::File::open(&d).unwrap();
+        let mut cache = Cache::in_dir(&state);
+        let s = cache.begin(false);
+        let it = item(
+            root.as_fd(),
+            Path::new("f"),
+            &all,
+            &s,
+            &ScanProgress::default(),
+        )
+        .unwrap()
+        .unwrap();
+        s.finish(true);
+        assert_eq!(it.chunks, fake);
+        assert!(!state.join("manifest.cache").exists());
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
@@ -690,7 +677,7 @@ mod tests {
         let r = scan(
             root.as_fd(),
             &all,
-            &mut Cache::default(),
+            &Cache::default().begin(true),
             &progress,
             &mut |_| {
                 seen += 1;
