@@ -309,10 +309,19 @@ impl Replicator {
         self.pace.window(self.live(), stream::RESYNC_WINDOW)
     }
 
+    /// [`resync_window`](Self::resync_window) while the application's
+    /// changes are not in the stream: the peer's queue delays none of them,
+    /// whether the application writes or not.
+    pub fn resync_window_alone(&self) -> u64 {
+        stream::RESYNC_WINDOW
+    }
+
     /// Waits, outside the order lock, until what was sent on `conn` is
-    /// within the resync's window; false once the link is gone.
-    pub fn settle(&self, conn: u64) -> bool {
-        shipping::settle(&self.stream, conn, self.resync_window())
+    /// within `window`, as long as the peer works through it; false once
+    /// the link is gone. For the names pass: no application change waits
+    /// behind what it sent.
+    pub fn settle(&self, conn: u64, window: u64) -> bool {
+        shipping::settle(&self.stream, conn, window)
     }
 
     /// The resync has shipped everything (see [`shipping::finish`]).

@@ -56,10 +56,10 @@ pub fn ship(
 }
 
 /// Waits until what was sent on `conn` is within `window` of what the peer
-/// applied; false once the link is gone.
+/// applied, as long as the peer works through it (see
+/// [`Stream::wait_working`]); false once the link is gone.
 pub fn settle(s: &Stream, conn: u64, window: u64) -> bool {
-    // The lag bound looks at no sequence number.
-    s.wait(conn, 0, Need::Lag(window)).is_ok() && s.lock().linked(conn)
+    s.wait_working(conn, window).is_ok() && s.lock().linked(conn)
 }
 
 /// The stream held by a resync: no live mutation is applied or sent

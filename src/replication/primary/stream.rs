@@ -316,13 +316,34 @@ impl Stream {
     /// that does not answer within `peer_timeout` is dropped, as far as the
     /// quorum allows.
     pub fn wait(&self, conn: u64, seq: u64, need: Need) -> Result<(), Errno> {
+        self.wait_or_work(conn, seq, need, false)
+    }
+
+    /// Waits until what was sent on `conn` is within `window` of what the
+    /// peer applied, for the resync while the application's changes are not
+    /// in the stream: a peer that applies something within every
+    /// `peer_timeout` is working through its queue, not lost (a full window
+    /// of names takes a slow disk longer than one timeout). No application
+    /// call waits here.
+    pub fn wait_working(&self, conn: u64, window: u64) -> Result<(), Errno> {
+        // The lag bound looks at no sequence number.
+        self.wait_or_work(conn, 0, Need::Lag(window), true)
+    }
+
+    fn wait_or_work(&self, conn: u64, seq: u64, need: Need, work: bool) -> Result<(), Errno> {
         let mut deadline = Instant::now() + self.peer_timeout;
+        let mut applied = self.acks.progress().0;
         loop {
             let why = match self
                 .acks
                 .wait(conn, seq, need, deadline, &|| self.peer.fenced())
             {
                 Waited::Done => return Ok(()),
+                Waited::TimedOut if work && self.acks.progress().0 > applied => {
+                    applied = self.acks.progress().0;
+                    deadline = Instant::now() + self.peer_timeout;
+                    continue;
+                }
                 Waited::Halted => return Err(Errno::EIO),
                 Waited::PeerGone => return self.without_peer(need),
                 Waited::SendFailed(e) => format!("sending to the peer: {e}"),
