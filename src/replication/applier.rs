@@ -90,6 +90,11 @@ impl Applier {
             .collect()
     }
 
+    /// The roots, for the threads that read ahead of the resync.
+    pub fn roots(&self) -> &super::warm::Roots {
+        &self.roots
+    }
+
     pub fn root(&self, dir: u32) -> Result<BorrowedFd<'_>, ApplyError> {
         self.roots
             .get(dir as usize)

@@ -231,6 +231,36 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
     Ok(Some((msg, used)))
 }
 
+/// The largest plain frame [`peek`] decodes.
+pub const PEEK_PLAIN: usize = 1024;
+
+/// The first frame in `buf` without its data, for a look ahead: the message
+/// (`None` for a compressed frame, a plain one of more than [`PEEK_PLAIN`]
+/// bytes — its data would be copied — or one that does not decode), the
+/// length of a trailing write's data, and how many bytes the frame uses.
+/// `None` if `buf` does not start with a whole, well-formed frame.
+pub fn peek(buf: &[u8]) -> Option<(Option<Message>, usize, usize)> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    let header = check_header(buf).ok()?;
+    let total = HEADER_LEN + header.len;
+    let payload = buf.get(HEADER_LEN..total)?;
+    let msg = if header.flags & FLAG_TRAILING != 0 {
+        postcard::take_from_bytes::<Message>(payload)
+            .ok()
+            .map(|(m, rest)| (m, rest.len()))
+    } else if header.flags & FLAG_ZSTD == 0 && payload.len() <= PEEK_PLAIN {
+        message(payload).ok().map(|m| (m, 0))
+    } else {
+        None
+    };
+    Some(match msg {
+        Some((m, data)) => (Some(m), data, total),
+        None => (None, 0, total),
+    })
+}
+
 /// [`decode`], leaving a trailing write's data in `buf`: the message (its
 /// data empty), where in `buf` the data is (empty if none trails), and how
 /// many bytes the frame used.

@@ -20,6 +20,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Frames {
     buf: Vec<u8>,
     start: usize,
+    /// Where [`peek_new`](Self::peek_new) stopped.
+    peeked: usize,
 }
 
 impl Default for Frames {
@@ -33,7 +35,11 @@ impl Frames {
     pub fn with(buf: Vec<u8>) -> Self {
         let mut buf = buf;
         buf.reserve(1 << 20);
-        Self { buf, start: 0 }
+        Self {
+            buf,
+            start: 0,
+            peeked: 0,
+        }
     }
 
     /// The next whole message, if one is buffered; errors name why the
@@ -42,10 +48,7 @@ impl Frames {
         match frame::decode(&self.buf[self.start..]) {
             Ok(Some((m, used))) => {
                 self.start += used;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
-                    self.start = 0;
-                }
+                self.reset_if_done();
                 Ok(Some(m))
             }
             Ok(None) => Ok(None),
@@ -66,11 +69,30 @@ impl Frames {
         };
         let r = f(m, &buf[data]);
         self.start += used;
+        self.reset_if_done();
+        Ok(Some(r))
+    }
+
+    fn reset_if_done(&mut self) {
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+            self.peeked = 0;
         }
-        Ok(Some(r))
+    }
+
+    /// Hands each whole message buffered and not yet handed out by an
+    /// earlier call to `f`, without taking it, with the length of a trailing
+    /// write's data (see [`frame::peek`]).
+    pub fn peek_new(&mut self, mut f: impl FnMut(&Message, usize)) {
+        let mut at = self.peeked.max(self.start);
+        while let Some((m, data, used)) = frame::peek(&self.buf[at..]) {
+            if let Some(m) = &m {
+                f(m, data);
+            }
+            at += used;
+        }
+        self.peeked = at;
     }
 
     /// A whole frame is already buffered (no read needed to get it).
@@ -84,6 +106,7 @@ impl Frames {
         // large, and moving a partial one on every read costs a copy.
         if self.start > 0 && self.start >= self.buf.len() - self.start {
             self.buf.drain(..self.start);
+            self.peeked = self.peeked.saturating_sub(self.start);
             self.start = 0;
         }
         self.buf.reserve(256 * 1024);
@@ -294,4 +317,84 @@ pub fn check_hello(m: Message, want: &Expect<'_>) -> Result<Hello, HelloError> {
         agreed,
         resumes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::frame::{Compression, encode, encode_trailing};
+    use crate::replication::wire::WireMutation;
+
+    fn write(seq: u64, path: &[u8], data: Vec<u8>) -> Message {
+        Message::Mutate {
+            seq,
+            dir: 0,
+            resync: true,
+            times: Vec::new(),
+            mutation: WireMutation::Write {
+                path: Some(path.to_vec()),
+                offset: seq * 10,
+                data,
+                sync: false,
+            },
+        }
+    }
+
+    /// A write's frame with its data trailing, as a channel sends it.
+    fn encode_with(m: &Message, data: &[u8], out: &mut Vec<u8>) {
+        encode_trailing(m, data, out).unwrap();
+        out.extend_from_slice(data);
+    }
+
+    /// (seq, trailing data length) of what `peek_new` hands out.
+    fn peeked(f: &mut Frames) -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        f.peek_new(|m, trailing| {
+            if let Message::Mutate { seq, .. } = m {
+                out.push((*seq, trailing));
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn a_look_ahead_sees_each_buffered_message_once_and_takes_none() {
+        let mut b = Vec::new();
+        encode_with(&write(1, b"a", Vec::new()), &[1; 5000], &mut b);
+        encode(&write(2, b"b", vec![2; 10]), Compression::Off, &mut b).unwrap();
+        // Compressed, and plain but large: passed over, not decoded.
+        encode(
+            &write(3, b"c", vec![0; 100_000]),
+            Compression::Zstd { level: 3 },
+            &mut b,
+        )
+        .unwrap();
+        encode(&write(4, b"d", vec![9; 5000]), Compression::Off, &mut b).unwrap();
+        let mut next = Vec::new();
+        encode_with(&write(5, b"e", Vec::new()), &[5; 300], &mut next);
+        // Half of the last frame has arrived.
+        let half = next.len() / 2;
+        b.extend_from_slice(&next[..half]);
+        let mut f = Frames::with(b);
+        assert_eq!(peeked(&mut f), [(1, 5000), (2, 0)]);
+        assert_eq!(peeked(&mut f), [], "handed out twice");
+        // Nothing was taken: the messages come out in order, whole.
+        assert_eq!(f.take_with(|m, d| (m, d.len())).unwrap().unwrap().1, 5000);
+        assert!(matches!(
+            f.take().unwrap(),
+            Some(Message::Mutate { seq: 2, .. })
+        ));
+        f.room().extend_from_slice(&next[half..]);
+        assert_eq!(peeked(&mut f), [(5, 300)]);
+        for want in [3, 4] {
+            assert!(matches!(f.take().unwrap(), Some(Message::Mutate { seq, .. }) if seq == want));
+        }
+        assert_eq!(f.take_with(|_, d| d.len()).unwrap(), Some(300));
+        assert!(!f.has_frame());
+        // Past an emptied buffer, the next bytes are new again.
+        let mut more = Vec::new();
+        encode_with(&write(6, b"f", Vec::new()), &[6; 7], &mut more);
+        f.room().extend_from_slice(&more);
+        assert_eq!(peeked(&mut f), [(6, 7)]);
+    }
 }

@@ -9,8 +9,8 @@
 //! [`secondary`] accepts that connection and [`applier`] applies the stream;
 //! [`resync`] ships what changed while the peer was away, as
 //! [`entry`] states and byte ranges ([`replay`] says which moved files
-//! travel whole). [`verify`] compares both trees by
-//! [`manifest`]s of content-defined chunks.
+//! travel whole), with [`warm`] looking up the next files on both nodes.
+//! [`verify`] compares both trees by [`manifest`]s of content-defined chunks.
 
 pub mod activity;
 pub mod applier;
@@ -35,4 +35,5 @@ mod snapshot_model;
 pub mod status;
 pub mod tls;
 pub mod verify;
+pub mod warm;
 pub mod wire;

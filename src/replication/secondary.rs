@@ -609,6 +609,7 @@ impl Applying<'_> {
                 }
                 Err(e) => return e.into(),
             }
+            self.warm_ahead(&mut frames);
             // A write's data is applied from where it was read.
             match frames.take_with(|msg, data| self.handle(msg, data, &mut last_seq)) {
                 Ok(Some(Ok(()))) | Ok(None) => {}
@@ -623,6 +624,32 @@ impl Applying<'_> {
                 return why;
             }
         }
+    }
+
+    /// Asks for the files that the resync's writes buffered behind this
+    /// one reach to be looked up and their ranges read (their before-images
+    /// are kept first), while the applier works through the ones before.
+    fn warm_ahead(&self, frames: &mut Frames) {
+        let roots = self.applier.roots();
+        frames.peek_new(|m, trailing| {
+            if let Message::Mutate {
+                dir,
+                resync: true,
+                mutation:
+                    WireMutation::Write {
+                        path: Some(path),
+                        offset,
+                        data,
+                        ..
+                    },
+                ..
+            } = m
+                && let Ok(path) = super::wire::checked_path(path)
+            {
+                let len = data.len().max(trailing) as u64;
+                super::warm::ahead(roots, *dir as usize, path, vec![*offset..offset + len]);
+            }
+        });
     }
 
     /// One message from the primary; why the session ends, if it does.

@@ -21,6 +21,7 @@ use crate::fs::sys;
 
 use super::entry;
 use super::primary::{Replicator, ResyncClear};
+use super::warm;
 use super::wire::WireMutation;
 use names::NamesError;
 
@@ -150,18 +151,35 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
         NamesError::Link => stopped(),
     })?;
     // 3. Contents, then each file's final size and metadata.
+    let roots: warm::Roots = std::sync::Arc::new(
+        rep.dirs()
+            .iter()
+            .map(|d| d.root.try_clone())
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| ResyncError::Read {
+                module: rep.module.clone(),
+                why: format!("a directory's descriptor: {e}"),
+            })?,
+    );
     for (d, files) in plan.files.iter().enumerate() {
         let dir = d as u32;
         let log = &rep.dirs()[d].log;
-        // Files are opened and their dirty ranges requested from the disk a
-        // few dozen ahead, so small files are not read one disk wait at a time.
+        // Files are looked up by the warming threads a hundred ahead, then
+        // opened and their dirty ranges requested from the disk a few dozen
+        // ahead, so small files are not read one disk wait at a time.
         let mut ahead: std::collections::VecDeque<(FileId, Option<Opened>)> =
             std::collections::VecDeque::new();
         let mut upcoming = files.iter().copied();
+        let (mut warmed, mut opened) = (0, 0);
         loop {
+            while warmed < files.len().min(opened + WARM_AHEAD) {
+                warm_file(&roots, d, &rep.dirs()[d], files[warmed]);
+                warmed += 1;
+            }
             while ahead.len() < LOOKAHEAD {
                 let Some(next) = upcoming.next() else { break };
                 ahead.push_back((next, prefetch(&rep.dirs()[d], next)));
+                opened += 1;
             }
             let Some((id, fd)) = ahead.pop_front() else {
                 break;
@@ -276,6 +294,8 @@ fn reconcile(rep: &Replicator, conn: u64, dir: u32, path: &Path, clears: Vec<Res
 
 /// How many files the data pass opens and reads ahead.
 const LOOKAHEAD: usize = 32;
+/// How far ahead of the files opened the warming threads look files up.
+const WARM_AHEAD: usize = 96;
 
 /// A file opened for the data pass, and the names generation in which it was
 /// last seen to be its path's file (`None`: opened ahead, outside the order
@@ -283,6 +303,13 @@ const LOOKAHEAD: usize = 32;
 struct Opened {
     names_gen: Option<u64>,
     fd: std::os::fd::OwnedFd,
+}
+
+/// Has the warming threads look up file `id` and read its dirty ranges.
+fn warm_file(roots: &warm::Roots, d: usize, dir: &super::dir::Dir, id: FileId) {
+    if let (Ok(Some(path)), Ok(ranges)) = (dir.log.path_of(id), dir.log.dirty(id)) {
+        warm::ahead(roots, d, path, ranges);
+    }
 }
 
 /// Opens the regular file `id` and asks the kernel to read its dirty ranges.
