@@ -309,13 +309,6 @@ impl Replicator {
         self.pace.window(self.live(), stream::RESYNC_WINDOW)
     }
 
-    /// [`resync_window`](Self::resync_window) while the application's
-    /// changes are not in the stream: the peer's queue delays none of them,
-    /// whether the application writes or not.
-    pub fn resync_window_alone(&self) -> u64 {
-        stream::RESYNC_WINDOW
-    }
-
     /// Waits, outside the order lock, until what was sent on `conn` is
     /// within `window`, as long as the peer works through it; false once
     /// the link is gone. For the names pass: no application change waits

@@ -10,9 +10,7 @@
 //! application's changes are logged, not sent (the link is not ready yet);
 //! each round reads the records logged since the last one, and the round
 //! that leaves nothing behind marks the link ready, reading in that same
-//! round which files' contents follow. Since no application change waits
-//! behind them, the peer may hold a full resync window of names until the
-//! pass has caught up; from then on, the window of the contents pass.
+//! round which files' contents follow.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::fd::AsFd;
@@ -131,23 +129,15 @@ pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, Name
     );
     let started = Instant::now();
     let mut caught_up: Option<Instant> = None;
-    // What the peer may have in hand. Until the pass has caught up with the
-    // records logged meanwhile, the application's changes are not in the
-    // stream and the peer's queue delays none of them: it may be full. Once
-    // caught up, it is the contents pass's window, so that the link is made
-    // ready over a short queue.
-    let window = |caught_up: Option<Instant>| match caught_up {
-        None => rep.resync_window_alone(),
-        Some(_) => rep.resync_window(),
-    };
     loop {
         rep.pace_hold(conn);
-        let most = (window(caught_up) / RESYNC_NAME_COST).max(1);
+        // What the peer may have in hand: as in the contents pass.
+        let window = rep.resync_window();
+        let most = (window / RESYNC_NAME_COST).max(1);
         let unbounded = caught_up.is_some_and(|at| at.elapsed() > (at - started).max(CHASE));
-        let may_finish = caught_up.is_some();
         let done = rep
             .exclusive(conn, |x| {
-                round(x, rep, &mut dirs, (!unbounded).then_some(most), may_finish)
+                round(x, rep, &mut dirs, (!unbounded).then_some(most))
             })
             .ok_or(NamesError::Link)??;
         if let Some(plan) = done {
@@ -163,7 +153,7 @@ pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, Name
         if caught_up.is_none() && dirs.iter().all(|d| d.pending.is_empty()) {
             caught_up = Some(Instant::now());
         }
-        if !rep.settle(conn, window(caught_up)) {
+        if !rep.settle(conn, window) {
             return Err(NamesError::Link);
         }
     }
@@ -172,14 +162,12 @@ pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, Name
 /// One round under the order lock: the records logged since the last
 /// round are read, then records (and, once none are left, parents) are
 /// shipped until `most` of them went or [`ROUND`] passed (`None`: no
-/// limit). The plan, with the link made ready, if nothing is left and the
-/// round `may_finish`.
+/// limit). The plan, with the link made ready, if nothing is left.
 fn round(
     x: &mut Exclusive<'_>,
     rep: &Replicator,
     dirs: &mut [DirPass],
     most: Option<u64>,
-    may_finish: bool,
 ) -> Result<Option<Plan>, NamesError> {
     let t0 = Instant::now();
     for (d, pass) in dirs.iter_mut().enumerate() {
@@ -208,9 +196,6 @@ fn round(
                 return Ok(None);
             }
         }
-    }
-    if !may_finish {
-        return Ok(None);
     }
     // Nothing is left, and nothing can be logged before the link is ready.
     let mut files = Vec::new();
