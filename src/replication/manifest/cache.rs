@@ -78,17 +78,14 @@ impl Cache {
                 }
             },
         };
-        Scan {
-            store,
-            closed: false,
-        }
+        Scan { store }
     }
 }
 
 /// The cache opened for one scan, shared by its readers.
 pub struct Scan<'a> {
+    /// `Off` once closed.
     store: Store<'a>,
-    closed: bool,
 }
 
 enum Store<'a> {
@@ -164,9 +161,6 @@ impl Scan<'_> {
     }
 
     fn close(&mut self, well: bool) {
-        if std::mem::replace(&mut self.closed, true) {
-            return;
-        }
         match std::mem::replace(&mut self.store, Store::Off) {
             Store::Memory { map, seen } => {
                 if let (Some(seen), true) = (seen, well) {
