@@ -6,13 +6,13 @@
 //! files up meanwhile let the disk serve those waits together.
 //!
 //! The threads are shared by every module of the process, started when
-//! there is work and gone after a spell without. A job is only a hint: when
-//! the queue is full it is dropped.
+//! there is work and gone after a spell without (or at once, at a stop:
+//! [`end_all`]). A job is only a hint: when the queue is full it is dropped.
 
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ const THREADS: usize = 4;
 const QUEUE: usize = 512;
 /// How long a thread waits for work before it ends.
 const IDLE: Duration = Duration::from_secs(5);
+/// How often a waiting thread looks whether it should end.
+const TICK: Duration = Duration::from_millis(50);
 
 /// The roots of a module's directories, as the jobs refer to them.
 pub type Roots = Arc<Vec<OwnedFd>>;
@@ -39,7 +41,9 @@ struct Job {
 struct Pool {
     tx: mpsc::SyncSender<Job>,
     rx: Mutex<mpsc::Receiver<Job>>,
-    live: AtomicUsize,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Set by [`end_all`]: threads end instead of waiting.
+    ending: AtomicBool,
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -52,7 +56,8 @@ pub fn ahead(roots: &Roots, dir: usize, path: PathBuf, ranges: Vec<Range<u64>>) 
         Pool {
             tx,
             rx: Mutex::new(rx),
-            live: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
+            ending: AtomicBool::new(false),
         }
     });
     let job = Job {
@@ -64,41 +69,46 @@ pub fn ahead(roots: &Roots, dir: usize, path: PathBuf, ranges: Vec<Range<u64>>) 
     if pool.tx.try_send(job).is_err() {
         return;
     }
-    let live = pool.live.load(Ordering::Relaxed);
-    if live < THREADS
-        && pool
-            .live
-            .compare_exchange(live, live + 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        && std::thread::Builder::new()
+    let mut threads = pool.threads.lock();
+    threads.retain(|t| !t.is_finished());
+    if threads.len() < THREADS
+        && let Ok(t) = std::thread::Builder::new()
             .name("tandem-warm".into())
             .spawn(move || work(pool))
-            .is_err()
     {
-        pool.live.fetch_sub(1, Ordering::AcqRel);
+        threads.push(t);
     }
 }
 
 fn work(pool: &'static Pool) {
-    loop {
-        let job = pool.rx.lock().recv_timeout(IDLE);
+    let mut idle = Duration::ZERO;
+    while !pool.ending.load(Ordering::Acquire) {
+        let job = pool.rx.lock().recv_timeout(TICK);
         match job {
-            Ok(job) => warm(&job),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                pool.live.fetch_sub(1, Ordering::AcqRel);
-                // A job sent as this thread was leaving would wait for the
-                // next one to start: take it.
-                match pool.rx.lock().try_recv() {
-                    Ok(job) => {
-                        pool.live.fetch_add(1, Ordering::AcqRel);
-                        warm(&job);
-                    }
-                    Err(_) => return,
-                }
+            Ok(job) => {
+                idle = Duration::ZERO;
+                warm(&job);
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) if idle < IDLE => idle += TICK,
+            Err(_) => return,
         }
     }
+}
+
+/// Ends the threads, each after the job it is doing, and drops the jobs
+/// still queued: at a stop, nothing is left running. Later jobs start
+/// threads again.
+pub fn end_all() {
+    let Some(pool) = POOL.get() else {
+        return;
+    };
+    pool.ending.store(true, Ordering::Release);
+    let threads = std::mem::take(&mut *pool.threads.lock());
+    for t in threads {
+        let _ = t.join();
+    }
+    while pool.rx.lock().try_recv().is_ok() {}
+    pool.ending.store(false, Ordering::Release);
 }
 
 fn warm(job: &Job) {
@@ -189,5 +199,16 @@ mod tests {
         ahead(&roots, 0, "missing".into(), vec![0..10]);
         ahead(&roots, 0, "../f".into(), vec![0..10]);
         ahead(&roots, 7, "f".into(), vec![0..10]);
+        // At a stop, the threads end.
+        end_all();
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.trim() == "tandem-warm"),
+            "{names:?}"
+        );
     }
 }

@@ -109,6 +109,7 @@ pub fn run(
             joined.late.join(", ")
         );
     }
+    crate::replication::warm::end_all();
     let others = crate::daemon::threads::others();
     if !others.is_empty() {
         tracing::error!("threads left running: {}", others.join(", "));
