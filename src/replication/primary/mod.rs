@@ -310,11 +310,11 @@ impl Replicator {
     }
 
     /// Waits, outside the order lock, until what was sent on `conn` is
-    /// within `window`, as long as the peer works through it; false once
-    /// the link is gone. For the names pass: no application change waits
-    /// behind what it sent.
-    pub fn settle(&self, conn: u64, window: u64) -> bool {
-        shipping::settle(&self.stream, conn, window)
+    /// within the resync's window, as long as the peer works through it;
+    /// false once the link is gone. For the names pass: no application
+    /// change waits behind what it sent.
+    pub fn settle(&self, conn: u64) -> bool {
+        shipping::settle(&self.stream, conn, self.resync_window())
     }
 
     /// The resync has shipped everything (see [`shipping::finish`]).

@@ -132,8 +132,7 @@ pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, Name
     loop {
         rep.pace_hold(conn);
         // What the peer may have in hand: as in the contents pass.
-        let window = rep.resync_window();
-        let most = (window / RESYNC_NAME_COST).max(1);
+        let most = (rep.resync_window() / RESYNC_NAME_COST).max(1);
         let unbounded = caught_up.is_some_and(|at| at.elapsed() > (at - started).max(CHASE));
         let done = rep
             .exclusive(conn, |x| {
@@ -153,7 +152,7 @@ pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, Name
         if caught_up.is_none() && dirs.iter().all(|d| d.pending.is_empty()) {
             caught_up = Some(Instant::now());
         }
-        if !rep.settle(conn, window) {
+        if !rep.settle(conn) {
             return Err(NamesError::Link);
         }
     }
