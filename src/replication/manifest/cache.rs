@@ -57,9 +57,9 @@ impl Cache {
         }
     }
 
-    /// Opens the cache for a scan. A `full` scan sees every file of the
-    /// tree: what it does not see is dropped when it [finishes](Scan::finish)
-    /// well.
+    /// Opens the cache for a scan. A `full` scan looks up every file of the
+    /// tree in the cache (it hashes them all): what it does not see is
+    /// dropped when it [finishes](Scan::finish) well.
     pub fn begin(&mut self, full: bool) -> Scan<'_> {
         let Cache { at, mem } = self;
         let store = match at.as_deref() {

@@ -260,7 +260,8 @@ fn produce(
         };
     let root = d.root.as_fd();
     let mut cache = d.cache.lock();
-    let cached = cache.begin(paths.is_none());
+    // Only a scan that hashes every file may drop the entries it did not see.
+    let cached = cache.begin(paths.is_none() && hash);
     let hash_if: manifest::HashIf<'_> = if hash {
         &manifest::all
     } else {
@@ -423,7 +424,9 @@ fn local_manifest(
     let mut out = BTreeMap::new();
     let root = d.root.as_fd();
     let mut cache = d.cache.lock();
-    let cached = cache.begin(paths.is_none());
+    // Its scans hash some files only (a full sync's, those the peer has):
+    // what they did not hash stays in the cache.
+    let cached = cache.begin(false);
     let r = match paths {
         None => manifest::scan(root, hash, &cached, progress, &mut |it| {
             out.insert(it.path.clone(), it);
