@@ -489,6 +489,24 @@ mod tests {
         }
     }
 
+    /// Every item of a full scan that ends well.
+    fn full_scan(
+        root: &std::fs::File,
+        hash: HashIf<'_>,
+        cache: &mut Cache,
+        progress: &ScanProgress,
+    ) -> Vec<Item> {
+        let mut got = Vec::new();
+        let s = cache.begin(true);
+        scan(root.as_fd(), hash, &s, progress, &mut |it| {
+            got.push(it);
+            Ok(())
+        })
+        .unwrap();
+        s.finish(true);
+        got
+    }
+
     #[test]
     fn a_parallel_scan_hands_out_every_name_in_walk_order_and_hashes_through_the_cache() {
         let t = tempfile::tempdir().unwrap();
@@ -509,15 +527,8 @@ mod tests {
         let root = std::fs::File::open(d).unwrap();
         let mut cache = Cache::default();
         let progress = ScanProgress::default();
-        let mut got = Vec::new();
         let hash_if = |p: &Path| !p.starts_with("d05");
-        let s = cache.begin(true);
-        scan(root.as_fd(), &hash_if, &s, &progress, &mut |it| {
-            got.push(it);
-            Ok(())
-        })
-        .unwrap();
-        s.finish(true);
+        let got = full_scan(&root, &hash_if, &mut cache, &progress);
         let paths: Vec<_> = got.iter().map(|it| it.path.clone()).collect();
         assert!(paths == want, "walk order: {paths:?}\nwanted {want:?}");
         for it in &got {
@@ -540,14 +551,7 @@ mod tests {
 
         // Again: nothing read, the same chunks from the cache.
         let again = ScanProgress::default();
-        let mut second = Vec::new();
-        let s = cache.begin(true);
-        scan(root.as_fd(), &hash_if, &s, &again, &mut |it| {
-            second.push(it);
-            Ok(())
-        })
-        .unwrap();
-        s.finish(true);
+        let second = full_scan(&root, &hash_if, &mut cache, &again);
         // (Reading the files moved their access times: paths and chunks only.)
         let sums = |v: &[Item]| {
             v.iter()
