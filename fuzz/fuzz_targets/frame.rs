@@ -1,7 +1,9 @@
 //! Replication frames as the peer's reader takes them off the TLS stream:
 //! one buffer holding any number of frames. Each decoded message must encode
 //! again to a frame that decodes to the same message, and every path it names
-//! is either refused or stays below the module's root.
+//! is either refused or stays below the module's root. The look ahead
+//! (`frame::peek`) takes any bytes and agrees with the decoder where it
+//! decodes.
 
 #![no_main]
 
@@ -19,6 +21,11 @@ fuzz_target!(|data: &[u8]| {
             "used {used} of {}",
             rest.len()
         );
+        let (peeked, trailing, peek_used) = frame::peek(rest).expect("a decoded frame peeks");
+        assert_eq!(peek_used, used);
+        if let (Some(m), 0) = (peeked, trailing) {
+            assert_eq!(m, msg);
+        }
         assert!(frame::is_whole(rest));
         for p in paths(&msg) {
             if let Ok(path) = checked_path(p) {
@@ -37,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         }
         rest = &rest[used..];
     }
+    let _ = frame::peek(rest);
 });
 
 fn paths(m: &Message) -> Vec<&[u8]> {
