@@ -608,8 +608,13 @@ fn a_paused_resync_ships_nothing_until_resumed() {
     assert_eq!(r["resync"]["max_rate"], 0, "{r}");
 }
 
-#[test]
-fn a_long_names_pass_never_holds_the_application_even_with_its_peer_frozen_meanwhile() {
+/// A resync whose names pass (12,000 names) has its peer frozen for `frozen`
+/// in the middle, while the application logs and syncs all along. Returns
+/// how many links were made after the first, whether the primary had let
+/// the peer go before it thawed, and the application's worst write+fdatasync.
+fn names_pass_with_its_peer_frozen(
+    frozen: std::time::Duration,
+) -> (usize, bool, std::time::Duration) {
     let mut pair = Pair::new();
     pair.start_both();
     pair.wait_caught_up();
@@ -657,7 +662,9 @@ fn a_long_names_pass_never_holds_the_application_even_with_its_peer_frozen_meanw
         "no names pass started: {:?}",
         pair.replication(1)
     );
-    // The peer freezes for most of its timeout in the middle of the pass.
+    // The peer freezes in the middle of the pass.
+    let dropped = |pair: &Pair| pair.log_text(1).matches("peer out of date").count();
+    let dropped_before = dropped(&pair);
     let pid = pair.pid(2);
     freeze(pid);
     let at = names(&pair);
@@ -665,7 +672,8 @@ fn a_long_names_pass_never_holds_the_application_even_with_its_peer_frozen_meanw
         at < 12_000,
         "the names pass ended before the freeze ({at} names)"
     );
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(frozen);
+    let let_go = dropped(&pair) > dropped_before;
     // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which the pair holds as a child
     // not reaped.
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
@@ -679,17 +687,43 @@ fn a_long_names_pass_never_holds_the_application_even_with_its_peer_frozen_meanw
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let worst = writer.join().unwrap();
     assert!(ok, "the resync did not end: {:?}", pair.replication(1));
-    assert_eq!(
-        links(&pair),
-        before + 1,
-        "the link was lost and the resync started over"
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    (links(&pair) - before, let_go, worst)
+}
+
+#[test]
+fn a_long_names_pass_never_holds_the_application_even_with_its_peer_frozen_meanwhile() {
+    // For most of the peer's timeout: it keeps its link.
+    let (links, let_go, worst) =
+        names_pass_with_its_peer_frozen(std::time::Duration::from_millis(1500));
+    assert!(
+        !let_go,
+        "the peer was let go while frozen for less than its timeout"
     );
+    assert_eq!(links, 1, "the link was lost and the resync started over");
     assert!(
         worst < std::time::Duration::from_millis(500),
         "a write and fdatasync of the application took {worst:?} during the names pass"
     );
-    pair.wait_caught_up();
-    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
+#[test]
+fn a_peer_frozen_past_its_timeout_in_the_names_pass_is_let_go_and_resynchronised_after() {
+    // The names pass waits for a peer that works through its queue, not for
+    // one that applies nothing: past the timeout (2 s) the link goes, and the
+    // resync starts again once the peer is back.
+    let (links, let_go, worst) =
+        names_pass_with_its_peer_frozen(std::time::Duration::from_millis(3500));
+    assert!(
+        let_go,
+        "the primary still held the link to a peer frozen for 3.5 s"
+    );
+    assert!(links >= 2, "no new link after the peer came back");
+    assert!(
+        worst < std::time::Duration::from_millis(500),
+        "a write and fdatasync of the application took {worst:?} during the names pass"
+    );
 }
 
 #[test]
