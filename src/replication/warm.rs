@@ -10,8 +10,8 @@
 //! [`end_all`]). A job is only a hint: when the queue is full it is dropped.
 
 use std::ops::Range;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
@@ -112,29 +112,26 @@ pub fn end_all() {
 }
 
 fn warm(job: &Job) {
-    let Some(root) = job.roots.get(job.dir) else {
-        return;
-    };
-    // The lookup brings the name and the inode in.
-    let Ok(node) = entry::open_node(root.as_fd(), &job.path) else {
-        return;
-    };
-    if job.ranges.is_empty() {
-        return;
+    if let Some(root) = job.roots.get(job.dir) {
+        // The lookup alone brings the name and the inode in.
+        let _ = read_ahead(root.as_fd(), &job.path, &job.ranges);
     }
-    let Ok(st) = sys::stat_fd(node.as_fd()) else {
-        return;
-    };
+}
+
+/// Opens the regular file `path` below `root` for reading and asks the
+/// kernel to read `ranges` of it; `None` if it is not there or not a
+/// regular file.
+pub fn read_ahead(root: BorrowedFd<'_>, path: &Path, ranges: &[Range<u64>]) -> Option<OwnedFd> {
+    let node = entry::open_node(root, path).ok()?;
+    let st = sys::stat_fd(node.as_fd()).ok()?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return;
+        return None;
     }
-    // Read ahead only: the access time stays as it is.
-    let Ok(fd) = sys::reopen(node.as_fd(), libc::O_RDONLY) else {
-        return;
-    };
-    for r in &job.ranges {
+    let fd = sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?;
+    for r in ranges {
         sys::will_need(fd.as_fd(), r.start, r.end - r.start);
     }
+    Some(fd)
 }
 
 #[cfg(test)]

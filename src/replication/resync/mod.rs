@@ -315,15 +315,7 @@ fn warm_file(roots: &warm::Roots, d: usize, dir: &super::dir::Dir, id: FileId) {
 /// Opens the regular file `id` and asks the kernel to read its dirty ranges.
 fn prefetch(d: &super::dir::Dir, id: FileId) -> Option<Opened> {
     let path = d.log.path_of(id).ok()??;
-    let node = entry::open_node(d.root.as_fd(), &path).ok()?;
-    let st = sys::stat_fd(node.as_fd()).ok()?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return None;
-    }
-    let fd = sys::reopen(node.as_fd(), libc::O_RDONLY).ok()?;
-    for r in d.log.dirty(id).ok()? {
-        sys::will_need(fd.as_fd(), r.start, r.end - r.start);
-    }
+    let fd = warm::read_ahead(d.root.as_fd(), &path, &d.log.dirty(id).ok()?)?;
     Some(Opened {
         names_gen: None,
         fd,
