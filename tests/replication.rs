@@ -1233,6 +1233,102 @@ fn verify_finds_differences_repair_and_full_sync_remove_them() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("primary"));
 }
 
+/// A full sync compares the two trees as they stream past and records what
+/// differs a batch at a time: thousands of names of each kind of difference,
+/// several batches of each, end identical, and files already equal are not
+/// shipped.
+#[test]
+fn a_full_sync_of_thousands_of_names_ships_what_differs_and_nothing_else() {
+    let mut pair = Pair::new();
+    let (one, two) = (pair.dir(1), pair.dir(2));
+    let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let put = |root: &Path, name: &str, data: &[u8]| {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    };
+    let body = |tag: &str, i: usize| format!("{tag} {i} ").repeat(200).into_bytes();
+    // Equal on both nodes (contents and times): more than one hashing batch.
+    for i in 0..1500 {
+        let b = body("same", i);
+        put(&one, &format!("d{}/same{i}", i % 20), &b);
+        put(&two, &format!("d{}/same{i}", i % 20), &b);
+    }
+    // The same names, other contents of the same size and times.
+    for i in 0..700 {
+        put(&one, &format!("d{}/changed{i}", i % 20), &body("new", i));
+        put(&two, &format!("d{}/changed{i}", i % 20), &body("old", i));
+    }
+    // Only here (more than one batch of records), only on the peer, and one
+    // name of another type there.
+    for i in 0..5000 {
+        put(
+            &one,
+            &format!("d{}/here{i}", i % 20),
+            format!("{i}").as_bytes(),
+        );
+    }
+    for i in 0..300 {
+        put(&two, &format!("d{}/there{i}", i % 20), b"the peer's own");
+    }
+    put(&one, "kind", b"a file here");
+    std::fs::create_dir_all(two.join("kind/below")).unwrap();
+    pair.start_both();
+    pair.wait_caught_up();
+    let before = pair.replication(1).unwrap()["bytes_replicated"]
+        .as_u64()
+        .unwrap();
+
+    let o = pair.tandem(2, &["second", "app", "--fullsync"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        common::wait_until(60, || pair.log_text(1).contains("full sync: ")),
+        "{}",
+        pair.log_text(1)
+    );
+    assert!(common::wait_until(60, || {
+        pair.replication(2).is_some_and(|s| s["peer"] == "uptodate")
+            && !two.join("kind").is_dir()
+            && two.join("d19/here4999").exists()
+    }));
+    pair.wait_caught_up();
+    assert_same_tree(&one, &two);
+    assert_eq!(
+        std::fs::read(two.join("d3/changed3")).unwrap(),
+        body("new", 3)
+    );
+    // What differed and nothing else: 700 changed files, 5,000 only here,
+    // 300 only there, one of another type (and the directories' times).
+    let log = pair.log_text(1);
+    let found: u64 = log
+        .split("full sync: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {log}"));
+    assert!(
+        (6001..=6001 + 22).contains(&found),
+        "{found} differences: {log}"
+    );
+    let shipped = pair.replication(1).unwrap()["bytes_replicated"]
+        .as_u64()
+        .unwrap()
+        - before;
+    let differing: u64 = (0..700).map(|i| body("new", i).len() as u64).sum::<u64>()
+        + (0..5000).map(|i| format!("{i}").len() as u64).sum::<u64>()
+        + 11;
+    assert!(
+        shipped >= differing && shipped <= differing + (1 << 20),
+        "shipped {shipped} bytes for {differing} differing"
+    );
+}
+
 #[test]
 fn a_full_disk_on_the_secondary_leaves_the_primary_serving_alone() {
     let mut pair = Pair::new();

@@ -182,7 +182,7 @@ async fn verify_and_repair(
     repair: bool,
 ) -> Result<crate::replication::status::VerifyReport, VerifyError> {
     use crate::replication::verify;
-    let first = verify::run(&link.connector(), &link.rep, &rep.verify, false).await?;
+    let first = verify::run(&link.connector(), &link.rep, &rep.verify).await?;
     if !repair || first.differences.is_empty() {
         return Ok(first);
     }
@@ -202,7 +202,7 @@ async fn verify_and_repair(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let mut second = verify::run(&link.connector(), &link.rep, &rep.verify, false).await?;
+    let mut second = verify::run(&link.connector(), &link.rep, &rep.verify).await?;
     second.repaired = first.differences.len() as u64;
     Ok(second)
 }

@@ -191,7 +191,7 @@ impl PrimarySession {
                     self.creds.peer
                 );
             }
-            let report = match super::verify::run(&self.connector(), rep, &rep.verify, true).await {
+            let report = match super::verify::full::run(&self.connector(), rep, &rep.verify).await {
                 Ok(r) => r,
                 Err(e) => {
                     restore_compare_needed(rep, compare);
@@ -201,14 +201,10 @@ impl PrimarySession {
             tracing::info!(
                 "{}: full sync: {} differences in {} files ({} bytes hashed)",
                 rep.module,
-                report.differences.len(),
+                report.differences,
                 report.files,
                 report.bytes_hashed
             );
-            if let Err(e) = super::verify::mark(rep, &report.differences) {
-                restore_compare_needed(rep, compare);
-                return Err(e.into());
-            }
         }
 
         Ok((reader, writer, diverged))

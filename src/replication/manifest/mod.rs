@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use parking_lot::Mutex;
@@ -162,6 +162,46 @@ pub fn item(
 ) -> std::io::Result<Option<Item>> {
     let never = AtomicBool::new(false);
     item_shared(root, path, hash(path), cache, progress, &never)
+}
+
+/// The items of `paths` in the order given (`None`: it does not exist),
+/// looked up by [`READERS`] threads at once. Regular files are hashed when
+/// `hash` says so. The first failure ends the lookups.
+pub fn items(
+    root: BorrowedFd<'_>,
+    paths: &[PathBuf],
+    hash: HashIf<'_>,
+    cache: &Scan<'_>,
+    progress: &ScanProgress,
+) -> std::io::Result<Vec<Option<Item>>> {
+    let want: Vec<bool> = paths.iter().map(|p| hash(p)).collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let found: Vec<Mutex<Option<Item>>> = paths.iter().map(|_| Mutex::new(None)).collect();
+    // The failure that stopped the others (theirs only say they stopped).
+    let failed = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..READERS.min(paths.len()) {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = paths.get(i) else { break };
+                    match item_shared(root, path, want[i], cache, progress, &stop) {
+                        Ok(it) => *found[i].lock() = it,
+                        Err(e) => {
+                            if !stop.swap(true, Ordering::Relaxed) {
+                                *failed.lock() = Some(e);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(found.into_iter().map(Mutex::into_inner).collect()),
+    }
 }
 
 /// [`item`] for one of the scan's readers.
@@ -561,6 +601,67 @@ mod tests {
         assert!(sums(&second) == sums(&got), "the second scan differs");
         assert_eq!(again.bytes_hashed.load(Ordering::Relaxed), 0);
         assert_eq!(again.bytes_cached.load(Ordering::Relaxed), hashed);
+    }
+
+    #[test]
+    fn items_of_named_paths_come_in_the_order_asked_with_the_files_hashed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        let mut paths = Vec::new();
+        for i in 0..60 {
+            std::fs::write(d.join(format!("f{i}")), noise(500 + i * 4099, i as u64)).unwrap();
+            paths.push(PathBuf::from(format!("f{i}")));
+            if i % 20 == 0 {
+                paths.push(PathBuf::from(format!("missing{i}")));
+                paths.push(PathBuf::from("sub"));
+            }
+        }
+        // Reversed: the order asked, not the walk's.
+        paths.reverse();
+        let root = std::fs::File::open(d).unwrap();
+        let mut cache = Cache::default();
+        let progress = ScanProgress::default();
+        let s = cache.begin(false);
+        let got = items(root.as_fd(), &paths, &all, &s, &progress).unwrap();
+        s.finish(true);
+        assert_eq!(got.len(), paths.len());
+        for (p, it) in paths.iter().zip(&got) {
+            let name = p.to_str().unwrap();
+            match it {
+                None => assert!(name.starts_with("missing"), "{name} not found"),
+                Some(it) if name == "sub" => {
+                    assert_eq!((&it.path, &it.entry.kind), (p, &EntryKind::Dir));
+                    assert!(it.chunks.is_empty());
+                }
+                Some(it) => {
+                    assert_eq!(&it.path, p);
+                    assert_eq!(
+                        it.chunks,
+                        chunks_of(&std::fs::read(d.join(p)).unwrap()),
+                        "{name}"
+                    );
+                }
+            }
+        }
+        // Through the cache: a second lookup reads nothing.
+        let again = ScanProgress::default();
+        let s = cache.begin(false);
+        let second = items(root.as_fd(), &paths, &all, &s, &again).unwrap();
+        s.finish(true);
+        assert_eq!(again.bytes_hashed.load(Ordering::Relaxed), 0);
+        let sums = |v: &[Option<Item>]| {
+            v.iter()
+                .map(|i| i.as_ref().map(|i| i.chunks.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert!(sums(&second) == sums(&got));
+        // A name below a file is not there either.
+        let deep = vec![PathBuf::from("f1/below"), PathBuf::from("f1")];
+        let s = cache.begin(false);
+        let got = items(root.as_fd(), &deep, &none, &s, &ScanProgress::default()).unwrap();
+        assert!(got[0].is_none());
+        assert!(got[1].as_ref().is_some_and(|it| it.chunks.is_empty()));
     }
 
     #[test]

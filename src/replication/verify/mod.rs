@@ -27,6 +27,7 @@ use super::status::{Difference, VerifyReport, VerifyState};
 use super::tls::Credentials;
 use super::wire::{ChunkSum, Entry, EntryKind, ManifestItem, Message, checked_path};
 
+pub mod full;
 mod merge;
 
 /// Items per Manifest message, and chunks per item part.
@@ -259,9 +260,14 @@ fn produce(
             emit(part, false)
         };
     let root = d.root.as_fd();
-    let mut cache = d.cache.lock();
-    // Only a scan that hashes every file may drop the entries it did not see.
-    let cached = cache.begin(paths.is_none() && hash);
+    // A scan that hashes nothing leaves the cache to others (a full sync's
+    // hasher, while this scan runs). Only a scan that hashes every file may
+    // drop the entries it did not see.
+    let mut cache = hash.then(|| d.cache.lock());
+    let cached = match cache.as_mut() {
+        Some(c) => c.begin(paths.is_none()),
+        None => manifest::Scan::off(),
+    };
     let hash_if: manifest::HashIf<'_> = if hash {
         &manifest::all
     } else {
@@ -350,17 +356,17 @@ pub async fn connect(
 }
 
 impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R, W> {
+    /// The peer's items of `paths`, hashed.
     async fn manifest(
         &mut self,
         dir: u32,
-        paths: Option<&[PathBuf]>,
-        hash: bool,
+        paths: &[PathBuf],
     ) -> Result<BTreeMap<PathBuf, Item>, SessionError> {
         self.writer
             .send(&Message::ManifestRequest {
                 dir,
-                paths: paths.map(|ps| ps.iter().map(|p| raw(p)).collect()),
-                hash,
+                paths: Some(paths.iter().map(|p| raw(p)).collect()),
+                hash: true,
             })
             .await?;
         self.read_manifest(dir).await
@@ -415,33 +421,23 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Remote<R
     }
 }
 
+/// This node's items of `paths`, hashed.
 fn local_manifest(
     d: &Dir,
-    paths: Option<&[PathBuf]>,
-    hash: manifest::HashIf<'_>,
+    paths: &[PathBuf],
     progress: &ScanProgress,
 ) -> Result<BTreeMap<PathBuf, Item>, SessionError> {
-    let mut out = BTreeMap::new();
-    let root = d.root.as_fd();
     let mut cache = d.cache.lock();
-    // Its scans hash some files only (a full sync's, those the peer has):
-    // what they did not hash stays in the cache.
+    // It hashes some files only: what it did not hash stays in the cache.
     let cached = cache.begin(false);
-    let r = match paths {
-        None => manifest::scan(root, hash, &cached, progress, &mut |it| {
-            out.insert(it.path.clone(), it);
-            Ok(())
-        }),
-        Some(ps) => ps.iter().try_for_each(|p| {
-            if let Some(it) = manifest::item(root, p, hash, &cached, progress)? {
-                out.insert(it.path.clone(), it);
-            }
-            Ok(())
-        }),
-    };
+    let r = manifest::items(d.root.as_fd(), paths, &manifest::all, &cached, progress);
     cached.finish(r.is_ok());
-    r.map_err(SessionError::Manifest)?;
-    Ok(out)
+    let found = r.map_err(SessionError::Manifest)?;
+    Ok(found
+        .into_iter()
+        .flatten()
+        .map(|it| (it.path.clone(), it))
+        .collect())
 }
 
 fn same_meta(a: &Entry, b: &Entry, what: &mut Vec<String>) {
@@ -496,29 +492,28 @@ fn compare(
     dir: u32,
     ours: &BTreeMap<PathBuf, Item>,
     theirs: &BTreeMap<PathBuf, Item>,
-    hashed: bool,
 ) -> Vec<Difference> {
     let mut out: Vec<Difference> = ours
         .iter()
-        .filter_map(|(p, a)| compare_one(dir, p, Some(a), theirs.get(p), hashed))
+        .filter_map(|(p, a)| compare_one(dir, p, Some(a), theirs.get(p)))
         .collect();
     out.extend(
         theirs
             .iter()
             .filter(|(p, _)| !ours.contains_key(*p))
-            .filter_map(|(p, b)| compare_one(dir, p, None, Some(b), hashed)),
+            .filter_map(|(p, b)| compare_one(dir, p, None, Some(b))),
     );
     out.sort_by(|a, b| a.raw.cmp(&b.raw));
     out
 }
 
-/// How the name `p` differs between this node (`ours`) and the peer.
+/// How the name `p` differs between this node (`ours`) and the peer (both
+/// hashed).
 fn compare_one(
     dir: u32,
     p: &Path,
     ours: Option<&Item>,
     theirs: Option<&Item>,
-    hashed: bool,
 ) -> Option<Difference> {
     let diff = |what: Vec<String>, ranges: Vec<(u64, u64)>| Difference {
         dir,
@@ -542,8 +537,7 @@ fn compare_one(
             let mut what = Vec::new();
             same_meta(&a.entry, &b.entry, &mut what);
             let mut ranges = Vec::new();
-            if hashed
-                && a.entry.kind == EntryKind::File
+            if a.entry.kind == EntryKind::File
                 && b.entry.kind == EntryKind::File
                 && a.chunks != b.chunks
             {
@@ -558,15 +552,12 @@ fn compare_one(
     }
 }
 
-/// Compares every directory of the module with the peer. `on_progress` sees
-/// the local scan's counters as it goes.
-/// `full` (a full sync): only files the peer has are hashed here — one the
-/// peer lacks is shipped whole anyway — so the peer's manifest comes first.
+/// Compares every directory of the module with the peer. `state` sees the
+/// local scan's counters as it goes.
 pub async fn run(
     link: &Connector,
     rep: &Arc<Replicator>,
     state: &parking_lot::Mutex<VerifyState>,
-    full: bool,
 ) -> Result<VerifyReport, SessionError> {
     let started = Instant::now();
     let rep = rep.clone();
@@ -589,24 +580,14 @@ pub async fn run(
                 s.bytes_cached = progress.bytes_cached.load(Ordering::Relaxed);
             }
         };
-        let (files, bytes, first) = if full {
-            full_first_pass(&mut remote, &scan_rep, d, scan_progress).await?
-        } else {
-            tokio::select! {
-                r = first_pass(&mut remote, &scan_rep, d, scan_progress) => r?,
-                _ = ticker => unreachable!(),
-            }
+        let (files, bytes, first) = tokio::select! {
+            r = first_pass(&mut remote, &scan_rep, d, scan_progress) => r?,
+            _ = ticker => unreachable!(),
         };
         report.files += files;
         report.bytes += bytes;
         report.bytes_hashed += progress.bytes_hashed.load(Ordering::Relaxed);
         if first.is_empty() {
-            continue;
-        }
-        if full {
-            // A full sync ships every difference; one that went away
-            // meanwhile costs a few bytes, a re-check would cost a read.
-            report.differences.extend(first);
             continue;
         }
         // Check again what differed: a file written meanwhile may agree now.
@@ -636,7 +617,7 @@ pub async fn run(
             None => {
                 let mut theirs = BTreeMap::new();
                 for batch in paths.chunks(PART_ITEMS) {
-                    theirs.extend(remote.manifest(dir, Some(batch), true).await?);
+                    theirs.extend(remote.manifest(dir, batch).await?);
                 }
                 let (again_rep, again_paths, again_progress) = (
                     rep.clone(),
@@ -644,12 +625,7 @@ pub async fn run(
                     Arc::new(ScanProgress::default()),
                 );
                 let ours = tokio::task::spawn_blocking(move || {
-                    local_manifest(
-                        &again_rep.dirs()[d],
-                        Some(&again_paths),
-                        &manifest::all,
-                        &again_progress,
-                    )
+                    local_manifest(&again_rep.dirs()[d], &again_paths, &again_progress)
                 })
                 .await??;
                 (ours, theirs)
@@ -659,7 +635,7 @@ pub async fn run(
         replicated_only(&rep, &mut again_theirs);
         report
             .differences
-            .extend(compare(dir, &again_ours, &again_theirs, true));
+            .extend(compare(dir, &again_ours, &again_theirs));
     }
     if let Some(Some(name)) = &cut {
         rep.drop_cut(name);
@@ -732,47 +708,13 @@ where
             bytes += a.entry.size;
         }
         if let Some(p) = a.as_ref().or(b.as_ref()).map(|i| i.path.clone())
-            && let Some(diff) = compare_one(dir, &p, a.as_ref(), b.as_ref(), true)
+            && let Some(diff) = compare_one(dir, &p, a.as_ref(), b.as_ref())
         {
             out.push(diff);
         }
     }
     out.sort_by(|a, b| a.raw.cmp(&b.raw));
     Ok((files, bytes, out))
-}
-
-/// The first pass of a full sync's compare of directory `d`: the peer's
-/// manifest first, so that only files the peer has are hashed here.
-async fn full_first_pass<R, W>(
-    remote: &mut Remote<R, W>,
-    rep: &Arc<Replicator>,
-    d: usize,
-    progress: Arc<ScanProgress>,
-) -> Result<(u64, u64, Vec<Difference>), SessionError>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let peer = Arc::new(remote.manifest(d as u32, None, true).await?);
-    let (scan_rep, hash_set) = (rep.clone(), peer.clone());
-    let mut ours = tokio::task::spawn_blocking(move || {
-        let hash_if = |p: &Path| {
-            hash_set
-                .get(p)
-                .is_some_and(|i| i.entry.kind == EntryKind::File)
-        };
-        local_manifest(&scan_rep.dirs()[d], None, &hash_if, &progress)
-    })
-    .await??;
-    let mut theirs = Arc::try_unwrap(peer).unwrap_or_else(|m| (*m).clone());
-    replicated_only(rep, &mut ours);
-    replicated_only(rep, &mut theirs);
-    let bytes = ours.values().map(|i| i.entry.size).sum::<u64>();
-    Ok((
-        ours.len() as u64,
-        bytes,
-        compare(d as u32, &ours, &theirs, true),
-    ))
 }
 
 /// This node's items of `paths` as its snapshot `name` saw them.
