@@ -231,8 +231,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
     Ok(Some((msg, used)))
 }
 
-/// The largest plain frame [`peek`] decodes.
-pub const PEEK_PLAIN: usize = 1024;
+/// The largest plain frame [`peek`] decodes: a write sent whole (the
+/// link compresses) carries its data in the frame, and a look ahead copies
+/// it. Small random writes are where looking ahead pays.
+pub const PEEK_PLAIN: usize = 64 << 10;
 
 /// The first frame in `buf` without its data, for a look ahead: the message
 /// (`None` for a compressed frame, a plain one of more than [`PEEK_PLAIN`]

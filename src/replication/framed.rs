@@ -361,7 +361,8 @@ mod tests {
     fn a_look_ahead_sees_each_buffered_message_once_and_takes_none() {
         let mut b = Vec::new();
         encode_with(&write(1, b"a", Vec::new()), &[1; 5000], &mut b);
-        encode(&write(2, b"b", vec![2; 10]), Compression::Off, &mut b).unwrap();
+        // A small random write sent whole (the link compresses): decoded.
+        encode(&write(2, b"b", vec![2; 5000]), Compression::Off, &mut b).unwrap();
         // Compressed, and plain but large: passed over, not decoded.
         encode(
             &write(3, b"c", vec![0; 100_000]),
@@ -369,7 +370,8 @@ mod tests {
             &mut b,
         )
         .unwrap();
-        encode(&write(4, b"d", vec![9; 5000]), Compression::Off, &mut b).unwrap();
+        let large = vec![9; crate::replication::frame::PEEK_PLAIN + 1];
+        encode(&write(4, b"d", large), Compression::Off, &mut b).unwrap();
         let mut next = Vec::new();
         encode_with(&write(5, b"e", Vec::new()), &[5; 300], &mut next);
         // Half of the last frame has arrived.

@@ -522,6 +522,7 @@ fn serve(
             owed: false,
             done_at: None,
             adopt: None,
+            resyncing: false,
         };
         let why = session.run(frames, stop);
         // Closing the channel ends the syncer once its last syncfs is done.
@@ -584,6 +585,9 @@ struct Applying<'a> {
     owed: bool,
     done_at: Option<u64>,
     adopt: Option<crate::changelog::Generation>,
+    /// A resync's changes came and its end did not yet: only then is it
+    /// worth looking ahead in what is buffered.
+    resyncing: bool,
 }
 
 impl Applying<'_> {
@@ -609,7 +613,9 @@ impl Applying<'_> {
                 }
                 Err(e) => return e.into(),
             }
-            self.warm_ahead(&mut frames);
+            if self.resyncing {
+                self.warm_ahead(&mut frames);
+            }
             // A write's data is applied from where it was read.
             match frames.take_with(|msg, data| self.handle(msg, data, &mut last_seq)) {
                 Ok(Some(Ok(()))) | Ok(None) => {}
@@ -675,6 +681,7 @@ impl Applying<'_> {
                     )));
                 }
                 *last_seq = Some(seq);
+                self.resyncing |= resync;
                 self.apply(seq, dir, resync, &mutation, data, &times)
             }
             Message::ResyncDone {
@@ -683,6 +690,7 @@ impl Applying<'_> {
                 history,
             } => {
                 self.done_at = Some(seq);
+                self.resyncing = false;
                 self.adopt = Some(crate::changelog::Generation {
                     current: generation,
                     history,
