@@ -49,9 +49,8 @@ struct Pool {
 static POOL: OnceLock<Pool> = OnceLock::new();
 
 /// Asks for `path` in directory `dir` of `roots` to be looked up, and
-/// `ranges` of it read from the disk, ahead of its use; whether the job was
-/// taken (not when the queue is full).
-pub fn ahead(roots: &Roots, dir: usize, path: PathBuf, ranges: Vec<Range<u64>>) -> bool {
+/// `ranges` of it read from the disk, ahead of its use.
+pub fn ahead(roots: &Roots, dir: usize, path: PathBuf, ranges: Vec<Range<u64>>) {
     let pool = POOL.get_or_init(|| {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         Pool {
@@ -68,7 +67,7 @@ pub fn ahead(roots: &Roots, dir: usize, path: PathBuf, ranges: Vec<Range<u64>>) 
         ranges,
     };
     if pool.tx.try_send(job).is_err() {
-        return false;
+        return;
     }
     let mut threads = pool.threads.lock();
     threads.retain(|t| !t.is_finished());
@@ -79,7 +78,6 @@ pub fn ahead(roots: &Roots, dir: usize, path: PathBuf, ranges: Vec<Range<u64>>) 
     {
         threads.push(t);
     }
-    true
 }
 
 fn work(pool: &'static Pool) {

@@ -171,17 +171,14 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
             std::collections::VecDeque::new();
         let mut upcoming = files.iter().copied();
         let (mut warmed, mut opened) = (0, 0);
-        // Whether the files warmed and not yet opened went to the threads.
-        let mut taken = std::collections::VecDeque::new();
         loop {
             while warmed < files.len().min(opened + WARM_AHEAD) {
-                taken.push_back(warm_file(&roots, d, &rep.dirs()[d], files[warmed]));
+                warm_file(&roots, d, &rep.dirs()[d], files[warmed]);
                 warmed += 1;
             }
             while ahead.len() < LOOKAHEAD {
                 let Some(next) = upcoming.next() else { break };
-                let warming = taken.pop_front().unwrap_or(false);
-                ahead.push_back((next, prefetch(&rep.dirs()[d], next, warming)));
+                ahead.push_back((next, prefetch(&rep.dirs()[d], next)));
                 opened += 1;
             }
             let Some((id, fd)) = ahead.pop_front() else {
@@ -308,27 +305,17 @@ struct Opened {
     fd: std::os::fd::OwnedFd,
 }
 
-/// Has the warming threads look up file `id` and read its dirty ranges;
-/// whether they took the job.
-fn warm_file(roots: &warm::Roots, d: usize, dir: &super::dir::Dir, id: FileId) -> bool {
-    match (dir.log.path_of(id), dir.log.dirty(id)) {
-        (Ok(Some(path)), Ok(ranges)) => warm::ahead(roots, d, path, ranges),
-        _ => false,
+/// Has the warming threads look up file `id` and read its dirty ranges.
+fn warm_file(roots: &warm::Roots, d: usize, dir: &super::dir::Dir, id: FileId) {
+    if let (Ok(Some(path)), Ok(ranges)) = (dir.log.path_of(id), dir.log.dirty(id)) {
+        warm::ahead(roots, d, path, ranges);
     }
 }
 
-/// Opens the regular file `id` and, unless the warming threads were asked
-/// to (`warming`), asks the kernel to read its dirty ranges: a file of
-/// thousands of ranges costs as many calls, which the data pass would
-/// otherwise make before shipping its first byte.
-fn prefetch(d: &super::dir::Dir, id: FileId, warming: bool) -> Option<Opened> {
+/// Opens the regular file `id` and asks the kernel to read its dirty ranges.
+fn prefetch(d: &super::dir::Dir, id: FileId) -> Option<Opened> {
     let path = d.log.path_of(id).ok()??;
-    let ranges = if warming {
-        Vec::new()
-    } else {
-        d.log.dirty(id).ok()?
-    };
-    let fd = warm::read_ahead(d.root.as_fd(), &path, &ranges)?;
+    let fd = warm::read_ahead(d.root.as_fd(), &path, &d.log.dirty(id).ok()?)?;
     Some(Opened {
         names_gen: None,
         fd,
