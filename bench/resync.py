@@ -132,8 +132,14 @@ def log_writer(d, seconds):
 
 
 def sent(pair):
-    s = pair.status(1)
-    return s["resync"]["bytes_sent"] if s else 0
+    """Bytes the resync shipped so far; a status that cannot be read is read
+    again (it once counted as 0, and a rate came out negative)."""
+    for _ in range(50):
+        s = pair.status(1)
+        if s:
+            return s["resync"]["bytes_sent"]
+        time.sleep(0.1)
+    raise SystemExit("node 1 gives no status")
 
 
 def empty_peer(pair):

@@ -5,9 +5,12 @@
 //! They live in a RocksDB of the directory's own (`chunks/` in its state
 //! dir), opened when a scan starts and closed when it ends. A scan looks up
 //! one file at a time, so its memory does not grow with the tree, and a
-//! module at rest holds nothing of it. A full scan copies every entry it sees
-//! into a fresh store that replaces the old one when the scan completes: the
-//! entries of files gone are dropped without a pass of their own.
+//! module at rest holds nothing of it. Once the store holds a tenth more
+//! entries than the files the last full scan saw, the next full scan copies
+//! every entry it sees into a fresh store that replaces the old one when the
+//! scan completes: the entries of files gone are dropped without a pass of
+//! their own. Copying on every full scan cost a repeated verify of a tree at
+//! rest a tenth of its time.
 //!
 //! It is only a cache: an entry is trusted only while the file's key
 //! matches, and a store that cannot be opened means files are read again.
@@ -17,6 +20,7 @@ use std::ffi::{CStr, OsStr};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rocksdb::{DB, DBCompressionType, Options, WriteOptions};
@@ -35,6 +39,9 @@ pub(super) struct Cached {
 }
 
 const STORE: &CStr = c"chunks";
+/// How many files the last full scan that ended well saw, under a key no
+/// inode has (theirs are 8 bytes).
+const SEEN: &[u8] = b"files";
 const FRESH: &CStr = c"chunks.new";
 /// The whole cache in one file, as releases before the store kept it: read
 /// into the store once, then removed.
@@ -68,7 +75,12 @@ impl Cache {
                 seen: full.then(Mutex::default),
             },
             Some(at) => match open_store(at, full) {
-                Ok((read, fresh)) => Store::Db { read, fresh, at },
+                Ok((read, fresh)) => Store::Db {
+                    read,
+                    fresh,
+                    at,
+                    seen: full.then(AtomicU64::default),
+                },
                 Err(e) => {
                     tracing::warn!(
                         "the chunk cache in {} cannot be opened, files are read again: {e}",
@@ -99,6 +111,8 @@ enum Store<'a> {
         /// A full scan's new store; `None`: entries go to `read`.
         fresh: Option<DB>,
         at: &'a Path,
+        /// The files a full scan looked up.
+        seen: Option<AtomicU64>,
     },
     Off,
 }
@@ -130,7 +144,12 @@ impl Scan<'_> {
                     .filter(|c| same(c))
                     .map(|c| c.chunks.clone())
             }
-            Store::Db { read, fresh, .. } => {
+            Store::Db {
+                read, fresh, seen, ..
+            } => {
+                if let Some(seen) = seen {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
                 let key = ino.to_be_bytes();
                 let raw = read.get_pinned(key).ok()??;
                 let c: Cached = postcard::from_bytes(&raw).ok()?;
@@ -162,7 +181,7 @@ impl Scan<'_> {
     }
 
     /// Closes the cache: after a full scan that went `well`, what it saw
-    /// replaces what was kept.
+    /// replaces what was kept (when it copied it to a fresh store).
     pub fn finish(mut self, well: bool) {
         self.close(well);
     }
@@ -175,7 +194,17 @@ impl Scan<'_> {
                     map.into_inner().retain(|ino, _| seen.contains(ino));
                 }
             }
-            Store::Db { read, fresh, at } => {
+            Store::Db {
+                read,
+                fresh,
+                at,
+                seen,
+            } => {
+                if let (Some(seen), true) = (seen, well) {
+                    let db = fresh.as_ref().unwrap_or(&read);
+                    let n = seen.into_inner().to_be_bytes();
+                    let _ = db.put_opt(SEEN, n, &no_wal());
+                }
                 let r = match fresh {
                     Some(fresh) => {
                         let flushed = if well { fresh.flush() } else { Ok(()) };
@@ -225,13 +254,13 @@ fn open_db(path: &Path) -> Result<DB, rocksdb::Error> {
     DB::open(&o, path)
 }
 
-/// The store to read, and for a full scan a fresh one to fill.
+/// The store to read, and for a full scan that prunes a fresh one to fill.
 fn open_store(at: &Path, full: bool) -> std::io::Result<(DB, Option<DB>)> {
     // The store is opened first: its lock keeps a second scan of the same
     // directory away from the fresh one too.
     let read = open_db(&named(at, STORE)).map_err(std::io::Error::other)?;
     import_legacy(at, &read);
-    let fresh = if full {
+    let fresh = if full && overgrown(&read) {
         let path = named(at, FRESH);
         // Left by a scan that did not end: it may miss entries.
         match std::fs::remove_dir_all(&path) {
@@ -243,6 +272,27 @@ fn open_store(at: &Path, full: bool) -> std::io::Result<(DB, Option<DB>)> {
         None
     };
     Ok((read, fresh))
+}
+
+/// Whether the store holds a tenth more entries than the files the last full
+/// scan saw (or it never counted them): entries of files gone are worth
+/// dropping. Overwritten entries may count twice until RocksDB compacts
+/// them, which only prunes sooner.
+fn overgrown(db: &DB) -> bool {
+    let last = db
+        .get(SEEN)
+        .ok()
+        .flatten()
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes);
+    let Some(last) = last else { return true };
+    let keys = db
+        .property_int_value("rocksdb.estimate-num-keys")
+        .ok()
+        .flatten()
+        .unwrap_or(u64::MAX);
+    // The count's own key is one of them.
+    keys.saturating_sub(1) > last + last / 10
 }
 
 /// Reads the single-file cache of earlier releases into the store.
@@ -285,7 +335,9 @@ impl Cache {
             None => self.mem.len(),
             Some(at) => {
                 let db = open_db(&named(at, STORE)).unwrap();
-                db.iterator(rocksdb::IteratorMode::Start).count()
+                db.iterator(rocksdb::IteratorMode::Start)
+                    .filter(|kv| kv.as_ref().is_ok_and(|(k, _)| k.len() == 8))
+                    .count()
             }
         }
     }

@@ -693,8 +693,8 @@ mod tests {
         assert_eq!(second.bytes_hashed.load(Ordering::Relaxed), 0);
         assert_eq!(second.bytes_cached.load(Ordering::Relaxed), hashed);
 
-        // Files gone are forgotten by the next full scan that ends well, and
-        // kept by one that does not (it may not have seen them).
+        // A full scan that does not end well counts for nothing; what it
+        // hashed is kept (each entry is checked against its file anyway).
         for i in 0..5 {
             std::fs::remove_file(d.join(format!("f{i}"))).unwrap();
         }
@@ -704,11 +704,25 @@ mod tests {
         assert_eq!(cache.len(), 20);
         assert!(!state.join("chunks.new").exists());
         // A partial scan records what it hashed in the store itself.
+        std::fs::write(d.join("f8"), b"changed too").unwrap();
         let partial = scan_with(&mut cache, false, true);
-        assert_eq!(partial.bytes_hashed.load(Ordering::Relaxed), 7);
+        assert_eq!(partial.bytes_hashed.load(Ordering::Relaxed), 11);
+        assert_eq!(cache.len(), 20);
+        // The entries of files gone stay while they are few against the
+        // files the last full scan saw (20): this scan sees 15.
+        let counted = scan_with(&mut cache, true, true);
+        assert_eq!(counted.bytes_hashed.load(Ordering::Relaxed), 0);
+        assert_eq!(cache.len(), 20);
+        assert!(!state.join("chunks.new").exists());
+        // Against 15, five more is too many: the next full scan drops them,
+        // and one that fails on the way keeps them.
+        scan_with(&mut cache, true, false);
         assert_eq!(cache.len(), 20);
         let pruned = scan_with(&mut cache, true, true);
         assert_eq!(pruned.bytes_hashed.load(Ordering::Relaxed), 0);
+        assert_eq!(cache.len(), 15);
+        // Then the store is in proportion again: copied no more.
+        scan_with(&mut cache, true, true);
         assert_eq!(cache.len(), 15);
     }
 
