@@ -2,7 +2,7 @@
 //! content, every difference recorded in the change log as it is found, so
 //! that the resync that follows ships it.
 //!
-//! Both trees come as ordered streams (see [`merge`]) and the differences go
+//! Both trees come as ordered streams (see [`super::merge`]) and the differences go
 //! to the change log a batch at a time: what the compare holds does not grow
 //! with the tree, which matters for the first sync of ten million files to an
 //! empty peer. This node's scan hashes nothing itself; a file is hashed once
@@ -18,11 +18,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 use super::manifest::{self, Item, ScanProgress};
-use super::merge::{self, Assembler};
-use super::{
-    EntryKind, ManifestItem, Message, Remote, Replicator, SessionError, compare_one, mark, produce,
-    replicated,
-};
+use super::{EntryKind, Remote, Replicator, SessionError, compare_one, mark};
 use crate::replication::status::{Difference, VerifyState};
 
 /// Files hashed at a time (the hasher works on one batch while the merge
@@ -94,52 +90,13 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     let dir = d as u32;
-    remote
-        .writer
-        .send(&Message::ManifestRequest {
-            dir,
-            paths: None,
-            hash: true,
-        })
-        .await?;
-    let (tx, mut rx) = mpsc::channel::<Vec<ManifestItem>>(4);
-    let scan_rep = rep.clone();
-    let mut scan = Some(tokio::task::spawn_blocking(move || {
-        produce(&scan_rep.dirs()[d], None, false, &scanned, &tx)
-    }));
+    // This node's scan hashes nothing: the hasher does, for names the peer
+    // has as files too.
+    let mut streams = super::Streams::start(remote, rep, d, false, scanned).await?;
     let mut hasher = Hasher::start(rep.clone(), d, hashed);
     let mut found = Found::new(rep.clone());
-    let kept = |it: Option<Item>| it.filter(|it| replicated(rep, it));
-    let (mut ours, mut theirs) = (Assembler::default(), Assembler::default());
     let mut files = 0;
-    loop {
-        while !ours.fed() {
-            match rx.recv().await {
-                Some(part) => ours.feed(part, false)?,
-                None => {
-                    // A failed scan is reported as such, not as names
-                    // missing here.
-                    if let Some(scan) = scan.take() {
-                        scan.await??;
-                    }
-                    ours.feed(Vec::new(), true)?;
-                }
-            }
-        }
-        while !theirs.fed() {
-            remote.next_part(dir, &mut theirs).await?;
-        }
-        let here = ours.peek().map(|i| i.path.as_path());
-        let (a, b) = match merge::next_side(here, theirs.peek().map(|i| i.path.as_path())) {
-            None => break,
-            Some(merge::Side::Ours) => (ours.take("this node's scan")?, None),
-            Some(merge::Side::Theirs) => (None, theirs.take("the peer's manifest")?),
-            Some(merge::Side::Both) => (
-                ours.take("this node's scan")?,
-                theirs.take("the peer's manifest")?,
-            ),
-        };
-        let (a, b) = (kept(a), kept(b));
+    while let Some((a, b)) = streams.next().await? {
         if a.is_some() {
             files += 1;
         }

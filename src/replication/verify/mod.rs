@@ -646,8 +646,94 @@ pub async fn run(
     Ok(report)
 }
 
-/// The first pass of a verify of directory `d` (see [`merge`]): how many
-/// names this node has, their bytes, and how they differ from the peer's.
+/// The two ordered streams a compare of one directory merges (see
+/// [`merge`]): this node's scan, made by a task of its own, and the peer's
+/// manifest. Names excluded from replication are left out on both sides.
+struct Streams<'a, R, W> {
+    remote: &'a mut Remote<R, W>,
+    rep: &'a Arc<Replicator>,
+    dir: u32,
+    rx: tokio::sync::mpsc::Receiver<Vec<ManifestItem>>,
+    scan: Option<tokio::task::JoinHandle<Result<(), SessionError>>>,
+    ours: merge::Assembler,
+    theirs: merge::Assembler,
+}
+
+impl<'a, R, W> Streams<'a, R, W>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    /// Asks the peer for its manifest of directory `d` (hashed) and starts
+    /// this node's scan of it (hashed if `hash`).
+    async fn start(
+        remote: &'a mut Remote<R, W>,
+        rep: &'a Arc<Replicator>,
+        d: usize,
+        hash: bool,
+        progress: Arc<ScanProgress>,
+    ) -> Result<Self, SessionError> {
+        let dir = d as u32;
+        remote
+            .writer
+            .send(&Message::ManifestRequest {
+                dir,
+                paths: None,
+                hash: true,
+            })
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<ManifestItem>>(4);
+        let scan_rep = rep.clone();
+        let scan = Some(tokio::task::spawn_blocking(move || {
+            produce(&scan_rep.dirs()[d], None, hash, &progress, &tx)
+        }));
+        Ok(Self {
+            remote,
+            rep,
+            dir,
+            rx,
+            scan,
+            ours: merge::Assembler::default(),
+            theirs: merge::Assembler::default(),
+        })
+    }
+
+    /// The next name's item on each side (`None`: not there, or excluded);
+    /// `None` once both streams ended.
+    async fn next(&mut self) -> Result<Option<(Option<Item>, Option<Item>)>, SessionError> {
+        while !self.ours.fed() {
+            match self.rx.recv().await {
+                Some(part) => self.ours.feed(part, false)?,
+                None => {
+                    // The scan ended: a failure is reported as such, not
+                    // as names missing here.
+                    if let Some(scan) = self.scan.take() {
+                        scan.await??;
+                    }
+                    self.ours.feed(Vec::new(), true)?;
+                }
+            }
+        }
+        while !self.theirs.fed() {
+            self.remote.next_part(self.dir, &mut self.theirs).await?;
+        }
+        let here = self.ours.peek().map(|i| i.path.as_path());
+        let (a, b) = match merge::next_side(here, self.theirs.peek().map(|i| i.path.as_path())) {
+            None => return Ok(None),
+            Some(merge::Side::Ours) => (self.ours.take("this node's scan")?, None),
+            Some(merge::Side::Theirs) => (None, self.theirs.take("the peer's manifest")?),
+            Some(merge::Side::Both) => (
+                self.ours.take("this node's scan")?,
+                self.theirs.take("the peer's manifest")?,
+            ),
+        };
+        let kept = |it: Option<Item>| it.filter(|it| replicated(self.rep, it));
+        Ok(Some((kept(a), kept(b))))
+    }
+}
+
+/// The first pass of a verify of directory `d`: how many names this node
+/// has, their bytes, and how they differ from the peer's.
 async fn first_pass<R, W>(
     remote: &mut Remote<R, W>,
     rep: &Arc<Replicator>,
@@ -658,57 +744,15 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let dir = d as u32;
-    remote
-        .writer
-        .send(&Message::ManifestRequest {
-            dir,
-            paths: None,
-            hash: true,
-        })
-        .await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ManifestItem>>(4);
-    let scan_rep = rep.clone();
-    let mut scan = Some(tokio::task::spawn_blocking(move || {
-        produce(&scan_rep.dirs()[d], None, true, &progress, &tx)
-    }));
-    let kept = |it: Option<Item>| it.filter(|it| replicated(rep, it));
-    let (mut ours, mut theirs) = (merge::Assembler::default(), merge::Assembler::default());
+    let mut streams = Streams::start(remote, rep, d, true, progress).await?;
     let (mut files, mut bytes, mut out) = (0, 0, Vec::new());
-    loop {
-        while !ours.fed() {
-            match rx.recv().await {
-                Some(part) => ours.feed(part, false)?,
-                None => {
-                    // The scan ended: a failure is reported as such, not
-                    // as names missing here.
-                    if let Some(scan) = scan.take() {
-                        scan.await??;
-                    }
-                    ours.feed(Vec::new(), true)?;
-                }
-            }
-        }
-        while !theirs.fed() {
-            remote.next_part(dir, &mut theirs).await?;
-        }
-        let here = ours.peek().map(|i| i.path.as_path());
-        let (a, b) = match merge::next_side(here, theirs.peek().map(|i| i.path.as_path())) {
-            None => break,
-            Some(merge::Side::Ours) => (ours.take("this node's scan")?, None),
-            Some(merge::Side::Theirs) => (None, theirs.take("the peer's manifest")?),
-            Some(merge::Side::Both) => (
-                ours.take("this node's scan")?,
-                theirs.take("the peer's manifest")?,
-            ),
-        };
-        let (a, b) = (kept(a), kept(b));
+    while let Some((a, b)) = streams.next().await? {
         if let Some(a) = &a {
             files += 1;
             bytes += a.entry.size;
         }
         if let Some(p) = a.as_ref().or(b.as_ref()).map(|i| i.path.clone())
-            && let Some(diff) = compare_one(dir, &p, a.as_ref(), b.as_ref())
+            && let Some(diff) = compare_one(d as u32, &p, a.as_ref(), b.as_ref())
         {
             out.push(diff);
         }
