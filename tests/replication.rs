@@ -726,6 +726,79 @@ fn a_peer_frozen_past_its_timeout_in_the_names_pass_is_let_go_and_resynchronised
     );
 }
 
+/// A full sync's compare talks to the peer before any link carries the
+/// application's changes: the peer frozen in the middle of it (past its
+/// timeout) holds no application call, and once it thaws the full sync ends
+/// with the trees identical.
+#[test]
+fn a_peer_frozen_in_a_full_syncs_compare_holds_no_application_call() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    for i in 0..20 {
+        let sub = d.join(format!("d{i}"));
+        std::fs::create_dir(&sub).unwrap();
+        // Enough to hash that the compare outlasts the few ms to freeze the peer.
+        for j in 0..100 {
+            std::fs::write(sub.join(format!("f{j}")), format!("{i} {j} ").repeat(3000)).unwrap();
+        }
+    }
+    pair.wait_caught_up();
+    // Damage behind tandem's back on the peer, for the full sync to find.
+    for i in 0..20 {
+        std::fs::write(pair.dir(2).join(format!("d{i}/f7")), b"damaged").unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), d.join("app.log"));
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(path).unwrap();
+            let mut worst = std::time::Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                f.write_all(&[7u8; 4096]).unwrap();
+                f.sync_data().unwrap();
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            worst
+        })
+    };
+    let o = pair.tandem(2, &["second", "app", "--fullsync"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        common::wait_until_every(30, std::time::Duration::from_millis(5), || pair
+            .log_text(1)
+            .contains("full sync requested by")),
+        "no full sync started: {}",
+        pair.log_text(1)
+    );
+    let pid = pair.pid(2);
+    freeze(pid);
+    assert!(
+        !pair.log_text(1).contains("full sync: "),
+        "the compare ended before the freeze"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which the pair holds as a child
+    // not reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    let synced = common::wait_until(120, || {
+        pair.log_text(1).contains("full sync: ")
+            && std::fs::read(pair.dir(2).join("d19/f7")).ok()
+                == std::fs::read(d.join("d19/f7")).ok()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = writer.join().unwrap();
+    assert!(synced, "the full sync did not end: {}", pair.log_text(1));
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    assert!(
+        worst < std::time::Duration::from_millis(500),
+        "a write+fdatasync took {worst:?} with the peer frozen in the compare"
+    );
+}
+
 #[test]
 fn hard_linked_files_changed_while_the_peer_was_away_come_back_under_their_remaining_names() {
     let mut pair = Pair::new();
