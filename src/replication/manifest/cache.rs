@@ -275,9 +275,8 @@ fn open_store(at: &Path, full: bool) -> std::io::Result<(DB, Option<DB>)> {
 }
 
 /// Whether the store holds a tenth more entries than the files the last full
-/// scan saw (or it never counted them): entries of files gone are worth
-/// dropping. Overwritten entries may count twice until RocksDB compacts
-/// them, which only prunes sooner.
+/// scan saw, and a few dozen (or it never counted them): entries of files
+/// gone are worth dropping.
 fn overgrown(db: &DB) -> bool {
     let last = db
         .get(SEEN)
@@ -291,8 +290,9 @@ fn overgrown(db: &DB) -> bool {
         .ok()
         .flatten()
         .unwrap_or(u64::MAX);
-    // The count's own key is one of them.
-    keys.saturating_sub(1) > last + last / 10
+    // Rewritten entries and the count's own key count twice until RocksDB
+    // compacts them: a few dozen are no reason to copy a store.
+    keys > last + last / 10 + 64
 }
 
 /// Reads the single-file cache of earlier releases into the store.

@@ -669,7 +669,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("tree");
         std::fs::create_dir(&d).unwrap();
-        for i in 0..20 {
+        for i in 0..300 {
             std::fs::write(d.join(format!("f{i}")), noise(5000 + i * 311, i as u64)).unwrap();
         }
         let root = std::fs::File::open(&d).unwrap();
@@ -686,7 +686,7 @@ mod tests {
         let first = scan_with(&mut cache, true, true);
         let hashed = first.bytes_hashed.load(Ordering::Relaxed);
         assert!(hashed > 0);
-        assert_eq!(cache.len(), 20);
+        assert_eq!(cache.len(), 300);
         // A fresh cache over the same store: nothing hashed again.
         let mut cache = Cache::in_dir(&state);
         let second = scan_with(&mut cache, true, true);
@@ -695,35 +695,35 @@ mod tests {
 
         // A full scan that does not end well counts for nothing; what it
         // hashed is kept (each entry is checked against its file anyway).
-        for i in 0..5 {
+        for i in 100..250 {
             std::fs::remove_file(d.join(format!("f{i}"))).unwrap();
         }
         std::fs::write(d.join("f7"), b"changed").unwrap();
         let failed = scan_with(&mut cache, true, false);
         assert_eq!(failed.bytes_hashed.load(Ordering::Relaxed), 7);
-        assert_eq!(cache.len(), 20);
+        assert_eq!(cache.len(), 300);
         assert!(!state.join("chunks.new").exists());
         // A partial scan records what it hashed in the store itself.
         std::fs::write(d.join("f8"), b"changed too").unwrap();
         let partial = scan_with(&mut cache, false, true);
         assert_eq!(partial.bytes_hashed.load(Ordering::Relaxed), 11);
-        assert_eq!(cache.len(), 20);
+        assert_eq!(cache.len(), 300);
         // The entries of files gone stay while they are few against the
-        // files the last full scan saw (20): this scan sees 15.
+        // files the last full scan saw (300): this scan sees 150.
         let counted = scan_with(&mut cache, true, true);
         assert_eq!(counted.bytes_hashed.load(Ordering::Relaxed), 0);
-        assert_eq!(cache.len(), 20);
+        assert_eq!(cache.len(), 300);
         assert!(!state.join("chunks.new").exists());
-        // Against 15, five more is too many: the next full scan drops them,
+        // Against 150, 150 more is too many: the next full scan drops them,
         // and one that fails on the way keeps them.
         scan_with(&mut cache, true, false);
-        assert_eq!(cache.len(), 20);
+        assert_eq!(cache.len(), 300);
         let pruned = scan_with(&mut cache, true, true);
         assert_eq!(pruned.bytes_hashed.load(Ordering::Relaxed), 0);
-        assert_eq!(cache.len(), 15);
+        assert_eq!(cache.len(), 150);
         // Then the store is in proportion again: copied no more.
         scan_with(&mut cache, true, true);
-        assert_eq!(cache.len(), 15);
+        assert_eq!(cache.len(), 150);
     }
 
     #[test]
