@@ -364,9 +364,8 @@ impl Applier {
             }
             WireMutation::Reconcile { path, entry: e } => {
                 let p = path_of(path, true)?;
-                if !p.as_os_str().is_empty() {
-                    self.forget(dir, None);
-                }
+                // What it may replace is the name and what is under it.
+                self.forget_under(dir, &p);
                 let root = self.root(dir)?;
                 let r = entry::impose(root, &p, e.as_ref());
                 wrap("resync", &p, r)
@@ -428,6 +427,12 @@ impl Applier {
             }
             None => self.open.clear(),
         }
+    }
+
+    /// Drops the cached descriptors of `path` and of every path under it.
+    fn forget_under(&mut self, dir: u32, path: &Path) {
+        self.open
+            .retain(|(d, p), _| *d != dir || !p.starts_with(path));
     }
 
     /// The directory holding `path` and the last component's name.

@@ -47,6 +47,17 @@ pub fn read(root: BorrowedFd<'_>, path: &Path) -> SysResult<Option<Entry>> {
     of_node(fd.as_fd(), &st).map(Some)
 }
 
+/// The kind of what `path` names, and its link count (`None`: nothing).
+pub fn kind(root: BorrowedFd<'_>, path: &Path) -> SysResult<Option<(EntryKind, u64)>> {
+    let fd = match open_node(root, path) {
+        Ok(fd) => fd,
+        Err(e) if e.code() == libc::ENOENT || e.code() == libc::ENOTDIR => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let st = sys::stat_fd(fd.as_fd())?;
+    Ok(Some((kind_of(&st, fd.as_fd())?, st.st_nlink as u64)))
+}
+
 /// The state of the node open as `fd` (`O_PATH`), whose stat is `st`.
 pub fn of_node(fd: BorrowedFd<'_>, st: &libc::stat) -> SysResult<Entry> {
     let kind = kind_of(st, fd)?;
@@ -178,6 +189,8 @@ pub fn remove_tree(parent: BorrowedFd<'_>, name: &std::ffi::CStr) -> SysResult<(
 /// past what truncation to `entry.size` gives.
 pub fn impose(root: BorrowedFd<'_>, path: &Path, entry: Option<&Entry>) -> SysResult<()> {
     let is_root = path.as_os_str().is_empty();
+    // The object already there, when it stays: opened once.
+    let mut kept = None;
     if !is_root {
         let parent_path = path.parent().unwrap_or(Path::new(""));
         let parent = match open_node(root, parent_path) {
@@ -206,6 +219,8 @@ pub fn impose(root: BorrowedFd<'_>, path: &Path, entry: Option<&Entry>) -> SysRe
                     // Linked here but not on the source: what is imposed on
                     // this name (and written to it) must not reach the others.
                     unshare(parent.as_fd(), &name, fd.as_fd())?;
+                } else {
+                    kept = Some((fd, st));
                 }
             }
             Err(e) if e.code() == libc::ENOENT => create(parent.as_fd(), &name, &entry.kind)?,
@@ -215,18 +230,28 @@ pub fn impose(root: BorrowedFd<'_>, path: &Path, entry: Option<&Entry>) -> SysRe
     let Some(entry) = entry else {
         return Err(Errno::EINVAL);
     };
-    let fd = open_node(root, path)?;
-    let symlink = matches!(entry.kind, EntryKind::Symlink(_));
-    if entry.kind == EntryKind::File {
-        let st = sys::stat_fd(fd.as_fd())?;
-        if st.st_size as u64 != entry.size {
-            let w = sys::reopen(fd.as_fd(), libc::O_WRONLY)?;
-            sys::ftruncate(w.as_fd(), entry.size)?;
+    let (fd, st) = match kept {
+        Some(k) => k,
+        None => {
+            let fd = open_node(root, path)?;
+            let st = sys::stat_fd(fd.as_fd())?;
+            (fd, st)
         }
+    };
+    let symlink = matches!(entry.kind, EntryKind::Symlink(_));
+    if entry.kind == EntryKind::File && st.st_size as u64 != entry.size {
+        let w = sys::reopen(fd.as_fd(), libc::O_WRONLY)?;
+        sys::ftruncate(w.as_fd(), entry.size)?;
     }
-    sys::fchownat_fd(fd.as_fd(), Some(entry.uid), Some(entry.gid))?;
+    // What already agrees is left alone: most files a resync reconciles
+    // only changed their contents.
+    let chowned = st.st_uid != entry.uid || st.st_gid != entry.gid;
+    if chowned {
+        sys::fchownat_fd(fd.as_fd(), Some(entry.uid), Some(entry.gid))?;
+    }
     if !symlink {
         let have = read_xattrs(fd.as_fd())?;
+        let mut changed = chowned;
         for (name, _) in &have {
             if !entry.xattrs.iter().any(|(n, _)| n == name) {
                 let c = CString::new(name.clone()).map_err(|_| Errno::EINVAL)?;
@@ -235,16 +260,21 @@ pub fn impose(root: BorrowedFd<'_>, path: &Path, entry: Option<&Entry>) -> SysRe
                     Err(e) if e.code() == libc::ENODATA => {}
                     Err(e) => return Err(e),
                 }
+                changed = true;
             }
         }
         for (name, value) in &entry.xattrs {
             if !have.iter().any(|(n, v)| n == name && v == value) {
                 let c = CString::new(name.clone()).map_err(|_| Errno::EINVAL)?;
                 sys::setxattr(fd.as_fd(), &c, value, 0)?;
+                changed = true;
             }
         }
-        // After the ACL xattrs, which also set group bits.
-        sys::chmod_fd(fd.as_fd(), entry.mode)?;
+        // After the ACL xattrs, which also set group bits; and after an
+        // owner's change, which may clear the set-id bits.
+        if changed || st.st_mode & 0o7777 != entry.mode & 0o7777 {
+            sys::chmod_fd(fd.as_fd(), entry.mode)?;
+        }
     }
     sys::utimens_fd(
         fd.as_fd(),

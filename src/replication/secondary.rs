@@ -632,28 +632,43 @@ impl Applying<'_> {
         }
     }
 
-    /// Asks for the files that the resync's writes buffered behind this
-    /// one reach to be looked up and their ranges read (their before-images
-    /// are kept first), while the applier works through the ones before.
+    /// Asks for the names and ranges that the resync's changes buffered
+    /// behind this one reach to be looked up and read (a write's
+    /// before-image is kept first, a name's directory is read to make or
+    /// set it), while the applier works through the ones before.
     fn warm_ahead(&self, frames: &mut Frames) {
         let roots = self.applier.roots();
+        let warm = |dir: u32, path: &[u8], ranges| {
+            if let Ok(path) = super::wire::checked_path(path) {
+                super::warm::ahead(roots, dir as usize, path, ranges);
+            }
+        };
         frames.peek_new(|m, trailing| {
-            if let Message::Mutate {
+            let Message::Mutate {
                 dir,
                 resync: true,
-                mutation:
-                    WireMutation::Write {
-                        path: Some(path),
-                        offset,
-                        data,
-                        ..
-                    },
+                mutation,
                 ..
             } = m
-                && let Ok(path) = super::wire::checked_path(path)
-            {
-                let len = data.len().max(trailing) as u64;
-                super::warm::ahead(roots, *dir as usize, path, vec![*offset..offset + len]);
+            else {
+                return;
+            };
+            match mutation {
+                WireMutation::Write {
+                    path: Some(path),
+                    offset,
+                    data,
+                    ..
+                } => {
+                    let len = data.len().max(trailing) as u64;
+                    warm(*dir, path, vec![*offset..offset + len]);
+                }
+                WireMutation::Reconcile { path, .. } => warm(*dir, path, Vec::new()),
+                WireMutation::Rename { from, to, .. } => {
+                    warm(*dir, from, Vec::new());
+                    warm(*dir, to, Vec::new());
+                }
+                _ => {}
             }
         });
     }

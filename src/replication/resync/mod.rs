@@ -137,20 +137,7 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
         sent_upto.push(d.log.ns_sent_upto()?);
         d.log.ns_sending(true)?;
     }
-    // 2. Names (see [`names`]): afterwards the peer has every name we have,
-    //    so live mutations can flow while contents follow.
-    let stopped = || ResyncError::Interrupted {
-        module: rep.module.clone(),
-    };
-    let plan = names::ship(rep, conn, &sent_upto).map_err(|e| match e {
-        NamesError::Log(e) => e.into(),
-        NamesError::Read(why) => ResyncError::Read {
-            module: rep.module.clone(),
-            why,
-        },
-        NamesError::Link => stopped(),
-    })?;
-    // 3. Contents, then each file's final size and metadata.
+    // The warming threads look both passes' names up ahead of them.
     let roots: warm::Roots = std::sync::Arc::new(
         rep.dirs()
             .iter()
@@ -161,6 +148,20 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
                 why: format!("a directory's descriptor: {e}"),
             })?,
     );
+    // 2. Names (see [`names`]): afterwards the peer has every name we have,
+    //    so live mutations can flow while contents follow.
+    let stopped = || ResyncError::Interrupted {
+        module: rep.module.clone(),
+    };
+    let plan = names::ship(rep, conn, &sent_upto, &roots).map_err(|e| match e {
+        NamesError::Log(e) => e.into(),
+        NamesError::Read(why) => ResyncError::Read {
+            module: rep.module.clone(),
+            why,
+        },
+        NamesError::Link => stopped(),
+    })?;
+    // 3. Contents, then each file's final size and metadata.
     for (d, files) in plan.files.iter().enumerate() {
         let dir = d as u32;
         let log = &rep.dirs()[d].log;

@@ -22,10 +22,13 @@ use crate::fs::sys;
 use crate::replication::dir::Dir;
 use crate::replication::entry;
 use crate::replication::primary::{Exclusive, RESYNC_NAME_COST, Replicator};
+use crate::replication::warm;
 use crate::replication::wire::WireMutation;
 
 use super::{now_ms, raw, touched};
 
+/// How many records ahead of the one shipped their names are looked up.
+const WARM_AHEAD: usize = 64;
 /// The longest a round holds the stream.
 const ROUND: Duration = Duration::from_millis(10);
 /// Once the records found at the start are shipped, how long the pass
@@ -74,6 +77,9 @@ struct DirPass {
     /// Directories whose entries changed, which changed their times on the
     /// peer too: made equal to ours again once every record is shipped.
     parents: BTreeSet<PathBuf>,
+    /// How many of the pending records, from the front, the warming
+    /// threads were asked to look up.
+    warmed: usize,
 }
 
 impl DirPass {
@@ -94,12 +100,30 @@ impl DirPass {
         }
         self.pending.extend(new);
     }
+
+    /// The record just taken from the front was warmed (or is too late to
+    /// be): asks for the names of the next ones to be looked up, so that
+    /// in a cold tree the disk serves their lookups together.
+    fn warm_ahead(&mut self, roots: &warm::Roots, dir: usize) {
+        self.warmed = self.warmed.saturating_sub(1);
+        while self.warmed < WARM_AHEAD.min(self.pending.len()) {
+            for p in touched(&self.pending[self.warmed].1) {
+                warm::ahead(roots, dir, p.clone(), Vec::new());
+            }
+            self.warmed += 1;
+        }
+    }
 }
 
 /// Ships every namespace record of every directory, the ones the
 /// application logs meanwhile included, and marks the link ready;
 /// `sent_upto` says which records may have reached the peer before.
-pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, NamesError> {
+pub fn ship(
+    rep: &Replicator,
+    conn: u64,
+    sent_upto: &[u64],
+    roots: &warm::Roots,
+) -> Result<Plan, NamesError> {
     let mut dirs: Vec<DirPass> = Vec::new();
     let (mut files_total, mut bytes_total, mut names_total) = (0, 0, 0);
     for (d, sent) in rep.dirs().iter().zip(sent_upto) {
@@ -136,7 +160,7 @@ pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, Name
         let unbounded = caught_up.is_some_and(|at| at.elapsed() > (at - started).max(CHASE));
         let done = rep
             .exclusive(conn, |x| {
-                round(x, rep, &mut dirs, (!unbounded).then_some(most))
+                round(x, rep, roots, &mut dirs, (!unbounded).then_some(most))
             })
             .ok_or(NamesError::Link)??;
         if let Some(plan) = done {
@@ -147,6 +171,11 @@ pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, Name
                 .iter()
                 .map(|d| d.log.dirty_bytes())
                 .sum::<Result<u64, _>>()?;
+            tracing::info!(
+                "{}: resync: {names_total} name records shipped in {} ms; contents follow",
+                rep.module,
+                started.elapsed().as_millis()
+            );
             return Ok(plan);
         }
         if caught_up.is_none() && dirs.iter().all(|d| d.pending.is_empty()) {
@@ -165,6 +194,7 @@ pub fn ship(rep: &Replicator, conn: u64, sent_upto: &[u64]) -> Result<Plan, Name
 fn round(
     x: &mut Exclusive<'_>,
     rep: &Replicator,
+    roots: &warm::Roots,
     dirs: &mut [DirPass],
     most: Option<u64>,
 ) -> Result<Option<Plan>, NamesError> {
@@ -181,6 +211,7 @@ fn round(
     for (d, pass) in dirs.iter_mut().enumerate() {
         let dir = d as u32;
         while let Some((seq, change)) = pass.pending.pop_front() {
+            pass.warm_ahead(roots, d);
             ship_record(x, rep, dir, pass, seq, &change)?;
             rep.progress().names += 1;
             if over(1) {

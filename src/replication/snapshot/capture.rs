@@ -38,7 +38,9 @@ pub fn read_names(fd: BorrowedFd<'_>) -> Result<Vec<(Vec<u8>, u64)>, Errno> {
 
 pub(super) fn encode_names(names: &[(Vec<u8>, u64)]) -> Vec<u8> {
     let raw = postcard::to_stdvec(names).expect("serialisable");
-    zstd::bulk::compress(&raw, 1).expect("compressing to memory")
+    // The thread's context: a resync that makes a file in each of a
+    // thousand directories keeps a thousand lists.
+    compress(&raw).unwrap_or_else(|| zstd::bulk::compress(&raw, 1).expect("compressing to memory"))
 }
 
 /// A capture the store holds that cannot be read back.

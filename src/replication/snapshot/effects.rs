@@ -167,21 +167,39 @@ pub fn of_wire(root: BorrowedFd<'_>, m: &WireMutation, len: u64) -> Vec<Effect> 
     out
 }
 
-/// A resync imposing `want` on the name `p`.
+/// A resync imposing `want` on the name `p`. The names of its directory
+/// change only when the name comes, goes or takes another object; a file
+/// reconciled in place (every file a resync's data pass ends with) changes
+/// only its own metadata and size.
 fn reconciled(out: &mut Vec<Effect>, root: BorrowedFd<'_>, p: PathBuf, want: Option<&Entry>) {
-    if !p.as_os_str().is_empty() {
-        out.push(Effect::Names(parent(&p)));
-    }
-    let have = entry::read(root, &p).ok().flatten();
+    let have = entry::kind(root, &p).ok().flatten();
+    let names = |out: &mut Vec<Effect>| {
+        if !p.as_os_str().is_empty() {
+            out.push(Effect::Names(parent(&p)));
+        }
+    };
     match (have, want) {
-        (None, Some(_)) => out.push(Effect::Born(p)),
+        (None, Some(_)) => {
+            names(out);
+            out.push(Effect::Born(p));
+        }
         (None, None) => {}
-        (Some(_), None) => out.push(Effect::Drop(p)),
-        (Some(h), Some(w)) if h.kind != w.kind => out.push(Effect::Drop(p)),
-        (Some(_), Some(w)) => resized(
-            out,
-            p,
-            (w.kind == crate::replication::wire::EntryKind::File).then_some(w.size),
-        ),
+        (Some(_), None) => {
+            names(out);
+            out.push(Effect::Drop(p));
+        }
+        (Some((h, _)), Some(w)) if h != w.kind => {
+            names(out);
+            out.push(Effect::Drop(p));
+        }
+        (Some((_, links)), Some(w)) => {
+            let file = w.kind == crate::replication::wire::EntryKind::File;
+            // Linked here and not on the source: the name gets an object
+            // of its own (see `entry::impose`).
+            if file && w.links == 1 && links > 1 {
+                names(out);
+            }
+            resized(out, p, file.then_some(w.size));
+        }
     }
 }
