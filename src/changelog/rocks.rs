@@ -24,6 +24,9 @@ struct DirtyState {
 }
 
 /// The change log stored in a RocksDB database directory.
+/// Past this many namespace records cleared at once, one range is deleted.
+const NS_POINT_DELETES: u64 = 4096;
+
 pub struct RocksChangeLog {
     db: DB,
     chunk_size: u64,
@@ -33,6 +36,8 @@ pub struct RocksChangeLog {
     dirty: Mutex<DirtyState>,
     /// Guards the namespace log; holds the next sequence number.
     ns: Mutex<u64>,
+    /// Every namespace record below this one is deleted (taken after `ns`).
+    ns_low: Mutex<u64>,
     generation: Mutex<Generation>,
 }
 
@@ -112,6 +117,13 @@ impl RocksChangeLog {
         }
         let next_id = get_u64(&db, META_NEXT_ID)?.unwrap_or(ROOT_ID + 1);
         let next_seq = get_u64(&db, META_NEXT_SEQ)?.unwrap_or(1);
+        let ns_low = match db
+            .iterator_cf(cf(&db, CF_NSLOG), IteratorMode::Start)
+            .next()
+        {
+            Some(item) => read_u64("nslog key", &item?.0)?.min(next_seq),
+            None => next_seq,
+        };
         let generation = match db.get_cf(meta, META_GENERATION)? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| json_err("generation", e))?,
             None => {
@@ -168,6 +180,7 @@ impl RocksChangeLog {
                 epoch: epoch + 1,
             }),
             ns: Mutex::new(next_seq),
+            ns_low: Mutex::new(ns_low),
             generation: Mutex::new(generation),
         })
     }
@@ -403,15 +416,34 @@ impl ChangeLog for RocksChangeLog {
         Ok(out)
     }
     fn clear_ns_upto(&self, seq: u64) -> Result<()> {
-        let _guard = self.ns.lock();
+        let next = self.ns.lock();
+        let mut low = self.ns_low.lock();
         let nslog = self.cf(CF_NSLOG);
-        // Losing this (unsynced) delete only makes old records reappear.
+        // Records are numbered without gaps below `next`: the ones cleared
+        // now are deleted one by one. A range deleted from 0 at each call
+        // would pile up overlapping tombstones, which every iterator of the
+        // log then splits again (quadratic: seconds per read once a few
+        // thousand names were made while the peer was connected).
+        let last = seq.min(next.saturating_sub(1));
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(nslog, u64_bytes(0), u64_bytes(seq.saturating_add(1)));
+        if last >= *low {
+            if last - *low < NS_POINT_DELETES {
+                for k in *low..=last {
+                    batch.delete_cf(nslog, u64_bytes(k));
+                }
+            } else {
+                batch.delete_range_cf(nslog, u64_bytes(*low), u64_bytes(last + 1));
+            }
+        }
         if seq == u64::MAX {
             batch.delete_cf(nslog, u64_bytes(u64::MAX));
         }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Losing this (unsynced) delete only makes old records reappear.
         self.db.write_opt(batch, &write_opts(false))?;
+        *low = (*low).max(last.saturating_add(1));
         Ok(())
     }
 
@@ -482,5 +514,48 @@ impl ChangeLog for RocksChangeLog {
         )?;
         dirty.epoch = epoch + 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changelog::{ChangeLog, DEFAULT_CHUNK_SIZE};
+
+    fn deletes_in_memtable(log: &RocksChangeLog) -> u64 {
+        log.db
+            .property_int_value_cf(log.cf(CF_NSLOG), "rocksdb.num-deletes-active-mem-table")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn names_records_cleared_one_at_a_time_are_deleted_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RocksChangeLog::open(dir.path(), DEFAULT_CHUNK_SIZE).unwrap();
+        let mkdir = |i: usize| NsChange::Mkdir {
+            path: format!("d{i}").into(),
+        };
+        let seqs: Vec<u64> = (0..300).map(|i| log.log_ns(mkdir(i)).unwrap()).collect();
+        // As acknowledgements clear them: one record at a time, some twice.
+        for s in &seqs[..200] {
+            log.clear_ns_upto(*s).unwrap();
+            log.clear_ns_upto(*s).unwrap();
+        }
+        // Each record once: no range from the start again at every call.
+        assert_eq!(deletes_in_memtable(&log), 200);
+        let left = log.ns_since(0).unwrap();
+        assert_eq!(left.len(), 100);
+        assert_eq!(left[0], (seqs[200], mkdir(200)));
+        drop(log);
+        // Reopened: what is left is found again and cleared from there.
+        let log = RocksChangeLog::open(dir.path(), DEFAULT_CHUNK_SIZE).unwrap();
+        assert_eq!(log.ns_since(0).unwrap(), left);
+        log.clear_ns_upto(seqs[249]).unwrap();
+        assert_eq!(log.ns_since(0).unwrap(), left[50..].to_vec());
+        let next = log.log_ns(mkdir(300)).unwrap();
+        assert!(next > seqs[299]);
+        log.clear_ns_upto(u64::MAX).unwrap();
+        assert!(log.ns_since(0).unwrap().is_empty());
     }
 }
