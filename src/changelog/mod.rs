@@ -137,6 +137,12 @@ pub trait ChangeLog: Send + Sync {
     fn dirty_bytes(&self) -> Result<u64>;
     /// The peer made `range` of `id` durable: forget exactly that range.
     fn clear(&self, id: FileId, range: Range<u64>) -> Result<()>;
+    /// [`clear`](Self::clear) of each range, written at once.
+    fn clear_many(&self, clears: &[(FileId, Range<u64>)]) -> Result<()> {
+        clears
+            .iter()
+            .try_for_each(|(id, r)| self.clear(*id, r.clone()))
+    }
     /// `id` was truncated to `new_len`: dirty ranges past it are dropped and
     /// the size change is recorded (see [`dirty_size`](Self::dirty_size)).
     fn truncate(&self, id: FileId, new_len: u64) -> Result<()>;

@@ -329,6 +329,20 @@ impl ChangeLog for RocksChangeLog {
         self.db.write_opt(batch, &write_opts(false))?;
         Ok(())
     }
+    fn clear_many(&self, clears: &[(FileId, Range<u64>)]) -> Result<()> {
+        let mut dirty = self.dirty.lock();
+        let mut batch = WriteBatch::default();
+        for (id, r) in clears {
+            let chunks = dirty.index.clear(*id, r.clone());
+            // A chunk cleared twice is written twice: the later one stands.
+            self.put_chunks(&mut batch, &dirty.index, *id, &chunks);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.db.write_opt(batch, &write_opts(false))?;
+        Ok(())
+    }
     fn truncate(&self, id: FileId, new_len: u64) -> Result<()> {
         let mut dirty = self.dirty.lock();
         let (chunks, size) = dirty.index.truncate(id, new_len);

@@ -177,6 +177,32 @@ fn suite_mark_merge_clear(log: &dyn ChangeLog) {
     log.clear(other, 0..10).unwrap();
 }
 
+fn suite_clear_many(log: &dyn ChangeLog) {
+    let cs = log.chunk_size();
+    let (a, b) = (log.ensure(p("ca")).unwrap(), log.ensure(p("cb")).unwrap());
+    for id in [a, b] {
+        log.mark(id, 0, 3 * cs).unwrap();
+    }
+    log.mark(a, 10 * cs, 10).unwrap();
+    // A resync's pieces, cleared together: some in the same chunk, one
+    // across a boundary, one of a file not dirty there.
+    log.clear_many(&[
+        (a, 0..100),
+        (a, 200..300),
+        (b, cs - 10..cs + 10),
+        (a, 100..150),
+        (b, 5 * cs..6 * cs),
+        (a, 10 * cs..10 * cs + 10),
+    ])
+    .unwrap();
+    assert_eq!(log.dirty(a).unwrap(), vec![150..200, 300..3 * cs]);
+    assert_eq!(log.dirty(b).unwrap(), vec![0..cs - 10, cs + 10..3 * cs]);
+    log.clear_many(&[]).unwrap();
+    log.clear_many(&[(a, 0..u64::MAX), (b, 0..u64::MAX)])
+        .unwrap();
+    assert!(log.dirty_files().unwrap().is_empty());
+}
+
 /// Random marks and clears against a naive byte-set model.
 fn suite_random_vs_model(log: &dyn ChangeLog, seed: u64) {
     let cs = log.chunk_size();
@@ -386,6 +412,7 @@ fn run_suite(log: &dyn ChangeLog) {
     suite_ids(log);
     suite_rename_over_target(log);
     suite_mark_merge_clear(log);
+    suite_clear_many(log);
     suite_random_vs_model(log, 1);
     suite_random_vs_model(log, 2);
     suite_truncate(log);
@@ -448,7 +475,11 @@ fn rocks_reopen_keeps_everything_exact() {
         log.mark(c, 10, 5000).unwrap();
         log.mark(c, 9000, 1).unwrap();
         log.mark(d, 3, 4).unwrap();
-        log.clear(d, 3..7).unwrap();
+        // One write for all three; the chunk at 20000 is cleared twice in
+        // it, and its second state (empty) is the one that stands.
+        log.mark(c, 20000, 100).unwrap();
+        log.clear_many(&[(c, 20000..20050), (d, 3..7), (c, 20050..20100)])
+            .unwrap();
         log.truncate(d, 77).unwrap();
         seq = log.log_ns(NsChange::Mkdir { path: "z".into() }).unwrap();
         log.ns_sending(false).unwrap();

@@ -6,6 +6,7 @@
 //! Lock order: the order lock, then the acknowledgement tracker's lock;
 //! never the other way round.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use super::order::Order;
 use super::outlet::Outbound;
 use super::peer::{OnTimeout, PeerLoss};
 use super::records::Records;
+use crate::changelog::FileId;
 use crate::config::Ack;
 use crate::fs::Errno;
 use crate::replication::dir::Dir;
@@ -195,23 +197,45 @@ impl Stream {
         let now = Instant::now();
         if o.current(durable) && now.duration_since(o.last_cool) >= Duration::from_millis(250) {
             o.last_cool = now;
-            for (d, id, r) in o.activity.cool(durable, now) {
-                if let Err(e) = self.dirs[d as usize].log.clear(id, r) {
-                    self.note_error(format!("change log: {e}"));
-                }
-            }
+            let cooled = o.activity.cool(durable, now);
+            self.clear_ranges(cooled.into_iter());
         }
         let last_sent = o.next_seq - 1;
         let Order {
             clears, activity, ..
         } = o;
-        for c in clears.due(durable, last_sent, |d, id, r| activity.hot_ranges(d, id, r)) {
+        let due = clears.due(durable, last_sent, |d, id, r| activity.hot_ranges(d, id, r));
+        // The ranges first, in one write per directory: this runs under the
+        // order lock, and a resync's acknowledgement clears thousands.
+        self.clear_ranges(due.iter().filter_map(|c| match c {
+            Clear::Range(d, id, r) => Some((*d, *id, r.clone())),
+            _ => None,
+        }));
+        for c in due {
             let r = match c {
-                Clear::Range(d, id, r) => self.dirs[d as usize].log.clear(id, r),
+                Clear::Range(..) => continue,
                 Clear::Size(d, id) => self.dirs[d as usize].log.clear_size(id),
                 Clear::NsUpto(d, seq) => self.dirs[d as usize].log.clear_ns_upto(seq),
             };
             if let Err(e) = r {
+                self.note_error(format!("change log: {e}"));
+            }
+        }
+    }
+
+    /// Clears ranges of the directories' change logs, one write per log.
+    fn clear_ranges(&self, ranges: impl Iterator<Item = (u32, FileId, Range<u64>)>) {
+        let mut per_dir: Vec<Vec<(FileId, Range<u64>)>> = vec![Vec::new(); self.dirs.len()];
+        for (d, id, r) in ranges {
+            if let Some(v) = per_dir.get_mut(d as usize) {
+                v.push((id, r));
+            }
+        }
+        for (d, v) in per_dir.iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.dirs[d].log.clear_many(v) {
                 self.note_error(format!("change log: {e}"));
             }
         }
