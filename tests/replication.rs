@@ -1597,3 +1597,80 @@ fn verified(pair: &Pair, args: &[&str]) {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn a_resync_after_ten_thousand_names_made_while_connected_starts_at_once_and_holds_no_call() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    // Made through the mount while the peer is connected: every name is a
+    // record of the names log, cleared as the peer acknowledges it.
+    for i in 0..100 {
+        let sub = d.join(format!("d{i}"));
+        std::fs::create_dir(&sub).unwrap();
+        for j in 0..100 {
+            std::fs::write(sub.join(format!("f{j}")), format!("{i} {j}")).unwrap();
+        }
+    }
+    pair.wait_caught_up();
+    for i in 0..100 {
+        std::fs::write(pair.dir(2).join(format!("d{i}/f7")), b"damaged").unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), d.join("app.log"));
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(path).unwrap();
+            let mut worst = std::time::Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                f.write_all(&[7u8; 4096]).unwrap();
+                f.sync_data().unwrap();
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            worst
+        })
+    };
+    let o = pair.tandem(2, &["second", "app", "--fullsync"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = |what: &str| {
+        let log = pair.log_text(1);
+        log.split("full sync requested by")
+            .nth(1)
+            .is_some_and(|rest| rest.contains(what))
+    };
+    let five_ms = std::time::Duration::from_millis(5);
+    let compared = common::wait_until_every(60, five_ms, || after("full sync: "));
+    let at = std::time::Instant::now();
+    let started = compared && common::wait_until_every(60, five_ms, || after("resync starts"));
+    let waited = at.elapsed();
+    let shipped = started && common::wait_until(60, || after("resync shipped"));
+    // The writer stops before anything is asserted: a file left open
+    // would hold the unmount.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = writer.join().unwrap();
+    assert!(
+        compared,
+        "the full sync's compare did not end: {}",
+        pair.log_text(1)
+    );
+    assert!(
+        started,
+        "no resync after the full sync: {}",
+        pair.log_text(1)
+    );
+    // Reading the names log once took seconds per read here (a pile of
+    // overlapping deletions), under the order lock.
+    assert!(
+        waited < std::time::Duration::from_secs(2),
+        "the resync started {waited:?} after the compare ended"
+    );
+    assert!(shipped, "the resync did not end: {}", pair.log_text(1));
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+    assert!(
+        worst < std::time::Duration::from_secs(1),
+        "a write+fdatasync took {worst:?} while the resync began"
+    );
+}
