@@ -137,12 +137,12 @@ impl Stream {
             // stays marked. Before the peer was current (a resync still
             // running), whole extents stay: they may hold older marks.
             if current {
-                for (d, id, clears) in o.activity.narrow(durable) {
-                    let log = &self.dirs[d as usize].log;
-                    if let Err(e) = clears.into_iter().try_for_each(|r| log.clear(id, r)) {
-                        self.note_error(format!("change log: {e}"));
-                    }
-                }
+                let narrowed = o.activity.narrow(durable);
+                self.clear_ranges(
+                    narrowed
+                        .into_iter()
+                        .flat_map(|(d, id, rs)| rs.into_iter().map(move |r| (d, id, r))),
+                );
             } else {
                 o.activity.forget();
             }

@@ -70,9 +70,8 @@ pub fn diverged_of(log: &dyn ChangeLog) -> crate::changelog::Result<Diverged> {
 /// Forgets everything in `log` (the target, once the source's resync is durable).
 pub fn clear_all(log: &dyn ChangeLog) -> crate::changelog::Result<()> {
     for id in log.dirty_files()? {
-        for r in log.dirty(id)? {
-            log.clear(id, r)?;
-        }
+        let ranges: Vec<_> = log.dirty(id)?.into_iter().map(|r| (id, r)).collect();
+        log.clear_many(&ranges)?;
         log.clear_size(id)?;
     }
     if let Some((last, _)) = log.ns_since(0)?.last() {
@@ -240,9 +239,8 @@ pub fn run(rep: &Replicator, conn: u64, diverged: Vec<Diverged>) -> Result<(), R
             }
             let Some(path) = log.path_of(id)? else {
                 // Unreachable now: its name's removal was shipped above.
-                for r in ranges {
-                    log.clear(id, r)?;
-                }
+                let ranges: Vec<_> = ranges.into_iter().map(|r| (id, r)).collect();
+                log.clear_many(&ranges)?;
                 log.clear_size(id)?;
                 rep.progress().files_done += 1;
                 continue;
