@@ -439,6 +439,39 @@ fn a_resync_keeps_to_its_rate_cap_while_live_writes_go_on() {
 }
 
 #[test]
+fn changes_made_while_the_peer_was_away_do_not_make_its_resync_yield() {
+    // The cap makes the resync last long enough to watch: 32 MiB, 4 s.
+    let mut pair = capped_pair("8MiB");
+    pair.start_both();
+    pair.wait_caught_up();
+    pair.signal(2, libc::SIGKILL);
+    assert!(common::wait_until(10, || pair.peer_state() != "connected"));
+    std::fs::write(pair.dir(1).join("away"), common::noise(5, 32 << 20)).unwrap();
+    // The application wrote a second before the resync, not during it.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    pair.start(2);
+    assert!(common::wait_until(30, || resync_sent(&pair) > 0));
+    let t0 = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while t0.elapsed() < std::time::Duration::from_secs(1) {
+        let r = pair.replication(1).unwrap();
+        if r["resync"]["running"] == true {
+            seen.push(r["resync"]["state"].as_str().unwrap_or("?").to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        seen.len() >= 5,
+        "the resync ended too soon to watch: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s == "running"),
+        "a resync with no application writing said: {seen:?}"
+    );
+    resync_ended(&pair, 60);
+}
+
+#[test]
 fn a_resync_yields_to_its_minimum_while_the_application_writes_and_takes_the_rest_after() {
     let min: u64 = 6 << 20;
     let mut pair = Pair::new();

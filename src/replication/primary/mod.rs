@@ -279,9 +279,9 @@ impl Replicator {
         self.pace.take(n, self.live());
     }
 
-    /// How many changes the application has made: it is writing.
-    fn live(&self) -> u64 {
-        self.stream.live.load(std::sync::atomic::Ordering::Relaxed)
+    /// When the application last changed something: it is writing.
+    fn live(&self) -> Option<std::time::Instant> {
+        self.stream.live.get()
     }
 
     /// Whether connection `conn` is still the peer's link.
@@ -425,10 +425,7 @@ pub struct ReplicatingSink {
 
 impl MutationSink for ReplicatingSink {
     fn apply(&self, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
-        self.rep
-            .stream
-            .live
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rep.stream.live.touch();
         write::submit(&self.rep.excluding(), self.dir, m, local)
     }
 

@@ -60,7 +60,6 @@ pub struct Pace {
     /// Where the pause is kept across restarts (none in unit tests).
     held: Option<PathBuf>,
     bucket: Mutex<Bucket>,
-    busy: Mutex<Busy>,
     meter: Mutex<Meter>,
 }
 
@@ -87,23 +86,40 @@ impl Bucket {
     }
 }
 
-/// The application's live changes as last counted, and until when they
-/// make the resync yield.
-struct Busy {
-    seen: u64,
-    until: Option<Instant>,
+/// When the application last changed something: a time, not a count, so
+/// that changes made long before the resync looks (while the peer was
+/// away) are not taken for writing now.
+pub struct LastChange {
+    base: Instant,
+    /// Nanoseconds after `base`, plus one; 0: never.
+    nanos: AtomicU64,
 }
 
-impl Busy {
-    /// Whether the application wrote lately, given its count of live
-    /// changes `live` at `now`.
-    fn at(&mut self, live: u64, now: Instant) -> bool {
-        if live != self.seen {
-            self.seen = live;
-            self.until = Some(now + BUSY_HOLD);
+impl Default for LastChange {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            nanos: AtomicU64::new(0),
         }
-        self.until.is_some_and(|u| now < u)
     }
+}
+
+impl LastChange {
+    /// The application changed something now.
+    pub fn touch(&self) {
+        let n = self.base.elapsed().as_nanos() as u64 + 1;
+        self.nanos.store(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<Instant> {
+        let n = self.nanos.load(Ordering::Relaxed);
+        (n > 0).then(|| self.base + Duration::from_nanos(n - 1))
+    }
+}
+
+/// Whether a change at `last` makes the resync yield at `now`.
+fn busy_at(last: Option<Instant>, now: Instant) -> bool {
+    last.is_some_and(|t| now.saturating_duration_since(t) < BUSY_HOLD)
 }
 
 /// Bytes shipped, sampled: the rate over the last [`METER_SPAN`].
@@ -172,10 +188,6 @@ impl Pace {
                 tokens: 0.0,
                 at: Instant::now(),
             }),
-            busy: Mutex::new(Busy {
-                seen: 0,
-                until: None,
-            }),
             meter: Mutex::default(),
         }
     }
@@ -225,15 +237,15 @@ impl Pace {
         Ok(())
     }
 
-    /// Whether the application wrote lately, given its count of live
-    /// changes `live`.
-    pub fn busy(&self, live: u64) -> bool {
-        self.busy.lock().at(live, Instant::now())
+    /// Whether the application wrote lately, given when it last changed
+    /// something.
+    pub fn busy(&self, last: Option<Instant>) -> bool {
+        busy_at(last, Instant::now())
     }
 
     /// How much resync data may be ahead of the peer's acknowledgement.
-    pub fn window(&self, live: u64, otherwise: u64) -> u64 {
-        if self.busy(live) {
+    pub fn window(&self, last: Option<Instant>, otherwise: u64) -> u64 {
+        if self.busy(last) {
             BUSY_WINDOW.min(otherwise)
         } else {
             otherwise
@@ -241,19 +253,20 @@ impl Pace {
     }
 
     /// The largest piece the resync may ship next.
-    pub fn piece(&self, live: u64, otherwise: u64) -> u64 {
-        if self.busy(live) {
+    pub fn piece(&self, last: Option<Instant>, otherwise: u64) -> u64 {
+        if self.busy(last) {
             BUSY_PIECE.min(otherwise)
         } else {
             otherwise
         }
     }
 
-    /// What the resync is doing now, given the count of live changes.
-    pub fn state(&self, live: u64) -> State {
+    /// What the resync is doing now, given when the application last
+    /// changed something.
+    pub fn state(&self, last: Option<Instant>) -> State {
         if self.paused() {
             State::Paused
-        } else if self.busy(live) {
+        } else if self.busy(last) {
             State::Yielding
         } else {
             State::Running
@@ -266,22 +279,22 @@ impl Pace {
     }
 
     /// Waits before the next piece: while paused and, with no minimum,
-    /// while the application writes (`live`: its count of live changes,
-    /// read anew), as long as `going` says the resync is still wanted (a
+    /// while the application writes (`last`: when it last changed
+    /// something, read anew), as long as `going` says the resync is still wanted (a
     /// lost link ends it).
-    pub fn hold(&self, live: impl Fn() -> u64, going: impl Fn() -> bool) {
+    pub fn hold(&self, last: impl Fn() -> Option<Instant>, going: impl Fn() -> bool) {
         while self.paused() && going() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        while self.min == 0 && self.busy(live()) && going() {
+        while self.min == 0 && self.busy(last()) && going() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Counts `n` bytes shipped and waits until the rate allows more: the
     /// cap, lowered to the minimum while the application writes.
-    pub fn take(&self, n: u64, live: u64) {
-        let rate = self.effective(self.busy(live));
+    pub fn take(&self, n: u64, last: Option<Instant>) {
+        let rate = self.effective(self.busy(last));
         self.meter.lock().add(Instant::now(), n);
         if rate == 0 {
             return;
@@ -333,8 +346,8 @@ mod tests {
         let p = Pace::new(0, 1 << 20, None);
         let t = Instant::now();
         for _ in 0..1000 {
-            p.hold(|| 0, || true);
-            p.take(1 << 30, 0);
+            p.hold(|| None, || true);
+            p.take(1 << 30, None);
         }
         assert!(t.elapsed() < Duration::from_secs(1));
     }
@@ -345,17 +358,17 @@ mod tests {
         p.set_paused(true).unwrap();
         let q = p.clone();
         let t = Instant::now();
-        let waiter = std::thread::spawn(move || q.hold(|| 0, || true));
+        let waiter = std::thread::spawn(move || q.hold(|| None, || true));
         std::thread::sleep(Duration::from_millis(300));
         assert!(!waiter.is_finished(), "paused");
-        assert_eq!(p.state(0), State::Paused);
+        assert_eq!(p.state(None), State::Paused);
         p.set_paused(false).unwrap();
         waiter.join().unwrap();
         assert!(t.elapsed() >= Duration::from_millis(300));
         // A link gone ends the wait though still paused.
         p.set_paused(true).unwrap();
         let t = Instant::now();
-        p.hold(|| 0, || false);
+        p.hold(|| None, || false);
         assert!(t.elapsed() < Duration::from_millis(50));
     }
 
@@ -381,26 +394,29 @@ mod tests {
     #[test]
     fn live_changes_hold_the_resync_to_its_minimum_until_they_stop() {
         let t0 = Instant::now();
-        let mut b = Busy {
-            seen: 0,
-            until: None,
-        };
-        assert!(!b.at(0, t0), "no change yet");
-        assert!(b.at(1, t0));
-        assert!(b.at(1, t0 + BUSY_HOLD / 2), "held a moment after");
-        assert!(!b.at(1, t0 + BUSY_HOLD), "then free again");
-        assert!(b.at(2, t0 + BUSY_HOLD * 3));
+        assert!(!busy_at(None, t0), "no change yet");
+        assert!(busy_at(Some(t0), t0));
+        assert!(busy_at(Some(t0), t0 + BUSY_HOLD / 2), "held a moment after");
+        assert!(!busy_at(Some(t0), t0 + BUSY_HOLD), "then free again");
+        let last = LastChange::default();
+        assert_eq!(last.get(), None);
+        let before = Instant::now();
+        last.touch();
+        let at = last.get().unwrap();
+        assert!(at >= before && at <= Instant::now(), "{at:?}");
+        let now = Some(Instant::now());
         let p = Pace::new(0, 5 << 20, None);
         assert_eq!(p.effective(false), 0);
         assert_eq!(p.effective(true), 5 << 20);
         p.set_rate(2 << 20);
         assert_eq!(p.effective(true), 2 << 20, "the cap is never exceeded");
         assert_eq!(p.effective(false), 2 << 20);
-        assert_eq!(p.window(0, 64 << 20), 64 << 20);
-        assert_eq!(p.window(1, 64 << 20), BUSY_WINDOW);
-        assert_eq!(p.piece(1, 1 << 20), BUSY_PIECE);
-        assert_eq!(p.piece(1, 4096), 4096);
-        assert_eq!(p.state(1), State::Yielding);
+        assert_eq!(p.window(None, 64 << 20), 64 << 20);
+        assert_eq!(p.window(now, 64 << 20), BUSY_WINDOW);
+        assert_eq!(p.piece(now, 1 << 20), BUSY_PIECE);
+        assert_eq!(p.piece(now, 4096), 4096);
+        assert_eq!(p.state(now), State::Yielding);
+        assert_eq!(p.state(Some(t0 - BUSY_HOLD)), State::Running);
     }
 
     #[test]

@@ -55,9 +55,9 @@ pub struct Stream {
     pub peer: PeerLoss,
     next_conn: AtomicU64,
     pub bytes_replicated: AtomicU64,
-    /// The application's changes, sent live or marked for the resync (a
-    /// file the peer does not have yet): the application writing.
-    pub live: AtomicU64,
+    /// When the application last changed something, sent live or marked
+    /// for the resync (a file the peer does not have yet): it is writing.
+    pub live: super::pace::LastChange,
     /// When the change log was last cleared of what the peer made durable.
     last_clear: Mutex<Instant>,
     pub last_error: Mutex<Option<String>>,
@@ -76,7 +76,7 @@ impl Stream {
             dirs: s.dirs,
             next_conn: AtomicU64::new(1),
             bytes_replicated: AtomicU64::new(0),
-            live: AtomicU64::new(0),
+            live: Default::default(),
             last_clear: Mutex::new(long_ago()),
             last_error: Mutex::new(None),
         }
