@@ -244,6 +244,19 @@ impl Channel {
         }
     }
 
+    /// Adds to `frames` whatever has arrived, without waiting: a peer that
+    /// looks ahead in what is buffered sees further. A failure is reported
+    /// by the next [`fill`](Self::fill), after what came first.
+    pub fn pull_ready(&self, frames: &mut Frames) {
+        let mut s = self.state.lock();
+        if !s.early.is_empty() {
+            frames.room().append(&mut s.early);
+        }
+        if s.broken.is_none() {
+            let _ = self.pull(&mut s, frames.room());
+        }
+    }
+
     /// Ends the connection: `graceful` writes what is queued first (for a
     /// second at most). Wakes every thread waiting on it.
     pub fn close(&self, graceful: bool) {

@@ -95,6 +95,11 @@ impl Frames {
         self.peeked = at;
     }
 
+    /// Bytes buffered and not taken yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     /// A whole frame is already buffered (no read needed to get it).
     pub fn has_frame(&self) -> bool {
         frame::is_whole(&self.buf[self.start..])

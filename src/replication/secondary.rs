@@ -566,6 +566,10 @@ fn syncer(
 /// the resync's lag bound move on them.
 const ACK_BYTES: u64 = 4 << 20;
 
+/// How far a resync's changes are read ahead of the one applied, so that
+/// what they overwrite is read from the disk (to be kept) meanwhile.
+const LOOKAHEAD: usize = 16 << 20;
+
 /// The state of one session on the secondary.
 struct Applying<'a> {
     module: &'a SecondaryModule,
@@ -614,6 +618,11 @@ impl Applying<'_> {
                 Err(e) => return e.into(),
             }
             if self.resyncing {
+                // Read on while applying, or the first changes of each
+                // read would come with no time to warm them.
+                if frames.buffered() < LOOKAHEAD {
+                    self.channel.pull_ready(&mut frames);
+                }
                 self.warm_ahead(&mut frames);
             }
             // A write's data is applied from where it was read.
@@ -643,6 +652,8 @@ impl Applying<'_> {
                 super::warm::ahead(roots, dir as usize, path, ranges);
             }
         };
+        // A file's writes come one after another: one job for all of them.
+        let mut run: Option<(u32, Vec<u8>, Vec<std::ops::Range<u64>>)> = None;
         frames.peek_new(|m, trailing| {
             let Message::Mutate {
                 dir,
@@ -653,16 +664,29 @@ impl Applying<'_> {
             else {
                 return;
             };
-            match mutation {
-                WireMutation::Write {
-                    path: Some(path),
-                    offset,
-                    data,
-                    ..
-                } => {
-                    let len = data.len().max(trailing) as u64;
-                    warm(*dir, path, vec![*offset..offset + len]);
+            if let WireMutation::Write {
+                path: Some(path),
+                offset,
+                data,
+                ..
+            } = mutation
+            {
+                let range = *offset..offset + data.len().max(trailing) as u64;
+                match &mut run {
+                    Some((d, p, ranges)) if d == dir && p == path => ranges.push(range),
+                    _ => {
+                        if let Some((d, p, ranges)) = run.replace((*dir, path.clone(), vec![range]))
+                        {
+                            warm(d, &p, ranges);
+                        }
+                    }
                 }
+                return;
+            }
+            if let Some((d, p, ranges)) = run.take() {
+                warm(d, &p, ranges);
+            }
+            match mutation {
                 WireMutation::Reconcile { path, .. } => warm(*dir, path, Vec::new()),
                 WireMutation::Rename { from, to, .. } => {
                     warm(*dir, from, Vec::new());
@@ -671,6 +695,9 @@ impl Applying<'_> {
                 _ => {}
             }
         });
+        if let Some((d, p, ranges)) = run {
+            warm(d, &p, ranges);
+        }
     }
 
     /// One message from the primary; why the session ends, if it does.
