@@ -39,6 +39,11 @@ pub struct DirtyIndex {
     files: BTreeMap<FileId, BTreeMap<u64, Chunk>>,
     /// File id -> smallest length it was truncated to since last cleared.
     sizes: BTreeMap<FileId, u64>,
+    /// The dirty bytes of all files, and how many files have dirty bytes or
+    /// a size change, kept as they change: a status asked for while a
+    /// million files wait for a full sync does not walk them.
+    bytes: u64,
+    count: u64,
 }
 
 /// Checks that `chunk_size` is a power of two in 1..=2^31.
@@ -64,6 +69,8 @@ impl DirtyIndex {
             shift: chunk_size.trailing_zeros(),
             files: BTreeMap::new(),
             sizes: BTreeMap::new(),
+            bytes: 0,
+            count: 0,
         })
     }
 
@@ -95,6 +102,9 @@ impl DirtyIndex {
         if pieces.is_empty() {
             return Ok(touched);
         }
+        if !self.files.contains_key(&id) && !self.sizes.contains_key(&id) {
+            self.count += 1;
+        }
         let file = self.files.entry(id).or_default();
         for (c, s, e) in pieces {
             let (chunk, new) = match file.get_mut(&c) {
@@ -103,7 +113,9 @@ impl DirtyIndex {
             };
             let needs_sync = new || chunk.epoch != epoch;
             chunk.epoch = epoch;
+            let before = ranges::total(&chunk.ranges);
             ranges::insert(&mut chunk.ranges, s, e);
+            self.bytes += ranges::total(&chunk.ranges) - before;
             touched.push(Touched {
                 chunk: c,
                 needs_sync,
@@ -135,7 +147,9 @@ impl DirtyIndex {
                 let before = ch.ranges.len();
                 let total = ranges::total(&ch.ranges);
                 ranges::remove(&mut ch.ranges, s, e);
-                if ch.ranges.len() != before || ranges::total(&ch.ranges) != total {
+                let after = ranges::total(&ch.ranges);
+                self.bytes -= total - after;
+                if ch.ranges.len() != before || after != total {
                     touched.push(c);
                 }
                 if ch.ranges.is_empty() {
@@ -145,6 +159,7 @@ impl DirtyIndex {
         }
         if file.is_empty() {
             self.files.remove(&id);
+            self.count -= u64::from(!self.sizes.contains_key(&id));
         }
         touched
     }
@@ -167,20 +182,25 @@ impl DirtyIndex {
                         (new_len - base) as u32,
                         self.chunk_size as u32,
                     );
-                    if ranges::total(&ch.ranges) != total {
+                    let after = ranges::total(&ch.ranges);
+                    self.bytes -= total - after;
+                    if after != total {
                         touched.push(c);
                     }
                     if ch.ranges.is_empty() {
                         file.remove(&c);
                     }
                 } else {
-                    file.remove(&c);
+                    let ch = file.remove(&c).expect("listed");
+                    self.bytes -= ranges::total(&ch.ranges);
                     touched.push(c);
                 }
             }
             if file.is_empty() {
                 self.files.remove(&id);
             }
+        } else if !self.sizes.contains_key(&id) {
+            self.count += 1;
         }
         let size = self.sizes.entry(id).or_insert(new_len);
         *size = (*size).min(new_len);
@@ -189,7 +209,9 @@ impl DirtyIndex {
 
     /// Forgets the size change of `id`; true if there was one.
     pub fn clear_size(&mut self, id: FileId) -> bool {
-        self.sizes.remove(&id).is_some()
+        let had = self.sizes.remove(&id).is_some();
+        self.count -= u64::from(had && !self.files.contains_key(&id));
+        had
     }
 
     /// The recorded size change of `id`.
@@ -200,32 +222,49 @@ impl DirtyIndex {
     /// Forgets everything about `id`; returns its chunks and whether it had
     /// a size change.
     pub fn remove_file(&mut self, id: FileId) -> (Vec<u64>, bool) {
-        let chunks = self
-            .files
-            .remove(&id)
-            .map(|f| f.into_keys().collect())
+        let file = self.files.remove(&id);
+        let sized = self.sizes.remove(&id).is_some();
+        self.count -= u64::from(file.is_some() || sized);
+        let chunks = file
+            .map(|f| {
+                self.bytes -= f.values().map(|ch| ranges::total(&ch.ranges)).sum::<u64>();
+                f.into_keys().collect()
+            })
             .unwrap_or_default();
-        (chunks, self.sizes.remove(&id).is_some())
+        (chunks, sized)
     }
 
     pub fn get(&self, id: FileId, chunk: u64) -> Option<&Chunk> {
         self.files.get(&id).and_then(|f| f.get(&chunk))
     }
 
-    pub fn get_mut(&mut self, id: FileId, chunk: u64) -> Option<&mut Chunk> {
-        self.files.get_mut(&id).and_then(|f| f.get_mut(&chunk))
+    /// The record of `chunk` of `id` was not written: its next mark writes
+    /// it durably again.
+    pub fn unsynced(&mut self, id: FileId, chunk: u64) {
+        if let Some(ch) = self.files.get_mut(&id).and_then(|f| f.get_mut(&chunk)) {
+            ch.epoch = 0;
+        }
     }
 
     /// Inserts a chunk as loaded from storage.
     pub fn load_chunk(&mut self, id: FileId, chunk: u64, value: Chunk) {
-        if !value.ranges.is_empty() {
-            self.files.entry(id).or_default().insert(chunk, value);
+        if value.ranges.is_empty() {
+            return;
+        }
+        if !self.files.contains_key(&id) && !self.sizes.contains_key(&id) {
+            self.count += 1;
+        }
+        self.bytes += ranges::total(&value.ranges);
+        if let Some(old) = self.files.entry(id).or_default().insert(chunk, value) {
+            self.bytes -= ranges::total(&old.ranges);
         }
     }
 
     /// Inserts a size change as loaded from storage.
     pub fn load_size(&mut self, id: FileId, size: u64) {
-        self.sizes.insert(id, size);
+        if self.sizes.insert(id, size).is_none() && !self.files.contains_key(&id) {
+            self.count += 1;
+        }
     }
 
     /// Merged, sorted absolute dirty ranges of `id`.
@@ -256,10 +295,77 @@ impl DirtyIndex {
     }
 
     pub fn dirty_bytes(&self) -> u64 {
-        self.files
+        self.bytes
+    }
+
+    /// How many files have dirty bytes or a size change.
+    pub fn dirty_count(&self) -> u64 {
+        self.count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counts walked out of the maps, as they were computed before
+    /// they were kept.
+    fn walked(d: &DirtyIndex) -> (u64, u64) {
+        let bytes = d
+            .files
             .values()
             .flat_map(|f| f.values())
             .map(|ch| ranges::total(&ch.ranges))
-            .sum()
+            .sum();
+        (bytes, d.dirty_files().len() as u64)
+    }
+
+    #[test]
+    fn the_kept_counts_agree_with_the_maps_after_every_change() {
+        let mut d = DirtyIndex::new(64 << 10).unwrap();
+        // A fixed sequence of every kind of change, over few files so that
+        // they meet.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for step in 0..20_000 {
+            let id: FileId = next(8) + 1;
+            let off = next(1 << 20);
+            let len = next(300 << 10);
+            match next(8) {
+                0..=2 => {
+                    d.mark(id, off, len, 1).unwrap();
+                }
+                3 | 4 => {
+                    d.clear(id, off..off + len);
+                }
+                5 => {
+                    d.truncate(id, off);
+                }
+                6 => {
+                    d.clear_size(id);
+                }
+                _ if next(4) == 0 => {
+                    d.remove_file(id);
+                }
+                _ => {
+                    let ch = Chunk {
+                        ranges: vec![(0, len as u32 % (64 << 10) + 1)],
+                        epoch: 0,
+                    };
+                    d.load_chunk(id, off >> 16, ch);
+                    d.load_size(id, off);
+                }
+            }
+            assert_eq!(
+                (d.dirty_bytes(), d.dirty_count()),
+                walked(&d),
+                "after step {step}"
+            );
+        }
     }
 }

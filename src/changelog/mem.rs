@@ -135,6 +135,9 @@ impl ChangeLog for MemChangeLog {
     fn dirty_bytes(&self) -> Result<u64> {
         Ok(self.state.lock().dirty.dirty_bytes())
     }
+    fn dirty_count(&self) -> Result<u64> {
+        Ok(self.state.lock().dirty.dirty_count())
+    }
     fn clear(&self, id: FileId, range: Range<u64>) -> Result<()> {
         self.state.lock().dirty.clear(id, range);
         Ok(())

@@ -135,6 +135,8 @@ pub trait ChangeLog: Send + Sync {
     fn dirty_files(&self) -> Result<Vec<FileId>>;
     /// The total number of dirty bytes.
     fn dirty_bytes(&self) -> Result<u64>;
+    /// How many files have dirty bytes or a size change.
+    fn dirty_count(&self) -> Result<u64>;
     /// The peer made `range` of `id` durable: forget exactly that range.
     fn clear(&self, id: FileId, range: Range<u64>) -> Result<()>;
     /// [`clear`](Self::clear) of each range, written at once.

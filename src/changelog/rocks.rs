@@ -301,9 +301,7 @@ impl ChangeLog for RocksChangeLog {
         if let Err(e) = self.db.write_opt(batch, &write_opts(sync)) {
             // Not durable: make the next mark of these chunks sync again.
             for &c in &chunks {
-                if let Some(ch) = dirty.index.get_mut(id, c) {
-                    ch.epoch = 0;
-                }
+                dirty.index.unsynced(id, c);
             }
             return Err(e.into());
         }
@@ -317,6 +315,9 @@ impl ChangeLog for RocksChangeLog {
     }
     fn dirty_bytes(&self) -> Result<u64> {
         Ok(self.dirty.lock().index.dirty_bytes())
+    }
+    fn dirty_count(&self) -> Result<u64> {
+        Ok(self.dirty.lock().index.dirty_count())
     }
     fn clear(&self, id: FileId, range: Range<u64>) -> Result<()> {
         let mut dirty = self.dirty.lock();
@@ -407,9 +408,7 @@ impl ChangeLog for RocksChangeLog {
         }
         if let Err(e) = self.db.write_opt(batch, &write_opts(sync)) {
             for (id, c) in written {
-                if let Some(ch) = dirty.index.get_mut(id, c) {
-                    ch.epoch = 0;
-                }
+                dirty.index.unsynced(id, c);
             }
             return Err(e.into());
         }
