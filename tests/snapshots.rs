@@ -361,6 +361,12 @@ fn the_second_takes_a_snapshot_before_every_resync() {
         .open(c.path("node1/app/file"))
         .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&mut f, &[2u8; 300_000], 4096).unwrap();
+    // Ranges apart, unaligned: the resync ships them as writes in a row,
+    // and what each overwrites on the peer is kept whole, block-aligned.
+    for i in 0..40u64 {
+        let at = 320_000 + i * 17_000 + 100;
+        std::os::unix::fs::FileExt::write_all_at(&mut f, &[3 + i as u8; 3000], at).unwrap();
+    }
     drop(f);
     std::fs::write(c.path("node1/app/other"), b"written while node2 was away").unwrap();
 
