@@ -26,6 +26,8 @@ pub enum Clear {
 #[derive(Default)]
 struct Bucket {
     items: Vec<Clear>,
+    /// Per file, sorted and merged: a resync's bucket holds thousands of
+    /// ranges of one file, each looked up against the open bucket's.
     ranges: HashMap<(u32, FileId), Vec<Range<u64>>>,
     sizes: HashSet<(u32, FileId)>,
 }
@@ -33,7 +35,7 @@ struct Bucket {
 impl Bucket {
     fn add(&mut self, c: Clear) {
         match &c {
-            Clear::Range(d, id, r) => self.ranges.entry((*d, *id)).or_default().push(r.clone()),
+            Clear::Range(d, id, r) => insert(self.ranges.entry((*d, *id)).or_default(), r.clone()),
             Clear::Size(d, id) => {
                 self.sizes.insert((*d, *id));
             }
@@ -85,8 +87,9 @@ impl Clears {
                 match c {
                     Clear::Range(d, id, r) => {
                         let hot = hot(d, id, &r);
+                        let again = self.open.ranges.get(&(d, id)).map_or(&[][..], |v| v);
                         out.extend(
-                            subtract(r, self.open.ranges.get(&(d, id)))
+                            subtract_sorted(r, again)
                                 .into_iter()
                                 .flat_map(|r| subtract(r, Some(&hot)))
                                 .map(|r| Clear::Range(d, id, r)),
@@ -98,6 +101,42 @@ impl Clears {
             }
         }
     }
+}
+
+/// Adds `r` to the sorted, merged list `v`, merging it with what it
+/// touches. A resync's ranges come in order: then it is a push.
+fn insert(v: &mut Vec<Range<u64>>, r: Range<u64>) {
+    if r.start >= r.end {
+        return;
+    }
+    let first = v.partition_point(|m| m.end < r.start);
+    let last = v.partition_point(|m| m.start <= r.end);
+    if first == last {
+        v.insert(first, r);
+        return;
+    }
+    let merged = v[first].start.min(r.start)..v[last - 1].end.max(r.end);
+    v.splice(first..last, [merged]);
+}
+
+/// `r` minus the sorted, disjoint ranges `minus`: only those that overlap
+/// it are looked at.
+fn subtract_sorted(r: Range<u64>, minus: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut at = r.start;
+    for m in &minus[minus.partition_point(|m| m.end <= r.start)..] {
+        if m.start >= r.end {
+            break;
+        }
+        if m.start > at {
+            out.push(at..m.start);
+        }
+        at = at.max(m.end);
+    }
+    if at < r.end {
+        out.push(at..r.end);
+    }
+    out
 }
 
 /// `r` minus every range in `minus`.
@@ -137,6 +176,55 @@ mod tests {
         assert_eq!(subtract(0..100, Some(&one(0..100))), vec![]);
         assert_eq!(subtract(0..100, Some(&vec![50..200, 0..10])), vec![10..50]);
         assert_eq!(subtract(10..20, Some(&vec![0..5, 30..40])), vec![10..20]);
+    }
+
+    #[test]
+    fn sorted_lists_merge_on_insert_and_subtract_like_any_list() {
+        let mut v = Vec::new();
+        for r in [
+            50..60,
+            10..20,
+            30..40,
+            20..25,
+            55..70,
+            0..5,
+            80..90,
+            5..6,
+            100..100,
+        ] {
+            insert(&mut v, r);
+        }
+        assert_eq!(v, vec![0..6, 10..25, 30..40, 50..70, 80..90]);
+        insert(&mut v, 24..85);
+        assert_eq!(v, vec![0..6, 10..90]);
+        // Against the plain subtraction, over many ranges and lists.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..2000 {
+            let (mut sorted, mut plain) = (Vec::new(), Vec::new());
+            for _ in 0..next(12) {
+                let s = next(1000);
+                let r = s..s + 1 + next(120);
+                insert(&mut sorted, r.clone());
+                plain.push(r);
+            }
+            assert!(
+                sorted.windows(2).all(|w| w[0].end < w[1].start),
+                "{sorted:?}"
+            );
+            let s = next(1000);
+            let r = s..s + 1 + next(400);
+            assert_eq!(
+                subtract_sorted(r.clone(), &sorted),
+                subtract(r.clone(), Some(&plain)),
+                "{r:?} minus {plain:?}"
+            );
+        }
     }
 
     #[test]
