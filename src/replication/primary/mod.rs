@@ -425,7 +425,7 @@ pub struct ReplicatingSink {
 
 impl MutationSink for ReplicatingSink {
     fn apply(&self, m: &Mutation<'_>, local: LocalApply<'_>) -> Result<(), Errno> {
-        self.rep.stream.live.touch();
+        let _change = self.rep.stream.live.begin();
         write::submit(&self.rep.excluding(), self.dir, m, local)
     }
 

@@ -88,11 +88,14 @@ impl Bucket {
 
 /// When the application last changed something: a time, not a count, so
 /// that changes made long before the resync looks (while the peer was
-/// away) are not taken for writing now.
+/// away) are not taken for writing now. A change still under way (waiting
+/// behind a round of the resync's names, say) is one being made now.
 pub struct LastChange {
     base: Instant,
     /// Nanoseconds after `base`, plus one; 0: never.
     nanos: AtomicU64,
+    /// Changes begun and not yet done.
+    under_way: AtomicU64,
 }
 
 impl Default for LastChange {
@@ -100,18 +103,38 @@ impl Default for LastChange {
         Self {
             base: Instant::now(),
             nanos: AtomicU64::new(0),
+            under_way: AtomicU64::new(0),
         }
     }
 }
 
+/// A change of the application under way (see [`LastChange::begin`]).
+pub struct UnderWay<'a>(&'a LastChange);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.under_way.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl LastChange {
-    /// The application changed something now.
-    pub fn touch(&self) {
+    /// The application begins a change; it is done when the guard goes.
+    pub fn begin(&self) -> UnderWay<'_> {
+        self.under_way.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        UnderWay(self)
+    }
+
+    fn touch(&self) {
         let n = self.base.elapsed().as_nanos() as u64 + 1;
         self.nanos.store(n, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> Option<Instant> {
+        if self.under_way.load(Ordering::Relaxed) > 0 {
+            return Some(Instant::now());
+        }
         let n = self.nanos.load(Ordering::Relaxed);
         (n > 0).then(|| self.base + Duration::from_nanos(n - 1))
     }
@@ -401,9 +424,17 @@ mod tests {
         let last = LastChange::default();
         assert_eq!(last.get(), None);
         let before = Instant::now();
-        last.touch();
+        let change = last.begin();
+        std::thread::sleep(BUSY_HOLD * 2);
+        // Under way (held up behind the resync): the application is busy.
+        assert!(busy_at(last.get(), Instant::now()), "a change under way");
+        drop(change);
         let at = last.get().unwrap();
-        assert!(at >= before && at <= Instant::now(), "{at:?}");
+        assert!(
+            at >= before + BUSY_HOLD * 2 && at <= Instant::now(),
+            "{at:?}"
+        );
+        assert!(busy_at(last.get(), Instant::now()), "just done");
         let now = Some(Instant::now());
         let p = Pace::new(0, 5 << 20, None);
         assert_eq!(p.effective(false), 0);
