@@ -306,6 +306,9 @@ impl DirtyIndex {
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     /// The counts walked out of the maps, as they were computed before
@@ -325,13 +328,8 @@ mod tests {
         let mut d = DirtyIndex::new(64 << 10).unwrap();
         // A fixed sequence of every kind of change, over few files so that
         // they meet.
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut next = |n: u64| rng.random_range(0..n);
         for step in 0..20_000 {
             let id: FileId = next(8) + 1;
             let off = next(1 << 20);

@@ -520,6 +520,7 @@ fn serve(
             last_ack: Instant::now(),
             unacked: 0,
             owed: false,
+            urgent: false,
             done_at: None,
             adopt: None,
             resyncing: false,
@@ -587,6 +588,9 @@ struct Applying<'a> {
     /// for something among them.
     unacked: u64,
     owed: bool,
+    /// A durability point the primary waits for was applied: acknowledged
+    /// at once, though more is buffered behind it.
+    urgent: bool,
     done_at: Option<u64>,
     adopt: Option<crate::changelog::Generation>,
     /// A resync's changes came and its end did not yet: only then is it
@@ -631,8 +635,14 @@ impl Applying<'_> {
                 Ok(Some(Err(why))) => return why,
                 Err(e) => return ChannelError::from(e).into(),
             }
-            // Everything already here is applied, then acknowledged once.
-            if frames.has_frame() && self.last_sync.elapsed() < SYNC_EVERY {
+            // Everything already here is applied, then acknowledged once;
+            // while a resync keeps the buffer full, every few MiB, and at
+            // once for a point the application waits for.
+            if frames.has_frame()
+                && self.last_sync.elapsed() < SYNC_EVERY
+                && !self.urgent
+                && self.unacked < ACK_BYTES
+            {
                 continue;
             }
             if let Err(why) = self.after_batch(false) {
@@ -807,6 +817,7 @@ impl Applying<'_> {
         // A resync waits for room in its window: told at the end of each
         // batch, it never waits for the keepalive's ack.
         self.owed |= point && self.acks == AckAt::Applied || self.acks == AckAt::Batch || resync;
+        self.urgent |= point && self.acks == AckAt::Applied;
         let mut s = self.module.state.lock();
         s.applied = seq;
         s.bytes += n;
@@ -865,6 +876,7 @@ impl Applying<'_> {
             self.last_ack = Instant::now();
             self.unacked = 0;
             self.owed = false;
+            self.urgent = false;
         }
         Ok(())
     }

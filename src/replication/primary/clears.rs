@@ -162,6 +162,9 @@ pub fn subtract(r: Range<u64>, minus: Option<&Vec<Range<u64>>>) -> Vec<Range<u64
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     fn id(n: u64) -> FileId {
@@ -198,13 +201,8 @@ mod tests {
         insert(&mut v, 24..85);
         assert_eq!(v, vec![0..6, 10..90]);
         // Against the plain subtraction, over many ranges and lists.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut next = |n: u64| rng.random_range(0..n);
         for _ in 0..2000 {
             let (mut sorted, mut plain) = (Vec::new(), Vec::new());
             for _ in 0..next(12) {
