@@ -4,8 +4,8 @@
 //!   `tandem resync M --rate`), a token bucket holding a tenth of a
 //!   second's bytes: the rate holds over any second, and idle time gives no
 //!   burst beyond it;
-//! - while the application writes (a live change sent in the last
-//!   [`BUSY_HOLD`]), at most `resync_min_rate`, in pieces of at most
+//! - while the application writes (a change of its own under way or done
+//!   in the last [`BUSY_HOLD`]), at most `resync_min_rate`, in pieces of at most
 //!   [`BUSY_PIECE`] with at most [`BUSY_WINDOW`] of them ahead of the
 //!   application's changes in the stream (the peer applies in order: a
 //!   write queued behind 64 MiB waits for them);
