@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-use super::clears::subtract;
+use super::clears::subtract_sorted;
 use super::stream::Stream;
 use crate::changelog::FileId;
 use crate::replication::activity::EXTENT;
@@ -78,7 +78,7 @@ fn dirty(s: &Stream, hot: &HashSet<(u32, FileId, u64)>) -> (u64, u64) {
                         .filter(|e| hot.contains(&(d as u32, id, *e)))
                         .map(|e| e * EXTENT..(e + 1) * EXTENT)
                         .collect();
-                    subtract(r, Some(&hot_here))
+                    subtract_sorted(r, &hot_here)
                 })
                 .map(|r| r.end - r.start)
                 .sum();
