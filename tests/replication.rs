@@ -353,6 +353,40 @@ fn a_killed_secondary_gets_only_the_changed_bytes_back() {
 }
 
 /// A pair whose resyncs ship at most `rate` a second.
+/// An application that writes 4 KiB to its log and syncs it every 2 ms,
+/// timing each call, until stopped: then the longest call.
+struct LogWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::time::Duration>,
+}
+
+impl LogWriter {
+    fn start(path: std::path::PathBuf) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::create(path).unwrap();
+                let mut worst = std::time::Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = std::time::Instant::now();
+                    f.write_all(&[7u8; 4096]).unwrap();
+                    f.sync_data().unwrap();
+                    worst = worst.max(t.elapsed());
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                worst
+            })
+        };
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> std::time::Duration {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 fn capped_pair(rate: &str) -> Pair {
     let pair = Pair::new();
     for n in 1..=2 {
@@ -666,22 +700,7 @@ fn names_pass_with_its_peer_frozen(
         }
     }
     // The application logs and syncs all along, and times each call.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, path) = (stop.clone(), d.join("app.log"));
-        std::thread::spawn(move || {
-            let mut f = std::fs::File::create(path).unwrap();
-            let mut worst = std::time::Duration::ZERO;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = std::time::Instant::now();
-                f.write_all(&[7u8; 4096]).unwrap();
-                f.sync_data().unwrap();
-                worst = worst.max(t.elapsed());
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            worst
-        })
-    };
+    let writer = LogWriter::start(d.join("app.log"));
     let links = |pair: &Pair| pair.log_text(1).matches("connected to").count();
     let before = links(&pair);
     pair.start(2);
@@ -717,8 +736,7 @@ fn names_pass_with_its_peer_frozen(
                 && !s["resync"]["running"].as_bool().unwrap_or(true)
         })
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let worst = writer.join().unwrap();
+    let worst = writer.stop();
     assert!(ok, "the resync did not end: {:?}", pair.replication(1));
     pair.wait_caught_up();
     assert_same_tree(&pair.dir(1), &pair.dir(2));
@@ -781,22 +799,7 @@ fn a_peer_frozen_in_a_full_syncs_compare_holds_no_application_call() {
     for i in 0..20 {
         std::fs::write(pair.dir(2).join(format!("d{i}/f7")), b"damaged").unwrap();
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, path) = (stop.clone(), d.join("app.log"));
-        std::thread::spawn(move || {
-            let mut f = std::fs::File::create(path).unwrap();
-            let mut worst = std::time::Duration::ZERO;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = std::time::Instant::now();
-                f.write_all(&[7u8; 4096]).unwrap();
-                f.sync_data().unwrap();
-                worst = worst.max(t.elapsed());
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            worst
-        })
-    };
+    let writer = LogWriter::start(d.join("app.log"));
     let o = pair.tandem(2, &["second", "app", "--fullsync"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
@@ -821,8 +824,7 @@ fn a_peer_frozen_in_a_full_syncs_compare_holds_no_application_call() {
             && std::fs::read(pair.dir(2).join("d19/f7")).ok()
                 == std::fs::read(d.join("d19/f7")).ok()
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let worst = writer.join().unwrap();
+    let worst = writer.stop();
     assert!(synced, "the full sync did not end: {}", pair.log_text(1));
     pair.wait_caught_up();
     assert_same_tree(&pair.dir(1), &pair.dir(2));
@@ -1649,22 +1651,7 @@ fn a_resync_after_ten_thousand_names_made_while_connected_starts_at_once_and_hol
     for i in 0..100 {
         std::fs::write(pair.dir(2).join(format!("d{i}/f7")), b"damaged").unwrap();
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, path) = (stop.clone(), d.join("app.log"));
-        std::thread::spawn(move || {
-            let mut f = std::fs::File::create(path).unwrap();
-            let mut worst = std::time::Duration::ZERO;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = std::time::Instant::now();
-                f.write_all(&[7u8; 4096]).unwrap();
-                f.sync_data().unwrap();
-                worst = worst.max(t.elapsed());
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            worst
-        })
-    };
+    let writer = LogWriter::start(d.join("app.log"));
     let o = pair.tandem(2, &["second", "app", "--fullsync"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let after = |what: &str| {
@@ -1681,8 +1668,7 @@ fn a_resync_after_ten_thousand_names_made_while_connected_starts_at_once_and_hol
     let shipped = started && common::wait_until(60, || after("resync shipped"));
     // The writer stops before anything is asserted: a file left open
     // would hold the unmount.
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let worst = writer.join().unwrap();
+    let worst = writer.stop();
     assert!(
         compared,
         "the full sync's compare did not end: {}",
