@@ -357,7 +357,7 @@ fn a_killed_secondary_gets_only_the_changed_bytes_back() {
 /// timing each call, until stopped: then the longest call.
 struct LogWriter {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<std::time::Duration>,
+    thread: Option<std::thread::JoinHandle<std::time::Duration>>,
 }
 
 impl LogWriter {
@@ -378,12 +378,26 @@ impl LogWriter {
                 worst
             })
         };
-        Self { stop, thread }
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 
-    fn stop(self) -> std::time::Duration {
+    fn stop(mut self) -> std::time::Duration {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
+        self.thread.take().expect("running").join().unwrap()
+    }
+}
+
+impl Drop for LogWriter {
+    /// A test that fails before stopping it: the log is closed, so the
+    /// mount can go.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -690,9 +704,10 @@ fn names_pass_with_its_peer_frozen(
         common::wait_until(10, || pair.peer_state() != "connected"),
         "the primary did not notice the killed peer"
     );
-    // 12,000 names for the resync's first pass.
+    // 24,000 names for the resync's first pass: long enough to freeze the
+    // peer in its middle on a busy machine.
     let d = pair.dir(1);
-    for i in 0..12 {
+    for i in 0..24 {
         let sub = d.join(format!("d{i}"));
         std::fs::create_dir(&sub).unwrap();
         for j in 0..1000 {
@@ -721,7 +736,7 @@ fn names_pass_with_its_peer_frozen(
     freeze(pid);
     let at = names(&pair);
     assert!(
-        at < 12_000,
+        at < 24_000,
         "the names pass ended before the freeze ({at} names)"
     );
     std::thread::sleep(frozen);
