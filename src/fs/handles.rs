@@ -175,6 +175,11 @@ impl<T> Table<T> {
     pub fn remove(&self, fh: u64) -> Option<Arc<T>> {
         self.map.lock().remove(&fh)
     }
+
+    /// How many handles are open.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
 }
 
 impl<T> Table<T> {

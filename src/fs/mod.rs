@@ -323,15 +323,24 @@ impl Mounted {
         let Some(session) = self.session.take() else {
             return Ok(Unmounted::Clean);
         };
-        // A file closed a moment ago may still be being released by the
-        // kernel (a deferred final close): busy for a few milliseconds,
-        // which is no reason to leave the mount detached.
-        let mut busy_since = None;
+        // A file closed a moment ago may still be being released: the kernel
+        // holds the mount until the release is answered, which under load
+        // takes a while and is no reason to leave the mount detached. The
+        // wait goes on while handles are being released, up to a bound.
+        const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+        const AT_MOST: std::time::Duration = std::time::Duration::from_secs(3);
+        let open = || self.tables.files.len() + self.tables.dirs.len();
+        let started = std::time::Instant::now();
+        let (mut last_open, mut last_change) = (open(), started);
         let umounted = loop {
             match mounts::umount(&self.dir, 0) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    let since = *busy_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() < std::time::Duration::from_millis(200) {
+                    let now = open();
+                    if now < last_open {
+                        last_change = std::time::Instant::now();
+                    }
+                    last_open = now;
+                    if last_change.elapsed() < QUIET && started.elapsed() < AT_MOST {
                         std::thread::sleep(std::time::Duration::from_millis(10));
                         continue;
                     }
