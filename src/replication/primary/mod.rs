@@ -259,7 +259,13 @@ impl Replicator {
     /// Ships one resync item built under the order lock; false once the
     /// link is gone.
     pub fn ship(&self, conn: u64, dir: u32, build: impl FnOnce(&Dir, u64) -> Option<Item>) -> bool {
-        shipping::ship(&self.stream, conn, dir, self.resync_window(), build)
+        match shipping::ship(&self.stream, conn, dir, self.resync_window(), build) {
+            Some(waited) => {
+                self.pace.stalled(waited);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Waits until the resync on `conn` may ship its next piece (see

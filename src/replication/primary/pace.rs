@@ -6,9 +6,12 @@
 //!   burst beyond it;
 //! - while the application writes (a change of its own under way or done
 //!   in the last [`BUSY_HOLD`]), at most `resync_min_rate`, in pieces of at most
-//!   [`BUSY_PIECE`] with at most [`BUSY_WINDOW`] of them ahead of the
-//!   application's changes in the stream (the peer applies in order: a
-//!   write queued behind 64 MiB waits for them);
+//!   [`BUSY_PIECE`] with as few of them ahead of the application's
+//!   changes in the stream as reach that minimum (the peer applies in
+//!   order: a write queued behind 64 MiB waits for them): from
+//!   [`BUSY_WINDOW`], widened while the rate shipped falls short of the
+//!   minimum (a round to the peer takes longer when its disk is busy), up
+//!   to [`BUSY_WINDOW_MAX`];
 //!   as soon as it stops, the resync takes the rest again;
 //! - or paused by an operator, which outlives the daemon (a file in the
 //!   module's state directory) and never holds back a failover: a paused
@@ -25,6 +28,12 @@ pub const BUSY_HOLD: Duration = Duration::from_millis(250);
 /// Resync data allowed ahead of the peer's acknowledgement while the
 /// application writes (otherwise `stream::RESYNC_WINDOW`).
 pub const BUSY_WINDOW: u64 = 256 << 10;
+/// The most the window is widened to while the application writes.
+pub const BUSY_WINDOW_MAX: u64 = 4 << 20;
+/// How often the window while the application writes is reconsidered.
+const FILL_SPAN: Duration = Duration::from_millis(500);
+/// How long the resync runs free before that window is learnt anew.
+const FILL_FORGET: Duration = Duration::from_secs(5);
 /// The largest resync piece while the application writes: a change of the
 /// application that arrives while the peer writes one waits that long.
 pub const BUSY_PIECE: u64 = 128 << 10;
@@ -61,6 +70,78 @@ pub struct Pace {
     held: Option<PathBuf>,
     bucket: Mutex<Bucket>,
     meter: Mutex<Meter>,
+    fill: Mutex<Fill>,
+}
+
+/// The window while the application writes, sized to what reaches the
+/// minimum: the peer acknowledges a window a round at a time, so the rate
+/// is at most the window over the round, and a round grows with the load
+/// on the peer's disk.
+struct Fill {
+    window: u64,
+    /// Since when the bytes and the waits below were counted, all while
+    /// yielding.
+    since: Option<Instant>,
+    shipped: u64,
+    /// Time spent waiting for the window.
+    stalled: Duration,
+    /// Since when the resync runs free.
+    free_since: Option<Instant>,
+}
+
+impl Default for Fill {
+    fn default() -> Self {
+        Self {
+            window: BUSY_WINDOW,
+            since: None,
+            shipped: 0,
+            stalled: Duration::ZERO,
+            free_since: None,
+        }
+    }
+}
+
+impl Fill {
+    /// The resync waited `d` for the window.
+    fn stalled(&mut self, d: Duration) {
+        if self.since.is_some() {
+            self.stalled += d;
+        }
+    }
+
+    /// `n` bytes shipped at `now`, toward `target` bytes a second if
+    /// yielding (None: running free, which is not measured).
+    fn shipped(&mut self, now: Instant, n: u64, target: Option<u64>) {
+        let Some(target) = target.filter(|&t| t > 0) else {
+            (self.since, self.shipped, self.stalled) = (None, 0, Duration::ZERO);
+            let free = *self.free_since.get_or_insert(now);
+            if now.saturating_duration_since(free) >= FILL_FORGET {
+                self.window = BUSY_WINDOW;
+            }
+            return;
+        };
+        self.free_since = None;
+        let Some(since) = self.since else {
+            self.since = Some(now);
+            return;
+        };
+        self.shipped += n;
+        let span = now.saturating_duration_since(since);
+        if span < FILL_SPAN {
+            return;
+        }
+        let rate = self.shipped as f64 / span.as_secs_f64();
+        let stalled = self.stalled.as_secs_f64() / span.as_secs_f64();
+        // Short of the minimum while waiting on the window: a wider one.
+        // Hardly ever waiting on it: the rate holds it back, so a narrower
+        // one, fewer bytes ahead of the application's changes.
+        if rate < target as f64 * 0.95 && stalled > 0.1 {
+            self.window = (self.window * 3 / 2).min(BUSY_WINDOW_MAX);
+        } else if stalled < 0.02 {
+            self.window = (self.window * 9 / 10).max(BUSY_WINDOW);
+        }
+        (self.since, self.shipped, self.stalled) = (Some(now), 0, Duration::ZERO);
+    }
 }
 
 /// Bytes that may go now (negative: owed), as of `at`.
@@ -212,6 +293,7 @@ impl Pace {
                 at: Instant::now(),
             }),
             meter: Mutex::default(),
+            fill: Mutex::default(),
         }
     }
 
@@ -269,10 +351,15 @@ impl Pace {
     /// How much resync data may be ahead of the peer's acknowledgement.
     pub fn window(&self, last: Option<Instant>, otherwise: u64) -> u64 {
         if self.busy(last) {
-            BUSY_WINDOW.min(otherwise)
+            self.fill.lock().window.min(otherwise)
         } else {
             otherwise
         }
+    }
+
+    /// The resync waited `d` for its window (see [`Fill`]).
+    pub fn stalled(&self, d: Duration) {
+        self.fill.lock().stalled(d);
     }
 
     /// The largest piece the resync may ship next.
@@ -317,8 +404,11 @@ impl Pace {
     /// Counts `n` bytes shipped and waits until the rate allows more: the
     /// cap, lowered to the minimum while the application writes.
     pub fn take(&self, n: u64, last: Option<Instant>) {
-        let rate = self.effective(self.busy(last));
-        self.meter.lock().add(Instant::now(), n);
+        let busy = self.busy(last);
+        let rate = self.effective(busy);
+        let now = Instant::now();
+        self.meter.lock().add(now, n);
+        self.fill.lock().shipped(now, n, busy.then_some(rate));
         if rate == 0 {
             return;
         }
@@ -448,6 +538,83 @@ mod tests {
         assert_eq!(p.piece(now, 4096), 4096);
         assert_eq!(p.state(now), State::Yielding);
         assert_eq!(p.state(Some(t0 - BUSY_HOLD)), State::Running);
+    }
+
+    /// What `Fill` reaches against a peer whose round takes `round` plus
+    /// the window at `apply` bytes a second, the rate held to `target` by
+    /// the bucket: the window at the end and the rate over the last second
+    /// of `secs`.
+    fn fill_against(
+        f: &mut Fill,
+        t0: Instant,
+        secs: u64,
+        round: Duration,
+        apply: f64,
+        target: u64,
+    ) -> (u64, f64) {
+        let (mut now, end) = (t0, t0 + Duration::from_secs(secs));
+        let mut last_second = 0u64;
+        while now < end {
+            // A window a round, or what the bucket allows if less: then
+            // the resync waits on the bucket, not on the window.
+            let round = round.as_secs_f64() + f.window as f64 / apply;
+            let by_rate = f.window as f64 / target as f64;
+            let took = round.max(by_rate);
+            f.stalled(Duration::from_secs_f64(took - by_rate));
+            now += Duration::from_secs_f64(took);
+            f.shipped(now, f.window, Some(target));
+            if end.saturating_duration_since(now) < Duration::from_secs(1) {
+                last_second += f.window;
+            }
+        }
+        (f.window, last_second as f64)
+    }
+
+    #[test]
+    fn the_window_while_yielding_widens_to_reach_the_minimum_and_no_further() {
+        let t0 = Instant::now();
+        let (min, peer) = (12u64 << 20, 200.0 * (1 << 20) as f64);
+        // A busy peer (33 ms a round): 256 KiB a round is 7.6 MiB/s.
+        let mut f = Fill::default();
+        let (w, rate) = fill_against(&mut f, t0, 10, Duration::from_millis(33), peer, min);
+        assert!(w > BUSY_WINDOW && w < BUSY_WINDOW_MAX, "{w}");
+        assert!(
+            rate >= min as f64 * 0.95,
+            "{:.1} MiB/s",
+            rate / (1 << 20) as f64
+        );
+        // A quick peer needs no more than the least window.
+        let mut quick = Fill::default();
+        let (w, rate) = fill_against(&mut quick, t0, 10, Duration::from_millis(2), peer, min);
+        assert_eq!(w, BUSY_WINDOW);
+        assert!(rate >= min as f64 * 0.95);
+        // A peer that cannot reach it: the window stops at its bound.
+        let mut slow = Fill::default();
+        let (w, _) = fill_against(&mut slow, t0, 30, Duration::from_secs(1), peer, min);
+        assert_eq!(w, BUSY_WINDOW_MAX);
+        // A lower target (a cap set meanwhile) narrows it again.
+        let (w, _) = fill_against(
+            &mut slow,
+            t0 + Duration::from_secs(30),
+            200,
+            Duration::from_millis(2),
+            peer,
+            1 << 20,
+        );
+        assert_eq!(w, BUSY_WINDOW);
+        // Running free for a while: learnt anew next time.
+        let mut f2 = Fill {
+            window: BUSY_WINDOW_MAX,
+            ..Fill::default()
+        };
+        f2.shipped(t0, 1 << 20, None);
+        f2.shipped(t0 + FILL_FORGET / 2, 1 << 20, None);
+        assert_eq!(
+            f2.window, BUSY_WINDOW_MAX,
+            "a pause of the application's writes"
+        );
+        f2.shipped(t0 + FILL_FORGET, 1 << 20, None);
+        assert_eq!(f2.window, BUSY_WINDOW);
     }
 
     #[test]

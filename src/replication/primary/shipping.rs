@@ -3,6 +3,7 @@
 //! stream held to itself while the namespace ships, and the end of a resync.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
@@ -23,27 +24,25 @@ pub enum ResyncClear {
 /// A resync item: the mutation, the times it carries, what it earns.
 pub type Item = (WireMutation, Vec<(Vec<u8>, Time)>, Vec<ResyncClear>);
 
-/// Ships one item built by `build` (given the names generation); false once
-/// the link is gone. Waits for room in the resync's window, so live writes
-/// never queue behind a whole resync.
+/// Ships one item built by `build` (given the names generation): how long
+/// it waited for room in the resync's window (so live writes never queue
+/// behind a whole resync), or None once the link is gone.
 pub fn ship(
     s: &Stream,
     conn: u64,
     dir: u32,
     window: u64,
     build: impl FnOnce(&Dir, u64) -> Option<Item>,
-) -> bool {
+) -> Option<Duration> {
     let seq = {
         let mut o = s.lock();
         if !o.linked(conn) {
-            return false;
+            return None;
         }
         let Some((m, times, clears)) = build(&s.dirs[dir as usize], o.names_gen) else {
-            return true;
+            return Some(Duration::ZERO);
         };
-        let Some((_, seq)) = s.send(&mut o, dir, true, m, times) else {
-            return false;
-        };
+        let (_, seq) = s.send(&mut o, dir, true, m, times)?;
         for c in clears {
             o.clears.add(match c {
                 ResyncClear::Range(id, r) => Clear::Range(dir, id, r),
@@ -52,7 +51,9 @@ pub fn ship(
         }
         seq
     };
-    s.wait(conn, seq, Need::Lag(window)).is_ok() && s.lock().linked(conn)
+    let started = Instant::now();
+    s.wait(conn, seq, Need::Lag(window)).ok()?;
+    s.lock().linked(conn).then(|| started.elapsed())
 }
 
 /// Waits until what was sent on `conn` is within `window` of what the peer
