@@ -274,6 +274,11 @@ impl Replicator {
         self.pace.hold(|| self.live(), || self.still_linked(conn));
     }
 
+    /// Whether the application writes now: the resync yields.
+    pub fn pace_busy(&self) -> bool {
+        self.pace.busy(self.live())
+    }
+
     /// The largest piece the resync may ship next (`most` when the
     /// application is not writing).
     pub fn pace_piece(&self, most: u64) -> u64 {
@@ -315,12 +320,23 @@ impl Replicator {
         self.pace.window(self.live(), stream::RESYNC_WINDOW)
     }
 
+    /// How much the names pass may have sent that the peer has not applied
+    /// (a name change counts as [`RESYNC_NAME_COST`]).
+    pub fn names_window(&self) -> u64 {
+        let names = if self.pace_busy() {
+            pace::BUSY_NAMES
+        } else {
+            pace::NAMES_AHEAD
+        };
+        (names * RESYNC_NAME_COST).min(self.resync_window())
+    }
+
     /// Waits, outside the order lock, until what was sent on `conn` is
-    /// within the resync's window, as long as the peer works through it;
-    /// false once the link is gone. For the names pass: no application
+    /// within the names pass's window, as long as the peer works through
+    /// it; false once the link is gone. For the names pass: no application
     /// change waits behind what it sent.
     pub fn settle(&self, conn: u64) -> bool {
-        shipping::settle(&self.stream, conn, self.resync_window())
+        shipping::settle(&self.stream, conn, self.names_window())
     }
 
     /// The resync has shipped everything (see [`shipping::finish`]).

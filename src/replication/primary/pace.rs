@@ -11,8 +11,9 @@
 //!   order: a write queued behind 64 MiB waits for them): from
 //!   [`BUSY_WINDOW`], widened while the rate shipped falls short of the
 //!   minimum (a round to the peer takes longer when its disk is busy), up
-//!   to [`BUSY_WINDOW_MAX`];
-//!   as soon as it stops, the resync takes the rest again;
+//!   to [`BUSY_WINDOW_MAX`]; its names pass has at most [`BUSY_NAMES`]
+//!   name changes ahead; as soon as it stops, the resync takes the rest
+//!   again;
 //! - or paused by an operator, which outlives the daemon (a file in the
 //!   module's state directory) and never holds back a failover: a paused
 //!   resync ends with its link like any other.
@@ -28,6 +29,13 @@ pub const BUSY_HOLD: Duration = Duration::from_millis(250);
 /// Resync data allowed ahead of the peer's acknowledgement while the
 /// application writes (otherwise `stream::RESYNC_WINDOW`).
 pub const BUSY_WINDOW: u64 = 256 << 10;
+/// Name changes the names pass has ahead of the peer while the application
+/// writes: making a file costs the peer far more than writing 4 KiB, and
+/// each change of the application waits behind those ahead of it.
+pub const BUSY_NAMES: u64 = 8;
+/// And otherwise: about a quarter second of the peer's work, so that an
+/// application that starts writing meanwhile soon has the peer's ear.
+pub const NAMES_AHEAD: u64 = 1024;
 /// The most the window is widened to while the application writes.
 pub const BUSY_WINDOW_MAX: u64 = 4 << 20;
 /// How often the window while the application writes is reconsidered.

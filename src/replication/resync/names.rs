@@ -3,10 +3,12 @@
 //! ours), so that the peer has every name this node has and live changes
 //! may flow while contents follow.
 //!
-//! It ships in rounds that each hold the stream for at most [`ROUND`], and
-//! between rounds waits, outside the order lock, for the peer to take what
-//! it was sent: a pass of a million names holds the application's calls no
-//! longer than a round, however slowly the peer makes files. Meanwhile the
+//! It ships in rounds that each hold the stream for at most [`ROUND`]
+//! ([`ROUND_BUSY`] while the application writes), and between rounds
+//! waits, outside the order lock, for the peer to take what it was sent
+//! (a few names while the application writes): a pass of a million names
+//! holds the application's calls no longer than a round, however slowly
+//! the peer makes files. Meanwhile the
 //! application's changes are logged, not sent (the link is not ready yet);
 //! each round reads the records logged since the last one, and the round
 //! that leaves nothing behind marks the link ready, reading in that same
@@ -31,6 +33,9 @@ use super::{now_ms, raw, touched};
 const WARM_AHEAD: usize = 64;
 /// The longest a round holds the stream.
 const ROUND: Duration = Duration::from_millis(10);
+/// The longest a round holds it while the application writes: each of its
+/// changes meanwhile waits for the round.
+const ROUND_BUSY: Duration = Duration::from_micros(500);
 /// Once the records found at the start are shipped, how long the pass
 /// chases the application's new ones at least (and at most as long as
 /// the first part took) before it ships the rest in one round: an
@@ -156,11 +161,18 @@ pub fn ship(
     loop {
         rep.pace_hold(conn);
         // What the peer may have in hand: as in the contents pass.
-        let most = (rep.resync_window() / RESYNC_NAME_COST).max(1);
+        let most = (rep.names_window() / RESYNC_NAME_COST).max(1);
         let unbounded = caught_up.is_some_and(|at| at.elapsed() > (at - started).max(CHASE));
+        let longest = if rep.pace_busy() { ROUND_BUSY } else { ROUND };
         let done = rep
             .exclusive(conn, |x| {
-                round(x, rep, roots, &mut dirs, (!unbounded).then_some(most))
+                round(
+                    x,
+                    rep,
+                    roots,
+                    &mut dirs,
+                    (!unbounded).then_some((most, longest)),
+                )
             })
             .ok_or(NamesError::Link)??;
         if let Some(plan) = done {
@@ -189,14 +201,14 @@ pub fn ship(
 
 /// One round under the order lock: the records logged since the last
 /// round are read, then records (and, once none are left, parents) are
-/// shipped until `most` of them went or [`ROUND`] passed (`None`: no
+/// shipped until `most` of them went or the round's time passed (`None`: no
 /// limit). The plan, with the link made ready, if nothing is left.
 fn round(
     x: &mut Exclusive<'_>,
     rep: &Replicator,
     roots: &warm::Roots,
     dirs: &mut [DirPass],
-    most: Option<u64>,
+    most: Option<(u64, Duration)>,
 ) -> Result<Option<Plan>, NamesError> {
     let t0 = Instant::now();
     for (d, pass) in dirs.iter_mut().enumerate() {
@@ -206,7 +218,7 @@ fn round(
     let mut shipped = 0u64;
     let mut over = |n: u64| {
         shipped += n;
-        most.is_some_and(|m| shipped >= m || t0.elapsed() >= ROUND)
+        most.is_some_and(|(m, longest)| shipped >= m || t0.elapsed() >= longest)
     };
     for (d, pass) in dirs.iter_mut().enumerate() {
         let dir = d as u32;
