@@ -256,10 +256,9 @@ def one_run(args, run, fig):
         p50, p99, _, trace = writer_during(pair, src, min(5, args.writer_s), total)
         fig["writer p50 names pass"].append(p50)
         fig["writer p99 names pass"].append(p99)
-        names_left = pair.status(1)["resync"]["bytes_sent"] == 0
         if args.verbose:
             print(f"  names pass: seconds:MiB shipped/files done/state: {trace}", flush=True)
-        if not names_left:
+        if pair.status(1)["resync"]["bytes_sent"] > 0:
             print(f"  run {run + 1}: the names pass ended before the writer did", flush=True)
         wait(lambda: (s := pair.status(1)) and s["resync"]["bytes_sent"] > 0, "the data pass", timeout=600)
         b0 = sent(pair)

@@ -323,12 +323,7 @@ impl Replicator {
     /// How much the names pass may have sent that the peer has not applied
     /// (a name change counts as [`RESYNC_NAME_COST`]).
     pub fn names_window(&self) -> u64 {
-        let names = if self.pace_busy() {
-            pace::BUSY_NAMES
-        } else {
-            pace::NAMES_AHEAD
-        };
-        (names * RESYNC_NAME_COST).min(self.resync_window())
+        (self.pace.names_ahead(self.live()) * RESYNC_NAME_COST).min(self.resync_window())
     }
 
     /// Waits, outside the order lock, until what was sent on `conn` is

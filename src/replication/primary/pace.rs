@@ -32,10 +32,10 @@ pub const BUSY_WINDOW: u64 = 256 << 10;
 /// Name changes the names pass has ahead of the peer while the application
 /// writes: making a file costs the peer far more than writing 4 KiB, and
 /// each change of the application waits behind those ahead of it.
-pub const BUSY_NAMES: u64 = 8;
+const BUSY_NAMES: u64 = 8;
 /// And otherwise: about a quarter second of the peer's work, so that an
 /// application that starts writing meanwhile soon has the peer's ear.
-pub const NAMES_AHEAD: u64 = 1024;
+const NAMES_AHEAD: u64 = 1024;
 /// The most the window is widened to while the application writes.
 pub const BUSY_WINDOW_MAX: u64 = 4 << 20;
 /// How often the window while the application writes is reconsidered.
@@ -365,6 +365,15 @@ impl Pace {
         }
     }
 
+    /// How many name changes the names pass may have ahead of the peer.
+    pub fn names_ahead(&self, last: Option<Instant>) -> u64 {
+        if self.busy(last) {
+            BUSY_NAMES
+        } else {
+            NAMES_AHEAD
+        }
+    }
+
     /// The resync waited `d` for its window (see [`Fill`]).
     pub fn stalled(&self, d: Duration) {
         self.fill.lock().stalled(d);
@@ -544,6 +553,8 @@ mod tests {
         assert_eq!(p.window(now, 64 << 20), BUSY_WINDOW);
         assert_eq!(p.piece(now, 1 << 20), BUSY_PIECE);
         assert_eq!(p.piece(now, 4096), 4096);
+        assert_eq!(p.names_ahead(now), BUSY_NAMES);
+        assert_eq!(p.names_ahead(None), NAMES_AHEAD);
         assert_eq!(p.state(now), State::Yielding);
         assert_eq!(p.state(Some(t0 - BUSY_HOLD)), State::Running);
     }
