@@ -290,6 +290,12 @@ impl Replicator {
         self.pace.take(n, self.live());
     }
 
+    /// The names pass shipped `n` name changes: waits as long as the
+    /// minimum says while the application writes.
+    pub fn pace_take_names(&self, n: u64) {
+        self.pace.take_names(n, RESYNC_NAME_COST, self.live());
+    }
+
     /// When the application last changed something: it is writing.
     fn live(&self) -> Option<std::time::Instant> {
         self.stream.live.get()

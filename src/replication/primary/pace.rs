@@ -12,8 +12,10 @@
 //!   [`BUSY_WINDOW`], widened while the rate shipped falls short of the
 //!   minimum (a round to the peer takes longer when its disk is busy), up
 //!   to [`BUSY_WINDOW_MAX`]; its names pass has at most [`BUSY_NAMES`]
-//!   name changes ahead; as soon as it stops, the resync takes the rest
-//!   again;
+//!   name changes ahead, and makes names at that minimum too (each counted
+//!   as a few KiB: the peer's journal commits the files it makes with
+//!   the application's data); as soon as it stops, the resync takes the
+//!   rest again;
 //! - or paused by an operator, which outlives the daemon (a file in the
 //!   module's state directory) and never holds back a failover: a paused
 //!   resync ends with its link like any other.
@@ -435,6 +437,21 @@ impl Pace {
         }
     }
 
+    /// The names pass shipped `n` name changes: while the application
+    /// writes, waits as long as the minimum says, each counted as `cost`
+    /// bytes (making a file costs the peer's disk about what writing
+    /// that much does). Not counted against the cap, nor in the rate
+    /// shown: a name is a few dozen bytes on the link.
+    pub fn take_names(&self, n: u64, cost: u64, last: Option<Instant>) {
+        if !self.busy(last) || self.min == 0 {
+            return;
+        }
+        let wait = self.bucket.lock().debit(Instant::now(), n * cost, self.min);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+
     /// The cap in force (0: none).
     fn effective(&self, busy: bool) -> u64 {
         let max = self.rate();
@@ -480,6 +497,27 @@ mod tests {
             p.take(1 << 30, None);
         }
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn names_are_held_to_the_minimum_only_while_the_application_writes() {
+        let p = Pace::new(1 << 20, 4 << 20, None);
+        let t = Instant::now();
+        // 1 MiB of names at 4 MiB/s, less the bucket's tenth of a second.
+        p.take_names(256, 4 << 10, Some(Instant::now()));
+        let held = t.elapsed();
+        assert!(held >= Duration::from_millis(140), "{held:?}");
+        let t = Instant::now();
+        p.take_names(256, 4 << 10, None);
+        assert!(t.elapsed() < Duration::from_millis(50), "idle: not held");
+        assert_eq!(p.meter.lock().total, 0, "names are not bytes shown");
+        let none = Pace::new(0, 0, None);
+        let t = Instant::now();
+        none.take_names(256, 4 << 10, Some(Instant::now()));
+        assert!(
+            t.elapsed() < Duration::from_millis(50),
+            "no minimum: the hold waits"
+        );
     }
 
     #[test]

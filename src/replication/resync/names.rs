@@ -6,7 +6,8 @@
 //! It ships in rounds that each hold the stream for at most [`ROUND`]
 //! ([`ROUND_BUSY`] while the application writes), and between rounds
 //! waits, outside the order lock, for the peer to take what it was sent
-//! (a few names while the application writes): a pass of a million names
+//! (a few names while the application writes, and no more names a second
+//! than the resync's minimum allows): a pass of a million names
 //! holds the application's calls no longer than a round, however slowly
 //! the peer makes files. Meanwhile the
 //! application's changes are logged, not sent (the link is not ready yet);
@@ -164,6 +165,7 @@ pub fn ship(
         let most = (rep.names_window() / RESYNC_NAME_COST).max(1);
         let unbounded = caught_up.is_some_and(|at| at.elapsed() > (at - started).max(CHASE));
         let longest = if rep.pace_busy() { ROUND_BUSY } else { ROUND };
+        let before = rep.progress().names;
         let done = rep
             .exclusive(conn, |x| {
                 round(
@@ -190,6 +192,8 @@ pub fn ship(
             );
             return Ok(plan);
         }
+        // Outside the order lock: the application's changes go on.
+        rep.pace_take_names(rep.progress().names - before);
         if caught_up.is_none() && dirs.iter().all(|d| d.pending.is_empty()) {
             caught_up = Some(Instant::now());
         }
