@@ -24,6 +24,7 @@ pub mod framed;
 pub mod manifest;
 pub mod primary;
 pub mod relay;
+pub mod release;
 pub mod replay;
 pub mod resync;
 pub mod rollback;

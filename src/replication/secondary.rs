@@ -657,6 +657,7 @@ impl Applying<'_> {
     /// set it), while the applier works through the ones before.
     fn warm_ahead(&self, frames: &mut Frames) {
         let roots = self.applier.roots();
+        let kept = self.module.snaps.as_ref().is_some_and(|s| s.any());
         let warm = |dir: u32, path: &[u8], ranges| {
             if let Ok(path) = super::wire::checked_path(path) {
                 super::warm::ahead(roots, dir as usize, path, ranges);
@@ -696,11 +697,18 @@ impl Applying<'_> {
             if let Some((d, p, ranges)) = run.take() {
                 warm(d, &p, ranges);
             }
+            // A name that goes is kept whole for the snapshot first (if
+            // nothing else names it): its contents are read too.
+            let gone = || if kept { vec![0..u64::MAX] } else { Vec::new() };
             match mutation {
-                WireMutation::Reconcile { path, .. } => warm(*dir, path, Vec::new()),
+                WireMutation::Reconcile { path, entry } => warm(
+                    *dir,
+                    path,
+                    if entry.is_none() { gone() } else { Vec::new() },
+                ),
                 WireMutation::Rename { from, to, .. } => {
                     warm(*dir, from, Vec::new());
-                    warm(*dir, to, Vec::new());
+                    warm(*dir, to, gone());
                 }
                 _ => {}
             }

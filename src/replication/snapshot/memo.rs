@@ -110,12 +110,20 @@ pub struct Memo {
 impl Memo {
     pub fn clear(&mut self) {
         self.objs.clear();
-        self.names.clear();
+        self.forget();
     }
 
     /// A namespace change is about to be made.
     pub fn renamed(&mut self) {
-        self.names.clear();
+        self.forget();
+    }
+
+    /// Forgets the names resolved, closing them elsewhere: one may be the
+    /// last hold on a file the change just removed.
+    fn forget(&mut self) {
+        if !self.names.is_empty() {
+            crate::replication::release::later(std::mem::take(&mut self.names));
+        }
     }
 
     pub fn resolved(&mut self, dir: u32, p: &Path) -> Option<&mut Resolved> {
@@ -124,7 +132,7 @@ impl Memo {
 
     pub fn resolve(&mut self, dir: u32, p: &Path, r: Resolved) {
         if self.names.len() >= NAMES {
-            self.names.clear();
+            self.forget();
         }
         self.names.insert((dir, p.to_path_buf()), r);
     }
