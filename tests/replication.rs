@@ -1001,6 +1001,21 @@ fn freeze(pid: u32) {
     );
 }
 
+/// User and system time of process `pid`, all its threads included.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as f64;
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / tick
+}
+
 /// A pair whose secondary caught up and was then frozen: its socket stays
 /// open but nothing is read or acknowledged. Returns its pid too.
 fn frozen_secondary() -> (Pair, u32) {
@@ -1018,13 +1033,21 @@ fn a_peer_that_stops_answering_never_blocks_the_application_past_the_timeout() {
     let (pair, pid) = frozen_secondary();
     let d = pair.dir(1);
     let t = std::time::Instant::now();
+    let cpu = cpu_seconds(pair.pid(1));
     // fsync waits for the peer: at most peer_timeout, then the primary goes on alone.
     let mut f = std::fs::File::create(d.join("during")).unwrap();
     f.write_all(b"2").unwrap();
     f.sync_all().unwrap();
     drop(f);
     let took = t.elapsed();
+    let cpu = cpu_seconds(pair.pid(1)) - cpu;
     assert_eq!(pair.peer_state(), "alone");
+    // Waiting costs nothing: no thread asks the silent socket again and
+    // again (the link's reader once spun while a waiting call read).
+    assert!(
+        cpu < took.as_secs_f64() * 0.2,
+        "the primary used {cpu:.2} s of CPU in a wait of {took:?}"
+    );
     // SAFETY: kill takes no pointer; `pid` is the stopped daemon's, which the pair holds as a child
     // not reaped.
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };

@@ -274,13 +274,7 @@ fn read_acks(
     let mut wait = BACKSTOP;
     loop {
         let mut quiet = true;
-        if link.waited_within(BACKSTOP) {
-            if stop.sleep(BACKSTOP) {
-                return SessionError::Stopped("the link was stopped");
-            }
-            // What the waiting calls read, cleared here, off their path.
-            rep.clear_acked(conn);
-        } else {
+        let aside = link.waited_within(BACKSTOP) || {
             if stop.is_stopped() {
                 return SessionError::Stopped("the link was stopped");
             }
@@ -290,10 +284,20 @@ fn read_acks(
                     if let Err(why) = rep.take_replies(conn, msgs) {
                         return why.into();
                     }
+                    false
                 }
                 Some(Err(e)) => return e.into(),
-                None => {}
+                // A waiting call is reading (for up to a slice): asking
+                // again at once would spin until it is done.
+                None => true,
             }
+        };
+        if aside {
+            if stop.sleep(BACKSTOP) {
+                return SessionError::Stopped("the link was stopped");
+            }
+            // What the waiting calls read, cleared here, off their path.
+            rep.clear_acked(conn);
         }
         if link.heard().elapsed() >= idle {
             return SessionError::Silent {
