@@ -13,7 +13,7 @@
 //!   minimum (a round to the peer takes longer when its disk is busy), up
 //!   to [`BUSY_WINDOW_MAX`]; its names pass has at most [`BUSY_NAMES`]
 //!   name changes ahead, and makes names at that minimum too (each counted
-//!   as a few KiB: the peer's journal commits the files it makes with
+//!   as a few KiB: the peer's disk writes the files it makes back with
 //!   the application's data); as soon as it stops, the resync takes the
 //!   rest again;
 //! - or paused by an operator, which outlives the daemon (a file in the
