@@ -428,9 +428,13 @@ impl Pace {
         let now = Instant::now();
         self.meter.lock().add(now, n);
         self.fill.lock().shipped(now, n, busy.then_some(rate));
-        if rate == 0 {
-            return;
+        if rate > 0 {
+            self.wait_for(n, rate);
         }
+    }
+
+    /// Takes `n` bytes from the bucket at `rate` and waits until they may go.
+    fn wait_for(&self, n: u64, rate: u64) {
         let wait = self.bucket.lock().debit(Instant::now(), n, rate);
         if !wait.is_zero() {
             std::thread::sleep(wait);
@@ -443,12 +447,8 @@ impl Pace {
     /// that much does). Not counted against the cap, nor in the rate
     /// shown: a name is a few dozen bytes on the link.
     pub fn take_names(&self, n: u64, cost: u64, last: Option<Instant>) {
-        if !self.busy(last) || self.min == 0 {
-            return;
-        }
-        let wait = self.bucket.lock().debit(Instant::now(), n * cost, self.min);
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
+        if self.busy(last) && self.min > 0 {
+            self.wait_for(n * cost, self.min);
         }
     }
 

@@ -165,7 +165,6 @@ pub fn ship(
         let most = (rep.names_window() / RESYNC_NAME_COST).max(1);
         let unbounded = caught_up.is_some_and(|at| at.elapsed() > (at - started).max(CHASE));
         let longest = if rep.pace_busy() { ROUND_BUSY } else { ROUND };
-        let before = rep.progress().names;
         let done = rep
             .exclusive(conn, |x| {
                 round(
@@ -177,23 +176,26 @@ pub fn ship(
                 )
             })
             .ok_or(NamesError::Link)??;
-        if let Some(plan) = done {
-            let mut p = rep.progress();
-            p.files_total = plan.files.iter().map(|f| f.len() as u64).sum();
-            p.bytes_total = rep
-                .dirs()
-                .iter()
-                .map(|d| d.log.dirty_bytes())
-                .sum::<Result<u64, _>>()?;
-            tracing::info!(
-                "{}: resync: {names_total} name records shipped in {} ms; contents follow",
-                rep.module,
-                started.elapsed().as_millis()
-            );
-            return Ok(plan);
-        }
+        let records = match done {
+            Round::More { records } => records,
+            Round::Done(plan) => {
+                let mut p = rep.progress();
+                p.files_total = plan.files.iter().map(|f| f.len() as u64).sum();
+                p.bytes_total = rep
+                    .dirs()
+                    .iter()
+                    .map(|d| d.log.dirty_bytes())
+                    .sum::<Result<u64, _>>()?;
+                tracing::info!(
+                    "{}: resync: {names_total} name records shipped in {} ms; contents follow",
+                    rep.module,
+                    started.elapsed().as_millis()
+                );
+                return Ok(plan);
+            }
+        };
         // Outside the order lock: the application's changes go on.
-        rep.pace_take_names(rep.progress().names - before);
+        rep.pace_take_names(records);
         if caught_up.is_none() && dirs.iter().all(|d| d.pending.is_empty()) {
             caught_up = Some(Instant::now());
         }
@@ -203,23 +205,31 @@ pub fn ship(
     }
 }
 
+/// What a round left.
+enum Round {
+    /// Something, after shipping this many records.
+    More { records: u64 },
+    /// Nothing: the plan, with the link made ready.
+    Done(Plan),
+}
+
 /// One round under the order lock: the records logged since the last
 /// round are read, then records (and, once none are left, parents) are
 /// shipped until `most` of them went or the round's time passed (`None`: no
-/// limit). The plan, with the link made ready, if nothing is left.
+/// limit).
 fn round(
     x: &mut Exclusive<'_>,
     rep: &Replicator,
     roots: &warm::Roots,
     dirs: &mut [DirPass],
     most: Option<(u64, Duration)>,
-) -> Result<Option<Plan>, NamesError> {
+) -> Result<Round, NamesError> {
     let t0 = Instant::now();
     for (d, pass) in dirs.iter_mut().enumerate() {
         let new = rep.dirs()[d].log.ns_since(pass.read)?;
         pass.absorb(new);
     }
-    let mut shipped = 0u64;
+    let (mut shipped, mut records) = (0u64, 0u64);
     let mut over = |n: u64| {
         shipped += n;
         most.is_some_and(|(m, longest)| shipped >= m || t0.elapsed() >= longest)
@@ -230,8 +240,9 @@ fn round(
             pass.warm_ahead(roots, d);
             ship_record(x, rep, dir, pass, seq, &change)?;
             rep.progress().names += 1;
+            records += 1;
             if over(1) {
-                return Ok(None);
+                return Ok(Round::More { records });
             }
         }
     }
@@ -239,7 +250,7 @@ fn round(
         while let Some(p) = pass.parents.pop_first() {
             ship_state(x, d as u32, &p, false)?;
             if over(1) {
-                return Ok(None);
+                return Ok(Round::More { records });
             }
         }
     }
@@ -249,7 +260,7 @@ fn round(
         files.push(d.log.dirty_files()?);
     }
     x.ready();
-    Ok(Some(Plan {
+    Ok(Round::Done(Plan {
         files,
         ns_upto: dirs.iter().map(|d| d.upto).collect(),
     }))
