@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use super::FileId;
+use super::chunks::Chunks;
 use super::error::{ChangeLogError, Result};
 use super::ranges;
 
@@ -36,7 +37,7 @@ pub struct Touched {
 pub struct DirtyIndex {
     chunk_size: u64,
     shift: u32,
-    files: BTreeMap<FileId, BTreeMap<u64, Chunk>>,
+    files: BTreeMap<FileId, Chunks>,
     /// File id -> smallest length it was truncated to since last cleared.
     sizes: BTreeMap<FileId, u64>,
     /// The dirty bytes of all files, and how many files have dirty bytes or
@@ -107,10 +108,7 @@ impl DirtyIndex {
         }
         let file = self.files.entry(id).or_default();
         for (c, s, e) in pieces {
-            let (chunk, new) = match file.get_mut(&c) {
-                Some(ch) => (ch, false),
-                None => (file.entry(c).or_default(), true),
-            };
+            let (chunk, new) = file.get_or_new(c);
             let needs_sync = new || chunk.epoch != epoch;
             chunk.epoch = epoch;
             let before = ranges::total(&chunk.ranges);
@@ -135,15 +133,12 @@ impl DirtyIndex {
             return touched;
         };
         // Only the chunks that exist: the range may be huge.
-        let present: Vec<u64> = file
-            .range(range.start >> shift..=(range.end - 1) >> shift)
-            .map(|(&c, _)| c)
-            .collect();
+        let present = file.keys_in(range.start >> shift..=(range.end - 1) >> shift);
         for c in present {
             let base = c << shift;
             let s = (range.start.max(base) - base) as u32;
             let e = (range.end.min(base.saturating_add(cs)) - base) as u32;
-            if let Some(ch) = file.get_mut(&c) {
+            if let Some(ch) = file.get_mut(c) {
                 let before = ch.ranges.len();
                 let total = ranges::total(&ch.ranges);
                 ranges::remove(&mut ch.ranges, s, e);
@@ -153,7 +148,7 @@ impl DirtyIndex {
                     touched.push(c);
                 }
                 if ch.ranges.is_empty() {
-                    file.remove(&c);
+                    file.remove(c);
                 }
             }
         }
@@ -172,10 +167,10 @@ impl DirtyIndex {
         if let Some(file) = self.files.get_mut(&id) {
             let first = new_len >> self.shift;
             let base = first << self.shift;
-            let affected: Vec<u64> = file.range(first..).map(|(&c, _)| c).collect();
+            let affected = file.keys_in(first..=u64::MAX);
             for c in affected {
                 if c == first && new_len > base {
-                    let ch = file.get_mut(&c).expect("listed");
+                    let ch = file.get_mut(c).expect("listed");
                     let total = ranges::total(&ch.ranges);
                     ranges::remove(
                         &mut ch.ranges,
@@ -188,10 +183,10 @@ impl DirtyIndex {
                         touched.push(c);
                     }
                     if ch.ranges.is_empty() {
-                        file.remove(&c);
+                        file.remove(c);
                     }
                 } else {
-                    let ch = file.remove(&c).expect("listed");
+                    let ch = file.remove(c).expect("listed");
                     self.bytes -= ranges::total(&ch.ranges);
                     touched.push(c);
                 }
@@ -227,21 +222,24 @@ impl DirtyIndex {
         self.count -= u64::from(file.is_some() || sized);
         let chunks = file
             .map(|f| {
-                self.bytes -= f.values().map(|ch| ranges::total(&ch.ranges)).sum::<u64>();
-                f.into_keys().collect()
+                self.bytes -= f
+                    .iter()
+                    .map(|(_, ch)| ranges::total(&ch.ranges))
+                    .sum::<u64>();
+                f.iter().map(|(c, _)| c).collect()
             })
             .unwrap_or_default();
         (chunks, sized)
     }
 
     pub fn get(&self, id: FileId, chunk: u64) -> Option<&Chunk> {
-        self.files.get(&id).and_then(|f| f.get(&chunk))
+        self.files.get(&id).and_then(|f| f.get(chunk))
     }
 
     /// The record of `chunk` of `id` was not written: its next mark writes
     /// it durably again.
     pub fn unsynced(&mut self, id: FileId, chunk: u64) {
-        if let Some(ch) = self.files.get_mut(&id).and_then(|f| f.get_mut(&chunk)) {
+        if let Some(ch) = self.files.get_mut(&id).and_then(|f| f.get_mut(chunk)) {
             ch.epoch = 0;
         }
     }
@@ -271,7 +269,7 @@ impl DirtyIndex {
     pub fn dirty(&self, id: FileId) -> Vec<Range<u64>> {
         let mut out = Vec::new();
         if let Some(file) = self.files.get(&id) {
-            for (&c, ch) in file {
+            for (c, ch) in file.iter() {
                 let base = c << self.shift;
                 for &(s, e) in &ch.ranges {
                     ranges::push_merged(&mut out, base + u64::from(s)..base + u64::from(e));
@@ -317,7 +315,7 @@ mod tests {
         let bytes = d
             .files
             .values()
-            .flat_map(|f| f.values())
+            .flat_map(|f| f.iter().map(|(_, ch)| ch))
             .map(|ch| ranges::total(&ch.ranges))
             .sum();
         (bytes, d.dirty_files().len() as u64)

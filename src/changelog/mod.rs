@@ -71,6 +71,7 @@
 //! | `meta` | `ns_sent_upto` | u64 |
 //! | `meta` | `compare_needed` | u64 (1 when set) |
 
+mod chunks;
 mod dirty;
 mod error;
 mod generation;

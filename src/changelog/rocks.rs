@@ -23,10 +23,10 @@ struct DirtyState {
     epoch: u64,
 }
 
-/// The change log stored in a RocksDB database directory.
 /// Past this many namespace records cleared at once, one range is deleted.
 const NS_POINT_DELETES: u64 = 4096;
 
+/// The change log stored in a RocksDB database directory.
 pub struct RocksChangeLog {
     db: DB,
     chunk_size: u64,

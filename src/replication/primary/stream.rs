@@ -37,6 +37,9 @@ pub const RESYNC_NAME_COST: u64 = 4 << 10;
 
 /// How often, at most, acknowledgements clear the change log.
 const CLEAR_EVERY: Duration = Duration::from_millis(10);
+/// How many files dirty at once make their clearing worth giving memory
+/// back for.
+const GIVE_BACK_AFTER: u64 = 10_000;
 
 /// An instant before any clear was put off.
 fn long_ago() -> Instant {
@@ -60,6 +63,8 @@ pub struct Stream {
     pub live: super::pace::LastChange,
     /// When the change log was last cleared of what the peer made durable.
     last_clear: Mutex<Instant>,
+    /// The most files seen dirty at once since memory was last given back.
+    dirty_peak: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -78,6 +83,7 @@ impl Stream {
             bytes_replicated: AtomicU64::new(0),
             live: Default::default(),
             last_clear: Mutex::new(long_ago()),
+            dirty_peak: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
     }
@@ -189,6 +195,28 @@ impl Stream {
         *self.last_clear.lock() = now;
         if o.linked(conn) {
             self.clear_durable_locked(&mut o, durable);
+        }
+        drop(o);
+        self.give_back_when_clear();
+    }
+
+    /// Once the files a big resync marked are all cleared, gives the memory
+    /// that marked them back to the system: the allocator keeps what a
+    /// million small entries freed (a full sync of 300,000 files left the
+    /// serving daemon at 180 MB).
+    fn give_back_when_clear(&self) {
+        let dirty: u64 = self
+            .dirs
+            .iter()
+            .map(|d| d.log.dirty_count().unwrap_or(0))
+            .sum();
+        let peak = self
+            .dirty_peak
+            .fetch_max(dirty, Ordering::Relaxed)
+            .max(dirty);
+        if dirty == 0 && peak >= GIVE_BACK_AFTER {
+            self.dirty_peak.store(0, Ordering::Relaxed);
+            crate::replication::manifest::give_back_memory();
         }
     }
 

@@ -78,8 +78,10 @@ struct DirPass {
     /// record kept longer than the bytes it came with (the peer had them
     /// durably) must not cost the peer the file.
     moved_at: HashMap<PathBuf, u64>,
-    /// Names made equal to ours, unchanged since.
-    done: HashSet<PathBuf>,
+    /// Names made equal to ours, unchanged since, by [`key`]: a full sync
+    /// makes every name of the tree, and a set of the paths themselves held
+    /// them all over again.
+    done: HashSet<u128>,
     /// Directories whose entries changed, which changed their times on the
     /// peer too: made equal to ours again once every record is shipped.
     parents: BTreeSet<PathBuf>,
@@ -101,7 +103,7 @@ impl DirPass {
             }
             // Changed since it was made equal: again.
             for p in touched(change) {
-                self.done.remove(p);
+                self.done.remove(&key(p));
             }
         }
         self.pending.extend(new);
@@ -119,6 +121,14 @@ impl DirPass {
             self.warmed += 1;
         }
     }
+}
+
+/// A path's key in [`DirPass::done`]: 128 bits of its hash, which two
+/// paths of any tree share with a chance far below a disk's silent errors.
+fn key(p: &Path) -> u128 {
+    use std::os::unix::ffi::OsStrExt;
+    let h = blake3::hash(p.as_os_str().as_bytes());
+    u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
 /// Ships every namespace record of every directory, the ones the
@@ -303,7 +313,7 @@ fn ship_record(
         if rep.is_excluded(dir, p) || pass.moved_at.get(p).is_some_and(|at| *at > seq) {
             continue;
         }
-        if pass.done.insert(p.clone()) {
+        if pass.done.insert(key(p)) {
             ship_state(x, dir, p, true)?;
         }
     }
