@@ -200,10 +200,10 @@ impl Stream {
         self.give_back_when_clear();
     }
 
-    /// Once the files a big resync marked are all cleared, gives the memory
-    /// that marked them back to the system: the allocator keeps what a
-    /// million small entries freed (a full sync of 300,000 files left the
-    /// serving daemon at 180 MB).
+    /// Once the files a big resync marked are cleared (all but a few the
+    /// application keeps writing), gives the memory that marked them back to
+    /// the system: the allocator keeps what a million small entries freed (a
+    /// full sync of 300,000 files left the serving daemon at 180 MB).
     fn give_back_when_clear(&self) {
         let dirty: u64 = self
             .dirs
@@ -214,7 +214,7 @@ impl Stream {
             .dirty_peak
             .fetch_max(dirty, Ordering::Relaxed)
             .max(dirty);
-        if dirty == 0 && peak >= GIVE_BACK_AFTER {
+        if peak >= GIVE_BACK_AFTER && dirty < GIVE_BACK_AFTER / 100 {
             self.dirty_peak.store(0, Ordering::Relaxed);
             crate::replication::manifest::give_back_memory();
         }
