@@ -527,3 +527,12 @@ pub fn set_thread_umask(mask: u32) -> SysResult<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask & 0o777));
     Ok(())
 }
+
+/// Returns freed memory to the system: a scan of a big tree, or the clearing
+/// of a big resync's marks, frees hundreds of MiB in small blocks, which the
+/// allocator would otherwise keep.
+pub fn give_back_memory() {
+    // SAFETY: malloc_trim takes no pointer; it only walks the allocator's own
+    // free lists.
+    unsafe { libc::malloc_trim(0) };
+}

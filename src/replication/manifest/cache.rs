@@ -219,7 +219,7 @@ impl Scan<'_> {
                 if let Err(e) = r {
                     tracing::warn!("keeping the chunk cache in {}: {e}", at.display());
                 }
-                super::give_back_memory();
+                sys::give_back_memory();
             }
             Store::Off => {}
         }

@@ -47,14 +47,6 @@ pub struct ScanProgress {
     pub bytes_cached: AtomicU64,
 }
 
-/// Returns freed memory to the system: a scan of a big tree frees hundreds
-/// of MiB in small blocks, which the allocator would otherwise keep.
-pub fn give_back_memory() {
-    // SAFETY: malloc_trim takes no pointer; it only walks the allocator's own
-    // free lists.
-    unsafe { libc::malloc_trim(0) };
-}
-
 fn errno(e: crate::fs::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e.code())
 }

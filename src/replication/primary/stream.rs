@@ -216,7 +216,7 @@ impl Stream {
             .max(dirty);
         if peak >= GIVE_BACK_AFTER && dirty < GIVE_BACK_AFTER / 100 {
             self.dirty_peak.store(0, Ordering::Relaxed);
-            crate::replication::manifest::give_back_memory();
+            crate::fs::sys::give_back_memory();
         }
     }
 

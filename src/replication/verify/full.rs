@@ -66,7 +66,7 @@ pub async fn run(
         report.differences += differences;
         report.bytes_hashed += hashed.bytes_hashed.load(Ordering::Relaxed);
     }
-    manifest::give_back_memory();
+    crate::fs::sys::give_back_memory();
     Ok(report)
 }
 

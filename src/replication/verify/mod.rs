@@ -642,7 +642,7 @@ pub async fn run(
         report.at_cut = true;
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
-    manifest::give_back_memory();
+    crate::fs::sys::give_back_memory();
     Ok(report)
 }
 
