@@ -300,7 +300,7 @@ fn init_logging() {
     // The FUSE library warns when its own unmount finds the mount already gone,
     // which is how tandem always unmounts; keep its errors only.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileType, INodeNo};
+use super::fuse::{FileAttr, FileType, INodeNo};
 
 pub fn kind_of(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
@@ -71,7 +71,6 @@ pub fn file_attr(id: u64, st: &libc::stat) -> FileAttr {
         atime: time(st.st_atime, st.st_atime_nsec),
         mtime: time(st.st_mtime, st.st_mtime_nsec),
         ctime: time(st.st_ctime, st.st_ctime_nsec),
-        crtime: UNIX_EPOCH,
         kind: kind_of(st.st_mode),
         perm: (st.st_mode & 0o7777) as u16,
         nlink: st.st_nlink as u32,
@@ -79,7 +78,6 @@ pub fn file_attr(id: u64, st: &libc::stat) -> FileAttr {
         gid: st.st_gid,
         rdev: st.st_rdev as u32,
         blksize: st.st_blksize as u32,
-        flags: 0,
     }
 }
 

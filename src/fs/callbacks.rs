@@ -5,13 +5,12 @@ use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
-use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+use super::fuse::{
+    Errno, FileAttr, FileHandle as Fh, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    SetAttr, WriteFlags,
 };
 
 use super::attr::{kind_of, kind_of_dirent};
@@ -32,27 +31,23 @@ impl TandemFs {
 }
 
 impl Filesystem for TandemFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, config: &mut KernelConfig) -> std::io::Result<()> {
         // 1 MiB per write request: fewer round trips for large sequential writes.
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        config.max_write = super::fuse::session::MAX_WRITE;
+        config.add(InitFlags::FUSE_PARALLEL_DIROPS);
         // Access control lists are enforced by the kernel as on the bare directory;
         // modes of new files arrive unmasked with the caller's umask, which the real
         // file system applies only where no default ACL says otherwise.
-        if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok() {
-            let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        if config.add(InitFlags::FUSE_POSIX_ACL) {
+            config.add(InitFlags::FUSE_DONT_MASK);
         }
         // With this the kernel stops asking for security.capability before every
         // write (a round trip each) and instead flags the writes that must clear
         // set-id bits, which do_write honours.
-        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        config.add(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Uncached writers need the kernel to allow shared mappings of such files
         // (Linux 6.6 and later); without it they stay cached.
-        if !self.opts.cached_writes
-            && config
-                .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
-                .is_ok()
-        {
+        if !self.opts.cached_writes && config.add(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
             self.uncached_writes.store(true, Ordering::Relaxed);
         }
         Ok(())
@@ -66,7 +61,7 @@ impl Filesystem for TandemFs {
     // No turn: the worker counts as reading throughout (it reads again at
     // once), and the kernel sends a batch as one request whose forgets would
     // otherwise each take a turn of their own.
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn forget(&self, ino: INodeNo, nlookup: u64) {
         self.inodes.forget(ino.0, nlookup);
     }
 
@@ -78,32 +73,24 @@ impl Filesystem for TandemFs {
         }
     }
 
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        fh: Option<Fh>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
+    fn setattr(&self, req: &Request, ino: INodeNo, set: SetAttr, reply: ReplyAttr) {
         let _turn = self.gate.enter();
         // Truncation by a caller without CAP_FSETID clears set-id bits (the kernel
         // leaves that to us once FUSE_HANDLE_KILLPRIV_V2 is agreed).
-        if size.is_some() && mode.is_none() && req.uid() != 0 {
+        if set.size.is_some() && set.mode.is_none() && req.uid() != 0 {
             if let Err(e) = self.inode(ino).and_then(|i| self.kill_suidgid(&i)) {
                 return reply.error(e);
             }
         }
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        } = set;
         match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
             Ok(attr) => reply.attr(&self.opts.ttl, &attr),
             Err(e) => reply.error(e),
@@ -174,13 +161,13 @@ impl Filesystem for TandemFs {
         name: &OsStr,
         newparent: INodeNo,
         newname: &OsStr,
-        flags: RenameFlags,
+        flags: u32,
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.enter();
         reply_empty(
             reply,
-            self.do_rename(parent, name, newparent, newname, flags.bits()),
+            self.do_rename(parent, name, newparent, newname, flags),
         );
     }
 
@@ -215,8 +202,6 @@ impl Filesystem for TandemFs {
         fh: Fh,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         let _turn = self.gate.enter();
@@ -234,8 +219,6 @@ impl Filesystem for TandemFs {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let (_turn, mut place) = self.gate.enter_write();
@@ -270,14 +253,7 @@ impl Filesystem for TandemFs {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: Fh, reply: ReplyEmpty) {
         let _turn = self.gate.enter();
         // Data reaches the real file before any request that follows a write,
         // so close has nothing left to push, only a failure to report.
@@ -288,16 +264,7 @@ impl Filesystem for TandemFs {
         reply_empty(reply, handle.and_then(|h| h.deferred()));
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn release(&self, _req: &Request, _ino: INodeNo, fh: Fh, reply: ReplyEmpty) {
         let _turn = self.gate.enter();
         self.files.remove(fh.0);
         reply.ok();
@@ -345,7 +312,7 @@ impl Filesystem for TandemFs {
                     let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dfd) };
                     cname(e.name)
                         .and_then(|c| sys::stat_at(dir, &c))
-                        .map_or(fuser::FileType::RegularFile, |st| kind_of(st.st_mode))
+                        .map_or(FileType::RegularFile, |st| kind_of(st.st_mode))
                 });
                 !reply.add(INodeNo(e.ino), e.offset, kind, e.name)
             })
@@ -356,14 +323,7 @@ impl Filesystem for TandemFs {
         }
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: Fh,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: Fh, reply: ReplyEmpty) {
         let _turn = self.gate.enter();
         self.dirs.remove(fh.0);
         reply.ok();
@@ -403,7 +363,6 @@ impl Filesystem for TandemFs {
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        _position: u32,
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.enter();
@@ -468,7 +427,7 @@ impl Filesystem for TandemFs {
         reply_empty(reply, r);
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: u32, reply: ReplyEmpty) {
         let _turn = self.gate.enter();
         // default_permissions makes the kernel check access itself.
         reply.ok();

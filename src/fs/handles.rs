@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fuser::Errno;
+use super::fuse::Errno;
 use parking_lot::Mutex;
 
 use super::inode::Inode;

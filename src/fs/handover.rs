@@ -7,7 +7,7 @@
 //! The image names descriptors by number: across `execve` they stay open
 //! once their close-on-exec flag is cleared ([`SessionImage::keep_across_exec`]).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,7 +73,7 @@ pub enum ImageError {
     #[error("{0}")]
     Inodes(&'static str),
     #[error("directory handle {fh}: {errno:?}")]
-    Dir { fh: u64, errno: fuser::Errno },
+    Dir { fh: u64, errno: super::fuse::Errno },
 }
 
 impl SessionImage {
@@ -232,7 +232,7 @@ impl SessionImage {
                     writable: f.writable,
                     direct: f.direct,
                     sync: f.sync,
-                    deferred: parking_lot::Mutex::new(f.deferred.map(fuser::Errno::from_i32)),
+                    deferred: parking_lot::Mutex::new(f.deferred.map(super::fuse::Errno::from_i32)),
                 };
                 (f.fh, handle)
             })
@@ -284,79 +284,4 @@ pub fn duplicate(fd: RawFd) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: just made, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
-
-/// The FUSE version the synthetic INIT claims: what the library answers to
-/// is all that matters, the kernel negotiated long ago.
-const INIT_MAJOR: u32 = 7;
-const INIT_MINOR: u32 = 40;
-const FUSE_INIT: u32 = 26;
-
-/// The INIT request a kernel sends when a session starts: a session handed
-/// over never gets another, and the library serves nothing before one.
-fn init_request() -> Vec<u8> {
-    let mut b = Vec::with_capacity(104);
-    let u32s = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_ne_bytes());
-    // fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, padding.
-    u32s(&mut b, 104);
-    u32s(&mut b, FUSE_INIT);
-    b.extend_from_slice(&1u64.to_ne_bytes());
-    b.extend_from_slice(&0u64.to_ne_bytes());
-    for _ in 0..4 {
-        u32s(&mut b, 0);
-    }
-    // fuse_init_in: major, minor, max_readahead, flags, flags2, unused[11].
-    // Every capability offered: the library then takes what the file system
-    // asks for; the kernel keeps what it granted the first process.
-    u32s(&mut b, INIT_MAJOR);
-    u32s(&mut b, INIT_MINOR);
-    u32s(&mut b, 128 << 10);
-    u32s(&mut b, u32::MAX);
-    u32s(&mut b, u32::MAX);
-    for _ in 0..11 {
-        u32s(&mut b, 0);
-    }
-    b
-}
-
-/// A library session over a live connection: it is started over one end of
-/// a socket pair that hands it an INIT, then the connection replaces that
-/// end under the same descriptor number, so the session reads the kernel's
-/// requests from there on.
-pub(super) fn adopt<FS: fuser::Filesystem>(
-    fs: FS,
-    fuse: OwnedFd,
-    config: fuser::Config,
-) -> std::io::Result<fuser::Session<FS>> {
-    let (ours, theirs) = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::SeqPacket,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    )?;
-    nix::unistd::write(&theirs, &init_request())?;
-    let session = fuser::Session::from_fd(fs, ours, config.acl, config)?;
-    // The INIT's answer waits in `theirs`, dropped unread.
-    drop(theirs);
-    let n = session.as_fd().as_raw_fd();
-    // SAFETY: dup3 takes descriptor numbers only; `fuse` is open and ours, and
-    // `n` is the session's own descriptor, replaced atomically.
-    if unsafe { libc::dup3(fuse.as_raw_fd(), n, libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(session)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_init_request_has_the_kernel_layout() {
-        let b = init_request();
-        assert_eq!(b.len(), 104);
-        assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 104);
-        assert_eq!(u32::from_ne_bytes(b[4..8].try_into().unwrap()), FUSE_INIT);
-        assert_eq!(u32::from_ne_bytes(b[40..44].try_into().unwrap()), 7);
-    }
 }

@@ -63,7 +63,7 @@ impl Inode {
     /// Absolute paths the kernel shows for this inode's known names, primary
     /// first. A name that is gone shows with a " (deleted)" suffix. An error
     /// (such as a path longer than PATH_MAX) is passed on, never taken for "no name".
-    pub fn paths(&self) -> Result<Vec<PathBuf>, fuser::Errno> {
+    pub fn paths(&self) -> Result<Vec<PathBuf>, super::fuse::Errno> {
         let primary = fd_path(self.fd.as_raw_fd())?;
         let mut out = vec![primary];
         if is_deleted(&out[0]) {

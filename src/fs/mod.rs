@@ -5,6 +5,7 @@
 
 mod attr;
 mod callbacks;
+mod fuse;
 mod gate;
 mod handles;
 pub mod handover;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 /// File times to and from (seconds, nanoseconds), before the epoch as well.
 pub use attr::{time as time_from_parts, to_timespec};
-pub use fuser::Errno;
+pub use fuse::Errno;
 pub use gate::blocking;
 pub use mutation::{
     AttrChange, CountingSink, LocalApply, Mutation, MutationSink, RelPath, Remains,
@@ -93,7 +94,7 @@ impl Default for MountConfig {
 /// A live mount. Unmount with [`Mounted::unmount`]; dropping it unmounts too.
 pub struct Mounted {
     dir: PathBuf,
-    session: Option<fuser::BackgroundSession>,
+    session: Option<fuse::Running>,
     gate: Arc<gate::Gate>,
     /// The session's `/dev/fuse` connection (a duplicate), to hand over.
     fuse: std::os::fd::OwnedFd,
@@ -203,12 +204,15 @@ pub fn mount(
         dir: dir.clone(),
         source,
     };
-    let session = fuser::Session::new(fs, &dir, &session_config(threads)).map_err(fuse_err)?;
+    let opts = fuse::session::MountOptions {
+        source: mounts::SOURCE,
+    };
+    let session = fuse::Session::mount(fs, &dir, &opts).map_err(fuse_err)?;
     reclaim.set_notifier(session.notifier());
     let fuse = std::os::fd::AsFd::as_fd(&session)
         .try_clone_to_owned()
         .map_err(fuse_err)?;
-    let session = session.spawn().map_err(fuse_err)?;
+    let session = session.spawn(threads, READERS).map_err(fuse_err)?;
     Ok((
         Mounted {
             dir,
@@ -221,21 +225,8 @@ pub fn mount(
     ))
 }
 
-fn session_config(threads: usize) -> fuser::Config {
-    let mut fc = fuser::Config::default();
-    fc.mount_options = vec![
-        fuser::MountOption::FSName(mounts::SOURCE.into()),
-        fuser::MountOption::Subtype("tandem".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::Dev,
-        fuser::MountOption::Suid,
-        fuser::MountOption::RW,
-    ];
-    fc.acl = fuser::SessionACL::All;
-    fc.n_threads = Some(threads);
-    fc.clone_fd = true;
-    fc
-}
+/// The name of a mount's reader threads (numbered).
+const READERS: &str = "fuse";
 
 /// Takes up a session another process handed over (see [`Mounted::hand_over`]):
 /// the same mount, inode and handle numbers, served from now on by this
@@ -272,14 +263,12 @@ pub unsafe fn resume(
         source,
     };
     let dup = fuse.try_clone().map_err(err)?;
-    let session = handover::adopt(fs, fuse, session_config(threads)).map_err(err)?;
+    let session = fuse::Session::from_fd(fs, fuse);
     reclaim.set_notifier(session.notifier());
-    // The file system's init ran on a made-up offer: what the kernel granted
-    // the first process stands.
     tables
         .uncached_writes
         .store(uncached, std::sync::atomic::Ordering::Relaxed);
-    let session = session.spawn().map_err(err)?;
+    let session = session.spawn(threads, READERS).map_err(err)?;
     Ok(Mounted {
         dir,
         session: Some(session),
@@ -358,7 +347,7 @@ impl Mounted {
             // Already unmounted from outside (`umount DIR`): only the threads remain.
             Err(e)
                 if e.raw_os_error() == Some(libc::EINVAL)
-                    && (session.guard.is_finished()
+                    && (session.is_finished()
                         || mounts::mounts()
                             .is_ok_and(|m| mounts::tandem_mounts_at(&m, &self.dir) == 0)) =>
             {
@@ -433,7 +422,7 @@ impl Mounted {
 
     /// True once the kernel ended the session (unmounted from outside).
     pub fn is_finished(&self) -> bool {
-        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+        self.session.as_ref().is_none_or(|s| s.is_finished())
     }
 }
 

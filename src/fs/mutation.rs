@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use fuser::Errno;
+use super::fuse::Errno;
 
 /// Where a mutation lands, relative to the module root. `None` for a file that is
 /// open but no longer has a name (unlinked while open): its bytes can never become

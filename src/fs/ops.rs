@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use fuser::{
+use super::fuse::{
     Errno, FileAttr, FileHandle as Fh, FopenFlags, INodeNo, Request, TimeOrNow, WriteFlags,
 };
 

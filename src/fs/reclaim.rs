@@ -47,7 +47,7 @@ fn over() -> bool {
 
 /// One mount's reclaimer.
 pub struct Reclaim {
-    notifier: Mutex<Option<fuser::Notifier>>,
+    notifier: Mutex<Option<super::fuse::Notifier>>,
     /// The real root's absolute path as the kernel prints descriptor paths.
     prefix: PathBuf,
     running: AtomicBool,
@@ -71,7 +71,7 @@ impl Reclaim {
     }
 
     /// The session's notifier, once it exists.
-    pub fn set_notifier(&self, n: fuser::Notifier) {
+    pub fn set_notifier(&self, n: super::fuse::Notifier) {
         *self.notifier.lock() = Some(n);
     }
 
@@ -119,7 +119,12 @@ impl Reclaim {
 
 /// Invalidates up to `n` of the least recently used names of `table`;
 /// how many the kernel took.
-fn invalidate(notifier: &fuser::Notifier, table: &InodeTable, prefix: &Path, n: usize) -> usize {
+fn invalidate(
+    notifier: &super::fuse::Notifier,
+    table: &InodeTable,
+    prefix: &Path,
+    n: usize,
+) -> usize {
     let Some(root) = table.get(ROOT_ID) else {
         return 0;
     };
@@ -138,7 +143,7 @@ fn invalidate(notifier: &fuser::Notifier, table: &InodeTable, prefix: &Path, n: 
             continue;
         };
         if notifier
-            .inval_entry(fuser::INodeNo(parent_id), name)
+            .inval_entry(super::fuse::INodeNo(parent_id), name)
             .is_ok()
         {
             asked += 1;

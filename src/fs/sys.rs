@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use fuser::Errno;
+use super::fuse::Errno;
 
 pub type SysResult<T> = Result<T, Errno>;
 

@@ -116,7 +116,7 @@ fn copy_out(
     to: &PathBuf,
     only: Option<&[std::ops::Range<u64>]>,
 ) -> std::io::Result<Option<u64>> {
-    let os = |e: fuser::Errno| std::io::Error::from_raw_os_error(e.code());
+    let os = |e: crate::fs::Errno| std::io::Error::from_raw_os_error(e.code());
     let c = sys::cname(path.as_os_str()).map_err(os)?;
     let at = sys::open_beneath(d.root.as_fd(), &c).map_err(os)?;
     let st = sys::stat_fd(at.as_fd()).map_err(os)?;
