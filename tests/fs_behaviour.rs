@@ -906,3 +906,52 @@ fn a_mount_handed_over_keeps_open_files_and_numbers() {
         records
     );
 }
+
+#[test]
+fn an_idle_mount_has_no_worker_and_serves_again_at_once() {
+    let t = tempdir();
+    let m = TestMount::new(t.path());
+    let mounted = m.mounted.as_ref().unwrap();
+    std::fs::write(m.dir.join("f"), b"first").unwrap();
+    // At rest the workers end, the last about two seconds after its last request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mounted.workers() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(mounted.workers(), 0, "workers left at rest");
+    // The next request is served (the watcher starts a worker), and so is a
+    // burst of writers from several threads, which needs more than one.
+    assert_eq!(std::fs::read(m.dir.join("f")).unwrap(), b"first");
+    assert!(mounted.workers() >= 1);
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for i in 0..8u64 {
+            let dir = m.dir.clone();
+            s.spawn(move || {
+                let mut f = std::fs::File::create(dir.join(format!("w{i}"))).unwrap();
+                for j in 0..40u64 {
+                    f.write_all(&pattern(i * 100 + j, 64 << 10)).unwrap();
+                    f.sync_data().unwrap();
+                }
+            });
+        }
+        let most = most.clone();
+        s.spawn(move || {
+            for _ in 0..200 {
+                most.fetch_max(mounted.workers(), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        });
+    });
+    for i in 0..8u64 {
+        let got = std::fs::read(m.dir.join(format!("w{i}"))).unwrap();
+        let want: Vec<u8> = (0..40u64)
+            .flat_map(|j| pattern(i * 100 + j, 64 << 10))
+            .collect();
+        assert!(got == want, "w{i} differs");
+    }
+    assert!(
+        most.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "one worker served eight writers"
+    );
+}

@@ -18,6 +18,14 @@
 //! Every method of the file system holds a [`Turn`] while it runs; the turn's end
 //! decides whether the thread reads again or waits as a follower.
 //!
+//! A mount's workers are sized to its load ([`Gate::sized`]): an idle mount has
+//! none, and the process-wide watcher starts the first when a request waits;
+//! the first request it handles starts a follower (to catch a stall), a wait
+//! that should hand over with no follower idle starts another reader, up to
+//! the mount's limit; a reader that waited a while for a request
+//! (`fuse::session::RETIRE`) ends, unless it is the last reader of a mount
+//! with other workers.
+//!
 //! A large write may be answered before it is applied (see `ops`), so that the
 //! caller prepares its next write while this one is copied into the real file.
 //! Writes therefore take a [`Place`] in the order they arrive and are applied in
@@ -26,10 +34,12 @@
 //! the data.
 
 use std::cell::{Cell, RefCell};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::fuse::session::{Driver, Readers};
 
 /// A follower whose leader has been busy this long without handing over
 /// starts reading anyway. One follower at a time watches for this.
@@ -47,6 +57,11 @@ pub struct Gate {
     applied: Condvar,
     /// Signalled when a freeze ends.
     parked: Condvar,
+    /// Signalled as workers end.
+    ended: Condvar,
+    /// What starts workers and watches the session while none reads; only a
+    /// sized gate has one.
+    driver: OnceLock<Weak<dyn Driver>>,
 }
 
 #[derive(Debug)]
@@ -76,6 +91,13 @@ struct State {
     /// Handing the session over: no worker goes back to reading, each one
     /// parks as its request ends (see [`Gate::freeze`]).
     frozen: bool,
+    /// Threads serving the mount, and how many it may have.
+    workers: usize,
+    max_workers: usize,
+    /// No worker: the watcher is asked to say when a request waits.
+    armed: bool,
+    /// A worker saw the session end.
+    over: bool,
 }
 
 thread_local! {
@@ -87,7 +109,27 @@ thread_local! {
 
 impl Gate {
     /// A gate for `workers` threads, all of which start out reading.
+    #[cfg(test)]
     pub fn new(workers: usize) -> Arc<Self> {
+        Self::with(workers, workers)
+    }
+
+    /// A gate whose workers come and go with the load, up to `max`; it has
+    /// none until [`Gate::drive`] gives it its session.
+    pub fn sized(max: usize) -> Arc<Self> {
+        Self::with(0, max.max(1))
+    }
+
+    /// The session that starts this gate's workers and watches for requests.
+    pub fn drive(&self, driver: Weak<dyn Driver>) {
+        let _ = self.driver.set(driver);
+        let mut s = self.state.lock();
+        if s.workers == 0 {
+            self.arm(&mut s);
+        }
+    }
+
+    fn with(workers: usize, max_workers: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 readers: workers,
@@ -102,11 +144,58 @@ impl Gate {
                 applying: 0,
                 early: 0,
                 frozen: false,
+                workers,
+                max_workers,
+                armed: false,
+                over: false,
             }),
             wake: Condvar::new(),
             applied: Condvar::new(),
             parked: Condvar::new(),
+            ended: Condvar::new(),
+            driver: OnceLock::new(),
         })
+    }
+
+    fn driver(&self) -> Option<Arc<dyn Driver>> {
+        self.driver.get().and_then(Weak::upgrade)
+    }
+
+    /// Starts one more worker, reading or following, if the gate may grow.
+    fn grow(&self, s: &mut State, reader: bool) -> bool {
+        if s.workers >= s.max_workers || !s.open || s.frozen {
+            return false;
+        }
+        let Some(d) = self.driver() else {
+            return false;
+        };
+        s.workers += 1;
+        if reader {
+            s.readers += 1;
+            s.unread_since = None;
+        } else {
+            s.idle += 1;
+        }
+        if d.spawn(reader) {
+            return true;
+        }
+        s.workers -= 1;
+        if reader {
+            s.readers -= 1;
+        } else {
+            s.idle -= 1;
+        }
+        false
+    }
+
+    /// Nobody serves the mount: the watcher says when a request waits.
+    fn arm(&self, s: &mut State) {
+        if s.open && !s.frozen && !s.over && !s.armed {
+            if let Some(d) = self.driver() {
+                s.armed = true;
+                d.arm();
+            }
+        }
     }
 
     /// Called as a request starts (the thread just left reading). Returns once
@@ -148,6 +237,8 @@ impl Gate {
             s.readers += 1;
             s.unread_since = None;
             self.wake.notify_one();
+        } else if s.readers == 0 {
+            self.grow(s, true);
         }
     }
 
@@ -171,6 +262,10 @@ impl Gate {
             }
         }
         s.active += 1;
+        // Someone watches for this request stalling the others.
+        if s.readers == 0 && s.idle == 0 {
+            self.grow(&mut s, false);
+        }
         (Turn { _private: () }, s)
     }
 
@@ -195,6 +290,11 @@ impl Gate {
             return;
         }
         s.idle += 1;
+        self.follow_locked(&mut s);
+    }
+
+    /// Waits as a follower (counted in `idle`) until told to read.
+    fn follow_locked(&self, s: &mut MutexGuard<'_, State>) {
         let since = Instant::now();
         let mut watching = false;
         loop {
@@ -203,7 +303,7 @@ impl Gate {
                 watching = true;
             }
             let wait = if watching { STALL } else { IDLE_LIMIT };
-            let timed_out = self.wake.wait_for(&mut s, wait).timed_out();
+            let timed_out = self.wake.wait_for(s, wait).timed_out();
             if s.frozen && s.open {
                 // A follower told to read before the freeze stays.
                 if s.granted > 0 {
@@ -237,12 +337,25 @@ impl Gate {
         }
     }
 
-    /// The mount is going away: followers return to reading and see its end.
+    /// The mount is going away: followers return to reading and see its end
+    /// (a sized gate without workers starts one to see it).
     pub fn close(&self) {
         let mut s = self.state.lock();
         s.open = false;
         self.wake.notify_all();
         self.parked.notify_all();
+        if s.workers == 0 && !s.over {
+            if let Some(d) = self.driver() {
+                s.workers += 1;
+                s.readers += 1;
+                if !d.spawn(true) {
+                    s.workers -= 1;
+                    s.readers -= 1;
+                    s.over = true;
+                    self.ended.notify_all();
+                }
+            }
+        }
     }
 
     /// Stops reading for a hand-over: from now on every worker parks as its
@@ -260,6 +373,9 @@ impl Gate {
         s.frozen = false;
         self.parked.notify_all();
         self.wake.notify_all();
+        if s.workers == 0 {
+            self.arm(&mut s);
+        }
     }
 
     pub fn frozen(&self) -> bool {
@@ -279,10 +395,81 @@ impl Gate {
         }
     }
 
+    /// Workers serving the mount now.
+    pub fn workers(&self) -> usize {
+        self.state.lock().workers
+    }
+
     #[cfg(test)]
     fn counts(&self) -> (usize, usize) {
         let s = self.state.lock();
         (s.readers, s.idle)
+    }
+}
+
+impl Readers for Gate {
+    fn drive(&self, driver: Weak<dyn Driver>) {
+        Gate::drive(self, driver);
+    }
+
+    fn follow(&self) {
+        let mut s = self.state.lock();
+        self.follow_locked(&mut s);
+    }
+
+    fn idle(&self) -> bool {
+        let mut s = self.state.lock();
+        if self.driver.get().is_none() || !s.open {
+            return false;
+        }
+        // The last reader stays while other workers may come back to read.
+        if s.readers > 1 || s.workers == 1 {
+            s.readers -= 1;
+            s.workers -= 1;
+            if s.workers == 0 {
+                self.arm(&mut s);
+            }
+            self.ended.notify_all();
+            return true;
+        }
+        false
+    }
+
+    fn ended(&self) {
+        let mut s = self.state.lock();
+        s.over = true;
+        s.readers = s.readers.saturating_sub(1);
+        s.workers = s.workers.saturating_sub(1);
+        self.ended.notify_all();
+    }
+
+    fn kernel_waits(&self) -> bool {
+        let mut s = self.state.lock();
+        if !s.armed {
+            return true;
+        }
+        s.armed = false;
+        if s.frozen || s.workers > 0 {
+            // A thaw arms again; a worker reads.
+            return true;
+        }
+        if self.grow(&mut s, true) {
+            return true;
+        }
+        self.arm(&mut s);
+        false
+    }
+
+    fn wait_ended(&self) {
+        let mut s = self.state.lock();
+        while s.workers > 0 || !(s.over || self.driver().is_none()) {
+            self.ended.wait(&mut s);
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        let s = self.state.lock();
+        s.over && s.workers == 0
     }
 }
 

@@ -195,7 +195,7 @@ pub fn mount(
         sys::fd_path(std::os::fd::AsRawFd::as_raw_fd(&root)).map_err(|e| io(errno_io(e)))?;
     open_file_limit();
     let threads = config.threads.max(1);
-    let gate = gate::Gate::new(threads);
+    let gate = gate::Gate::sized(threads);
     let fs = ops::TandemFs::new(root, prefix, sink, config.fs.clone(), gate.clone())
         .map_err(|e| io(errno_io(e)))?;
     let tables = fs.tables();
@@ -212,7 +212,7 @@ pub fn mount(
     let fuse = std::os::fd::AsFd::as_fd(&session)
         .try_clone_to_owned()
         .map_err(fuse_err)?;
-    let session = session.spawn(threads, READERS).map_err(fuse_err)?;
+    let session = session.start(gate.clone(), WORKERS).map_err(fuse_err)?;
     Ok((
         Mounted {
             dir,
@@ -225,8 +225,8 @@ pub fn mount(
     ))
 }
 
-/// The name of a mount's reader threads (numbered).
-const READERS: &str = "fuse";
+/// The name of a mount's worker threads.
+const WORKERS: &str = "fuse";
 
 /// Takes up a session another process handed over (see [`Mounted::hand_over`]):
 /// the same mount, inode and handle numbers, served from now on by this
@@ -254,7 +254,7 @@ pub unsafe fn resume(
     let uncached = image.uncached_writes;
     open_file_limit();
     let threads = config.threads.max(1);
-    let gate = gate::Gate::new(threads);
+    let gate = gate::Gate::sized(threads);
     let fs = ops::TandemFs::with_tables(tables, sink, config.fs.clone(), gate.clone());
     let tables = fs.tables();
     let reclaim = fs.reclaim.clone();
@@ -268,7 +268,7 @@ pub unsafe fn resume(
     tables
         .uncached_writes
         .store(uncached, std::sync::atomic::Ordering::Relaxed);
-    let session = session.spawn(threads, READERS).map_err(err)?;
+    let session = session.start(gate.clone(), WORKERS).map_err(err)?;
     Ok(Mounted {
         dir,
         session: Some(session),
@@ -409,6 +409,11 @@ impl Mounted {
     /// unmounted or closed (the process is about to be replaced).
     pub fn hand_over(mut self) -> handover::SessionImage {
         debug_assert!(self.gate.quiet(), "hand over a frozen mount");
+        // As the kernel made it: a release that reads it blocking takes it up.
+        if let Err(e) = fuse::session::set_nonblocking(std::os::fd::AsFd::as_fd(&self.fuse), false)
+        {
+            tracing::warn!("{}: {e}", self.dir.display());
+        }
         let image = handover::SessionImage::take(
             self.dir.clone(),
             std::os::fd::AsRawFd::as_raw_fd(&self.fuse),
@@ -418,6 +423,11 @@ impl Mounted {
         std::mem::forget(self.session.take());
         std::mem::forget(self);
         image
+    }
+
+    /// Threads serving the mount now: none at rest, more under load.
+    pub fn workers(&self) -> usize {
+        self.gate.workers()
     }
 
     /// True once the kernel ended the session (unmounted from outside).

@@ -1,14 +1,16 @@
 //! A FUSE session: the mount made over a directory, the INIT agreed with the
-//! kernel, and the readers that take requests off `/dev/fuse` and dispatch
-//! them to the file system. Each reader has a descriptor of its own
-//! (`FUSE_DEV_IOC_CLONE`), so that the kernel hands its requests to whichever
-//! reader waits and takes each answer back on the descriptor its request came
-//! from.
+//! kernel, and the workers that take requests off `/dev/fuse` and dispatch
+//! them to the file system. How many workers there are is the [`Readers`]'
+//! to decide (the mount's gate): they start through the session's
+//! [`Driver`], end when they waited long enough for a request, and while none
+//! is left the process-wide watcher (`watch`) says when a request waits.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use nix::errno::Errno as Nix;
 
@@ -20,6 +22,34 @@ use super::{Errno, FileHandle, Filesystem, INodeNo, KernelConfig, OpenFlags, Req
 /// headers, and never less than the kernel's minimum of 8 KiB.
 pub const MAX_WRITE: u32 = 1 << 20;
 const READ_BUFFER: usize = MAX_WRITE as usize + 4096;
+/// A worker that waited this long for a request asks whether to end.
+pub const RETIRE: Duration = Duration::from_secs(2);
+
+/// Who decides how many workers a session has (the mount's gate).
+pub trait Readers: Send + Sync {
+    /// The session's driver, to start workers and arm the watcher with.
+    fn drive(&self, driver: Weak<dyn Driver>);
+    /// A worker started as a follower waits here until it is to read.
+    fn follow(&self);
+    /// A reader waited [`RETIRE`] without a request: true if it ends.
+    fn idle(&self) -> bool;
+    /// A worker saw the session end (or fail) and ends.
+    fn ended(&self);
+    /// The watcher saw a request wait while no worker read: start one.
+    /// False if none could start (the watcher tries again).
+    fn kernel_waits(&self) -> bool;
+    /// Returns once the session ended and every worker is gone.
+    fn wait_ended(&self);
+    fn is_finished(&self) -> bool;
+}
+
+/// What starts a session's workers and watches it while none reads.
+pub trait Driver: Send + Sync {
+    /// Starts a worker that reads, or one that first follows.
+    fn spawn(&self, reader: bool) -> bool;
+    /// Asks the watcher to say once when a request waits.
+    fn arm(&self);
+}
 
 /// A mounted (or taken over) session, not read yet.
 pub struct Session<FS> {
@@ -91,30 +121,132 @@ impl<FS: Filesystem> Session<FS> {
         Notifier(Sender(self.fd.clone()))
     }
 
-    /// Starts `readers` threads reading the session.
-    pub fn spawn(self, readers: usize, name: &str) -> std::io::Result<Running> {
-        let fs = Arc::new(self.fs);
-        let mut fds = vec![self.fd.clone()];
-        for _ in 1..readers.max(1) {
-            fds.push(Arc::new(clone_fd(self.fd.as_fd())?));
-        }
-        let mut threads = Vec::with_capacity(fds.len());
-        for (i, fd) in fds.into_iter().enumerate() {
-            let fs = fs.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("{name}-{i}"))
-                .spawn(move || read_loop(&*fs, fd));
-            match spawned {
-                Ok(t) => threads.push(t),
-                // Those started serve; one is enough.
-                Err(e) if !threads.is_empty() => {
-                    tracing::warn!("starting a FUSE reader: {e}");
-                    break;
-                }
-                Err(e) => return Err(e),
+    /// Starts serving the session: `readers` decide how many workers it has
+    /// (none until a request waits, for a gate sized to the load).
+    pub fn start(self, readers: Arc<dyn Readers>, name: &str) -> std::io::Result<Running> {
+        set_nonblocking(self.fd.as_fd(), true)?;
+        let token = super::watch::register(Arc::downgrade(&readers))?;
+        let error = Arc::new(Mutex::new(None));
+        let shared = Arc::new_cyclic(|me| Shared {
+            fs: self.fs,
+            fd: self.fd,
+            readers: readers.clone(),
+            name: name.to_owned(),
+            token,
+            me: me.clone(),
+            error: error.clone(),
+        });
+        let driver: Arc<dyn Driver> = shared;
+        readers.drive(Arc::downgrade(&driver));
+        Ok(Running {
+            readers,
+            error,
+            _driver: driver,
+        })
+    }
+}
+
+/// Clears or sets `O_NONBLOCK` (a hand-over gives the next process the
+/// descriptor as the kernel made it: blocking).
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// What a session's workers share.
+struct Shared<FS> {
+    fs: FS,
+    fd: Arc<OwnedFd>,
+    readers: Arc<dyn Readers>,
+    name: String,
+    token: u64,
+    me: Weak<Shared<FS>>,
+    error: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl<FS: Filesystem> Driver for Shared<FS> {
+    fn spawn(&self, reader: bool) -> bool {
+        let Some(me) = self.me.upgrade() else {
+            return false;
+        };
+        match std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || me.work(reader))
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("starting a FUSE worker: {e}");
+                false
             }
         }
-        Ok(Running { threads })
+    }
+
+    fn arm(&self) {
+        if let Err(e) = super::watch::arm(self.token, self.fd.as_fd()) {
+            tracing::error!("watching a FUSE session: {e}");
+        }
+    }
+}
+
+impl<FS> Drop for Shared<FS> {
+    fn drop(&mut self) {
+        super::watch::unregister(self.token, self.fd.as_fd());
+    }
+}
+
+impl<FS: Filesystem> Shared<FS> {
+    /// One worker: reads and dispatches requests until the session ends or
+    /// its readers let it go.
+    fn work(&self, reader: bool) {
+        if !reader {
+            self.readers.follow();
+        }
+        let mut buf = vec![0u8; READ_BUFFER];
+        let sender = Sender(self.fd.clone());
+        let patience =
+            nix::poll::PollTimeout::try_from(RETIRE).unwrap_or(nix::poll::PollTimeout::MAX);
+        loop {
+            let mut fds = [nix::poll::PollFd::new(
+                self.fd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, patience) {
+                Ok(0) => {
+                    if self.readers.idle() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) | Err(Nix::EINTR) => {}
+                Err(e) => return self.fail(e),
+            }
+            match nix::unistd::read(&*self.fd, &mut buf) {
+                Ok(n) => {
+                    if !dispatch(&self.fs, &sender, &buf[..n]) {
+                        return self.readers.ended();
+                    }
+                }
+                // Taken by another worker, interrupted, or a signal.
+                Err(Nix::EAGAIN | Nix::ENOENT | Nix::EINTR) => {}
+                // The session ended (a request dequeued as the kernel tore the
+                // connection down reads ECONNABORTED instead).
+                Err(Nix::ENODEV | Nix::ECONNABORTED) => return self.readers.ended(),
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+
+    fn fail(&self, e: Nix) {
+        tracing::error!("reading the FUSE session: {e}");
+        self.error.lock().get_or_insert(e.into());
+        self.readers.ended();
     }
 }
 
@@ -122,21 +254,6 @@ impl<FS> AsFd for Session<FS> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// A second descriptor of the same session whose requests are answered on it.
-fn clone_fd(of: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
-    // _IOR(229, 0, uint32_t)
-    const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
-    let fd = open_dev_fuse()?;
-    let mut source = of.as_raw_fd() as u32;
-    // SAFETY: the ioctl reads one u32 (the source descriptor's number) through
-    // a pointer to a live local, and both descriptors are open for the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), FUSE_DEV_IOC_CLONE, &mut source) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(fd)
 }
 
 /// Reads one request; `None` once the session ended.
@@ -206,17 +323,6 @@ fn handshake<FS: Filesystem>(fs: &mut FS, fd: &Arc<OwnedFd>) -> std::io::Result<
         sender.send(h.unique, 0, &[&abi::init_out(&config)]);
         return Ok(());
     }
-}
-
-fn read_loop<FS: Filesystem>(fs: &FS, fd: Arc<OwnedFd>) -> std::io::Result<()> {
-    let mut buf = vec![0u8; READ_BUFFER];
-    let sender = Sender(fd.clone());
-    while let Some(n) = read_request(&fd, &mut buf)? {
-        if !dispatch(fs, &sender, &buf[..n]) {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// Hands one request to the file system; false once the session is over.
@@ -414,29 +520,27 @@ fn dispatch<FS: Filesystem>(fs: &FS, sender: &Sender, buf: &[u8]) -> bool {
     true
 }
 
-/// The readers of a session.
+/// A session being served.
 pub struct Running {
-    threads: Vec<JoinHandle<std::io::Result<()>>>,
+    readers: Arc<dyn Readers>,
+    error: Arc<Mutex<Option<std::io::Error>>>,
+    /// The workers' shared state, kept while the session is served.
+    _driver: Arc<dyn Driver>,
 }
 
 impl Running {
-    /// True once every reader saw the session end.
+    /// True once the session ended and every worker is gone.
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished())
+        self.readers.is_finished()
     }
 
-    /// Waits for every reader; the first failure, if any.
+    /// Waits for the session's end and its workers; the first failure, if any.
     pub fn join(self) -> std::io::Result<()> {
-        let mut first = Ok(());
-        for t in self.threads {
-            let r = t
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("a FUSE reader panicked")));
-            if first.is_ok() {
-                first = r;
-            }
+        self.readers.wait_ended();
+        match self.error.lock().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        first
     }
 }
 
