@@ -295,6 +295,16 @@ impl Gate {
 
     /// Waits as a follower (counted in `idle`) until told to read.
     fn follow_locked(&self, s: &mut MutexGuard<'_, State>) {
+        // A follower just started may have missed the wake-up meant for it.
+        if s.granted > 0 && !(s.frozen && s.open) {
+            s.granted -= 1;
+            return;
+        }
+        if !s.open {
+            s.idle -= 1;
+            s.readers += 1;
+            return;
+        }
         let since = Instant::now();
         let mut watching = false;
         loop {

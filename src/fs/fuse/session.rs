@@ -208,7 +208,7 @@ impl<FS: Filesystem> Shared<FS> {
         if !reader {
             self.readers.follow();
         }
-        let mut buf = vec![0u8; READ_BUFFER];
+        let mut buf = Vec::with_capacity(READ_BUFFER);
         let sender = Sender(self.fd.clone());
         let patience =
             nix::poll::PollTimeout::try_from(RETIRE).unwrap_or(nix::poll::PollTimeout::MAX);
@@ -227,9 +227,9 @@ impl<FS: Filesystem> Shared<FS> {
                 Ok(_) | Err(Nix::EINTR) => {}
                 Err(e) => return self.fail(e),
             }
-            match nix::unistd::read(&*self.fd, &mut buf) {
-                Ok(n) => {
-                    if !dispatch(&self.fs, &sender, &buf[..n]) {
+            match read_uninit(self.fd.as_fd(), &mut buf) {
+                Ok(()) => {
+                    if !dispatch(&self.fs, &sender, &buf) {
                         return self.readers.ended();
                     }
                 }
@@ -254,6 +254,22 @@ impl<FS> AsFd for Session<FS> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Reads one request into `buf`'s capacity. The buffer is never zeroed
+/// first: only what requests fill counts in memory, not the largest size one
+/// could have.
+fn read_uninit(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> nix::Result<()> {
+    buf.clear();
+    // SAFETY: read(2) writes at most `capacity` bytes at the start of the
+    // vector's own allocation, which nothing else uses meanwhile.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.capacity()) };
+    if n < 0 {
+        return Err(Nix::last());
+    }
+    // SAFETY: the kernel initialised the first `n` bytes (n <= capacity).
+    unsafe { buf.set_len(n as usize) };
+    Ok(())
 }
 
 /// Reads one request; `None` once the session ended.
