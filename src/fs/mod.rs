@@ -125,6 +125,11 @@ pub enum ResumeError {
     },
 }
 
+/// Ends the thread that watches idle mounts once none is left (at a stop).
+pub fn end_watcher() {
+    fuse::watch::end();
+}
+
 /// Checks `dir` and removes stale tandem mounts on it. Nothing is mounted.
 pub fn prepare(dir: &Path) -> Result<(PathBuf, MountReport), MountError> {
     let io = |source| MountError::Io {

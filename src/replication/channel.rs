@@ -192,6 +192,23 @@ impl Channel {
         })
     }
 
+    /// The socket's readiness to be read, registered with the runtime (on a
+    /// duplicate, so that the socket itself stays as it is).
+    pub fn readiness(&self) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+        let fd = std::os::fd::OwnedFd::from(self.sock.try_clone()?);
+        // SAFETY: the AsyncFd owns `fd`, an open descriptor nothing else
+        // closes, and an OwnedFd always returns that same number.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)
+    }
+
+    /// Whether the socket holds bytes not read yet (or its end).
+    pub fn readable_now(&self) -> bool {
+        poll(&self.sock, libc::POLLIN, Duration::ZERO).is_ok_and(|r| r != 0)
+    }
+
     /// How long senders waited for room in the socket, in all.
     pub fn waited(&self) -> Duration {
         self.state.lock().waited
@@ -420,6 +437,17 @@ impl PrimaryEnd {
     /// read the answers themselves, and the link's reader stands aside.
     pub fn waited_within(&self, d: Duration) -> bool {
         self.waiter.lock().elapsed() < d
+    }
+
+    /// The socket's readiness to be read, for a reader that waits on the
+    /// runtime (a duplicate of the socket, registered with the runtime).
+    pub fn readiness(&self) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+        self.channel.readiness()
+    }
+
+    /// Whether the socket holds bytes not read yet.
+    pub fn readable_now(&self) -> bool {
+        self.channel.readable_now()
     }
 
     /// When the peer was last heard.

@@ -220,8 +220,9 @@ impl PrimarySession {
         diverged: Vec<Diverged>,
     ) -> Result<(), SessionError> {
         let rep = &self.rep;
-        // From here on the application's threads send, and one thread reads
-        // the acknowledgements: no task stands between them and the socket.
+        // From here on the application's threads send, and one task reads
+        // the acknowledgements (on a blocking thread only while it reads):
+        // nothing stands between the senders and the socket.
         let (rd, rest) = reader.into_parts();
         let (tcp, tls) = rd.unsplit(writer.into_inner()).into_inner();
         let channel = Arc::new(Channel::from_tokio(
@@ -237,15 +238,7 @@ impl PrimarySession {
         let resync_rep = rep.clone();
         let resync = tokio::task::spawn_blocking(move || resync::run(&resync_rep, conn, diverged));
         let idle = rep.peer_timeout.max(KEEPALIVE * 3);
-        let (acks_rep, acks_stop) = (rep.clone(), stop.clone());
-        let why = tokio::task::spawn_blocking(move || {
-            read_acks(&acks_rep, conn, &link, &acks_stop, idle)
-        })
-        .await
-        .unwrap_or_else(|e| SessionError::Task {
-            what: "the acknowledgement reader",
-            why: e.to_string(),
-        });
+        let why = read_acks(rep, conn, &link, stop, idle).await;
         // Detached, the replicator sends nothing more; the connection goes
         // with it (closed already if the link was closed on purpose).
         rep.detach(conn, &why.to_string());
@@ -264,54 +257,86 @@ impl PrimarySession {
 /// Reads the peer's acknowledgements until the link ends, and says why it
 /// ended; stands aside while calls wait for the peer (they read their own
 /// answers). Also the backstop of the sends no durability point asked for.
-fn read_acks(
-    rep: &Replicator,
+/// It waits on the runtime (for the socket to be readable, or for the
+/// backstop's time) and each step runs on a blocking thread only while it
+/// works: a link at rest holds no thread of its own.
+async fn read_acks(
+    rep: &Arc<Replicator>,
     conn: u64,
-    link: &PrimaryEnd,
+    link: &Arc<PrimaryEnd>,
     stop: &Stop,
     idle: Duration,
 ) -> SessionError {
+    let task = |e: &dyn std::fmt::Display| SessionError::Task {
+        what: "the acknowledgement reader",
+        why: e.to_string(),
+    };
+    let ready = match link.readiness() {
+        Ok(r) => r,
+        Err(e) => return task(&e),
+    };
     let mut wait = BACKSTOP;
+    let mut aside = false;
     loop {
-        let mut quiet = true;
-        let aside = link.waited_within(BACKSTOP) || {
-            if stop.is_stopped() {
-                return SessionError::Stopped("the link was stopped");
-            }
-            match link.read_until(std::time::Instant::now() + wait) {
-                Some(Ok(msgs)) => {
-                    quiet = msgs.is_empty();
-                    if let Err(why) = rep.take_replies(conn, msgs) {
-                        return why.into();
-                    }
-                    false
-                }
-                Some(Err(e)) => return e.into(),
-                // A waiting call is reading (for up to a slice): asking
-                // again at once would spin until it is done.
-                None => true,
-            }
+        aside = aside || link.waited_within(BACKSTOP);
+        let pause = if aside { BACKSTOP } else { wait };
+        let guard = tokio::select! {
+            r = ready.readable(), if !aside => r.ok(),
+            () = tokio::time::sleep(pause) => None,
+            () = stop.stopped() => return SessionError::Stopped("the link was stopped"),
         };
-        if aside {
-            if stop.sleep(BACKSTOP) {
-                return SessionError::Stopped("the link was stopped");
+        let (r, l) = (rep.clone(), link.clone());
+        let step = tokio::task::spawn_blocking(move || ack_step(&r, conn, &l, aside, idle)).await;
+        // Readiness is an edge: kept while bytes are still unread.
+        if let Some(mut g) = guard {
+            if !link.readable_now() {
+                g.clear_ready();
             }
-            // What the waiting calls read, cleared here, off their path.
-            rep.clear_acked(conn);
         }
-        if link.heard().elapsed() >= idle {
-            return SessionError::Silent {
-                ms: idle.as_millis(),
-            };
+        match step {
+            Ok(Ok(next)) => (wait, aside) = next,
+            Ok(Err(why)) => return why,
+            Err(e) => return task(&e),
         }
-        if quiet && !rep.still_linked(conn) {
-            return LinkError::Dropped.into();
-        }
-        wait = match link.backstop(BACKSTOP) {
-            Ok(w) => w,
-            Err(e) => return e.into(),
-        };
     }
+}
+
+/// One look at the link: what arrived is taken (or, aside, what the waiting
+/// calls read is cleared), what waited too long is sent, and a link silent
+/// or dropped ends. Returns how long to wait next and whether to stand aside.
+fn ack_step(
+    rep: &Replicator,
+    conn: u64,
+    link: &PrimaryEnd,
+    aside: bool,
+    idle: Duration,
+) -> Result<(Duration, bool), SessionError> {
+    let mut quiet = true;
+    let mut aside_next = false;
+    if aside {
+        // What the waiting calls read, cleared here, off their path.
+        rep.clear_acked(conn);
+    } else {
+        match link.read_until(std::time::Instant::now()) {
+            Some(Ok(msgs)) => {
+                quiet = msgs.is_empty();
+                rep.take_replies(conn, msgs)?;
+            }
+            Some(Err(e)) => return Err(e.into()),
+            // A waiting call is reading (for up to a slice): asking
+            // again at once would spin until it is done.
+            None => aside_next = true,
+        }
+    }
+    if link.heard().elapsed() >= idle {
+        return Err(SessionError::Silent {
+            ms: idle.as_millis(),
+        });
+    }
+    if quiet && !rep.still_linked(conn) {
+        return Err(LinkError::Dropped.into());
+    }
+    Ok((link.backstop(BACKSTOP)?, aside_next))
 }
 
 /// Whether a comparison by content is owed, clearing the record of it: a

@@ -7,7 +7,7 @@
 pub mod abi;
 pub mod reply;
 pub mod session;
-mod watch;
+pub mod watch;
 
 use std::ffi::OsStr;
 use std::num::NonZeroI32;

@@ -49,6 +49,8 @@ pub trait Driver: Send + Sync {
     fn spawn(&self, reader: bool) -> bool;
     /// Asks the watcher to say once when a request waits.
     fn arm(&self);
+    /// Joins every worker that ended (all of them, once the session is over).
+    fn join_ended(&self);
 }
 
 /// A mounted (or taken over) session, not read yet.
@@ -135,13 +137,14 @@ impl<FS: Filesystem> Session<FS> {
             token,
             me: me.clone(),
             error: error.clone(),
+            threads: Mutex::new(Vec::new()),
         });
         let driver: Arc<dyn Driver> = shared;
         readers.drive(Arc::downgrade(&driver));
         Ok(Running {
             readers,
             error,
-            _driver: driver,
+            driver,
         })
     }
 }
@@ -169,6 +172,7 @@ struct Shared<FS> {
     token: u64,
     me: Weak<Shared<FS>>,
     error: Arc<Mutex<Option<std::io::Error>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl<FS: Filesystem> Driver for Shared<FS> {
@@ -180,7 +184,19 @@ impl<FS: Filesystem> Driver for Shared<FS> {
             .name(self.name.clone())
             .spawn(move || me.work(reader))
         {
-            Ok(_) => true,
+            Ok(t) => {
+                let mut threads = self.threads.lock();
+                // Those that ended are joined as others start.
+                let (done, live): (Vec<_>, Vec<_>) =
+                    threads.drain(..).partition(|t| t.is_finished());
+                *threads = live;
+                threads.push(t);
+                drop(threads);
+                for t in done {
+                    let _ = t.join();
+                }
+                true
+            }
             Err(e) => {
                 tracing::warn!("starting a FUSE worker: {e}");
                 false
@@ -191,6 +207,13 @@ impl<FS: Filesystem> Driver for Shared<FS> {
     fn arm(&self) {
         if let Err(e) = super::watch::arm(self.token, self.fd.as_fd()) {
             tracing::error!("watching a FUSE session: {e}");
+        }
+    }
+
+    fn join_ended(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
+            let _ = t.join();
         }
     }
 }
@@ -541,7 +564,7 @@ pub struct Running {
     readers: Arc<dyn Readers>,
     error: Arc<Mutex<Option<std::io::Error>>>,
     /// The workers' shared state, kept while the session is served.
-    _driver: Arc<dyn Driver>,
+    driver: Arc<dyn Driver>,
 }
 
 impl Running {
@@ -553,6 +576,7 @@ impl Running {
     /// Waits for the session's end and its workers; the first failure, if any.
     pub fn join(self) -> std::io::Result<()> {
         self.readers.wait_ended();
+        self.driver.join_ended();
         match self.error.lock().take() {
             Some(e) => Err(e),
             None => Ok(()),

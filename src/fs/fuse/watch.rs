@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, Weak};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use parking_lot::Mutex;
 
 use super::session::Readers;
@@ -20,35 +22,40 @@ struct Target {
     added: bool,
 }
 
+#[derive(Default)]
+struct Inner {
+    targets: HashMap<u64, Target>,
+    /// The thread runs (it ends once no session is left).
+    running: bool,
+    threads: Vec<JoinHandle<()>>,
+}
+
 struct Watcher {
     epoll: Epoll,
-    targets: Mutex<HashMap<u64, Target>>,
+    /// Written when the last session goes: the thread ends.
+    wake: EventFd,
+    inner: Mutex<Inner>,
     next: AtomicU64,
 }
 
+/// The token of the wake-up descriptor; sessions' tokens start at 1.
+const WAKE: u64 = 0;
+
 static WATCHER: OnceLock<Watcher> = OnceLock::new();
-static STARTED: Mutex<bool> = Mutex::new(false);
 
 fn watcher() -> std::io::Result<&'static Watcher> {
-    let w = match WATCHER.get() {
-        Some(w) => w,
-        None => {
-            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-            WATCHER.get_or_init(|| Watcher {
-                epoll,
-                targets: Mutex::new(HashMap::new()),
-                next: AtomicU64::new(1),
-            })
-        }
-    };
-    let mut started = STARTED.lock();
-    if !*started {
-        std::thread::Builder::new()
-            .name("fuse-watch".into())
-            .spawn(move || w.run())?;
-        *started = true;
+    if let Some(w) = WATCHER.get() {
+        return Ok(w);
     }
-    Ok(w)
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+    epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+    Ok(WATCHER.get_or_init(|| Watcher {
+        epoll,
+        wake,
+        inner: Mutex::new(Inner::default()),
+        next: AtomicU64::new(WAKE + 1),
+    }))
 }
 
 impl Watcher {
@@ -65,9 +72,19 @@ impl Watcher {
                 }
             };
             for ev in &events[..n] {
+                if ev.data() == WAKE {
+                    let _ = self.wake.read();
+                    let mut inner = self.inner.lock();
+                    if inner.targets.is_empty() {
+                        inner.running = false;
+                        return;
+                    }
+                    continue;
+                }
                 let readers = self
-                    .targets
+                    .inner
                     .lock()
+                    .targets
                     .get(&ev.data())
                     .and_then(|t| t.readers.upgrade());
                 // A worker could not start (out of threads): the session is
@@ -83,8 +100,16 @@ impl Watcher {
 /// Adds a session to watch (not armed yet); its token.
 pub fn register(readers: Weak<dyn Readers>) -> std::io::Result<u64> {
     let w = watcher()?;
+    let mut inner = w.inner.lock();
+    if !inner.running {
+        let t = std::thread::Builder::new()
+            .name("fuse-watch".into())
+            .spawn(move || w.run())?;
+        inner.threads.push(t);
+        inner.running = true;
+    }
     let token = w.next.fetch_add(1, Ordering::Relaxed);
-    w.targets.lock().insert(
+    inner.targets.insert(
         token,
         Target {
             readers,
@@ -97,8 +122,8 @@ pub fn register(readers: Weak<dyn Readers>) -> std::io::Result<u64> {
 /// Tells the session's readers once when a request waits on `fd`.
 pub fn arm(token: u64, fd: BorrowedFd<'_>) -> std::io::Result<()> {
     let w = watcher()?;
-    let mut targets = w.targets.lock();
-    let Some(t) = targets.get_mut(&token) else {
+    let mut inner = w.inner.lock();
+    let Some(t) = inner.targets.get_mut(&token) else {
         return Ok(());
     };
     let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT;
@@ -111,10 +136,31 @@ pub fn arm(token: u64, fd: BorrowedFd<'_>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Stops watching (before `fd` closes).
+/// Stops watching (before `fd` closes). The thread ends with the last session.
 pub fn unregister(token: u64, fd: BorrowedFd<'_>) {
     let Some(w) = WATCHER.get() else { return };
-    if w.targets.lock().remove(&token).is_some_and(|t| t.added) {
+    let mut inner = w.inner.lock();
+    if inner.targets.remove(&token).is_some_and(|t| t.added) {
         let _ = w.epoll.delete(fd);
+    }
+    if inner.targets.is_empty() {
+        let _ = w.wake.write(1);
+    }
+}
+
+/// Waits for the watcher to end, if no session is left: at a stop, nothing
+/// is left running. A later mount starts it again.
+pub fn end() {
+    let Some(w) = WATCHER.get() else { return };
+    let threads = {
+        let mut inner = w.inner.lock();
+        if !inner.targets.is_empty() {
+            return;
+        }
+        let _ = w.wake.write(1);
+        std::mem::take(&mut inner.threads)
+    };
+    for t in threads {
+        let _ = t.join();
     }
 }
