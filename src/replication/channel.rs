@@ -182,14 +182,7 @@ impl Channel {
         if s.since.is_some_and(|t| t.elapsed() >= age) {
             self.drain(&mut s, self.patience)?;
         }
-        let busy = s
-            .last_send
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-        Ok(if busy {
-            age
-        } else {
-            Duration::from_millis(100)
-        })
+        Ok(next_look(&s, age))
     }
 
     /// The socket's readiness to be read, registered with the runtime (on a
@@ -204,9 +197,21 @@ impl Channel {
         .map_err(|e| e.into_parts().1)
     }
 
-    /// Whether the socket holds bytes not read yet (or its end).
+    /// Whether the socket holds bytes not read yet (or its end), or a
+    /// sender took some in while it waited for room.
     pub fn readable_now(&self) -> bool {
-        poll(&self.sock, libc::POLLIN, Duration::ZERO).is_ok_and(|r| r != 0)
+        !self.state.lock().early.is_empty()
+            || poll(&self.sock, libc::POLLIN, Duration::ZERO).is_ok_and(|r| r != 0)
+    }
+
+    /// What [`backstop`](Self::backstop) would answer when it has nothing
+    /// to write; `None` if it has (or the channel broke): then it is called.
+    pub fn idle_backstop(&self, age: Duration) -> Option<Duration> {
+        let s = self.state.lock();
+        if s.broken.is_some() || s.since.is_some() {
+            return None;
+        }
+        Some(next_look(&s, age))
     }
 
     /// How long senders waited for room in the socket, in all.
@@ -375,6 +380,19 @@ impl Channel {
     }
 }
 
+/// How long the backstop may wait before it looks again: `age` while sends
+/// keep coming, longer once they stopped a while ago.
+fn next_look(s: &State, age: Duration) -> Duration {
+    let busy = s
+        .last_send
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+    if busy {
+        age
+    } else {
+        Duration::from_millis(100)
+    }
+}
+
 /// Waits until `sock` is ready for `events` or `timeout` passes: the ready
 /// events, 0 on timeout.
 fn poll(sock: &TcpStream, events: i16, timeout: Duration) -> io::Result<i16> {
@@ -445,9 +463,17 @@ impl PrimaryEnd {
         self.channel.readiness()
     }
 
-    /// Whether the socket holds bytes not read yet.
+    /// Whether anything arrived that is not taken yet: in the socket, or
+    /// read already (whole frames left by a call that read its answer); true
+    /// while another thread reads.
     pub fn readable_now(&self) -> bool {
-        self.channel.readable_now()
+        self.frames.try_lock().is_none_or(|f| f.has_frame()) || self.channel.readable_now()
+    }
+
+    /// The backstop's next wait if it has nothing to write (see
+    /// [`Channel::idle_backstop`]).
+    pub fn idle_backstop(&self, age: Duration) -> Option<Duration> {
+        self.channel.idle_backstop(age)
     }
 
     /// When the peer was last heard.

@@ -34,6 +34,7 @@ pub mod snapshot;
 #[cfg(test)]
 mod snapshot_model;
 pub mod status;
+pub mod steps;
 pub mod tls;
 pub mod verify;
 pub mod warm;

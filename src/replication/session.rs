@@ -221,7 +221,7 @@ impl PrimarySession {
     ) -> Result<(), SessionError> {
         let rep = &self.rep;
         // From here on the application's threads send, and one task reads
-        // the acknowledgements (on a blocking thread only while it reads):
+        // the acknowledgements (on a shared thread only while it reads):
         // nothing stands between the senders and the socket.
         let (rd, rest) = reader.into_parts();
         let (tcp, tls) = rd.unsplit(writer.into_inner()).into_inner();
@@ -258,8 +258,8 @@ impl PrimarySession {
 /// ended; stands aside while calls wait for the peer (they read their own
 /// answers). Also the backstop of the sends no durability point asked for.
 /// It waits on the runtime (for the socket to be readable, or for the
-/// backstop's time) and each step runs on a blocking thread only while it
-/// works: a link at rest holds no thread of its own.
+/// backstop's time) and each step runs on a thread shared by every link
+/// (`steps`) only while it works: a link at rest holds no thread of its own.
 async fn read_acks(
     rep: &Arc<Replicator>,
     conn: u64,
@@ -285,8 +285,18 @@ async fn read_acks(
             () = tokio::time::sleep(pause) => None,
             () = stop.stopped() => return SessionError::Stopped("the link was stopped"),
         };
+        // A tick with nothing to read, clear or send is looked at here.
+        if guard.is_none() && !aside && !link.readable_now() && rep.nothing_to_clear() {
+            if let Some(w) = link.idle_backstop(BACKSTOP) {
+                if let Err(why) = still_alive(rep, conn, link, idle) {
+                    return why;
+                }
+                wait = w;
+                continue;
+            }
+        }
         let (r, l) = (rep.clone(), link.clone());
-        let step = tokio::task::spawn_blocking(move || ack_step(&r, conn, &l, aside, idle)).await;
+        let step = super::steps::run(move || ack_step(&r, conn, &l, aside, idle)).await;
         // Readiness is an edge: kept while bytes are still unread.
         if let Some(mut g) = guard {
             if !link.readable_now() {
@@ -328,15 +338,33 @@ fn ack_step(
             None => aside_next = true,
         }
     }
+    if quiet {
+        still_alive(rep, conn, link, idle)?;
+    } else if link.heard().elapsed() >= idle {
+        return Err(SessionError::Silent {
+            ms: idle.as_millis(),
+        });
+    }
+    Ok((link.backstop(BACKSTOP)?, aside_next))
+}
+
+/// A link with nothing new ends if the peer has been silent too long or the
+/// link was replaced.
+fn still_alive(
+    rep: &Replicator,
+    conn: u64,
+    link: &PrimaryEnd,
+    idle: Duration,
+) -> Result<(), SessionError> {
     if link.heard().elapsed() >= idle {
         return Err(SessionError::Silent {
             ms: idle.as_millis(),
         });
     }
-    if quiet && !rep.still_linked(conn) {
+    if !rep.still_linked(conn) {
         return Err(LinkError::Dropped.into());
     }
-    Ok((link.backstop(BACKSTOP)?, aside_next))
+    Ok(())
 }
 
 /// Whether a comparison by content is owed, clearing the record of it: a

@@ -110,6 +110,7 @@ pub fn run(
         );
     }
     crate::replication::warm::end_all();
+    crate::replication::steps::end_all();
     crate::fs::end_watcher();
     let others = crate::daemon::threads::others();
     if !others.is_empty() {

@@ -58,6 +58,11 @@ impl Clears {
         self.open.add(c);
     }
 
+    /// Nothing waits to be cleared.
+    pub fn is_empty(&self) -> bool {
+        self.open.items.is_empty() && self.sealed.is_none()
+    }
+
     /// A new link: nothing sent on the old one will be acknowledged.
     pub fn reset(&mut self) {
         *self = Clears::default();

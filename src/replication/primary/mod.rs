@@ -213,6 +213,12 @@ impl Replicator {
         }
     }
 
+    /// Whether the change log has nothing waiting to be cleared (looked at
+    /// without waiting: false while a change holds the order lock).
+    pub fn nothing_to_clear(&self) -> bool {
+        self.stream.nothing_to_clear()
+    }
+
     /// Clears the change log of what the peer reported durable on `conn`
     /// (for acknowledgements recorded without clearing).
     pub fn clear_acked(&self, conn: u64) {
@@ -235,8 +241,8 @@ impl Replicator {
 
     /// While connection `conn` lasts (and until `stop`), sends owed times
     /// every `every`, for files written and then left open. A task, not a
-    /// thread: an idle module costs no thread of its own for it; each round
-    /// runs on the blocking pool, as it takes the order lock.
+    /// thread: an idle module costs no thread of its own for it; a round with
+    /// times owed runs on a shared thread (`steps`), as it takes the order lock.
     pub fn keep_times(self: &Arc<Self>, conn: u64, every: Duration, stop: &crate::stop::Stop) {
         let weak = Arc::downgrade(self);
         stop.spawn(format!("times-{}", self.module), async move {
@@ -246,7 +252,10 @@ impl Replicator {
                 if !rep.still_linked(conn) {
                     return;
                 }
-                if tokio::task::spawn_blocking(move || rep.settle_owed())
+                if !rep.stream.owing.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
+                }
+                if crate::replication::steps::run(move || rep.settle_owed())
                     .await
                     .is_err()
                 {

@@ -66,6 +66,10 @@ pub struct Stream {
     /// The most files seen dirty at once since memory was last given back.
     dirty_peak: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Modification times may be owed (set under the order lock as one is
+    /// owed, cleared as they are all sent): the periodic round looks here
+    /// before it takes the lock on a blocking thread.
+    pub owing: std::sync::atomic::AtomicBool,
 }
 
 impl Stream {
@@ -85,6 +89,7 @@ impl Stream {
             last_clear: Mutex::new(long_ago()),
             dirty_peak: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            owing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -218,6 +223,15 @@ impl Stream {
             self.dirty_peak.store(0, Ordering::Relaxed);
             crate::fs::sys::give_back_memory();
         }
+    }
+
+    /// True if [`clear_durable`](Self::clear_durable) has nothing to do:
+    /// nothing sent waits to be cleared and no extent is hot. Never waits
+    /// for the order lock (false if it is held).
+    pub fn nothing_to_clear(&self) -> bool {
+        self.order
+            .try_lock()
+            .is_some_and(|o| o.clears.is_empty() && o.activity.is_empty())
     }
 
     /// [`clear_durable`](Self::clear_durable) now, under the order lock.

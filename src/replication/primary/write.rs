@@ -97,6 +97,7 @@ fn submit_kept(
     let marked = records.mark(dir, m, &mut o).and_then(|id| {
         if let Some(p) = owes.filter(|_| o.streaming()) {
             o.owed.owe(&*s.dirs[dir as usize].log, dir, p)?;
+            s.owing.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(id)
     });
@@ -142,6 +143,8 @@ fn submit_kept(
 /// Sends the owed modification times (files gone meanwhile are skipped:
 /// their removal travels on its own).
 pub fn settle_owed_locked(s: &Stream, o: &mut Order) {
+    // Under the order lock, as every owing: none is owed once the loop ends.
+    s.owing.store(false, std::sync::atomic::Ordering::Relaxed);
     for dir in 0..s.dirs.len() {
         let Some((paths, upto)) = o.owed.take(dir) else {
             continue;
