@@ -217,7 +217,14 @@ pub fn mount(
     let fuse = std::os::fd::AsFd::as_fd(&session)
         .try_clone_to_owned()
         .map_err(fuse_err)?;
-    let session = session.start(gate.clone(), WORKERS).map_err(fuse_err)?;
+    let session = match session.start(gate.clone(), WORKERS) {
+        Ok(s) => s,
+        Err(e) => {
+            // Nobody would answer the mount: take it away again.
+            let _ = mounts::detach(&dir);
+            return Err(fuse_err(e));
+        }
+    };
     Ok((
         Mounted {
             dir,

@@ -18,9 +18,9 @@ use super::abi::{self, Op};
 use super::reply::{self, Sender};
 use super::{Errno, FileHandle, Filesystem, INodeNo, KernelConfig, OpenFlags, Request};
 
-/// How much a request may hold: a write of the largest size agreed, with its
-/// headers, and never less than the kernel's minimum of 8 KiB.
+/// The largest write one request may carry (the most INIT agrees to).
 pub const MAX_WRITE: u32 = 1 << 20;
+/// The most one request holds: the largest write and its headers.
 const READ_BUFFER: usize = MAX_WRITE as usize + 4096;
 /// A worker that waited this long for a request asks whether to end.
 pub const RETIRE: Duration = Duration::from_secs(2);
@@ -84,7 +84,7 @@ impl<FS: Filesystem> Session<FS> {
     /// kernel (`fs.init` is asked what to request).
     pub fn mount(mut fs: FS, dir: &Path, opts: &MountOptions<'_>) -> std::io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
-        let rootmode = std::fs::metadata(dir)?.mode() & libc::S_IFMT;
+        let rootmode = std::fs::metadata(dir)?.mode();
         let fd = open_dev_fuse()?;
         let data = format!(
             "fd={},rootmode={:o},user_id={},group_id={},default_permissions,allow_other",
