@@ -5,6 +5,7 @@
 //! another process without replaying its start.
 
 pub mod abi;
+mod dispatch;
 pub mod reply;
 pub mod session;
 pub mod watch;
