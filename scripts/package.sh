@@ -113,8 +113,8 @@ echo /etc/tandem/tandem.toml >"$root/DEBIAN/conffiles"
 
 # Depends: the packages of the shared libraries the binary links (librocksdb,
 # libc…), as dpkg-shlibdeps finds them, which wants a debian/control to read;
-# then fuse3, for /dev/fuse's setup and fusermount3, which the FUSE layer falls
-# back on when the kernel refuses a direct mount. The daemon runs no other
+# then fuse3, for /dev/fuse's setup (the daemon, as root, mounts with mount(2)
+# itself and never runs fusermount3). The daemon runs no other
 # program (virtual IPs go through rtnetlink, pings through ICMP sockets): no
 # iproute2 or iputils.
 shlibs=$work/shlibs
