@@ -1731,3 +1731,50 @@ fn a_resync_after_ten_thousand_names_made_while_connected_starts_at_once_and_hol
         "a write+fdatasync took {worst:?} while the resync began"
     );
 }
+
+/// A module at rest has no mount worker and its link's reader holds no
+/// thread: what comes then must still be seen. The serving daemon frozen
+/// 2.5 s at rest serves the next write and fsync at once when thawed (the
+/// idle mounts' watcher starts a worker); the peer frozen at rest is noticed
+/// with no application call to notice it (the reader's ticks on the runtime
+/// find it silent), and it catches up once thawed.
+#[test]
+fn a_module_at_rest_wakes_for_its_next_call_and_notices_a_frozen_peer() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    std::fs::write(d.join("first"), b"1").unwrap();
+    pair.wait_caught_up();
+    // At rest: the mount's workers end after 2-3 s.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let primary = pair.pid(1);
+    freeze(primary);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // SAFETY: kill takes no pointer; `primary` is the stopped daemon's, which the pair holds as a
+    // child not reaped.
+    unsafe { libc::kill(primary as i32, libc::SIGCONT) };
+    let t = std::time::Instant::now();
+    let mut f = std::fs::File::create(d.join("after-freeze")).unwrap();
+    f.write_all(b"2").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(2000 + 1500),
+        "the first call after the freeze took {:?}",
+        t.elapsed()
+    );
+    pair.wait_connected();
+    pair.wait_caught_up();
+    // The peer freezes while nothing is written.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let secondary = pair.pid(2);
+    freeze(secondary);
+    let noticed = common::wait_until(10, || pair.peer_state() != "connected");
+    // SAFETY: as above, for the secondary.
+    unsafe { libc::kill(secondary as i32, libc::SIGCONT) };
+    assert!(noticed, "a peer frozen 10 s at rest was not noticed");
+    pair.wait_connected();
+    std::fs::write(d.join("last"), b"3").unwrap();
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
