@@ -115,18 +115,9 @@ impl Gate {
     }
 
     /// A gate whose workers come and go with the load, up to `max`; it has
-    /// none until [`Gate::drive`] gives it its session.
+    /// none until its session drives it ([`Readers::drive`]).
     pub fn sized(max: usize) -> Arc<Self> {
         Self::with(0, max.max(1))
-    }
-
-    /// The session that starts this gate's workers and watches for requests.
-    pub fn drive(&self, driver: Weak<dyn Driver>) {
-        let _ = self.driver.set(driver);
-        let mut s = self.state.lock();
-        if s.workers == 0 {
-            self.arm(&mut s);
-        }
     }
 
     fn with(workers: usize, max_workers: usize) -> Arc<Self> {
@@ -419,7 +410,11 @@ impl Gate {
 
 impl Readers for Gate {
     fn drive(&self, driver: Weak<dyn Driver>) {
-        Gate::drive(self, driver);
+        let _ = self.driver.set(driver);
+        let mut s = self.state.lock();
+        if s.workers == 0 {
+            self.arm(&mut s);
+        }
     }
 
     fn follow(&self) {

@@ -338,12 +338,9 @@ fn ack_step(
             None => aside_next = true,
         }
     }
+    // What arrived just now is a peer heard from and a link in use.
     if quiet {
         still_alive(rep, conn, link, idle)?;
-    } else if link.heard().elapsed() >= idle {
-        return Err(SessionError::Silent {
-            ms: idle.as_millis(),
-        });
     }
     Ok((link.backstop(BACKSTOP)?, aside_next))
 }
