@@ -102,6 +102,15 @@ impl Applier {
             .ok_or(ApplyError::Dir(dir))
     }
 
+    /// Keeps now what the changes about to follow in directory `dir` will
+    /// overwrite (see [`Snapshots::keep_ahead`]).
+    pub fn keep_ahead(&self, dir: u32, effects: &[Effect]) {
+        if let (Some(snaps), Some(root)) = (&self.snaps, self.roots.get(dir as usize)) {
+            super::keep_ahead::read_ahead(root.as_fd(), effects);
+            snaps.keep_ahead(dir, root.as_fd(), effects);
+        }
+    }
+
     /// Applies one change and the modification times the primary ended up
     /// with. `tolerant` (resync): a name already gone or already present is
     /// not an error.

@@ -95,6 +95,19 @@ impl Frames {
         self.peeked = at;
     }
 
+    /// Hands the buffered messages to `f` from the next one to take,
+    /// without taking them, as long as it returns true (with the length of
+    /// a trailing write's data, as [`peek_new`](Self::peek_new)).
+    pub fn peek_from_start(&self, mut f: impl FnMut(&Message, usize) -> bool) {
+        let mut at = self.start;
+        while let Some((m, data, used)) = frame::peek(&self.buf[at..]) {
+            match &m {
+                Some(m) if f(m, data) => at += used,
+                _ => return,
+            }
+        }
+    }
+
     /// Bytes buffered and not taken yet.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start

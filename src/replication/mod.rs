@@ -6,7 +6,8 @@
 //! [`channel`] is the stream once it runs on the threads that use it;
 //! [`errors`] says how each of those fails. [`primary`] is the mount's sink
 //! on the serving node and [`session`] its connection to the peer;
-//! [`secondary`] accepts that connection and [`applier`] applies the stream;
+//! [`secondary`] accepts that connection and [`applier`] applies the stream
+//! ([`keep_ahead`] keeps a resync's before-images by the run);
 //! [`resync`] ships what changed while the peer was away, as
 //! [`entry`] states and byte ranges ([`replay`] says which moved files
 //! travel whole), with [`warm`] looking up the next files on both nodes.
@@ -21,6 +22,7 @@ pub mod entry;
 pub mod errors;
 pub mod frame;
 pub mod framed;
+pub mod keep_ahead;
 pub mod manifest;
 pub mod primary;
 pub mod relay;

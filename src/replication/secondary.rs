@@ -528,6 +528,7 @@ fn serve(
             done_at: None,
             adopt: None,
             resyncing: false,
+            kept_ahead: 0,
         };
         let why = session.run(frames, stop);
         // Closing the channel ends the syncer once its last syncfs is done.
@@ -600,6 +601,8 @@ struct Applying<'a> {
     /// A resync's changes came and its end did not yet: only then is it
     /// worth looking ahead in what is buffered.
     resyncing: bool,
+    /// The last of a resync's changes whose before-images were kept ahead.
+    kept_ahead: u64,
 }
 
 impl Applying<'_> {
@@ -632,6 +635,9 @@ impl Applying<'_> {
                     self.channel.pull_ready(&mut frames);
                 }
                 self.warm_ahead(&mut frames);
+            }
+            if self.resyncing {
+                self.keep_ahead(&frames);
             }
             // A write's data is applied from where it was read.
             match frames.take_with(|msg, data| self.handle(msg, data, &mut last_seq)) {
@@ -719,6 +725,19 @@ impl Applying<'_> {
         });
         if let Some((d, p, ranges)) = run {
             warm(d, &p, ranges);
+        }
+    }
+
+    /// Keeps the before-images of the run of a resync's writes that starts
+    /// with the next change, in one go, once its before-resync snapshot is
+    /// taken (see [`super::keep_ahead`]).
+    fn keep_ahead(&mut self, frames: &Frames) {
+        if !self.module.snaps.as_ref().is_some_and(|s| s.is_resyncing()) {
+            return;
+        }
+        if let Some(run) = super::keep_ahead::next(frames, self.kept_ahead) {
+            self.applier.keep_ahead(run.dir, &run.effects);
+            self.kept_ahead = run.upto;
         }
     }
 

@@ -88,8 +88,10 @@ pub(super) fn decode_meta(v: &[u8]) -> Result<Entry, Undecodable> {
 
 /// Set in a data capture's length word: the bytes follow as they were.
 const RAW: u32 = 1 << 31;
-/// How much of a run is looked at to tell whether it compresses.
-const SAMPLE: usize = 4 << 10;
+/// How much of a run is looked at to tell whether it compresses: enough
+/// to tell random bytes (which measure 7.6-7.7 bits each on it) from
+/// anything zstd shrinks by a tenth.
+const SAMPLE: usize = 1 << 10;
 
 thread_local! {
     /// One compression context per thread: creating one per capture costs
@@ -113,9 +115,11 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
 /// it (stores of earlier releases) they follow the word.
 const FILED: u32 = 1 << 30;
 
-/// Whether bytes look compressible: the entropy of a sample's bytes, as a
-/// file system's compression heuristic does. It costs a count of the
-/// sample, where trying zstd on a random page costs more than keeping it.
+/// Whether bytes look compressible: the collision entropy of a sample's
+/// bytes, as a file system's compression heuristic measures it. It costs a
+/// count of the sample and one logarithm, where trying zstd on a random
+/// page costs more than keeping it; it is never above the sample's Shannon
+/// entropy, so it errs towards trying.
 fn compressible(data: &[u8]) -> bool {
     let sample = &data[..data.len().min(SAMPLE)];
     if sample.is_empty() {
@@ -126,15 +130,9 @@ fn compressible(data: &[u8]) -> bool {
         counts[*b as usize] += 1;
     }
     let n = sample.len() as f64;
-    let bits: f64 = counts
-        .iter()
-        .filter(|c| **c > 0)
-        .map(|c| {
-            let p = *c as f64 / n;
-            -p * p.log2()
-        })
-        .sum();
-    // Random bytes measure close to 8 bits each on a sample this size.
+    let squares: u64 = counts.iter().map(|c| *c as u64 * *c as u64).sum();
+    let bits = -(squares as f64 / (n * n)).log2();
+    // Random bytes measure 7.6-7.7 bits on a full sample.
     bits < 7.0
 }
 
@@ -163,14 +161,59 @@ pub(super) fn encode_data(data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The index's value for bytes kept in an epoch's data file: their length
+/// word, and where they are stored there (`off`, `len`).
+fn filed(word: u32, off: u64, len: u32) -> Vec<u8> {
+    let mut v = (word | FILED).to_be_bytes().to_vec();
+    v.extend_from_slice(&off.to_be_bytes());
+    v.extend_from_slice(&len.to_be_bytes());
+    v
+}
+
 /// Bytes kept in epoch `epoch`'s data file: the index's value.
+#[cfg(test)]
 fn file_data(data: &[u8], epoch: u64, files: &Data) -> std::io::Result<(Vec<u8>, u64)> {
     let (word, stored) = packed(data);
     let off = files.append(epoch, &stored)?;
-    let mut v = (word | FILED).to_be_bytes().to_vec();
-    v.extend_from_slice(&off.to_be_bytes());
-    v.extend_from_slice(&(stored.len() as u32).to_be_bytes());
-    Ok((v, stored.len() as u64))
+    Ok((filed(word, off, stored.len() as u32), stored.len() as u64))
+}
+
+/// Kept bytes on their way to the epoch's data file: appended together when
+/// the captures are written ([`Keeper::finish`]), in one write however many
+/// blocks a batch of changes overwrites.
+#[derive(Default)]
+pub struct Spool {
+    bytes: Vec<u8>,
+    /// Per capture: where it belongs, its length word, and where its
+    /// stored bytes start in `bytes` (they end where the next one's start).
+    index: Vec<(At, u32, usize)>,
+}
+
+impl Spool {
+    fn add(&mut self, at: At, word: u32, stored: &[u8]) {
+        self.index.push((at, word, self.bytes.len()));
+        self.bytes.extend_from_slice(stored);
+    }
+
+    /// Appends the bytes to epoch `epoch`'s file and puts their index
+    /// entries into `batch`.
+    fn write(self, epoch: u64, files: &Data, batch: &mut WriteBatch) -> std::io::Result<()> {
+        if self.index.is_empty() {
+            return Ok(());
+        }
+        let base = files.append(epoch, &self.bytes)?;
+        for (i, (at, word, start)) in self.index.iter().enumerate() {
+            let end = self.index.get(i + 1).map_or(self.bytes.len(), |n| n.2);
+            let len = (end - start) as u32;
+            put_held(
+                batch,
+                at,
+                &filed(*word, base + *start as u64, len),
+                len as u64,
+            );
+        }
+        Ok(())
+    }
 }
 
 fn length_word(v: &[u8]) -> Option<u32> {
@@ -243,6 +286,7 @@ pub struct Keeper<'a> {
     pub dir: u32,
     pub root: BorrowedFd<'a>,
     pub batch: WriteBatch,
+    pub spool: Spool,
 }
 
 impl Keeper<'_> {
@@ -284,6 +328,13 @@ impl Keeper<'_> {
 
     /// Writes what was kept, before the change is applied.
     pub fn finish(&mut self) -> Result<(), KeepError> {
+        std::mem::take(&mut self.spool)
+            .write(self.epoch, self.data, &mut self.batch)
+            .map_err(|e| KeepError::Sys {
+                op: "write",
+                path: "the kept bytes".into(),
+                errno: Errno::from(e),
+            })?;
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -299,7 +350,7 @@ impl Keeper<'_> {
     }
 
     fn spill(&mut self) -> Result<(), KeepError> {
-        if self.batch.size_in_bytes() >= BATCH {
+        if self.batch.size_in_bytes() + self.spool.bytes.len() >= BATCH {
             self.finish()?;
         }
         Ok(())
@@ -324,7 +375,11 @@ impl Keeper<'_> {
         let st = sys::stat_fd(fd.as_fd()).map_err(|e| sys_err("stat", p, e))?;
         let o = obj(self.dir, &st);
         if !self.memo.objs.contains_key(&o) {
-            let k = self.load(o)?;
+            let k = if self.memo.fresh {
+                Kept::default()
+            } else {
+                self.load(o)?
+            };
             self.memo.objs.insert(o, k);
         }
         let n = Node {
@@ -464,9 +519,8 @@ impl Keeper<'_> {
                 // Past the end now (a truncation this epoch kept it
                 // already): zeros, as a read of the snapshot gives.
                 let at = self.at(n.obj, Aspect::Data, off);
-                let (v, held) = file_data(&buf, self.epoch, self.data)
-                    .map_err(|e| sys_err("keep", p, Errno::from(e)))?;
-                put_held(&mut self.batch, &at, &v, held);
+                let (word, stored) = packed(&buf);
+                self.spool.add(at, word, &stored);
                 self.kept(n.obj).add(off, off + len.div_ceil(BLOCK) * BLOCK);
                 off += len;
                 self.spill()?;

@@ -105,12 +105,24 @@ pub struct Memo {
     /// Names resolved since the last namespace change (a rename or an
     /// unlink may make a name another object's: every one forgets them).
     names: HashMap<(u32, PathBuf), Resolved>,
+    /// The newest snapshot was taken by this process, and `objs` has held
+    /// every capture of its epoch since: an object not in it has nothing
+    /// kept, and the store need not be asked (a resync's first change to
+    /// each of thousands of files asked it in vain).
+    pub fresh: bool,
 }
 
 impl Memo {
     pub fn clear(&mut self) {
         self.objs.clear();
+        self.fresh = false;
         self.forget();
+    }
+
+    /// A snapshot was just taken: nothing is kept for its epoch yet.
+    pub fn fresh_epoch(&mut self) {
+        self.clear();
+        self.fresh = true;
     }
 
     /// A namespace change is about to be made.

@@ -383,6 +383,11 @@ impl Snapshots {
         self.resyncing.lock().clone()
     }
 
+    /// Whether a resync is writing into this copy (no copy of its marker).
+    pub fn is_resyncing(&self) -> bool {
+        self.resyncing.lock().is_some()
+    }
+
     /// A resync starts writing into this copy (called before its first
     /// change, where the changes are ordered): the first time, a snapshot
     /// of the consistent tree is taken and this copy is marked
@@ -625,7 +630,7 @@ impl Snapshots {
         b.put(keys::NEXT, (id + 1).to_be_bytes());
         self.db.write_opt(b, &synced())?;
         *newest = Some(id);
-        self.memo.lock().clear();
+        self.memo.lock().fresh_epoch();
         Ok(s)
     }
 
@@ -725,54 +730,92 @@ impl Snapshots {
     ) -> R {
         let newest = self.newest.read();
         let mut born = Vec::new();
+        let mut renames = false;
         if let Some(epoch) = *newest {
             let list = effects();
-            if !list.is_empty() {
-                let mut memo = self.memo.lock();
-                let mut durability = self.durability.lock();
-                let mut keep = capture::Keeper {
-                    db: &self.db,
-                    data: &self.data,
-                    durability: &mut durability,
-                    memo: &mut memo,
-                    epoch,
-                    dir,
-                    root,
-                    batch: WriteBatch::default(),
-                };
-                let kept = list
-                    .iter()
-                    .try_for_each(|e| keep.effect(e))
-                    .and_then(|()| keep.finish());
-                match kept {
-                    Ok(()) => {
-                        born = list
-                            .into_iter()
-                            .filter_map(|e| match e {
-                                Effect::Born(p) => Some(p),
-                                _ => None,
-                            })
-                            .collect();
-                    }
-                    Err(why) => {
-                        // What the memo says is kept may not be: start over.
-                        memo.clear();
-                        drop(durability);
-                        drop(memo);
-                        self.broke(&why.to_string());
-                    }
-                }
+            renames = list
+                .iter()
+                .any(|e| matches!(e, Effect::Names(_) | Effect::Drop(_)));
+            if self.keep(epoch, dir, root, &list) {
+                born = list
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        Effect::Born(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect();
             }
         }
         let r = apply();
-        // Objects made by the change exist only now.
-        if !born.is_empty() {
+        if renames || !born.is_empty() {
             let mut memo = self.memo.lock();
+            // Names were resolved to keep what the change destroys: the
+            // one it moved onto another object means that one now.
+            if renames {
+                memo.renamed();
+            }
+            // Objects made by the change exist only now.
             for p in &born {
                 capture::born(&mut memo, dir, root, p);
             }
         }
         r
+    }
+
+    /// Keeps now, in one write, what changes about to follow will destroy:
+    /// `effects` are theirs, in order. Each change still keeps through
+    /// [`keeping`](Self::keeping), which finds it done. Keeping early is
+    /// always right: what was not kept yet has not changed since the
+    /// newest snapshot, so it reads the same now as just before its
+    /// change; a name that those changes will make mean another object
+    /// only costs that object kept too (only bytes and metadata are kept
+    /// ahead, never a removal).
+    pub fn keep_ahead(&self, dir: u32, root: BorrowedFd<'_>, effects: &[Effect]) {
+        let newest = self.newest.read();
+        if let Some(epoch) = *newest {
+            debug_assert!(
+                effects
+                    .iter()
+                    .all(|e| matches!(e, Effect::Bytes(..) | Effect::Meta(_)))
+            );
+            self.keep(epoch, dir, root, effects);
+        }
+    }
+
+    /// Keeps what `list` destroys for snapshot epoch `epoch`; false if it
+    /// could not (the snapshots are marked broken then).
+    fn keep(&self, epoch: u64, dir: u32, root: BorrowedFd<'_>, list: &[Effect]) -> bool {
+        if list.is_empty() {
+            return true;
+        }
+        let mut memo = self.memo.lock();
+        let mut durability = self.durability.lock();
+        let mut keep = capture::Keeper {
+            db: &self.db,
+            data: &self.data,
+            durability: &mut durability,
+            memo: &mut memo,
+            epoch,
+            dir,
+            root,
+            batch: WriteBatch::default(),
+            spool: Default::default(),
+        };
+        let kept = list
+            .iter()
+            .try_for_each(|e| keep.effect(e))
+            .and_then(|()| keep.finish());
+        match kept {
+            Ok(()) => true,
+            Err(why) => {
+                // What the memo says is kept may not be: start over.
+                memo.clear();
+                drop(durability);
+                drop(memo);
+                self.broke(&why.to_string());
+                false
+            }
+        }
     }
 
     /// Whether anything of object `ino` of directory `dir` was kept since
