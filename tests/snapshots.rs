@@ -405,6 +405,82 @@ fn the_second_takes_a_snapshot_before_every_resync() {
     );
 }
 
+/// The SECOND frozen (SIGSTOP, 2 s) as the resync's writes reach it in runs
+/// whose before-images it keeps at once (4,000 random blocks of a file that
+/// does not compress): thawed, it finishes the resync with the serving
+/// node's bytes, and the snapshot it took before the resync still restores
+/// the tree it had.
+#[test]
+fn a_second_frozen_while_it_keeps_a_resyncs_writes_ahead_keeps_every_block() {
+    use std::os::unix::fs::FileExt;
+    let mut c = Cluster::new();
+    c.start_both(30);
+    c.wait_app_writes(1);
+    let mut x = 7u64;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x >> 33
+    };
+    let big: Vec<u8> = (0..32 << 20).map(|_| next() as u8).collect();
+    std::fs::write(c.path("node1/app/big"), &big).unwrap();
+    let before = node2_away(&mut c);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.path("node1/app/big"))
+        .unwrap();
+    for _ in 0..4000 {
+        let block: Vec<u8> = (0..4096).map(|_| next() as u8).collect();
+        f.write_all_at(&block, (next() % 8192) * 4096).unwrap();
+    }
+    drop(f);
+    hold(&c, false);
+
+    c.start(2);
+    let resyncing = || {
+        c.status(2)
+            .is_some_and(|s| s["modules"][0]["snapshots"]["inconsistent_since_ms"].is_u64())
+    };
+    assert!(
+        common::wait_until_every(30, std::time::Duration::from_millis(5), resyncing),
+        "node2's resync did not begin\n{}",
+        c.log_text(2)
+    );
+    let pid = c.pid(2) as i32;
+    // SAFETY: kill takes no pointer; node 2's daemon is our child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    hold(&c, true);
+    assert!(
+        wait_until(60, || caught_up(&c)),
+        "node2 does not catch up\n{}",
+        c.log_text(2)
+    );
+    assert!(
+        std::fs::read(c.path("node2/app/big")).unwrap()
+            == std::fs::read(c.path("node1/app/big")).unwrap(),
+        "node2's copy differs after the resync"
+    );
+    let auto = list_kind(&c, 2, "before-resync");
+    let name = auto.last().unwrap()["name"].as_str().unwrap().to_string();
+    let to = c.path("restored");
+    c.ok(
+        2,
+        &[
+            "snapshot",
+            "restore",
+            "app",
+            &name,
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    assert_same("the before-resync snapshot", &before, &to);
+}
+
 /// The serving node killed in the middle of a resync: the SECOND does not
 /// serve its half-synced copy, says it is inconsistent and which snapshot
 /// is the last consistent one; rolled back to it, the copy is the tree it

@@ -106,7 +106,6 @@ impl Applier {
     /// overwrite (see [`Snapshots::keep_ahead`]).
     pub fn keep_ahead(&self, dir: u32, effects: &[Effect]) {
         if let (Some(snaps), Some(root)) = (&self.snaps, self.roots.get(dir as usize)) {
-            super::keep_ahead::read_ahead(root.as_fd(), effects);
             snaps.keep_ahead(dir, root.as_fd(), effects);
         }
     }

@@ -4,8 +4,6 @@
 //! cost a write of the store and an append of its bytes; kept by the run,
 //! a few hundred blocks cost one of each (see [`super::snapshot::Snapshots::keep_ahead`]).
 
-use std::os::fd::BorrowedFd;
-
 use super::framed::Frames;
 use super::snapshot::Effect;
 use super::wire::{EntryKind, Message, WireMutation, checked_path};
@@ -72,27 +70,6 @@ pub fn next(frames: &Frames, after: u64) -> Option<Run> {
         bytes < RUN_BYTES && changes < RUN_CHANGES
     });
     run
-}
-
-/// Asks the kernel to read every range `effects` overwrite before any is
-/// kept: kept one after another, cold blocks were read one disk wait at a
-/// time (44 us each on a disk that serves 6x that many at once).
-pub fn read_ahead(root: BorrowedFd<'_>, effects: &[Effect]) {
-    let mut i = 0;
-    while i < effects.len() {
-        let Effect::Bytes(path, ..) = &effects[i] else {
-            i += 1;
-            continue;
-        };
-        let mut ranges = Vec::new();
-        while let Some(Effect::Bytes(p, off, len)) = effects.get(i)
-            && p == path
-        {
-            ranges.push(*off..off.saturating_add(*len));
-            i += 1;
-        }
-        super::warm::read_ahead(root, path, &ranges);
-    }
 }
 
 #[cfg(test)]

@@ -326,6 +326,47 @@ impl Keeper<'_> {
         Ok(())
     }
 
+    /// Asks the kernel to read, without waiting, the bytes that keeping
+    /// `e` will read (a write's before-image; nothing of an object made
+    /// since the snapshot).
+    pub fn read_ahead(&mut self, e: &Effect) -> Result<(), KeepError> {
+        let Effect::Bytes(p, off, len) = e else {
+            return Ok(());
+        };
+        let Some(n) = self.node(p)? else {
+            return Ok(());
+        };
+        if !n.is(libc::S_IFREG) {
+            return Ok(());
+        }
+        let (gone, size) = {
+            let k = self.kept(n.obj);
+            (k.gone, k.size)
+        };
+        if gone {
+            return Ok(());
+        }
+        let base = match size {
+            Some(s) => s,
+            None => n.stat(p)?.st_size as u64,
+        };
+        let end = off.saturating_add(*len).min(base);
+        if *off >= end {
+            return Ok(());
+        }
+        let gaps = self
+            .kept(n.obj)
+            .gaps(off / BLOCK * BLOCK, end.div_ceil(BLOCK) * BLOCK);
+        if gaps.is_empty() {
+            return Ok(());
+        }
+        let f = self.readable(&n, p)?;
+        for (a, b) in gaps {
+            sys::will_need(f.as_fd(), a, b - a);
+        }
+        Ok(())
+    }
+
     /// Writes what was kept, before the change is applied.
     pub fn finish(&mut self) -> Result<(), KeepError> {
         std::mem::take(&mut self.spool)

@@ -736,7 +736,7 @@ impl Snapshots {
             renames = list
                 .iter()
                 .any(|e| matches!(e, Effect::Names(_) | Effect::Drop(_)));
-            if self.keep(epoch, dir, root, &list) {
+            if self.keep(epoch, dir, root, &list, false) {
                 born = list
                     .into_iter()
                     .filter_map(|e| match e {
@@ -778,13 +778,22 @@ impl Snapshots {
                     .iter()
                     .all(|e| matches!(e, Effect::Bytes(..) | Effect::Meta(_)))
             );
-            self.keep(epoch, dir, root, effects);
+            self.keep(epoch, dir, root, effects, true);
         }
     }
 
     /// Keeps what `list` destroys for snapshot epoch `epoch`; false if it
-    /// could not (the snapshots are marked broken then).
-    fn keep(&self, epoch: u64, dir: u32, root: BorrowedFd<'_>, list: &[Effect]) -> bool {
+    /// could not (the snapshots are marked broken then). `ahead`: the
+    /// kernel is first asked for every range it will read, so that cold
+    /// blocks reach the disk together rather than one wait at a time.
+    fn keep(
+        &self,
+        epoch: u64,
+        dir: u32,
+        root: BorrowedFd<'_>,
+        list: &[Effect],
+        ahead: bool,
+    ) -> bool {
         if list.is_empty() {
             return true;
         }
@@ -801,9 +810,13 @@ impl Snapshots {
             batch: WriteBatch::default(),
             spool: Default::default(),
         };
-        let kept = list
-            .iter()
-            .try_for_each(|e| keep.effect(e))
+        let read = if ahead {
+            list.iter().try_for_each(|e| keep.read_ahead(e))
+        } else {
+            Ok(())
+        };
+        let kept = read
+            .and_then(|()| list.iter().try_for_each(|e| keep.effect(e)))
             .and_then(|()| keep.finish());
         match kept {
             Ok(()) => true,
