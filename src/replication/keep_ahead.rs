@@ -1,8 +1,10 @@
 //! Which of a resync's buffered changes the peer keeps the before-images of
 //! at once: a run of writes (past the reconciliations of the files they end,
-//! which change no name). Kept one change at a time, each overwritten block
-//! cost a write of the store and an append of its bytes; kept by the run,
-//! a few hundred blocks cost one of each (see [`super::snapshot::Snapshots::keep_ahead`]).
+//! which change no name). Kept one change at a time, each overwritten 4 KiB
+//! block cost a write of the store, an append of its bytes and a disk wait
+//! of its own; kept by the run, the disk is asked for all of them together,
+//! and a few hundred cost one write and one append
+//! (see [`super::snapshot::Snapshots::keep_ahead`]).
 
 use super::framed::Frames;
 use super::snapshot::Effect;
