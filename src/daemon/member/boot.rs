@@ -111,6 +111,7 @@ pub fn run(
     }
     crate::replication::warm::end_all();
     crate::replication::steps::end_all();
+    crate::replication::release::end();
     crate::fs::end_watcher();
     let others = crate::daemon::threads::others();
     if !others.is_empty() {

@@ -318,9 +318,6 @@ impl Replicator {
     /// Runs `f` with the stream to itself: no live mutation is applied or sent
     /// meanwhile. The resync ships the namespace this way, a round at a time,
     /// then marks the link ready for live mutations. `None` if `conn` is gone.
-    /// What `f` sent goes out at once, outside the order lock: a round of
-    /// names fills no send buffer, and after a quiet spell the link's
-    /// backstop looks only every 100 ms, while the peer could be making them.
     pub fn exclusive<R>(&self, conn: u64, f: impl FnOnce(&mut Exclusive<'_>) -> R) -> Option<R> {
         let o = self.stream.lock();
         if !o.linked(conn) {
@@ -330,14 +327,7 @@ impl Replicator {
             stream: &self.stream,
             o,
         };
-        let r = f(&mut x);
-        let outlet = x.o.link.as_ref().map(|(_, tx)| tx.clone());
-        drop(x);
-        // A failure shows at the next send or wait, which handle it.
-        if let Some(tx) = outlet {
-            let _ = tx.flush();
-        }
-        Some(r)
+        Some(f(&mut x))
     }
 
     /// How much the resync may have sent that the peer has not applied.
