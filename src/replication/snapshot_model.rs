@@ -485,27 +485,27 @@ fn run(seed: u64, steps: usize, ahead: bool) {
     assert_eq!(snaps.failures(), 0);
 }
 
-#[test]
-fn every_snapshot_restores_the_tree_it_was_taken_of() {
+/// The seeds to try: 1 to 6, `SNAP_SEEDS=N` for a longer search than CI's,
+/// `SNAP_SEED=K` for one of them.
+fn seeds() -> impl Iterator<Item = u64> {
     let only: Option<u64> = std::env::var("SNAP_SEED").ok().and_then(|s| s.parse().ok());
-    // SNAP_SEEDS=N tries N seeds (a longer search than CI's).
     let seeds: u64 = std::env::var("SNAP_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    for seed in (1..=seeds).filter(|s| only.is_none_or(|o| o == *s)) {
+    (1..=seeds).filter(move |s| only.is_none_or(|o| o == *s))
+}
+
+#[test]
+fn every_snapshot_restores_the_tree_it_was_taken_of() {
+    for seed in seeds() {
         run(seed, 400, false);
     }
 }
 
 #[test]
 fn keeping_ahead_of_any_changes_restores_the_same_trees() {
-    let only: Option<u64> = std::env::var("SNAP_SEED").ok().and_then(|s| s.parse().ok());
-    let seeds: u64 = std::env::var("SNAP_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
-    for seed in (1..=seeds).filter(|s| only.is_none_or(|o| o == *s)) {
+    for seed in seeds() {
         run(100 + seed, 400, true);
     }
 }
