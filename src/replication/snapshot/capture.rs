@@ -336,27 +336,7 @@ impl Keeper<'_> {
         let Some(n) = self.node(p)? else {
             return Ok(());
         };
-        if !n.is(libc::S_IFREG) {
-            return Ok(());
-        }
-        let (gone, size) = {
-            let k = self.kept(n.obj);
-            (k.gone, k.size)
-        };
-        if gone {
-            return Ok(());
-        }
-        let base = match size {
-            Some(s) => s,
-            None => n.stat(p)?.st_size as u64,
-        };
-        let end = off.saturating_add(*len).min(base);
-        if *off >= end {
-            return Ok(());
-        }
-        let gaps = self
-            .kept(n.obj)
-            .gaps(off / BLOCK * BLOCK, end.div_ceil(BLOCK) * BLOCK);
+        let gaps = self.unkept(&n, p, *off, off.saturating_add(*len))?;
         if gaps.is_empty() {
             return Ok(());
         }
@@ -520,13 +500,16 @@ impl Keeper<'_> {
         Ok(())
     }
 
-    fn bytes(&mut self, n: &Node, p: &Path, s: u64, e: u64) -> Result<(), KeepError> {
+    /// The parts of `[s, e)` of `n` that changing them would have to keep
+    /// first: whole blocks of a regular file, within its size at the
+    /// snapshot, not kept yet.
+    fn unkept(&mut self, n: &Node, p: &Path, s: u64, e: u64) -> Result<Vec<(u64, u64)>, KeepError> {
         if !n.is(libc::S_IFREG) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let k = self.kept(n.obj);
         if k.gone {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let base = match k.size {
             Some(s) => s,
@@ -534,11 +517,15 @@ impl Keeper<'_> {
         };
         let e = e.min(base);
         if s >= e {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let start = s / BLOCK * BLOCK;
         let end = (e.div_ceil(BLOCK) * BLOCK).min(base);
-        let gaps = k.gaps(start, end);
+        Ok(self.kept(n.obj).gaps(start, end))
+    }
+
+    fn bytes(&mut self, n: &Node, p: &Path, s: u64, e: u64) -> Result<(), KeepError> {
+        let gaps = self.unkept(n, p, s, e)?;
         if gaps.is_empty() {
             return Ok(());
         }
