@@ -493,7 +493,12 @@ fn seeds() -> impl Iterator<Item = u64> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    (1..=seeds).filter(move |s| only.is_none_or(|o| o == *s))
+    // Seeds that once found a bug run every time: 28 (a rollback met a
+    // remembered path that a symlink now cuts) and 101 (a rename over a name
+    // left it resolving to the object it replaced).
+    (1..=seeds)
+        .chain([28, 101].into_iter().filter(move |s| *s > seeds))
+        .filter(move |s| only.is_none_or(|o| o == *s))
 }
 
 #[test]

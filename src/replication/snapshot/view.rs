@@ -108,8 +108,11 @@ impl<'a> View<'a> {
         while let Some(p) = todo.pop() {
             let fd = match entry::open_node(self.root, &p) {
                 Ok(fd) => fd,
-                // Moved or removed since it was listed: what it held is kept.
-                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => continue,
+                // Moved, removed or replaced by a symlink since it was
+                // listed: what it held is kept.
+                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => {
+                    continue;
+                }
                 Err(e) => return Err(sys_err("open", &p, e)),
             };
             let names = match read_names(fd.as_fd()) {
@@ -160,7 +163,9 @@ impl<'a> View<'a> {
                         return Ok(Some(fd));
                     }
                 }
-                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => {}
+                // The remembered path no longer leads there (a name on it
+                // is gone or now a symlink): look again.
+                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => {}
                 Err(e) => return Err(sys_err("open", &path, e)),
             }
         }
