@@ -170,6 +170,32 @@ impl Channel {
         self.drain(&mut s, self.patience)
     }
 
+    /// Writes what the socket takes now, never waiting for room nor for a
+    /// sender that holds the channel: for a thread that must not wait on
+    /// the peer. What is left goes with the next flush or the backstop.
+    pub fn nudge(&self) {
+        let Some(mut s) = self.state.try_lock() else {
+            return;
+        };
+        if s.broken.is_some() || !s.tls.wants_write() {
+            return;
+        }
+        Tally::count(&self.tally.flushes, 1);
+        while s.tls.wants_write() {
+            match s.tls.write_tls(&mut &self.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.fail(&mut s, ChannelError::io("write", e));
+                    return;
+                }
+            }
+        }
+        s.queued = 0;
+        s.since = None;
+    }
+
     /// The backstop for sends no durability point asked for: writes what
     /// has been queued for `age` or longer. Returns how long the caller may
     /// wait before it looks again: `age` while sends keep coming, longer
@@ -551,6 +577,10 @@ impl super::primary::Outlet for PrimaryEnd {
 
     fn flush(&self) -> Result<(), LinkError> {
         Ok(self.channel.flush()?)
+    }
+
+    fn nudge(&self) {
+        self.channel.nudge()
     }
 
     fn close(&self, graceful: bool) {

@@ -318,6 +318,9 @@ impl Replicator {
     /// Runs `f` with the stream to itself: no live mutation is applied or sent
     /// meanwhile. The resync ships the namespace this way, a round at a time,
     /// then marks the link ready for live mutations. `None` if `conn` is gone.
+    /// What `f` sent starts out at once, as far as the socket takes it
+    /// without waiting: after a quiet spell the link's backstop looks only
+    /// every 100 ms, while the peer could be making the names.
     pub fn exclusive<R>(&self, conn: u64, f: impl FnOnce(&mut Exclusive<'_>) -> R) -> Option<R> {
         let o = self.stream.lock();
         if !o.linked(conn) {
@@ -327,7 +330,13 @@ impl Replicator {
             stream: &self.stream,
             o,
         };
-        Some(f(&mut x))
+        let r = f(&mut x);
+        let outlet = x.o.link.as_ref().map(|(_, tx)| tx.clone());
+        drop(x);
+        if let Some(tx) = outlet {
+            tx.nudge();
+        }
+        Some(r)
     }
 
     /// How much the resync may have sent that the peer has not applied.

@@ -31,6 +31,8 @@ pub trait Outlet: Send + Sync {
     fn send(&self, m: &Outgoing<'_>, now: bool) -> Result<(), LinkError>;
     /// Writes whatever is queued.
     fn flush(&self) -> Result<(), LinkError>;
+    /// Writes what goes out without waiting; the rest waits for a flush.
+    fn nudge(&self) {}
     /// Ends the link; `graceful`: what was queued goes out first.
     fn close(&self, graceful: bool);
     /// A waiting call reads the peer's answers itself, until `until` at
