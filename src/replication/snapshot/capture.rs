@@ -88,10 +88,6 @@ pub(super) fn decode_meta(v: &[u8]) -> Result<Entry, Undecodable> {
 
 /// Set in a data capture's length word: the bytes follow as they were.
 const RAW: u32 = 1 << 31;
-/// How much of a run is looked at to tell whether it compresses: enough
-/// to tell random bytes (which measure 7.6-7.7 bits each on it) from
-/// anything zstd shrinks by a tenth.
-const SAMPLE: usize = 1 << 10;
 
 thread_local! {
     /// One compression context per thread: creating one per capture costs
@@ -115,34 +111,13 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
 /// it (stores of earlier releases) they follow the word.
 const FILED: u32 = 1 << 30;
 
-/// Whether bytes look compressible: the collision entropy of a sample's
-/// bytes, as a file system's compression heuristic measures it. It costs a
-/// count of the sample and one logarithm, where trying zstd on a random
-/// page costs more than keeping it; it is never above the sample's Shannon
-/// entropy, so it errs towards trying.
-fn compressible(data: &[u8]) -> bool {
-    let sample = &data[..data.len().min(SAMPLE)];
-    if sample.is_empty() {
-        return false;
-    }
-    let mut counts = [0u32; 256];
-    for b in sample {
-        counts[*b as usize] += 1;
-    }
-    let n = sample.len() as f64;
-    let squares: u64 = counts.iter().map(|c| *c as u64 * *c as u64).sum();
-    let bits = -(squares as f64 / (n * n)).log2();
-    // Random bytes measure 7.6-7.7 bits on a full sample.
-    bits < 7.0
-}
-
 /// Bytes to keep, as stored: the length word (the length, and [`RAW`] when
 /// they are kept as they are) and what is stored. Most pages overwritten in
 /// place (databases', media, encrypted) do not compress: what does not
 /// look compressible, or did not shrink by a tenth, is kept as it is.
 fn packed(data: &[u8]) -> (u32, std::borrow::Cow<'_, [u8]>) {
     let len = data.len() as u32;
-    let packed = compressible(data)
+    let packed = crate::replication::frame::compressible(data)
         .then(|| compress(data))
         .flatten()
         .filter(|c| c.len() * 10 < data.len() * 9);
@@ -659,7 +634,7 @@ mod tests {
         let v = encode_data(&text);
         assert!(v.len() < text.len() / 2, "text is compressed");
         assert_eq!(decode_data(&v).unwrap(), text);
-        let mut mixed = vec![0u8; SAMPLE];
+        let mut mixed = vec![0u8; crate::replication::frame::SAMPLE];
         mixed.extend_from_slice(&noise[..1 << 19]);
         assert_eq!(decode_data(&encode_data(&mixed)).unwrap(), mixed);
         let mut bad = encode_data(&noise[..4096]);
