@@ -1732,6 +1732,64 @@ fn a_resync_after_ten_thousand_names_made_while_connected_starts_at_once_and_hol
     );
 }
 
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|t| {
+            std::fs::read_to_string(t.as_ref().unwrap().path().join("comm"))
+                .is_ok_and(|c| c.trim_end() == name)
+        })
+        .count()
+}
+
+/// A following module at rest holds no thread for its syncfs: the first
+/// durability point after a rest starts one. The peer frozen 1 s (less than
+/// peer_timeout) as an fsync waits for it: thawed, it applies, syncs on a
+/// thread started then, and acknowledges in time, so the fsync returns
+/// without the primary giving up on it; the thread ends again at rest.
+#[test]
+fn a_following_module_at_rest_starts_its_syncfs_thread_for_the_next_fsync() {
+    let mut pair = Pair::new();
+    pair.start_both();
+    let d = pair.dir(1);
+    std::fs::write(d.join("first"), b"1").unwrap();
+    pair.wait_caught_up();
+    let secondary = pair.pid(2);
+    let syncers = || threads_named(secondary, "tandem-syncfs");
+    assert!(
+        common::wait_until(10, || syncers() == 0),
+        "the syncfs thread of a module at rest did not end"
+    );
+    freeze(secondary);
+    let t = std::time::Instant::now();
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        // SAFETY: kill takes no pointer; `secondary` is the stopped daemon's, which the pair holds
+        // as a child not reaped.
+        unsafe { libc::kill(secondary as i32, libc::SIGCONT) };
+    });
+    let mut f = std::fs::File::create(d.join("after-rest")).unwrap();
+    f.write_all(b"2").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let took = t.elapsed();
+    thaw.join().unwrap();
+    assert!(
+        took >= std::time::Duration::from_millis(900)
+            && took < std::time::Duration::from_millis(2000),
+        "the fsync waited {took:?} for a peer frozen 1 s (peer_timeout 2000 ms)"
+    );
+    assert_eq!(pair.peer_state(), "connected", "the peer was not let go");
+    assert_eq!(syncers(), 1, "a thread made the fsync durable");
+    assert!(
+        common::wait_until(10, || syncers() == 0),
+        "the syncfs thread did not end at rest"
+    );
+    pair.wait_caught_up();
+    assert_same_tree(&pair.dir(1), &pair.dir(2));
+}
+
 /// A module at rest has no mount worker and its link's reader holds no
 /// thread: what comes then must still be seen. The serving daemon frozen
 /// 2.5 s at rest serves the next write and fsync at once when thawed (the

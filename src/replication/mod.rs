@@ -37,6 +37,7 @@ pub mod snapshot;
 mod snapshot_model;
 pub mod status;
 pub mod steps;
+pub mod syncer;
 pub mod tls;
 pub mod verify;
 pub mod warm;

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -28,6 +27,7 @@ use super::resync;
 use super::session::{KEEPALIVE, SessionError};
 use super::snapshot::Snapshots;
 use super::status::{ReplicationStatus, ResyncProgress, Tally};
+use super::syncer::{self, Syncer};
 use super::tls::Credentials;
 use super::wire::{AckAt, Message, WireMutation};
 
@@ -506,10 +506,10 @@ fn serve(
         why
     })?;
     let c = Counters::default();
-    // syncfs runs on a thread of its own so applying never waits for it.
-    let (sync_tx, sync_rx) = mpsc::channel::<u64>();
+    let sync = |seq| sync_and_ack(&sync_fds, seq, &c, channel, &module.tally);
     let why = std::thread::scope(|scope| {
-        let handle = scope.spawn(|| syncer(sync_rx, sync_fds, &c, channel, &module.tally));
+        let syncer = Syncer::new(scope, &sync, syncer::IDLE);
+        let request_sync = |seq| syncer.request(seq);
         let mut session = Applying {
             module,
             id,
@@ -517,7 +517,7 @@ fn serve(
             acks,
             c: &c,
             applier: &mut applier,
-            sync_tx: &sync_tx,
+            request_sync: &request_sync,
             applied: 0,
             requested: 0,
             last_sync: Instant::now(),
@@ -531,9 +531,8 @@ fn serve(
             kept_ahead: 0,
         };
         let why = session.run(frames, stop);
-        // Closing the channel ends the syncer once its last syncfs is done.
-        drop(sync_tx);
-        let _ = handle.join();
+        // Its thread ends once its last syncfs is done; the scope waits.
+        syncer.close();
         why
     });
     // Whatever was applied since the last sync is made durable before leaving.
@@ -545,26 +544,21 @@ fn serve(
     Err(why)
 }
 
-/// Makes everything up to the latest requested seq durable, then says so.
-fn syncer(
-    rx: mpsc::Receiver<u64>,
-    fds: Vec<std::os::fd::OwnedFd>,
+/// Makes everything applied up to `seq` durable, then says so.
+fn sync_and_ack(
+    fds: &[std::os::fd::OwnedFd],
+    seq: u64,
     c: &Counters,
     channel: &Channel,
     tally: &Tally,
-) {
-    while let Ok(mut seq) = rx.recv() {
-        while let Ok(s) = rx.try_recv() {
-            seq = s;
-        }
-        let ok = fds.iter().all(|f| nix::unistd::syncfs(f).is_ok());
-        if !ok {
-            tracing::error!("syncfs: {}", std::io::Error::last_os_error());
-            return;
-        }
-        c.durable.fetch_max(seq, Ordering::AcqRel);
-        let _ = send_ack(channel, c, tally);
+) -> bool {
+    if let Err(e) = fds.iter().try_for_each(nix::unistd::syncfs) {
+        tracing::error!("syncfs: {e}");
+        return false;
     }
+    c.durable.fetch_max(seq, Ordering::AcqRel);
+    let _ = send_ack(channel, c, tally);
+    true
 }
 
 /// Applied bytes (plus a little per change) after which the secondary
@@ -584,7 +578,9 @@ struct Applying<'a> {
     acks: AckAt,
     c: &'a Counters,
     applier: &'a mut Applier,
-    sync_tx: &'a mpsc::Sender<u64>,
+    /// Asks for what was applied up to a seq to be made durable, without
+    /// waiting (false: a sync failed).
+    request_sync: &'a dyn Fn(u64) -> bool,
     applied: u64,
     requested: u64,
     last_sync: Instant,
@@ -865,25 +861,10 @@ impl Applying<'_> {
         }
     }
 
-    /// After a batch (or an idle spell): asks for a syncfs when one is
-    /// due, finishes a resync that became durable, and acknowledges when
-    /// the primary waits for it, enough piled up, or to say it is alive.
+    /// After a batch (or an idle spell): finishes a resync that became
+    /// durable, acknowledges when the primary waits for it, enough piled
+    /// up, or to say it is alive, and asks for a syncfs when one is due.
     fn after_batch(&mut self, idle: bool) -> Result<(), SessionError> {
-        if self.applied > self.requested && (idle || self.last_sync.elapsed() >= self.sync_every())
-        {
-            // The syncfs makes everything applied durable, times included.
-            if let Err(e) = self.applier.settle_times() {
-                return Err(self.fail(SessionError::Apply {
-                    seq: self.applied,
-                    why: e.to_string(),
-                }));
-            }
-            if self.sync_tx.send(self.applied).is_err() {
-                return Err(self.fail(SessionError::SyncFailed));
-            }
-            self.requested = self.applied;
-            self.last_sync = Instant::now();
-        }
         let durable = self.c.durable.load(Ordering::Acquire);
         if let Some(seq) = self.done_at
             && durable >= seq
@@ -918,6 +899,23 @@ impl Applying<'_> {
             self.unacked = 0;
             self.owed = false;
             self.urgent = false;
+        }
+        // After the answer the primary may wait for: a sync after a rest
+        // starts a thread first.
+        if self.applied > self.requested && (idle || self.last_sync.elapsed() >= self.sync_every())
+        {
+            // The syncfs makes everything applied durable, times included.
+            if let Err(e) = self.applier.settle_times() {
+                return Err(self.fail(SessionError::Apply {
+                    seq: self.applied,
+                    why: e.to_string(),
+                }));
+            }
+            if !(self.request_sync)(self.applied) {
+                return Err(self.fail(SessionError::SyncFailed));
+            }
+            self.requested = self.applied;
+            self.last_sync = Instant::now();
         }
         Ok(())
     }
