@@ -190,6 +190,20 @@ fn worth_trying(plain: &[u8], level: i32) -> bool {
     compress(sample, level).is_some_and(|z| z.len() < TRY - TRY / 8)
 }
 
+/// `len` bytes that do not compress, the same for the same `seed`.
+#[cfg(test)]
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
 /// How much of some bytes [`compressible`] looks at: enough to tell random
 /// bytes (which measure 7.6-7.7 bits each on it) from anything zstd
 /// shrinks by a tenth.
@@ -501,15 +515,7 @@ mod tests {
         encode(&samples()[3], Compression::Zstd { level: 3 }, &mut small).unwrap();
         assert_eq!(small[3], 0, "small frames stay plain");
         // A page: random bytes go plain without an attempt, text shrinks.
-        let mut x = 7u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 56) as u8
-            })
-            .collect();
+        let noise = noise(7, 4096);
         let text = b"0123 the page of a database, mostly alike; ".repeat(96);
         assert!(!compressible(&noise) && compressible(&text[..4096]));
         for (data, zstd) in [(&noise[..], false), (&text[..4096], true)] {

@@ -613,15 +613,7 @@ mod tests {
         assert!(v.len() < 10_000, "zeros compress");
         assert_eq!(data_len(&v), Some(1 << 20));
         assert_eq!(decode_data(&v).unwrap(), zeros);
-        let mut x = 1u64;
-        let noise: Vec<u8> = (0..(1 << 20) + 5)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 56) as u8
-            })
-            .collect();
+        let noise = crate::replication::frame::noise(1, (1 << 20) + 5);
         for data in [&noise[..4096], &noise[..]] {
             let v = encode_data(data);
             assert_eq!(v.len(), data.len() + 4, "random bytes are kept as they are");
