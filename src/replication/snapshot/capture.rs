@@ -496,7 +496,7 @@ impl Keeper<'_> {
         }
         let start = s / BLOCK * BLOCK;
         let end = (e.div_ceil(BLOCK) * BLOCK).min(base);
-        Ok(self.kept(n.obj).gaps(start, end))
+        Ok(k.gaps(start, end))
     }
 
     fn bytes(&mut self, n: &Node, p: &Path, s: u64, e: u64) -> Result<(), KeepError> {
